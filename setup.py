@@ -1,0 +1,125 @@
+"""Build the fusedadam extension, with OpenMP when the compiler has it.
+
+Environment:
+  FUSEDADAM_NO_OPENMP=1        build a serial extension even if OpenMP is available
+  FUSEDADAM_REQUIRE_OPENMP=1   fail the build when OpenMP is missing
+  FUSEDADAM_NO_EXTENSION=1     skip the extension: the package falls back to NumPy
+  FUSEDADAM_BOUNDSCHECK=1      Cython bounds/wraparound checks on (debugging)
+"""
+import os
+import sys
+import tempfile
+import textwrap
+import warnings
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+OPENMP_TEST = textwrap.dedent(
+    """
+    #include <omp.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        return (n > 0 && omp_get_max_threads() > 0) ? 0 : 1;
+    }
+    """
+)
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _openmp_flag_candidates(compiler):
+    if compiler.compiler_type == "msvc":
+        return [(["/openmp"], [])]
+    if sys.platform == "darwin":
+        # Apple clang: OpenMP through Homebrew's libomp.
+        return [
+            (["-Xpreprocessor", "-fopenmp"], ["-lomp"]),
+            (["-fopenmp"], ["-fopenmp"]),
+        ]
+    return [(["-fopenmp"], ["-fopenmp"])]
+
+
+def _compiles_and_links(compiler, source, compile_args, link_args):
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(source)
+        try:
+            objects = compiler.compile([src], output_dir=tmp, extra_postargs=compile_args)
+            compiler.link_executable(
+                objects, "probe", output_dir=tmp, extra_postargs=link_args
+            )
+        except Exception:  # CompileError, LinkError, missing headers: all mean "no"
+            return False
+    return True
+
+
+class BuildExtWithOpenMP(build_ext):
+    """build_ext that probes the compiler for OpenMP and falls back to a serial build."""
+
+    def build_extensions(self):
+        compile_args, link_args = [], []
+        if _env_flag("FUSEDADAM_NO_OPENMP"):
+            print("fusedadam: OpenMP disabled by FUSEDADAM_NO_OPENMP")
+        else:
+            for cflags, lflags in _openmp_flag_candidates(self.compiler):
+                if _compiles_and_links(self.compiler, OPENMP_TEST, cflags, lflags):
+                    compile_args, link_args = cflags, lflags
+                    break
+            else:
+                message = (
+                    "fusedadam: the compiler has no working OpenMP; building a serial "
+                    "extension (steps run on one thread)."
+                )
+                if _env_flag("FUSEDADAM_REQUIRE_OPENMP"):
+                    raise RuntimeError(message + " FUSEDADAM_REQUIRE_OPENMP=1 is set.")
+                warnings.warn(message)
+        if self.compiler.compiler_type == "msvc":
+            # /fp:precise keeps IEEE semantics; no contraction into FMA.
+            base = ["/O2", "/fp:precise"]
+        else:
+            # -ffp-contract=off: no fused multiply-add, so results are bit-identical to
+            # the NumPy reference. -fno-math-errno lets sqrt vectorize; it changes no value.
+            # Never -ffast-math or -march=native: wheels must stay exact and portable.
+            base = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+        for ext in self.extensions:
+            ext.extra_compile_args = base + compile_args + list(ext.extra_compile_args)
+            ext.extra_link_args = link_args + list(ext.extra_link_args)
+            if compile_args:
+                ext.define_macros = list(ext.define_macros) + [("FUSEDADAM_OPENMP", "1")]
+        super().build_extensions()
+
+
+def _extensions():
+    if _env_flag("FUSEDADAM_NO_EXTENSION"):
+        return []
+    from Cython.Build import cythonize
+    import numpy
+
+    debug = _env_flag("FUSEDADAM_BOUNDSCHECK")
+    ext = Extension(
+        "fusedadam._kernels",
+        sources=["src/fusedadam/_kernels.pyx"],
+        include_dirs=["src/fusedadam", numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+    )
+    return cythonize(
+        [ext],
+        include_path=["src"],
+        language_level=3,
+        compiler_directives={
+            "boundscheck": debug,
+            "wraparound": debug,
+            "initializedcheck": debug,
+            "cdivision": True,
+            "embedsignature": True,
+        },
+    )
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExtWithOpenMP})

@@ -1,0 +1,56 @@
+"""fusedadam: one-pass, multi-threaded Adam-family optimizer steps for NumPy arrays.
+
+>>> import numpy as np, fusedadam as fa
+>>> w = np.zeros(10, dtype=np.float32)
+>>> opt = fa.Adam(w, lr=1e-2)
+>>> opt.step(np.ones_like(w))
+"""
+from fusedadam import functional, reference
+from fusedadam._version import __version__
+from fusedadam.optim import Adam, Adamax, AdamW, Optimizer
+from fusedadam.serialization import flatten_state_dict, unflatten_state_dict
+
+try:
+    from fusedadam import _kernels
+except ImportError:  # built without the extension: NumPy reference only
+    _kernels = None
+
+__all__ = [
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Optimizer",
+    "backend_info",
+    "flatten_state_dict",
+    "functional",
+    "reference",
+    "unflatten_state_dict",
+    "__version__",
+]
+
+
+def backend_info():
+    """What runs a step here.
+
+    Returns a dict: ``compiled`` (the extension is importable), ``openmp`` (it was built
+    with OpenMP), ``max_threads`` (threads a step with ``num_threads=None`` uses now),
+    ``num_procs``, ``simd`` (instruction set of the loops in use: ``"baseline"`` is
+    SSE2, then ``"avx2"``, ``"avx512"``), ``simd_best`` (the widest this CPU runs),
+    ``parallel_threshold`` (elements below which a call runs on one thread), ``version``.
+    """
+    from fusedadam._threads import effective_num_threads
+
+    if _kernels is None:
+        return {"compiled": False, "openmp": False, "max_threads": 1, "num_procs": 1,
+                "simd": None, "simd_best": None, "parallel_threshold": None,
+                "version": __version__}
+    return {
+        "compiled": True,
+        "openmp": _kernels.openmp_enabled(),
+        "max_threads": effective_num_threads(None),
+        "num_procs": _kernels.num_procs(),
+        "simd": _kernels.get_isa(),
+        "simd_best": _kernels.best_isa(),
+        "parallel_threshold": _kernels.get_parallel_threshold(),
+        "version": __version__,
+    }

@@ -1,0 +1,393 @@
+# cython: language_level=3
+"""Compiled core of fusedadam.
+
+One call per parameter group: ``GroupKernel.step`` gathers the gradient pointers with
+C-level checks, releases the GIL, and splits the group's elements evenly over the threads
+(across array boundaries, so arrays of very different sizes stay balanced). Each thread runs
+the per-instruction-set loops of ``_loops.h`` over its slice. Everything that can fail is
+checked before the GIL is released; the loops themselves cannot fail.
+
+Python-facing validation and its error messages live in ``_validation.py``: when a fast
+check here fails, the caller re-runs the Python validator, which raises the precise error.
+"""
+from libc.stdlib cimport malloc, free
+from libc.stddef cimport ptrdiff_t
+from libc.stdint cimport uintptr_t
+cimport numpy as cnp
+from cython.parallel cimport prange
+
+from fusedadam._openmp cimport FA_OPENMP_ENABLED, fa_max_threads, fa_num_procs
+
+cnp.import_array()
+
+cdef extern from "_loops.h" nogil:
+    ctypedef struct fa_scalars:
+        double sign
+        double weight_decay
+        double decay
+        double beta1
+        double one_minus_beta1
+        double beta2
+        double one_minus_beta2
+        double step_size
+        double bc2_sqrt
+        double eps
+    ctypedef void (*fa_loop_fn)(void *param, const void *grad, void *exp_avg,
+                                void *second, void *third, ptrdiff_t n,
+                                const fa_scalars *s) noexcept nogil
+    enum:
+        FA_FLOAT32
+        FA_FLOAT64
+        FA_ADAM
+        FA_ADAM_L2
+        FA_AMSGRAD
+        FA_AMSGRAD_L2
+        FA_ADAMAX
+        FA_ADAMAX_L2
+        FA_PROBE
+        FA_N_KINDS
+        FA_ISA_BASELINE
+        FA_ISA_AVX2
+        FA_ISA_AVX512
+        FA_HAVE_X86_DISPATCH
+    int fa_cpu_best_isa()
+    fa_loop_fn fa_get_loop(int isa, int dtype, int kind)
+
+
+# Loop kinds, exported for the Python layer.
+ADAM = FA_ADAM
+ADAM_L2 = FA_ADAM_L2
+AMSGRAD = FA_AMSGRAD
+AMSGRAD_L2 = FA_AMSGRAD_L2
+ADAMAX = FA_ADAMAX
+ADAMAX_L2 = FA_ADAMAX_L2
+PROBE = FA_PROBE
+
+ISA_NAMES = ("baseline", "avx2", "avx512")
+cdef int _best_isa = fa_cpu_best_isa()
+cdef int _isa = _best_isa
+
+# Below this many elements in a call the step runs on the calling thread: waking the
+# OpenMP team costs more than it saves. Measured with bench/threshold.py (see bench/README).
+cdef Py_ssize_t _parallel_min_elements = 32768
+
+# Threads split a group at multiples of this many elements: 64 bytes of float32, so two
+# threads never write the same cache line of an aligned array.
+DEF SPLIT_GRAIN = 16
+
+
+def openmp_enabled():
+    """True when the extension was compiled with OpenMP."""
+    return bool(FA_OPENMP_ENABLED)
+
+
+def max_threads():
+    """OpenMP's current default team size (follows OMP_NUM_THREADS and threadpoolctl)."""
+    return fa_max_threads()
+
+
+def num_procs():
+    """Processors available to OpenMP (1 in a serial build)."""
+    return fa_num_procs()
+
+
+def best_isa():
+    """Name of the widest instruction set this CPU runs and this build has loops for."""
+    return ISA_NAMES[_best_isa]
+
+
+def get_isa():
+    """Name of the instruction set whose loops are in use."""
+    return ISA_NAMES[_isa]
+
+
+def set_isa(name):
+    """Use the loops of instruction set ``name`` (not wider than ``best_isa()``)."""
+    global _isa
+    if name not in ISA_NAMES:
+        raise ValueError(f"unknown instruction set {name!r}; expected one of {ISA_NAMES}")
+    cdef int wanted = ISA_NAMES.index(name)
+    if wanted > _best_isa:
+        raise ValueError(f"this CPU or build cannot run {name!r} (best: {ISA_NAMES[_best_isa]!r})")
+    _isa = wanted
+
+
+def get_parallel_threshold():
+    """Smallest number of elements in a call that is split over threads."""
+    return _parallel_min_elements
+
+
+def set_parallel_threshold(Py_ssize_t n_elements):
+    """Set the serial/parallel threshold (for benchmarks measuring it)."""
+    global _parallel_min_elements
+    if n_elements < 0:
+        raise ValueError("the parallel threshold must be >= 0")
+    _parallel_min_elements = n_elements
+
+
+cdef struct GroupData:
+    Py_ssize_t n_arrays
+    char **param
+    char **grad
+    char **exp_avg
+    char **second
+    char **third
+    Py_ssize_t *offsets         # n_arrays + 1 prefix sums of element counts
+    Py_ssize_t *itemsize
+    int *dtype
+    fa_loop_fn *loop            # per array, filled each step for the step's kind
+    fa_scalars scalars
+
+
+cdef inline Py_ssize_t _split_point(Py_ssize_t total, Py_ssize_t t,
+                                    Py_ssize_t n_threads) noexcept nogil:
+    if t >= n_threads:
+        return total
+    # total * t cannot overflow: total < 2**48 elements on any real machine, t < 2**15.
+    cdef Py_ssize_t at = (total * t) // n_threads
+    return at - at % SPLIT_GRAIN
+
+
+cdef void _run_range(GroupData *d, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    """Run the step on global elements [start, end) of the group, array by array."""
+    cdef Py_ssize_t lo = 0, hi = d.n_arrays, mid, k, stop, off, size
+    cdef char *third
+    if start >= end:
+        return
+    # The last array whose first element is <= start (empty arrays are skipped this way).
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if d.offsets[mid] <= start:
+            lo = mid
+        else:
+            hi = mid
+    k = lo
+    while start < end:
+        stop = d.offsets[k + 1]
+        if stop > end:
+            stop = end
+        if stop > start:
+            size = d.itemsize[k]
+            off = (start - d.offsets[k]) * size
+            third = d.third[k] + off if d.third[k] != NULL else NULL
+            d.loop[k](d.param[k] + off, d.grad[k] + off, d.exp_avg[k] + off,
+                      d.second[k] + off, third, stop - start, &d.scalars)
+        start = stop
+        k += 1
+
+
+cdef void _run(GroupData *d, int n_threads) noexcept nogil:
+    cdef Py_ssize_t total = d.offsets[d.n_arrays]
+    cdef Py_ssize_t t
+    if n_threads > total // SPLIT_GRAIN:
+        n_threads = <int>(total // SPLIT_GRAIN)
+    if n_threads <= 1 or total < _parallel_min_elements:
+        _run_range(d, 0, total)
+        return
+    for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
+        _run_range(d, _split_point(total, t, n_threads), _split_point(total, t + 1, n_threads))
+
+
+cdef inline int _dtype_code(cnp.ndarray a):
+    cdef int typenum = cnp.PyArray_TYPE(a)
+    if typenum == cnp.NPY_FLOAT32:
+        return FA_FLOAT32
+    if typenum == cnp.NPY_FLOAT64:
+        return FA_FLOAT64
+    return -1
+
+
+cdef inline bint _writable_contiguous(cnp.ndarray a):
+    return (cnp.PyArray_ISWRITEABLE(a) and cnp.PyArray_IS_C_CONTIGUOUS(a)
+            and cnp.PyArray_ISALIGNED(a))
+
+
+cdef class GroupKernel:
+    """Validated pointer tables of one parameter group, reused step after step.
+
+    Built from arrays the Python validator has already accepted (float32/float64, C
+    contiguous, aligned, writeable, state shaped like its param, no two written arrays
+    overlapping). ``written_lo``/``written_hi`` are the sorted byte intervals of every
+    written array, used to reject a gradient that aliases any of them.
+    """
+    cdef readonly tuple params
+    cdef readonly tuple exp_avgs
+    cdef readonly tuple seconds
+    cdef readonly tuple thirds
+    cdef GroupData d
+    cdef uintptr_t *written_lo
+    cdef uintptr_t *written_hi
+    cdef Py_ssize_t n_written
+    cdef object pending_grads
+
+    def __cinit__(self, params, exp_avgs, seconds, thirds, written_lo, written_hi):
+        cdef Py_ssize_t n = len(params), k
+        cdef cnp.ndarray a
+        self.params = tuple(params)
+        self.exp_avgs = tuple(exp_avgs)
+        self.seconds = tuple(seconds)
+        self.thirds = tuple(thirds) if thirds is not None else None
+        if (len(self.exp_avgs) != n or len(self.seconds) != n
+                or (self.thirds is not None and len(self.thirds) != n)):
+            raise ValueError("state lists must be as long as params")
+        if len(written_lo) != len(written_hi):
+            raise ValueError("written interval bounds differ in length")
+        self.d.n_arrays = n
+        self.d.param = <char **>malloc((n + 1) * sizeof(char *))
+        self.d.grad = <char **>malloc((n + 1) * sizeof(char *))
+        self.d.exp_avg = <char **>malloc((n + 1) * sizeof(char *))
+        self.d.second = <char **>malloc((n + 1) * sizeof(char *))
+        self.d.third = <char **>malloc((n + 1) * sizeof(char *))
+        self.d.offsets = <Py_ssize_t *>malloc((n + 1) * sizeof(Py_ssize_t))
+        self.d.itemsize = <Py_ssize_t *>malloc((n + 1) * sizeof(Py_ssize_t))
+        self.d.dtype = <int *>malloc((n + 1) * sizeof(int))
+        self.d.loop = <fa_loop_fn *>malloc((n + 1) * sizeof(fa_loop_fn))
+        self.n_written = len(written_lo)
+        self.written_lo = <uintptr_t *>malloc((self.n_written + 1) * sizeof(uintptr_t))
+        self.written_hi = <uintptr_t *>malloc((self.n_written + 1) * sizeof(uintptr_t))
+        if (not self.d.param or not self.d.grad or not self.d.exp_avg or not self.d.second
+                or not self.d.third or not self.d.offsets or not self.d.itemsize
+                or not self.d.dtype or not self.d.loop or not self.written_lo
+                or not self.written_hi):
+            raise MemoryError()
+        for k in range(self.n_written):
+            self.written_lo[k] = <uintptr_t>int(written_lo[k])
+            self.written_hi[k] = <uintptr_t>int(written_hi[k])
+        self.d.offsets[0] = 0
+        for k in range(n):
+            a = self.params[k]
+            self.d.dtype[k] = _dtype_code(a)
+            if self.d.dtype[k] < 0 or not _writable_contiguous(a):
+                raise ValueError(f"params[{k}] was not validated")
+            self.d.param[k] = <char *>cnp.PyArray_DATA(a)
+            self.d.itemsize[k] = cnp.PyArray_ITEMSIZE(a)
+            self.d.offsets[k + 1] = self.d.offsets[k] + cnp.PyArray_SIZE(a)
+            self.d.grad[k] = NULL
+            self.d.exp_avg[k] = self._state_pointer(self.exp_avgs[k], a, k)
+            self.d.second[k] = self._state_pointer(self.seconds[k], a, k)
+            self.d.third[k] = (self._state_pointer(self.thirds[k], a, k)
+                               if self.thirds is not None else NULL)
+
+    cdef char *_state_pointer(self, object state, cnp.ndarray param, Py_ssize_t k) except NULL:
+        if not isinstance(state, cnp.ndarray):
+            raise ValueError(f"state of params[{k}] was not validated")
+        cdef cnp.ndarray s = state
+        if (cnp.PyArray_TYPE(s) != cnp.PyArray_TYPE(param)
+                or cnp.PyArray_SIZE(s) != cnp.PyArray_SIZE(param)
+                or not _writable_contiguous(s)):
+            raise ValueError(f"state of params[{k}] was not validated")
+        # A zero-size array may have a NULL data pointer; never hand NULL to a loop.
+        cdef char *p = <char *>cnp.PyArray_DATA(s)
+        return p if p != NULL else <char *>self.d.offsets
+
+    def __dealloc__(self):
+        free(self.d.param)
+        free(self.d.grad)
+        free(self.d.exp_avg)
+        free(self.d.second)
+        free(self.d.third)
+        free(self.d.offsets)
+        free(self.d.itemsize)
+        free(self.d.dtype)
+        free(self.d.loop)
+        free(self.written_lo)
+        free(self.written_hi)
+
+    @property
+    def n_elements(self):
+        """Total number of parameter elements in the group."""
+        return self.d.offsets[self.d.n_arrays]
+
+    cdef bint _aliases_written(self, uintptr_t lo, uintptr_t hi) noexcept:
+        """True if [lo, hi) overlaps a written array (binary search, intervals disjoint)."""
+        cdef Py_ssize_t a = 0, b = self.n_written, mid
+        if lo >= hi or self.n_written == 0:
+            return False
+        # Find the last interval starting before hi.
+        while b - a > 1:
+            mid = (a + b) // 2
+            if self.written_lo[mid] < hi:
+                a = mid
+            else:
+                b = mid
+        return self.written_lo[a] < hi and self.written_hi[a] > lo
+
+    cdef bint _params_unchanged(self, list params):
+        cdef Py_ssize_t k, n = self.d.n_arrays
+        cdef cnp.ndarray a
+        if len(params) != n:
+            return False
+        for k in range(n):
+            if params[k] is not self.params[k]:
+                return False
+            a = self.params[k]
+            if (not _writable_contiguous(a) or <char *>cnp.PyArray_DATA(a) != self.d.param[k]
+                    or self.d.offsets[k + 1] - self.d.offsets[k] != cnp.PyArray_SIZE(a)):
+                return False
+            if not _state_unchanged(self.exp_avgs[k], self.d.exp_avg[k]):
+                return False
+            if not _state_unchanged(self.seconds[k], self.d.second[k]):
+                return False
+            if self.thirds is not None and not _state_unchanged(self.thirds[k], self.d.third[k]):
+                return False
+        return True
+
+    def prepare(self, list params, list grads, Py_ssize_t grad_offset, int kind):
+        """Check ``params`` and the gradients for a step of loop ``kind``; write nothing.
+
+        Returns 0 when ready for ``run``; -1 when ``params`` or the state no longer match
+        this kernel (rebuild it); ``k + 1`` when ``grads[grad_offset + k]`` failed a fast
+        check (the Python validator says why, or hands back a usable copy).
+        """
+        cdef Py_ssize_t k, n = self.d.n_arrays, nbytes
+        cdef object g_obj
+        cdef cnp.ndarray g, p
+        cdef char *gp
+        self.pending_grads = None
+        if kind < 0 or kind >= FA_N_KINDS:
+            raise ValueError(f"unknown loop kind {kind}")
+        if (kind == FA_AMSGRAD or kind == FA_AMSGRAD_L2) and self.thirds is None:
+            return -1
+        if not self._params_unchanged(params):
+            return -1
+        if grad_offset < 0 or len(grads) - grad_offset < n:
+            raise ValueError("too few gradients")
+        for k in range(n):
+            g_obj = grads[grad_offset + k]
+            if not isinstance(g_obj, cnp.ndarray):
+                return k + 1
+            g = g_obj
+            p = self.params[k]
+            if (cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(p)
+                    or not cnp.PyArray_IS_C_CONTIGUOUS(g) or not cnp.PyArray_ISALIGNED(g)
+                    or not cnp.PyArray_SAMESHAPE(g, p)):
+                return k + 1
+            gp = <char *>cnp.PyArray_DATA(g)
+            nbytes = cnp.PyArray_NBYTES(g)
+            if nbytes > 0 and self._aliases_written(<uintptr_t>gp, <uintptr_t>gp + nbytes):
+                return k + 1
+            self.d.grad[k] = gp if gp != NULL else <char *>self.d.offsets
+            self.d.loop[k] = fa_get_loop(_isa, self.d.dtype[k], kind)
+        # Keep the gradients alive until run(): d.grad borrows their memory.
+        self.pending_grads = grads
+        return 0
+
+    def run(self, tuple scalars, int n_threads):
+        """Run the step prepared by ``prepare`` with the 10 per-step scalars, in place."""
+        cdef Py_ssize_t k
+        cdef fa_scalars *s = &self.d.scalars
+        if self.pending_grads is None:
+            raise RuntimeError("run() without a successful prepare()")
+        (s.sign, s.weight_decay, s.decay, s.beta1, s.one_minus_beta1, s.beta2,
+         s.one_minus_beta2, s.step_size, s.bc2_sqrt, s.eps) = scalars
+        with nogil:
+            _run(&self.d, n_threads)
+        for k in range(self.d.n_arrays):
+            self.d.grad[k] = NULL
+        self.pending_grads = None
+
+
+cdef inline bint _state_unchanged(object state, char *ptr):
+    cdef cnp.ndarray s = state
+    return _writable_contiguous(s) and (
+        <char *>cnp.PyArray_DATA(s) == ptr or cnp.PyArray_SIZE(s) == 0)

@@ -1,0 +1,412 @@
+"""Optimizer classes shaped like ``torch.optim``: param groups, lazy state, state_dict.
+
+A step validates every group, then writes every group: bad input raises before any array
+or counter changes. Each group is one call into compiled code.
+"""
+import numbers
+import threading
+
+import numpy as np
+
+from fusedadam import _validation
+from fusedadam._threads import effective_num_threads
+from fusedadam.functional import (
+    GroupStep,
+    adam_scalars,
+    learning_rate,
+    loop_kind,
+    resolve_backend,
+)
+
+__all__ = ["Optimizer", "Adam", "AdamW", "Adamax"]
+
+_HYPER_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
+               "bias_correction", "beta1_decay", "num_threads", "backend")
+
+
+def _as_param_list(params, where):
+    if isinstance(params, np.ndarray):
+        return [params]
+    if isinstance(params, (set, frozenset)):
+        raise TypeError(
+            f"{where} must be an ordered sequence of arrays, not a set: the order of a "
+            "set changes between runs, and so would the meaning of a state_dict"
+        )
+    if isinstance(params, dict):
+        raise TypeError(f"{where} must be an array or a sequence of arrays, got a dict")
+    try:
+        return list(params)
+    except TypeError:
+        raise TypeError(
+            f"{where} must be an ndarray or a sequence of ndarrays, got {type(params).__name__}"
+        ) from None
+
+
+class _ParamState:
+    """``optimizer.state``: per-parameter state dicts, looked up by the param array itself."""
+
+    def __init__(self):
+        self._by_id = {}
+
+    def __getitem__(self, param):
+        return self._by_id[id(param)][1]
+
+    def __contains__(self, param):
+        return id(param) in self._by_id
+
+    def __len__(self):
+        return len(self._by_id)
+
+    def __iter__(self):
+        return (param for param, _ in self._by_id.values())
+
+    def get(self, param, default=None):
+        entry = self._by_id.get(id(param))
+        return default if entry is None else entry[1]
+
+    def _set(self, param, state):
+        self._by_id[id(param)] = (param, state)
+
+
+class Optimizer:
+    """Base class: param groups, lazily created state, ``step``, ``state_dict``.
+
+    Subclasses set ``algorithm`` (``"adam"`` or ``"adamax"``) and ``defaults``.
+    """
+
+    algorithm = "adam"
+
+    def __init__(self, params, defaults):
+        _validation.check_hyperparameters(defaults)
+        _validation.check_num_threads(defaults["num_threads"])
+        resolve_backend(defaults["backend"])
+        self.defaults = defaults
+        self.param_groups = []
+        self.state = _ParamState()
+        self._group_steps = []    # the step count of each group (all its params share it)
+        self._group_cache = []    # per group: (GroupStep, hyperparameter key) or None
+        self._lock = threading.Lock()
+        params = _as_param_list(params, "params")
+        if not params:
+            raise ValueError("optimizer got an empty parameter list")
+        if all(isinstance(p, dict) for p in params):
+            groups = params
+        elif any(isinstance(p, dict) for p in params):
+            raise TypeError("params must be all arrays or all param-group dicts, not a mix")
+        else:
+            groups = [{"params": params}]
+        for group in groups:
+            self.add_param_group(group)
+
+    # ---------------------------------------------------------------- groups
+    def add_param_group(self, param_group):
+        """Add a group ``{"params": [...], <hyperparameter overrides>}``."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"a param group must be a dict, got {type(param_group).__name__}")
+        where = f"param_groups[{len(self.param_groups)}]"
+        group = dict(param_group)
+        if "params" not in group:
+            raise ValueError(f"{where} has no 'params' entry")
+        group["params"] = _as_param_list(group["params"], f"{where}['params']")
+        first = sum(len(g["params"]) for g in self.param_groups)
+        _validation.check_params(group["params"], first)
+        existing = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in existing for p in group["params"]):
+            raise ValueError("some parameters appear in more than one parameter group")
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        _validation.check_hyperparameters(group, f"{where}: ")
+        _validation.check_num_threads(group["num_threads"])
+        resolve_backend(group["backend"])
+        self.param_groups.append(group)
+        self._group_steps.append(0)
+        self._group_cache.append(None)
+
+    def _state_names(self, amsgrad):
+        if self.algorithm == "adamax":
+            return ("exp_avg", "exp_inf")
+        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg", "exp_avg_sq")
+
+    # ---------------------------------------------------------------- step
+    def _build_group(self, gi, group, params, backend, names, first):
+        """A GroupStep for group ``gi``, plus the state it creates (not yet stored)."""
+        new_state = []
+        states = [[] for _ in names]
+        for k, p in enumerate(params):
+            st = self.state.get(p)
+            if st is None and self._group_steps[gi] != 0:
+                raise ValueError(
+                    f"params[{first + k}] has no state, but its group is at step "
+                    f"{self._group_steps[gi]}; add new parameters as a new group"
+                )
+            missing = [name for name in names if st is None or name not in st]
+            if missing:
+                # New state (or max_exp_avg_sq when amsgrad was switched on) starts at 0.
+                _validation.check_params([p], first + k)
+                st = dict(st or {})
+                for name in missing:
+                    st[name] = np.zeros_like(p, order="C")
+                new_state.append((p, st))
+            for i, name in enumerate(names):
+                states[i].append(st[name])
+        return GroupStep(params, states, names, backend, first), new_state
+
+    def step(self, grads):
+        """Update every parameter in place from ``grads``.
+
+        ``grads`` is one array (when there is one parameter) or a sequence of arrays in
+        the order of all params of all groups. Raises before writing anything.
+        """
+        with self._lock:
+            n_params = sum(len(g["params"]) for g in self.param_groups)
+            grads = _validation.as_grad_list(grads, n_params)
+            prepared = []
+            offset = 0
+            for gi, group in enumerate(self.param_groups):
+                prepared.append(self._prepare_group(gi, group, grads, offset))
+                offset += len(group["params"])
+            for gi, (group_step, key, new_state, scalars, n_threads) in enumerate(prepared):
+                for p, st in new_state:
+                    self.state._set(p, st)
+                self._group_cache[gi] = (group_step, key)
+                group_step.run(scalars, n_threads)
+                self._group_steps[gi] += 1
+
+    def _prepare_group(self, gi, group, grads, offset):
+        params = group["params"]
+        if not isinstance(params, list):
+            params = group["params"] = _as_param_list(params, f"param_groups[{gi}]['params']")
+        key = tuple(group[k] for k in _HYPER_KEYS)
+        cached = self._group_cache[gi]
+        if cached is None or cached[1] != key:
+            _validation.check_hyperparameters(group, f"param_groups[{gi}]: ")
+            _validation.check_num_threads(group["num_threads"])
+            cached = None
+        backend = resolve_backend(group["backend"])
+        amsgrad = self.algorithm == "adam" and group["amsgrad"]
+        names = self._state_names(amsgrad)
+        t = self._group_steps[gi] + 1
+        lr = learning_rate(group["lr"], t)
+        decoupled = self.algorithm == "adam" and group.get("decoupled_weight_decay", False)
+        kind = loop_kind(self.algorithm, amsgrad, group["weight_decay"] != 0 and not decoupled)
+        new_state = []
+        group_step = cached[0] if cached is not None else None
+        if (group_step is None or group_step.backend != backend
+                or group_step.state_names != names
+                or not group_step.prepare(params, grads, offset, kind)):
+            group_step, new_state = self._build_group(gi, group, params, backend, names, offset)
+            if not group_step.prepare(params, grads, offset, kind):
+                raise RuntimeError("fusedadam internal error: fresh group rejected its params")
+        beta1, beta2 = group["betas"]
+        scalars = adam_scalars(t, lr, beta1, beta2, group["eps"], group["weight_decay"],
+                               decoupled, group["maximize"], group["bias_correction"],
+                               group["beta1_decay"])
+        return group_step, key, new_state, scalars, effective_num_threads(group["num_threads"])
+
+    # ---------------------------------------------------------------- state dict
+    def state_dict(self):
+        """Plain dict of Python scalars and NumPy arrays, keyed like ``torch.optim``.
+
+        ``{"state": {i: {"step": t, "exp_avg": ..., ...}}, "param_groups": [{..., "params":
+        [i, ...]}]}`` with ``i`` the param's position over all groups. The arrays are the
+        optimizer's own (no copy, as in torch): copy them to keep a snapshot while training
+        goes on. Picklable; :func:`fusedadam.flatten_state_dict` makes it ``np.savez``-able.
+        """
+        with self._lock:
+            state, groups, index = {}, [], 0
+            for gi, group in enumerate(self.param_groups):
+                packed = {k: v for k, v in group.items() if k != "params"}
+                packed["params"] = list(range(index, index + len(group["params"])))
+                groups.append(packed)
+                for p in group["params"]:
+                    st = self.state.get(p)
+                    if st is not None:
+                        state[index] = {"step": self._group_steps[gi], **st}
+                    index += 1
+            return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Load a ``state_dict()``: checked whole, then copied in; resumes exactly.
+
+        Raises ``ValueError``/``TypeError`` (and changes nothing) when the groups, sizes,
+        shapes, dtypes, keys or steps do not fit this optimizer.
+        """
+        with self._lock:
+            new_groups, new_state, new_steps = self._check_state_dict(state_dict)
+            for group, saved in zip(self.param_groups, new_groups):
+                group.update(saved)
+            self.state = _ParamState()
+            for p, st in new_state:
+                self.state._set(p, st)
+            self._group_steps = new_steps
+            self._group_cache = [None] * len(self.param_groups)
+
+    def _check_state_dict(self, state_dict):
+        if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
+            raise ValueError("state_dict must be a dict with exactly 'state' and 'param_groups'")
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(saved_groups, (list, tuple)) or not isinstance(saved_state, dict):
+            raise TypeError("state_dict['param_groups'] must be a list and ['state'] a dict")
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"state_dict has {len(saved_groups)} parameter groups, the optimizer has "
+                f"{len(self.param_groups)}"
+            )
+        new_groups, new_state, new_steps, used, index = [], [], [], set(), 0
+        for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            where = f"state_dict['param_groups'][{gi}]"
+            if not isinstance(saved, dict) or "params" not in saved:
+                raise ValueError(f"{where} must be a dict with a 'params' list")
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"{where} has {len(saved['params'])} params, the optimizer's group has "
+                    f"{len(group['params'])}"
+                )
+            hyper = {k: v for k, v in saved.items() if k != "params"}
+            merged = {**group, **hyper}
+            _validation.check_hyperparameters(merged, f"{where}: ")
+            _validation.check_num_threads(merged["num_threads"])
+            names = self._state_names(self.algorithm == "adam" and merged["amsgrad"])
+            steps = set()
+            for k, (saved_id, p) in enumerate(zip(saved["params"], group["params"])):
+                pname = f"state_dict['state'][{saved_id!r}] (params[{index + k}])"
+                if saved_id not in saved_state:
+                    steps.add(0)
+                    continue
+                if saved_id in used:
+                    raise ValueError(f"{pname} is listed in two groups")
+                used.add(saved_id)
+                entry = saved_state[saved_id]
+                if not isinstance(entry, dict):
+                    raise TypeError(f"{pname} must be a dict")
+                missing = [key for key in ("step",) + names if key not in entry]
+                if missing:
+                    raise ValueError(f"{pname} is missing {missing}")
+                step = entry["step"]
+                if isinstance(step, np.ndarray) and step.ndim == 0:
+                    step = step.item()
+                if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
+                    raise TypeError(f"{pname}: step must be an int, got {step!r}")
+                if step < 0:
+                    raise ValueError(f"{pname}: step must be >= 0, got {step}")
+                steps.add(int(step))
+                st = {}
+                for name in names:
+                    a = entry[name]
+                    if not isinstance(a, np.ndarray):
+                        raise TypeError(f"{pname}['{name}'] must be an ndarray")
+                    if a.dtype != p.dtype:
+                        raise TypeError(
+                            f"{pname}['{name}'] has dtype {a.dtype}, the param has {p.dtype}"
+                        )
+                    if a.shape != p.shape:
+                        raise ValueError(
+                            f"{pname}['{name}'] has shape {a.shape}, the param has {p.shape}"
+                        )
+                    st[name] = np.array(a, order="C", copy=True)
+                new_state.append((p, st))
+            if len(steps) > 1:
+                raise ValueError(
+                    f"{where}: its params are at different steps {sorted(steps)}; fusedadam "
+                    "steps a group together"
+                )
+            new_steps.append(steps.pop() if steps else 0)
+            new_groups.append(hyper)
+            index += len(group["params"])
+        return new_groups, new_state, new_steps
+
+
+def _defaults(lr, betas, eps, weight_decay, amsgrad, maximize, bias_correction, beta1_decay,
+              num_threads, backend, **extra):
+    return dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
+                weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                bias_correction=bias_correction, beta1_decay=beta1_decay,
+                num_threads=num_threads, backend=backend, **extra)
+
+
+class Adam(Optimizer):
+    r"""Adam (Kingma & Ba, 2014), with AMSGrad (Reddi et al., 2018) as an option.
+
+    For step ``t`` of each element, with ``g`` its gradient::
+
+        g     = -g if maximize else g
+        g     = g + weight_decay * p                  (L2 weight decay, coupled)
+        b1_t  = beta1 * beta1_decay**(t - 1)
+        m     = b1_t * m + (1 - b1_t) * g
+        v     = beta2 * v + (1 - beta2) * g * g
+        v_max = max(v_max, v)                         (amsgrad; then v_max is used for v)
+        bc1, bc2 = 1 - beta1**t, 1 - beta2**t         (1, 1 without bias_correction)
+        p     = p - (lr_t / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+
+    ``lr_t`` is ``lr`` or ``lr(t)``. eps is added outside the square root and the
+    AMSGrad maximum is taken over the raw ``v`` (not the bias-corrected one), as in
+    ``torch.optim.Adam``.
+
+    Parameters
+    ----------
+    params : ndarray, sequence of ndarray, or sequence of dict
+        Arrays to optimize (float32/float64, C-contiguous, writeable), or param groups
+        ``{"params": [...], "lr": ...}`` overriding any hyperparameter below.
+    lr : float or callable, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+    eps : float, default 1e-8
+    weight_decay : float, default 0
+    amsgrad, maximize : bool, default False
+    bias_correction : bool, default True
+    beta1_decay : float in (0, 1], default 1
+    num_threads : int or None
+        None follows OpenMP (``OMP_NUM_THREADS``, threadpoolctl); -1 all processors.
+    backend : {"auto", "compiled", "numpy"}
+    """
+
+    algorithm = "adam"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, maximize=False, bias_correction=True, beta1_decay=1.0,
+                 num_threads=None, backend="auto"):
+        super().__init__(params, _defaults(
+            lr, betas, eps, weight_decay, amsgrad, maximize, bias_correction, beta1_decay,
+            num_threads, backend, decoupled_weight_decay=self._decoupled))
+
+    _decoupled = False
+
+
+class AdamW(Adam):
+    r"""AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay.
+
+    As :class:`Adam`, except that the gradient gets no L2 term; instead, before the
+    update, ``p = p * (1 - lr_t * weight_decay)``. Default ``weight_decay=1e-2``.
+    """
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, maximize=False, bias_correction=True, beta1_decay=1.0,
+                 num_threads=None, backend="auto"):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize,
+                         bias_correction, beta1_decay, num_threads, backend)
+
+
+class Adamax(Optimizer):
+    r"""Adamax (Kingma & Ba, 2014, Algorithm 2), with torch's eps.
+
+    For step ``t`` of each element::
+
+        g    = -g if maximize else g
+        g    = g + weight_decay * p
+        b1_t = beta1 * beta1_decay**(t - 1)
+        m    = b1_t * m + (1 - b1_t) * g
+        u    = max(beta2 * u, |g| + eps)
+        p    = p - (lr_t / (1 - beta1**t)) * m / u
+
+    Parameters are as for :class:`Adam` (no ``amsgrad``); default ``lr=2e-3``.
+    """
+
+    algorithm = "adamax"
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 maximize=False, bias_correction=True, beta1_decay=1.0, num_threads=None,
+                 backend="auto"):
+        super().__init__(params, _defaults(
+            lr, betas, eps, weight_decay, False, maximize, bias_correction, beta1_decay,
+            num_threads, backend))
