@@ -117,24 +117,23 @@ def check_params(params, first_index=0):
 def check_state(params, states, first_index=0):
     """Check state arrays against their params and return the sorted written intervals.
 
-    ``states`` maps a state name (``"exp_avg"``...) to a list parallel to ``params``.
+    ``states`` is a list parallel to ``params`` of dicts ``{state name: array}``.
     Returns ``(lo, hi)``: sorted, disjoint byte intervals of every param and state array,
     as uint64 arrays. Raises if any two of them overlap.
     """
     owners, lows, highs = [], [], []
-    for k, p in enumerate(params):
+    for k, (p, state) in enumerate(zip(params, states)):
         pname = f"params[{first_index + k}]"
-        for state_name, arrays in states.items():
-            a = arrays[k]
+        named = [(pname, p)]
+        for state_name, a in state.items():
             name = f"{state_name} of {pname}"
             _check_written_array(a, name)
             if a.dtype != p.dtype:
                 raise TypeError(f"{name} has dtype {a.dtype}, but {pname} has {p.dtype}")
             if a.shape != p.shape:
                 raise ValueError(f"{name} has shape {a.shape}, but {pname} has {p.shape}")
-        for name, a in [(pname, p)] + [
-            (f"{state_name} of {pname}", arrays[k]) for state_name, arrays in states.items()
-        ]:
+            named.append((name, a))
+        for name, a in named:
             if a.nbytes:
                 owners.append(name)
                 lows.append(_address(a))

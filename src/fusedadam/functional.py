@@ -110,16 +110,18 @@ class GroupStep:
     stay the same; ``prepare`` checks a step's gradients and ``run`` writes.
     """
 
-    def __init__(self, params, states, state_names, backend, first_index=0):
+    def __init__(self, params, states, state_names, backend, first_index=0, written=None):
         self.params = list(params)
         self.states = [list(s) for s in states]
-        self.state_names = state_names
+        self.state_names = tuple(state_names)
         self.backend = backend
         self.first_index = first_index
-        _validation.check_params(self.params, first_index)
-        self.written_lo, self.written_hi = _validation.check_state(
-            self.params, dict(zip(state_names, self.states)), first_index
-        )
+        if written is None:
+            _validation.check_params(self.params, first_index)
+            written = _validation.check_state(self.params, self._state_dicts(), first_index)
+        # Byte intervals of every array the step writes -- the whole optimizer's when
+        # given, so a gradient cannot alias a parameter of another group either.
+        self.written_lo, self.written_hi = written
         self.kernel = None
         if backend == "compiled":
             thirds = self.states[2] if len(self.states) > 2 else None
@@ -129,6 +131,9 @@ class GroupStep:
             )
         self._grads = None
         self._kind = None
+
+    def _state_dicts(self):
+        return [dict(zip(self.state_names, arrays)) for arrays in zip(*self.states)]
 
     def prepare(self, params, grads, grad_offset, kind):
         """Check this group's gradients ``grads[grad_offset:]``; write nothing.
@@ -153,8 +158,7 @@ class GroupStep:
             return False
         # The NumPy backend re-checks the arrays every step; it is not the fast path.
         _validation.check_params(self.params, self.first_index)
-        _validation.check_state(self.params, dict(zip(self.state_names, self.states)),
-                                self.first_index)
+        _validation.check_state(self.params, self._state_dicts(), self.first_index)
         self._grads = _validation.check_grads(
             grads[grad_offset:grad_offset + n], self.params, self.written_lo,
             self.written_hi, self.first_index,

@@ -128,80 +128,107 @@ class Optimizer:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg", "exp_avg_sq")
 
     # ---------------------------------------------------------------- step
-    def _build_group(self, gi, group, params, backend, names, first):
-        """A GroupStep for group ``gi``, plus the state it creates (not yet stored)."""
-        new_state = []
-        states = [[] for _ in names]
-        for k, p in enumerate(params):
-            st = self.state.get(p)
-            if st is None and self._group_steps[gi] != 0:
-                raise ValueError(
-                    f"params[{first + k}] has no state, but its group is at step "
-                    f"{self._group_steps[gi]}; add new parameters as a new group"
-                )
-            missing = [name for name in names if st is None or name not in st]
-            if missing:
-                # New state (or max_exp_avg_sq when amsgrad was switched on) starts at 0.
-                _validation.check_params([p], first + k)
-                st = dict(st or {})
-                for name in missing:
-                    st[name] = np.zeros_like(p, order="C")
-                new_state.append((p, st))
-            for i, name in enumerate(names):
-                states[i].append(st[name])
-        return GroupStep(params, states, names, backend, first), new_state
-
     def step(self, grads):
         """Update every parameter in place from ``grads``.
 
         ``grads`` is one array (when there is one parameter) or a sequence of arrays in
-        the order of all params of all groups. Raises before writing anything.
+        the order of all params of all groups. Everything is checked first: on an error
+        no parameter, state array or step count has changed.
         """
         with self._lock:
             n_params = sum(len(g["params"]) for g in self.param_groups)
             grads = _validation.as_grad_list(grads, n_params)
-            prepared = []
-            offset = 0
-            for gi, group in enumerate(self.param_groups):
-                prepared.append(self._prepare_group(gi, group, grads, offset))
-                offset += len(group["params"])
-            for gi, (group_step, key, new_state, scalars, n_threads) in enumerate(prepared):
-                for p, st in new_state:
-                    self.state._set(p, st)
+            plans = [self._plan_group(gi, group) for gi, group in enumerate(self.param_groups)]
+            new_state = self._prepare_all(plans, grads)
+            for p, st in new_state:
+                self.state._set(p, st)
+            for gi, (_, key, _, scalars, n_threads) in enumerate(plans):
+                group_step = self._group_cache[gi][0]
                 self._group_cache[gi] = (group_step, key)
                 group_step.run(scalars, n_threads)
                 self._group_steps[gi] += 1
 
-    def _prepare_group(self, gi, group, grads, offset):
-        params = group["params"]
-        if not isinstance(params, list):
-            params = group["params"] = _as_param_list(params, f"param_groups[{gi}]['params']")
+    def _plan_group(self, gi, group):
+        """Check a group's settings; return what its step needs (nothing is written)."""
+        if not isinstance(group["params"], list):
+            group["params"] = _as_param_list(group["params"], f"param_groups[{gi}]['params']")
         key = tuple(group[k] for k in _HYPER_KEYS)
         cached = self._group_cache[gi]
         if cached is None or cached[1] != key:
             _validation.check_hyperparameters(group, f"param_groups[{gi}]: ")
             _validation.check_num_threads(group["num_threads"])
-            cached = None
         backend = resolve_backend(group["backend"])
         amsgrad = self.algorithm == "adam" and group["amsgrad"]
-        names = self._state_names(amsgrad)
         t = self._group_steps[gi] + 1
         lr = learning_rate(group["lr"], t)
         decoupled = self.algorithm == "adam" and group.get("decoupled_weight_decay", False)
         kind = loop_kind(self.algorithm, amsgrad, group["weight_decay"] != 0 and not decoupled)
-        new_state = []
-        group_step = cached[0] if cached is not None else None
-        if (group_step is None or group_step.backend != backend
-                or group_step.state_names != names
-                or not group_step.prepare(params, grads, offset, kind)):
-            group_step, new_state = self._build_group(gi, group, params, backend, names, offset)
-            if not group_step.prepare(params, grads, offset, kind):
-                raise RuntimeError("fusedadam internal error: fresh group rejected its params")
         beta1, beta2 = group["betas"]
         scalars = adam_scalars(t, lr, beta1, beta2, group["eps"], group["weight_decay"],
                                decoupled, group["maximize"], group["bias_correction"],
                                group["beta1_decay"])
-        return group_step, key, new_state, scalars, effective_num_threads(group["num_threads"])
+        setup = (backend, self._state_names(amsgrad), kind)
+        return setup, key, None, scalars, effective_num_threads(group["num_threads"])
+
+    def _prepare_all(self, plans, grads):
+        """Check every group's gradients against cached kernels, rebuilding them if stale.
+
+        Returns the state the rebuild had to create (stored by the caller only once every
+        group has passed). Raises before anything is written.
+        """
+        offsets = np.cumsum([0] + [len(g["params"]) for g in self.param_groups]).tolist()
+
+        def prepare(gi, group_step):
+            backend, names, kind = plans[gi][0]
+            return group_step.prepare(self.param_groups[gi]["params"], grads, offsets[gi], kind)
+
+        cache = self._group_cache
+        if all(cache[gi] is not None and (cache[gi][0].backend, cache[gi][0].state_names)
+               == plans[gi][0][:2] and prepare(gi, cache[gi][0])
+               for gi in range(len(plans))):
+            return []
+        group_steps, new_state = self._build_groups(plans, offsets)
+        for gi, group_step in enumerate(group_steps):
+            if not prepare(gi, group_step):
+                raise RuntimeError("fusedadam internal error: fresh group rejected its params")
+        for gi, group_step in enumerate(group_steps):
+            cache[gi] = (group_step, None)
+        return new_state
+
+    def _build_groups(self, plans, offsets):
+        """Fresh GroupSteps for all groups over one optimizer-wide memory map."""
+        all_params, all_states, new_state, per_group = [], [], [], []
+        for gi, group in enumerate(self.param_groups):
+            names = plans[gi][0][1]
+            states = [[] for _ in names]
+            for k, p in enumerate(group["params"]):
+                st = self.state.get(p)
+                if st is None and self._group_steps[gi] != 0:
+                    raise ValueError(
+                        f"params[{offsets[gi] + k}] has no state, but its group is at step "
+                        f"{self._group_steps[gi]}; add new parameters as a new group"
+                    )
+                missing = [name for name in names if st is None or name not in st]
+                if missing:
+                    # New state (or max_exp_avg_sq when amsgrad was switched on) starts at 0.
+                    _validation.check_params([p], offsets[gi] + k)
+                    st = dict(st or {})
+                    for name in missing:
+                        st[name] = np.zeros_like(p, order="C")
+                    new_state.append((p, st))
+                for i, name in enumerate(names):
+                    states[i].append(st[name])
+                all_params.append(p)
+                all_states.append({name: st[name] for name in names})
+            per_group.append(states)
+        _validation.check_params(all_params)
+        written = _validation.check_state(all_params, all_states)
+        group_steps = [
+            GroupStep(group["params"], states, plans[gi][0][1], plans[gi][0][0],
+                      offsets[gi], written)
+            for gi, (group, states) in enumerate(zip(self.param_groups, per_group))
+        ]
+        return group_steps, new_state
 
     # ---------------------------------------------------------------- state dict
     def state_dict(self):
