@@ -13,6 +13,9 @@ check here fails, the caller re-runs the Python validator, which raises the prec
 from libc.stdlib cimport malloc, free
 from libc.stddef cimport ptrdiff_t
 from libc.stdint cimport uintptr_t
+from libc.math cimport pow, sqrt, isfinite
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
 cimport numpy as cnp
 from cython.parallel cimport prange
 
@@ -53,6 +56,10 @@ cdef extern from "_loops.h" nogil:
     int fa_cpu_best_isa()
     fa_loop_fn fa_get_loop(int isa, int dtype, int kind)
 
+cdef extern from "_finite.h" nogil:
+    ctypedef ptrdiff_t (*fa_scan_fn)(const void *grad, ptrdiff_t n) noexcept nogil
+    fa_scan_fn fa_get_scan(int isa, int dtype)
+
 
 # Loop kinds, exported for the Python layer.
 ADAM = FA_ADAM
@@ -74,6 +81,31 @@ cdef Py_ssize_t _parallel_min_elements = 32768
 # Threads split a group at multiples of this many elements: 64 bytes of float32, so two
 # threads never write the same cache line of an aligned array.
 DEF SPLIT_GRAIN = 16
+# Upper bound on the team of one call (sizes the per-thread scan results).
+DEF MAX_THREADS = 256
+
+# Set in a child process after os.fork(): GNU libgomp's thread pool does not survive
+# fork, and entering a parallel region in the child can hang. The child runs serially.
+# Only a parent that has started the pool is a hazard, so a child forked before any
+# parallel step keeps its threads.
+cdef bint _forked_child = False
+cdef bint _pool_started = False
+
+
+def _after_fork_in_child():
+    global _forked_child
+    if _pool_started:
+        _forked_child = True
+
+
+import os as _os
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def forked_child():
+    """True in a process forked from one that imported fusedadam (steps run serially)."""
+    return bool(_forked_child)
 
 
 def openmp_enabled():
@@ -148,20 +180,46 @@ cdef inline Py_ssize_t _split_point(Py_ssize_t total, Py_ssize_t t,
     return at - at % SPLIT_GRAIN
 
 
-cdef void _run_range(GroupData *d, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
-    """Run the step on global elements [start, end) of the group, array by array."""
-    cdef Py_ssize_t lo = 0, hi = d.n_arrays, mid, k, stop, off, size
-    cdef char *third
-    if start >= end:
-        return
-    # The last array whose first element is <= start (empty arrays are skipped this way).
+cdef inline Py_ssize_t _array_at(GroupData *d, Py_ssize_t element) noexcept nogil:
+    """The last array whose first element is <= element (so empty arrays are skipped)."""
+    cdef Py_ssize_t lo = 0, hi = d.n_arrays, mid
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if d.offsets[mid] <= start:
+        if d.offsets[mid] <= element:
             lo = mid
         else:
             hi = mid
-    k = lo
+    return lo
+
+
+cdef Py_ssize_t _scan_range(GroupData *d, Py_ssize_t start, Py_ssize_t end,
+                            int isa) noexcept nogil:
+    """Global index of the first non-finite gradient value in [start, end), or -1."""
+    cdef Py_ssize_t k, stop, found
+    if start >= end:
+        return -1
+    k = _array_at(d, start)
+    while start < end:
+        stop = d.offsets[k + 1]
+        if stop > end:
+            stop = end
+        if stop > start:
+            found = fa_get_scan(isa, d.dtype[k])(
+                d.grad[k] + (start - d.offsets[k]) * d.itemsize[k], stop - start)
+            if found >= 0:
+                return start + found
+        start = stop
+        k += 1
+    return -1
+
+
+cdef void _run_range(GroupData *d, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    """Run the step on global elements [start, end) of the group, array by array."""
+    cdef Py_ssize_t k, stop, off, size
+    cdef char *third
+    if start >= end:
+        return
+    k = _array_at(d, start)
     while start < end:
         stop = d.offsets[k + 1]
         if stop > end:
@@ -176,16 +234,52 @@ cdef void _run_range(GroupData *d, Py_ssize_t start, Py_ssize_t end) noexcept no
         k += 1
 
 
-cdef void _run(GroupData *d, int n_threads) noexcept nogil:
+cdef inline int _team_size(GroupData *d, int n_threads) noexcept nogil:
+    """Threads a call over this group uses: 1 below the threshold or after a fork."""
     cdef Py_ssize_t total = d.offsets[d.n_arrays]
-    cdef Py_ssize_t t
+    if _forked_child or total < _parallel_min_elements:
+        return 1
     if n_threads > total // SPLIT_GRAIN:
         n_threads = <int>(total // SPLIT_GRAIN)
-    if n_threads <= 1 or total < _parallel_min_elements:
-        _run_range(d, 0, total)
+    if n_threads > MAX_THREADS:
+        n_threads = MAX_THREADS
+    return n_threads if n_threads > 1 else 1
+
+
+cdef void _run(GroupData *d, int n_threads) noexcept nogil:
+    global _pool_started
+    cdef Py_ssize_t total = d.offsets[d.n_arrays]
+    cdef Py_ssize_t t
+    n_threads = _team_size(d, n_threads)
+    if n_threads == 1:
+        _run_range(d, 0, total)     # no parallel region at all: safe after fork()
         return
+    _pool_started = True
     for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
         _run_range(d, _split_point(total, t, n_threads), _split_point(total, t + 1, n_threads))
+
+
+cdef Py_ssize_t _scan(GroupData *d, int n_threads, int isa,
+                      Py_ssize_t *first_per_thread) noexcept nogil:
+    global _pool_started
+    """First non-finite gradient value of the group (global index), or -1.
+
+    Threads scan the same slices they will update, so on in-cache sizes each core's
+    gradients are still in its cache when the update reads them.
+    """
+    cdef Py_ssize_t total = d.offsets[d.n_arrays]
+    cdef Py_ssize_t t, first = -1
+    n_threads = _team_size(d, n_threads)
+    if n_threads == 1:
+        return _scan_range(d, 0, total, isa)
+    _pool_started = True
+    for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
+        first_per_thread[t] = _scan_range(
+            d, _split_point(total, t, n_threads), _split_point(total, t + 1, n_threads), isa)
+    for t in range(n_threads):
+        if first_per_thread[t] >= 0:
+            return first_per_thread[t]
+    return -1
 
 
 cdef inline int _dtype_code(cnp.ndarray a):
@@ -219,6 +313,8 @@ cdef class GroupKernel:
     cdef uintptr_t *written_hi
     cdef Py_ssize_t n_written
     cdef object pending_grads
+    cdef Py_ssize_t pending_offset
+    cdef Py_ssize_t first_per_thread[MAX_THREADS]
 
     def __cinit__(self, params, exp_avgs, seconds, thirds, written_lo, written_hi):
         cdef Py_ssize_t n = len(params), k
@@ -339,6 +435,10 @@ cdef class GroupKernel:
         this kernel (rebuild it); ``k + 1`` when ``grads[grad_offset + k]`` failed a fast
         check (the Python validator says why, or hands back a usable copy).
         """
+        return self._prepare(params, grads, grad_offset, kind)
+
+    cdef Py_ssize_t _prepare(self, list params, list grads, Py_ssize_t grad_offset,
+                             int kind) except -2:
         cdef Py_ssize_t k, n = self.d.n_arrays, nbytes
         cdef object g_obj
         cdef cnp.ndarray g, p
@@ -370,20 +470,42 @@ cdef class GroupKernel:
             self.d.loop[k] = fa_get_loop(_isa, self.d.dtype[k], kind)
         # Keep the gradients alive until run(): d.grad borrows their memory.
         self.pending_grads = grads
+        self.pending_offset = grad_offset
         return 0
+
+    @property
+    def prepared_grads(self):
+        """``(grads, offset)`` of the last successful ``prepare``, or None."""
+        return None if self.pending_grads is None else (self.pending_grads, self.pending_offset)
+
+    def first_nonfinite(self, int n_threads):
+        """After ``prepare``: ``(k, i)`` of the first NaN/inf in the gradients (array
+        ``k`` of the group, element ``i`` of its flattened view), or None."""
+        cdef Py_ssize_t found, k
+        if self.pending_grads is None:
+            raise RuntimeError("first_nonfinite() without a successful prepare()")
+        with nogil:
+            found = _scan(&self.d, n_threads, _isa, self.first_per_thread)
+        if found < 0:
+            return None
+        k = _array_at(&self.d, found)
+        return k, found - self.d.offsets[k]
 
     def run(self, tuple scalars, int n_threads):
         """Run the step prepared by ``prepare`` with the 10 per-step scalars, in place."""
-        cdef Py_ssize_t k
         cdef fa_scalars *s = &self.d.scalars
         if self.pending_grads is None:
             raise RuntimeError("run() without a successful prepare()")
         (s.sign, s.weight_decay, s.decay, s.beta1, s.one_minus_beta1, s.beta2,
          s.one_minus_beta2, s.step_size, s.bc2_sqrt, s.eps) = scalars
+        self._run(n_threads)
+
+    cdef void _run(self, int n_threads):
+        cdef Py_ssize_t k
         with nogil:
             _run(&self.d, n_threads)
         for k in range(self.d.n_arrays):
-            self.d.grad[k] = NULL
+            self.d.grad[k] = NULL      # drop borrowed pointers: grads may be freed now
         self.pending_grads = None
 
 
@@ -391,3 +513,144 @@ cdef inline bint _state_unchanged(object state, char *ptr):
     cdef cnp.ndarray s = state
     return _writable_contiguous(s) and (
         <char *>cnp.PyArray_DATA(s) == ptr or cnp.PyArray_SIZE(s) == 0)
+
+
+# Non-finite gradient policies, as coded in StepPlan configs.
+NONFINITE_CODES = {"error": 0, "skip": 1, "ignore": 2}
+
+
+cdef void _fill_scalars(fa_scalars *s, double t, double lr, double beta1, double beta2,
+                        double eps, double weight_decay, bint decoupled, bint maximize,
+                        bint bias_correction, double beta1_decay) noexcept nogil:
+    """C twin of functional.adam_scalars: the same double operations, the same libm pow."""
+    cdef double beta1_t = beta1 * pow(beta1_decay, t - 1.0)
+    cdef double bc1 = 1.0, bc2 = 1.0
+    if bias_correction:
+        bc1 = 1.0 - pow(beta1, t)
+        bc2 = 1.0 - pow(beta2, t)
+    s.sign = -1.0 if maximize else 1.0
+    s.weight_decay = 0.0 if decoupled else weight_decay
+    s.decay = 1.0 - lr * weight_decay if decoupled else 1.0
+    s.beta1 = beta1_t
+    s.one_minus_beta1 = 1.0 - beta1_t
+    s.beta2 = beta2
+    s.one_minus_beta2 = 1.0 - beta2
+    s.step_size = lr / bc1
+    s.bc2_sqrt = sqrt(bc2)
+    s.eps = eps
+
+
+cdef class StepPlan:
+    """An optimizer's steady-state step, run entirely in compiled code.
+
+    The optimizer builds it after a step its Python path has validated. ``step`` then
+    re-checks cheaply: every hyperparameter of every group must still be the very same
+    object (identity), and each GroupKernel must accept its params and gradients. Any
+    other case returns -1 without writing anything, and the Python path takes over (it
+    re-validates, raises the precise error, or builds a new plan).
+
+    ``configs[g]`` is ``(kind, lr, lr_callable, beta1, beta2, eps, weight_decay,
+    decoupled, maximize, bias_correction, beta1_decay, nonfinite_code, num_threads)``.
+    """
+    cdef list groups
+    cdef list kernels
+    cdef list values
+    cdef list configs
+    cdef tuple keys
+    cdef list steps
+    cdef Py_ssize_t n_params
+
+    def __cinit__(self, groups, kernels, keys, steps, configs):
+        self.groups = list(groups)
+        self.kernels = list(kernels)
+        self.keys = tuple(keys)
+        self.values = [tuple(g[k] for k in self.keys) for g in self.groups]
+        self.steps = steps
+        self.configs = list(configs)
+        self.n_params = sum(len(g["params"]) for g in self.groups)
+        if not (len(self.kernels) == len(self.configs) == len(self.groups) == len(steps)):
+            raise ValueError("one kernel, config and step count per group")
+
+    cdef bint _group_unchanged(self, dict group, tuple values):
+        cdef Py_ssize_t j
+        cdef PyObject *item
+        for j in range(len(self.keys)):
+            item = PyDict_GetItem(group, self.keys[j])
+            if item == NULL or item != <PyObject *>values[j]:
+                return False
+        return True
+
+    def step(self, grads):
+        """0: stepped; 1: skipped (non-finite gradients, policy "skip"); -1: nothing
+        written, run the Python path."""
+        cdef list glist
+        cdef Py_ssize_t gi, n_groups = len(self.groups), offset = 0, t
+        cdef GroupKernel kernel
+        cdef tuple cfg
+        cdef object params, lr_value
+        cdef double lr
+        cdef int n_threads, spec_threads, code
+        if isinstance(grads, cnp.ndarray):
+            if self.n_params != 1:
+                return -1
+            glist = [grads]
+        elif type(grads) is list:
+            glist = <list>grads
+        elif type(grads) is tuple:
+            glist = list(grads)
+        else:
+            return -1
+        if len(glist) != self.n_params:
+            return -1
+        lrs = [0.0] * n_groups
+        threads = [1] * n_groups
+        for gi in range(n_groups):
+            group = <dict>self.groups[gi]
+            if not self._group_unchanged(group, <tuple>self.values[gi]):
+                return -1
+            params = group.get("params")
+            if type(params) is not list:
+                return -1
+            kernel = <GroupKernel>self.kernels[gi]
+            cfg = <tuple>self.configs[gi]
+            t = <Py_ssize_t>self.steps[gi] + 1
+            if cfg[2] is not None:
+                lr_value = cfg[2](t)
+                if (not isinstance(lr_value, (float, int)) or isinstance(lr_value, bool)
+                        or not isfinite(<double>lr_value) or lr_value < 0):
+                    return -1       # the Python path calls it again and raises
+                lrs[gi] = float(lr_value)
+            else:
+                lrs[gi] = cfg[1]
+            if kernel._prepare(<list>params, glist, offset, <int>cfg[0]) != 0:
+                return -1
+            spec = cfg[12]
+            if _forked_child or not FA_OPENMP_ENABLED:
+                threads[gi] = 1
+            elif spec is None:
+                threads[gi] = fa_max_threads()
+            elif spec == -1:
+                threads[gi] = fa_num_procs()
+            else:
+                threads[gi] = spec
+            offset += len(<list>params)
+        skip = False
+        for gi in range(n_groups):
+            code = (<tuple>self.configs[gi])[11]
+            if code != 2 and (<GroupKernel>self.kernels[gi]).first_nonfinite(threads[gi]) is not None:
+                if code == 0:
+                    return -1       # the Python path finds it again and raises
+                skip = True
+        if skip:
+            for gi in range(n_groups):
+                (<GroupKernel>self.kernels[gi]).pending_grads = None
+            return 1
+        for gi in range(n_groups):
+            kernel = <GroupKernel>self.kernels[gi]
+            cfg = <tuple>self.configs[gi]
+            t = <Py_ssize_t>self.steps[gi] + 1
+            _fill_scalars(&kernel.d.scalars, <double>t, lrs[gi], cfg[3], cfg[4], cfg[5],
+                          cfg[6], cfg[7], cfg[8], cfg[9], cfg[10])
+            kernel._run(threads[gi])
+            self.steps[gi] = t
+        return 0

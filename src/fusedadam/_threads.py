@@ -12,10 +12,11 @@ def effective_num_threads(num_threads):
 
     None: OpenMP's default team size right now, which follows ``OMP_NUM_THREADS``,
     ``omp_set_num_threads`` and ``threadpoolctl.threadpool_limits``. -1: every processor
-    OpenMP sees. A positive int is used as is. Always 1 without OpenMP.
+    OpenMP sees. A positive int is used as is. Always 1 without OpenMP, and in a child
+    forked after a parallel step (GNU libgomp's pool does not survive fork()).
     """
     check_num_threads(num_threads)
-    if _kernels is None or not _kernels.openmp_enabled():
+    if _kernels is None or not _kernels.openmp_enabled() or _kernels.forked_child():
         return 1
     if num_threads is None:
         return max(1, _kernels.max_threads())

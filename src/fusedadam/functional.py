@@ -9,6 +9,8 @@ backends cast them to the arrays' dtype and run the same elementwise operations.
 import math
 import warnings
 
+import numpy as np
+
 from fusedadam import _validation
 from fusedadam import reference
 from fusedadam._threads import effective_num_threads
@@ -81,6 +83,18 @@ def adam_scalars(step, lr, beta1, beta2, eps, weight_decay=0.0, decoupled=False,
         lr / bc1,
         math.sqrt(bc2),
         float(eps),
+    )
+
+
+def nonfinite_error(group_step, k, element):
+    """The FloatingPointError for a NaN/inf in gradient ``k`` of a group."""
+    grad = group_step.prepared_grads()[k]
+    count = int(np.count_nonzero(~np.isfinite(grad)))
+    index = np.unravel_index(element, grad.shape) if grad.ndim > 1 else element
+    return FloatingPointError(
+        f"grads[{group_step.first_index + k}] has {count} non-finite value"
+        f"{'s' if count != 1 else ''} (NaN or inf; the first at index {index}); nothing was "
+        "updated. Use nonfinite='skip' to skip such steps or 'ignore' to let them propagate."
     )
 
 
@@ -166,6 +180,24 @@ class GroupStep:
         self._kind = kind
         return True
 
+    def prepared_grads(self):
+        """The gradients ``prepare`` accepted, one per param (copies where it made them)."""
+        if self.kernel is not None:
+            grads, offset = self.kernel.prepared_grads
+            return grads[offset:offset + len(self.params)]
+        return self._grads
+
+    def first_nonfinite(self, num_threads):
+        """After ``prepare``: ``(k, i)`` of the first NaN/inf gradient value (array ``k``
+        of the group, flat element ``i``), or None."""
+        if self.kernel is not None:
+            return self.kernel.first_nonfinite(num_threads)
+        for k, g in enumerate(self._grads):
+            bad = np.flatnonzero(~np.isfinite(g.reshape(-1)))
+            if bad.size:
+                return k, int(bad[0])
+        return None
+
     def run(self, scalars, num_threads):
         """Write the step prepared by ``prepare``."""
         if self.kernel is not None:
@@ -186,11 +218,11 @@ class GroupStep:
 
 def _functional_step(algorithm, params, grads, states, state_names, *, step, lr, beta1,
                      beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
-                     bias_correction, beta1_decay, num_threads, backend):
+                     bias_correction, beta1_decay, num_threads, backend, nonfinite):
     backend = resolve_backend(backend)
     hyper = dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay,
                  beta1_decay=beta1_decay, amsgrad=amsgrad, maximize=maximize,
-                 bias_correction=bias_correction)
+                 bias_correction=bias_correction, nonfinite=nonfinite)
     _validation.check_hyperparameters(hyper)
     _validation.check_num_threads(num_threads)
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
@@ -205,15 +237,23 @@ def _functional_step(algorithm, params, grads, states, state_names, *, step, lr,
     coupled = weight_decay != 0 and not decoupled_weight_decay
     kind = loop_kind(algorithm, amsgrad, coupled)
     group.prepare(params, grads, 0, kind)
+    n_threads = effective_num_threads(num_threads)
+    if nonfinite != "ignore":
+        found = group.first_nonfinite(n_threads)
+        if found is not None:
+            if nonfinite == "error":
+                raise nonfinite_error(group, *found)
+            return False
     scalars = adam_scalars(step, lr_t, beta1, beta2, eps, weight_decay,
                            decoupled_weight_decay, maximize, bias_correction, beta1_decay)
-    group.run(scalars, effective_num_threads(num_threads))
+    group.run(scalars, n_threads)
+    return True
 
 
 def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, lr=1e-3,
          beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
          maximize=False, bias_correction=True, beta1_decay=1.0, num_threads=None,
-         backend="auto"):
+         backend="auto", nonfinite="error"):
     """One Adam, AdamW or AMSGrad step over lists of arrays, in place.
 
     Parameters
@@ -240,35 +280,44 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, lr
     num_threads : int or None
         None: OpenMP's default; -1: all processors; else a positive count.
     backend : {"auto", "compiled", "numpy"}
+    nonfinite : {"error", "skip", "ignore"}
+        NaN/inf in a gradient: raise ``FloatingPointError``; skip the step (return False);
+        or no check.
+
+    Returns
+    -------
+    bool
+        True when the step was taken, False when it was skipped.
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError, ValueError, FloatingPointError
         Before anything is written, naming the offending array or hyperparameter.
     """
     amsgrad = max_exp_avg_sqs is not None
     states = [exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
     names = ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"][: len(states)]
-    _functional_step(
+    return _functional_step(
         "adam", params, grads, states, names, step=step, lr=lr, beta1=beta1, beta2=beta2,
         eps=eps, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
         amsgrad=amsgrad, maximize=maximize, bias_correction=bias_correction,
         beta1_decay=beta1_decay, num_threads=num_threads, backend=backend,
+        nonfinite=nonfinite,
     )
 
 
 def adamax(params, grads, exp_avgs, exp_infs, *, step, lr=2e-3, beta1=0.9, beta2=0.999,
            eps=1e-8, weight_decay=0.0, maximize=False, bias_correction=True,
-           beta1_decay=1.0, num_threads=None, backend="auto"):
+           beta1_decay=1.0, num_threads=None, backend="auto", nonfinite="error"):
     """One Adamax step (Adam paper, Algorithm 2) over lists of arrays, in place.
 
     ``u = max(beta2 * u, |g| + eps)`` and ``p -= lr / (1 - beta1**t) * m / u``; the other
     parameters are as in :func:`adam` (``exp_infs`` holds ``u``).
     """
-    _functional_step(
+    return _functional_step(
         "adamax", params, grads, [exp_avgs, exp_infs], ["exp_avg", "exp_inf"], step=step,
         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
         decoupled_weight_decay=False, amsgrad=False, maximize=maximize,
         bias_correction=bias_correction, beta1_decay=beta1_decay, num_threads=num_threads,
-        backend=backend,
+        backend=backend, nonfinite=nonfinite,
     )

@@ -12,16 +12,18 @@ from fusedadam import _validation
 from fusedadam._threads import effective_num_threads
 from fusedadam.functional import (
     GroupStep,
+    _kernels,
     adam_scalars,
     learning_rate,
     loop_kind,
+    nonfinite_error,
     resolve_backend,
 )
 
 __all__ = ["Optimizer", "Adam", "AdamW", "Adamax"]
 
 _HYPER_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
-               "bias_correction", "beta1_decay", "num_threads", "backend")
+               "bias_correction", "beta1_decay", "num_threads", "backend", "nonfinite")
 
 
 def _as_param_list(params, where):
@@ -85,7 +87,10 @@ class Optimizer:
         self.state = _ParamState()
         self._group_steps = []    # the step count of each group (all its params share it)
         self._group_cache = []    # per group: (GroupStep, hyperparameter key) or None
+        self._fast = None         # _kernels.StepPlan: the steady-state step in compiled code
         self._lock = threading.Lock()
+        #: Steps skipped because a gradient held NaN or inf (groups with nonfinite="skip").
+        self.skipped_steps = 0
         params = _as_param_list(params, "params")
         if not params:
             raise ValueError("optimizer got an empty parameter list")
@@ -105,6 +110,7 @@ class Optimizer:
             raise TypeError(f"a param group must be a dict, got {type(param_group).__name__}")
         where = f"param_groups[{len(self.param_groups)}]"
         group = dict(param_group)
+        self._fast = None
         if "params" not in group:
             raise ValueError(f"{where} has no 'params' entry")
         group["params"] = _as_param_list(group["params"], f"{where}['params']")
@@ -115,6 +121,8 @@ class Optimizer:
             raise ValueError("some parameters appear in more than one parameter group")
         for key, value in self.defaults.items():
             group.setdefault(key, value)
+        if isinstance(group["betas"], list):
+            group["betas"] = tuple(group["betas"])
         _validation.check_hyperparameters(group, f"{where}: ")
         _validation.check_num_threads(group["num_threads"])
         resolve_backend(group["backend"])
@@ -134,24 +142,73 @@ class Optimizer:
         ``grads`` is one array (when there is one parameter) or a sequence of arrays in
         the order of all params of all groups. Everything is checked first: on an error
         no parameter, state array or step count has changed.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Bad gradients or hyperparameters (the message names them).
+        FloatingPointError
+            A gradient holds NaN or inf in a group with ``nonfinite="error"``.
         """
         with self._lock:
-            n_params = sum(len(g["params"]) for g in self.param_groups)
-            grads = _validation.as_grad_list(grads, n_params)
-            plans = [self._plan_group(gi, group) for gi, group in enumerate(self.param_groups)]
-            new_state = self._prepare_all(plans, grads)
+            fast = self._fast
+            if fast is not None:
+                status = fast.step(grads)
+                if status == 0:
+                    return
+                if status == 1:
+                    self.skipped_steps += 1
+                    return
+            self._step_checked(grads)
+
+    def _step_checked(self, grads):
+        """The step with every check in Python; leaves a StepPlan for the next steps."""
+        self._fast = None
+        n_params = sum(len(g["params"]) for g in self.param_groups)
+        grads = _validation.as_grad_list(grads, n_params)
+        plans = [self._plan_group(gi, group) for gi, group in enumerate(self.param_groups)]
+        new_state = self._prepare_all(plans, grads)
+        group_steps = [self._group_cache[gi][0] for gi in range(len(plans))]
+        skip = False
+        for gi, plan in enumerate(plans):
+            mode = self.param_groups[gi]["nonfinite"]
+            if mode == "ignore":
+                continue
+            found = group_steps[gi].first_nonfinite(plan[4])
+            if found is not None:
+                if mode == "error":
+                    raise nonfinite_error(group_steps[gi], *found)
+                skip = True
+        if skip:
+            self.skipped_steps += 1
+            if new_state:       # the groups were built over state that is not kept
+                self._group_cache = [None] * len(self.param_groups)
+        else:
             for p, st in new_state:
                 self.state._set(p, st)
             for gi, (_, key, _, scalars, n_threads) in enumerate(plans):
-                group_step = self._group_cache[gi][0]
-                self._group_cache[gi] = (group_step, key)
-                group_step.run(scalars, n_threads)
+                self._group_cache[gi] = (group_steps[gi], key)
+                group_steps[gi].run(scalars, n_threads)
                 self._group_steps[gi] += 1
+        if not new_state or not skip:
+            self._fast = self._make_fast_plan(plans, group_steps)
+
+    def _make_fast_plan(self, plans, group_steps):
+        if _kernels is None or any(gs.kernel is None for gs in group_steps):
+            return None
+        keys = _HYPER_KEYS + (("decoupled_weight_decay",) if self.algorithm == "adam" else ())
+        if not all(k in g for g in self.param_groups for k in keys):
+            return None
+        configs = [plan[2] for plan in plans]
+        return _kernels.StepPlan(self.param_groups, [gs.kernel for gs in group_steps], keys,
+                                 self._group_steps, configs)
 
     def _plan_group(self, gi, group):
         """Check a group's settings; return what its step needs (nothing is written)."""
         if not isinstance(group["params"], list):
             group["params"] = _as_param_list(group["params"], f"param_groups[{gi}]['params']")
+        if isinstance(group["betas"], list):
+            group["betas"] = tuple(group["betas"])
         key = tuple(group[k] for k in _HYPER_KEYS)
         cached = self._group_cache[gi]
         if cached is None or cached[1] != key:
@@ -161,14 +218,21 @@ class Optimizer:
         amsgrad = self.algorithm == "adam" and group["amsgrad"]
         t = self._group_steps[gi] + 1
         lr = learning_rate(group["lr"], t)
-        decoupled = self.algorithm == "adam" and group.get("decoupled_weight_decay", False)
+        decoupled = bool(self.algorithm == "adam" and group.get("decoupled_weight_decay", False))
         kind = loop_kind(self.algorithm, amsgrad, group["weight_decay"] != 0 and not decoupled)
         beta1, beta2 = group["betas"]
         scalars = adam_scalars(t, lr, beta1, beta2, group["eps"], group["weight_decay"],
                                decoupled, group["maximize"], group["bias_correction"],
                                group["beta1_decay"])
         setup = (backend, self._state_names(amsgrad), kind)
-        return setup, key, None, scalars, effective_num_threads(group["num_threads"])
+        config = (
+            kind, lr, group["lr"] if callable(group["lr"]) else None, float(beta1),
+            float(beta2), float(group["eps"]), float(group["weight_decay"]), decoupled,
+            bool(group["maximize"]), bool(group["bias_correction"]),
+            float(group["beta1_decay"]), ("error", "skip", "ignore").index(group["nonfinite"]),
+            group["num_threads"],
+        )
+        return setup, key, config, scalars, effective_num_threads(group["num_threads"])
 
     def _prepare_all(self, plans, grads):
         """Check every group's gradients against cached kernels, rebuilding them if stale.
@@ -267,6 +331,7 @@ class Optimizer:
                 self.state._set(p, st)
             self._group_steps = new_steps
             self._group_cache = [None] * len(self.param_groups)
+            self._fast = None
 
     def _check_state_dict(self, state_dict):
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
@@ -344,11 +409,11 @@ class Optimizer:
 
 
 def _defaults(lr, betas, eps, weight_decay, amsgrad, maximize, bias_correction, beta1_decay,
-              num_threads, backend, **extra):
+              num_threads, backend, nonfinite, **extra):
     return dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
                 weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                 bias_correction=bias_correction, beta1_decay=beta1_decay,
-                num_threads=num_threads, backend=backend, **extra)
+                num_threads=num_threads, backend=backend, nonfinite=nonfinite, **extra)
 
 
 class Adam(Optimizer):
@@ -384,16 +449,21 @@ class Adam(Optimizer):
     num_threads : int or None
         None follows OpenMP (``OMP_NUM_THREADS``, threadpoolctl); -1 all processors.
     backend : {"auto", "compiled", "numpy"}
+    nonfinite : {"error", "skip", "ignore"}, default "error"
+        What a step does when a gradient holds NaN or inf: raise ``FloatingPointError``
+        naming the parameter and the count, changing nothing; skip the whole step
+        (``skipped_steps`` counts them, as AMP loss scaling does); or no check at all
+        (fastest; NaN propagates, as in torch).
     """
 
     algorithm = "adam"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, maximize=False, bias_correction=True, beta1_decay=1.0,
-                 num_threads=None, backend="auto"):
+                 num_threads=None, backend="auto", nonfinite="error"):
         super().__init__(params, _defaults(
             lr, betas, eps, weight_decay, amsgrad, maximize, bias_correction, beta1_decay,
-            num_threads, backend, decoupled_weight_decay=self._decoupled))
+            num_threads, backend, nonfinite, decoupled_weight_decay=self._decoupled))
 
     _decoupled = False
 
@@ -409,9 +479,9 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, maximize=False, bias_correction=True, beta1_decay=1.0,
-                 num_threads=None, backend="auto"):
+                 num_threads=None, backend="auto", nonfinite="error"):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize,
-                         bias_correction, beta1_decay, num_threads, backend)
+                         bias_correction, beta1_decay, num_threads, backend, nonfinite)
 
 
 class Adamax(Optimizer):
@@ -433,7 +503,7 @@ class Adamax(Optimizer):
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  maximize=False, bias_correction=True, beta1_decay=1.0, num_threads=None,
-                 backend="auto"):
+                 backend="auto", nonfinite="error"):
         super().__init__(params, _defaults(
             lr, betas, eps, weight_decay, False, maximize, bias_correction, beta1_decay,
-            num_threads, backend))
+            num_threads, backend, nonfinite))
