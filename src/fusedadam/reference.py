@@ -11,6 +11,11 @@ import numpy as np
 __all__ = ["adam_update", "adamax_update", "probe_update"]
 
 
+# Overflow, inf - inf and the like are computed as IEEE says, silently, as the compiled
+# loops do: what a step does with NaN/inf gradients is the ``nonfinite`` policy's call.
+_quiet = np.errstate(all="ignore")
+
+
 def _cast(scalars, dtype):
     return [dtype.type(x) for x in scalars]
 
@@ -22,6 +27,7 @@ def _gradient(param, grad, sign, weight_decay, coupled):
     return g
 
 
+@_quiet
 def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, coupled):
     """One Adam (or AMSGrad, when ``max_exp_avg_sq`` is given) step of one array, in place.
 
@@ -50,6 +56,7 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, coupl
     param -= update
 
 
+@_quiet
 def adamax_update(param, grad, exp_avg, exp_inf, scalars, coupled):
     """One Adamax step of one array, in place: ``u = max(beta2 * u, |g| + eps)``."""
     (sign, weight_decay, decay, beta1, one_minus_beta1, beta2, _, step_size, _,
@@ -67,6 +74,7 @@ def adamax_update(param, grad, exp_avg, exp_inf, scalars, coupled):
     param -= update
 
 
+@_quiet
 def probe_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None):
     """The bandwidth probe's trivial arithmetic (for testing the compiled probe)."""
     exp_avg += grad
