@@ -5,6 +5,7 @@ or counter changes. Each group is one call into compiled code.
 """
 import numbers
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
@@ -42,6 +43,18 @@ def _as_param_list(params, where):
         raise TypeError(
             f"{where} must be an ndarray or a sequence of ndarrays, got {type(params).__name__}"
         ) from None
+
+
+class _GroupPlan(NamedTuple):
+    """What one group's step needs, worked out (and checked) before anything is written."""
+
+    backend: str
+    state_names: tuple
+    kind: int
+    key: tuple          # the hyperparameter values the checks ran on
+    config: tuple       # the same, as _kernels.StepPlan wants them
+    scalars: tuple      # functional.adam_scalars of this step
+    n_threads: int
 
 
 class _ParamState:
@@ -174,7 +187,7 @@ class Optimizer:
             mode = self.param_groups[gi]["nonfinite"]
             if mode == "ignore":
                 continue
-            found = group_steps[gi].first_nonfinite(plan[4])
+            found = group_steps[gi].first_nonfinite(plan.n_threads)
             if found is not None:
                 if mode == "error":
                     raise nonfinite_error(group_steps[gi], *found)
@@ -186,9 +199,9 @@ class Optimizer:
         else:
             for p, st in new_state:
                 self.state._set(p, st)
-            for gi, (_, key, _, scalars, n_threads) in enumerate(plans):
-                self._group_cache[gi] = (group_steps[gi], key)
-                group_steps[gi].run(scalars, n_threads)
+            for gi, plan in enumerate(plans):
+                self._group_cache[gi] = (group_steps[gi], plan.key)
+                group_steps[gi].run(plan.scalars, plan.n_threads)
                 self._group_steps[gi] += 1
         if not new_state or not skip:
             self._fast = self._make_fast_plan(plans, group_steps)
@@ -199,7 +212,7 @@ class Optimizer:
         keys = _HYPER_KEYS + (("decoupled_weight_decay",) if self.algorithm == "adam" else ())
         if not all(k in g for g in self.param_groups for k in keys):
             return None
-        configs = [plan[2] for plan in plans]
+        configs = [plan.config for plan in plans]
         return _kernels.StepPlan(self.param_groups, [gs.kernel for gs in group_steps], keys,
                                  self._group_steps, configs)
 
@@ -224,7 +237,6 @@ class Optimizer:
         scalars = adam_scalars(t, lr, beta1, beta2, group["eps"], group["weight_decay"],
                                decoupled, group["maximize"], group["bias_correction"],
                                group["beta1_decay"])
-        setup = (backend, self._state_names(amsgrad), kind)
         config = (
             kind, lr, group["lr"] if callable(group["lr"]) else None, float(beta1),
             float(beta2), float(group["eps"]), float(group["weight_decay"]), decoupled,
@@ -232,7 +244,8 @@ class Optimizer:
             float(group["beta1_decay"]), ("error", "skip", "ignore").index(group["nonfinite"]),
             group["num_threads"],
         )
-        return setup, key, config, scalars, effective_num_threads(group["num_threads"])
+        return _GroupPlan(backend, self._state_names(amsgrad), kind, key, config, scalars,
+                          effective_num_threads(group["num_threads"]))
 
     def _prepare_all(self, plans, grads):
         """Check every group's gradients against cached kernels, rebuilding them if stale.
@@ -243,12 +256,14 @@ class Optimizer:
         offsets = np.cumsum([0] + [len(g["params"]) for g in self.param_groups]).tolist()
 
         def prepare(gi, group_step):
-            backend, names, kind = plans[gi][0]
-            return group_step.prepare(self.param_groups[gi]["params"], grads, offsets[gi], kind)
+            return group_step.prepare(self.param_groups[gi]["params"], grads, offsets[gi],
+                                      plans[gi].kind)
 
         cache = self._group_cache
-        if all(cache[gi] is not None and (cache[gi][0].backend, cache[gi][0].state_names)
-               == plans[gi][0][:2] and prepare(gi, cache[gi][0])
+        if all(cache[gi] is not None
+               and (cache[gi][0].backend, cache[gi][0].state_names)
+               == (plans[gi].backend, plans[gi].state_names)
+               and prepare(gi, cache[gi][0])
                for gi in range(len(plans))):
             return []
         group_steps, new_state = self._build_groups(plans, offsets)
@@ -263,7 +278,7 @@ class Optimizer:
         """Fresh GroupSteps for all groups over one optimizer-wide memory map."""
         all_params, all_states, new_state, per_group = [], [], [], []
         for gi, group in enumerate(self.param_groups):
-            names = plans[gi][0][1]
+            names = plans[gi].state_names
             states = [[] for _ in names]
             for k, p in enumerate(group["params"]):
                 st = self.state.get(p)
@@ -288,7 +303,7 @@ class Optimizer:
         _validation.check_params(all_params)
         written = _validation.check_state(all_params, all_states)
         group_steps = [
-            GroupStep(group["params"], states, plans[gi][0][1], plans[gi][0][0],
+            GroupStep(group["params"], states, plans[gi].state_names, plans[gi].backend,
                       offsets[gi], written)
             for gi, (group, states) in enumerate(zip(self.param_groups, per_group))
         ]
