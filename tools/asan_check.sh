@@ -16,7 +16,10 @@ rm -f src/fusedadam/*.so src/fusedadam/*.c
 CFLAGS="-fsanitize=address -fno-omit-frame-pointer -g" LDFLAGS="-fsanitize=address" \
     python3 setup.py build_ext --inplace > build.log 2>&1 || { cat build.log; exit 1; }
 asan=$(gcc -print-file-name=libasan.so)
-nm -D src/fusedadam/_kernels*.so | grep -q __asan_ || { echo "not instrumented"; exit 1; }
-echo "ASan build: $(ls src/fusedadam/_kernels*.so); runtime: $asan"
+n_asan=$(nm -D src/fusedadam/_kernels*.so | grep -c __asan_ || true)
+[ "$n_asan" -gt 0 ] || { echo "the extension is not instrumented"; exit 1; }
+echo "ASan build: $(ls src/fusedadam/_kernels*.so) ($n_asan ASan symbols); runtime: $asan"
+LD_PRELOAD="$asan" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
+    PYTHONPATH=src python3 -c "import fusedadam as fa; print(fa.backend_info())"
 LD_PRELOAD="$asan" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
     PYTHONPATH=src python3 -m pytest tests -p no:cacheprovider -q -m "not slow" "$@"
