@@ -314,6 +314,7 @@ cdef class GroupKernel:
     cdef Py_ssize_t n_written
     cdef object pending_grads
     cdef Py_ssize_t pending_offset
+    cdef int pending_threads
     cdef Py_ssize_t first_per_thread[MAX_THREADS]
 
     def __cinit__(self, params, exp_avgs, seconds, thirds, written_lo, written_hi):
@@ -484,12 +485,17 @@ cdef class GroupKernel:
         cdef Py_ssize_t found, k
         if self.pending_grads is None:
             raise RuntimeError("first_nonfinite() without a successful prepare()")
-        with nogil:
-            found = _scan(&self.d, n_threads, _isa, self.first_per_thread)
+        found = self._scan(n_threads)
         if found < 0:
             return None
         k = _array_at(&self.d, found)
         return k, found - self.d.offsets[k]
+
+    cdef Py_ssize_t _scan(self, int n_threads):
+        cdef Py_ssize_t found
+        with nogil:
+            found = _scan(&self.d, n_threads, _isa, self.first_per_thread)
+        return found
 
     def run(self, tuple scalars, int n_threads):
         """Run the step prepared by ``prepare`` with the 10 per-step scalars, in place."""
@@ -589,7 +595,7 @@ cdef class StepPlan:
         cdef tuple cfg
         cdef object params, lr_value
         cdef double lr
-        cdef int n_threads, spec_threads, code
+        cdef int code
         if isinstance(grads, cnp.ndarray):
             if self.n_params != 1:
                 return -1
@@ -602,8 +608,8 @@ cdef class StepPlan:
             return -1
         if len(glist) != self.n_params:
             return -1
-        lrs = [0.0] * n_groups
-        threads = [1] * n_groups
+        # Check and prepare every group before writing any: the scalars of a group go
+        # into its kernel now, the team size into its pending slot.
         for gi in range(n_groups):
             group = <dict>self.groups[gi]
             if not self._group_unchanged(group, <tuple>self.values[gi]):
@@ -619,25 +625,28 @@ cdef class StepPlan:
                 if (not isinstance(lr_value, (float, int)) or isinstance(lr_value, bool)
                         or not isfinite(<double>lr_value) or lr_value < 0):
                     return -1       # the Python path calls it again and raises
-                lrs[gi] = float(lr_value)
+                lr = <double>lr_value
             else:
-                lrs[gi] = cfg[1]
+                lr = <double>cfg[1]
             if kernel._prepare(<list>params, glist, offset, <int>cfg[0]) != 0:
                 return -1
+            _fill_scalars(&kernel.d.scalars, <double>t, lr, cfg[3], cfg[4], cfg[5],
+                          cfg[6], cfg[7], cfg[8], cfg[9], cfg[10])
             spec = cfg[12]
             if _forked_child or not FA_OPENMP_ENABLED:
-                threads[gi] = 1
+                kernel.pending_threads = 1
             elif spec is None:
-                threads[gi] = fa_max_threads()
+                kernel.pending_threads = fa_max_threads()
             elif spec == -1:
-                threads[gi] = fa_num_procs()
+                kernel.pending_threads = fa_num_procs()
             else:
-                threads[gi] = spec
+                kernel.pending_threads = spec
             offset += len(<list>params)
         skip = False
         for gi in range(n_groups):
             code = (<tuple>self.configs[gi])[11]
-            if code != 2 and (<GroupKernel>self.kernels[gi]).first_nonfinite(threads[gi]) is not None:
+            kernel = <GroupKernel>self.kernels[gi]
+            if code != 2 and kernel._scan(kernel.pending_threads) >= 0:
                 if code == 0:
                     return -1       # the Python path finds it again and raises
                 skip = True
@@ -647,10 +656,6 @@ cdef class StepPlan:
             return 1
         for gi in range(n_groups):
             kernel = <GroupKernel>self.kernels[gi]
-            cfg = <tuple>self.configs[gi]
-            t = <Py_ssize_t>self.steps[gi] + 1
-            _fill_scalars(&kernel.d.scalars, <double>t, lrs[gi], cfg[3], cfg[4], cfg[5],
-                          cfg[6], cfg[7], cfg[8], cfg[9], cfg[10])
-            kernel._run(threads[gi])
-            self.steps[gi] = t
+            kernel._run(kernel.pending_threads)
+            self.steps[gi] = <Py_ssize_t>self.steps[gi] + 1
         return 0
