@@ -40,7 +40,7 @@ def main():
         sizes, args.repeat = [2 * args.k, 20 * args.k], 2
     rng = np.random.default_rng(0)
     dtype = np.dtype(args.dtype)
-    print(f"# fusedadam {fa.__version__}, {fa.backend_info()['simd']}, k={args.k}, "
+    print(f"# fusedadam {fa.__version__}, openmp={fa.backend_info()['openmp']}, k={args.k}, "
           f"dim={args.dim}, {dtype}, num_threads={args.threads}")
     print(f"{'rows':>10} {'table MB':>9} {'sparse us/step':>15} {'numpy-ref us':>13} "
           f"{'dense Adam us':>14}")

@@ -292,3 +292,32 @@ def test_lr_callable_and_param_groups():
     # First step of Adam moves by lr * m_hat / (sqrt(v_hat) + eps') = lr (up to eps).
     assert A[0, 0] == pytest.approx(-0.1, rel=1e-6)
     assert B[0, 0] == pytest.approx(-0.2, rel=1e-6)
+
+
+def test_group_edited_between_steps_is_rechecked():
+    W = np.zeros((3, 2))
+    opt = fa.SparseAdam([W], lr=0.1)
+    one = [(np.array([0]), np.ones((1, 2)))]
+    opt.step(one)
+    opt.param_groups[0]["betas"] = [0.9, 1.5]
+    with pytest.raises(ValueError, match=r"param_groups\[0\]: Invalid beta parameter at index 1"):
+        opt.step(one)
+    assert opt.state[W]["step"] == 1
+    opt.param_groups[0]["betas"] = np.array([0.5, 0.9])
+    opt.param_groups[0]["lr"] = 0.0
+    before = W.copy()
+    opt.step(one)
+    np.testing.assert_array_equal(W, before)
+    assert opt.state[W]["step"] == 2
+
+
+def test_group_rows_sorted_fast_path_and_general_path_agree():
+    idx = np.array([1, 4, 9])
+    rows, order, starts = fa.sparse.group_rows(idx)
+    np.testing.assert_array_equal(rows, idx)
+    np.testing.assert_array_equal(order, [0, 1, 2])
+    np.testing.assert_array_equal(starts, [0, 1, 2, 3])
+    rows, order, starts = fa.sparse.group_rows(np.array([9, 1, 9, 4, 1]))
+    np.testing.assert_array_equal(rows, [1, 4, 9])
+    np.testing.assert_array_equal(order, [1, 4, 3, 0, 2])
+    np.testing.assert_array_equal(starts, [0, 2, 3, 5])

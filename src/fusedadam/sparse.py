@@ -24,6 +24,7 @@ except ImportError:  # the extension was not built: the NumPy reference is the b
 __all__ = ["SparseAdam", "group_rows"]
 
 _STATE_NAMES = ("exp_avg", "exp_avg_sq")
+_HYPER_KEYS = ("lr", "betas", "eps", "maximize", "num_threads", "backend")
 _warned_fallback = False
 
 
@@ -66,6 +67,11 @@ def group_rows(indices):
     sort), which is the order both backends sum duplicates in. All three are ``np.intp``.
     """
     indices = np.asarray(indices, dtype=np.intp)
+    k = indices.size
+    if k <= 1 or bool(np.all(indices[1:] > indices[:-1])):
+        # Already distinct and increasing (one index, or np.unique's output): no sort.
+        steps = np.arange(k + 1, dtype=np.intp)
+        return indices, steps[:k], steps
     order = np.argsort(indices, kind="stable").astype(np.intp, copy=False)
     ordered = indices[order]
     if ordered.size == 0:
@@ -179,6 +185,7 @@ class SparseAdam(Optimizer):
         _resolve_backend(backend)
         self.defaults = defaults
         self.param_groups = []
+        self._checked_keys = []  # per group: the hyperparameters last validated
         self.state = _ParamState()
         self._lock = threading.Lock()
         params = _as_param_list(params, "params")
@@ -218,6 +225,20 @@ class SparseAdam(Optimizer):
         _check_hyperparameters(group, f"{where}: ")
         _resolve_backend(group["backend"])
         self.param_groups.append(group)
+        self._checked_keys.append(self._group_key(group))
+
+    @staticmethod
+    def _group_key(group):
+        key = []
+        for name in _HYPER_KEYS:
+            value = group.get(name)
+            if name == "betas" and not isinstance(value, tuple):
+                try:  # a list or an array: compare its items, not the container
+                    value = tuple(value)
+                except TypeError:
+                    pass
+            key.append(value)
+        return tuple(key)
 
     def _params(self):
         return [p for g in self.param_groups for p in g["params"]]
@@ -245,7 +266,11 @@ class SparseAdam(Optimizer):
             prepared = []
             k = 0
             for gi, group in enumerate(self.param_groups):
-                _check_hyperparameters(group, f"param_groups[{gi}]: ")
+                key = self._group_key(group)
+                if key != self._checked_keys[gi]:
+                    # A group edited since its last step (lr schedules do this): recheck.
+                    _check_hyperparameters(group, f"param_groups[{gi}]: ")
+                    self._checked_keys[gi] = key
                 backend = _resolve_backend(group["backend"])
                 n_threads = effective_num_threads(group["num_threads"])
                 beta1, beta2 = group["betas"]
@@ -305,6 +330,7 @@ class SparseAdam(Optimizer):
             new_groups, new_state = self._check_state_dict(state_dict)
             for group, saved in zip(self.param_groups, new_groups):
                 group.update(saved)
+            self._checked_keys = [self._group_key(g) for g in self.param_groups]
             self.state = _ParamState()
             for p, st in new_state:
                 self.state._set(p, st)
