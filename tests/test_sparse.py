@@ -321,3 +321,34 @@ def test_group_rows_sorted_fast_path_and_general_path_agree():
     np.testing.assert_array_equal(rows, [1, 4, 9])
     np.testing.assert_array_equal(order, [1, 4, 3, 0, 2])
     np.testing.assert_array_equal(starts, [0, 2, 3, 5])
+
+
+def test_falls_back_to_numpy_when_extension_missing(monkeypatch):
+    monkeypatch.setattr(sparse_module, "_sparse", None)
+    monkeypatch.setattr(sparse_module, "_warned_fallback", False)
+    if fa.functional._kernels is None:
+        pytest.skip("the dense extension is missing too; functional warns first")
+    W, W_ref = np.ones((4, 3)), np.ones((4, 3))
+    with pytest.warns(RuntimeWarning, match="_sparse extension is not available"):
+        opt = fa.SparseAdam([W], lr=0.1)
+    grad = [(np.array([2, 0, 2]), np.arange(9.0).reshape(3, 3))]
+    opt.step(grad)
+    fa.SparseAdam([W_ref], lr=0.1, backend="numpy").step(grad)
+    np.testing.assert_array_equal(W, W_ref)
+    with pytest.raises(RuntimeError, match="_sparse extension is not built"):
+        fa.SparseAdam([np.ones((2, 2))], backend="compiled")
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("compiled", marks=compiled)])
+def test_read_only_non_contiguous_values_and_unsigned_indices(backend):
+    rng = np.random.default_rng(9)
+    W, W_ref = np.zeros((5, 4), np.float32), np.zeros((5, 4), np.float32)
+    vals = np.asfortranarray(rng.standard_normal((3, 4)).astype(np.float32))
+    vals.flags.writeable = False
+    idx = np.array([4, 1, 4], dtype=np.uint8)
+    idx.flags.writeable = False
+    fa.SparseAdam([W], lr=0.1, backend=backend).step([(idx, vals)])
+    fa.SparseAdam([W_ref], lr=0.1, backend="numpy").step(
+        [([4, 1, 4], np.ascontiguousarray(vals))])
+    np.testing.assert_array_equal(W, W_ref)
+    assert W[[1, 4]].all() and not W[[0, 2, 3]].any()
