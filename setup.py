@@ -111,6 +111,7 @@ def _extensions():
     sparse_ext = Extension(
         "fusedadam._sparse",
         sources=["src/fusedadam/_sparse.pyx"],
+        depends=["src/fusedadam/_sparse_rows.h"],
         include_dirs=["src/fusedadam", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )

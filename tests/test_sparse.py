@@ -352,3 +352,23 @@ def test_read_only_non_contiguous_values_and_unsigned_indices(backend):
         [([4, 1, 4], np.ascontiguousarray(vals))])
     np.testing.assert_array_equal(W, W_ref)
     assert W[[1, 4]].all() and not W[[0, 2, 3]].any()
+
+
+@compiled
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_instruction_set_gives_the_same_bits(dtype):
+    ext = sparse_module._sparse
+    names = ext.ISA_NAMES[: ext.ISA_NAMES.index(ext.best_isa()) + 1]
+    results = []
+    try:
+        for name in names:
+            ext.set_isa(name)
+            W, W_ref, _, _ = _run_pair(dtype, 30, 37, 3, 80, 2, seed=4, threshold=0)
+            np.testing.assert_array_equal(W, W_ref)
+            results.append(W)
+    finally:
+        ext.set_isa(ext.best_isa())
+    for W in results[1:]:
+        np.testing.assert_array_equal(W, results[0])
+    with pytest.raises(ValueError, match="unknown instruction set"):
+        ext.set_isa("neon")
