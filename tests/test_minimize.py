@@ -100,6 +100,9 @@ def test_jac_callable_and_finite_differences_agree():
     a = np.array([1.0, 3.0])
     exact = fa.minimize(f, np.ones(2), jac=g, args=(a,), options={"lr": 0.1}, maxiter=50)
     fd = fa.minimize(f, np.ones(2), options={"lr": 0.1}, args=(a,), maxiter=50)
+    named = fa.minimize(f, np.ones(2), jac="2-point", options={"lr": 0.1}, args=(a,),
+                        maxiter=50)
+    np.testing.assert_array_equal(named.x, fd.x)
     assert exact.njev == 51 and fd.njev == 0
     assert fd.nfev == 51 * 3  # f(x) plus one forward difference per coordinate
     np.testing.assert_allclose(fd.x, exact.x, atol=1e-5)
@@ -140,6 +143,7 @@ def test_nonfinite_objective_stops():
         (dict(tol=-1.0), ValueError, "tol"),
         (dict(tol="small"), TypeError, "tol"),
         (dict(jac="3-point"), ValueError, "jac must be"),
+        (dict(jac=np.ones(2)), ValueError, "jac must be"),
         (dict(callback=3), TypeError, "callback"),
         (dict(method="amsgrad", options={"amsgrad": False}), ValueError, "amsgrad"),
     ],

@@ -96,7 +96,7 @@ def minimize(fun, x0, jac=None, method="adam", options=None, callback=None, tol=
         converted to float64. Never modified.
     jac : bool, callable or None, default None
         True: ``fun`` returns ``(f, g)``. A callable: ``jac(x, *args)`` returns ``g``.
-        None (or ``"2-point"``): forward finite differences, as scipy's ``"2-point"``:
+        None, False or ``"2-point"``: forward finite differences, as scipy's ``"2-point"``:
         ``g_i = (f(x + h_i e_i) - f(x)) / h_i`` with ``h_i = sqrt(machine eps of x's
         dtype) * max(1, |x_i|)``; that costs ``x.size`` extra evaluations per iteration,
         so pass a gradient for anything but small problems.
@@ -141,7 +141,9 @@ def minimize(fun, x0, jac=None, method="adam", options=None, callback=None, tol=
     """
     if not callable(fun):
         raise TypeError(f"fun must be callable, got {type(fun).__name__}")
-    if not (jac is None or jac is True or jac is False or jac == "2-point" or callable(jac)):
+    if isinstance(jac, str) and jac == "2-point":
+        jac = None
+    if not (jac is None or jac is True or jac is False or callable(jac)):
         raise ValueError(f"jac must be None, True, '2-point' or a callable, got {jac!r}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
