@@ -372,3 +372,17 @@ def test_every_instruction_set_gives_the_same_bits(dtype):
         np.testing.assert_array_equal(W, results[0])
     with pytest.raises(ValueError, match="unknown instruction set"):
         ext.set_isa("neon")
+
+
+def test_npz_round_trip_with_flatten_state_dict(tmp_path):
+    W, opt = _fresh()
+    np.savez(tmp_path / "ckpt.npz", **fa.flatten_state_dict(opt.state_dict()))
+    W2 = W.copy()
+    opt2 = fa.SparseAdam([W2], lr=0.5)
+    with np.load(tmp_path / "ckpt.npz") as ckpt:
+        opt2.load_state_dict(fa.unflatten_state_dict(ckpt))
+    assert opt2.param_groups[0]["lr"] == 0.1 and opt2.state[W2]["step"] == 1
+    grad = [(np.array([5, 1]), np.full((2, 3), 0.5, np.float32))]
+    opt.step(grad)
+    opt2.step(grad)
+    np.testing.assert_array_equal(W, W2)
