@@ -386,3 +386,19 @@ def test_npz_round_trip_with_flatten_state_dict(tmp_path):
     opt.step(grad)
     opt2.step(grad)
     np.testing.assert_array_equal(W, W2)
+
+
+def test_state_swapped_by_hand_is_checked_before_any_write():
+    A, B = np.zeros((3, 2)), np.zeros((3, 2))
+    opt = fa.SparseAdam([A, B], lr=0.1)
+    one = (np.array([0]), np.ones((1, 2)))
+    opt.step([one, one])
+    opt.state[B]["exp_avg"] = np.zeros((3, 2), dtype=np.float32)
+    before = A.copy()
+    with pytest.raises(TypeError, match=r"exp_avg of params\[1\] has dtype float32"):
+        opt.step([one, one])
+    np.testing.assert_array_equal(A, before)
+    opt.state[B]["exp_avg"] = opt.state[B]["exp_avg_sq"]
+    with pytest.raises(ValueError, match="share memory"):
+        opt.step([one, one])
+    np.testing.assert_array_equal(A, before)

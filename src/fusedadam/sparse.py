@@ -278,7 +278,16 @@ class SparseAdam(Optimizer):
                     grad = grads[k]
                     if grad is not None:
                         _validation.check_params([p], k)
+                        if p.ndim != 2:
+                            raise ValueError(
+                                f"params[{k}] has shape {p.shape}; SparseAdam needs 2-D tables"
+                            )
                         st = self.state.get(p)
+                        if st:
+                            # State arrays can be swapped by hand between steps; the
+                            # compiled loop trusts them, so check them before any write.
+                            _validation.check_state(
+                                [p], {name: [st[name]] for name in _STATE_NAMES}, k)
                         written = [p] + ([st[n] for n in _STATE_NAMES] if st else [])
                         checked = _check_sparse_grad(grad, p, written, k)
                         t = (st["step"] if st else 0) + 1
