@@ -3,10 +3,11 @@
 f(x) = 1/2 sum_i a_i x_i^2 with curvatures a_i from 0.01 to 100. At each step every
 coordinate's gradient is observed with probability 0.1 and is 0 otherwise (as for rare
 features). The curvatures span 10^4, so SGD's learning rate is capped by the stiffest
-coordinate (lr < 2 / 100) and crawls on the flat ones. SGD's step on a coordinate is lr * a_i * x_i only on the steps that see it;
-Adam's is about lr whatever the gradient's scale, and its moments remember a coordinate
-between sightings. SparseAdam (one row per coordinate, only observed rows touched) is the
-lazy variant: moments of unseen coordinates neither decay nor move them.
+coordinate (lr < 2 / 100) and it crawls on the flat ones: its step on a coordinate is
+lr * a_i * x_i, and only on the steps that see it. Adam's step is about lr whatever the
+gradient's scale, and its moments remember a coordinate between sightings. SparseAdam
+(one row per coordinate, only observed rows touched) is the lazy variant: moments of
+unseen coordinates neither decay nor move them.
 
     python examples/sparse_gradients.py [--fast] [--out DIR]
 """
