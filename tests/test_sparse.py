@@ -402,3 +402,11 @@ def test_state_swapped_by_hand_is_checked_before_any_write():
     with pytest.raises(ValueError, match="share memory"):
         opt.step([one, one])
     np.testing.assert_array_equal(A, before)
+
+
+@compiled
+def test_sparse_extension_built_like_the_dense_one():
+    """Both extensions come from one build_ext run: OpenMP is in both or in neither."""
+    kernels = pytest.importorskip("fusedadam._kernels")
+    assert sparse_module._sparse.openmp_enabled() == kernels.openmp_enabled()
+    assert sparse_module._sparse.best_isa() == kernels.best_isa()
