@@ -108,8 +108,15 @@ def _extensions():
         include_dirs=["src/fusedadam", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )
+    sparse_ext = Extension(
+        "fusedadam._sparse",
+        sources=["src/fusedadam/_sparse.pyx"],
+        depends=["src/fusedadam/_sparse_rows.h"],
+        include_dirs=["src/fusedadam", numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+    )
     return cythonize(
-        [ext],
+        [ext, sparse_ext],
         include_path=["src"],
         language_level=3,
         compiler_directives={

@@ -7,7 +7,9 @@
 """
 from fusedadam import functional, reference
 from fusedadam._version import __version__
+from fusedadam.minimize import OptimizeResult, minimize
 from fusedadam.optim import Adam, Adamax, AdamW, Optimizer
+from fusedadam.sparse import SparseAdam
 from fusedadam.serialization import flatten_state_dict, unflatten_state_dict
 
 try:
@@ -19,10 +21,13 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "OptimizeResult",
     "Optimizer",
+    "SparseAdam",
     "backend_info",
     "flatten_state_dict",
     "functional",
+    "minimize",
     "reference",
     "unflatten_state_dict",
     "__version__",

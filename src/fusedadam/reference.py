@@ -8,7 +8,7 @@ bit for bit on every instruction set and for every thread count.
 """
 import numpy as np
 
-__all__ = ["adam_update", "adamax_update", "probe_update"]
+__all__ = ["adam_update", "adamax_update", "probe_update", "sparse_adam_update"]
 
 
 # Overflow, inf - inf and the like are computed as IEEE says, silently, as the compiled
@@ -82,3 +82,32 @@ def probe_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None):
     if max_exp_avg_sq is not None:
         max_exp_avg_sq += grad
     param -= grad
+
+
+def sparse_adam_update(param, exp_avg, exp_avg_sq, values, rows, order, starts, scalars):
+    """One SparseAdam step of the rows ``rows`` of a 2-D table, in place.
+
+    The twin of ``_sparse.sparse_adam_step``: the gradient of ``rows[u]`` is the sum, left
+    to right in order of appearance, of ``values[order[starts[u]:starts[u + 1]]]``;
+    ``scalars`` is ``(sign, 1 - beta1, 1 - beta2, step_size, eps)``.
+    """
+    sign, one_minus_beta1, one_minus_beta2, step_size, eps = _cast(scalars, param.dtype)
+    if rows.size == 0 or param.shape[1] == 0:
+        return
+    counts = np.diff(starts)
+    g = values[order[starts[:-1]]]
+    # Rows with r + 1 or more duplicates get their (r + 1)-th value added in round r:
+    # the same left-to-right sum as the compiled loop, vectorized over rows.
+    for r in range(1, int(counts.max())):
+        sel = np.flatnonzero(counts > r)
+        g[sel] = g[sel] + values[order[starts[sel] + r]]
+    g = g * sign
+    m_old = exp_avg[rows]
+    v_old = exp_avg_sq[rows]
+    m_new = m_old + (g - m_old) * one_minus_beta1
+    v_new = v_old + (g * g - v_old) * one_minus_beta2
+    exp_avg[rows] = m_new
+    exp_avg_sq[rows] = v_new
+    denom = np.sqrt(v_new)
+    denom += eps
+    param[rows] = param[rows] - step_size * (m_new / denom)

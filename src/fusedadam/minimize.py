@@ -1,0 +1,250 @@
+"""``minimize(fun, x0, ...)``: fusedadam's optimizers behind ``scipy.optimize.minimize``'s shape.
+
+Each iteration evaluates the gradient at the current point and takes one optimizer step
+(one compiled call). There is no line search: the optimizer's learning rate sets the step.
+"""
+import math
+
+import numpy as np
+
+__all__ = ["OptimizeResult", "minimize", "METHODS"]
+
+METHODS = ("adam", "adamw", "amsgrad", "adamax", "sparse")
+
+
+class OptimizeResult(dict):
+    """The result of :func:`minimize`: a dict whose keys are also attributes (as scipy's).
+
+    Keys: ``x``, ``fun``, ``jac``, ``nit``, ``nfev``, ``njev``, ``status``, ``success``,
+    ``message``, and with ``return_history=True`` also ``x_history`` (``nit + 1`` points,
+    ``x0`` first) and ``fun_history`` (the objective at each of them).
+    """
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    __setattr__ = dict.__setitem__
+    __delattr__ = dict.__delitem__
+
+    def __repr__(self):
+        keys = ("message", "success", "status", "fun", "x", "nit", "nfev", "njev", "jac")
+        width = max(map(len, self.keys())) if self else 0
+        lines = []
+        for key in keys + tuple(k for k in self if k not in keys):
+            if key in self:
+                value = self[key]
+                if isinstance(value, list):
+                    value = f"<list of {len(value)}>"
+                lines.append(f"{key.rjust(width)}: {value}")
+        return "\n".join(lines)
+
+    def __dir__(self):
+        return list(self.keys()) + list(super().__dir__())
+
+
+def _make_optimizer(method, x, options):
+    from fusedadam.optim import Adam, Adamax, AdamW
+    from fusedadam.sparse import SparseAdam
+
+    if not isinstance(method, str) or method.lower() not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; expected one of {METHODS}")
+    method = method.lower()
+    options = dict(options or {})
+    if method == "amsgrad":
+        if options.get("amsgrad", True) is not True:
+            raise ValueError("method='amsgrad' cannot take options={'amsgrad': False}")
+        options["amsgrad"] = True
+    cls = {"adam": Adam, "adamw": AdamW, "amsgrad": Adam, "adamax": Adamax,
+           "sparse": SparseAdam}[method]
+    try:
+        return cls([x], **options)
+    except TypeError as exc:
+        raise TypeError(f"options for method={method!r}: {exc}") from None
+
+
+def _finite_difference(fun, x, f0, counter):
+    """Forward 2-point differences, scipy's default step ``sqrt(eps) * max(1, |x_i|)``."""
+    flat = x.reshape(-1)
+    grad = np.empty(flat.size, dtype=np.float64)
+    base = np.sqrt(np.finfo(x.dtype).eps)
+    probe = x.copy()
+    probe_flat = probe.reshape(-1)
+    for i in range(flat.size):
+        h = base * max(1.0, abs(float(flat[i])))
+        probe_flat[i] = flat[i] + h
+        h = float(probe_flat[i]) - float(flat[i])  # the step actually representable
+        grad[i] = (float(fun(probe.copy())) - f0) / h
+        counter[0] += 1
+        probe_flat[i] = flat[i]
+    return grad.reshape(x.shape)
+
+
+def minimize(fun, x0, jac=None, method="adam", options=None, callback=None, tol=None,
+             maxiter=1000, args=(), return_history=False):
+    """Minimize ``fun`` from ``x0`` with a fusedadam optimizer, one step per iteration.
+
+    Parameters
+    ----------
+    fun : callable
+        ``fun(x, *args)`` returns the objective (a real scalar), or ``(f, g)`` with
+        ``g`` the gradient (shaped like ``x``) when ``jac=True``.
+    x0 : array_like
+        Starting point, any shape. float32 and float64 are kept; any other dtype is
+        converted to float64. Never modified.
+    jac : bool, callable or None, default None
+        True: ``fun`` returns ``(f, g)``. A callable: ``jac(x, *args)`` returns ``g``.
+        None, False or ``"2-point"``: forward finite differences, as scipy's ``"2-point"``:
+        ``g_i = (f(x + h_i e_i) - f(x)) / h_i`` with ``h_i = sqrt(machine eps of x's
+        dtype) * max(1, |x_i|)``; that costs ``x.size`` extra evaluations per iteration,
+        so pass a gradient for anything but small problems.
+    method : {"adam", "adamw", "amsgrad", "adamax", "sparse"}, default "adam"
+        :class:`~fusedadam.Adam`, :class:`~fusedadam.AdamW`, ``Adam(amsgrad=True)``,
+        :class:`~fusedadam.Adamax`, or :class:`~fusedadam.SparseAdam` (``x`` viewed as
+        rows along its first axis, a 1-D ``x`` as one element per row; rows whose
+        gradient is all zero are not touched that iteration).
+    options : dict, optional
+        Keyword arguments of the optimizer class: ``lr``, ``betas``, ``eps``, ...
+    callback : callable, optional
+        ``callback(xk)`` after each iteration with a copy of the new point; returning
+        True stops (``status`` 2, ``success`` True).
+    tol : float, optional
+        Stop when the 2-norm of the gradient at the current point is ``<= tol``
+        (``status`` 0). None: no gradient test.
+    maxiter : int, default 1000
+        Most optimizer steps (``status`` 1 when reached; ``success`` is then False if a
+        ``tol`` was given and True otherwise, since running ``maxiter`` steps was the
+        request).
+    args : tuple
+        Extra positional arguments of ``fun`` and ``jac``.
+    return_history : bool, default False
+        Also return ``x_history`` (every point, ``x0`` first, as copies) and
+        ``fun_history`` (the objective at each).
+
+    Returns
+    -------
+    OptimizeResult
+        ``x`` (shape and dtype of ``x0``), ``fun`` and ``jac`` at ``x``, ``nit`` (steps
+        taken), ``nfev``/``njev`` (evaluations of ``fun``/gradients, finite differences
+        included in ``nfev``), ``status``, ``success``, ``message``. A non-finite
+        objective or gradient stops with ``status`` 3 and ``success`` False.
+
+    Examples
+    --------
+    >>> import numpy as np, fusedadam as fa
+    >>> res = fa.minimize(lambda x: (x @ x, 2 * x), np.ones(3), jac=True,
+    ...                   options={"lr": 0.1}, maxiter=500, tol=1e-6)
+    >>> bool(res.success), bool(np.linalg.norm(res.x) < 1e-5)
+    (True, True)
+    """
+    if not callable(fun):
+        raise TypeError(f"fun must be callable, got {type(fun).__name__}")
+    if isinstance(jac, str) and jac == "2-point":
+        jac = None
+    if not (jac is None or jac is True or jac is False or callable(jac)):
+        raise ValueError(f"jac must be None, True, '2-point' or a callable, got {jac!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
+        raise ValueError(f"maxiter must be an int >= 0, got {maxiter!r}")
+    if tol is not None:
+        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating, np.integer)):
+            raise TypeError(f"tol must be a real number or None, got {tol!r}")
+        if not (tol >= 0.0 and math.isfinite(tol)):
+            raise ValueError(f"tol must be finite and >= 0, got {tol!r}")
+    if not isinstance(args, tuple):
+        args = (args,)
+    x0 = np.asarray(x0)
+    if x0.dtype.kind not in "biuf":
+        raise TypeError(f"x0 must be real, got dtype {x0.dtype}")
+    dtype = x0.dtype if x0.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+    x = np.array(x0, dtype=dtype, order="C", copy=True)
+    if x.size == 0:
+        raise ValueError("x0 is empty")
+    if method == "sparse" or (isinstance(method, str) and method.lower() == "sparse"):
+        table = x.reshape(x.shape[0] if x.ndim > 1 else x.size, -1)
+    else:
+        table = x
+    opt = _make_optimizer(method, table, options)
+    sparse = table is not x
+    counter = [0, 0]  # nfev, njev
+
+    def evaluate(point):
+        if jac is True:
+            out = fun(point.copy(), *args)
+            try:
+                f, g = out
+            except (TypeError, ValueError):
+                raise TypeError("with jac=True, fun must return a pair (f, g)") from None
+            counter[0] += 1
+            counter[1] += 1
+        else:
+            f = fun(point.copy(), *args)
+            counter[0] += 1
+            f_value = _scalar(f)
+            if callable(jac):
+                g = jac(point.copy(), *args)
+                counter[1] += 1
+            else:
+                g = _finite_difference(lambda z: _scalar(fun(z, *args)), point, f_value, counter)
+        f = _scalar(f)
+        g = np.asarray(g)
+        if g.size != point.size:
+            raise ValueError(
+                f"the gradient has shape {g.shape}, but x has shape {point.shape}"
+            )
+        return f, np.array(g.reshape(point.shape), dtype=point.dtype, order="C")
+
+    x_history, fun_history = [], []
+    status, nit = 1, 0
+    f, g = evaluate(x)
+    while True:
+        if return_history:
+            x_history.append(x.copy())
+            fun_history.append(f)
+        if not (math.isfinite(f) and np.all(np.isfinite(g))):
+            status = 3
+            break
+        if tol is not None and float(np.linalg.norm(g.reshape(-1).astype(np.float64))) <= tol:
+            status = 0
+            break
+        if nit >= maxiter:
+            status = 1
+            break
+        if sparse:
+            g_rows = g.reshape(table.shape)
+            touched = np.flatnonzero(np.any(g_rows != 0, axis=1))
+            opt.step([(touched, g_rows[touched])])
+        else:
+            opt.step([g])
+        nit += 1
+        stop = callback is not None and callback(x.copy()) is True
+        f, g = evaluate(x)
+        if stop:
+            if return_history:
+                x_history.append(x.copy())
+                fun_history.append(f)
+            status = 2
+            break
+    messages = {
+        0: "gradient norm <= tol",
+        1: "maximum number of iterations reached",
+        2: "stopped by callback",
+        3: "the objective or the gradient is not finite",
+    }
+    success = status in (0, 2) or (status == 1 and tol is None)
+    result = OptimizeResult(x=x, fun=f, jac=g, nit=nit, nfev=counter[0], njev=counter[1],
+                            status=status, success=success, message=messages[status])
+    if return_history:
+        result["x_history"] = x_history
+        result["fun_history"] = fun_history
+    return result
+
+
+def _scalar(f):
+    f = np.asarray(f)
+    if f.size != 1:
+        raise ValueError(f"fun must return a scalar, got an array of shape {f.shape}")
+    return float(f.reshape(()))
