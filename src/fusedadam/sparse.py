@@ -287,7 +287,7 @@ class SparseAdam(Optimizer):
                             # State arrays can be swapped by hand between steps; the
                             # compiled loop trusts them, so check them before any write.
                             _validation.check_state(
-                                [p], {name: [st[name]] for name in _STATE_NAMES}, k)
+                                [p], [{name: st[name] for name in _STATE_NAMES}], k)
                         written = [p] + ([st[n] for n in _STATE_NAMES] if st else [])
                         checked = _check_sparse_grad(grad, p, written, k)
                         t = (st["step"] if st else 0) + 1
