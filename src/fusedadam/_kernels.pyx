@@ -133,6 +133,11 @@ def get_isa():
     return ISA_NAMES[_isa]
 
 
+def isa_index():
+    """``ISA_NAMES.index(get_isa())``, for the other compiled modules' dispatch."""
+    return _isa
+
+
 def set_isa(name):
     """Use the loops of instruction set ``name`` (not wider than ``best_isa()``)."""
     global _isa

@@ -36,13 +36,11 @@ cdef extern from "_sparse_rows.h" nogil:
     enum:
         FA_SP_FLOAT32
         FA_SP_FLOAT64
-    int fa_sparse_best_isa()
     fa_row_fn fa_sparse_get_row(int isa, int dtype)
     fa_sum_fn fa_sparse_get_sum(int isa, int dtype)
 
-ISA_NAMES = ("baseline", "avx2", "avx512")
-cdef int _best_isa = fa_sparse_best_isa()
-cdef int _isa = _best_isa
+# The instruction set is the dense kernels' (fusedadam._kernels.set_isa, FUSEDADAM_SIMD):
+# sparse_adam_step takes its index, so one switch selects every loop of the package.
 
 # Below this many gradient elements (k * dim) a step runs on the calling thread; the same
 # value as the dense kernels' threshold (measured there with bench/threshold.py).
@@ -52,27 +50,6 @@ cdef Py_ssize_t _parallel_min_elements = 32768
 def openmp_enabled():
     """True when the extension was compiled with OpenMP."""
     return bool(FA_OPENMP_ENABLED)
-
-
-def best_isa():
-    """Name of the widest instruction set this CPU runs and this build has loops for."""
-    return ISA_NAMES[_best_isa]
-
-
-def get_isa():
-    """Name of the instruction set whose row loops are in use."""
-    return ISA_NAMES[_isa]
-
-
-def set_isa(name):
-    """Use the row loops of instruction set ``name`` (not wider than ``best_isa()``)."""
-    global _isa
-    if name not in ISA_NAMES:
-        raise ValueError(f"unknown instruction set {name!r}; expected one of {ISA_NAMES}")
-    cdef int wanted = ISA_NAMES.index(name)
-    if wanted > _best_isa:
-        raise ValueError(f"this CPU or build cannot run {name!r} (best: {ISA_NAMES[_best_isa]!r})")
-    _isa = wanted
 
 
 def get_parallel_threshold():
@@ -131,11 +108,12 @@ cdef inline bint _table(cnp.ndarray a, int typenum, Py_ssize_t n, Py_ssize_t dim
 def sparse_adam_step(cnp.ndarray param, cnp.ndarray exp_avg, cnp.ndarray exp_avg_sq,
                      cnp.ndarray values, const Py_ssize_t[::1] rows,
                      const Py_ssize_t[::1] order, const Py_ssize_t[::1] starts,
-                     tuple scalars, int n_threads):
+                     tuple scalars, int n_threads, int isa):
     """Update the rows ``rows`` of ``param``, ``exp_avg``, ``exp_avg_sq`` in place.
 
     ``scalars`` is ``(sign, 1 - beta1, 1 - beta2, step_size, eps)`` in double; the loops
-    cast them to the table's dtype. The arguments must come from ``fusedadam.sparse``
+    cast them to the table's dtype. ``isa`` indexes the instruction sets of
+    ``fusedadam._kernels.ISA_NAMES`` (``_kernels.isa_index()``). The arguments must come from ``fusedadam.sparse``
     (rows distinct and in range): only shapes, dtypes and layout are re-checked here.
     """
     cdef fa_sparse_scalars s
@@ -166,6 +144,8 @@ def sparse_adam_step(cnp.ndarray param, cnp.ndarray exp_avg, cnp.ndarray exp_avg
     s.sign, s.one_minus_beta1, s.one_minus_beta2, s.step_size, s.eps = scalars
     if n_threads < 1:
         n_threads = 1
+    if isa < 0 or isa > 2:
+        raise ValueError(f"unknown instruction set index {isa}")
     if n_rows < k:
         scratch = <char *>malloc(n_threads * dim * itemsize)
         if scratch == NULL:
@@ -176,7 +156,7 @@ def sparse_adam_step(cnp.ndarray param, cnp.ndarray exp_avg, cnp.ndarray exp_avg
                  <char *>cnp.PyArray_DATA(exp_avg_sq), <const char *>cnp.PyArray_DATA(values),
                  <const ptrdiff_t *>&rows[0], <const ptrdiff_t *>&order[0],
                  <const ptrdiff_t *>&starts[0], n_rows, k, dim, itemsize, scratch,
-                 fa_sparse_get_row(_isa, dtype), fa_sparse_get_sum(_isa, dtype), &s,
+                 fa_sparse_get_row(isa, dtype), fa_sparse_get_sum(isa, dtype), &s,
                  n_threads)
     finally:
         free(scratch)

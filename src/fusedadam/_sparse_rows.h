@@ -103,15 +103,6 @@ static const fa_sum_fn fa_sparse_sums[FA_SP_N_ISAS][2] = {
     FA_SPARSE_SUMS(baseline), FA_SPARSE_SUMS(baseline), FA_SPARSE_SUMS(baseline)};
 #endif
 
-static int fa_sparse_best_isa(void) {
-#if FA_SPARSE_X86_DISPATCH
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return FA_SP_ISA_AVX512;
-    if (__builtin_cpu_supports("avx2")) return FA_SP_ISA_AVX2;
-#endif
-    return FA_SP_ISA_BASELINE;
-}
-
 static fa_row_fn fa_sparse_get_row(int isa, int dtype) { return fa_sparse_rows[isa][dtype]; }
 static fa_sum_fn fa_sparse_get_sum(int isa, int dtype) { return fa_sparse_sums[isa][dtype]; }
 

@@ -45,6 +45,18 @@ def _as_param_list(params, where):
         ) from None
 
 
+def _param_groups_from(params):
+    """The group dicts of an optimizer's ``params`` argument (arrays, or group dicts)."""
+    params = _as_param_list(params, "params")
+    if not params:
+        raise ValueError("optimizer got an empty parameter list")
+    if all(isinstance(p, dict) for p in params):
+        return params
+    if any(isinstance(p, dict) for p in params):
+        raise TypeError("params must be all arrays or all param-group dicts, not a mix")
+    return [{"params": params}]
+
+
 class _GroupPlan(NamedTuple):
     """What one group's step needs, worked out (and checked) before anything is written."""
 
@@ -104,16 +116,7 @@ class Optimizer:
         self._lock = threading.Lock()
         #: Steps skipped because a gradient held NaN or inf (groups with nonfinite="skip").
         self.skipped_steps = 0
-        params = _as_param_list(params, "params")
-        if not params:
-            raise ValueError("optimizer got an empty parameter list")
-        if all(isinstance(p, dict) for p in params):
-            groups = params
-        elif any(isinstance(p, dict) for p in params):
-            raise TypeError("params must be all arrays or all param-group dicts, not a mix")
-        else:
-            groups = [{"params": params}]
-        for group in groups:
+        for group in _param_groups_from(params):
             self.add_param_group(group)
 
     # ---------------------------------------------------------------- groups

@@ -14,10 +14,10 @@ import numpy as np
 from fusedadam import _validation, reference
 from fusedadam._threads import effective_num_threads
 from fusedadam.functional import learning_rate, resolve_backend
-from fusedadam.optim import Optimizer, _as_param_list, _ParamState
+from fusedadam.optim import Optimizer, _as_param_list, _param_groups_from, _ParamState
 
 try:
-    from fusedadam import _sparse
+    from fusedadam import _kernels, _sparse
 except ImportError:  # the extension was not built: the NumPy reference is the backend
     _sparse = None
 
@@ -188,16 +188,7 @@ class SparseAdam(Optimizer):
         self._checked_keys = []  # per group: the hyperparameters last validated
         self.state = _ParamState()
         self._lock = threading.Lock()
-        params = _as_param_list(params, "params")
-        if not params:
-            raise ValueError("optimizer got an empty parameter list")
-        if all(isinstance(p, dict) for p in params):
-            groups = params
-        elif any(isinstance(p, dict) for p in params):
-            raise TypeError("params must be all arrays or all param-group dicts, not a mix")
-        else:
-            groups = [{"params": params}]
-        for group in groups:
+        for group in _param_groups_from(params):
             self.add_param_group(group)
 
     def add_param_group(self, param_group):
@@ -305,7 +296,8 @@ class SparseAdam(Optimizer):
                     self.state._set(p, st)
                 if backend == "compiled":
                     _sparse.sparse_adam_step(p, st["exp_avg"], st["exp_avg_sq"], values,
-                                             rows, order, starts, scalars, n_threads)
+                                             rows, order, starts, scalars, n_threads,
+                                             _kernels.isa_index())
                 else:
                     reference.sparse_adam_update(p, st["exp_avg"], st["exp_avg_sq"], values,
                                                  rows, order, starts, scalars)
