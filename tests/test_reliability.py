@@ -271,3 +271,27 @@ def test_rss_does_not_grow_over_steps():
     for _ in range(30):
         opt.step(g)
     assert proc.memory_info().rss - rss < 2 * 2**20
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["error", "skip"])
+@pytest.mark.parametrize("position", [0, 15, 16, 40_000, 99_999])
+def test_nonfinite_in_single_group_steady_state(backend, mode, position, parallel_threshold):
+    # After the first step a single-group optimizer scans and updates in one parallel
+    # region: a bad value in any thread's slice must stop every thread's update.
+    p = np.linspace(-1, 1, 100_000).astype(np.float32)
+    opt = fa.Adam(p, backend=backend, nonfinite=mode, num_threads=2)
+    for _ in range(2):
+        opt.step(np.ones_like(p))
+    before = snapshot(opt)
+    g = np.ones_like(p)
+    g[position] = np.nan
+    if mode == "error":
+        with pytest.raises(FloatingPointError, match=rf"grads\[0\] has 1 non-finite value .*index {position}"):
+            opt.step(g)
+    else:
+        opt.step(g)
+        assert opt.skipped_steps == 1
+    assert_unchanged(opt, before)
+    opt.step(np.ones_like(p))
+    assert opt.state_dict()["state"][0]["step"] == 3

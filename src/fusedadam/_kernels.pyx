@@ -17,9 +17,10 @@ from libc.math cimport pow, sqrt, isfinite
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 cimport numpy as cnp
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 
-from fusedadam._openmp cimport FA_OPENMP_ENABLED, fa_max_threads, fa_num_procs
+from fusedadam._openmp cimport (FA_OPENMP_ENABLED, fa_barrier, fa_max_threads, fa_num_procs,
+                               fa_team_size)
 
 cnp.import_array()
 
@@ -287,6 +288,48 @@ cdef Py_ssize_t _scan(GroupData *d, int n_threads, int isa,
     return -1
 
 
+cdef Py_ssize_t _checked_run(GroupData *d, int n_threads, int isa,
+                             Py_ssize_t *first_per_thread) noexcept nogil:
+    """Scan the gradients for NaN/inf and, only if there is none, run the step.
+
+    One parallel region: each thread scans its slice, all meet at a barrier, and each then
+    updates the same slice (still in its cache when it fits) unless any thread found a bad
+    value. Returns the global index of the first bad value (nothing written), or -1.
+    """
+    global _pool_started
+    cdef Py_ssize_t total = d.offsets[d.n_arrays]
+    cdef Py_ssize_t start, end, found
+    cdef int t, j, team
+    cdef bint clean
+    n_threads = _team_size(d, n_threads)
+    if n_threads == 1:
+        found = _scan_range(d, 0, total, isa)
+        if found < 0:
+            _run_range(d, 0, total)
+        return found
+    _pool_started = True
+    for t in range(n_threads):
+        first_per_thread[t] = -1
+    with parallel(num_threads=n_threads):
+        # The team OpenMP gives may be smaller than asked: slice by its real size.
+        t = threadid()
+        team = fa_team_size()
+        start = _split_point(total, t, team)
+        end = _split_point(total, t + 1, team)
+        first_per_thread[t] = _scan_range(d, start, end, isa)
+        fa_barrier()
+        clean = True
+        for j in range(team):
+            if first_per_thread[j] >= 0:
+                clean = False
+        if clean:
+            _run_range(d, start, end)
+    for t in range(n_threads):
+        if first_per_thread[t] >= 0:
+            return first_per_thread[t]
+    return -1
+
+
 cdef inline int _dtype_code(cnp.ndarray a):
     cdef int typenum = cnp.PyArray_TYPE(a)
     if typenum == cnp.NPY_FLOAT32:
@@ -511,6 +554,18 @@ cdef class GroupKernel:
          s.one_minus_beta2, s.step_size, s.bc2_sqrt, s.eps) = scalars
         self._run(n_threads)
 
+    cdef Py_ssize_t _checked_run(self, int n_threads):
+        """Scan and, if every gradient value is finite, run (one parallel region).
+        Returns -1 when the step ran, else the index of the first bad value."""
+        cdef Py_ssize_t found, k
+        with nogil:
+            found = _checked_run(&self.d, n_threads, _isa, self.first_per_thread)
+        if found < 0:
+            for k in range(self.d.n_arrays):
+                self.d.grad[k] = NULL
+            self.pending_grads = None
+        return found
+
     cdef void _run(self, int n_threads):
         cdef Py_ssize_t k
         with nogil:
@@ -647,6 +702,16 @@ cdef class StepPlan:
             else:
                 kernel.pending_threads = spec
             offset += len(<list>params)
+        if n_groups == 1 and (<tuple>self.configs[0])[11] != 2:
+            # One group with a check: scan and update in one parallel region.
+            kernel = <GroupKernel>self.kernels[0]
+            if kernel._checked_run(kernel.pending_threads) >= 0:
+                kernel.pending_grads = None
+                if (<tuple>self.configs[0])[11] == 0:
+                    return -1       # the Python path finds it again and raises
+                return 1
+            self.steps[0] = <Py_ssize_t>self.steps[0] + 1
+            return 0
         skip = False
         for gi in range(n_groups):
             code = (<tuple>self.configs[gi])[11]
