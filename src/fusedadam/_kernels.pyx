@@ -391,3 +391,21 @@ cdef inline bint _state_unchanged(object state, char *ptr):
     cdef cnp.ndarray s = state
     return _writable_contiguous(s) and (
         <char *>cnp.PyArray_DATA(s) == ptr or cnp.PyArray_SIZE(s) == 0)
+
+
+def probe(params, grads, exp_avgs, exp_avg_sqs, thirds=None, int n_threads=1):
+    """Run the bandwidth probe (loop kind ``PROBE``) once over lists of arrays, in place.
+
+    The probe moves an Adam step's bytes (reads p, g, m, v; writes p, m, v; with
+    ``thirds`` also AMSGrad's max_exp_avg_sq) with trivial arithmetic:
+    ``m += g; v += g; (x += g;) p -= g``, exactly as ``reference.probe_update``. It is
+    the roofline of the benchmarks. The arrays must already be acceptable to the
+    optimizer (same dtype and shape, C-contiguous, writeable, not aliasing); for repeated
+    timing build a ``GroupKernel`` once instead, as ``bench/step.py`` does.
+    """
+    cdef GroupKernel kernel = GroupKernel(params, exp_avgs, exp_avg_sqs, thirds, [], [])
+    if n_threads < 1:
+        raise ValueError("n_threads must be >= 1")
+    if kernel.prepare(list(params), list(grads), 0, FA_PROBE) != 0:
+        raise ValueError("probe: a gradient does not match its param (dtype, shape, layout)")
+    kernel.run((1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0), n_threads)
