@@ -426,7 +426,7 @@ def plot_sweep(rows, path):
     max_threads = max(r["threads"] for r in rows)
     ncols = 2 if len(combos) > 1 else 1
     nrows = (len(combos) + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 3.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3 * nrows), squeeze=False)
     for ax, (alg, dt) in zip(axes.flat, combos):
         sel = [r for r in rows if r["algorithm"] == alg and r["dtype"] == dt
                and r["threads"] == max_threads]
@@ -445,9 +445,23 @@ def plot_sweep(rows, path):
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(f"fusedadam step throughput: {_cpu_name()}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=60)
     plt.close(fig)
     return path
+
+
+def compact(rows):
+    """Rows with floats rounded to 4 significant digits: small JSON files to commit."""
+    return [{k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in r.items()}
+            for r in rows]
+
+
+def replot(path):
+    """Redraw the PNG of an existing sweep JSON (``--replot``)."""
+    with open(path) as f:
+        rows = json.load(f)["rows"]
+    png = plot_sweep(rows, os.path.splitext(path)[0] + ".png")
+    print(f"wrote {png}")
 
 
 # ---------------------------------------------------------------- main
@@ -477,6 +491,7 @@ def parse_args(argv):
                          "20 ms samples; toy model")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/<scenario>.json)")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--replot", metavar="JSON", help="only redraw the plot of a sweep JSON")
     args = ap.parse_args(argv)
     nproc = _kernels.num_procs() if _kernels is not None else 1
     if args.quick:
@@ -502,6 +517,9 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.replot:
+        replot(args.replot)
+        return
     if _kernels is None:
         sys.exit("fusedadam's compiled extension is not built; nothing to benchmark")
     env = environment()
@@ -519,7 +537,8 @@ def main(argv=None):
     out = args.out or os.path.join(RESULTS, f"{args.scenario}.json")
     with open(out, "w") as f:
         json.dump({"environment": env, "argv": sys.argv[1:], "notes": sorted(notes.values()),
-                   "rows": rows}, f, indent=0)
+                   "rows": compact(rows)}, f, separators=(",", ":"))
+        f.write("\n")
     print(f"\nwrote {out}")
     if args.scenario == "sweep" and rows and not args.no_plot:
         png = plot_sweep(rows, os.path.splitext(out)[0] + ".png")

@@ -36,17 +36,25 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="the parallel team size to test")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--json", default=None, help="write the measurements here")
+    ap.add_argument("--loops", default=",".join(f"{n}-{np.dtype(d).name}" for n, d, _ in LOOPS),
+                    help="subset of the loops to measure")
     args = ap.parse_args(argv)
     per_decade = 4 if args.quick else 8
     sizes = sorted({int(round(x)) for x in np.logspace(3, 6.3, int(3.3 * per_decade) + 1)})
     sample_s = 0.02 if args.quick else 0.05
     repeats = 5 if args.quick else args.repeats
+    # A fork-join step waits for its slowest thread: when other processes keep the cores
+    # busy, the team loses at every size. Record the load so a reader can tell.
+    load_at_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"load average at start: {load_at_start}")
     saved = _kernels.get_parallel_threshold()
     _kernels.set_parallel_threshold(0)
     rows, crossovers = [], {}
     try:
         for name, dtype, kind in LOOPS:
             label = f"{name}-{np.dtype(dtype).name}"
+            if label not in args.loops.split(","):
+                continue
             faster = []
             for n in sizes:
                 p, g, m, v = arrays((n,), dtype, 4)
@@ -77,6 +85,7 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump({"machine": platform.processor() or platform.machine(),
                        "backend": fusedadam.backend_info(), "threads": args.threads,
+                       "loadavg_at_start": load_at_start,
                        "crossover": crossovers, "threshold": threshold, "rows": rows},
                       f, indent=1)
 
