@@ -1,12 +1,16 @@
 """Turn bench/step.py's JSON into the Markdown tables of bench/README.md.
 
-    python bench/report.py bench/results/sweep.json [more.json ...]
+    python bench/report.py bench/results/sweep.json [more.json ...] [--grep TEXT ...]
+
+``--grep`` keeps only the cases whose label matches every regular expression given (e.g.
+``--grep threads=1 --grep float32``).
 
 One row per case: fusedadam's median time per step, ns/element, GB/s and % of the
 same-process roofline, then how many times slower each rival is than fusedadam
 (median over median; >1 means fusedadam wins).
 """
 import json
+import re
 import sys
 
 RIVALS = ("torch-fused", "torch-foreach", "torch-single", "deepspeed", "numpy")
@@ -20,9 +24,11 @@ def fmt_time(s):
     return f"{s:.3f} s"
 
 
-def table(rows):
+def table(rows, grep=()):
     cases = {}
     for r in rows:
+        if not all(re.search(text, r["label"]) for text in grep):
+            continue
         cases.setdefault(r["label"], {})[r["impl"]] = r
     out = ["| case | fusedadam median (min) | ns/elem | GB/s | % roofline | "
            + " | ".join(f"{r} ×" for r in RIVALS) + " |",
@@ -48,7 +54,14 @@ def overhead_table(rows):
     return "\n".join(out)
 
 
-def main(paths):
+def main(argv):
+    grep, paths = [], []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--grep":
+            grep.append(next(it))
+        else:
+            paths.append(arg)
     for path in paths:
         with open(path) as f:
             data = json.load(f)
@@ -60,7 +73,7 @@ def main(paths):
               f"{env.get('loadavg_at_start')}, {env['time_utc']}\n")
         rows = data["rows"]
         if rows and "pct_roofline" in rows[0]:
-            print(table(rows))
+            print(table(rows, grep))
         else:
             print(overhead_table(rows))
         for note in data.get("notes", []):

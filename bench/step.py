@@ -257,8 +257,9 @@ def _cpu_name():
 def run_case(shapes, dtype, algorithm, n_threads, impls, args, notes, label):
     n = int(sum(int(np.prod(s)) for s in shapes))
     itemsize = np.dtype(dtype).itemsize
-    # Live arrays: the shared gradients, ~4 per implementation, numpy's temporaries.
-    need = n * itemsize * (1 + 5 * len(impls) + 3)
+    # Live arrays: the shared gradients, <= 4 per implementation (p, m, v, max_v), and
+    # the NumPy backend's temporaries.
+    need = n * itemsize * (1 + 4 * len(impls) + (3 if "numpy" in impls else 0))
     if need > args.mem_fraction * available_bytes():
         notes[("mem", label)] = f"{label}: skipped, needs ~{need / 2**30:.1f} GiB"
         print(f"\n## {label}: skipped (needs ~{need / 2**30:.1f} GiB)")
@@ -413,7 +414,7 @@ def scenario_overhead(args, notes):
 
 
 # ---------------------------------------------------------------- plot
-def plot_sweep(rows, path):
+def plot_sweep(rows, path, threads=None):
     try:
         import matplotlib
 
@@ -423,7 +424,7 @@ def plot_sweep(rows, path):
         print("matplotlib not importable: no plot")
         return None
     combos = sorted({(r["algorithm"], r["dtype"]) for r in rows})
-    max_threads = max(r["threads"] for r in rows)
+    max_threads = threads if threads is not None else max(r["threads"] for r in rows)
     ncols = 2 if len(combos) > 1 else 1
     nrows = (len(combos) + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3 * nrows), squeeze=False)
@@ -456,11 +457,11 @@ def compact(rows):
             for r in rows]
 
 
-def replot(path):
+def replot(path, threads=None):
     """Redraw the PNG of an existing sweep JSON (``--replot``)."""
     with open(path) as f:
         rows = json.load(f)["rows"]
-    png = plot_sweep(rows, os.path.splitext(path)[0] + ".png")
+    png = plot_sweep(rows, os.path.splitext(path)[0] + ".png", threads)
     print(f"wrote {png}")
 
 
@@ -492,6 +493,8 @@ def parse_args(argv):
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/<scenario>.json)")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--replot", metavar="JSON", help="only redraw the plot of a sweep JSON")
+    ap.add_argument("--plot-threads", type=int, default=None,
+                    help="thread count the plot shows (default: the largest measured)")
     args = ap.parse_args(argv)
     nproc = _kernels.num_procs() if _kernels is not None else 1
     if args.quick:
@@ -518,7 +521,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     if args.replot:
-        replot(args.replot)
+        replot(args.replot, args.plot_threads)
         return
     if _kernels is None:
         sys.exit("fusedadam's compiled extension is not built; nothing to benchmark")
@@ -541,7 +544,7 @@ def main(argv=None):
         f.write("\n")
     print(f"\nwrote {out}")
     if args.scenario == "sweep" and rows and not args.no_plot:
-        png = plot_sweep(rows, os.path.splitext(out)[0] + ".png")
+        png = plot_sweep(rows, os.path.splitext(out)[0] + ".png", args.plot_threads)
         if png:
             print(f"wrote {png}")
 

@@ -68,7 +68,12 @@ cdef int _best_isa = fa_cpu_best_isa()
 cdef int _isa = _best_isa
 
 # Below this many elements in a call the step runs on the calling thread: waking the
-# OpenMP team costs more than it saves. Measured with bench/threshold.py (see bench/README).
+# OpenMP team costs more than it saves. Measured with bench/threshold.py on the 2-vCPU
+# Zen 3 dev VM (bench/README.md, "Threads"): with the second core mostly free (load
+# average ~2.5), 2 threads won from 33349 elements on and lost below 24897 (Adamax
+# float32, the loop cheapest per element, so the latest crossover). With other processes
+# on both cores the team loses at every size (10-25 ms waits for a preempted worker), which
+# no threshold can fix: on a busy machine pass num_threads=1.
 cdef Py_ssize_t _parallel_min_elements = 32768
 
 # Threads split a group at multiples of this many elements: 64 bytes of float32, so two
