@@ -15,6 +15,7 @@ overhead  one small array (N = 1 ... 1e4): the time of ``opt.step(g)`` end to en
 Implementations, all timed in the same process with their samples interleaved:
 
 fusedadam       ``fusedadam.Adam/AdamW/Adamax(..., backend="compiled").step(grads)``
+fusedadam-kernel  the compiled call inside it alone (``GroupKernel.prepare`` + ``run``)
 numpy           the same optimizer with ``backend="numpy"`` (the reference twin)
 roofline        the PROBE loop: an Adam step's memory traffic (read p, g, m, v; write p, m,
                 v; AMSGrad also max_exp_avg_sq) with trivial arithmetic, same threads
@@ -82,8 +83,8 @@ except Exception:  # ImportError, or deepspeed failing to find an accelerator
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 ALGORITHMS = ("adam", "adamw", "amsgrad", "adamax")
-IMPLS = ("fusedadam", "numpy", "roofline", "torch-single", "torch-foreach", "torch-fused",
-         "deepspeed")
+IMPLS = ("fusedadam", "fusedadam-kernel", "numpy", "roofline", "torch-single",
+         "torch-foreach", "torch-fused", "deepspeed")
 LR, WD = 1e-3, 1e-2
 
 
@@ -120,6 +121,16 @@ def make_fusedadam(shapes, dtype, algorithm, n_threads, grads, backend="compiled
     params = [arrays(s, dtype, 1)[0] for s in shapes]
     opt = _fa_optimizer(algorithm, params, backend, n_threads)
     return lambda: opt.step(grads)
+
+
+def make_kernel(shapes, dtype, algorithm, n_threads, grads):
+    """fusedadam's compiled call alone (``GroupKernel.prepare`` + ``run``), no Python layer."""
+    kind = {"adam": _kernels.ADAM, "adamw": _kernels.ADAM, "amsgrad": _kernels.AMSGRAD,
+            "adamax": _kernels.ADAMAX}[algorithm]
+    params = [arrays(s, dtype, 1)[0] for s in shapes]
+    states = [[np.zeros(s, dtype) for s in shapes]
+              for _ in range(3 if algorithm == "amsgrad" else 2)]
+    return kernel_step(params, grads, states, kind, n_threads)
 
 
 def make_roofline(shapes, dtype, algorithm, n_threads, grads):
@@ -176,6 +187,8 @@ def build_impls(names, shapes, dtype, algorithm, n_threads, grads, notes):
             elif name == "numpy":
                 fns[name] = make_fusedadam(shapes, dtype, algorithm, n_threads, grads,
                                            backend="numpy")
+            elif name == "fusedadam-kernel":
+                fns[name] = make_kernel(shapes, dtype, algorithm, n_threads, grads)
             elif name == "roofline":
                 fns[name] = make_roofline(shapes, dtype, algorithm, n_threads, grads)
             elif name.startswith("torch-"):
