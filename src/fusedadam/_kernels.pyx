@@ -69,12 +69,14 @@ cdef int _isa = _best_isa
 
 # Below this many elements in a call the step runs on the calling thread: waking the
 # OpenMP team costs more than it saves. Measured with bench/threshold.py on the 2-vCPU
-# Zen 3 dev VM (bench/README.md, "Threads"): with the second core mostly free (load
-# average ~2.5), 2 threads won from 33349 elements on and lost below 24897 (Adamax
-# float32, the loop cheapest per element, so the latest crossover). With other processes
-# on both cores the team loses at every size (10-25 ms waits for a preempted worker), which
-# no threshold can fix: on a busy machine pass num_threads=1.
-cdef Py_ssize_t _parallel_min_elements = 32768
+# Zen 3 dev VM with the other core idle (bench/results/threshold.json, README "Threads"):
+# 2 threads vs 1 at 18588 elements 1.15x/1.15x/1.25x (Adamax f32 / Adam f32 / Adam f64),
+# 1.01-1.21x at 13877, 0.6-0.96x at 7735-10361; at 24897 1.28x/1.30x/1.11x, and >= 1.1x
+# at every larger size. A repeat put Adam f64 at 0.96x at 18588, so the threshold sits
+# just below 24897, where every loop won in both runs. With another process busy on the
+# second core the team loses at every size (bench/results/threshold_loaded.json), which
+# no threshold can fix: on a busy machine use num_threads=1 (or OMP_WAIT_POLICY=passive).
+cdef Py_ssize_t _parallel_min_elements = 24576
 
 # Threads split a group at multiples of this many elements: 64 bytes of float32, so two
 # threads never write the same cache line of an aligned array.
