@@ -76,8 +76,15 @@ cdef int _best_isa = fa_cpu_best_isa()
 cdef int _isa = _best_isa
 
 # Below this many elements in a call the step runs on the calling thread: waking the
-# OpenMP team costs more than it saves. Measured with bench/threshold.py (see bench/README).
-cdef Py_ssize_t _parallel_min_elements = 32768
+# OpenMP team costs more than it saves. Measured with bench/threshold.py on the 2-vCPU
+# Zen 3 dev VM with the other core idle (bench/results/threshold.json, README "Threads"):
+# 2 threads vs 1 at 18588 elements 1.15x/1.15x/1.25x (Adamax f32 / Adam f32 / Adam f64),
+# 1.01-1.21x at 13877, 0.6-0.96x at 7735-10361; at 24897 1.28x/1.30x/1.11x, and >= 1.1x
+# at every larger size. A repeat put Adam f64 at 0.96x at 18588, so the threshold sits
+# just below 24897, where every loop won in both runs. With another process busy on the
+# second core the team loses at every size (bench/results/threshold_loaded.json), which
+# no threshold can fix: on a busy machine use num_threads=1 (or OMP_WAIT_POLICY=passive).
+cdef Py_ssize_t _parallel_min_elements = 24576
 
 # Threads split a group at multiples of this many elements: 64 bytes of float32, so two
 # threads never write the same cache line of an aligned array.
@@ -729,3 +736,21 @@ cdef class StepPlan:
             kernel._run(kernel.pending_threads)
             self.steps[gi] = <Py_ssize_t>self.steps[gi] + 1
         return 0
+
+
+def probe(params, grads, exp_avgs, exp_avg_sqs, thirds=None, int n_threads=1):
+    """Run the bandwidth probe (loop kind ``PROBE``) once over lists of arrays, in place.
+
+    The probe moves an Adam step's bytes (reads p, g, m, v; writes p, m, v; with
+    ``thirds`` also AMSGrad's max_exp_avg_sq) with trivial arithmetic:
+    ``m += g; v += g; (x += g;) p -= g``, exactly as ``reference.probe_update``. It is
+    the roofline of the benchmarks. The arrays must already be acceptable to the
+    optimizer (same dtype and shape, C-contiguous, writeable, not aliasing); for repeated
+    timing build a ``GroupKernel`` once instead, as ``bench/step.py`` does.
+    """
+    cdef GroupKernel kernel = GroupKernel(params, exp_avgs, exp_avg_sqs, thirds, [], [])
+    if n_threads < 1:
+        raise ValueError("n_threads must be >= 1")
+    if kernel.prepare(list(params), list(grads), 0, FA_PROBE) != 0:
+        raise ValueError("probe: a gradient does not match its param (dtype, shape, layout)")
+    kernel.run((1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0), n_threads)

@@ -35,7 +35,14 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, coupl
     L2 term ``weight_decay * param`` to the gradient.
     """
     (sign, weight_decay, decay, beta1, one_minus_beta1, beta2, one_minus_beta2,
-     step_size, bc2_sqrt, eps) = _cast(scalars, param.dtype)
+     step_size, bc2_sqrt, eps) = scalars
+    # step_size * m / (sqrt(v) / bc2_sqrt + eps), rewritten with one division per element
+    # as (step_size * bc2_sqrt) * m / (sqrt(v) + eps * bc2_sqrt); the two products are
+    # formed in double, as in _loops.h.
+    (sign, weight_decay, decay, beta1, one_minus_beta1, beta2, one_minus_beta2,
+     step_size, eps) = _cast((sign, weight_decay, decay, beta1, one_minus_beta1, beta2,
+                              one_minus_beta2, step_size * bc2_sqrt, eps * bc2_sqrt),
+                             param.dtype)
     g = _gradient(param, grad, sign, weight_decay, coupled)
     param *= decay
     exp_avg *= beta1
@@ -49,7 +56,6 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, coupl
         np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         v = max_exp_avg_sq
     denom = np.sqrt(v)
-    denom /= bc2_sqrt
     denom += eps
     update = step_size * exp_avg
     update /= denom

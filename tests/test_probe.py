@@ -1,0 +1,62 @@
+"""The compiled bandwidth probe (bench/step.py's roofline) against its NumPy twin."""
+import numpy as np
+import pytest
+
+import fusedadam
+
+_kernels = pytest.importorskip("fusedadam._kernels")
+
+
+@pytest.fixture
+def split_small_calls():
+    """Split even tiny calls over threads, so n_threads=2 exercises the parallel path."""
+    before = _kernels.get_parallel_threshold()
+    _kernels.set_parallel_threshold(0)
+    yield
+    _kernels.set_parallel_threshold(before)
+
+
+def _arrays(n, dtype, amsgrad, seed):
+    rng = np.random.default_rng(seed)
+    count = 5 if amsgrad else 4
+    return [rng.standard_normal(n).astype(dtype) for _ in range(count)]
+
+
+@pytest.mark.usefixtures("split_small_calls")
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["adam_traffic", "amsgrad_traffic"])
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("n", [0, 1, 7, 1000, 100003])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_probe_matches_reference(dtype, n, n_threads, amsgrad):
+    compiled = _arrays(n, dtype, amsgrad, seed=n)
+    expected = [a.copy() for a in compiled]
+    p, g, m, v = compiled[:4]
+    thirds = [compiled[4]] if amsgrad else None
+    for _ in range(3):
+        _kernels.probe([p], [g], [m], [v], thirds, n_threads=n_threads)
+        fusedadam.reference.probe_update(*expected[:4], *expected[4:])
+    for got, want in zip(compiled, expected):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want, strict=True)
+    np.testing.assert_array_equal(g, expected[1])  # the gradient is only read
+
+
+@pytest.mark.usefixtures("split_small_calls")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_probe_many_arrays_one_call(dtype):
+    """A call over several arrays of awkward sizes splits across array boundaries."""
+    sizes = [0, 1, 7, 1000, 100003, 33]
+    arrays = [_arrays(n, dtype, False, seed=i) for i, n in enumerate(sizes)]
+    expected = [[a.copy() for a in group] for group in arrays]
+    columns = [list(c) for c in zip(*arrays)]
+    _kernels.probe(*columns, n_threads=2)
+    for got, want in zip(arrays, expected):
+        fusedadam.reference.probe_update(*want)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b, strict=True)
+
+
+def test_probe_rejects_mismatched_gradient():
+    p, g, m, v = _arrays(10, np.float32, False, seed=0)
+    with pytest.raises(ValueError, match="gradient"):
+        _kernels.probe([p], [g.astype(np.float64)], [m], [v])
