@@ -76,6 +76,10 @@ def check(so):
         raise SystemExit("objdump not found (Debian: apt-get install binutils)")
     text = subprocess.run([objdump, "-d", "--no-show-raw-insn", "-w", str(so)],
                           check=True, capture_output=True, text=True).stdout
+    if "file format elf64-x86-64" not in text[:2000]:
+        print(f"{so.name}: not an x86-64 ELF module: nothing to check (the wide loops are "
+              "compiled on x86-64 only)")
+        return True
     function = None
     wide_inside = collections.Counter()     # wide instructions per ISA inside wide functions
     offending = collections.defaultdict(list)
