@@ -96,6 +96,8 @@ def test_installed_package_is_typed_and_versioned():
     here = pathlib.Path(fa.__file__).parent
     assert (here / "py.typed").is_file()
     assert isinstance(fa.__version__, str) and fa.__version__[0].isdigit()
+    if (here.parent.name == "src" and (here.parent.parent / "pyproject.toml").is_file()):
+        pytest.skip("editable install: the package directory is the source tree")
     # Sources are not installed: only the built module and its stub.
     for pattern in ("*.pyx", "*.pxd", "*.c", "*.h"):
         assert not list(here.glob(pattern)), pattern
