@@ -16,8 +16,12 @@ fi
 if ! command -v qemu-x86_64 > /dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
         echo "installing qemu-user (Debian)"
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user) \
-            > /dev/null
+        if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -qq qemu-user) > /dev/null; then
+            # tools/check_isa.py (the disassembly check) still guards the wheel.
+            echo "check_emulated_cpus: SKIPPED: qemu-user could not be installed"
+            exit 0
+        fi
     else
         echo "check_emulated_cpus: SKIPPED: no qemu-x86_64 (apt-get install qemu-user)"
         exit 0
