@@ -4,9 +4,13 @@ Environment:
   FUSEDADAM_NO_OPENMP=1        build a serial extension even if OpenMP is available
   FUSEDADAM_REQUIRE_OPENMP=1   fail the build when OpenMP is missing
   FUSEDADAM_NO_EXTENSION=1     skip the extension: the package falls back to NumPy
+  FUSEDADAM_REQUIRE_EXTENSION=1  fail the build when the extension does not compile
+                               (without it a failed compile warns and installs pure Python;
+                               CI and wheel builds set it so a broken build never ships)
   FUSEDADAM_BOUNDSCHECK=1      Cython bounds/wraparound checks on (debugging)
 """
 import os
+import shlex
 import sys
 import tempfile
 import textwrap
@@ -14,6 +18,15 @@ import warnings
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+
+try:  # setuptools >= 60 vendors distutils; its errors are what a failed compile raises
+    from setuptools.errors import CCompilerError, CompileError, ExecError, LinkError, PlatformError
+except ImportError:  # pragma: no cover - older setuptools
+    from distutils.errors import (CCompilerError, CompileError, LinkError,
+                                  DistutilsExecError as ExecError,
+                                  DistutilsPlatformError as PlatformError)
+
+BUILD_ERRORS = (CCompilerError, CompileError, ExecError, LinkError, PlatformError, OSError)
 
 OPENMP_TEST = textwrap.dedent(
     """
@@ -49,6 +62,9 @@ def _compiles_and_links(compiler, source, compile_args, link_args):
         src = os.path.join(tmp, "probe.c")
         with open(src, "w") as f:
             f.write(source)
+        # The extension's link line carries $LDFLAGS (e.g. -L of Homebrew's libomp), the
+        # probe's executable link does not: pass them so both agree.
+        link_args = list(link_args) + shlex.split(os.environ.get("LDFLAGS", ""))
         try:
             objects = compiler.compile([src], output_dir=tmp, extra_postargs=compile_args)
             compiler.link_executable(
@@ -60,7 +76,36 @@ def _compiles_and_links(compiler, source, compile_args, link_args):
 
 
 class BuildExtWithOpenMP(build_ext):
-    """build_ext that probes the compiler for OpenMP and falls back to a serial build."""
+    """build_ext that probes the compiler for OpenMP and falls back to a serial build.
+
+    The extension itself is optional: when it does not compile (no compiler, a broken
+    one) the build warns and the package installs without it, running the NumPy
+    reference. FUSEDADAM_REQUIRE_EXTENSION=1 turns that failure back into an error.
+    """
+
+    def run(self):
+        try:
+            super().run()
+        except BUILD_ERRORS as exc:  # e.g. no compiler found while setting one up
+            self._extension_failed(exc)
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except BUILD_ERRORS as exc:
+            self._extension_failed(exc, ext.name)
+
+    def _extension_failed(self, exc, name="fusedadam._kernels"):
+        if _env_flag("FUSEDADAM_REQUIRE_EXTENSION"):
+            raise exc
+        message = (
+            f"fusedadam: building the compiled extension {name} failed ({exc}). "
+            "Installing without it: steps run on the slower NumPy reference backend "
+            "(fusedadam.backend_info()['compiled'] is False). Install a C compiler and "
+            "reinstall for the fast kernels; set FUSEDADAM_REQUIRE_EXTENSION=1 to make "
+            "this an error."
+        )
+        print("\n" + "*" * 79 + "\n" + message + "\n" + "*" * 79 + "\n", file=sys.stderr)
 
     def build_extensions(self):
         compile_args, link_args = [], []
@@ -105,13 +150,15 @@ def _extensions():
     ext = Extension(
         "fusedadam._kernels",
         sources=["src/fusedadam/_kernels.pyx"],
+        depends=["src/fusedadam/_loops.h", "src/fusedadam/_finite.h",
+                 "src/fusedadam/_openmp.h"],
         include_dirs=["src/fusedadam", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )
     sparse_ext = Extension(
         "fusedadam._sparse",
         sources=["src/fusedadam/_sparse.pyx"],
-        depends=["src/fusedadam/_sparse_rows.h"],
+        depends=["src/fusedadam/_sparse_rows.h", "src/fusedadam/_openmp.h"],
         include_dirs=["src/fusedadam", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )

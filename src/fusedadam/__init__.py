@@ -17,6 +17,39 @@ try:
 except ImportError:  # built without the extension: NumPy reference only
     _kernels = None
 
+
+def _apply_simd_env():
+    """FUSEDADAM_SIMD=baseline|avx2|avx512 caps the instruction set the loops use.
+
+    Unset, empty or ``auto``: the widest this CPU runs. A name wider than the CPU runs
+    warns and keeps the widest it runs; an unknown name is an error (a typo must not pass
+    silently). Without the compiled extension there is nothing to choose.
+    """
+    import os
+
+    wanted = os.environ.get("FUSEDADAM_SIMD", "").strip().lower()
+    if not wanted or wanted == "auto" or _kernels is None:
+        return
+    if wanted not in _kernels.ISA_NAMES:
+        raise ValueError(
+            f"FUSEDADAM_SIMD={wanted!r} is not one of "
+            f"{('auto',) + tuple(_kernels.ISA_NAMES)}"
+        )
+    best = _kernels.best_isa()
+    if _kernels.ISA_NAMES.index(wanted) > _kernels.ISA_NAMES.index(best):
+        import warnings
+
+        warnings.warn(
+            f"FUSEDADAM_SIMD={wanted!r}: this CPU runs at most {best!r}; using {best!r}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return
+    _kernels.set_isa(wanted)
+
+
+_apply_simd_env()
+
 __all__ = [
     "Adam",
     "AdamW",

@@ -1,0 +1,103 @@
+"""The installed package: FUSEDADAM_SIMD at import, the compiled module's type stub."""
+import ast
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import fusedadam as fa
+from conftest import requires_compiled, simd_paths
+
+
+def _backend_info_with_env(tmp_path, warnings="error", **env):
+    """backend_info() of a fresh interpreter importing the installed package with ``env``.
+
+    ``-W error`` by default: a FUSEDADAM_SIMD the CPU runs must import without a warning.
+    """
+    code = "import fusedadam as fa, json; print(json.dumps(fa.backend_info()))"
+    full_env = dict(os.environ, **env)
+    full_env.pop("PYTHONWARNINGS", None)
+    return subprocess.run([sys.executable, "-W", warnings, "-c", code], cwd=tmp_path,
+                          env=full_env, capture_output=True, text=True)
+
+
+@requires_compiled
+@pytest.mark.parametrize("isa", simd_paths())
+def test_simd_env_selects_the_path(isa, tmp_path):
+    import json
+
+    proc = _backend_info_with_env(tmp_path, FUSEDADAM_SIMD=isa)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["simd"] == isa
+    assert info["simd_best"] == fa.backend_info()["simd_best"]
+
+
+@requires_compiled
+def test_simd_env_unknown_name_is_an_error(tmp_path):
+    proc = _backend_info_with_env(tmp_path, FUSEDADAM_SIMD="sse9")
+    assert proc.returncode != 0
+    assert "FUSEDADAM_SIMD='sse9' is not one of" in proc.stderr
+
+
+@requires_compiled
+def test_simd_env_wider_than_cpu_warns_and_uses_the_best(tmp_path):
+    import json
+
+    from fusedadam import _kernels
+
+    if _kernels.best_isa() == _kernels.ISA_NAMES[-1]:
+        pytest.skip("this CPU runs the widest path")
+    wider = _kernels.ISA_NAMES[_kernels.ISA_NAMES.index(_kernels.best_isa()) + 1]
+    proc = _backend_info_with_env(tmp_path, warnings="default", FUSEDADAM_SIMD=wider)
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeWarning" in proc.stderr
+    assert f"this CPU runs at most {_kernels.best_isa()!r}" in proc.stderr
+    assert json.loads(proc.stdout)["simd"] == _kernels.best_isa()
+
+
+def test_simd_env_is_harmless_without_extension_or_unset(tmp_path):
+    import json
+
+    proc = _backend_info_with_env(tmp_path, FUSEDADAM_SIMD="auto")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["simd"] == fa.backend_info()["simd"]
+
+
+def _public_names_of_stub(path):
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return {n for n in names if not n.startswith("_")}
+
+
+@requires_compiled
+def test_kernels_stub_matches_the_compiled_module():
+    from fusedadam import _kernels
+
+    stub = pathlib.Path(fa.__file__).with_name("_kernels.pyi")
+    assert stub.is_file(), "the type stub must be installed next to the extension"
+    compiled = {n for n in dir(_kernels) if not n.startswith("_")}
+    assert _public_names_of_stub(stub) == compiled
+    stub_kernel = next(n for n in ast.parse(stub.read_text()).body
+                       if isinstance(n, ast.ClassDef) and n.name == "GroupKernel")
+    stub_members = {n.name for n in stub_kernel.body if isinstance(n, ast.FunctionDef)}
+    public = {n for n in dir(_kernels.GroupKernel) if not n.startswith("_")}
+    assert public <= stub_members
+
+
+def test_installed_package_is_typed_and_versioned():
+    here = pathlib.Path(fa.__file__).parent
+    assert (here / "py.typed").is_file()
+    assert isinstance(fa.__version__, str) and fa.__version__[0].isdigit()
+    if (here.parent.name == "src" and (here.parent.parent / "pyproject.toml").is_file()):
+        pytest.skip("editable install: the package directory is the source tree")
+    # Sources are not installed: only the built module and its stub.
+    for pattern in ("*.pyx", "*.pxd", "*.c", "*.h"):
+        assert not list(here.glob(pattern)), pattern
