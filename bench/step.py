@@ -329,42 +329,6 @@ def scenario_model(args, notes):
     return rows
 
 
-def lean_step(param, grad):
-    """What ``opt.step(g)`` costs with the Python layer cut to the bone (a proposal).
-
-    One group, hyperparameters unchanged since the last step (checked with one
-    C-level ``itemgetter`` and a tuple compare), thread count resolved once, per-step
-    scalars from a running product of the betas instead of two ``**``, then the same
-    ``GroupKernel.prepare`` + ``run`` the optimizer ends in. Not a drop-in: it shows what
-    the optimizer layer could cost; the numbers go into bench/README.md.
-    """
-    import operator
-
-    group = {"lr": LR, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
-             "amsgrad": False, "maximize": False, "bias_correction": True,
-             "beta1_decay": 1.0, "num_threads": 1, "backend": "compiled"}
-    getter = operator.itemgetter(*group)
-    cached_key = getter(group)
-    m, v = np.zeros_like(param), np.zeros_like(param)
-    kernel = _kernels.GroupKernel([param], [m], [v], None, [], [])
-    params = [param]
-    state = {"t": 0, "b1t": 1.0, "b2t": 1.0}
-
-    def step(g=grad):
-        if getter(group) != cached_key:
-            raise RuntimeError("slow path (hyperparameters changed)")
-        grads = [g] if type(g) is np.ndarray else list(g)
-        if kernel.prepare(params, grads, 0, _kernels.ADAM) != 0:
-            raise RuntimeError("slow path (validation)")
-        state["t"] += 1
-        b1t = state["b1t"] = state["b1t"] * 0.9
-        b2t = state["b2t"] = state["b2t"] * 0.999
-        kernel.run((1.0, 0.0, 1.0, 0.9, 0.1, 0.999, 0.001, LR / (1.0 - b1t),
-                    (1.0 - b2t) ** 0.5, 1e-8), 1)
-
-    return step
-
-
 def scenario_overhead(args, notes):
     """End-to-end ``opt.step(g)`` on tiny arrays and the layers it passes through."""
     rows = []
@@ -375,6 +339,8 @@ def scenario_overhead(args, notes):
         g = arrays((n,), dtype, 2)[1]
         opt = fa.Adam(p.copy(), lr=LR, backend="compiled", num_threads=1)
         opt_auto = fa.Adam(p.copy(), lr=LR, backend="compiled")
+        opt_ignore = fa.Adam(p.copy(), lr=LR, backend="compiled", num_threads=1,
+                             nonfinite="ignore")
         m, v = np.zeros_like(p), np.zeros_like(p)
         pk, mk, vk = p.copy(), np.zeros_like(p), np.zeros_like(p)
         kernel = kernel_step([pk], [g], [[mk], [vk]], _kernels.ADAM, 1)
@@ -385,6 +351,7 @@ def scenario_overhead(args, notes):
             "opt.step(g)": lambda: opt.step(g),
             "opt.step([g])": lambda: opt.step(gl),
             "opt.step(g) threads=None": lambda: opt_auto.step(g),
+            "opt.step(g) nonfinite=ignore": lambda: opt_ignore.step(g),
             "functional.adam": lambda: functional.adam(
                 [pf], gl, [m], [v], step=10, lr=LR, num_threads=1, backend="compiled"),
             "GroupStep prepare+run": lambda: (group.prepare([pf], gl, 0, functional.ADAM),
@@ -393,7 +360,6 @@ def scenario_overhead(args, notes):
             "adam_scalars": lambda: functional.adam_scalars(10, LR, 0.9, 0.999, 1e-8),
             "effective_num_threads(None)": lambda: fa._threads.effective_num_threads(None),
         }
-        fns["proposal: lean opt.step(g)"] = lean_step(p.copy(), g)
         if torch is not None:
             set_threads(1)
             for variant in ("torch-fused", "torch-foreach", "torch-single"):

@@ -17,9 +17,11 @@ import zipfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Tracked files the sdist leaves out on purpose (MANIFEST.in prunes them).
-NOT_IN_SDIST = [".ci/*", "tools/*", "bench/*", ".gitignore", ".gitattributes", ".github/*"]
+NOT_IN_SDIST = [".ci/*", "tools/*", "bench/*", "docs/*", ".gitignore", ".gitattributes",
+                ".github/*"]
 GENERATED_IN_SDIST = ["PKG-INFO", "setup.cfg", "src/fusedadam.egg-info/*"]
-NEVER_IN_SDIST = ["*.so", "*.pyd", "*.o", "*.pyc", "src/fusedadam/_kernels.c", "*.html"]
+NEVER_IN_SDIST = ["*.so", "*.pyd", "*.o", "*.pyc", "src/fusedadam/_kernels.c",
+                  "src/fusedadam/_sparse.c", "*.html"]
 BUILD_SOURCES = ["*.pyx", "*.pxd", "*.c", "*.h"]
 
 
