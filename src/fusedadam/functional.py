@@ -1,7 +1,9 @@
 """Functional core: one Adam-family step over lists of arrays, in place.
 
 The optimizer classes drive these functions; tests call them directly. A call validates
-everything first and then writes: on any error no array has changed.
+everything first and then writes: on any error no array has changed. Each call checks and
+builds its pointer tables anew (tens of microseconds); the optimizer classes keep them
+between steps, so a training loop should use those.
 
 Per-step scalars are computed once, in double precision, by :func:`adam_scalars`; both
 backends cast them to the arrays' dtype and run the same elementwise operations.
