@@ -51,7 +51,7 @@ def main(argv=None):
         grad = rng.standard_normal(n).astype(args.dtype)
         opts = {mode: fa.Adam(rng.standard_normal(n).astype(args.dtype), nonfinite=mode)
                 for mode in ("ignore", "error")}
-        steps = {mode: (lambda o=o: o.step(grad)) for mode, o in opts.items()}
+        steps = {mode: (lambda o=o, g=grad: o.step(g)) for mode, o in opts.items()}
         for fn in steps.values():
             fn()
         reps = {mode: calibrate(fn) for mode, fn in steps.items()}

@@ -215,3 +215,34 @@ def as_grad_list(grads, n_params):
     if len(grads) != n_params:
         raise ValueError(f"expected {n_params} gradients (one per parameter), got {len(grads)}")
     return grads
+
+
+def check_saved_state(entry, param, names, where):
+    """Check one param's entry of a saved state dict; return ``(step, copies)``.
+
+    ``entry`` must hold an int ``step >= 0`` and, for each of ``names``, an ndarray of the
+    param's dtype and shape. The copies are C-contiguous arrays the optimizer can own.
+    """
+    if not isinstance(entry, dict):
+        raise TypeError(f"{where} must be a dict")
+    missing = [key for key in ("step",) + tuple(names) if key not in entry]
+    if missing:
+        raise ValueError(f"{where} is missing {missing}")
+    step = entry["step"]
+    if isinstance(step, np.ndarray) and step.ndim == 0:
+        step = step.item()
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
+        raise TypeError(f"{where}: step must be an int, got {step!r}")
+    if step < 0:
+        raise ValueError(f"{where}: step must be >= 0, got {step}")
+    copies = {}
+    for name in names:
+        a = entry[name]
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{where}['{name}'] must be an ndarray")
+        if a.dtype != param.dtype:
+            raise TypeError(f"{where}['{name}'] has dtype {a.dtype}, the param has {param.dtype}")
+        if a.shape != param.shape:
+            raise ValueError(f"{where}['{name}'] has shape {a.shape}, the param has {param.shape}")
+        copies[name] = np.array(a, order="C", copy=True)
+    return int(step), copies

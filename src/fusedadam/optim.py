@@ -3,7 +3,6 @@
 A step validates every group, then writes every group: bad input raises before any array
 or counter changes. Each group is one call into compiled code.
 """
-import numbers
 import threading
 from typing import NamedTuple
 
@@ -386,34 +385,9 @@ class Optimizer:
                 if saved_id in used:
                     raise ValueError(f"{pname} is listed in two groups")
                 used.add(saved_id)
-                entry = saved_state[saved_id]
-                if not isinstance(entry, dict):
-                    raise TypeError(f"{pname} must be a dict")
-                missing = [key for key in ("step",) + names if key not in entry]
-                if missing:
-                    raise ValueError(f"{pname} is missing {missing}")
-                step = entry["step"]
-                if isinstance(step, np.ndarray) and step.ndim == 0:
-                    step = step.item()
-                if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
-                    raise TypeError(f"{pname}: step must be an int, got {step!r}")
-                if step < 0:
-                    raise ValueError(f"{pname}: step must be >= 0, got {step}")
-                steps.add(int(step))
-                st = {}
-                for name in names:
-                    a = entry[name]
-                    if not isinstance(a, np.ndarray):
-                        raise TypeError(f"{pname}['{name}'] must be an ndarray")
-                    if a.dtype != p.dtype:
-                        raise TypeError(
-                            f"{pname}['{name}'] has dtype {a.dtype}, the param has {p.dtype}"
-                        )
-                    if a.shape != p.shape:
-                        raise ValueError(
-                            f"{pname}['{name}'] has shape {a.shape}, the param has {p.shape}"
-                        )
-                    st[name] = np.array(a, order="C", copy=True)
+                step, st = _validation.check_saved_state(
+                    saved_state[saved_id], p, names, pname)
+                steps.add(step)
                 new_state.append((p, st))
             if len(steps) > 1:
                 raise ValueError(

@@ -363,33 +363,9 @@ class SparseAdam(Optimizer):
                 if saved_id not in saved_state:
                     continue
                 pname = f"state_dict['state'][{saved_id!r}] (params[{index + k}])"
-                entry = saved_state[saved_id]
-                if not isinstance(entry, dict):
-                    raise TypeError(f"{pname} must be a dict")
-                missing = [key for key in ("step",) + _STATE_NAMES if key not in entry]
-                if missing:
-                    raise ValueError(f"{pname} is missing {missing}")
-                step = entry["step"]
-                if isinstance(step, np.ndarray) and step.ndim == 0:
-                    step = step.item()
-                if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
-                    raise TypeError(f"{pname}: step must be an int, got {step!r}")
-                if step < 0:
-                    raise ValueError(f"{pname}: step must be >= 0, got {step}")
-                st = {"step": int(step)}
-                for name in _STATE_NAMES:
-                    a = entry[name]
-                    if not isinstance(a, np.ndarray):
-                        raise TypeError(f"{pname}['{name}'] must be an ndarray")
-                    if a.dtype != p.dtype:
-                        raise TypeError(
-                            f"{pname}['{name}'] has dtype {a.dtype}, the param has {p.dtype}"
-                        )
-                    if a.shape != p.shape:
-                        raise ValueError(
-                            f"{pname}['{name}'] has shape {a.shape}, the param has {p.shape}"
-                        )
-                    st[name] = np.array(a, order="C", copy=True)
+                step, st = _validation.check_saved_state(
+                    saved_state[saved_id], p, _STATE_NAMES, pname)
+                st["step"] = step
                 new_state.append((p, st))
             new_groups.append(hyper)
             index += len(group["params"])
