@@ -20,6 +20,6 @@ n_asan=$(nm -D src/fusedadam/_kernels*.so | grep -c __asan_ || true)
 [ "$n_asan" -gt 0 ] || { echo "the extension is not instrumented"; exit 1; }
 echo "ASan build: $(ls src/fusedadam/_kernels*.so) ($n_asan ASan symbols); runtime: $asan"
 LD_PRELOAD="$asan" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
-    PYTHONPATH=src python3 -c "import fusedadam as fa; print(fa.backend_info())"
+    PYTHONPATH="$work/src" python3 -c "import fusedadam as fa; print(fa.backend_info())"
 LD_PRELOAD="$asan" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
-    PYTHONPATH=src python3 -m pytest tests -p no:cacheprovider -q -m "not slow" "$@"
+    PYTHONPATH="$work/src" python3 -m pytest tests -p no:cacheprovider -q -m "not slow" "$@"
