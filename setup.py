@@ -130,7 +130,7 @@ class BuildExtWithOpenMP(build_ext):
         else:
             # -ffp-contract=off: no fused multiply-add, so results are bit-identical to
             # the NumPy reference. -fno-math-errno lets sqrt vectorize; it changes no value.
-            # Never -ffast-math or -march=native: wheels must stay exact and portable.
+            # No fast-math and no native-arch flags: wheels must stay exact and portable.
             base = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
         for ext in self.extensions:
             ext.extra_compile_args = base + compile_args + list(ext.extra_compile_args)

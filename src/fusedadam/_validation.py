@@ -246,3 +246,34 @@ def check_saved_state(entry, param, names, where):
             raise ValueError(f"{where}['{name}'] has shape {a.shape}, the param has {param.shape}")
         copies[name] = np.array(a, order="C", copy=True)
     return int(step), copies
+
+
+def check_state_dict_layout(state_dict, param_groups):
+    """Check a state dict's outer layout against an optimizer's groups.
+
+    Returns ``(saved_state, [(where, saved_group, hyperparameters), ...])``, one entry per
+    group, after checking that it is ``{"state": dict, "param_groups": list}`` with as many
+    groups as the optimizer and as many params in each.
+    """
+    if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
+        raise ValueError("state_dict must be a dict with exactly 'state' and 'param_groups'")
+    saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+    if not isinstance(saved_groups, (list, tuple)) or not isinstance(saved_state, dict):
+        raise TypeError("state_dict['param_groups'] must be a list and ['state'] a dict")
+    if len(saved_groups) != len(param_groups):
+        raise ValueError(
+            f"state_dict has {len(saved_groups)} parameter groups, the optimizer has "
+            f"{len(param_groups)}"
+        )
+    groups = []
+    for gi, (group, saved) in enumerate(zip(param_groups, saved_groups)):
+        where = f"state_dict['param_groups'][{gi}]"
+        if not isinstance(saved, dict) or "params" not in saved:
+            raise ValueError(f"{where} must be a dict with a 'params' list")
+        if len(saved["params"]) != len(group["params"]):
+            raise ValueError(
+                f"{where} has {len(saved['params'])} params, the optimizer's group has "
+                f"{len(group['params'])}"
+            )
+        groups.append((where, saved, {k: v for k, v in saved.items() if k != "params"}))
+    return saved_state, groups

@@ -351,27 +351,10 @@ class Optimizer:
             self._fast = None
 
     def _check_state_dict(self, state_dict):
-        if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
-            raise ValueError("state_dict must be a dict with exactly 'state' and 'param_groups'")
-        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
-        if not isinstance(saved_groups, (list, tuple)) or not isinstance(saved_state, dict):
-            raise TypeError("state_dict['param_groups'] must be a list and ['state'] a dict")
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(
-                f"state_dict has {len(saved_groups)} parameter groups, the optimizer has "
-                f"{len(self.param_groups)}"
-            )
+        saved_state, saved_groups = _validation.check_state_dict_layout(
+            state_dict, self.param_groups)
         new_groups, new_state, new_steps, used, index = [], [], [], set(), 0
-        for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
-            where = f"state_dict['param_groups'][{gi}]"
-            if not isinstance(saved, dict) or "params" not in saved:
-                raise ValueError(f"{where} must be a dict with a 'params' list")
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(
-                    f"{where} has {len(saved['params'])} params, the optimizer's group has "
-                    f"{len(group['params'])}"
-                )
-            hyper = {k: v for k, v in saved.items() if k != "params"}
+        for group, (where, saved, hyper) in zip(self.param_groups, saved_groups):
             merged = {**group, **hyper}
             _validation.check_hyperparameters(merged, f"{where}: ")
             _validation.check_num_threads(merged["num_threads"])

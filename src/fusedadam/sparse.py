@@ -337,27 +337,10 @@ class SparseAdam(Optimizer):
                 self.state._set(p, st)
 
     def _check_state_dict(self, state_dict):
-        if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
-            raise ValueError("state_dict must be a dict with exactly 'state' and 'param_groups'")
-        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
-        if not isinstance(saved_groups, (list, tuple)) or not isinstance(saved_state, dict):
-            raise TypeError("state_dict['param_groups'] must be a list and ['state'] a dict")
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(
-                f"state_dict has {len(saved_groups)} parameter groups, the optimizer has "
-                f"{len(self.param_groups)}"
-            )
+        saved_state, saved_groups = _validation.check_state_dict_layout(
+            state_dict, self.param_groups)
         new_groups, new_state, index = [], [], 0
-        for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
-            where = f"state_dict['param_groups'][{gi}]"
-            if not isinstance(saved, dict) or "params" not in saved:
-                raise ValueError(f"{where} must be a dict with a 'params' list")
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(
-                    f"{where} has {len(saved['params'])} params, the optimizer's group has "
-                    f"{len(group['params'])}"
-                )
-            hyper = {k: v for k, v in saved.items() if k != "params"}
+        for group, (where, saved, hyper) in zip(self.param_groups, saved_groups):
             _check_hyperparameters({**group, **hyper}, f"{where}: ")
             for k, (saved_id, p) in enumerate(zip(saved["params"], group["params"])):
                 if saved_id not in saved_state:
