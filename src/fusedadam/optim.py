@@ -56,6 +56,33 @@ def _param_groups_from(params):
     return [{"params": params}]
 
 
+def _admit_param_group(param_group, param_groups, defaults):
+    """A new group dict for an optimizer holding ``param_groups``: checked, defaults filled.
+
+    Checks what every optimizer requires of a group (a dict with a ``params`` sequence of
+    acceptable arrays, none already in another group) and returns ``(group, where,
+    first)``: the copy to store, its name for messages, and the position of its first
+    param over all groups. Hyperparameters are the caller's to check.
+    """
+    if not isinstance(param_group, dict):
+        raise TypeError(f"a param group must be a dict, got {type(param_group).__name__}")
+    where = f"param_groups[{len(param_groups)}]"
+    group = dict(param_group)
+    if "params" not in group:
+        raise ValueError(f"{where} has no 'params' entry")
+    group["params"] = _as_param_list(group["params"], f"{where}['params']")
+    first = sum(len(g["params"]) for g in param_groups)
+    _validation.check_params(group["params"], first)
+    existing = {id(p) for g in param_groups for p in g["params"]}
+    if any(id(p) in existing for p in group["params"]):
+        raise ValueError("some parameters appear in more than one parameter group")
+    for key, value in defaults.items():
+        group.setdefault(key, value)
+    if isinstance(group.get("betas"), list):
+        group["betas"] = tuple(group["betas"])
+    return group, where, first
+
+
 class _GroupPlan(NamedTuple):
     """What one group's step needs, worked out (and checked) before anything is written."""
 
@@ -121,23 +148,8 @@ class Optimizer:
     # ---------------------------------------------------------------- groups
     def add_param_group(self, param_group):
         """Add a group ``{"params": [...], <hyperparameter overrides>}``."""
-        if not isinstance(param_group, dict):
-            raise TypeError(f"a param group must be a dict, got {type(param_group).__name__}")
-        where = f"param_groups[{len(self.param_groups)}]"
-        group = dict(param_group)
         self._fast = None
-        if "params" not in group:
-            raise ValueError(f"{where} has no 'params' entry")
-        group["params"] = _as_param_list(group["params"], f"{where}['params']")
-        first = sum(len(g["params"]) for g in self.param_groups)
-        _validation.check_params(group["params"], first)
-        existing = {id(p) for g in self.param_groups for p in g["params"]}
-        if any(id(p) in existing for p in group["params"]):
-            raise ValueError("some parameters appear in more than one parameter group")
-        for key, value in self.defaults.items():
-            group.setdefault(key, value)
-        if isinstance(group["betas"], list):
-            group["betas"] = tuple(group["betas"])
+        group, where, _ = _admit_param_group(param_group, self.param_groups, self.defaults)
         _validation.check_hyperparameters(group, f"{where}: ")
         _validation.check_num_threads(group["num_threads"])
         resolve_backend(group["backend"])

@@ -14,7 +14,7 @@ import numpy as np
 from fusedadam import _validation, reference
 from fusedadam._threads import effective_num_threads
 from fusedadam.functional import learning_rate, resolve_backend
-from fusedadam.optim import Optimizer, _as_param_list, _param_groups_from, _ParamState
+from fusedadam.optim import Optimizer, _admit_param_group, _param_groups_from, _ParamState
 
 try:
     from fusedadam import _kernels, _sparse
@@ -193,26 +193,14 @@ class SparseAdam(Optimizer):
 
     def add_param_group(self, param_group):
         """Add a group ``{"params": [...], <hyperparameter overrides>}`` of 2-D tables."""
-        if not isinstance(param_group, dict):
-            raise TypeError(f"a param group must be a dict, got {type(param_group).__name__}")
-        where = f"param_groups[{len(self.param_groups)}]"
-        group = dict(param_group)
-        if "params" not in group:
-            raise ValueError(f"{where} has no 'params' entry")
-        group["params"] = _as_param_list(group["params"], f"{where}['params']")
-        first = sum(len(g["params"]) for g in self.param_groups)
-        _validation.check_params(group["params"], first)
+        group, where, first = _admit_param_group(param_group, self.param_groups,
+                                                 self.defaults)
         for k, p in enumerate(group["params"]):
             if p.ndim != 2:
                 raise ValueError(
                     f"params[{first + k}] has shape {p.shape}; SparseAdam needs 2-D tables "
                     "(rows, dim)"
                 )
-        existing = {id(p) for g in self.param_groups for p in g["params"]}
-        if any(id(p) in existing for p in group["params"]):
-            raise ValueError("some parameters appear in more than one parameter group")
-        for key, value in self.defaults.items():
-            group.setdefault(key, value)
         _check_hyperparameters(group, f"{where}: ")
         _resolve_backend(group["backend"])
         self.param_groups.append(group)
