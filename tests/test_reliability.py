@@ -230,8 +230,9 @@ def test_state_is_exactly_two_or_three_arrays_per_param(amsgrad):
     opt.step([np.ones_like(p) for p in params])
     for p in params:
         st = opt.state[p]
-        arrays = [v for v in st.values() if isinstance(v, np.ndarray)]
+        arrays = [v for k, v in st.items() if k != "step"]
         assert len(arrays) == (3 if amsgrad else 2)
+        assert st["step"].nbytes == 8
         assert all(a.nbytes == p.nbytes and a.dtype == p.dtype for a in arrays)
 
 

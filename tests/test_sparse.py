@@ -7,11 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fusedadam as fa
-from fusedadam import sparse as sparse_module
+from fusedadam._backend import _kernels
 
 DTYPES = [np.float32, np.float64]
-compiled = pytest.mark.skipif(sparse_module._sparse is None,
-                              reason="the _sparse extension is not built")
+compiled = pytest.mark.skipif(_kernels is None, reason="the extension is not built")
 
 
 def _table(rng, rows, dim, dtype):
@@ -26,9 +25,9 @@ def _run_pair(dtype, rows, dim, steps, k, n_threads, seed=0, duplicates=True,
     W_ref = W.copy()
     opt = fa.SparseAdam([W], backend="compiled", num_threads=n_threads, **hyper)
     ref = fa.SparseAdam([W_ref], backend="numpy", **hyper)
-    old = sparse_module._sparse.get_parallel_threshold()
+    old = _kernels.get_parallel_threshold()
     if threshold is not None:
-        sparse_module._sparse.set_parallel_threshold(threshold)
+        _kernels.set_parallel_threshold(threshold)
     try:
         for _ in range(steps):
             idx = rng.integers(0, rows, size=k) if duplicates else rng.permutation(rows)[:k]
@@ -36,7 +35,7 @@ def _run_pair(dtype, rows, dim, steps, k, n_threads, seed=0, duplicates=True,
             opt.step([(idx, vals)])
             ref.step([(idx.copy(), vals.copy())])
     finally:
-        sparse_module._sparse.set_parallel_threshold(old)
+        _kernels.set_parallel_threshold(old)
     return W, W_ref, opt, ref
 
 
@@ -323,22 +322,6 @@ def test_group_rows_sorted_fast_path_and_general_path_agree():
     np.testing.assert_array_equal(starts, [0, 2, 3, 5])
 
 
-def test_falls_back_to_numpy_when_extension_missing(monkeypatch):
-    monkeypatch.setattr(sparse_module, "_sparse", None)
-    monkeypatch.setattr(sparse_module, "_warned_fallback", False)
-    if fa.functional._kernels is None:
-        pytest.skip("the dense extension is missing too; functional warns first")
-    W, W_ref = np.ones((4, 3)), np.ones((4, 3))
-    with pytest.warns(RuntimeWarning, match="_sparse extension is not available"):
-        opt = fa.SparseAdam([W], lr=0.1)
-    grad = [(np.array([2, 0, 2]), np.arange(9.0).reshape(3, 3))]
-    opt.step(grad)
-    fa.SparseAdam([W_ref], lr=0.1, backend="numpy").step(grad)
-    np.testing.assert_array_equal(W, W_ref)
-    with pytest.raises(RuntimeError, match="_sparse extension is not built"):
-        fa.SparseAdam([np.ones((2, 2))], backend="compiled")
-
-
 @pytest.mark.parametrize("backend", ["numpy", pytest.param("compiled", marks=compiled)])
 def test_read_only_non_contiguous_values_and_unsigned_indices(backend):
     rng = np.random.default_rng(9)
@@ -403,10 +386,3 @@ def test_state_swapped_by_hand_is_checked_before_any_write():
     with pytest.raises(ValueError, match="share memory"):
         opt.step([one, one])
     np.testing.assert_array_equal(A, before)
-
-
-@compiled
-def test_sparse_extension_built_like_the_dense_one():
-    """Both extensions come from one build_ext run: OpenMP is in both or in neither."""
-    kernels = pytest.importorskip("fusedadam._kernels")
-    assert sparse_module._sparse.openmp_enabled() == kernels.openmp_enabled()

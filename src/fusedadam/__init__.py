@@ -8,14 +8,10 @@
 from fusedadam import functional, reference
 from fusedadam._version import __version__
 from fusedadam.minimize import OptimizeResult, minimize
-from fusedadam.optim import Adam, Adamax, AdamW, Optimizer
+from fusedadam.optim import AdaBelief, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam
 from fusedadam.sparse import SparseAdam
 from fusedadam.serialization import flatten_state_dict, unflatten_state_dict
-
-try:
-    from fusedadam import _kernels
-except ImportError:  # built without the extension: NumPy reference only
-    _kernels = None
+from fusedadam._backend import _kernels
 
 
 def _apply_simd_env():
@@ -51,9 +47,13 @@ def _apply_simd_env():
 _apply_simd_env()
 
 __all__ = [
+    "AdaBelief",
     "Adam",
     "AdamW",
     "Adamax",
+    "Lion",
+    "NAdam",
+    "RAdam",
     "OptimizeResult",
     "Optimizer",
     "SparseAdam",
