@@ -267,10 +267,12 @@ static struct {
     fa_cond wake;
 } fa_pool_state;
 
-static int fa_pool_helper_ids[FA_POOL_MAX_THREADS];
-/* The epoch before the job a new helper is created for: written before the thread is
- * started (a synchronisation point), so the helper takes part in that very job. */
-static uint32_t fa_pool_start_epoch;
+/* Per helper, written only before its thread starts (a synchronisation point): its id
+ * and the epoch before the job it is created for, so it takes part in that very job. */
+static struct fa_pool_helper_arg {
+    int worker;
+    uint32_t start_epoch;
+} fa_pool_helper_args[FA_POOL_MAX_THREADS];
 
 /* Claim and run chunks of the job with epoch `epoch` until none is left for this helper.
  * Every claim is a CAS of the exact word loaded, so it fails once the epoch moves on. */
@@ -305,8 +307,8 @@ static void fa_pool_help(int worker, uint32_t epoch)
 
 static FA_THREAD_RET fa_pool_helper_main(void *arg)
 {
-    int worker = *(int *)arg;
-    uint32_t seen = fa_pool_start_epoch;
+    int worker = ((struct fa_pool_helper_arg *)arg)->worker;
+    uint32_t seen = ((struct fa_pool_helper_arg *)arg)->start_epoch;
     for (;;) {
         uint64_t w = 0;
         int spin;
@@ -362,11 +364,11 @@ static int fa_pool_grow(int want)
     }
     if (want > FA_POOL_MAX_THREADS - 1)
         want = FA_POOL_MAX_THREADS - 1;
-    fa_pool_start_epoch = FA_EPOCH(fa_load_acq64(&fa_pool_state.word));
     while (fa_pool_state.n_created < want) {
         int id = fa_pool_state.n_created + 1;
-        fa_pool_helper_ids[id - 1] = id;
-        if (fa_thread_start(fa_pool_helper_main, &fa_pool_helper_ids[id - 1]) != 0)
+        fa_pool_helper_args[id - 1].worker = id;
+        fa_pool_helper_args[id - 1].start_epoch = FA_EPOCH(fa_load_acq64(&fa_pool_state.word));
+        if (fa_thread_start(fa_pool_helper_main, &fa_pool_helper_args[id - 1]) != 0)
             break;
         fa_pool_state.n_created = id;
     }

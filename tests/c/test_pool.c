@@ -117,8 +117,10 @@ static void test_hook(int point, int worker, uint64_t word, int ok)
     (void)worker;
     if (point == FA_HOOK_HELPER_WOKE && __atomic_load_n(&hook_block_woken, __ATOMIC_ACQUIRE)) {
         int now = __atomic_add_fetch(&hook_blocked, 1, __ATOMIC_ACQ_REL);
-        if (now > hook_blocked_max)
-            hook_blocked_max = now;
+        int seen = __atomic_load_n(&hook_blocked_max, __ATOMIC_RELAXED);
+        while (now > seen && !__atomic_compare_exchange_n(&hook_blocked_max, &seen, now, 0,
+                                                          __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            ;
         while (__atomic_load_n(&hook_block_woken, __ATOMIC_ACQUIRE))
             usleep(100);
         __atomic_fetch_add(&hook_blocked, -1, __ATOMIC_ACQ_REL);
@@ -127,7 +129,7 @@ static void test_hook(int point, int worker, uint64_t word, int ok)
         int one = 1;
         if (__atomic_compare_exchange_n(&hook_hold_before_cas, &one, 0, 0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_ACQUIRE)) {
-            hook_held_word = word;
+            __atomic_store_n(&hook_held_word, word, __ATOMIC_RELAXED);
             __atomic_store_n(&hook_held, 1, __ATOMIC_RELEASE);
             while (__atomic_load_n(&hook_held, __ATOMIC_ACQUIRE))
                 usleep(100);
@@ -136,8 +138,8 @@ static void test_hook(int point, int worker, uint64_t word, int ok)
         }
     }
     if (point == FA_HOOK_AFTER_CAS && __atomic_load_n(&hook_late_cas_done, __ATOMIC_ACQUIRE) == -1
-        && word == hook_held_word) {
-        hook_late_cas_ok = ok;
+        && word == __atomic_load_n(&hook_held_word, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&hook_late_cas_ok, ok, __ATOMIC_RELAXED);
         __atomic_store_n(&hook_late_cas_done, 1, __ATOMIC_RELEASE);
     }
 }
@@ -171,7 +173,8 @@ static void test_caller_finishes_alone(void)
         CHECK(k.by_worker[0] == 1000, "a blocked helper ran %d chunks", 1000 - k.by_worker[0]);
         __atomic_store_n(&k.finished, 1, __ATOMIC_RELEASE);
     }
-    CHECK(hook_blocked >= 1, "no helper was ever woken and blocked (%d)", hook_blocked);
+    CHECK(__atomic_load_n(&hook_blocked, __ATOMIC_ACQUIRE) >= 1,
+          "no helper was ever woken and blocked");
     __atomic_store_n(&hook_block_woken, 0, __ATOMIC_RELEASE);
     wait_until(&hook_blocked, 0, 5.0, "blocked helpers to resume");
     /* The released helpers re-check the word; they must not run chunks of finished jobs. */
@@ -181,7 +184,7 @@ static void test_caller_finishes_alone(void)
     fa_pool_run(count_chunk, &k, 1000, 4);
     check_once(&k, 1000, "after unblocking");
     printf("ok caller finishes every job alone while helpers are stopped "
-           "(%d helpers were stopped)\n", hook_blocked_max);
+           "(%d helpers were stopped)\n", __atomic_load_n(&hook_blocked_max, __ATOMIC_RELAXED));
 }
 
 /* A helper stopped between loading (epoch E, next c) and its CAS must not claim chunk c
@@ -208,8 +211,8 @@ static void test_late_helper(void)
     static late_ctx next;
     int tries;
     for (tries = 0; tries < 200; tries++) {
-        hook_late_cas_done = 0;
-        hook_late_cas_ok = -1;
+        __atomic_store_n(&hook_late_cas_done, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&hook_late_cas_ok, -1, __ATOMIC_RELEASE);
         __atomic_store_n(&hook_hold_before_cas, 1, __ATOMIC_RELEASE);
         memset(&old, 0, sizeof old);
         fa_pool_run(count_chunk, &old, 2000, 2);          /* job E */
