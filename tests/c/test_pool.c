@@ -106,7 +106,7 @@ static void test_back_to_back(void)
 static volatile int hook_block_woken;       /* helpers stop right after waking */
 static volatile int hook_blocked;           /* how many are stopped there now */
 static volatile int hook_blocked_max;
-static volatile int hook_hold_before_cas;   /* 1: the next helper reaching the CAS stops */
+static volatile uint32_t hook_hold_epoch;   /* helper 1 stops before a CAS at chunk >= 1 of this job */
 static volatile int hook_held;              /* 1 while it is stopped */
 static volatile uint64_t hook_held_word;
 static volatile int hook_late_cas_done;     /* 1 after the held helper's CAS, result in: */
@@ -114,7 +114,6 @@ static volatile int hook_late_cas_ok;
 
 static void test_hook(int point, int worker, uint64_t word, int ok)
 {
-    (void)worker;
     if (point == FA_HOOK_HELPER_WOKE && __atomic_load_n(&hook_block_woken, __ATOMIC_ACQUIRE)) {
         int now = __atomic_add_fetch(&hook_blocked, 1, __ATOMIC_ACQ_REL);
         int seen = __atomic_load_n(&hook_blocked_max, __ATOMIC_RELAXED);
@@ -125,10 +124,12 @@ static void test_hook(int point, int worker, uint64_t word, int ok)
             usleep(100);
         __atomic_fetch_add(&hook_blocked, -1, __ATOMIC_ACQ_REL);
     }
-    if (point == FA_HOOK_BEFORE_CAS) {
-        int one = 1;
-        if (__atomic_compare_exchange_n(&hook_hold_before_cas, &one, 0, 0, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_ACQUIRE)) {
+    /* Only helper 1 is ever held: the late-helper jobs use 2 threads, so while it is held
+     * no other helper takes part and the caller runs every chunk in order. */
+    if (point == FA_HOOK_BEFORE_CAS && worker == 1) {
+        uint32_t target = FA_EPOCH(word);
+        if (target != 0 && FA_NEXT(word) >= 1 && __atomic_compare_exchange_n(&hook_hold_epoch, &target, 0, 0,
+                                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
             __atomic_store_n(&hook_held_word, word, __ATOMIC_RELAXED);
             __atomic_store_n(&hook_held, 1, __ATOMIC_RELEASE);
             while (__atomic_load_n(&hook_held, __ATOMIC_ACQUIRE))
@@ -173,8 +174,11 @@ static void test_caller_finishes_alone(void)
         CHECK(k.by_worker[0] == 1000, "a blocked helper ran %d chunks", 1000 - k.by_worker[0]);
         __atomic_store_n(&k.finished, 1, __ATOMIC_RELEASE);
     }
-    CHECK(__atomic_load_n(&hook_blocked, __ATOMIC_ACQUIRE) >= 1,
-          "no helper was ever woken and blocked");
+    {   /* the helpers see the new epochs eventually, even if all 50 jobs were faster */
+        double deadline = now_s() + 5.0;
+        while (__atomic_load_n(&hook_blocked, __ATOMIC_ACQUIRE) < 1)
+            CHECK(now_s() < deadline, "no helper was ever woken and blocked");
+    }
     __atomic_store_n(&hook_block_woken, 0, __ATOMIC_RELEASE);
     wait_until(&hook_blocked, 0, 5.0, "blocked helpers to resume");
     /* The released helpers re-check the word; they must not run chunks of finished jobs. */
@@ -205,40 +209,60 @@ static void late_chunk(void *vctx, ptrdiff_t c, int worker)
     }
 }
 
+static void slow_chunk(void *vctx, ptrdiff_t c, int worker)
+{
+    double end = now_s() + 2e-6;            /* long enough that helper 1 surely joins */
+    count_chunk(vctx, c, worker);
+    while (now_s() < end)
+        ;
+}
+
 static void test_late_helper(void)
 {
     static counter old;
     static late_ctx next;
     int tries;
+    ptrdiff_t c = 0;
     for (tries = 0; tries < 200; tries++) {
+        uint32_t target = FA_EPOCH(fa_load_acq64(&fa_pool_state.word)) + 1, arm = target;
+        double deadline;
         __atomic_store_n(&hook_late_cas_done, 0, __ATOMIC_RELEASE);
         __atomic_store_n(&hook_late_cas_ok, -1, __ATOMIC_RELEASE);
-        __atomic_store_n(&hook_hold_before_cas, 1, __ATOMIC_RELEASE);
+        __atomic_store_n(&hook_hold_epoch, target, __ATOMIC_RELEASE);
         memset(&old, 0, sizeof old);
-        fa_pool_run(count_chunk, &old, 2000, 2);          /* job E */
+        fa_pool_run(slow_chunk, &old, 2000, 2);           /* job E = target */
         __atomic_store_n(&old.finished, 1, __ATOMIC_RELEASE);
-        __atomic_store_n(&hook_hold_before_cas, 0, __ATOMIC_RELEASE);
-        if (__atomic_load_n(&hook_held, __ATOMIC_ACQUIRE)) {
-            if (FA_NEXT(hook_held_word) >= 1)
-                break;                                     /* held at chunk c >= 1 of E */
-            __atomic_store_n(&hook_held, 0, __ATOMIC_RELEASE);   /* c == 0: retry */
-            wait_until(&hook_late_cas_done, 1, 5.0, "a released helper's CAS");
-            CHECK(hook_late_cas_ok == 0, "a helper claimed in a finished job");
-        }
+        check_once(&old, 2000, "job E");
+        /* Disarm; if helper 1 took the hold first, it is (about to be) held. */
+        if (__atomic_compare_exchange_n(&hook_hold_epoch, &arm, 0, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            continue;                                     /* never reached a CAS in job E */
+        deadline = now_s() + 5.0;
+        while (!__atomic_load_n(&hook_held, __ATOMIC_ACQUIRE))
+            CHECK(now_s() < deadline, "the holding helper never stopped");
+        c = (ptrdiff_t)FA_NEXT(__atomic_load_n(&hook_held_word, __ATOMIC_RELAXED));
+        CHECK(FA_EPOCH(hook_held_word) == target, "held in the wrong job");
+        if (c >= 1)
+            break;                                        /* held at chunk c >= 1 of E */
+        __atomic_store_n(&hook_held, 0, __ATOMIC_RELEASE); /* c == 0: retry */
+        wait_until(&hook_late_cas_done, 1, 5.0, "a released helper's CAS");
+        CHECK(hook_late_cas_ok == 0, "a helper claimed in a finished job");
+        c = 0;
     }
+    CHECK(c >= 1, "helper 1 never stopped before a CAS at chunk >= 1 in %d jobs", tries);
     memset(&next, 0, sizeof next);
-    next.release_at_chunk = (int)FA_NEXT(hook_held_word) - 1;
+    next.release_at_chunk = (int)c - 1;
     /* The caller runs chunks 0 .. c-1 of job E+1 alone (the only helper is held); in
      * chunk c-1 the word is (E+1, c), which a claim ignoring the epoch would take. It
      * releases the helper there and waits for its CAS. */
-    fa_pool_run(late_chunk, &next, (ptrdiff_t)FA_NEXT(hook_held_word) + 50, 2);
+    fa_pool_run(late_chunk, &next, c + 50, 2);
     CHECK(hook_late_cas_done == 1, "late CAS not observed");
     CHECK(hook_late_cas_ok == 0, "a helper holding a word of job E claimed in job E+1");
-    check_once(&next.k, (ptrdiff_t)FA_NEXT(hook_held_word) + 50, "job E+1");
+    check_once(&next.k, c + 50, "job E+1");
     check_once(&old, 2000, "job E");
     CHECK(old.wrong_tag == 0, "job E's function ran after job E returned");
     printf("ok a helper stalled before its CAS in job E claims nothing in job E+1 "
-           "(held at chunk %u of 2000, %d tries)\n", FA_NEXT(hook_held_word), tries + 1);
+           "(held at chunk %td of 2000, %d tries)\n", c, tries + 1);
 }
 
 /* ---- two callers at once ------------------------------------------------------------ */
