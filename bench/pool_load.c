@@ -100,11 +100,13 @@ static void step_omp(group *d)
         run_range(d, split_point(total, t, n), split_point(total, t + 1, n));
 }
 
+static long chunks_by[2];    /* chunks run by the caller / by helpers, per measurement */
+
 static void pool_chunk(void *ctx, ptrdiff_t c, int worker)
 {
     group *d = ctx;
     ptrdiff_t total = d->offsets[d->n_arrays], start = c * d->k;
-    (void)worker;
+    __atomic_fetch_add(&chunks_by[worker > 0], 1, __ATOMIC_RELAXED);
     run_range(d, start, start + d->k < total ? start + d->k : total);
 }
 
@@ -146,6 +148,7 @@ static void measure(const char *label, const char *case_name, group *d, scheme *
         sc[i].fn(d);
         sc[i].n = 0;
     }
+    chunks_by[0] = chunks_by[1] = 0;
     for (rep = 0; rep < SAMPLES; rep++)
         for (i = 0; i < n_sc; i++) {
             scheme *s = &sc[(i + rep) % n_sc];
@@ -168,11 +171,13 @@ static void measure(const char *label, const char *case_name, group *d, scheme *
             sum += s->t[j];
         printf("{\"condition\": \"%s\", \"isa\": \"%s\", \"case\": \"%s\", \"n\": %td, \"scheme\": \"%s\", "
                "\"threads\": %d, \"k\": %td, \"steps\": %d, \"median_us\": %.3f, "
-               "\"mean_us\": %.3f, \"p90_us\": %.3f, \"min_us\": %.3f}\n",
+               "\"mean_us\": %.3f, \"p90_us\": %.3f, \"min_us\": %.3f, \"helper_share\": %.3f}\n",
                label, adam_seg == adam_seg_base ? "baseline" : "avx2", case_name, d->offsets[d->n_arrays], s->name,
                strcmp(s->name, "serial") == 0 ? 1 : d->n_threads, s->k, s->n,
                1e6 * s->t[s->n / 2], 1e6 * sum / s->n, 1e6 * s->t[(int)(0.9 * s->n)],
-               1e6 * s->t[0]);
+               1e6 * s->t[0],
+               n_sc == 1 && chunks_by[0] + chunks_by[1] > 0
+                   ? (double)chunks_by[1] / (double)(chunks_by[0] + chunks_by[1]) : -1.0);
         fflush(stdout);
     }
 }
