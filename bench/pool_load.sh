@@ -5,10 +5,12 @@
 # schemes interleaved over ROUNDS rounds; JSON lines are gathered into
 # bench/results/pool_load[_MODE].json by bench/pool_load_report.py, which prints the table.
 #
-#   sh bench/pool_load.sh [main|small|ksweep] [ROUNDS]      (main, 3 rounds: ~1.5 min)
+#   sh bench/pool_load.sh [main|small|ksweep] [ROUNDS] [K]   (main, 3 rounds: ~1 min)
+# K: the pool's chunk size in elements for main and small (default 16384).
 set -eu
 MODE=${1:-main}
 ROUNDS=${2:-3}
+K=${3:-16384}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 TMP=$(mktemp -d)
@@ -43,12 +45,11 @@ while [ "$round" -lt "$ROUNDS" ]; do
         for scheme in "$@"; do
             printf '{"loadavg_before": "%s", "condition": "%s", "scheme": "%s", "round": %d}\n' \
                 "$(cut -d' ' -f1-3 /proc/loadavg)" "$cond" "$scheme" "$round" >> "$OUT"
-            "$TMP/pool_load" "$cond" "$MODE" "$scheme" | sed "s/^{/{\"round\": $round, /" >> "$OUT"
+            "$TMP/pool_load" "$cond" "$MODE" "$scheme" "$K" | sed "s/^{/{\"round\": $round, /" >> "$OUT"
         done
         stop_competitor
     done
     round=$((round + 1))
 done
-SUFFIX=""
-[ "$MODE" != main ] && SUFFIX="_$MODE"
+if [ "$MODE" = ksweep ]; then SUFFIX="_ksweep"; else SUFFIX="_${MODE}_k$K"; fi
 python3 "$HERE/pool_load_report.py" "$OUT" "$HERE/results/pool_load$SUFFIX.json"
