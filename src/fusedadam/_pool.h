@@ -60,7 +60,7 @@
  * Portability: pthreads + GCC/Clang __atomic builtins (Linux, macOS, MinGW-pthreads), or
  * on MSVC Win32 threads, Interlocked*, ReadAcquire64/WriteRelease64, SRWLOCK and
  * CONDITION_VARIABLE (the Windows branch is written to the documented API but has not
- * been compiled in this repository's CI). Defining FA_POOL_SERIAL_ONLY makes fa_pool_run
+ * been compiled yet: the dev VM has no Windows compiler; a Windows CI build must check it). Defining FA_POOL_SERIAL_ONLY makes fa_pool_run
  * run every chunk on the caller (an escape hatch for a platform with no threads).
  */
 #ifndef FUSEDADAM_POOL_H
@@ -75,6 +75,12 @@ typedef void (*fa_chunk_fn)(void *ctx, ptrdiff_t chunk, int worker);
 #define FA_POOL_LINE_ELEMS 16
 #define FA_POOL_MAX_CHUNKS ((ptrdiff_t)1 << 31)
 #define FA_POOL_CLOSED 0xFFFFFFFFu
+/* Recommended grain (elements per chunk) for fa_chunk_size: in bench/pool_load.sh's K
+ * sweep (bench/results/pool_load_ksweep.json, shared 2-vCPU VM) medians fell from K=1024
+ * to K=8192-32768 at N=1e5, 1e6 and the 100-array model in every condition; 16384 keeps
+ * >= 6 chunks at N=1e5 for balance and bounds the work behind one claimed chunk
+ * (~460 KB of float32 Adam traffic). Below 2 chunks (N <= 16384) the step is serial. */
+#define FA_POOL_GRAIN 16384
 #ifndef FA_POOL_SPIN_NS
 #define FA_POOL_SPIN_NS 50000      /* helper: poll this long for the next job, then sleep */
 #endif
