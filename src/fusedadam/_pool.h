@@ -60,7 +60,8 @@
  * Portability: pthreads + GCC/Clang __atomic builtins (Linux, macOS, MinGW-pthreads), or
  * on MSVC Win32 threads, Interlocked*, ReadAcquire64/WriteRelease64, SRWLOCK and
  * CONDITION_VARIABLE (the Windows branch is written to the documented API but has not
- * been compiled yet: the dev VM has no Windows compiler; a Windows CI build must check it). Defining FA_POOL_SERIAL_ONLY makes fa_pool_run
+ * been compiled yet: the dev VM has no Windows compiler; a Windows CI build must check
+ * it). Defining FA_POOL_SERIAL_ONLY makes fa_pool_run
  * run every chunk on the caller (an escape hatch for a platform with no threads).
  */
 #ifndef FUSEDADAM_POOL_H
