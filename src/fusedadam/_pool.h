@@ -140,7 +140,7 @@ static void fa_pool_after_fork_in_child(void) {}
 #include <intrin.h>
 typedef volatile LONG64 fa_a64;
 typedef volatile LONG fa_a32;
-typedef volatile void *fa_aptr;
+typedef void *volatile fa_aptr;
 #define fa_load_acq64(p) ((uint64_t)ReadAcquire64((p)))
 #define fa_load_seq64(p) ((uint64_t)InterlockedCompareExchange64((p), 0, 0))
 #define fa_store_seq64(p, v) ((void)InterlockedExchange64((p), (LONG64)(v)))
