@@ -129,6 +129,8 @@ class BuildExtWithOpenMP(build_ext):
             # the NumPy reference. -fno-math-errno lets sqrt vectorize; it changes no value.
             # No fast-math and no native-arch flags: wheels must stay exact and portable.
             base = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+            # The step's helper pool (_pool.h) is built on pthreads.
+            compile_args, link_args = compile_args + ["-pthread"], link_args + ["-pthread"]
         for ext in self.extensions:
             ext.extra_compile_args = base + compile_args + list(ext.extra_compile_args)
             ext.extra_link_args = link_args + list(ext.extra_link_args)
@@ -147,7 +149,8 @@ def _extensions():
         sources=["src/fusedadam/_kernels.pyx"],
         depends=["src/fusedadam/_dispatch.h", "src/fusedadam/_loops.h",
                  "src/fusedadam/_finite.h", "src/fusedadam/_sparse_rows.h",
-                 "src/fusedadam/_scalars.h", "src/fusedadam/_openmp.h"],
+                 "src/fusedadam/_scalars.h", "src/fusedadam/_pool.h",
+                 "src/fusedadam/_openmp.h"],
         include_dirs=["src/fusedadam", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )

@@ -78,19 +78,20 @@ def simd(request):
     _kernels.set_isa(saved)
 
 
-@pytest.fixture(params=["default", "zero"])
+@pytest.fixture(params=["default", "small"])
 def parallel_threshold(request):
-    """The default serial/parallel threshold, and 0 (every call split over threads)."""
+    """The default chunk size, and 16 elements (every call of more than 16 elements split
+    into chunks that the threads claim)."""
     if not COMPILED:
         yield None
         return
     from fusedadam import _kernels
 
-    saved = _kernels.get_parallel_threshold()
-    if request.param == "zero":
-        _kernels.set_parallel_threshold(0)
-    yield _kernels.get_parallel_threshold()
-    _kernels.set_parallel_threshold(saved)
+    saved = _kernels.get_chunk_size()
+    if request.param == "small":
+        _kernels.set_chunk_size(16)
+    yield _kernels.get_chunk_size()
+    _kernels.set_chunk_size(saved)
 
 
 def snapshot(optimizer):

@@ -50,19 +50,19 @@ def assert_same(a, b):
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_kind_serial_and_split(variant, dtype, simd):
-    """Serial (1 thread) and split over 2 threads with the threshold at 0 (every array
-    boundary straddled by some thread's slice), both against one NumPy run."""
+    """Serial (1 thread) and split over 2 threads in chunks of 16 elements (chunks straddle
+    array boundaries), both against one NumPy run."""
     from fusedadam import _kernels
 
     cls, options = VARIANTS[variant]
     expected = run(cls, options, dtype, "numpy")
     assert_same(run(cls, options, dtype, "compiled", num_threads=1), expected)
-    saved = _kernels.get_parallel_threshold()
-    _kernels.set_parallel_threshold(0)
+    saved = _kernels.get_chunk_size()
+    _kernels.set_chunk_size(16)
     try:
         assert_same(run(cls, options, dtype, "compiled", num_threads=2), expected)
     finally:
-        _kernels.set_parallel_threshold(saved)
+        _kernels.set_chunk_size(saved)
 
 
 @pytest.mark.parametrize("variant", ["adam", "amsgrad_l2_maximize", "nadam", "radam", "lion"])
@@ -80,10 +80,10 @@ def test_scan_paths(variant, nonfinite):
 
 
 @pytest.mark.parametrize("offset", [-1, 0, 1, 17])
-def test_sizes_straddling_parallel_threshold(offset):
+def test_sizes_straddling_one_chunk(offset):
     from fusedadam import _kernels
 
-    shapes = [(_kernels.get_parallel_threshold() + offset,)]
+    shapes = [(_kernels.get_chunk_size() + offset,)]
     for variant in ("adam", "amsgrad_l2_maximize", "adamax", "adabelief"):
         cls, options = VARIANTS[variant]
         expected = run(cls, options, np.float64, "numpy", shapes=shapes, steps=4)

@@ -10,10 +10,10 @@ _kernels = pytest.importorskip("fusedadam._kernels")
 @pytest.fixture
 def split_small_calls():
     """Split even tiny calls over threads, so n_threads=2 exercises the parallel path."""
-    before = _kernels.get_parallel_threshold()
-    _kernels.set_parallel_threshold(0)
+    before = _kernels.get_chunk_size()
+    _kernels.set_chunk_size(16)
     yield
-    _kernels.set_parallel_threshold(before)
+    _kernels.set_chunk_size(before)
 
 
 def _arrays(n, dtype, amsgrad, seed):

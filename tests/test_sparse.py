@@ -25,9 +25,9 @@ def _run_pair(dtype, rows, dim, steps, k, n_threads, seed=0, duplicates=True,
     W_ref = W.copy()
     opt = fa.SparseAdam([W], backend="compiled", num_threads=n_threads, **hyper)
     ref = fa.SparseAdam([W_ref], backend="numpy", **hyper)
-    old = _kernels.get_parallel_threshold()
+    old = _kernels.get_chunk_size()
     if threshold is not None:
-        _kernels.set_parallel_threshold(threshold)
+        _kernels.set_chunk_size(threshold)
     try:
         for _ in range(steps):
             idx = rng.integers(0, rows, size=k) if duplicates else rng.permutation(rows)[:k]
@@ -35,7 +35,7 @@ def _run_pair(dtype, rows, dim, steps, k, n_threads, seed=0, duplicates=True,
             opt.step([(idx, vals)])
             ref.step([(idx.copy(), vals.copy())])
     finally:
-        _kernels.set_parallel_threshold(old)
+        _kernels.set_chunk_size(old)
     return W, W_ref, opt, ref
 
 
@@ -43,7 +43,7 @@ def _run_pair(dtype, rows, dim, steps, k, n_threads, seed=0, duplicates=True,
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("k", [0, 1, 7, 300])
-@pytest.mark.parametrize("threshold", [None, 0])
+@pytest.mark.parametrize("threshold", [None, 16])
 def test_compiled_matches_reference_bit_for_bit(dtype, n_threads, k, threshold):
     W, W_ref, opt, ref = _run_pair(dtype, 40, 13, 6, k, n_threads, threshold=threshold,
                                    lr=0.05, betas=(0.8, 0.95), eps=1e-6)
@@ -57,8 +57,8 @@ def test_compiled_matches_reference_bit_for_bit(dtype, n_threads, k, threshold):
 @compiled
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_one_and_two_threads_identical_on_the_parallel_path(dtype):
-    W1, _, _, _ = _run_pair(dtype, 500, 64, 4, 2000, 1, threshold=0)
-    W2, _, _, _ = _run_pair(dtype, 500, 64, 4, 2000, 2, threshold=0)
+    W1, _, _, _ = _run_pair(dtype, 500, 64, 4, 2000, 1, threshold=16)
+    W2, _, _, _ = _run_pair(dtype, 500, 64, 4, 2000, 2, threshold=16)
     np.testing.assert_array_equal(W1, W2)
 
 
@@ -77,7 +77,7 @@ def test_one_and_two_threads_identical_on_the_parallel_path(dtype):
 def test_hypothesis_compiled_equals_reference(rows, dim, k, steps, dtype, n_threads,
                                               maximize, seed):
     W, W_ref, opt, ref = _run_pair(dtype, rows, dim, steps, k, n_threads, seed=seed,
-                                   threshold=0, maximize=maximize, lr=0.01)
+                                   threshold=16, maximize=maximize, lr=0.01)
     np.testing.assert_array_equal(W, W_ref)
 
 
@@ -347,7 +347,7 @@ def test_every_instruction_set_gives_the_same_bits(dtype):
     try:
         for name in names:
             ext.set_isa(name)
-            W, W_ref, _, _ = _run_pair(dtype, 30, 37, 3, 80, 2, seed=4, threshold=0)
+            W, W_ref, _, _ = _run_pair(dtype, 30, 37, 3, 80, 2, seed=4, threshold=16)
             np.testing.assert_array_equal(W, W_ref)
             results.append(W)
     finally:

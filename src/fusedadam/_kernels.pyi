@@ -34,14 +34,11 @@ def get_isa() -> _ISAName:
 def set_isa(name: _ISAName) -> None:
     """Use the loops of instruction set ``name`` (not wider than ``best_isa()``)."""
 
-def forked_child() -> bool:
-    """True in a child forked after a parallel step (its steps run serially)."""
+def get_chunk_size() -> int:
+    """Elements per chunk: a call over more elements than this is split over threads."""
 
-def get_parallel_threshold() -> int:
-    """Smallest number of elements in a call that is split over threads."""
-
-def set_parallel_threshold(n_elements: int) -> None:
-    """Set the serial/parallel threshold (for tests and the benchmarks measuring it)."""
+def set_chunk_size(n_elements: int) -> None:
+    """Set the elements per chunk (a multiple of 16; for tests and benchmarks)."""
 
 def step_scalars(
     hyper: Dict[str, Any], t: float, lr: float, mu_product: float = ...

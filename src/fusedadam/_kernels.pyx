@@ -12,16 +12,14 @@ new plans; nothing is written before every group has passed.
 A group whose backend is ``"numpy"`` runs through the same driver; only its array work
 goes to ``fusedadam.reference``.
 """
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, realloc, free
 from libc.stddef cimport ptrdiff_t
 from libc.stdint cimport uintptr_t, int64_t
 from libc.math cimport isfinite
 from cpython.object cimport PyObject
 cimport numpy as cnp
-from cython.parallel cimport parallel, prange, threadid
 
-from fusedadam._openmp cimport (FA_OPENMP_ENABLED, fa_barrier, fa_max_threads, fa_num_procs,
-                               fa_team_size)
+from fusedadam._openmp cimport FA_OPENMP_ENABLED, fa_max_threads, fa_num_procs
 
 cnp.import_array()
 
@@ -76,6 +74,14 @@ cdef extern from "_dispatch.h" nogil:
     int fa_cpu_best_isa()
     const fa_loops *fa_get_loops(int isa, int dtype)
 
+cdef extern from "_pool.h" nogil:
+    ctypedef void (*fa_chunk_fn)(void *ctx, ptrdiff_t chunk, int worker) noexcept nogil
+    void fa_pool_run(fa_chunk_fn fn, void *ctx, ptrdiff_t n_chunks, int n_threads)
+    ptrdiff_t fa_chunk_size(ptrdiff_t total, ptrdiff_t grain)
+    ptrdiff_t fa_chunk_count(ptrdiff_t total, ptrdiff_t chunk_size)
+    enum:
+        FA_POOL_GRAIN
+
 cdef extern from "_scalars.h" nogil:
     ctypedef struct fa_hyper:
         int algorithm
@@ -109,46 +115,18 @@ _TYPENUM_TO_DTYPE = {cnp.dtype(name).num: i for i, name in enumerate(DTYPES)}
 cdef int _best_isa = fa_cpu_best_isa()
 cdef int _isa = _best_isa
 
-# Below this many elements in a call the step runs on the calling thread: waking the
-# OpenMP team costs more than it saves. Measured with bench/threshold.py on the 2-vCPU
-# Zen 3 dev VM with the other core idle (bench/results/threshold.json, README "Threads"):
-# 2 threads vs 1 at 18588 elements 1.15x/1.15x/1.25x (Adamax f32 / Adam f32 / Adam f64),
-# 1.01-1.21x at 13877, 0.6-0.96x at 7735-10361; at 24897 1.28x/1.30x/1.11x, and >= 1.1x
-# at every larger size. A repeat put Adam f64 at 0.96x at 18588, so the threshold sits
-# just below 24897, where every loop won in both runs. SparseAdam counts k * dim gradient
-# elements against the same threshold.
-cdef Py_ssize_t _parallel_min_elements = 24576
+# Elements per chunk. A step is cut into chunks of this many elements (across array
+# boundaries) that the calling thread and the pool's helpers claim one at a time (_pool.h):
+# the caller never waits for a helper that has not started, and the chunks do not depend on
+# the thread count, so neither do the results. A call of one chunk runs on the caller with
+# no hand-off at all, which is what the serial/parallel threshold used to decide.
+# bench/POOL.md measured 16384 (FA_POOL_GRAIN) on the 2-vCPU Zen 3 VM, idle and loaded.
+cdef Py_ssize_t _chunk_elements = FA_POOL_GRAIN
 
-# Threads split a group at multiples of this many elements: 64 bytes of float32, so two
-# threads never write the same cache line of an aligned array.
-DEF SPLIT_GRAIN = 16
-# The most threads one call uses (num_threads above it is clamped; it sizes the per-thread
-# scan results). An OpenMP runtime asked for 100 000 threads can crash.
+# The most threads one call uses (num_threads above it is clamped); an OpenMP runtime asked
+# for 100 000 threads can crash, and so would a pool.
 DEF MAX_THREADS = 256
 MAX_NUM_THREADS = MAX_THREADS
-
-# Set in a child process after os.fork() once this process has run a parallel region: GNU
-# libgomp's thread pool does not survive fork, and entering a parallel region in the child
-# can hang. The child runs serially. Every compiled parallel region (dense and sparse)
-# marks _pool_started, so a child forked before any parallel step keeps its threads.
-cdef bint _forked_child = False
-cdef bint _pool_started = False
-
-
-def _after_fork_in_child():
-    global _forked_child
-    if _pool_started:
-        _forked_child = True
-
-
-import os as _os
-if hasattr(_os, "register_at_fork"):
-    _os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def forked_child():
-    """True in a child forked after a parallel step (its steps run serially)."""
-    return bool(_forked_child)
 
 
 def openmp_enabled():
@@ -167,11 +145,12 @@ def num_procs():
 
 
 cdef int _resolve_threads(object spec) except -1:
-    """The thread-count rule, for every path: ``None`` follows OpenMP's default team size,
-    -1 is every processor, a positive int is itself; clamped to [1, MAX_NUM_THREADS], and 1
-    without OpenMP or in a child forked after a parallel step. ``spec`` was validated."""
+    """The thread-count rule, for every path: ``None`` follows OpenMP's default team size
+    (``OMP_NUM_THREADS``, threadpoolctl), -1 is every processor, a positive int is itself;
+    clamped to [1, MAX_NUM_THREADS], and 1 in a build without OpenMP. ``spec`` was
+    validated."""
     cdef long n
-    if _forked_child or not FA_OPENMP_ENABLED:
+    if not FA_OPENMP_ENABLED:
         return 1
     if spec is None:
         n = fa_max_threads()
@@ -210,17 +189,17 @@ def set_isa(name):
     _isa = wanted
 
 
-def get_parallel_threshold():
-    """Smallest number of elements in a call that is split over threads."""
-    return _parallel_min_elements
+def get_chunk_size():
+    """Elements per chunk: a call over more elements than this is split over threads."""
+    return _chunk_elements
 
 
-def set_parallel_threshold(Py_ssize_t n_elements):
-    """Set the serial/parallel threshold (for tests and the benchmarks measuring it)."""
-    global _parallel_min_elements
-    if n_elements < 0:
-        raise ValueError("the parallel threshold must be >= 0")
-    _parallel_min_elements = n_elements
+def set_chunk_size(Py_ssize_t n_elements):
+    """Set the elements per chunk (a multiple of 16; for tests and benchmarks)."""
+    global _chunk_elements
+    if n_elements < 16 or n_elements % 16:
+        raise ValueError("the chunk size must be a positive multiple of 16 elements")
+    _chunk_elements = n_elements
 
 
 cdef inline int _dtype_index(cnp.ndarray a):
@@ -273,15 +252,9 @@ cdef struct GroupData:
     const fa_loops **loops      # per array: the dispatch row of its dtype
     int kind                    # this step's loop kind
     fa_scalars scalars
-
-
-cdef inline Py_ssize_t _split_point(Py_ssize_t total, Py_ssize_t t,
-                                    Py_ssize_t n_threads) noexcept nogil:
-    if t >= n_threads:
-        return total
-    # total * t cannot overflow: total < 2**48 elements on any real machine, t < 2**15.
-    cdef Py_ssize_t at = (total * t) // n_threads
-    return at - at % SPLIT_GRAIN
+    Py_ssize_t chunk            # elements per chunk of this step
+    Py_ssize_t *first_bad       # per chunk: first non-finite gradient index, or -1
+    Py_ssize_t first_bad_size   # capacity of first_bad
 
 
 cdef inline Py_ssize_t _array_at(GroupData *d, Py_ssize_t element) noexcept nogil:
@@ -339,90 +312,62 @@ cdef void _run_range(GroupData *d, Py_ssize_t start, Py_ssize_t end) noexcept no
         k += 1
 
 
-cdef inline int _team_size(Py_ssize_t total, int n_threads) noexcept nogil:
-    """Threads a call over ``total`` elements uses: 1 below the threshold or after a fork."""
-    if _forked_child or total < _parallel_min_elements:
+cdef inline Py_ssize_t _chunks(GroupData *d, int n_threads) noexcept nogil:
+    """Chunks of this call (sets d.chunk), or 1 when it runs on the caller alone."""
+    cdef Py_ssize_t total = d.offsets[d.n_arrays]
+    d.chunk = fa_chunk_size(total, _chunk_elements)
+    cdef Py_ssize_t n_chunks = fa_chunk_count(total, d.chunk)
+    if n_threads <= 1 or n_chunks < 2 or n_chunks > d.first_bad_size:
         return 1
-    if n_threads > total // SPLIT_GRAIN:
-        n_threads = <int>(total // SPLIT_GRAIN)
-    return n_threads if n_threads > 1 else 1
+    return n_chunks
+
+
+cdef void _update_chunk(void *ctx, ptrdiff_t c, int worker) noexcept nogil:
+    cdef GroupData *d = <GroupData *>ctx
+    cdef Py_ssize_t end = (c + 1) * d.chunk, total = d.offsets[d.n_arrays]
+    _run_range(d, c * d.chunk, end if end < total else total)
+
+
+cdef void _scan_chunk(void *ctx, ptrdiff_t c, int worker) noexcept nogil:
+    cdef GroupData *d = <GroupData *>ctx
+    cdef Py_ssize_t end = (c + 1) * d.chunk, total = d.offsets[d.n_arrays]
+    d.first_bad[c] = _scan_range(d, c * d.chunk, end if end < total else total)
 
 
 cdef void _run(GroupData *d, int n_threads) noexcept nogil:
-    global _pool_started
-    cdef Py_ssize_t total = d.offsets[d.n_arrays]
-    cdef Py_ssize_t t
-    n_threads = _team_size(total, n_threads)
-    if n_threads == 1:
-        _run_range(d, 0, total)     # no parallel region at all: safe after fork()
-        return
-    _pool_started = True
-    for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
-        _run_range(d, _split_point(total, t, n_threads), _split_point(total, t + 1, n_threads))
+    """The update of every element of the group, in place."""
+    cdef Py_ssize_t n_chunks = _chunks(d, n_threads)
+    if n_chunks == 1:
+        _run_range(d, 0, d.offsets[d.n_arrays])
+    else:
+        fa_pool_run(_update_chunk, d, n_chunks, n_threads)
 
 
-cdef Py_ssize_t _scan(GroupData *d, int n_threads, Py_ssize_t *first_per_thread) noexcept nogil:
-    """First non-finite gradient value of the group (global index), or -1.
-
-    Threads scan the same slices they will update, so on in-cache sizes each core's
-    gradients are still in its cache when the update reads them.
-    """
-    global _pool_started
-    cdef Py_ssize_t total = d.offsets[d.n_arrays]
-    cdef Py_ssize_t t
-    n_threads = _team_size(total, n_threads)
-    if n_threads == 1:
-        return _scan_range(d, 0, total)
-    _pool_started = True
-    for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
-        first_per_thread[t] = _scan_range(
-            d, _split_point(total, t, n_threads), _split_point(total, t + 1, n_threads))
-    for t in range(n_threads):
-        if first_per_thread[t] >= 0:
-            return first_per_thread[t]
+cdef Py_ssize_t _scan(GroupData *d, int n_threads) noexcept nogil:
+    """First non-finite gradient value of the group (global index), or -1: per chunk, then
+    the first in chunk order, so the answer does not depend on the thread count."""
+    cdef Py_ssize_t c, n_chunks = _chunks(d, n_threads)
+    if n_chunks == 1:
+        return _scan_range(d, 0, d.offsets[d.n_arrays])
+    fa_pool_run(_scan_chunk, d, n_chunks, n_threads)
+    for c in range(n_chunks):
+        if d.first_bad[c] >= 0:
+            return d.first_bad[c]
     return -1
 
 
-cdef Py_ssize_t _checked_run(GroupData *d, int n_threads,
-                             Py_ssize_t *first_per_thread) noexcept nogil:
-    """Scan the gradients for NaN/inf and, only if there is none, run the step.
-
-    One parallel region: each thread scans its slice, all meet at a barrier, and each then
-    updates the same slice (still in its cache when it fits) unless any thread found a bad
-    value. Returns the global index of the first bad value (nothing written), or -1.
-    """
-    global _pool_started
+cdef int _reserve_chunks(GroupData *d) except -1:
+    """Room for this group's per-chunk scan results at the current chunk size (allocated
+    when a plan is built or the chunk size changed; never per step)."""
     cdef Py_ssize_t total = d.offsets[d.n_arrays]
-    cdef Py_ssize_t start, end, found
-    cdef int t, j, team
-    cdef bint clean
-    n_threads = _team_size(total, n_threads)
-    if n_threads == 1:
-        found = _scan_range(d, 0, total)
-        if found < 0:
-            _run_range(d, 0, total)
-        return found
-    _pool_started = True
-    for t in range(n_threads):
-        first_per_thread[t] = -1
-    with parallel(num_threads=n_threads):
-        # The team OpenMP gives may be smaller than asked: slice by its real size.
-        t = threadid()
-        team = fa_team_size()
-        start = _split_point(total, t, team)
-        end = _split_point(total, t + 1, team)
-        first_per_thread[t] = _scan_range(d, start, end)
-        fa_barrier()
-        clean = True
-        for j in range(team):
-            if first_per_thread[j] >= 0:
-                clean = False
-        if clean:
-            _run_range(d, start, end)
-    for t in range(n_threads):
-        if first_per_thread[t] >= 0:
-            return first_per_thread[t]
-    return -1
+    cdef Py_ssize_t n = fa_chunk_count(total, fa_chunk_size(total, _chunk_elements))
+    cdef Py_ssize_t *grown
+    if n > d.first_bad_size:
+        grown = <Py_ssize_t *>realloc(d.first_bad, n * sizeof(Py_ssize_t))
+        if grown == NULL:
+            raise MemoryError()
+        d.first_bad, d.first_bad_size = grown, n
+    return 0
 
 
 cdef inline bint _writable_contiguous(cnp.ndarray a):
@@ -484,8 +429,6 @@ cdef class GroupPlan:
     cdef Py_ssize_t n_written
     cdef object pending_grads          # the gradients this step reads (kept alive)
     cdef Py_ssize_t pending_offset     # where this group's gradients start in it
-    cdef Py_ssize_t first_per_thread[MAX_THREADS]
-
     def __cinit__(self, spec):
         cdef Py_ssize_t n = len(spec.params), k
         cdef int slot
@@ -504,6 +447,7 @@ cdef class GroupPlan:
         self.d.n_slots = FA_STATE0 + len(self.state_names)
         if self.d.n_slots > FA_MAX_SLOTS or len(self.slots) != self.d.n_slots:
             raise ValueError("internal error: slot count")
+        self.d.first_bad, self.d.first_bad_size = NULL, 0
         for slot in range(FA_MAX_SLOTS):
             self.d.ptr[slot] = NULL
         for slot in range(self.d.n_slots):
@@ -547,6 +491,7 @@ cdef class GroupPlan:
                 self.mu_ptr[k] = <double *>cnp.PyArray_DATA(a)
             else:
                 self.mu_ptr[k] = NULL
+        _reserve_chunks(&self.d)
         self.set_hyper(spec.hyper_spec)
 
     def __dealloc__(self):
@@ -556,6 +501,7 @@ cdef class GroupPlan:
         free(self.d.offsets)
         free(self.d.itemsize)
         free(self.d.loops)
+        free(self.d.first_bad)
         free(self.step_ptr)
         free(self.mu_ptr)
         free(self.written_lo)
@@ -685,6 +631,7 @@ cdef class GroupPlan:
                                       self.mu_ptr[0][0] if n and self.mu_ptr[0] != NULL else 1.0,
                                       &self.d.scalars, &self.mu_after)
         self.n_threads = _resolve_threads(self.num_threads)
+        _reserve_chunks(&self.d)
         if self.numpy_backend or self._fast_grads(grads, offset) != 0:
             # The Python checks say what is wrong, or hand back usable copies.
             checked = check_grads(grads[offset:offset + n], self.slots[FA_PARAM],
@@ -717,13 +664,16 @@ cdef class GroupPlan:
         if self.numpy_backend:
             return _reference.first_nonfinite(self.pending_grads)
         with nogil:
-            found = _scan(&self.d, self.n_threads, self.first_per_thread)
+            found = _scan(&self.d, self.n_threads)
         return found
 
     cdef Py_ssize_t _checked_run(self):
+        """Scan and, only if every gradient value is finite, update: one GIL release."""
         cdef Py_ssize_t found
         with nogil:
-            found = _checked_run(&self.d, self.n_threads, self.first_per_thread)
+            found = _scan(&self.d, self.n_threads)
+            if found < 0:
+                _run(&self.d, self.n_threads)
         return found
 
     cdef void _run(self) except *:
@@ -869,7 +819,7 @@ cdef class Driver:
                     raise RuntimeError("fusedadam internal error: steps disagree after planning")
                 offset += plan.d.n_arrays
             if n_groups == 1 and plan.nonfinite != 2 and not plan.numpy_backend:
-                # One group with a check: scan and update in one parallel region.
+                # One group with a check: scan and update in one release of the GIL.
                 found = plan._checked_run()
                 if found >= 0:
                     return self._nonfinite(plan, found, 0)
@@ -931,23 +881,44 @@ cdef inline void _one_row(char *param, char *exp_avg, char *exp_avg_sq, const ch
     loops.sparse_row(param + offset, exp_avg + offset, exp_avg_sq + offset, grad, dim, s)
 
 
-cdef void _sparse_run(char *param, char *exp_avg, char *exp_avg_sq, const char *values,
-                      const ptrdiff_t *rows, const ptrdiff_t *order, const ptrdiff_t *starts,
-                      Py_ssize_t n_rows, Py_ssize_t k, Py_ssize_t dim, Py_ssize_t itemsize,
-                      char *scratch, const fa_loops *loops, const fa_sparse_scalars *s,
-                      int n_threads) noexcept nogil:
-    global _pool_started
-    cdef Py_ssize_t u, row_bytes = dim * itemsize
-    if _team_size(k * dim, n_threads) == 1:
-        for u in range(n_rows):
-            _one_row(param, exp_avg, exp_avg_sq, values, rows, order, starts, u,
-                     row_bytes, dim, scratch, loops, s)
-        return
-    _pool_started = True
-    for u in prange(n_rows, num_threads=n_threads, schedule="static"):
-        _one_row(param, exp_avg, exp_avg_sq, values, rows, order, starts, u, row_bytes,
-                 dim, scratch + threadid() * row_bytes if scratch != NULL else NULL,
-                 loops, s)
+cdef struct SparseJob:
+    char *param
+    char *exp_avg
+    char *exp_avg_sq
+    const char *values
+    const ptrdiff_t *rows
+    const ptrdiff_t *order
+    const ptrdiff_t *starts
+    Py_ssize_t n_rows, dim, row_bytes, rows_per_chunk
+    char *scratch               # one row per worker, for summing duplicated rows
+    const fa_loops *loops
+    fa_sparse_scalars s
+
+
+cdef void _sparse_rows(SparseJob *j, Py_ssize_t first, Py_ssize_t last,
+                       char *scratch) noexcept nogil:
+    cdef Py_ssize_t u
+    for u in range(first, last):
+        _one_row(j.param, j.exp_avg, j.exp_avg_sq, j.values, j.rows, j.order, j.starts, u,
+                 j.row_bytes, j.dim, scratch, j.loops, &j.s)
+
+
+cdef void _sparse_chunk(void *ctx, ptrdiff_t c, int worker) noexcept nogil:
+    cdef SparseJob *j = <SparseJob *>ctx
+    cdef Py_ssize_t last = (c + 1) * j.rows_per_chunk
+    _sparse_rows(j, c * j.rows_per_chunk, last if last < j.n_rows else j.n_rows,
+                 j.scratch + worker * j.row_bytes if j.scratch != NULL else NULL)
+
+
+cdef void _sparse_run(SparseJob *j, int n_threads) noexcept nogil:
+    """Every distinct row is written by one thread (chunks of whole rows, about one chunk
+    of elements each), so 1 and N threads give identical bits."""
+    j.rows_per_chunk = _chunk_elements // j.dim if j.dim < _chunk_elements else 1
+    cdef Py_ssize_t n_chunks = (j.n_rows + j.rows_per_chunk - 1) // j.rows_per_chunk
+    if n_threads <= 1 or n_chunks < 2:
+        _sparse_rows(j, 0, j.n_rows, j.scratch)
+    else:
+        fa_pool_run(_sparse_chunk, j, n_chunks, n_threads)
 
 
 cdef inline bint _table(cnp.ndarray a, int typenum, Py_ssize_t n, Py_ssize_t dim):
@@ -984,11 +955,10 @@ def sparse_adam_step(cnp.ndarray param, cnp.ndarray exp_avg, cnp.ndarray exp_avg
     table's dtype. The arguments come from ``fusedadam.sparse`` (rows distinct and in range,
     everything validated): only shapes, dtypes and layout are re-checked here.
     """
-    cdef fa_sparse_scalars s
+    cdef SparseJob j
     cdef int typenum = cnp.PyArray_TYPE(param), dtype = _dtype_index(param)
     cdef Py_ssize_t n_table, dim, k = order.shape[0], n_rows = rows.shape[0]
     cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(param)
-    cdef char *scratch = NULL
     cdef int n_threads = _resolve_threads(num_threads)
     if dtype < 0 or cnp.PyArray_NDIM(param) != 2:
         raise ValueError("param must be a 2-D float table")
@@ -1004,25 +974,30 @@ def sparse_adam_step(cnp.ndarray param, cnp.ndarray exp_avg, cnp.ndarray exp_avg
         raise ValueError("inconsistent row grouping")
     if n_rows == 0 or dim == 0:
         return
-    s.sign = scalars["sign"]
-    s.one_minus_beta1 = scalars["one_minus_beta1"]
-    s.one_minus_beta2 = scalars["one_minus_beta2"]
-    s.step_size = scalars["step_size"]
-    s.eps = scalars["eps"]
+    j.s.sign = scalars["sign"]
+    j.s.one_minus_beta1 = scalars["one_minus_beta1"]
+    j.s.one_minus_beta2 = scalars["one_minus_beta2"]
+    j.s.step_size = scalars["step_size"]
+    j.s.eps = scalars["eps"]
+    j.param = <char *>cnp.PyArray_DATA(param)
+    j.exp_avg = <char *>cnp.PyArray_DATA(exp_avg)
+    j.exp_avg_sq = <char *>cnp.PyArray_DATA(exp_avg_sq)
+    j.values = <const char *>cnp.PyArray_DATA(values)
+    j.rows = <const ptrdiff_t *>&rows[0]
+    j.order = <const ptrdiff_t *>&order[0]
+    j.starts = <const ptrdiff_t *>&starts[0]
+    j.n_rows, j.dim, j.row_bytes = n_rows, dim, dim * itemsize
+    j.loops = fa_get_loops(_isa, dtype)
+    j.scratch = NULL
     if n_rows < k:
-        scratch = <char *>malloc(n_threads * dim * itemsize)
-        if scratch == NULL:
+        j.scratch = <char *>malloc(n_threads * dim * itemsize)
+        if j.scratch == NULL:
             raise MemoryError()
     try:
         with nogil:
-            _sparse_run(<char *>cnp.PyArray_DATA(param), <char *>cnp.PyArray_DATA(exp_avg),
-                        <char *>cnp.PyArray_DATA(exp_avg_sq),
-                        <const char *>cnp.PyArray_DATA(values),
-                        <const ptrdiff_t *>&rows[0], <const ptrdiff_t *>&order[0],
-                        <const ptrdiff_t *>&starts[0], n_rows, k, dim, itemsize, scratch,
-                        fa_get_loops(_isa, dtype), &s, n_threads)
+            _sparse_run(&j, n_threads)
     finally:
-        free(scratch)
+        free(j.scratch)
 
 
 # ------------------------------------------------------------------ the roofline probe
@@ -1050,6 +1025,7 @@ cdef class Probe:
         self.d.n_arrays = n
         self.d.n_slots = len(columns)
         self.d.kind = FA_KIND_probe
+        self.d.first_bad, self.d.first_bad_size = NULL, 0
         for slot in range(FA_MAX_SLOTS):
             self.d.ptr[slot] = NULL
         for slot in range(self.d.n_slots):
@@ -1082,11 +1058,13 @@ cdef class Probe:
         free(self.d.offsets)
         free(self.d.itemsize)
         free(self.d.loops)
+        free(self.d.first_bad)
 
     def run(self, int n_threads=1):
         """One probe pass over every array, in place, on ``n_threads`` threads."""
         if n_threads < 1:
             raise ValueError("n_threads must be >= 1")
+        _reserve_chunks(&self.d)
         with nogil:
             _run(&self.d, n_threads)
 
