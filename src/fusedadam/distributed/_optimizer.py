@@ -3,7 +3,6 @@ import time
 
 import numpy as np
 from mpi4py import MPI
-from mpi4py.util.dtlib import from_numpy_dtype
 
 from fusedadam.distributed import _checkpoint
 from fusedadam.distributed._layout import (
@@ -21,6 +20,15 @@ DEFAULT_BUCKET_ELEMENTS = 1 << 22
 
 _NOT_FOUND = np.iinfo(np.int64).max
 _GRAD_REDUCTIONS = ("mean", "sum")
+
+
+def _mpi_datatype(dtype):
+    """The predefined MPI datatype of a NumPy dtype (MPI_SUM needs a predefined one)."""
+    try:
+        return MPI.Datatype.fromcode(np.dtype(dtype).char)
+    except (ValueError, KeyError):
+        raise TypeError(f"params of dtype {np.dtype(dtype)} have no predefined MPI datatype "
+                        "to sum gradients in") from None
 
 
 def _describe(value):
@@ -125,7 +133,7 @@ class ShardedOptimizer:
         error, signature, groups, templates = None, None, None, None
         try:
             groups, templates = self._check_local(params, bucket_elements)
-            signature = self._signature(groups)
+            signature = {**self._signature(groups), "bucket_elements": bucket_elements}
         except (TypeError, ValueError) as exc:
             error = exc
         self._agree(error, signature)
@@ -176,7 +184,7 @@ class ShardedOptimizer:
                     **self._kwargs)
                 self._buckets.append((si, b_start, b_stop, c_start, offset, c_stop - c_start,
                                       inner))
-        self._mpi_types = [from_numpy_dtype(s.dtype) for s in self._segments]
+        self._mpi_types = [_mpi_datatype(s.dtype) for s in self._segments]
         #: Bytes handed to collectives per step by this rank: the flat buffers once to
         #: the reduce-scatter and once to the all-gather (2x the padded param bytes).
         self.comm_bytes_per_step = 2 * sum(s.padded * s.dtype.itemsize
@@ -200,7 +208,7 @@ class ShardedOptimizer:
                 if id(p) in seen:
                     raise ValueError("some parameters appear more than once")
                 seen.add(id(p))
-                from_numpy_dtype(p.dtype)          # raises for dtypes MPI cannot carry
+                _mpi_datatype(p.dtype)
         # A one-element twin of each group checks its hyperparameters exactly as the
         # class does, and tells the group's defaults-filled settings.
         templates = []

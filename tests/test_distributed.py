@@ -1,0 +1,190 @@
+"""fusedadam.distributed: sharded steps, checkpoints and misuse, under real ``mpiexec`` runs.
+
+Each test launches ``mpiexec -n N python -m mpi4py tests/_mpi_worker.py SCENARIO`` (1 to 4
+ranks, oversubscribed on small machines, one OpenMP thread per rank, no core binding)
+against the installed package; the scenarios check themselves against the single-process
+optimizers. Without mpi4py or mpiexec the tests skip, unless ``FUSEDADAM_REQUIRE_MPI=1``
+(as in CI), which makes them fail instead.
+"""
+import importlib.util
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+WORKER = Path(__file__).with_name("_mpi_worker.py")
+REQUIRE_MPI = os.environ.get("FUSEDADAM_REQUIRE_MPI") == "1"
+TIMEOUT = 240          # seconds per mpiexec run: a hang fails the test, not the suite
+
+
+def _find_mpiexec():
+    beside_python = Path(sys.executable).with_name("mpiexec")
+    if beside_python.exists():
+        return str(beside_python)
+    return shutil.which("mpiexec")
+
+
+MPIEXEC = _find_mpiexec()
+HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+_missing = [what for what, ok in (("mpi4py", HAVE_MPI4PY), ("mpiexec", MPIEXEC)) if not ok]
+if _missing and REQUIRE_MPI:
+    raise RuntimeError(f"FUSEDADAM_REQUIRE_MPI=1 but {' and '.join(_missing)} not found "
+                       "(pip install 'fusedadam[mpi]')")
+pytestmark = pytest.mark.skipif(bool(_missing), reason=f"needs {' and '.join(_missing)} "
+                                "(pip install 'fusedadam[mpi]')")
+
+
+def _launcher_flags():
+    """No core binding, and oversubscription allowed: 4 ranks may share 2 cores."""
+    version = subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True).stdout
+    if "Open MPI" in version or "OpenRTE" in version:
+        return ["--oversubscribe", "--bind-to", "none"]
+    return ["-bind-to", "none"]           # MPICH's Hydra oversubscribes by default
+
+
+def mpirun(n, scenario, *args, check=True, timeout=TIMEOUT):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="error")
+    if os.geteuid() == 0:                 # Open MPI refuses root without these
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    cmd = [MPIEXEC, "-n", str(n), *_launcher_flags(), sys.executable, "-m", "mpi4py",
+           str(WORKER), scenario, *map(str, args)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited with {result.returncode}\n"
+                    f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_bit_identical_to_single_process(n):
+    """Adam/AdamW/Adamax/AMSGrad x float32/float64 x sum/mean x layouts, 4 steps each."""
+    out = mpirun(n, "exact").stdout
+    assert f"64 configurations bit-identical at world size {n}" in out
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_nonfinite_and_bad_gradients_decided_on_every_rank(n):
+    assert "all ranks agreed" in mpirun(n, "nonfinite").stdout
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_ranks_that_disagree_fail_at_construction(n):
+    assert "every rank raised" in mpirun(n, "mismatch").stdout
+
+
+SAVE_SIZES = [1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A checkpoint at step 3 and the step-6 reference, saved at each world size."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    for n in SAVE_SIZES:
+        mpirun(n, "save", root / f"saved-at-{n}", root / f"reference-{n}.pkl")
+    return root
+
+
+@pytest.mark.parametrize("saved_at", SAVE_SIZES)
+@pytest.mark.parametrize("loaded_at", [1, 2, 3, 4])
+def test_checkpoint_resumes_at_any_world_size(checkpoints, saved_at, loaded_at):
+    out = mpirun(loaded_at, "resume", checkpoints / f"saved-at-{saved_at}",
+                 checkpoints / f"reference-{saved_at}.pkl").stdout
+    assert f"resumed bit-identically at world size {loaded_at}" in out
+
+
+def test_references_agree_across_world_sizes(checkpoints):
+    """The step-6 params and state do not depend on the world size that produced them."""
+    refs = []
+    for n in SAVE_SIZES:
+        with open(checkpoints / f"reference-{n}.pkl", "rb") as f:
+            refs.append(pickle.load(f))
+    for other in refs[1:]:
+        for a, b in zip(refs[0]["params"], other["params"]):
+            assert a.tobytes() == b.tobytes()
+        for key, entry in refs[0]["state_dict"]["state"].items():
+            for name, value in entry.items():
+                assert np.asarray(value).tobytes() == \
+                    np.asarray(other["state_dict"]["state"][key][name]).tobytes()
+
+
+def test_interrupted_save_leaves_previous_checkpoint(checkpoints, tmp_path):
+    directory = tmp_path / "ckpt"
+    shutil.copytree(checkpoints / "saved-at-2", directory)
+    manifest = (directory / "manifest.json").read_text()
+    killed = mpirun(2, "interrupted_save", directory, check=False)
+    assert killed.returncode != 0
+    new_files = {p.name for p in directory.iterdir()} - \
+        {p.name for p in (checkpoints / "saved-at-2").iterdir()}
+    assert any(name.startswith("shard-") for name in new_files), new_files  # it got far
+    assert (directory / "manifest.json").read_text() == manifest
+    out = mpirun(3, "resume", directory, checkpoints / "reference-2.pkl").stdout
+    assert "resumed bit-identically" in out
+
+
+def test_corrupt_or_missing_shard_is_refused(checkpoints, tmp_path):
+    from fusedadam.distributed import consolidate_checkpoint
+
+    directory = tmp_path / "ckpt"
+    shutil.copytree(checkpoints / "saved-at-3", directory)
+    consolidate_checkpoint(directory)                     # intact: loads
+    shard = sorted(directory.glob("shard-*-00001-of-00003.npz"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256"):
+        consolidate_checkpoint(directory)
+    shard.unlink()
+    with pytest.raises(ValueError, match="missing"):
+        consolidate_checkpoint(directory)
+
+
+def test_consolidated_checkpoint_loads_into_single_process_optimizer(checkpoints):
+    """consolidate_checkpoint gives a state_dict the ordinary optimizer resumes from."""
+    import fusedadam as fa
+    from fusedadam.distributed import consolidate_checkpoint
+
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        worker = pytest.importorskip("_mpi_worker")
+    finally:
+        sys.path.pop(0)
+    params, state_dict = consolidate_checkpoint(checkpoints / "saved-at-4")
+    groups, shapes, dtypes = worker.build(worker.RESUME_SPEC, np.float32)
+    for group in groups:
+        group["params"] = [params.pop(0) for _ in group["params"]]
+    opt = fa.AdamW(groups, lr=worker.schedule)
+    opt.load_state_dict(state_dict)
+    for step in range(4, 7):
+        opt.step(worker.exact_grads(shapes, dtypes, step, 0))
+    with open(checkpoints / "reference-4.pkl", "rb") as f:
+        want = pickle.load(f)
+    got = [p for g in opt.param_groups for p in g["params"]]
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(got, want["params"]))
+
+
+@pytest.mark.parametrize("how", ["exit", "raise"])
+def test_a_dying_rank_ends_the_job_instead_of_hanging(how):
+    result = mpirun(3, "die", how, check=False, timeout=120)
+    assert result.returncode != 0
+    if how == "raise":
+        assert "rank 1 fails between steps" in result.stderr
+
+
+def test_buckets_keep_every_collective_count_below_2_to_31():
+    """A group of more than 2**31 elements is cut into buckets of at most 2**30."""
+    from fusedadam.distributed._layout import MAX_COLLECTIVE_ELEMENTS, plan_segments
+
+    shapes = [((1 << 31) + 12345,), (7,), ((1 << 30) + 3,)]
+    for world in (1, 3, 64):
+        (segment,) = plan_segments([[(s, np.float32) for s in shapes]], world, 1 << 40)
+        buckets = segment.buckets()
+        assert buckets[0][0] == 0 and buckets[-1][1] == segment.padded >= segment.size
+        assert all(a[1] == b[0] for a, b in zip(buckets, buckets[1:]))
+        assert all(0 < stop - start <= MAX_COLLECTIVE_ELEMENTS for start, stop in buckets)
+        assert all((stop - start) % (world * 16) == 0 for start, stop in buckets)
+        assert segment.padded - segment.size < world * 16
