@@ -188,3 +188,17 @@ def test_buckets_keep_every_collective_count_below_2_to_31():
         assert all(0 < stop - start <= MAX_COLLECTIVE_ELEMENTS for start, stop in buckets)
         assert all((stop - start) % (world * 16) == 0 for start, stop in buckets)
         assert segment.padded - segment.size < world * 16
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "distributed_mlp.py"
+
+
+@pytest.mark.skipif(not EXAMPLE.is_file(), reason="examples/ not shipped here")
+def test_sharded_training_example_matches_single_process_accuracy():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [MPIEXEC, "-n", "4", *_launcher_flags(), sys.executable, "-m", "mpi4py",
+         str(EXAMPLE), "--fast"], capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = next(s for s in result.stdout.splitlines() if s.startswith("accuracy difference"))
+    assert float(line.split()[2]) <= 1.0, result.stdout
