@@ -297,7 +297,7 @@ class ShardedOptimizer:
             t0 = time.perf_counter()
             si, _, _, c_start, offset, length, _ = self._buckets[k]
             reduced = self._reduced[si][offset:offset + length]
-            if self.grad_reduction == "mean":
+            if self.grad_reduction == "mean" and self.world_size > 1:   # x / 1 == x
                 np.divide(reduced, self.world_size, out=reduced)
             mode = self._group_modes[self._segments[si].group]
             if mode != "ignore":
