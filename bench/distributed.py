@@ -121,6 +121,42 @@ def report(paths):
               f"{r['comm_bytes_per_step'] / r['param_bytes']:.3f} |")
 
 
+def model(paths, link_gbps, latency_us, cores_per_node, bucket_elements):
+    """Predicted step time and memory per node for 7B and 70B parameters, 8-64 nodes.
+
+    compute = c * N / nodes, with c the per-element update cost of one rank here (the
+    lowest compute_s / (n / ranks) in the result files) divided by ``cores_per_node``
+    (one rank per node using all its cores, perfect scaling: optimistic, the update is
+    memory-bound); comm = 2 * (nodes - 1) / nodes * 4N bytes / link bandwidth (ring
+    reduce-scatter + all-gather of float32, the volume of one allreduce) + a latency of
+    2 * (nodes - 1) * latency per bucket. The step lies between max(compute, comm) (full
+    overlap) and compute + comm (none).
+    """
+    rows = []
+    for path in paths:
+        with open(path) as f:
+            rows += json.load(f)["results"]
+    c_core = min(r["compute_s"] / (r["n"] / r["ranks"]) for r in rows)
+    c_node = c_core / cores_per_node
+    bandwidth = link_gbps / 8 * 1e9
+    print(f"c = {c_core * 1e9:.2f} ns/element on one core here (measured), "
+          f"{c_node * 1e9:.3f} ns/element per node assumed ({cores_per_node} cores); link "
+          f"{link_gbps:g} Gb/s, latency {latency_us:g} us, buckets of {bucket_elements} "
+          "elements")
+    print("| params | nodes | compute (s) | comm (s) | step (s), full .. no overlap | "
+          "state per node (GB) | params+grads per node (GB) |")
+    print("|---|---|---|---|---|---|---|")
+    for n in (7e9, 70e9):
+        for nodes in (8, 16, 32, 64):
+            compute = c_node * n / nodes
+            buckets = -(-n // bucket_elements)
+            comm = (2 * (nodes - 1) / nodes * 4 * n / bandwidth
+                    + 2 * (nodes - 1) * latency_us * 1e-6 * buckets)
+            print(f"| {n / 1e9:.0f}B | {nodes} | {compute:.3f} | {comm:.2f} | "
+                  f"{max(compute, comm):.2f} .. {compute + comm:.2f} | "
+                  f"{8 * n / nodes / 1e9:.1f} | {8 * n / 1e9:.0f} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1e6,1e7")
@@ -131,9 +167,19 @@ def main(argv=None):
     parser.add_argument("--out", help="JSON file for the results (rank 0 writes it)")
     parser.add_argument("--report", nargs="+", metavar="JSON",
                         help="print a Markdown table from result files and exit")
+    parser.add_argument("--model", nargs="+", metavar="JSON",
+                        help="print the 7B/70B scaling prediction calibrated on result "
+                             "files and exit")
+    parser.add_argument("--link-gbps", type=float, default=200.0)
+    parser.add_argument("--latency-us", type=float, default=5.0)
+    parser.add_argument("--cores-per-node", type=int, default=16)
     args = parser.parse_args(argv)
     if args.report:
         report(args.report)
+        return 0
+    if args.model:
+        model(args.model, args.link_gbps, args.latency_us, args.cores_per_node,
+              int(args.buckets.split(",")[0]))
         return 0
     from mpi4py import MPI
 

@@ -205,6 +205,14 @@ def scenario_nonfinite():
     assert same_snapshot(snapshot(opt), before)
     opt.step(exact_grads(shapes, dtypes, 3, rank))            # still in step with each other
     assert opt._steps == [2, 2] and opt.skipped_steps == 1
+    # A mode changed in param_groups applies from the next step on.
+    opt.param_groups[0]["nonfinite"] = "skip"
+    before = snapshot(opt)
+    grads = exact_grads(shapes, dtypes, 4, rank)
+    if rank == culprit:
+        grads[0][0, 0] = np.nan
+    opt.step(grads)
+    assert opt.skipped_steps == 2 and same_snapshot(snapshot(opt), before)
     if rank == 0:
         print(f"nonfinite: all ranks agreed at world size {world}")
 

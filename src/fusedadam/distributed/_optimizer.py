@@ -274,11 +274,12 @@ class ShardedOptimizer:
         """
         t_start = time.perf_counter()
         error = None
-        if grads is not None:
-            try:
+        try:
+            self._group_modes = [self._nonfinite_mode(gi) for gi in range(len(self._steps))]
+            if grads is not None:
                 self._pack(grads)
-            except (TypeError, ValueError) as exc:
-                error = exc
+        except (TypeError, ValueError) as exc:
+            error = exc
         t_packed = time.perf_counter()
 
         # Reduce-scatter every bucket at once; scan each as it arrives, while the rest
@@ -371,6 +372,13 @@ class ShardedOptimizer:
                                       and g.strides == view.strides):
                 view[...] = g
 
+    def _nonfinite_mode(self, gi):
+        mode = self.param_groups[gi].get("nonfinite")
+        if mode not in ("error", "skip", "ignore"):
+            raise ValueError(f"param_groups[{gi}]: Invalid nonfinite mode {mode!r}; expected "
+                             "one of ('error', 'skip', 'ignore')")
+        return mode
+
     def _first_nonfinite_param(self, si, chunk_start, reduced):
         finite = np.isfinite(reduced)
         if finite.all():
@@ -385,7 +393,6 @@ class ShardedOptimizer:
                 continue
             if key not in target or target[key] is not value:
                 target[key] = value
-        self._group_modes[gi] = self.param_groups[gi].get("nonfinite", self._group_modes[gi])
 
     # ------------------------------------------------------------ state
     def _state_names(self, gi):
@@ -527,7 +534,6 @@ class ShardedOptimizer:
         """
         for gi, hyper in enumerate(hypers):
             self.param_groups[gi].update(hyper)
-            self._group_modes[gi] = self.param_groups[gi]["nonfinite"]
         for si, b_start, b_stop, c_start, offset, length, inner in self._buckets:
             gi = self._segments[si].group
             self._sync_hyperparameters(inner, gi)
