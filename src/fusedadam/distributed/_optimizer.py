@@ -134,28 +134,24 @@ class ShardedOptimizer:
         try:
             groups, templates = self._check_local(params, bucket_elements)
             signature = {**self._signature(groups), "bucket_elements": bucket_elements}
-        except (TypeError, ValueError) as exc:
+        except Exception as exc:      # any error, so that the other ranks hear of it
             error = exc
         self._agree(error, signature)
 
         self._segments = plan_segments(
             [[(p.shape, p.dtype) for p in g["params"]] for g in groups], self.world_size,
             bucket_elements)
-        n_params = sum(len(g["params"]) for g in groups)
-        self.params, self.grads = [None] * n_params, [None] * n_params
+        user_params = [p for g in groups for p in g["params"]]
+        self.params, self.grads = [None] * len(user_params), [None] * len(user_params)
         self._flat_params, self._flat_grads, self._reduced = [], [], []
         for segment in self._segments:
             flat_param = aligned_zeros(segment.padded, segment.dtype)
             flat_grad = aligned_zeros(segment.padded, segment.dtype)
-            user_params = [p for g in groups[segment.group:segment.group + 1]
-                           for p in g["params"]]
-            first = sum(len(g["params"]) for g in groups[:segment.group])
             for index, shape, offset in zip(segment.param_indices, segment.shapes,
                                             segment.offsets):
                 size = int(np.prod(shape, dtype=np.int64))
-                view = flat_param[offset:offset + size].reshape(shape)
-                view[...] = user_params[index - first]
-                self.params[index] = view
+                self.params[index] = flat_param[offset:offset + size].reshape(shape)
+                self.params[index][...] = user_params[index]          # the one copy
                 self.grads[index] = flat_grad[offset:offset + size].reshape(shape)
             self._flat_params.append(flat_param)
             self._flat_grads.append(flat_grad)
@@ -163,11 +159,12 @@ class ShardedOptimizer:
 
         self._group_modes = [t.param_groups[0]["nonfinite"] for t in templates]
         self.param_groups = []
-        for gi, (group, template) in enumerate(zip(groups, templates)):
+        first = 0
+        for group, template in zip(groups, templates):
             hyper = {k: v for k, v in template.param_groups[0].items() if k != "params"}
-            first = sum(len(g["params"]) for g in groups[:gi])
             hyper["params"] = self.params[first:first + len(group["params"])]
             self.param_groups.append(hyper)
+            first += len(group["params"])
         self._templates = templates
         self._overrides = [{k: v for k, v in g.items() if k not in ("params", "nonfinite")}
                            for g in groups]
@@ -278,7 +275,7 @@ class ShardedOptimizer:
             self._group_modes = [self._nonfinite_mode(gi) for gi in range(len(self._steps))]
             if grads is not None:
                 self._pack(grads)
-        except (TypeError, ValueError) as exc:
+        except Exception as exc:      # any error, so that the other ranks hear of it
             error = exc
         t_packed = time.perf_counter()
 
