@@ -131,8 +131,35 @@ def scenario_exact():
                         assert full is None
                     check_memory(opt, where)
                     n += 1
+    n += check_collective_cap()
     if rank == 0:
         print(f"exact: {n} configurations bit-identical at world size {world}")
+
+
+def check_collective_cap():
+    """With the per-collective cap lowered to 64 elements, a group given one huge bucket
+    is still cut into capped buckets, and steps exactly (the path that keeps counts of
+    groups above 2**31 elements below 2**31 per collective)."""
+    from fusedadam.distributed import _layout
+
+    saved, _layout.MAX_COLLECTIVE_ELEMENTS = _layout.MAX_COLLECTIVE_ELEMENTS, 64
+    try:
+        groups, shapes, dtypes = build([([(300,), (41, 3)], "f", {})], np.float32)
+        ref = fa.Adam(copy_groups(groups))
+        opt = ShardedOptimizer(fa.Adam, copy_groups(groups), comm, grad_reduction="sum",
+                               bucket_elements=1 << 40)
+    finally:
+        _layout.MAX_COLLECTIVE_ELEMENTS = saved
+    (segment,) = opt._segments
+    assert len(segment.buckets()) >= 423 // 64, segment.buckets()
+    assert all(stop - start <= 64 for start, stop in segment.buckets())
+    for step in range(1, 4):
+        opt.step(exact_grads(shapes, dtypes, step, rank))
+        ref.step([sum(parts) for parts in zip(
+            *(exact_grads(shapes, dtypes, step, r) for r in range(world)))])
+    for got, want in zip(opt.params, (p for g in ref.param_groups for p in g["params"])):
+        assert same_array(got, want), "capped buckets"
+    return 1
 
 
 def check_memory(opt, where):
