@@ -7,6 +7,7 @@ optimizers. Without mpi4py or mpiexec the tests skip, unless ``FUSEDADAM_REQUIRE
 (as in CI), which makes them fail instead.
 """
 import importlib.util
+import json
 import os
 import pickle
 import shutil
@@ -125,6 +126,11 @@ def test_interrupted_save_leaves_previous_checkpoint(checkpoints, tmp_path):
     assert (directory / "manifest.json").read_text() == manifest
     out = mpirun(3, "resume", directory, checkpoints / "reference-2.pkl").stdout
     assert "resumed bit-identically" in out
+    # The next successful save removes what the killed one left behind.
+    mpirun(2, "save", directory, tmp_path / "reference.pkl")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    named = {manifest["meta"]["file"]} | {entry["file"] for entry in manifest["shards"]}
+    assert {p.name for p in directory.iterdir()} == named | {"manifest.json"}
 
 
 def test_corrupt_or_missing_shard_is_refused(checkpoints, tmp_path):
