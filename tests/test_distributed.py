@@ -209,3 +209,23 @@ def test_sharded_training_example_matches_single_process_accuracy():
     assert result.returncode == 0, result.stdout + result.stderr
     line = next(s for s in result.stdout.splitlines() if s.startswith("accuracy difference"))
     assert float(line.split()[2]) <= 1.0, result.stdout
+
+
+def test_consolidation_command_line(checkpoints, tmp_path):
+    from fusedadam.distributed import consolidate_checkpoint
+
+    out = tmp_path / "consolidated.pkl"
+    result = subprocess.run([sys.executable, "-m", "fusedadam.distributed",
+                             str(checkpoints / "saved-at-3"), str(out)],
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    with open(out, "rb") as f:
+        written = pickle.load(f)
+    params, state_dict = consolidate_checkpoint(checkpoints / "saved-at-3")
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(written["params"], params))
+    assert sorted(written["state_dict"]["state"]) == sorted(state_dict["state"])
+    # The checkpoint's lr is a callable: an .npz cannot hold it, and the tool says so.
+    result = subprocess.run([sys.executable, "-m", "fusedadam.distributed",
+                             str(checkpoints / "saved-at-3"), str(tmp_path / "c.npz")],
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode != 0 and "callable" in result.stderr
