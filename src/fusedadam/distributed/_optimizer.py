@@ -186,6 +186,9 @@ class ShardedOptimizer:
         #: the reduce-scatter and once to the all-gather (2x the padded param bytes).
         self.comm_bytes_per_step = 2 * sum(s.padded * s.dtype.itemsize
                                            for s in self._segments)
+        #: Most collectives of one kind in flight at once: bounds MPI's pending requests
+        #: (and its internal buffers) when a group has many buckets.
+        self.max_in_flight = 4
 
     # ------------------------------------------------------------ construction checks
     def _check_local(self, params, bucket_elements):
@@ -279,19 +282,19 @@ class ShardedOptimizer:
             error = exc
         t_packed = time.perf_counter()
 
-        # Reduce-scatter every bucket at once; scan each as it arrives, while the rest
-        # are still in flight.
-        requests = []
-        for si, b_start, b_stop, _, offset, length, _ in self._buckets:
-            requests.append(self.comm.Ireduce_scatter_block(
-                [self._flat_grads[si][b_start:b_stop], self._mpi_types[si]],
-                [self._reduced[si][offset:offset + length], self._mpi_types[si]],
-                op=MPI.SUM))
+        # Reduce-scatter with up to max_in_flight buckets posted; scan each bucket as it
+        # arrives, while the next ones are in flight.
+        n_buckets = len(self._buckets)
+        requests = [MPI.REQUEST_NULL] * n_buckets
+        for k in range(min(self.max_in_flight, n_buckets)):
+            requests[k] = self._reduce_scatter(k)
+        posted = min(self.max_in_flight, n_buckets)
         first_error_param, skip_found, t_scan = _NOT_FOUND, _NOT_FOUND, 0.0
-        while True:
+        for _ in range(n_buckets):
             k = MPI.Request.Waitany(requests)
-            if k == MPI.UNDEFINED:
-                break
+            if posted < n_buckets:
+                requests[posted] = self._reduce_scatter(posted)
+                posted += 1
             t0 = time.perf_counter()
             si, _, _, c_start, offset, length, _ = self._buckets[k]
             reduced = self._reduced[si][offset:offset + length]
@@ -331,13 +334,15 @@ class ShardedOptimizer:
         t_decided = time.perf_counter()
 
         # Update bucket by bucket; each bucket's all-gather is in flight while the next
-        # bucket is updated.
+        # bucket is updated (at most max_in_flight at a time).
         t_update, requests = 0.0, []
-        for si, b_start, b_stop, _, offset, length, inner in self._buckets:
+        for k, (si, b_start, b_stop, _, offset, length, inner) in enumerate(self._buckets):
             t0 = time.perf_counter()
             self._sync_hyperparameters(inner, self._segments[si].group)
             inner.step([self._reduced[si][offset:offset + length]])
             t_update += time.perf_counter() - t0
+            if len(requests) >= self.max_in_flight:
+                requests.pop(0).Wait()
             requests.append(self.comm.Iallgather(
                 MPI.IN_PLACE, [self._flat_params[si][b_start:b_stop], self._mpi_types[si]]))
             MPI.Request.Testall(requests)      # drive progress of the earlier buckets
@@ -350,6 +355,12 @@ class ShardedOptimizer:
                         "scan": t_scan, "decision": t_decided - t_reduced,
                         "update": t_update, "all_gather_wait": t_end - t0,
                         "total": t_end - t_start}
+
+    def _reduce_scatter(self, k):
+        si, b_start, b_stop, _, offset, length, _ = self._buckets[k]
+        return self.comm.Ireduce_scatter_block(
+            [self._flat_grads[si][b_start:b_stop], self._mpi_types[si]],
+            [self._reduced[si][offset:offset + length], self._mpi_types[si]], op=MPI.SUM)
 
     def _pack(self, grads):
         """Copy ``grads`` into the flat gradient buffers; check everything first."""
