@@ -346,6 +346,35 @@ def scenario_resume(directory, reference):
         print(f"resume: checkpoint resumed bit-identically at world size {world}")
 
 
+def scenario_load_refused(directory):
+    """A checkpoint that one rank cannot read, or that does not fit: every rank raises."""
+    opt, *_ = resume_setup(bucket=96)
+    before = snapshot(opt)
+    try:
+        opt.load(directory)
+    except ValueError as e:
+        assert "SHA-256" in str(e) or "failed on rank(s)" in str(e), e
+    else:
+        raise AssertionError("a corrupt checkpoint was loaded")
+    assert same_snapshot(snapshot(opt), before)
+    other = ShardedOptimizer(fa.AdamW, [np.zeros(5, np.float32)], comm)
+    try:
+        other.load(directory)
+    except ValueError as e:
+        assert "other groups, shapes or dtypes" in str(e) or "SHA-256" in str(e) \
+            or "failed on rank(s)" in str(e), e
+    else:
+        raise AssertionError("a checkpoint of other params was loaded")
+    try:
+        opt.load_state_dict({"state": {}, "param_groups": []})
+    except ValueError as e:
+        assert "param groups" in str(e), e
+    else:
+        raise AssertionError("a state_dict of no groups was loaded")
+    if rank == 0:
+        print(f"load refused on every rank at world size {world}")
+
+
 def scenario_interrupted_save(directory):
     """Load, step once, then die inside the next save just before its manifest commits."""
     from fusedadam.distributed import _checkpoint

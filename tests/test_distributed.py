@@ -150,6 +150,17 @@ def test_corrupt_or_missing_shard_is_refused(checkpoints, tmp_path):
         consolidate_checkpoint(directory)
 
 
+def test_unreadable_checkpoint_is_refused_on_every_rank(checkpoints, tmp_path):
+    """Only rank 2 of 3 reads the corrupt shard (same layout), yet every rank raises."""
+    directory = tmp_path / "ckpt"
+    shutil.copytree(checkpoints / "saved-at-3", directory)
+    shard = sorted(directory.glob("shard-*-00002-of-00003.npz"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0x01
+    shard.write_bytes(bytes(data))
+    assert "load refused on every rank" in mpirun(3, "load_refused", directory).stdout
+
+
 def test_consolidated_checkpoint_loads_into_single_process_optimizer(checkpoints):
     """consolidate_checkpoint gives a state_dict the ordinary optimizer resumes from."""
     import fusedadam as fa
