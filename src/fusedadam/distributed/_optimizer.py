@@ -5,11 +5,8 @@ import numpy as np
 from mpi4py import MPI
 
 from fusedadam.distributed import _checkpoint
-from fusedadam.distributed._layout import (
-    aligned_zeros,
-    copy_overlaps,
-    plan_segments,
-)
+from fusedadam.distributed._consolidate import single_process_state_dict
+from fusedadam.distributed._layout import aligned_zeros, copy_overlaps, plan_segments
 
 __all__ = ["ShardedOptimizer"]
 
@@ -480,7 +477,7 @@ class ShardedOptimizer:
                                             for start, stop, o in segment.shard_ranges(r)])
                 arrays[name] = flat
             full.append(arrays)
-        return _single_process_state_dict(self._segments, self._steps, self._meta(),
+        return single_process_state_dict(self._segments, self._steps, self._meta(),
                                           lambda si, name: full[si][name])
 
     def load_state_dict(self, state_dict):
@@ -621,68 +618,6 @@ class ShardedOptimizer:
             MPI.IN_PLACE, [self._flat_params[si][b_start:b_stop], self._mpi_types[si]])
             for si, b_start, b_stop, *_ in self._buckets]
         MPI.Request.Waitall(requests)
-
-
-def _single_process_state_dict(segments, steps, meta, full_flat):
-    """The single-process ``state_dict`` from each segment's full flat state arrays.
-
-    ``full_flat(si, name)`` returns segment ``si``'s whole flat array ``name``.
-    """
-    state, n_params = {}, 0
-    for si, segment in enumerate(segments):
-        gi = segment.group
-        if not steps[gi]:
-            continue
-        for index, shape, offset in zip(segment.param_indices, segment.shapes,
-                                        segment.offsets):
-            size = int(np.prod(shape, dtype=np.int64))
-            entry = {"step": steps[gi]}
-            for name in meta["state_names"][gi]:
-                flat = full_flat(si, name)
-                entry[name] = flat[offset:offset + size].reshape(shape).copy()
-            state[index] = entry
-    groups = []
-    for gi, hyper in enumerate(meta["param_groups"]):
-        count = sum(len(s.param_indices) for s in segments if s.group == gi)
-        groups.append({**hyper, "params": list(range(n_params, n_params + count))})
-        n_params += count
-    return {"state": dict(sorted(state.items())), "param_groups": groups}
-
-
-def consolidate_checkpoint(directory):
-    """The single-process ``(params, state_dict)`` of a checkpoint saved at any world size.
-
-    Runs in one process (no MPI collective): reads every shard file, checking each one's
-    SHA-256, as DeepSpeed's ``zero_to_fp32`` does for its checkpoints.
-
-    Returns
-    -------
-    params : list of ndarray
-        In param order, shaped as at construction.
-    state_dict : dict
-        Loadable by the single-process optimizer class (``load_state_dict``) or by a
-        :class:`ShardedOptimizer` of any world size.
-    """
-    reader = _checkpoint.CheckpointReader(directory)
-    meta, segments = reader.meta, reader.segments
-    n_params = sum(len(s.param_indices) for s in segments)
-    params = [None] * n_params
-    cache = {}
-
-    def full_flat(si, name):
-        if (si, name) not in cache:
-            flat = np.zeros(segments[si].padded, segments[si].dtype)
-            reader.read_flat(si, name, flat, 0)
-            cache[si, name] = flat
-        return cache[si, name]
-
-    for si, segment in enumerate(segments):
-        flat = full_flat(si, "param")
-        for index, shape, offset in zip(segment.param_indices, segment.shapes,
-                                        segment.offsets):
-            size = int(np.prod(shape, dtype=np.int64))
-            params[index] = flat[offset:offset + size].reshape(shape).copy()
-    return params, _single_process_state_dict(segments, meta["steps"], meta, full_flat)
 
 
 def _first_difference(a, b, path="signature"):
