@@ -193,21 +193,6 @@ def test_a_dying_rank_ends_the_job_instead_of_hanging(how):
         assert "rank 1 fails between steps" in result.stderr
 
 
-def test_buckets_keep_every_collective_count_below_2_to_31():
-    """A group of more than 2**31 elements is cut into buckets of at most 2**30."""
-    from fusedadam.distributed._layout import MAX_COLLECTIVE_ELEMENTS, plan_segments
-
-    shapes = [((1 << 31) + 12345,), (7,), ((1 << 30) + 3,)]
-    for world in (1, 3, 64):
-        (segment,) = plan_segments([[(s, np.float32) for s in shapes]], world, 1 << 40)
-        buckets = segment.buckets()
-        assert buckets[0][0] == 0 and buckets[-1][1] == segment.padded >= segment.size
-        assert all(a[1] == b[0] for a, b in zip(buckets, buckets[1:]))
-        assert all(0 < stop - start <= MAX_COLLECTIVE_ELEMENTS for start, stop in buckets)
-        assert all((stop - start) % (world * 16) == 0 for start, stop in buckets)
-        assert segment.padded - segment.size < world * 16
-
-
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "distributed_mlp.py"
 
 
