@@ -365,6 +365,19 @@ def scenario_load_refused(directory):
             or "failed on rank(s)" in str(e), e
     else:
         raise AssertionError("a checkpoint of other params was loaded")
+    # Adamax's state offered to AdamW: refused before any bucket is written.
+    params = opt.params
+    wrong = {"state": {i: {"step": 1, "exp_avg": np.ones_like(p), "exp_inf": np.ones_like(p)}
+                       for i, p in enumerate(params)},
+             "param_groups": [{"params": [int(i) for i in range(a, a + len(g["params"]))]}
+                              for a, g in zip((0, 3), opt.param_groups)]}
+    try:
+        opt.load_state_dict(wrong)
+    except ValueError as e:
+        assert "exp_inf" in str(e), e
+    else:
+        raise AssertionError("Adamax state was loaded into AdamW")
+    assert same_snapshot(snapshot(opt), before)
     try:
         opt.load_state_dict({"state": {}, "param_groups": []})
     except ValueError as e:

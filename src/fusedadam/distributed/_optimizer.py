@@ -162,7 +162,6 @@ class ShardedOptimizer:
             hyper["params"] = self.params[first:first + len(group["params"])]
             self.param_groups.append(hyper)
             first += len(group["params"])
-        self._templates = templates
         self._overrides = [{k: v for k, v in g.items() if k not in ("params", "nonfinite")}
                            for g in groups]
         self._steps = [0] * len(groups)
@@ -402,13 +401,28 @@ class ShardedOptimizer:
     # ------------------------------------------------------------ state
     def _state_names(self, gi):
         """The state array names of group ``gi`` (asked of the class itself)."""
-        template = self._templates[gi]
-        self._sync_hyperparameters(template, gi)
+        return self._probe(self.param_groups[gi])
+
+    def _probe(self, hyper):
+        """State names of the class under the settings ``hyper`` (checked as it checks).
+
+        A one-element optimizer of the class with these settings takes one step: its
+        constructor validates them, and its state_dict tells the names.
+        """
         probe = self.optimizer_class(
             [{"params": [np.zeros(1, np.float64)],
-              **{k: v for k, v in template.param_groups[0].items() if k != "params"}}])
+              **{k: v for k, v in hyper.items() if k != "params"}}])
         probe.step([np.zeros(1, np.float64)])
         return tuple(k for k in probe.state_dict()["state"][0] if k != "step")
+
+    def _check_install(self, steps, names, hypers):
+        """Raise unless ``_install(steps, names, hypers, ...)`` can complete."""
+        for gi, hyper in enumerate(hypers):
+            expected = self._probe({**self.param_groups[gi], **hyper})
+            if steps[gi] and sorted(names[gi]) != sorted(expected):
+                raise ValueError(f"param_groups[{gi}]: the saved state has arrays "
+                                 f"{sorted(names[gi])}; {self.optimizer_class.__name__} with "
+                                 f"these settings keeps {sorted(expected)}")
 
     def _shard_state(self, si):
         """``{name: 1-d array}``: this rank's state of segment ``si`` (its chunks, joined)."""
@@ -528,6 +542,7 @@ class ShardedOptimizer:
             return flat
 
         hypers = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+        self._check_install(steps, names, hypers)
         self._install(steps, names, hypers, lambda si, name, dst, start:
                       copy_overlaps(dst, start, [(0, flat_of(si, name))]))
 
@@ -599,7 +614,8 @@ class ShardedOptimizer:
                         chunk = np.zeros(stop - start, segment.dtype)
                         reader.read_flat(si, name, chunk, start)
                         state[si, name, start] = chunk
-        except (OSError, ValueError, KeyError) as exc:
+            self._check_install(meta["steps"], meta["state_names"], meta["param_groups"])
+        except Exception as exc:      # any error, so that the other ranks hear of it
             error = exc
         failed = self.comm.allgather(None if error is None else repr(error))
         bad = [r for r, message in enumerate(failed) if message is not None]
