@@ -411,6 +411,9 @@ def scenario_die(how):
     if rank == 1:
         if how == "exit":
             os._exit(3)
+        if how == "hang":
+            import time
+            time.sleep(3600)           # stuck: only MPIEXEC_TIMEOUT ends the job
         raise RuntimeError("rank 1 fails between steps")
     opt.step([np.ones(1000, np.float32)])
     opt.step([np.ones(1000, np.float32)])

@@ -13,6 +13,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,8 @@ def _launcher_flags():
     return ["-bind-to", "none"]           # MPICH's Hydra oversubscribes by default
 
 
-def mpirun(n, scenario, *args, check=True, timeout=TIMEOUT):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="error")
+def mpirun(n, scenario, *args, check=True, timeout=TIMEOUT, env=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="error", **(env or {}))
     if os.geteuid() == 0:                 # Open MPI refuses root without these
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     cmd = [MPIEXEC, "-n", str(n), *_launcher_flags(), sys.executable, "-m", "mpi4py",
@@ -191,6 +192,19 @@ def test_a_dying_rank_ends_the_job_instead_of_hanging(how):
     assert result.returncode != 0
     if how == "raise":
         assert "rank 1 fails between steps" in result.stderr
+
+
+def test_mpiexec_timeout_ends_a_stuck_job():
+    """A rank stuck outside MPI leaves the others in a collective; MPIEXEC_TIMEOUT (MPICH's
+    Hydra) ends the job. Open MPI's mpiexec spells it --timeout."""
+    if "Open MPI" in subprocess.run([MPIEXEC, "--version"], capture_output=True,
+                                    text=True).stdout:
+        pytest.skip("MPIEXEC_TIMEOUT is MPICH's (Open MPI: mpiexec --timeout)")
+    start = time.monotonic()
+    result = mpirun(2, "die", "hang", check=False, timeout=120,
+                    env={"MPIEXEC_TIMEOUT": "5"})
+    assert result.returncode != 0
+    assert time.monotonic() - start < 60
 
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "distributed_mlp.py"
