@@ -95,7 +95,9 @@ class ShardedOptimizer:
         sum divided (IEEE division, rounded once) by the world size.
     bucket_elements : int, default 2**22
         Longest bucket, in elements over all ranks (capped at 2**30 so no MPI count
-        reaches 2**31). Smaller buckets overlap more communication with updates.
+        reaches 2**31). A bucket's all-gather can overlap the next bucket's update
+        where the MPI library progresses collectives in the background; each bucket
+        also costs a few collectives' latency (see the README's "Scaling").
     **kwargs
         Hyperparameters of ``optimizer_class`` (``lr``, ``betas``, ``nonfinite``, ...).
 
