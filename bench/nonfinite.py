@@ -9,30 +9,11 @@ then run the update: a separate read of g, at most 4 of Adam's 28 bytes per floa
 """
 import argparse
 import json
-import time
 
 import numpy as np
 
 import fusedadam as fa
-
-
-def calibrate(fn, min_time=0.05):
-    reps = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return reps
-        reps *= 2 if elapsed < min_time / 4 else max(2, int(min_time / elapsed) + 1)
-
-
-def sample(fn, reps):
-    start = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - start) / reps
+from fusedadam.benchmarks.timing import load_average, measure_interleaved
 
 
 def main(argv=None):
@@ -42,7 +23,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
-    print(f"fusedadam {fa.__version__} {fa.backend_info()}")
+    print(f"fusedadam {fa.__version__} {fa.backend_info()}; load average {load_average()}")
     print(f"{'N':>10} {'ignore us':>11} {'error us':>11} {'overhead':>9}")
     rows = []
     for size in args.sizes:
@@ -52,14 +33,8 @@ def main(argv=None):
         opts = {mode: fa.Adam(rng.standard_normal(n).astype(args.dtype), nonfinite=mode)
                 for mode in ("ignore", "error")}
         steps = {mode: (lambda o=o, g=grad: o.step(g)) for mode, o in opts.items()}
-        for fn in steps.values():
-            fn()
-        reps = {mode: calibrate(fn) for mode, fn in steps.items()}
-        times = {mode: [] for mode in steps}
-        for _ in range(args.repeats):
-            for mode, fn in steps.items():
-                times[mode].append(sample(fn, reps[mode]))
-        med = {mode: float(np.median(t)) for mode, t in times.items()}
+        res = measure_interleaved(steps, args.repeats)
+        med = {mode: r["median"] for mode, r in res.items()}
         overhead = med["error"] / med["ignore"] - 1
         rows.append({"n": n, "dtype": args.dtype, "ignore_s": med["ignore"],
                      "error_s": med["error"], "overhead": overhead})

@@ -1,5 +1,8 @@
-"""``python -m fusedadam``: step a large vector with the compiled kernel and the NumPy
-reference, check they agree bit for bit, and print time per step and the speedup."""
+"""``python -m fusedadam [demo]``: step a large vector with the compiled kernel and the NumPy
+reference, check they agree bit for bit, and print time per step and the speedup.
+
+``python -m fusedadam bench SCENARIO ...`` runs the micro-benchmarks
+(:mod:`fusedadam.benchmarks`); ``python -m fusedadam bench --help`` lists them."""
 import argparse
 import time
 
@@ -18,7 +21,25 @@ def _time_steps(opt, grad, repeats):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fusedadam", description=__doc__)
+    """Dispatch ``bench`` to the benchmarks; anything else (or ``demo``) runs the demo."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from fusedadam.benchmarks.cli import main as bench_main
+
+        bench_main(argv[1:])
+        return
+    if argv[:1] == ["demo"]:
+        argv = argv[1:]
+    demo(argv)
+
+
+def demo(argv=None):
+    """The demo: compiled kernel against the NumPy reference on one large vector."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fusedadam [demo]", description=__doc__,
+        epilog="Benchmarks: python -m fusedadam bench {sweep,model,overhead,roofline} --help")
     parser.add_argument("--size", type=float, default=2e7, help="elements (default 2e7)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per backend")
