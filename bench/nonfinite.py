@@ -7,6 +7,7 @@ calibrated to >= 50 ms; the table shows medians and the overhead of the check. T
 a vectorised pass over the gradients' bits by the same threads, on the same slices, that
 then run the update: a separate read of g, at most 4 of Adam's 28 bytes per float32 element.
 """
+
 import argparse
 import json
 
@@ -30,16 +31,27 @@ def main(argv=None):
         n = int(size)
         rng = np.random.default_rng(0)
         grad = rng.standard_normal(n).astype(args.dtype)
-        opts = {mode: fa.Adam(rng.standard_normal(n).astype(args.dtype), nonfinite=mode)
-                for mode in ("ignore", "error")}
+        opts = {
+            mode: fa.Adam(rng.standard_normal(n).astype(args.dtype), nonfinite=mode)
+            for mode in ("ignore", "error")
+        }
         steps = {mode: (lambda o=o, g=grad: o.step(g)) for mode, o in opts.items()}
         res = measure_interleaved(steps, args.repeats)
         med = {mode: r["median"] for mode, r in res.items()}
         overhead = med["error"] / med["ignore"] - 1
-        rows.append({"n": n, "dtype": args.dtype, "ignore_s": med["ignore"],
-                     "error_s": med["error"], "overhead": overhead})
-        print(f"{n:>10} {med['ignore'] * 1e6:>11.1f} {med['error'] * 1e6:>11.1f} "
-              f"{overhead * 100:>8.1f}%")
+        rows.append(
+            {
+                "n": n,
+                "dtype": args.dtype,
+                "ignore_s": med["ignore"],
+                "error_s": med["error"],
+                "overhead": overhead,
+            }
+        )
+        print(
+            f"{n:>10} {med['ignore'] * 1e6:>11.1f} {med['error'] * 1e6:>11.1f} "
+            f"{overhead * 100:>8.1f}%"
+        )
         del opts, steps, grad
     if args.json:
         with open(args.json, "w") as f:

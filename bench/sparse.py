@@ -8,6 +8,7 @@ of rows of the table. Dense fa.Adam on the same table is timed for contrast.
 The three are timed by fusedadam's benchmark protocol (:mod:`fusedadam.benchmarks.timing`:
 warm-up, calibrated samples, interleaved, medians).
 """
+
 import argparse
 
 import numpy as np
@@ -22,8 +23,7 @@ def main():
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--sizes", default="1e4,1e5,1e6,4e6",
-                        help="table rows, comma separated")
+    parser.add_argument("--sizes", default="1e4,1e5,1e6,4e6", help="table rows, comma separated")
     parser.add_argument("--repeat", type=int, default=7, help="samples per implementation")
     parser.add_argument("--fast", action="store_true", help="tiny sizes, for tests")
     args = parser.parse_args()
@@ -32,10 +32,14 @@ def main():
         sizes, args.repeat = [2 * args.k, 20 * args.k], 5
     rng = np.random.default_rng(0)
     dtype = np.dtype(args.dtype)
-    print(f"# fusedadam {fa.__version__}, openmp={fa.backend_info()['openmp']}, k={args.k}, "
-          f"dim={args.dim}, {dtype}, num_threads={args.threads}, load {load_average()}")
-    print(f"{'rows':>10} {'table MB':>9} {'sparse us/step':>15} {'numpy-ref us':>13} "
-          f"{'dense Adam us':>14}")
+    print(
+        f"# fusedadam {fa.__version__}, openmp={fa.backend_info()['openmp']}, k={args.k}, "
+        f"dim={args.dim}, {dtype}, num_threads={args.threads}, load {load_average()}"
+    )
+    print(
+        f"{'rows':>10} {'table MB':>9} {'sparse us/step':>15} {'numpy-ref us':>13} "
+        f"{'dense Adam us':>14}"
+    )
     for rows in sizes:
         W = rng.standard_normal((rows, args.dim)).astype(dtype)
         idx = rng.integers(0, rows, size=args.k)
@@ -48,13 +52,20 @@ def main():
         dense_grad = np.zeros_like(W_dense)
         np.add.at(dense_grad, idx, vals)
         dense = fa.Adam(W_dense, lr=1e-3, num_threads=args.threads)
-        res = measure_interleaved({"sparse": lambda: sparse.step(grad),
-                                   "ref": lambda: ref.step(grad),
-                                   "dense": lambda: dense.step(dense_grad)},
-                                  args.repeat, 0.02 if args.fast else 0.05)
+        res = measure_interleaved(
+            {
+                "sparse": lambda s=sparse, g=grad: s.step(g),
+                "ref": lambda r=ref, g=grad: r.step(g),
+                "dense": lambda d=dense, g=dense_grad: d.step(g),
+            },
+            args.repeat,
+            0.02 if args.fast else 0.05,
+        )
         t_sparse, t_ref, t_dense = (res[k]["median"] for k in ("sparse", "ref", "dense"))
-        print(f"{rows:>10} {W.nbytes / 1e6:>9.1f} {t_sparse * 1e6:>15.1f} "
-              f"{t_ref * 1e6:>13.1f} {t_dense * 1e6:>14.1f}")
+        print(
+            f"{rows:>10} {W.nbytes / 1e6:>9.1f} {t_sparse * 1e6:>15.1f} "
+            f"{t_ref * 1e6:>13.1f} {t_dense * 1e6:>14.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -10,11 +10,10 @@ every loop: below it, waking the OpenMP team costs more than the split saves.
 
 The value found here is what ``_parallel_min_elements`` in ``_kernels.pyx`` is set to.
 """
+
 import argparse
 import json
-import os
 import platform
-import sys
 
 import numpy as np
 
@@ -23,8 +22,11 @@ from fusedadam import _kernels
 from fusedadam.benchmarks.roofline import kernel_step
 from fusedadam.benchmarks.timing import load_average, measure_interleaved
 
-LOOPS = [("adamax", np.float32, "ADAMAX"), ("adam", np.float32, "ADAM"),
-         ("adam", np.float64, "ADAM")]
+LOOPS = [
+    ("adamax", np.float32, "ADAMAX"),
+    ("adam", np.float32, "ADAM"),
+    ("adam", np.float64, "ADAM"),
+]
 
 
 def main(argv=None):
@@ -33,8 +35,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="the parallel team size to test")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--json", default=None, help="write the measurements here")
-    ap.add_argument("--loops", default=",".join(f"{n}-{np.dtype(d).name}" for n, d, _ in LOOPS),
-                    help="subset of the loops to measure")
+    ap.add_argument(
+        "--loops",
+        default=",".join(f"{n}-{np.dtype(d).name}" for n, d, _ in LOOPS),
+        help="subset of the loops to measure",
+    )
     args = ap.parse_args(argv)
     per_decade = 4 if args.quick else 8
     sizes = sorted({int(round(x)) for x in np.logspace(3, 6.3, int(3.3 * per_decade) + 1)})
@@ -56,16 +61,27 @@ def main(argv=None):
             for n in sizes:
                 rng = np.random.default_rng(n)
                 p, g = (rng.standard_normal(n).astype(dtype) for _ in range(2))
-                fns = {1: kernel_step([p], [g], kind, 1),
-                       args.threads: kernel_step([p.copy()], [g], kind, args.threads)}
+                fns = {
+                    1: kernel_step([p], [g], kind, 1),
+                    args.threads: kernel_step([p.copy()], [g], kind, args.threads),
+                }
                 res = measure_interleaved(fns, repeats, sample_s)
                 t1, tn = res[1]["median"], res[args.threads]["median"]
                 faster.append(tn < t1)
-                rows.append({"loop": label, "n": n, "t1_s": t1, f"t{args.threads}_s": tn,
-                             "speedup": t1 / tn})
-                print(f"{label:15s} n={n:>8d}  1 thread {t1 * 1e6:9.2f} us  "
-                      f"{args.threads} threads {tn * 1e6:9.2f} us  speedup {t1 / tn:5.2f}",
-                      flush=True)
+                rows.append(
+                    {
+                        "loop": label,
+                        "n": n,
+                        "t1_s": t1,
+                        f"t{args.threads}_s": tn,
+                        "speedup": t1 / tn,
+                    }
+                )
+                print(
+                    f"{label:15s} n={n:>8d}  1 thread {t1 * 1e6:9.2f} us  "
+                    f"{args.threads} threads {tn * 1e6:9.2f} us  speedup {t1 / tn:5.2f}",
+                    flush=True,
+                )
             # Smallest size from which the team wins at every larger size.
             cross = None
             for i in range(len(sizes) - 1, -1, -1):
@@ -81,11 +97,19 @@ def main(argv=None):
     print(f"measured threshold (max over loops): {threshold}   (compiled in: {saved})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": platform.processor() or platform.machine(),
-                       "backend": fusedadam.backend_info(), "threads": args.threads,
-                       "loadavg_at_start": load_at_start,
-                       "crossover": crossovers, "threshold": threshold, "rows": rows},
-                      f, indent=1)
+            json.dump(
+                {
+                    "machine": platform.processor() or platform.machine(),
+                    "backend": fusedadam.backend_info(),
+                    "threads": args.threads,
+                    "loadavg_at_start": load_at_start,
+                    "crossover": crossovers,
+                    "threshold": threshold,
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """``python -m fusedadam bench``: the shipped benchmarks run, report, and skip absent peers."""
+
 import importlib.util
 import json
 import subprocess
@@ -28,16 +29,23 @@ def test_sweep_prints_a_table_writes_json_and_a_plot(tmp_path, capsys):
     assert "python -m fusedadam bench sweep --sizes 100,1000" in text
     data = json.loads(out.read_text())
     assert data["command"].startswith("python -m fusedadam bench sweep")
-    assert {r["impl"] for r in data["rows"]} >= {"fusedadam", "fusedadam-kernel", "roofline",
-                                                 "numpy"}
+    assert {r["impl"] for r in data["rows"]} >= {
+        "fusedadam",
+        "fusedadam-kernel",
+        "roofline",
+        "numpy",
+    }
     assert len(rows) == len(data["rows"])
-    assert data["environment"]["loadavg_at_start"] is None or \
-        len(data["environment"]["loadavg_at_start"]) == 3
+    assert (
+        data["environment"]["loadavg_at_start"] is None
+        or len(data["environment"]["loadavg_at_start"]) == 3
+    )
     for r in data["rows"]:
         assert r["median_s"] > 0 and r["gb_per_s"] > 0
         moved = 9 if r["algorithm"] == "amsgrad" else 7
-        assert r["gb_per_s"] == pytest.approx(moved * 4 * r["n_elements"] / r["median_s"] / 1e9,
-                                              rel=1e-3)
+        assert r["gb_per_s"] == pytest.approx(
+            moved * 4 * r["n_elements"] / r["median_s"] / 1e9, rel=1e-3
+        )
     if HAVE_MPL:
         assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -47,21 +55,36 @@ def test_absent_peers_are_listed_as_skipped_never_an_error(monkeypatch):
     monkeypatch.setattr(peers, "_import_deepspeed", lambda: None)
     notes = {}
     grads = [np.ones(10, np.float32)]
-    fns = peers.build(["numpy", "torch-fused", "deepspeed"], "adamax",
-                      lambda: [np.zeros(10, np.float32)], grads, 1, notes)
+    fns = peers.build(
+        ["numpy", "torch-fused", "deepspeed"],
+        "adamax",
+        lambda: [np.zeros(10, np.float32)],
+        grads,
+        1,
+        notes,
+    )
     assert list(fns) == ["numpy"]
     lines = peers.skipped(notes)
-    assert lines == ["deepspeed (adamax, float32): deepspeed is not importable",
-                     "torch-fused (adamax, float32): torch is not importable"]
+    assert lines == [
+        "deepspeed (adamax, float32): deepspeed is not importable",
+        "torch-fused (adamax, float32): torch is not importable",
+    ]
 
 
 def test_an_algorithm_is_one_line_of_data(monkeypatch):
     # An algorithm fusedadam does not have yet is skipped like an absent peer.
-    monkeypatch.setitem(peers.ALGORITHMS, "future",
-                        peers.Algorithm("FutureAdam", {}, None, 7, "FutureAdam"))
+    monkeypatch.setitem(
+        peers.ALGORITHMS, "future", peers.Algorithm("FutureAdam", {}, None, 7, "FutureAdam")
+    )
     notes = {}
-    fns = peers.build(["fusedadam", "numpy", "fusedadam-kernel"], "future",
-                      lambda: [np.zeros(4)], [np.ones(4)], 1, notes)
+    fns = peers.build(
+        ["fusedadam", "numpy", "fusedadam-kernel"],
+        "future",
+        lambda: [np.zeros(4)],
+        [np.ones(4)],
+        1,
+        notes,
+    )
     assert fns == {}
     assert "fusedadam has no FutureAdam" in notes[("fusedadam", "future", "float64")]
     assert "future" in cli.parse_args(["sweep", "--algorithms", "future"]).algorithms
@@ -69,9 +92,9 @@ def test_an_algorithm_is_one_line_of_data(monkeypatch):
 
 def test_model_shapes():
     bert = scenarios.model_shapes("bert-base")
-    assert sum(int(np.prod(s)) for s in bert) == 109_482_240    # BERT-base, with pooler
+    assert sum(int(np.prod(s)) for s in bert) == 109_482_240  # BERT-base, with pooler
     gpt2 = scenarios.model_shapes("gpt2")
-    assert sum(int(np.prod(s)) for s in gpt2) == 124_439_808    # GPT-2 small
+    assert sum(int(np.prod(s)) for s in gpt2) == 124_439_808  # GPT-2 small
     assert scenarios.model_shapes("10x3,7") == [(10, 3), (7,)]
     with pytest.raises(ValueError, match="shape list"):
         scenarios.model_shapes("resnet")
@@ -82,12 +105,15 @@ def test_model_from_npz(tmp_path):
     assert sorted(scenarios.model_shapes(str(tmp_path / "w.npz"))) == [(3,), (5, 2)]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["sweep", "--algorithms", "sgd"], "unknown algorithms"),
-    (["sweep", "--threads", "0"], "positive"),
-    (["sweep", "--repeats", "3"], "--repeats must be >= 5"),
-    (["sweep", "--dtypes", "float16"], "unknown dtypes"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sweep", "--algorithms", "sgd"], "unknown algorithms"),
+        (["sweep", "--threads", "0"], "positive"),
+        (["sweep", "--repeats", "3"], "--repeats must be >= 5"),
+        (["sweep", "--dtypes", "float16"], "unknown dtypes"),
+    ],
+)
 def test_bad_command_lines(argv, message, capsys):
     with pytest.raises(SystemExit):
         cli.parse_args(argv)
@@ -96,22 +122,38 @@ def test_bad_command_lines(argv, message, capsys):
 
 def test_timing_protocol_interleaves_and_takes_medians():
     calls = []
-    result = timing.measure_interleaved({"a": lambda: calls.append("a"),
-                                         "b": lambda: calls.append("b")},
-                                        repeats=5, min_sample_s=1e-4)
+    result = timing.measure_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        repeats=5,
+        min_sample_s=1e-4,
+    )
     assert set(result) == {"a", "b"} and all(len(r["samples"]) == 5 for r in result.values())
     # After the calibrations, samples alternate between the implementations.
-    tail = calls[-(result["a"]["calls_per_sample"] + result["b"]["calls_per_sample"]):]
+    tail = calls[-(result["a"]["calls_per_sample"] + result["b"]["calls_per_sample"]) :]
     assert tail[0] == "a" and tail[-1] == "b"
     with pytest.raises(ValueError, match="repeats"):
         timing.measure_interleaved({"a": lambda: None}, repeats=2)
 
 
 def test_summary_table_reports_speedup_against_each_peer():
-    rows = [{"label": "c", "impl": "fusedadam", "median_s": 1e-3, "ns_per_element": 1.0,
-             "gb_per_s": 28.0, "pct_roofline": 80.0},
-            {"label": "c", "impl": "torch-fused", "median_s": 3e-3, "ns_per_element": 3.0,
-             "gb_per_s": 9.3, "pct_roofline": 26.7}]
+    rows = [
+        {
+            "label": "c",
+            "impl": "fusedadam",
+            "median_s": 1e-3,
+            "ns_per_element": 1.0,
+            "gb_per_s": 28.0,
+            "pct_roofline": 80.0,
+        },
+        {
+            "label": "c",
+            "impl": "torch-fused",
+            "median_s": 3e-3,
+            "ns_per_element": 3.0,
+            "gb_per_s": 9.3,
+            "pct_roofline": 26.7,
+        },
+    ]
     table = report.summary_table(rows)
     assert table.splitlines()[0].endswith("vs torch-fused |")
     assert table.splitlines()[2] == "| c | 1.00 ms | 1.000 | 28.0 | 80% | 3.00x |"
@@ -119,11 +161,29 @@ def test_summary_table_reports_speedup_against_each_peer():
 
 @compiled
 def test_module_entry_point_runs_bench_and_demo():
-    bench = subprocess.run([sys.executable, "-m", "fusedadam", "bench", "overhead",
-                            "--overhead-sizes", "10", "--sample-ms", "1", "--no-progress"],
-                           capture_output=True, text=True, timeout=120)
+    bench = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusedadam",
+            "bench",
+            "overhead",
+            "--overhead-sizes",
+            "10",
+            "--sample-ms",
+            "1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bench.returncode == 0, bench.stderr
     assert "functional.adam" in bench.stdout
-    demo = subprocess.run([sys.executable, "-m", "fusedadam", "demo", "--size", "1e3"],
-                          capture_output=True, text=True, timeout=120)
+    demo = subprocess.run(
+        [sys.executable, "-m", "fusedadam", "demo", "--size", "1e3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert demo.returncode == 0 and "bit-identical: True" in demo.stdout, demo.stderr

@@ -1,4 +1,5 @@
 """clip_grad_norm: the norm it returns, the scaling it applies, and its errors."""
+
 import math
 
 import numpy as np
@@ -45,15 +46,18 @@ def test_nonfinite_norm_is_returned_or_raises_and_never_scales():
         clip_grad_norm(grads, 1.0, error_if_nonfinite=True)
 
 
-@pytest.mark.parametrize("grads, kwargs, error", [
-    ([np.ones(2)], {"max_norm": 0.0}, ValueError),
-    ([np.ones(2)], {"max_norm": math.nan}, ValueError),
-    ([np.ones(2)], {"max_norm": "1"}, TypeError),
-    ([np.ones(2)], {"max_norm": 1.0, "norm_type": 0.5}, ValueError),
-    ([[1.0, 2.0]], {"max_norm": 1.0}, TypeError),
-    ([np.ones(2, dtype=np.int64)], {"max_norm": 1.0}, TypeError),
-    (3.0, {"max_norm": 1.0}, TypeError),
-])
+@pytest.mark.parametrize(
+    "grads, kwargs, error",
+    [
+        ([np.ones(2)], {"max_norm": 0.0}, ValueError),
+        ([np.ones(2)], {"max_norm": math.nan}, ValueError),
+        ([np.ones(2)], {"max_norm": "1"}, TypeError),
+        ([np.ones(2)], {"max_norm": 1.0, "norm_type": 0.5}, ValueError),
+        ([[1.0, 2.0]], {"max_norm": 1.0}, TypeError),
+        ([np.ones(2, dtype=np.int64)], {"max_norm": 1.0}, TypeError),
+        (3.0, {"max_norm": 1.0}, TypeError),
+    ],
+)
 def test_bad_arguments(grads, kwargs, error):
     with pytest.raises(error):
         clip_grad_norm(grads, **kwargs)

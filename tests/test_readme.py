@@ -1,4 +1,5 @@
 """Every ```python block of README.md runs as pasted, in order, in a scratch directory."""
+
 import re
 from pathlib import Path
 
@@ -8,8 +9,11 @@ import fusedadam
 from fusedadam._clip import clip_grad_norm
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-BLOCKS = re.findall(r"^```python\n(.*?)^```", README.read_text(encoding="utf-8"),
-                    re.S | re.M) if README.is_file() else []
+BLOCKS = (
+    re.findall(r"^```python\n(.*?)^```", README.read_text(encoding="utf-8"), re.S | re.M)
+    if README.is_file()
+    else []
+)
 
 pytestmark = [
     pytest.mark.skipif(not README.is_file(), reason="README.md not shipped here"),
@@ -33,7 +37,7 @@ def exported_clip(monkeypatch):
 
 @pytest.mark.usefixtures("exported_clip")
 def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)    # blocks write checkpoints; later blocks read them
+    monkeypatch.chdir(tmp_path)  # blocks write checkpoints; later blocks read them
     for index, code in enumerate(BLOCKS):
         try:
             exec(compile(code, f"README.md python block {index}", "exec"), {})
@@ -42,5 +46,5 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "step 2000: loss" in out
     loss = float(re.search(r"step 2000: loss ([0-9.]+)", out).group(1))
-    assert loss < 0.01, out       # the MLP fits its target
+    assert loss < 0.01, out  # the MLP fits its target
     assert "JoinSchedules(" in out and " 2000" in out  # the resumed schedule and step

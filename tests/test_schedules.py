@@ -1,4 +1,5 @@
 """Learning-rate schedules: values, composition, validation, and checkpoint round trips."""
+
 import math
 import pickle
 
@@ -26,7 +27,7 @@ def test_values_follow_the_documented_formulas():
     step = S.StepDecay(1.0, step_size=3, gamma=0.5)
     assert [step(t) for t in range(1, 8)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25]
     exp = S.ExponentialDecay(1.0, 0.5, transition_steps=2)
-    assert exp(1) == 1.0 and exp(3) == 0.5 and exp(2) == pytest.approx(0.5 ** 0.5)
+    assert exp(1) == 1.0 and exp(3) == 0.5 and exp(2) == pytest.approx(0.5**0.5)
     floor = S.ExponentialDecay(1.0, 0.5, end_value=0.2)
     assert floor(3) == 0.25 and floor(4) == 0.2 and floor(100) == 0.2
     lin = S.LinearDecay(1.0, 0.0, decay_steps=4)
@@ -38,8 +39,7 @@ def test_values_follow_the_documented_formulas():
 
 
 def test_join_starts_each_schedule_at_its_own_count_zero():
-    join = S.JoinSchedules([S.Constant(3.0), S.LinearDecay(1.0, 0.0, 2), S.Constant(7.0)],
-                           [2, 4])
+    join = S.JoinSchedules([S.Constant(3.0), S.LinearDecay(1.0, 0.0, 2), S.Constant(7.0)], [2, 4])
     assert [join(t) for t in range(1, 7)] == [3.0, 3.0, 1.0, 0.5, 7.0, 7.0]
     wc = S.warmup_cosine_decay(0.0, 1.0, warmup_steps=2, decay_steps=6, end_value=0.1)
     assert [wc(t) for t in (1, 2, 3)] == [0.0, 0.5, 1.0]
@@ -50,8 +50,8 @@ def test_one_cycle_rises_to_the_peak_then_falls_to_the_final_rate():
     sched = S.OneCycle(1.0, total_steps=10, pct_start=0.3, div_factor=10, final_div_factor=100)
     values = [sched(t) for t in range(1, 12)]
     assert values[0] == pytest.approx(0.1)
-    assert max(values) == values[3] == 1.0          # count 3 = round(0.3 * 10)
-    assert values[10] == pytest.approx(0.1 / 100)   # count 10 = total_steps
+    assert max(values) == values[3] == 1.0  # count 3 = round(0.3 * 10)
+    assert values[10] == pytest.approx(0.1 / 100)  # count 10 = total_steps
     assert all(a <= b for a, b in zip(values[:4], values[1:4]))
     assert all(a >= b for a, b in zip(values[3:], values[4:]))
 
@@ -83,7 +83,7 @@ def test_schedule_state_dict_round_trips_through_npz_and_pickle(tmp_path):
 
     for saved in (fa.unflatten_state_dict(np.load(tmp_path / "ckpt.npz")), pickled):
         resumed_w = first.param_groups[0]["params"][0].copy()
-        resumed = fa.AdamW(resumed_w, lr=1.0)       # the checkpoint restores the schedule
+        resumed = fa.AdamW(resumed_w, lr=1.0)  # the checkpoint restores the schedule
         resumed.load_state_dict(saved)
         assert resumed.param_groups[0]["lr"] == sched
         for g in grads[5:]:
@@ -97,19 +97,22 @@ def test_a_lambda_still_cannot_go_into_an_npz():
         fa.flatten_state_dict(opt.state_dict())
 
 
-@pytest.mark.parametrize("make, error", [
-    (lambda: S.Constant(-1.0), ValueError),
-    (lambda: S.Constant(math.nan), ValueError),
-    (lambda: S.Constant("1e-3"), TypeError),
-    (lambda: S.StepDecay(1.0, step_size=0), ValueError),
-    (lambda: S.CosineDecay(1.0, decay_steps=2.5), TypeError),
-    (lambda: S.OneCycle(1.0, 10, pct_start=1.0), ValueError),
-    (lambda: S.JoinSchedules([S.Constant(1.0)], [3]), ValueError),
-    (lambda: S.JoinSchedules([S.Constant(1.0), lambda t: 1.0], [3]), TypeError),
-    (lambda: S.JoinSchedules([S.Constant(1.0)] * 3, [4, 4]), ValueError),
-    (lambda: S.warmup_cosine_decay(0.0, 1.0, 10, 10), ValueError),
-    (lambda: S.from_config({"type": "Nope"}), ValueError),
-])
+@pytest.mark.parametrize(
+    "make, error",
+    [
+        (lambda: S.Constant(-1.0), ValueError),
+        (lambda: S.Constant(math.nan), ValueError),
+        (lambda: S.Constant("1e-3"), TypeError),
+        (lambda: S.StepDecay(1.0, step_size=0), ValueError),
+        (lambda: S.CosineDecay(1.0, decay_steps=2.5), TypeError),
+        (lambda: S.OneCycle(1.0, 10, pct_start=1.0), ValueError),
+        (lambda: S.JoinSchedules([S.Constant(1.0)], [3]), ValueError),
+        (lambda: S.JoinSchedules([S.Constant(1.0), lambda t: 1.0], [3]), TypeError),
+        (lambda: S.JoinSchedules([S.Constant(1.0)] * 3, [4, 4]), ValueError),
+        (lambda: S.warmup_cosine_decay(0.0, 1.0, 10, 10), ValueError),
+        (lambda: S.from_config({"type": "Nope"}), ValueError),
+    ],
+)
 def test_invalid_arguments_are_rejected(make, error):
     with pytest.raises(error):
         make()

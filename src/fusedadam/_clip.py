@@ -4,15 +4,17 @@ For code that needs the norm before stepping (to log it, or to skip a step). tor
 know it as ``torch.nn.utils.clip_grad_norm_``; here the gradients are the arrays passed
 to ``step``, so they are passed in rather than read from ``.grad``.
 """
+
 import math
 import numbers
+from typing import Any, List, Sequence, Union
 
 import numpy as np
 
 __all__ = ["clip_grad_norm"]
 
 
-def _as_grad_list(grads):
+def _as_grad_list(grads: Any) -> List[np.ndarray]:
     if isinstance(grads, np.ndarray):
         return [grads]
     try:
@@ -29,7 +31,7 @@ def _as_grad_list(grads):
     return grads
 
 
-def _norm_of(g, norm_type):
+def _norm_of(g: np.ndarray, norm_type: float) -> float:
     flat = g.reshape(-1)
     if flat.size == 0:
         return 0.0
@@ -41,7 +43,12 @@ def _norm_of(g, norm_type):
     return float(np.sum(np.abs(flat).astype(np.float64) ** norm_type))
 
 
-def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
+def clip_grad_norm(
+    grads: Union[np.ndarray, Sequence[np.ndarray]],
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+) -> float:
     """Scale ``grads`` in place so their total norm is at most ``max_norm``.
 
     The total norm is the norm of all gradients concatenated into one vector. When it
@@ -93,7 +100,8 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     if not math.isfinite(total):
         if error_if_nonfinite:
             raise FloatingPointError(
-                f"the total norm of order {norm_type} of the gradients is {total}")
+                f"the total norm of order {norm_type} of the gradients is {total}"
+            )
         return total
     coef = float(max_norm) / (total + 1e-6)
     if coef < 1.0:

@@ -3,8 +3,10 @@
 Each iteration evaluates the gradient at the current point and takes one optimizer step
 (one compiled call). There is no line search: the optimizer's learning rate sets the step.
 """
+
 import math
 import sys
+from typing import Any, Callable, Dict, Optional, Union
 
 import numpy as np
 
@@ -24,7 +26,7 @@ class OptimizeResult(dict):
     ``x0`` first) and ``fun_history`` (the objective at each of them).
     """
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         try:
             return self[name]
         except KeyError:
@@ -61,8 +63,9 @@ def _make_optimizer(method, x, options):
         if options.get("amsgrad", True) is not True:
             raise ValueError("method='amsgrad' cannot take options={'amsgrad': False}")
         options["amsgrad"] = True
-    cls = {"adam": Adam, "adamw": AdamW, "amsgrad": Adam, "adamax": Adamax,
-           "sparse": SparseAdam}[method]
+    cls = {"adam": Adam, "adamw": AdamW, "amsgrad": Adam, "adamax": Adamax, "sparse": SparseAdam}[
+        method
+    ]
     try:
         return cls([x], **options)
     except TypeError as exc:
@@ -118,8 +121,7 @@ class _Progress:
     def close(self, result):
         if self.bar is not None:
             self.bar.close()
-        print(f"{'Optimization terminated' if result.success else 'Warning'}: "
-              f"{result.message}.")
+        print(f"{'Optimization terminated' if result.success else 'Warning'}: {result.message}.")
         print(f"         Current function value: {result.fun:.6g}")
         print(f"         Iterations: {result.nit}")
         print(f"         Function evaluations: {result.nfev}")
@@ -133,16 +135,27 @@ def _solver_options(options, maxiter):
     if "maxiter" in options:
         from_options = options.pop("maxiter")
         if maxiter is not None and maxiter != from_options:
-            raise ValueError(f"maxiter={maxiter!r} and options['maxiter']={from_options!r} "
-                             "disagree; give one")
+            raise ValueError(
+                f"maxiter={maxiter!r} and options['maxiter']={from_options!r} disagree; give one"
+            )
         maxiter = from_options
     if not isinstance(disp, (bool, np.bool_)):
         raise TypeError(f"options['disp'] must be True or False, got {disp!r}")
     return options, DEFAULT_MAXITER if maxiter is None else maxiter, bool(disp)
 
 
-def minimize(fun, x0, jac=None, method="adam", options=None, callback=None, tol=None,
-             maxiter=None, args=(), return_history=False):
+def minimize(
+    fun: Callable[..., Any],
+    x0: Any,
+    jac: Union[None, bool, str, Callable[..., Any]] = None,
+    method: str = "adam",
+    options: Optional[Dict[str, Any]] = None,
+    callback: Optional[Callable[[np.ndarray], Any]] = None,
+    tol: Optional[float] = None,
+    maxiter: Optional[int] = None,
+    args: Any = (),
+    return_history: bool = False,
+) -> OptimizeResult:
     """Minimize ``fun`` from ``x0`` with a fusedadam optimizer, one step per iteration.
 
     Parameters
@@ -177,7 +190,8 @@ def minimize(fun, x0, jac=None, method="adam", options=None, callback=None, tol=
         Stop when the 2-norm of the gradient at the current point is ``<= tol``
         (``status`` 0). None: no gradient test.
     maxiter : int, optional
-        Most optimizer steps (default 1000; ``options["maxiter"]`` is the same) (``status`` 1 when reached; ``success`` is then False if a
+        Most optimizer steps, default 1000 (``options["maxiter"]`` is the same);
+        ``status`` 1 when reached (``success`` is then False if a
         ``tol`` was given and True otherwise, since running ``maxiter`` steps was the
         request).
     args : tuple
@@ -256,9 +270,7 @@ def minimize(fun, x0, jac=None, method="adam", options=None, callback=None, tol=
         f = _scalar(f)
         g = np.asarray(g)
         if g.size != point.size:
-            raise ValueError(
-                f"the gradient has shape {g.shape}, but x has shape {point.shape}"
-            )
+            raise ValueError(f"the gradient has shape {g.shape}, but x has shape {point.shape}")
         return f, np.array(g.reshape(point.shape), dtype=point.dtype, order="C")
 
     x_history, fun_history = [], []
@@ -302,8 +314,17 @@ def minimize(fun, x0, jac=None, method="adam", options=None, callback=None, tol=
         3: "the objective or the gradient is not finite",
     }
     success = status in (0, 2) or (status == 1 and tol is None)
-    result = OptimizeResult(x=x, fun=f, jac=g, nit=nit, nfev=counter[0], njev=counter[1],
-                            status=status, success=success, message=messages[status])
+    result = OptimizeResult(
+        x=x,
+        fun=f,
+        jac=g,
+        nit=nit,
+        nfev=counter[0],
+        njev=counter[1],
+        status=status,
+        success=success,
+        message=messages[status],
+    )
     if return_history:
         result["x_history"] = x_history
         result["fun_history"] = fun_history

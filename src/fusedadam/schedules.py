@@ -15,9 +15,11 @@ which is how :func:`fusedadam.flatten_state_dict` stores it in an ``.npz`` file.
 >>> lr(1), lr(101), round(lr(1100), 12)
 (0.0, 0.001, 0.0)
 """
+
 import json
 import math
 import numbers
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 __all__ = [
     "Schedule",
@@ -35,7 +37,7 @@ __all__ = [
 ]
 
 
-def _real(value, name, *, positive=False):
+def _real(value: Any, name: str, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     value = float(value)
@@ -45,7 +47,7 @@ def _real(value, name, *, positive=False):
     return value
 
 
-def _count(value, name, *, minimum=1):
+def _count(value: Any, name: str, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
@@ -53,7 +55,7 @@ def _count(value, name, *, minimum=1):
     return int(value)
 
 
-def _step_number(t):
+def _step_number(t: int) -> int:
     """The optimizer's step ``t >= 1`` as the count of steps taken before it."""
     if isinstance(t, bool) or not isinstance(t, numbers.Integral):
         raise TypeError(f"a schedule is called with the step number t (an int), got {t!r}")
@@ -70,18 +72,18 @@ class Schedule:
     ``repr`` and :meth:`to_config` need.
     """
 
-    _fields: tuple = ()
+    _fields: Tuple[str, ...] = ()
 
-    def __call__(self, t):
+    def __call__(self, t: int) -> float:
         return float(self.value(_step_number(t)))
 
-    def value(self, count):
+    def value(self, count: int) -> float:
         """The rate after ``count`` steps (``count = 0`` for the first step)."""
         raise NotImplementedError
 
-    def to_config(self):
+    def to_config(self) -> Dict[str, Any]:
         """JSON-compatible ``{"type": class name, <constructor arguments>}``."""
-        config = {"type": type(self).__name__}
+        config: Dict[str, Any] = {"type": type(self).__name__}
         for name in self._fields:
             value = getattr(self, name)
             if isinstance(value, Schedule):
@@ -91,19 +93,19 @@ class Schedule:
             config[name] = value
         return config
 
-    def to_json(self):
+    def to_json(self) -> str:
         """:meth:`to_config` as a JSON string (what an ``.npz`` checkpoint stores)."""
         return json.dumps(self.to_config(), sort_keys=True)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
         return self.to_config() == other.to_config()
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(self.to_json())
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
         return f"{type(self).__name__}({args})"
 
@@ -119,16 +121,16 @@ class Constant(Schedule):
 
     _fields = ("value_",)
 
-    def __init__(self, value):
+    def __init__(self, value: float) -> None:
         self.value_ = _real(value, "value")
 
-    def value(self, count):
+    def value(self, count: int) -> float:
         return self.value_
 
-    def to_config(self):
+    def to_config(self) -> Dict[str, Any]:
         return {"type": "Constant", "value": self.value_}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Constant(value={self.value_!r})"
 
 
@@ -147,12 +149,12 @@ class StepDecay(Schedule):
 
     _fields = ("init_value", "step_size", "gamma")
 
-    def __init__(self, init_value, step_size, gamma=0.1):
+    def __init__(self, init_value: float, step_size: int, gamma: float = 0.1) -> None:
         self.init_value = _real(init_value, "init_value")
         self.step_size = _count(step_size, "step_size")
         self.gamma = _real(gamma, "gamma")
 
-    def value(self, count):
+    def value(self, count: int) -> float:
         return self.init_value * self.gamma ** (count // self.step_size)
 
 
@@ -175,19 +177,25 @@ class ExponentialDecay(Schedule):
 
     _fields = ("init_value", "decay_rate", "transition_steps", "staircase", "end_value")
 
-    def __init__(self, init_value, decay_rate, transition_steps=1, staircase=False,
-                 end_value=None):
+    def __init__(
+        self,
+        init_value: float,
+        decay_rate: float,
+        transition_steps: int = 1,
+        staircase: bool = False,
+        end_value: Optional[float] = None,
+    ) -> None:
         self.init_value = _real(init_value, "init_value")
         self.decay_rate = _real(decay_rate, "decay_rate", positive=True)
         self.transition_steps = _count(transition_steps, "transition_steps")
         self.staircase = bool(staircase)
         self.end_value = None if end_value is None else _real(end_value, "end_value")
 
-    def value(self, count):
+    def value(self, count: int) -> float:
         exponent = count / self.transition_steps
         if self.staircase:
             exponent = math.floor(exponent)
-        rate = self.init_value * self.decay_rate ** exponent
+        rate = self.init_value * self.decay_rate**exponent
         if self.end_value is not None:
             rate = max(rate, self.end_value) if self.decay_rate < 1 else min(rate, self.end_value)
         return rate
@@ -209,12 +217,12 @@ class LinearDecay(Schedule):
 
     _fields = ("init_value", "end_value", "decay_steps")
 
-    def __init__(self, init_value, end_value, decay_steps):
+    def __init__(self, init_value: float, end_value: float, decay_steps: int) -> None:
         self.init_value = _real(init_value, "init_value")
         self.end_value = _real(end_value, "end_value")
         self.decay_steps = _count(decay_steps, "decay_steps")
 
-    def value(self, count):
+    def value(self, count: int) -> float:
         frac = min(count, self.decay_steps) / self.decay_steps
         return self.init_value + (self.end_value - self.init_value) * frac
 
@@ -237,15 +245,16 @@ class CosineDecay(Schedule):
 
     _fields = ("init_value", "decay_steps", "end_value")
 
-    def __init__(self, init_value, decay_steps, end_value=0.0):
+    def __init__(self, init_value: float, decay_steps: int, end_value: float = 0.0) -> None:
         self.init_value = _real(init_value, "init_value")
         self.decay_steps = _count(decay_steps, "decay_steps")
         self.end_value = _real(end_value, "end_value")
 
-    def value(self, count):
+    def value(self, count: int) -> float:
         frac = min(count, self.decay_steps) / self.decay_steps
         return self.end_value + (self.init_value - self.end_value) * 0.5 * (
-            1.0 + math.cos(math.pi * frac))
+            1.0 + math.cos(math.pi * frac)
+        )
 
 
 class LinearWarmup(Schedule):
@@ -263,12 +272,12 @@ class LinearWarmup(Schedule):
 
     _fields = ("init_value", "peak_value", "warmup_steps")
 
-    def __init__(self, init_value, peak_value, warmup_steps):
+    def __init__(self, init_value: float, peak_value: float, warmup_steps: int) -> None:
         self.init_value = _real(init_value, "init_value")
         self.peak_value = _real(peak_value, "peak_value")
         self.warmup_steps = _count(warmup_steps, "warmup_steps")
 
-    def value(self, count):
+    def value(self, count: int) -> float:
         frac = min(count, self.warmup_steps) / self.warmup_steps
         return self.init_value + (self.peak_value - self.init_value) * frac
 
@@ -297,8 +306,14 @@ class OneCycle(Schedule):
 
     _fields = ("max_value", "total_steps", "pct_start", "div_factor", "final_div_factor")
 
-    def __init__(self, max_value, total_steps, pct_start=0.3, div_factor=25.0,
-                 final_div_factor=1e4):
+    def __init__(
+        self,
+        max_value: float,
+        total_steps: int,
+        pct_start: float = 0.3,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+    ) -> None:
         self.max_value = _real(max_value, "max_value")
         self.total_steps = _count(total_steps, "total_steps", minimum=2)
         self.pct_start = _real(pct_start, "pct_start")
@@ -307,7 +322,7 @@ class OneCycle(Schedule):
         self.div_factor = _real(div_factor, "div_factor", positive=True)
         self.final_div_factor = _real(final_div_factor, "final_div_factor", positive=True)
 
-    def value(self, count):
+    def value(self, count: int) -> float:
         initial = self.max_value / self.div_factor
         final = initial / self.final_div_factor
         rise = min(max(1, round(self.pct_start * self.total_steps)), self.total_steps - 1)
@@ -336,21 +351,23 @@ class JoinSchedules(Schedule):
 
     _fields = ("schedules", "boundaries")
 
-    def __init__(self, schedules, boundaries):
+    def __init__(self, schedules: Sequence[Schedule], boundaries: Sequence[int]) -> None:
         schedules, boundaries = list(schedules), list(boundaries)
         for i, s in enumerate(schedules):
             if not isinstance(s, Schedule):
                 raise TypeError(f"schedules[{i}] must be a Schedule (picklable), got {s!r}")
         if len(schedules) != len(boundaries) + 1:
-            raise ValueError(f"{len(schedules)} schedules need {len(schedules) - 1} "
-                             f"boundaries, got {len(boundaries)}")
+            raise ValueError(
+                f"{len(schedules)} schedules need {len(schedules) - 1} "
+                f"boundaries, got {len(boundaries)}"
+            )
         boundaries = [_count(b, f"boundaries[{i}]") for i, b in enumerate(boundaries)]
         if any(b <= a for a, b in zip(boundaries, boundaries[1:])):
             raise ValueError(f"boundaries must be strictly increasing, got {boundaries}")
         self.schedules = tuple(schedules)
         self.boundaries = tuple(boundaries)
 
-    def value(self, count):
+    def value(self, count: int) -> float:
         start = 0
         for schedule, boundary in zip(self.schedules, self.boundaries):
             if count < boundary:
@@ -359,7 +376,13 @@ class JoinSchedules(Schedule):
         return self.schedules[-1].value(count - start)
 
 
-def warmup_cosine_decay(init_value, peak_value, warmup_steps, decay_steps, end_value=0.0):
+def warmup_cosine_decay(
+    init_value: float,
+    peak_value: float,
+    warmup_steps: int,
+    decay_steps: int,
+    end_value: float = 0.0,
+) -> JoinSchedules:
     """Linear warmup to ``peak_value``, then cosine decay to ``end_value``.
 
     ``decay_steps`` counts the whole schedule, warmup included (as optax's
@@ -373,19 +396,32 @@ def warmup_cosine_decay(init_value, peak_value, warmup_steps, decay_steps, end_v
     warmup_steps = _count(warmup_steps, "warmup_steps")
     decay_steps = _count(decay_steps, "decay_steps")
     if decay_steps <= warmup_steps:
-        raise ValueError(f"decay_steps ({decay_steps}) must exceed warmup_steps "
-                         f"({warmup_steps})")
+        raise ValueError(f"decay_steps ({decay_steps}) must exceed warmup_steps ({warmup_steps})")
     return JoinSchedules(
-        [LinearWarmup(init_value, peak_value, warmup_steps),
-         CosineDecay(peak_value, decay_steps - warmup_steps, end_value)],
-        [warmup_steps])
+        [
+            LinearWarmup(init_value, peak_value, warmup_steps),
+            CosineDecay(peak_value, decay_steps - warmup_steps, end_value),
+        ],
+        [warmup_steps],
+    )
 
 
-_TYPES = {cls.__name__: cls for cls in (Constant, StepDecay, ExponentialDecay, LinearDecay,
-                                        CosineDecay, LinearWarmup, OneCycle, JoinSchedules)}
+_TYPES = {
+    cls.__name__: cls
+    for cls in (
+        Constant,
+        StepDecay,
+        ExponentialDecay,
+        LinearDecay,
+        CosineDecay,
+        LinearWarmup,
+        OneCycle,
+        JoinSchedules,
+    )
+}
 
 
-def from_config(config):
+def from_config(config: Dict[str, Any]) -> Schedule:
     """The schedule that :meth:`Schedule.to_config` described.
 
     Raises
@@ -402,6 +438,6 @@ def from_config(config):
     return _TYPES[kind](**config)
 
 
-def from_json(text):
+def from_json(text: str) -> Schedule:
     """Inverse of :meth:`Schedule.to_json`."""
     return from_config(json.loads(text))

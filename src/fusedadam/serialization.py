@@ -3,6 +3,9 @@
 >>> np.savez("ckpt.npz", **fa.flatten_state_dict(opt.state_dict()))
 >>> opt.load_state_dict(fa.unflatten_state_dict(np.load("ckpt.npz")))
 """
+
+from typing import Any, Dict, Mapping
+
 import numpy as np
 
 from fusedadam.schedules import Schedule, from_json
@@ -10,7 +13,7 @@ from fusedadam.schedules import Schedule, from_json
 __all__ = ["flatten_state_dict", "unflatten_state_dict"]
 
 
-def flatten_state_dict(state_dict):
+def flatten_state_dict(state_dict: Mapping[str, Any]) -> Dict[str, np.ndarray]:
     """``state_dict()`` as a flat dict of arrays: ``"state/3/exp_avg"``, ``"param_groups/0/lr"``.
 
     Scalars become 0-d arrays; ``betas`` and ``params`` 1-d arrays; ``None`` an empty
@@ -18,7 +21,7 @@ def flatten_state_dict(state_dict):
     stored as its constructor arguments, a JSON string under ``"<key>:schedule"``, so the
     file loads with ``np.load`` and no pickle. Any other callable raises ``TypeError``.
     """
-    flat = {}
+    flat: Dict[str, np.ndarray] = {}
     for index, entry in state_dict["state"].items():
         for key, value in entry.items():
             flat[f"state/{int(index)}/{key}"] = np.asarray(value)
@@ -40,13 +43,14 @@ def flatten_state_dict(state_dict):
     return flat
 
 
-def _scalar(a):
+def _scalar(a: np.ndarray) -> Any:
     return a.item() if a.ndim == 0 else a.tolist()
 
 
-def unflatten_state_dict(flat):
+def unflatten_state_dict(flat: Mapping[str, Any]) -> Dict[str, Any]:
     """Inverse of :func:`flatten_state_dict` (accepts the ``NpzFile`` of ``np.load``)."""
-    state, groups = {}, {}
+    state: Dict[int, Dict[str, Any]] = {}
+    groups: Dict[int, Dict[str, Any]] = {}
     for name in flat.keys():
         kind, index, key = name.split("/", 2)
         value = flat[name]

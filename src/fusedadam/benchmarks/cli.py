@@ -1,4 +1,5 @@
 """``python -m fusedadam bench SCENARIO``: the command line of the shipped benchmarks."""
+
 import argparse
 import shlex
 import sys
@@ -42,30 +43,54 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m fusedadam bench",
         description="Time Adam-family steps: fusedadam against its roofline and its peers.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
     parser.add_argument("scenario", choices=sorted(scenarios.SCENARIOS))
-    parser.add_argument("--sizes", default=None,
-                        help="elements per array (sweep, roofline); default 1e3,1e4,1e5,1e6,1e7")
+    parser.add_argument(
+        "--sizes",
+        default=None,
+        help="elements per array (sweep, roofline); default 1e3,1e4,1e5,1e6,1e7",
+    )
     parser.add_argument("--dtypes", default="float32", help="float32,float64")
-    parser.add_argument("--algorithms", default="adam",
-                        help=f"some of {','.join(peers.ALGORITHMS)} (default adam)")
-    parser.add_argument("--threads", default=None,
-                        help="thread counts, e.g. 1,2 (default: 1 and all processors)")
-    parser.add_argument("--impls", default=",".join(peers.IMPLS),
-                        help="implementations to time (default: all that import)")
-    parser.add_argument("--model", default="bert-base",
-                        help=f"model: {','.join(scenarios.MODELS)}, PATH.npz or 100x64,64; "
-                             "comma-separated names")
+    parser.add_argument(
+        "--algorithms", default="adam", help=f"some of {','.join(peers.ALGORITHMS)} (default adam)"
+    )
+    parser.add_argument(
+        "--threads", default=None, help="thread counts, e.g. 1,2 (default: 1 and all processors)"
+    )
+    parser.add_argument(
+        "--impls",
+        default=",".join(peers.IMPLS),
+        help="implementations to time (default: all that import)",
+    )
+    parser.add_argument(
+        "--model",
+        default="bert-base",
+        help=f"model: {','.join(scenarios.MODELS)}, PATH.npz or 100x64,64; comma-separated names",
+    )
     parser.add_argument("--overhead-sizes", default="1,100,1e4")
     parser.add_argument("--repeats", type=int, default=5, help="samples per implementation")
-    parser.add_argument("--sample-ms", type=float, default=50.0,
-                        help="shortest sample in ms (default 50)")
-    parser.add_argument("--numpy-max", type=float, default=1e7,
-                        help="skip the slow NumPy reference above this many elements")
-    parser.add_argument("--mem-fraction", type=float, default=0.5,
-                        help="skip a case needing more than this fraction of free memory")
-    parser.add_argument("--quick", action="store_true",
-                        help="a short run: sizes 1e4,1e5,1e6, 20 ms samples, toy model")
+    parser.add_argument(
+        "--sample-ms", type=float, default=50.0, help="shortest sample in ms (default 50)"
+    )
+    parser.add_argument(
+        "--numpy-max",
+        type=float,
+        default=1e7,
+        help="skip the slow NumPy reference above this many elements",
+    )
+    parser.add_argument(
+        "--mem-fraction",
+        type=float,
+        default=0.5,
+        help="skip a case needing more than this fraction of free memory",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run: sizes 1e4,1e5,1e6, 20 ms samples, toy model",
+    )
     parser.add_argument("--json", metavar="PATH", help="write every measurement to PATH")
     parser.add_argument("--plot", metavar="PATH.png", help="draw a plot (needs matplotlib)")
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
@@ -83,8 +108,11 @@ def parse_args(argv=None):
     args.impls = _names(args.impls, peers.IMPLS, "implementations", parser)
     args.models = [m for m in args.model.split(",") if m]
     try:
-        args.threads = (sorted({int(x) for x in args.threads.split(",")}) if args.threads
-                        else sorted({1, nproc}))
+        args.threads = (
+            sorted({int(x) for x in args.threads.split(",")})
+            if args.threads
+            else sorted({1, nproc})
+        )
     except ValueError:
         parser.error(f"--threads takes positive ints, got {args.threads!r}")
     if min(args.threads) < 1:
@@ -132,17 +160,25 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if not roofline.compiled_available():
-        print("note: fusedadam's compiled extension is not built here: only the NumPy "
-              "reference and the peers are timed", file=sys.stderr)
+        print(
+            "note: fusedadam's compiled extension is not built here: only the NumPy "
+            "reference and the peers are timed",
+            file=sys.stderr,
+        )
     env = timing.environment(peers.peer_versions())
     info = env["fusedadam"]
-    print(f"# fusedadam {info['version']}  compiled={info['compiled']}  simd={info['simd']}  "
-          f"openmp={info['openmp']}  max_threads={info['max_threads']}")
-    print(f"# {env['cpu']}, {env['nproc']} CPUs; Python {env['python']}, NumPy {env['numpy']}; "
-          f"peers: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in env["peers"].items()))
+    print(
+        f"# fusedadam {info['version']}  compiled={info['compiled']}  simd={info['simd']}  "
+        f"openmp={info['openmp']}  max_threads={info['max_threads']}"
+    )
+    print(
+        f"# {env['cpu']}, {env['nproc']} CPUs; Python {env['python']}, NumPy {env['numpy']}; "
+        f"peers: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in env["peers"].items())
+    )
     print(f"# load average at start: {env['loadavg_at_start']}")
     cases = scenarios.SCENARIOS[args.scenario](args)
-    notes, rows = {}, []
+    notes: dict = {}
+    rows: list = []
     progress = _Progress(len(cases), not args.no_progress)
     try:
         for case in cases:
@@ -157,7 +193,7 @@ def main(argv=None):
         progress.close()
     env["loadavg_at_end"] = timing.load_average()
     skipped = peers.skipped(notes)
-    print(f"\n## Summary (medians; 'vs X' = X's time / fusedadam's)\n")
+    print("\n## Summary (medians; 'vs X' = X's time / fusedadam's)\n")
     print(report.summary_table(rows))
     command = "python -m fusedadam bench " + " ".join(shlex.quote(a) for a in argv)
     print(f"\n{command}")
@@ -173,8 +209,10 @@ def main(argv=None):
         title = f"fusedadam {info['version']} {args.scenario}: {env['cpu']}"
         draw = report.plot if args.scenario in ("sweep", "roofline") else report.bar_plot
         if draw(rows, args.plot, title) is None:
-            print("matplotlib is not installed (pip install 'fusedadam[bench]'): no plot",
-                  file=sys.stderr)
+            print(
+                "matplotlib is not installed (pip install 'fusedadam[bench]'): no plot",
+                file=sys.stderr,
+            )
         else:
             print(f"wrote {args.plot}")
     return rows

@@ -17,9 +17,11 @@ torch-single, torch-foreach, torch-fused
                   ``fused=True``, gradients sharing the NumPy arrays' memory
 deepspeed         ``deepspeed.ops.adam.DeepSpeedCPUAdam`` (Adam and AdamW)
 """
+
 import contextlib
 import io
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -53,16 +55,22 @@ class Algorithm:
 
     fa_class: str
     options: dict = field(default_factory=dict)
-    loop: str = None
+    loop: Optional[str] = None
     arrays_moved: int = 7
-    torch_class: str = None
-    deepspeed: dict = None
+    torch_class: Optional[str] = None
+    deepspeed: Optional[dict] = None
 
 
 ALGORITHMS = {
     "adam": Algorithm("Adam", {}, "ADAM", 7, "Adam", {"adamw_mode": False}),
-    "adamw": Algorithm("AdamW", {"weight_decay": WEIGHT_DECAY}, "ADAM", 7, "AdamW",
-                       {"adamw_mode": True, "weight_decay": WEIGHT_DECAY}),
+    "adamw": Algorithm(
+        "AdamW",
+        {"weight_decay": WEIGHT_DECAY},
+        "ADAM",
+        7,
+        "AdamW",
+        {"adamw_mode": True, "weight_decay": WEIGHT_DECAY},
+    ),
     "amsgrad": Algorithm("Adam", {"amsgrad": True}, "AMSGRAD", 9, "Adam"),
     "adamax": Algorithm("Adamax", {}, "ADAMAX", 7, "Adamax"),
 }
@@ -123,8 +131,11 @@ def _torch(variant, algorithm, params, grads, n_threads):
         t = torch.nn.Parameter(torch.from_numpy(p))
         t.grad = torch.from_numpy(g)  # shares memory: no copy inside the timed loop
         tensors.append(t)
-    flags = {"torch-single": {"foreach": False}, "torch-foreach": {"foreach": True},
-             "torch-fused": {"fused": True}}[variant]
+    flags = {
+        "torch-single": {"foreach": False},
+        "torch-foreach": {"foreach": True},
+        "torch-fused": {"fused": True},
+    }[variant]
     opt = cls(tensors, lr=LR, **algorithm.options, **flags)
     opt.step()  # raises here when torch lacks the variant (e.g. fused Adamax on CPU)
     return opt.step
@@ -156,8 +167,9 @@ def _build_one(name, algorithm, params, grads, n_threads):
     if name == "fusedadam-kernel":
         return roofline.kernel_step(params, grads, algorithm.loop, n_threads)
     if name == "roofline":
-        return roofline.roofline_step(params, grads, 3 if algorithm.arrays_moved > 7 else 2,
-                                      n_threads)
+        return roofline.roofline_step(
+            params, grads, 3 if algorithm.arrays_moved > 7 else 2, n_threads
+        )
     if name.startswith("torch-"):
         return _torch(name, algorithm, params, grads, n_threads)
     if name == "deepspeed":

@@ -1,5 +1,7 @@
 """What a benchmark run shows: terminal tables, a Markdown summary, JSON and a plot."""
+
 import json
+from typing import Any, Dict
 
 __all__ = ["case_table", "summary_table", "write_json", "plot"]
 
@@ -23,50 +25,67 @@ def case_table(rows):
     fusedadam is (> 1: fusedadam wins).
     """
     fa = next((r["median_s"] for r in rows if r["impl"] == "fusedadam"), None)
-    lines = [f"{'implementation':18s} {'median':>11s} {'min':>11s} {'ns/elem':>9s} "
-             f"{'GB/s':>7s} {'%roof':>6s} {'fa speedup':>10s}"]
+    lines = [
+        f"{'implementation':18s} {'median':>11s} {'min':>11s} {'ns/elem':>9s} "
+        f"{'GB/s':>7s} {'%roof':>6s} {'fa speedup':>10s}"
+    ]
     for r in rows:
         pct = f"{r['pct_roofline']:6.1f}" if r.get("pct_roofline") else "     -"
-        speedup = f"{r['median_s'] / fa:9.2f}x" if fa and r["impl"] != "fusedadam" else \
-            "         -"
-        lines.append(f"{r['impl']:18s} {fmt_time(r['median_s']):>11s} "
-                     f"{fmt_time(r['min_s']):>11s} {r['ns_per_element']:9.3f} "
-                     f"{r['gb_per_s']:7.2f} {pct} {speedup}")
+        speedup = f"{r['median_s'] / fa:9.2f}x" if fa and r["impl"] != "fusedadam" else "         -"
+        lines.append(
+            f"{r['impl']:18s} {fmt_time(r['median_s']):>11s} "
+            f"{fmt_time(r['min_s']):>11s} {r['ns_per_element']:9.3f} "
+            f"{r['gb_per_s']:7.2f} {pct} {speedup}"
+        )
     return "\n".join(lines)
 
 
 def summary_table(rows):
     """A Markdown table, one line per case: fusedadam's numbers and its speedup vs peers."""
-    cases = {}
+    cases: Dict[str, Dict[str, Any]] = {}
     for r in rows:
         cases.setdefault(r["label"], {})[r["impl"]] = r
     versus = [v for v in VERSUS if any(v in impls for impls in cases.values())]
-    out = ["| case | fusedadam median | ns/element | GB/s | % of roofline | "
-           + "".join(f"vs {v} | " for v in versus),
-           "|---|---:|---:|---:|---:|" + "---:|" * len(versus)]
+    out = [
+        "| case | fusedadam median | ns/element | GB/s | % of roofline | "
+        + "".join(f"vs {v} | " for v in versus),
+        "|---|---:|---:|---:|---:|" + "---:|" * len(versus),
+    ]
     for label, impls in cases.items():
         fa = impls.get("fusedadam")
         if fa is None:
             continue
         pct = f"{fa['pct_roofline']:.0f}%" if fa.get("pct_roofline") else "-"
-        rel = [f"{impls[v]['median_s'] / fa['median_s']:.2f}x" if v in impls else "-"
-               for v in versus]
-        out.append(f"| {label} | {fmt_time(fa['median_s'])} | {fa['ns_per_element']:.3f} | "
-                   f"{fa['gb_per_s']:.1f} | {pct} | " + "".join(f"{x} | " for x in rel))
+        rel = [
+            f"{impls[v]['median_s'] / fa['median_s']:.2f}x" if v in impls else "-" for v in versus
+        ]
+        out.append(
+            f"| {label} | {fmt_time(fa['median_s'])} | {fa['ns_per_element']:.3f} | "
+            f"{fa['gb_per_s']:.1f} | {pct} | " + "".join(f"{x} | " for x in rel)
+        )
     return "\n".join(line.rstrip() for line in out)
 
 
 def _compact(rows):
     """Floats rounded to 4 significant digits: small JSON files."""
-    return [{k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in r.items()}
-            for r in rows]
+    return [
+        {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in r.items()} for r in rows
+    ]
 
 
 def write_json(path, environment, command, notes, rows):
     """Write a run: ``{"environment", "command", "skipped", "rows"}``."""
     with open(path, "w") as f:
-        json.dump({"environment": environment, "command": command, "skipped": notes,
-                   "rows": _compact(rows)}, f, indent=1)
+        json.dump(
+            {
+                "environment": environment,
+                "command": command,
+                "skipped": notes,
+                "rows": _compact(rows),
+            },
+            f,
+            indent=1,
+        )
         f.write("\n")
 
 
@@ -95,15 +114,29 @@ def plot(rows, path, title):
     for ax, (alg, dt) in zip(axes.flat, combos):
         for impl in impls:
             for t in threads:
-                pts = sorted((r[x_key], r["gb_per_s"]) for r in rows if r["impl"] == impl
-                             and r["threads"] == t and r["algorithm"] == alg
-                             and r["dtype"] == dt)
+                pts = sorted(
+                    (r[x_key], r["gb_per_s"])
+                    for r in rows
+                    if r["impl"] == impl
+                    and r["threads"] == t
+                    and r["algorithm"] == alg
+                    and r["dtype"] == dt
+                )
                 if not pts:
                     continue
-                style = {"color": "black", "linestyle": "--"} if impl == "roofline" else \
-                    {"color": colors[impl], "linestyle": "-" if t == threads[-1] else ":"}
-                ax.plot(*zip(*pts), marker=markers[t], markersize=5, linewidth=1.5,
-                        label=f"{impl}, {t} thread{'s' if t > 1 else ''}", **style)
+                style = (
+                    {"color": "black", "linestyle": "--"}
+                    if impl == "roofline"
+                    else {"color": colors[impl], "linestyle": "-" if t == threads[-1] else ":"}
+                )
+                ax.plot(
+                    *zip(*pts),
+                    marker=markers[t],
+                    markersize=5,
+                    linewidth=1.5,
+                    label=f"{impl}, {t} thread{'s' if t > 1 else ''}",
+                    **style,
+                )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("elements per step")
@@ -111,7 +144,7 @@ def plot(rows, path, title):
         ax.set_title(f"{alg}, {dt}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-    for ax in list(axes.flat)[len(combos):]:
+    for ax in list(axes.flat)[len(combos) :]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

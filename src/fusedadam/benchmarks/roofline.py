@@ -9,17 +9,20 @@ write p, m, v; with a third state array also read and write it) with trivial ari
 on the same threads and slices as the real loop. Its time is what the memory system
 allows; ``% of roofline`` is its median over an implementation's median.
 """
+
+from typing import Any
+
 import numpy as np
 
 from fusedadam import functional
 
+_kernels: Any
 try:
     from fusedadam import _kernels
 except ImportError:  # built without the extension: no kernel, no probe
     _kernels = None
 
-__all__ = ["compiled_available", "kernel_step", "roofline_step", "functional_step",
-           "num_procs"]
+__all__ = ["compiled_available", "kernel_step", "roofline_step", "functional_step", "num_procs"]
 
 # Step t=10 of the usual defaults: bias correction active, every scalar non-trivial.
 SCALARS = functional.adam_scalars(10, 1e-3, 0.9, 0.999, 1e-8)
@@ -81,7 +84,15 @@ def functional_step(params, grads, n_threads):
     params, grads = list(params), list(grads)
 
     def step():
-        functional.adam(params, grads, exp_avgs, exp_avg_sqs, step=10, lr=1e-3,
-                        num_threads=n_threads, backend="compiled")
+        functional.adam(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            step=10,
+            lr=1e-3,
+            num_threads=n_threads,
+            backend="compiled",
+        )
 
     return step

@@ -6,9 +6,11 @@ model     a model's list of arrays stepped in one call: ``bert-base``, ``gpt2``,
 overhead  tiny arrays: the cost of one call, end to end and below the optimizer layer
 roofline  the bandwidth probe alone against fusedadam, per size and thread count
 """
+
 import gc
 import os
 from dataclasses import dataclass
+from typing import List, Tuple
 
 import numpy as np
 
@@ -38,24 +40,25 @@ class Case:
 
 def _bert_base():
     d, ff, vocab = 768, 3072, 30522
-    shapes = [(vocab, d), (512, d), (2, d), (d,), (d,)]
+    shapes: List[Tuple[int, ...]] = [(vocab, d), (512, d), (2, d), (d,), (d,)]
     for _ in range(12):
-        shapes += [(d, d), (d,)] * 4 + [(d,), (d,)]      # q, k, v, out; LayerNorm
+        shapes += [(d, d), (d,)] * 4 + [(d,), (d,)]  # q, k, v, out; LayerNorm
         shapes += [(ff, d), (ff,), (d, ff), (d,), (d,), (d,)]
-    return shapes + [(d, d), (d,)]                      # pooler
+    return shapes + [(d, d), (d,)]  # pooler
 
 
 def _gpt2():
     d, ff, vocab, ctx = 768, 3072, 50257, 1024
-    shapes = [(vocab, d), (ctx, d)]
+    shapes: List[Tuple[int, ...]] = [(vocab, d), (ctx, d)]
     for _ in range(12):
-        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,)]   # ln_1, attn
-        shapes += [(d,), (d,), (d, ff), (ff,), (ff, d), (d,)]        # ln_2, mlp
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,)]  # ln_1, attn
+        shapes += [(d,), (d,), (d, ff), (ff,), (ff, d), (d,)]  # ln_2, mlp
     return shapes + [(d,), (d,)]
 
 
 def _toy():
-    d, shapes = 64, [(1000, 64), (512, 64)]
+    d = 64
+    shapes: List[Tuple[int, ...]] = [(1000, 64), (512, 64)]
     for _ in range(6):
         shapes += [(d, d)] * 4 + [(4 * d, d), (d, 4 * d)] + [(d,)] * 10
     return shapes
@@ -77,8 +80,10 @@ def model_shapes(spec):
     try:
         return [tuple(int(d) for d in item.split("x")) for item in spec.split(",")]
     except ValueError:
-        raise ValueError(f"--model {spec!r} is not one of {sorted(MODELS)}, a .npz file "
-                         "or a shape list like 1000x64,64") from None
+        raise ValueError(
+            f"--model {spec!r} is not one of {sorted(MODELS)}, a .npz file "
+            "or a shape list like 1000x64,64"
+        ) from None
 
 
 def _arrays(shapes, dtype, seed):
@@ -94,31 +99,43 @@ def run_case(case, args, notes):
     # Live arrays: the shared gradients, <= 4 per implementation and NumPy's temporaries.
     need = n * itemsize * (1 + 4 * len(impls) + (3 if "numpy" in impls else 0))
     if need > args.mem_fraction * timing.available_bytes():
-        notes[("all", case.algorithm, case.dtype)] = \
+        notes[("all", case.algorithm, case.dtype)] = (
             f"{case.label} skipped: needs ~{need / 2**30:.1f} GiB"
+        )
         return []
     grads = _arrays(case.shapes, case.dtype, SEED + 1)
     base = _arrays(case.shapes, case.dtype, SEED)
-    fns = peers.build(impls, case.algorithm, lambda: [p.copy() for p in base], grads,
-                      case.threads, notes)
+    fns = peers.build(
+        impls, case.algorithm, lambda: [p.copy() for p in base], grads, case.threads, notes
+    )
     if case.scenario == "overhead" and roofline.compiled_available():
-        fns["functional.adam"] = roofline.functional_step([p.copy() for p in base], grads,
-                                                          case.threads)
+        fns["functional.adam"] = roofline.functional_step(
+            [p.copy() for p in base], grads, case.threads
+        )
     res = timing.measure_interleaved(fns, args.repeats, args.sample_ms / 1000)
     traffic = peers.ALGORITHMS[case.algorithm].arrays_moved * itemsize * n
     roof = res.get("roofline", {}).get("median")
     rows = []
     for impl, r in res.items():
-        rows.append({
-            "scenario": case.scenario, "label": case.label, "n_elements": n,
-            "n_arrays": len(case.shapes), "dtype": case.dtype, "algorithm": case.algorithm,
-            "threads": case.threads, "impl": impl, "median_s": r["median"], "min_s": r["min"],
-            "calls_per_sample": r["calls_per_sample"],
-            "ns_per_element": r["median"] / max(n, 1) * 1e9,
-            "gb_per_s": traffic / r["median"] / 1e9,
-            "pct_roofline": 100.0 * roof / r["median"] if roof else None,
-        })
-    del fns, grads, base
+        rows.append(
+            {
+                "scenario": case.scenario,
+                "label": case.label,
+                "n_elements": n,
+                "n_arrays": len(case.shapes),
+                "dtype": case.dtype,
+                "algorithm": case.algorithm,
+                "threads": case.threads,
+                "impl": impl,
+                "median_s": r["median"],
+                "min_s": r["min"],
+                "calls_per_sample": r["calls_per_sample"],
+                "ns_per_element": r["median"] / max(n, 1) * 1e9,
+                "gb_per_s": traffic / r["median"] / 1e9,
+                "pct_roofline": 100.0 * roof / r["median"] if roof else None,
+            }
+        )
+    del fns, grads
     gc.collect()
     return rows
 
@@ -130,8 +147,17 @@ def _grid(args, scenario, shape_sets):
             for threads in args.threads:
                 for name, shapes in shape_sets:
                     label = f"{name} {algorithm} {dtype} threads={threads}"
-                    cases.append(Case(scenario, label, tuple(shapes), dtype, algorithm,
-                                      threads, tuple(args.impls)))
+                    cases.append(
+                        Case(
+                            scenario,
+                            label,
+                            tuple(shapes),
+                            dtype,
+                            algorithm,
+                            threads,
+                            tuple(args.impls),
+                        )
+                    )
     return cases
 
 
@@ -152,10 +178,25 @@ def model_cases(args):
 def overhead_cases(args):
     cases = []
     for n in args.overhead_sizes:
-        cases.append(Case("overhead", f"N={n} {args.dtypes[0]} threads=1", ((n,),),
-                          args.dtypes[0], "adam", 1,
-                          ("fusedadam", "fusedadam-kernel", "numpy", "torch-single",
-                           "torch-foreach", "torch-fused", "deepspeed")))
+        cases.append(
+            Case(
+                "overhead",
+                f"N={n} {args.dtypes[0]} threads=1",
+                ((n,),),
+                args.dtypes[0],
+                "adam",
+                1,
+                (
+                    "fusedadam",
+                    "fusedadam-kernel",
+                    "numpy",
+                    "torch-single",
+                    "torch-foreach",
+                    "torch-fused",
+                    "deepspeed",
+                ),
+            )
+        )
     return cases
 
 
@@ -164,11 +205,23 @@ def roofline_cases(args):
     for dtype in args.dtypes:
         for threads in args.threads:
             for n in args.sizes:
-                cases.append(Case("roofline", f"N={n:.0e} {dtype} threads={threads}",
-                                  ((n,),), dtype, "adam", threads,
-                                  ("roofline", "fusedadam", "fusedadam-kernel")))
+                cases.append(
+                    Case(
+                        "roofline",
+                        f"N={n:.0e} {dtype} threads={threads}",
+                        ((n,),),
+                        dtype,
+                        "adam",
+                        threads,
+                        ("roofline", "fusedadam", "fusedadam-kernel"),
+                    )
+                )
     return cases
 
 
-SCENARIOS = {"sweep": sweep_cases, "model": model_cases, "overhead": overhead_cases,
-             "roofline": roofline_cases}
+SCENARIOS = {
+    "sweep": sweep_cases,
+    "model": model_cases,
+    "overhead": overhead_cases,
+    "roofline": roofline_cases,
+}

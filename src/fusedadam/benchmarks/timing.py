@@ -8,10 +8,12 @@ round-robin, so drifting machine load hits them alike, and summarised by their m
 (robust to a busy neighbour) and minimum. The load average is recorded before and after:
 a fork-join step waits for its slowest thread, so numbers taken on a busy machine say so.
 """
+
 import os
 import platform
 import statistics
 import time
+from typing import Dict, List
 
 import numpy as np
 
@@ -69,13 +71,17 @@ def measure_interleaved(fns, repeats=MIN_REPEATS, min_sample_s=0.05):
     if repeats < MIN_REPEATS:
         raise ValueError(f"repeats must be >= {MIN_REPEATS}, got {repeats}")
     numbers = {name: calibrate(fn, min_sample_s) for name, fn in fns.items()}
-    samples = {name: [] for name in fns}
+    samples: Dict[str, List[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             samples[name].append(_sample(fn, numbers[name]))
     return {
-        name: {"median": statistics.median(s), "min": min(s), "samples": s,
-               "calls_per_sample": numbers[name]}
+        name: {
+            "median": statistics.median(s),
+            "min": min(s),
+            "samples": s,
+            "calls_per_sample": numbers[name],
+        }
         for name, s in samples.items()
     }
 
