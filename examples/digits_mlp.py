@@ -1,4 +1,5 @@
 """A real data set: a NumPy MLP on scikit-learn's handwritten digits, trained by fusedadam.Adam.
+=============================================================================================
 
 ``sklearn.datasets.load_digits`` (1797 8x8 images, bundled with scikit-learn, no download),
 a seeded 75/25 train/test split, pixels scaled to [0, 1]. The network is

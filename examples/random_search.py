@@ -1,4 +1,5 @@
 """Random search over Adam's (lr, beta1, beta2, eps) on Rosenbrock's function.
+===========================================================================
 
 Each trial draws lr log-uniform in [1e-4, 1], beta1 uniform in [0.5, 0.99], 1 - beta2
 log-uniform in [1e-4, 1e-1] and eps log-uniform in [1e-10, 1e-2] (seeded), runs

@@ -1,4 +1,5 @@
 """Rosenbrock's valley from a random start: Adam vs plain gradient descent.
+========================================================================
 
 f(x, y) = (1 - x)^2 + 100 (y - x^2)^2, minimum 0 at (1, 1). Gradient descent needs a step
 small enough for the steepest wall of the valley (here 2e-4) and then crawls along its
@@ -11,7 +12,7 @@ exp_avg_sq / (1 - beta2**t)) grows where gradients are small. The third panel sh
 import numpy as np
 
 import fusedadam as fa
-from _common import parse_args, pyplot, save
+from _common import mark_ends, parse_args, pyplot, save
 
 
 def rosen(p):
@@ -66,10 +67,11 @@ def main(argv=None):
     for ax, name, path in ((axes[0], "Adam, lr=0.02", adam_path),
                            (axes[1], "gradient descent, lr=2e-4", gd_path)):
         ax.contour(X, Y, Z, levels=np.logspace(-1, 3.5, 20), cmap="viridis")
-        ax.plot(path[:, 0], path[:, 1], "-", color="tab:red", lw=1)
-        ax.plot(*start, "ko")
-        ax.plot(1, 1, "k*", ms=12)
+        ax.plot(path[:, 0], path[:, 1], "-", color="tab:red", lw=1.2, label="iterates")
+        mark_ends(ax, path, color="tab:red")
+        ax.plot(1, 1, "P", color="black", ms=10, label="minimum (1, 1)")
         ax.set(title=f"{name}: f = {rosen(path[-1]):.1e}", xlabel="x", ylabel="y")
+        ax.legend(loc="upper left", fontsize=9)
     axes[2].semilogy(effective_lr[:, 0], label="x")
     axes[2].semilogy(effective_lr[:, 1], label="y")
     axes[2].set(title="Adam's effective lr / (sqrt(v̂) + eps)", xlabel="iteration")
