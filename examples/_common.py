@@ -18,8 +18,14 @@ def default_out():
                                                                "fusedadam-examples")
 
 
-def parse_args(description, argv=None):
-    parser = argparse.ArgumentParser(description=description)
+def parse_args(doc, argv=None):
+    """The command line; ``doc`` is the script's docstring (its first line describes it).
+
+    sphinx-gallery runs a script with its docstring taken off (``__doc__`` is then None or
+    empty), and with no command-line arguments.
+    """
+    lines = (doc or "").strip().splitlines()
+    parser = argparse.ArgumentParser(description=lines[0] if lines else None)
     parser.add_argument("--fast", action="store_true",
                         help="few iterations, for tests (the numbers printed are not the "
                              "full run's)")

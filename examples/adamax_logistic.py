@@ -8,7 +8,7 @@ minibatches; step sizes in the paper's ratio (its defaults are 0.001 for Adam an
 0.002 for AdaMax): alpha = 0.01 for Adam and AMSGrad, 2 alpha for AdaMax.
 Prints and plots the full training loss after each epoch.
 
-    python examples/adamax_logistic.py [--fast] [--out DIR]
+    ``python examples/adamax_logistic.py [--fast] [--out DIR]``
 """
 import numpy as np
 
@@ -39,7 +39,7 @@ def loss_and_grad(w, X, y):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__, argv)
     epochs = 3 if args.fast else 30
     rng = np.random.default_rng(0)
     X, y = make_data(rng)

@@ -15,7 +15,7 @@ beta1 = 0.9`` gives exactly ``b1_t = 0.9**t``; with ``bias_correction=False`` th
 ``x -= lr * m / (sqrt(vhat) + eps)``, the tutorial's. The start is the tutorial's too:
 ``np.random.seed(1)`` then one uniform draw in [-1, 1]^2.
 
-    python examples/amsgrad_bowl.py [--fast] [--out DIR]
+    ``python examples/amsgrad_bowl.py [--fast] [--out DIR]``
 """
 import numpy as np
 
@@ -51,7 +51,7 @@ def run(n_iter=100, alpha=0.007, beta1=0.9, beta2=0.99, verbose=True):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__, argv)
     solutions, scores = run(n_iter=10 if args.fast else 100)
     print(f"start {solutions[0]}, final f = {scores[-1]:.3e} after {len(scores) - 1} "
           "iterations")

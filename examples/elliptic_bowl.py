@@ -5,7 +5,7 @@
 Adam's per-coordinate scaling makes both coordinates move at about ``lr`` per step at
 first, although the gradient in x1 is five times steeper: the path starts on the diagonal.
 
-    python examples/elliptic_bowl.py [--fast] [--out DIR]
+    ``python examples/elliptic_bowl.py [--fast] [--out DIR]``
 """
 import numpy as np
 
@@ -18,7 +18,7 @@ def fun(x):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__, argv)
     steps = 20 if args.fast else 100
     res = fa.minimize(fun, np.array([10.0, 10.0]), jac=True, method="adam",
                       options={"lr": 0.4}, maxiter=steps, return_history=True)

@@ -6,7 +6,7 @@ log-uniform in [1e-4, 1e-1] and eps log-uniform in [1e-10, 1e-2] (seeded), runs
 ``fusedadam.minimize`` for a fixed number of steps from (-1.2, 1) and scores the final
 objective. Prints the five best settings and plots the final loss against lr.
 
-    python examples/random_search.py [--fast] [--out DIR]
+    ``python examples/random_search.py [--fast] [--out DIR]``
 """
 import numpy as np
 
@@ -29,7 +29,7 @@ def sample(rng):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__, argv)
     trials, steps = (6, 200) if args.fast else (60, 2000)
     rng = np.random.default_rng(0)
     results = []

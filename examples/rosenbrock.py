@@ -7,7 +7,7 @@ floor; Adam divides each coordinate's step by ``sqrt(v_hat)``, so its effective 
 rate ``lr / (sqrt(v_hat) + eps)`` (read from the optimizer's ``exp_avg_sq`` state, v_hat =
 exp_avg_sq / (1 - beta2**t)) grows where gradients are small. The third panel shows it.
 
-    python examples/rosenbrock.py [--fast] [--out DIR]
+    ``python examples/rosenbrock.py [--fast] [--out DIR]``
 """
 import numpy as np
 
@@ -47,7 +47,7 @@ def run_gd(start, steps, lr):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__, argv)
     steps = 200 if args.fast else 5000
     rng = np.random.default_rng(2)
     start = rng.uniform([-2.0, -1.0], [2.0, 3.0])

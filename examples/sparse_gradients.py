@@ -10,7 +10,7 @@ gradient's scale, and its moments remember a coordinate between sightings. Spars
 (one row per coordinate, only observed rows touched) is the lazy variant: moments of
 unseen coordinates neither decay nor move them.
 
-    python examples/sparse_gradients.py [--fast] [--out DIR]
+    ``python examples/sparse_gradients.py [--fast] [--out DIR]``
 """
 import numpy as np
 
@@ -21,7 +21,7 @@ DIM, P_OBSERVED = 100, 0.1
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__, argv)
     steps = 300 if args.fast else 3000
     rng = np.random.default_rng(0)
     curvature = np.logspace(-2, 2, DIM)
