@@ -12,9 +12,9 @@
 
 Exits non-zero, listing every problem, when a check fails.
 """
+
 import argparse
 import html.parser
-import os
 import re
 import shutil
 import subprocess
@@ -35,9 +35,18 @@ def chromium():
 
 def browser(*args, url):
     """Run headless Chromium on ``url``; returns its stdout (the DOM with --dump-dom)."""
-    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu",
-           "--disable-dev-shm-usage", "--allow-file-access-from-files",
-           "--virtual-time-budget=10000", "--hide-scrollbars", *args, url]
+    cmd = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--allow-file-access-from-files",
+        "--virtual-time-budget=10000",
+        "--hide-scrollbars",
+        *args,
+        url,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(f"chromium failed on {url}: {proc.stderr[-2000:]}")
@@ -77,16 +86,17 @@ def check_links(site):
             url = urllib.parse.urlparse(href)
             if url.scheme or href.startswith("//"):
                 continue
-            target = (page.parent / urllib.parse.unquote(url.path)).resolve() if url.path \
-                else page
+            target = (page.parent / urllib.parse.unquote(url.path)).resolve() if url.path else page
             if not target.exists():
                 problems.append(f"{page.relative_to(site)}: broken link {href}")
                 continue
             if url.fragment and target.suffix == ".html":
                 ids = parsed.setdefault(target, parse(target)).ids
                 if url.fragment not in ids:
-                    problems.append(f"{page.relative_to(site)}: no #{url.fragment} in "
-                                    f"{target.relative_to(site)}")
+                    problems.append(
+                        f"{page.relative_to(site)}: no #{url.fragment} in "
+                        f"{target.relative_to(site)}"
+                    )
     return problems, len(pages)
 
 
@@ -102,8 +112,11 @@ def check_math(site, page):
         problems.append(f"{page}: {rendered} of {expected} math elements rendered by MathJax")
     if "<mjx-merror" in dom:
         problems.append(f"{page}: MathJax reports a TeX error")
-    remote = [s for s in parse(site / page).srcs if urllib.parse.urlparse(s).scheme in
-              ("http", "https") or s.startswith("//")]
+    remote = [
+        s
+        for s in parse(site / page).srcs
+        if urllib.parse.urlparse(s).scheme in ("http", "https") or s.startswith("//")
+    ]
     if remote:
         problems.append(f"{page}: loads from the network: {remote}")
     print(f"  {page}: {rendered} math elements rendered (of {expected})")
@@ -129,8 +142,11 @@ def main(argv=None):
         else:
             print(f"screenshot of {page}: {out} ({out.stat().st_size} bytes)")
     print("math rendered by MathJax in Chromium:")
-    for page in sorted(p.relative_to(site).as_posix() for p in (site / "api").glob("*.html")
-                       if p.name != "index.html") + ["formulas.html"]:
+    for page in sorted(
+        p.relative_to(site).as_posix()
+        for p in (site / "api").glob("*.html")
+        if p.name != "index.html"
+    ) + ["formulas.html"]:
         problems += check_math(site, page)
     link_problems, n_pages = check_links(site)
     problems += link_problems

@@ -7,6 +7,7 @@ MathJax is served from ``_static`` (sphinx-mathjax-offline), and there is no int
 
     python -m sphinx -W --keep-going -b html docs docs/_build/html
 """
+
 import os
 import sys
 
@@ -35,9 +36,16 @@ extensions = [
     "sphinx_gallery.gen_gallery",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "literature.md", "auto_examples/*.ipynb",
-                    "auto_examples/*.py", "auto_examples/*.zip", "auto_examples/*.json",
-                    "auto_examples/*.md5", "sg_execution_times.rst"]
+exclude_patterns = [
+    "_build",
+    "literature.md",
+    "auto_examples/*.ipynb",
+    "auto_examples/*.py",
+    "auto_examples/*.zip",
+    "auto_examples/*.json",
+    "auto_examples/*.md5",
+    "sg_execution_times.rst",
+]
 myst_heading_anchors = 3
 myst_enable_extensions = ["dollarmath"]
 

@@ -5,6 +5,7 @@ its PNG goes: by default a scratch folder, ``$FUSEDADAM_OUTPUT`` or
 ``<temp dir>/fusedadam-examples``, never the repository). matplotlib is optional: without it
 the scripts print and draw nothing.
 """
+
 import argparse
 import os
 import tempfile
@@ -14,8 +15,9 @@ DPI = 110
 
 def default_out():
     """The scratch folder examples write to unless ``--out`` says otherwise."""
-    return os.environ.get("FUSEDADAM_OUTPUT") or os.path.join(tempfile.gettempdir(),
-                                                               "fusedadam-examples")
+    return os.environ.get("FUSEDADAM_OUTPUT") or os.path.join(
+        tempfile.gettempdir(), "fusedadam-examples"
+    )
 
 
 def parse_args(doc, argv=None):
@@ -26,11 +28,14 @@ def parse_args(doc, argv=None):
     """
     lines = (doc or "").strip().splitlines()
     parser = argparse.ArgumentParser(description=lines[0] if lines else None)
-    parser.add_argument("--fast", action="store_true",
-                        help="few iterations, for tests (the numbers printed are not the "
-                             "full run's)")
-    parser.add_argument("--out", default=None,
-                        help=f"directory for the PNG (default: {default_out()})")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="few iterations, for tests (the numbers printed are not the full run's)",
+    )
+    parser.add_argument(
+        "--out", default=None, help=f"directory for the PNG (default: {default_out()})"
+    )
     args = parser.parse_args(argv)
     args.out = args.out or default_out()
     return args
