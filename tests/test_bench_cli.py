@@ -187,3 +187,29 @@ def test_module_entry_point_runs_bench_and_demo():
         timeout=120,
     )
     assert demo.returncode == 0 and "bit-identical: True" in demo.stdout, demo.stderr
+
+
+@compiled
+def test_show_prints_a_saved_run_as_markdown(tmp_path, capsys):
+    out = tmp_path / "run.json"
+    cli.main(
+        [
+            "roofline",
+            "--sizes",
+            "1000",
+            "--threads",
+            "1",
+            "--sample-ms",
+            "1",
+            "--no-progress",
+            "--json",
+            str(out),
+        ]
+    )
+    capsys.readouterr()
+    rows = cli.main(["show", str(out)])
+    text = capsys.readouterr().out
+    assert text.startswith("| case | fusedadam median |")
+    assert "`python -m fusedadam bench roofline --sizes 1000" in text
+    assert "load average (1, 5, 15 min)" in text
+    assert len(rows) == 3  # roofline, fusedadam, fusedadam-kernel

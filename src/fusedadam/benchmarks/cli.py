@@ -1,6 +1,7 @@
 """``python -m fusedadam bench SCENARIO``: the command line of the shipped benchmarks."""
 
 import argparse
+import json
 import shlex
 import sys
 
@@ -11,6 +12,7 @@ __all__ = ["main", "parse_args"]
 EPILOG = """\
 examples:
   python -m fusedadam bench sweep --quick
+  python -m fusedadam bench show sweep.json          # a saved run as Markdown
   python -m fusedadam bench sweep --sizes 1e4,1e5,1e6 --dtypes float32,float64 \\
       --algorithms adam,adamw --threads 1,2 --json sweep.json --plot sweep.png
   python -m fusedadam bench model --model bert-base,gpt2 --threads 2
@@ -155,9 +157,25 @@ class _Progress:
             self.bar.close()
 
 
+def show(argv):
+    """``bench show RUN.json``: a saved run's summary as Markdown (for READMEs and docs)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fusedadam bench show",
+        description="Print the Markdown summary of a run saved with --json.",
+    )
+    parser.add_argument("json", help="a file written by --json")
+    args = parser.parse_args(argv)
+    with open(args.json) as f:
+        run = json.load(f)
+    print(report.markdown(run), end="")
+    return run["rows"]
+
+
 def main(argv=None):
     """Run one scenario; print the tables; write ``--json`` and ``--plot`` when asked."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["show"]:
+        return show(argv[1:])
     args = parse_args(argv)
     if not roofline.compiled_available():
         print(

@@ -66,6 +66,27 @@ def summary_table(rows):
     return "\n".join(line.rstrip() for line in out)
 
 
+def markdown(run):
+    """A ``--json`` run as Markdown: the summary table, then the command and the machine."""
+    env = run["environment"]
+    info = env["fusedadam"]
+    peers = ", ".join(f"{k} {v or 'not installed'}" for k, v in env["peers"].items())
+
+    def load(values):
+        return "unknown" if values is None else " ".join(f"{v:.2f}" for v in values)
+
+    lines = [
+        summary_table(run["rows"]),
+        "",
+        f"`{run['command']}`",
+        "",
+        f"{env['cpu']}, {env['nproc']} CPUs, simd={info['simd']}, NumPy {env['numpy']}, "
+        f"{peers}; load average (1, 5, 15 min) {load(env['loadavg_at_start'])} at the "
+        f"start, {load(env.get('loadavg_at_end'))} at the end; {env['time_utc']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _compact(rows):
     """Floats rounded to 4 significant digits: small JSON files."""
     return [
