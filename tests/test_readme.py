@@ -48,3 +48,18 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
     loss = float(re.search(r"step 2000: loss ([0-9.]+)", out).group(1))
     assert loss < 0.01, out  # the MLP fits its target
     assert "JoinSchedules(" in out and " 2000" in out  # the resumed schedule and step
+
+
+RUN = README.parent / "bench" / "results" / "readme_sweep.json"
+
+
+@pytest.mark.skipif(not RUN.is_file(), reason="bench/results not shipped here")
+def test_readme_and_docs_performance_tables_are_the_documented_run():
+    import json
+
+    from fusedadam.benchmarks import report
+
+    expected = report.markdown(json.loads(RUN.read_text(encoding="utf-8")))
+    assert expected in README.read_text(encoding="utf-8")
+    docs_table = README.parent / "docs" / "perf_table.md"
+    assert docs_table.read_text(encoding="utf-8") == expected
