@@ -213,3 +213,10 @@ def test_show_prints_a_saved_run_as_markdown(tmp_path, capsys):
     assert "`python -m fusedadam bench roofline --sizes 1000" in text
     assert "load average (1, 5, 15 min)" in text
     assert len(rows) == 3  # roofline, fusedadam, fusedadam-kernel
+
+
+@compiled
+def test_progress_is_plain_lines_when_not_a_terminal(capsys):
+    cli.main(["roofline", "--sizes", "100,200", "--threads", "1", "--sample-ms", "1"])
+    err = capsys.readouterr().err
+    assert "[1/2] N=1e+02 float32 threads=1" in err and "[2/2] N=2e+02" in err
