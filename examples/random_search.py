@@ -51,11 +51,15 @@ def main(argv=None):
     plt = pyplot()
     if plt is None:
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.6))
     lrs = [o["lr"] for _, o in results]
     finals = [max(f, 1e-30) for f, _ in results]
-    dots = ax.scatter(lrs, finals, c=[o["betas"][0] for _, o in results], cmap="viridis")
+    dots = ax.scatter(lrs, finals, c=[o["betas"][0] for _, o in results], cmap="viridis",
+                      label="one setting (colour: beta1)")
     fig.colorbar(dots, ax=ax, label="beta1")
+    ax.plot(best["lr"], max(final, 1e-30), "*", color="red", ms=16, mec="black",
+            label=f"best: lr={best['lr']:.3g}, beta1={best['betas'][0]:.2f}")
+    ax.legend(loc="upper left", fontsize=9)
     ax.set(xscale="log", yscale="log", xlabel="lr", ylabel=f"f after {steps} steps",
            title="random search, Adam on Rosenbrock")
     save(fig, args, "random_search.png")
