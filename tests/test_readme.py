@@ -63,3 +63,19 @@ def test_readme_and_docs_performance_tables_are_the_documented_run():
     assert expected in README.read_text(encoding="utf-8")
     docs_table = README.parent / "docs" / "perf_table.md"
     assert docs_table.read_text(encoding="utf-8") == expected
+
+
+DOCS = README.parent / "docs"
+DOC_PAGES = sorted(DOCS.glob("*.rst")) if DOCS.is_dir() else []
+
+
+@pytest.mark.usefixtures("exported_clip")
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: p.name)
+def test_docs_python_code_blocks_run(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(
+        r"\.\. code-block:: python\n\n((?:   .*\n|\n)+)", page.read_text(encoding="utf-8")
+    )
+    for index, block in enumerate(blocks):
+        code = "\n".join(line[3:] for line in block.splitlines())
+        exec(compile(code, f"{page.name} python block {index}", "exec"), {})
