@@ -29,12 +29,12 @@ def test_sweep_prints_a_table_writes_json_and_a_plot(tmp_path, capsys):
     assert "python -m fusedadam bench sweep --sizes 100,1000" in text
     data = json.loads(out.read_text())
     assert data["command"].startswith("python -m fusedadam bench sweep")
-    assert {r["impl"] for r in data["rows"]} >= {
-        "fusedadam",
-        "fusedadam-kernel",
-        "roofline",
-        "numpy",
-    }
+    impls = {r["impl"] for r in data["rows"]}
+    assert impls >= {"fusedadam", "roofline", "numpy"}
+    # The kernel alone is timed where the internal kernel API offers it, else skipped.
+    assert "fusedadam-kernel" in impls or any(
+        line.startswith("fusedadam-kernel (adam, float32):") for line in data["skipped"]
+    )
     assert len(rows) == len(data["rows"])
     assert (
         data["environment"]["loadavg_at_start"] is None
@@ -212,7 +212,8 @@ def test_show_prints_a_saved_run_as_markdown(tmp_path, capsys):
     assert text.startswith("| case | fusedadam median |")
     assert "`python -m fusedadam bench roofline --sizes 1000" in text
     assert "load average (1, 5, 15 min)" in text
-    assert len(rows) == 3  # roofline, fusedadam, fusedadam-kernel
+    assert {r["impl"] for r in rows} >= {"roofline", "fusedadam"}
+    assert rows == json.loads(out.read_text())["rows"]
 
 
 @compiled
