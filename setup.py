@@ -7,7 +7,8 @@ Environment:
   FUSEDADAM_REQUIRE_EXTENSION=1  fail the build when the extension does not compile
                                (without it a failed compile warns and installs pure Python;
                                CI and wheel builds set it so a broken build never ships)
-  FUSEDADAM_BOUNDSCHECK=1      Cython bounds/wraparound checks on (debugging)
+  FUSEDADAM_BOUNDSCHECK=1      Cython bounds/wraparound checks on memoryview indexing
+                               (debugging; the loops index raw pointers and are unaffected)
 """
 import os
 import shlex
@@ -19,12 +20,8 @@ import warnings
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-try:  # setuptools >= 60 vendors distutils; its errors are what a failed compile raises
-    from setuptools.errors import CCompilerError, CompileError, ExecError, LinkError, PlatformError
-except ImportError:  # pragma: no cover - older setuptools
-    from distutils.errors import (CCompilerError, CompileError, LinkError,
-                                  DistutilsExecError as ExecError,
-                                  DistutilsPlatformError as PlatformError)
+# setuptools >= 77 (pyproject.toml's build requirement) has these; a failed compile raises them.
+from setuptools.errors import CCompilerError, CompileError, ExecError, LinkError, PlatformError
 
 BUILD_ERRORS = (CCompilerError, CompileError, ExecError, LinkError, PlatformError, OSError)
 
@@ -132,11 +129,11 @@ class BuildExtWithOpenMP(build_ext):
             # the NumPy reference. -fno-math-errno lets sqrt vectorize; it changes no value.
             # No fast-math and no native-arch flags: wheels must stay exact and portable.
             base = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+            # The step's helper pool (_pool.h) is built on pthreads.
+            compile_args, link_args = compile_args + ["-pthread"], link_args + ["-pthread"]
         for ext in self.extensions:
             ext.extra_compile_args = base + compile_args + list(ext.extra_compile_args)
             ext.extra_link_args = link_args + list(ext.extra_link_args)
-            if compile_args:
-                ext.define_macros = list(ext.define_macros) + [("FUSEDADAM_OPENMP", "1")]
         super().build_extensions()
 
 
@@ -150,20 +147,15 @@ def _extensions():
     ext = Extension(
         "fusedadam._kernels",
         sources=["src/fusedadam/_kernels.pyx"],
-        depends=["src/fusedadam/_loops.h", "src/fusedadam/_finite.h",
+        depends=["src/fusedadam/_dispatch.h", "src/fusedadam/_loops.h",
+                 "src/fusedadam/_finite.h", "src/fusedadam/_sparse_rows.h",
+                 "src/fusedadam/_scalars.h", "src/fusedadam/_pool.h",
                  "src/fusedadam/_openmp.h"],
         include_dirs=["src/fusedadam", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )
-    sparse_ext = Extension(
-        "fusedadam._sparse",
-        sources=["src/fusedadam/_sparse.pyx"],
-        depends=["src/fusedadam/_sparse_rows.h", "src/fusedadam/_openmp.h"],
-        include_dirs=["src/fusedadam", numpy.get_include()],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-    )
     return cythonize(
-        [ext, sparse_ext],
+        [ext],
         include_path=["src"],
         language_level=3,
         compiler_directives={

@@ -1,4 +1,5 @@
-"""Shared fixtures: backends, SIMD paths, thread counts, the parallel threshold."""
+"""Shared fixtures: backends, SIMD paths, thread counts, the parallel threshold, and the
+table of algorithm variants (one per loop kind and option that changes the scalars)."""
 import numpy as np
 import pytest
 
@@ -6,6 +7,37 @@ import fusedadam as fa
 
 COMPILED = fa.backend_info()["compiled"]
 requires_compiled = pytest.mark.skipif(not COMPILED, reason="extension not built")
+BACKENDS = ["numpy"] + (["compiled"] if COMPILED else [])
+
+# name -> (class, options). Together they run every dense loop kind of _loops.h (RAdam's
+# first steps run "momentum", later ones "adam") and every option that changes a scalar.
+VARIANTS = {
+    "adam": (fa.Adam, {}),
+    "adam_l2": (fa.Adam, {"weight_decay": 0.1}),
+    "amsgrad": (fa.Adam, {"amsgrad": True}),
+    "amsgrad_l2_maximize": (fa.Adam, {"amsgrad": True, "weight_decay": 0.05, "maximize": True}),
+    "adamw": (fa.AdamW, {"weight_decay": 0.1}),
+    "adamw_amsgrad": (fa.AdamW, {"amsgrad": True}),
+    "adam_no_bias_correction": (fa.Adam, {"bias_correction": False, "beta1_decay": 0.99}),
+    "adam_lr_schedule": (fa.Adam, {"lr": lambda t: 1e-2 / t**0.5}),
+    "adamax": (fa.Adamax, {}),
+    "adamax_l2_maximize": (fa.Adamax, {"weight_decay": 0.1, "maximize": True}),
+    "adamax_beta1_decay": (fa.Adamax, {"beta1_decay": 0.9, "bias_correction": False}),
+    "nadam": (fa.NAdam, {}),
+    "nadam_l2": (fa.NAdam, {"weight_decay": 0.1, "momentum_decay": 0.01}),
+    "nadam_decoupled_maximize": (fa.NAdam, {"weight_decay": 0.1, "decoupled_weight_decay": True,
+                                            "maximize": True}),
+    "radam": (fa.RAdam, {}),
+    "radam_l2": (fa.RAdam, {"weight_decay": 0.1}),
+    "radam_decoupled_maximize": (fa.RAdam, {"weight_decay": 0.1, "decoupled_weight_decay": True,
+                                            "maximize": True}),
+    "adabelief": (fa.AdaBelief, {}),
+    "adabelief_l2": (fa.AdaBelief, {"weight_decay": 0.1, "eps": 1e-8, "eps_root": 1e-12}),
+    "adabelief_decoupled_maximize": (fa.AdaBelief, {"weight_decay": 0.1, "maximize": True,
+                                                    "decoupled_weight_decay": True}),
+    "lion": (fa.Lion, {}),
+    "lion_maximize": (fa.Lion, {"weight_decay": 0.0, "maximize": True, "betas": (0.95, 0.98)}),
+}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -46,19 +78,20 @@ def simd(request):
     _kernels.set_isa(saved)
 
 
-@pytest.fixture(params=["default", "zero"])
+@pytest.fixture(params=["default", "small"])
 def parallel_threshold(request):
-    """The default serial/parallel threshold, and 0 (every call split over threads)."""
+    """The default chunk size, and 16 elements (every call of more than 16 elements split
+    into chunks that the threads claim)."""
     if not COMPILED:
         yield None
         return
     from fusedadam import _kernels
 
-    saved = _kernels.get_parallel_threshold()
-    if request.param == "zero":
-        _kernels.set_parallel_threshold(0)
-    yield _kernels.get_parallel_threshold()
-    _kernels.set_parallel_threshold(saved)
+    saved = _kernels.get_chunk_size()
+    if request.param == "small":
+        _kernels.set_chunk_size(16)
+    yield _kernels.get_chunk_size()
+    _kernels.set_chunk_size(saved)
 
 
 def snapshot(optimizer):

@@ -85,11 +85,12 @@ def test_kernels_stub_matches_the_compiled_module():
     assert stub.is_file(), "the type stub must be installed next to the extension"
     compiled = {n for n in dir(_kernels) if not n.startswith("_")}
     assert _public_names_of_stub(stub) == compiled
-    stub_kernel = next(n for n in ast.parse(stub.read_text()).body
-                       if isinstance(n, ast.ClassDef) and n.name == "GroupKernel")
-    stub_members = {n.name for n in stub_kernel.body if isinstance(n, ast.FunctionDef)}
-    public = {n for n in dir(_kernels.GroupKernel) if not n.startswith("_")}
-    assert public <= stub_members
+    for cls in ("Driver", "GroupPlan", "Probe"):
+        stub_class = next(n for n in ast.parse(stub.read_text()).body
+                          if isinstance(n, ast.ClassDef) and n.name == cls)
+        stub_members = {n.name for n in stub_class.body if isinstance(n, ast.FunctionDef)}
+        public = {n for n in dir(getattr(_kernels, cls)) if not n.startswith("_")}
+        assert public <= stub_members, cls
 
 
 def test_installed_package_is_typed_and_versioned():

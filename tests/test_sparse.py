@@ -7,11 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fusedadam as fa
-from fusedadam import sparse as sparse_module
+from fusedadam._backend import _kernels
 
 DTYPES = [np.float32, np.float64]
-compiled = pytest.mark.skipif(sparse_module._sparse is None,
-                              reason="the _sparse extension is not built")
+compiled = pytest.mark.skipif(_kernels is None, reason="the extension is not built")
 
 
 def _table(rng, rows, dim, dtype):
@@ -26,9 +25,9 @@ def _run_pair(dtype, rows, dim, steps, k, n_threads, seed=0, duplicates=True,
     W_ref = W.copy()
     opt = fa.SparseAdam([W], backend="compiled", num_threads=n_threads, **hyper)
     ref = fa.SparseAdam([W_ref], backend="numpy", **hyper)
-    old = sparse_module._sparse.get_parallel_threshold()
+    old = _kernels.get_chunk_size()
     if threshold is not None:
-        sparse_module._sparse.set_parallel_threshold(threshold)
+        _kernels.set_chunk_size(threshold)
     try:
         for _ in range(steps):
             idx = rng.integers(0, rows, size=k) if duplicates else rng.permutation(rows)[:k]
@@ -36,7 +35,7 @@ def _run_pair(dtype, rows, dim, steps, k, n_threads, seed=0, duplicates=True,
             opt.step([(idx, vals)])
             ref.step([(idx.copy(), vals.copy())])
     finally:
-        sparse_module._sparse.set_parallel_threshold(old)
+        _kernels.set_chunk_size(old)
     return W, W_ref, opt, ref
 
 
@@ -44,7 +43,7 @@ def _run_pair(dtype, rows, dim, steps, k, n_threads, seed=0, duplicates=True,
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("k", [0, 1, 7, 300])
-@pytest.mark.parametrize("threshold", [None, 0])
+@pytest.mark.parametrize("threshold", [None, 16])
 def test_compiled_matches_reference_bit_for_bit(dtype, n_threads, k, threshold):
     W, W_ref, opt, ref = _run_pair(dtype, 40, 13, 6, k, n_threads, threshold=threshold,
                                    lr=0.05, betas=(0.8, 0.95), eps=1e-6)
@@ -58,8 +57,8 @@ def test_compiled_matches_reference_bit_for_bit(dtype, n_threads, k, threshold):
 @compiled
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_one_and_two_threads_identical_on_the_parallel_path(dtype):
-    W1, _, _, _ = _run_pair(dtype, 500, 64, 4, 2000, 1, threshold=0)
-    W2, _, _, _ = _run_pair(dtype, 500, 64, 4, 2000, 2, threshold=0)
+    W1, _, _, _ = _run_pair(dtype, 500, 64, 4, 2000, 1, threshold=16)
+    W2, _, _, _ = _run_pair(dtype, 500, 64, 4, 2000, 2, threshold=16)
     np.testing.assert_array_equal(W1, W2)
 
 
@@ -78,7 +77,7 @@ def test_one_and_two_threads_identical_on_the_parallel_path(dtype):
 def test_hypothesis_compiled_equals_reference(rows, dim, k, steps, dtype, n_threads,
                                               maximize, seed):
     W, W_ref, opt, ref = _run_pair(dtype, rows, dim, steps, k, n_threads, seed=seed,
-                                   threshold=0, maximize=maximize, lr=0.01)
+                                   threshold=16, maximize=maximize, lr=0.01)
     np.testing.assert_array_equal(W, W_ref)
 
 
@@ -323,22 +322,6 @@ def test_group_rows_sorted_fast_path_and_general_path_agree():
     np.testing.assert_array_equal(starts, [0, 2, 3, 5])
 
 
-def test_falls_back_to_numpy_when_extension_missing(monkeypatch):
-    monkeypatch.setattr(sparse_module, "_sparse", None)
-    monkeypatch.setattr(sparse_module, "_warned_fallback", False)
-    if fa.functional._kernels is None:
-        pytest.skip("the dense extension is missing too; functional warns first")
-    W, W_ref = np.ones((4, 3)), np.ones((4, 3))
-    with pytest.warns(RuntimeWarning, match="_sparse extension is not available"):
-        opt = fa.SparseAdam([W], lr=0.1)
-    grad = [(np.array([2, 0, 2]), np.arange(9.0).reshape(3, 3))]
-    opt.step(grad)
-    fa.SparseAdam([W_ref], lr=0.1, backend="numpy").step(grad)
-    np.testing.assert_array_equal(W, W_ref)
-    with pytest.raises(RuntimeError, match="_sparse extension is not built"):
-        fa.SparseAdam([np.ones((2, 2))], backend="compiled")
-
-
 @pytest.mark.parametrize("backend", ["numpy", pytest.param("compiled", marks=compiled)])
 def test_read_only_non_contiguous_values_and_unsigned_indices(backend):
     rng = np.random.default_rng(9)
@@ -364,7 +347,7 @@ def test_every_instruction_set_gives_the_same_bits(dtype):
     try:
         for name in names:
             ext.set_isa(name)
-            W, W_ref, _, _ = _run_pair(dtype, 30, 37, 3, 80, 2, seed=4, threshold=0)
+            W, W_ref, _, _ = _run_pair(dtype, 30, 37, 3, 80, 2, seed=4, threshold=16)
             np.testing.assert_array_equal(W, W_ref)
             results.append(W)
     finally:
@@ -403,10 +386,3 @@ def test_state_swapped_by_hand_is_checked_before_any_write():
     with pytest.raises(ValueError, match="share memory"):
         opt.step([one, one])
     np.testing.assert_array_equal(A, before)
-
-
-@compiled
-def test_sparse_extension_built_like_the_dense_one():
-    """Both extensions come from one build_ext run: OpenMP is in both or in neither."""
-    kernels = pytest.importorskip("fusedadam._kernels")
-    assert sparse_module._sparse.openmp_enabled() == kernels.openmp_enabled()

@@ -75,7 +75,12 @@ def test_state_dict_layout():
     assert sd["param_groups"][1]["lr"] == 0.05
     assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
     assert set(sd["state"][1]) == {"step", "exp_avg", "exp_avg_sq"}
-    assert all(st["step"] == 1 and type(st["step"]) is int for st in sd["state"].values())
+    # step is the optimizer's own 0-d int64 counter (live, like the arrays), one per group
+    assert all(st["step"] == 1 and st["step"].dtype == np.int64 and st["step"].shape == ()
+               for st in sd["state"].values())
+    assert sd["state"][1]["step"] is sd["state"][3]["step"]
+    opt.step(grads_for(params, 1))
+    assert sd["state"][0]["step"] == 2     # consistently live: moments and step move together
 
 
 def test_load_copies_the_arrays():

@@ -188,14 +188,14 @@ def test_group_override_is_validated_at_construction():
 
 
 def test_compiled_backend_required_but_missing(monkeypatch):
-    monkeypatch.setattr(fa.functional, "_kernels", None)
+    monkeypatch.setattr(fa._backend, "_kernels", None)
     with pytest.raises(RuntimeError, match="extension is not built"):
         fa.Adam(np.zeros(3), backend="compiled")
 
 
 def test_auto_backend_falls_back_with_one_warning(monkeypatch):
-    monkeypatch.setattr(fa.functional, "_kernels", None)
-    monkeypatch.setattr(fa.functional, "_warned_fallback", False)
+    monkeypatch.setattr(fa._backend, "_kernels", None)
+    monkeypatch.setattr(fa._backend, "_warned_fallback", False)
     p = np.zeros(3)
     with pytest.warns(RuntimeWarning, match="NumPy reference backend"):
         opt = fa.Adam(p)

@@ -8,14 +8,10 @@
 from fusedadam import functional, reference
 from fusedadam._version import __version__
 from fusedadam.minimize import OptimizeResult, minimize
-from fusedadam.optim import Adam, Adamax, AdamW, Optimizer
+from fusedadam.optim import AdaBelief, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam
 from fusedadam.sparse import SparseAdam
 from fusedadam.serialization import flatten_state_dict, unflatten_state_dict
-
-try:
-    from fusedadam import _kernels
-except ImportError:  # built without the extension: NumPy reference only
-    _kernels = None
+from fusedadam._backend import _kernels
 
 
 def _apply_simd_env():
@@ -51,9 +47,13 @@ def _apply_simd_env():
 _apply_simd_env()
 
 __all__ = [
+    "AdaBelief",
     "Adam",
     "AdamW",
     "Adamax",
+    "Lion",
+    "NAdam",
+    "RAdam",
     "OptimizeResult",
     "Optimizer",
     "SparseAdam",
@@ -74,13 +74,14 @@ def backend_info():
     with OpenMP), ``max_threads`` (threads a step with ``num_threads=None`` uses now),
     ``num_procs``, ``simd`` (instruction set of the loops in use: ``"baseline"`` is
     SSE2, then ``"avx2"``, ``"avx512"``), ``simd_best`` (the widest this CPU runs),
-    ``parallel_threshold`` (elements below which a call runs on one thread), ``version``.
+    ``chunk_size`` (a step is cut into chunks of this many elements that threads claim one
+    at a time; a call of one chunk runs on the calling thread), ``version``.
     """
     from fusedadam._threads import effective_num_threads
 
     if _kernels is None:
         return {"compiled": False, "openmp": False, "max_threads": 1, "num_procs": 1,
-                "simd": None, "simd_best": None, "parallel_threshold": None,
+                "simd": None, "simd_best": None, "chunk_size": None,
                 "version": __version__}
     return {
         "compiled": True,
@@ -89,6 +90,6 @@ def backend_info():
         "num_procs": _kernels.num_procs(),
         "simd": _kernels.get_isa(),
         "simd_best": _kernels.best_isa(),
-        "parallel_threshold": _kernels.get_parallel_threshold(),
+        "chunk_size": _kernels.get_chunk_size(),
         "version": __version__,
     }

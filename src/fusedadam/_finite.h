@@ -1,5 +1,6 @@
 /*
- * Scan for non-finite gradient values (NaN, +inf, -inf) before a step writes anything.
+ * The non-finite gradient scan (NaN, +inf, -inf), run before a step writes anything.
+ * _dispatch.h instantiates it once per instruction set and element type.
  *
  * An IEEE value is non-finite exactly when all its exponent bits are set, so the scan is
  * integer work on the raw bits: exact, branch-free inside a block, and vectorised (an OR
@@ -15,6 +16,7 @@
 
 #define FA_SCAN_BLOCK 2048
 
+/* Index of the first non-finite value of grad[0:n], or -1. */
 typedef ptrdiff_t (*fa_scan_fn)(const void *grad, ptrdiff_t n);
 
 /* The segment is read as FA_SCAN_STREAMS interleaved sub-ranges at once: one sequential
@@ -42,28 +44,5 @@ typedef ptrdiff_t (*fa_scan_fn)(const void *grad, ptrdiff_t n);
         }                                                                            \
         return -1;                                                                   \
     }
-
-#define FA_DEFINE_SCAN(ISA, ATTR)                                                    \
-    ATTR static ptrdiff_t fa_scan_f32_##ISA(const void *grad, ptrdiff_t n)           \
-        FA_SCAN_BODY(uint32_t, UINT32_C(0x7f800000))                                 \
-    ATTR static ptrdiff_t fa_scan_f64_##ISA(const void *grad, ptrdiff_t n)           \
-        FA_SCAN_BODY(uint64_t, UINT64_C(0x7ff0000000000000))
-
-FA_DEFINE_SCAN(baseline, )
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-FA_DEFINE_SCAN(avx2, __attribute__((target("avx2"))))
-FA_DEFINE_SCAN(avx512, __attribute__((target("avx512f,prefer-vector-width=512"))))
-static const fa_scan_fn fa_scans[3][2] = {
-    {fa_scan_f32_baseline, fa_scan_f64_baseline},
-    {fa_scan_f32_avx2, fa_scan_f64_avx2},
-    {fa_scan_f32_avx512, fa_scan_f64_avx512}};
-#else
-static const fa_scan_fn fa_scans[3][2] = {
-    {fa_scan_f32_baseline, fa_scan_f64_baseline},
-    {fa_scan_f32_baseline, fa_scan_f64_baseline},
-    {fa_scan_f32_baseline, fa_scan_f64_baseline}};
-#endif
-
-static fa_scan_fn fa_get_scan(int isa, int dtype) { return fa_scans[isa][dtype]; }
 
 #endif /* FUSEDADAM_FINITE_H */

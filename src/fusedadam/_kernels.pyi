@@ -1,23 +1,17 @@
 """Type stub of the compiled module ``fusedadam._kernels`` (``_kernels.pyx``)."""
-from typing import Dict, Final, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Final, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 
 _ISAName = Literal["baseline", "avx2", "avx512"]
 
-# Loop kinds (the numbers functional.py uses).
-ADAM: Final[int]
-ADAM_L2: Final[int]
-AMSGRAD: Final[int]
-AMSGRAD_L2: Final[int]
-ADAMAX: Final[int]
-ADAMAX_L2: Final[int]
-PROBE: Final[int]
-
-ISA_NAMES: Final[Tuple[_ISAName, _ISAName, _ISAName]]
-
-# Non-finite gradient policies as StepPlan configs code them.
-NONFINITE_CODES: Final[Dict[str, int]]
+# The names behind the numbers of the C headers (_dispatch.h, _loops.h, _scalars.h).
+ISA_NAMES: Final[Tuple[_ISAName, ...]]
+LOOP_KINDS: Final[Tuple[str, ...]]
+ALGORITHMS: Final[Tuple[str, ...]]
+DTYPES: Final[Tuple[str, ...]]
+SCALAR_FIELDS: Final[Tuple[str, ...]]
+MAX_NUM_THREADS: Final[int]
 
 def openmp_enabled() -> bool:
     """True when the extension was compiled with OpenMP."""
@@ -28,6 +22,9 @@ def max_threads() -> int:
 def num_procs() -> int:
     """Processors available to OpenMP (1 in a serial build)."""
 
+def effective_num_threads(spec: Optional[int]) -> int:
+    """The number of threads a step with ``num_threads=spec`` uses now."""
+
 def best_isa() -> _ISAName:
     """Name of the widest instruction set this CPU runs and this build has loops for."""
 
@@ -37,64 +34,65 @@ def get_isa() -> _ISAName:
 def set_isa(name: _ISAName) -> None:
     """Use the loops of instruction set ``name`` (not wider than ``best_isa()``)."""
 
-def isa_index() -> int:
-    """``ISA_NAMES.index(get_isa())``, for the other compiled modules' dispatch."""
+def get_chunk_size() -> int:
+    """Elements per chunk: a call over more elements than this is split over threads."""
 
-def forked_child() -> bool:
-    """True in a process forked from one that imported fusedadam (steps run serially)."""
+def set_chunk_size(n_elements: int) -> None:
+    """Set the elements per chunk (a multiple of 16; for tests and benchmarks)."""
 
-def get_parallel_threshold() -> int:
-    """Smallest number of elements in a call that is split over threads."""
+def step_scalars(
+    hyper: Dict[str, Any], t: float, lr: float, mu_product: float = ...
+) -> Tuple[str, Dict[str, float], float]:
+    """``(loop kind name, scalars dict, mu_product after)`` of step ``t``."""
 
-def set_parallel_threshold(n_elements: int) -> None:
-    """Set the serial/parallel threshold (for benchmarks measuring it)."""
-
-class GroupKernel:
-    """Validated pointer tables of one parameter group, reused step after step."""
+class GroupPlan:
+    """A validated group: its pointer tables, hyperparameters and what the user sees."""
 
     @property
-    def params(self) -> Tuple[np.ndarray, ...]: ...
+    def group(self) -> dict: ...
     @property
-    def exp_avgs(self) -> Tuple[np.ndarray, ...]: ...
+    def state_names(self) -> Tuple[str, ...]: ...
     @property
-    def seconds(self) -> Tuple[np.ndarray, ...]: ...
+    def installs(self) -> Optional[list]: ...
     @property
-    def thirds(self) -> Optional[Tuple[np.ndarray, ...]]: ...
+    def numpy_backend(self) -> bool: ...
+    @property
+    def nonfinite(self) -> int: ...
+    @property
+    def first_index(self) -> int: ...
+    def __init__(self, spec: Any) -> None: ...
+    def set_hyper(self, spec: Any) -> None:
+        """Take a validated ``_HyperSpec`` (the group's hyperparameters now)."""
+    def last_step(self) -> Tuple[str, Dict[str, float], int]:
+        """``(loop kind name, scalars dict, n_threads)`` of the last step prepared."""
+
+class Driver:
+    """The step of one optimizer: every per-step rule, once, for every backend."""
+
+    def __init__(self, optimizer: Any) -> None: ...
+    def invalidate(self) -> None:
+        """Forget the plans: the next step validates and plans every group again."""
+    @staticmethod
+    def new_plan(spec: Any) -> GroupPlan:
+        """The plan of one validated group (a ``_GroupSpec``) for this driver."""
+    @property
+    def plans(self) -> Optional[List[GroupPlan]]: ...
+    def step(self, grads: Any) -> int:
+        """0: the step ran; 1: non-finite gradients skipped it."""
+
+class Probe:
+    """The bandwidth probe over fixed lists of arrays, for benchmarks."""
+
     def __init__(
         self,
         params: Sequence[np.ndarray],
+        grads: Sequence[np.ndarray],
         exp_avgs: Sequence[np.ndarray],
-        seconds: Sequence[np.ndarray],
-        thirds: Optional[Sequence[np.ndarray]],
-        written_lo: Sequence[int],
-        written_hi: Sequence[int],
+        exp_avg_sqs: Sequence[np.ndarray],
+        thirds: Optional[Sequence[np.ndarray]] = ...,
     ) -> None: ...
-    @property
-    def n_elements(self) -> int:
-        """Total number of parameter elements in the group."""
-    def prepare(self, params: list, grads: list, grad_offset: int, kind: int) -> int:
-        """Check ``params`` and the gradients for a step of loop ``kind``; write nothing."""
-    def run(self, scalars: Tuple[float, ...], n_threads: int) -> None:
-        """Run the step prepared by ``prepare`` with the 10 per-step scalars, in place."""
-    @property
-    def prepared_grads(self) -> Optional[Tuple[list, int]]:
-        """``(grads, offset)`` of the last successful ``prepare``, or None."""
-    def first_nonfinite(self, n_threads: int) -> Optional[Tuple[int, int]]:
-        """After ``prepare``: ``(k, i)`` of the first NaN/inf in the gradients, or None."""
-
-class StepPlan:
-    """An optimizer's steady-state step, run entirely in compiled code."""
-
-    def __init__(
-        self,
-        groups: Sequence[dict],
-        kernels: Sequence[GroupKernel],
-        keys: Sequence[str],
-        steps: List[int],
-        configs: Sequence[tuple],
-    ) -> None: ...
-    def step(self, grads: object) -> int:
-        """0: stepped; 1: skipped (non-finite, policy "skip"); -1: run the Python path."""
+    def run(self, n_threads: int = ...) -> None:
+        """One probe pass over every array, in place, on ``n_threads`` threads."""
 
 def probe(
     params: Sequence[np.ndarray],
@@ -104,4 +102,20 @@ def probe(
     thirds: Optional[Sequence[np.ndarray]] = ...,
     n_threads: int = ...,
 ) -> None:
-    """Run the bandwidth probe (loop kind ``PROBE``) once over lists of arrays, in place."""
+    """One probe pass over lists of arrays, in place."""
+
+def sparse_first_nonfinite(values: np.ndarray) -> int:
+    """Flat index of the first NaN/inf of validated ``values``, or -1."""
+
+def sparse_adam_step(
+    param: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    values: np.ndarray,
+    rows: np.ndarray,
+    order: np.ndarray,
+    starts: np.ndarray,
+    scalars: Dict[str, float],
+    num_threads: Optional[int],
+) -> None:
+    """Update the rows ``rows`` of ``param``, ``exp_avg``, ``exp_avg_sq`` in place."""

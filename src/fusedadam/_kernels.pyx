@@ -1,30 +1,33 @@
 # cython: language_level=3
-"""Compiled core of fusedadam.
+"""Compiled core of fusedadam: the step driver, and every loop through one dispatch table.
 
-One call per parameter group: ``GroupKernel.step`` gathers the gradient pointers with
-C-level checks, releases the GIL, and splits the group's elements evenly over the threads
-(across array boundaries, so arrays of very different sizes stay balanced). Each thread runs
-the per-instruction-set loops of ``_loops.h`` over its slice. Everything that can fail is
-checked before the GIL is released; the loops themselves cannot fail.
+``Driver.step`` is the whole steady-state step of an optimizer in compiled code: it checks
+that each group's ``GroupPlan`` still fits (the group's hyperparameter objects, its params,
+the state arrays the user sees), computes the per-step scalars (``_scalars.h``), resolves
+the thread count, checks the gradients, applies the non-finite policy, runs the loops of
+``_dispatch.h`` with the GIL released, and counts the step. Whatever does not fit goes back
+to the Python layer (``fusedadam.optim``), which validates with precise messages and builds
+new plans; nothing is written before every group has passed.
 
-Python-facing validation and its error messages live in ``_validation.py``: when a fast
-check here fails, the caller re-runs the Python validator, which raises the precise error.
+A group whose backend is ``"numpy"`` runs through the same driver; only its array work
+goes to ``fusedadam.reference``.
 """
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, realloc, free
 from libc.stddef cimport ptrdiff_t
-from libc.stdint cimport uintptr_t
-from libc.math cimport pow, sqrt, isfinite
-from cpython.dict cimport PyDict_GetItem
+from libc.stdint cimport uintptr_t, int64_t
+from libc.math cimport isfinite
 from cpython.object cimport PyObject
 cimport numpy as cnp
-from cython.parallel cimport parallel, prange, threadid
 
-from fusedadam._openmp cimport (FA_OPENMP_ENABLED, fa_barrier, fa_max_threads, fa_num_procs,
-                               fa_team_size)
+from fusedadam._openmp cimport FA_OPENMP_ENABLED, fa_max_threads, fa_num_procs
 
 cnp.import_array()
 
-cdef extern from "_loops.h" nogil:
+cdef extern from "Python.h":
+    # Borrowed reference or NULL, without the error save/restore of PyDict_GetItem.
+    PyObject *PyDict_GetItemWithError(object d, object key) except? NULL
+
+cdef extern from "_dispatch.h" nogil:
     ctypedef struct fa_scalars:
         double sign
         double weight_decay
@@ -34,86 +37,96 @@ cdef extern from "_loops.h" nogil:
         double beta2
         double one_minus_beta2
         double step_size
-        double bc2_sqrt
         double eps
-    ctypedef void (*fa_loop_fn)(void *param, const void *grad, void *exp_avg,
-                                void *second, void *third, ptrdiff_t n,
-                                const fa_scalars *s) noexcept nogil
-    enum:
-        FA_FLOAT32
-        FA_FLOAT64
-        FA_ADAM
-        FA_ADAM_L2
-        FA_AMSGRAD
-        FA_AMSGRAD_L2
-        FA_ADAMAX
-        FA_ADAMAX_L2
-        FA_PROBE
-        FA_N_KINDS
-        FA_ISA_BASELINE
-        FA_ISA_AVX2
-        FA_ISA_AVX512
-        FA_HAVE_X86_DISPATCH
-    int fa_cpu_best_isa()
-    fa_loop_fn fa_get_loop(int isa, int dtype, int kind)
-
-cdef extern from "_finite.h" nogil:
+        double eps_root
+        double grad_coef
+    ctypedef void (*fa_loop_fn)(char **a, ptrdiff_t n, const fa_scalars *s) noexcept nogil
     ctypedef ptrdiff_t (*fa_scan_fn)(const void *grad, ptrdiff_t n) noexcept nogil
-    fa_scan_fn fa_get_scan(int isa, int dtype)
+    ctypedef struct fa_sparse_scalars:
+        double sign
+        double one_minus_beta1
+        double one_minus_beta2
+        double step_size
+        double eps
+    ctypedef void (*fa_row_fn)(void *param, void *exp_avg, void *exp_avg_sq,
+                               const void *grad, ptrdiff_t dim,
+                               const fa_sparse_scalars *s) noexcept nogil
+    ctypedef void (*fa_sum_fn)(void *out, const void *values, const ptrdiff_t *order,
+                               ptrdiff_t first, ptrdiff_t last, ptrdiff_t dim) noexcept nogil
+    ctypedef struct fa_loops:
+        fa_loop_fn dense[64]
+        fa_scan_fn scan
+        fa_row_fn sparse_row
+        fa_sum_fn sparse_sum
+    enum:
+        FA_N_KINDS
+        FA_N_ISAS
+        FA_N_DTYPES
+        FA_PARAM
+        FA_GRAD
+        FA_STATE0
+        FA_MAX_SLOTS
+        FA_KIND_probe
+        FA_HAVE_X86_DISPATCH
+    const char *fa_kind_names[]
+    const char *fa_isa_names[]
+    const char *fa_dtype_names[]
+    int fa_cpu_best_isa()
+    const fa_loops *fa_get_loops(int isa, int dtype)
+
+cdef extern from "_pool.h" nogil:
+    ctypedef void (*fa_chunk_fn)(void *ctx, ptrdiff_t chunk, int worker) noexcept nogil
+    void fa_pool_run(fa_chunk_fn fn, void *ctx, ptrdiff_t n_chunks, int n_threads)
+    ptrdiff_t fa_chunk_size(ptrdiff_t total, ptrdiff_t grain)
+    ptrdiff_t fa_chunk_count(ptrdiff_t total, ptrdiff_t chunk_size)
+    enum:
+        FA_POOL_GRAIN
+
+cdef extern from "_scalars.h" nogil:
+    ctypedef struct fa_hyper:
+        int algorithm
+        int amsgrad
+        int decoupled
+        int maximize
+        int bias_correction
+        double beta1
+        double beta2
+        double eps
+        double eps_root
+        double weight_decay
+        double beta1_decay
+        double momentum_decay
+    enum:
+        FA_N_ALGORITHMS
+    const char *fa_algorithm_names[]
+    int fa_step_scalars(const fa_hyper *h, double t, double lr, double mu_product,
+                        fa_scalars *s, double *mu_product_after)
 
 
-# Loop kinds, exported for the Python layer.
-ADAM = FA_ADAM
-ADAM_L2 = FA_ADAM_L2
-AMSGRAD = FA_AMSGRAD
-AMSGRAD_L2 = FA_AMSGRAD_L2
-ADAMAX = FA_ADAMAX
-ADAMAX_L2 = FA_ADAMAX_L2
-PROBE = FA_PROBE
+# The names behind every number the C headers define; Python refers to names only.
+ISA_NAMES = tuple(fa_isa_names[i].decode() for i in range(FA_N_ISAS))
+LOOP_KINDS = tuple(fa_kind_names[i].decode() for i in range(FA_N_KINDS))
+ALGORITHMS = tuple(fa_algorithm_names[i].decode() for i in range(FA_N_ALGORITHMS))
+DTYPES = tuple(fa_dtype_names[i].decode() for i in range(FA_N_DTYPES))
+SCALAR_FIELDS = ("sign", "weight_decay", "decay", "beta1", "one_minus_beta1", "beta2",
+                 "one_minus_beta2", "step_size", "eps", "eps_root", "grad_coef")
+_TYPENUM_TO_DTYPE = {cnp.dtype(name).num: i for i, name in enumerate(DTYPES)}
 
-ISA_NAMES = ("baseline", "avx2", "avx512")
 cdef int _best_isa = fa_cpu_best_isa()
 cdef int _isa = _best_isa
 
-# Below this many elements in a call the step runs on the calling thread: waking the
-# OpenMP team costs more than it saves. Measured with bench/threshold.py on the 2-vCPU
-# Zen 3 dev VM with the other core idle (bench/results/threshold.json, README "Threads"):
-# 2 threads vs 1 at 18588 elements 1.15x/1.15x/1.25x (Adamax f32 / Adam f32 / Adam f64),
-# 1.01-1.21x at 13877, 0.6-0.96x at 7735-10361; at 24897 1.28x/1.30x/1.11x, and >= 1.1x
-# at every larger size. A repeat put Adam f64 at 0.96x at 18588, so the threshold sits
-# just below 24897, where every loop won in both runs. With another process busy on the
-# second core the team loses at every size (bench/results/threshold_loaded.json), which
-# no threshold can fix: on a busy machine use num_threads=1 (or OMP_WAIT_POLICY=passive).
-cdef Py_ssize_t _parallel_min_elements = 24576
+# Elements per chunk. A step is cut into chunks of this many elements (across array
+# boundaries) that the calling thread and the pool's helpers claim one at a time (_pool.h):
+# the caller never waits for a helper that has not started, and the chunks do not depend on
+# the thread count, so neither do the results. A call of one chunk runs on the caller with
+# no hand-off at all, which is what the serial/parallel threshold used to decide.
+# bench/POOL.md measured 16384 (FA_POOL_GRAIN) on the 2-vCPU Zen 3 VM, idle and loaded.
+cdef Py_ssize_t _chunk_elements = FA_POOL_GRAIN
 
-# Threads split a group at multiples of this many elements: 64 bytes of float32, so two
-# threads never write the same cache line of an aligned array.
-DEF SPLIT_GRAIN = 16
-# Upper bound on the team of one call (sizes the per-thread scan results).
+# The most threads one call uses (num_threads above it is clamped); an OpenMP runtime asked
+# for 100 000 threads can crash, and so would a pool.
 DEF MAX_THREADS = 256
-
-# Set in a child process after os.fork(): GNU libgomp's thread pool does not survive
-# fork, and entering a parallel region in the child can hang. The child runs serially.
-# Only a parent that has started the pool is a hazard, so a child forked before any
-# parallel step keeps its threads.
-cdef bint _forked_child = False
-cdef bint _pool_started = False
-
-
-def _after_fork_in_child():
-    global _forked_child
-    if _pool_started:
-        _forked_child = True
-
-
-import os as _os
-if hasattr(_os, "register_at_fork"):
-    _os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def forked_child():
-    """True in a process forked from one that imported fusedadam (steps run serially)."""
-    return bool(_forked_child)
+MAX_NUM_THREADS = MAX_THREADS
 
 
 def openmp_enabled():
@@ -131,6 +144,30 @@ def num_procs():
     return fa_num_procs()
 
 
+cdef int _resolve_threads(object spec) except -1:
+    """The thread-count rule, for every path: ``None`` follows OpenMP's default team size
+    (``OMP_NUM_THREADS``, threadpoolctl), -1 is every processor, a positive int is itself;
+    clamped to [1, MAX_NUM_THREADS], and 1 in a build without OpenMP. ``spec`` was
+    validated."""
+    cdef long n
+    if not FA_OPENMP_ENABLED:
+        return 1
+    if spec is None:
+        n = fa_max_threads()
+    elif spec == -1:
+        n = fa_num_procs()
+    elif spec > MAX_THREADS:
+        return MAX_THREADS
+    else:
+        n = spec
+    return <int>(1 if n < 1 else (MAX_THREADS if n > MAX_THREADS else n))
+
+
+def effective_num_threads(spec):
+    """The number of threads a step with ``num_threads=spec`` uses now (see _resolve_threads)."""
+    return _resolve_threads(spec)
+
+
 def best_isa():
     """Name of the widest instruction set this CPU runs and this build has loops for."""
     return ISA_NAMES[_best_isa]
@@ -139,11 +176,6 @@ def best_isa():
 def get_isa():
     """Name of the instruction set whose loops are in use."""
     return ISA_NAMES[_isa]
-
-
-def isa_index():
-    """``ISA_NAMES.index(get_isa())``, for the other compiled modules' dispatch."""
-    return _isa
 
 
 def set_isa(name):
@@ -157,40 +189,72 @@ def set_isa(name):
     _isa = wanted
 
 
-def get_parallel_threshold():
-    """Smallest number of elements in a call that is split over threads."""
-    return _parallel_min_elements
+def get_chunk_size():
+    """Elements per chunk: a call over more elements than this is split over threads."""
+    return _chunk_elements
 
 
-def set_parallel_threshold(Py_ssize_t n_elements):
-    """Set the serial/parallel threshold (for benchmarks measuring it)."""
-    global _parallel_min_elements
-    if n_elements < 0:
-        raise ValueError("the parallel threshold must be >= 0")
-    _parallel_min_elements = n_elements
+def set_chunk_size(Py_ssize_t n_elements):
+    """Set the elements per chunk (a multiple of 16; for tests and benchmarks)."""
+    global _chunk_elements
+    if n_elements < 16 or n_elements % 16:
+        raise ValueError("the chunk size must be a positive multiple of 16 elements")
+    _chunk_elements = n_elements
 
+
+cdef inline int _dtype_index(cnp.ndarray a):
+    return _TYPENUM_TO_DTYPE.get(cnp.PyArray_TYPE(a), -1)
+
+
+cdef void _read_hyper(fa_hyper *h, dict hyper) except *:
+    h.algorithm = ALGORITHMS.index(hyper["algorithm"])
+    h.amsgrad = bool(hyper["amsgrad"])
+    h.decoupled = bool(hyper["decoupled"])
+    h.maximize = bool(hyper["maximize"])
+    h.bias_correction = bool(hyper["bias_correction"])
+    h.beta1 = hyper["beta1"]
+    h.beta2 = hyper["beta2"]
+    h.eps = hyper["eps"]
+    h.eps_root = hyper["eps_root"]
+    h.weight_decay = hyper["weight_decay"]
+    h.beta1_decay = hyper["beta1_decay"]
+    h.momentum_decay = hyper["momentum_decay"]
+
+
+cdef dict _scalars_dict(fa_scalars *s):
+    return dict(zip(SCALAR_FIELDS, (s.sign, s.weight_decay, s.decay, s.beta1,
+                                    s.one_minus_beta1, s.beta2, s.one_minus_beta2,
+                                    s.step_size, s.eps, s.eps_root, s.grad_coef)))
+
+
+def step_scalars(dict hyper, double t, double lr, double mu_product=1.0):
+    """``(loop kind name, scalars dict, mu_product after)`` of step ``t`` (fa_step_scalars).
+
+    ``hyper`` holds the keys of ``fusedadam._algorithms.hyper_dict``. The NumPy twin is
+    ``fusedadam.reference.step_scalars``; the two agree field by field.
+    """
+    cdef fa_hyper h
+    cdef fa_scalars s
+    cdef double after
+    _read_hyper(&h, hyper)
+    cdef int kind = fa_step_scalars(&h, t, lr, mu_product, &s, &after)
+    return (LOOP_KINDS[kind] if kind < FA_N_KINDS else "sparse_rows"), _scalars_dict(&s), after
+
+
+# ------------------------------------------------------------------ running one group
 
 cdef struct GroupData:
     Py_ssize_t n_arrays
-    char **param
-    char **grad
-    char **exp_avg
-    char **second
-    char **third
+    int n_slots                 # FA_STATE0 + number of state arrays the loops read
+    char **ptr[FA_MAX_SLOTS]    # ptr[slot][k]: param, grad, state arrays of array k
     Py_ssize_t *offsets         # n_arrays + 1 prefix sums of element counts
     Py_ssize_t *itemsize
-    int *dtype
-    fa_loop_fn *loop            # per array, filled each step for the step's kind
+    const fa_loops **loops      # per array: the dispatch row of its dtype
+    int kind                    # this step's loop kind
     fa_scalars scalars
-
-
-cdef inline Py_ssize_t _split_point(Py_ssize_t total, Py_ssize_t t,
-                                    Py_ssize_t n_threads) noexcept nogil:
-    if t >= n_threads:
-        return total
-    # total * t cannot overflow: total < 2**48 elements on any real machine, t < 2**15.
-    cdef Py_ssize_t at = (total * t) // n_threads
-    return at - at % SPLIT_GRAIN
+    Py_ssize_t chunk            # elements per chunk of this step
+    Py_ssize_t *first_bad       # per chunk: first non-finite gradient index, or -1
+    Py_ssize_t first_bad_size   # capacity of first_bad
 
 
 cdef inline Py_ssize_t _array_at(GroupData *d, Py_ssize_t element) noexcept nogil:
@@ -205,8 +269,7 @@ cdef inline Py_ssize_t _array_at(GroupData *d, Py_ssize_t element) noexcept nogi
     return lo
 
 
-cdef Py_ssize_t _scan_range(GroupData *d, Py_ssize_t start, Py_ssize_t end,
-                            int isa) noexcept nogil:
+cdef Py_ssize_t _scan_range(GroupData *d, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
     """Global index of the first non-finite gradient value in [start, end), or -1."""
     cdef Py_ssize_t k, stop, found
     if start >= end:
@@ -217,8 +280,8 @@ cdef Py_ssize_t _scan_range(GroupData *d, Py_ssize_t start, Py_ssize_t end,
         if stop > end:
             stop = end
         if stop > start:
-            found = fa_get_scan(isa, d.dtype[k])(
-                d.grad[k] + (start - d.offsets[k]) * d.itemsize[k], stop - start)
+            found = d.loops[k].scan(
+                d.ptr[FA_GRAD][k] + (start - d.offsets[k]) * d.itemsize[k], stop - start)
             if found >= 0:
                 return start + found
         start = stop
@@ -228,122 +291,83 @@ cdef Py_ssize_t _scan_range(GroupData *d, Py_ssize_t start, Py_ssize_t end,
 
 cdef void _run_range(GroupData *d, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
     """Run the step on global elements [start, end) of the group, array by array."""
-    cdef Py_ssize_t k, stop, off, size
-    cdef char *third
+    cdef Py_ssize_t k, stop, off
+    cdef int slot
+    cdef char *a[FA_MAX_SLOTS]
     if start >= end:
         return
+    for slot in range(d.n_slots, FA_MAX_SLOTS):
+        a[slot] = NULL
     k = _array_at(d, start)
     while start < end:
         stop = d.offsets[k + 1]
         if stop > end:
             stop = end
         if stop > start:
-            size = d.itemsize[k]
-            off = (start - d.offsets[k]) * size
-            third = d.third[k] + off if d.third[k] != NULL else NULL
-            d.loop[k](d.param[k] + off, d.grad[k] + off, d.exp_avg[k] + off,
-                      d.second[k] + off, third, stop - start, &d.scalars)
+            off = (start - d.offsets[k]) * d.itemsize[k]
+            for slot in range(d.n_slots):
+                a[slot] = d.ptr[slot][k] + off
+            d.loops[k].dense[d.kind](a, stop - start, &d.scalars)
         start = stop
         k += 1
 
 
-cdef inline int _team_size(GroupData *d, int n_threads) noexcept nogil:
-    """Threads a call over this group uses: 1 below the threshold or after a fork."""
+cdef inline Py_ssize_t _chunks(GroupData *d, int n_threads) noexcept nogil:
+    """Chunks of this call (sets d.chunk), or 1 when it runs on the caller alone."""
     cdef Py_ssize_t total = d.offsets[d.n_arrays]
-    if _forked_child or total < _parallel_min_elements:
+    d.chunk = fa_chunk_size(total, _chunk_elements)
+    cdef Py_ssize_t n_chunks = fa_chunk_count(total, d.chunk)
+    if n_threads <= 1 or n_chunks < 2 or n_chunks > d.first_bad_size:
         return 1
-    if n_threads > total // SPLIT_GRAIN:
-        n_threads = <int>(total // SPLIT_GRAIN)
-    if n_threads > MAX_THREADS:
-        n_threads = MAX_THREADS
-    return n_threads if n_threads > 1 else 1
+    return n_chunks
+
+
+cdef void _update_chunk(void *ctx, ptrdiff_t c, int worker) noexcept nogil:
+    cdef GroupData *d = <GroupData *>ctx
+    cdef Py_ssize_t end = (c + 1) * d.chunk, total = d.offsets[d.n_arrays]
+    _run_range(d, c * d.chunk, end if end < total else total)
+
+
+cdef void _scan_chunk(void *ctx, ptrdiff_t c, int worker) noexcept nogil:
+    cdef GroupData *d = <GroupData *>ctx
+    cdef Py_ssize_t end = (c + 1) * d.chunk, total = d.offsets[d.n_arrays]
+    d.first_bad[c] = _scan_range(d, c * d.chunk, end if end < total else total)
 
 
 cdef void _run(GroupData *d, int n_threads) noexcept nogil:
-    global _pool_started
-    cdef Py_ssize_t total = d.offsets[d.n_arrays]
-    cdef Py_ssize_t t
-    n_threads = _team_size(d, n_threads)
-    if n_threads == 1:
-        _run_range(d, 0, total)     # no parallel region at all: safe after fork()
-        return
-    _pool_started = True
-    for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
-        _run_range(d, _split_point(total, t, n_threads), _split_point(total, t + 1, n_threads))
+    """The update of every element of the group, in place."""
+    cdef Py_ssize_t n_chunks = _chunks(d, n_threads)
+    if n_chunks == 1:
+        _run_range(d, 0, d.offsets[d.n_arrays])
+    else:
+        fa_pool_run(_update_chunk, d, n_chunks, n_threads)
 
 
-cdef Py_ssize_t _scan(GroupData *d, int n_threads, int isa,
-                      Py_ssize_t *first_per_thread) noexcept nogil:
-    global _pool_started
-    """First non-finite gradient value of the group (global index), or -1.
-
-    Threads scan the same slices they will update, so on in-cache sizes each core's
-    gradients are still in its cache when the update reads them.
-    """
-    cdef Py_ssize_t total = d.offsets[d.n_arrays]
-    cdef Py_ssize_t t, first = -1
-    n_threads = _team_size(d, n_threads)
-    if n_threads == 1:
-        return _scan_range(d, 0, total, isa)
-    _pool_started = True
-    for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
-        first_per_thread[t] = _scan_range(
-            d, _split_point(total, t, n_threads), _split_point(total, t + 1, n_threads), isa)
-    for t in range(n_threads):
-        if first_per_thread[t] >= 0:
-            return first_per_thread[t]
+cdef Py_ssize_t _scan(GroupData *d, int n_threads) noexcept nogil:
+    """First non-finite gradient value of the group (global index), or -1: per chunk, then
+    the first in chunk order, so the answer does not depend on the thread count."""
+    cdef Py_ssize_t c, n_chunks = _chunks(d, n_threads)
+    if n_chunks == 1:
+        return _scan_range(d, 0, d.offsets[d.n_arrays])
+    fa_pool_run(_scan_chunk, d, n_chunks, n_threads)
+    for c in range(n_chunks):
+        if d.first_bad[c] >= 0:
+            return d.first_bad[c]
     return -1
 
 
-cdef Py_ssize_t _checked_run(GroupData *d, int n_threads, int isa,
-                             Py_ssize_t *first_per_thread) noexcept nogil:
-    """Scan the gradients for NaN/inf and, only if there is none, run the step.
-
-    One parallel region: each thread scans its slice, all meet at a barrier, and each then
-    updates the same slice (still in its cache when it fits) unless any thread found a bad
-    value. Returns the global index of the first bad value (nothing written), or -1.
-    """
-    global _pool_started
+cdef int _reserve_chunks(GroupData *d) except -1:
+    """Room for this group's per-chunk scan results at the current chunk size (allocated
+    when a plan is built or the chunk size changed; never per step)."""
     cdef Py_ssize_t total = d.offsets[d.n_arrays]
-    cdef Py_ssize_t start, end, found
-    cdef int t, j, team
-    cdef bint clean
-    n_threads = _team_size(d, n_threads)
-    if n_threads == 1:
-        found = _scan_range(d, 0, total, isa)
-        if found < 0:
-            _run_range(d, 0, total)
-        return found
-    _pool_started = True
-    for t in range(n_threads):
-        first_per_thread[t] = -1
-    with parallel(num_threads=n_threads):
-        # The team OpenMP gives may be smaller than asked: slice by its real size.
-        t = threadid()
-        team = fa_team_size()
-        start = _split_point(total, t, team)
-        end = _split_point(total, t + 1, team)
-        first_per_thread[t] = _scan_range(d, start, end, isa)
-        fa_barrier()
-        clean = True
-        for j in range(team):
-            if first_per_thread[j] >= 0:
-                clean = False
-        if clean:
-            _run_range(d, start, end)
-    for t in range(n_threads):
-        if first_per_thread[t] >= 0:
-            return first_per_thread[t]
-    return -1
-
-
-cdef inline int _dtype_code(cnp.ndarray a):
-    cdef int typenum = cnp.PyArray_TYPE(a)
-    if typenum == cnp.NPY_FLOAT32:
-        return FA_FLOAT32
-    if typenum == cnp.NPY_FLOAT64:
-        return FA_FLOAT64
-    return -1
+    cdef Py_ssize_t n = fa_chunk_count(total, fa_chunk_size(total, _chunk_elements))
+    cdef Py_ssize_t *grown
+    if n > d.first_bad_size:
+        grown = <Py_ssize_t *>realloc(d.first_bad, n * sizeof(Py_ssize_t))
+        if grown == NULL:
+            raise MemoryError()
+        d.first_bad, d.first_bad_size = grown, n
+    return 0
 
 
 cdef inline bint _writable_contiguous(cnp.ndarray a):
@@ -351,111 +375,208 @@ cdef inline bint _writable_contiguous(cnp.ndarray a):
             and cnp.PyArray_ISALIGNED(a))
 
 
-cdef class GroupKernel:
-    """Validated pointer tables of one parameter group, reused step after step.
+cdef inline char *_data(cnp.ndarray a, void *nonnull):
+    # A zero-size array may have a NULL data pointer; never hand NULL to a loop.
+    cdef char *p = <char *>cnp.PyArray_DATA(a)
+    return p if p != NULL else <char *>nonnull
 
-    Built from arrays the Python validator has already accepted (float32/float64, C
-    contiguous, aligned, writeable, state shaped like its param, no two written arrays
-    overlapping). ``written_lo``/``written_hi`` are the sorted byte intervals of every
-    written array, used to reject a gradient that aliases any of them.
+
+cdef inline bint _same_array(object current, object planned, char *ptr):
+    """``current`` is still the planned array, at the same address, writeable, contiguous."""
+    if current is not planned:
+        return False
+    cdef cnp.ndarray a = planned
+    return _writable_contiguous(a) and (<char *>cnp.PyArray_DATA(a) == ptr
+                                        or cnp.PyArray_SIZE(a) == 0)
+
+
+# ------------------------------------------------------------------ the plan of one group
+
+cdef class GroupPlan:
+    """A validated group: its pointer tables, hyperparameters and what the user sees.
+
+    Built by ``fusedadam.optim`` from a ``_GroupSpec`` after every check has passed. It
+    remembers the objects it was built from (the group dict and its hyperparameter values,
+    the params list, each param's state dict and arrays) and ``fits`` a later step only while
+    those are still the same objects: a replaced state array, a changed hyperparameter, a
+    param added or removed sends the step back to validation.
     """
-    cdef readonly tuple params
-    cdef readonly tuple exp_avgs
-    cdef readonly tuple seconds
-    cdef readonly tuple thirds
     cdef GroupData d
+    cdef readonly object group
+    cdef readonly tuple state_names
+    cdef readonly object installs      # state to attach at the first step that commits
+    cdef readonly bint numpy_backend
+    cdef readonly int nonfinite        # 0 "error", 1 "skip", 2 "ignore"
+    cdef readonly Py_ssize_t first_index
+    cdef tuple keys
+    cdef tuple values
+    cdef object params                 # the group's "params" list object
+    cdef tuple slots                   # slots[slot][k]: the arrays (slot FA_GRAD: None)
+    cdef tuple state_dicts
+    cdef tuple step_arrays
+    cdef tuple mu_arrays               # NAdam's running product, or None
+    cdef int64_t **step_ptr            # per param
+    cdef double **mu_ptr               # per param, or NULL
+    cdef fa_hyper hyper
+    cdef object lr
+    cdef bint lr_callable
+    cdef double lr_value
+    cdef object num_threads
+    cdef int n_threads                 # this step's
+    cdef double mu_after               # this step's
     cdef uintptr_t *written_lo
     cdef uintptr_t *written_hi
     cdef Py_ssize_t n_written
-    cdef object pending_grads
-    cdef Py_ssize_t pending_offset
-    cdef int pending_threads
-    cdef Py_ssize_t first_per_thread[MAX_THREADS]
-
-    def __cinit__(self, params, exp_avgs, seconds, thirds, written_lo, written_hi):
-        cdef Py_ssize_t n = len(params), k
+    cdef object pending_grads          # the gradients this step reads (kept alive)
+    cdef Py_ssize_t pending_offset     # where this group's gradients start in it
+    def __cinit__(self, spec):
+        cdef Py_ssize_t n = len(spec.params), k
+        cdef int slot
         cdef cnp.ndarray a
-        self.params = tuple(params)
-        self.exp_avgs = tuple(exp_avgs)
-        self.seconds = tuple(seconds)
-        self.thirds = tuple(thirds) if thirds is not None else None
-        if (len(self.exp_avgs) != n or len(self.seconds) != n
-                or (self.thirds is not None and len(self.thirds) != n)):
-            raise ValueError("state lists must be as long as params")
-        if len(written_lo) != len(written_hi):
-            raise ValueError("written interval bounds differ in length")
+        self.group = spec.group
+        self.params = spec.group["params"]
+        self.state_names = tuple(spec.state_names)
+        self.installs = spec.installs or None
+        self.first_index = spec.first_index
+        self.slots = tuple(tuple(arrays) if arrays is not None else None
+                           for arrays in spec.slots)
+        self.state_dicts = tuple(spec.state_dicts)
+        self.step_arrays = tuple(spec.step_arrays)
+        self.mu_arrays = tuple(spec.mu_arrays) if spec.mu_arrays is not None else None
         self.d.n_arrays = n
-        self.d.param = <char **>malloc((n + 1) * sizeof(char *))
-        self.d.grad = <char **>malloc((n + 1) * sizeof(char *))
-        self.d.exp_avg = <char **>malloc((n + 1) * sizeof(char *))
-        self.d.second = <char **>malloc((n + 1) * sizeof(char *))
-        self.d.third = <char **>malloc((n + 1) * sizeof(char *))
+        self.d.n_slots = FA_STATE0 + len(self.state_names)
+        if self.d.n_slots > FA_MAX_SLOTS or len(self.slots) != self.d.n_slots:
+            raise ValueError("internal error: slot count")
+        self.d.first_bad, self.d.first_bad_size = NULL, 0
+        for slot in range(FA_MAX_SLOTS):
+            self.d.ptr[slot] = NULL
+        for slot in range(self.d.n_slots):
+            self.d.ptr[slot] = <char **>malloc((n + 1) * sizeof(char *))
         self.d.offsets = <Py_ssize_t *>malloc((n + 1) * sizeof(Py_ssize_t))
         self.d.itemsize = <Py_ssize_t *>malloc((n + 1) * sizeof(Py_ssize_t))
-        self.d.dtype = <int *>malloc((n + 1) * sizeof(int))
-        self.d.loop = <fa_loop_fn *>malloc((n + 1) * sizeof(fa_loop_fn))
-        self.n_written = len(written_lo)
+        self.d.loops = <const fa_loops **>malloc((n + 1) * sizeof(fa_loops *))
+        self.step_ptr = <int64_t **>malloc((n + 1) * sizeof(int64_t *))
+        self.mu_ptr = <double **>malloc((n + 1) * sizeof(double *))
+        lo, hi = spec.written
+        self.n_written = len(lo)
         self.written_lo = <uintptr_t *>malloc((self.n_written + 1) * sizeof(uintptr_t))
         self.written_hi = <uintptr_t *>malloc((self.n_written + 1) * sizeof(uintptr_t))
-        if (not self.d.param or not self.d.grad or not self.d.exp_avg or not self.d.second
-                or not self.d.third or not self.d.offsets or not self.d.itemsize
-                or not self.d.dtype or not self.d.loop or not self.written_lo
+        if (not self.d.offsets or not self.d.itemsize or not self.d.loops
+                or not self.step_ptr or not self.mu_ptr or not self.written_lo
                 or not self.written_hi):
             raise MemoryError()
+        for slot in range(self.d.n_slots):
+            if not self.d.ptr[slot]:
+                raise MemoryError()
         for k in range(self.n_written):
-            self.written_lo[k] = <uintptr_t>int(written_lo[k])
-            self.written_hi[k] = <uintptr_t>int(written_hi[k])
+            self.written_lo[k] = <uintptr_t>int(lo[k])
+            self.written_hi[k] = <uintptr_t>int(hi[k])
         self.d.offsets[0] = 0
         for k in range(n):
-            a = self.params[k]
-            self.d.dtype[k] = _dtype_code(a)
-            if self.d.dtype[k] < 0 or not _writable_contiguous(a):
-                raise ValueError(f"params[{k}] was not validated")
-            self.d.param[k] = <char *>cnp.PyArray_DATA(a)
+            a = self.slots[FA_PARAM][k]
+            dtype = _dtype_index(a)
+            if dtype < 0:
+                raise ValueError(f"internal error: params[{self.first_index + k}] dtype")
+            self.d.loops[k] = fa_get_loops(_isa, dtype)
             self.d.itemsize[k] = cnp.PyArray_ITEMSIZE(a)
             self.d.offsets[k + 1] = self.d.offsets[k] + cnp.PyArray_SIZE(a)
-            self.d.grad[k] = NULL
-            self.d.exp_avg[k] = self._state_pointer(self.exp_avgs[k], a, k)
-            self.d.second[k] = self._state_pointer(self.seconds[k], a, k)
-            self.d.third[k] = (self._state_pointer(self.thirds[k], a, k)
-                               if self.thirds is not None else NULL)
-
-    cdef char *_state_pointer(self, object state, cnp.ndarray param, Py_ssize_t k) except NULL:
-        if not isinstance(state, cnp.ndarray):
-            raise ValueError(f"state of params[{k}] was not validated")
-        cdef cnp.ndarray s = state
-        if (cnp.PyArray_TYPE(s) != cnp.PyArray_TYPE(param)
-                or cnp.PyArray_SIZE(s) != cnp.PyArray_SIZE(param)
-                or not _writable_contiguous(s)):
-            raise ValueError(f"state of params[{k}] was not validated")
-        # A zero-size array may have a NULL data pointer; never hand NULL to a loop.
-        cdef char *p = <char *>cnp.PyArray_DATA(s)
-        return p if p != NULL else <char *>self.d.offsets
+            self.d.ptr[FA_GRAD][k] = NULL
+            for slot in range(self.d.n_slots):
+                if slot != FA_GRAD:
+                    self.d.ptr[slot][k] = _data(self.slots[slot][k], self.d.offsets)
+            a = self.step_arrays[k]
+            self.step_ptr[k] = <int64_t *>cnp.PyArray_DATA(a)
+            if self.mu_arrays is not None:
+                a = self.mu_arrays[k]
+                self.mu_ptr[k] = <double *>cnp.PyArray_DATA(a)
+            else:
+                self.mu_ptr[k] = NULL
+        _reserve_chunks(&self.d)
+        self.set_hyper(spec.hyper_spec)
 
     def __dealloc__(self):
-        free(self.d.param)
-        free(self.d.grad)
-        free(self.d.exp_avg)
-        free(self.d.second)
-        free(self.d.third)
+        cdef int slot
+        for slot in range(FA_MAX_SLOTS):
+            free(self.d.ptr[slot])
         free(self.d.offsets)
         free(self.d.itemsize)
-        free(self.d.dtype)
-        free(self.d.loop)
+        free(self.d.loops)
+        free(self.d.first_bad)
+        free(self.step_ptr)
+        free(self.mu_ptr)
         free(self.written_lo)
         free(self.written_hi)
 
-    @property
-    def n_elements(self):
-        """Total number of parameter elements in the group."""
-        return self.d.offsets[self.d.n_arrays]
+    def set_hyper(self, spec):
+        """Take a validated ``_HyperSpec`` (the group's hyperparameters now)."""
+        self.keys = tuple(spec.keys)
+        self.values = tuple(spec.values)
+        _read_hyper(&self.hyper, spec.hyper)
+        self.lr = spec.lr
+        self.lr_callable = callable(spec.lr)
+        self.lr_value = 0.0 if self.lr_callable else spec.lr
+        self.num_threads = spec.num_threads
+        self.nonfinite = spec.nonfinite
+        self.numpy_backend = spec.backend == "numpy"
+
+    cdef bint _hyper_fits(self):
+        """Every hyperparameter of the group is still the object validated."""
+        cdef Py_ssize_t j
+        cdef PyObject *item
+        for j in range(len(self.keys)):
+            item = PyDict_GetItemWithError(self.group, self.keys[j])
+            if item == NULL or item != <PyObject *>self.values[j]:
+                return False
+        return True
+
+    cdef bint _arrays_fit(self):
+        """The group's params and every state entry the user sees are the planned objects."""
+        cdef Py_ssize_t k, n = self.d.n_arrays
+        cdef int slot
+        cdef PyObject *item
+        cdef cnp.ndarray a
+        cdef dict st
+        item = PyDict_GetItemWithError(self.group, "params")
+        if item == NULL or <object>item is not self.params:
+            return False
+        if type(self.params) is not list or len(<list>self.params) != n:
+            return False
+        for k in range(n):
+            a = self.slots[FA_PARAM][k]
+            if ((<list>self.params)[k] is not a or not _writable_contiguous(a)
+                    or (<char *>cnp.PyArray_DATA(a) != self.d.ptr[FA_PARAM][k]
+                        and cnp.PyArray_SIZE(a) != 0)
+                    or cnp.PyArray_SIZE(a) != self.d.offsets[k + 1] - self.d.offsets[k]):
+                return False
+            st = <dict>self.state_dicts[k]
+            for slot in range(FA_STATE0, self.d.n_slots):
+                item = PyDict_GetItemWithError(st, self.state_names[slot - FA_STATE0])
+                if item == NULL or not _same_array(<object>item, self.slots[slot][k],
+                                                   self.d.ptr[slot][k]):
+                    return False
+            item = PyDict_GetItemWithError(st, "step")
+            if item == NULL or <object>item is not self.step_arrays[k]:
+                return False
+            if self.mu_arrays is not None:
+                item = PyDict_GetItemWithError(st, "mu_product")
+                if item == NULL or <object>item is not self.mu_arrays[k]:
+                    return False
+        return True
+
+    cdef bint _steps_agree(self):
+        cdef Py_ssize_t k
+        for k in range(1, self.d.n_arrays):
+            if self.step_ptr[k][0] != self.step_ptr[0][0]:
+                return False
+            if self.mu_ptr[k] != NULL and self.mu_ptr[k][0] != self.mu_ptr[0][0]:
+                return False
+        return True
 
     cdef bint _aliases_written(self, uintptr_t lo, uintptr_t hi) noexcept:
         """True if [lo, hi) overlaps a written array (binary search, intervals disjoint)."""
         cdef Py_ssize_t a = 0, b = self.n_written, mid
         if lo >= hi or self.n_written == 0:
             return False
-        # Find the last interval starting before hi.
         while b - a > 1:
             mid = (a + b) // 2
             if self.written_lo[mid] < hi:
@@ -464,57 +585,22 @@ cdef class GroupKernel:
                 b = mid
         return self.written_lo[a] < hi and self.written_hi[a] > lo
 
-    cdef bint _params_unchanged(self, list params):
-        cdef Py_ssize_t k, n = self.d.n_arrays
-        cdef cnp.ndarray a
-        if len(params) != n:
-            return False
-        for k in range(n):
-            if params[k] is not self.params[k]:
-                return False
-            a = self.params[k]
-            if (not _writable_contiguous(a) or <char *>cnp.PyArray_DATA(a) != self.d.param[k]
-                    or self.d.offsets[k + 1] - self.d.offsets[k] != cnp.PyArray_SIZE(a)):
-                return False
-            if not _state_unchanged(self.exp_avgs[k], self.d.exp_avg[k]):
-                return False
-            if not _state_unchanged(self.seconds[k], self.d.second[k]):
-                return False
-            if self.thirds is not None and not _state_unchanged(self.thirds[k], self.d.third[k]):
-                return False
-        return True
-
-    def prepare(self, list params, list grads, Py_ssize_t grad_offset, int kind):
-        """Check ``params`` and the gradients for a step of loop ``kind``; write nothing.
-
-        Returns 0 when ready for ``run``; -1 when ``params`` or the state no longer match
-        this kernel (rebuild it); ``k + 1`` when ``grads[grad_offset + k]`` failed a fast
-        check (the Python validator says why, or hands back a usable copy).
-        """
-        return self._prepare(params, grads, grad_offset, kind)
-
-    cdef Py_ssize_t _prepare(self, list params, list grads, Py_ssize_t grad_offset,
-                             int kind) except -2:
-        cdef Py_ssize_t k, n = self.d.n_arrays, nbytes
+    cdef Py_ssize_t _fast_grads(self, list grads, Py_ssize_t offset):
+        """Point the loops at ``grads[offset:offset + n]`` if each passes the fast checks
+        (an ndarray of its param's dtype and shape, contiguous, aligned, native byte order,
+        not aliasing a written array); else the index + 1 of the first that does not."""
+        cdef Py_ssize_t k, nbytes
         cdef object g_obj
         cdef cnp.ndarray g, p
         cdef char *gp
-        self.pending_grads = None
-        if kind < 0 or kind >= FA_N_KINDS:
-            raise ValueError(f"unknown loop kind {kind}")
-        if (kind == FA_AMSGRAD or kind == FA_AMSGRAD_L2) and self.thirds is None:
-            return -1
-        if not self._params_unchanged(params):
-            return -1
-        if grad_offset < 0 or len(grads) - grad_offset < n:
-            raise ValueError("too few gradients")
-        for k in range(n):
-            g_obj = grads[grad_offset + k]
-            if not isinstance(g_obj, cnp.ndarray):
+        for k in range(self.d.n_arrays):
+            g_obj = grads[offset + k]
+            if type(g_obj) is not cnp.ndarray:
                 return k + 1
             g = g_obj
-            p = self.params[k]
+            p = self.slots[FA_PARAM][k]
             if (cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(p)
+                    or not cnp.PyArray_ISNOTSWAPPED(g)
                     or not cnp.PyArray_IS_C_CONTIGUOUS(g) or not cnp.PyArray_ISALIGNED(g)
                     or not cnp.PyArray_SAMESHAPE(g, p)):
                 return k + 1
@@ -522,235 +608,467 @@ cdef class GroupKernel:
             nbytes = cnp.PyArray_NBYTES(g)
             if nbytes > 0 and self._aliases_written(<uintptr_t>gp, <uintptr_t>gp + nbytes):
                 return k + 1
-            self.d.grad[k] = gp if gp != NULL else <char *>self.d.offsets
-            self.d.loop[k] = fa_get_loop(_isa, self.d.dtype[k], kind)
-        # Keep the gradients alive until run(): d.grad borrows their memory.
-        self.pending_grads = grads
-        self.pending_offset = grad_offset
+            self.d.ptr[FA_GRAD][k] = gp if gp != NULL else <char *>self.d.offsets
         return 0
 
-    @property
-    def prepared_grads(self):
-        """``(grads, offset)`` of the last successful ``prepare``, or None."""
-        return None if self.pending_grads is None else (self.pending_grads, self.pending_offset)
+    cdef int _prepare(self, list grads, Py_ssize_t offset, object check_grads) except -1:
+        """Scalars, thread count and gradients of this step; writes nothing anywhere."""
+        cdef double t, lr
+        cdef object value
+        cdef Py_ssize_t k, n = self.d.n_arrays
+        if n and not self._steps_agree():
+            raise _StepsDisagree()
+        t = <double>(self.step_ptr[0][0] + 1) if n else 1.0
+        if self.lr_callable:
+            value = self.lr(int(t))
+            if type(value) is float and isfinite(<double>value) and <double>value >= 0.0:
+                lr = <double>value
+            else:
+                lr = _check_lr(value, f"lr({int(t)}) returned: ")
+        else:
+            lr = self.lr_value
+        self.d.kind = fa_step_scalars(&self.hyper, t, lr,
+                                      self.mu_ptr[0][0] if n and self.mu_ptr[0] != NULL else 1.0,
+                                      &self.d.scalars, &self.mu_after)
+        self.n_threads = _resolve_threads(self.num_threads)
+        _reserve_chunks(&self.d)
+        if self.numpy_backend or self._fast_grads(grads, offset) != 0:
+            # The Python checks say what is wrong, or hand back usable copies.
+            checked = check_grads(grads[offset:offset + n], self.slots[FA_PARAM],
+                                  [self.written_lo[k] for k in range(self.n_written)],
+                                  [self.written_hi[k] for k in range(self.n_written)],
+                                  self.first_index)
+            if self.numpy_backend:
+                self.pending_grads = checked
+                self.pending_offset = 0
+                return 0
+            if self._fast_grads(checked, 0) != 0:
+                raise RuntimeError("fusedadam internal error: validated gradients rejected")
+            self.pending_grads = checked
+            self.pending_offset = 0
+            return 0
+        self.pending_grads = grads       # d.ptr[FA_GRAD] borrows their memory until run
+        self.pending_offset = offset
+        return 0
 
-    def first_nonfinite(self, int n_threads):
-        """After ``prepare``: ``(k, i)`` of the first NaN/inf in the gradients (array
-        ``k`` of the group, element ``i`` of its flattened view), or None."""
-        cdef Py_ssize_t found, k
+    cdef list _grad_list(self):
+        """The gradients this step reads, one per param."""
         if self.pending_grads is None:
-            raise RuntimeError("first_nonfinite() without a successful prepare()")
-        found = self._scan(n_threads)
-        if found < 0:
-            return None
-        k = _array_at(&self.d, found)
-        return k, found - self.d.offsets[k]
+            return []
+        return (<list>self.pending_grads)[self.pending_offset:
+                                         self.pending_offset + self.d.n_arrays]
 
-    cdef Py_ssize_t _scan(self, int n_threads):
+    cdef Py_ssize_t _scan(self, Py_ssize_t offset) except -2:
+        """Global index of the first non-finite gradient value, or -1."""
+        cdef Py_ssize_t found
+        if self.numpy_backend:
+            return _reference.first_nonfinite(self.pending_grads)
+        with nogil:
+            found = _scan(&self.d, self.n_threads)
+        return found
+
+    cdef Py_ssize_t _checked_run(self):
+        """Scan and, only if every gradient value is finite, update: one GIL release."""
         cdef Py_ssize_t found
         with nogil:
-            found = _scan(&self.d, n_threads, _isa, self.first_per_thread)
+            found = _scan(&self.d, self.n_threads)
+            if found < 0:
+                _run(&self.d, self.n_threads)
         return found
 
-    def run(self, tuple scalars, int n_threads):
-        """Run the step prepared by ``prepare`` with the 10 per-step scalars, in place."""
-        cdef fa_scalars *s = &self.d.scalars
-        if self.pending_grads is None:
-            raise RuntimeError("run() without a successful prepare()")
-        (s.sign, s.weight_decay, s.decay, s.beta1, s.one_minus_beta1, s.beta2,
-         s.one_minus_beta2, s.step_size, s.bc2_sqrt, s.eps) = scalars
-        self._run(n_threads)
-
-    cdef Py_ssize_t _checked_run(self, int n_threads):
-        """Scan and, if every gradient value is finite, run (one parallel region).
-        Returns -1 when the step ran, else the index of the first bad value."""
-        cdef Py_ssize_t found, k
+    cdef void _run(self) except *:
+        if self.numpy_backend:
+            _reference.run(LOOP_KINDS[self.d.kind], self.slots, self.pending_grads,
+                           _scalars_dict(&self.d.scalars))
+            return
         with nogil:
-            found = _checked_run(&self.d, n_threads, _isa, self.first_per_thread)
-        if found < 0:
-            for k in range(self.d.n_arrays):
-                self.d.grad[k] = NULL
-            self.pending_grads = None
-        return found
+            _run(&self.d, self.n_threads)
 
-    cdef void _run(self, int n_threads):
-        cdef Py_ssize_t k
-        with nogil:
-            _run(&self.d, n_threads)
+    cdef void _count(self) noexcept:
+        """Advance the step (each distinct step array once) and NAdam's product."""
+        cdef Py_ssize_t k, j
+        cdef bint seen
         for k in range(self.d.n_arrays):
-            self.d.grad[k] = NULL      # drop borrowed pointers: grads may be freed now
+            seen = False
+            for j in range(k):
+                if self.step_ptr[j] == self.step_ptr[k]:
+                    seen = True
+                    break
+            if not seen:
+                self.step_ptr[k][0] += 1
+            if self.mu_ptr[k] != NULL:
+                self.mu_ptr[k][0] = self.mu_after
+
+    cdef void _release(self) noexcept:
+        cdef Py_ssize_t k
+        for k in range(self.d.n_arrays):
+            self.d.ptr[FA_GRAD][k] = NULL      # grads may be freed now
         self.pending_grads = None
 
-
-cdef inline bint _state_unchanged(object state, char *ptr):
-    cdef cnp.ndarray s = state
-    return _writable_contiguous(s) and (
-        <char *>cnp.PyArray_DATA(s) == ptr or cnp.PyArray_SIZE(s) == 0)
+    def last_step(self):
+        """``(loop kind name, scalars dict, n_threads)`` of the last step prepared (tests)."""
+        return LOOP_KINDS[self.d.kind], _scalars_dict(&self.d.scalars), self.n_threads
 
 
-# Non-finite gradient policies, as coded in StepPlan configs.
-NONFINITE_CODES = {"error": 0, "skip": 1, "ignore": 2}
+class _StepsDisagree(Exception):
+    """A group's params are at different steps (the Python layer says which)."""
 
 
-cdef void _fill_scalars(fa_scalars *s, double t, double lr, double beta1, double beta2,
-                        double eps, double weight_decay, bint decoupled, bint maximize,
-                        bint bias_correction, double beta1_decay) noexcept nogil:
-    """C twin of functional.adam_scalars: the same double operations, the same libm pow."""
-    cdef double beta1_t = beta1 * pow(beta1_decay, t - 1.0)
-    cdef double bc1 = 1.0, bc2 = 1.0
-    if bias_correction:
-        bc1 = 1.0 - pow(beta1, t)
-        bc2 = 1.0 - pow(beta2, t)
-    s.sign = -1.0 if maximize else 1.0
-    s.weight_decay = 0.0 if decoupled else weight_decay
-    s.decay = 1.0 - lr * weight_decay if decoupled else 1.0
-    s.beta1 = beta1_t
-    s.one_minus_beta1 = 1.0 - beta1_t
-    s.beta2 = beta2
-    s.one_minus_beta2 = 1.0 - beta2
-    s.step_size = lr / bc1
-    s.bc2_sqrt = sqrt(bc2)
-    s.eps = eps
+_check_lr = None
+_reference = None
 
 
-cdef class StepPlan:
-    """An optimizer's steady-state step, run entirely in compiled code.
+def _bind(check_lr, reference):
+    """Hand the compiled driver the Python pieces it calls on slow paths."""
+    global _check_lr, _reference
+    _check_lr = check_lr
+    _reference = reference
 
-    The optimizer builds it after a step its Python path has validated. ``step`` then
-    re-checks cheaply: every hyperparameter of every group must still be the very same
-    object (identity), and each GroupKernel must accept its params and gradients. Any
-    other case returns -1 without writing anything, and the Python path takes over (it
-    re-validates, raises the precise error, or builds a new plan).
 
-    ``configs[g]`` is ``(kind, lr, lr_callable, beta1, beta2, eps, weight_decay,
-    decoupled, maximize, bias_correction, beta1_decay, nonfinite_code, num_threads)``.
+# ------------------------------------------------------------------ the driver
+
+cdef class Driver:
+    """The step of one optimizer: every per-step rule, once, for every backend.
+
+    ``optimizer`` provides ``param_groups`` (a list, edited in place; rebinding it or
+    adding, replacing or removing a param's state dict calls ``invalidate``), ``state``,
+    ``_plan_groups()`` (validate and
+    build every group's GroupPlan), ``_check_hyper(gi)`` (validate one group's
+    hyperparameters), ``_install(installs)``, ``_check_grads`` and
+    ``_nonfinite_error(plan, grads, found)``. ``step`` returns 0 when the step ran and 1 when
+    non-finite gradients skipped it; on any error nothing has been written.
     """
-    cdef list groups
-    cdef list kernels
-    cdef list values
-    cdef list configs
-    cdef tuple keys
-    cdef list steps
+    cdef object optimizer
+    cdef list plans
+    cdef object groups                 # the param_groups list the plans were built from
     cdef Py_ssize_t n_params
+    cdef object check_grads
+    cdef list one_grad                 # reused for step(ndarray): no list per step
 
-    def __cinit__(self, groups, kernels, keys, steps, configs):
-        self.groups = list(groups)
-        self.kernels = list(kernels)
-        self.keys = tuple(keys)
-        self.values = [tuple(g[k] for k in self.keys) for g in self.groups]
-        self.steps = steps
-        self.configs = list(configs)
-        self.n_params = sum(len(g["params"]) for g in self.groups)
-        if not (len(self.kernels) == len(self.configs) == len(self.groups) == len(steps)):
-            raise ValueError("one kernel, config and step count per group")
+    def __cinit__(self, optimizer):
+        self.optimizer = optimizer
+        self.plans = None
+        self.check_grads = optimizer._check_grads
+        self.one_grad = [None]
 
-    cdef bint _group_unchanged(self, dict group, tuple values):
-        cdef Py_ssize_t j
-        cdef PyObject *item
-        for j in range(len(self.keys)):
-            item = PyDict_GetItem(group, self.keys[j])
-            if item == NULL or item != <PyObject *>values[j]:
-                return False
-        return True
+    def invalidate(self):
+        """Forget the plans: the next step validates and plans every group again."""
+        self.plans = None
+
+    @staticmethod
+    def new_plan(spec):
+        """The plan of one validated group (a ``_GroupSpec``) for this driver."""
+        return GroupPlan(spec)
+
+    @property
+    def plans(self):
+        return None if self.plans is None else list(self.plans)
+
+    cdef int _replan(self) except -1:
+        self.plans = None
+        plans = self.optimizer._plan_groups()
+        self.groups = self.optimizer.param_groups
+        self.n_params = sum(len((<GroupPlan>p).slots[FA_PARAM]) for p in plans)
+        self.plans = list(plans)
+        return 0
+
+    cdef int _fit(self) except -1:
+        """Make every plan fit the optimizer as the user sees it now (no writes)."""
+        cdef GroupPlan plan
+        cdef Py_ssize_t gi
+        if (self.plans is None or type(self.groups) is not list
+                or len(<list>self.groups) != len(self.plans)):
+            return self._replan()
+        for gi in range(len(self.plans)):
+            plan = <GroupPlan>self.plans[gi]
+            if (<list>self.groups)[gi] is not plan.group or not plan._arrays_fit():
+                return self._replan()
+        for gi in range(len(self.plans)):
+            plan = <GroupPlan>self.plans[gi]
+            if not plan._hyper_fits():
+                spec = self.optimizer._check_hyper(gi)
+                if spec.state_names != plan.state_names:
+                    return self._replan()
+                plan.set_hyper(spec)
+        return 0
 
     def step(self, grads):
-        """0: stepped; 1: skipped (non-finite gradients, policy "skip"); -1: nothing
-        written, run the Python path."""
         cdef list glist
-        cdef Py_ssize_t gi, n_groups = len(self.groups), offset = 0, t
-        cdef GroupKernel kernel
-        cdef tuple cfg
-        cdef object params, lr_value
-        cdef double lr
-        cdef int code
-        if isinstance(grads, cnp.ndarray):
-            if self.n_params != 1:
-                return -1
-            glist = [grads]
-        elif type(grads) is list:
+        cdef GroupPlan plan
+        cdef Py_ssize_t gi, n_groups, offset, found
+        cdef bint skip = False
+        self._fit()
+        if type(grads) is list:
             glist = <list>grads
-        elif type(grads) is tuple:
-            glist = list(grads)
+        elif type(grads) is cnp.ndarray and self.n_params == 1:
+            glist = self.one_grad
+            glist[0] = grads
         else:
-            return -1
+            glist = self.optimizer._grad_list(grads, self.n_params)
         if len(glist) != self.n_params:
-            return -1
-        # Check and prepare every group before writing any: the scalars of a group go
-        # into its kernel now, the team size into its pending slot.
-        for gi in range(n_groups):
-            group = <dict>self.groups[gi]
-            if not self._group_unchanged(group, <tuple>self.values[gi]):
-                return -1
-            params = group.get("params")
-            if type(params) is not list:
-                return -1
-            kernel = <GroupKernel>self.kernels[gi]
-            cfg = <tuple>self.configs[gi]
-            t = <Py_ssize_t>self.steps[gi] + 1
-            if cfg[2] is not None:
-                lr_value = cfg[2](t)
-                if (not isinstance(lr_value, (float, int)) or isinstance(lr_value, bool)
-                        or not isfinite(<double>lr_value) or lr_value < 0):
-                    return -1       # the Python path calls it again and raises
-                lr = <double>lr_value
-            else:
-                lr = <double>cfg[1]
-            if kernel._prepare(<list>params, glist, offset, <int>cfg[0]) != 0:
-                return -1
-            _fill_scalars(&kernel.d.scalars, <double>t, lr, cfg[3], cfg[4], cfg[5],
-                          cfg[6], cfg[7], cfg[8], cfg[9], cfg[10])
-            spec = cfg[12]
-            if _forked_child or not FA_OPENMP_ENABLED:
-                kernel.pending_threads = 1
-            elif spec is None:
-                kernel.pending_threads = fa_max_threads()
-            elif spec == -1:
-                kernel.pending_threads = fa_num_procs()
-            else:
-                kernel.pending_threads = spec
-            offset += len(<list>params)
-        if n_groups == 1 and (<tuple>self.configs[0])[11] != 2:
-            # One group with a check: scan and update in one parallel region.
-            kernel = <GroupKernel>self.kernels[0]
-            if kernel._checked_run(kernel.pending_threads) >= 0:
-                kernel.pending_grads = None
-                if (<tuple>self.configs[0])[11] == 0:
-                    return -1       # the Python path finds it again and raises
-                return 1
-            self.steps[0] = <Py_ssize_t>self.steps[0] + 1
-            return 0
-        skip = False
-        for gi in range(n_groups):
-            code = (<tuple>self.configs[gi])[11]
-            kernel = <GroupKernel>self.kernels[gi]
-            if code != 2 and kernel._scan(kernel.pending_threads) >= 0:
-                if code == 0:
-                    return -1       # the Python path finds it again and raises
-                skip = True
-        if skip:
+            glist = self.optimizer._grad_list(glist, self.n_params)   # raises
+        n_groups = len(self.plans)
+        try:
+            offset = 0
             for gi in range(n_groups):
-                (<GroupKernel>self.kernels[gi]).pending_grads = None
-            return 1
-        for gi in range(n_groups):
-            kernel = <GroupKernel>self.kernels[gi]
-            kernel._run(kernel.pending_threads)
-            self.steps[gi] = <Py_ssize_t>self.steps[gi] + 1
-        return 0
+                plan = <GroupPlan>self.plans[gi]
+                try:
+                    plan._prepare(glist, offset, self.check_grads)
+                except _StepsDisagree:
+                    self._replan()         # the Python checks name the params
+                    raise RuntimeError("fusedadam internal error: steps disagree after planning")
+                offset += plan.d.n_arrays
+            if n_groups == 1 and plan.nonfinite != 2 and not plan.numpy_backend:
+                # One group with a check: scan and update in one release of the GIL.
+                found = plan._checked_run()
+                if found >= 0:
+                    return self._nonfinite(plan, found, 0)
+                self._commit(plan)
+                return 0
+            offset = 0
+            for gi in range(n_groups):
+                plan = <GroupPlan>self.plans[gi]
+                if plan.nonfinite != 2:
+                    found = plan._scan(offset)
+                    if found >= 0:
+                        if self._nonfinite(plan, found, offset) == 1:
+                            skip = True
+                offset += plan.d.n_arrays
+            if skip:
+                return 1
+            for gi in range(n_groups):
+                plan = <GroupPlan>self.plans[gi]
+                plan._run()
+                self._commit(plan)
+            return 0
+        finally:
+            for gi in range(n_groups):
+                (<GroupPlan>self.plans[gi])._release()
+            self.one_grad[0] = None
+
+    cdef int _nonfinite(self, GroupPlan plan, Py_ssize_t found, Py_ssize_t offset) except -1:
+        """The non-finite policy: "error" raises (nothing written), "skip" skips the step."""
+        if plan.nonfinite == 0:
+            k = _array_at(&plan.d, found)
+            raise self.optimizer._nonfinite_error(plan, plan._grad_list(), k,
+                                                  found - plan.d.offsets[k])
+        self.optimizer.skipped_steps += 1
+        return 1
+
+    cdef void _commit(self, GroupPlan plan) except *:
+        if plan.installs is not None:
+            self.optimizer._install(plan.installs)
+            plan.installs = None
+        plan._count()
+
+
+# ------------------------------------------------------------------ SparseAdam's rows
+
+cdef inline void _one_row(char *param, char *exp_avg, char *exp_avg_sq, const char *values,
+                          const ptrdiff_t *rows, const ptrdiff_t *order,
+                          const ptrdiff_t *starts, Py_ssize_t u, Py_ssize_t row_bytes,
+                          Py_ssize_t dim, char *scratch, const fa_loops *loops,
+                          const fa_sparse_scalars *s) noexcept nogil:
+    cdef Py_ssize_t first = starts[u], last = starts[u + 1]
+    cdef Py_ssize_t offset = rows[u] * row_bytes
+    cdef const char *grad
+    if last - first == 1:
+        grad = values + order[first] * row_bytes
+    else:
+        # Duplicated row: sum its gradient rows into this thread's scratch row first.
+        loops.sparse_sum(scratch, values, order, first, last, dim)
+        grad = scratch
+    loops.sparse_row(param + offset, exp_avg + offset, exp_avg_sq + offset, grad, dim, s)
+
+
+cdef struct SparseJob:
+    char *param
+    char *exp_avg
+    char *exp_avg_sq
+    const char *values
+    const ptrdiff_t *rows
+    const ptrdiff_t *order
+    const ptrdiff_t *starts
+    Py_ssize_t n_rows, dim, row_bytes, rows_per_chunk
+    char *scratch               # one row per worker, for summing duplicated rows
+    const fa_loops *loops
+    fa_sparse_scalars s
+
+
+cdef void _sparse_rows(SparseJob *j, Py_ssize_t first, Py_ssize_t last,
+                       char *scratch) noexcept nogil:
+    cdef Py_ssize_t u
+    for u in range(first, last):
+        _one_row(j.param, j.exp_avg, j.exp_avg_sq, j.values, j.rows, j.order, j.starts, u,
+                 j.row_bytes, j.dim, scratch, j.loops, &j.s)
+
+
+cdef void _sparse_chunk(void *ctx, ptrdiff_t c, int worker) noexcept nogil:
+    cdef SparseJob *j = <SparseJob *>ctx
+    cdef Py_ssize_t last = (c + 1) * j.rows_per_chunk
+    _sparse_rows(j, c * j.rows_per_chunk, last if last < j.n_rows else j.n_rows,
+                 j.scratch + worker * j.row_bytes if j.scratch != NULL else NULL)
+
+
+cdef void _sparse_run(SparseJob *j, int n_threads) noexcept nogil:
+    """Every distinct row is written by one thread (chunks of whole rows, about one chunk
+    of elements each), so 1 and N threads give identical bits."""
+    j.rows_per_chunk = _chunk_elements // j.dim if j.dim < _chunk_elements else 1
+    cdef Py_ssize_t n_chunks = (j.n_rows + j.rows_per_chunk - 1) // j.rows_per_chunk
+    if n_threads <= 1 or n_chunks < 2:
+        _sparse_rows(j, 0, j.n_rows, j.scratch)
+    else:
+        fa_pool_run(_sparse_chunk, j, n_chunks, n_threads)
+
+
+cdef inline bint _table(cnp.ndarray a, int typenum, Py_ssize_t n, Py_ssize_t dim):
+    return (cnp.PyArray_TYPE(a) == typenum and cnp.PyArray_NDIM(a) == 2
+            and cnp.PyArray_DIM(a, 0) == n and cnp.PyArray_DIM(a, 1) == dim
+            and cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISALIGNED(a)
+            and cnp.PyArray_ISNOTSWAPPED(a))
+
+
+def sparse_first_nonfinite(cnp.ndarray values):
+    """Flat index of the first NaN/inf of a validated (contiguous, native) ``values``, or -1."""
+    cdef int dtype = _dtype_index(values)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(values), found
+    cdef const fa_loops *loops
+    if dtype < 0 or not cnp.PyArray_IS_C_CONTIGUOUS(values):
+        raise ValueError("values were not validated")
+    if n == 0:
+        return -1
+    loops = fa_get_loops(_isa, dtype)
+    cdef const void *data = cnp.PyArray_DATA(values)
+    with nogil:
+        found = loops.scan(data, n)
+    return found
+
+
+def sparse_adam_step(cnp.ndarray param, cnp.ndarray exp_avg, cnp.ndarray exp_avg_sq,
+                     cnp.ndarray values, const Py_ssize_t[::1] rows,
+                     const Py_ssize_t[::1] order, const Py_ssize_t[::1] starts,
+                     dict scalars, num_threads):
+    """Update the rows ``rows`` of ``param``, ``exp_avg``, ``exp_avg_sq`` in place.
+
+    ``scalars`` is the dict of ``step_scalars`` for algorithm ``"sparse_adam"``'s fields
+    (sign, one_minus_beta1, one_minus_beta2, step_size, eps); the loops cast them to the
+    table's dtype. The arguments come from ``fusedadam.sparse`` (rows distinct and in range,
+    everything validated): only shapes, dtypes and layout are re-checked here.
+    """
+    cdef SparseJob j
+    cdef int typenum = cnp.PyArray_TYPE(param), dtype = _dtype_index(param)
+    cdef Py_ssize_t n_table, dim, k = order.shape[0], n_rows = rows.shape[0]
+    cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(param)
+    cdef int n_threads = _resolve_threads(num_threads)
+    if dtype < 0 or cnp.PyArray_NDIM(param) != 2:
+        raise ValueError("param must be a 2-D float table")
+    n_table, dim = cnp.PyArray_DIM(param, 0), cnp.PyArray_DIM(param, 1)
+    if (not _table(param, typenum, n_table, dim) or not cnp.PyArray_ISWRITEABLE(param)
+            or not _table(exp_avg, typenum, n_table, dim)
+            or not cnp.PyArray_ISWRITEABLE(exp_avg)
+            or not _table(exp_avg_sq, typenum, n_table, dim)
+            or not cnp.PyArray_ISWRITEABLE(exp_avg_sq)
+            or not _table(values, typenum, k, dim)):
+        raise ValueError("arrays were not validated (dtype, shape or layout)")
+    if starts.shape[0] != n_rows + 1 or (n_rows > 0 and starts[n_rows] != k):
+        raise ValueError("inconsistent row grouping")
+    if n_rows == 0 or dim == 0:
+        return
+    j.s.sign = scalars["sign"]
+    j.s.one_minus_beta1 = scalars["one_minus_beta1"]
+    j.s.one_minus_beta2 = scalars["one_minus_beta2"]
+    j.s.step_size = scalars["step_size"]
+    j.s.eps = scalars["eps"]
+    j.param = <char *>cnp.PyArray_DATA(param)
+    j.exp_avg = <char *>cnp.PyArray_DATA(exp_avg)
+    j.exp_avg_sq = <char *>cnp.PyArray_DATA(exp_avg_sq)
+    j.values = <const char *>cnp.PyArray_DATA(values)
+    j.rows = <const ptrdiff_t *>&rows[0]
+    j.order = <const ptrdiff_t *>&order[0]
+    j.starts = <const ptrdiff_t *>&starts[0]
+    j.n_rows, j.dim, j.row_bytes = n_rows, dim, dim * itemsize
+    j.loops = fa_get_loops(_isa, dtype)
+    j.scratch = NULL
+    if n_rows < k:
+        j.scratch = <char *>malloc(n_threads * dim * itemsize)
+        if j.scratch == NULL:
+            raise MemoryError()
+    try:
+        with nogil:
+            _sparse_run(&j, n_threads)
+    finally:
+        free(j.scratch)
+
+
+# ------------------------------------------------------------------ the roofline probe
+
+cdef class Probe:
+    """The bandwidth probe (loop kind ``probe``) over fixed lists of arrays, for benchmarks.
+
+    Moves an Adam step's bytes (reads p, g, m, v; writes p, m, v; with ``thirds`` also
+    AMSGrad's max) with trivial arithmetic, ``m += g; v += g; (x += g;) p -= g`` exactly as
+    ``reference.probe_update``, through the same pointer tables and thread split as a step:
+    the roofline of the benchmarks. The arrays must be acceptable to an optimizer (same
+    dtype and shape, C-contiguous, writeable, not aliasing); ``run`` re-checks nothing.
+    """
+    cdef GroupData d
+    cdef tuple keep
+
+    def __cinit__(self, params, grads, exp_avgs, exp_avg_sqs, thirds=None):
+        cdef Py_ssize_t n = len(params), k
+        cdef int slot
+        cdef cnp.ndarray a
+        columns = [list(params), list(grads), list(exp_avgs), list(exp_avg_sqs)]
+        if thirds is not None:
+            columns.append(list(thirds))
+        self.keep = tuple(tuple(c) for c in columns)
+        self.d.n_arrays = n
+        self.d.n_slots = len(columns)
+        self.d.kind = FA_KIND_probe
+        self.d.first_bad, self.d.first_bad_size = NULL, 0
+        for slot in range(FA_MAX_SLOTS):
+            self.d.ptr[slot] = NULL
+        for slot in range(self.d.n_slots):
+            self.d.ptr[slot] = <char **>malloc((n + 1) * sizeof(char *))
+        self.d.offsets = <Py_ssize_t *>malloc((n + 1) * sizeof(Py_ssize_t))
+        self.d.itemsize = <Py_ssize_t *>malloc((n + 1) * sizeof(Py_ssize_t))
+        self.d.loops = <const fa_loops **>malloc((n + 1) * sizeof(fa_loops *))
+        self.d.offsets[0] = 0
+        for k in range(n):
+            a = self.keep[FA_PARAM][k]
+            for slot in range(self.d.n_slots):
+                c = self.keep[slot][k]
+                if (not isinstance(c, cnp.ndarray) or (<cnp.ndarray>c).dtype != a.dtype
+                        or (<cnp.ndarray>c).size != a.size
+                        or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>c)):
+                    raise ValueError("probe: every array must match its param "
+                                     "(dtype, size, C-contiguous)")
+                self.d.ptr[slot][k] = _data(c, self.d.offsets)
+            dtype = _dtype_index(a)
+            if dtype < 0:
+                raise ValueError("probe: float32 or float64 arrays")
+            self.d.loops[k] = fa_get_loops(_isa, dtype)
+            self.d.itemsize[k] = cnp.PyArray_ITEMSIZE(a)
+            self.d.offsets[k + 1] = self.d.offsets[k] + cnp.PyArray_SIZE(a)
+
+    def __dealloc__(self):
+        cdef int slot
+        for slot in range(FA_MAX_SLOTS):
+            free(self.d.ptr[slot])
+        free(self.d.offsets)
+        free(self.d.itemsize)
+        free(self.d.loops)
+        free(self.d.first_bad)
+
+    def run(self, int n_threads=1):
+        """One probe pass over every array, in place, on ``n_threads`` threads."""
+        if n_threads < 1:
+            raise ValueError("n_threads must be >= 1")
+        _reserve_chunks(&self.d)
+        with nogil:
+            _run(&self.d, n_threads)
 
 
 def probe(params, grads, exp_avgs, exp_avg_sqs, thirds=None, int n_threads=1):
-    """Run the bandwidth probe (loop kind ``PROBE``) once over lists of arrays, in place.
-
-    The probe moves an Adam step's bytes (reads p, g, m, v; writes p, m, v; with
-    ``thirds`` also AMSGrad's max_exp_avg_sq) with trivial arithmetic:
-    ``m += g; v += g; (x += g;) p -= g``, exactly as ``reference.probe_update``. It is
-    the roofline of the benchmarks. The arrays must already be acceptable to the
-    optimizer (same dtype and shape, C-contiguous, writeable, not aliasing); for repeated
-    timing build a ``GroupKernel`` once instead, as ``bench/step.py`` does.
-    """
-    cdef GroupKernel kernel = GroupKernel(params, exp_avgs, exp_avg_sqs, thirds, [], [])
-    if n_threads < 1:
-        raise ValueError("n_threads must be >= 1")
-    if kernel.prepare(list(params), list(grads), 0, FA_PROBE) != 0:
-        raise ValueError("probe: a gradient does not match its param (dtype, shape, layout)")
-    kernel.run((1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0), n_threads)
+    """One probe pass (see ``Probe``) over lists of arrays, in place."""
+    Probe(params, grads, exp_avgs, exp_avg_sqs, thirds).run(n_threads)

@@ -1,11 +1,11 @@
 /*
- * Inner loops of the Adam family over one contiguous segment, compiled once per
- * instruction set and chosen at run time (no -march flag: the wheel stays portable).
+ * Per-element bodies of every dense loop kind. _dispatch.h instantiates each body once per
+ * instruction set and element type and puts them in the one dispatch table.
  *
- * Bit-exactness contract: every loop evaluates, per element and in the array's dtype,
- * exactly the operations of fusedadam/reference.py in the same order. Only IEEE-exact
- * operations are used (+, -, *, /, sqrt, fabs, compare); the build passes
- * -ffp-contract=off so no multiply-add is fused, so every instruction set and every
+ * Bit-exactness contract: every body evaluates, per element and in the array's dtype,
+ * exactly the operations of the matching function of fusedadam/reference.py in the same
+ * order. Only IEEE-exact operations are used (+, -, *, /, sqrt, fabs, compare); the build
+ * passes -ffp-contract=off so no multiply-add is fused, so every instruction set and every
  * thread count produces the same bits as NumPy.
  *
  * Index arithmetic is ptrdiff_t (64-bit on every 64-bit target): a single parameter can
@@ -16,34 +16,50 @@
 
 #include <math.h>
 #include <stddef.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 
-/* Per-step scalars, computed once in double by the Python layer, cast to the array's
- * dtype inside each loop (the same rounding as NumPy's dtype.type(x)). */
+/* Per-step scalars, computed once in double by fa_step_scalars (_scalars.h), cast to the
+ * array's dtype inside each loop (the same rounding as NumPy's dtype.type(x)). Each loop
+ * kind reads the fields it needs; the others are 0. */
 typedef struct {
-    double sign;            /* -1 when maximizing, else 1 */
-    double weight_decay;    /* coupled (L2) coefficient; used only by the *_l2 loops */
-    double decay;           /* decoupled factor 1 - lr_t * weight_decay; 1 otherwise */
-    double beta1;           /* beta1 * beta1_decay ** (t - 1) */
+    double sign;             /* -1 when maximizing, else 1 */
+    double weight_decay;     /* coupled (L2) coefficient; used only by the *_l2 kinds */
+    double decay;            /* decoupled factor 1 - lr_t * weight_decay; 1 otherwise */
+    double beta1;            /* the first moment's decay of this step */
     double one_minus_beta1;
     double beta2;
     double one_minus_beta2;
-    double step_size;       /* lr_t / bias_correction1 */
-    double bc2_sqrt;        /* sqrt(bias_correction2) */
-    double eps;
+    double step_size;        /* multiplies the numerator of the update */
+    double eps;              /* added to the denominator */
+    double eps_root;         /* AdaBelief: added to the second moment itself */
+    double grad_coef;        /* NAdam: multiplies g in the numerator */
 } fa_scalars;
 
-typedef void (*fa_loop_fn)(void *param, const void *grad, void *exp_avg, void *second,
-                           void *third, ptrdiff_t n, const fa_scalars *s);
+/* Array slots of a loop call: the param, its gradient, then the state arrays in the order
+ * of the algorithm's state names (fusedadam/_algorithms.py). */
+enum { FA_PARAM = 0, FA_GRAD = 1, FA_STATE0 = 2, FA_MAX_SLOTS = 5 };
 
-enum { FA_FLOAT32 = 0, FA_FLOAT64 = 1, FA_N_DTYPES = 2 };
-enum {
-    FA_ADAM = 0, FA_ADAM_L2, FA_AMSGRAD, FA_AMSGRAD_L2, FA_ADAMAX, FA_ADAMAX_L2,
-    FA_PROBE, FA_N_KINDS
-};
-enum { FA_ISA_BASELINE = 0, FA_ISA_AVX2 = 1, FA_ISA_AVX512 = 2, FA_N_ISAS = 3 };
+/* The loop kinds, in the order of their numbers. X(name, body, COUPLED, FLAG). Python reads
+ * the names (_kernels.LOOP_KINDS), so this list is the only place a kind is numbered. */
+#define FA_DENSE_KINDS(X, ...)                                                       \
+    X(adam, FA_ADAM_BODY, 0, 0, __VA_ARGS__)                                         \
+    X(adam_l2, FA_ADAM_BODY, 1, 0, __VA_ARGS__)                                      \
+    X(amsgrad, FA_ADAM_BODY, 0, 1, __VA_ARGS__)                                      \
+    X(amsgrad_l2, FA_ADAM_BODY, 1, 1, __VA_ARGS__)                                   \
+    X(adamax, FA_ADAMAX_BODY, 0, 0, __VA_ARGS__)                                     \
+    X(adamax_l2, FA_ADAMAX_BODY, 1, 0, __VA_ARGS__)                                  \
+    X(nadam, FA_NADAM_BODY, 0, 0, __VA_ARGS__)                                       \
+    X(nadam_l2, FA_NADAM_BODY, 1, 0, __VA_ARGS__)                                    \
+    X(momentum, FA_MOMENTUM_BODY, 0, 0, __VA_ARGS__)                                 \
+    X(momentum_l2, FA_MOMENTUM_BODY, 1, 0, __VA_ARGS__)                              \
+    X(adabelief, FA_ADABELIEF_BODY, 0, 0, __VA_ARGS__)                               \
+    X(adabelief_l2, FA_ADABELIEF_BODY, 1, 0, __VA_ARGS__)                            \
+    X(lion, FA_LION_BODY, 0, 0, __VA_ARGS__)                                         \
+    X(probe, FA_PROBE_BODY, 0, 0, __VA_ARGS__)
+
+#define FA_KIND_ENUM(name, body, coupled, flag, ...) FA_KIND_##name,
+enum { FA_DENSE_KINDS(FA_KIND_ENUM, ~) FA_N_KINDS };
+#define FA_KIND_NAME(name, body, coupled, flag, ...) #name,
+static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAME, ~)};
 
 #if defined(_MSC_VER) && !defined(__clang__)
 #define restrict __restrict
@@ -52,35 +68,35 @@ enum { FA_ISA_BASELINE = 0, FA_ISA_AVX2 = 1, FA_ISA_AVX512 = 2, FA_N_ISAS = 3 };
 /* max that propagates NaN from either side, as numpy.maximum does. */
 #define FA_MAX_NAN(a, b) (((a) >= (b) || (a) != (a)) ? (a) : (b))
 
-/* One Adam/AMSGrad element step. COUPLED and AMSGRAD are compile-time constants at
- * every call site, so each loop below is specialised with no branch left inside.
- *
- * The documented update p -= step_size * m / (sqrt(v) / sqrt(bc2) + eps) is evaluated
- * in the algebraically identical form
- *     p -= (step_size * sqrt(bc2)) * m / (sqrt(v) + eps * sqrt(bc2))
- * (the eps-hat form of the Adam paper, section 2): one division per element instead of
- * two. The divider/square-root unit is the bottleneck of the in-cache step (on Zen 3 one
- * vsqrtps + two vdivps per 8 floats cost ~1.5 cycles/element; one division less is
- * measured in bench/README.md). Both products are formed in double and cast once per
- * call, and reference.adam_update does the same, so the two stay bit-identical. */
-#define FA_ADAM_BODY(T, SQRT, COUPLED, AMSGRAD)                                      \
+/* What every kind does first: the sign, the L2 term, the decoupled decay. */
+#define FA_PRELUDE(T, COUPLED)                                                       \
+    T *restrict p_ = (T *)a[FA_PARAM];                                               \
+    const T *restrict g_ = (const T *)a[FA_GRAD];                                    \
+    const T sign = (T)s->sign, wd = (T)s->weight_decay, decay = (T)s->decay;         \
+    (void)wd;
+#define FA_GRAD_AND_PARAM(T, COUPLED)                                                   \
+    T g = g_[i] * sign;                                                              \
+    T p = p_[i];                                                                     \
+    if (COUPLED) g = g + wd * p;                                                     \
+    p = p * decay;
+
+/* Adam / AMSGrad. The update p -= lr_t/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) is evaluated in
+ * the algebraically identical eps-hat form (Adam paper, section 2)
+ *     p -= step_size * m / (sqrt(v) + eps),  step_size = lr_t/bc1*sqrt(bc2), eps = eps*sqrt(bc2)
+ * with one division per element: the divider is what bounds the in-cache step
+ * (bench/README.md). RAdam's rectified step is this loop with its own scalars. */
+#define FA_ADAM_BODY(T, SQRT, FABS, COUPLED, AMSGRAD)                                \
     {                                                                                \
-        T *restrict p_ = (T *)param;                                                 \
-        const T *restrict g_ = (const T *)grad;                                      \
-        T *restrict m_ = (T *)exp_avg;                                               \
-        T *restrict v_ = (T *)second;                                                \
-        T *restrict vmax_ = (T *)third;                                              \
-        const T sign = (T)s->sign, wd = (T)s->weight_decay, decay = (T)s->decay;     \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        T *restrict m_ = (T *)a[FA_STATE0];                                          \
+        T *restrict v_ = (T *)a[FA_STATE0 + 1];                                      \
+        T *restrict vmax_ = (T *)a[FA_STATE0 + 2];                                   \
         const T b1 = (T)s->beta1, omb1 = (T)s->one_minus_beta1;                      \
         const T b2 = (T)s->beta2, omb2 = (T)s->one_minus_beta2;                      \
-        const T step_size = (T)(s->step_size * s->bc2_sqrt);                         \
-        const T eps = (T)(s->eps * s->bc2_sqrt);                                     \
-        (void)wd; (void)vmax_;                                                       \
+        const T step_size = (T)s->step_size, eps = (T)s->eps;                        \
+        (void)vmax_;                                                                 \
         for (ptrdiff_t i = 0; i < n; i++) {                                          \
-            T g = g_[i] * sign;                                                      \
-            T p = p_[i];                                                             \
-            if (COUPLED) g = g + wd * p;                                             \
-            p = p * decay;                                                           \
+            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
             T m = b1 * m_[i] + omb1 * g;                                             \
             T v = b2 * v_[i] + omb2 * g * g;                                         \
             m_[i] = m;                                                               \
@@ -96,41 +112,128 @@ enum { FA_ISA_BASELINE = 0, FA_ISA_AVX2 = 1, FA_ISA_AVX512 = 2, FA_N_ISAS = 3 };
         }                                                                            \
     }
 
-/* One Adamax element step: u = max(beta2 * u, |g| + eps), p -= step_size * m / u. */
-#define FA_ADAMAX_BODY(T, FABS, COUPLED)                                             \
+/* Adamax: u = max(beta2 * u, |g| + eps), p -= step_size * m / u. */
+#define FA_ADAMAX_BODY(T, SQRT, FABS, COUPLED, FLAG)                                 \
     {                                                                                \
-        T *restrict p_ = (T *)param;                                                 \
-        const T *restrict g_ = (const T *)grad;                                      \
-        T *restrict m_ = (T *)exp_avg;                                               \
-        T *restrict u_ = (T *)second;                                                \
-        const T sign = (T)s->sign, wd = (T)s->weight_decay, decay = (T)s->decay;     \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        T *restrict m_ = (T *)a[FA_STATE0];                                          \
+        T *restrict u_ = (T *)a[FA_STATE0 + 1];                                      \
         const T b1 = (T)s->beta1, omb1 = (T)s->one_minus_beta1;                      \
         const T b2 = (T)s->beta2, step_size = (T)s->step_size, eps = (T)s->eps;      \
-        (void)wd; (void)third;                                                       \
         for (ptrdiff_t i = 0; i < n; i++) {                                          \
-            T g = g_[i] * sign;                                                      \
-            T p = p_[i];                                                             \
-            if (COUPLED) g = g + wd * p;                                             \
-            p = p * decay;                                                           \
+            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
             T m = b1 * m_[i] + omb1 * g;                                             \
             T u = b2 * u_[i];                                                        \
-            T a = FABS(g) + eps;                                                     \
-            u = FA_MAX_NAN(u, a);                                                    \
+            T abs_g = FABS(g) + eps;                                                 \
+            u = FA_MAX_NAN(u, abs_g);                                                \
             m_[i] = m;                                                               \
             u_[i] = u;                                                               \
             p_[i] = p - step_size * m / u;                                           \
         }                                                                            \
     }
 
-/* Bandwidth probe with Adam's memory traffic (read p, g, m, v; write p, m, v) and
- * trivial arithmetic: the fastest the memory system can run an Adam step. */
-#define FA_PROBE_BODY(T)                                                             \
+/* NAdam (Dozat 2016, torch.optim.NAdam): Nesterov momentum on Adam's moments,
+ *     p -= (grad_coef * g + step_size * m) / (sqrt(v) + eps)
+ * with grad_coef = lr(1 - mu_t)/(1 - prod mu)*sqrt(bc2), step_size =
+ * lr mu_{t+1}/(1 - prod mu * mu_{t+1})*sqrt(bc2), eps = eps*sqrt(bc2): torch's two
+ * addcdiv terms over one shared denominator, with one division. */
+#define FA_NADAM_BODY(T, SQRT, FABS, COUPLED, FLAG)                                  \
     {                                                                                \
-        T *restrict p_ = (T *)param;                                                 \
-        const T *restrict g_ = (const T *)grad;                                      \
-        T *restrict m_ = (T *)exp_avg;                                               \
-        T *restrict v_ = (T *)second;                                                \
-        T *restrict x_ = (T *)third;                                                 \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        T *restrict m_ = (T *)a[FA_STATE0];                                          \
+        T *restrict v_ = (T *)a[FA_STATE0 + 1];                                      \
+        const T b1 = (T)s->beta1, omb1 = (T)s->one_minus_beta1;                      \
+        const T b2 = (T)s->beta2, omb2 = (T)s->one_minus_beta2;                      \
+        const T step_size = (T)s->step_size, grad_coef = (T)s->grad_coef;            \
+        const T eps = (T)s->eps;                                                     \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
+            T m = b1 * m_[i] + omb1 * g;                                             \
+            T v = b2 * v_[i] + omb2 * g * g;                                         \
+            m_[i] = m;                                                               \
+            v_[i] = v;                                                               \
+            T denom = SQRT(v) + eps;                                                 \
+            p_[i] = p - (grad_coef * g + step_size * m) / denom;                     \
+        }                                                                            \
+    }
+
+/* RAdam's unrectified step (rho_t <= 5): the moments advance as Adam's, the param takes a
+ * bias-corrected momentum step p -= step_size * m, step_size = lr_t / bc1. */
+#define FA_MOMENTUM_BODY(T, SQRT, FABS, COUPLED, FLAG)                               \
+    {                                                                                \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        T *restrict m_ = (T *)a[FA_STATE0];                                          \
+        T *restrict v_ = (T *)a[FA_STATE0 + 1];                                      \
+        const T b1 = (T)s->beta1, omb1 = (T)s->one_minus_beta1;                      \
+        const T b2 = (T)s->beta2, omb2 = (T)s->one_minus_beta2;                      \
+        const T step_size = (T)s->step_size;                                         \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
+            T m = b1 * m_[i] + omb1 * g;                                             \
+            T v = b2 * v_[i] + omb2 * g * g;                                         \
+            m_[i] = m;                                                               \
+            v_[i] = v;                                                               \
+            p_[i] = p - step_size * m;                                               \
+        }                                                                            \
+    }
+
+/* AdaBelief (Zhuang et al. 2020, Algorithm 2, as optax.scale_by_belief): the second moment
+ * tracks the squared surprise (g - m)^2 of the new m, plus eps_root inside the moment;
+ * bias-corrected as Adam (step_size and eps carry sqrt(bc2)). */
+#define FA_ADABELIEF_BODY(T, SQRT, FABS, COUPLED, FLAG)                              \
+    {                                                                                \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        T *restrict m_ = (T *)a[FA_STATE0];                                          \
+        T *restrict s_ = (T *)a[FA_STATE0 + 1];                                      \
+        const T b1 = (T)s->beta1, omb1 = (T)s->one_minus_beta1;                      \
+        const T b2 = (T)s->beta2, omb2 = (T)s->one_minus_beta2;                      \
+        const T step_size = (T)s->step_size, eps = (T)s->eps;                        \
+        const T eps_root = (T)s->eps_root;                                           \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
+            T m = b1 * m_[i] + omb1 * g;                                             \
+            T surprise = g - m;                                                      \
+            T belief = b2 * s_[i] + omb2 * surprise * surprise;                      \
+            belief = belief + eps_root;                                              \
+            m_[i] = m;                                                               \
+            s_[i] = belief;                                                          \
+            T denom = SQRT(belief) + eps;                                            \
+            p_[i] = p - step_size * m / denom;                                       \
+        }                                                                            \
+    }
+
+/* The sign of c as numpy.sign gives it for a nonzero number, and c itself for +-0 and NaN
+ * (so NaN propagates and a zero interpolation moves nothing). */
+#define FA_SIGN(T, c) ((c) > (T)0 ? (T)1 : ((c) < (T)0 ? (T)-1 : (c)))
+
+/* Lion (Chen et al. 2023, optax.lion): p -= lr_t * sign(b1 m + (1 - b1) g), then
+ * m = b2 m + (1 - b2) g; weight decay is decoupled (in decay). One state array. */
+#define FA_LION_BODY(T, SQRT, FABS, COUPLED, FLAG)                                   \
+    {                                                                                \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        T *restrict m_ = (T *)a[FA_STATE0];                                          \
+        const T b1 = (T)s->beta1, omb1 = (T)s->one_minus_beta1;                      \
+        const T b2 = (T)s->beta2, omb2 = (T)s->one_minus_beta2;                      \
+        const T step_size = (T)s->step_size;                                         \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
+            T m = m_[i];                                                             \
+            T c = b1 * m + omb1 * g;                                                 \
+            p_[i] = p - step_size * FA_SIGN(T, c);                                   \
+            m_[i] = b2 * m + omb2 * g;                                               \
+        }                                                                            \
+    }
+
+/* Bandwidth probe with Adam's memory traffic (read p, g, m, v; write p, m, v; and AMSGrad's
+ * third array when given) and trivial arithmetic: the fastest the memory system can run an
+ * Adam step. */
+#define FA_PROBE_BODY(T, SQRT, FABS, COUPLED, FLAG)                                  \
+    {                                                                                \
+        T *restrict p_ = (T *)a[FA_PARAM];                                           \
+        const T *restrict g_ = (const T *)a[FA_GRAD];                                \
+        T *restrict m_ = (T *)a[FA_STATE0];                                          \
+        T *restrict v_ = (T *)a[FA_STATE0 + 1];                                      \
+        T *restrict x_ = (T *)a[FA_STATE0 + 2];                                      \
         (void)s;                                                                     \
         if (x_) {                                                                    \
             for (ptrdiff_t i = 0; i < n; i++) {                                      \
@@ -146,61 +249,5 @@ enum { FA_ISA_BASELINE = 0, FA_ISA_AVX2 = 1, FA_ISA_AVX512 = 2, FA_N_ISAS = 3 };
             }                                                                        \
         }                                                                            \
     }
-
-#define FA_SIG(NAME)                                                                 \
-    void NAME(void *param, const void *grad, void *exp_avg, void *second,            \
-              void *third, ptrdiff_t n, const fa_scalars *s)
-
-/* All loops of one instruction set; ATTR is that set's target attribute. */
-#define FA_DEFINE_ISA(ISA, ATTR)                                                     \
-    ATTR static FA_SIG(fa_adam_f32_##ISA) FA_ADAM_BODY(float, sqrtf, 0, 0)           \
-    ATTR static FA_SIG(fa_adam_l2_f32_##ISA) FA_ADAM_BODY(float, sqrtf, 1, 0)        \
-    ATTR static FA_SIG(fa_ams_f32_##ISA) FA_ADAM_BODY(float, sqrtf, 0, 1)            \
-    ATTR static FA_SIG(fa_ams_l2_f32_##ISA) FA_ADAM_BODY(float, sqrtf, 1, 1)         \
-    ATTR static FA_SIG(fa_adamax_f32_##ISA) FA_ADAMAX_BODY(float, fabsf, 0)          \
-    ATTR static FA_SIG(fa_adamax_l2_f32_##ISA) FA_ADAMAX_BODY(float, fabsf, 1)       \
-    ATTR static FA_SIG(fa_probe_f32_##ISA) FA_PROBE_BODY(float)                      \
-    ATTR static FA_SIG(fa_adam_f64_##ISA) FA_ADAM_BODY(double, sqrt, 0, 0)           \
-    ATTR static FA_SIG(fa_adam_l2_f64_##ISA) FA_ADAM_BODY(double, sqrt, 1, 0)        \
-    ATTR static FA_SIG(fa_ams_f64_##ISA) FA_ADAM_BODY(double, sqrt, 0, 1)            \
-    ATTR static FA_SIG(fa_ams_l2_f64_##ISA) FA_ADAM_BODY(double, sqrt, 1, 1)         \
-    ATTR static FA_SIG(fa_adamax_f64_##ISA) FA_ADAMAX_BODY(double, fabs, 0)          \
-    ATTR static FA_SIG(fa_adamax_l2_f64_##ISA) FA_ADAMAX_BODY(double, fabs, 1)       \
-    ATTR static FA_SIG(fa_probe_f64_##ISA) FA_PROBE_BODY(double)
-
-#define FA_TABLE_ROW(ISA)                                                            \
-    {{fa_adam_f32_##ISA, fa_adam_l2_f32_##ISA, fa_ams_f32_##ISA, fa_ams_l2_f32_##ISA, \
-      fa_adamax_f32_##ISA, fa_adamax_l2_f32_##ISA, fa_probe_f32_##ISA},              \
-     {fa_adam_f64_##ISA, fa_adam_l2_f64_##ISA, fa_ams_f64_##ISA, fa_ams_l2_f64_##ISA, \
-      fa_adamax_f64_##ISA, fa_adamax_l2_f64_##ISA, fa_probe_f64_##ISA}}
-
-FA_DEFINE_ISA(baseline, )
-
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define FA_HAVE_X86_DISPATCH 1
-/* FMA is deliberately not enabled: a fused multiply-add rounds once, NumPy twice. */
-FA_DEFINE_ISA(avx2, __attribute__((target("avx2"))))
-FA_DEFINE_ISA(avx512, __attribute__((target("avx512f,prefer-vector-width=512"))))
-static const fa_loop_fn fa_loops[FA_N_ISAS][FA_N_DTYPES][FA_N_KINDS] = {
-    FA_TABLE_ROW(baseline), FA_TABLE_ROW(avx2), FA_TABLE_ROW(avx512)};
-#else
-#define FA_HAVE_X86_DISPATCH 0
-static const fa_loop_fn fa_loops[FA_N_ISAS][FA_N_DTYPES][FA_N_KINDS] = {
-    FA_TABLE_ROW(baseline), FA_TABLE_ROW(baseline), FA_TABLE_ROW(baseline)};
-#endif
-
-/* The best instruction set this CPU runs, as an FA_ISA_* value. */
-static int fa_cpu_best_isa(void) {
-#if FA_HAVE_X86_DISPATCH
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return FA_ISA_AVX512;
-    if (__builtin_cpu_supports("avx2")) return FA_ISA_AVX2;
-#endif
-    return FA_ISA_BASELINE;
-}
-
-static fa_loop_fn fa_get_loop(int isa, int dtype, int kind) {
-    return fa_loops[isa][dtype][kind];
-}
 
 #endif /* FUSEDADAM_LOOPS_H */

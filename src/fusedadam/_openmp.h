@@ -1,4 +1,6 @@
-/* The only place that knows whether OpenMP was compiled in (setup.py probes for it). */
+/* The only place that knows whether OpenMP was compiled in (setup.py probes for it). OpenMP
+ * runs no parallel region here: it supplies the thread count, which OMP_NUM_THREADS,
+ * omp_set_num_threads and threadpoolctl control; the step's threads are _pool.h's. */
 #ifndef FUSEDADAM_OPENMP_H
 #define FUSEDADAM_OPENMP_H
 #ifdef _OPENMP
@@ -6,16 +8,9 @@
 #define FA_OPENMP_ENABLED 1
 static int fa_max_threads(void) { return omp_get_max_threads(); }
 static int fa_num_procs(void) { return omp_get_num_procs(); }
-/* Called inside a parallel region by every thread of the team. */
-static int fa_team_size(void) { return omp_get_num_threads(); }
-static void fa_barrier(void) {
-#pragma omp barrier
-}
 #else
 #define FA_OPENMP_ENABLED 0
 static int fa_max_threads(void) { return 1; }
 static int fa_num_procs(void) { return 1; }
-static int fa_team_size(void) { return 1; }
-static void fa_barrier(void) {}
 #endif
 #endif

@@ -2,5 +2,3 @@ cdef extern from "_openmp.h" nogil:
     int FA_OPENMP_ENABLED
     int fa_max_threads()
     int fa_num_procs()
-    int fa_team_size()
-    void fa_barrier()

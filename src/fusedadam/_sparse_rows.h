@@ -1,6 +1,6 @@
 /*
- * SparseAdam's per-row loops, compiled once per instruction set and chosen at run time
- * (the scheme of _loops.h; no -march flag).
+ * SparseAdam's per-row bodies; _dispatch.h instantiates them once per instruction set and
+ * element type, in the one dispatch table.
  *
  * Bit-exactness contract: per element and in the table's dtype, the operations of
  * fusedadam/reference.py::sparse_adam_update in the same order, which are those of
@@ -28,8 +28,6 @@ typedef void (*fa_row_fn)(void *param, void *exp_avg, void *exp_avg_sq, const vo
 typedef void (*fa_sum_fn)(void *out, const void *values, const ptrdiff_t *order,
                           ptrdiff_t first, ptrdiff_t last, ptrdiff_t dim);
 
-enum { FA_SP_FLOAT32 = 0, FA_SP_FLOAT64 = 1 };
-enum { FA_SP_ISA_BASELINE = 0, FA_SP_ISA_AVX2 = 1, FA_SP_ISA_AVX512 = 2, FA_SP_N_ISAS = 3 };
 
 #if defined(_MSC_VER) && !defined(__clang__)
 #define restrict __restrict
@@ -74,36 +72,5 @@ enum { FA_SP_ISA_BASELINE = 0, FA_SP_ISA_AVX2 = 1, FA_SP_ISA_AVX512 = 2, FA_SP_N
 #define FA_SPARSE_SUM_SIG(NAME)                                                      \
     void NAME(void *out, const void *values, const ptrdiff_t *order, ptrdiff_t first, \
               ptrdiff_t last, ptrdiff_t dim)
-
-#define FA_SPARSE_DEFINE_ISA(ISA, ATTR)                                              \
-    ATTR static FA_SPARSE_ROW_SIG(fa_sparse_row_f32_##ISA) FA_SPARSE_ROW_BODY(float, sqrtf) \
-    ATTR static FA_SPARSE_ROW_SIG(fa_sparse_row_f64_##ISA) FA_SPARSE_ROW_BODY(double, sqrt) \
-    ATTR static FA_SPARSE_SUM_SIG(fa_sparse_sum_f32_##ISA) FA_SPARSE_SUM_BODY(float)  \
-    ATTR static FA_SPARSE_SUM_SIG(fa_sparse_sum_f64_##ISA) FA_SPARSE_SUM_BODY(double)
-
-#define FA_SPARSE_ROWS(ISA) {fa_sparse_row_f32_##ISA, fa_sparse_row_f64_##ISA}
-#define FA_SPARSE_SUMS(ISA) {fa_sparse_sum_f32_##ISA, fa_sparse_sum_f64_##ISA}
-
-FA_SPARSE_DEFINE_ISA(baseline, )
-
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define FA_SPARSE_X86_DISPATCH 1
-/* FMA deliberately not enabled: a fused multiply-add rounds once, NumPy twice. */
-FA_SPARSE_DEFINE_ISA(avx2, __attribute__((target("avx2"))))
-FA_SPARSE_DEFINE_ISA(avx512, __attribute__((target("avx512f,prefer-vector-width=512"))))
-static const fa_row_fn fa_sparse_rows[FA_SP_N_ISAS][2] = {
-    FA_SPARSE_ROWS(baseline), FA_SPARSE_ROWS(avx2), FA_SPARSE_ROWS(avx512)};
-static const fa_sum_fn fa_sparse_sums[FA_SP_N_ISAS][2] = {
-    FA_SPARSE_SUMS(baseline), FA_SPARSE_SUMS(avx2), FA_SPARSE_SUMS(avx512)};
-#else
-#define FA_SPARSE_X86_DISPATCH 0
-static const fa_row_fn fa_sparse_rows[FA_SP_N_ISAS][2] = {
-    FA_SPARSE_ROWS(baseline), FA_SPARSE_ROWS(baseline), FA_SPARSE_ROWS(baseline)};
-static const fa_sum_fn fa_sparse_sums[FA_SP_N_ISAS][2] = {
-    FA_SPARSE_SUMS(baseline), FA_SPARSE_SUMS(baseline), FA_SPARSE_SUMS(baseline)};
-#endif
-
-static fa_row_fn fa_sparse_get_row(int isa, int dtype) { return fa_sparse_rows[isa][dtype]; }
-static fa_sum_fn fa_sparse_get_sum(int isa, int dtype) { return fa_sparse_sums[isa][dtype]; }
 
 #endif /* FUSEDADAM_SPARSE_ROWS_H */

@@ -10,6 +10,7 @@ import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 NONFINITE_MODES = ("error", "skip", "ignore")
+BACKENDS = ("auto", "compiled", "numpy")
 
 
 def _is_real(x):
@@ -17,7 +18,7 @@ def _is_real(x):
 
 
 def check_lr(lr, where=""):
-    """Check a learning rate value (not a callable): a finite real >= 0."""
+    """Check a learning rate value (not a callable): a finite real >= 0; return it as float."""
     if not _is_real(lr):
         raise TypeError(f"{where}Invalid learning rate: {lr!r} (expected a real number or a callable)")
     if not math.isfinite(lr) or lr < 0.0:
@@ -25,15 +26,7 @@ def check_lr(lr, where=""):
     return float(lr)
 
 
-def check_hyperparameters(group, where=""):
-    """Validate one parameter group's hyperparameters (a dict), raising on the first bad one.
-
-    ``where`` prefixes messages, e.g. ``"param_groups[1]: "``.
-    """
-    lr = group["lr"]
-    if not callable(lr):
-        check_lr(lr, where)
-    betas = group["betas"]
+def _check_betas(betas, where):
     try:
         n_betas = len(betas)
     except TypeError:
@@ -45,40 +38,85 @@ def check_hyperparameters(group, where=""):
             raise TypeError(f"{where}Invalid beta parameter at index {i}: {beta!r}")
         if not (0.0 <= beta < 1.0):
             raise ValueError(f"{where}Invalid beta parameter at index {i}: {beta}")
-    eps = group["eps"]
-    if not _is_real(eps):
-        raise TypeError(f"{where}Invalid epsilon value: {eps!r}")
-    # eps > 0 keeps every denominator positive: sqrt(v)/sqrt(bc2) + eps >= eps (Adam) and
-    # u >= |g| + eps (Adamax), so the kernels never divide by zero.
-    if not math.isfinite(eps) or eps <= 0.0:
-        raise ValueError(f"{where}Invalid epsilon value: {eps} (must be finite and > 0)")
-    wd = group["weight_decay"]
-    if not _is_real(wd):
-        raise TypeError(f"{where}Invalid weight_decay value: {wd!r}")
-    if not math.isfinite(wd) or wd < 0.0:
-        raise ValueError(f"{where}Invalid weight_decay value: {wd}")
-    decay = group["beta1_decay"]
-    if not _is_real(decay):
-        raise TypeError(f"{where}Invalid beta1_decay value: {decay!r}")
-    if not (0.0 < decay <= 1.0):
-        raise ValueError(f"{where}Invalid beta1_decay value: {decay} (must be in (0, 1])")
-    for flag in ("amsgrad", "maximize", "bias_correction"):
-        if flag in group and not isinstance(group[flag], (bool, np.bool_)):
-            raise TypeError(f"{where}{flag} must be a bool, got {group[flag]!r}")
-    mode = group.get("nonfinite", "ignore")
-    if mode not in NONFINITE_MODES:
+
+
+def _real_checker(label, ok, rule):
+    def check(value, where):
+        if not _is_real(value):
+            raise TypeError(f"{where}Invalid {label} value: {value!r}")
+        if not (math.isfinite(value) and ok(value)):
+            raise ValueError(f"{where}Invalid {label} value: {value}{rule}")
+    return check
+
+
+def _bool_checker(name):
+    def check(value, where):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{where}{name} must be a bool, got {value!r}")
+    return check
+
+
+def _check_nonfinite(mode, where):
+    if not isinstance(mode, str) or mode not in NONFINITE_MODES:
         raise ValueError(f"{where}Invalid nonfinite mode {mode!r}; expected one of {NONFINITE_MODES}")
 
 
-def check_num_threads(num_threads):
-    """None, -1 or a positive int; 0 and other negatives are errors."""
+def _check_backend(backend, where):
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"{where}Invalid backend {backend!r}; expected one of {BACKENDS}")
+
+
+def _check_lr_entry(lr, where):
+    if not callable(lr):
+        check_lr(lr, where)
+
+
+def _check_num_threads_entry(value, where):
+    check_num_threads(value, where)
+
+
+# One checker per hyperparameter key; a group is checked on the keys it has. eps > 0 keeps
+# every denominator positive: sqrt(v)/sqrt(bc2) + eps >= eps (Adam) and u >= |g| + eps
+# (Adamax), so the kernels never divide by zero.
+HYPERPARAMETER_CHECKS = {
+    "lr": _check_lr_entry,
+    "betas": _check_betas,
+    "eps": _real_checker("epsilon", lambda x: x > 0.0, " (must be finite and > 0)"),
+    "eps_root": _real_checker("eps_root", lambda x: x >= 0.0, " (must be finite and >= 0)"),
+    "weight_decay": _real_checker("weight_decay", lambda x: x >= 0.0, ""),
+    "beta1_decay": _real_checker("beta1_decay", lambda x: 0.0 < x <= 1.0,
+                                 " (must be in (0, 1])"),
+    "momentum_decay": _real_checker("momentum_decay", lambda x: x >= 0.0,
+                                    " (must be finite and >= 0)"),
+    "amsgrad": _bool_checker("amsgrad"),
+    "maximize": _bool_checker("maximize"),
+    "bias_correction": _bool_checker("bias_correction"),
+    "decoupled_weight_decay": _bool_checker("decoupled_weight_decay"),
+    "nonfinite": _check_nonfinite,
+    "backend": _check_backend,
+    "num_threads": _check_num_threads_entry,
+}
+
+
+def check_hyperparameters(group, keys, where=""):
+    """Validate the hyperparameters ``keys`` of one group (a dict), raising on the first bad
+    one. ``where`` prefixes messages, e.g. ``"param_groups[1]: "``."""
+    for key in keys:
+        if key not in group:
+            raise ValueError(f"{where}has no {key!r} entry")
+        HYPERPARAMETER_CHECKS[key](group[key], where)
+
+
+def check_num_threads(num_threads, where=""):
+    """None, -1 or a positive int; 0 and other negatives are errors. Counts above the
+    compiled maximum are used as that maximum (``_kernels.MAX_NUM_THREADS``)."""
     if num_threads is None:
         return
     if isinstance(num_threads, (bool, np.bool_)) or not isinstance(num_threads, numbers.Integral):
-        raise TypeError(f"num_threads must be None or an int, got {num_threads!r}")
+        raise TypeError(f"{where}num_threads must be None or an int, got {num_threads!r}")
     if num_threads == 0 or num_threads < -1:
         raise ValueError(
-            f"Invalid num_threads: {num_threads} (use None for the OpenMP default, "
+            f"{where}Invalid num_threads: {num_threads} (use None for the OpenMP default, "
             "-1 for all processors, or a positive count)"
         )
 
@@ -90,8 +128,14 @@ def _address(a):
 def _check_written_array(a, name):
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype not in FLOAT_DTYPES:
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array; the mask would be ignored: pass a plain "
+                        "ndarray")
+    if a.dtype.newbyteorder("=") not in FLOAT_DTYPES:
         raise TypeError(f"{name} has dtype {a.dtype}; only float32 and float64 are supported")
+    if not a.dtype.isnative:
+        raise TypeError(f"{name} has non-native byte order ({a.dtype.str}); it is updated in "
+                        "place, so convert it first (a.astype(a.dtype.newbyteorder('=')))")
     if not a.flags.writeable:
         raise ValueError(f"{name} is read-only; it is updated in place and must be writeable")
     if not a.flags.c_contiguous:
@@ -101,7 +145,7 @@ def _check_written_array(a, name):
 
 
 def check_params(params, first_index=0):
-    """Check a list of parameter arrays: float, writeable, contiguous, no duplicates."""
+    """Check a list of parameter arrays: float, native, writeable, contiguous, no duplicates."""
     seen = {}
     for k, p in enumerate(params):
         name = f"params[{first_index + k}]"
@@ -114,30 +158,37 @@ def check_params(params, first_index=0):
         seen[id(p)] = first_index + k
 
 
-def check_state(params, states, first_index=0):
-    """Check state arrays against their params and return the sorted written intervals.
+def check_state_array(a, name, param, pname):
+    """A state array the step writes: shaped and typed like its param, writeable, native."""
+    _check_written_array(a, name)
+    if a.dtype != param.dtype:
+        raise TypeError(f"{name} has dtype {a.dtype}, but {pname} has {param.dtype}")
+    if a.shape != param.shape:
+        raise ValueError(f"{name} has shape {a.shape}, but {pname} has {param.shape}")
 
-    ``states`` is a list parallel to ``params`` of dicts ``{state name: array}``.
-    Returns ``(lo, hi)``: sorted, disjoint byte intervals of every param and state array,
-    as uint64 arrays. Raises if any two of them overlap.
+
+def check_step_array(a, name, dtype):
+    """A per-param 0-d counter (``step``: int64, ``mu_product``: float64) the step writes."""
+    if (type(a) is not np.ndarray or a.shape != () or a.dtype != dtype
+            or not a.flags.writeable or not a.dtype.isnative):
+        raise TypeError(
+            f"{name} must be a writeable 0-d numpy {np.dtype(dtype).name} array (the "
+            f"optimizer updates it in place), got {a!r}; set its value with "
+            f"state['...'][...] = value"
+        )
+
+
+def written_intervals(named_arrays):
+    """Sorted, disjoint byte intervals ``(lo, hi)`` of ``[(name, array), ...]``.
+
+    Raises if any two arrays overlap (names them). Zero-size arrays take no memory.
     """
     owners, lows, highs = [], [], []
-    for k, (p, state) in enumerate(zip(params, states)):
-        pname = f"params[{first_index + k}]"
-        named = [(pname, p)]
-        for state_name, a in state.items():
-            name = f"{state_name} of {pname}"
-            _check_written_array(a, name)
-            if a.dtype != p.dtype:
-                raise TypeError(f"{name} has dtype {a.dtype}, but {pname} has {p.dtype}")
-            if a.shape != p.shape:
-                raise ValueError(f"{name} has shape {a.shape}, but {pname} has {p.shape}")
-            named.append((name, a))
-        for name, a in named:
-            if a.nbytes:
-                owners.append(name)
-                lows.append(_address(a))
-                highs.append(_address(a) + a.nbytes)
+    for name, a in named_arrays:
+        if a.nbytes:
+            owners.append(name)
+            lows.append(_address(a))
+            highs.append(_address(a) + a.nbytes)
     lo = np.array(lows, dtype=np.uint64)
     hi = np.array(highs, dtype=np.uint64)
     order = np.argsort(lo, kind="stable")
@@ -161,19 +212,42 @@ def _byte_bounds(a):
     return byte_bounds(a)
 
 
+def aliases_written(a, written_lo, written_hi):
+    """True when ``a`` overlaps one of the sorted, disjoint byte intervals ``[lo, hi)``."""
+    if not a.size or not written_lo.size:
+        return False
+    a_lo, a_hi = _byte_bounds(a)
+    j = np.searchsorted(written_lo, np.uint64(a_hi), side="left") - 1
+    return bool(j >= 0 and int(written_hi[j]) > a_lo)
+
+
+def as_gradient(g, name):
+    """``g`` as a plain ndarray: subclasses (memmap, matrix) viewed as ndarray; a masked
+    array or anything else is an error."""
+    if type(g) is np.ndarray:
+        return g
+    if isinstance(g, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array; the mask would be ignored: pass "
+                        "np.ma.filled(g, 0) or a plain ndarray")
+    if not isinstance(g, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(g).__name__}")
+    return np.asarray(g)
+
+
 def check_grads(grads, params, written_lo, written_hi, first_index=0):
     """Check gradients against their params; return a list the kernels can read.
 
     A gradient must be an ndarray of its param's dtype and shape that shares no memory with
-    any param or state array. A non-contiguous or unaligned gradient is copied once into a
-    contiguous array (the only case in which a step allocates).
+    any param or state array. A non-contiguous, unaligned or byte-swapped gradient is copied
+    once into a native contiguous array (the only case in which a step allocates).
     """
+    written_lo = np.asarray(written_lo, dtype=np.uint64)
+    written_hi = np.asarray(written_hi, dtype=np.uint64)
     checked = []
     for k, (g, p) in enumerate(zip(grads, params)):
         name = f"grads[{first_index + k}]"
-        if not isinstance(g, np.ndarray):
-            raise TypeError(f"{name} must be a numpy.ndarray, got {type(g).__name__}")
-        if g.dtype != p.dtype:
+        g = as_gradient(g, name)
+        if g.dtype.newbyteorder("=") != p.dtype:
             raise TypeError(
                 f"{name} has dtype {g.dtype}, but params[{first_index + k}] has {p.dtype}"
             )
@@ -181,16 +255,15 @@ def check_grads(grads, params, written_lo, written_hi, first_index=0):
             raise ValueError(
                 f"{name} has shape {g.shape}, but params[{first_index + k}] has {p.shape}"
             )
-        if g.size and written_lo.size:
-            g_lo, g_hi = _byte_bounds(g)
-            j = np.searchsorted(written_lo, np.uint64(g_hi), side="left") - 1
-            if j >= 0 and int(written_hi[j]) > g_lo:
-                raise ValueError(
-                    f"{name} shares memory with a parameter or state array of the "
-                    "optimizer; pass a separate gradient array"
-                )
-        if not (g.flags.c_contiguous and g.flags.aligned):
-            g = np.array(g, order="C", copy=True)
+        if aliases_written(g, written_lo, written_hi):
+            raise ValueError(
+                f"{name} shares memory with a parameter or state array of the "
+                "optimizer; pass a separate gradient array"
+            )
+        if not (g.flags.c_contiguous and g.flags.aligned and g.dtype.isnative):
+            g = np.ascontiguousarray(g, dtype=p.dtype)
+            if g.base is not None or not g.flags.owndata:
+                g = g.copy()
         checked.append(g)
     return checked
 
@@ -217,35 +290,63 @@ def as_grad_list(grads, n_params):
     return grads
 
 
-def check_saved_state(entry, param, names, where):
-    """Check one param's entry of a saved state dict; return ``(step, copies)``.
+def nonfinite_error(grads, first_index, k, element):
+    """The FloatingPointError for a NaN/inf at flat ``element`` of gradient ``k`` of a group."""
+    grad = np.asarray(grads[k])
+    count = int(np.count_nonzero(~np.isfinite(grad)))
+    index = np.unravel_index(element, grad.shape) if grad.ndim > 1 else element
+    return FloatingPointError(
+        f"grads[{first_index + k}] has {count} non-finite value"
+        f"{'s' if count != 1 else ''} (NaN or inf; the first at index {index}); nothing was "
+        "updated. Use nonfinite='skip' to skip such steps or 'ignore' to let them propagate."
+    )
 
-    ``entry`` must hold an int ``step >= 0`` and, for each of ``names``, an ndarray of the
-    param's dtype and shape. The copies are C-contiguous arrays the optimizer can own.
+
+def _saved_counter(value, where, name, integral):
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if integral:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{where}: {name} must be an int, got {value!r}")
+        if value < 0:
+            raise ValueError(f"{where}: {name} must be >= 0, got {value}")
+        return int(value)
+    if not _is_real(value) or not math.isfinite(value):
+        raise TypeError(f"{where}: {name} must be a finite real number, got {value!r}")
+    return float(value)
+
+
+def check_saved_state(entry, param, required, optional, scalar_state, where):
+    """Check one param's entry of a saved state dict.
+
+    ``entry`` must hold an int ``step >= 0``, each of ``required`` (and may hold each of
+    ``optional``) as an ndarray of the param's dtype and shape, and each scalar state; no
+    other key. Returns ``(step, {name: C-contiguous copy}, {scalar name: float})``.
     """
     if not isinstance(entry, dict):
         raise TypeError(f"{where} must be a dict")
-    missing = [key for key in ("step",) + tuple(names) if key not in entry]
+    scalar_names = tuple(name for name, _ in scalar_state)
+    missing = [key for key in ("step",) + tuple(required) + scalar_names if key not in entry]
     if missing:
         raise ValueError(f"{where} is missing {missing}")
-    step = entry["step"]
-    if isinstance(step, np.ndarray) and step.ndim == 0:
-        step = step.item()
-    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
-        raise TypeError(f"{where}: step must be an int, got {step!r}")
-    if step < 0:
-        raise ValueError(f"{where}: step must be >= 0, got {step}")
+    known = {"step", *required, *optional, *scalar_names}
+    unknown = sorted(str(key) for key in entry if key not in known)
+    if unknown:
+        raise ValueError(f"{where} has unexpected entries {unknown} for this optimizer")
+    step = _saved_counter(entry["step"], where, "step", integral=True)
+    scalars = {name: _saved_counter(entry[name], where, name, integral=False)
+               for name in scalar_names}
     copies = {}
-    for name in names:
+    for name in tuple(required) + tuple(n for n in optional if n in entry):
         a = entry[name]
-        if not isinstance(a, np.ndarray):
+        if not isinstance(a, np.ndarray) or isinstance(a, np.ma.MaskedArray):
             raise TypeError(f"{where}['{name}'] must be an ndarray")
-        if a.dtype != param.dtype:
+        if a.dtype.newbyteorder("=") != param.dtype:
             raise TypeError(f"{where}['{name}'] has dtype {a.dtype}, the param has {param.dtype}")
         if a.shape != param.shape:
             raise ValueError(f"{where}['{name}'] has shape {a.shape}, the param has {param.shape}")
-        copies[name] = np.array(a, order="C", copy=True)
-    return int(step), copies
+        copies[name] = np.array(a, dtype=param.dtype, order="C", copy=True)
+    return step, copies, scalars
 
 
 def check_state_dict_layout(state_dict, param_groups):
@@ -253,7 +354,7 @@ def check_state_dict_layout(state_dict, param_groups):
 
     Returns ``(saved_state, [(where, saved_group, hyperparameters), ...])``, one entry per
     group, after checking that it is ``{"state": dict, "param_groups": list}`` with as many
-    groups as the optimizer and as many params in each.
+    groups as the optimizer, as many params in each, and no param listed twice.
     """
     if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
         raise ValueError("state_dict must be a dict with exactly 'state' and 'param_groups'")
@@ -265,15 +366,74 @@ def check_state_dict_layout(state_dict, param_groups):
             f"state_dict has {len(saved_groups)} parameter groups, the optimizer has "
             f"{len(param_groups)}"
         )
-    groups = []
+    groups, used = [], set()
     for gi, (group, saved) in enumerate(zip(param_groups, saved_groups)):
         where = f"state_dict['param_groups'][{gi}]"
-        if not isinstance(saved, dict) or "params" not in saved:
+        if (not isinstance(saved, dict) or "params" not in saved
+                or not isinstance(saved["params"], (list, tuple))):
             raise ValueError(f"{where} must be a dict with a 'params' list")
         if len(saved["params"]) != len(group["params"]):
             raise ValueError(
                 f"{where} has {len(saved['params'])} params, the optimizer's group has "
                 f"{len(group['params'])}"
             )
+        for saved_id in saved["params"]:
+            try:
+                hash(saved_id)
+            except TypeError:
+                raise TypeError(f"{where}['params'] holds an unhashable id {saved_id!r}") from None
+            if saved_id in used:
+                raise ValueError(f"state_dict['state'][{saved_id!r}] is listed in two groups")
+            used.add(saved_id)
         groups.append((where, saved, {k: v for k, v in saved.items() if k != "params"}))
     return saved_state, groups
+
+
+def check_sparse_grad(grad, param, written_lo, written_hi, k):
+    """Validate SparseAdam's ``grads[k]`` against ``params[k]``: ``(indices, values)`` with
+    integer 1-D indices in range and ``values`` of shape ``(len(indices), dim)`` and the
+    table's dtype, sharing no memory with the table or its state. Returns ``(indices,
+    values)`` as native contiguous arrays (a copy only where needed)."""
+    name = f"grads[{k}]"
+    if not isinstance(grad, (tuple, list)) or len(grad) != 2:
+        raise TypeError(
+            f"{name} must be a pair (indices, values) or None, got {type(grad).__name__}"
+        )
+    indices, values = grad
+    if not isinstance(indices, np.ndarray):
+        if not all(isinstance(i, numbers.Integral) and not isinstance(i, (bool, np.bool_))
+                   for i in np.ravel(np.asarray(indices, dtype=object))):
+            raise TypeError(f"{name}: indices must be integers, got {indices!r}")
+        indices = np.asarray(indices, dtype=np.int64)
+    indices = as_gradient(indices, f"{name}: indices")
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"{name}: indices have dtype {indices.dtype}; expected an integer dtype")
+    if indices.ndim != 1:
+        raise ValueError(f"{name}: indices must be 1-D (k,), got shape {indices.shape}")
+    n_rows, dim = param.shape
+    values = as_gradient(values, f"{name}: values")
+    if values.dtype.newbyteorder("=") != param.dtype:
+        raise TypeError(
+            f"{name}: values have dtype {values.dtype}, but params[{k}] has {param.dtype}"
+        )
+    if values.shape != (indices.size, dim):
+        raise ValueError(
+            f"{name}: values have shape {values.shape}; expected (len(indices), dim) = "
+            f"({indices.size}, {dim}) for params[{k}] of shape {param.shape}"
+        )
+    if indices.size:
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0:
+            raise ValueError(f"{name}: index {lo} is negative; rows are 0 .. {n_rows - 1}")
+        if hi >= n_rows:
+            raise ValueError(
+                f"{name}: index {hi} is out of range for params[{k}] with {n_rows} rows"
+            )
+    if aliases_written(values, written_lo, written_hi):
+        raise ValueError(
+            f"{name}: values share memory with a table of the optimizer or its state; pass "
+            "a separate array (e.g. a copy)"
+        )
+    if not (values.flags.c_contiguous and values.flags.aligned and values.dtype.isnative):
+        values = np.array(values, dtype=param.dtype, order="C", copy=True)
+    return indices, values

@@ -1,29 +1,29 @@
-"""Optimizer classes shaped like ``torch.optim``: param groups, lazy state, state_dict.
+"""Optimizer classes shaped like ``torch.optim``: an algorithm-agnostic base and thin algorithms.
 
-A step validates every group, then writes every group: bad input raises before any array
-or counter changes. Each group is one call into compiled code.
+The base owns param groups, per-param state, the lock, the state_dict layout and planning
+(validation into ``GroupPlan``\\ s); the step itself is the driver's (``_kernels.Driver``, or
+its twin ``_pydriver.Driver`` where the extension is not built), which owns every per-step
+rule. An algorithm class adds its defaults, its registry entry (``_algorithms.py``) and its
+docstring.
 """
 import threading
+import weakref
 from typing import NamedTuple
 
 import numpy as np
 
-from fusedadam import _validation
-from fusedadam._threads import effective_num_threads
-from fusedadam.functional import (
-    GroupStep,
-    _kernels,
-    adam_scalars,
-    learning_rate,
-    loop_kind,
-    nonfinite_error,
-    resolve_backend,
-)
+from fusedadam import _algorithms, _validation, reference
+from fusedadam._backend import _kernels, resolve_backend
 
-__all__ = ["Optimizer", "Adam", "AdamW", "Adamax"]
+__all__ = ["Optimizer", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion"]
 
-_HYPER_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
-               "bias_correction", "beta1_decay", "num_threads", "backend", "nonfinite")
+if _kernels is not None:
+    _kernels._bind(_validation.check_lr, reference)
+    from fusedadam._kernels import Driver as _Driver
+else:  # the extension was not built
+    from fusedadam._pydriver import Driver as _Driver
+
+_STATE0 = 2       # slots of a GroupPlan: param, grad, then the state arrays
 
 
 def _as_param_list(params, where):
@@ -56,53 +56,57 @@ def _param_groups_from(params):
     return [{"params": params}]
 
 
-def _admit_param_group(param_group, param_groups, defaults):
-    """A new group dict for an optimizer holding ``param_groups``: checked, defaults filled.
+class _HyperSpec(NamedTuple):
+    """One group's validated hyperparameters, as a GroupPlan takes them."""
 
-    Checks what every optimizer requires of a group (a dict with a ``params`` sequence of
-    acceptable arrays, none already in another group) and returns ``(group, where,
-    first)``: the copy to store, its name for messages, and the position of its first
-    param over all groups. Hyperparameters are the caller's to check.
-    """
-    if not isinstance(param_group, dict):
-        raise TypeError(f"a param group must be a dict, got {type(param_group).__name__}")
-    where = f"param_groups[{len(param_groups)}]"
-    group = dict(param_group)
-    if "params" not in group:
-        raise ValueError(f"{where} has no 'params' entry")
-    group["params"] = _as_param_list(group["params"], f"{where}['params']")
-    first = sum(len(g["params"]) for g in param_groups)
-    _validation.check_params(group["params"], first)
-    existing = {id(p) for g in param_groups for p in g["params"]}
-    if any(id(p) in existing for p in group["params"]):
-        raise ValueError("some parameters appear in more than one parameter group")
-    for key, value in defaults.items():
-        group.setdefault(key, value)
-    if isinstance(group.get("betas"), list):
-        group["betas"] = tuple(group["betas"])
-    return group, where, first
+    keys: tuple          # the hyperparameter keys, whose value objects the plan watches
+    values: tuple        # those objects
+    hyper: dict          # _algorithms.hyper_dict
+    lr: object           # float, or the callable lr(t)
+    num_threads: object
+    nonfinite: int       # index in _validation.NONFINITE_MODES
+    backend: str         # "compiled" or "numpy"
+    state_names: tuple   # the state arrays the step uses, in slot order
 
 
-class _GroupPlan(NamedTuple):
-    """What one group's step needs, worked out (and checked) before anything is written."""
+class _GroupSpec(NamedTuple):
+    """One group's validated arrays and hyperparameters: what a GroupPlan is built from."""
 
-    backend: str
+    group: dict
+    hyper_spec: _HyperSpec
     state_names: tuple
-    kind: int
-    key: tuple          # the hyperparameter values the checks ran on
-    config: tuple       # the same, as _kernels.StepPlan wants them
-    scalars: tuple      # functional.adam_scalars of this step
-    n_threads: int
+    params: list
+    state_dicts: tuple   # per param: its state dict (new ones not yet in opt.state)
+    slots: tuple         # (params, None, state arrays...): per slot, one array per param
+    step_arrays: tuple   # per param: the 0-d int64 step counter
+    mu_arrays: object    # per param: NAdam's 0-d float64 product, or None
+    written: tuple       # (lo, hi): byte intervals of every array any step writes
+    first_index: int
+    installs: list       # (param, its state dict or None, {name: new value}) for commit
 
 
 class _ParamState:
-    """``optimizer.state``: per-parameter state dicts, looked up by the param array itself."""
+    """``optimizer.state``: per-parameter state dicts, looked up by the param array itself.
 
-    def __init__(self):
+    ``on_change()`` runs whenever a param's dict is added, replaced or removed, which is how
+    the step driver notices (entries inside a dict are watched by identity).
+    """
+
+    def __init__(self, on_change=None):
         self._by_id = {}
+        self._on_change = on_change
 
     def __getitem__(self, param):
         return self._by_id[id(param)][1]
+
+    def __setitem__(self, param, state):
+        if not isinstance(state, dict):
+            raise TypeError("a param's state must be a dict")
+        self._set(param, state)
+
+    def __delitem__(self, param):
+        del self._by_id[id(param)]
+        self._changed()
 
     def __contains__(self, param):
         return id(param) in self._by_id
@@ -113,54 +117,147 @@ class _ParamState:
     def __iter__(self):
         return (param for param, _ in self._by_id.values())
 
+    def items(self):
+        return list(self._by_id.values())
+
     def get(self, param, default=None):
         entry = self._by_id.get(id(param))
         return default if entry is None else entry[1]
 
-    def _set(self, param, state):
+    def _set(self, param, state, notify=True):
         self._by_id[id(param)] = (param, state)
+        if notify:
+            self._changed()
+
+    def _clear(self):
+        self._by_id.clear()
+        self._changed()
+
+    def _changed(self):
+        if self._on_change is not None:
+            self._on_change()
+
+
+# Every live optimizer, so that a child forked while another thread held an optimizer's
+# lock gets fresh locks (a held lock would block the child forever).
+_LIVE = weakref.WeakSet()
+
+
+def _fresh_locks_in_child():
+    for optimizer in list(_LIVE):
+        optimizer._lock = threading.Lock()
+
+
+if hasattr(__import__("os"), "register_at_fork"):
+    __import__("os").register_at_fork(after_in_child=_fresh_locks_in_child)
 
 
 class Optimizer:
     """Base class: param groups, lazily created state, ``step``, ``state_dict``.
 
-    Subclasses set ``algorithm`` (``"adam"`` or ``"adamax"``) and ``defaults``.
+    A subclass sets ``algorithm`` (an entry of ``fusedadam._algorithms.ALGORITHMS``) and
+    passes its ``defaults`` (every hyperparameter key its groups have) to ``__init__``.
+    Every public method is serialized by one lock, and on any error nothing (params, state,
+    counters, the cached plans) has changed.
     """
 
-    algorithm = "adam"
+    algorithm = None
 
     def __init__(self, params, defaults):
-        _validation.check_hyperparameters(defaults)
-        _validation.check_num_threads(defaults["num_threads"])
-        resolve_backend(defaults["backend"])
-        self.defaults = defaults
-        self.param_groups = []
-        self.state = _ParamState()
-        self._group_steps = []    # the step count of each group (all its params share it)
-        self._group_cache = []    # per group: (GroupStep, hyperparameter key) or None
-        self._fast = None         # _kernels.StepPlan: the steady-state step in compiled code
+        self.defaults = dict(defaults)
+        if isinstance(self.defaults.get("betas"), list):
+            self.defaults["betas"] = tuple(self.defaults["betas"])
+        self._check_group_hyper(self.defaults, "")
         self._lock = threading.Lock()
+        self._driver = _Driver(self)
+        self._param_groups = []
+        self._state = _ParamState(self._driver.invalidate)
+        self._created = {}        # id(param) -> (param, names of the optional state it got)
         #: Steps skipped because a gradient held NaN or inf (groups with nonfinite="skip").
         self.skipped_steps = 0
+        _LIVE.add(self)
         for group in _param_groups_from(params):
             self.add_param_group(group)
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for gi, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {gi}")
+            lines.append(f"    params: {len(group['params'])} arrays")
+            for key in sorted(k for k in group if k != "params"):
+                lines.append(f"    {key}: {group[key]!r}")
+        lines.append(")")
+        return "\n".join(lines)
+
+    @property
+    def param_groups(self):
+        """The list of group dicts (edit it in place, or assign a new list)."""
+        return self._param_groups
+
+    @param_groups.setter
+    def param_groups(self, groups):
+        self._param_groups = groups
+        self._driver.invalidate()
+
+    @property
+    def state(self):
+        """Per-param state dicts: ``opt.state[p]``. Assigning a mapping replaces them all."""
+        return self._state
+
+    @state.setter
+    def state(self, mapping):
+        items = mapping.items() if hasattr(mapping, "items") else mapping
+        self._state._by_id = {id(p): (p, st) for p, st in items}
+        self._record_created(self._state.items())
+        self._driver.invalidate()
+
+    def _record_created(self, items):
+        """Remember which optional state each param holds now (a later absence is a deletion)."""
+        optional = {name for name, _ in self.algorithm.optional_state}
+        for param, state in items:
+            names = optional.intersection(state) if isinstance(state, dict) else set()
+            kept = self._created.get(id(param))
+            if kept is not None and kept[0] is param:
+                names |= kept[1]
+            self._created[id(param)] = (param, names)
 
     # ---------------------------------------------------------------- groups
     def add_param_group(self, param_group):
         """Add a group ``{"params": [...], <hyperparameter overrides>}``."""
-        self._fast = None
-        group, where, _ = _admit_param_group(param_group, self.param_groups, self.defaults)
-        _validation.check_hyperparameters(group, f"{where}: ")
-        _validation.check_num_threads(group["num_threads"])
-        resolve_backend(group["backend"])
-        self.param_groups.append(group)
-        self._group_steps.append(0)
-        self._group_cache.append(None)
+        with self._lock:
+            group, where = self._admit_param_group(param_group)
+            self.param_groups.append(group)
+            self._driver.invalidate()
 
-    def _state_names(self, amsgrad):
-        if self.algorithm == "adamax":
-            return ("exp_avg", "exp_inf")
-        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg", "exp_avg_sq")
+    def _admit_param_group(self, param_group):
+        """A new group dict: checked (params, no param already in a group, hyperparameters),
+        defaults filled in. Returns ``(group, where)``; the caller appends it."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"a param group must be a dict, got {type(param_group).__name__}")
+        where = f"param_groups[{len(self.param_groups)}]"
+        group = dict(param_group)
+        if "params" not in group:
+            raise ValueError(f"{where} has no 'params' entry")
+        group["params"] = _as_param_list(group["params"], f"{where}['params']")
+        first = sum(len(g["params"]) for g in self.param_groups)
+        _validation.check_params(group["params"], first)
+        existing = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in existing for p in group["params"]):
+            raise ValueError("some parameters appear in more than one parameter group")
+        self._check_params(group["params"], first)
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        self._check_group_hyper(group, f"{where}: ")
+        return group, where
+
+    def _check_params(self, params, first):
+        """Algorithm-specific requirements on params (SparseAdam: 2-D tables)."""
+
+    def _check_group_hyper(self, group, where):
+        _validation.check_hyperparameters(group, self.defaults, where)
+        resolve_backend(group["backend"], where)
 
     # ---------------------------------------------------------------- step
     def step(self, grads):
@@ -173,175 +270,171 @@ class Optimizer:
         Raises
         ------
         TypeError, ValueError
-            Bad gradients or hyperparameters (the message names them).
+            Bad gradients, hyperparameters, params or state (the message names them).
         FloatingPointError
             A gradient holds NaN or inf in a group with ``nonfinite="error"``.
         """
         with self._lock:
-            fast = self._fast
-            if fast is not None:
-                status = fast.step(grads)
-                if status == 0:
-                    return
-                if status == 1:
-                    self.skipped_steps += 1
-                    return
-            self._step_checked(grads)
+            self._driver.step(grads)
 
-    def _step_checked(self, grads):
-        """The step with every check in Python; leaves a StepPlan for the next steps."""
-        self._fast = None
-        n_params = sum(len(g["params"]) for g in self.param_groups)
-        grads = _validation.as_grad_list(grads, n_params)
-        plans = [self._plan_group(gi, group) for gi, group in enumerate(self.param_groups)]
-        new_state = self._prepare_all(plans, grads)
-        group_steps = [self._group_cache[gi][0] for gi in range(len(plans))]
-        skip = False
-        for gi, plan in enumerate(plans):
-            mode = self.param_groups[gi]["nonfinite"]
-            if mode == "ignore":
-                continue
-            found = group_steps[gi].first_nonfinite(plan.n_threads)
-            if found is not None:
-                if mode == "error":
-                    raise nonfinite_error(group_steps[gi], *found)
-                skip = True
-        if skip:
-            self.skipped_steps += 1
-            if new_state:       # the groups were built over state that is not kept
-                self._group_cache = [None] * len(self.param_groups)
-        else:
-            for p, st in new_state:
-                self.state._set(p, st)
-            for gi, plan in enumerate(plans):
-                self._group_cache[gi] = (group_steps[gi], plan.key)
-                group_steps[gi].run(plan.scalars, plan.n_threads)
-                self._group_steps[gi] += 1
-        if not new_state or not skip:
-            self._fast = self._make_fast_plan(plans, group_steps)
+    # The driver's hooks into the Python layer (slow paths only).
+    _grad_list = staticmethod(_validation.as_grad_list)
+    _check_grads = staticmethod(_validation.check_grads)
 
-    def _make_fast_plan(self, plans, group_steps):
-        if _kernels is None or any(gs.kernel is None for gs in group_steps):
-            return None
-        keys = _HYPER_KEYS + (("decoupled_weight_decay",) if self.algorithm == "adam" else ())
-        if not all(k in g for g in self.param_groups for k in keys):
-            return None
-        configs = [plan.config for plan in plans]
-        return _kernels.StepPlan(self.param_groups, [gs.kernel for gs in group_steps], keys,
-                                 self._group_steps, configs)
+    def _nonfinite_error(self, plan, grads, k, element):
+        return _validation.nonfinite_error(grads, plan.first_index, k, element)
 
-    def _plan_group(self, gi, group):
-        """Check a group's settings; return what its step needs (nothing is written)."""
-        if not isinstance(group["params"], list):
-            group["params"] = _as_param_list(group["params"], f"param_groups[{gi}]['params']")
-        if isinstance(group["betas"], list):
+    def _install(self, installs):
+        """Attach the state a committed step created (it was invisible until now)."""
+        for param, state, entries in installs:
+            if state is None:
+                self.state._set(param, entries, notify=False)
+            else:
+                state.update(entries)
+        self._record_created((param, entries) for param, _, entries in installs)
+
+    def _check_hyper(self, gi):
+        """Validate group ``gi``'s hyperparameters; return its ``_HyperSpec``."""
+        group = self.param_groups[gi]
+        where = f"param_groups[{gi}]: "
+        if not isinstance(group, dict):
+            raise TypeError(f"param_groups[{gi}] must be a dict, got {type(group).__name__}")
+        if isinstance(group.get("betas"), list):
             group["betas"] = tuple(group["betas"])
-        key = tuple(group[k] for k in _HYPER_KEYS)
-        cached = self._group_cache[gi]
-        if cached is None or cached[1] != key:
-            _validation.check_hyperparameters(group, f"param_groups[{gi}]: ")
-            _validation.check_num_threads(group["num_threads"])
-        backend = resolve_backend(group["backend"])
-        amsgrad = self.algorithm == "adam" and group["amsgrad"]
-        t = self._group_steps[gi] + 1
-        lr = learning_rate(group["lr"], t)
-        decoupled = bool(self.algorithm == "adam" and group.get("decoupled_weight_decay", False))
-        kind = loop_kind(self.algorithm, amsgrad, group["weight_decay"] != 0 and not decoupled)
-        beta1, beta2 = group["betas"]
-        scalars = adam_scalars(t, lr, beta1, beta2, group["eps"], group["weight_decay"],
-                               decoupled, group["maximize"], group["bias_correction"],
-                               group["beta1_decay"])
-        config = (
-            kind, lr, group["lr"] if callable(group["lr"]) else None, float(beta1),
-            float(beta2), float(group["eps"]), float(group["weight_decay"]), decoupled,
-            bool(group["maximize"]), bool(group["bias_correction"]),
-            float(group["beta1_decay"]), ("error", "skip", "ignore").index(group["nonfinite"]),
-            group["num_threads"],
-        )
-        return _GroupPlan(backend, self._state_names(amsgrad), kind, key, config, scalars,
-                          effective_num_threads(group["num_threads"]))
+        self._check_group_hyper(group, where)
+        keys = tuple(self.defaults)
+        lr = group["lr"]
+        return _HyperSpec(
+            keys, tuple(group[k] for k in keys), _algorithms.hyper_dict(self.algorithm, group),
+            lr if callable(lr) else float(lr), group["num_threads"],
+            _validation.NONFINITE_MODES.index(group["nonfinite"]),
+            resolve_backend(group["backend"], where), self.algorithm.slot_names(group))
 
-    def _prepare_all(self, plans, grads):
-        """Check every group's gradients against cached kernels, rebuilding them if stale.
+    def _plan_groups(self):
+        """Validate every group against the state the user sees; return new GroupPlans.
 
-        Returns the state the rebuild had to create (stored by the caller only once every
-        group has passed). Raises before anything is written.
+        State a param lacks is created here (zeros, step 0) but only attached to
+        ``opt.state`` when a step commits, so a failed step leaves nothing behind.
         """
-        offsets = np.cumsum([0] + [len(g["params"]) for g in self.param_groups]).tolist()
+        groups = self.param_groups
+        if not isinstance(groups, list):
+            raise TypeError("param_groups must be a list of dicts")
+        hyper_specs = [self._check_hyper(gi) for gi in range(len(groups))]
+        specs, named, first = [], [], 0
+        for gi, group in enumerate(groups):
+            if not isinstance(group.get("params"), list):
+                group["params"] = _as_param_list(group.get("params", ()),
+                                                 f"param_groups[{gi}]['params']")
+            params = group["params"]
+            _validation.check_params(params, first)
+            self._check_params(params, first)
+            specs.append(self._plan_arrays(gi, group, hyper_specs[gi], first, named))
+            first += len(params)
+        _validation.check_params([p for g in groups for p in g["params"]])
+        written = _validation.written_intervals(named)
+        return [self._driver.new_plan(spec._replace(written=written)) for spec in specs]
 
-        def prepare(gi, group_step):
-            return group_step.prepare(self.param_groups[gi]["params"], grads, offsets[gi],
-                                      plans[gi].kind)
+    def _plan_arrays(self, gi, group, hyper_spec, first, named):
+        names = hyper_spec.state_names
+        optional = {name for name, _ in self.algorithm.optional_state}
+        scalar_state = self.algorithm.scalar_state
+        state_dicts, arrays, steps, mus, installs = [], [[] for _ in names], [], [], []
+        new_step = np.zeros((), dtype=np.int64)           # shared by the group's new params
+        new_mu = {name: np.array(init, dtype=np.float64) for name, init in scalar_state}
+        stepped, fresh = set(), []
+        for k, p in enumerate(group["params"]):
+            pname = f"params[{first + k}]"
+            st = self.state.get(p)
+            if st is None:
+                st = {name: np.zeros_like(p, order="C") for name in names}
+                st["step"] = new_step
+                st.update(new_mu)
+                installs.append((p, None, st))
+                fresh.append(pname)
+                entries = st
+            else:
+                entries = self._plan_entries(st, p, pname, names, optional, installs)
+                stepped.add(int(entries["step"]))
+            for i, name in enumerate(names):
+                arrays[i].append(entries[name])
+                named.append((f"{name} of {pname}", entries[name]))
+            named.append((pname, p))
+            state_dicts.append(st)
+            steps.append(entries["step"])
+            mus.append(entries[scalar_state[0][0]] if scalar_state else None)
+        if len(stepped) > 1 or (stepped and fresh and stepped != {0}):
+            if fresh:
+                raise ValueError(
+                    f"{fresh[0]} has no state, but its group is at step {max(stepped)}; add "
+                    "new parameters as a new group"
+                )
+            raise ValueError(
+                f"param_groups[{gi}]: its params are at different steps {sorted(stepped)}; "
+                "fusedadam steps a group together"
+            )
+        if scalar_state:
+            values = {float(m) for m in mus}
+            if len(values) > 1:
+                raise ValueError(f"param_groups[{gi}]: its params have different "
+                                 f"{scalar_state[0][0]} values {sorted(values)}")
+        slots = (tuple(group["params"]), None) + tuple(tuple(a) for a in arrays)
+        return _GroupSpec(group, hyper_spec, names, group["params"], tuple(state_dicts), slots,
+                          tuple(steps), tuple(mus) if scalar_state else None, None, first,
+                          installs)
 
-        cache = self._group_cache
-        if all(cache[gi] is not None
-               and (cache[gi][0].backend, cache[gi][0].state_names)
-               == (plans[gi].backend, plans[gi].state_names)
-               and prepare(gi, cache[gi][0])
-               for gi in range(len(plans))):
-            return []
-        group_steps, new_state = self._build_groups(plans, offsets)
-        for gi, group_step in enumerate(group_steps):
-            if not prepare(gi, group_step):
-                raise RuntimeError("fusedadam internal error: fresh group rejected its params")
-        for gi, group_step in enumerate(group_steps):
-            cache[gi] = (group_step, None)
-        return new_state
-
-    def _build_groups(self, plans, offsets):
-        """Fresh GroupSteps for all groups over one optimizer-wide memory map."""
-        all_params, all_states, new_state, per_group = [], [], [], []
-        for gi, group in enumerate(self.param_groups):
-            names = plans[gi].state_names
-            states = [[] for _ in names]
-            for k, p in enumerate(group["params"]):
-                st = self.state.get(p)
-                if st is None and self._group_steps[gi] != 0:
-                    raise ValueError(
-                        f"params[{offsets[gi] + k}] has no state, but its group is at step "
-                        f"{self._group_steps[gi]}; add new parameters as a new group"
-                    )
-                missing = [name for name in names if st is None or name not in st]
-                if missing:
-                    # New state (or max_exp_avg_sq when amsgrad was switched on) starts at 0.
-                    _validation.check_params([p], offsets[gi] + k)
-                    st = dict(st or {})
-                    for name in missing:
-                        st[name] = np.zeros_like(p, order="C")
-                    new_state.append((p, st))
-                for i, name in enumerate(names):
-                    states[i].append(st[name])
-                all_params.append(p)
-                all_states.append({name: st[name] for name in names})
-            per_group.append(states)
-        _validation.check_params(all_params)
-        written = _validation.check_state(all_params, all_states)
-        group_steps = [
-            GroupStep(group["params"], states, plans[gi].state_names, plans[gi].backend,
-                      offsets[gi], written)
-            for gi, (group, states) in enumerate(zip(self.param_groups, per_group))
-        ]
-        return group_steps, new_state
+    def _plan_entries(self, st, p, pname, names, optional, installs):
+        """The state entries of a param that has state: checked, the missing optional ones
+        (and non-array counters) prepared for install at commit."""
+        if not isinstance(st, dict):
+            raise TypeError(f"opt.state of {pname} must be a dict, got {type(st).__name__}")
+        add = {}
+        for name in names:
+            if name in st:
+                _validation.check_state_array(st[name], f"{name} of {pname}", p, pname)
+            elif name in optional and name not in self._created.get(id(p), (p, ()))[1]:
+                add[name] = np.zeros_like(p, order="C")   # the option was just switched on
+            else:
+                raise ValueError(
+                    f"{name} of {pname} is missing from opt.state; the optimizer keeps it from "
+                    "the first step on (restore it, or load a state_dict)"
+                )
+        for name, dtype in (("step", np.int64),) + tuple(
+                (n, np.float64) for n, _ in self.algorithm.scalar_state):
+            if name not in st:
+                raise ValueError(f"{name} of {pname} is missing from opt.state")
+            value = st[name]
+            if type(value) is np.ndarray and value.shape == () and value.dtype == dtype \
+                    and value.flags.writeable:
+                continue
+            # A plain number (st["step"] = 10): stored as the 0-d array the driver updates.
+            where = f"opt.state of {pname}"
+            number = _validation._saved_counter(value, where, name, integral=dtype == np.int64)
+            add[name] = np.array(number, dtype=dtype)
+        if add:
+            installs.append((p, st, add))
+        return {**st, **add}
 
     # ---------------------------------------------------------------- state dict
     def state_dict(self):
         """Plain dict of Python scalars and NumPy arrays, keyed like ``torch.optim``.
 
         ``{"state": {i: {"step": t, "exp_avg": ..., ...}}, "param_groups": [{..., "params":
-        [i, ...]}]}`` with ``i`` the param's position over all groups. The arrays are the
-        optimizer's own (no copy, as in torch): copy them to keep a snapshot while training
-        goes on. Picklable; :func:`fusedadam.flatten_state_dict` makes it ``np.savez``-able.
+        [i, ...]}]}`` with ``i`` the param's position over all groups. **Live**, as in
+        torch: the state arrays and the 0-d ``step`` counters are the optimizer's own, so
+        the dict always pairs moments and steps consistently and follows later steps;
+        ``copy.deepcopy(opt.state_dict())`` is a snapshot. Picklable;
+        :func:`fusedadam.flatten_state_dict` makes it ``np.savez``-able.
         """
         with self._lock:
             state, groups, index = {}, [], 0
-            for gi, group in enumerate(self.param_groups):
+            for group in self.param_groups:
                 packed = {k: v for k, v in group.items() if k != "params"}
                 packed["params"] = list(range(index, index + len(group["params"])))
                 groups.append(packed)
                 for p in group["params"]:
                     st = self.state.get(p)
                     if st is not None:
-                        state[index] = {"step": self._group_steps[gi], **st}
+                        state[index] = dict(st)
                     index += 1
             return {"state": state, "param_groups": groups}
 
@@ -349,58 +442,104 @@ class Optimizer:
         """Load a ``state_dict()``: checked whole, then copied in; resumes exactly.
 
         Raises ``ValueError``/``TypeError`` (and changes nothing) when the groups, sizes,
-        shapes, dtypes, keys or steps do not fit this optimizer.
+        shapes, dtypes, keys or steps do not fit this optimizer. State a saved entry holds
+        for an option that is off now (AMSGrad's ``max_exp_avg_sq``) is kept.
         """
         with self._lock:
-            new_groups, new_state, new_steps = self._check_state_dict(state_dict)
+            new_groups, new_state = self._check_state_dict(state_dict)
             for group, saved in zip(self.param_groups, new_groups):
                 group.update(saved)
-            self.state = _ParamState()
+            self.state._clear()
             for p, st in new_state:
                 self.state._set(p, st)
-            self._group_steps = new_steps
-            self._group_cache = [None] * len(self.param_groups)
-            self._fast = None
+            self._created = {}
+            self._record_created(new_state)
+            self._driver.invalidate()
 
     def _check_state_dict(self, state_dict):
         saved_state, saved_groups = _validation.check_state_dict_layout(
             state_dict, self.param_groups)
-        new_groups, new_state, new_steps, used, index = [], [], [], set(), 0
+        new_groups, new_state, index = [], [], 0
+        scalar_state = self.algorithm.scalar_state
         for group, (where, saved, hyper) in zip(self.param_groups, saved_groups):
             merged = {**group, **hyper}
-            _validation.check_hyperparameters(merged, f"{where}: ")
-            _validation.check_num_threads(merged["num_threads"])
-            names = self._state_names(self.algorithm == "adam" and merged["amsgrad"])
-            steps = set()
-            for k, (saved_id, p) in enumerate(zip(saved["params"], group["params"])):
-                pname = f"state_dict['state'][{saved_id!r}] (params[{index + k}])"
-                if saved_id not in saved_state:
-                    steps.add(0)
-                    continue
-                if saved_id in used:
-                    raise ValueError(f"{pname} is listed in two groups")
-                used.add(saved_id)
-                step, st = _validation.check_saved_state(
-                    saved_state[saved_id], p, names, pname)
-                steps.add(step)
-                new_state.append((p, st))
-            if len(steps) > 1:
+            if isinstance(merged.get("betas"), list):
+                merged["betas"] = hyper["betas"] = tuple(merged["betas"])
+            self._check_group_hyper(merged, f"{where}: ")
+            entries = self._saved_entries(saved, saved_state, group, merged, index)
+            counters = {(step, tuple(scalars.values())) for _, step, _, scalars in entries}
+            if len(counters) > 1:
                 raise ValueError(
-                    f"{where}: its params are at different steps {sorted(steps)}; fusedadam "
-                    "steps a group together"
+                    f"{where}: its params are at different steps "
+                    f"{sorted(c[0] for c in counters)}; fusedadam steps a group together"
                 )
-            new_steps.append(steps.pop() if steps else 0)
+            if entries:
+                step, scalars = entries[0][1], entries[0][3]
+                shared = {"step": np.array(step, dtype=np.int64)}
+                shared.update({name: np.array(scalars[name], dtype=np.float64)
+                               for name, _ in scalar_state})
+                for p, _, arrays, _ in entries:
+                    new_state.append((p, {**arrays, **shared}))
             new_groups.append(hyper)
             index += len(group["params"])
-        return new_groups, new_state, new_steps
+        return new_groups, new_state
+
+    def _saved_entries(self, saved, saved_state, group, merged, index):
+        """Checked ``(param, step, arrays, scalars)`` of one group's saved entries."""
+        required = self.algorithm.state_names
+        optional = tuple(name for name, _ in self.algorithm.optional_state)
+        required = required + tuple(name for name, flag in self.algorithm.optional_state
+                                    if merged.get(flag))
+        optional = tuple(name for name in optional if name not in required)
+        entries = []
+        for k, (saved_id, p) in enumerate(zip(saved["params"], group["params"])):
+            if saved_id not in saved_state:
+                continue
+            pname = f"state_dict['state'][{saved_id!r}] (params[{index + k}])"
+            step, arrays, scalars = _validation.check_saved_state(
+                saved_state[saved_id], p, required, optional, self.algorithm.scalar_state,
+                pname)
+            entries.append((p, step, arrays, scalars))
+        if entries and len(entries) != len(group["params"]) and any(e[1] for e in entries):
+            raise ValueError(
+                f"state_dict: a group at step {entries[0][1]} has params without state; "
+                "fusedadam steps a group together"
+            )
+        return entries
+
+    # ---------------------------------------------------------------- copying
+    def __getstate__(self):
+        return {"defaults": self.defaults, "param_groups": self._param_groups,
+                "state": self._state.items(), "skipped_steps": self.skipped_steps}
+
+    def __setstate__(self, saved):
+        self.defaults = saved["defaults"]
+        self._lock = threading.Lock()
+        self._driver = _Driver(self)
+        self._param_groups = saved["param_groups"]
+        self._state = _ParamState(self._driver.invalidate)
+        for param, state in saved["state"]:
+            self._state._set(param, state)
+        self._created = {}
+        self._record_created(saved["state"])
+        self.skipped_steps = saved["skipped_steps"]
+        _LIVE.add(self)
 
 
-def _defaults(lr, betas, eps, weight_decay, amsgrad, maximize, bias_correction, beta1_decay,
-              num_threads, backend, nonfinite, **extra):
-    return dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
-                weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-                bias_correction=bias_correction, beta1_decay=beta1_decay,
-                num_threads=num_threads, backend=backend, nonfinite=nonfinite, **extra)
+def _common(num_threads, backend, nonfinite):
+    return {"num_threads": num_threads, "backend": backend, "nonfinite": nonfinite}
+
+
+_NUMERICS_DOC = """
+    num_threads : int or None
+        None follows OpenMP (``OMP_NUM_THREADS``, threadpoolctl); -1 all processors; a
+        positive count (at most ``fusedadam._kernels.MAX_NUM_THREADS`` are used).
+    backend : {"auto", "compiled", "numpy"}
+    nonfinite : {"error", "skip", "ignore"}, default "error"
+        What a step does when a gradient holds NaN or inf: raise ``FloatingPointError``
+        naming the parameter and the count, changing nothing; skip the whole step
+        (``skipped_steps`` counts them, as AMP loss scaling does); or no check at all
+        (fastest; NaN propagates, as in torch)."""
 
 
 class Adam(Optimizer):
@@ -410,6 +549,7 @@ class Adam(Optimizer):
 
         g     = -g if maximize else g
         g     = g + weight_decay * p                  (L2 weight decay, coupled)
+        p     = p * (1 - lr_t * weight_decay)         (decoupled_weight_decay: instead)
         b1_t  = beta1 * beta1_decay**(t - 1)
         m     = b1_t * m + (1 - b1_t) * g
         v     = beta2 * v + (1 - beta2) * g * g
@@ -433,26 +573,20 @@ class Adam(Optimizer):
     amsgrad, maximize : bool, default False
     bias_correction : bool, default True
     beta1_decay : float in (0, 1], default 1
-    num_threads : int or None
-        None follows OpenMP (``OMP_NUM_THREADS``, threadpoolctl); -1 all processors.
-    backend : {"auto", "compiled", "numpy"}
-    nonfinite : {"error", "skip", "ignore"}, default "error"
-        What a step does when a gradient holds NaN or inf: raise ``FloatingPointError``
-        naming the parameter and the count, changing nothing; skip the whole step
-        (``skipped_steps`` counts them, as AMP loss scaling does); or no check at all
-        (fastest; NaN propagates, as in torch).
-    """
+    decoupled_weight_decay : bool, default False
+        True is AdamW.""" + _NUMERICS_DOC + "\n    "
 
-    algorithm = "adam"
+    algorithm = _algorithms.ALGORITHMS["adam"]
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, maximize=False, bias_correction=True, beta1_decay=1.0,
-                 num_threads=None, backend="auto", nonfinite="error"):
-        super().__init__(params, _defaults(
-            lr, betas, eps, weight_decay, amsgrad, maximize, bias_correction, beta1_decay,
-            num_threads, backend, nonfinite, decoupled_weight_decay=self._decoupled))
-
-    _decoupled = False
+                 num_threads=None, backend="auto", nonfinite="error",
+                 decoupled_weight_decay=False):
+        super().__init__(params, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+            maximize=maximize, bias_correction=bias_correction, beta1_decay=beta1_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            **_common(num_threads, backend, nonfinite)))
 
 
 class AdamW(Adam):
@@ -462,13 +596,12 @@ class AdamW(Adam):
     update, ``p = p * (1 - lr_t * weight_decay)``. Default ``weight_decay=1e-2``.
     """
 
-    _decoupled = True
-
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, maximize=False, bias_correction=True, beta1_decay=1.0,
                  num_threads=None, backend="auto", nonfinite="error"):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize,
-                         bias_correction, beta1_decay, num_threads, backend, nonfinite)
+                         bias_correction, beta1_decay, num_threads, backend, nonfinite,
+                         decoupled_weight_decay=True)
 
 
 class Adamax(Optimizer):
@@ -486,11 +619,153 @@ class Adamax(Optimizer):
     Parameters are as for :class:`Adam` (no ``amsgrad``); default ``lr=2e-3``.
     """
 
-    algorithm = "adamax"
+    algorithm = _algorithms.ALGORITHMS["adamax"]
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  maximize=False, bias_correction=True, beta1_decay=1.0, num_threads=None,
                  backend="auto", nonfinite="error"):
-        super().__init__(params, _defaults(
-            lr, betas, eps, weight_decay, False, maximize, bias_correction, beta1_decay,
-            num_threads, backend, nonfinite))
+        super().__init__(params, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
+            bias_correction=bias_correction, beta1_decay=beta1_decay,
+            **_common(num_threads, backend, nonfinite)))
+
+
+class NAdam(Optimizer):
+    r"""NAdam (Dozat, 2016), as ``torch.optim.NAdam``: Adam with Nesterov momentum.
+
+    For step ``t`` of each element (``psi`` is ``momentum_decay``)::
+
+        g      = -g if maximize else g
+        g      = g + weight_decay * p            (or p *= 1 - lr * weight_decay, decoupled)
+        mu_t   = beta1 * (1 - 0.5 * 0.96**(t * psi))
+        m      = beta1 * m + (1 - beta1) * g
+        v      = beta2 * v + (1 - beta2) * g * g
+        denom  = sqrt(v / (1 - beta2**t)) + eps
+        p      = p - lr * (1 - mu_t) / (1 - mu_1...mu_t) * g / denom
+                   - lr * mu_{t+1} / (1 - mu_1...mu_{t+1}) * m / denom
+
+    The running product ``mu_1 ... mu_t`` is the per-param state ``mu_product`` (a 0-d
+    float64, computed in double). The two terms share one division (``_loops.h``).
+
+    Parameters
+    ----------
+    params : ndarray, sequence of ndarray, or sequence of dict
+    lr : float or callable, default 2e-3
+    betas : (float, float), default (0.9, 0.999)
+    eps : float, default 1e-8
+    weight_decay : float, default 0
+    momentum_decay : float, default 4e-3
+    decoupled_weight_decay, maximize : bool, default False""" + _NUMERICS_DOC + "\n    "
+
+    algorithm = _algorithms.ALGORITHMS["nadam"]
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False,
+                 num_threads=None, backend="auto", nonfinite="error"):
+        super().__init__(params, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+            momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize, **_common(num_threads, backend, nonfinite)))
+
+
+class RAdam(Optimizer):
+    r"""RAdam (Liu et al., 2020), as ``torch.optim.RAdam``: Adam with a rectified step.
+
+    For step ``t`` of each element::
+
+        g      = -g if maximize else g
+        g      = g + weight_decay * p            (or p *= 1 - lr * weight_decay, decoupled)
+        m      = beta1 * m + (1 - beta1) * g
+        v      = beta2 * v + (1 - beta2) * g * g
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t  = rho_inf - 2 t beta2**t / (1 - beta2**t)
+        if rho_t > 5:
+            r  = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+            p  = p - lr * r / (1 - beta1**t) * m * sqrt(1 - beta2**t) / (sqrt(v) + eps)
+        else:
+            p  = p - lr / (1 - beta1**t) * m
+
+    Parameters
+    ----------
+    params : ndarray, sequence of ndarray, or sequence of dict
+    lr : float or callable, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+    eps : float, default 1e-8
+    weight_decay : float, default 0
+    decoupled_weight_decay, maximize : bool, default False""" + _NUMERICS_DOC + "\n    "
+
+    algorithm = _algorithms.ALGORITHMS["radam"]
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decoupled_weight_decay=False, maximize=False, num_threads=None,
+                 backend="auto", nonfinite="error"):
+        super().__init__(params, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+            **_common(num_threads, backend, nonfinite)))
+
+
+class AdaBelief(Optimizer):
+    r"""AdaBelief (Zhuang et al., 2020, Algorithm 2), as ``optax.adabelief`` computes it.
+
+    For step ``t`` of each element::
+
+        g  = -g if maximize else g
+        g  = g + weight_decay * p               (or p *= 1 - lr * weight_decay, decoupled)
+        m  = beta1 * m + (1 - beta1) * g
+        s  = beta2 * s + (1 - beta2) * (g - m)**2 + eps_root
+        p  = p - lr / (1 - beta1**t) * m / (sqrt(s / (1 - beta2**t)) + eps)
+
+    ``s`` (the "belief" in the gradient) is the state ``exp_avg_var``. The defaults are
+    optax's (``eps = eps_root = 1e-16``); the paper uses one eps for both.
+
+    Parameters
+    ----------
+    params : ndarray, sequence of ndarray, or sequence of dict
+    lr : float or callable, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+    eps : float, default 1e-16
+    eps_root : float, default 1e-16
+    weight_decay : float, default 0
+    decoupled_weight_decay, maximize : bool, default False""" + _NUMERICS_DOC + "\n    "
+
+    algorithm = _algorithms.ALGORITHMS["adabelief"]
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, eps_root=1e-16,
+                 weight_decay=0.0, decoupled_weight_decay=False, maximize=False,
+                 num_threads=None, backend="auto", nonfinite="error"):
+        super().__init__(params, dict(
+            lr=lr, betas=betas, eps=eps, eps_root=eps_root, weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+            **_common(num_threads, backend, nonfinite)))
+
+
+class Lion(Optimizer):
+    r"""Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"), as
+    ``optax.lion``.
+
+    For each element::
+
+        g = -g if maximize else g
+        p = p * (1 - lr_t * weight_decay)
+        p = p - lr_t * sign(beta1 * m + (1 - beta1) * g)
+        m = beta2 * m + (1 - beta2) * g
+
+    One state array (``exp_avg``); ``sign(0) = 0``. Weight decay is always decoupled.
+    The defaults are optax's; the paper advises an lr 3-10x smaller than AdamW's.
+
+    Parameters
+    ----------
+    params : ndarray, sequence of ndarray, or sequence of dict
+    lr : float or callable, default 1e-4
+    betas : (float, float), default (0.9, 0.99)
+    weight_decay : float, default 1e-3
+    maximize : bool, default False""" + _NUMERICS_DOC + "\n    "
+
+    algorithm = _algorithms.ALGORITHMS["lion"]
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=1e-3, maximize=False,
+                 num_threads=None, backend="auto", nonfinite="error"):
+        super().__init__(params, dict(
+            lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize,
+            **_common(num_threads, backend, nonfinite)))

@@ -1,14 +1,20 @@
-"""Pure-NumPy twin of every compiled loop: the fallback backend and the cross-check.
+"""Pure-NumPy twin of every compiled loop and of the per-step scalars.
 
-Each function updates its arrays in place from the same per-step scalars as the kernel
-(see ``functional.adam_scalars``), cast to the array's dtype, and evaluates the same
-IEEE operations in the same order as ``_loops.h``. NumPy's +, -, *, / and sqrt are
-correctly rounded and the extension is built with ``-ffp-contract=off``, so the two agree
-bit for bit on every instruction set and for every thread count.
+The fallback backend and the cross-check. :func:`step_scalars` is the twin of
+``fa_step_scalars`` (``_scalars.h``), compared field by field with it in the tests; each
+``*_update`` function updates its arrays in place from those scalars, cast to the array's
+dtype, with the IEEE operations of the matching body of ``_loops.h`` in the same order.
+NumPy's +, -, *, / and sqrt are correctly rounded and the extension is built with
+``-ffp-contract=off``, so the two agree bit for bit on every instruction set and for every
+thread count.
 """
+import math
+
 import numpy as np
 
-__all__ = ["adam_update", "adamax_update", "probe_update", "sparse_adam_update"]
+__all__ = ["step_scalars", "run", "first_nonfinite", "adam_update", "adamax_update",
+           "nadam_update", "momentum_update", "adabelief_update", "lion_update",
+           "probe_update", "sparse_adam_update"]
 
 
 # Overflow, inf - inf and the like are computed as IEEE says, silently, as the compiled
@@ -16,45 +22,118 @@ __all__ = ["adam_update", "adamax_update", "probe_update", "sparse_adam_update"]
 _quiet = np.errstate(all="ignore")
 
 
-def _cast(scalars, dtype):
-    return [dtype.type(x) for x in scalars]
+def step_scalars(hyper, t, lr, mu_product=1.0):
+    """``(loop kind, scalars, mu_product after)`` of step ``t`` with learning rate ``lr``.
+
+    The twin of ``fa_step_scalars`` in ``_scalars.h``: the same double operations in the
+    same order (Python floats are C doubles, ``**`` is libm's pow). ``hyper`` is the dict
+    of ``fusedadam._algorithms.hyper_dict``.
+    """
+    h = hyper
+    algorithm = h["algorithm"]
+    t = float(t)
+    coupled = h["weight_decay"] != 0.0 and not h["decoupled"]
+    bc1 = bc2 = 1.0
+    beta1 = h["beta1"]
+    s = {"sign": -1.0 if h["maximize"] else 1.0,
+         "weight_decay": 0.0 if h["decoupled"] else h["weight_decay"],
+         "decay": 1.0 - lr * h["weight_decay"] if h["decoupled"] else 1.0,
+         "eps_root": 0.0, "grad_coef": 0.0}
+    mu_after = mu_product
+    if algorithm in ("adam", "adamax"):
+        beta1 = h["beta1"] * h["beta1_decay"] ** (t - 1.0)
+        if h["bias_correction"]:
+            bc1 = 1.0 - h["beta1"] ** t
+            bc2 = 1.0 - h["beta2"] ** t
+    elif algorithm != "lion":
+        bc1 = 1.0 - h["beta1"] ** t
+        bc2 = 1.0 - h["beta2"] ** t
+    s["beta1"] = beta1
+    s["one_minus_beta1"] = 1.0 - beta1
+    s["beta2"] = h["beta2"]
+    s["one_minus_beta2"] = 1.0 - h["beta2"]
+    s["step_size"] = lr / bc1 * math.sqrt(bc2)
+    s["eps"] = h["eps"] * math.sqrt(bc2)
+    suffix = "_l2" if coupled else ""
+    if algorithm == "adam":
+        kind = ("amsgrad" if h["amsgrad"] else "adam") + suffix
+    elif algorithm == "adamax":
+        s["step_size"] = lr / bc1
+        s["eps"] = h["eps"]
+        kind = "adamax" + suffix
+    elif algorithm == "nadam":
+        mu = h["beta1"] * (1.0 - 0.5 * 0.96 ** (t * h["momentum_decay"]))
+        mu_next = h["beta1"] * (1.0 - 0.5 * 0.96 ** ((t + 1.0) * h["momentum_decay"]))
+        product = mu_product * mu
+        product_next = product * mu_next
+        s["grad_coef"] = lr * (1.0 - mu) / (1.0 - product) * math.sqrt(bc2)
+        s["step_size"] = lr * mu_next / (1.0 - product_next) * math.sqrt(bc2)
+        mu_after = product
+        kind = "nadam" + suffix
+    elif algorithm == "radam":
+        rho_inf = 2.0 / (1.0 - h["beta2"]) - 1.0
+        rho_t = rho_inf - 2.0 * t * h["beta2"] ** t / bc2
+        if rho_t > 5.0:
+            rect = math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                             / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+            s["step_size"] = lr * rect / bc1 * math.sqrt(bc2)
+            s["eps"] = h["eps"]
+            kind = "adam" + suffix
+        else:
+            s["step_size"] = lr / bc1
+            s["eps"] = 0.0
+            kind = "momentum" + suffix
+    elif algorithm == "adabelief":
+        s["eps_root"] = h["eps_root"]
+        kind = "adabelief" + suffix
+    elif algorithm == "sparse_adam":
+        s["step_size"] = lr * math.sqrt(bc2) / bc1
+        s["eps"] = h["eps"]
+        kind = "sparse_rows"
+    else:  # lion
+        s["step_size"] = lr
+        s["eps"] = 0.0
+        kind = "lion"
+    return kind, s, mu_after
 
 
-def _gradient(param, grad, sign, weight_decay, coupled):
+def _cast(dtype, scalars, *names):
+    return [dtype.type(scalars[name]) for name in names]
+
+
+def _gradient(param, grad, scalars, coupled):
+    """The prelude of every kind: sign, L2 term (on the param before decay), decay."""
+    sign, weight_decay, decay = _cast(param.dtype, scalars, "sign", "weight_decay", "decay")
     g = grad * sign
     if coupled:
         g = g + weight_decay * param
+    param *= decay
     return g
+
+
+def _moments(g, exp_avg, exp_avg_sq, scalars):
+    """m = b1 m + (1 - b1) g and v = b2 v + (1 - b2) g g, in place."""
+    b1, omb1, b2, omb2 = _cast(g.dtype, scalars, "beta1", "one_minus_beta1", "beta2",
+                               "one_minus_beta2")
+    exp_avg *= b1
+    exp_avg += omb1 * g
+    g_sq = omb2 * g
+    g_sq *= g
+    exp_avg_sq *= b2
+    exp_avg_sq += g_sq
 
 
 @_quiet
 def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, coupled):
-    """One Adam (or AMSGrad, when ``max_exp_avg_sq`` is given) step of one array, in place.
-
-    ``scalars`` is the 10-tuple of ``functional.adam_scalars``; ``coupled`` applies the
-    L2 term ``weight_decay * param`` to the gradient.
-    """
-    (sign, weight_decay, decay, beta1, one_minus_beta1, beta2, one_minus_beta2,
-     step_size, bc2_sqrt, eps) = scalars
-    # step_size * m / (sqrt(v) / bc2_sqrt + eps), rewritten with one division per element
-    # as (step_size * bc2_sqrt) * m / (sqrt(v) + eps * bc2_sqrt); the two products are
-    # formed in double, as in _loops.h.
-    (sign, weight_decay, decay, beta1, one_minus_beta1, beta2, one_minus_beta2,
-     step_size, eps) = _cast((sign, weight_decay, decay, beta1, one_minus_beta1, beta2,
-                              one_minus_beta2, step_size * bc2_sqrt, eps * bc2_sqrt),
-                             param.dtype)
-    g = _gradient(param, grad, sign, weight_decay, coupled)
-    param *= decay
-    exp_avg *= beta1
-    exp_avg += one_minus_beta1 * g
-    g_sq = one_minus_beta2 * g
-    g_sq *= g
-    exp_avg_sq *= beta2
-    exp_avg_sq += g_sq
+    """Adam (AMSGrad when ``max_exp_avg_sq`` is given; RAdam's rectified step), in place:
+    ``p -= step_size * m / (sqrt(v) + eps)`` after the moments."""
+    g = _gradient(param, grad, scalars, coupled)
+    _moments(g, exp_avg, exp_avg_sq, scalars)
     v = exp_avg_sq
     if max_exp_avg_sq is not None:
         np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         v = max_exp_avg_sq
+    step_size, eps = _cast(param.dtype, scalars, "step_size", "eps")
     denom = np.sqrt(v)
     denom += eps
     update = step_size * exp_avg
@@ -64,20 +143,81 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, coupl
 
 @_quiet
 def adamax_update(param, grad, exp_avg, exp_inf, scalars, coupled):
-    """One Adamax step of one array, in place: ``u = max(beta2 * u, |g| + eps)``."""
-    (sign, weight_decay, decay, beta1, one_minus_beta1, beta2, _, step_size, _,
-     eps) = _cast(scalars, param.dtype)
-    g = _gradient(param, grad, sign, weight_decay, coupled)
-    param *= decay
-    exp_avg *= beta1
-    exp_avg += one_minus_beta1 * g
-    exp_inf *= beta2
+    """Adamax, in place: ``u = max(beta2 * u, |g| + eps)``, ``p -= step_size * m / u``."""
+    g = _gradient(param, grad, scalars, coupled)
+    b1, omb1, b2, step_size, eps = _cast(param.dtype, scalars, "beta1", "one_minus_beta1",
+                                         "beta2", "step_size", "eps")
+    exp_avg *= b1
+    exp_avg += omb1 * g
+    exp_inf *= b2
     abs_g = np.abs(g)
     abs_g += eps
     np.maximum(exp_inf, abs_g, out=exp_inf)
     update = step_size * exp_avg
     update /= exp_inf
     param -= update
+
+
+@_quiet
+def nadam_update(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
+    """NAdam, in place: ``p -= (grad_coef * g + step_size * m) / (sqrt(v) + eps)``."""
+    g = _gradient(param, grad, scalars, coupled)
+    _moments(g, exp_avg, exp_avg_sq, scalars)
+    grad_coef, step_size, eps = _cast(param.dtype, scalars, "grad_coef", "step_size", "eps")
+    denom = np.sqrt(exp_avg_sq)
+    denom += eps
+    update = grad_coef * g
+    update += step_size * exp_avg
+    update /= denom
+    param -= update
+
+
+@_quiet
+def momentum_update(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
+    """RAdam's unrectified step, in place: the moments advance, ``p -= step_size * m``."""
+    g = _gradient(param, grad, scalars, coupled)
+    _moments(g, exp_avg, exp_avg_sq, scalars)
+    (step_size,) = _cast(param.dtype, scalars, "step_size")
+    param -= step_size * exp_avg
+
+
+@_quiet
+def adabelief_update(param, grad, exp_avg, exp_avg_var, scalars, coupled):
+    """AdaBelief, in place: ``s = b2 s + (1 - b2)(g - m)^2 + eps_root`` with the new m,
+    ``p -= step_size * m / (sqrt(s) + eps)``."""
+    g = _gradient(param, grad, scalars, coupled)
+    b1, omb1, b2, omb2, step_size, eps, eps_root = _cast(
+        param.dtype, scalars, "beta1", "one_minus_beta1", "beta2", "one_minus_beta2",
+        "step_size", "eps", "eps_root")
+    exp_avg *= b1
+    exp_avg += omb1 * g
+    surprise = g - exp_avg
+    surprise_sq = omb2 * surprise
+    surprise_sq *= surprise
+    exp_avg_var *= b2
+    exp_avg_var += surprise_sq
+    exp_avg_var += eps_root
+    denom = np.sqrt(exp_avg_var)
+    denom += eps
+    update = step_size * exp_avg
+    update /= denom
+    param -= update
+
+
+@_quiet
+def lion_update(param, grad, exp_avg, scalars, coupled):
+    """Lion, in place: ``p -= step_size * sign(b1 m + (1 - b1) g)``, then
+    ``m = b2 m + (1 - b2) g``. sign keeps +-0 and NaN as they are (``_loops.h``)."""
+    g = _gradient(param, grad, scalars, coupled)
+    b1, omb1, b2, omb2, step_size = _cast(param.dtype, scalars, "beta1", "one_minus_beta1",
+                                          "beta2", "one_minus_beta2", "step_size")
+    c = b1 * exp_avg
+    c += omb1 * g
+    one = param.dtype.type(1)
+    direction = np.where(c > 0, one, np.where(c < 0, -one, c))
+    param -= step_size * direction
+    exp_avg *= b2
+    exp_avg += omb2 * g
 
 
 @_quiet
@@ -90,14 +230,50 @@ def probe_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None):
     param -= grad
 
 
+# Loop kind -> (update function, takes a third state array).
+_KINDS = {
+    "adam": (adam_update, 2), "amsgrad": (adam_update, 3), "adamax": (adamax_update, 2),
+    "nadam": (nadam_update, 2), "momentum": (momentum_update, 2),
+    "adabelief": (adabelief_update, 2), "lion": (lion_update, 1),
+}
+
+
+def run(kind, slots, grads, scalars):
+    """Run loop ``kind`` (a name of ``_kernels.LOOP_KINDS``) over a group, in place.
+
+    ``slots`` is ``(params, None, states...)``, each a sequence over the group's params
+    (the compiled ``GroupPlan`` layout); ``grads`` one gradient per param.
+    """
+    coupled = kind.endswith("_l2")
+    update, n_states = _KINDS[kind[:-3] if coupled else kind]
+    params, states = slots[0], slots[2:]
+    for k, (p, g) in enumerate(zip(params, grads)):
+        arrays = [np.asarray(s[k]) for s in states]
+        if update is adam_update:
+            arrays = arrays[:2] + [arrays[2] if n_states == 3 else None]
+        update(np.asarray(p), np.asarray(g), *arrays, scalars, coupled)
+
+
+def first_nonfinite(grads):
+    """Flat index of the first NaN/inf over the gradients taken as one vector, or -1."""
+    offset = 0
+    for g in grads:
+        bad = np.flatnonzero(~np.isfinite(np.asarray(g).reshape(-1)))
+        if bad.size:
+            return offset + int(bad[0])
+        offset += g.size
+    return -1
+
+
 def sparse_adam_update(param, exp_avg, exp_avg_sq, values, rows, order, starts, scalars):
     """One SparseAdam step of the rows ``rows`` of a 2-D table, in place.
 
-    The twin of ``_sparse.sparse_adam_step``: the gradient of ``rows[u]`` is the sum, left
+    The twin of ``_kernels.sparse_adam_step``: the gradient of ``rows[u]`` is the sum, left
     to right in order of appearance, of ``values[order[starts[u]:starts[u + 1]]]``;
-    ``scalars`` is ``(sign, 1 - beta1, 1 - beta2, step_size, eps)``.
+    ``scalars`` is the dict of :func:`step_scalars` for ``"sparse_adam"``.
     """
-    sign, one_minus_beta1, one_minus_beta2, step_size, eps = _cast(scalars, param.dtype)
+    sign, one_minus_beta1, one_minus_beta2, step_size, eps = _cast(
+        param.dtype, scalars, "sign", "one_minus_beta1", "one_minus_beta2", "step_size", "eps")
     if rows.size == 0 or param.shape[1] == 0:
         return
     counts = np.diff(starts)

@@ -1,0 +1,74 @@
+"""The algorithm registry: what each optimizer keeps as state and which hyperparameters it has.
+
+An algorithm is one entry here, one loop body in ``_loops.h`` (picked by its scalar rule
+in ``_scalars.h``), one reference function in ``reference.py`` and one thin class in
+``optim.py``. Everything else (groups, validation, plans, the step driver, state dicts)
+is shared.
+"""
+from typing import NamedTuple
+
+__all__ = ["Algorithm", "ALGORITHMS", "hyper_dict"]
+
+
+class Algorithm(NamedTuple):
+    """One entry of the registry.
+
+    name : str
+        Its name in ``_scalars.h`` (``FA_ALGORITHMS``) and ``reference.step_scalars``.
+    state_names : tuple of str
+        Arrays shaped like the param, created at zero at its first step, in the order of the
+        loop's state slots.
+    optional_state : tuple of (str, str)
+        ``(array name, group flag)``: an extra slot used while the flag is on (AMSGrad's
+        ``max_exp_avg_sq``); created at zero when the flag first is, and kept when it is
+        switched off so that switching it back on resumes.
+    scalar_state : tuple of (str, float)
+        Per-param 0-d float64 state with its initial value (NAdam's ``mu_product``).
+    """
+
+    name: str
+    state_names: tuple
+    optional_state: tuple = ()
+    scalar_state: tuple = ()
+
+    def slot_names(self, group):
+        """The state arrays a step of ``group`` reads and writes, in slot order."""
+        return self.state_names + tuple(name for name, flag in self.optional_state
+                                        if group.get(flag))
+
+    def all_state_names(self):
+        """Every array name this algorithm's state may hold."""
+        return self.state_names + tuple(name for name, _ in self.optional_state)
+
+
+ALGORITHMS = {
+    "adam": Algorithm("adam", ("exp_avg", "exp_avg_sq"),
+                      optional_state=(("max_exp_avg_sq", "amsgrad"),)),
+    "adamax": Algorithm("adamax", ("exp_avg", "exp_inf")),
+    "nadam": Algorithm("nadam", ("exp_avg", "exp_avg_sq"), scalar_state=(("mu_product", 1.0),)),
+    "radam": Algorithm("radam", ("exp_avg", "exp_avg_sq")),
+    "adabelief": Algorithm("adabelief", ("exp_avg", "exp_avg_var")),
+    "lion": Algorithm("lion", ("exp_avg",)),
+    "sparse_adam": Algorithm("sparse_adam", ("exp_avg", "exp_avg_sq")),
+}
+
+
+def hyper_dict(algorithm, group):
+    """The hyperparameters of a validated group as ``fa_hyper`` reads them: every field, in
+    double (NumPy scalars included: the scalars are formed in double on every path)."""
+    decoupled = algorithm.name == "lion" or bool(group.get("decoupled_weight_decay", False))
+    beta1, beta2 = group["betas"]
+    return {
+        "algorithm": algorithm.name,
+        "amsgrad": bool(group.get("amsgrad", False)),
+        "decoupled": decoupled,
+        "maximize": bool(group.get("maximize", False)),
+        "bias_correction": bool(group.get("bias_correction", True)),
+        "beta1": float(beta1),
+        "beta2": float(beta2),
+        "eps": float(group.get("eps", 0.0)),
+        "eps_root": float(group.get("eps_root", 0.0)),
+        "weight_decay": float(group.get("weight_decay", 0.0)),
+        "beta1_decay": float(group.get("beta1_decay", 1.0)),
+        "momentum_decay": float(group.get("momentum_decay", 0.0)),
+    }

@@ -1,0 +1,97 @@
+/*
+ * The one dispatch table: instruction set x element type -> every compiled loop (the dense
+ * kinds of _loops.h, the non-finite scan of _finite.h, SparseAdam's rows of
+ * _sparse_rows.h). Adding an instruction set is one line of FA_ISAS, an element type one
+ * line of FA_DTYPES, a dense loop kind one line of FA_DENSE_KINDS (_loops.h).
+ *
+ * Every loop is compiled once per instruction set with a per-function target attribute and
+ * chosen at run time (no -march flag: the wheel stays portable). FMA is deliberately not
+ * enabled: a fused multiply-add rounds once, NumPy twice.
+ */
+#ifndef FUSEDADAM_DISPATCH_H
+#define FUSEDADAM_DISPATCH_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "_loops.h"
+#include "_finite.h"
+#include "_sparse_rows.h"
+
+typedef void (*fa_loop_fn)(char *const *a, ptrdiff_t n, const fa_scalars *s);
+
+/* Instruction sets, narrowest first, with their target attributes. */
+#define FA_ISAS(X) X(baseline) X(avx2) X(avx512)
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define FA_HAVE_X86_DISPATCH 1
+#define FA_ATTR_baseline
+#define FA_ATTR_avx2 __attribute__((target("avx2")))
+#define FA_ATTR_avx512 __attribute__((target("avx512f,prefer-vector-width=512")))
+#else  /* one code path: the wider rows are baseline copies, never chosen */
+#define FA_HAVE_X86_DISPATCH 0
+#define FA_ATTR_baseline
+#define FA_ATTR_avx2
+#define FA_ATTR_avx512
+#endif
+
+/* Element types: X(isa, suffix, C type, NumPy name, same-width unsigned int, exponent
+ * mask, sqrt, fabs). */
+#define FA_DTYPES(X, ISA)                                                            \
+    X(ISA, f32, float, "float32", uint32_t, UINT32_C(0x7f800000), sqrtf, fabsf)      \
+    X(ISA, f64, double, "float64", uint64_t, UINT64_C(0x7ff0000000000000), sqrt, fabs)
+
+#define FA_ISA_ENUM(ISA) FA_ISA_##ISA,
+enum { FA_ISAS(FA_ISA_ENUM) FA_N_ISAS };
+#define FA_ISA_NAME(ISA) #ISA,
+static const char *const fa_isa_names[FA_N_ISAS] = {FA_ISAS(FA_ISA_NAME)};
+
+#define FA_DTYPE_ENUM(ISA, SFX, T, NAME, ...) FA_DTYPE_##SFX,
+enum { FA_DTYPES(FA_DTYPE_ENUM, ~) FA_N_DTYPES };
+#define FA_DTYPE_NAME(ISA, SFX, T, NAME, ...) NAME,
+static const char *const fa_dtype_names[FA_N_DTYPES] = {FA_DTYPES(FA_DTYPE_NAME, ~)};
+
+/* Instantiate every loop of one (instruction set, element type). */
+#define FA_DEFINE_KIND(name, body, coupled, flag, ISA, SFX, T, SQRT, FABS)           \
+    FA_ATTR_##ISA static void fa_##name##_##SFX##_##ISA(char *const *a, ptrdiff_t n, \
+                                                        const fa_scalars *s)         \
+        body(T, SQRT, FABS, coupled, flag)
+#define FA_DEFINE_DTYPE(ISA, SFX, T, NAME, UT, EXP, SQRT, FABS)                      \
+    FA_DENSE_KINDS(FA_DEFINE_KIND, ISA, SFX, T, SQRT, FABS)                          \
+    FA_ATTR_##ISA static ptrdiff_t fa_scan_##SFX##_##ISA(const void *grad, ptrdiff_t n) \
+        FA_SCAN_BODY(UT, EXP)                                                        \
+    FA_ATTR_##ISA static FA_SPARSE_ROW_SIG(fa_sparse_row_##SFX##_##ISA)              \
+        FA_SPARSE_ROW_BODY(T, SQRT)                                                  \
+    FA_ATTR_##ISA static FA_SPARSE_SUM_SIG(fa_sparse_sum_##SFX##_##ISA)              \
+        FA_SPARSE_SUM_BODY(T)
+#define FA_DEFINE_ISA(ISA) FA_DTYPES(FA_DEFINE_DTYPE, ISA)
+FA_ISAS(FA_DEFINE_ISA)
+
+/* The table. */
+typedef struct {
+    fa_loop_fn dense[FA_N_KINDS];
+    fa_scan_fn scan;
+    fa_row_fn sparse_row;
+    fa_sum_fn sparse_sum;
+} fa_loops;
+
+#define FA_KIND_PTR(name, body, coupled, flag, ISA, SFX) fa_##name##_##SFX##_##ISA,
+#define FA_TABLE_CELL(ISA, SFX, ...)                                                 \
+    {{FA_DENSE_KINDS(FA_KIND_PTR, ISA, SFX)},                                        \
+     fa_scan_##SFX##_##ISA, fa_sparse_row_##SFX##_##ISA, fa_sparse_sum_##SFX##_##ISA},
+#define FA_TABLE_ROW(ISA) {FA_DTYPES(FA_TABLE_CELL, ISA)},
+static const fa_loops fa_table[FA_N_ISAS][FA_N_DTYPES] = {FA_ISAS(FA_TABLE_ROW)};
+
+/* The widest instruction set this CPU runs, as an FA_ISA_* value. */
+static int fa_cpu_best_isa(void) {
+#if FA_HAVE_X86_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return FA_ISA_avx512;
+    if (__builtin_cpu_supports("avx2")) return FA_ISA_avx2;
+#endif
+    return FA_ISA_baseline;
+}
+
+static const fa_loops *fa_get_loops(int isa, int dtype) { return &fa_table[isa][dtype]; }
+
+#endif /* FUSEDADAM_DISPATCH_H */

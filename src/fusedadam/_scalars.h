@@ -1,0 +1,117 @@
+/*
+ * The per-step scalars of every algorithm: the only place they are defined. Given a
+ * group's hyperparameters, the step number t >= 1 and this step's learning rate, one call
+ * gives the loop kind to run and the scalars it reads, all computed in double with libm's
+ * pow and sqrt. fusedadam/reference.py::step_scalars is the NumPy fallback's twin (the
+ * same operations in the same order; tests compare the two field by field).
+ */
+#ifndef FUSEDADAM_SCALARS_H
+#define FUSEDADAM_SCALARS_H
+
+#include <math.h>
+#include "_loops.h"
+
+/* Algorithms, in the order of their numbers; Python reads the names (_kernels.ALGORITHMS). */
+#define FA_ALGORITHMS(X) X(adam) X(adamax) X(nadam) X(radam) X(adabelief) X(lion) X(sparse_adam)
+#define FA_ALGO_ENUM(name) FA_ALGO_##name,
+enum { FA_ALGORITHMS(FA_ALGO_ENUM) FA_N_ALGORITHMS };
+#define FA_ALGO_NAME(name) #name,
+static const char *const fa_algorithm_names[FA_N_ALGORITHMS] = {FA_ALGORITHMS(FA_ALGO_NAME)};
+
+/* A group's hyperparameters, as validated by fusedadam/_validation.py. */
+typedef struct {
+    int algorithm;
+    int amsgrad, decoupled, maximize, bias_correction;
+    double beta1, beta2, eps, eps_root, weight_decay, beta1_decay, momentum_decay;
+} fa_hyper;
+
+/* What a step of one group needs besides its arrays: the loop kind, its scalars, and the
+ * NAdam momentum product after this step (mu_1 * ... * mu_t; 1 for the others). */
+static int fa_step_scalars(const fa_hyper *h, double t, double lr, double mu_product,
+                           fa_scalars *s, double *mu_product_after) {
+    const int coupled = h->weight_decay != 0.0 && !h->decoupled;
+    double bc1 = 1.0, bc2 = 1.0, beta1 = h->beta1;
+    int kind;
+    *mu_product_after = mu_product;
+    s->sign = h->maximize ? -1.0 : 1.0;
+    s->weight_decay = h->decoupled ? 0.0 : h->weight_decay;
+    s->decay = h->decoupled ? 1.0 - lr * h->weight_decay : 1.0;
+    s->eps_root = 0.0;
+    s->grad_coef = 0.0;
+    if (h->algorithm == FA_ALGO_adam || h->algorithm == FA_ALGO_adamax) {
+        beta1 = h->beta1 * pow(h->beta1_decay, t - 1.0);
+        if (h->bias_correction) {
+            bc1 = 1.0 - pow(h->beta1, t);
+            bc2 = 1.0 - pow(h->beta2, t);
+        }
+    } else if (h->algorithm != FA_ALGO_lion) {
+        bc1 = 1.0 - pow(h->beta1, t);
+        bc2 = 1.0 - pow(h->beta2, t);
+    }
+    s->beta1 = beta1;
+    s->one_minus_beta1 = 1.0 - beta1;
+    s->beta2 = h->beta2;
+    s->one_minus_beta2 = 1.0 - h->beta2;
+    /* Adam's eps-hat form: step_size = lr/bc1*sqrt(bc2), eps = eps*sqrt(bc2) (_loops.h). */
+    s->step_size = lr / bc1 * sqrt(bc2);
+    s->eps = h->eps * sqrt(bc2);
+    switch (h->algorithm) {
+    case FA_ALGO_adam:
+        if (h->amsgrad) kind = coupled ? FA_KIND_amsgrad_l2 : FA_KIND_amsgrad;
+        else kind = coupled ? FA_KIND_adam_l2 : FA_KIND_adam;
+        break;
+    case FA_ALGO_adamax:
+        s->step_size = lr / bc1;
+        s->eps = h->eps;
+        kind = coupled ? FA_KIND_adamax_l2 : FA_KIND_adamax;
+        break;
+    case FA_ALGO_nadam: {
+        /* torch.optim.NAdam: mu_t = beta1 (1 - 0.5 * 0.96^(t psi)). */
+        double mu = h->beta1 * (1.0 - 0.5 * pow(0.96, t * h->momentum_decay));
+        double mu_next = h->beta1 * (1.0 - 0.5 * pow(0.96, (t + 1.0) * h->momentum_decay));
+        double product = mu_product * mu;
+        double product_next = product * mu_next;
+        s->grad_coef = lr * (1.0 - mu) / (1.0 - product) * sqrt(bc2);
+        s->step_size = lr * mu_next / (1.0 - product_next) * sqrt(bc2);
+        *mu_product_after = product;
+        kind = coupled ? FA_KIND_nadam_l2 : FA_KIND_nadam;
+        break;
+    }
+    case FA_ALGO_radam: {
+        /* torch.optim.RAdam: rectify once the variance is tractable (rho_t > 5). */
+        double rho_inf = 2.0 / (1.0 - h->beta2) - 1.0;
+        double rho_t = rho_inf - 2.0 * t * pow(h->beta2, t) / bc2;
+        if (rho_t > 5.0) {
+            double rect = sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
+                               ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t));
+            s->step_size = lr * rect / bc1 * sqrt(bc2);
+            s->eps = h->eps;
+            kind = coupled ? FA_KIND_adam_l2 : FA_KIND_adam;
+        } else {
+            s->step_size = lr / bc1;
+            s->eps = 0.0;
+            kind = coupled ? FA_KIND_momentum_l2 : FA_KIND_momentum;
+        }
+        break;
+    }
+    case FA_ALGO_adabelief:
+        s->eps_root = h->eps_root;
+        kind = coupled ? FA_KIND_adabelief_l2 : FA_KIND_adabelief;
+        break;
+    case FA_ALGO_sparse_adam:
+        /* torch.optim.SparseAdam's order: lr * sqrt(bc2) / bc1; eps is not scaled. Its rows
+         * are no dense kind: FA_N_KINDS says so. */
+        s->step_size = lr * sqrt(bc2) / bc1;
+        s->eps = h->eps;
+        kind = FA_N_KINDS;
+        break;
+    default: /* FA_ALGO_lion: decoupled weight decay only (validated), no bias correction */
+        s->step_size = lr;
+        s->eps = 0.0;
+        kind = FA_KIND_lion;
+        break;
+    }
+    return kind;
+}
+
+#endif /* FUSEDADAM_SCALARS_H */
