@@ -30,11 +30,8 @@ def test_sweep_prints_a_table_writes_json_and_a_plot(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["command"].startswith("python -m fusedadam bench sweep")
     impls = {r["impl"] for r in data["rows"]}
-    assert impls >= {"fusedadam", "roofline", "numpy"}
-    # The kernel alone is timed where the internal kernel API offers it, else skipped.
-    assert "fusedadam-kernel" in impls or any(
-        line.startswith("fusedadam-kernel (adam, float32):") for line in data["skipped"]
-    )
+    assert impls >= {"fusedadam", "roofline", "numpy"}, data["skipped"]
+    assert "fusedadam-kernel" in impls
     assert len(rows) == len(data["rows"])
     assert (
         data["environment"]["loadavg_at_start"] is None
@@ -74,7 +71,7 @@ def test_absent_peers_are_listed_as_skipped_never_an_error(monkeypatch):
 def test_an_algorithm_is_one_line_of_data(monkeypatch):
     # An algorithm fusedadam does not have yet is skipped like an absent peer.
     monkeypatch.setitem(
-        peers.ALGORITHMS, "future", peers.Algorithm("FutureAdam", {}, None, 7, "FutureAdam")
+        peers.ALGORITHMS, "future", peers.Algorithm("FutureAdam", torch_class="FutureAdam")
     )
     notes = {}
     fns = peers.build(
@@ -221,3 +218,35 @@ def test_progress_is_plain_lines_when_not_a_terminal(capsys):
     cli.main(["roofline", "--sizes", "100,200", "--threads", "1", "--sample-ms", "1"])
     err = capsys.readouterr().err
     assert "[1/2] N=1e+02 float32 threads=1" in err and "[2/2] N=2e+02" in err
+
+
+@compiled
+def test_every_algorithm_of_the_table_runs(tmp_path, capsys):
+    out = tmp_path / "all.json"
+    names = ",".join(peers.ALGORITHMS)
+    cli.main(
+        [
+            "sweep",
+            "--sizes",
+            "300",
+            "--threads",
+            "1",
+            "--sample-ms",
+            "1",
+            "--no-progress",
+            "--algorithms",
+            names,
+            "--json",
+            str(out),
+        ]
+    )
+    data = json.loads(out.read_text())
+    timed = {(r["algorithm"], r["impl"]) for r in data["rows"]}
+    for name, algorithm in peers.ALGORITHMS.items():
+        assert (name, "fusedadam") in timed and (name, "numpy") in timed
+        assert (name, "fusedadam-kernel") in timed
+        assert ((name, "roofline") in timed) == (algorithm.arrays_moved in (7, 9))
+    assert any(
+        line.startswith("roofline (lion, float32): the probe moves 7 or 9")
+        for line in data["skipped"]
+    )

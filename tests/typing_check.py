@@ -14,7 +14,7 @@ import fusedadam as fa
 from fusedadam import schedules
 from fusedadam._clip import clip_grad_norm
 from fusedadam.minimize import OptimizeResult
-from fusedadam.optim import Adam, Adamax, AdamW
+from fusedadam.optim import AdaBelief, Adam, Adamax, AdamW, Lion, NAdam, RAdam
 from fusedadam.sparse import SparseAdam
 
 w = np.zeros(10, dtype=np.float32)
@@ -39,6 +39,10 @@ opt.load_state_dict(fa.unflatten_state_dict(flat))
 
 assert_type(Adam(w, lr=1e-3, amsgrad=True), Adam)
 assert_type(Adamax([w], lr=2e-3), Adamax)
+assert_type(NAdam([w], momentum_decay=4e-3), NAdam)
+assert_type(RAdam([w], decoupled_weight_decay=True), RAdam)
+assert_type(AdaBelief([w], eps_root=1e-16), AdaBelief)
+assert_type(Lion([w], lr=schedules.CosineDecay(1e-4, 100)), Lion)
 assert_type(SparseAdam([np.zeros((4, 3))]), SparseAdam)
 assert_type(clip_grad_norm([g], max_norm=1.0), float)
 

@@ -25,17 +25,21 @@ _Backend = Literal["auto", "compiled", "numpy"]
 _NonFinite = Literal["error", "skip", "ignore"]
 _StateDict = Dict[str, Any]
 
-__all__ = ["Optimizer", "Adam", "AdamW", "Adamax"]
+__all__ = ["Optimizer", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion"]
 
 class _ParamState:
+    def __init__(self, on_change: Optional[Callable[[], None]] = None) -> None: ...
     def __getitem__(self, param: _Array) -> Dict[str, _Array]: ...
+    def __setitem__(self, param: _Array, state: Dict[str, _Array]) -> None: ...
+    def __delitem__(self, param: _Array) -> None: ...
+    def items(self) -> List[Tuple[_Array, Dict[str, _Array]]]: ...
     def __contains__(self, param: object) -> bool: ...
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[_Array]: ...
     def get(self, param: _Array, default: Any = None) -> Optional[Dict[str, _Array]]: ...
 
 class Optimizer:
-    algorithm: str
+    algorithm: Any
     defaults: Dict[str, Any]
     param_groups: List[Dict[str, Any]]
     state: _ParamState
@@ -61,6 +65,7 @@ class Adam(Optimizer):
         num_threads: Optional[int] = None,
         backend: _Backend = "auto",
         nonfinite: _NonFinite = "error",
+        decoupled_weight_decay: bool = False,
     ) -> None: ...
 
 class AdamW(Adam):
@@ -91,6 +96,66 @@ class Adamax(Optimizer):
         maximize: bool = False,
         bias_correction: bool = True,
         beta1_decay: float = 1.0,
+        num_threads: Optional[int] = None,
+        backend: _Backend = "auto",
+        nonfinite: _NonFinite = "error",
+    ) -> None: ...
+
+class NAdam(Optimizer):
+    def __init__(
+        self,
+        params: _Params,
+        lr: _LearningRate = 2e-3,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum_decay: float = 4e-3,
+        decoupled_weight_decay: bool = False,
+        maximize: bool = False,
+        num_threads: Optional[int] = None,
+        backend: _Backend = "auto",
+        nonfinite: _NonFinite = "error",
+    ) -> None: ...
+
+class RAdam(Optimizer):
+    def __init__(
+        self,
+        params: _Params,
+        lr: _LearningRate = 1e-3,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = False,
+        maximize: bool = False,
+        num_threads: Optional[int] = None,
+        backend: _Backend = "auto",
+        nonfinite: _NonFinite = "error",
+    ) -> None: ...
+
+class AdaBelief(Optimizer):
+    def __init__(
+        self,
+        params: _Params,
+        lr: _LearningRate = 1e-3,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-16,
+        eps_root: float = 1e-16,
+        weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = False,
+        maximize: bool = False,
+        num_threads: Optional[int] = None,
+        backend: _Backend = "auto",
+        nonfinite: _NonFinite = "error",
+    ) -> None: ...
+
+class Lion(Optimizer):
+    def __init__(
+        self,
+        params: _Params,
+        lr: _LearningRate = 1e-4,
+        betas: Tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 1e-3,
+        maximize: bool = False,
         num_threads: Optional[int] = None,
         backend: _Backend = "auto",
         nonfinite: _NonFinite = "error",

@@ -4,7 +4,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from fusedadam.optim import _Backend, _LearningRate, Optimizer, _Params, _StateDict
+from fusedadam.optim import Optimizer, _Backend, _LearningRate, _NonFinite, _Params, _StateDict
 
 __all__ = ["SparseAdam", "group_rows"]
 
@@ -24,6 +24,7 @@ class SparseAdam(Optimizer):
         maximize: bool = False,
         num_threads: Optional[int] = None,
         backend: _Backend = "auto",
+        nonfinite: _NonFinite = "error",
     ) -> None: ...
     def step(self, grads: Union[_SparseGrads, Tuple[_Array, _Array]]) -> None: ...  # type: ignore[override]
     def state_dict(self) -> _StateDict: ...

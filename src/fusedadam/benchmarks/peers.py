@@ -42,11 +42,10 @@ class Algorithm:
         Name of the fusedadam class (``fa.Adam``...); missing names are skipped.
     options : dict
         Keyword arguments of both the fusedadam and the torch class (``amsgrad=True``).
-    loop : str or None
-        Name of the compiled loop (``fusedadam-kernel``); None: no kernel-only timing.
     arrays_moved : int
         Arrays read plus arrays written per element of a step (p, g, m, v in; p, m, v
-        out is 7): the compulsory traffic GB/s is computed from.
+        out is 7): the compulsory traffic GB/s is computed from. The roofline probe moves
+        7 or 9; an algorithm with another count (Lion: 5) gets no roofline.
     torch_class : str or None
         Name in ``torch.optim``; None: no torch peer.
     deepspeed : dict or None
@@ -55,24 +54,25 @@ class Algorithm:
 
     fa_class: str
     options: dict = field(default_factory=dict)
-    loop: Optional[str] = None
     arrays_moved: int = 7
     torch_class: Optional[str] = None
     deepspeed: Optional[dict] = None
 
 
 ALGORITHMS = {
-    "adam": Algorithm("Adam", {}, "ADAM", 7, "Adam", {"adamw_mode": False}),
+    "adam": Algorithm("Adam", torch_class="Adam", deepspeed={"adamw_mode": False}),
     "adamw": Algorithm(
         "AdamW",
         {"weight_decay": WEIGHT_DECAY},
-        "ADAM",
-        7,
-        "AdamW",
-        {"adamw_mode": True, "weight_decay": WEIGHT_DECAY},
+        torch_class="AdamW",
+        deepspeed={"adamw_mode": True, "weight_decay": WEIGHT_DECAY},
     ),
-    "amsgrad": Algorithm("Adam", {"amsgrad": True}, "AMSGRAD", 9, "Adam"),
-    "adamax": Algorithm("Adamax", {}, "ADAMAX", 7, "Adamax"),
+    "amsgrad": Algorithm("Adam", {"amsgrad": True}, arrays_moved=9, torch_class="Adam"),
+    "adamax": Algorithm("Adamax", torch_class="Adamax"),
+    "nadam": Algorithm("NAdam", torch_class="NAdam"),
+    "radam": Algorithm("RAdam", torch_class="RAdam"),
+    "adabelief": Algorithm("AdaBelief"),
+    "lion": Algorithm("Lion", arrays_moved=5),  # p, g, m in; p, m out
 }
 
 PEERS = ("numpy", "torch-single", "torch-foreach", "torch-fused", "deepspeed")
@@ -108,13 +108,17 @@ def peer_versions():
     return versions
 
 
-def _fusedadam(algorithm, params, grads, n_threads, backend):
+def _optimizer(algorithm, params, n_threads, backend):
     import fusedadam as fa
 
     cls = getattr(fa, algorithm.fa_class, None)
     if cls is None:
         raise RuntimeError(f"fusedadam has no {algorithm.fa_class}")
-    opt = cls(params, lr=LR, num_threads=n_threads, backend=backend, **algorithm.options)
+    return cls(params, lr=LR, num_threads=n_threads, backend=backend, **algorithm.options)
+
+
+def _fusedadam(algorithm, params, grads, n_threads, backend):
+    opt = _optimizer(algorithm, params, n_threads, backend)
     return lambda: opt.step(grads)
 
 
@@ -165,11 +169,13 @@ def _build_one(name, algorithm, params, grads, n_threads):
     if name == "numpy":
         return _fusedadam(algorithm, params, grads, n_threads, "numpy")
     if name == "fusedadam-kernel":
-        return roofline.kernel_step(params, grads, algorithm.loop, n_threads)
+        optimizer = _optimizer(algorithm, params, n_threads, "compiled")
+        return roofline.kernel_step(optimizer, grads)
     if name == "roofline":
-        return roofline.roofline_step(
-            params, grads, 3 if algorithm.arrays_moved > 7 else 2, n_threads
-        )
+        states = {7: 2, 9: 3}.get(algorithm.arrays_moved)
+        if states is None:
+            raise RuntimeError(f"the probe moves 7 or 9 arrays, not {algorithm.arrays_moved}")
+        return roofline.roofline_step(params, grads, states, n_threads)
     if name.startswith("torch-"):
         return _torch(name, algorithm, params, grads, n_threads)
     if name == "deepspeed":

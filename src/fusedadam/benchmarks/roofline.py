@@ -1,15 +1,15 @@
-"""The compiled calls below the optimizer classes: the kernel alone and the roofline probe.
+"""The compiled calls below the optimizer classes: the step driver alone and the roofline.
 
-Every use of fusedadam's private kernel API (``_kernels.GroupKernel``, loop kinds, the
-per-step scalars of ``functional``) by the benchmarks is in this module, so a change of
-that API is adapted here once.
+Every use of fusedadam's private kernel API by the benchmarks is in this module, so a
+change of that API is adapted here once.
 
-The roofline is the PROBE loop: exactly an Adam step's memory traffic (read p, g, m, v;
-write p, m, v; with a third state array also read and write it) with trivial arithmetic,
-on the same threads and slices as the real loop. Its time is what the memory system
+The roofline is the compiled PROBE loop: exactly an Adam step's memory traffic (read p, g,
+m, v; write p, m, v; with a third state array also read and write it) with trivial
+arithmetic, on the same threads as the real loop. Its time is what the memory system
 allows; ``% of roofline`` is its median over an implementation's median.
 """
 
+import os
 from typing import Any
 
 import numpy as np
@@ -22,16 +22,13 @@ try:
 except ImportError:  # built without the extension: no kernel, no probe
     _kernels = None
 
-__all__ = ["compiled_available", "kernel_step", "roofline_step", "functional_step", "num_procs"]
-
-
-def _scalars():
-    """Step t=10 of the usual defaults: bias correction active, every scalar non-trivial.
-
-    Formed when a kernel-only step is built, not at import: an internal API that moved
-    then skips that one implementation (with a note) instead of the whole benchmark.
-    """
-    return functional.adam_scalars(10, 1e-3, 0.9, 0.999, 1e-8)
+__all__ = [
+    "compiled_available",
+    "kernel_step",
+    "roofline_step",
+    "functional_step",
+    "num_procs",
+]
 
 
 def compiled_available():
@@ -42,54 +39,35 @@ def compiled_available():
 def num_procs():
     """Processors OpenMP may use (``os.cpu_count()`` without the extension)."""
     if _kernels is None:
-        import os
-
         return os.cpu_count() or 1
     return _kernels.num_procs()
 
 
-def _group_step(params, grads, n_state_arrays, kind, n_threads):
-    if not hasattr(_kernels, "GroupKernel"):
-        raise RuntimeError("this build's kernel API has no GroupKernel to time alone")
-    scalars = _scalars()
-    states = [[np.zeros_like(p) for p in params] for _ in range(n_state_arrays)]
-    thirds = states[2] if n_state_arrays > 2 else None
-    kernel = _kernels.GroupKernel(params, states[0], states[1], thirds, [], [])
-    params, grads = list(params), list(grads)
+def kernel_step(optimizer, grads):
+    """One step of ``optimizer``'s compiled step driver, without the Python method above it.
 
-    def step():
-        kernel.prepare(params, grads, 0, kind)
-        kernel.run(scalars, n_threads)
-
-    return step
-
-
-def kernel_step(params, grads, loop, n_threads):
-    """One compiled step of ``loop`` (``"ADAM"``, ``"AMSGRAD"``, ``"ADAMAX"``...) alone.
-
-    ``GroupKernel.prepare`` + ``run`` with no Python layer above them. Raises
-    ``RuntimeError`` when the extension is missing or has no such loop.
+    ``optimizer`` is a fusedadam optimizer built with ``backend="compiled"``. Raises
+    ``RuntimeError`` where the extension (or its driver) is missing.
     """
-    if _kernels is None:
-        raise RuntimeError("the compiled extension is not built")
-    kind = getattr(_kernels, loop or "", None)
-    if kind is None:
-        raise RuntimeError(f"the compiled extension has no {loop} loop")
-    n_state_arrays = 3 if loop.startswith("AMSGRAD") else 2
-    return _group_step(params, grads, n_state_arrays, kind, n_threads)
+    if _kernels is None or not hasattr(_kernels, "Driver"):
+        raise RuntimeError("the compiled extension (its step driver) is not built")
+    driver = optimizer._driver
+    if not isinstance(driver, _kernels.Driver):
+        raise RuntimeError("this optimizer does not step through the compiled driver")
+    grads = list(grads)
+    return lambda: driver.step(grads)
 
 
 def roofline_step(params, grads, n_state_arrays, n_threads):
     """The PROBE loop over ``params`` and ``grads`` with 2 or 3 state arrays."""
     if _kernels is None:
         raise RuntimeError("the compiled extension is not built: no roofline probe")
+    if n_state_arrays not in (2, 3):
+        raise RuntimeError(f"the probe moves 2 or 3 state arrays, not {n_state_arrays}")
     states = [[np.zeros_like(p) for p in params] for _ in range(n_state_arrays)]
     thirds = states[2] if n_state_arrays > 2 else None
-    params, grads = list(params), list(grads)
-    if hasattr(_kernels, "Probe"):  # validated once, like a steady-state step
-        probe = _kernels.Probe(params, grads, states[0], states[1], thirds)
-        return lambda: probe.run(n_threads)
-    return _group_step(params, grads, n_state_arrays, _kernels.PROBE, n_threads)
+    probe = _kernels.Probe(list(params), list(grads), states[0], states[1], thirds)
+    return lambda: probe.run(n_threads)
 
 
 def functional_step(params, grads, n_threads):
