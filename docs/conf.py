@@ -69,7 +69,8 @@ sphinx_gallery_conf = {
     "gallery_dirs": "auto_examples",
     # Every script but the helpers; each runs once and its figures and output are kept.
     "filename_pattern": r"/[a-z][a-z_]*\.py$",
-    "ignore_pattern": r"_common\.py",
+    # distributed_mlp.py is an mpiexec job (mpi4py, several ranks): not run by the build.
+    "ignore_pattern": r"(_common|distributed_mlp)\.py",
     "plot_gallery": "True",
     "download_all_examples": False,
     "remove_config_comments": True,

@@ -117,3 +117,88 @@ def test_float32_follows_the_formulas_closely():
     for g in grads:
         opt.step(g.astype(np.float32))
     np.testing.assert_allclose(p, expected, rtol=0, atol=2e-5)
+
+
+def literal_adabelief(p, grads, lr, beta1, beta2, eps, eps_root):
+    """AdaBelief, Algorithm 2 of Zhuang et al. (2020) with optax's two epsilons."""
+    p = [float(x) for x in p]
+    m = [0.0] * len(p)
+    s = [0.0] * len(p)
+    for t, grad in enumerate(grads, start=1):
+        for i in range(len(p)):
+            g = float(grad[i])
+            m[i] = beta1 * m[i] + (1 - beta1) * g
+            s[i] = beta2 * s[i] + (1 - beta2) * (g - m[i]) ** 2 + eps_root
+            m_hat = m[i] / (1 - beta1**t)
+            s_hat = s[i] / (1 - beta2**t)
+            p[i] = p[i] - lr * m_hat / (math.sqrt(s_hat) + eps)
+    return np.array(p), np.array(m), np.array(s)
+
+
+def literal_lion(p, grads, lr, beta1, beta2, weight_decay):
+    """Lion, Algorithm 2 of Chen et al. (2023) (optax.lion's order)."""
+    p = [float(x) for x in p]
+    m = [0.0] * len(p)
+    for grad in grads:
+        for i in range(len(p)):
+            g = float(grad[i])
+            c = beta1 * m[i] + (1 - beta1) * g
+            sign = (c > 0) - (c < 0)
+            p[i] = p[i] - lr * (sign + weight_decay * p[i])
+            m[i] = beta2 * m[i] + (1 - beta2) * g
+    return np.array(p), np.array(m)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "compiled"] if fa.backend_info()["compiled"]
+                         else ["numpy"])
+@pytest.mark.parametrize("options", [dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, eps_root=1e-12),
+                                     dict(lr=3e-3, betas=(0.5, 0.99), eps=1e-16, eps_root=1e-16)])
+def test_adabelief_matches_the_paper(backend, options):
+    rng = np.random.default_rng(11)
+    p0 = rng.standard_normal(64)
+    grads = [rng.standard_normal(64) for _ in range(40)]
+    p = p0.copy()
+    opt = fa.AdaBelief(p, backend=backend, **options)
+    for g in grads:
+        opt.step(g)
+    want_p, want_m, want_s = literal_adabelief(p0, grads, options["lr"], *options["betas"],
+                                               options["eps"], options["eps_root"])
+    np.testing.assert_allclose(opt.state[p]["exp_avg"], want_m, rtol=1e-13)
+    np.testing.assert_allclose(opt.state[p]["exp_avg_var"], want_s, rtol=1e-12)
+    np.testing.assert_allclose(p, want_p, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "compiled"] if fa.backend_info()["compiled"]
+                         else ["numpy"])
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3, 0.5])
+def test_lion_matches_the_paper(backend, weight_decay):
+    rng = np.random.default_rng(12)
+    p0 = rng.standard_normal(64)
+    grads = [rng.standard_normal(64) for _ in range(40)]
+    grads[3][:5] = 0.0                      # sign(0) = 0 at the first steps: no move
+    p = p0.copy()
+    opt = fa.Lion(p, lr=1e-2, betas=(0.9, 0.99), weight_decay=weight_decay, backend=backend)
+    for g in grads:
+        opt.step(g)
+    want_p, want_m = literal_lion(p0, grads, 1e-2, 0.9, 0.99, weight_decay)
+    np.testing.assert_allclose(opt.state[p]["exp_avg"], want_m, rtol=1e-13)
+    np.testing.assert_allclose(p, want_p, rtol=1e-13, atol=1e-15)
+
+
+def test_optax_parity_where_installed():
+    """optax is not a dependency; where it is installed, compare with it directly."""
+    optax = pytest.importorskip("optax")
+    jnp = pytest.importorskip("jax.numpy")
+    rng = np.random.default_rng(13)
+    p0 = rng.standard_normal(32)
+    grads = [rng.standard_normal(32) for _ in range(20)]
+    for ours, theirs in ((fa.AdaBelief, optax.adabelief(1e-2)), (fa.Lion, optax.lion(1e-3))):
+        p = p0.copy()
+        opt = ours(p, lr=1e-2 if ours is fa.AdaBelief else 1e-3)
+        q = jnp.asarray(p0)
+        state = theirs.init(q)
+        for g in grads:
+            opt.step(g)
+            updates, state = theirs.update(jnp.asarray(g), state, q)
+            q = optax.apply_updates(q, updates)
+        np.testing.assert_allclose(p, np.asarray(q), rtol=1e-5, atol=1e-6)

@@ -15,6 +15,10 @@ OPTIMIZERS = {
         lr=1e-2, weight_decay=0.01, backend=b),
     "adamw": lambda ps, b: fa.AdamW(ps, lr=1e-2, backend=b),
     "adamax": lambda ps, b: fa.Adamax(ps, backend=b),
+    "nadam": lambda ps, b: fa.NAdam(ps, weight_decay=0.01, backend=b),
+    "radam": lambda ps, b: fa.RAdam(ps, lr=1e-2, backend=b),
+    "adabelief": lambda ps, b: fa.AdaBelief(ps, lr=1e-2, backend=b),
+    "lion": lambda ps, b: fa.Lion(ps, lr=1e-3, backend=b),
 }
 
 

@@ -216,3 +216,35 @@ def test_non_contiguous_and_read_only_grads_are_accepted(backend):
     opt_a.step(g)
     opt_b.step(g_ro)
     np.testing.assert_array_equal(p, q)
+
+
+NEW_ALGORITHM_SETTINGS = [
+    (fa.NAdam, {"momentum_decay": -0.1}, ValueError, r"Invalid momentum_decay value: -0.1"),
+    (fa.NAdam, {"momentum_decay": math.inf}, ValueError, r"Invalid momentum_decay value: inf"),
+    (fa.NAdam, {"decoupled_weight_decay": 1}, TypeError, r"decoupled_weight_decay must be a bool"),
+    (fa.RAdam, {"betas": (0.9, 1.0)}, ValueError, r"Invalid beta parameter at index 1: 1.0"),
+    (fa.RAdam, {"eps": 0.0}, ValueError, r"Invalid epsilon value: 0.0"),
+    (fa.AdaBelief, {"eps_root": -1e-16}, ValueError, r"Invalid eps_root value"),
+    (fa.AdaBelief, {"eps_root": "0"}, TypeError, r"Invalid eps_root value"),
+    (fa.Lion, {"weight_decay": -1.0}, ValueError, r"Invalid weight_decay value: -1.0"),
+    (fa.Lion, {"lr": -1.0}, ValueError, r"Invalid learning rate: -1.0"),
+]
+
+
+@pytest.mark.parametrize("cls,settings,exc,match", NEW_ALGORITHM_SETTINGS)
+def test_new_algorithms_validate_their_hyperparameters(cls, settings, exc, match):
+    with pytest.raises(exc, match=match):
+        cls(np.zeros(3), **settings)
+    p = np.zeros(3)
+    opt = cls([{"params": [p]}])
+    opt.step(np.ones(3))
+    before = snapshot(opt)
+    opt.param_groups[0].update(settings)
+    with pytest.raises(exc, match=r"param_groups\[0\]: " + match):
+        opt.step(np.ones(3))
+    assert_unchanged(opt, before)
+
+
+def test_lion_has_no_eps():
+    with pytest.raises(TypeError, match="eps"):
+        fa.Lion(np.zeros(3), eps=1e-8)

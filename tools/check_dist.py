@@ -69,9 +69,10 @@ def check_wheel(path):
         files = set(whl.namelist())
     package = {f for f in files if f.startswith("fusedadam/")}
     sources = ROOT / "src" / "fusedadam"
-    for module in sorted(sources.glob("*.py")):
-        if f"fusedadam/{module.name}" not in package:
-            problems.append(f"missing fusedadam/{module.name}")
+    for module in sorted(sources.rglob("*.py")):     # subpackages too (distributed/)
+        name = f"fusedadam/{module.relative_to(sources).as_posix()}"
+        if name not in package:
+            problems.append(f"missing {name}")
     for required in ["fusedadam/_kernels.pyi", "fusedadam/py.typed"]:
         if required not in package:
             problems.append(f"missing {required}")

@@ -40,6 +40,9 @@ def get_chunk_size() -> int:
 def set_chunk_size(n_elements: int) -> None:
     """Set the elements per chunk (a multiple of 16; for tests and benchmarks)."""
 
+def steps_in_flight_high_water(reset: bool = ...) -> int:
+    """The most steps seen inside their GIL-free section at once since the last reset."""
+
 def step_scalars(
     hyper: Dict[str, Any], t: float, lr: float, mu_product: float = ...
 ) -> Tuple[str, Dict[str, float], float]:

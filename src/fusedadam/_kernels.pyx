@@ -82,6 +82,50 @@ cdef extern from "_pool.h" nogil:
     enum:
         FA_POOL_GRAIN
 
+cdef extern from *:
+    """
+    /* How many steps are inside their GIL-free section now, and the most seen at once: the
+     * tests observe that two threads' steps really run concurrently. Relaxed atomics: one
+     * uncontended add per step. */
+    #if defined(_MSC_VER) && !defined(__clang__)
+    #include <intrin.h>
+    static volatile long fa_steps_in_flight = 0, fa_steps_in_flight_most = 0;
+    static void fa_step_enter(void) {
+        long now = _InterlockedIncrement(&fa_steps_in_flight), most = fa_steps_in_flight_most;
+        while (now > most) {
+            long seen = _InterlockedCompareExchange(&fa_steps_in_flight_most, now, most);
+            if (seen == most) break;
+            most = seen;
+        }
+    }
+    static void fa_step_leave(void) { _InterlockedDecrement(&fa_steps_in_flight); }
+    #else
+    static long fa_steps_in_flight = 0, fa_steps_in_flight_most = 0;
+    static void fa_step_enter(void) {
+        long now = __atomic_add_fetch(&fa_steps_in_flight, 1, __ATOMIC_RELAXED);
+        long most = __atomic_load_n(&fa_steps_in_flight_most, __ATOMIC_RELAXED);
+        while (now > most && !__atomic_compare_exchange_n(&fa_steps_in_flight_most, &most, now,
+                                                          0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+        }
+    }
+    static void fa_step_leave(void) { __atomic_sub_fetch(&fa_steps_in_flight, 1, __ATOMIC_RELAXED); }
+    #endif
+    """
+    long fa_steps_in_flight_most
+    void fa_step_enter() nogil
+    void fa_step_leave() nogil
+
+
+def steps_in_flight_high_water(bint reset=True):
+    """The most steps (any optimizers, any threads) seen inside their GIL-free section at
+    once since the last reset; for the tests that check steps run concurrently."""
+    global fa_steps_in_flight_most
+    cdef long most = fa_steps_in_flight_most
+    if reset:
+        fa_steps_in_flight_most = 0
+    return most
+
+
 cdef extern from "_scalars.h" nogil:
     ctypedef struct fa_hyper:
         int algorithm
@@ -671,9 +715,11 @@ cdef class GroupPlan:
         """Scan and, only if every gradient value is finite, update: one GIL release."""
         cdef Py_ssize_t found
         with nogil:
+            fa_step_enter()
             found = _scan(&self.d, self.n_threads)
             if found < 0:
                 _run(&self.d, self.n_threads)
+            fa_step_leave()
         return found
 
     cdef void _run(self) except *:
@@ -682,7 +728,9 @@ cdef class GroupPlan:
                            _scalars_dict(&self.d.scalars))
             return
         with nogil:
+            fa_step_enter()
             _run(&self.d, self.n_threads)
+            fa_step_leave()
 
     cdef void _count(self) noexcept:
         """Advance the step (each distinct step array once) and NAdam's product."""
@@ -995,7 +1043,9 @@ def sparse_adam_step(cnp.ndarray param, cnp.ndarray exp_avg, cnp.ndarray exp_avg
             raise MemoryError()
     try:
         with nogil:
+            fa_step_enter()
             _sparse_run(&j, n_threads)
+            fa_step_leave()
     finally:
         free(j.scratch)
 

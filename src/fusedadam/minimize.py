@@ -162,7 +162,8 @@ def minimize(
     ----------
     fun : callable
         ``fun(x, *args)`` returns the objective (a real scalar), or ``(f, g)`` with
-        ``g`` the gradient (shaped like ``x``) when ``jac=True``.
+        ``g`` the gradient (of ``x``'s shape exactly: another shape is an error, never
+        reshaped) when ``jac=True``.
     x0 : array_like
         Starting point, any shape. float32 and float64 are kept; any other dtype is
         converted to float64. Never modified.
@@ -185,7 +186,8 @@ def minimize(
         ``iter f(x) |g|``, then scipy's summary).
     callback : callable, optional
         ``callback(xk)`` after each iteration with a copy of the new point; returning
-        True stops (``status`` 2, ``success`` True).
+        True (or ``np.True_``) or raising ``StopIteration`` stops (``status`` 2,
+        ``success`` True).
     tol : float, optional
         Stop when the 2-norm of the gradient at the current point is ``<= tol``
         (``status`` 0). None: no gradient test.
@@ -269,9 +271,9 @@ def minimize(
                 g = _finite_difference(lambda z: _scalar(fun(z, *args)), point, f_value, counter)
         f = _scalar(f)
         g = np.asarray(g)
-        if g.size != point.size:
+        if g.shape != point.shape:
             raise ValueError(f"the gradient has shape {g.shape}, but x has shape {point.shape}")
-        return f, np.array(g.reshape(point.shape), dtype=point.dtype, order="C")
+        return f, np.array(g, dtype=point.dtype, order="C")
 
     x_history, fun_history = [], []
     status, nit = 1, 0
@@ -299,7 +301,7 @@ def minimize(
         else:
             opt.step([g])
         nit += 1
-        stop = callback is not None and callback(x.copy()) is True
+        stop = callback is not None and _callback_stops(callback, x)
         f, g = evaluate(x)
         if stop:
             if return_history:
@@ -331,6 +333,16 @@ def minimize(
     if progress is not None:
         progress.close(result)
     return result
+
+
+def _callback_stops(callback, x):
+    """True when the callback asks to stop: it returns True (a Python or NumPy bool), or
+    raises StopIteration (scipy's way)."""
+    try:
+        answer = callback(x.copy())
+    except StopIteration:
+        return True
+    return isinstance(answer, (bool, np.bool_)) and bool(answer)
 
 
 def _scalar(f):

@@ -165,8 +165,6 @@ class Optimizer:
 
     def __init__(self, params, defaults):
         self.defaults = dict(defaults)
-        if isinstance(self.defaults.get("betas"), list):
-            self.defaults["betas"] = tuple(self.defaults["betas"])
         self._check_group_hyper(self.defaults, "")
         self._lock = threading.Lock()
         self._driver = _Driver(self)
@@ -247,8 +245,6 @@ class Optimizer:
         self._check_params(group["params"], first)
         for key, value in self.defaults.items():
             group.setdefault(key, value)
-        if isinstance(group.get("betas"), list):
-            group["betas"] = tuple(group["betas"])
         self._check_group_hyper(group, f"{where}: ")
         return group, where
 
@@ -256,8 +252,14 @@ class Optimizer:
         """Algorithm-specific requirements on params (SparseAdam: 2-D tables)."""
 
     def _check_group_hyper(self, group, where):
+        """Validate a group's hyperparameters in place; a mutable betas container (list,
+        array) becomes the tuple of its values, so that editing it later cannot change a
+        validated value behind the step's back."""
         _validation.check_hyperparameters(group, self.defaults, where)
         resolve_backend(group["backend"], where)
+        betas = group.get("betas")
+        if betas is not None and type(betas) is not tuple:
+            group["betas"] = tuple(float(b) if isinstance(b, np.generic) else b for b in betas)
 
     # ---------------------------------------------------------------- step
     def step(self, grads):
@@ -299,8 +301,6 @@ class Optimizer:
         where = f"param_groups[{gi}]: "
         if not isinstance(group, dict):
             raise TypeError(f"param_groups[{gi}] must be a dict, got {type(group).__name__}")
-        if isinstance(group.get("betas"), list):
-            group["betas"] = tuple(group["betas"])
         self._check_group_hyper(group, where)
         keys = tuple(self.defaults)
         lr = group["lr"]
@@ -463,9 +463,9 @@ class Optimizer:
         scalar_state = self.algorithm.scalar_state
         for group, (where, saved, hyper) in zip(self.param_groups, saved_groups):
             merged = {**group, **hyper}
-            if isinstance(merged.get("betas"), list):
-                merged["betas"] = hyper["betas"] = tuple(merged["betas"])
             self._check_group_hyper(merged, f"{where}: ")
+            if "betas" in hyper:
+                hyper["betas"] = merged["betas"]
             entries = self._saved_entries(saved, saved_state, group, merged, index)
             counters = {(step, tuple(scalars.values())) for _, step, _, scalars in entries}
             if len(counters) > 1:

@@ -265,6 +265,7 @@ def first_nonfinite(grads):
     return -1
 
 
+@_quiet
 def sparse_adam_update(param, exp_avg, exp_avg_sq, values, rows, order, starts, scalars):
     """One SparseAdam step of the rows ``rows`` of a 2-D table, in place.
 

@@ -52,11 +52,14 @@ def unflatten_state_dict(flat: Mapping[str, Any]) -> Dict[str, Any]:
     state: Dict[int, Dict[str, Any]] = {}
     groups: Dict[int, Dict[str, Any]] = {}
     for name in flat.keys():
-        kind, index, key = name.split("/", 2)
+        parts = name.split("/", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            raise ValueError(f"unexpected entry {name!r} in a flattened state_dict")
+        kind, index, key = parts
         value = flat[name]
         if kind == "state":
             entry = state.setdefault(int(index), {})
-            entry[key] = int(value) if key == "step" else np.array(value)
+            entry[key] = np.array(value)
         elif kind == "param_groups":
             group = groups.setdefault(int(index), {})
             if key.endswith(":schedule"):

@@ -1,0 +1,424 @@
+"""Scenarios run by tests/test_distributed.py under ``mpiexec -n N python -m mpi4py``.
+
+Each scenario checks itself on every rank (against the single-process optimizer built in
+the same process) and raises on a mismatch, so that the job exits non-zero. Usage::
+
+    mpiexec -n N python -m mpi4py tests/_mpi_worker.py SCENARIO [ARGS...]
+"""
+import functools
+import operator
+import os
+import pickle
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+import fusedadam as fa
+from fusedadam.distributed import ShardedOptimizer, consolidate_checkpoint
+
+comm = MPI.COMM_WORLD
+rank, world = comm.Get_rank(), comm.Get_size()
+
+
+def exact_grads(shapes, dtypes, step, source):
+    """Multiples of 2**-7 in [-0.5, 0.5]: sums over up to 64 ranks are exact."""
+    rng = np.random.default_rng([step, source, 12345])
+    return [(rng.integers(-64, 65, size=shape) * 2.0 ** -7).astype(dt)
+            for shape, dt in zip(shapes, dtypes)]
+
+
+def same_array(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def describe(value):
+    return repr(value) if callable(value) else value
+
+
+def check_same_state_dict(got, want, where):
+    assert sorted(got["state"]) == sorted(want["state"]), (where, sorted(got["state"]),
+                                                           sorted(want["state"]))
+    for key, entry in want["state"].items():
+        mine = got["state"][key]
+        assert sorted(mine) == sorted(entry), (where, key, sorted(mine), sorted(entry))
+        assert int(mine["step"]) == int(entry["step"]), (where, key)
+        for name, value in entry.items():
+            if name != "step":
+                assert same_array(mine[name], value), (where, key, name)
+    assert len(got["param_groups"]) == len(want["param_groups"]), where
+    for g, w in zip(got["param_groups"], want["param_groups"]):
+        assert {k: describe(v) for k, v in g.items()} == \
+               {k: describe(v) for k, v in w.items()}, (where, g, w)
+
+
+# lr(t) = 1e-2 / t, picklable by reference (checkpoints pickle callable hyperparameters).
+schedule = functools.partial(operator.truediv, 1e-2)
+
+
+CASES = {
+    # name: (groups as [(shapes, dtype or dtypes, overrides)], bucket_elements)
+    "one group": ([([(37, 5), (3,), (200,)], "f", {})], 1 << 22),
+    "uneven, empty param, tiny buckets": (
+        [([(7,), (0,), (131,), (1,), (64, 3)], "f", {})], 40),
+    "several groups, mixed dtypes": (
+        [([(10, 10), (9,)], "f", {"lr": 5e-3}),
+         ([(33,), (2, 2)], ["f", "d"], {"weight_decay": 0.1}),
+         ([(0,)], "d", {})], 64),
+    "fewer elements than ranks": ([([(1,), (2,)], "d", {})], 1 << 22),
+}
+OPTIMIZERS = [
+    (fa.Adam, {}), (fa.AdamW, {"lr": schedule}), (fa.Adamax, {}),
+    (fa.Adam, {"amsgrad": True, "weight_decay": 0.01}),
+]
+
+
+def build(spec, dtype):
+    groups, shapes, dtypes = [], [], []
+    rng = np.random.default_rng(7)
+    for g_shapes, g_dtypes, overrides in spec:
+        if isinstance(g_dtypes, str):
+            g_dtypes = [g_dtypes] * len(g_shapes)
+        g_dtypes = [dtype if dt == "f" else np.float64 for dt in g_dtypes]
+        params = [rng.standard_normal(s).astype(dt) for s, dt in zip(g_shapes, g_dtypes)]
+        groups.append({"params": params, **overrides})
+        shapes += g_shapes
+        dtypes += g_dtypes
+    return groups, shapes, dtypes
+
+
+def copy_groups(groups):
+    return [{**g, "params": [p.copy() for p in g["params"]]} for g in groups]
+
+
+def scenario_exact():
+    """Bit-identical params and state vs the single-process optimizer, every case."""
+    n = 0
+    for case, (spec, bucket) in CASES.items():
+        for dtype in (np.float32, np.float64):
+            for cls, kwargs in OPTIMIZERS:
+                for reduction in ("sum", "mean"):
+                    groups, shapes, dtypes = build(spec, dtype)
+                    ref = cls(copy_groups(groups), **kwargs)
+                    opt = ShardedOptimizer(cls, copy_groups(groups), comm,
+                                           grad_reduction=reduction, bucket_elements=bucket,
+                                           **kwargs)
+                    for step in range(1, 5):
+                        local = exact_grads(shapes, dtypes, step, rank)
+                        total = [sum(parts) for parts in zip(
+                            *(exact_grads(shapes, dtypes, step, r) for r in range(world)))]
+                        if reduction == "mean":
+                            total = [np.divide(t, world).astype(t.dtype) for t in total]
+                        ref.step(total)
+                        if step % 2:
+                            opt.step(local)                   # packed from other arrays
+                        else:
+                            for view, g in zip(opt.grads, local):
+                                view[...] = g                 # zero copy: written in place
+                            opt.step()
+                        if step == 2:                         # a scheduler edits a group
+                            for g_ref, g_opt in zip(ref.param_groups, opt.param_groups):
+                                g_ref["eps"] = g_opt["eps"] = 1e-6
+                    where = f"{case}/{np.dtype(dtype).name}/{cls.__name__}{kwargs}/{reduction}"
+                    for got, want in zip(opt.params, (p for g in ref.param_groups
+                                                      for p in g["params"])):
+                        assert same_array(got, want), where
+                    full = opt.consolidated_state_dict(root=0)
+                    if rank == 0:
+                        check_same_state_dict(full, ref.state_dict(), where)
+                    else:
+                        assert full is None
+                    check_memory(opt, where)
+                    n += 1
+    n += check_collective_cap()
+    if rank == 0:
+        print(f"exact: {n} configurations bit-identical at world size {world}")
+
+
+def check_collective_cap():
+    """With the per-collective cap lowered to 64 elements, a group given one huge bucket
+    is still cut into capped buckets, and steps exactly (the path that keeps counts of
+    groups above 2**31 elements below 2**31 per collective)."""
+    from fusedadam.distributed import _layout
+
+    saved, _layout.MAX_COLLECTIVE_ELEMENTS = _layout.MAX_COLLECTIVE_ELEMENTS, 64
+    try:
+        groups, shapes, dtypes = build([([(300,), (41, 3)], "f", {})], np.float32)
+        ref = fa.Adam(copy_groups(groups))
+        opt = ShardedOptimizer(fa.Adam, copy_groups(groups), comm, grad_reduction="sum",
+                               bucket_elements=1 << 40)
+    finally:
+        _layout.MAX_COLLECTIVE_ELEMENTS = saved
+    (segment,) = opt._segments
+    assert len(segment.buckets()) >= 423 // 64, segment.buckets()
+    assert all(stop - start <= 64 for start, stop in segment.buckets())
+    for step in range(1, 4):
+        opt.step(exact_grads(shapes, dtypes, step, rank))
+        ref.step([sum(parts) for parts in zip(
+            *(exact_grads(shapes, dtypes, step, r) for r in range(world)))])
+    for got, want in zip(opt.params, (p for g in ref.param_groups for p in g["params"])):
+        assert same_array(got, want), "capped buckets"
+    return 1
+
+
+def check_memory(opt, where):
+    """Each rank holds 1/N of the state (plus tail padding to 64-byte shards), no more."""
+    shard = opt.state_dict()
+    held = sum(v.nbytes for s in shard["shards"] for k, v in s.items() if k != "param")
+    state_names = shard["meta"]["state_names"]
+    expected = sum(s.shard_size * s.dtype.itemsize * len(state_names[s.group])
+                   for s in opt._segments)
+    assert held == expected, (where, held, expected)
+    real = sum(s.size * s.dtype.itemsize * len(state_names[s.group]) for s in opt._segments)
+    padding = sum(s.padded - s.size for s in opt._segments)
+    assert held * world >= real and padding < sum(world * 64 for _ in opt._segments), where
+
+
+def two_groups(dtype=np.float32):
+    rng = np.random.default_rng(3)
+    return [{"params": [rng.standard_normal((13, 3)).astype(dtype),
+                        rng.standard_normal(5).astype(dtype)], "nonfinite": "error"},
+            {"params": [rng.standard_normal(40).astype(dtype)], "nonfinite": "skip"}]
+
+
+def snapshot(opt):
+    params = [p.copy() for p in opt.params]
+    state = [{k: v.copy() for k, v in s.items()} for s in opt.state_dict()["shards"]]
+    return params, state, list(opt._steps), opt.skipped_steps
+
+
+def same_snapshot(a, b):
+    return (all(same_array(x, y) for x, y in zip(a[0], b[0]))
+            and all(sorted(x) == sorted(y) and all(same_array(x[k], y[k]) for k in x)
+                    for x, y in zip(a[1], b[1])) and a[2] == b[2])
+
+
+def scenario_nonfinite():
+    """One rank's NaN/inf or bad input: every rank raises or skips; nothing changes."""
+    groups = two_groups()
+    shapes = [p.shape for g in groups for p in g["params"]]
+    dtypes = [np.float32] * 3
+    opt = ShardedOptimizer(fa.AdamW, groups, comm, bucket_elements=32)
+    opt.step(exact_grads(shapes, dtypes, 1, rank))
+    culprit = world - 1
+    cases = [(0, np.nan, FloatingPointError, "params[0]"),     # "error" group
+             (1, np.inf, FloatingPointError, "params[1]"),
+             (2, np.nan, None, None)]                          # "skip" group
+    for param, value, exc, text in cases:
+        before = snapshot(opt)
+        grads = exact_grads(shapes, dtypes, 2, rank)
+        if rank == culprit:
+            grads[param].reshape(-1)[-1] = value
+        try:
+            opt.step(grads)
+        except FloatingPointError as e:
+            assert exc is FloatingPointError and text in str(e), (param, e)
+        else:
+            assert exc is None, (param, "no error")
+            assert opt.skipped_steps == before[3] + 1
+        assert same_snapshot(snapshot(opt), before), param
+    # Bad input on one rank: it raises its own error, the others a ValueError naming it.
+    before = snapshot(opt)
+    grads = exact_grads(shapes, dtypes, 3, rank)
+    if rank == culprit:
+        grads[1] = np.zeros(6, np.float32)
+    try:
+        opt.step(grads)
+    except ValueError as e:
+        assert ("grads[1]" in str(e)) if rank == culprit else (f"rank {culprit}" in str(e)), e
+    else:
+        raise AssertionError("a rank with bad gradients did not stop the step")
+    assert same_snapshot(snapshot(opt), before)
+    opt.step(exact_grads(shapes, dtypes, 3, rank))            # still in step with each other
+    assert opt._steps == [2, 2] and opt.skipped_steps == 1
+    # A mode changed in param_groups applies from the next step on.
+    opt.param_groups[0]["nonfinite"] = "skip"
+    before = snapshot(opt)
+    grads = exact_grads(shapes, dtypes, 4, rank)
+    if rank == culprit:
+        grads[0][0, 0] = np.nan
+    opt.step(grads)
+    assert opt.skipped_steps == 2 and same_snapshot(snapshot(opt), before)
+    if rank == 0:
+        print(f"nonfinite: all ranks agreed at world size {world}")
+
+
+def scenario_mismatch():
+    """Construction with ranks that disagree fails on every rank, without hanging."""
+    assert world > 1, "needs at least two ranks"
+    last = rank == world - 1
+
+    def expect(make, text):
+        try:
+            make()
+        except (ValueError, TypeError) as e:
+            assert text in str(e), (text, str(e))
+        else:
+            raise AssertionError(f"no error for {text}")
+
+    shape = (5, 4) if last else (4, 5)
+    expect(lambda: ShardedOptimizer(fa.Adam, [np.zeros(shape, np.float32)], comm),
+           f"rank {world - 1} differs from rank 0 in signature['groups'][0]['params'][0]")
+    count = 2 if last else 1
+    expect(lambda: ShardedOptimizer(fa.Adam, [np.zeros(3) for _ in range(count)], comm),
+           f"rank {world - 1} differs from rank 0 in signature['groups'][0]['params']")
+    dtype = np.float64 if last else np.float32
+    expect(lambda: ShardedOptimizer(fa.Adam, [np.zeros(3, dtype)], comm),
+           "'<f8'")
+    lr = 2e-3 if last else 1e-3
+    expect(lambda: ShardedOptimizer(fa.Adam, [np.zeros(3)], comm, lr=lr),
+           "signature['kwargs']['lr']")
+    expect(lambda: ShardedOptimizer(fa.AdamW if last else fa.Adam, [np.zeros(3)], comm),
+           "signature['optimizer_class']")
+    bucket = 64 if last else 128
+    expect(lambda: ShardedOptimizer(fa.Adam, [np.zeros(3)], comm, bucket_elements=bucket),
+           "signature['bucket_elements']")
+    bad_lr = -1.0 if last else 1e-3
+    expect(lambda: ShardedOptimizer(fa.Adam, [np.zeros(3)], comm, lr=bad_lr),
+           "Invalid learning rate: -1.0" if last
+           else f"construction failed on rank(s) [{world - 1}]: ValueError: Invalid learning")
+    if rank == 0:
+        print(f"mismatch: every rank raised at world size {world}")
+
+
+def exact_run_grads(shapes, dtypes, step):
+    """Rank 0 contributes the step's gradient, the rest zeros: the sum is world-free."""
+    grads = exact_grads(shapes, dtypes, step, 0)
+    return grads if rank == 0 else [np.zeros_like(g) for g in grads]
+
+
+RESUME_SPEC = [([(19, 7), (0,), (301,)], "f", {"nonfinite": "skip"}),
+               ([(5,), (77,)], ["d", "f"], {"lr": 3e-3})]
+
+
+def resume_setup(bucket):
+    groups, shapes, dtypes = build(RESUME_SPEC, np.float32)
+    opt = ShardedOptimizer(fa.AdamW, copy_groups(groups), comm, grad_reduction="sum",
+                           bucket_elements=bucket, lr=schedule)
+    return opt, groups, shapes, dtypes
+
+
+def scenario_save(directory, reference):
+    """Train 3 steps, save, train to step 6; rank 0 writes the step-6 reference."""
+    opt, groups, shapes, dtypes = resume_setup(bucket=96)
+    for step in range(1, 4):
+        opt.step(exact_run_grads(shapes, dtypes, step))
+    opt.save(directory)
+    for step in range(4, 7):
+        opt.step(exact_run_grads(shapes, dtypes, step))
+    full = opt.consolidated_state_dict()
+    if rank == 0:
+        # The single-process optimizer agrees with the sharded run at this world size.
+        ref = fa.AdamW(copy_groups(groups), lr=schedule)
+        for step in range(1, 7):
+            ref.step(exact_grads(shapes, dtypes, step, 0))
+        check_same_state_dict(full, ref.state_dict(), "save")
+        with open(reference, "wb") as f:
+            pickle.dump({"params": [p.copy() for p in opt.params], "state_dict": full}, f)
+
+
+def scenario_resume(directory, reference):
+    """Load a checkpoint saved at any world size, train to step 6, match the reference."""
+    opt, _, shapes, dtypes = resume_setup(bucket=200)   # other buckets than the save's
+    opt.load(directory)
+    assert opt._steps == [3, 3], opt._steps
+    for step in range(4, 7):
+        opt.step(exact_run_grads(shapes, dtypes, step))
+    with open(reference, "rb") as f:
+        want = pickle.load(f)
+    for got, expected in zip(opt.params, want["params"]):
+        assert same_array(got, expected)
+    full = opt.consolidated_state_dict()
+    if rank == 0:
+        check_same_state_dict(full, want["state_dict"], "resume")
+    # The single-process route: consolidate the files, load the state_dict, resume.
+    params, state_dict = consolidate_checkpoint(directory)
+    again, *_ = resume_setup(bucket=64)
+    for view, p in zip(again.params, params):
+        view[...] = p
+    again.load_state_dict(state_dict)
+    for step in range(4, 7):
+        again.step(exact_run_grads(shapes, dtypes, step))
+    for got, expected in zip(again.params, want["params"]):
+        assert same_array(got, expected)
+    if rank == 0:
+        print(f"resume: checkpoint resumed bit-identically at world size {world}")
+
+
+def scenario_load_refused(directory):
+    """A checkpoint that one rank cannot read, or that does not fit: every rank raises."""
+    opt, *_ = resume_setup(bucket=96)
+    before = snapshot(opt)
+    try:
+        opt.load(directory)
+    except ValueError as e:
+        assert "SHA-256" in str(e) or "failed on rank(s)" in str(e), e
+    else:
+        raise AssertionError("a corrupt checkpoint was loaded")
+    assert same_snapshot(snapshot(opt), before)
+    other = ShardedOptimizer(fa.AdamW, [np.zeros(5, np.float32)], comm)
+    try:
+        other.load(directory)
+    except ValueError as e:
+        assert "other groups, shapes or dtypes" in str(e) or "SHA-256" in str(e) \
+            or "failed on rank(s)" in str(e), e
+    else:
+        raise AssertionError("a checkpoint of other params was loaded")
+    # Adamax's state offered to AdamW: refused before any bucket is written.
+    params = opt.params
+    wrong = {"state": {i: {"step": 1, "exp_avg": np.ones_like(p), "exp_inf": np.ones_like(p)}
+                       for i, p in enumerate(params)},
+             "param_groups": [{"params": [int(i) for i in range(a, a + len(g["params"]))]}
+                              for a, g in zip((0, 3), opt.param_groups)]}
+    try:
+        opt.load_state_dict(wrong)
+    except ValueError as e:
+        assert "exp_inf" in str(e), e
+    else:
+        raise AssertionError("Adamax state was loaded into AdamW")
+    assert same_snapshot(snapshot(opt), before)
+    try:
+        opt.load_state_dict({"state": {}, "param_groups": []})
+    except ValueError as e:
+        assert "param groups" in str(e), e
+    else:
+        raise AssertionError("a state_dict of no groups was loaded")
+    if rank == 0:
+        print(f"load refused on every rank at world size {world}")
+
+
+def scenario_interrupted_save(directory):
+    """Load, step once, then die inside the next save just before its manifest commits."""
+    from fusedadam.distributed import _checkpoint
+
+    opt, _, shapes, dtypes = resume_setup(bucket=96)
+    opt.load(directory)
+    opt.step(exact_run_grads(shapes, dtypes, 4))
+
+    def killed(temporary, final):
+        os._exit(17)                       # as a SIGKILL would: no cleanup, no flush
+
+    _checkpoint._commit_manifest = killed
+    opt.save(directory)
+    raise AssertionError("the save should have been killed")
+
+
+def scenario_die(how):
+    """Rank 1 leaves mid-training; the others are in a collective."""
+    opt = ShardedOptimizer(fa.Adam, [np.zeros(1000, np.float32)], comm)
+    opt.step([np.ones(1000, np.float32)])
+    if rank == 1:
+        if how == "exit":
+            os._exit(3)
+        if how == "hang":
+            import time
+            time.sleep(3600)           # stuck: only MPIEXEC_TIMEOUT ends the job
+        raise RuntimeError("rank 1 fails between steps")
+    opt.step([np.ones(1000, np.float32)])
+    opt.step([np.ones(1000, np.float32)])
+
+
+if __name__ == "__main__":
+    name, args = sys.argv[1], sys.argv[2:]
+    globals()[f"scenario_{name}"](*args)

@@ -1,0 +1,130 @@
+"""Non-finite gradients: the policies error, skip and ignore, on every path."""
+import numpy as np
+import pytest
+
+import fusedadam as fa
+from conftest import BACKENDS, assert_unchanged, snapshot
+
+
+def two_group_optimizer(backend, nonfinite, size=50_000):
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(size).astype(np.float32),
+              rng.standard_normal((7, 3)).astype(np.float64)]
+    opt = fa.Adam([{"params": params[:1]}, {"params": params[1:], "amsgrad": True}],
+                  backend=backend, nonfinite=nonfinite, num_threads=2)
+    opt.step([np.ones_like(p) for p in params])
+    return opt, params
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [(0, 0), (0, 49_999), (0, 31_000), (1, 20)])
+def test_nonfinite_error_names_param_and_count(backend, bad, where, parallel_threshold):
+    opt, params = two_group_optimizer(backend, "error")
+    before = snapshot(opt)
+    grads = [np.ones_like(p) for p in params]
+    k, i = where
+    grads[k].reshape(-1)[i] = bad
+    grads[k].reshape(-1)[-1] = bad          # two bad values (one if i is the last)
+    count = 1 if i == grads[k].size - 1 else 2
+    with pytest.raises(FloatingPointError, match=rf"grads\[{k}\] has {count} non-finite"):
+        opt.step(grads)
+    assert_unchanged(opt, before)
+    assert opt.state_dict()["state"][0]["step"] == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nonfinite_skip_counts_and_changes_nothing(backend):
+    opt, params = two_group_optimizer(backend, "skip")
+    before = snapshot(opt)
+    grads = [np.ones_like(p) for p in params]
+    grads[1][3, 1] = np.nan
+    for _ in range(3):
+        opt.step(grads)
+    assert opt.skipped_steps == 3
+    assert_unchanged(opt, before)
+    # The next good step is step 2, exactly as if the bad ones never came.
+    reference_opt, reference_params = two_group_optimizer(backend, "skip")
+    good = [np.full_like(p, 0.25) for p in params]
+    opt.step(good)
+    reference_opt.step([g.copy() for g in good])
+    for a, b in zip(params, reference_params):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_skipped_first_step_creates_no_state(backend):
+    p = np.zeros(10, np.float32)
+    opt = fa.Adam(p, backend=backend, nonfinite="skip")
+    g = np.ones(10, np.float32)
+    g[4] = np.inf
+    opt.step(g)
+    assert opt.skipped_steps == 1 and len(opt.state) == 0 and not p.any()
+    opt.step(np.ones(10, np.float32))
+    assert opt.state_dict()["state"][0]["step"] == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nonfinite_ignore_propagates_like_the_reference(backend):
+    p = np.ones(9)
+    q = np.ones(9)
+    g = np.array([1, np.nan, 1, np.inf, 1, -np.inf, 1, 1, 1.0])
+    fa.Adam(p, backend=backend, nonfinite="ignore").step(g)
+    fa.Adam(q, backend="numpy", nonfinite="ignore").step(g)
+    np.testing.assert_array_equal(p, q)
+    assert np.isnan(p[1]) and np.isfinite(p[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_functional_skip_returns_false(backend):
+    p, m, v = np.zeros(3), np.zeros(3), np.zeros(3)
+    took = fa.functional.adam([p], [np.array([1.0, np.nan, 1.0])], [m], [v], step=1,
+                              nonfinite="skip", backend=backend)
+    assert took is False and not p.any() and not m.any()
+    assert fa.functional.adam([p], [np.ones(3)], [m], [v], step=1, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nonfinite_params_and_state_do_not_crash(backend):
+    # Only gradients are checked; NaN/inf elsewhere is the user's business, computed as is.
+    p = np.array([np.inf, np.nan, 1.0, -np.inf, 0.0])
+    q = p.copy()
+    opts = [fa.Adam(x, amsgrad=True, weight_decay=0.1, backend=b)
+            for x, b in ((p, backend), (q, "numpy"))]
+    for opt in opts:
+        opt.step(np.ones(5))
+        for x in (p, q):
+            if x in opt.state:
+                opt.state[x]["exp_avg_sq"][2] = np.nan
+        opt.step(np.ones(5))
+    np.testing.assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("mode", ["errors", "Skip", "", None, True])
+def test_invalid_nonfinite_mode(mode):
+    with pytest.raises(ValueError, match="Invalid nonfinite mode"):
+        fa.Adam(np.zeros(2), nonfinite=mode)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["error", "skip"])
+@pytest.mark.parametrize("position", [0, 15, 16, 40_000, 99_999])
+def test_nonfinite_in_single_group_steady_state(backend, mode, position, parallel_threshold):
+    # After the first step a single-group optimizer scans and updates in one parallel
+    # region: a bad value in any thread's slice must stop every thread's update.
+    p = np.linspace(-1, 1, 100_000).astype(np.float32)
+    opt = fa.Adam(p, backend=backend, nonfinite=mode, num_threads=2)
+    for _ in range(2):
+        opt.step(np.ones_like(p))
+    before = snapshot(opt)
+    g = np.ones_like(p)
+    g[position] = np.nan
+    if mode == "error":
+        with pytest.raises(FloatingPointError, match=rf"grads\[0\] has 1 non-finite value .*index {position}"):
+            opt.step(g)
+    else:
+        opt.step(g)
+        assert opt.skipped_steps == 1
+    assert_unchanged(opt, before)
+    opt.step(np.ones_like(p))
+    assert opt.state_dict()["state"][0]["step"] == 3
