@@ -57,6 +57,16 @@ def test_byte_swapped_gradients_are_read_by_value(backend, variant):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(), (1,), (2, 3)])
+def test_byte_swapped_gradient_of_any_shape(backend, shape):
+    """Found by the fuzz test: a 0-d byte-swapped gradient was copied as 1-d."""
+    p, q = np.full(shape, 0.5), np.full(shape, 0.5)
+    fa.Adam(p, backend=backend).step(np.full(shape, 2.0, dtype=">f8"))
+    fa.Adam(q, backend=backend).step(np.full(shape, 2.0))
+    np.testing.assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_byte_swapped_param_is_rejected(backend):
     p = np.zeros(4, dtype=">f8")
     with pytest.raises(TypeError, match=r"params\[0\] has non-native byte order"):

@@ -49,7 +49,7 @@
  * The epoch is 32 bits: the CAS could only be fooled by a helper stalled between one load
  * and its CAS for exactly 2**32 jobs.
  *
- * Waiting. After a job a helper polls the word for FA_POOL_SPIN_NS (50 us; a clock read
+ * Waiting. After a job a helper polls the word for FA_POOL_SPIN_NS (1 ms; a clock read
  * every 16 polls: PAUSE costs ~0.6 us on the KVM dev VM and a few ns elsewhere, so a
  * count of PAUSEs is no measure of time), then sleeps on a condition variable; the caller
  * signals only when some helper sleeps (a Dekker pair: caller stores the word then reads
@@ -83,7 +83,12 @@ typedef void (*fa_chunk_fn)(void *ctx, ptrdiff_t chunk, int worker);
  * (~460 KB of float32 Adam traffic). Below 2 chunks (N <= 16384) the step is serial. */
 #define FA_POOL_GRAIN 16384
 #ifndef FA_POOL_SPIN_NS
-#define FA_POOL_SPIN_NS 50000      /* helper: poll this long for the next job, then sleep */
+/* helper: poll this long for the next job, then sleep. 1 ms, about what libgomp spins by
+ * default: with 50 us a helper was asleep at the start of most back-to-back steps and the
+ * toy model (0.4M elements, 98 arrays) ran no faster on 2 threads than on 1 (205 vs
+ * 190 us; OpenMP 97 us); with 1 ms it took 107 us (bench/ab.py, shared 2-vCPU VM). The
+ * caller never waits for a sleeping helper, so a longer spin costs only the helper's CPU. */
+#define FA_POOL_SPIN_NS 1000000
 #endif
 #ifndef FA_POOL_WAIT_SPIN_NS
 #define FA_POOL_WAIT_SPIN_NS 50000 /* caller: poll this long for claimed chunks, then sleep */

@@ -261,9 +261,9 @@ def check_grads(grads, params, written_lo, written_hi, first_index=0):
                 "optimizer; pass a separate gradient array"
             )
         if not (g.flags.c_contiguous and g.flags.aligned and g.dtype.isnative):
-            g = np.ascontiguousarray(g, dtype=p.dtype)
-            if g.base is not None or not g.flags.owndata:
-                g = g.copy()
+            # A native, contiguous copy of the same shape (0-d included: ascontiguousarray
+            # would make it 1-d).
+            g = np.array(g, dtype=p.dtype, order="C", copy=True)
         checked.append(g)
     return checked
 
