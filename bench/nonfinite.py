@@ -7,32 +7,14 @@ calibrated to >= 50 ms; the table shows medians and the overhead of the check. T
 a vectorised pass over the gradients' bits by the same threads, on the same slices, that
 then run the update: a separate read of g, at most 4 of Adam's 28 bytes per float32 element.
 """
+
 import argparse
 import json
-import time
 
 import numpy as np
 
 import fusedadam as fa
-
-
-def calibrate(fn, min_time=0.05):
-    reps = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return reps
-        reps *= 2 if elapsed < min_time / 4 else max(2, int(min_time / elapsed) + 1)
-
-
-def sample(fn, reps):
-    start = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - start) / reps
+from fusedadam.benchmarks.timing import load_average, measure_interleaved
 
 
 def main(argv=None):
@@ -42,29 +24,34 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
-    print(f"fusedadam {fa.__version__} {fa.backend_info()}")
+    print(f"fusedadam {fa.__version__} {fa.backend_info()}; load average {load_average()}")
     print(f"{'N':>10} {'ignore us':>11} {'error us':>11} {'overhead':>9}")
     rows = []
     for size in args.sizes:
         n = int(size)
         rng = np.random.default_rng(0)
         grad = rng.standard_normal(n).astype(args.dtype)
-        opts = {mode: fa.Adam(rng.standard_normal(n).astype(args.dtype), nonfinite=mode)
-                for mode in ("ignore", "error")}
+        opts = {
+            mode: fa.Adam(rng.standard_normal(n).astype(args.dtype), nonfinite=mode)
+            for mode in ("ignore", "error")
+        }
         steps = {mode: (lambda o=o, g=grad: o.step(g)) for mode, o in opts.items()}
-        for fn in steps.values():
-            fn()
-        reps = {mode: calibrate(fn) for mode, fn in steps.items()}
-        times = {mode: [] for mode in steps}
-        for _ in range(args.repeats):
-            for mode, fn in steps.items():
-                times[mode].append(sample(fn, reps[mode]))
-        med = {mode: float(np.median(t)) for mode, t in times.items()}
+        res = measure_interleaved(steps, args.repeats)
+        med = {mode: r["median"] for mode, r in res.items()}
         overhead = med["error"] / med["ignore"] - 1
-        rows.append({"n": n, "dtype": args.dtype, "ignore_s": med["ignore"],
-                     "error_s": med["error"], "overhead": overhead})
-        print(f"{n:>10} {med['ignore'] * 1e6:>11.1f} {med['error'] * 1e6:>11.1f} "
-              f"{overhead * 100:>8.1f}%")
+        rows.append(
+            {
+                "n": n,
+                "dtype": args.dtype,
+                "ignore_s": med["ignore"],
+                "error_s": med["error"],
+                "overhead": overhead,
+            }
+        )
+        print(
+            f"{n:>10} {med['ignore'] * 1e6:>11.1f} {med['error'] * 1e6:>11.1f} "
+            f"{overhead * 100:>8.1f}%"
+        )
         del opts, steps, grad
     if args.json:
         with open(args.json, "w") as f:

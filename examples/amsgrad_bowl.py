@@ -1,4 +1,5 @@
 """AMSGrad on the quadratic bowl f(x, y) = x^2 + y^2, with the classic tutorial's settings.
+========================================================================================
 
 The tutorial ("Gradient descent optimization with AMSGrad from scratch") runs 100
 iterations with alpha=0.007, beta1=0.9, beta2=0.99, no bias correction and a first-moment
@@ -14,12 +15,12 @@ beta1 = 0.9`` gives exactly ``b1_t = 0.9**t``; with ``bias_correction=False`` th
 ``x -= lr * m / (sqrt(vhat) + eps)``, the tutorial's. The start is the tutorial's too:
 ``np.random.seed(1)`` then one uniform draw in [-1, 1]^2.
 
-    python examples/amsgrad_bowl.py [--fast] [--out DIR]
+    ``python examples/amsgrad_bowl.py [--fast] [--out DIR]``
 """
 import numpy as np
 
 import fusedadam as fa
-from _common import parse_args, pyplot, save
+from _common import mark_ends, parse_args, pyplot, save
 
 BOUNDS = np.array([[-1.0, 1.0], [-1.0, 1.0]])
 
@@ -50,7 +51,7 @@ def run(n_iter=100, alpha=0.007, beta1=0.9, beta2=0.99, verbose=True):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__, argv)
     solutions, scores = run(n_iter=10 if args.fast else 100)
     print(f"start {solutions[0]}, final f = {scores[-1]:.3e} after {len(scores) - 1} "
           "iterations")
@@ -63,7 +64,9 @@ def main(argv=None):
     fig, ax = plt.subplots(figsize=(5, 4.5))
     filled = ax.contourf(X, Y, objective(X, Y), levels=50, cmap="jet")
     fig.colorbar(filled, ax=ax, label="f(x, y)")
-    ax.plot(solutions[:, 0], solutions[:, 1], ".-", color="w")
+    ax.plot(solutions[:, 0], solutions[:, 1], ".-", color="w", label="AMSGrad iterates")
+    mark_ends(ax, solutions, color="white")
+    ax.legend(loc="upper right", facecolor="lightgray")
     ax.set(title="AMSGrad on x² + y² (fusedadam.Adam(amsgrad=True))", xlabel="x",
            ylabel="y")
     save(fig, args, "amsgrad_bowl.png")

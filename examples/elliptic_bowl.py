@@ -1,15 +1,16 @@
 """Adam on the elliptic bowl f(x) = x0^2 + 5 x1^2 from (10, 10): path and loss.
+============================================================================
 
 ``fusedadam.minimize`` with ``method="adam"``, ``lr=0.4``, 100 steps, keeping the history.
 Adam's per-coordinate scaling makes both coordinates move at about ``lr`` per step at
 first, although the gradient in x1 is five times steeper: the path starts on the diagonal.
 
-    python examples/elliptic_bowl.py [--fast] [--out DIR]
+    ``python examples/elliptic_bowl.py [--fast] [--out DIR]``
 """
 import numpy as np
 
 import fusedadam as fa
-from _common import parse_args, pyplot, save
+from _common import mark_ends, parse_args, pyplot, save
 
 
 def fun(x):
@@ -17,7 +18,7 @@ def fun(x):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__, argv)
     steps = 20 if args.fast else 100
     res = fa.minimize(fun, np.array([10.0, 10.0]), jac=True, method="adam",
                       options={"lr": 0.4}, maxiter=steps, return_history=True)
@@ -32,7 +33,9 @@ def main(argv=None):
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
     X, Y = np.meshgrid(np.linspace(-12, 12, 200), np.linspace(-12, 12, 200))
     left.contour(X, Y, X**2 + 5 * Y**2, levels=np.logspace(-1, 3, 15), cmap="viridis")
-    left.plot(path[:, 0], path[:, 1], ".-", color="tab:red", ms=3)
+    left.plot(path[:, 0], path[:, 1], ".-", color="tab:red", ms=3, label="Adam iterates")
+    mark_ends(left, path, color="tab:red")
+    left.legend(loc="upper left")
     left.set(title="Adam (lr=0.4) on x0² + 5 x1²", xlabel="x0", ylabel="x1",
              aspect="equal")
     right.semilogy(res.fun_history)

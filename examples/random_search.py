@@ -1,11 +1,12 @@
 """Random search over Adam's (lr, beta1, beta2, eps) on Rosenbrock's function.
+===========================================================================
 
 Each trial draws lr log-uniform in [1e-4, 1], beta1 uniform in [0.5, 0.99], 1 - beta2
 log-uniform in [1e-4, 1e-1] and eps log-uniform in [1e-10, 1e-2] (seeded), runs
 ``fusedadam.minimize`` for a fixed number of steps from (-1.2, 1) and scores the final
 objective. Prints the five best settings and plots the final loss against lr.
 
-    python examples/random_search.py [--fast] [--out DIR]
+    ``python examples/random_search.py [--fast] [--out DIR]``
 """
 import numpy as np
 
@@ -28,7 +29,7 @@ def sample(rng):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__, argv)
     trials, steps = (6, 200) if args.fast else (60, 2000)
     rng = np.random.default_rng(0)
     results = []
@@ -50,11 +51,15 @@ def main(argv=None):
     plt = pyplot()
     if plt is None:
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.6))
     lrs = [o["lr"] for _, o in results]
     finals = [max(f, 1e-30) for f, _ in results]
-    dots = ax.scatter(lrs, finals, c=[o["betas"][0] for _, o in results], cmap="viridis")
+    dots = ax.scatter(lrs, finals, c=[o["betas"][0] for _, o in results], cmap="viridis",
+                      label="one setting (colour: beta1)")
     fig.colorbar(dots, ax=ax, label="beta1")
+    ax.plot(best["lr"], max(final, 1e-30), "*", color="red", ms=16, mec="black",
+            label=f"best: lr={best['lr']:.3g}, beta1={best['betas'][0]:.2f}")
+    ax.legend(loc="upper left", fontsize=9)
     ax.set(xscale="log", yscale="log", xlabel="lr", ylabel=f"f after {steps} steps",
            title="random search, Adam on Rosenbrock")
     save(fig, args, "random_search.png")

@@ -1,4 +1,5 @@
 """Rosenbrock's valley from a random start: Adam vs plain gradient descent.
+========================================================================
 
 f(x, y) = (1 - x)^2 + 100 (y - x^2)^2, minimum 0 at (1, 1). Gradient descent needs a step
 small enough for the steepest wall of the valley (here 2e-4) and then crawls along its
@@ -6,12 +7,12 @@ floor; Adam divides each coordinate's step by ``sqrt(v_hat)``, so its effective 
 rate ``lr / (sqrt(v_hat) + eps)`` (read from the optimizer's ``exp_avg_sq`` state, v_hat =
 exp_avg_sq / (1 - beta2**t)) grows where gradients are small. The third panel shows it.
 
-    python examples/rosenbrock.py [--fast] [--out DIR]
+    ``python examples/rosenbrock.py [--fast] [--out DIR]``
 """
 import numpy as np
 
 import fusedadam as fa
-from _common import parse_args, pyplot, save
+from _common import mark_ends, parse_args, pyplot, save
 
 
 def rosen(p):
@@ -46,7 +47,7 @@ def run_gd(start, steps, lr):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__, argv)
     steps = 200 if args.fast else 5000
     rng = np.random.default_rng(2)
     start = rng.uniform([-2.0, -1.0], [2.0, 3.0])
@@ -66,10 +67,11 @@ def main(argv=None):
     for ax, name, path in ((axes[0], "Adam, lr=0.02", adam_path),
                            (axes[1], "gradient descent, lr=2e-4", gd_path)):
         ax.contour(X, Y, Z, levels=np.logspace(-1, 3.5, 20), cmap="viridis")
-        ax.plot(path[:, 0], path[:, 1], "-", color="tab:red", lw=1)
-        ax.plot(*start, "ko")
-        ax.plot(1, 1, "k*", ms=12)
+        ax.plot(path[:, 0], path[:, 1], "-", color="tab:red", lw=1.2, label="iterates")
+        mark_ends(ax, path, color="tab:red")
+        ax.plot(1, 1, "P", color="black", ms=10, label="minimum (1, 1)")
         ax.set(title=f"{name}: f = {rosen(path[-1]):.1e}", xlabel="x", ylabel="y")
+        ax.legend(loc="upper left", fontsize=9)
     axes[2].semilogy(effective_lr[:, 0], label="x")
     axes[2].semilogy(effective_lr[:, 1], label="y")
     axes[2].set(title="Adam's effective lr / (sqrt(v̂) + eps)", xlabel="iteration")

@@ -165,3 +165,35 @@ def test_bad_function_outputs():
         fa.minimize(3, np.ones(2))
     with pytest.raises(TypeError, match="x0 must be real"):
         fa.minimize(bowl, np.ones(2, dtype=complex), jac=True)
+
+
+def test_scipy_solver_options_maxiter_and_disp(capsys):
+    res = fa.minimize(bowl, np.ones(2), jac=True, options={"lr": 0.1, "maxiter": 20,
+                                                           "disp": True})
+    assert res.nit == 20 and res.status == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split() == ["iter", "f(x)", "|g|"]
+    assert [int(line.split()[0]) for line in lines[1:-5]] == list(range(0, 21, 2))
+    assert "Optimization terminated: maximum number of iterations reached." in out
+    assert "Iterations: 20" in out
+    quiet = fa.minimize(bowl, np.ones(2), jac=True, options={"lr": 0.1, "maxiter": 20})
+    np.testing.assert_array_equal(quiet.x, res.x)
+    assert capsys.readouterr().out == ""
+
+
+def test_maxiter_given_twice_must_agree():
+    res = fa.minimize(bowl, np.ones(2), jac=True, maxiter=4, options={"maxiter": 4})
+    assert res.nit == 4
+    with pytest.raises(ValueError, match="disagree"):
+        fa.minimize(bowl, np.ones(2), jac=True, maxiter=4, options={"maxiter": 5})
+    with pytest.raises(TypeError, match="disp"):
+        fa.minimize(bowl, np.ones(2), jac=True, options={"disp": "yes"})
+
+
+def test_a_schedule_as_lr():
+    from fusedadam import schedules
+
+    lr = schedules.warmup_cosine_decay(0.0, 0.1, warmup_steps=10, decay_steps=400)
+    res = fa.minimize(bowl, np.ones(2), jac=True, options={"lr": lr}, maxiter=400)
+    assert float(np.linalg.norm(res.x)) < 1e-2

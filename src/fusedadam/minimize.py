@@ -3,13 +3,19 @@
 Each iteration evaluates the gradient at the current point and takes one optimizer step
 (one compiled call). There is no line search: the optimizer's learning rate sets the step.
 """
+
 import math
+import sys
+from typing import Any, Callable, Dict, Optional, Union
 
 import numpy as np
 
 __all__ = ["OptimizeResult", "minimize", "METHODS"]
 
 METHODS = ("adam", "adamw", "amsgrad", "adamax", "sparse")
+# scipy's solver options that minimize reads itself; the rest go to the optimizer class.
+SOLVER_OPTIONS = ("maxiter", "disp")
+DEFAULT_MAXITER = 1000
 
 
 class OptimizeResult(dict):
@@ -20,7 +26,7 @@ class OptimizeResult(dict):
     ``x0`` first) and ``fun_history`` (the objective at each of them).
     """
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         try:
             return self[name]
         except KeyError:
@@ -57,8 +63,9 @@ def _make_optimizer(method, x, options):
         if options.get("amsgrad", True) is not True:
             raise ValueError("method='amsgrad' cannot take options={'amsgrad': False}")
         options["amsgrad"] = True
-    cls = {"adam": Adam, "adamw": AdamW, "amsgrad": Adam, "adamax": Adamax,
-           "sparse": SparseAdam}[method]
+    cls = {"adam": Adam, "adamw": AdamW, "amsgrad": Adam, "adamax": Adamax, "sparse": SparseAdam}[
+        method
+    ]
     try:
         return cls([x], **options)
     except TypeError as exc:
@@ -82,8 +89,73 @@ def _finite_difference(fun, x, f0, counter):
     return grad.reshape(x.shape)
 
 
-def minimize(fun, x0, jac=None, method="adam", options=None, callback=None, tol=None,
-             maxiter=1000, args=(), return_history=False):
+class _Progress:
+    """What ``disp=True`` shows: a tqdm bar on a terminal when tqdm is installed, else lines.
+
+    Lines (about ten per run, as ``iter  f  |g|``) and scipy's closing summary go to
+    stdout.
+    """
+
+    def __init__(self, maxiter):
+        self.every = max(1, maxiter // 10)
+        self.bar = None
+        if sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=maxiter, unit="it", leave=False)
+        if self.bar is None:
+            print(f"{'iter':>8s}  {'f(x)':>14s}  {'|g|':>10s}")
+
+    def update(self, nit, f, g):
+        if self.bar is not None:
+            self.bar.n = nit
+            self.bar.set_postfix(f=f"{f:.6g}", refresh=False)
+            self.bar.refresh()
+        elif nit % self.every == 0:
+            norm = float(np.linalg.norm(g.reshape(-1).astype(np.float64)))
+            print(f"{nit:8d}  {f:14.6e}  {norm:10.3e}", flush=True)
+
+    def close(self, result):
+        if self.bar is not None:
+            self.bar.close()
+        print(f"{'Optimization terminated' if result.success else 'Warning'}: {result.message}.")
+        print(f"         Current function value: {result.fun:.6g}")
+        print(f"         Iterations: {result.nit}")
+        print(f"         Function evaluations: {result.nfev}")
+        print(f"         Gradient evaluations: {result.njev}", flush=True)
+
+
+def _solver_options(options, maxiter):
+    """Split scipy's ``maxiter``/``disp`` off ``options``; the rest is for the optimizer."""
+    options = dict(options or {})
+    disp = options.pop("disp", False)
+    if "maxiter" in options:
+        from_options = options.pop("maxiter")
+        if maxiter is not None and maxiter != from_options:
+            raise ValueError(
+                f"maxiter={maxiter!r} and options['maxiter']={from_options!r} disagree; give one"
+            )
+        maxiter = from_options
+    if not isinstance(disp, (bool, np.bool_)):
+        raise TypeError(f"options['disp'] must be True or False, got {disp!r}")
+    return options, DEFAULT_MAXITER if maxiter is None else maxiter, bool(disp)
+
+
+def minimize(
+    fun: Callable[..., Any],
+    x0: Any,
+    jac: Union[None, bool, str, Callable[..., Any]] = None,
+    method: str = "adam",
+    options: Optional[Dict[str, Any]] = None,
+    callback: Optional[Callable[[np.ndarray], Any]] = None,
+    tol: Optional[float] = None,
+    maxiter: Optional[int] = None,
+    args: Any = (),
+    return_history: bool = False,
+) -> OptimizeResult:
     """Minimize ``fun`` from ``x0`` with a fusedadam optimizer, one step per iteration.
 
     Parameters
@@ -107,7 +179,11 @@ def minimize(fun, x0, jac=None, method="adam", options=None, callback=None, tol=
         rows along its first axis, a 1-D ``x`` as one element per row; rows whose
         gradient is all zero are not touched that iteration).
     options : dict, optional
-        Keyword arguments of the optimizer class: ``lr``, ``betas``, ``eps``, ...
+        Keyword arguments of the optimizer class: ``lr`` (a number or a
+        :mod:`fusedadam.schedules` object), ``betas``, ``eps``, ..., and scipy's solver
+        options ``maxiter`` (as the argument) and ``disp`` (True: show progress, a tqdm
+        bar on a terminal when tqdm is installed and otherwise about ten lines of
+        ``iter f(x) |g|``, then scipy's summary).
     callback : callable, optional
         ``callback(xk)`` after each iteration with a copy of the new point; returning
         True (or ``np.True_``) or raising ``StopIteration`` stops (``status`` 2,
@@ -115,8 +191,9 @@ def minimize(fun, x0, jac=None, method="adam", options=None, callback=None, tol=
     tol : float, optional
         Stop when the 2-norm of the gradient at the current point is ``<= tol``
         (``status`` 0). None: no gradient test.
-    maxiter : int, default 1000
-        Most optimizer steps (``status`` 1 when reached; ``success`` is then False if a
+    maxiter : int, optional
+        Most optimizer steps, default 1000 (``options["maxiter"]`` is the same);
+        ``status`` 1 when reached (``success`` is then False if a
         ``tol`` was given and True otherwise, since running ``maxiter`` steps was the
         request).
     args : tuple
@@ -147,6 +224,7 @@ def minimize(fun, x0, jac=None, method="adam", options=None, callback=None, tol=
         jac = None
     if not (jac is None or jac is True or jac is False or callable(jac)):
         raise ValueError(f"jac must be None, True, '2-point' or a callable, got {jac!r}")
+    options, maxiter, disp = _solver_options(options, maxiter)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
@@ -194,15 +272,16 @@ def minimize(fun, x0, jac=None, method="adam", options=None, callback=None, tol=
         f = _scalar(f)
         g = np.asarray(g)
         if g.shape != point.shape:
-            raise ValueError(
-                f"the gradient has shape {g.shape}, but x has shape {point.shape}"
-            )
+            raise ValueError(f"the gradient has shape {g.shape}, but x has shape {point.shape}")
         return f, np.array(g, dtype=point.dtype, order="C")
 
     x_history, fun_history = [], []
     status, nit = 1, 0
     f, g = evaluate(x)
+    progress = _Progress(maxiter) if disp else None
     while True:
+        if progress is not None:
+            progress.update(nit, f, g)
         if return_history:
             x_history.append(x.copy())
             fun_history.append(f)
@@ -237,11 +316,22 @@ def minimize(fun, x0, jac=None, method="adam", options=None, callback=None, tol=
         3: "the objective or the gradient is not finite",
     }
     success = status in (0, 2) or (status == 1 and tol is None)
-    result = OptimizeResult(x=x, fun=f, jac=g, nit=nit, nfev=counter[0], njev=counter[1],
-                            status=status, success=success, message=messages[status])
+    result = OptimizeResult(
+        x=x,
+        fun=f,
+        jac=g,
+        nit=nit,
+        nfev=counter[0],
+        njev=counter[1],
+        status=status,
+        success=success,
+        message=messages[status],
+    )
     if return_history:
         result["x_history"] = x_history
         result["fun_history"] = fun_history
+    if progress is not None:
+        progress.close(result)
     return result
 
 

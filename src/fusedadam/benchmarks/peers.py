@@ -1,0 +1,207 @@
+"""The implementations a benchmark times, all in one process: fusedadam and its peers.
+
+``ALGORITHMS`` is the data the whole benchmark is driven by: one line per algorithm says
+which fusedadam class and options run it, which compiled loop it uses, how many arrays a
+step moves, and what the peers call it. Adding an algorithm (NAdam, RAdam, ...) is one
+line there. A peer that is not importable, or has no such algorithm, is skipped with a
+note, never an error.
+
+Implementations (``IMPLS``):
+
+fusedadam         ``fa.<Class>(..., backend="compiled").step(grads)``, end to end
+fusedadam-kernel  the compiled call inside it alone (see :mod:`.roofline`)
+numpy             the same optimizer with ``backend="numpy"`` (the reference twin)
+roofline          the bandwidth probe: the step's memory traffic, trivial arithmetic
+torch-single, torch-foreach, torch-fused
+                  ``torch.optim.<Class>`` with ``foreach=False`` / ``foreach=True`` /
+                  ``fused=True``, gradients sharing the NumPy arrays' memory
+deepspeed         ``deepspeed.ops.adam.DeepSpeedCPUAdam`` (Adam and AdamW)
+"""
+
+import contextlib
+import io
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from fusedadam.benchmarks import roofline
+
+__all__ = ["Algorithm", "ALGORITHMS", "IMPLS", "PEERS", "build", "peer_versions", "skipped"]
+
+LR, WEIGHT_DECAY = 1e-3, 1e-2
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """How each implementation runs one algorithm.
+
+    Attributes
+    ----------
+    fa_class : str
+        Name of the fusedadam class (``fa.Adam``...); missing names are skipped.
+    options : dict
+        Keyword arguments of both the fusedadam and the torch class (``amsgrad=True``).
+    arrays_moved : int
+        Arrays read plus arrays written per element of a step (p, g, m, v in; p, m, v
+        out is 7): the compulsory traffic GB/s is computed from. The roofline probe moves
+        7 or 9; an algorithm with another count (Lion: 5) gets no roofline.
+    torch_class : str or None
+        Name in ``torch.optim``; None: no torch peer.
+    deepspeed : dict or None
+        ``DeepSpeedCPUAdam`` keyword arguments; None: no DeepSpeed peer.
+    """
+
+    fa_class: str
+    options: dict = field(default_factory=dict)
+    arrays_moved: int = 7
+    torch_class: Optional[str] = None
+    deepspeed: Optional[dict] = None
+
+
+ALGORITHMS = {
+    "adam": Algorithm("Adam", torch_class="Adam", deepspeed={"adamw_mode": False}),
+    "adamw": Algorithm(
+        "AdamW",
+        {"weight_decay": WEIGHT_DECAY},
+        torch_class="AdamW",
+        deepspeed={"adamw_mode": True, "weight_decay": WEIGHT_DECAY},
+    ),
+    "amsgrad": Algorithm("Adam", {"amsgrad": True}, arrays_moved=9, torch_class="Adam"),
+    "adamax": Algorithm("Adamax", torch_class="Adamax"),
+    "nadam": Algorithm("NAdam", torch_class="NAdam"),
+    "radam": Algorithm("RAdam", torch_class="RAdam"),
+    "adabelief": Algorithm("AdaBelief"),
+    "lion": Algorithm("Lion", arrays_moved=5),  # p, g, m in; p, m out
+}
+
+PEERS = ("numpy", "torch-single", "torch-foreach", "torch-fused", "deepspeed")
+IMPLS = ("fusedadam", "fusedadam-kernel", "roofline") + PEERS
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _import_deepspeed():
+    try:
+        # deepspeed prints accelerator detection on import; keep the table readable.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+    except Exception:  # ImportError, or deepspeed failing to find an accelerator
+        return None
+    return DeepSpeedCPUAdam
+
+
+def peer_versions():
+    """Versions of the peer libraries that import here (None for those that do not)."""
+    torch = _import_torch()
+    versions = {"torch": getattr(torch, "__version__", None), "deepspeed": None}
+    if _import_deepspeed() is not None:
+        import deepspeed
+
+        versions["deepspeed"] = deepspeed.__version__
+    return versions
+
+
+def _optimizer(algorithm, params, n_threads, backend):
+    import fusedadam as fa
+
+    cls = getattr(fa, algorithm.fa_class, None)
+    if cls is None:
+        raise RuntimeError(f"fusedadam has no {algorithm.fa_class}")
+    return cls(params, lr=LR, num_threads=n_threads, backend=backend, **algorithm.options)
+
+
+def _fusedadam(algorithm, params, grads, n_threads, backend):
+    opt = _optimizer(algorithm, params, n_threads, backend)
+    return lambda: opt.step(grads)
+
+
+def _torch(variant, algorithm, params, grads, n_threads):
+    torch = _import_torch()
+    if torch is None:
+        raise RuntimeError("torch is not importable")
+    cls = getattr(torch.optim, algorithm.torch_class or "", None)
+    if cls is None:
+        raise RuntimeError(f"torch.optim has no {algorithm.torch_class or 'such optimizer'}")
+    torch.set_num_threads(n_threads)
+    tensors = []
+    for p, g in zip(params, grads):
+        t = torch.nn.Parameter(torch.from_numpy(p))
+        t.grad = torch.from_numpy(g)  # shares memory: no copy inside the timed loop
+        tensors.append(t)
+    flags = {
+        "torch-single": {"foreach": False},
+        "torch-foreach": {"foreach": True},
+        "torch-fused": {"fused": True},
+    }[variant]
+    opt = cls(tensors, lr=LR, **algorithm.options, **flags)
+    opt.step()  # raises here when torch lacks the variant (e.g. fused Adamax on CPU)
+    return opt.step
+
+
+def _deepspeed(algorithm, params, grads, n_threads):
+    cpu_adam = _import_deepspeed()
+    if cpu_adam is None:
+        raise RuntimeError("deepspeed is not importable")
+    if algorithm.deepspeed is None:
+        raise RuntimeError("DeepSpeedCPUAdam has no such algorithm")
+    torch = _import_torch()
+    torch.set_num_threads(n_threads)
+    tensors = []
+    for p, g in zip(params, grads):
+        t = torch.nn.Parameter(torch.from_numpy(p))
+        t.grad = torch.from_numpy(g)
+        tensors.append(t)
+    opt = cpu_adam(tensors, lr=LR, **algorithm.deepspeed)
+    opt.step()
+    return opt.step
+
+
+def _build_one(name, algorithm, params, grads, n_threads):
+    if name == "fusedadam":
+        return _fusedadam(algorithm, params, grads, n_threads, "compiled")
+    if name == "numpy":
+        return _fusedadam(algorithm, params, grads, n_threads, "numpy")
+    if name == "fusedadam-kernel":
+        optimizer = _optimizer(algorithm, params, n_threads, "compiled")
+        return roofline.kernel_step(optimizer, grads)
+    if name == "roofline":
+        states = {7: 2, 9: 3}.get(algorithm.arrays_moved)
+        if states is None:
+            raise RuntimeError(f"the probe moves 7 or 9 arrays, not {algorithm.arrays_moved}")
+        return roofline.roofline_step(params, grads, states, n_threads)
+    if name.startswith("torch-"):
+        return _torch(name, algorithm, params, grads, n_threads)
+    if name == "deepspeed":
+        return _deepspeed(algorithm, params, grads, n_threads)
+    raise ValueError(f"unknown implementation {name!r}; expected one of {IMPLS}")
+
+
+def build(names, algorithm_name, make_params, grads, n_threads, notes):
+    """The step callables of ``names`` for one case; the skipped ones go into ``notes``.
+
+    ``make_params()`` returns a fresh list of parameter arrays (each implementation
+    steps its own copy); ``grads`` are shared and never written. ``notes`` maps
+    ``(impl, algorithm, dtype)`` to why that implementation was skipped.
+    """
+    algorithm = ALGORITHMS[algorithm_name]
+    dtype = np.dtype(grads[0].dtype).name if grads else "?"
+    fns = {}
+    for name in names:
+        try:
+            fns[name] = _build_one(name, algorithm, make_params(), grads, n_threads)
+        except Exception as exc:  # a peer this machine or library lacks
+            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            notes.setdefault((name, algorithm_name, dtype), reason)
+    return fns
+
+
+def skipped(notes):
+    """``notes`` as sorted lines: ``"torch-fused (adamax, float32): torch.optim has ..."``."""
+    return [f"{impl} ({alg}, {dtype}): {why}" for (impl, alg, dtype), why in sorted(notes.items())]

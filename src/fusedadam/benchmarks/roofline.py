@@ -1,0 +1,91 @@
+"""The compiled calls below the optimizer classes: the step driver alone and the roofline.
+
+Every use of fusedadam's private kernel API by the benchmarks is in this module, so a
+change of that API is adapted here once.
+
+The roofline is the compiled PROBE loop: exactly an Adam step's memory traffic (read p, g,
+m, v; write p, m, v; with a third state array also read and write it) with trivial
+arithmetic, on the same threads as the real loop. Its time is what the memory system
+allows; ``% of roofline`` is its median over an implementation's median.
+"""
+
+import os
+from typing import Any
+
+import numpy as np
+
+from fusedadam import functional
+
+_kernels: Any
+try:
+    from fusedadam import _kernels
+except ImportError:  # built without the extension: no kernel, no probe
+    _kernels = None
+
+__all__ = [
+    "compiled_available",
+    "kernel_step",
+    "roofline_step",
+    "functional_step",
+    "num_procs",
+]
+
+
+def compiled_available():
+    """True when the compiled extension is importable."""
+    return _kernels is not None
+
+
+def num_procs():
+    """Processors OpenMP may use (``os.cpu_count()`` without the extension)."""
+    if _kernels is None:
+        return os.cpu_count() or 1
+    return _kernels.num_procs()
+
+
+def kernel_step(optimizer, grads):
+    """One step of ``optimizer``'s compiled step driver, without the Python method above it.
+
+    ``optimizer`` is a fusedadam optimizer built with ``backend="compiled"``. Raises
+    ``RuntimeError`` where the extension (or its driver) is missing.
+    """
+    if _kernels is None or not hasattr(_kernels, "Driver"):
+        raise RuntimeError("the compiled extension (its step driver) is not built")
+    driver = optimizer._driver
+    if not isinstance(driver, _kernels.Driver):
+        raise RuntimeError("this optimizer does not step through the compiled driver")
+    grads = list(grads)
+    return lambda: driver.step(grads)
+
+
+def roofline_step(params, grads, n_state_arrays, n_threads):
+    """The PROBE loop over ``params`` and ``grads`` with 2 or 3 state arrays."""
+    if _kernels is None:
+        raise RuntimeError("the compiled extension is not built: no roofline probe")
+    if n_state_arrays not in (2, 3):
+        raise RuntimeError(f"the probe moves 2 or 3 state arrays, not {n_state_arrays}")
+    states = [[np.zeros_like(p) for p in params] for _ in range(n_state_arrays)]
+    thirds = states[2] if n_state_arrays > 2 else None
+    probe = _kernels.Probe(list(params), list(grads), states[0], states[1], thirds)
+    return lambda: probe.run(n_threads)
+
+
+def functional_step(params, grads, n_threads):
+    """``functional.adam`` on fresh state: the uncached path through validation."""
+    exp_avgs = [np.zeros_like(p) for p in params]
+    exp_avg_sqs = [np.zeros_like(p) for p in params]
+    params, grads = list(params), list(grads)
+
+    def step():
+        functional.adam(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            step=10,
+            lr=1e-3,
+            num_threads=n_threads,
+            backend="compiled",
+        )
+
+    return step

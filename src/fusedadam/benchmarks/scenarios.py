@@ -1,0 +1,227 @@
+"""Benchmark scenarios: the grids of cases, each case timed by :mod:`.timing`.
+
+sweep     one array of N elements per case, over sizes x dtypes x algorithms x threads
+model     a model's list of arrays stepped in one call: ``bert-base``, ``gpt2``, ``toy``,
+          a ``.npz`` file's arrays, or a shape list such as ``"1000x64,64"``
+overhead  tiny arrays: the cost of one call, end to end and below the optimizer layer
+roofline  the bandwidth probe alone against fusedadam, per size and thread count
+"""
+
+import gc
+import os
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import numpy as np
+
+from fusedadam.benchmarks import peers, roofline, timing
+
+__all__ = ["Case", "SCENARIOS", "model_shapes", "MODELS", "run_case"]
+
+SEED = 20240607
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed cell of a grid: the arrays' shapes, dtype, algorithm and thread count."""
+
+    scenario: str
+    label: str
+    shapes: tuple
+    dtype: str
+    algorithm: str
+    threads: int
+    impls: tuple
+
+    @property
+    def n_elements(self):
+        return int(sum(int(np.prod(s)) for s in self.shapes))
+
+
+def _bert_base():
+    d, ff, vocab = 768, 3072, 30522
+    shapes: List[Tuple[int, ...]] = [(vocab, d), (512, d), (2, d), (d,), (d,)]
+    for _ in range(12):
+        shapes += [(d, d), (d,)] * 4 + [(d,), (d,)]  # q, k, v, out; LayerNorm
+        shapes += [(ff, d), (ff,), (d, ff), (d,), (d,), (d,)]
+    return shapes + [(d, d), (d,)]  # pooler
+
+
+def _gpt2():
+    d, ff, vocab, ctx = 768, 3072, 50257, 1024
+    shapes: List[Tuple[int, ...]] = [(vocab, d), (ctx, d)]
+    for _ in range(12):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,)]  # ln_1, attn
+        shapes += [(d,), (d,), (d, ff), (ff,), (ff, d), (d,)]  # ln_2, mlp
+    return shapes + [(d,), (d,)]
+
+
+def _toy():
+    d = 64
+    shapes: List[Tuple[int, ...]] = [(1000, 64), (512, 64)]
+    for _ in range(6):
+        shapes += [(d, d)] * 4 + [(4 * d, d), (d, 4 * d)] + [(d,)] * 10
+    return shapes
+
+
+MODELS = {"bert-base": _bert_base, "gpt2": _gpt2, "toy": _toy}
+
+
+def model_shapes(spec):
+    """Shapes of a model: a name of ``MODELS``, a ``.npz`` path, or ``"AxB,C,..."``."""
+    if spec in MODELS:
+        return [tuple(s) for s in MODELS[spec]()]
+    if spec.endswith(".npz"):
+        with np.load(spec) as data:
+            shapes = [tuple(data[k].shape) for k in data.files]
+        if not shapes:
+            raise ValueError(f"{spec} holds no arrays")
+        return shapes
+    try:
+        return [tuple(int(d) for d in item.split("x")) for item in spec.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--model {spec!r} is not one of {sorted(MODELS)}, a .npz file "
+            "or a shape list like 1000x64,64"
+        ) from None
+
+
+def _arrays(shapes, dtype, seed):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(dtype) for s in shapes]
+
+
+def run_case(case, args, notes):
+    """Time one case; returns its rows (one per implementation timed)."""
+    itemsize = np.dtype(case.dtype).itemsize
+    n = case.n_elements
+    impls = [i for i in case.impls if not (i == "numpy" and n > args.numpy_max)]
+    # Live arrays: the shared gradients, <= 4 per implementation and NumPy's temporaries.
+    need = n * itemsize * (1 + 4 * len(impls) + (3 if "numpy" in impls else 0))
+    if need > args.mem_fraction * timing.available_bytes():
+        notes[("all", case.algorithm, case.dtype)] = (
+            f"{case.label} skipped: needs ~{need / 2**30:.1f} GiB"
+        )
+        return []
+    grads = _arrays(case.shapes, case.dtype, SEED + 1)
+    base = _arrays(case.shapes, case.dtype, SEED)
+    fns = peers.build(
+        impls, case.algorithm, lambda: [p.copy() for p in base], grads, case.threads, notes
+    )
+    if case.scenario == "overhead" and roofline.compiled_available():
+        fns["functional.adam"] = roofline.functional_step(
+            [p.copy() for p in base], grads, case.threads
+        )
+    res = timing.measure_interleaved(fns, args.repeats, args.sample_ms / 1000)
+    traffic = peers.ALGORITHMS[case.algorithm].arrays_moved * itemsize * n
+    roof = res.get("roofline", {}).get("median")
+    rows = []
+    for impl, r in res.items():
+        rows.append(
+            {
+                "scenario": case.scenario,
+                "label": case.label,
+                "n_elements": n,
+                "n_arrays": len(case.shapes),
+                "dtype": case.dtype,
+                "algorithm": case.algorithm,
+                "threads": case.threads,
+                "impl": impl,
+                "median_s": r["median"],
+                "min_s": r["min"],
+                "calls_per_sample": r["calls_per_sample"],
+                "ns_per_element": r["median"] / max(n, 1) * 1e9,
+                "gb_per_s": traffic / r["median"] / 1e9,
+                "pct_roofline": 100.0 * roof / r["median"] if roof else None,
+            }
+        )
+    del fns, grads
+    gc.collect()
+    return rows
+
+
+def _grid(args, scenario, shape_sets):
+    cases = []
+    for dtype in args.dtypes:
+        for algorithm in args.algorithms:
+            for threads in args.threads:
+                for name, shapes in shape_sets:
+                    label = f"{name} {algorithm} {dtype} threads={threads}"
+                    cases.append(
+                        Case(
+                            scenario,
+                            label,
+                            tuple(shapes),
+                            dtype,
+                            algorithm,
+                            threads,
+                            tuple(args.impls),
+                        )
+                    )
+    return cases
+
+
+def sweep_cases(args):
+    return _grid(args, "sweep", [(f"N={n:.0e}", [(n,)]) for n in args.sizes])
+
+
+def model_cases(args):
+    sets = []
+    for spec in args.models:
+        shapes = model_shapes(spec)
+        n = sum(int(np.prod(s)) for s in shapes)
+        name = os.path.basename(spec)
+        sets.append((f"{name} ({n / 1e6:.2f}M params, {len(shapes)} arrays)", shapes))
+    return _grid(args, "model", sets)
+
+
+def overhead_cases(args):
+    cases = []
+    for n in args.overhead_sizes:
+        cases.append(
+            Case(
+                "overhead",
+                f"N={n} {args.dtypes[0]} threads=1",
+                ((n,),),
+                args.dtypes[0],
+                "adam",
+                1,
+                (
+                    "fusedadam",
+                    "fusedadam-kernel",
+                    "numpy",
+                    "torch-single",
+                    "torch-foreach",
+                    "torch-fused",
+                    "deepspeed",
+                ),
+            )
+        )
+    return cases
+
+
+def roofline_cases(args):
+    cases = []
+    for dtype in args.dtypes:
+        for threads in args.threads:
+            for n in args.sizes:
+                cases.append(
+                    Case(
+                        "roofline",
+                        f"N={n:.0e} {dtype} threads={threads}",
+                        ((n,),),
+                        dtype,
+                        "adam",
+                        threads,
+                        ("roofline", "fusedadam", "fusedadam-kernel"),
+                    )
+                )
+    return cases
+
+
+SCENARIOS = {
+    "sweep": sweep_cases,
+    "model": model_cases,
+    "overhead": overhead_cases,
+    "roofline": roofline_cases,
+}

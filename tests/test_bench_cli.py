@@ -1,0 +1,252 @@
+"""``python -m fusedadam bench``: the shipped benchmarks run, report, and skip absent peers."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fusedadam as fa
+from fusedadam.benchmarks import cli, peers, report, scenarios, timing
+
+HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
+compiled = pytest.mark.skipif(not fa.backend_info()["compiled"], reason="needs the extension")
+TINY = ["--sizes", "100,1000", "--threads", "1", "--sample-ms", "1", "--no-progress"]
+
+
+@compiled
+def test_sweep_prints_a_table_writes_json_and_a_plot(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    argv = ["sweep", *TINY, "--algorithms", "adam,amsgrad", "--json", str(out)]
+    if HAVE_MPL:
+        argv += ["--plot", str(tmp_path / "s.png")]
+    rows = cli.main(argv)
+    text = capsys.readouterr().out
+    assert "| N=1e+02 adam float32 threads=1 |" in text
+    assert "vs numpy" in text and "% of roofline" in text
+    assert "python -m fusedadam bench sweep --sizes 100,1000" in text
+    data = json.loads(out.read_text())
+    assert data["command"].startswith("python -m fusedadam bench sweep")
+    impls = {r["impl"] for r in data["rows"]}
+    assert impls >= {"fusedadam", "roofline", "numpy"}, data["skipped"]
+    assert "fusedadam-kernel" in impls
+    assert len(rows) == len(data["rows"])
+    assert (
+        data["environment"]["loadavg_at_start"] is None
+        or len(data["environment"]["loadavg_at_start"]) == 3
+    )
+    for r in data["rows"]:
+        assert r["median_s"] > 0 and r["gb_per_s"] > 0
+        moved = 9 if r["algorithm"] == "amsgrad" else 7
+        assert r["gb_per_s"] == pytest.approx(
+            moved * 4 * r["n_elements"] / r["median_s"] / 1e9, rel=1e-3
+        )
+    if HAVE_MPL:
+        assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_absent_peers_are_listed_as_skipped_never_an_error(monkeypatch):
+    monkeypatch.setattr(peers, "_import_torch", lambda: None)
+    monkeypatch.setattr(peers, "_import_deepspeed", lambda: None)
+    notes = {}
+    grads = [np.ones(10, np.float32)]
+    fns = peers.build(
+        ["numpy", "torch-fused", "deepspeed"],
+        "adamax",
+        lambda: [np.zeros(10, np.float32)],
+        grads,
+        1,
+        notes,
+    )
+    assert list(fns) == ["numpy"]
+    lines = peers.skipped(notes)
+    assert lines == [
+        "deepspeed (adamax, float32): deepspeed is not importable",
+        "torch-fused (adamax, float32): torch is not importable",
+    ]
+
+
+def test_an_algorithm_is_one_line_of_data(monkeypatch):
+    # An algorithm fusedadam does not have yet is skipped like an absent peer.
+    monkeypatch.setitem(
+        peers.ALGORITHMS, "future", peers.Algorithm("FutureAdam", torch_class="FutureAdam")
+    )
+    notes = {}
+    fns = peers.build(
+        ["fusedadam", "numpy", "fusedadam-kernel"],
+        "future",
+        lambda: [np.zeros(4)],
+        [np.ones(4)],
+        1,
+        notes,
+    )
+    assert fns == {}
+    assert "fusedadam has no FutureAdam" in notes[("fusedadam", "future", "float64")]
+    assert "future" in cli.parse_args(["sweep", "--algorithms", "future"]).algorithms
+
+
+def test_model_shapes():
+    bert = scenarios.model_shapes("bert-base")
+    assert sum(int(np.prod(s)) for s in bert) == 109_482_240  # BERT-base, with pooler
+    gpt2 = scenarios.model_shapes("gpt2")
+    assert sum(int(np.prod(s)) for s in gpt2) == 124_439_808  # GPT-2 small
+    assert scenarios.model_shapes("10x3,7") == [(10, 3), (7,)]
+    with pytest.raises(ValueError, match="shape list"):
+        scenarios.model_shapes("resnet")
+
+
+def test_model_from_npz(tmp_path):
+    np.savez(tmp_path / "w.npz", a=np.zeros((5, 2)), b=np.zeros(3))
+    assert sorted(scenarios.model_shapes(str(tmp_path / "w.npz"))) == [(3,), (5, 2)]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sweep", "--algorithms", "sgd"], "unknown algorithms"),
+        (["sweep", "--threads", "0"], "positive"),
+        (["sweep", "--repeats", "3"], "--repeats must be >= 5"),
+        (["sweep", "--dtypes", "float16"], "unknown dtypes"),
+    ],
+)
+def test_bad_command_lines(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_timing_protocol_interleaves_and_takes_medians():
+    calls = []
+    result = timing.measure_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        repeats=5,
+        min_sample_s=1e-4,
+    )
+    assert set(result) == {"a", "b"} and all(len(r["samples"]) == 5 for r in result.values())
+    # After the calibrations, samples alternate between the implementations.
+    tail = calls[-(result["a"]["calls_per_sample"] + result["b"]["calls_per_sample"]) :]
+    assert tail[0] == "a" and tail[-1] == "b"
+    with pytest.raises(ValueError, match="repeats"):
+        timing.measure_interleaved({"a": lambda: None}, repeats=2)
+
+
+def test_summary_table_reports_speedup_against_each_peer():
+    rows = [
+        {
+            "label": "c",
+            "impl": "fusedadam",
+            "median_s": 1e-3,
+            "ns_per_element": 1.0,
+            "gb_per_s": 28.0,
+            "pct_roofline": 80.0,
+        },
+        {
+            "label": "c",
+            "impl": "torch-fused",
+            "median_s": 3e-3,
+            "ns_per_element": 3.0,
+            "gb_per_s": 9.3,
+            "pct_roofline": 26.7,
+        },
+    ]
+    table = report.summary_table(rows)
+    assert table.splitlines()[0].endswith("vs torch-fused |")
+    assert table.splitlines()[2] == "| c | 1.00 ms | 1.000 | 28.0 | 80% | 3.00x |"
+
+
+@compiled
+def test_module_entry_point_runs_bench_and_demo():
+    bench = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusedadam",
+            "bench",
+            "overhead",
+            "--overhead-sizes",
+            "10",
+            "--sample-ms",
+            "1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bench.returncode == 0, bench.stderr
+    assert "functional.adam" in bench.stdout
+    demo = subprocess.run(
+        [sys.executable, "-m", "fusedadam", "demo", "--size", "1e3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert demo.returncode == 0 and "bit-identical: True" in demo.stdout, demo.stderr
+
+
+@compiled
+def test_show_prints_a_saved_run_as_markdown(tmp_path, capsys):
+    out = tmp_path / "run.json"
+    cli.main(
+        [
+            "roofline",
+            "--sizes",
+            "1000",
+            "--threads",
+            "1",
+            "--sample-ms",
+            "1",
+            "--no-progress",
+            "--json",
+            str(out),
+        ]
+    )
+    capsys.readouterr()
+    rows = cli.main(["show", str(out)])
+    text = capsys.readouterr().out
+    assert text.startswith("| case | fusedadam median |")
+    assert "`python -m fusedadam bench roofline --sizes 1000" in text
+    assert "load average (1, 5, 15 min)" in text
+    assert {r["impl"] for r in rows} >= {"roofline", "fusedadam"}
+    assert rows == json.loads(out.read_text())["rows"]
+
+
+@compiled
+def test_progress_is_plain_lines_when_not_a_terminal(capsys):
+    cli.main(["roofline", "--sizes", "100,200", "--threads", "1", "--sample-ms", "1"])
+    err = capsys.readouterr().err
+    assert "[1/2] N=1e+02 float32 threads=1" in err and "[2/2] N=2e+02" in err
+
+
+@compiled
+def test_every_algorithm_of_the_table_runs(tmp_path, capsys):
+    out = tmp_path / "all.json"
+    names = ",".join(peers.ALGORITHMS)
+    cli.main(
+        [
+            "sweep",
+            "--sizes",
+            "300",
+            "--threads",
+            "1",
+            "--sample-ms",
+            "1",
+            "--no-progress",
+            "--algorithms",
+            names,
+            "--json",
+            str(out),
+        ]
+    )
+    data = json.loads(out.read_text())
+    timed = {(r["algorithm"], r["impl"]) for r in data["rows"]}
+    for name, algorithm in peers.ALGORITHMS.items():
+        assert (name, "fusedadam") in timed and (name, "numpy") in timed
+        assert (name, "fusedadam-kernel") in timed
+        assert ((name, "roofline") in timed) == (algorithm.arrays_moved in (7, 9))
+    assert any(
+        line.startswith("roofline (lion, float32): the probe moves 7 or 9")
+        for line in data["skipped"]
+    )

