@@ -10,6 +10,7 @@ Environment:
   FUSEDADAM_BOUNDSCHECK=1      Cython bounds/wraparound checks on memoryview indexing
                                (debugging; the loops index raw pointers and are unaffected)
 """
+
 import os
 import shlex
 import sys
@@ -64,9 +65,7 @@ def _compiles_and_links(compiler, source, compile_args, link_args):
         link_args = list(link_args) + shlex.split(os.environ.get("LDFLAGS", ""))
         try:
             objects = compiler.compile([src], output_dir=tmp, extra_postargs=compile_args)
-            compiler.link_executable(
-                objects, "probe", output_dir=tmp, extra_postargs=link_args
-            )
+            compiler.link_executable(objects, "probe", output_dir=tmp, extra_postargs=link_args)
         except Exception:  # CompileError, LinkError, missing headers: all mean "no"
             return False
     return True
@@ -147,10 +146,15 @@ def _extensions():
     ext = Extension(
         "fusedadam._kernels",
         sources=["src/fusedadam/_kernels.pyx"],
-        depends=["src/fusedadam/_dispatch.h", "src/fusedadam/_loops.h",
-                 "src/fusedadam/_finite.h", "src/fusedadam/_sparse_rows.h",
-                 "src/fusedadam/_scalars.h", "src/fusedadam/_pool.h",
-                 "src/fusedadam/_openmp.h"],
+        depends=[
+            "src/fusedadam/_dispatch.h",
+            "src/fusedadam/_loops.h",
+            "src/fusedadam/_finite.h",
+            "src/fusedadam/_sparse_rows.h",
+            "src/fusedadam/_scalars.h",
+            "src/fusedadam/_pool.h",
+            "src/fusedadam/_openmp.h",
+        ],
         include_dirs=["src/fusedadam", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )

@@ -9,11 +9,11 @@ versions can be compared.
     python bench/ab.py --a /path/venv-old/bin/python --b /path/venv-new/bin/python \\
         --rounds 5 --json bench/results/ab.json
 """
+
 import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -82,13 +82,25 @@ def main(argv=None):
     results = {"a": [], "b": []}
     for _ in range(args.rounds):
         for side in ("a", "b"):
-            proc = subprocess.run([getattr(args, side), os.path.abspath(__file__), "--worker",
-                                   "--budget", str(args.budget)], capture_output=True,
-                                  text=True, check=True, cwd="/")
+            proc = subprocess.run(
+                [
+                    getattr(args, side),
+                    os.path.abspath(__file__),
+                    "--worker",
+                    "--budget",
+                    str(args.budget),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd="/",
+            )
             results[side].append(json.loads(proc.stdout))
     rows = []
-    print(f"{'cell':>26} {'A':>12} {'B':>12} {'B/A':>7}   (medians of {args.rounds} rounds, "
-          f"load average now {os.getloadavg()[0]:.1f})")
+    print(
+        f"{'cell':>26} {'A':>12} {'B':>12} {'B/A':>7}   (medians of {args.rounds} rounds, "
+        f"load average now {os.getloadavg()[0]:.1f})"
+    )
     for label, *_ in CELLS:
         a = float(np.median([r[label] for r in results["a"]]))
         b = float(np.median([r[label] for r in results["b"]]))
@@ -97,8 +109,11 @@ def main(argv=None):
         rows.append({"cell": label, "a_s": a, "b_s": b, "b_over_a": b / a})
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"a": args.a, "b": args.b, "rounds": args.rounds, "rows": rows,
-                       "raw": results}, f, indent=1)
+            json.dump(
+                {"a": args.a, "b": args.b, "rounds": args.rounds, "rows": rows, "raw": results},
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

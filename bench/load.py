@@ -12,6 +12,7 @@ Issue #11's targets: loaded default <= 1.2x loaded num_threads=1 at every size, 
 idle default no slower than the two-thread step before the pool (compare with the same
 command run under an older build: the script uses only the public API).
 """
+
 import argparse
 import json
 import os
@@ -39,8 +40,11 @@ def toy_model(rng):
 
 def make_case(name, num_threads):
     rng = np.random.default_rng(0)
-    params = toy_model(rng) if name == "model" else [
-        rng.standard_normal(int(float(name))).astype(np.float32)]
+    params = (
+        toy_model(rng)
+        if name == "model"
+        else [rng.standard_normal(int(float(name))).astype(np.float32)]
+    )
     grads = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
     opt = fa.Adam(params, lr=1e-6, num_threads=num_threads)
     opt.step(grads)
@@ -63,7 +67,7 @@ def start_competitor(pin):
         last = max(os.sched_getaffinity(0))
         cmd = ["taskset", "-c", str(last)] + cmd
     proc = subprocess.Popen(cmd)
-    time.sleep(0.3)           # let it reach the busy loop
+    time.sleep(0.3)  # let it reach the busy loop
     return proc
 
 
@@ -100,28 +104,49 @@ def main(argv=None):
     finally:
         stop()
     info = fa.backend_info()
-    print(f"fusedadam {fa.__version__}, {info['max_threads']} threads by default, "
-          f"{'pinned' if args.pin else 'unpinned'} competitor, {args.rounds} rounds, "
-          f"load average before: {os.getloadavg()[0]:.1f}")
-    header = (f"{'case':>6} {'default idle':>13} {'1 thr idle':>11} {'default loaded':>15} "
-              f"{'1 thr loaded':>13} {'loaded ratio':>13}")
+    print(
+        f"fusedadam {fa.__version__}, {info['max_threads']} threads by default, "
+        f"{'pinned' if args.pin else 'unpinned'} competitor, {args.rounds} rounds, "
+        f"load average before: {os.getloadavg()[0]:.1f}"
+    )
+    header = (
+        f"{'case':>6} {'default idle':>13} {'1 thr idle':>11} {'default loaded':>15} "
+        f"{'1 thr loaded':>13} {'loaded ratio':>13}"
+    )
     print(header)
     rows = []
     for case in cases:
-        med = {k: float(np.median(cells[(case, *k)])) * 1e6
-               for k in [(s, p) for s in settings for p in ("idle", "loaded")]}
+        med = {
+            k: float(np.median(cells[(case, *k)])) * 1e6
+            for k in [(s, p) for s in settings for p in ("idle", "loaded")]
+        }
         ratio = med[("default", "loaded")] / med[("1 thread", "loaded")]
-        rows.append({"case": case, "us": {f"{s} {p}": v for (s, p), v in med.items()},
-                     "loaded_default_over_1_thread": ratio})
-        print(f"{case:>6} {med[('default', 'idle')]:>11.1f}us {med[('1 thread', 'idle')]:>9.1f}us"
-              f" {med[('default', 'loaded')]:>13.1f}us {med[('1 thread', 'loaded')]:>11.1f}us"
-              f" {ratio:>12.2f}x")
+        rows.append(
+            {
+                "case": case,
+                "us": {f"{s} {p}": v for (s, p), v in med.items()},
+                "loaded_default_over_1_thread": ratio,
+            }
+        )
+        print(
+            f"{case:>6} {med[('default', 'idle')]:>11.1f}us {med[('1 thread', 'idle')]:>9.1f}us"
+            f" {med[('default', 'loaded')]:>13.1f}us {med[('1 thread', 'loaded')]:>11.1f}us"
+            f" {ratio:>12.2f}x"
+        )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"version": fa.__version__, "backend_info": info, "pinned": args.pin,
-                       "rounds": args.rounds, "rows": rows,
-                       "command": "python bench/load.py " + " ".join(argv or sys.argv[1:])},
-                      f, indent=1)
+            json.dump(
+                {
+                    "version": fa.__version__,
+                    "backend_info": info,
+                    "pinned": args.pin,
+                    "rounds": args.rounds,
+                    "rows": rows,
+                    "command": "python bench/load.py " + " ".join(argv or sys.argv[1:]),
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Per (condition, case, scheme, K): the median over rounds of each process's per-s
 median, and the mean over rounds of each process's per-step mean (the mean counts the
 stalls the median hides). Ratios are against `serial` in the same condition.
 """
+
 import json
 import statistics
 import sys
@@ -21,13 +22,21 @@ def main(lines_path, out_path):
         groups[(r["condition"], r["case"], r["scheme"], r["k"])].append(r)
     summary = []
     for (cond, case, scheme, k), rs in groups.items():
-        summary.append({
-            "condition": cond, "case": case, "n": rs[0]["n"], "scheme": scheme, "k": k,
-            "threads": rs[0]["threads"], "isa": rs[0]["isa"], "rounds": len(rs),
-            "median_us": statistics.median(r["median_us"] for r in rs),
-            "mean_us": statistics.fmean(r["mean_us"] for r in rs),
-            "p90_us": statistics.median(r["p90_us"] for r in rs),
-        })
+        summary.append(
+            {
+                "condition": cond,
+                "case": case,
+                "n": rs[0]["n"],
+                "scheme": scheme,
+                "k": k,
+                "threads": rs[0]["threads"],
+                "isa": rs[0]["isa"],
+                "rounds": len(rs),
+                "median_us": statistics.median(r["median_us"] for r in rs),
+                "mean_us": statistics.fmean(r["mean_us"] for r in rs),
+                "p90_us": statistics.median(r["p90_us"] for r in rs),
+            }
+        )
     serial = {(s["condition"], s["case"]): s for s in summary if s["scheme"] == "serial"}
     for s in summary:
         ref = serial.get((s["condition"], s["case"]))
@@ -38,13 +47,20 @@ def main(lines_path, out_path):
         json.dump({"summary": summary, "runs": rows, "load": notes}, f, indent=1)
     order = {"idle": 0, "pinned": 1, "unpinned": 2}
     summary.sort(key=lambda s: (order[s["condition"]], s["n"], s["case"], s["scheme"], s["k"]))
-    print("| condition | case | scheme | K | median µs | mean µs | median / serial | mean / serial |")
+    print(
+        "| condition | case | scheme | K | median µs | mean µs | median / serial | mean / serial |"
+    )
     print("|---|---|---|---|---|---|---|---|")
+
+    def ratio(s, key):
+        return f"{s[key]:.2f}" if key in s else ""
+
     for s in summary:
-        ratio = lambda key: f"{s[key]:.2f}" if key in s else ""
-        print(f"| {s['condition']} | {s['case']} | {s['scheme']} | {s['k']} | "
-              f"{s['median_us']:.1f} | {s['mean_us']:.1f} | {ratio('median_vs_serial')} | "
-              f"{ratio('mean_vs_serial')} |")
+        print(
+            f"| {s['condition']} | {s['case']} | {s['scheme']} | {s['k']} | "
+            f"{s['median_us']:.1f} | {s['mean_us']:.1f} | {ratio(s, 'median_vs_serial')} | "
+            f"{ratio(s, 'mean_vs_serial')} |"
+        )
     loads = [n["loadavg_before"] for n in notes]
     print(f"\nload average before each process: {loads[0]} ... {loads[-1]}")
 

@@ -17,11 +17,6 @@ import fusedadam._clip
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The examples import their shared helpers as ``_common``.
 sys.path.insert(0, os.path.join(HERE, "..", "examples"))
-# fusedadam.clip_grad_norm is the public name; until fusedadam/__init__.py exports it
-# the API page documents it from here (a no-op once exported).
-if not hasattr(fusedadam, "clip_grad_norm"):
-    fusedadam.clip_grad_norm = fusedadam._clip.clip_grad_norm
-
 project = "fusedadam"
 author = "fusedadam developers"
 copyright = "fusedadam developers"

@@ -10,6 +10,7 @@ Prints and plots the full training loss after each epoch.
 
     ``python examples/adamax_logistic.py [--fast] [--out DIR]``
 """
+
 import numpy as np
 
 import fusedadam as fa
@@ -54,14 +55,16 @@ def main(argv=None):
     for epoch in range(1, epochs + 1):
         order = rng.permutation(N)
         for start in range(0, N, BATCH):
-            batch = order[start:start + BATCH]
+            batch = order[start : start + BATCH]
             for name, opt in optimizers.items():
                 opt.step(loss_and_grad(weights[name], X[batch], y[batch])[1])
         for name, w in weights.items():
             curves[name].append(loss_and_grad(w, X, y)[0])
         if epoch in (1, 2, 5, 10, 20, epochs):
-            print(f"epoch {epoch:3d}  " + "  ".join(
-                f"{name} {curves[name][-1]:.5f}" for name in weights))
+            print(
+                f"epoch {epoch:3d}  "
+                + "  ".join(f"{name} {curves[name][-1]:.5f}" for name in weights)
+            )
     best = min(curves, key=lambda name: curves[name][-1])
     print(f"lowest training loss after {epochs} epochs: {best} ({curves[best][-1]:.5f})")
     plt = pyplot()
@@ -70,8 +73,11 @@ def main(argv=None):
     # Adam and AMSGrad differ by < 0.5% of the loss: on one loss axis one line hides the
     # other. The right panel shows each curve's distance to the lowest loss any reached.
     floor = min(min(c) for c in curves.values())
-    styles = {"Adam": ("tab:blue", "-", "o"), "AMSGrad": ("tab:orange", "--", "s"),
-              "AdaMax": ("tab:green", ":", "^")}
+    styles = {
+        "Adam": ("tab:blue", "-", "o"),
+        "AMSGrad": ("tab:orange", "--", "s"),
+        "AdaMax": ("tab:green", ":", "^"),
+    }
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.3))
     for name, curve in curves.items():
         color, style, marker = styles[name]
@@ -79,8 +85,9 @@ def main(argv=None):
         left.plot(curve, **kw)
         right.semilogy(np.asarray(curve) - floor + 1e-6, **kw)
     left.set(title="full training loss", xlabel="epoch", ylabel="loss")
-    right.set(title="loss above the lowest reached (+1e-6)", xlabel="epoch",
-              ylabel="loss - min loss")
+    right.set(
+        title="loss above the lowest reached (+1e-6)", xlabel="epoch", ylabel="loss - min loss"
+    )
     for ax in (left, right):
         ax.grid(True, alpha=0.3)
         ax.legend()

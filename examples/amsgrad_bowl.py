@@ -17,6 +17,7 @@ beta1 = 0.9`` gives exactly ``b1_t = 0.9**t``; with ``bias_correction=False`` th
 
     ``python examples/amsgrad_bowl.py [--fast] [--out DIR]``
 """
+
 import numpy as np
 
 import fusedadam as fa
@@ -37,8 +38,15 @@ def run(n_iter=100, alpha=0.007, beta1=0.9, beta2=0.99, verbose=True):
     """The tutorial's AMSGrad run; returns the points visited (start first) and scores."""
     np.random.seed(1)
     x = BOUNDS[:, 0] + np.random.rand(len(BOUNDS)) * (BOUNDS[:, 1] - BOUNDS[:, 0])
-    opt = fa.Adam(x, lr=alpha, betas=(beta1, beta2), eps=1e-8, amsgrad=True,
-                  bias_correction=False, beta1_decay=beta1)
+    opt = fa.Adam(
+        x,
+        lr=alpha,
+        betas=(beta1, beta2),
+        eps=1e-8,
+        amsgrad=True,
+        bias_correction=False,
+        beta1_decay=beta1,
+    )
     solutions, scores = [x.copy()], [objective(*x)]
     for t in range(n_iter):
         opt.step(derivative(*x))
@@ -53,8 +61,7 @@ def run(n_iter=100, alpha=0.007, beta1=0.9, beta2=0.99, verbose=True):
 def main(argv=None):
     args = parse_args(__doc__, argv)
     solutions, scores = run(n_iter=10 if args.fast else 100)
-    print(f"start {solutions[0]}, final f = {scores[-1]:.3e} after {len(scores) - 1} "
-          "iterations")
+    print(f"start {solutions[0]}, final f = {scores[-1]:.3e} after {len(scores) - 1} iterations")
     plt = pyplot()
     if plt is None:
         return
@@ -67,8 +74,7 @@ def main(argv=None):
     ax.plot(solutions[:, 0], solutions[:, 1], ".-", color="w", label="AMSGrad iterates")
     mark_ends(ax, solutions, color="white")
     ax.legend(loc="upper right", facecolor="lightgray")
-    ax.set(title="AMSGrad on x² + y² (fusedadam.Adam(amsgrad=True))", xlabel="x",
-           ylabel="y")
+    ax.set(title="AMSGrad on x² + y² (fusedadam.Adam(amsgrad=True))", xlabel="x", ylabel="y")
     save(fig, args, "amsgrad_bowl.png")
 
 

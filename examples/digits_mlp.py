@@ -13,6 +13,7 @@ Needs scikit-learn (``pip install fusedadam[examples]``); without it, it says so
 
     ``python examples/digits_mlp.py [--fast] [--out DIR]``
 """
+
 import sys
 import time
 
@@ -77,7 +78,7 @@ def train(data, epochs, backend, verbose):
         order = rng.permutation(len(y_train))
         losses = []
         for start in range(0, len(order), BATCH):
-            batch = order[start:start + BATCH]
+            batch = order[start : start + BATCH]
             loss, grads = loss_and_grads(params, X_train[batch], y_train[batch])
             losses.append(loss)
             t0 = time.perf_counter()
@@ -86,8 +87,9 @@ def train(data, epochs, backend, verbose):
         acc = accuracy(params, X_test, y_test)
         history.append((float(np.mean(losses)), acc))
         if verbose:
-            print(f"epoch {epoch:2d}  train loss {history[-1][0]:.4f}  test accuracy "
-                  f"{100 * acc:.2f}%")
+            print(
+                f"epoch {epoch:2d}  train loss {history[-1][0]:.4f}  test accuracy {100 * acc:.2f}%"
+            )
     return params, history, step_time
 
 
@@ -100,17 +102,21 @@ def main(argv=None):
         return 0
     epochs = 2 if args.fast else 30
     n_params = sum(p.size for p in init_params(np.random.default_rng(0), 64, 10))
-    print(f"digits: {len(data[1])} train / {len(data[3])} test images, MLP 64-{HIDDEN}-10 "
-          f"({n_params} parameters), Adam lr={LR}, batch {BATCH}")
+    print(
+        f"digits: {len(data[1])} train / {len(data[3])} test images, MLP 64-{HIDDEN}-10 "
+        f"({n_params} parameters), Adam lr={LR}, batch {BATCH}"
+    )
     params, history, t_compiled = train(data, epochs, "auto", verbose=True)
     ref_params, _, t_numpy = train(data, epochs, "numpy", verbose=False)
     n_steps = epochs * -(-len(data[1]) // BATCH)
     identical = all(np.array_equal(a, b) for a, b in zip(params, ref_params))
     print(f"final test accuracy {100 * history[-1][1]:.2f}%")
-    print(f"time in optimizer.step over {n_steps} steps: fusedadam "
-          f"({fa.backend_info()['simd']}) {t_compiled * 1e3:.1f} ms "
-          f"({t_compiled / n_steps * 1e6:.1f} us/step), NumPy reference "
-          f"{t_numpy * 1e3:.1f} ms ({t_numpy / n_steps * 1e6:.1f} us/step)")
+    print(
+        f"time in optimizer.step over {n_steps} steps: fusedadam "
+        f"({fa.backend_info()['simd']}) {t_compiled * 1e3:.1f} ms "
+        f"({t_compiled / n_steps * 1e6:.1f} us/step), NumPy reference "
+        f"{t_numpy * 1e3:.1f} ms ({t_numpy / n_steps * 1e6:.1f} us/step)"
+    )
     print(f"weights after training bit-identical between the two backends: {identical}")
     plt = pyplot()
     if plt is not None:

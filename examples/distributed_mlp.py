@@ -12,6 +12,7 @@ batch gradient in a different order (slices per rank, then MPI's sum).
 
     mpiexec -n 4 python -m mpi4py examples/distributed_mlp.py [--fast] [--out DIR]
 """
+
 import sys
 
 import numpy as np
@@ -31,10 +32,12 @@ def make_data(seed=0, n_train=4000, n_test=1000):
 
 def init_params(seed=1):
     rng = np.random.default_rng(seed)
-    return [(rng.standard_normal((FEATURES, HIDDEN)) * np.sqrt(2 / FEATURES)).astype(np.float32),
-            np.zeros(HIDDEN, np.float32),
-            (rng.standard_normal((HIDDEN, CLASSES)) * np.sqrt(1 / HIDDEN)).astype(np.float32),
-            np.zeros(CLASSES, np.float32)]
+    return [
+        (rng.standard_normal((FEATURES, HIDDEN)) * np.sqrt(2 / FEATURES)).astype(np.float32),
+        np.zeros(HIDDEN, np.float32),
+        (rng.standard_normal((HIDDEN, CLASSES)) * np.sqrt(1 / HIDDEN)).astype(np.float32),
+        np.zeros(CLASSES, np.float32),
+    ]
 
 
 def forward(params, X):
@@ -67,14 +70,14 @@ def train_sharded(comm, data, epochs):
 
     X, y, X_test, y_test = data
     opt = ShardedOptimizer(fa.Adam, init_params(), comm, lr=LR, grad_reduction="sum")
-    params = opt.params                        # the optimizer's buffers from now on
+    params = opt.params  # the optimizer's buffers from now on
     for epoch in range(epochs):
-        order = np.random.default_rng(epoch).permutation(len(y))      # same on every rank
+        order = np.random.default_rng(epoch).permutation(len(y))  # same on every rank
         for start in range(0, len(order), BATCH):
-            batch = order[start:start + BATCH]
-            mine = batch[comm.rank::comm.size]                         # this rank's slice
+            batch = order[start : start + BATCH]
+            mine = batch[comm.rank :: comm.size]  # this rank's slice
             backward(params, X[mine], y[mine], 1.0 / len(batch), out=opt.grads)
-            opt.step()                         # grads already in opt.grads: no copy
+            opt.step()  # grads already in opt.grads: no copy
     return accuracy(params, X_test, y_test)
 
 
@@ -86,7 +89,7 @@ def train_single(data, epochs):
     for epoch in range(epochs):
         order = np.random.default_rng(epoch).permutation(len(y))
         for start in range(0, len(order), BATCH):
-            batch = order[start:start + BATCH]
+            batch = order[start : start + BATCH]
             backward(params, X[batch], y[batch], 1.0 / len(batch), out=grads)
             opt.step(grads)
     return accuracy(params, X_test, y_test)
@@ -105,8 +108,10 @@ def main(argv=None):
     sharded = train_sharded(comm, data, epochs)
     if comm.rank == 0:
         single = train_single(data, epochs)
-        print(f"{epochs} epochs, global batch {BATCH}: test accuracy sharded over "
-              f"{comm.size} ranks {100 * sharded:.2f}%, single process {100 * single:.2f}%")
+        print(
+            f"{epochs} epochs, global batch {BATCH}: test accuracy sharded over "
+            f"{comm.size} ranks {100 * sharded:.2f}%, single process {100 * single:.2f}%"
+        )
         print(f"accuracy difference {100 * abs(sharded - single):.2f} points")
     return 0
 

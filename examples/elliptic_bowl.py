@@ -7,6 +7,7 @@ first, although the gradient in x1 is five times steeper: the path starts on the
 
     ``python examples/elliptic_bowl.py [--fast] [--out DIR]``
 """
+
 import numpy as np
 
 import fusedadam as fa
@@ -20,12 +21,21 @@ def fun(x):
 def main(argv=None):
     args = parse_args(__doc__, argv)
     steps = 20 if args.fast else 100
-    res = fa.minimize(fun, np.array([10.0, 10.0]), jac=True, method="adam",
-                      options={"lr": 0.4}, maxiter=steps, return_history=True)
+    res = fa.minimize(
+        fun,
+        np.array([10.0, 10.0]),
+        jac=True,
+        method="adam",
+        options={"lr": 0.4},
+        maxiter=steps,
+        return_history=True,
+    )
     path = np.array(res.x_history)
     for t in list(range(0, steps + 1, max(1, steps // 10))):
-        print(f"iteration {t:3d}  x = [{path[t, 0]:8.4f} {path[t, 1]:8.4f}]  "
-              f"f = {res.fun_history[t]:.6f}")
+        print(
+            f"iteration {t:3d}  x = [{path[t, 0]:8.4f} {path[t, 1]:8.4f}]  "
+            f"f = {res.fun_history[t]:.6f}"
+        )
     print(f"final f = {res.fun:.3e} at x = {res.x} after {res.nit} steps")
     plt = pyplot()
     if plt is None:
@@ -36,8 +46,7 @@ def main(argv=None):
     left.plot(path[:, 0], path[:, 1], ".-", color="tab:red", ms=3, label="Adam iterates")
     mark_ends(left, path, color="tab:red")
     left.legend(loc="upper left")
-    left.set(title="Adam (lr=0.4) on x0² + 5 x1²", xlabel="x0", ylabel="x1",
-             aspect="equal")
+    left.set(title="Adam (lr=0.4) on x0² + 5 x1²", xlabel="x0", ylabel="x1", aspect="equal")
     right.semilogy(res.fun_history)
     right.set(title="loss per iteration", xlabel="iteration", ylabel="f(x)")
     save(fig, args, "elliptic_bowl.png")

@@ -9,6 +9,7 @@ exp_avg_sq / (1 - beta2**t)) grows where gradients are small. The third panel sh
 
     ``python examples/rosenbrock.py [--fast] [--out DIR]``
 """
+
 import numpy as np
 
 import fusedadam as fa
@@ -56,16 +57,20 @@ def main(argv=None):
     print(f"start {start}, f = {rosen(start):.4f}")
     for name, path in (("Adam (lr=0.02)", adam_path), ("gradient descent (lr=2e-4)", gd_path)):
         print(f"{name:28s} after {steps} steps: x = {path[-1]}, f = {rosen(path[-1]):.3e}")
-    print(f"Adam's effective learning rate: from {effective_lr[0]} at step 1 to "
-          f"{effective_lr[-1]} at step {steps}")
+    print(
+        f"Adam's effective learning rate: from {effective_lr[0]} at step 1 to "
+        f"{effective_lr[-1]} at step {steps}"
+    )
     plt = pyplot()
     if plt is None:
         return
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     X, Y = np.meshgrid(np.linspace(-2.2, 2.2, 300), np.linspace(-1.2, 3.2, 300))
     Z = rosen((X, Y))
-    for ax, name, path in ((axes[0], "Adam, lr=0.02", adam_path),
-                           (axes[1], "gradient descent, lr=2e-4", gd_path)):
+    for ax, name, path in (
+        (axes[0], "Adam, lr=0.02", adam_path),
+        (axes[1], "gradient descent, lr=2e-4", gd_path),
+    ):
         ax.contour(X, Y, Z, levels=np.logspace(-1, 3.5, 20), cmap="viridis")
         ax.plot(path[:, 0], path[:, 1], "-", color="tab:red", lw=1.2, label="iterates")
         mark_ends(ax, path, color="tab:red")

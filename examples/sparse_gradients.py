@@ -12,6 +12,7 @@ unseen coordinates neither decay nor move them.
 
     ``python examples/sparse_gradients.py [--fast] [--out DIR]``
 """
+
 import numpy as np
 
 import fusedadam as fa
@@ -35,8 +36,11 @@ def main(argv=None):
     adam = fa.Adam(x_adam, lr=0.01)
     lazy = fa.SparseAdam([x_lazy], lr=0.01)
     sgd_lr = 0.015  # about the largest that is stable: 2 / max(curvature) = 0.02
-    curves = {"SGD (lr=0.015)": [loss(x0)], "Adam (lr=0.01)": [loss(x0)],
-              "SparseAdam (lr=0.01)": [loss(x0)]}
+    curves = {
+        "SGD (lr=0.015)": [loss(x0)],
+        "Adam (lr=0.01)": [loss(x0)],
+        "SparseAdam (lr=0.01)": [loss(x0)],
+    }
     for mask in masks:
         x_sgd -= sgd_lr * np.where(mask, curvature * x_sgd, 0.0)
         adam.step(np.where(mask, curvature * x_adam, 0.0))
@@ -45,8 +49,10 @@ def main(argv=None):
         curves["SGD (lr=0.015)"].append(loss(x_sgd))
         curves["Adam (lr=0.01)"].append(loss(x_adam))
         curves["SparseAdam (lr=0.01)"].append(loss(x_lazy.ravel()))
-    print(f"{DIM} coordinates, gradient observed with p={P_OBSERVED}, {steps} steps, "
-          f"f(x0) = {loss(x0):.3f}")
+    print(
+        f"{DIM} coordinates, gradient observed with p={P_OBSERVED}, {steps} steps, "
+        f"f(x0) = {loss(x0):.3f}"
+    )
     for name, curve in curves.items():
         print(f"{name:22s} final f = {curve[-1]:.3e}")
     plt = pyplot()
@@ -57,19 +63,26 @@ def main(argv=None):
     # moving median over WINDOW steps carries the trend.
     window = max(1, steps // 60)
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    styles = {"SGD (lr=0.015)": ("tab:blue", "-"), "Adam (lr=0.01)": ("tab:orange", "-"),
-              "SparseAdam (lr=0.01)": ("tab:green", "--")}
+    styles = {
+        "SGD (lr=0.015)": ("tab:blue", "-"),
+        "Adam (lr=0.01)": ("tab:orange", "-"),
+        "SparseAdam (lr=0.01)": ("tab:green", "--"),
+    }
     for name, curve in curves.items():
         color, style = styles[name]
         curve = np.asarray(curve)
         ax.semilogy(curve, color=color, lw=0.6, alpha=0.3)
         padded = np.concatenate([np.full(window - 1, curve[0]), curve])
         median = np.median(np.lib.stride_tricks.sliding_window_view(padded, window), axis=1)
-        ax.semilogy(median, color=color, ls=style, lw=2.2,
-                    label=f"{name}: final f = {curve[-1]:.1e}")
-    ax.set(title=f"quadratic, {DIM} dims, gradient seen with p={P_OBSERVED}\n"
-                 f"(bold: moving median over {window} steps; faint: every step)",
-           xlabel="step", ylabel="f(x)")
+        ax.semilogy(
+            median, color=color, ls=style, lw=2.2, label=f"{name}: final f = {curve[-1]:.1e}"
+        )
+    ax.set(
+        title=f"quadratic, {DIM} dims, gradient seen with p={P_OBSERVED}\n"
+        f"(bold: moving median over {window} steps; faint: every step)",
+        xlabel="step",
+        ylabel="f(x)",
+    )
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="lower left")
     save(fig, args, "sparse_gradients.png")

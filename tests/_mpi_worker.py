@@ -5,6 +5,7 @@ the same process) and raises on a mismatch, so that the job exits non-zero. Usag
 
     mpiexec -n N python -m mpi4py tests/_mpi_worker.py SCENARIO [ARGS...]
 """
+
 import functools
 import operator
 import os
@@ -24,8 +25,10 @@ rank, world = comm.Get_rank(), comm.Get_size()
 def exact_grads(shapes, dtypes, step, source):
     """Multiples of 2**-7 in [-0.5, 0.5]: sums over up to 64 ranks are exact."""
     rng = np.random.default_rng([step, source, 12345])
-    return [(rng.integers(-64, 65, size=shape) * 2.0 ** -7).astype(dt)
-            for shape, dt in zip(shapes, dtypes)]
+    return [
+        (rng.integers(-64, 65, size=shape) * 2.0**-7).astype(dt)
+        for shape, dt in zip(shapes, dtypes)
+    ]
 
 
 def same_array(a, b):
@@ -38,8 +41,11 @@ def describe(value):
 
 
 def check_same_state_dict(got, want, where):
-    assert sorted(got["state"]) == sorted(want["state"]), (where, sorted(got["state"]),
-                                                           sorted(want["state"]))
+    assert sorted(got["state"]) == sorted(want["state"]), (
+        where,
+        sorted(got["state"]),
+        sorted(want["state"]),
+    )
     for key, entry in want["state"].items():
         mine = got["state"][key]
         assert sorted(mine) == sorted(entry), (where, key, sorted(mine), sorted(entry))
@@ -49,8 +55,11 @@ def check_same_state_dict(got, want, where):
                 assert same_array(mine[name], value), (where, key, name)
     assert len(got["param_groups"]) == len(want["param_groups"]), where
     for g, w in zip(got["param_groups"], want["param_groups"]):
-        assert {k: describe(v) for k, v in g.items()} == \
-               {k: describe(v) for k, v in w.items()}, (where, g, w)
+        assert {k: describe(v) for k, v in g.items()} == {k: describe(v) for k, v in w.items()}, (
+            where,
+            g,
+            w,
+        )
 
 
 # lr(t) = 1e-2 / t, picklable by reference (checkpoints pickle callable hyperparameters).
@@ -60,16 +69,21 @@ schedule = functools.partial(operator.truediv, 1e-2)
 CASES = {
     # name: (groups as [(shapes, dtype or dtypes, overrides)], bucket_elements)
     "one group": ([([(37, 5), (3,), (200,)], "f", {})], 1 << 22),
-    "uneven, empty param, tiny buckets": (
-        [([(7,), (0,), (131,), (1,), (64, 3)], "f", {})], 40),
+    "uneven, empty param, tiny buckets": ([([(7,), (0,), (131,), (1,), (64, 3)], "f", {})], 40),
     "several groups, mixed dtypes": (
-        [([(10, 10), (9,)], "f", {"lr": 5e-3}),
-         ([(33,), (2, 2)], ["f", "d"], {"weight_decay": 0.1}),
-         ([(0,)], "d", {})], 64),
+        [
+            ([(10, 10), (9,)], "f", {"lr": 5e-3}),
+            ([(33,), (2, 2)], ["f", "d"], {"weight_decay": 0.1}),
+            ([(0,)], "d", {}),
+        ],
+        64,
+    ),
     "fewer elements than ranks": ([([(1,), (2,)], "d", {})], 1 << 22),
 }
 OPTIMIZERS = [
-    (fa.Adam, {}), (fa.AdamW, {"lr": schedule}), (fa.Adamax, {}),
+    (fa.Adam, {}),
+    (fa.AdamW, {"lr": schedule}),
+    (fa.Adamax, {}),
     (fa.Adam, {"amsgrad": True, "weight_decay": 0.01}),
 ]
 
@@ -101,28 +115,38 @@ def scenario_exact():
                 for reduction in ("sum", "mean"):
                     groups, shapes, dtypes = build(spec, dtype)
                     ref = cls(copy_groups(groups), **kwargs)
-                    opt = ShardedOptimizer(cls, copy_groups(groups), comm,
-                                           grad_reduction=reduction, bucket_elements=bucket,
-                                           **kwargs)
+                    opt = ShardedOptimizer(
+                        cls,
+                        copy_groups(groups),
+                        comm,
+                        grad_reduction=reduction,
+                        bucket_elements=bucket,
+                        **kwargs,
+                    )
                     for step in range(1, 5):
                         local = exact_grads(shapes, dtypes, step, rank)
-                        total = [sum(parts) for parts in zip(
-                            *(exact_grads(shapes, dtypes, step, r) for r in range(world)))]
+                        total = [
+                            sum(parts)
+                            for parts in zip(
+                                *(exact_grads(shapes, dtypes, step, r) for r in range(world))
+                            )
+                        ]
                         if reduction == "mean":
                             total = [np.divide(t, world).astype(t.dtype) for t in total]
                         ref.step(total)
                         if step % 2:
-                            opt.step(local)                   # packed from other arrays
+                            opt.step(local)  # packed from other arrays
                         else:
                             for view, g in zip(opt.grads, local):
-                                view[...] = g                 # zero copy: written in place
+                                view[...] = g  # zero copy: written in place
                             opt.step()
-                        if step == 2:                         # a scheduler edits a group
+                        if step == 2:  # a scheduler edits a group
                             for g_ref, g_opt in zip(ref.param_groups, opt.param_groups):
                                 g_ref["eps"] = g_opt["eps"] = 1e-6
                     where = f"{case}/{np.dtype(dtype).name}/{cls.__name__}{kwargs}/{reduction}"
-                    for got, want in zip(opt.params, (p for g in ref.param_groups
-                                                      for p in g["params"])):
+                    for got, want in zip(
+                        opt.params, (p for g in ref.param_groups for p in g["params"])
+                    ):
                         assert same_array(got, want), where
                     full = opt.consolidated_state_dict(root=0)
                     if rank == 0:
@@ -146,8 +170,9 @@ def check_collective_cap():
     try:
         groups, shapes, dtypes = build([([(300,), (41, 3)], "f", {})], np.float32)
         ref = fa.Adam(copy_groups(groups))
-        opt = ShardedOptimizer(fa.Adam, copy_groups(groups), comm, grad_reduction="sum",
-                               bucket_elements=1 << 40)
+        opt = ShardedOptimizer(
+            fa.Adam, copy_groups(groups), comm, grad_reduction="sum", bucket_elements=1 << 40
+        )
     finally:
         _layout.MAX_COLLECTIVE_ELEMENTS = saved
     (segment,) = opt._segments
@@ -155,8 +180,12 @@ def check_collective_cap():
     assert all(stop - start <= 64 for start, stop in segment.buckets())
     for step in range(1, 4):
         opt.step(exact_grads(shapes, dtypes, step, rank))
-        ref.step([sum(parts) for parts in zip(
-            *(exact_grads(shapes, dtypes, step, r) for r in range(world)))])
+        ref.step(
+            [
+                sum(parts)
+                for parts in zip(*(exact_grads(shapes, dtypes, step, r) for r in range(world)))
+            ]
+        )
     for got, want in zip(opt.params, (p for g in ref.param_groups for p in g["params"])):
         assert same_array(got, want), "capped buckets"
     return 1
@@ -167,8 +196,9 @@ def check_memory(opt, where):
     shard = opt.state_dict()
     held = sum(v.nbytes for s in shard["shards"] for k, v in s.items() if k != "param")
     state_names = shard["meta"]["state_names"]
-    expected = sum(s.shard_size * s.dtype.itemsize * len(state_names[s.group])
-                   for s in opt._segments)
+    expected = sum(
+        s.shard_size * s.dtype.itemsize * len(state_names[s.group]) for s in opt._segments
+    )
     assert held == expected, (where, held, expected)
     real = sum(s.size * s.dtype.itemsize * len(state_names[s.group]) for s in opt._segments)
     padding = sum(s.padded - s.size for s in opt._segments)
@@ -177,9 +207,16 @@ def check_memory(opt, where):
 
 def two_groups(dtype=np.float32):
     rng = np.random.default_rng(3)
-    return [{"params": [rng.standard_normal((13, 3)).astype(dtype),
-                        rng.standard_normal(5).astype(dtype)], "nonfinite": "error"},
-            {"params": [rng.standard_normal(40).astype(dtype)], "nonfinite": "skip"}]
+    return [
+        {
+            "params": [
+                rng.standard_normal((13, 3)).astype(dtype),
+                rng.standard_normal(5).astype(dtype),
+            ],
+            "nonfinite": "error",
+        },
+        {"params": [rng.standard_normal(40).astype(dtype)], "nonfinite": "skip"},
+    ]
 
 
 def snapshot(opt):
@@ -189,9 +226,14 @@ def snapshot(opt):
 
 
 def same_snapshot(a, b):
-    return (all(same_array(x, y) for x, y in zip(a[0], b[0]))
-            and all(sorted(x) == sorted(y) and all(same_array(x[k], y[k]) for k in x)
-                    for x, y in zip(a[1], b[1])) and a[2] == b[2])
+    return (
+        all(same_array(x, y) for x, y in zip(a[0], b[0]))
+        and all(
+            sorted(x) == sorted(y) and all(same_array(x[k], y[k]) for k in x)
+            for x, y in zip(a[1], b[1])
+        )
+        and a[2] == b[2]
+    )
 
 
 def scenario_nonfinite():
@@ -202,9 +244,11 @@ def scenario_nonfinite():
     opt = ShardedOptimizer(fa.AdamW, groups, comm, bucket_elements=32)
     opt.step(exact_grads(shapes, dtypes, 1, rank))
     culprit = world - 1
-    cases = [(0, np.nan, FloatingPointError, "params[0]"),     # "error" group
-             (1, np.inf, FloatingPointError, "params[1]"),
-             (2, np.nan, None, None)]                          # "skip" group
+    cases = [
+        (0, np.nan, FloatingPointError, "params[0]"),  # "error" group
+        (1, np.inf, FloatingPointError, "params[1]"),
+        (2, np.nan, None, None),
+    ]  # "skip" group
     for param, value, exc, text in cases:
         before = snapshot(opt)
         grads = exact_grads(shapes, dtypes, 2, rank)
@@ -230,7 +274,7 @@ def scenario_nonfinite():
     else:
         raise AssertionError("a rank with bad gradients did not stop the step")
     assert same_snapshot(snapshot(opt), before)
-    opt.step(exact_grads(shapes, dtypes, 3, rank))            # still in step with each other
+    opt.step(exact_grads(shapes, dtypes, 3, rank))  # still in step with each other
     assert opt._steps == [2, 2] and opt.skipped_steps == 1
     # A mode changed in param_groups applies from the next step on.
     opt.param_groups[0]["nonfinite"] = "skip"
@@ -258,26 +302,37 @@ def scenario_mismatch():
             raise AssertionError(f"no error for {text}")
 
     shape = (5, 4) if last else (4, 5)
-    expect(lambda: ShardedOptimizer(fa.Adam, [np.zeros(shape, np.float32)], comm),
-           f"rank {world - 1} differs from rank 0 in signature['groups'][0]['params'][0]")
+    expect(
+        lambda: ShardedOptimizer(fa.Adam, [np.zeros(shape, np.float32)], comm),
+        f"rank {world - 1} differs from rank 0 in signature['groups'][0]['params'][0]",
+    )
     count = 2 if last else 1
-    expect(lambda: ShardedOptimizer(fa.Adam, [np.zeros(3) for _ in range(count)], comm),
-           f"rank {world - 1} differs from rank 0 in signature['groups'][0]['params']")
+    expect(
+        lambda: ShardedOptimizer(fa.Adam, [np.zeros(3) for _ in range(count)], comm),
+        f"rank {world - 1} differs from rank 0 in signature['groups'][0]['params']",
+    )
     dtype = np.float64 if last else np.float32
-    expect(lambda: ShardedOptimizer(fa.Adam, [np.zeros(3, dtype)], comm),
-           "'<f8'")
+    expect(lambda: ShardedOptimizer(fa.Adam, [np.zeros(3, dtype)], comm), "'<f8'")
     lr = 2e-3 if last else 1e-3
-    expect(lambda: ShardedOptimizer(fa.Adam, [np.zeros(3)], comm, lr=lr),
-           "signature['kwargs']['lr']")
-    expect(lambda: ShardedOptimizer(fa.AdamW if last else fa.Adam, [np.zeros(3)], comm),
-           "signature['optimizer_class']")
+    expect(
+        lambda: ShardedOptimizer(fa.Adam, [np.zeros(3)], comm, lr=lr), "signature['kwargs']['lr']"
+    )
+    expect(
+        lambda: ShardedOptimizer(fa.AdamW if last else fa.Adam, [np.zeros(3)], comm),
+        "signature['optimizer_class']",
+    )
     bucket = 64 if last else 128
-    expect(lambda: ShardedOptimizer(fa.Adam, [np.zeros(3)], comm, bucket_elements=bucket),
-           "signature['bucket_elements']")
+    expect(
+        lambda: ShardedOptimizer(fa.Adam, [np.zeros(3)], comm, bucket_elements=bucket),
+        "signature['bucket_elements']",
+    )
     bad_lr = -1.0 if last else 1e-3
-    expect(lambda: ShardedOptimizer(fa.Adam, [np.zeros(3)], comm, lr=bad_lr),
-           "Invalid learning rate: -1.0" if last
-           else f"construction failed on rank(s) [{world - 1}]: ValueError: Invalid learning")
+    expect(
+        lambda: ShardedOptimizer(fa.Adam, [np.zeros(3)], comm, lr=bad_lr),
+        "Invalid learning rate: -1.0"
+        if last
+        else f"construction failed on rank(s) [{world - 1}]: ValueError: Invalid learning",
+    )
     if rank == 0:
         print(f"mismatch: every rank raised at world size {world}")
 
@@ -288,14 +343,22 @@ def exact_run_grads(shapes, dtypes, step):
     return grads if rank == 0 else [np.zeros_like(g) for g in grads]
 
 
-RESUME_SPEC = [([(19, 7), (0,), (301,)], "f", {"nonfinite": "skip"}),
-               ([(5,), (77,)], ["d", "f"], {"lr": 3e-3})]
+RESUME_SPEC = [
+    ([(19, 7), (0,), (301,)], "f", {"nonfinite": "skip"}),
+    ([(5,), (77,)], ["d", "f"], {"lr": 3e-3}),
+]
 
 
 def resume_setup(bucket):
     groups, shapes, dtypes = build(RESUME_SPEC, np.float32)
-    opt = ShardedOptimizer(fa.AdamW, copy_groups(groups), comm, grad_reduction="sum",
-                           bucket_elements=bucket, lr=schedule)
+    opt = ShardedOptimizer(
+        fa.AdamW,
+        copy_groups(groups),
+        comm,
+        grad_reduction="sum",
+        bucket_elements=bucket,
+        lr=schedule,
+    )
     return opt, groups, shapes, dtypes
 
 
@@ -320,7 +383,7 @@ def scenario_save(directory, reference):
 
 def scenario_resume(directory, reference):
     """Load a checkpoint saved at any world size, train to step 6, match the reference."""
-    opt, _, shapes, dtypes = resume_setup(bucket=200)   # other buckets than the save's
+    opt, _, shapes, dtypes = resume_setup(bucket=200)  # other buckets than the save's
     opt.load(directory)
     assert opt._steps == [3, 3], opt._steps
     for step in range(4, 7):
@@ -361,16 +424,25 @@ def scenario_load_refused(directory):
     try:
         other.load(directory)
     except ValueError as e:
-        assert "other groups, shapes or dtypes" in str(e) or "SHA-256" in str(e) \
-            or "failed on rank(s)" in str(e), e
+        assert (
+            "other groups, shapes or dtypes" in str(e)
+            or "SHA-256" in str(e)
+            or "failed on rank(s)" in str(e)
+        ), e
     else:
         raise AssertionError("a checkpoint of other params was loaded")
     # Adamax's state offered to AdamW: refused before any bucket is written.
     params = opt.params
-    wrong = {"state": {i: {"step": 1, "exp_avg": np.ones_like(p), "exp_inf": np.ones_like(p)}
-                       for i, p in enumerate(params)},
-             "param_groups": [{"params": [int(i) for i in range(a, a + len(g["params"]))]}
-                              for a, g in zip((0, 3), opt.param_groups)]}
+    wrong = {
+        "state": {
+            i: {"step": 1, "exp_avg": np.ones_like(p), "exp_inf": np.ones_like(p)}
+            for i, p in enumerate(params)
+        },
+        "param_groups": [
+            {"params": [int(i) for i in range(a, a + len(g["params"]))]}
+            for a, g in zip((0, 3), opt.param_groups)
+        ],
+    }
     try:
         opt.load_state_dict(wrong)
     except ValueError as e:
@@ -397,7 +469,7 @@ def scenario_interrupted_save(directory):
     opt.step(exact_run_grads(shapes, dtypes, 4))
 
     def killed(temporary, final):
-        os._exit(17)                       # as a SIGKILL would: no cleanup, no flush
+        os._exit(17)  # as a SIGKILL would: no cleanup, no flush
 
     _checkpoint._commit_manifest = killed
     opt.save(directory)
@@ -413,7 +485,8 @@ def scenario_die(how):
             os._exit(3)
         if how == "hang":
             import time
-            time.sleep(3600)           # stuck: only MPIEXEC_TIMEOUT ends the job
+
+            time.sleep(3600)  # stuck: only MPIEXEC_TIMEOUT ends the job
         raise RuntimeError("rank 1 fails between steps")
     opt.step([np.ones(1000, np.float32)])
     opt.step([np.ones(1000, np.float32)])

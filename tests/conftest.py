@@ -1,5 +1,6 @@
 """Shared fixtures: backends, SIMD paths, thread counts, the parallel threshold, and the
 table of algorithm variants (one per loop kind and option that changes the scalars)."""
+
 import numpy as np
 import pytest
 
@@ -25,16 +26,22 @@ VARIANTS = {
     "adamax_beta1_decay": (fa.Adamax, {"beta1_decay": 0.9, "bias_correction": False}),
     "nadam": (fa.NAdam, {}),
     "nadam_l2": (fa.NAdam, {"weight_decay": 0.1, "momentum_decay": 0.01}),
-    "nadam_decoupled_maximize": (fa.NAdam, {"weight_decay": 0.1, "decoupled_weight_decay": True,
-                                            "maximize": True}),
+    "nadam_decoupled_maximize": (
+        fa.NAdam,
+        {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True},
+    ),
     "radam": (fa.RAdam, {}),
     "radam_l2": (fa.RAdam, {"weight_decay": 0.1}),
-    "radam_decoupled_maximize": (fa.RAdam, {"weight_decay": 0.1, "decoupled_weight_decay": True,
-                                            "maximize": True}),
+    "radam_decoupled_maximize": (
+        fa.RAdam,
+        {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True},
+    ),
     "adabelief": (fa.AdaBelief, {}),
     "adabelief_l2": (fa.AdaBelief, {"weight_decay": 0.1, "eps": 1e-8, "eps_root": 1e-12}),
-    "adabelief_decoupled_maximize": (fa.AdaBelief, {"weight_decay": 0.1, "maximize": True,
-                                                    "decoupled_weight_decay": True}),
+    "adabelief_decoupled_maximize": (
+        fa.AdaBelief,
+        {"weight_decay": 0.1, "maximize": True, "decoupled_weight_decay": True},
+    ),
     "lion": (fa.Lion, {}),
     "lion_maximize": (fa.Lion, {"weight_decay": 0.0, "maximize": True, "betas": (0.95, 0.98)}),
 }
@@ -98,8 +105,10 @@ def snapshot(optimizer):
     """Copies of every param and state array of an optimizer, plus the step counts."""
     params = [p.copy() for g in optimizer.param_groups for p in g["params"]]
     sd = optimizer.state_dict()
-    state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
-             for i, st in sd["state"].items()}
+    state = {
+        i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+        for i, st in sd["state"].items()
+    }
     return params, state
 
 

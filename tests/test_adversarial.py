@@ -3,6 +3,7 @@
 Every test here failed before its fix. Item numbers refer to the issue; "audit" marks
 classes found while auditing the public entry points for the same kinds of failure.
 """
+
 import copy
 import multiprocessing
 import os
@@ -19,8 +20,9 @@ from conftest import BACKENDS, COMPILED, VARIANTS, assert_unchanged, requires_co
 
 def stepped(cls=fa.Adam, backend="numpy", steps=2, **options):
     params = [np.linspace(-1, 1, 40, dtype=np.float32), np.ones((3, 4), np.float64)]
-    opt = cls([{"params": params[:1]}, {"params": params[1:], "lr": 0.05}],
-              backend=backend, **options)
+    opt = cls(
+        [{"params": params[:1]}, {"params": params[1:], "lr": 0.05}], backend=backend, **options
+    )
     for t in range(steps):
         opt.step([np.cos(p * (t + 1)).astype(p.dtype) for p in params])
     return opt, params
@@ -79,7 +81,8 @@ def test_sparse_byte_swapped_values_and_indices(backend):
     idx, vals = np.array([4, 0, 4]), np.arange(6.0).reshape(3, 2)
     fa.SparseAdam([W1], backend=backend).step([(idx, vals)])
     fa.SparseAdam([W2], backend=backend).step(
-        [(idx.astype(idx.dtype.newbyteorder()), vals.astype(">f8"))])
+        [(idx.astype(idx.dtype.newbyteorder()), vals.astype(">f8"))]
+    )
     np.testing.assert_array_equal(W1, W2)
 
 
@@ -147,8 +150,7 @@ def test_huge_thread_counts_are_clamped(num_threads):
     for a, b in zip(dense, ref):
         np.testing.assert_array_equal(a, b)
     W = np.zeros((50_000, 4))
-    fa.SparseAdam([W], num_threads=num_threads).step(
-        [(np.arange(50_000), np.ones((50_000, 4)))])
+    fa.SparseAdam([W], num_threads=num_threads).step([(np.arange(50_000), np.ones((50_000, 4)))])
     assert np.all(W < 0)
 
 
@@ -162,7 +164,7 @@ def _sparse_child():
 @requires_compiled
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 def test_fork_after_a_sparse_only_parallel_step():
-    expected = _sparse_child()                  # the parent's pool is running now
+    expected = _sparse_child()  # the parent's pool is running now
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert pool.apply_async(_sparse_child).get(timeout=60) == expected
 
@@ -185,10 +187,10 @@ def test_fork_while_another_thread_holds_the_optimizer_lock():
     opt.param_groups[0]["lr"] = slow_lr
     holder = threading.Thread(target=opt.step, args=(grads_for(params),))
     holder.start()
-    assert inside.wait(30)                      # the holder is inside step(), lock held
+    assert inside.wait(30)  # the holder is inside step(), lock held
     try:
         with multiprocessing.get_context("fork").Pool(1) as pool:
-            opt.param_groups[0]["lr"] = 0.01    # (the child gets this copy)
+            opt.param_groups[0]["lr"] = 0.01  # (the child gets this copy)
             assert pool.apply_async(_step_in_child, (opt, params)).get(timeout=60) == 3
     finally:
         release.set()
@@ -234,12 +236,12 @@ def test_add_param_group_waits_for_a_step_in_progress():
     order.append("add")
     worker.join(30)
     assert order == ["step", "add"]
-    assert int(opt.state[params[0]]["step"]) == 3      # the step ran on the old groups
+    assert int(opt.state[params[0]]["step"]) == 3  # the step ran on the old groups
     opt.step(grads_for(params) + [np.ones(3)])
 
 
 # 11: NumPy subclasses
-@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")   # np.matrix itself warns
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix itself warns
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_matrix_and_memmap_gradients_are_plain_arrays(backend, tmp_path):
     p1, p2 = np.ones((3, 4)), np.ones((3, 4))
@@ -274,8 +276,9 @@ def test_masked_gradients_are_rejected(backend):
 # 12: copying
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
-@pytest.mark.parametrize("variant", ["adam", "amsgrad", "adamax", "nadam", "radam", "adabelief",
-                                     "lion"])
+@pytest.mark.parametrize(
+    "variant", ["adam", "amsgrad", "adamax", "nadam", "radam", "adabelief", "lion"]
+)
 def test_copies_step_bit_identically(backend, how, variant):
     cls, options = VARIANTS[variant]
     opt, params = stepped(cls, backend, steps=2, **options)
@@ -298,7 +301,7 @@ def test_sparse_copy_steps_bit_identically():
     opt.step([(np.array([1, 3]), np.ones((2, 3)))])
     clone = pickle.loads(pickle.dumps(opt))
     (W2,) = clone.param_groups[0]["params"]
-    for opt_, table in ((opt, W), (clone, W2)):
+    for opt_ in (opt, clone):
         opt_.step([(np.array([3, 0]), np.full((2, 3), 0.5))])
     np.testing.assert_array_equal(W, W2)
 
@@ -306,8 +309,7 @@ def test_sparse_copy_steps_bit_identically():
 # 13: minimize
 def test_minimize_rejects_a_reshaped_gradient():
     with pytest.raises(ValueError, match=r"gradient has shape \(6,\), but x has shape \(2, 3\)"):
-        fa.minimize(lambda x: (float((x ** 2).sum()), 2 * x.reshape(-1)), np.ones((2, 3)),
-                    jac=True)
+        fa.minimize(lambda x: (float((x**2).sum()), 2 * x.reshape(-1)), np.ones((2, 3)), jac=True)
 
 
 @pytest.mark.parametrize("stop", [lambda x: np.True_, lambda x: True])
@@ -325,8 +327,9 @@ def test_minimize_callback_stop_iteration_is_a_clean_stop():
 
 
 def test_minimize_callback_truthy_non_bool_does_not_stop():
-    res = fa.minimize(lambda x: (float(x @ x), 2 * x), np.ones(3), jac=True,
-                      callback=lambda x: [1], maxiter=5)
+    res = fa.minimize(
+        lambda x: (float(x @ x), 2 * x), np.ones(3), jac=True, callback=lambda x: [1], maxiter=5
+    )
     assert res.nit == 5
 
 

@@ -6,6 +6,7 @@ against the installed package; the scenarios check themselves against the single
 optimizers. Without mpi4py or mpiexec the tests skip, unless ``FUSEDADAM_REQUIRE_MPI=1``
 (as in CI), which makes them fail instead.
 """
+
 import importlib.util
 import json
 import os
@@ -21,7 +22,7 @@ import pytest
 
 WORKER = Path(__file__).with_name("_mpi_worker.py")
 REQUIRE_MPI = os.environ.get("FUSEDADAM_REQUIRE_MPI") == "1"
-TIMEOUT = 240          # seconds per mpiexec run: a hang fails the test, not the suite
+TIMEOUT = 240  # seconds per mpiexec run: a hang fails the test, not the suite
 
 
 def _find_mpiexec():
@@ -35,10 +36,13 @@ MPIEXEC = _find_mpiexec()
 HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
 _missing = [what for what, ok in (("mpi4py", HAVE_MPI4PY), ("mpiexec", MPIEXEC)) if not ok]
 if _missing and REQUIRE_MPI:
-    raise RuntimeError(f"FUSEDADAM_REQUIRE_MPI=1 but {' and '.join(_missing)} not found "
-                       "(pip install 'fusedadam[mpi]')")
-pytestmark = pytest.mark.skipif(bool(_missing), reason=f"needs {' and '.join(_missing)} "
-                                "(pip install 'fusedadam[mpi]')")
+    raise RuntimeError(
+        f"FUSEDADAM_REQUIRE_MPI=1 but {' and '.join(_missing)} not found "
+        "(pip install 'fusedadam[mpi]')"
+    )
+pytestmark = pytest.mark.skipif(
+    bool(_missing), reason=f"needs {' and '.join(_missing)} (pip install 'fusedadam[mpi]')"
+)
 
 
 def _launcher_flags():
@@ -46,19 +50,31 @@ def _launcher_flags():
     version = subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True).stdout
     if "Open MPI" in version or "OpenRTE" in version:
         return ["--oversubscribe", "--bind-to", "none"]
-    return ["-bind-to", "none"]           # MPICH's Hydra oversubscribes by default
+    return ["-bind-to", "none"]  # MPICH's Hydra oversubscribes by default
 
 
 def mpirun(n, scenario, *args, check=True, timeout=TIMEOUT, env=None):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="error", **(env or {}))
-    if os.geteuid() == 0:                 # Open MPI refuses root without these
+    if os.geteuid() == 0:  # Open MPI refuses root without these
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    cmd = [MPIEXEC, "-n", str(n), *_launcher_flags(), sys.executable, "-m", "mpi4py",
-           str(WORKER), scenario, *map(str, args)]
+    cmd = [
+        MPIEXEC,
+        "-n",
+        str(n),
+        *_launcher_flags(),
+        sys.executable,
+        "-m",
+        "mpi4py",
+        str(WORKER),
+        scenario,
+        *map(str, args),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if check and result.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited with {result.returncode}\n"
-                    f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
+        pytest.fail(
+            f"{' '.join(cmd)} exited with {result.returncode}\n"
+            f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+        )
     return result
 
 
@@ -95,8 +111,12 @@ def checkpoints(tmp_path_factory):
 @pytest.mark.parametrize("saved_at", SAVE_SIZES)
 @pytest.mark.parametrize("loaded_at", [1, 2, 3, 4])
 def test_checkpoint_resumes_at_any_world_size(checkpoints, saved_at, loaded_at):
-    out = mpirun(loaded_at, "resume", checkpoints / f"saved-at-{saved_at}",
-                 checkpoints / f"reference-{saved_at}.pkl").stdout
+    out = mpirun(
+        loaded_at,
+        "resume",
+        checkpoints / f"saved-at-{saved_at}",
+        checkpoints / f"reference-{saved_at}.pkl",
+    ).stdout
     assert f"resumed bit-identically at world size {loaded_at}" in out
 
 
@@ -111,8 +131,10 @@ def test_references_agree_across_world_sizes(checkpoints):
             assert a.tobytes() == b.tobytes()
         for key, entry in refs[0]["state_dict"]["state"].items():
             for name, value in entry.items():
-                assert np.asarray(value).tobytes() == \
-                    np.asarray(other["state_dict"]["state"][key][name]).tobytes()
+                assert (
+                    np.asarray(value).tobytes()
+                    == np.asarray(other["state_dict"]["state"][key][name]).tobytes()
+                )
 
 
 def test_interrupted_save_leaves_previous_checkpoint(checkpoints, tmp_path):
@@ -121,8 +143,9 @@ def test_interrupted_save_leaves_previous_checkpoint(checkpoints, tmp_path):
     manifest = (directory / "manifest.json").read_text()
     killed = mpirun(2, "interrupted_save", directory, check=False)
     assert killed.returncode != 0
-    new_files = {p.name for p in directory.iterdir()} - \
-        {p.name for p in (checkpoints / "saved-at-2").iterdir()}
+    new_files = {p.name for p in directory.iterdir()} - {
+        p.name for p in (checkpoints / "saved-at-2").iterdir()
+    }
     assert any(name.startswith("shard-") for name in new_files), new_files  # it got far
     assert (directory / "manifest.json").read_text() == manifest
     out = mpirun(3, "resume", directory, checkpoints / "reference-2.pkl").stdout
@@ -139,7 +162,7 @@ def test_corrupt_or_missing_shard_is_refused(checkpoints, tmp_path):
 
     directory = tmp_path / "ckpt"
     shutil.copytree(checkpoints / "saved-at-3", directory)
-    consolidate_checkpoint(directory)                     # intact: loads
+    consolidate_checkpoint(directory)  # intact: loads
     shard = sorted(directory.glob("shard-*-00001-of-00003.npz"))[0]
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -197,12 +220,10 @@ def test_a_dying_rank_ends_the_job_instead_of_hanging(how):
 def test_mpiexec_timeout_ends_a_stuck_job():
     """A rank stuck outside MPI leaves the others in a collective; MPIEXEC_TIMEOUT (MPICH's
     Hydra) ends the job. Open MPI's mpiexec spells it --timeout."""
-    if "Open MPI" in subprocess.run([MPIEXEC, "--version"], capture_output=True,
-                                    text=True).stdout:
+    if "Open MPI" in subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True).stdout:
         pytest.skip("MPIEXEC_TIMEOUT is MPICH's (Open MPI: mpiexec --timeout)")
     start = time.monotonic()
-    result = mpirun(2, "die", "hang", check=False, timeout=120,
-                    env={"MPIEXEC_TIMEOUT": "5"})
+    result = mpirun(2, "die", "hang", check=False, timeout=120, env={"MPIEXEC_TIMEOUT": "5"})
     assert result.returncode != 0
     assert time.monotonic() - start < 60
 
@@ -214,8 +235,22 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "distributed_mlp
 def test_sharded_training_example_matches_single_process_accuracy():
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [MPIEXEC, "-n", "4", *_launcher_flags(), sys.executable, "-m", "mpi4py",
-         str(EXAMPLE), "--fast"], capture_output=True, text=True, env=env, timeout=TIMEOUT)
+        [
+            MPIEXEC,
+            "-n",
+            "4",
+            *_launcher_flags(),
+            sys.executable,
+            "-m",
+            "mpi4py",
+            str(EXAMPLE),
+            "--fast",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=TIMEOUT,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     line = next(s for s in result.stdout.splitlines() if s.startswith("accuracy difference"))
     assert float(line.split()[2]) <= 1.0, result.stdout
@@ -225,9 +260,12 @@ def test_consolidation_command_line(checkpoints, tmp_path):
     from fusedadam.distributed import consolidate_checkpoint
 
     out = tmp_path / "consolidated.pkl"
-    result = subprocess.run([sys.executable, "-m", "fusedadam.distributed",
-                             str(checkpoints / "saved-at-3"), str(out)],
-                            capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        [sys.executable, "-m", "fusedadam.distributed", str(checkpoints / "saved-at-3"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert result.returncode == 0, result.stderr
     with open(out, "rb") as f:
         written = pickle.load(f)
@@ -235,7 +273,16 @@ def test_consolidation_command_line(checkpoints, tmp_path):
     assert all(a.tobytes() == b.tobytes() for a, b in zip(written["params"], params))
     assert sorted(written["state_dict"]["state"]) == sorted(state_dict["state"])
     # The checkpoint's lr is a callable: an .npz cannot hold it, and the tool says so.
-    result = subprocess.run([sys.executable, "-m", "fusedadam.distributed",
-                             str(checkpoints / "saved-at-3"), str(tmp_path / "c.npz")],
-                            capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusedadam.distributed",
+            str(checkpoints / "saved-at-3"),
+            str(tmp_path / "c.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert result.returncode != 0 and "callable" in result.stderr

@@ -1,4 +1,5 @@
 """fusedadam.distributed's flat layout, without MPI: buckets, shards, alignment, lookups."""
+
 import numpy as np
 import pytest
 
@@ -31,25 +32,29 @@ def test_shards_partition_the_buffer_evenly_and_aligned(world, bucket, dtype):
             assert (owner[start:stop] == -1).all()
             owner[start:stop] = rank
             offset += stop - start
-    assert (owner >= 0).all()                       # every element has exactly one owner
+    assert (owner >= 0).all()  # every element has exactly one owner
     lengths = {stop - start for start, stop in segment.buckets()[:-1]}
-    assert len(lengths) <= 1                        # equal buckets, the last may be shorter
+    assert len(lengths) <= 1  # equal buckets, the last may be shorter
 
 
 def test_params_lie_end_to_end_and_are_found_by_position():
     (segment,) = plan_segments([[(s, np.float32) for s in SHAPES]], 3, 64)
     assert segment.offsets == (0, 7, 7, 138, 139, 331)
-    assert [segment.param_at(p) for p in (0, 6, 7, 137, 138, 139, 330)] == \
-        [0, 0, 2, 2, 3, 4, 4]
-    assert segment.param_at(segment.size) is None      # padding
+    assert [segment.param_at(p) for p in (0, 6, 7, 137, 138, 139, 330)] == [0, 0, 2, 2, 3, 4, 4]
+    assert segment.param_at(segment.size) is None  # padding
 
 
 def test_groups_and_dtypes_make_separate_segments_in_order():
     segments = plan_segments(
         [[((3,), np.float32), ((2,), np.float64), ((4,), np.float32)], [((5,), np.float64)]],
-        2, 1 << 22)
+        2,
+        1 << 22,
+    )
     assert [(s.group, s.dtype, s.param_indices) for s in segments] == [
-        (0, np.float32, (0, 2)), (0, np.float64, (1,)), (1, np.float64, (3,))]
+        (0, np.float32, (0, 2)),
+        (0, np.float64, (1,)),
+        (1, np.float64, (3,)),
+    ]
 
 
 def test_buckets_keep_every_collective_count_below_2_to_31():
@@ -70,7 +75,7 @@ def test_buckets_keep_every_collective_count_below_2_to_31():
 def test_aligned_zeros(n, dtype):
     a = aligned_zeros(n, dtype)
     assert a.shape == (n,) and a.dtype == dtype and not a.any()
-    assert n == 0 or a.ctypes.data % 64 == 0    # an empty array's address is meaningless
+    assert n == 0 or a.ctypes.data % 64 == 0  # an empty array's address is meaningless
 
 
 def test_copy_overlaps_copies_only_the_intersections():

@@ -9,7 +9,6 @@
   next step with nothing modified. Every state name of every algorithm, both backends, on
   the steady-state (fast) path and on the path that plans again (checked).
 """
-import math
 
 import numpy as np
 import pytest
@@ -20,8 +19,16 @@ import fusedadam as fa
 from fusedadam import _algorithms, _pydriver, reference
 from conftest import BACKENDS, VARIANTS, assert_unchanged, requires_compiled, snapshot
 
-CLASSES = {"adam": fa.Adam, "adamw": fa.AdamW, "amsgrad": fa.Adam, "adamax": fa.Adamax,
-           "nadam": fa.NAdam, "radam": fa.RAdam, "adabelief": fa.AdaBelief, "lion": fa.Lion}
+CLASSES = {
+    "adam": fa.Adam,
+    "adamw": fa.AdamW,
+    "amsgrad": fa.Adam,
+    "adamax": fa.Adamax,
+    "nadam": fa.NAdam,
+    "radam": fa.RAdam,
+    "adabelief": fa.AdaBelief,
+    "lion": fa.Lion,
+}
 
 
 def make(name, backend, **options):
@@ -37,30 +44,49 @@ def grads(params, t=0):
 
 # ------------------------------------------------------------------ scalars: one rule, twins
 
+
 @requires_compiled
 @settings(max_examples=300, deadline=None)
-@given(algorithm=st.sampled_from(sorted(_algorithms.ALGORITHMS)),
-       t=st.integers(1, 10**7), lr=st.floats(0, 10), beta1=st.floats(0, 0.9999),
-       beta2=st.floats(0, 0.9999), eps=st.floats(1e-20, 1), wd=st.sampled_from([0.0, 0.1]),
-       flags=st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()),
-       beta1_decay=st.floats(0.5, 1), momentum_decay=st.floats(0, 0.1),
-       mu_product=st.floats(0.01, 1))
+@given(
+    algorithm=st.sampled_from(sorted(_algorithms.ALGORITHMS)),
+    t=st.integers(1, 10**7),
+    lr=st.floats(0, 10),
+    beta1=st.floats(0, 0.9999),
+    beta2=st.floats(0, 0.9999),
+    eps=st.floats(1e-20, 1),
+    wd=st.sampled_from([0.0, 0.1]),
+    flags=st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()),
+    beta1_decay=st.floats(0.5, 1),
+    momentum_decay=st.floats(0, 0.1),
+    mu_product=st.floats(0.01, 1),
+)
 def test_compiled_and_python_scalar_rules_agree_field_by_field(
-        algorithm, t, lr, beta1, beta2, eps, wd, flags, beta1_decay, momentum_decay,
-        mu_product):
+    algorithm, t, lr, beta1, beta2, eps, wd, flags, beta1_decay, momentum_decay, mu_product
+):
     from fusedadam import _kernels
 
     amsgrad, decoupled, maximize, bias_correction = flags
-    hyper = {"algorithm": algorithm, "amsgrad": amsgrad, "decoupled": decoupled,
-             "maximize": maximize, "bias_correction": bias_correction, "beta1": beta1,
-             "beta2": beta2, "eps": eps, "eps_root": eps / 3, "weight_decay": wd,
-             "beta1_decay": beta1_decay, "momentum_decay": momentum_decay}
+    hyper = {
+        "algorithm": algorithm,
+        "amsgrad": amsgrad,
+        "decoupled": decoupled,
+        "maximize": maximize,
+        "bias_correction": bias_correction,
+        "beta1": beta1,
+        "beta2": beta2,
+        "eps": eps,
+        "eps_root": eps / 3,
+        "weight_decay": wd,
+        "beta1_decay": beta1_decay,
+        "momentum_decay": momentum_decay,
+    }
     kind_c, scalars_c, mu_c = _kernels.step_scalars(hyper, t, lr, mu_product)
     kind_p, scalars_p, mu_p = reference.step_scalars(hyper, t, lr, mu_product)
     assert kind_c == kind_p
     assert scalars_c.keys() == scalars_p.keys() == set(_kernels.SCALAR_FIELDS)
-    for field in scalars_c:     # bit for bit, NaN included
-        assert np.float64(scalars_c[field]).tobytes() == np.float64(scalars_p[field]).tobytes(), field
+    for field in scalars_c:  # bit for bit, NaN included
+        c_bits, p_bits = (np.float64(x[field]).tobytes() for x in (scalars_c, scalars_p))
+        assert c_bits == p_bits, field
     assert np.float64(mu_c).tobytes() == np.float64(mu_p).tobytes()
 
 
@@ -71,9 +97,15 @@ def test_numpy_scalar_hyperparameters_form_scalars_in_double():
     for backend in BACKENDS:
         for kind in (float, np.float32):
             p = np.linspace(-1, 1, 50, dtype=np.float32)
-            opt = fa.NAdam(p, lr=kind(0.01), betas=(kind(0.9), kind(0.99)), eps=kind(1e-7),
-                           weight_decay=kind(0.1), momentum_decay=kind(0.004),
-                           backend=backend)
+            opt = fa.NAdam(
+                p,
+                lr=kind(0.01),
+                betas=(kind(0.9), kind(0.99)),
+                eps=kind(1e-7),
+                weight_decay=kind(0.1),
+                momentum_decay=kind(0.004),
+                backend=backend,
+            )
             for t in range(5):
                 opt.step(np.cos(p * t).astype(np.float32))
             results.append(p)
@@ -88,6 +120,7 @@ def test_numpy_scalar_hyperparameters_form_scalars_in_double():
 
 # ------------------------------------------------------------------ the two drivers agree
 
+
 @requires_compiled
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_python_twin_driver_takes_the_same_decisions(variant):
@@ -97,9 +130,13 @@ def test_python_twin_driver_takes_the_same_decisions(variant):
     opts, params = [], []
     for twin in (False, True):
         ps = [np.linspace(-1, 1, 9, dtype=np.float32), np.ones(3, np.float64)]
-        opt = cls([{"params": ps[:1]}, {"params": ps[1:], "lr": 0.05}], lr=0.01,
-                  backend="numpy", nonfinite="skip", **{k: v for k, v in options.items()
-                                                        if k != "lr"})
+        opt = cls(
+            [{"params": ps[:1]}, {"params": ps[1:], "lr": 0.05}],
+            lr=0.01,
+            backend="numpy",
+            nonfinite="skip",
+            **{k: v for k, v in options.items() if k != "lr"},
+        )
         if twin:
             opt._driver = _pydriver.Driver(opt)
             opt.state._on_change = opt._driver.invalidate
@@ -132,9 +169,13 @@ def test_python_twin_driver_takes_the_same_decisions(variant):
 
 # ------------------------------------------------------------------ state identity
 
-STATE_NAMES = [(name, state) for name in CLASSES
-               for state in _algorithms.ALGORITHMS[{"adamw": "adam", "amsgrad": "adam"}.get(
-                   name, name)].slot_names({"amsgrad": name == "amsgrad"})]
+STATE_NAMES = [
+    (name, state)
+    for name in CLASSES
+    for state in _algorithms.ALGORITHMS[
+        {"adamw": "adam", "amsgrad": "adam"}.get(name, name)
+    ].slot_names({"amsgrad": name == "amsgrad"})
+]
 
 
 def _step_twice(opt, params):
@@ -152,11 +193,11 @@ def test_replaced_state_array_is_used_from_the_next_step(name, state, backend, p
     _step_twice(twin, twin_params)
     for k, p in enumerate(params):
         fresh = np.full_like(p, 0.25)
-        opt.state[p][state] = fresh                   # a reset, as a torch user writes it
+        opt.state[p][state] = fresh  # a reset, as a torch user writes it
         twin.state[twin_params[k]][state][...] = 0.25  # the same values, in place
     if path == "checked":
-        opt.param_groups[0]["lr"] = 0.01              # a new object: hyperparameters re-checked
-        opt._driver.invalidate()                      # and every group planned again
+        opt.param_groups[0]["lr"] = 0.01  # a new object: hyperparameters re-checked
+        opt._driver.invalidate()  # and every group planned again
     for t in range(3):
         opt.step(grads(params, t))
         twin.step(grads(twin_params, t))
@@ -164,25 +205,40 @@ def test_replaced_state_array_is_used_from_the_next_step(name, state, backend, p
         assert opt.state[p][state] is opt.state_dict()["state"][k][state]
         np.testing.assert_array_equal(opt.state[p][state], twin.state[twin_params[k]][state])
         np.testing.assert_array_equal(p, twin_params[k])
-    if state != "max_exp_avg_sq":     # a running max may stay at 0.25; the params say it was used
-        assert not np.all(opt.state[params[0]][state] == 0.25)   # updated, not ignored
+    if state != "max_exp_avg_sq":  # a running max may stay at 0.25; the params say it was used
+        assert not np.all(opt.state[params[0]][state] == 0.25)  # updated, not ignored
 
 
 BAD_REPLACEMENTS = {
-    "dtype": (TypeError, r"{state} of params\[0\] has dtype float64",
-              lambda p, st: p.astype(np.float64)),
-    "shape": (ValueError, r"{state} of params\[0\] has shape \(36,\)",
-              lambda p, st: np.zeros(36, p.dtype)),
-    "read-only": (ValueError, r"{state} of params\[0\] is read-only",
-                  lambda p, st: np.require(np.zeros_like(p), requirements="C").view()
-                  if False else _read_only(p)),
-    "not contiguous": (ValueError, r"{state} of params\[0\] is not C-contiguous",
-                       lambda p, st: np.zeros(74, p.dtype)[::2]),
-    "byte order": (TypeError, r"{state} of params\[0\] has non-native byte order",
-                   lambda p, st: np.zeros_like(p).astype(p.dtype.newbyteorder())),
+    "dtype": (
+        TypeError,
+        r"{state} of params\[0\] has dtype float64",
+        lambda p, st: p.astype(np.float64),
+    ),
+    "shape": (
+        ValueError,
+        r"{state} of params\[0\] has shape \(36,\)",
+        lambda p, st: np.zeros(36, p.dtype),
+    ),
+    "read-only": (
+        ValueError,
+        r"{state} of params\[0\] is read-only",
+        lambda p, st: (
+            np.require(np.zeros_like(p), requirements="C").view() if False else _read_only(p)
+        ),
+    ),
+    "not contiguous": (
+        ValueError,
+        r"{state} of params\[0\] is not C-contiguous",
+        lambda p, st: np.zeros(74, p.dtype)[::2],
+    ),
+    "byte order": (
+        TypeError,
+        r"{state} of params\[0\] has non-native byte order",
+        lambda p, st: np.zeros_like(p).astype(p.dtype.newbyteorder()),
+    ),
     "aliases its param": (ValueError, r"share memory", lambda p, st: p),
-    "list": (TypeError, r"{state} of params\[0\] must be a numpy.ndarray",
-             lambda p, st: list(p)),
+    "list": (TypeError, r"{state} of params\[0\] must be a numpy.ndarray", lambda p, st: list(p)),
     "deleted": (ValueError, r"{state} of params\[0\] is missing", None),
 }
 
@@ -197,8 +253,9 @@ def _read_only(p):
 @pytest.mark.parametrize("path", ["fast", "checked"])
 @pytest.mark.parametrize("case", sorted(BAD_REPLACEMENTS))
 @pytest.mark.parametrize("name,state", STATE_NAMES)
-def test_unfit_state_array_raises_at_next_step_and_changes_nothing(name, state, case, backend,
-                                                                   path):
+def test_unfit_state_array_raises_at_next_step_and_changes_nothing(
+    name, state, case, backend, path
+):
     exc, match, make_bad = BAD_REPLACEMENTS[case]
     opt, params = make(name, backend)
     _step_twice(opt, params)
@@ -213,7 +270,7 @@ def test_unfit_state_array_raises_at_next_step_and_changes_nothing(name, state, 
     with pytest.raises(exc, match=match.format(state=state)):
         opt.step(grads(params))
     assert_unchanged(opt, before)
-    opt.state[params[0]][state] = good                # restored: the optimizer goes on
+    opt.state[params[0]][state] = good  # restored: the optimizer goes on
     opt.step(grads(params))
     assert int(opt.state[params[0]]["step"]) == 3
 
@@ -224,9 +281,9 @@ def test_step_counter_replaced_by_a_number_is_used(backend):
     twin, twin_params = make("nadam", backend)
     _step_twice(opt, params)
     for _ in range(5):
-        twin.step(grads(twin_params))     # twin reaches step 7 the long way
+        twin.step(grads(twin_params))  # twin reaches step 7 the long way
     _step_twice(opt, params)
-    for t in range(3):
+    for _ in range(3):
         opt.step(grads(opt.param_groups[0]["params"]))
     # a counter set by hand: every param of the group at the same step, as a plain int
     for p in params:
@@ -235,7 +292,7 @@ def test_step_counter_replaced_by_a_number_is_used(backend):
     assert int(opt.state[params[0]]["step"]) == 11
     assert isinstance(opt.state[params[0]]["step"], np.ndarray)
     for p in params[:1]:
-        opt.state[p]["step"] = 3          # now the group disagrees with itself
+        opt.state[p]["step"] = 3  # now the group disagrees with itself
     before = snapshot(opt)
     with pytest.raises(ValueError, match=r"different steps \[3, 11\]"):
         opt.step(grads(params))
@@ -263,6 +320,7 @@ def test_new_state_is_attached_only_when_a_step_commits():
 def test_amsgrad_toggle_keeps_its_state_and_resumes(backend):
     """amsgrad on -> off -> on keeps max_exp_avg_sq (never silently dropped or reset), in
     the optimizer and through state_dict/load_state_dict (issue 10, item 10)."""
+
     def run(split):
         p = np.linspace(-1, 1, 11)
         opt = fa.Adam(p, lr=0.05, amsgrad=True, backend=backend)
@@ -280,4 +338,5 @@ def test_amsgrad_toggle_keeps_its_state_and_resumes(backend):
                 p = q
             opt.step(np.sin(p * (t + 3)))
         return p
+
     np.testing.assert_array_equal(run(False), run(True))

@@ -8,6 +8,7 @@ arrays sized 0, 1, odd, vector-remainder and in-cache covers the sizes in every 
 NumPy side is computed once per case. Equality is exact (assert_array_equal), never a
 tolerance.
 """
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -19,11 +20,10 @@ from conftest import VARIANTS, requires_compiled
 pytestmark = requires_compiled
 
 SHAPES = [(0,), (1,), (7,), (3, 5), (1000,), (4099,)]
-STEPS = 8      # RAdam rectifies from step 6 on: both of its kinds run
+STEPS = 8  # RAdam rectifies from step 6 on: both of its kinds run
 
 
-def run(cls, options, dtype, backend, num_threads=1, shapes=SHAPES, steps=STEPS, groups=1,
-        seed=0):
+def run(cls, options, dtype, backend, num_threads=1, shapes=SHAPES, steps=STEPS, groups=1, seed=0):
     """Params and state after ``steps`` steps on seeded data."""
     rng = np.random.default_rng(seed)
     params = [rng.standard_normal(s).astype(dtype) for s in shapes]
@@ -75,8 +75,7 @@ def test_scan_paths(variant, nonfinite):
     for groups in (1, 2):
         expected = run(cls, options, np.float32, "numpy", groups=groups)
         for threads in (1, 2):
-            assert_same(run(cls, options, np.float32, "compiled", threads, groups=groups),
-                        expected)
+            assert_same(run(cls, options, np.float32, "compiled", threads, groups=groups), expected)
 
 
 @pytest.mark.parametrize("offset", [-1, 0, 1, 17])
@@ -87,20 +86,22 @@ def test_sizes_straddling_one_chunk(offset):
     for variant in ("adam", "amsgrad_l2_maximize", "adamax", "adabelief"):
         cls, options = VARIANTS[variant]
         expected = run(cls, options, np.float64, "numpy", shapes=shapes, steps=4)
-        assert_same(run(cls, options, np.float64, "compiled", 2, shapes=shapes, steps=4),
-                    expected)
+        assert_same(run(cls, options, np.float64, "compiled", 2, shapes=shapes, steps=4), expected)
 
 
 def test_mixed_dtypes_in_one_group():
     shapes = [(3, 5), (0,), (1,), (40000,), (7, 7, 7), (2,), (100003,)]
     rng = np.random.default_rng(3)
-    start = [rng.standard_normal(s).astype(np.float32 if i % 2 else np.float64)
-             for i, s in enumerate(shapes)]
+    start = [
+        rng.standard_normal(s).astype(np.float32 if i % 2 else np.float64)
+        for i, s in enumerate(shapes)
+    ]
     out = {}
     for backend in ("compiled", "numpy"):
         params = [p.copy() for p in start]
-        opt = fa.Adam(params, lr=1e-2, amsgrad=True, weight_decay=0.01, backend=backend,
-                      num_threads=2)
+        opt = fa.Adam(
+            params, lr=1e-2, amsgrad=True, weight_decay=0.01, backend=backend, num_threads=2
+        )
         grng = np.random.default_rng(4)
         for _ in range(10):
             opt.step([grng.standard_normal(p.shape).astype(p.dtype) for p in params])
@@ -111,14 +112,18 @@ def test_mixed_dtypes_in_one_group():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["adam", "amsgrad_l2_maximize", "adamw", "adamax", "nadam",
-                                     "radam", "adabelief", "lion"])
+@pytest.mark.parametrize(
+    "variant",
+    ["adam", "amsgrad_l2_maximize", "adamw", "adamax", "nadam", "radam", "adabelief", "lion"],
+)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_three_million_elements(variant, dtype):
     cls, options = VARIANTS[variant]
     shapes = [(3_000_000,)]
-    assert_same(run(cls, options, dtype, "compiled", 2, shapes=shapes, steps=7),
-                run(cls, options, dtype, "numpy", shapes=shapes, steps=7))
+    assert_same(
+        run(cls, options, dtype, "compiled", 2, shapes=shapes, steps=7),
+        run(cls, options, dtype, "numpy", shapes=shapes, steps=7),
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -135,8 +140,9 @@ def test_three_million_elements(variant, dtype):
     seed=st.integers(0, 2**31),
     scale=st.sampled_from([1e-30, 1e-3, 1.0, 1e20]),
 )
-def test_random_hyperparameters_bit_identical(variant, dtype, size, steps, lr, beta1, beta2,
-                                              weight_decay, num_threads, seed, scale):
+def test_random_hyperparameters_bit_identical(
+    variant, dtype, size, steps, lr, beta1, beta2, weight_decay, num_threads, seed, scale
+):
     cls, options = VARIANTS[variant]
     options = {**options, "lr": lr, "betas": (beta1, beta2), "weight_decay": weight_decay}
     rng = np.random.default_rng(seed)
@@ -159,8 +165,9 @@ def test_functional_is_the_class_step():
     for backend in ("compiled", "numpy"):
         p, m, v, x = p0.copy(), np.zeros(50), np.zeros(50), np.zeros(50)
         for t in range(1, 6):
-            assert fa.functional.adam([p], [g], [m], [v], [x], step=t, lr=0.1,
-                                      weight_decay=0.1, backend=backend)
+            assert fa.functional.adam(
+                [p], [g], [m], [v], [x], step=t, lr=0.1, weight_decay=0.1, backend=backend
+            )
         out.append((p, m, v, x))
     for a, b in zip(*out):
         np.testing.assert_array_equal(a, b)

@@ -4,6 +4,7 @@ Each runs in a subprocess with ``-W error`` and ``MPLBACKEND=Agg``, importing th
 fusedadam as this test session. The PNG is checked when matplotlib is installed; the
 digits example needs scikit-learn and is skipped without it.
 """
+
 import importlib.util
 import os
 import subprocess
@@ -20,8 +21,10 @@ HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 # Warnings are errors in the examples too, except the one notice that a build without the
 # extension runs on the NumPy reference (expected in that mode).
 WARNINGS = ["-W", "error"] + (
-    [] if fusedadam.backend_info()["compiled"]
-    else ["-W", "ignore:fusedadam's compiled extension is not available:RuntimeWarning"])
+    []
+    if fusedadam.backend_info()["compiled"]
+    else ["-W", "ignore:fusedadam's compiled extension is not available:RuntimeWarning"]
+)
 HAVE_SKLEARN = importlib.util.find_spec("sklearn") is not None
 
 pytestmark = pytest.mark.skipif(not EXAMPLES.is_dir(), reason="examples/ not shipped here")
@@ -32,8 +35,12 @@ CASES = [
     ("rosenbrock.py", "rosenbrock.png", "effective learning rate"),
     ("sparse_gradients.py", "sparse_gradients.png", "SparseAdam (lr=0.01)"),
     ("adamax_logistic.py", "adamax_logistic.png", "lowest training loss"),
-    pytest.param("digits_mlp.py", "digits_mlp.png", "bit-identical between the two backends: True",
-                 marks=pytest.mark.skipif(not HAVE_SKLEARN, reason="needs scikit-learn")),
+    pytest.param(
+        "digits_mlp.py",
+        "digits_mlp.png",
+        "bit-identical between the two backends: True",
+        marks=pytest.mark.skipif(not HAVE_SKLEARN, reason="needs scikit-learn"),
+    ),
     ("random_search.py", "random_search.png", "best: lr="),
 ]
 
@@ -44,9 +51,11 @@ def run_example(script, out_dir):
     package_root = str(Path(fusedadam.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")])
     return subprocess.run(
-        [sys.executable, *WARNINGS, str(EXAMPLES / script), "--fast", "--out",
-         str(out_dir)],
-        capture_output=True, text=True, env=env, timeout=300,
+        [sys.executable, *WARNINGS, str(EXAMPLES / script), "--fast", "--out", str(out_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
 
 
@@ -67,8 +76,11 @@ MPI_EXAMPLES = {"distributed_mlp.py"}
 
 
 def test_examples_all_listed():
-    scripts = {p.name for p in EXAMPLES.glob("*.py")
-               if not p.name.startswith("_") and p.name not in MPI_EXAMPLES}
+    scripts = {
+        p.name
+        for p in EXAMPLES.glob("*.py")
+        if not p.name.startswith("_") and p.name not in MPI_EXAMPLES
+    }
     listed = {c.values[0] if hasattr(c, "values") else c[0] for c in CASES}
     assert scripts == listed
 
@@ -108,9 +120,18 @@ def test_example_without_matplotlib_still_prints(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join([str(blocker), package_root])
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, *WARNINGS, str(EXAMPLES / "elliptic_bowl.py"), "--fast",
-         "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            *WARNINGS,
+            str(EXAMPLES / "elliptic_bowl.py"),
+            "--fast",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "matplotlib is not installed" in proc.stdout and "final f =" in proc.stdout

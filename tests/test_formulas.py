@@ -6,6 +6,7 @@ exactly. The Adam parameter update is evaluated in the algebraically identical
 one-division form ``(lr/bc1*sqrt(bc2)) * m / (sqrt(v) + eps*sqrt(bc2))`` (see _loops.h),
 so Adam matches the documented form to a few ulp (and, through weight decay, so do m, v).
 """
+
 import math
 
 import numpy as np
@@ -14,8 +15,20 @@ import pytest
 import fusedadam as fa
 
 
-def literal_adam(p, grads, lr, beta1, beta2, eps, weight_decay=0.0, decoupled=False,
-                 amsgrad=False, maximize=False, bias_correction=True, beta1_decay=1.0):
+def literal_adam(
+    p,
+    grads,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay=0.0,
+    decoupled=False,
+    amsgrad=False,
+    maximize=False,
+    bias_correction=True,
+    beta1_decay=1.0,
+):
     p = [float(x) for x in p]
     m = [0.0] * len(p)
     v = [0.0] * len(p)
@@ -41,8 +54,18 @@ def literal_adam(p, grads, lr, beta1, beta2, eps, weight_decay=0.0, decoupled=Fa
     return np.array(p), np.array(m), np.array(v)
 
 
-def literal_adamax(p, grads, lr, beta1, beta2, eps, weight_decay=0.0, maximize=False,
-                   bias_correction=True, beta1_decay=1.0):
+def literal_adamax(
+    p,
+    grads,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay=0.0,
+    maximize=False,
+    bias_correction=True,
+    beta1_decay=1.0,
+):
     p = [float(x) for x in p]
     m = [0.0] * len(p)
     u = [0.0] * len(p)
@@ -84,15 +107,26 @@ def test_reference_adam_matches_literal_formulas(case):
     decoupled = options.pop("decoupled", False)
     amsgrad = options.pop("amsgrad", False)
     for t, g in enumerate(grads, start=1):
-        fa.functional.adam([p], [g], [m], [v], [v_max] if amsgrad else None, step=t,
-                           decoupled_weight_decay=decoupled, backend="numpy", **options)
+        fa.functional.adam(
+            [p],
+            [g],
+            [m],
+            [v],
+            [v_max] if amsgrad else None,
+            step=t,
+            decoupled_weight_decay=decoupled,
+            backend="numpy",
+            **options,
+        )
     # Through weight decay, p's last-ulp differences reach m and v too.
     for got, want in ((p, expected_p), (m, expected_m), (v, expected_v)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-16)
 
 
-@pytest.mark.parametrize("options", [{}, {"weight_decay": 0.1, "maximize": True},
-                                     {"bias_correction": False, "beta1_decay": 0.9}])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"weight_decay": 0.1, "maximize": True}, {"bias_correction": False, "beta1_decay": 0.9}],
+)
 def test_reference_adamax_matches_literal_formulas(options):
     options = {"lr": 0.002, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, **options}
     rng = np.random.default_rng(7)
@@ -149,10 +183,16 @@ def literal_lion(p, grads, lr, beta1, beta2, weight_decay):
     return np.array(p), np.array(m)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "compiled"] if fa.backend_info()["compiled"]
-                         else ["numpy"])
-@pytest.mark.parametrize("options", [dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, eps_root=1e-12),
-                                     dict(lr=3e-3, betas=(0.5, 0.99), eps=1e-16, eps_root=1e-16)])
+@pytest.mark.parametrize(
+    "backend", ["numpy", "compiled"] if fa.backend_info()["compiled"] else ["numpy"]
+)
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, eps_root=1e-12),
+        dict(lr=3e-3, betas=(0.5, 0.99), eps=1e-16, eps_root=1e-16),
+    ],
+)
 def test_adabelief_matches_the_paper(backend, options):
     rng = np.random.default_rng(11)
     p0 = rng.standard_normal(64)
@@ -161,21 +201,23 @@ def test_adabelief_matches_the_paper(backend, options):
     opt = fa.AdaBelief(p, backend=backend, **options)
     for g in grads:
         opt.step(g)
-    want_p, want_m, want_s = literal_adabelief(p0, grads, options["lr"], *options["betas"],
-                                               options["eps"], options["eps_root"])
+    want_p, want_m, want_s = literal_adabelief(
+        p0, grads, options["lr"], *options["betas"], options["eps"], options["eps_root"]
+    )
     np.testing.assert_allclose(opt.state[p]["exp_avg"], want_m, rtol=1e-13)
     np.testing.assert_allclose(opt.state[p]["exp_avg_var"], want_s, rtol=1e-12)
     np.testing.assert_allclose(p, want_p, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "compiled"] if fa.backend_info()["compiled"]
-                         else ["numpy"])
+@pytest.mark.parametrize(
+    "backend", ["numpy", "compiled"] if fa.backend_info()["compiled"] else ["numpy"]
+)
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-3, 0.5])
 def test_lion_matches_the_paper(backend, weight_decay):
     rng = np.random.default_rng(12)
     p0 = rng.standard_normal(64)
     grads = [rng.standard_normal(64) for _ in range(40)]
-    grads[3][:5] = 0.0                      # sign(0) = 0 at the first steps: no move
+    grads[3][:5] = 0.0  # sign(0) = 0 at the first steps: no move
     p = p0.copy()
     opt = fa.Lion(p, lr=1e-2, betas=(0.9, 0.99), weight_decay=weight_decay, backend=backend)
     for g in grads:

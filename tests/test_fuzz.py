@@ -7,6 +7,7 @@ its state dict, pickle itself, remove a param group, replace a state array, swit
 or step from another thread or a forked child (issue #10's classes). The default run is
 short; ``pytest -m soak`` runs thousands of examples.
 """
+
 import copy
 import math
 import os
@@ -28,17 +29,35 @@ EXPECTED = (TypeError, ValueError, FloatingPointError)
 DTYPES = ["float32", "float64", "float16", "int32", "complex64", ">f4", ">f8"]
 VALUES = ["normal", "huge", "denormal", "nonfinite", "zeros"]
 # Valid choices repeat so that most examples reach step() with one thing wrong at most.
-PARAM_KINDS = ["plain"] * 40 + ["memmap"] * 4 + ["readonly", "strided", "fortran",
-                                                 "alias_previous"]
-GRAD_KINDS = ["match"] * 14 + ["strided", "readonly", "memmap"] * 2 + [
-    "wrong_dtype", "wrong_shape", "alias_param", "alias_other", "list", "byteswap", "matrix",
-    "masked"]
+PARAM_KINDS = ["plain"] * 40 + ["memmap"] * 4 + ["readonly", "strided", "fortran", "alias_previous"]
+GRAD_KINDS = (
+    ["match"] * 14
+    + ["strided", "readonly", "memmap"] * 2
+    + [
+        "wrong_dtype",
+        "wrong_shape",
+        "alias_param",
+        "alias_other",
+        "list",
+        "byteswap",
+        "matrix",
+        "masked",
+    ]
+)
 # What happens between two steps; most of the time nothing.
-ACTIONS = ["none"] * 12 + ["save_load", "pickle", "remove_group", "replace_state",
-                           "toggle_amsgrad", "numpy_scalar_lr", "thread", "fork"]
+ACTIONS = ["none"] * 12 + [
+    "save_load",
+    "pickle",
+    "remove_group",
+    "replace_state",
+    "toggle_amsgrad",
+    "numpy_scalar_lr",
+    "thread",
+    "fork",
+]
 HYPER = {
-    "lr": [1e-3] * 40 + [0.0, 0.5, "schedule", "schedule", -1.0, math.nan, math.inf,
-                        "bad_schedule"],
+    "lr": [1e-3] * 40
+    + [0.0, 0.5, "schedule", "schedule", -1.0, math.nan, math.inf, "bad_schedule"],
     "betas": [(0.9, 0.999)] * 40 + [(0.0, 0.0), (0.99, 0.9999), (1.0, 0.9), (0.9, math.nan)],
     "eps": [1e-8] * 40 + [1e-30, 0.0, math.nan, -1.0],
     "weight_decay": [0.0] * 20 + [0.1] * 20 + [-1.0, math.inf],
@@ -79,8 +98,7 @@ def _array(rng, kind, shape, dtype, values, tmpdir, previous):
     elif kind == "fortran":
         a = np.asfortranarray(a)
     elif kind == "memmap" and size:
-        m = np.memmap(f"{tmpdir}/{rng.integers(1 << 40)}.dat", dtype=dtype, mode="w+",
-                      shape=shape)
+        m = np.memmap(f"{tmpdir}/{rng.integers(1 << 40)}.dat", dtype=dtype, mode="w+", shape=shape)
         m[...] = a
         a = m
     return a
@@ -91,8 +109,17 @@ def build(spec, tmpdir):
     rng = np.random.default_rng(spec["seed"])
     params, grads = [], []
     for shape, kind in spec["params"]:
-        params.append(_array(rng, kind, shape, spec["dtype"], spec["values"], tmpdir,
-                             params[-1] if params else None))
+        params.append(
+            _array(
+                rng,
+                kind,
+                shape,
+                spec["dtype"],
+                spec["values"],
+                tmpdir,
+                params[-1] if params else None,
+            )
+        )
     n_grads = max(0, len(params) + spec["n_grads_delta"])
     for k, kind in enumerate((spec["grads"] * 2)[:n_grads]):
         p = params[k % len(params)]
@@ -116,8 +143,15 @@ def build(spec, tmpdir):
             elif kind == "masked":
                 g = np.ma.masked_less(g, 0)
         else:
-            g = _array(rng, {"match": "plain"}.get(kind, kind), shape, dtype,
-                       spec["grad_values"], tmpdir, None)
+            g = _array(
+                rng,
+                {"match": "plain"}.get(kind, kind),
+                shape,
+                dtype,
+                spec["grad_values"],
+                tmpdir,
+                None,
+            )
         grads.append(g)
     return params, grads
 
@@ -148,23 +182,30 @@ def options(spec):
     return opts
 
 
-spec_strategy = st.fixed_dictionaries({
-    "seed": st.integers(0, 2**32 - 1),
-    "dtype": st.sampled_from(DTYPES[:2] * 40 + DTYPES[2:]),
-    "values": st.sampled_from(VALUES),
-    "grad_values": st.sampled_from(["normal"] * 4 + VALUES),
-    "params": st.lists(st.tuples(
-        st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple),
-        st.sampled_from(PARAM_KINDS)), min_size=1, max_size=3),
-    "grads": st.lists(st.sampled_from(GRAD_KINDS), min_size=3, max_size=3),
-    "n_grads_delta": st.sampled_from([0] * 12 + [-1, 1]),
-    "hyper": st.fixed_dictionaries({k: st.sampled_from(v) for k, v in HYPER.items()}),
-    "steps": st.integers(1, 4),
-    "cls": st.sampled_from(["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion"]),
-    "groups": st.sampled_from([1, 1, 2]),
-    "numpy_scalars": st.sampled_from([False] * 3 + [True]),
-    "actions": st.lists(st.sampled_from(ACTIONS), min_size=4, max_size=4),
-})
+spec_strategy = st.fixed_dictionaries(
+    {
+        "seed": st.integers(0, 2**32 - 1),
+        "dtype": st.sampled_from(DTYPES[:2] * 40 + DTYPES[2:]),
+        "values": st.sampled_from(VALUES),
+        "grad_values": st.sampled_from(["normal"] * 4 + VALUES),
+        "params": st.lists(
+            st.tuples(
+                st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple),
+                st.sampled_from(PARAM_KINDS),
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+        "grads": st.lists(st.sampled_from(GRAD_KINDS), min_size=3, max_size=3),
+        "n_grads_delta": st.sampled_from([0] * 12 + [-1, 1]),
+        "hyper": st.fixed_dictionaries({k: st.sampled_from(v) for k, v in HYPER.items()}),
+        "steps": st.integers(1, 4),
+        "cls": st.sampled_from(["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion"]),
+        "groups": st.sampled_from([1, 1, 2]),
+        "numpy_scalars": st.sampled_from([False] * 3 + [True]),
+        "actions": st.lists(st.sampled_from(ACTIONS), min_size=4, max_size=4),
+    }
+)
 
 
 def _in_a_forked_child(opt, grads):
@@ -177,11 +218,12 @@ def _in_a_forked_child(opt, grads):
         try:
             try:
                 opt.step(grads)
-                out = b"".join(np.ascontiguousarray(p).tobytes()
-                               for g in opt.param_groups for p in g["params"])
+                out = b"".join(
+                    np.ascontiguousarray(p).tobytes() for g in opt.param_groups for p in g["params"]
+                )
             except EXPECTED as exc:
                 out = type(exc).__name__.encode()
-            os.write(write, out[:1 << 15])
+            os.write(write, out[: 1 << 15])
         finally:
             os._exit(0)
     os.close(write)
@@ -203,8 +245,11 @@ def act(action, opt, params, grads):
     elif action == "pickle":
         opt = pickle.loads(pickle.dumps(opt))
         fresh = [p for g in opt.param_groups for p in g["params"]]
-        grads = [g if not any(g is p for p in params) else fresh[params.index(g)]
-                 for g in grads] if isinstance(grads, list) else grads
+        grads = (
+            [g if not any(g is p for p in params) else fresh[params.index(g)] for g in grads]
+            if isinstance(grads, list)
+            else grads
+        )
         params = fresh
     elif action == "remove_group" and len(opt.param_groups) > 1:
         removed = opt.param_groups.pop(0)
@@ -228,8 +273,11 @@ def attempt(spec, backend, tmpdir):
     """Construct, then step and act; return the outcomes and the final arrays."""
     params, grads = build(spec, tmpdir)
     opts = options(spec)
-    arg = params if spec["groups"] == 1 or len(params) < 2 else [
-        {"params": params[:1]}, {"params": params[1:]}]
+    arg = (
+        params
+        if spec["groups"] == 1 or len(params) < 2
+        else [{"params": params[:1]}, {"params": params[1:]}]
+    )
     try:
         opt = getattr(fa, spec["cls"])(arg, backend=backend, **opts)
     except EXPECTED as exc:
@@ -237,14 +285,16 @@ def attempt(spec, backend, tmpdir):
     outcome = []
     for t in range(spec["steps"]):
         before = [np.array(p, copy=True) for p in params]
-        state_before = {i: {k: np.array(v, copy=True) for k, v in st.items()}
-                        for i, st in opt.state_dict()["state"].items()}
+        state_before = {
+            i: {k: np.array(v, copy=True) for k, v in st.items()}
+            for i, st in opt.state_dict()["state"].items()
+        }
         action = spec["actions"][t]
         step_grads = grads if len(grads) != 1 else grads[0]
         try:
             if action == "thread":
                 errors = []
-                worker = threading.Thread(target=lambda: _step_or_keep(opt, step_grads, errors))
+                worker = threading.Thread(target=_step_or_keep, args=(opt, step_grads, errors))
                 worker.start()
                 worker.join(60)
                 if errors:

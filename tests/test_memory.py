@@ -1,4 +1,5 @@
 """Memory: no allocation per step, flat RSS, exactly the state each algorithm needs."""
+
 import tracemalloc
 
 import numpy as np
@@ -28,7 +29,7 @@ def test_no_allocation_per_step_after_the_first(cls):
     p = np.zeros(n, np.float32)
     g = np.full(n, 0.5, np.float32)
     opt = cls(p, num_threads=2)
-    opt.step(g)                                  # creates the state (2 x 40 MB)
+    opt.step(g)  # creates the state (2 x 40 MB)
     opt.step(g)
     tracemalloc.start()
     try:

@@ -1,4 +1,5 @@
 """fusedadam.minimize: convergence, stopping rules, shapes, dtypes, bad arguments."""
+
 import numpy as np
 import pytest
 
@@ -11,8 +12,7 @@ def bowl(x):
 
 def rosen(x):
     f = (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
-    g = np.array([-2 * (1 - x[0]) - 400 * x[0] * (x[1] - x[0] ** 2),
-                  200 * (x[1] - x[0] ** 2)])
+    g = np.array([-2 * (1 - x[0]) - 400 * x[0] * (x[1] - x[0] ** 2), 200 * (x[1] - x[0] ** 2)])
     return f, g
 
 
@@ -21,16 +21,24 @@ def test_bowl_converges_with_every_method(method):
     options = {"lr": 0.05}
     if method == "adamw":
         options["weight_decay"] = 0.0
-    res = fa.minimize(bowl, np.array([1.0, -0.5, 0.25]), jac=True, method=method,
-                      options=options, maxiter=5000, tol=1e-5)
+    res = fa.minimize(
+        bowl,
+        np.array([1.0, -0.5, 0.25]),
+        jac=True,
+        method=method,
+        options=options,
+        maxiter=5000,
+        tol=1e-5,
+    )
     assert res.success and res.status == 0, res
     assert res.fun < 1e-9
     assert res.nfev == res.njev == res.nit + 1
 
 
 def test_rosenbrock_to_1e_minus_6():
-    res = fa.minimize(rosen, np.array([-1.2, 1.0]), jac=True, options={"lr": 0.02},
-                      maxiter=20000, tol=1e-6)
+    res = fa.minimize(
+        rosen, np.array([-1.2, 1.0]), jac=True, options={"lr": 0.02}, maxiter=20000, tol=1e-6
+    )
     assert res.success, res
     np.testing.assert_allclose(res.x, [1.0, 1.0], atol=1e-5)
     assert res.fun < 1e-10
@@ -100,8 +108,7 @@ def test_jac_callable_and_finite_differences_agree():
     a = np.array([1.0, 3.0])
     exact = fa.minimize(f, np.ones(2), jac=g, args=(a,), options={"lr": 0.1}, maxiter=50)
     fd = fa.minimize(f, np.ones(2), options={"lr": 0.1}, args=(a,), maxiter=50)
-    named = fa.minimize(f, np.ones(2), jac="2-point", options={"lr": 0.1}, args=(a,),
-                        maxiter=50)
+    named = fa.minimize(f, np.ones(2), jac="2-point", options={"lr": 0.1}, args=(a,), maxiter=50)
     np.testing.assert_array_equal(named.x, fd.x)
     assert exact.njev == 51 and fd.njev == 0
     assert fd.nfev == 51 * 3  # f(x) plus one forward difference per coordinate
@@ -168,8 +175,7 @@ def test_bad_function_outputs():
 
 
 def test_scipy_solver_options_maxiter_and_disp(capsys):
-    res = fa.minimize(bowl, np.ones(2), jac=True, options={"lr": 0.1, "maxiter": 20,
-                                                           "disp": True})
+    res = fa.minimize(bowl, np.ones(2), jac=True, options={"lr": 0.1, "maxiter": 20, "disp": True})
     assert res.nit == 20 and res.status == 1
     out = capsys.readouterr().out
     lines = out.splitlines()

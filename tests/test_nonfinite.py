@@ -1,4 +1,5 @@
 """Non-finite gradients: the policies error, skip and ignore, on every path."""
+
 import numpy as np
 import pytest
 
@@ -8,10 +9,16 @@ from conftest import BACKENDS, assert_unchanged, snapshot
 
 def two_group_optimizer(backend, nonfinite, size=50_000):
     rng = np.random.default_rng(0)
-    params = [rng.standard_normal(size).astype(np.float32),
-              rng.standard_normal((7, 3)).astype(np.float64)]
-    opt = fa.Adam([{"params": params[:1]}, {"params": params[1:], "amsgrad": True}],
-                  backend=backend, nonfinite=nonfinite, num_threads=2)
+    params = [
+        rng.standard_normal(size).astype(np.float32),
+        rng.standard_normal((7, 3)).astype(np.float64),
+    ]
+    opt = fa.Adam(
+        [{"params": params[:1]}, {"params": params[1:], "amsgrad": True}],
+        backend=backend,
+        nonfinite=nonfinite,
+        num_threads=2,
+    )
     opt.step([np.ones_like(p) for p in params])
     return opt, params
 
@@ -25,7 +32,7 @@ def test_nonfinite_error_names_param_and_count(backend, bad, where, parallel_thr
     grads = [np.ones_like(p) for p in params]
     k, i = where
     grads[k].reshape(-1)[i] = bad
-    grads[k].reshape(-1)[-1] = bad          # two bad values (one if i is the last)
+    grads[k].reshape(-1)[-1] = bad  # two bad values (one if i is the last)
     count = 1 if i == grads[k].size - 1 else 2
     with pytest.raises(FloatingPointError, match=rf"grads\[{k}\] has {count} non-finite"):
         opt.step(grads)
@@ -78,8 +85,9 @@ def test_nonfinite_ignore_propagates_like_the_reference(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_functional_skip_returns_false(backend):
     p, m, v = np.zeros(3), np.zeros(3), np.zeros(3)
-    took = fa.functional.adam([p], [np.array([1.0, np.nan, 1.0])], [m], [v], step=1,
-                              nonfinite="skip", backend=backend)
+    took = fa.functional.adam(
+        [p], [np.array([1.0, np.nan, 1.0])], [m], [v], step=1, nonfinite="skip", backend=backend
+    )
     assert took is False and not p.any() and not m.any()
     assert fa.functional.adam([p], [np.ones(3)], [m], [v], step=1, backend=backend)
 
@@ -89,8 +97,10 @@ def test_nonfinite_params_and_state_do_not_crash(backend):
     # Only gradients are checked; NaN/inf elsewhere is the user's business, computed as is.
     p = np.array([np.inf, np.nan, 1.0, -np.inf, 0.0])
     q = p.copy()
-    opts = [fa.Adam(x, amsgrad=True, weight_decay=0.1, backend=b)
-            for x, b in ((p, backend), (q, "numpy"))]
+    opts = [
+        fa.Adam(x, amsgrad=True, weight_decay=0.1, backend=b)
+        for x, b in ((p, backend), (q, "numpy"))
+    ]
     for opt in opts:
         opt.step(np.ones(5))
         for x in (p, q):
@@ -120,7 +130,8 @@ def test_nonfinite_in_single_group_steady_state(backend, mode, position, paralle
     g = np.ones_like(p)
     g[position] = np.nan
     if mode == "error":
-        with pytest.raises(FloatingPointError, match=rf"grads\[0\] has 1 non-finite value .*index {position}"):
+        match = rf"grads\[0\] has 1 non-finite value .*index {position}"
+        with pytest.raises(FloatingPointError, match=match):
             opt.step(g)
     else:
         opt.step(g)

@@ -1,4 +1,5 @@
 """The extension must be built with OpenMP (skip with FUSEDADAM_SKIP_OPENMP_TEST=1)."""
+
 import os
 
 import pytest

@@ -1,4 +1,5 @@
 """The optimizer API: params forms, groups, threads, backends, in-place updates."""
+
 import numpy as np
 import pytest
 
@@ -63,7 +64,7 @@ def test_adamw_decays_the_weights_not_the_gradient():
     np.testing.assert_array_equal(p, 2.0 * (1 - 0.1 * 0.5))
     q = np.full(3, 2.0)
     fa.Adam(q, lr=0.1, weight_decay=0.5).step(np.zeros(3))
-    np.testing.assert_allclose(q, 2.0 - 0.1, rtol=1e-8)    # L2: g = 0.5 * 2 = 1; eps shifts 1e-9
+    np.testing.assert_allclose(q, 2.0 - 0.1, rtol=1e-8)  # L2: g = 0.5 * 2 = 1; eps shifts 1e-9
 
 
 def test_maximize_ascends():

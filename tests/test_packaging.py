@@ -1,4 +1,5 @@
 """The installed package: FUSEDADAM_SIMD at import, the compiled module's type stub."""
+
 import ast
 import os
 import pathlib
@@ -19,8 +20,13 @@ def _backend_info_with_env(tmp_path, warnings="error", **env):
     code = "import fusedadam as fa, json; print(json.dumps(fa.backend_info()))"
     full_env = dict(os.environ, **env)
     full_env.pop("PYTHONWARNINGS", None)
-    return subprocess.run([sys.executable, "-W", warnings, "-c", code], cwd=tmp_path,
-                          env=full_env, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-W", warnings, "-c", code],
+        cwd=tmp_path,
+        env=full_env,
+        capture_output=True,
+        text=True,
+    )
 
 
 @requires_compiled
@@ -86,8 +92,11 @@ def test_kernels_stub_matches_the_compiled_module():
     compiled = {n for n in dir(_kernels) if not n.startswith("_")}
     assert _public_names_of_stub(stub) == compiled
     for cls in ("Driver", "GroupPlan", "Probe"):
-        stub_class = next(n for n in ast.parse(stub.read_text()).body
-                          if isinstance(n, ast.ClassDef) and n.name == cls)
+        stub_class = next(
+            n
+            for n in ast.parse(stub.read_text()).body
+            if isinstance(n, ast.ClassDef) and n.name == cls
+        )
         stub_members = {n.name for n in stub_class.body if isinstance(n, ast.FunctionDef)}
         public = {n for n in dir(getattr(_kernels, cls)) if not n.startswith("_")}
         assert public <= stub_members, cls
@@ -97,7 +106,7 @@ def test_installed_package_is_typed_and_versioned():
     here = pathlib.Path(fa.__file__).parent
     assert (here / "py.typed").is_file()
     assert isinstance(fa.__version__, str) and fa.__version__[0].isdigit()
-    if (here.parent.name == "src" and (here.parent.parent / "pyproject.toml").is_file()):
+    if here.parent.name == "src" and (here.parent.parent / "pyproject.toml").is_file():
         pytest.skip("editable install: the package directory is the source tree")
     # Sources are not installed: only the built module and its stub.
     for pattern in ("*.pyx", "*.pxd", "*.c", "*.h"):

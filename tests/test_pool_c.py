@@ -6,6 +6,7 @@ the caller finishes a job alone while helpers are stopped, a helper stalled befo
 claim in one job claims nothing in the next, two callers at once, fork after use, and
 per-chunk results bit-identical for 1, 2 and 4 threads.
 """
+
 import pathlib
 import shutil
 import subprocess
@@ -26,9 +27,20 @@ pytestmark = pytest.mark.skipif(
 def test_pool_c(tmp_path):
     exe = tmp_path / "test_pool"
     build = subprocess.run(
-        ["cc", "-O2", "-pthread", "-Wall", "-I", str(HEADER_DIR), str(SOURCE), "-o", str(exe),
-         "-lm"],
-        capture_output=True, text=True,
+        [
+            "cc",
+            "-O2",
+            "-pthread",
+            "-Wall",
+            "-I",
+            str(HEADER_DIR),
+            str(SOURCE),
+            "-o",
+            str(exe),
+            "-lm",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert build.returncode == 0, build.stderr
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)

@@ -1,4 +1,5 @@
 """The compiled bandwidth probe (bench/step.py's roofline) against its NumPy twin."""
+
 import numpy as np
 import pytest
 

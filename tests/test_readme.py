@@ -5,8 +5,6 @@ from pathlib import Path
 
 import pytest
 
-import fusedadam
-from fusedadam._clip import clip_grad_norm
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = (
@@ -43,15 +41,6 @@ def test_readme_mpi_blocks_run(tmp_path, monkeypatch):
         exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), {})
 
 
-@pytest.fixture
-def exported_clip(monkeypatch):
-    # fa.clip_grad_norm is the public name; until fusedadam/__init__.py exports it, the
-    # README's code reaches it through this attribute.
-    if not hasattr(fusedadam, "clip_grad_norm"):
-        monkeypatch.setattr(fusedadam, "clip_grad_norm", clip_grad_norm, raising=False)
-
-
-@pytest.mark.usefixtures("exported_clip")
 def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # blocks write checkpoints; later blocks read them
     for index, code in enumerate(BLOCKS):
@@ -91,7 +80,6 @@ DOC_PAGES = [
 ]
 
 
-@pytest.mark.usefixtures("exported_clip")
 @pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: p.name)
 def test_docs_python_code_blocks_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

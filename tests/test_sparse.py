@@ -1,4 +1,5 @@
 """SparseAdam: compiled vs NumPy reference bit for bit, vs dense math, vs torch, errors."""
+
 import math
 
 import numpy as np
@@ -17,8 +18,9 @@ def _table(rng, rows, dim, dtype):
     return rng.standard_normal((rows, dim)).astype(dtype)
 
 
-def _run_pair(dtype, rows, dim, steps, k, n_threads, seed=0, duplicates=True,
-              threshold=None, **hyper):
+def _run_pair(
+    dtype, rows, dim, steps, k, n_threads, seed=0, duplicates=True, threshold=None, **hyper
+):
     """Run the compiled and the NumPy backend on the same gradients; return both optimizers."""
     rng = np.random.default_rng(seed)
     W = _table(rng, rows, dim, dtype)
@@ -45,8 +47,9 @@ def _run_pair(dtype, rows, dim, steps, k, n_threads, seed=0, duplicates=True,
 @pytest.mark.parametrize("k", [0, 1, 7, 300])
 @pytest.mark.parametrize("threshold", [None, 16])
 def test_compiled_matches_reference_bit_for_bit(dtype, n_threads, k, threshold):
-    W, W_ref, opt, ref = _run_pair(dtype, 40, 13, 6, k, n_threads, threshold=threshold,
-                                   lr=0.05, betas=(0.8, 0.95), eps=1e-6)
+    W, W_ref, opt, ref = _run_pair(
+        dtype, 40, 13, 6, k, n_threads, threshold=threshold, lr=0.05, betas=(0.8, 0.95), eps=1e-6
+    )
     np.testing.assert_array_equal(W, W_ref)
     if k:
         for name in ("exp_avg", "exp_avg_sq"):
@@ -74,10 +77,12 @@ def test_one_and_two_threads_identical_on_the_parallel_path(dtype):
     maximize=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_hypothesis_compiled_equals_reference(rows, dim, k, steps, dtype, n_threads,
-                                              maximize, seed):
-    W, W_ref, opt, ref = _run_pair(dtype, rows, dim, steps, k, n_threads, seed=seed,
-                                   threshold=16, maximize=maximize, lr=0.01)
+def test_hypothesis_compiled_equals_reference(
+    rows, dim, k, steps, dtype, n_threads, maximize, seed
+):
+    W, W_ref, opt, ref = _run_pair(
+        dtype, rows, dim, steps, k, n_threads, seed=seed, threshold=16, maximize=maximize, lr=0.01
+    )
     np.testing.assert_array_equal(W, W_ref)
 
 
@@ -155,8 +160,9 @@ def test_matches_torch_sparse_adam(dtype):
         vals = rng.standard_normal((8, 6)).astype(dtype)
         ours.step([(idx, vals)])
         with torch.sparse.check_sparse_tensor_invariants(True):
-            param.grad = torch.sparse_coo_tensor(torch.tensor(idx)[None], torch.tensor(vals),
-                                                 (30, 6))
+            param.grad = torch.sparse_coo_tensor(
+                torch.tensor(idx)[None], torch.tensor(vals), (30, 6)
+            )
         theirs.step()
     got = param.detach().numpy()
     if dtype == np.float64:
@@ -196,15 +202,31 @@ def _fresh():
 @pytest.mark.parametrize(
     "grad, error, match",
     [
-        ((np.array([6]), np.ones((1, 3), np.float32)), ValueError, r"grads\[0\].*index 6 is out of range.*params\[0\]"),
-        ((np.array([-1]), np.ones((1, 3), np.float32)), ValueError, r"grads\[0\].*index -1 is negative"),
+        (
+            (np.array([6]), np.ones((1, 3), np.float32)),
+            ValueError,
+            r"grads\[0\].*index 6 is out of range.*params\[0\]",
+        ),
+        (
+            (np.array([-1]), np.ones((1, 3), np.float32)),
+            ValueError,
+            r"grads\[0\].*index -1 is negative",
+        ),
         ((np.array([1.0]), np.ones((1, 3), np.float32)), TypeError, r"grads\[0\].*integer dtype"),
         (([1.5], np.ones((1, 3), np.float32)), TypeError, r"grads\[0\].*indices must be integers"),
         ((np.array([True]), np.ones((1, 3), np.float32)), TypeError, r"integer dtype"),
         ((np.array([[1]]), np.ones((1, 3), np.float32)), ValueError, r"must be 1-D"),
         ((np.array([1]), np.ones((1, 4), np.float32)), ValueError, r"grads\[0\].*shape \(1, 4\)"),
-        ((np.array([1, 2]), np.ones((1, 3), np.float32)), ValueError, r"expected \(len\(indices\), dim\)"),
-        ((np.array([1]), np.ones((1, 3), np.float64)), TypeError, r"grads\[0\].*float64.*params\[0\] has float32"),
+        (
+            (np.array([1, 2]), np.ones((1, 3), np.float32)),
+            ValueError,
+            r"expected \(len\(indices\), dim\)",
+        ),
+        (
+            (np.array([1]), np.ones((1, 3), np.float64)),
+            TypeError,
+            r"grads\[0\].*float64.*params\[0\] has float32",
+        ),
         ((np.array([1]), [[1.0, 2.0, 3.0]]), TypeError, r"values must be a numpy.ndarray"),
         (np.ones((6, 3), np.float32), TypeError, r"grads\[0\] must be a pair"),
     ],
@@ -264,11 +286,15 @@ def test_params_must_be_2d_float_tables():
 def test_state_dict_round_trip_resumes_exactly():
     W, opt = _fresh()
     rng = np.random.default_rng(1)
-    grads = [(rng.integers(0, 6, 4), rng.standard_normal((4, 3)).astype(np.float32))
-             for _ in range(3)]
-    saved = {"state": {i: {k: np.copy(v) for k, v in s.items()}
-                       for i, s in opt.state_dict()["state"].items()},
-             "param_groups": opt.state_dict()["param_groups"]}
+    grads = [
+        (rng.integers(0, 6, 4), rng.standard_normal((4, 3)).astype(np.float32)) for _ in range(3)
+    ]
+    saved = {
+        "state": {
+            i: {k: np.copy(v) for k, v in s.items()} for i, s in opt.state_dict()["state"].items()
+        },
+        "param_groups": opt.state_dict()["param_groups"],
+    }
     W2 = W.copy()
     opt2 = fa.SparseAdam([W2], lr=0.1)
     opt2.load_state_dict(saved)
@@ -276,8 +302,10 @@ def test_state_dict_round_trip_resumes_exactly():
         opt.step([g])
         opt2.step([g])
     np.testing.assert_array_equal(W, W2)
-    bad = {"state": {0: {**saved["state"][0], "exp_avg": np.zeros((5, 3), np.float32)}},
-           "param_groups": saved["param_groups"]}
+    bad = {
+        "state": {0: {**saved["state"][0], "exp_avg": np.zeros((5, 3), np.float32)}},
+        "param_groups": saved["param_groups"],
+    }
     with pytest.raises(ValueError, match="exp_avg.*shape"):
         opt2.load_state_dict(bad)
     assert opt2.state[W2]["step"] == 4
@@ -331,8 +359,7 @@ def test_read_only_non_contiguous_values_and_unsigned_indices(backend):
     idx = np.array([4, 1, 4], dtype=np.uint8)
     idx.flags.writeable = False
     fa.SparseAdam([W], lr=0.1, backend=backend).step([(idx, vals)])
-    fa.SparseAdam([W_ref], lr=0.1, backend="numpy").step(
-        [([4, 1, 4], np.ascontiguousarray(vals))])
+    fa.SparseAdam([W_ref], lr=0.1, backend="numpy").step([([4, 1, 4], np.ascontiguousarray(vals))])
     np.testing.assert_array_equal(W, W_ref)
     assert W[[1, 4]].all() and not W[[0, 2, 3]].any()
 

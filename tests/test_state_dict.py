@@ -1,4 +1,5 @@
 """Checkpoints: state_dict round trips resume bit-identically; bad ones change nothing."""
+
 import pickle
 
 import numpy as np
@@ -12,7 +13,10 @@ OPTIMIZERS = {
     "adam": lambda ps, b: fa.Adam(ps, lr=1e-2, backend=b),
     "amsgrad_groups": lambda ps, b: fa.Adam(
         [{"params": ps[:1], "amsgrad": True}, {"params": ps[1:], "lr": 0.05}],
-        lr=1e-2, weight_decay=0.01, backend=b),
+        lr=1e-2,
+        weight_decay=0.01,
+        backend=b,
+    ),
     "adamw": lambda ps, b: fa.AdamW(ps, lr=1e-2, backend=b),
     "adamax": lambda ps, b: fa.Adamax(ps, backend=b),
     "nadam": lambda ps, b: fa.NAdam(ps, weight_decay=0.01, backend=b),
@@ -80,11 +84,13 @@ def test_state_dict_layout():
     assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
     assert set(sd["state"][1]) == {"step", "exp_avg", "exp_avg_sq"}
     # step is the optimizer's own 0-d int64 counter (live, like the arrays), one per group
-    assert all(st["step"] == 1 and st["step"].dtype == np.int64 and st["step"].shape == ()
-               for st in sd["state"].values())
+    assert all(
+        st["step"] == 1 and st["step"].dtype == np.int64 and st["step"].shape == ()
+        for st in sd["state"].values()
+    )
     assert sd["state"][1]["step"] is sd["state"][3]["step"]
     opt.step(grads_for(params, 1))
-    assert sd["state"][0]["step"] == 2     # consistently live: moments and step move together
+    assert sd["state"][0]["step"] == 2  # consistently live: moments and step move together
 
 
 def test_load_copies_the_arrays():
@@ -142,6 +148,7 @@ def _corrupt(name):
         elif name == "extra top-level key":
             sd["extra"] = 1
         return sd
+
     return edit
 
 

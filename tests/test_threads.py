@@ -1,4 +1,5 @@
 """Threads, fork, OpenMP controls: concurrent use and the thread-count rule."""
+
 import multiprocessing
 import os
 import subprocess
@@ -24,7 +25,7 @@ def _child_step(size):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 def test_fork_after_parallel_step_does_not_hang():
     size = 2_000_000
-    expected, _ = _child_step(size)          # the parent has now run a parallel region
+    expected, _ = _child_step(size)  # the parent has now run a parallel region
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(1) as pool:
         child_result, child_threads = pool.apply_async(_child_step, (size,)).get(timeout=120)
@@ -68,7 +69,7 @@ def test_two_threads_two_optimizers(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_threads_one_optimizer_are_serialized(backend):
     size, steps = 200_000, 25
-    grad = np.cos(np.linspace(0, 7, size))      # the same gradient every step: order-free
+    grad = np.cos(np.linspace(0, 7, size))  # the same gradient every step: order-free
     shared = np.zeros(size)
     opt = fa.Adam(shared, backend=backend)
     errors = []
@@ -89,7 +90,7 @@ def test_two_threads_one_optimizer_are_serialized(backend):
         th.join(timeout=120)
     assert not errors
     if backend == "compiled":
-        assert fa._kernels.steps_in_flight_high_water() == 1    # the lock serialized them
+        assert fa._kernels.steps_in_flight_high_water() == 1  # the lock serialized them
     expected = np.zeros(size)
     ref = fa.Adam(expected, backend=backend)
     for _ in range(2 * steps):
@@ -123,6 +124,10 @@ def test_omp_num_threads_is_respected(value):
     env = dict(os.environ, OMP_NUM_THREADS=value)
     out = subprocess.run(
         [sys.executable, "-c", "import fusedadam as fa; print(fa.backend_info()['max_threads'])"],
-        env=env, capture_output=True, text=True, check=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     assert out.stdout.strip() == value

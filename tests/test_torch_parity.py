@@ -5,6 +5,7 @@ rectification switch at rho_t > 5, decoupled weight decay).
 torch updates m with lerp (m + (1-b1)(g-m)) where fusedadam computes b1*m + (1-b1)*g, so
 the two differ by rounding only: compared with a tolerance, over many steps.
 """
+
 import numpy as np
 import pytest
 
@@ -20,17 +21,17 @@ CASES = {
     "adamw_amsgrad": (fa.AdamW, "AdamW", {"weight_decay": 0.1, "amsgrad": True}),
     "adamax": (fa.Adamax, "Adamax", {"weight_decay": 0.01}),
     "nadam": (fa.NAdam, "NAdam", {}),
-    "nadam_l2_momentum_decay": (fa.NAdam, "NAdam", {"weight_decay": 0.05,
-                                                    "momentum_decay": 0.01}),
-    "nadam_decoupled": (fa.NAdam, "NAdam", {"weight_decay": 0.1,
-                                            "decoupled_weight_decay": True}),
+    "nadam_l2_momentum_decay": (fa.NAdam, "NAdam", {"weight_decay": 0.05, "momentum_decay": 0.01}),
+    "nadam_decoupled": (fa.NAdam, "NAdam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
     "nadam_maximize": (fa.NAdam, "NAdam", {"maximize": True}),
     "radam": (fa.RAdam, "RAdam", {}),
     "radam_l2": (fa.RAdam, "RAdam", {"weight_decay": 0.05}),
-    "radam_decoupled": (fa.RAdam, "RAdam", {"weight_decay": 0.1,
-                                            "decoupled_weight_decay": True}),
-    "radam_maximize_fast_rectification": (fa.RAdam, "RAdam", {"maximize": True,
-                                                              "betas": (0.9, 0.9)}),
+    "radam_decoupled": (fa.RAdam, "RAdam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
+    "radam_maximize_fast_rectification": (
+        fa.RAdam,
+        "RAdam",
+        {"maximize": True, "betas": (0.9, 0.9)},
+    ),
 }
 
 

@@ -1,4 +1,5 @@
 """Bad input raises a clear error naming the problem, and changes nothing."""
+
 import math
 
 import numpy as np
@@ -14,8 +15,9 @@ def trained(backend, cls=fa.Adam, **options):
     """An optimizer over three float32 params (two groups) that has taken two steps."""
     rng = np.random.default_rng(0)
     params = [rng.standard_normal(s).astype(np.float32) for s in [(5,), (3, 4), (6,)]]
-    opt = cls([{"params": params[:2]}, {"params": params[2:], "lr": 0.1}],
-              backend=backend, **options)
+    opt = cls(
+        [{"params": params[:2]}, {"params": params[2:], "lr": 0.1}], backend=backend, **options
+    )
     for _ in range(2):
         opt.step([np.ones_like(p) for p in params])
     return opt, params
@@ -26,27 +28,53 @@ def good_grads(params):
 
 
 BAD_GRADS = {
-    "dtype float64": (TypeError, r"grads\[1\] has dtype float64",
-                      lambda ps, opt: [ps[0] * 0, np.zeros((3, 4)), ps[2] * 0]),
-    "dtype int": (TypeError, r"grads\[0\] has dtype int",
-                  lambda ps, opt: [np.zeros(5, dtype=np.int32), ps[1] * 0, ps[2] * 0]),
-    "shape": (ValueError, r"grads\[1\] has shape \(4, 3\)",
-              lambda ps, opt: [ps[0] * 0, np.zeros((4, 3), np.float32), ps[2] * 0]),
-    "not an array": (TypeError, r"grads\[2\] must be a numpy.ndarray",
-                     lambda ps, opt: [ps[0] * 0, ps[1] * 0, [0.0] * 6]),
+    "dtype float64": (
+        TypeError,
+        r"grads\[1\] has dtype float64",
+        lambda ps, opt: [ps[0] * 0, np.zeros((3, 4)), ps[2] * 0],
+    ),
+    "dtype int": (
+        TypeError,
+        r"grads\[0\] has dtype int",
+        lambda ps, opt: [np.zeros(5, dtype=np.int32), ps[1] * 0, ps[2] * 0],
+    ),
+    "shape": (
+        ValueError,
+        r"grads\[1\] has shape \(4, 3\)",
+        lambda ps, opt: [ps[0] * 0, np.zeros((4, 3), np.float32), ps[2] * 0],
+    ),
+    "not an array": (
+        TypeError,
+        r"grads\[2\] must be a numpy.ndarray",
+        lambda ps, opt: [ps[0] * 0, ps[1] * 0, [0.0] * 6],
+    ),
     "too few": (ValueError, r"expected 3 gradients", lambda ps, opt: [ps[0] * 0]),
     "too many": (ValueError, r"expected 3 gradients", lambda ps, opt: [p * 0 for p in ps * 2]),
-    "single array for three params": (ValueError, r"one gradient array",
-                                      lambda ps, opt: ps[0] * 0),
-    "aliases its param": (ValueError, r"grads\[1\] shares memory",
-                          lambda ps, opt: [ps[0] * 0, ps[1], ps[2] * 0]),
-    "view of its param": (ValueError, r"grads\[1\] shares memory",
-                          lambda ps, opt: [ps[0] * 0, ps[1][:, :], ps[2] * 0]),
-    "aliases state": (ValueError, r"grads\[0\] shares memory",
-                      lambda ps, opt: [opt.state[ps[0]]["exp_avg"], ps[1] * 0, ps[2] * 0]),
-    "aliases another param": (ValueError, r"grads\[2\] shares memory",
-                              lambda ps, opt: [ps[0] * 0, ps[1] * 0, ps[0][:6]
-                                               if ps[0].size >= 6 else ps[1].reshape(-1)[:6]]),
+    "single array for three params": (ValueError, r"one gradient array", lambda ps, opt: ps[0] * 0),
+    "aliases its param": (
+        ValueError,
+        r"grads\[1\] shares memory",
+        lambda ps, opt: [ps[0] * 0, ps[1], ps[2] * 0],
+    ),
+    "view of its param": (
+        ValueError,
+        r"grads\[1\] shares memory",
+        lambda ps, opt: [ps[0] * 0, ps[1][:, :], ps[2] * 0],
+    ),
+    "aliases state": (
+        ValueError,
+        r"grads\[0\] shares memory",
+        lambda ps, opt: [opt.state[ps[0]]["exp_avg"], ps[1] * 0, ps[2] * 0],
+    ),
+    "aliases another param": (
+        ValueError,
+        r"grads\[2\] shares memory",
+        lambda ps, opt: [
+            ps[0] * 0,
+            ps[1] * 0,
+            ps[0][:6] if ps[0].size >= 6 else ps[1].reshape(-1)[:6],
+        ],
+    ),
     "set of grads": (TypeError, r"ordered sequence", lambda ps, opt: {1, 2, 3}),
     "not a sequence": (TypeError, r"grads must be", lambda ps, opt: 3.0),
 }
@@ -61,7 +89,7 @@ def test_bad_gradients_raise_and_change_nothing(backend, case):
     with pytest.raises(exc, match=match):
         opt.step(make(params, opt))
     assert_unchanged(opt, before)
-    opt.step(good_grads(params))          # and the optimizer still works
+    opt.step(good_grads(params))  # and the optimizer still works
 
 
 BAD_GROUP_SETTINGS = {
@@ -99,7 +127,7 @@ def test_bad_hyperparameters_between_steps_change_nothing(backend, case):
     opt.param_groups[1][key] = value
     with pytest.raises(exc, match=match):
         opt.step(good_grads(params))
-    assert_unchanged(opt, before)       # group 0 was valid and must not have stepped either
+    assert_unchanged(opt, before)  # group 0 was valid and must not have stepped either
     opt.param_groups[1][key] = good
     opt.step(good_grads(params))
 
@@ -126,25 +154,53 @@ def test_first_step_failure_creates_no_state(backend):
 
 
 CONSTRUCTION_ERRORS = {
-    "int param": (lambda: [np.zeros(3, np.int64)], {}, TypeError,
-                  r"params\[0\] has dtype int64; only float32 and float64"),
+    "int param": (
+        lambda: [np.zeros(3, np.int64)],
+        {},
+        TypeError,
+        r"params\[0\] has dtype int64; only float32 and float64",
+    ),
     "float16 param": (lambda: [np.zeros(3, np.float16)], {}, TypeError, r"float16"),
     "list param": (lambda: [[1.0, 2.0]], {}, TypeError, r"params\[0\] must be a numpy.ndarray"),
-    "non-contiguous": (lambda: [np.zeros((4, 4), np.float32)[:, ::2]], {}, ValueError,
-                       r"params\[0\] is not C-contiguous"),
-    "fortran order": (lambda: [np.zeros((4, 3), np.float32, order="F")], {}, ValueError,
-                      r"not C-contiguous"),
-    "read-only": (lambda: [np.zeros(3, np.float32).view()], "ro", ValueError,
-                  r"params\[0\] is read-only"),
-    "same array twice": (lambda: (lambda a: [a, np.zeros(2), a])(np.zeros(3)), {}, ValueError,
-                         r"params\[2\] is the same array as params\[0\]"),
-    "overlapping views": (lambda: (lambda a: [a[:6], a[4:]])(np.zeros(10)), {}, "first-step",
-                          r"share memory"),
+    "non-contiguous": (
+        lambda: [np.zeros((4, 4), np.float32)[:, ::2]],
+        {},
+        ValueError,
+        r"params\[0\] is not C-contiguous",
+    ),
+    "fortran order": (
+        lambda: [np.zeros((4, 3), np.float32, order="F")],
+        {},
+        ValueError,
+        r"not C-contiguous",
+    ),
+    "read-only": (
+        lambda: [np.zeros(3, np.float32).view()],
+        "ro",
+        ValueError,
+        r"params\[0\] is read-only",
+    ),
+    "same array twice": (
+        lambda: (lambda a: [a, np.zeros(2), a])(np.zeros(3)),
+        {},
+        ValueError,
+        r"params\[2\] is the same array as params\[0\]",
+    ),
+    "overlapping views": (
+        lambda: (lambda a: [a[:6], a[4:]])(np.zeros(10)),
+        {},
+        "first-step",
+        r"share memory",
+    ),
     "set": (lambda: {1}, {}, TypeError, r"not a set"),
     "empty": (lambda: [], {}, ValueError, r"empty parameter list"),
     "lr": (lambda: [np.zeros(3)], {"lr": -1}, ValueError, r"Invalid learning rate: -1"),
-    "betas": (lambda: [np.zeros(3)], {"betas": (0.9, 1.0)}, ValueError,
-              r"Invalid beta parameter at index 1: 1.0"),
+    "betas": (
+        lambda: [np.zeros(3)],
+        {"betas": (0.9, 1.0)},
+        ValueError,
+        r"Invalid beta parameter at index 1: 1.0",
+    ),
     "eps": (lambda: [np.zeros(3)], {"eps": 0}, ValueError, r"Invalid epsilon value: 0"),
     "num_threads": (lambda: [np.zeros(3)], {"num_threads": 0}, ValueError, r"num_threads: 0"),
     "backend": (lambda: [np.zeros(3)], {"backend": "cuda"}, ValueError, r"Invalid backend"),
@@ -199,7 +255,7 @@ def test_auto_backend_falls_back_with_one_warning(monkeypatch):
     p = np.zeros(3)
     with pytest.warns(RuntimeWarning, match="NumPy reference backend"):
         opt = fa.Adam(p)
-    opt.step(np.ones(3))            # no second warning (filterwarnings=error would raise)
+    opt.step(np.ones(3))  # no second warning (filterwarnings=error would raise)
     assert np.all(p < 0)
 
 
@@ -209,7 +265,7 @@ def test_non_contiguous_and_read_only_grads_are_accepted(backend):
     q = p.copy()
     opt_a = fa.Adam(p, backend=backend)
     opt_b = fa.Adam(q, backend=backend)
-    g = np.arange(48, dtype=np.float32).reshape(6, 8)[:, ::2].T   # strided, transposed
+    g = np.arange(48, dtype=np.float32).reshape(6, 8)[:, ::2].T  # strided, transposed
     g_contig = np.ascontiguousarray(g)
     g_ro = g_contig.copy()
     g_ro.flags.writeable = False

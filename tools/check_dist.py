@@ -8,6 +8,7 @@ and no build sources (.pyx/.pxd/.c/.h); a repaired Linux wheel also carries libg
 
 Usage: python tools/check_dist.py SDIST.tar.gz WHEEL.whl [...]
 """
+
 import fnmatch
 import pathlib
 import subprocess
@@ -17,11 +18,25 @@ import zipfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Tracked files the sdist leaves out on purpose (MANIFEST.in prunes them).
-NOT_IN_SDIST = [".ci/*", "tools/*", "bench/*", "docs/*", ".gitignore", ".gitattributes",
-                ".github/*"]
+NOT_IN_SDIST = [
+    ".ci/*",
+    "tools/*",
+    "bench/*",
+    "docs/*",
+    ".gitignore",
+    ".gitattributes",
+    ".github/*",
+]
 GENERATED_IN_SDIST = ["PKG-INFO", "setup.cfg", "src/fusedadam.egg-info/*"]
-NEVER_IN_SDIST = ["*.so", "*.pyd", "*.o", "*.pyc", "src/fusedadam/_kernels.c",
-                  "src/fusedadam/_sparse.c", "*.html"]
+NEVER_IN_SDIST = [
+    "*.so",
+    "*.pyd",
+    "*.o",
+    "*.pyc",
+    "src/fusedadam/_kernels.c",
+    "src/fusedadam/_sparse.c",
+    "*.html",
+]
 BUILD_SOURCES = ["*.pyx", "*.pxd", "*.c", "*.h"]
 
 
@@ -31,8 +46,9 @@ def matches(name, patterns):
 
 def tracked_files():
     try:
-        out = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     return {f for f in out.splitlines() if (ROOT / f).is_file()}
@@ -43,22 +59,34 @@ def check_sdist(path):
     with tarfile.open(path) as tar:
         names = [m.name for m in tar.getmembers() if m.isfile()]
     top = names[0].split("/")[0]
-    files = {n[len(top) + 1:] for n in names}
-    for required in ["pyproject.toml", "setup.py", "README.md", "LICENSE", "PKG-INFO",
-                     "src/fusedadam/__init__.py", "src/fusedadam/_kernels.pyx",
-                     "src/fusedadam/_kernels.pyi", "src/fusedadam/_loops.h",
-                     "src/fusedadam/_openmp.h", "src/fusedadam/_openmp.pxd",
-                     "src/fusedadam/py.typed", "tests/conftest.py"]:
+    files = {n[len(top) + 1 :] for n in names}
+    for required in [
+        "pyproject.toml",
+        "setup.py",
+        "README.md",
+        "LICENSE",
+        "PKG-INFO",
+        "src/fusedadam/__init__.py",
+        "src/fusedadam/_kernels.pyx",
+        "src/fusedadam/_kernels.pyi",
+        "src/fusedadam/_loops.h",
+        "src/fusedadam/_openmp.h",
+        "src/fusedadam/_openmp.pxd",
+        "src/fusedadam/py.typed",
+        "tests/conftest.py",
+    ]:
         if required not in files:
             problems.append(f"missing {required}")
     problems += [f"must not ship {f}" for f in sorted(files) if matches(f, NEVER_IN_SDIST)]
     tracked = tracked_files()
     if tracked is not None:
         wanted = {f for f in tracked if not matches(f, NOT_IN_SDIST)}
-        problems += [f"tracked file missing from the sdist: {f}"
-                     for f in sorted(wanted - files)]
-        problems += [f"untracked file in the sdist: {f}"
-                     for f in sorted(files - wanted) if not matches(f, GENERATED_IN_SDIST)]
+        problems += [f"tracked file missing from the sdist: {f}" for f in sorted(wanted - files)]
+        problems += [
+            f"untracked file in the sdist: {f}"
+            for f in sorted(files - wanted)
+            if not matches(f, GENERATED_IN_SDIST)
+        ]
     report(path, len(files), problems)
     return not problems
 
@@ -69,20 +97,26 @@ def check_wheel(path):
         files = set(whl.namelist())
     package = {f for f in files if f.startswith("fusedadam/")}
     sources = ROOT / "src" / "fusedadam"
-    for module in sorted(sources.rglob("*.py")):     # subpackages too (distributed/)
+    for module in sorted(sources.rglob("*.py")):  # subpackages too (distributed/)
         name = f"fusedadam/{module.relative_to(sources).as_posix()}"
         if name not in package:
             problems.append(f"missing {name}")
     for required in ["fusedadam/_kernels.pyi", "fusedadam/py.typed"]:
         if required not in package:
             problems.append(f"missing {required}")
-    if not any(fnmatch.fnmatch(f, "fusedadam/_kernels*.so") or
-               fnmatch.fnmatch(f, "fusedadam/_kernels*.pyd") for f in package):
+    if not any(
+        fnmatch.fnmatch(f, "fusedadam/_kernels*.so")
+        or fnmatch.fnmatch(f, "fusedadam/_kernels*.pyd")
+        for f in package
+    ):
         problems.append("no compiled fusedadam/_kernels module")
     if not any(fnmatch.fnmatch(f, "fusedadam-*.dist-info/licenses/LICENSE") for f in files):
         problems.append("no LICENSE in the .dist-info")
-    problems += [f"build source in the wheel: {f}" for f in sorted(files)
-                 if matches(f.rsplit("/", 1)[-1], BUILD_SOURCES)]
+    problems += [
+        f"build source in the wheel: {f}"
+        for f in sorted(files)
+        if matches(f.rsplit("/", 1)[-1], BUILD_SOURCES)
+    ]
     if "manylinux" in path.name:
         libs = [f for f in files if f.startswith("fusedadam.libs/")]
         if not any("libgomp" in f for f in libs):

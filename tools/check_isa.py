@@ -12,6 +12,7 @@ post-SSE2 instruction (SSE3, SSSE3, SSE4, POPCNT, BMI, ...) appears in another f
 
 Usage: python tools/check_isa.py WHEEL_OR_SO [...]
 """
+
 import collections
 import pathlib
 import re
@@ -26,7 +27,8 @@ import zipfile
 WIDE_FUNCTION = re.compile(r"_(avx2|avx512)(?=$|[._])")
 
 # Instructions newer than x86-64's SSE2 baseline, by mnemonic (AT&T, as objdump prints).
-POST_SSE2 = set("""
+POST_SSE2 = set(
+    """
 addsubpd addsubps haddpd haddps hsubpd hsubps lddqu movddup movshdup movsldup fisttp
 fisttps fisttpl fisttpll monitor mwait
 pabsb pabsw pabsd palignr phaddw phaddd phaddsw phsubw phsubd phsubsw pmaddubsw pmulhrsw
@@ -39,17 +41,20 @@ ptest roundpd roundps roundsd roundss
 pcmpestri pcmpestrm pcmpistri pcmpistrm pcmpgtq crc32 crc32b crc32w crc32l crc32q
 popcnt popcntw popcntl popcntq lzcnt lzcntl lzcntq tzcnt tzcntl tzcntq
 andn bextr blsi blsmsk blsr bzhi mulx pdep pext rorx sarx shlx shrx movbe adcx adox
-""".split())
+""".split()
+)
 WIDE_REGISTER = re.compile(r"%(ymm|zmm)\d+|%k[0-7]\b")
 HEADER = re.compile(r"^[0-9a-f]+ <(?P<name>[^>]+)>:$")
-INSN = re.compile(r"^\s*[0-9a-f]+:\s+(?:(?:rex\.?\w*|lock|rep[a-z]*|data16|notrack|bnd|cs|ds)\s+)*"
-                  r"(?P<mnemonic>[a-z][a-z0-9.]*)\s*(?P<operands>.*)$")
+INSN = re.compile(
+    r"^\s*[0-9a-f]+:\s+(?:(?:rex\.?\w*|lock|rep[a-z]*|data16|notrack|bnd|cs|ds)\s+)*"
+    r"(?P<mnemonic>[a-z][a-z0-9.]*)\s*(?P<operands>.*)$"
+)
 
 
 def is_beyond_baseline(mnemonic, operands):
     base = mnemonic.split(".")[0]
     if base.startswith("v") and base not in {"verr", "verw"}:
-        return True   # VEX/EVEX encoded: AVX or AVX-512
+        return True  # VEX/EVEX encoded: AVX or AVX-512
     if WIDE_REGISTER.search(operands):
         return True
     return base in POST_SSE2
@@ -59,8 +64,11 @@ def shared_objects(path, tmp):
     path = pathlib.Path(path)
     if path.suffix == ".whl":
         with zipfile.ZipFile(path) as wheel:
-            names = [n for n in wheel.namelist()
-                     if n.startswith("fusedadam/") and n.endswith((".so", ".pyd"))]
+            names = [
+                n
+                for n in wheel.namelist()
+                if n.startswith("fusedadam/") and n.endswith((".so", ".pyd"))
+            ]
             if not names:
                 raise SystemExit(f"{path}: no compiled fusedadam module inside")
             for name in names:
@@ -74,14 +82,20 @@ def check(so):
     objdump = shutil.which("objdump")
     if objdump is None:
         raise SystemExit("objdump not found (Debian: apt-get install binutils)")
-    text = subprocess.run([objdump, "-d", "--no-show-raw-insn", "-w", str(so)],
-                          check=True, capture_output=True, text=True).stdout
+    text = subprocess.run(
+        [objdump, "-d", "--no-show-raw-insn", "-w", str(so)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     if "file format elf64-x86-64" not in text[:2000]:
-        print(f"{so.name}: not an x86-64 ELF module: nothing to check (the wide loops are "
-              "compiled on x86-64 only)")
+        print(
+            f"{so.name}: not an x86-64 ELF module: nothing to check (the wide loops are "
+            "compiled on x86-64 only)"
+        )
         return True
     function = None
-    wide_inside = collections.Counter()     # wide instructions per ISA inside wide functions
+    wide_inside = collections.Counter()  # wide instructions per ISA inside wide functions
     offending = collections.defaultdict(list)
     n_functions = n_wide_functions = n_insns = 0
     for line in text.splitlines():
@@ -103,21 +117,27 @@ def check(so):
             wide_inside[wide.group(1)] += 1
         else:
             offending[function].append(f"{mnemonic} {operands}".strip())
-    print(f"{so.name}: {n_insns} instructions in {n_functions} functions; "
-          f"{n_wide_functions} per-ISA loop functions hold "
-          f"{sum(wide_inside.values())} wide instructions ({dict(wide_inside)})")
+    print(
+        f"{so.name}: {n_insns} instructions in {n_functions} functions; "
+        f"{n_wide_functions} per-ISA loop functions hold "
+        f"{sum(wide_inside.values())} wide instructions ({dict(wide_inside)})"
+    )
     ok = True
     if n_wide_functions == 0:
-        print("  FAIL: no *_avx2/*_avx512 symbols found: stripped module, or the wide "
-              "loops are missing; cannot attribute instructions")
+        print(
+            "  FAIL: no *_avx2/*_avx512 symbols found: stripped module, or the wide "
+            "loops are missing; cannot attribute instructions"
+        )
         ok = False
     if not wide_inside.get("avx2") or not wide_inside.get("avx512"):
         print("  FAIL: the AVX2 and AVX-512 loop copies should hold wide instructions")
         ok = False
     for function, insns in sorted(offending.items()):
         ok = False
-        print(f"  FAIL: {function}: {len(insns)} instruction(s) beyond x86-64 baseline, "
-              f"e.g. {insns[:3]}")
+        print(
+            f"  FAIL: {function}: {len(insns)} instruction(s) beyond x86-64 baseline, "
+            f"e.g. {insns[:3]}"
+        )
     if ok:
         print("  OK: nothing beyond x86-64 baseline (SSE2) outside *_avx2/*_avx512")
     return ok

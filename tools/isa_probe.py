@@ -8,6 +8,7 @@ kills the process with SIGILL.
 
 Usage: python tools/isa_probe.py EXPECTED_SIMD
 """
+
 import sys
 
 import numpy as np
@@ -17,15 +18,21 @@ import fusedadam as fa
 
 def main(expected):
     info = fa.backend_info()
-    print(f"fusedadam {fa.__file__}: simd={info['simd']} simd_best={info['simd_best']} "
-          f"openmp={info['openmp']}")
+    print(
+        f"fusedadam {fa.__file__}: simd={info['simd']} simd_best={info['simd_best']} "
+        f"openmp={info['openmp']}"
+    )
     assert info["compiled"] and info["openmp"], info
     assert info["simd"] == info["simd_best"] == expected, (info, expected)
     rng = np.random.default_rng(0)
-    variants = [(fa.Adam, {}), (fa.Adam, {"amsgrad": True, "weight_decay": 0.01}),
-                (fa.AdamW, {"weight_decay": 0.1}), (fa.Adamax, {"weight_decay": 0.01})]
+    variants = [
+        (fa.Adam, {}),
+        (fa.Adam, {"amsgrad": True, "weight_decay": 0.01}),
+        (fa.AdamW, {"weight_decay": 0.1}),
+        (fa.Adamax, {"weight_decay": 0.01}),
+    ]
     for dtype in (np.float32, np.float64):
-        start = rng.standard_normal(70_001).astype(dtype)   # odd size: vector tails too
+        start = rng.standard_normal(70_001).astype(dtype)  # odd size: vector tails too
         grad = rng.standard_normal(70_001).astype(dtype)
         for cls, options in variants:
             a, b = start.copy(), start.copy()

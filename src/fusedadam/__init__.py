@@ -5,7 +5,9 @@
 >>> opt = fa.Adam(w, lr=1e-2)
 >>> opt.step(np.ones_like(w))
 """
-from fusedadam import functional, reference
+
+from fusedadam import functional, reference, schedules
+from fusedadam._clip import clip_grad_norm
 from fusedadam._version import __version__
 from fusedadam.minimize import OptimizeResult, minimize
 from fusedadam.optim import AdaBelief, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam
@@ -28,8 +30,7 @@ def _apply_simd_env():
         return
     if wanted not in _kernels.ISA_NAMES:
         raise ValueError(
-            f"FUSEDADAM_SIMD={wanted!r} is not one of "
-            f"{('auto',) + tuple(_kernels.ISA_NAMES)}"
+            f"FUSEDADAM_SIMD={wanted!r} is not one of {('auto',) + tuple(_kernels.ISA_NAMES)}"
         )
     best = _kernels.best_isa()
     if _kernels.ISA_NAMES.index(wanted) > _kernels.ISA_NAMES.index(best):
@@ -58,10 +59,12 @@ __all__ = [
     "Optimizer",
     "SparseAdam",
     "backend_info",
+    "clip_grad_norm",
     "flatten_state_dict",
     "functional",
     "minimize",
     "reference",
+    "schedules",
     "unflatten_state_dict",
     "__version__",
 ]
@@ -80,9 +83,16 @@ def backend_info():
     from fusedadam._threads import effective_num_threads
 
     if _kernels is None:
-        return {"compiled": False, "openmp": False, "max_threads": 1, "num_procs": 1,
-                "simd": None, "simd_best": None, "chunk_size": None,
-                "version": __version__}
+        return {
+            "compiled": False,
+            "openmp": False,
+            "max_threads": 1,
+            "num_procs": 1,
+            "simd": None,
+            "simd_best": None,
+            "chunk_size": None,
+            "version": __version__,
+        }
     return {
         "compiled": True,
         "openmp": _kernels.openmp_enabled(),

@@ -5,6 +5,7 @@ in ``_scalars.h``), one reference function in ``reference.py`` and one thin clas
 ``optim.py``. Everything else (groups, validation, plans, the step driver, state dicts)
 is shared.
 """
+
 from typing import NamedTuple
 
 __all__ = ["Algorithm", "ALGORITHMS", "hyper_dict"]
@@ -33,8 +34,9 @@ class Algorithm(NamedTuple):
 
     def slot_names(self, group):
         """The state arrays a step of ``group`` reads and writes, in slot order."""
-        return self.state_names + tuple(name for name, flag in self.optional_state
-                                        if group.get(flag))
+        return self.state_names + tuple(
+            name for name, flag in self.optional_state if group.get(flag)
+        )
 
     def all_state_names(self):
         """Every array name this algorithm's state may hold."""
@@ -42,8 +44,9 @@ class Algorithm(NamedTuple):
 
 
 ALGORITHMS = {
-    "adam": Algorithm("adam", ("exp_avg", "exp_avg_sq"),
-                      optional_state=(("max_exp_avg_sq", "amsgrad"),)),
+    "adam": Algorithm(
+        "adam", ("exp_avg", "exp_avg_sq"), optional_state=(("max_exp_avg_sq", "amsgrad"),)
+    ),
     "adamax": Algorithm("adamax", ("exp_avg", "exp_inf")),
     "nadam": Algorithm("nadam", ("exp_avg", "exp_avg_sq"), scalar_state=(("mu_product", 1.0),)),
     "radam": Algorithm("radam", ("exp_avg", "exp_avg_sq")),

@@ -1,4 +1,5 @@
 """Which backend runs a step: the one owner of that choice and of the fallback warning."""
+
 import warnings
 
 from fusedadam import _validation

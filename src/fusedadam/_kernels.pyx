@@ -108,7 +108,9 @@ cdef extern from *:
                                                           0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
         }
     }
-    static void fa_step_leave(void) { __atomic_sub_fetch(&fa_steps_in_flight, 1, __ATOMIC_RELAXED); }
+    static void fa_step_leave(void) {
+        __atomic_sub_fetch(&fa_steps_in_flight, 1, __ATOMIC_RELAXED);
+    }
     #endif
     """
     long fa_steps_in_flight_most
@@ -473,6 +475,7 @@ cdef class GroupPlan:
     cdef Py_ssize_t n_written
     cdef object pending_grads          # the gradients this step reads (kept alive)
     cdef Py_ssize_t pending_offset     # where this group's gradients start in it
+
     def __cinit__(self, spec):
         cdef Py_ssize_t n = len(spec.params), k
         cdef int slot
@@ -699,8 +702,8 @@ cdef class GroupPlan:
         """The gradients this step reads, one per param."""
         if self.pending_grads is None:
             return []
-        return (<list>self.pending_grads)[self.pending_offset:
-                                         self.pending_offset + self.d.n_arrays]
+        cdef Py_ssize_t first = self.pending_offset
+        return (<list>self.pending_grads)[first:first + self.d.n_arrays]
 
     cdef Py_ssize_t _scan(self, Py_ssize_t offset) except -2:
         """Global index of the first non-finite gradient value, or -1."""

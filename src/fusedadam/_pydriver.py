@@ -6,6 +6,7 @@ checked; ``reference.step_scalars``; gradients checked; the non-finite policy; t
 counted once per distinct counter), with ``reference.py`` doing the array work. Tests run
 both drivers on the same optimizer and compare every decision (``last_step``).
 """
+
 import numpy as np
 
 from fusedadam import _validation, reference
@@ -69,20 +70,30 @@ class GroupPlan:
         lr = self.lr
         if callable(lr):
             value = lr(t)
-            lr = value if type(value) is float and np.isfinite(value) and value >= 0.0 else \
-                _validation.check_lr(value, f"lr({t}) returned: ")
+            lr = (
+                value
+                if type(value) is float and np.isfinite(value) and value >= 0.0
+                else _validation.check_lr(value, f"lr({t}) returned: ")
+            )
         # The arrays are re-checked every step (the plan remembers no addresses).
         _validation.check_params(params, self.first_index)
         for i, name in enumerate(self.state_names):
             for k, p in enumerate(params):
                 pname = f"params[{self.first_index + k}]"
-                _validation.check_state_array(self.slots[_STATE0 + i][k], f"{name} of {pname}",
-                                              p, pname)
+                _validation.check_state_array(
+                    self.slots[_STATE0 + i][k], f"{name} of {pname}", p, pname
+                )
         self.kind, self.scalars, self.mu_after = reference.step_scalars(
-            self.hyper, t, lr, mus.pop())
+            self.hyper, t, lr, mus.pop()
+        )
         self.n_threads = 1
-        self.grads = _validation.check_grads(grads[offset:offset + len(params)], params,
-                                             self.written_lo, self.written_hi, self.first_index)
+        self.grads = _validation.check_grads(
+            grads[offset : offset + len(params)],
+            params,
+            self.written_lo,
+            self.written_hi,
+            self.first_index,
+        )
         return True
 
     def count(self):
@@ -119,9 +130,12 @@ class Driver:
 
     def _fit(self):
         groups = self.groups if self.plans is not None else None
-        if (groups is None or not isinstance(groups, list) or len(groups) != len(self.plans)
-                or any(g is not p.group or not p.arrays_fit()
-                       for g, p in zip(groups, self.plans))):
+        if (
+            groups is None
+            or not isinstance(groups, list)
+            or len(groups) != len(self.plans)
+            or any(g is not p.group or not p.arrays_fit() for g, p in zip(groups, self.plans))
+        ):
             self._replan()
             return
         for gi, plan in enumerate(self.plans):
@@ -151,7 +165,8 @@ class Driver:
                             sizes = np.cumsum([0] + [g.size for g in plan.grads])
                             k = int(np.searchsorted(sizes, found, side="right")) - 1
                             raise self.optimizer._nonfinite_error(
-                                plan, plan.grads, k, found - int(sizes[k]))
+                                plan, plan.grads, k, found - int(sizes[k])
+                            )
                         skip = True
             if skip:
                 self.optimizer.skipped_steps += 1

@@ -1,4 +1,5 @@
 """The effective thread count of a step: the compiled module's rule, or 1 without it."""
+
 from fusedadam._backend import _kernels
 from fusedadam._validation import check_num_threads
 

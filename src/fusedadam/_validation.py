@@ -3,6 +3,7 @@
 Arrays are named the way users see them: ``params[i]`` and ``grads[i]`` with ``i`` the
 parameter's position over all groups, and state as ``exp_avg of params[i]``.
 """
+
 import math
 import numbers
 
@@ -20,7 +21,9 @@ def _is_real(x):
 def check_lr(lr, where=""):
     """Check a learning rate value (not a callable): a finite real >= 0; return it as float."""
     if not _is_real(lr):
-        raise TypeError(f"{where}Invalid learning rate: {lr!r} (expected a real number or a callable)")
+        raise TypeError(
+            f"{where}Invalid learning rate: {lr!r} (expected a real number or a callable)"
+        )
     if not math.isfinite(lr) or lr < 0.0:
         raise ValueError(f"{where}Invalid learning rate: {lr}")
     return float(lr)
@@ -46,6 +49,7 @@ def _real_checker(label, ok, rule):
             raise TypeError(f"{where}Invalid {label} value: {value!r}")
         if not (math.isfinite(value) and ok(value)):
             raise ValueError(f"{where}Invalid {label} value: {value}{rule}")
+
     return check
 
 
@@ -53,12 +57,15 @@ def _bool_checker(name):
     def check(value, where):
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{where}{name} must be a bool, got {value!r}")
+
     return check
 
 
 def _check_nonfinite(mode, where):
     if not isinstance(mode, str) or mode not in NONFINITE_MODES:
-        raise ValueError(f"{where}Invalid nonfinite mode {mode!r}; expected one of {NONFINITE_MODES}")
+        raise ValueError(
+            f"{where}Invalid nonfinite mode {mode!r}; expected one of {NONFINITE_MODES}"
+        )
 
 
 def _check_backend(backend, where):
@@ -84,10 +91,10 @@ HYPERPARAMETER_CHECKS = {
     "eps": _real_checker("epsilon", lambda x: x > 0.0, " (must be finite and > 0)"),
     "eps_root": _real_checker("eps_root", lambda x: x >= 0.0, " (must be finite and >= 0)"),
     "weight_decay": _real_checker("weight_decay", lambda x: x >= 0.0, ""),
-    "beta1_decay": _real_checker("beta1_decay", lambda x: 0.0 < x <= 1.0,
-                                 " (must be in (0, 1])"),
-    "momentum_decay": _real_checker("momentum_decay", lambda x: x >= 0.0,
-                                    " (must be finite and >= 0)"),
+    "beta1_decay": _real_checker("beta1_decay", lambda x: 0.0 < x <= 1.0, " (must be in (0, 1])"),
+    "momentum_decay": _real_checker(
+        "momentum_decay", lambda x: x >= 0.0, " (must be finite and >= 0)"
+    ),
     "amsgrad": _bool_checker("amsgrad"),
     "maximize": _bool_checker("maximize"),
     "bias_correction": _bool_checker("bias_correction"),
@@ -129,13 +136,16 @@ def _check_written_array(a, name):
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if isinstance(a, np.ma.MaskedArray):
-        raise TypeError(f"{name} is a masked array; the mask would be ignored: pass a plain "
-                        "ndarray")
+        raise TypeError(
+            f"{name} is a masked array; the mask would be ignored: pass a plain ndarray"
+        )
     if a.dtype.newbyteorder("=") not in FLOAT_DTYPES:
         raise TypeError(f"{name} has dtype {a.dtype}; only float32 and float64 are supported")
     if not a.dtype.isnative:
-        raise TypeError(f"{name} has non-native byte order ({a.dtype.str}); it is updated in "
-                        "place, so convert it first (a.astype(a.dtype.newbyteorder('=')))")
+        raise TypeError(
+            f"{name} has non-native byte order ({a.dtype.str}); it is updated in "
+            "place, so convert it first (a.astype(a.dtype.newbyteorder('=')))"
+        )
     if not a.flags.writeable:
         raise ValueError(f"{name} is read-only; it is updated in place and must be writeable")
     if not a.flags.c_contiguous:
@@ -169,8 +179,13 @@ def check_state_array(a, name, param, pname):
 
 def check_step_array(a, name, dtype):
     """A per-param 0-d counter (``step``: int64, ``mu_product``: float64) the step writes."""
-    if (type(a) is not np.ndarray or a.shape != () or a.dtype != dtype
-            or not a.flags.writeable or not a.dtype.isnative):
+    if (
+        type(a) is not np.ndarray
+        or a.shape != ()
+        or a.dtype != dtype
+        or not a.flags.writeable
+        or not a.dtype.isnative
+    ):
         raise TypeError(
             f"{name} must be a writeable 0-d numpy {np.dtype(dtype).name} array (the "
             f"optimizer updates it in place), got {a!r}; set its value with "
@@ -227,8 +242,10 @@ def as_gradient(g, name):
     if type(g) is np.ndarray:
         return g
     if isinstance(g, np.ma.MaskedArray):
-        raise TypeError(f"{name} is a masked array; the mask would be ignored: pass "
-                        "np.ma.filled(g, 0) or a plain ndarray")
+        raise TypeError(
+            f"{name} is a masked array; the mask would be ignored: pass "
+            "np.ma.filled(g, 0) or a plain ndarray"
+        )
     if not isinstance(g, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(g).__name__}")
     return np.asarray(g)
@@ -334,8 +351,9 @@ def check_saved_state(entry, param, required, optional, scalar_state, where):
     if unknown:
         raise ValueError(f"{where} has unexpected entries {unknown} for this optimizer")
     step = _saved_counter(entry["step"], where, "step", integral=True)
-    scalars = {name: _saved_counter(entry[name], where, name, integral=False)
-               for name in scalar_names}
+    scalars = {
+        name: _saved_counter(entry[name], where, name, integral=False) for name in scalar_names
+    }
     copies = {}
     for name in tuple(required) + tuple(n for n in optional if n in entry):
         a = entry[name]
@@ -369,8 +387,11 @@ def check_state_dict_layout(state_dict, param_groups):
     groups, used = [], set()
     for gi, (group, saved) in enumerate(zip(param_groups, saved_groups)):
         where = f"state_dict['param_groups'][{gi}]"
-        if (not isinstance(saved, dict) or "params" not in saved
-                or not isinstance(saved["params"], (list, tuple))):
+        if (
+            not isinstance(saved, dict)
+            or "params" not in saved
+            or not isinstance(saved["params"], (list, tuple))
+        ):
             raise ValueError(f"{where} must be a dict with a 'params' list")
         if len(saved["params"]) != len(group["params"]):
             raise ValueError(
@@ -401,8 +422,10 @@ def check_sparse_grad(grad, param, written_lo, written_hi, k):
         )
     indices, values = grad
     if not isinstance(indices, np.ndarray):
-        if not all(isinstance(i, numbers.Integral) and not isinstance(i, (bool, np.bool_))
-                   for i in np.ravel(np.asarray(indices, dtype=object))):
+        if not all(
+            isinstance(i, numbers.Integral) and not isinstance(i, (bool, np.bool_))
+            for i in np.ravel(np.asarray(indices, dtype=object))
+        ):
             raise TypeError(f"{name}: indices must be integers, got {indices!r}")
         indices = np.asarray(indices, dtype=np.int64)
     indices = as_gradient(indices, f"{name}: indices")

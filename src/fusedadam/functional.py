@@ -6,6 +6,7 @@ takes one step: the very step of the classes, driver, validation and messages in
 It validates and plans anew on every call (tens of microseconds); a training loop should
 keep an optimizer instead.
 """
+
 import numpy as np
 
 from fusedadam import optim
@@ -24,17 +25,33 @@ def _one_step(cls, params, grads, states, step, options):
     opt = cls(params, **options)
     counter = np.array(step - 1, dtype=np.int64)
     for k, p in enumerate(params):
-        opt.state[p] = {**{name: arrays[k] for name, arrays in states.items()},
-                        "step": counter}
+        opt.state[p] = {**{name: arrays[k] for name, arrays in states.items()}, "step": counter}
     skipped = opt.skipped_steps
     opt.step(grads)
     return opt.skipped_steps == skipped
 
 
-def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, lr=1e-3,
-         beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
-         maximize=False, bias_correction=True, beta1_decay=1.0, num_threads=None,
-         backend="auto", nonfinite="error"):
+def adam(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    max_exp_avg_sqs=None,
+    *,
+    step,
+    lr=1e-3,
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-8,
+    weight_decay=0.0,
+    decoupled_weight_decay=False,
+    maximize=False,
+    bias_correction=True,
+    beta1_decay=1.0,
+    num_threads=None,
+    backend="auto",
+    nonfinite="error",
+):
     """One Adam, AdamW or AMSGrad step over lists of arrays, in place.
 
     Parameters
@@ -61,23 +78,68 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, lr
     states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
     if max_exp_avg_sqs is not None:
         states["max_exp_avg_sq"] = max_exp_avg_sqs
-    return _one_step(optim.Adam, params, grads, states, step, dict(
-        lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay,
-        decoupled_weight_decay=decoupled_weight_decay, amsgrad=max_exp_avg_sqs is not None,
-        maximize=maximize, bias_correction=bias_correction, beta1_decay=beta1_decay,
-        num_threads=num_threads, backend=backend, nonfinite=nonfinite))
+    return _one_step(
+        optim.Adam,
+        params,
+        grads,
+        states,
+        step,
+        dict(
+            lr=lr,
+            betas=(beta1, beta2),
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            amsgrad=max_exp_avg_sqs is not None,
+            maximize=maximize,
+            bias_correction=bias_correction,
+            beta1_decay=beta1_decay,
+            num_threads=num_threads,
+            backend=backend,
+            nonfinite=nonfinite,
+        ),
+    )
 
 
-def adamax(params, grads, exp_avgs, exp_infs, *, step, lr=2e-3, beta1=0.9, beta2=0.999,
-           eps=1e-8, weight_decay=0.0, maximize=False, bias_correction=True,
-           beta1_decay=1.0, num_threads=None, backend="auto", nonfinite="error"):
+def adamax(
+    params,
+    grads,
+    exp_avgs,
+    exp_infs,
+    *,
+    step,
+    lr=2e-3,
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-8,
+    weight_decay=0.0,
+    maximize=False,
+    bias_correction=True,
+    beta1_decay=1.0,
+    num_threads=None,
+    backend="auto",
+    nonfinite="error",
+):
     """One Adamax step (Adam paper, Algorithm 2) over lists of arrays, in place.
 
     ``exp_infs`` holds ``u``; the other parameters are as in :func:`adam`.
     """
-    return _one_step(optim.Adamax, params, grads, {"exp_avg": exp_avgs, "exp_inf": exp_infs},
-                     step, dict(lr=lr, betas=(beta1, beta2), eps=eps,
-                                weight_decay=weight_decay, maximize=maximize,
-                                bias_correction=bias_correction, beta1_decay=beta1_decay,
-                                num_threads=num_threads, backend=backend,
-                                nonfinite=nonfinite))
+    return _one_step(
+        optim.Adamax,
+        params,
+        grads,
+        {"exp_avg": exp_avgs, "exp_inf": exp_infs},
+        step,
+        dict(
+            lr=lr,
+            betas=(beta1, beta2),
+            eps=eps,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            bias_correction=bias_correction,
+            beta1_decay=beta1_decay,
+            num_threads=num_threads,
+            backend=backend,
+            nonfinite=nonfinite,
+        ),
+    )

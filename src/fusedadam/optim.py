@@ -6,6 +6,7 @@ its twin ``_pydriver.Driver`` where the extension is not built), which owns ever
 rule. An algorithm class adds its defaults, its registry entry (``_algorithms.py``) and its
 docstring.
 """
+
 import threading
 import weakref
 from typing import NamedTuple
@@ -23,7 +24,7 @@ if _kernels is not None:
 else:  # the extension was not built
     from fusedadam._pydriver import Driver as _Driver
 
-_STATE0 = 2       # slots of a GroupPlan: param, grad, then the state arrays
+_STATE0 = 2  # slots of a GroupPlan: param, grad, then the state arrays
 
 
 def _as_param_list(params, where):
@@ -59,14 +60,14 @@ def _param_groups_from(params):
 class _HyperSpec(NamedTuple):
     """One group's validated hyperparameters, as a GroupPlan takes them."""
 
-    keys: tuple          # the hyperparameter keys, whose value objects the plan watches
-    values: tuple        # those objects
-    hyper: dict          # _algorithms.hyper_dict
-    lr: object           # float, or the callable lr(t)
+    keys: tuple  # the hyperparameter keys, whose value objects the plan watches
+    values: tuple  # those objects
+    hyper: dict  # _algorithms.hyper_dict
+    lr: object  # float, or the callable lr(t)
     num_threads: object
-    nonfinite: int       # index in _validation.NONFINITE_MODES
-    backend: str         # "compiled" or "numpy"
-    state_names: tuple   # the state arrays the step uses, in slot order
+    nonfinite: int  # index in _validation.NONFINITE_MODES
+    backend: str  # "compiled" or "numpy"
+    state_names: tuple  # the state arrays the step uses, in slot order
 
 
 class _GroupSpec(NamedTuple):
@@ -76,13 +77,13 @@ class _GroupSpec(NamedTuple):
     hyper_spec: _HyperSpec
     state_names: tuple
     params: list
-    state_dicts: tuple   # per param: its state dict (new ones not yet in opt.state)
-    slots: tuple         # (params, None, state arrays...): per slot, one array per param
-    step_arrays: tuple   # per param: the 0-d int64 step counter
-    mu_arrays: object    # per param: NAdam's 0-d float64 product, or None
-    written: tuple       # (lo, hi): byte intervals of every array any step writes
+    state_dicts: tuple  # per param: its state dict (new ones not yet in opt.state)
+    slots: tuple  # (params, None, state arrays...): per slot, one array per param
+    step_arrays: tuple  # per param: the 0-d int64 step counter
+    mu_arrays: object  # per param: NAdam's 0-d float64 product, or None
+    written: tuple  # (lo, hi): byte intervals of every array any step writes
     first_index: int
-    installs: list       # (param, its state dict or None, {name: new value}) for commit
+    installs: list  # (param, its state dict or None, {name: new value}) for commit
 
 
 class _ParamState:
@@ -170,7 +171,7 @@ class Optimizer:
         self._driver = _Driver(self)
         self._param_groups = []
         self._state = _ParamState(self._driver.invalidate)
-        self._created = {}        # id(param) -> (param, names of the optional state it got)
+        self._created = {}  # id(param) -> (param, names of the optional state it got)
         #: Steps skipped because a gradient held NaN or inf (groups with nonfinite="skip").
         self.skipped_steps = 0
         _LIVE.add(self)
@@ -305,10 +306,15 @@ class Optimizer:
         keys = tuple(self.defaults)
         lr = group["lr"]
         return _HyperSpec(
-            keys, tuple(group[k] for k in keys), _algorithms.hyper_dict(self.algorithm, group),
-            lr if callable(lr) else float(lr), group["num_threads"],
+            keys,
+            tuple(group[k] for k in keys),
+            _algorithms.hyper_dict(self.algorithm, group),
+            lr if callable(lr) else float(lr),
+            group["num_threads"],
             _validation.NONFINITE_MODES.index(group["nonfinite"]),
-            resolve_backend(group["backend"], where), self.algorithm.slot_names(group))
+            resolve_backend(group["backend"], where),
+            self.algorithm.slot_names(group),
+        )
 
     def _plan_groups(self):
         """Validate every group against the state the user sees; return new GroupPlans.
@@ -323,8 +329,9 @@ class Optimizer:
         specs, named, first = [], [], 0
         for gi, group in enumerate(groups):
             if not isinstance(group.get("params"), list):
-                group["params"] = _as_param_list(group.get("params", ()),
-                                                 f"param_groups[{gi}]['params']")
+                group["params"] = _as_param_list(
+                    group.get("params", ()), f"param_groups[{gi}]['params']"
+                )
             params = group["params"]
             _validation.check_params(params, first)
             self._check_params(params, first)
@@ -339,7 +346,7 @@ class Optimizer:
         optional = {name for name, _ in self.algorithm.optional_state}
         scalar_state = self.algorithm.scalar_state
         state_dicts, arrays, steps, mus, installs = [], [[] for _ in names], [], [], []
-        new_step = np.zeros((), dtype=np.int64)           # shared by the group's new params
+        new_step = np.zeros((), dtype=np.int64)  # shared by the group's new params
         new_mu = {name: np.array(init, dtype=np.float64) for name, init in scalar_state}
         stepped, fresh = set(), []
         for k, p in enumerate(group["params"]):
@@ -375,12 +382,24 @@ class Optimizer:
         if scalar_state:
             values = {float(m) for m in mus}
             if len(values) > 1:
-                raise ValueError(f"param_groups[{gi}]: its params have different "
-                                 f"{scalar_state[0][0]} values {sorted(values)}")
+                raise ValueError(
+                    f"param_groups[{gi}]: its params have different "
+                    f"{scalar_state[0][0]} values {sorted(values)}"
+                )
         slots = (tuple(group["params"]), None) + tuple(tuple(a) for a in arrays)
-        return _GroupSpec(group, hyper_spec, names, group["params"], tuple(state_dicts), slots,
-                          tuple(steps), tuple(mus) if scalar_state else None, None, first,
-                          installs)
+        return _GroupSpec(
+            group,
+            hyper_spec,
+            names,
+            group["params"],
+            tuple(state_dicts),
+            slots,
+            tuple(steps),
+            tuple(mus) if scalar_state else None,
+            None,
+            first,
+            installs,
+        )
 
     def _plan_entries(self, st, p, pname, names, optional, installs):
         """The state entries of a param that has state: checked, the missing optional ones
@@ -392,19 +411,24 @@ class Optimizer:
             if name in st:
                 _validation.check_state_array(st[name], f"{name} of {pname}", p, pname)
             elif name in optional and name not in self._created.get(id(p), (p, ()))[1]:
-                add[name] = np.zeros_like(p, order="C")   # the option was just switched on
+                add[name] = np.zeros_like(p, order="C")  # the option was just switched on
             else:
                 raise ValueError(
                     f"{name} of {pname} is missing from opt.state; the optimizer keeps it from "
                     "the first step on (restore it, or load a state_dict)"
                 )
         for name, dtype in (("step", np.int64),) + tuple(
-                (n, np.float64) for n, _ in self.algorithm.scalar_state):
+            (n, np.float64) for n, _ in self.algorithm.scalar_state
+        ):
             if name not in st:
                 raise ValueError(f"{name} of {pname} is missing from opt.state")
             value = st[name]
-            if type(value) is np.ndarray and value.shape == () and value.dtype == dtype \
-                    and value.flags.writeable:
+            if (
+                type(value) is np.ndarray
+                and value.shape == ()
+                and value.dtype == dtype
+                and value.flags.writeable
+            ):
                 continue
             # A plain number (st["step"] = 10): stored as the 0-d array the driver updates.
             where = f"opt.state of {pname}"
@@ -458,7 +482,8 @@ class Optimizer:
 
     def _check_state_dict(self, state_dict):
         saved_state, saved_groups = _validation.check_state_dict_layout(
-            state_dict, self.param_groups)
+            state_dict, self.param_groups
+        )
         new_groups, new_state, index = [], [], 0
         scalar_state = self.algorithm.scalar_state
         for group, (where, saved, hyper) in zip(self.param_groups, saved_groups):
@@ -476,8 +501,9 @@ class Optimizer:
             if entries:
                 step, scalars = entries[0][1], entries[0][3]
                 shared = {"step": np.array(step, dtype=np.int64)}
-                shared.update({name: np.array(scalars[name], dtype=np.float64)
-                               for name, _ in scalar_state})
+                shared.update(
+                    {name: np.array(scalars[name], dtype=np.float64) for name, _ in scalar_state}
+                )
                 for p, _, arrays, _ in entries:
                     new_state.append((p, {**arrays, **shared}))
             new_groups.append(hyper)
@@ -488,8 +514,9 @@ class Optimizer:
         """Checked ``(param, step, arrays, scalars)`` of one group's saved entries."""
         required = self.algorithm.state_names
         optional = tuple(name for name, _ in self.algorithm.optional_state)
-        required = required + tuple(name for name, flag in self.algorithm.optional_state
-                                    if merged.get(flag))
+        required = required + tuple(
+            name for name, flag in self.algorithm.optional_state if merged.get(flag)
+        )
         optional = tuple(name for name in optional if name not in required)
         entries = []
         for k, (saved_id, p) in enumerate(zip(saved["params"], group["params"])):
@@ -497,8 +524,8 @@ class Optimizer:
                 continue
             pname = f"state_dict['state'][{saved_id!r}] (params[{index + k}])"
             step, arrays, scalars = _validation.check_saved_state(
-                saved_state[saved_id], p, required, optional, self.algorithm.scalar_state,
-                pname)
+                saved_state[saved_id], p, required, optional, self.algorithm.scalar_state, pname
+            )
             entries.append((p, step, arrays, scalars))
         if entries and len(entries) != len(group["params"]) and any(e[1] for e in entries):
             raise ValueError(
@@ -509,8 +536,12 @@ class Optimizer:
 
     # ---------------------------------------------------------------- copying
     def __getstate__(self):
-        return {"defaults": self.defaults, "param_groups": self._param_groups,
-                "state": self._state.items(), "skipped_steps": self.skipped_steps}
+        return {
+            "defaults": self.defaults,
+            "param_groups": self._param_groups,
+            "state": self._state.items(),
+            "skipped_steps": self.skipped_steps,
+        }
 
     def __setstate__(self, saved):
         self.defaults = saved["defaults"]
@@ -543,7 +574,8 @@ _NUMERICS_DOC = """
 
 
 class Adam(Optimizer):
-    r"""Adam (Kingma & Ba, 2014), with AMSGrad (Reddi et al., 2018) as an option.
+    (
+        r"""Adam (Kingma & Ba, 2014), with AMSGrad (Reddi et al., 2018) as an option.
 
     For step ``t`` of each element, with ``g`` its gradient::
 
@@ -574,19 +606,44 @@ class Adam(Optimizer):
     bias_correction : bool, default True
     beta1_decay : float in (0, 1], default 1
     decoupled_weight_decay : bool, default False
-        True is AdamW.""" + _NUMERICS_DOC + "\n    "
+        True is AdamW."""
+        + _NUMERICS_DOC
+        + "\n    "
+    )
 
     algorithm = _algorithms.ALGORITHMS["adam"]
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, maximize=False, bias_correction=True, beta1_decay=1.0,
-                 num_threads=None, backend="auto", nonfinite="error",
-                 decoupled_weight_decay=False):
-        super().__init__(params, dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-            maximize=maximize, bias_correction=bias_correction, beta1_decay=beta1_decay,
-            decoupled_weight_decay=decoupled_weight_decay,
-            **_common(num_threads, backend, nonfinite)))
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        amsgrad=False,
+        maximize=False,
+        bias_correction=True,
+        beta1_decay=1.0,
+        num_threads=None,
+        backend="auto",
+        nonfinite="error",
+        decoupled_weight_decay=False,
+    ):
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                amsgrad=amsgrad,
+                maximize=maximize,
+                bias_correction=bias_correction,
+                beta1_decay=beta1_decay,
+                decoupled_weight_decay=decoupled_weight_decay,
+                **_common(num_threads, backend, nonfinite),
+            ),
+        )
 
 
 class AdamW(Adam):
@@ -596,12 +653,36 @@ class AdamW(Adam):
     update, ``p = p * (1 - lr_t * weight_decay)``. Default ``weight_decay=1e-2``.
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, maximize=False, bias_correction=True, beta1_decay=1.0,
-                 num_threads=None, backend="auto", nonfinite="error"):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize,
-                         bias_correction, beta1_decay, num_threads, backend, nonfinite,
-                         decoupled_weight_decay=True)
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=1e-2,
+        amsgrad=False,
+        maximize=False,
+        bias_correction=True,
+        beta1_decay=1.0,
+        num_threads=None,
+        backend="auto",
+        nonfinite="error",
+    ):
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            maximize,
+            bias_correction,
+            beta1_decay,
+            num_threads,
+            backend,
+            nonfinite,
+            decoupled_weight_decay=True,
+        )
 
 
 class Adamax(Optimizer):
@@ -621,17 +702,38 @@ class Adamax(Optimizer):
 
     algorithm = _algorithms.ALGORITHMS["adamax"]
 
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 maximize=False, bias_correction=True, beta1_decay=1.0, num_threads=None,
-                 backend="auto", nonfinite="error"):
-        super().__init__(params, dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
-            bias_correction=bias_correction, beta1_decay=beta1_decay,
-            **_common(num_threads, backend, nonfinite)))
+    def __init__(
+        self,
+        params,
+        lr=2e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        maximize=False,
+        bias_correction=True,
+        beta1_decay=1.0,
+        num_threads=None,
+        backend="auto",
+        nonfinite="error",
+    ):
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                maximize=maximize,
+                bias_correction=bias_correction,
+                beta1_decay=beta1_decay,
+                **_common(num_threads, backend, nonfinite),
+            ),
+        )
 
 
 class NAdam(Optimizer):
-    r"""NAdam (Dozat, 2016), as ``torch.optim.NAdam``: Adam with Nesterov momentum.
+    (
+        r"""NAdam (Dozat, 2016), as ``torch.optim.NAdam``: Adam with Nesterov momentum.
 
     For step ``t`` of each element (``psi`` is ``momentum_decay``)::
 
@@ -655,21 +757,45 @@ class NAdam(Optimizer):
     eps : float, default 1e-8
     weight_decay : float, default 0
     momentum_decay : float, default 4e-3
-    decoupled_weight_decay, maximize : bool, default False""" + _NUMERICS_DOC + "\n    "
+    decoupled_weight_decay, maximize : bool, default False"""
+        + _NUMERICS_DOC
+        + "\n    "
+    )
 
     algorithm = _algorithms.ALGORITHMS["nadam"]
 
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False,
-                 num_threads=None, backend="auto", nonfinite="error"):
-        super().__init__(params, dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-            momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
-            maximize=maximize, **_common(num_threads, backend, nonfinite)))
+    def __init__(
+        self,
+        params,
+        lr=2e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        momentum_decay=4e-3,
+        decoupled_weight_decay=False,
+        maximize=False,
+        num_threads=None,
+        backend="auto",
+        nonfinite="error",
+    ):
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                momentum_decay=momentum_decay,
+                decoupled_weight_decay=decoupled_weight_decay,
+                maximize=maximize,
+                **_common(num_threads, backend, nonfinite),
+            ),
+        )
 
 
 class RAdam(Optimizer):
-    r"""RAdam (Liu et al., 2020), as ``torch.optim.RAdam``: Adam with a rectified step.
+    (
+        r"""RAdam (Liu et al., 2020), as ``torch.optim.RAdam``: Adam with a rectified step.
 
     For step ``t`` of each element::
 
@@ -692,21 +818,43 @@ class RAdam(Optimizer):
     betas : (float, float), default (0.9, 0.999)
     eps : float, default 1e-8
     weight_decay : float, default 0
-    decoupled_weight_decay, maximize : bool, default False""" + _NUMERICS_DOC + "\n    "
+    decoupled_weight_decay, maximize : bool, default False"""
+        + _NUMERICS_DOC
+        + "\n    "
+    )
 
     algorithm = _algorithms.ALGORITHMS["radam"]
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False, maximize=False, num_threads=None,
-                 backend="auto", nonfinite="error"):
-        super().__init__(params, dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-            **_common(num_threads, backend, nonfinite)))
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        decoupled_weight_decay=False,
+        maximize=False,
+        num_threads=None,
+        backend="auto",
+        nonfinite="error",
+    ):
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                decoupled_weight_decay=decoupled_weight_decay,
+                maximize=maximize,
+                **_common(num_threads, backend, nonfinite),
+            ),
+        )
 
 
 class AdaBelief(Optimizer):
-    r"""AdaBelief (Zhuang et al., 2020, Algorithm 2), as ``optax.adabelief`` computes it.
+    (
+        r"""AdaBelief (Zhuang et al., 2020, Algorithm 2), as ``optax.adabelief`` computes it.
 
     For step ``t`` of each element::
 
@@ -727,21 +875,45 @@ class AdaBelief(Optimizer):
     eps : float, default 1e-16
     eps_root : float, default 1e-16
     weight_decay : float, default 0
-    decoupled_weight_decay, maximize : bool, default False""" + _NUMERICS_DOC + "\n    "
+    decoupled_weight_decay, maximize : bool, default False"""
+        + _NUMERICS_DOC
+        + "\n    "
+    )
 
     algorithm = _algorithms.ALGORITHMS["adabelief"]
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, eps_root=1e-16,
-                 weight_decay=0.0, decoupled_weight_decay=False, maximize=False,
-                 num_threads=None, backend="auto", nonfinite="error"):
-        super().__init__(params, dict(
-            lr=lr, betas=betas, eps=eps, eps_root=eps_root, weight_decay=weight_decay,
-            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-            **_common(num_threads, backend, nonfinite)))
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-16,
+        eps_root=1e-16,
+        weight_decay=0.0,
+        decoupled_weight_decay=False,
+        maximize=False,
+        num_threads=None,
+        backend="auto",
+        nonfinite="error",
+    ):
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                eps_root=eps_root,
+                weight_decay=weight_decay,
+                decoupled_weight_decay=decoupled_weight_decay,
+                maximize=maximize,
+                **_common(num_threads, backend, nonfinite),
+            ),
+        )
 
 
 class Lion(Optimizer):
-    r"""Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"), as
+    (
+        r"""Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"), as
     ``optax.lion``.
 
     For each element::
@@ -760,12 +932,31 @@ class Lion(Optimizer):
     lr : float or callable, default 1e-4
     betas : (float, float), default (0.9, 0.99)
     weight_decay : float, default 1e-3
-    maximize : bool, default False""" + _NUMERICS_DOC + "\n    "
+    maximize : bool, default False"""
+        + _NUMERICS_DOC
+        + "\n    "
+    )
 
     algorithm = _algorithms.ALGORITHMS["lion"]
 
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=1e-3, maximize=False,
-                 num_threads=None, backend="auto", nonfinite="error"):
-        super().__init__(params, dict(
-            lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize,
-            **_common(num_threads, backend, nonfinite)))
+    def __init__(
+        self,
+        params,
+        lr=1e-4,
+        betas=(0.9, 0.99),
+        weight_decay=1e-3,
+        maximize=False,
+        num_threads=None,
+        backend="auto",
+        nonfinite="error",
+    ):
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                betas=betas,
+                weight_decay=weight_decay,
+                maximize=maximize,
+                **_common(num_threads, backend, nonfinite),
+            ),
+        )

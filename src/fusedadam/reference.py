@@ -8,13 +8,24 @@ NumPy's +, -, *, / and sqrt are correctly rounded and the extension is built wit
 ``-ffp-contract=off``, so the two agree bit for bit on every instruction set and for every
 thread count.
 """
+
 import math
 
 import numpy as np
 
-__all__ = ["step_scalars", "run", "first_nonfinite", "adam_update", "adamax_update",
-           "nadam_update", "momentum_update", "adabelief_update", "lion_update",
-           "probe_update", "sparse_adam_update"]
+__all__ = [
+    "step_scalars",
+    "run",
+    "first_nonfinite",
+    "adam_update",
+    "adamax_update",
+    "nadam_update",
+    "momentum_update",
+    "adabelief_update",
+    "lion_update",
+    "probe_update",
+    "sparse_adam_update",
+]
 
 
 # Overflow, inf - inf and the like are computed as IEEE says, silently, as the compiled
@@ -35,10 +46,13 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
     coupled = h["weight_decay"] != 0.0 and not h["decoupled"]
     bc1 = bc2 = 1.0
     beta1 = h["beta1"]
-    s = {"sign": -1.0 if h["maximize"] else 1.0,
-         "weight_decay": 0.0 if h["decoupled"] else h["weight_decay"],
-         "decay": 1.0 - lr * h["weight_decay"] if h["decoupled"] else 1.0,
-         "eps_root": 0.0, "grad_coef": 0.0}
+    s = {
+        "sign": -1.0 if h["maximize"] else 1.0,
+        "weight_decay": 0.0 if h["decoupled"] else h["weight_decay"],
+        "decay": 1.0 - lr * h["weight_decay"] if h["decoupled"] else 1.0,
+        "eps_root": 0.0,
+        "grad_coef": 0.0,
+    }
     mu_after = mu_product
     if algorithm in ("adam", "adamax"):
         beta1 = h["beta1"] * h["beta1_decay"] ** (t - 1.0)
@@ -74,8 +88,12 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
         rho_inf = 2.0 / (1.0 - h["beta2"]) - 1.0
         rho_t = rho_inf - 2.0 * t * h["beta2"] ** t / bc2
         if rho_t > 5.0:
-            rect = math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
-                             / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+            rect = math.sqrt(
+                (rho_t - 4.0)
+                * (rho_t - 2.0)
+                * rho_inf
+                / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
+            )
             s["step_size"] = lr * rect / bc1 * math.sqrt(bc2)
             s["eps"] = h["eps"]
             kind = "adam" + suffix
@@ -113,8 +131,9 @@ def _gradient(param, grad, scalars, coupled):
 
 def _moments(g, exp_avg, exp_avg_sq, scalars):
     """m = b1 m + (1 - b1) g and v = b2 v + (1 - b2) g g, in place."""
-    b1, omb1, b2, omb2 = _cast(g.dtype, scalars, "beta1", "one_minus_beta1", "beta2",
-                               "one_minus_beta2")
+    b1, omb1, b2, omb2 = _cast(
+        g.dtype, scalars, "beta1", "one_minus_beta1", "beta2", "one_minus_beta2"
+    )
     exp_avg *= b1
     exp_avg += omb1 * g
     g_sq = omb2 * g
@@ -145,8 +164,9 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, coupl
 def adamax_update(param, grad, exp_avg, exp_inf, scalars, coupled):
     """Adamax, in place: ``u = max(beta2 * u, |g| + eps)``, ``p -= step_size * m / u``."""
     g = _gradient(param, grad, scalars, coupled)
-    b1, omb1, b2, step_size, eps = _cast(param.dtype, scalars, "beta1", "one_minus_beta1",
-                                         "beta2", "step_size", "eps")
+    b1, omb1, b2, step_size, eps = _cast(
+        param.dtype, scalars, "beta1", "one_minus_beta1", "beta2", "step_size", "eps"
+    )
     exp_avg *= b1
     exp_avg += omb1 * g
     exp_inf *= b2
@@ -187,8 +207,16 @@ def adabelief_update(param, grad, exp_avg, exp_avg_var, scalars, coupled):
     ``p -= step_size * m / (sqrt(s) + eps)``."""
     g = _gradient(param, grad, scalars, coupled)
     b1, omb1, b2, omb2, step_size, eps, eps_root = _cast(
-        param.dtype, scalars, "beta1", "one_minus_beta1", "beta2", "one_minus_beta2",
-        "step_size", "eps", "eps_root")
+        param.dtype,
+        scalars,
+        "beta1",
+        "one_minus_beta1",
+        "beta2",
+        "one_minus_beta2",
+        "step_size",
+        "eps",
+        "eps_root",
+    )
     exp_avg *= b1
     exp_avg += omb1 * g
     surprise = g - exp_avg
@@ -209,8 +237,9 @@ def lion_update(param, grad, exp_avg, scalars, coupled):
     """Lion, in place: ``p -= step_size * sign(b1 m + (1 - b1) g)``, then
     ``m = b2 m + (1 - b2) g``. sign keeps +-0 and NaN as they are (``_loops.h``)."""
     g = _gradient(param, grad, scalars, coupled)
-    b1, omb1, b2, omb2, step_size = _cast(param.dtype, scalars, "beta1", "one_minus_beta1",
-                                          "beta2", "one_minus_beta2", "step_size")
+    b1, omb1, b2, omb2, step_size = _cast(
+        param.dtype, scalars, "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "step_size"
+    )
     c = b1 * exp_avg
     c += omb1 * g
     one = param.dtype.type(1)
@@ -232,9 +261,13 @@ def probe_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None):
 
 # Loop kind -> (update function, takes a third state array).
 _KINDS = {
-    "adam": (adam_update, 2), "amsgrad": (adam_update, 3), "adamax": (adamax_update, 2),
-    "nadam": (nadam_update, 2), "momentum": (momentum_update, 2),
-    "adabelief": (adabelief_update, 2), "lion": (lion_update, 1),
+    "adam": (adam_update, 2),
+    "amsgrad": (adam_update, 3),
+    "adamax": (adamax_update, 2),
+    "nadam": (nadam_update, 2),
+    "momentum": (momentum_update, 2),
+    "adabelief": (adabelief_update, 2),
+    "lion": (lion_update, 1),
 }
 
 
@@ -274,7 +307,8 @@ def sparse_adam_update(param, exp_avg, exp_avg_sq, values, rows, order, starts, 
     ``scalars`` is the dict of :func:`step_scalars` for ``"sparse_adam"``.
     """
     sign, one_minus_beta1, one_minus_beta2, step_size, eps = _cast(
-        param.dtype, scalars, "sign", "one_minus_beta1", "one_minus_beta2", "step_size", "eps")
+        param.dtype, scalars, "sign", "one_minus_beta1", "one_minus_beta2", "step_size", "eps"
+    )
     if rows.size == 0 or param.shape[1] == 0:
         return
     counts = np.diff(starts)

@@ -4,10 +4,11 @@ The gradient of a table is given as ``(indices, values)``; only the listed rows 
 table and of its two moment arrays change, in one compiled pass whose cost is
 proportional to ``len(indices) * dim``, never to the number of rows of the table.
 """
+
 import numpy as np
 
 from fusedadam import _validation, reference
-from fusedadam._algorithms import ALGORITHMS, hyper_dict
+from fusedadam._algorithms import ALGORITHMS
 from fusedadam._backend import _kernels
 from fusedadam.optim import Optimizer, _common
 
@@ -87,10 +88,27 @@ class SparseAdam(Optimizer):
 
     algorithm = ALGORITHMS["sparse_adam"]
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, maximize=False,
-                 num_threads=None, backend="auto", nonfinite="error"):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, maximize=maximize,
-                                      **_common(num_threads, backend, nonfinite)))
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        maximize=False,
+        num_threads=None,
+        backend="auto",
+        nonfinite="error",
+    ):
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                maximize=maximize,
+                **_common(num_threads, backend, nonfinite),
+            ),
+        )
 
     def _check_params(self, params, first):
         for k, p in enumerate(params):
@@ -114,8 +132,11 @@ class SparseAdam(Optimizer):
                 if plan["nonfinite"] == 2:
                     continue
                 values = plan["values"]
-                found = (_kernels.sparse_first_nonfinite(values) if plan["compiled"]
-                         else reference.first_nonfinite([values]))
+                found = (
+                    _kernels.sparse_first_nonfinite(values)
+                    if plan["compiled"]
+                    else reference.first_nonfinite([values])
+                )
                 if found >= 0:
                     if plan["nonfinite"] == 0:
                         raise _validation.nonfinite_error([values], plan["index"], 0, found)
@@ -130,8 +151,7 @@ class SparseAdam(Optimizer):
         params = [p for g in self.param_groups for p in g["params"]]
         if isinstance(grads, (np.ndarray, set, frozenset, dict)):
             raise TypeError(
-                "grads must be a sequence with one (indices, values) pair or None per "
-                "parameter"
+                "grads must be a sequence with one (indices, values) pair or None per parameter"
             )
         grads = list(grads)
         if len(grads) != len(params):
@@ -146,8 +166,7 @@ class SparseAdam(Optimizer):
             named.append((pname, p))
             st = self.state.get(p)
             if st is not None:
-                states[k] = self._plan_entries(st, p, pname, self.algorithm.state_names,
-                                               (), [])
+                states[k] = self._plan_entries(st, p, pname, self.algorithm.state_names, (), [])
                 named += [(f"{n} of {pname}", states[k][n]) for n in self.algorithm.state_names]
         written_lo, written_hi = _validation.written_intervals(named)
         prepared, k = [], 0
@@ -156,18 +175,27 @@ class SparseAdam(Optimizer):
             for p in group["params"]:
                 if grads[k] is not None:
                     indices, values = _validation.check_sparse_grad(
-                        grads[k], p, written_lo, written_hi, k)
+                        grads[k], p, written_lo, written_hi, k
+                    )
                     entries = states.get(k)
                     t = (int(entries["step"]) if entries is not None else 0) + 1
                     lr = spec.lr
                     if callable(lr):
                         lr = _validation.check_lr(lr(t), f"lr({t}) returned: ")
                     _, scalars, _ = _step_scalars(spec.hyper, t, lr)
-                    prepared.append({
-                        "param": p, "entries": entries, "values": values,
-                        "rows": group_rows(indices), "scalars": scalars, "index": k,
-                        "compiled": spec.backend == "compiled", "nonfinite": spec.nonfinite,
-                        "num_threads": spec.num_threads})
+                    prepared.append(
+                        {
+                            "param": p,
+                            "entries": entries,
+                            "values": values,
+                            "rows": group_rows(indices),
+                            "scalars": scalars,
+                            "index": k,
+                            "compiled": spec.backend == "compiled",
+                            "nonfinite": spec.nonfinite,
+                            "num_threads": spec.num_threads,
+                        }
+                    )
                 k += 1
         return prepared
 
@@ -175,18 +203,36 @@ class SparseAdam(Optimizer):
         p, entries = plan["param"], plan["entries"]
         st = self.state.get(p)
         if st is None:
-            st = {"step": np.zeros((), dtype=np.int64),
-                  "exp_avg": np.zeros_like(p, order="C"),
-                  "exp_avg_sq": np.zeros_like(p, order="C")}
+            st = {
+                "step": np.zeros((), dtype=np.int64),
+                "exp_avg": np.zeros_like(p, order="C"),
+                "exp_avg_sq": np.zeros_like(p, order="C"),
+            }
             self.state._set(p, st)
         else:
             st.update({key: entries[key] for key in entries if st.get(key) is not entries[key]})
         rows, order, starts = plan["rows"]
         if plan["compiled"]:
-            _kernels.sparse_adam_step(p, st["exp_avg"], st["exp_avg_sq"], plan["values"],
-                                      rows, order, starts, plan["scalars"],
-                                      plan["num_threads"])
+            _kernels.sparse_adam_step(
+                p,
+                st["exp_avg"],
+                st["exp_avg_sq"],
+                plan["values"],
+                rows,
+                order,
+                starts,
+                plan["scalars"],
+                plan["num_threads"],
+            )
         else:
-            reference.sparse_adam_update(p, st["exp_avg"], st["exp_avg_sq"], plan["values"],
-                                         rows, order, starts, plan["scalars"])
+            reference.sparse_adam_update(
+                p,
+                st["exp_avg"],
+                st["exp_avg_sq"],
+                plan["values"],
+                rows,
+                order,
+                starts,
+                plan["scalars"],
+            )
         st["step"][...] += 1

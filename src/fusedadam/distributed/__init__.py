@@ -18,6 +18,7 @@ Run with ``mpiexec -n 4 python -m mpi4py train.py``: ``-m mpi4py`` makes an unca
 exception on one rank abort the whole job instead of leaving the others waiting in a
 collective; ``MPIEXEC_TIMEOUT=<seconds>`` (MPICH's Hydra) bounds the whole run.
 """
+
 from fusedadam.distributed._consolidate import consolidate_checkpoint
 
 __all__ = ["ShardedOptimizer", "consolidate_checkpoint"]
@@ -31,7 +32,9 @@ def __getattr__(name):
         except ImportError as exc:
             if exc.name != "mpi4py":
                 raise
-            raise ImportError("fusedadam.distributed.ShardedOptimizer needs mpi4py: pip "
-                              "install 'fusedadam[mpi]'", name="mpi4py") from exc
+            raise ImportError(
+                "fusedadam.distributed.ShardedOptimizer needs mpi4py: pip install 'fusedadam[mpi]'",
+                name="mpi4py",
+            ) from exc
         return ShardedOptimizer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,7 @@ and ``state_dict``: to an ``.npz`` file (``params/<i>`` plus
 :func:`fusedadam.flatten_state_dict`'s entries; a callable hyperparameter cannot be stored
 there) or, for any other name, a pickle of ``{"params": [...], "state_dict": {...}}``.
 """
+
 import argparse
 import pickle
 import sys
@@ -17,8 +18,9 @@ from fusedadam.distributed import consolidate_checkpoint
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fusedadam.distributed",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m fusedadam.distributed", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("checkpoint", help="directory written by ShardedOptimizer.save")
     parser.add_argument("output", help="OUTPUT.npz, or any other name for a pickle")
     args = parser.parse_args(argv)
@@ -30,11 +32,14 @@ def main(argv=None):
             np.savez(f, **arrays)
     else:
         with open(args.output, "wb") as f:
-            pickle.dump({"params": params, "state_dict": state_dict}, f,
-                        protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump(
+                {"params": params, "state_dict": state_dict}, f, protocol=pickle.HIGHEST_PROTOCOL
+            )
     n = sum(p.size for p in params)
-    print(f"{args.checkpoint}: {len(params)} params ({n} elements), "
-          f"{len(state_dict['state'])} state entries -> {args.output}")
+    print(
+        f"{args.checkpoint}: {len(params)} params ({n} elements), "
+        f"{len(state_dict['state'])} state entries -> {args.output}"
+    )
     return 0
 
 

@@ -15,6 +15,7 @@ the next successful save). Loading checks the SHA-256 of every file it opens.
 ``meta-<id>.pkl`` is a pickle (hyperparameters may be callables): load checkpoints only
 from sources you trust, as with ``pickle`` or ``torch.load``.
 """
+
 import hashlib
 import json
 import os
@@ -41,7 +42,7 @@ def _sha256(path):
 def _fsync_directory(directory):
     try:
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:          # not supported on this platform or file system
+    except OSError:  # not supported on this platform or file system
         return
     try:
         os.fsync(fd)
@@ -88,7 +89,7 @@ def save(comm, directory, shard_arrays, meta):
     if rank == 0:
         os.makedirs(directory, exist_ok=True)
     save_id = comm.bcast(uuid.uuid4().hex[:12] if rank == 0 else None, root=0)
-    comm.Barrier()                                # the directory exists
+    comm.Barrier()  # the directory exists
     name = f"shard-{save_id}-{rank:05d}-of-{world:05d}.npz"
     error, entry = None, None
     try:
@@ -104,10 +105,17 @@ def save(comm, directory, shard_arrays, meta):
         else:
             try:
                 meta_entry = _write_atomically(
-                    directory, f"meta-{save_id}.pkl",
-                    lambda f: pickle.dump(meta, f, protocol=pickle.HIGHEST_PROTOCOL))
-                manifest = {"format": FORMAT, "save_id": save_id, "world_size": world,
-                            "meta": meta_entry, "shards": [e for _, e in entries]}
+                    directory,
+                    f"meta-{save_id}.pkl",
+                    lambda f: pickle.dump(meta, f, protocol=pickle.HIGHEST_PROTOCOL),
+                )
+                manifest = {
+                    "format": FORMAT,
+                    "save_id": save_id,
+                    "world_size": world,
+                    "meta": meta_entry,
+                    "shards": [e for _, e in entries],
+                }
                 temporary = os.path.join(directory, f".{MANIFEST}.tmp-{os.getpid()}")
                 with open(temporary, "w") as f:
                     json.dump(manifest, f, indent=1)
@@ -119,8 +127,10 @@ def save(comm, directory, shard_arrays, meta):
                 failure = f"rank 0: {exc}"
     failure = comm.bcast(failure, root=0)
     if failure is not None:
-        raise OSError(f"checkpoint save to {directory!r} failed ({failure}); the previous "
-                      "checkpoint there, if any, is unchanged")
+        raise OSError(
+            f"checkpoint save to {directory!r} failed ({failure}); the previous "
+            "checkpoint there, if any, is unchanged"
+        )
 
 
 def _remove_orphans(directory, manifest):
@@ -147,8 +157,9 @@ class CheckpointReader:
             with open(path) as f:
                 self.manifest = json.load(f)
         except FileNotFoundError:
-            raise FileNotFoundError(f"no checkpoint in {directory!r} ({MANIFEST} missing)") \
-                from None
+            raise FileNotFoundError(
+                f"no checkpoint in {directory!r} ({MANIFEST} missing)"
+            ) from None
         if self.manifest.get("format") != FORMAT:
             raise ValueError(f"{path} is not a {FORMAT} manifest")
         with open(self._verified(self.manifest["meta"]), "rb") as f:
@@ -162,8 +173,9 @@ class CheckpointReader:
         if not os.path.exists(path):
             raise ValueError(f"checkpoint file {path} is missing")
         if _sha256(path) != entry["sha256"]:
-            raise ValueError(f"checkpoint file {path} fails its SHA-256 check (corrupt or "
-                             "partly written)")
+            raise ValueError(
+                f"checkpoint file {path} fails its SHA-256 check (corrupt or partly written)"
+            )
         return path
 
     def shard(self, rank):
@@ -182,11 +194,16 @@ class CheckpointReader:
         segment = self.segments[segment_index]
         dst_stop = dst_start + dst.size
         for old_rank in range(self.world_size):
-            ranges = [(start, stop, offset)
-                      for start, stop, offset in segment.shard_ranges(old_rank)
-                      if start < dst_stop and dst_start < stop]
+            ranges = [
+                (start, stop, offset)
+                for start, stop, offset in segment.shard_ranges(old_rank)
+                if start < dst_stop and dst_start < stop
+            ]
             if not ranges:
                 continue
             array = self.shard(old_rank)[f"s{segment_index}.{name}"]
-            copy_overlaps(dst, dst_start, [(start, array[offset:offset + stop - start])
-                                           for start, stop, offset in ranges])
+            copy_overlaps(
+                dst,
+                dst_start,
+                [(start, array[offset : offset + stop - start]) for start, stop, offset in ranges],
+            )

@@ -4,6 +4,7 @@ Needs no MPI: :func:`consolidate_checkpoint` runs in one plain process (as DeepS
 ``zero_to_fp32`` does), so a checkpoint can be inspected or converted where mpi4py is not
 installed.
 """
+
 import numpy as np
 
 from fusedadam.distributed._checkpoint import CheckpointReader
@@ -21,13 +22,12 @@ def single_process_state_dict(segments, steps, meta, full_flat):
         gi = segment.group
         if not steps[gi]:
             continue
-        for index, shape, offset in zip(segment.param_indices, segment.shapes,
-                                        segment.offsets):
+        for index, shape, offset in zip(segment.param_indices, segment.shapes, segment.offsets):
             size = int(np.prod(shape, dtype=np.int64))
             entry = {"step": steps[gi]}
             for name in meta["state_names"][gi]:
                 flat = full_flat(si, name)
-                entry[name] = flat[offset:offset + size].reshape(shape).copy()
+                entry[name] = flat[offset : offset + size].reshape(shape).copy()
             state[index] = entry
     groups = []
     for gi, hyper in enumerate(meta["param_groups"]):
@@ -66,8 +66,7 @@ def consolidate_checkpoint(directory):
 
     for si, segment in enumerate(segments):
         flat = full_flat(si, "param")
-        for index, shape, offset in zip(segment.param_indices, segment.shapes,
-                                        segment.offsets):
+        for index, shape, offset in zip(segment.param_indices, segment.shapes, segment.offsets):
             size = int(np.prod(shape, dtype=np.int64))
-            params[index] = flat[offset:offset + size].reshape(shape).copy()
+            params[index] = flat[offset : offset + size].reshape(shape).copy()
     return params, single_process_state_dict(segments, meta["steps"], meta, full_flat)

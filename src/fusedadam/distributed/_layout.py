@@ -16,6 +16,7 @@ each collective stays on a contiguous buffer.
 Element positions are world-size independent (padding is only at the end), which is what
 makes a checkpoint saved at one world size readable at any other.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +40,7 @@ def aligned_zeros(n, dtype):
     dtype = np.dtype(dtype)
     raw = np.zeros(n * dtype.itemsize + ALIGN_BYTES, dtype=np.uint8)
     start = (-raw.ctypes.data) % ALIGN_BYTES
-    return raw[start:start + n * dtype.itemsize].view(dtype)
+    return raw[start : start + n * dtype.itemsize].view(dtype)
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,10 @@ class Segment:
 
     def buckets(self):
         """``[(start, stop), ...]``: the flat ranges of the buckets (none when empty)."""
-        return [(start, min(start + self.bucket, self.padded))
-                for start in range(0, self.padded, self.bucket)]
+        return [
+            (start, min(start + self.bucket, self.padded))
+            for start in range(0, self.padded, self.bucket)
+        ]
 
     def chunk(self, bucket_range, rank):
         """The flat range of ``rank``'s chunk of the bucket ``bucket_range``."""
@@ -113,17 +116,31 @@ class Segment:
 
     def to_meta(self):
         """JSON-able description (checkpoint manifests and shard state_dicts)."""
-        return {"group": self.group, "dtype": self.dtype.str,
-                "param_indices": list(self.param_indices),
-                "shapes": [list(s) for s in self.shapes], "offsets": list(self.offsets),
-                "size": self.size, "padded": self.padded, "bucket": self.bucket,
-                "world_size": self.world_size}
+        return {
+            "group": self.group,
+            "dtype": self.dtype.str,
+            "param_indices": list(self.param_indices),
+            "shapes": [list(s) for s in self.shapes],
+            "offsets": list(self.offsets),
+            "size": self.size,
+            "padded": self.padded,
+            "bucket": self.bucket,
+            "world_size": self.world_size,
+        }
 
     @classmethod
     def from_meta(cls, meta):
-        return cls(meta["group"], np.dtype(meta["dtype"]), tuple(meta["param_indices"]),
-                   tuple(tuple(s) for s in meta["shapes"]), tuple(meta["offsets"]),
-                   meta["size"], meta["padded"], meta["bucket"], meta["world_size"])
+        return cls(
+            meta["group"],
+            np.dtype(meta["dtype"]),
+            tuple(meta["param_indices"]),
+            tuple(tuple(s) for s in meta["shapes"]),
+            tuple(meta["offsets"]),
+            meta["size"],
+            meta["padded"],
+            meta["bucket"],
+            meta["world_size"],
+        )
 
 
 def plan_segments(group_params, world_size, bucket_elements):
@@ -153,9 +170,19 @@ def plan_segments(group_params, world_size, bucket_elements):
             padded = -(-size // unit) * unit
             cap = min(bucket_elements, MAX_COLLECTIVE_ELEMENTS)
             bucket = max(unit, cap // unit * unit)
-            segments.append(Segment(gi, dtype, tuple(i for i, _ in members),
-                                    tuple(s for _, s in members), tuple(offsets), size,
-                                    padded, bucket, world_size))
+            segments.append(
+                Segment(
+                    gi,
+                    dtype,
+                    tuple(i for i, _ in members),
+                    tuple(s for _, s in members),
+                    tuple(offsets),
+                    size,
+                    padded,
+                    bucket,
+                    world_size,
+                )
+            )
     return segments
 
 
@@ -169,4 +196,4 @@ def copy_overlaps(dst, dst_start, sources):
     for src_start, src in sources:
         lo, hi = max(dst_start, src_start), min(dst_stop, src_start + src.size)
         if lo < hi:
-            dst[lo - dst_start:hi - dst_start] = src[lo - src_start:hi - src_start]
+            dst[lo - dst_start : hi - dst_start] = src[lo - src_start : hi - src_start]

@@ -1,4 +1,5 @@
 """ShardedOptimizer: ZeRO-style sharded steps of any fusedadam dense optimizer over MPI."""
+
 import time
 
 import numpy as np
@@ -24,15 +25,18 @@ def _mpi_datatype(dtype):
     try:
         return MPI.Datatype.fromcode(np.dtype(dtype).char)
     except (ValueError, KeyError):
-        raise TypeError(f"params of dtype {np.dtype(dtype)} have no predefined MPI datatype "
-                        "to sum gradients in") from None
+        raise TypeError(
+            f"params of dtype {np.dtype(dtype)} have no predefined MPI datatype to sum gradients in"
+        ) from None
 
 
 def _describe(value):
     """A rank-independent description of a hyperparameter (callables by name, not id)."""
     if callable(value):
-        return f"<callable {getattr(value, '__module__', '?')}." \
-               f"{getattr(value, '__qualname__', type(value).__name__)}>"
+        return (
+            f"<callable {getattr(value, '__module__', '?')}."
+            f"{getattr(value, '__qualname__', type(value).__name__)}>"
+        )
     if isinstance(value, (list, tuple)):
         return type(value)(_describe(v) for v in value)
     return repr(value)
@@ -43,8 +47,9 @@ def _param_groups_of(params):
     if isinstance(params, np.ndarray):
         return [{"params": [params]}]
     if isinstance(params, (set, frozenset, dict)):
-        raise TypeError("params must be an array or an ordered sequence of arrays or of "
-                        "param-group dicts")
+        raise TypeError(
+            "params must be an array or an ordered sequence of arrays or of param-group dicts"
+        )
     params = list(params)
     if not params:
         raise ValueError("optimizer got an empty parameter list")
@@ -117,8 +122,16 @@ class ShardedOptimizer:
     world sizes give sums that differ in the last bits.
     """
 
-    def __init__(self, optimizer_class, params, comm=None, *, grad_reduction="mean",
-                 bucket_elements=DEFAULT_BUCKET_ELEMENTS, **kwargs):
+    def __init__(
+        self,
+        optimizer_class,
+        params,
+        comm=None,
+        *,
+        grad_reduction="mean",
+        bucket_elements=DEFAULT_BUCKET_ELEMENTS,
+        **kwargs,
+    ):
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank, self.world_size = self.comm.Get_rank(), self.comm.Get_size()
         self.optimizer_class = optimizer_class
@@ -133,25 +146,26 @@ class ShardedOptimizer:
         try:
             groups, templates = self._check_local(params, bucket_elements)
             signature = {**self._signature(groups), "bucket_elements": bucket_elements}
-        except Exception as exc:      # any error, so that the other ranks hear of it
+        except Exception as exc:  # any error, so that the other ranks hear of it
             error = exc
         self._agree(error, signature)
 
         self._segments = plan_segments(
-            [[(p.shape, p.dtype) for p in g["params"]] for g in groups], self.world_size,
-            bucket_elements)
+            [[(p.shape, p.dtype) for p in g["params"]] for g in groups],
+            self.world_size,
+            bucket_elements,
+        )
         user_params = [p for g in groups for p in g["params"]]
         self.params, self.grads = [None] * len(user_params), [None] * len(user_params)
         self._flat_params, self._flat_grads, self._reduced = [], [], []
         for segment in self._segments:
             flat_param = aligned_zeros(segment.padded, segment.dtype)
             flat_grad = aligned_zeros(segment.padded, segment.dtype)
-            for index, shape, offset in zip(segment.param_indices, segment.shapes,
-                                            segment.offsets):
+            for index, shape, offset in zip(segment.param_indices, segment.shapes, segment.offsets):
                 size = int(np.prod(shape, dtype=np.int64))
-                self.params[index] = flat_param[offset:offset + size].reshape(shape)
-                self.params[index][...] = user_params[index]          # the one copy
-                self.grads[index] = flat_grad[offset:offset + size].reshape(shape)
+                self.params[index] = flat_param[offset : offset + size].reshape(shape)
+                self.params[index][...] = user_params[index]  # the one copy
+                self.grads[index] = flat_grad[offset : offset + size].reshape(shape)
             self._flat_params.append(flat_param)
             self._flat_grads.append(flat_grad)
             self._reduced.append(aligned_zeros(segment.shard_size, segment.dtype))
@@ -161,29 +175,37 @@ class ShardedOptimizer:
         first = 0
         for group, template in zip(groups, templates):
             hyper = {k: v for k, v in template.param_groups[0].items() if k != "params"}
-            hyper["params"] = self.params[first:first + len(group["params"])]
+            hyper["params"] = self.params[first : first + len(group["params"])]
             self.param_groups.append(hyper)
             first += len(group["params"])
-        self._overrides = [{k: v for k, v in g.items() if k not in ("params", "nonfinite")}
-                           for g in groups]
+        self._overrides = [
+            {k: v for k, v in g.items() if k not in ("params", "nonfinite")} for g in groups
+        ]
         self._steps = [0] * len(groups)
         # One inner optimizer per (segment, bucket): it owns this rank's chunk of the
         # bucket (a view of the flat param buffer) and the state of that chunk only.
         self._buckets = []
         for si, segment in enumerate(self._segments):
             for (b_start, b_stop), (c_start, c_stop, offset) in zip(
-                    segment.buckets(), segment.shard_ranges(self.rank)):
+                segment.buckets(), segment.shard_ranges(self.rank)
+            ):
                 inner = optimizer_class(
-                    [{"params": [self._flat_params[si][c_start:c_stop]],
-                      **self._overrides[segment.group], "nonfinite": "ignore"}],
-                    **self._kwargs)
-                self._buckets.append((si, b_start, b_stop, c_start, offset, c_stop - c_start,
-                                      inner))
+                    [
+                        {
+                            "params": [self._flat_params[si][c_start:c_stop]],
+                            **self._overrides[segment.group],
+                            "nonfinite": "ignore",
+                        }
+                    ],
+                    **self._kwargs,
+                )
+                self._buckets.append(
+                    (si, b_start, b_stop, c_start, offset, c_stop - c_start, inner)
+                )
         self._mpi_types = [_mpi_datatype(s.dtype) for s in self._segments]
         #: Bytes handed to collectives per step by this rank: the flat buffers once to
         #: the reduce-scatter and once to the all-gather (2x the padded param bytes).
-        self.comm_bytes_per_step = 2 * sum(s.padded * s.dtype.itemsize
-                                           for s in self._segments)
+        self.comm_bytes_per_step = 2 * sum(s.padded * s.dtype.itemsize for s in self._segments)
         #: Most collectives of one kind in flight at once: bounds MPI's pending requests
         #: (and its internal buffers) when a group has many buckets.
         self.max_in_flight = 4
@@ -191,18 +213,23 @@ class ShardedOptimizer:
     # ------------------------------------------------------------ construction checks
     def _check_local(self, params, bucket_elements):
         if self.grad_reduction not in _GRAD_REDUCTIONS:
-            raise ValueError(f"grad_reduction must be one of {_GRAD_REDUCTIONS}, got "
-                             f"{self.grad_reduction!r}")
-        if isinstance(bucket_elements, bool) or not isinstance(bucket_elements, int) \
-                or bucket_elements < 1:
+            raise ValueError(
+                f"grad_reduction must be one of {_GRAD_REDUCTIONS}, got {self.grad_reduction!r}"
+            )
+        if (
+            isinstance(bucket_elements, bool)
+            or not isinstance(bucket_elements, int)
+            or bucket_elements < 1
+        ):
             raise ValueError(f"bucket_elements must be a positive int, got {bucket_elements!r}")
         groups = _param_groups_of(params)
         seen = set()
         for gi, group in enumerate(groups):
             for k, p in enumerate(group["params"]):
                 if not isinstance(p, np.ndarray):
-                    raise TypeError(f"param_groups[{gi}]['params'][{k}] is a "
-                                    f"{type(p).__name__}, not an ndarray")
+                    raise TypeError(
+                        f"param_groups[{gi}]['params'][{k}] is a {type(p).__name__}, not an ndarray"
+                    )
                 if id(p) in seen:
                     raise ValueError("some parameters appear more than once")
                 seen.add(id(p))
@@ -213,21 +240,26 @@ class ShardedOptimizer:
         for group in groups:
             dtypes = list(dict.fromkeys(p.dtype for p in group["params"])) or [np.float64]
             overrides = {k: v for k, v in group.items() if k != "params"}
-            templates.append(self.optimizer_class(
-                [{"params": [np.zeros(1, dt) for dt in dtypes], **overrides}],
-                **self._kwargs))
+            templates.append(
+                self.optimizer_class(
+                    [{"params": [np.zeros(1, dt) for dt in dtypes], **overrides}], **self._kwargs
+                )
+            )
         return groups, templates
 
     def _signature(self, groups):
         return {
             "optimizer_class": f"{self.optimizer_class.__module__}."
-                               f"{self.optimizer_class.__qualname__}",
+            f"{self.optimizer_class.__qualname__}",
             "grad_reduction": self.grad_reduction,
             "kwargs": {k: _describe(v) for k, v in sorted(self._kwargs.items())},
             "groups": [
-                {"hyperparameters": {k: _describe(v) for k, v in sorted(g.items())
-                                     if k != "params"},
-                 "params": [(tuple(p.shape), p.dtype.str) for p in g["params"]]}
+                {
+                    "hyperparameters": {
+                        k: _describe(v) for k, v in sorted(g.items()) if k != "params"
+                    },
+                    "params": [(tuple(p.shape), p.dtype.str) for p in g["params"]],
+                }
                 for g in groups
             ],
         }
@@ -235,20 +267,24 @@ class ShardedOptimizer:
     def _agree(self, error, signature):
         """Raise on every rank unless every rank built the same optimizer without error."""
         everyone = self.comm.allgather(
-            (None if error is None else f"{type(error).__name__}: {error}", signature))
+            (None if error is None else f"{type(error).__name__}: {error}", signature)
+        )
         failed = [r for r, (message, _) in enumerate(everyone) if message is not None]
         if failed:
             if error is not None:
                 raise error
-            raise ValueError(f"ShardedOptimizer construction failed on rank(s) {failed}: "
-                             f"{everyone[failed[0]][0]}")
+            raise ValueError(
+                f"ShardedOptimizer construction failed on rank(s) {failed}: "
+                f"{everyone[failed[0]][0]}"
+            )
         reference = everyone[0][1]
         for r, (_, other) in enumerate(everyone):
             if other != reference:
                 raise ValueError(
                     f"ShardedOptimizer: rank {r} differs from rank 0 in "
                     f"{_first_difference(reference, other)}; every rank must pass the same "
-                    "optimizer class, param count, shapes, dtypes and hyperparameters")
+                    "optimizer class, param count, shapes, dtypes and hyperparameters"
+                )
 
     # ------------------------------------------------------------ step
     def step(self, grads=None):
@@ -276,7 +312,7 @@ class ShardedOptimizer:
             self._group_modes = [self._nonfinite_mode(gi) for gi in range(len(self._steps))]
             if grads is not None:
                 self._pack(grads)
-        except Exception as exc:      # any error, so that the other ranks hear of it
+        except Exception as exc:  # any error, so that the other ranks hear of it
             error = exc
         t_packed = time.perf_counter()
 
@@ -295,8 +331,8 @@ class ShardedOptimizer:
                 posted += 1
             t0 = time.perf_counter()
             si, _, _, c_start, offset, length, _ = self._buckets[k]
-            reduced = self._reduced[si][offset:offset + length]
-            if self.grad_reduction == "mean" and self.world_size > 1:   # x / 1 == x
+            reduced = self._reduced[si][offset : offset + length]
+            if self.grad_reduction == "mean" and self.world_size > 1:  # x / 1 == x
                 np.divide(reduced, self.world_size, out=reduced)
             mode = self._group_modes[self._segments[si].group]
             if mode != "ignore":
@@ -311,54 +347,74 @@ class ShardedOptimizer:
 
         # The global decision: one allreduce of three int64 (min over ranks). Clipping by
         # the global gradient norm will add its squared norm to this same exchange.
-        decision = np.array([self.rank if error is not None else _NOT_FOUND,
-                             first_error_param, skip_found], dtype=np.int64)
+        decision = np.array(
+            [self.rank if error is not None else _NOT_FOUND, first_error_param, skip_found],
+            dtype=np.int64,
+        )
         self.comm.Allreduce(MPI.IN_PLACE, decision, op=MPI.MIN)
         bad_rank, bad_param, skip = (int(v) for v in decision)
         if bad_rank != _NOT_FOUND:
             if error is not None:
                 raise error
-            raise ValueError(f"rank {bad_rank} rejected its gradients (see its error); this "
-                             "step changed nothing on any rank")
+            raise ValueError(
+                f"rank {bad_rank} rejected its gradients (see its error); this "
+                "step changed nothing on any rank"
+            )
         if bad_param != _NOT_FOUND:
             raise FloatingPointError(
                 f"the reduced gradient of params[{bad_param}] holds NaN or inf "
-                "(nonfinite='error'); this step changed nothing on any rank")
+                "(nonfinite='error'); this step changed nothing on any rank"
+            )
         if skip != _NOT_FOUND:
             self.skipped_steps += 1
-            self.timings = {"pack": t_packed - t_start, "reduce_scatter": t_reduced - t_packed,
-                            "scan": t_scan, "update": 0.0, "all_gather_wait": 0.0}
+            self.timings = {
+                "pack": t_packed - t_start,
+                "reduce_scatter": t_reduced - t_packed,
+                "scan": t_scan,
+                "update": 0.0,
+                "all_gather_wait": 0.0,
+            }
             return
         t_decided = time.perf_counter()
 
         # Update bucket by bucket; each bucket's all-gather is in flight while the next
         # bucket is updated (at most max_in_flight at a time).
         t_update, requests = 0.0, []
-        for k, (si, b_start, b_stop, _, offset, length, inner) in enumerate(self._buckets):
+        for si, b_start, b_stop, _, offset, length, inner in self._buckets:
             t0 = time.perf_counter()
             self._sync_hyperparameters(inner, self._segments[si].group)
-            inner.step([self._reduced[si][offset:offset + length]])
+            inner.step([self._reduced[si][offset : offset + length]])
             t_update += time.perf_counter() - t0
             if len(requests) >= self.max_in_flight:
                 requests.pop(0).Wait()
-            requests.append(self.comm.Iallgather(
-                MPI.IN_PLACE, [self._flat_params[si][b_start:b_stop], self._mpi_types[si]]))
-            MPI.Request.Testall(requests)      # drive progress of the earlier buckets
+            requests.append(
+                self.comm.Iallgather(
+                    MPI.IN_PLACE, [self._flat_params[si][b_start:b_stop], self._mpi_types[si]]
+                )
+            )
+            MPI.Request.Testall(requests)  # drive progress of the earlier buckets
         t0 = time.perf_counter()
         MPI.Request.Waitall(requests)
         t_end = time.perf_counter()
         for gi in range(len(self._steps)):
             self._steps[gi] += 1
-        self.timings = {"pack": t_packed - t_start, "reduce_scatter": t_reduced - t_packed,
-                        "scan": t_scan, "decision": t_decided - t_reduced,
-                        "update": t_update, "all_gather_wait": t_end - t0,
-                        "total": t_end - t_start}
+        self.timings = {
+            "pack": t_packed - t_start,
+            "reduce_scatter": t_reduced - t_packed,
+            "scan": t_scan,
+            "decision": t_decided - t_reduced,
+            "update": t_update,
+            "all_gather_wait": t_end - t0,
+            "total": t_end - t_start,
+        }
 
     def _reduce_scatter(self, k):
         si, b_start, b_stop, _, offset, length, _ = self._buckets[k]
         return self.comm.Ireduce_scatter_block(
             [self._flat_grads[si][b_start:b_stop], self._mpi_types[si]],
-            [self._reduced[si][offset:offset + length], self._mpi_types[si]], op=MPI.SUM)
+            [self._reduced[si][offset : offset + length], self._mpi_types[si]],
+            op=MPI.SUM,
+        )
 
     def _pack(self, grads):
         """Copy ``grads`` into the flat gradient buffers; check everything first."""
@@ -371,18 +427,23 @@ class ShardedOptimizer:
             if not isinstance(g, np.ndarray):
                 raise TypeError(f"grads[{i}] is a {type(g).__name__}, not an ndarray")
             if g.shape != view.shape or g.dtype != view.dtype:
-                raise ValueError(f"grads[{i}] has shape {g.shape} and dtype {g.dtype}; "
-                                 f"params[{i}] has shape {view.shape} and dtype {view.dtype}")
+                raise ValueError(
+                    f"grads[{i}] has shape {g.shape} and dtype {g.dtype}; "
+                    f"params[{i}] has shape {view.shape} and dtype {view.dtype}"
+                )
         for g, view in zip(grads, self.grads):
-            if g is not view and not (g.ctypes.data == view.ctypes.data
-                                      and g.strides == view.strides):
+            if g is not view and not (
+                g.ctypes.data == view.ctypes.data and g.strides == view.strides
+            ):
                 view[...] = g
 
     def _nonfinite_mode(self, gi):
         mode = self.param_groups[gi].get("nonfinite")
         if mode not in ("error", "skip", "ignore"):
-            raise ValueError(f"param_groups[{gi}]: Invalid nonfinite mode {mode!r}; expected "
-                             "one of ('error', 'skip', 'ignore')")
+            raise ValueError(
+                f"param_groups[{gi}]: Invalid nonfinite mode {mode!r}; expected "
+                "one of ('error', 'skip', 'ignore')"
+            )
         return mode
 
     def _first_nonfinite_param(self, si, chunk_start, reduced):
@@ -412,8 +473,13 @@ class ShardedOptimizer:
         constructor validates them, and its state_dict tells the names.
         """
         probe = self.optimizer_class(
-            [{"params": [np.zeros(1, np.float64)],
-              **{k: v for k, v in hyper.items() if k != "params"}}])
+            [
+                {
+                    "params": [np.zeros(1, np.float64)],
+                    **{k: v for k, v in hyper.items() if k != "params"},
+                }
+            ]
+        )
         probe.step([np.zeros(1, np.float64)])
         return tuple(k for k in probe.state_dict()["state"][0] if k != "step")
 
@@ -422,9 +488,11 @@ class ShardedOptimizer:
         for gi, hyper in enumerate(hypers):
             expected = self._probe({**self.param_groups[gi], **hyper})
             if steps[gi] and sorted(names[gi]) != sorted(expected):
-                raise ValueError(f"param_groups[{gi}]: the saved state has arrays "
-                                 f"{sorted(names[gi])}; {self.optimizer_class.__name__} with "
-                                 f"these settings keeps {sorted(expected)}")
+                raise ValueError(
+                    f"param_groups[{gi}]: the saved state has arrays "
+                    f"{sorted(names[gi])}; {self.optimizer_class.__name__} with "
+                    f"these settings keeps {sorted(expected)}"
+                )
 
     def _shard_state(self, si):
         """``{name: 1-d array}``: this rank's state of segment ``si`` (its chunks, joined)."""
@@ -439,9 +507,10 @@ class ShardedOptimizer:
             entry = inner.state_dict()["state"][0]
             for name in names:
                 pieces[name].append(np.asarray(entry[name]).reshape(-1))
-        return {name: np.concatenate(arrays) if arrays
-                else np.zeros(0, self._segments[si].dtype)
-                for name, arrays in pieces.items()}
+        return {
+            name: np.concatenate(arrays) if arrays else np.zeros(0, self._segments[si].dtype)
+            for name, arrays in pieces.items()
+        }
 
     def _my_params_shard(self, si):
         ranges = self._segments[si].shard_ranges(self.rank)
@@ -451,15 +520,21 @@ class ShardedOptimizer:
         return np.concatenate([flat[start:stop] for start, stop, _ in ranges])
 
     def _meta(self):
-        return {"segments": [s.to_meta() for s in self._segments],
-                "steps": list(self._steps), "skipped_steps": self.skipped_steps,
-                "param_groups": [{k: v for k, v in g.items() if k != "params"}
-                                 for g in self.param_groups],
-                "state_names": [self._state_names(gi) if self._steps[gi] else ()
-                                for gi in range(len(self.param_groups))],
-                "optimizer_class": f"{self.optimizer_class.__module__}."
-                                   f"{self.optimizer_class.__qualname__}",
-                "grad_reduction": self.grad_reduction}
+        return {
+            "segments": [s.to_meta() for s in self._segments],
+            "steps": list(self._steps),
+            "skipped_steps": self.skipped_steps,
+            "param_groups": [
+                {k: v for k, v in g.items() if k != "params"} for g in self.param_groups
+            ],
+            "state_names": [
+                self._state_names(gi) if self._steps[gi] else ()
+                for gi in range(len(self.param_groups))
+            ],
+            "optimizer_class": f"{self.optimizer_class.__module__}."
+            f"{self.optimizer_class.__qualname__}",
+            "grad_reduction": self.grad_reduction,
+        }
 
     def state_dict(self):
         """This rank's shard: ``{"rank", "world_size", "meta", "shards"}``.
@@ -469,9 +544,15 @@ class ShardedOptimizer:
         chunks of the flat buffer joined in order (padding included). The layout in
         ``meta`` says which flat positions they are. Copies, not views.
         """
-        return {"rank": self.rank, "world_size": self.world_size, "meta": self._meta(),
-                "shards": [{"param": self._my_params_shard(si), **self._shard_state(si)}
-                           for si in range(len(self._segments))]}
+        return {
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "meta": self._meta(),
+            "shards": [
+                {"param": self._my_params_shard(si), **self._shard_state(si)}
+                for si in range(len(self._segments))
+            ],
+        }
 
     def consolidated_state_dict(self, root=0):
         """Collective: the single-process ``state_dict()`` on ``root``, None elsewhere.
@@ -486,15 +567,22 @@ class ShardedOptimizer:
         full = []
         for si, segment in enumerate(self._segments):
             arrays = {}
-            for name in (gathered[0][si] if gathered else {}):
+            for name in gathered[0][si] if gathered else {}:
                 flat = np.zeros(segment.padded, segment.dtype)
                 for r in range(self.world_size):
-                    copy_overlaps(flat, 0, [(start, gathered[r][si][name][o:o + stop - start])
-                                            for start, stop, o in segment.shard_ranges(r)])
+                    copy_overlaps(
+                        flat,
+                        0,
+                        [
+                            (start, gathered[r][si][name][o : o + stop - start])
+                            for start, stop, o in segment.shard_ranges(r)
+                        ],
+                    )
                 arrays[name] = flat
             full.append(arrays)
-        return single_process_state_dict(self._segments, self._steps, self._meta(),
-                                          lambda si, name: full[si][name])
+        return single_process_state_dict(
+            self._segments, self._steps, self._meta(), lambda si, name: full[si][name]
+        )
 
     def load_state_dict(self, state_dict):
         """Load a single-process ``state_dict`` (of this optimizer class; any world size).
@@ -505,13 +593,17 @@ class ShardedOptimizer:
         groups = state_dict["param_groups"]
         saved_state = state_dict["state"]
         if len(groups) != len(self.param_groups):
-            raise ValueError(f"state_dict has {len(groups)} param groups, this optimizer "
-                             f"{len(self.param_groups)}")
+            raise ValueError(
+                f"state_dict has {len(groups)} param groups, this optimizer "
+                f"{len(self.param_groups)}"
+            )
         steps, names = [], []
         for gi, (saved, mine) in enumerate(zip(groups, self.param_groups)):
             if len(saved["params"]) != len(mine["params"]):
-                raise ValueError(f"param_groups[{gi}] has {len(saved['params'])} params in "
-                                 f"the state_dict, {len(mine['params'])} here")
+                raise ValueError(
+                    f"param_groups[{gi}] has {len(saved['params'])} params in "
+                    f"the state_dict, {len(mine['params'])} here"
+                )
             group_steps = set()
             for key, p in zip(saved["params"], mine["params"]):
                 entry = saved_state.get(key)
@@ -520,15 +612,19 @@ class ShardedOptimizer:
                     continue
                 group_steps.add(int(entry["step"]))
                 for name, value in entry.items():
-                    if name != "step" and (np.shape(value) != p.shape
-                                           or np.asarray(value).dtype != p.dtype):
-                        raise ValueError(f"state_dict['state'][{key!r}][{name!r}] has shape "
-                                         f"{np.shape(value)}, dtype "
-                                         f"{np.asarray(value).dtype}; its param "
-                                         f"{p.shape}, {p.dtype}")
+                    if name != "step" and (
+                        np.shape(value) != p.shape or np.asarray(value).dtype != p.dtype
+                    ):
+                        raise ValueError(
+                            f"state_dict['state'][{key!r}][{name!r}] has shape "
+                            f"{np.shape(value)}, dtype "
+                            f"{np.asarray(value).dtype}; its param "
+                            f"{p.shape}, {p.dtype}"
+                        )
             if len(group_steps) > 1:
-                raise ValueError(f"param_groups[{gi}]: its params are at different steps "
-                                 f"{sorted(group_steps)}")
+                raise ValueError(
+                    f"param_groups[{gi}]: its params are at different steps {sorted(group_steps)}"
+                )
             steps.append(group_steps.pop() if group_steps else 0)
             present = [saved_state[k] for k in saved["params"] if k in saved_state]
             names.append(tuple(k for k in present[0] if k != "step") if present else ())
@@ -536,17 +632,26 @@ class ShardedOptimizer:
         def flat_of(si, name):
             segment = self._segments[si]
             keys = groups[segment.group]["params"]
-            first = sum(len(g["params"]) for g in self.param_groups[:segment.group])
+            first = sum(len(g["params"]) for g in self.param_groups[: segment.group])
             flat = np.zeros(segment.padded, segment.dtype)
-            copy_overlaps(flat, 0, [
-                (offset, np.asarray(saved_state[keys[index - first]][name]).reshape(-1))
-                for index, offset in zip(segment.param_indices, segment.offsets)])
+            copy_overlaps(
+                flat,
+                0,
+                [
+                    (offset, np.asarray(saved_state[keys[index - first]][name]).reshape(-1))
+                    for index, offset in zip(segment.param_indices, segment.offsets)
+                ],
+            )
             return flat
 
         hypers = [{k: v for k, v in g.items() if k != "params"} for g in groups]
         self._check_install(steps, names, hypers)
-        self._install(steps, names, hypers, lambda si, name, dst, start:
-                      copy_overlaps(dst, start, [(0, flat_of(si, name))]))
+        self._install(
+            steps,
+            names,
+            hypers,
+            lambda si, name, dst, start: copy_overlaps(dst, start, [(0, flat_of(si, name))]),
+        )
 
     def _install(self, steps, names, hypers, read):
         """Set steps, hyperparameters and every bucket's state from ``read``.
@@ -556,7 +661,7 @@ class ShardedOptimizer:
         """
         for gi, hyper in enumerate(hypers):
             self.param_groups[gi].update(hyper)
-        for si, b_start, b_stop, c_start, offset, length, inner in self._buckets:
+        for si, _, _, c_start, _, length, inner in self._buckets:
             gi = self._segments[si].group
             self._sync_hyperparameters(inner, gi)
             template = inner.state_dict()
@@ -597,8 +702,10 @@ class ShardedOptimizer:
             old = [(s.group, s.dtype, s.param_indices, s.shapes) for s in reader.segments]
             new = [(s.group, s.dtype, s.param_indices, s.shapes) for s in self._segments]
             if old != new:
-                raise ValueError(f"checkpoint {directory!r} holds params of other groups, "
-                                 "shapes or dtypes than this optimizer")
+                raise ValueError(
+                    f"checkpoint {directory!r} holds params of other groups, "
+                    "shapes or dtypes than this optimizer"
+                )
             meta = reader.meta
             # Read everything this rank needs before anything is written.
             my_params = []
@@ -617,7 +724,7 @@ class ShardedOptimizer:
                         reader.read_flat(si, name, chunk, start)
                         state[si, name, start] = chunk
             self._check_install(meta["steps"], meta["state_names"], meta["param_groups"])
-        except Exception as exc:      # any error, so that the other ranks hear of it
+        except Exception as exc:  # any error, so that the other ranks hear of it
             error = exc
         failed = self.comm.allgather(None if error is None else repr(error))
         bad = [r for r, message in enumerate(failed) if message is not None]
@@ -627,14 +734,20 @@ class ShardedOptimizer:
             raise ValueError(f"loading {directory!r} failed on rank(s) {bad}: {failed[bad[0]]}")
         for si, pieces in enumerate(my_params):
             for start, chunk in pieces:
-                self._flat_params[si][start:start + chunk.size] = chunk
-        self._install(meta["steps"], meta["state_names"], meta["param_groups"],
-                      lambda si, name, dst, start: dst.__setitem__(
-                          slice(None), state[si, name, start]))
+                self._flat_params[si][start : start + chunk.size] = chunk
+        self._install(
+            meta["steps"],
+            meta["state_names"],
+            meta["param_groups"],
+            lambda si, name, dst, start: dst.__setitem__(slice(None), state[si, name, start]),
+        )
         self.skipped_steps = meta["skipped_steps"]
-        requests = [self.comm.Iallgather(
-            MPI.IN_PLACE, [self._flat_params[si][b_start:b_stop], self._mpi_types[si]])
-            for si, b_start, b_stop, *_ in self._buckets]
+        requests = [
+            self.comm.Iallgather(
+                MPI.IN_PLACE, [self._flat_params[si][b_start:b_stop], self._mpi_types[si]]
+            )
+            for si, b_start, b_stop, *_ in self._buckets
+        ]
         MPI.Request.Waitall(requests)
 
 
