@@ -217,7 +217,7 @@ def test_show_prints_a_saved_run_as_markdown(tmp_path, capsys):
 def test_progress_is_plain_lines_when_not_a_terminal(capsys):
     cli.main(["roofline", "--sizes", "100,200", "--threads", "1", "--sample-ms", "1"])
     err = capsys.readouterr().err
-    assert "[1/2] N=1e+02 float32 threads=1" in err and "[2/2] N=2e+02" in err
+    assert "[1/2] N=1e+02 adam float32 threads=1" in err and "[2/2] N=2e+02" in err
 
 
 @compiled

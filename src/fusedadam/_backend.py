@@ -1,9 +1,11 @@
 """Which backend runs a step: the one owner of that choice and of the fallback warning."""
 
 import warnings
+from typing import Any
 
 from fusedadam import _validation
 
+_kernels: Any
 try:
     from fusedadam import _kernels
 except ImportError:  # the extension was not built: the NumPy reference is the backend

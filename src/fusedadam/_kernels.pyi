@@ -1,6 +1,6 @@
 """Type stub of the compiled module ``fusedadam._kernels`` (``_kernels.pyx``)."""
 
-from typing import Any, Dict, Final, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Final, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,6 +40,9 @@ def get_chunk_size() -> int:
 
 def set_chunk_size(n_elements: int) -> None:
     """Set the elements per chunk (a multiple of 16; for tests and benchmarks)."""
+
+def _bind(check_lr: Callable[..., float], reference: Any) -> None:
+    """Hand the compiled driver the Python pieces it calls on slow paths."""
 
 def steps_in_flight_high_water(reset: bool = ...) -> int:
     """The most steps seen inside their GIL-free section at once since the last reset."""

@@ -315,47 +315,43 @@ cdef inline Py_ssize_t _array_at(GroupData *d, Py_ssize_t element) noexcept nogi
     return lo
 
 
-cdef Py_ssize_t _scan_range(GroupData *d, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
-    """Global index of the first non-finite gradient value in [start, end), or -1."""
-    cdef Py_ssize_t k, stop, found
+cdef Py_ssize_t _walk(GroupData *d, Py_ssize_t start, Py_ssize_t end,
+                      bint scan) noexcept nogil:
+    """Walk global elements [start, end) of the group, one array segment at a time: scan
+    them (return the global index of the first non-finite gradient value, or -1), or run
+    the step on them (return -1)."""
+    cdef Py_ssize_t k, stop, off, found
+    cdef int slot
+    cdef char *a[FA_MAX_SLOTS]
     if start >= end:
         return -1
+    for slot in range(d.n_slots, FA_MAX_SLOTS):
+        a[slot] = NULL
     k = _array_at(d, start)
     while start < end:
-        stop = d.offsets[k + 1]
-        if stop > end:
-            stop = end
+        stop = d.offsets[k + 1] if d.offsets[k + 1] < end else end
         if stop > start:
-            found = d.loops[k].scan(
-                d.ptr[FA_GRAD][k] + (start - d.offsets[k]) * d.itemsize[k], stop - start)
-            if found >= 0:
-                return start + found
+            off = (start - d.offsets[k]) * d.itemsize[k]
+            if scan:
+                found = d.loops[k].scan(d.ptr[FA_GRAD][k] + off, stop - start)
+                if found >= 0:
+                    return start + found
+            else:
+                for slot in range(d.n_slots):
+                    a[slot] = d.ptr[slot][k] + off
+                d.loops[k].dense[d.kind](a, stop - start, &d.scalars)
         start = stop
         k += 1
     return -1
 
 
-cdef void _run_range(GroupData *d, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
-    """Run the step on global elements [start, end) of the group, array by array."""
-    cdef Py_ssize_t k, stop, off
-    cdef int slot
-    cdef char *a[FA_MAX_SLOTS]
-    if start >= end:
-        return
-    for slot in range(d.n_slots, FA_MAX_SLOTS):
-        a[slot] = NULL
-    k = _array_at(d, start)
-    while start < end:
-        stop = d.offsets[k + 1]
-        if stop > end:
-            stop = end
-        if stop > start:
-            off = (start - d.offsets[k]) * d.itemsize[k]
-            for slot in range(d.n_slots):
-                a[slot] = d.ptr[slot][k] + off
-            d.loops[k].dense[d.kind](a, stop - start, &d.scalars)
-        start = stop
-        k += 1
+cdef inline Py_ssize_t _scan_range(GroupData *d, Py_ssize_t start,
+                                   Py_ssize_t end) noexcept nogil:
+    return _walk(d, start, end, True)
+
+
+cdef inline void _run_range(GroupData *d, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    _walk(d, start, end, False)
 
 
 cdef inline Py_ssize_t _chunks(GroupData *d, int n_threads) noexcept nogil:
@@ -414,6 +410,34 @@ cdef int _reserve_chunks(GroupData *d) except -1:
             raise MemoryError()
         d.first_bad, d.first_bad_size = grown, n
     return 0
+
+
+cdef int _group_alloc(GroupData *d) except -1:
+    """The per-array tables of a group of ``d.n_arrays`` arrays and ``d.n_slots`` slots."""
+    cdef Py_ssize_t n = d.n_arrays + 1
+    cdef int slot
+    d.first_bad, d.first_bad_size = NULL, 0
+    for slot in range(FA_MAX_SLOTS):
+        d.ptr[slot] = <char **>malloc(n * sizeof(char *)) if slot < d.n_slots else NULL
+    d.offsets = <Py_ssize_t *>malloc(n * sizeof(Py_ssize_t))
+    d.itemsize = <Py_ssize_t *>malloc(n * sizeof(Py_ssize_t))
+    d.loops = <const fa_loops **>malloc(n * sizeof(fa_loops *))
+    if not d.offsets or not d.itemsize or not d.loops:
+        raise MemoryError()
+    for slot in range(d.n_slots):
+        if not d.ptr[slot]:
+            raise MemoryError()
+    return 0
+
+
+cdef void _group_free(GroupData *d) noexcept:
+    cdef int slot
+    for slot in range(FA_MAX_SLOTS):
+        free(d.ptr[slot])
+    free(d.offsets)
+    free(d.itemsize)
+    free(d.loops)
+    free(d.first_bad)
 
 
 cdef inline bint _writable_contiguous(cnp.ndarray a):
@@ -494,27 +518,15 @@ cdef class GroupPlan:
         self.d.n_slots = FA_STATE0 + len(self.state_names)
         if self.d.n_slots > FA_MAX_SLOTS or len(self.slots) != self.d.n_slots:
             raise ValueError("internal error: slot count")
-        self.d.first_bad, self.d.first_bad_size = NULL, 0
-        for slot in range(FA_MAX_SLOTS):
-            self.d.ptr[slot] = NULL
-        for slot in range(self.d.n_slots):
-            self.d.ptr[slot] = <char **>malloc((n + 1) * sizeof(char *))
-        self.d.offsets = <Py_ssize_t *>malloc((n + 1) * sizeof(Py_ssize_t))
-        self.d.itemsize = <Py_ssize_t *>malloc((n + 1) * sizeof(Py_ssize_t))
-        self.d.loops = <const fa_loops **>malloc((n + 1) * sizeof(fa_loops *))
+        _group_alloc(&self.d)
         self.step_ptr = <int64_t **>malloc((n + 1) * sizeof(int64_t *))
         self.mu_ptr = <double **>malloc((n + 1) * sizeof(double *))
         lo, hi = spec.written
         self.n_written = len(lo)
         self.written_lo = <uintptr_t *>malloc((self.n_written + 1) * sizeof(uintptr_t))
         self.written_hi = <uintptr_t *>malloc((self.n_written + 1) * sizeof(uintptr_t))
-        if (not self.d.offsets or not self.d.itemsize or not self.d.loops
-                or not self.step_ptr or not self.mu_ptr or not self.written_lo
-                or not self.written_hi):
+        if not self.step_ptr or not self.mu_ptr or not self.written_lo or not self.written_hi:
             raise MemoryError()
-        for slot in range(self.d.n_slots):
-            if not self.d.ptr[slot]:
-                raise MemoryError()
         for k in range(self.n_written):
             self.written_lo[k] = <uintptr_t>int(lo[k])
             self.written_hi[k] = <uintptr_t>int(hi[k])
@@ -542,13 +554,7 @@ cdef class GroupPlan:
         self.set_hyper(spec.hyper_spec)
 
     def __dealloc__(self):
-        cdef int slot
-        for slot in range(FA_MAX_SLOTS):
-            free(self.d.ptr[slot])
-        free(self.d.offsets)
-        free(self.d.itemsize)
-        free(self.d.loops)
-        free(self.d.first_bad)
+        _group_free(&self.d)
         free(self.step_ptr)
         free(self.mu_ptr)
         free(self.written_lo)
@@ -1078,14 +1084,7 @@ cdef class Probe:
         self.d.n_arrays = n
         self.d.n_slots = len(columns)
         self.d.kind = FA_KIND_probe
-        self.d.first_bad, self.d.first_bad_size = NULL, 0
-        for slot in range(FA_MAX_SLOTS):
-            self.d.ptr[slot] = NULL
-        for slot in range(self.d.n_slots):
-            self.d.ptr[slot] = <char **>malloc((n + 1) * sizeof(char *))
-        self.d.offsets = <Py_ssize_t *>malloc((n + 1) * sizeof(Py_ssize_t))
-        self.d.itemsize = <Py_ssize_t *>malloc((n + 1) * sizeof(Py_ssize_t))
-        self.d.loops = <const fa_loops **>malloc((n + 1) * sizeof(fa_loops *))
+        _group_alloc(&self.d)
         self.d.offsets[0] = 0
         for k in range(n):
             a = self.keep[FA_PARAM][k]
@@ -1105,13 +1104,7 @@ cdef class Probe:
             self.d.offsets[k + 1] = self.d.offsets[k] + cnp.PyArray_SIZE(a)
 
     def __dealloc__(self):
-        cdef int slot
-        for slot in range(FA_MAX_SLOTS):
-            free(self.d.ptr[slot])
-        free(self.d.offsets)
-        free(self.d.itemsize)
-        free(self.d.loops)
-        free(self.d.first_bad)
+        _group_free(&self.d)
 
     def run(self, int n_threads=1):
         """One probe pass over every array, in place, on ``n_threads`` threads."""

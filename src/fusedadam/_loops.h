@@ -38,23 +38,19 @@ typedef struct {
  * of the algorithm's state names (fusedadam/_algorithms.py). */
 enum { FA_PARAM = 0, FA_GRAD = 1, FA_STATE0 = 2, FA_MAX_SLOTS = 5 };
 
-/* The loop kinds, in the order of their numbers. X(name, body, COUPLED, FLAG). Python reads
- * the names (_kernels.LOOP_KINDS), so this list is the only place a kind is numbered. */
+/* The loop kinds, in the order of their numbers: X(name, body, COUPLED, FLAG, ...). Each
+ * body that can take the L2 term comes as a pair, name and name_l2 (COUPLED = 1). Python
+ * reads the names (_kernels.LOOP_KINDS), so this list is the only place a kind is numbered. */
+#define FA_PAIR(X, name, body, FLAG, ...)                                            \
+    X(name, body, 0, FLAG, __VA_ARGS__) X(name##_l2, body, 1, FLAG, __VA_ARGS__)
 #define FA_DENSE_KINDS(X, ...)                                                       \
-    X(adam, FA_ADAM_BODY, 0, 0, __VA_ARGS__)                                         \
-    X(adam_l2, FA_ADAM_BODY, 1, 0, __VA_ARGS__)                                      \
-    X(amsgrad, FA_ADAM_BODY, 0, 1, __VA_ARGS__)                                      \
-    X(amsgrad_l2, FA_ADAM_BODY, 1, 1, __VA_ARGS__)                                   \
-    X(adamax, FA_ADAMAX_BODY, 0, 0, __VA_ARGS__)                                     \
-    X(adamax_l2, FA_ADAMAX_BODY, 1, 0, __VA_ARGS__)                                  \
-    X(nadam, FA_NADAM_BODY, 0, 0, __VA_ARGS__)                                       \
-    X(nadam_l2, FA_NADAM_BODY, 1, 0, __VA_ARGS__)                                    \
-    X(momentum, FA_MOMENTUM_BODY, 0, 0, __VA_ARGS__)                                 \
-    X(momentum_l2, FA_MOMENTUM_BODY, 1, 0, __VA_ARGS__)                              \
-    X(adabelief, FA_ADABELIEF_BODY, 0, 0, __VA_ARGS__)                               \
-    X(adabelief_l2, FA_ADABELIEF_BODY, 1, 0, __VA_ARGS__)                            \
-    X(lion, FA_LION_BODY, 0, 0, __VA_ARGS__)                                         \
-    X(probe, FA_PROBE_BODY, 0, 0, __VA_ARGS__)
+    FA_PAIR(X, adam, FA_ADAM_BODY, 0, __VA_ARGS__)                                   \
+    FA_PAIR(X, amsgrad, FA_ADAM_BODY, 1, __VA_ARGS__)                                \
+    FA_PAIR(X, adamax, FA_ADAMAX_BODY, 0, __VA_ARGS__)                               \
+    FA_PAIR(X, nadam, FA_NADAM_BODY, 0, __VA_ARGS__)                                 \
+    FA_PAIR(X, momentum, FA_MOMENTUM_BODY, 0, __VA_ARGS__)                           \
+    FA_PAIR(X, adabelief, FA_ADABELIEF_BODY, 0, __VA_ARGS__)                         \
+    X(lion, FA_LION_BODY, 0, 0, __VA_ARGS__) X(probe, FA_PROBE_BODY, 0, 0, __VA_ARGS__)
 
 #define FA_KIND_ENUM(name, body, coupled, flag, ...) FA_KIND_##name,
 enum { FA_DENSE_KINDS(FA_KIND_ENUM, ~) FA_N_KINDS };
@@ -80,37 +76,56 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
     if (COUPLED) g = g + wd * p;                                                     \
     p = p * decay;
 
+/* Adam's two moments, shared by Adam/AMSGrad, NAdam and RAdam: the arrays and decay
+ * rates, then per element m = b1 m + (1 - b1) g and v = b2 v + (1 - b2) g g, stored. */
+#define FA_MOMENTS_DECL(T)                                                           \
+    T *restrict m_ = (T *)a[FA_STATE0];                                              \
+    T *restrict v_ = (T *)a[FA_STATE0 + 1];                                          \
+    const T b1 = (T)s->beta1, omb1 = (T)s->one_minus_beta1;                          \
+    const T b2 = (T)s->beta2, omb2 = (T)s->one_minus_beta2;
+#define FA_MOMENTS_STEP(T)                                                           \
+    T m = b1 * m_[i] + omb1 * g;                                                     \
+    T v = b2 * v_[i] + omb2 * g * g;                                                 \
+    m_[i] = m;                                                                       \
+    v_[i] = v;
+
+/* The update of Adam, NAdam, RAdam and AdaBelief: p -= numerator / (sqrt(second) + eps). */
+#define FA_DIVIDED_STEP(T, SQRT, numerator, second)                                  \
+    T denom = SQRT(second) + eps;                                                    \
+    p_[i] = p - (numerator) / denom;
+
+/* The loop of every kind on Adam's two moments (Adam/AMSGrad, NAdam, RAdam's momentum \
+ * step): DECLS before it, then per element the gradient, the moments, and UPDATE. */ \
+#define FA_MOMENTS_LOOP(T, COUPLED, DECLS, UPDATE)                                   \
+    {                                                                                \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        FA_MOMENTS_DECL(T)                                                           \
+        DECLS                                                                        \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
+            FA_MOMENTS_STEP(T)                                                       \
+            UPDATE                                                                   \
+        }                                                                            \
+    }
+
 /* Adam / AMSGrad. The update p -= lr_t/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) is evaluated in
  * the algebraically identical eps-hat form (Adam paper, section 2)
  *     p -= step_size * m / (sqrt(v) + eps),  step_size = lr_t/bc1*sqrt(bc2), eps = eps*sqrt(bc2)
  * with one division per element: the divider is what bounds the in-cache step
  * (bench/README.md). RAdam's rectified step is this loop with its own scalars. */
 #define FA_ADAM_BODY(T, SQRT, FABS, COUPLED, AMSGRAD)                                \
-    {                                                                                \
-        FA_PRELUDE(T, COUPLED)                                                       \
-        T *restrict m_ = (T *)a[FA_STATE0];                                          \
-        T *restrict v_ = (T *)a[FA_STATE0 + 1];                                      \
+    FA_MOMENTS_LOOP(T, COUPLED,                                                      \
         T *restrict vmax_ = (T *)a[FA_STATE0 + 2];                                   \
-        const T b1 = (T)s->beta1, omb1 = (T)s->one_minus_beta1;                      \
-        const T b2 = (T)s->beta2, omb2 = (T)s->one_minus_beta2;                      \
-        const T step_size = (T)s->step_size, eps = (T)s->eps;                        \
-        (void)vmax_;                                                                 \
-        for (ptrdiff_t i = 0; i < n; i++) {                                          \
-            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
-            T m = b1 * m_[i] + omb1 * g;                                             \
-            T v = b2 * v_[i] + omb2 * g * g;                                         \
-            m_[i] = m;                                                               \
-            v_[i] = v;                                                               \
-            if (AMSGRAD) {                                                           \
-                T vmax = vmax_[i];                                                   \
-                vmax = FA_MAX_NAN(vmax, v);                                          \
-                vmax_[i] = vmax;                                                     \
-                v = vmax;                                                            \
-            }                                                                        \
-            T denom = SQRT(v) + eps;                                                 \
-            p_[i] = p - step_size * m / denom;                                       \
+        const T step_size = (T)s->step_size;                                         \
+        const T eps = (T)s->eps;                                                     \
+        (void)vmax_;,                                                                \
+        if (AMSGRAD) {                                                               \
+            T vmax = vmax_[i];                                                       \
+            vmax = FA_MAX_NAN(vmax, v);                                              \
+            vmax_[i] = vmax;                                                         \
+            v = vmax;                                                                \
         }                                                                            \
-    }
+        FA_DIVIDED_STEP(T, SQRT, step_size * m, v))
 
 /* Adamax: u = max(beta2 * u, |g| + eps), p -= step_size * m / u. */
 #define FA_ADAMAX_BODY(T, SQRT, FABS, COUPLED, FLAG)                                 \
@@ -138,44 +153,17 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
  * lr mu_{t+1}/(1 - prod mu * mu_{t+1})*sqrt(bc2), eps = eps*sqrt(bc2): torch's two
  * addcdiv terms over one shared denominator, with one division. */
 #define FA_NADAM_BODY(T, SQRT, FABS, COUPLED, FLAG)                                  \
-    {                                                                                \
-        FA_PRELUDE(T, COUPLED)                                                       \
-        T *restrict m_ = (T *)a[FA_STATE0];                                          \
-        T *restrict v_ = (T *)a[FA_STATE0 + 1];                                      \
-        const T b1 = (T)s->beta1, omb1 = (T)s->one_minus_beta1;                      \
-        const T b2 = (T)s->beta2, omb2 = (T)s->one_minus_beta2;                      \
-        const T step_size = (T)s->step_size, grad_coef = (T)s->grad_coef;            \
-        const T eps = (T)s->eps;                                                     \
-        for (ptrdiff_t i = 0; i < n; i++) {                                          \
-            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
-            T m = b1 * m_[i] + omb1 * g;                                             \
-            T v = b2 * v_[i] + omb2 * g * g;                                         \
-            m_[i] = m;                                                               \
-            v_[i] = v;                                                               \
-            T denom = SQRT(v) + eps;                                                 \
-            p_[i] = p - (grad_coef * g + step_size * m) / denom;                     \
-        }                                                                            \
-    }
+    FA_MOMENTS_LOOP(T, COUPLED,                                                      \
+        const T step_size = (T)s->step_size;                                         \
+        const T grad_coef = (T)s->grad_coef;                                         \
+        const T eps = (T)s->eps;,                                                    \
+        FA_DIVIDED_STEP(T, SQRT, grad_coef * g + step_size * m, v))
 
 /* RAdam's unrectified step (rho_t <= 5): the moments advance as Adam's, the param takes a
  * bias-corrected momentum step p -= step_size * m, step_size = lr_t / bc1. */
 #define FA_MOMENTUM_BODY(T, SQRT, FABS, COUPLED, FLAG)                               \
-    {                                                                                \
-        FA_PRELUDE(T, COUPLED)                                                       \
-        T *restrict m_ = (T *)a[FA_STATE0];                                          \
-        T *restrict v_ = (T *)a[FA_STATE0 + 1];                                      \
-        const T b1 = (T)s->beta1, omb1 = (T)s->one_minus_beta1;                      \
-        const T b2 = (T)s->beta2, omb2 = (T)s->one_minus_beta2;                      \
-        const T step_size = (T)s->step_size;                                         \
-        for (ptrdiff_t i = 0; i < n; i++) {                                          \
-            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
-            T m = b1 * m_[i] + omb1 * g;                                             \
-            T v = b2 * v_[i] + omb2 * g * g;                                         \
-            m_[i] = m;                                                               \
-            v_[i] = v;                                                               \
-            p_[i] = p - step_size * m;                                               \
-        }                                                                            \
-    }
+    FA_MOMENTS_LOOP(T, COUPLED, const T step_size = (T)s->step_size;,                \
+                    p_[i] = p - step_size * m;)
 
 /* AdaBelief (Zhuang et al. 2020, Algorithm 2, as optax.scale_by_belief): the second moment
  * tracks the squared surprise (g - m)^2 of the new m, plus eps_root inside the moment;
@@ -183,22 +171,18 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
 #define FA_ADABELIEF_BODY(T, SQRT, FABS, COUPLED, FLAG)                              \
     {                                                                                \
         FA_PRELUDE(T, COUPLED)                                                       \
-        T *restrict m_ = (T *)a[FA_STATE0];                                          \
-        T *restrict s_ = (T *)a[FA_STATE0 + 1];                                      \
-        const T b1 = (T)s->beta1, omb1 = (T)s->one_minus_beta1;                      \
-        const T b2 = (T)s->beta2, omb2 = (T)s->one_minus_beta2;                      \
+        FA_MOMENTS_DECL(T)                                                           \
         const T step_size = (T)s->step_size, eps = (T)s->eps;                        \
         const T eps_root = (T)s->eps_root;                                           \
         for (ptrdiff_t i = 0; i < n; i++) {                                          \
             FA_GRAD_AND_PARAM(T, COUPLED)                                            \
             T m = b1 * m_[i] + omb1 * g;                                             \
             T surprise = g - m;                                                      \
-            T belief = b2 * s_[i] + omb2 * surprise * surprise;                      \
+            T belief = b2 * v_[i] + omb2 * surprise * surprise;                      \
             belief = belief + eps_root;                                              \
             m_[i] = m;                                                               \
-            s_[i] = belief;                                                          \
-            T denom = SQRT(belief) + eps;                                            \
-            p_[i] = p - step_size * m / denom;                                       \
+            v_[i] = belief;                                                          \
+            FA_DIVIDED_STEP(T, SQRT, step_size * m, belief)                             \
         }                                                                            \
     }
 

@@ -7,6 +7,8 @@ counted once per distinct counter), with ``reference.py`` doing the array work. 
 both drivers on the same optimizer and compare every decision (``last_step``).
 """
 
+from typing import Any
+
 import numpy as np
 
 from fusedadam import _validation, reference
@@ -112,7 +114,8 @@ class Driver:
 
     def __init__(self, optimizer):
         self.optimizer = optimizer
-        self.plans = None
+        self.plans: Any = None  # list of GroupPlan, or None: plan at the next step
+        self.groups: Any = None
 
     def invalidate(self):
         self.plans = None

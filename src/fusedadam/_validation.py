@@ -156,7 +156,7 @@ def _check_written_array(a, name):
 
 def check_params(params, first_index=0):
     """Check a list of parameter arrays: float, native, writeable, contiguous, no duplicates."""
-    seen = {}
+    seen: dict = {}
     for k, p in enumerate(params):
         name = f"params[{first_index + k}]"
         _check_written_array(p, name)
@@ -236,6 +236,20 @@ def aliases_written(a, written_lo, written_hi):
     return bool(j >= 0 and int(written_hi[j]) > a_lo)
 
 
+def readable(a, dtype, written_lo, written_hi, name, verb="shares"):
+    """A gradient the kernels may read: sharing no memory with a written array (else an
+    error naming it), native, contiguous and aligned (else a copy of the same shape: 0-d
+    included, which ascontiguousarray would make 1-d)."""
+    if aliases_written(a, written_lo, written_hi):
+        raise ValueError(
+            f"{name} {verb} memory with a parameter or state array of the optimizer; pass "
+            "a separate array (e.g. a copy)"
+        )
+    if not (a.flags.c_contiguous and a.flags.aligned and a.dtype.isnative):
+        a = np.array(a, dtype=dtype, order="C", copy=True)
+    return a
+
+
 def as_gradient(g, name):
     """``g`` as a plain ndarray: subclasses (memmap, matrix) viewed as ndarray; a masked
     array or anything else is an error."""
@@ -272,16 +286,7 @@ def check_grads(grads, params, written_lo, written_hi, first_index=0):
             raise ValueError(
                 f"{name} has shape {g.shape}, but params[{first_index + k}] has {p.shape}"
             )
-        if aliases_written(g, written_lo, written_hi):
-            raise ValueError(
-                f"{name} shares memory with a parameter or state array of the "
-                "optimizer; pass a separate gradient array"
-            )
-        if not (g.flags.c_contiguous and g.flags.aligned and g.dtype.isnative):
-            # A native, contiguous copy of the same shape (0-d included: ascontiguousarray
-            # would make it 1-d).
-            g = np.array(g, dtype=p.dtype, order="C", copy=True)
-        checked.append(g)
+        checked.append(readable(g, p.dtype, written_lo, written_hi, name))
     return checked
 
 
@@ -452,11 +457,6 @@ def check_sparse_grad(grad, param, written_lo, written_hi, k):
             raise ValueError(
                 f"{name}: index {hi} is out of range for params[{k}] with {n_rows} rows"
             )
-    if aliases_written(values, written_lo, written_hi):
-        raise ValueError(
-            f"{name}: values share memory with a table of the optimizer or its state; pass "
-            "a separate array (e.g. a copy)"
-        )
-    if not (values.flags.c_contiguous and values.flags.aligned and values.dtype.isnative):
-        values = np.array(values, dtype=param.dtype, order="C", copy=True)
-    return indices, values
+    return indices, readable(
+        values, param.dtype, written_lo, written_hi, f"{name}: values", "share"
+    )

@@ -31,27 +31,8 @@ def _one_step(cls, params, grads, states, step, options):
     return opt.skipped_steps == skipped
 
 
-def adam(
-    params,
-    grads,
-    exp_avgs,
-    exp_avg_sqs,
-    max_exp_avg_sqs=None,
-    *,
-    step,
-    lr=1e-3,
-    beta1=0.9,
-    beta2=0.999,
-    eps=1e-8,
-    weight_decay=0.0,
-    decoupled_weight_decay=False,
-    maximize=False,
-    bias_correction=True,
-    beta1_decay=1.0,
-    num_threads=None,
-    backend="auto",
-    nonfinite="error",
-):
+def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, beta1=0.9,
+         beta2=0.999, **options):  # fmt: skip
     """One Adam, AdamW or AMSGrad step over lists of arrays, in place.
 
     Parameters
@@ -66,9 +47,11 @@ def adam(
         Running maxima of ``v``; given means AMSGrad.
     step : int
         The number ``t >= 1`` of this update (bias correction and ``lr(t)`` use it).
-    lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize, bias_correction,
-    beta1_decay, num_threads, backend, nonfinite
-        As for :class:`fusedadam.Adam`.
+    beta1, beta2 : float
+        ``betas`` of :class:`fusedadam.Adam`.
+    **options
+        Any other argument of :class:`fusedadam.Adam` (``lr``, ``eps``, ``weight_decay``,
+        ``decoupled_weight_decay``, ...), with its defaults.
 
     Returns
     -------
@@ -78,68 +61,16 @@ def adam(
     states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
     if max_exp_avg_sqs is not None:
         states["max_exp_avg_sq"] = max_exp_avg_sqs
-    return _one_step(
-        optim.Adam,
-        params,
-        grads,
-        states,
-        step,
-        dict(
-            lr=lr,
-            betas=(beta1, beta2),
-            eps=eps,
-            weight_decay=weight_decay,
-            decoupled_weight_decay=decoupled_weight_decay,
-            amsgrad=max_exp_avg_sqs is not None,
-            maximize=maximize,
-            bias_correction=bias_correction,
-            beta1_decay=beta1_decay,
-            num_threads=num_threads,
-            backend=backend,
-            nonfinite=nonfinite,
-        ),
-    )
+    options.update(betas=(beta1, beta2), amsgrad=max_exp_avg_sqs is not None)
+    return _one_step(optim.Adam, params, grads, states, step, options)
 
 
-def adamax(
-    params,
-    grads,
-    exp_avgs,
-    exp_infs,
-    *,
-    step,
-    lr=2e-3,
-    beta1=0.9,
-    beta2=0.999,
-    eps=1e-8,
-    weight_decay=0.0,
-    maximize=False,
-    bias_correction=True,
-    beta1_decay=1.0,
-    num_threads=None,
-    backend="auto",
-    nonfinite="error",
-):
+def adamax(params, grads, exp_avgs, exp_infs, *, step, beta1=0.9, beta2=0.999, **options):
     """One Adamax step (Adam paper, Algorithm 2) over lists of arrays, in place.
 
-    ``exp_infs`` holds ``u``; the other parameters are as in :func:`adam`.
+    ``exp_infs`` holds ``u``; ``options`` are the other arguments of
+    :class:`fusedadam.Adamax`; the rest is as in :func:`adam`.
     """
-    return _one_step(
-        optim.Adamax,
-        params,
-        grads,
-        {"exp_avg": exp_avgs, "exp_inf": exp_infs},
-        step,
-        dict(
-            lr=lr,
-            betas=(beta1, beta2),
-            eps=eps,
-            weight_decay=weight_decay,
-            maximize=maximize,
-            bias_correction=bias_correction,
-            beta1_decay=beta1_decay,
-            num_threads=num_threads,
-            backend=backend,
-            nonfinite=nonfinite,
-        ),
-    )
+    states = {"exp_avg": exp_avgs, "exp_inf": exp_infs}
+    options.update(betas=(beta1, beta2))
+    return _one_step(optim.Adamax, params, grads, states, step, options)

@@ -7,9 +7,22 @@ rule. An algorithm class adds its defaults, its registry entry (``_algorithms.py
 docstring.
 """
 
+import inspect
 import threading
 import weakref
-from typing import NamedTuple
+from typing import (
+    Any,
+    Callable,
+    ClassVar,
+    Dict,
+    List,
+    Literal,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import numpy as np
 
@@ -18,11 +31,22 @@ from fusedadam._backend import _kernels, resolve_backend
 
 __all__ = ["Optimizer", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion"]
 
+# The step driver: the compiled one, or its Python twin where the extension is not built.
+_Driver: Any
 if _kernels is not None:
     _kernels._bind(_validation.check_lr, reference)
-    from fusedadam._kernels import Driver as _Driver
-else:  # the extension was not built
+    _Driver = _kernels.Driver
+else:
     from fusedadam._pydriver import Driver as _Driver
+
+# The types of the public API (py.typed ships these annotations).
+LearningRate = Union[float, Callable[[int], float]]
+Params = Union[np.ndarray, Sequence[np.ndarray], Sequence[Dict[str, Any]]]
+Grads = Union[np.ndarray, Sequence[np.ndarray]]
+Betas = Tuple[float, float]
+Threads = Optional[int]
+Backend = Literal["auto", "compiled", "numpy"]
+NonFinite = Literal["error", "skip", "ignore"]
 
 _STATE0 = 2  # slots of a GroupPlan: param, grad, then the state arrays
 
@@ -81,7 +105,7 @@ class _GroupSpec(NamedTuple):
     slots: tuple  # (params, None, state arrays...): per slot, one array per param
     step_arrays: tuple  # per param: the 0-d int64 step counter
     mu_arrays: object  # per param: NAdam's 0-d float64 product, or None
-    written: tuple  # (lo, hi): byte intervals of every array any step writes
+    written: Any  # (lo, hi): byte intervals of every array any step writes (None: not yet)
     first_index: int
     installs: list  # (param, its state dict or None, {name: new value}) for commit
 
@@ -141,7 +165,7 @@ class _ParamState:
 
 # Every live optimizer, so that a child forked while another thread held an optimizer's
 # lock gets fresh locks (a held lock would block the child forever).
-_LIVE = weakref.WeakSet()
+_LIVE: "weakref.WeakSet[Optimizer]" = weakref.WeakSet()
 
 
 def _fresh_locks_in_child():
@@ -162,7 +186,7 @@ class Optimizer:
     counters, the cached plans) has changed.
     """
 
-    algorithm = None
+    algorithm: ClassVar[_algorithms.Algorithm]
 
     def __init__(self, params, defaults):
         self.defaults = dict(defaults)
@@ -189,7 +213,7 @@ class Optimizer:
         return "\n".join(lines)
 
     @property
-    def param_groups(self):
+    def param_groups(self) -> List[Dict[str, Any]]:
         """The list of group dicts (edit it in place, or assign a new list)."""
         return self._param_groups
 
@@ -199,7 +223,7 @@ class Optimizer:
         self._driver.invalidate()
 
     @property
-    def state(self):
+    def state(self) -> "_ParamState":
         """Per-param state dicts: ``opt.state[p]``. Assigning a mapping replaces them all."""
         return self._state
 
@@ -221,7 +245,7 @@ class Optimizer:
             self._created[id(param)] = (param, names)
 
     # ---------------------------------------------------------------- groups
-    def add_param_group(self, param_group):
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
         """Add a group ``{"params": [...], <hyperparameter overrides>}``."""
         with self._lock:
             group, where = self._admit_param_group(param_group)
@@ -263,7 +287,7 @@ class Optimizer:
             group["betas"] = tuple(float(b) if isinstance(b, np.generic) else b for b in betas)
 
     # ---------------------------------------------------------------- step
-    def step(self, grads):
+    def step(self, grads: Grads) -> None:
         """Update every parameter in place from ``grads``.
 
         ``grads`` is one array (when there is one parameter) or a sequence of arrays in
@@ -326,7 +350,9 @@ class Optimizer:
         if not isinstance(groups, list):
             raise TypeError("param_groups must be a list of dicts")
         hyper_specs = [self._check_hyper(gi) for gi in range(len(groups))]
-        specs, named, first = [], [], 0
+        specs: List[_GroupSpec] = []
+        named: List[Tuple[str, np.ndarray]] = []
+        first = 0
         for gi, group in enumerate(groups):
             if not isinstance(group.get("params"), list):
                 group["params"] = _as_param_list(
@@ -345,7 +371,11 @@ class Optimizer:
         names = hyper_spec.state_names
         optional = {name for name, _ in self.algorithm.optional_state}
         scalar_state = self.algorithm.scalar_state
-        state_dicts, arrays, steps, mus, installs = [], [[] for _ in names], [], [], []
+        state_dicts: List[dict] = []
+        arrays: List[List[np.ndarray]] = [[] for _ in names]
+        steps: List[np.ndarray] = []
+        mus: List[Any] = []
+        installs: List[tuple] = []
         new_step = np.zeros((), dtype=np.int64)  # shared by the group's new params
         new_mu = {name: np.array(init, dtype=np.float64) for name, init in scalar_state}
         stepped, fresh = set(), []
@@ -417,9 +447,9 @@ class Optimizer:
                     f"{name} of {pname} is missing from opt.state; the optimizer keeps it from "
                     "the first step on (restore it, or load a state_dict)"
                 )
-        for name, dtype in (("step", np.int64),) + tuple(
-            (n, np.float64) for n, _ in self.algorithm.scalar_state
-        ):
+        counters: List[Tuple[str, Any]] = [("step", np.int64)]
+        counters += [(n, np.float64) for n, _ in self.algorithm.scalar_state]
+        for name, dtype in counters:
             if name not in st:
                 raise ValueError(f"{name} of {pname} is missing from opt.state")
             value = st[name]
@@ -439,7 +469,7 @@ class Optimizer:
         return {**st, **add}
 
     # ---------------------------------------------------------------- state dict
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, Any]:
         """Plain dict of Python scalars and NumPy arrays, keyed like ``torch.optim``.
 
         ``{"state": {i: {"step": t, "exp_avg": ..., ...}}, "param_groups": [{..., "params":
@@ -462,7 +492,7 @@ class Optimizer:
                     index += 1
             return {"state": state, "param_groups": groups}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Load a ``state_dict()``: checked whole, then copied in; resumes exactly.
 
         Raises ``ValueError``/``TypeError`` (and changes nothing) when the groups, sizes,
@@ -557,25 +587,85 @@ class Optimizer:
         _LIVE.add(self)
 
 
-def _common(num_threads, backend, nonfinite):
-    return {"num_threads": num_threads, "backend": backend, "nonfinite": nonfinite}
+# Every constructor argument: (its type in the docs, what it does). The Parameters
+# section of each class is built from its signature and this table (_documented).
+_PARAMETERS = {
+    "params": (
+        "ndarray, sequence of ndarray, or sequence of dict",
+        "Arrays to optimize (float32/float64, C-contiguous, writeable; SparseAdam: 2-D "
+        'tables), updated in place; or param groups ``{"params": [...], "lr": '
+        "...}`` overriding any hyperparameter below.",
+    ),
+    "lr": (
+        "float or callable",
+        "Learning rate, or ``lr(t)`` returning it for step ``t`` "
+        "(a :mod:`fusedadam.schedules` object pickles and saves).",
+    ),
+    "betas": ("(float, float)", "Decay rates of the first and second moments."),
+    "eps": ("float", "Added to the denominator (> 0: no division by zero)."),
+    "eps_root": ("float", "Added to the second moment itself, every step (>= 0)."),
+    "weight_decay": ("float", "L2 penalty added to the gradient, or the decoupled decay rate."),
+    "amsgrad": ("bool", "Use the running maximum of the second moment (AMSGrad)."),
+    "maximize": ("bool", "Ascend instead of descend."),
+    "bias_correction": ("bool", "Divide the moments by ``1 - beta**t``."),
+    "beta1_decay": (
+        "float in (0, 1]",
+        "The Adam paper's lambda: ``beta1_t = beta1 * beta1_decay**(t-1)``.",
+    ),
+    "momentum_decay": ("float", "NAdam's psi in ``mu_t = beta1 (1 - 0.5 * 0.96**(t psi))``."),
+    "decoupled_weight_decay": (
+        "bool",
+        "``p *= 1 - lr * weight_decay`` instead of the L2 term (AdamW's decay).",
+    ),
+    "num_threads": (
+        "int or None",
+        "None follows OpenMP (``OMP_NUM_THREADS``, threadpoolctl); "
+        "-1 all processors; a positive count (at most "
+        "``fusedadam._kernels.MAX_NUM_THREADS`` are used).",
+    ),
+    "backend": (
+        '{"auto", "compiled", "numpy"}',
+        "The compiled kernel, the NumPy reference, "
+        "or the first available (the same step, bit for bit).",
+    ),
+    "nonfinite": (
+        '{"error", "skip", "ignore"}',
+        "What a step does when a gradient holds "
+        "NaN or inf: raise ``FloatingPointError`` naming the parameter and the "
+        "count, changing nothing; skip the whole step (``skipped_steps`` counts "
+        "them, as AMP loss scaling does); or no check at all (fastest).",
+    ),
+}
 
 
-_NUMERICS_DOC = """
-    num_threads : int or None
-        None follows OpenMP (``OMP_NUM_THREADS``, threadpoolctl); -1 all processors; a
-        positive count (at most ``fusedadam._kernels.MAX_NUM_THREADS`` are used).
-    backend : {"auto", "compiled", "numpy"}
-    nonfinite : {"error", "skip", "ignore"}, default "error"
-        What a step does when a gradient holds NaN or inf: raise ``FloatingPointError``
-        naming the parameter and the count, changing nothing; skip the whole step
-        (``skipped_steps`` counts them, as AMP loss scaling does); or no check at all
-        (fastest; NaN propagates, as in torch)."""
+def _documented(cls):
+    """Add the numpydoc Parameters section of ``cls.__init__`` to the class docstring
+    (before its Examples section, if it has one)."""
+    lines = ["", "Parameters", "----------"]
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        if name == "self":
+            continue
+        kind, text = _PARAMETERS[name]
+        default = (
+            ""
+            if parameter.default is inspect.Parameter.empty
+            else (f", default {parameter.default!r}")
+        )
+        lines += [f"{name} : {kind}{default}", f"    {text}"]
+    doc = inspect.cleandoc(cls.__doc__)
+    head, examples, tail = doc.partition("\nExamples\n--------")
+    cls.__doc__ = head.rstrip() + "\n" + "\n".join(lines) + "\n" + examples + tail
+    return cls
 
 
+def _hyperparameters(arguments):
+    """A constructor's ``locals()`` without self and params: the optimizer's defaults."""
+    return {k: v for k, v in arguments.items() if k not in ("self", "params", "__class__")}
+
+
+@_documented
 class Adam(Optimizer):
-    (
-        r"""Adam (Kingma & Ba, 2014), with AMSGrad (Reddi et al., 2018) as an option.
+    r"""Adam (Kingma & Ba, 2014), with AMSGrad (Reddi et al., 2018) as an option.
 
     For step ``t`` of each element, with ``g`` its gradient::
 
@@ -591,61 +681,22 @@ class Adam(Optimizer):
 
     ``lr_t`` is ``lr`` or ``lr(t)``. eps is added outside the square root and the
     AMSGrad maximum is taken over the raw ``v`` (not the bias-corrected one), as in
-    ``torch.optim.Adam``.
-
-    Parameters
-    ----------
-    params : ndarray, sequence of ndarray, or sequence of dict
-        Arrays to optimize (float32/float64, C-contiguous, writeable), or param groups
-        ``{"params": [...], "lr": ...}`` overriding any hyperparameter below.
-    lr : float or callable, default 1e-3
-    betas : (float, float), default (0.9, 0.999)
-    eps : float, default 1e-8
-    weight_decay : float, default 0
-    amsgrad, maximize : bool, default False
-    bias_correction : bool, default True
-    beta1_decay : float in (0, 1], default 1
-    decoupled_weight_decay : bool, default False
-        True is AdamW."""
-        + _NUMERICS_DOC
-        + "\n    "
-    )
+    ``torch.optim.Adam``. ``decoupled_weight_decay=True`` is AdamW.
+    """
 
     algorithm = _algorithms.ALGORITHMS["adam"]
 
-    def __init__(
-        self,
-        params,
-        lr=1e-3,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=0.0,
-        amsgrad=False,
-        maximize=False,
-        bias_correction=True,
-        beta1_decay=1.0,
-        num_threads=None,
-        backend="auto",
-        nonfinite="error",
-        decoupled_weight_decay=False,
-    ):
-        super().__init__(
-            params,
-            dict(
-                lr=lr,
-                betas=betas,
-                eps=eps,
-                weight_decay=weight_decay,
-                amsgrad=amsgrad,
-                maximize=maximize,
-                bias_correction=bias_correction,
-                beta1_decay=beta1_decay,
-                decoupled_weight_decay=decoupled_weight_decay,
-                **_common(num_threads, backend, nonfinite),
-            ),
-        )
+    # fmt: off
+    def __init__(self, params: Params, lr: LearningRate = 1e-3, betas: Betas = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
+                 maximize: bool = False, bias_correction: bool = True, beta1_decay: float = 1.0,
+                 num_threads: Threads = None, backend: Backend = "auto",
+                 nonfinite: NonFinite = "error", decoupled_weight_decay: bool = False) -> None:
+        super().__init__(params, _hyperparameters(locals()))
+    # fmt: on
 
 
+@_documented
 class AdamW(Adam):
     r"""AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay.
 
@@ -653,38 +704,18 @@ class AdamW(Adam):
     update, ``p = p * (1 - lr_t * weight_decay)``. Default ``weight_decay=1e-2``.
     """
 
-    def __init__(
-        self,
-        params,
-        lr=1e-3,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=1e-2,
-        amsgrad=False,
-        maximize=False,
-        bias_correction=True,
-        beta1_decay=1.0,
-        num_threads=None,
-        backend="auto",
-        nonfinite="error",
-    ):
-        super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            amsgrad,
-            maximize,
-            bias_correction,
-            beta1_decay,
-            num_threads,
-            backend,
-            nonfinite,
-            decoupled_weight_decay=True,
-        )
+    # fmt: off
+    def __init__(self, params: Params, lr: LearningRate = 1e-3, betas: Betas = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False,
+                 maximize: bool = False, bias_correction: bool = True, beta1_decay: float = 1.0,
+                 num_threads: Threads = None, backend: Backend = "auto",
+                 nonfinite: NonFinite = "error") -> None:
+        Optimizer.__init__(self, params, {**_hyperparameters(locals()),
+                                          "decoupled_weight_decay": True})
+    # fmt: on
 
 
+@_documented
 class Adamax(Optimizer):
     r"""Adamax (Kingma & Ba, 2014, Algorithm 2), with torch's eps.
 
@@ -696,44 +727,23 @@ class Adamax(Optimizer):
         m    = b1_t * m + (1 - b1_t) * g
         u    = max(beta2 * u, |g| + eps)
         p    = p - (lr_t / (1 - beta1**t)) * m / u
-
-    Parameters are as for :class:`Adam` (no ``amsgrad``); default ``lr=2e-3``.
     """
 
     algorithm = _algorithms.ALGORITHMS["adamax"]
 
-    def __init__(
-        self,
-        params,
-        lr=2e-3,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=0.0,
-        maximize=False,
-        bias_correction=True,
-        beta1_decay=1.0,
-        num_threads=None,
-        backend="auto",
-        nonfinite="error",
-    ):
-        super().__init__(
-            params,
-            dict(
-                lr=lr,
-                betas=betas,
-                eps=eps,
-                weight_decay=weight_decay,
-                maximize=maximize,
-                bias_correction=bias_correction,
-                beta1_decay=beta1_decay,
-                **_common(num_threads, backend, nonfinite),
-            ),
-        )
+    # fmt: off
+    def __init__(self, params: Params, lr: LearningRate = 2e-3, betas: Betas = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False,
+                 bias_correction: bool = True, beta1_decay: float = 1.0,
+                 num_threads: Threads = None, backend: Backend = "auto",
+                 nonfinite: NonFinite = "error") -> None:
+        super().__init__(params, _hyperparameters(locals()))
+    # fmt: on
 
 
+@_documented
 class NAdam(Optimizer):
-    (
-        r"""NAdam (Dozat, 2016), as ``torch.optim.NAdam``: Adam with Nesterov momentum.
+    r"""NAdam (Dozat, 2016), as ``torch.optim.NAdam``: Adam with Nesterov momentum.
 
     For step ``t`` of each element (``psi`` is ``momentum_decay``)::
 
@@ -748,54 +758,23 @@ class NAdam(Optimizer):
 
     The running product ``mu_1 ... mu_t`` is the per-param state ``mu_product`` (a 0-d
     float64, computed in double). The two terms share one division (``_loops.h``).
-
-    Parameters
-    ----------
-    params : ndarray, sequence of ndarray, or sequence of dict
-    lr : float or callable, default 2e-3
-    betas : (float, float), default (0.9, 0.999)
-    eps : float, default 1e-8
-    weight_decay : float, default 0
-    momentum_decay : float, default 4e-3
-    decoupled_weight_decay, maximize : bool, default False"""
-        + _NUMERICS_DOC
-        + "\n    "
-    )
+    """
 
     algorithm = _algorithms.ALGORITHMS["nadam"]
 
-    def __init__(
-        self,
-        params,
-        lr=2e-3,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=0.0,
-        momentum_decay=4e-3,
-        decoupled_weight_decay=False,
-        maximize=False,
-        num_threads=None,
-        backend="auto",
-        nonfinite="error",
-    ):
-        super().__init__(
-            params,
-            dict(
-                lr=lr,
-                betas=betas,
-                eps=eps,
-                weight_decay=weight_decay,
-                momentum_decay=momentum_decay,
-                decoupled_weight_decay=decoupled_weight_decay,
-                maximize=maximize,
-                **_common(num_threads, backend, nonfinite),
-            ),
-        )
+    # fmt: off
+    def __init__(self, params: Params, lr: LearningRate = 2e-3, betas: Betas = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
+                 decoupled_weight_decay: bool = False, maximize: bool = False,
+                 num_threads: Threads = None, backend: Backend = "auto",
+                 nonfinite: NonFinite = "error") -> None:
+        super().__init__(params, _hyperparameters(locals()))
+    # fmt: on
 
 
+@_documented
 class RAdam(Optimizer):
-    (
-        r"""RAdam (Liu et al., 2020), as ``torch.optim.RAdam``: Adam with a rectified step.
+    r"""RAdam (Liu et al., 2020), as ``torch.optim.RAdam``: Adam with a rectified step.
 
     For step ``t`` of each element::
 
@@ -810,51 +789,24 @@ class RAdam(Optimizer):
             p  = p - lr * r / (1 - beta1**t) * m * sqrt(1 - beta2**t) / (sqrt(v) + eps)
         else:
             p  = p - lr / (1 - beta1**t) * m
-
-    Parameters
-    ----------
-    params : ndarray, sequence of ndarray, or sequence of dict
-    lr : float or callable, default 1e-3
-    betas : (float, float), default (0.9, 0.999)
-    eps : float, default 1e-8
-    weight_decay : float, default 0
-    decoupled_weight_decay, maximize : bool, default False"""
-        + _NUMERICS_DOC
-        + "\n    "
-    )
+    """
 
     algorithm = _algorithms.ALGORITHMS["radam"]
 
-    def __init__(
-        self,
-        params,
-        lr=1e-3,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=0.0,
-        decoupled_weight_decay=False,
-        maximize=False,
-        num_threads=None,
-        backend="auto",
-        nonfinite="error",
-    ):
-        super().__init__(
-            params,
-            dict(
-                lr=lr,
-                betas=betas,
-                eps=eps,
-                weight_decay=weight_decay,
-                decoupled_weight_decay=decoupled_weight_decay,
-                maximize=maximize,
-                **_common(num_threads, backend, nonfinite),
-            ),
-        )
+    # fmt: off
+    def __init__(self, params: Params, lr: LearningRate = 1e-3,
+                 betas: Betas = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 decoupled_weight_decay: bool = False, maximize: bool = False,
+                 num_threads: Threads = None, backend: Backend = "auto",
+                 nonfinite: NonFinite = "error") -> None:
+        # NAdam's arguments less momentum_decay; torch's order.
+        super().__init__(params, _hyperparameters(locals()))
+    # fmt: on
 
 
+@_documented
 class AdaBelief(Optimizer):
-    (
-        r"""AdaBelief (Zhuang et al., 2020, Algorithm 2), as ``optax.adabelief`` computes it.
+    r"""AdaBelief (Zhuang et al., 2020, Algorithm 2), as ``optax.adabelief`` computes it.
 
     For step ``t`` of each element::
 
@@ -866,54 +818,23 @@ class AdaBelief(Optimizer):
 
     ``s`` (the "belief" in the gradient) is the state ``exp_avg_var``. The defaults are
     optax's (``eps = eps_root = 1e-16``); the paper uses one eps for both.
-
-    Parameters
-    ----------
-    params : ndarray, sequence of ndarray, or sequence of dict
-    lr : float or callable, default 1e-3
-    betas : (float, float), default (0.9, 0.999)
-    eps : float, default 1e-16
-    eps_root : float, default 1e-16
-    weight_decay : float, default 0
-    decoupled_weight_decay, maximize : bool, default False"""
-        + _NUMERICS_DOC
-        + "\n    "
-    )
+    """
 
     algorithm = _algorithms.ALGORITHMS["adabelief"]
 
-    def __init__(
-        self,
-        params,
-        lr=1e-3,
-        betas=(0.9, 0.999),
-        eps=1e-16,
-        eps_root=1e-16,
-        weight_decay=0.0,
-        decoupled_weight_decay=False,
-        maximize=False,
-        num_threads=None,
-        backend="auto",
-        nonfinite="error",
-    ):
-        super().__init__(
-            params,
-            dict(
-                lr=lr,
-                betas=betas,
-                eps=eps,
-                eps_root=eps_root,
-                weight_decay=weight_decay,
-                decoupled_weight_decay=decoupled_weight_decay,
-                maximize=maximize,
-                **_common(num_threads, backend, nonfinite),
-            ),
-        )
+    # fmt: off
+    def __init__(self, params: Params, lr: LearningRate = 1e-3, betas: Betas = (0.9, 0.999),
+                 eps: float = 1e-16, eps_root: float = 1e-16, weight_decay: float = 0.0,
+                 decoupled_weight_decay: bool = False, maximize: bool = False,
+                 num_threads: Threads = None, backend: Backend = "auto",
+                 nonfinite: NonFinite = "error") -> None:
+        super().__init__(params, _hyperparameters(locals()))
+    # fmt: on
 
 
+@_documented
 class Lion(Optimizer):
-    (
-        r"""Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"), as
+    r"""Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"), as
     ``optax.lion``.
 
     For each element::
@@ -925,38 +846,13 @@ class Lion(Optimizer):
 
     One state array (``exp_avg``); ``sign(0) = 0``. Weight decay is always decoupled.
     The defaults are optax's; the paper advises an lr 3-10x smaller than AdamW's.
-
-    Parameters
-    ----------
-    params : ndarray, sequence of ndarray, or sequence of dict
-    lr : float or callable, default 1e-4
-    betas : (float, float), default (0.9, 0.99)
-    weight_decay : float, default 1e-3
-    maximize : bool, default False"""
-        + _NUMERICS_DOC
-        + "\n    "
-    )
+    """
 
     algorithm = _algorithms.ALGORITHMS["lion"]
 
-    def __init__(
-        self,
-        params,
-        lr=1e-4,
-        betas=(0.9, 0.99),
-        weight_decay=1e-3,
-        maximize=False,
-        num_threads=None,
-        backend="auto",
-        nonfinite="error",
-    ):
-        super().__init__(
-            params,
-            dict(
-                lr=lr,
-                betas=betas,
-                weight_decay=weight_decay,
-                maximize=maximize,
-                **_common(num_threads, backend, nonfinite),
-            ),
-        )
+    # fmt: off
+    def __init__(self, params: Params, lr: LearningRate = 1e-4, betas: Betas = (0.9, 0.99),
+                 weight_decay: float = 1e-3, maximize: bool = False, num_threads: Threads = None,
+                 backend: Backend = "auto", nonfinite: NonFinite = "error") -> None:
+        super().__init__(params, _hyperparameters(locals()))
+    # fmt: on

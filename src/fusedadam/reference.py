@@ -10,6 +10,7 @@ thread count.
 """
 
 import math
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
@@ -129,13 +130,25 @@ def _gradient(param, grad, scalars, coupled):
     return g
 
 
-def _moments(g, exp_avg, exp_avg_sq, scalars):
-    """m = b1 m + (1 - b1) g and v = b2 v + (1 - b2) g g, in place."""
-    b1, omb1, b2, omb2 = _cast(
-        g.dtype, scalars, "beta1", "one_minus_beta1", "beta2", "one_minus_beta2"
-    )
+def _first_moment(g, exp_avg, b1, omb1):
+    """m = b1 m + (1 - b1) g, in place."""
     exp_avg *= b1
     exp_avg += omb1 * g
+
+
+def _divided_step(param, update, second, eps):
+    """p -= update / (sqrt(second) + eps), in place (``update`` is consumed)."""
+    denom = np.sqrt(second)
+    denom += eps
+    update /= denom
+    param -= update
+
+
+def _moments(g, exp_avg, exp_avg_sq, scalars):
+    """m = b1 m + (1 - b1) g and v = b2 v + (1 - b2) g g, in place."""
+    b1, omb1, b2, omb2 = _cast(g.dtype, scalars, "beta1", "one_minus_beta1", "beta2",
+                               "one_minus_beta2")  # fmt: skip
+    _first_moment(g, exp_avg, b1, omb1)
     g_sq = omb2 * g
     g_sq *= g
     exp_avg_sq *= b2
@@ -153,22 +166,16 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, coupl
         np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         v = max_exp_avg_sq
     step_size, eps = _cast(param.dtype, scalars, "step_size", "eps")
-    denom = np.sqrt(v)
-    denom += eps
-    update = step_size * exp_avg
-    update /= denom
-    param -= update
+    _divided_step(param, step_size * exp_avg, v, eps)
 
 
 @_quiet
 def adamax_update(param, grad, exp_avg, exp_inf, scalars, coupled):
     """Adamax, in place: ``u = max(beta2 * u, |g| + eps)``, ``p -= step_size * m / u``."""
     g = _gradient(param, grad, scalars, coupled)
-    b1, omb1, b2, step_size, eps = _cast(
-        param.dtype, scalars, "beta1", "one_minus_beta1", "beta2", "step_size", "eps"
-    )
-    exp_avg *= b1
-    exp_avg += omb1 * g
+    b1, omb1, b2, step_size, eps = _cast(param.dtype, scalars, "beta1", "one_minus_beta1",
+                                         "beta2", "step_size", "eps")  # fmt: skip
+    _first_moment(g, exp_avg, b1, omb1)
     exp_inf *= b2
     abs_g = np.abs(g)
     abs_g += eps
@@ -184,12 +191,9 @@ def nadam_update(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
     g = _gradient(param, grad, scalars, coupled)
     _moments(g, exp_avg, exp_avg_sq, scalars)
     grad_coef, step_size, eps = _cast(param.dtype, scalars, "grad_coef", "step_size", "eps")
-    denom = np.sqrt(exp_avg_sq)
-    denom += eps
     update = grad_coef * g
     update += step_size * exp_avg
-    update /= denom
-    param -= update
+    _divided_step(param, update, exp_avg_sq, eps)
 
 
 @_quiet
@@ -206,30 +210,17 @@ def adabelief_update(param, grad, exp_avg, exp_avg_var, scalars, coupled):
     """AdaBelief, in place: ``s = b2 s + (1 - b2)(g - m)^2 + eps_root`` with the new m,
     ``p -= step_size * m / (sqrt(s) + eps)``."""
     g = _gradient(param, grad, scalars, coupled)
-    b1, omb1, b2, omb2, step_size, eps, eps_root = _cast(
-        param.dtype,
-        scalars,
-        "beta1",
-        "one_minus_beta1",
-        "beta2",
-        "one_minus_beta2",
-        "step_size",
-        "eps",
-        "eps_root",
-    )
-    exp_avg *= b1
-    exp_avg += omb1 * g
+    names = ("beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "step_size", "eps",
+             "eps_root")  # fmt: skip
+    b1, omb1, b2, omb2, step_size, eps, eps_root = _cast(param.dtype, scalars, *names)
+    _first_moment(g, exp_avg, b1, omb1)
     surprise = g - exp_avg
     surprise_sq = omb2 * surprise
     surprise_sq *= surprise
     exp_avg_var *= b2
     exp_avg_var += surprise_sq
     exp_avg_var += eps_root
-    denom = np.sqrt(exp_avg_var)
-    denom += eps
-    update = step_size * exp_avg
-    update /= denom
-    param -= update
+    _divided_step(param, step_size * exp_avg, exp_avg_var, eps)
 
 
 @_quiet
@@ -237,16 +228,14 @@ def lion_update(param, grad, exp_avg, scalars, coupled):
     """Lion, in place: ``p -= step_size * sign(b1 m + (1 - b1) g)``, then
     ``m = b2 m + (1 - b2) g``. sign keeps +-0 and NaN as they are (``_loops.h``)."""
     g = _gradient(param, grad, scalars, coupled)
-    b1, omb1, b2, omb2, step_size = _cast(
-        param.dtype, scalars, "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "step_size"
-    )
+    b1, omb1, b2, omb2, step_size = _cast(param.dtype, scalars, "beta1", "one_minus_beta1",
+                                          "beta2", "one_minus_beta2", "step_size")  # fmt: skip
     c = b1 * exp_avg
     c += omb1 * g
     one = param.dtype.type(1)
     direction = np.where(c > 0, one, np.where(c < 0, -one, c))
     param -= step_size * direction
-    exp_avg *= b2
-    exp_avg += omb2 * g
+    _first_moment(g, exp_avg, b2, omb2)
 
 
 @_quiet
@@ -259,8 +248,8 @@ def probe_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None):
     param -= grad
 
 
-# Loop kind -> (update function, takes a third state array).
-_KINDS = {
+# Loop kind -> (update function, number of state arrays it takes).
+_KINDS: Dict[str, Tuple[Callable[..., None], int]] = {
     "adam": (adam_update, 2),
     "amsgrad": (adam_update, 3),
     "adamax": (adamax_update, 2),
@@ -281,7 +270,7 @@ def run(kind, slots, grads, scalars):
     update, n_states = _KINDS[kind[:-3] if coupled else kind]
     params, states = slots[0], slots[2:]
     for k, (p, g) in enumerate(zip(params, grads)):
-        arrays = [np.asarray(s[k]) for s in states]
+        arrays: List[Any] = [np.asarray(s[k]) for s in states]
         if update is adam_update:
             arrays = arrays[:2] + [arrays[2] if n_states == 3 else None]
         update(np.asarray(p), np.asarray(g), *arrays, scalars, coupled)

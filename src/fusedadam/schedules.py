@@ -257,7 +257,7 @@ class CosineDecay(Schedule):
         )
 
 
-class LinearWarmup(Schedule):
+class LinearWarmup(LinearDecay):
     """A linear ramp from ``init_value`` to ``peak_value`` over ``warmup_steps``, then flat.
 
     Parameters
@@ -273,13 +273,16 @@ class LinearWarmup(Schedule):
     _fields = ("init_value", "peak_value", "warmup_steps")
 
     def __init__(self, init_value: float, peak_value: float, warmup_steps: int) -> None:
-        self.init_value = _real(init_value, "init_value")
-        self.peak_value = _real(peak_value, "peak_value")
-        self.warmup_steps = _count(warmup_steps, "warmup_steps")
+        # The ramp of LinearDecay, from init_value up to peak_value.
+        super().__init__(init_value, peak_value, warmup_steps)
 
-    def value(self, count: int) -> float:
-        frac = min(count, self.warmup_steps) / self.warmup_steps
-        return self.init_value + (self.peak_value - self.init_value) * frac
+    @property
+    def peak_value(self) -> float:
+        return self.end_value
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.decay_steps
 
 
 class OneCycle(Schedule):

@@ -5,12 +5,24 @@ table and of its two moment arrays change, in one compiled pass whose cost is
 proportional to ``len(indices) * dim``, never to the number of rows of the table.
 """
 
+from typing import Any, Sequence
+
 import numpy as np
 
 from fusedadam import _validation, reference
 from fusedadam._algorithms import ALGORITHMS
 from fusedadam._backend import _kernels
-from fusedadam.optim import Optimizer, _common
+from fusedadam.optim import (
+    Backend,
+    Betas,
+    LearningRate,
+    NonFinite,
+    Optimizer,
+    Params,
+    Threads,
+    _documented,
+    _hyperparameters,
+)
 
 __all__ = ["SparseAdam", "group_rows"]
 
@@ -38,6 +50,7 @@ def group_rows(indices):
     return ordered[starts[:-1]], order, starts
 
 
+@_documented
 class SparseAdam(Optimizer):
     r"""Lazy Adam for 2-D tables whose gradient touches few rows, as ``torch.optim.SparseAdam``.
 
@@ -59,23 +72,6 @@ class SparseAdam(Optimizer):
     torch does. One compiled pass over the touched rows, parallel over rows (each row
     written by one thread: 1 and N threads give identical bits).
 
-    Parameters
-    ----------
-    params : ndarray, sequence of ndarray, or sequence of dict
-        2-D tables ``(rows, dim)``, float32/float64, C-contiguous, writeable; or param
-        groups ``{"params": [...], "lr": ...}`` overriding the hyperparameters below.
-    lr : float or callable, default 1e-3
-        Learning rate, or ``lr(t)`` returning it.
-    betas : (float, float), default (0.9, 0.999)
-    eps : float, default 1e-8
-    maximize : bool, default False
-    num_threads : int or None
-        None follows OpenMP (``OMP_NUM_THREADS``, threadpoolctl); -1 all processors.
-    backend : {"auto", "compiled", "numpy"}
-    nonfinite : {"error", "skip", "ignore"}, default "error"
-        NaN/inf in a step's ``values``: raise (nothing changes), skip the whole step
-        (``skipped_steps`` counts it), or no check.
-
     Examples
     --------
     >>> import numpy as np, fusedadam as fa
@@ -88,27 +84,12 @@ class SparseAdam(Optimizer):
 
     algorithm = ALGORITHMS["sparse_adam"]
 
-    def __init__(
-        self,
-        params,
-        lr=1e-3,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        maximize=False,
-        num_threads=None,
-        backend="auto",
-        nonfinite="error",
-    ):
-        super().__init__(
-            params,
-            dict(
-                lr=lr,
-                betas=betas,
-                eps=eps,
-                maximize=maximize,
-                **_common(num_threads, backend, nonfinite),
-            ),
-        )
+    # fmt: off
+    def __init__(self, params: Params, lr: LearningRate = 1e-3, betas: Betas = (0.9, 0.999),
+                 eps: float = 1e-8, maximize: bool = False, num_threads: Threads = None,
+                 backend: Backend = "auto", nonfinite: NonFinite = "error") -> None:
+        super().__init__(params, _hyperparameters(locals()))
+    # fmt: on
 
     def _check_params(self, params, first):
         for k, p in enumerate(params):
@@ -118,7 +99,7 @@ class SparseAdam(Optimizer):
                     "(rows, dim)"
                 )
 
-    def step(self, grads):
+    def step(self, grads: Sequence[Any]) -> None:  # type: ignore[override]
         """Update the touched rows of every table from ``grads``, in place.
 
         ``grads`` is a sequence with one entry per parameter (over all groups, in order):
@@ -212,27 +193,9 @@ class SparseAdam(Optimizer):
         else:
             st.update({key: entries[key] for key in entries if st.get(key) is not entries[key]})
         rows, order, starts = plan["rows"]
+        arrays = (p, st["exp_avg"], st["exp_avg_sq"], plan["values"], rows, order, starts)
         if plan["compiled"]:
-            _kernels.sparse_adam_step(
-                p,
-                st["exp_avg"],
-                st["exp_avg_sq"],
-                plan["values"],
-                rows,
-                order,
-                starts,
-                plan["scalars"],
-                plan["num_threads"],
-            )
+            _kernels.sparse_adam_step(*arrays, plan["scalars"], plan["num_threads"])
         else:
-            reference.sparse_adam_update(
-                p,
-                st["exp_avg"],
-                st["exp_avg_sq"],
-                plan["values"],
-                rows,
-                order,
-                starts,
-                plan["scalars"],
-            )
+            reference.sparse_adam_update(*arrays, plan["scalars"])
         st["step"][...] += 1

@@ -140,29 +140,23 @@ def run_case(case, args, notes):
     return rows
 
 
-def _grid(args, scenario, shape_sets):
-    cases = []
-    for dtype in args.dtypes:
-        for algorithm in args.algorithms:
-            for threads in args.threads:
-                for name, shapes in shape_sets:
-                    label = f"{name} {algorithm} {dtype} threads={threads}"
-                    cases.append(
-                        Case(
-                            scenario,
-                            label,
-                            tuple(shapes),
-                            dtype,
-                            algorithm,
-                            threads,
-                            tuple(args.impls),
-                        )
-                    )
-    return cases
+# The implementations each fixed-purpose scenario times.
+OVERHEAD_IMPLS = ("fusedadam", "fusedadam-kernel", "numpy", "torch-single", "torch-foreach",
+                  "torch-fused", "deepspeed")  # fmt: skip
+ROOFLINE_IMPLS = ("roofline", "fusedadam", "fusedadam-kernel")
+
+
+def _grid(scenario, shape_sets, dtypes, algorithms, threads, impls):
+    """One Case per (dtype, algorithm, thread count, named shape set)."""
+    return [Case(scenario, f"{name} {algorithm} {dtype} threads={n_threads}", tuple(shapes),
+                 dtype, algorithm, n_threads, tuple(impls))
+            for dtype in dtypes for algorithm in algorithms for n_threads in threads
+            for name, shapes in shape_sets]  # fmt: skip
 
 
 def sweep_cases(args):
-    return _grid(args, "sweep", [(f"N={n:.0e}", [(n,)]) for n in args.sizes])
+    sets = [(f"N={n:.0e}", [(n,)]) for n in args.sizes]
+    return _grid("sweep", sets, args.dtypes, args.algorithms, args.threads, args.impls)
 
 
 def model_cases(args):
@@ -172,51 +166,17 @@ def model_cases(args):
         n = sum(int(np.prod(s)) for s in shapes)
         name = os.path.basename(spec)
         sets.append((f"{name} ({n / 1e6:.2f}M params, {len(shapes)} arrays)", shapes))
-    return _grid(args, "model", sets)
+    return _grid("model", sets, args.dtypes, args.algorithms, args.threads, args.impls)
 
 
 def overhead_cases(args):
-    cases = []
-    for n in args.overhead_sizes:
-        cases.append(
-            Case(
-                "overhead",
-                f"N={n} {args.dtypes[0]} threads=1",
-                ((n,),),
-                args.dtypes[0],
-                "adam",
-                1,
-                (
-                    "fusedadam",
-                    "fusedadam-kernel",
-                    "numpy",
-                    "torch-single",
-                    "torch-foreach",
-                    "torch-fused",
-                    "deepspeed",
-                ),
-            )
-        )
-    return cases
+    sets = [(f"N={n}", [(n,)]) for n in args.overhead_sizes]
+    return _grid("overhead", sets, args.dtypes[:1], ["adam"], [1], OVERHEAD_IMPLS)
 
 
 def roofline_cases(args):
-    cases = []
-    for dtype in args.dtypes:
-        for threads in args.threads:
-            for n in args.sizes:
-                cases.append(
-                    Case(
-                        "roofline",
-                        f"N={n:.0e} {dtype} threads={threads}",
-                        ((n,),),
-                        dtype,
-                        "adam",
-                        threads,
-                        ("roofline", "fusedadam", "fusedadam-kernel"),
-                    )
-                )
-    return cases
+    sets = [(f"N={n:.0e}", [(n,)]) for n in args.sizes]
+    return _grid("roofline", sets, args.dtypes, ["adam"], args.threads, ROOFLINE_IMPLS)
 
 
 SCENARIOS = {
