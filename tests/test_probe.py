@@ -61,3 +61,15 @@ def test_probe_rejects_mismatched_gradient():
     p, g, m, v = _arrays(10, np.float32, False, seed=0)
     with pytest.raises(ValueError, match="must match its param"):
         _kernels.probe([p], [g.astype(np.float64)], [m], [v])
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_probe_with_one_state_array(n_threads):
+    """Lion's roofline: p, g and one state array (20 B per float32 element)."""
+    rng = np.random.default_rng(3)
+    p, g, m = (rng.standard_normal(40_000).astype(np.float32) for _ in range(3))
+    want = [p.copy(), g.copy(), m.copy()]
+    _kernels.probe([p], [g], [m], n_threads=n_threads)
+    fusedadam.reference.probe_update(*want)
+    np.testing.assert_array_equal(p, want[0])
+    np.testing.assert_array_equal(m, want[2])

@@ -95,7 +95,7 @@ class Probe:
         params: Sequence[np.ndarray],
         grads: Sequence[np.ndarray],
         exp_avgs: Sequence[np.ndarray],
-        exp_avg_sqs: Sequence[np.ndarray],
+        exp_avg_sqs: Optional[Sequence[np.ndarray]] = ...,
         thirds: Optional[Sequence[np.ndarray]] = ...,
     ) -> None: ...
     def run(self, n_threads: int = ...) -> None:
@@ -105,7 +105,7 @@ def probe(
     params: Sequence[np.ndarray],
     grads: Sequence[np.ndarray],
     exp_avgs: Sequence[np.ndarray],
-    exp_avg_sqs: Sequence[np.ndarray],
+    exp_avg_sqs: Optional[Sequence[np.ndarray]] = ...,
     thirds: Optional[Sequence[np.ndarray]] = ...,
     n_threads: int = ...,
 ) -> None:

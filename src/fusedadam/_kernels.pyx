@@ -1064,8 +1064,8 @@ def sparse_adam_step(cnp.ndarray param, cnp.ndarray exp_avg, cnp.ndarray exp_avg
 cdef class Probe:
     """The bandwidth probe (loop kind ``probe``) over fixed lists of arrays, for benchmarks.
 
-    Moves an Adam step's bytes (reads p, g, m, v; writes p, m, v; with ``thirds`` also
-    AMSGrad's max) with trivial arithmetic, ``m += g; v += g; (x += g;) p -= g`` exactly as
+    Moves a step's bytes (reads p, g, m, and v and AMSGrad's max when given; writes them
+    back) with trivial arithmetic, ``m += g; (v += g; x += g;) p -= g`` exactly as
     ``reference.probe_update``, through the same pointer tables and thread split as a step:
     the roofline of the benchmarks. The arrays must be acceptable to an optimizer (same
     dtype and shape, C-contiguous, writeable, not aliasing); ``run`` re-checks nothing.
@@ -1073,13 +1073,14 @@ cdef class Probe:
     cdef GroupData d
     cdef tuple keep
 
-    def __cinit__(self, params, grads, exp_avgs, exp_avg_sqs, thirds=None):
+    def __cinit__(self, params, grads, exp_avgs, exp_avg_sqs=None, thirds=None):
         cdef Py_ssize_t n = len(params), k
         cdef int slot
         cdef cnp.ndarray a
-        columns = [list(params), list(grads), list(exp_avgs), list(exp_avg_sqs)]
-        if thirds is not None:
-            columns.append(list(thirds))
+        if exp_avg_sqs is None and thirds is not None:
+            raise ValueError("probe: thirds need exp_avg_sqs")
+        columns = [list(params), list(grads), list(exp_avgs)]
+        columns += [list(c) for c in (exp_avg_sqs, thirds) if c is not None]
         self.keep = tuple(tuple(c) for c in columns)
         self.d.n_arrays = n
         self.d.n_slots = len(columns)
@@ -1115,6 +1116,6 @@ cdef class Probe:
             _run(&self.d, n_threads)
 
 
-def probe(params, grads, exp_avgs, exp_avg_sqs, thirds=None, int n_threads=1):
+def probe(params, grads, exp_avgs, exp_avg_sqs=None, thirds=None, int n_threads=1):
     """One probe pass (see ``Probe``) over lists of arrays, in place."""
     Probe(params, grads, exp_avgs, exp_avg_sqs, thirds).run(n_threads)

@@ -208,9 +208,9 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
         }                                                                            \
     }
 
-/* Bandwidth probe with Adam's memory traffic (read p, g, m, v; write p, m, v; and AMSGrad's
- * third array when given) and trivial arithmetic: the fastest the memory system can run an
- * Adam step. */
+/* Bandwidth probe with a step's memory traffic and trivial arithmetic: read p, g and the
+ * state arrays given (m; m, v; or m, v and AMSGrad's third), write p and them. The fastest
+ * the memory system can run a step moving those bytes (Lion: 1 state array, Adam: 2). */
 #define FA_PROBE_BODY(T, SQRT, FABS, COUPLED, FLAG)                                  \
     {                                                                                \
         T *restrict p_ = (T *)a[FA_PARAM];                                           \
@@ -225,10 +225,16 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
                 m_[i] = m_[i] + g; v_[i] = v_[i] + g; x_[i] = x_[i] + g;             \
                 p_[i] = p_[i] - g;                                                   \
             }                                                                        \
-        } else {                                                                     \
+        } else if (v_) {                                                             \
             for (ptrdiff_t i = 0; i < n; i++) {                                      \
                 T g = g_[i];                                                         \
                 m_[i] = m_[i] + g; v_[i] = v_[i] + g;                                \
+                p_[i] = p_[i] - g;                                                   \
+            }                                                                        \
+        } else {                                                                     \
+            for (ptrdiff_t i = 0; i < n; i++) {                                      \
+                T g = g_[i];                                                         \
+                m_[i] = m_[i] + g;                                                   \
                 p_[i] = p_[i] - g;                                                   \
             }                                                                        \
         }                                                                            \

@@ -44,8 +44,8 @@ class Algorithm:
         Keyword arguments of both the fusedadam and the torch class (``amsgrad=True``).
     arrays_moved : int
         Arrays read plus arrays written per element of a step (p, g, m, v in; p, m, v
-        out is 7): the compulsory traffic GB/s is computed from. The roofline probe moves
-        7 or 9; an algorithm with another count (Lion: 5) gets no roofline.
+        out is 7): the compulsory traffic GB/s is computed from, and the arrays the roofline
+        probe moves (5, 7 or 9).
     torch_class : str or None
         Name in ``torch.optim``; None: no torch peer.
     deepspeed : dict or None
@@ -171,11 +171,12 @@ def _build_one(name, algorithm, params, grads, n_threads):
     if name == "fusedadam-kernel":
         optimizer = _optimizer(algorithm, params, n_threads, "compiled")
         return roofline.kernel_step(optimizer, grads)
-    if name == "roofline":
-        states = {7: 2, 9: 3}.get(algorithm.arrays_moved)
+    if name in ("roofline", "roofline 1 thread"):
+        states = {5: 1, 7: 2, 9: 3}.get(algorithm.arrays_moved)
         if states is None:
-            raise RuntimeError(f"the probe moves 7 or 9 arrays, not {algorithm.arrays_moved}")
-        return roofline.roofline_step(params, grads, states, n_threads)
+            raise RuntimeError(f"the probe moves 5, 7 or 9 arrays, not {algorithm.arrays_moved}")
+        threads = 1 if name == "roofline 1 thread" else n_threads
+        return roofline.roofline_step(params, grads, states, threads)
     if name.startswith("torch-"):
         return _torch(name, algorithm, params, grads, n_threads)
     if name == "deepspeed":

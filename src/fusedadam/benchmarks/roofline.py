@@ -59,14 +59,13 @@ def kernel_step(optimizer, grads):
 
 
 def roofline_step(params, grads, n_state_arrays, n_threads):
-    """The PROBE loop over ``params`` and ``grads`` with 2 or 3 state arrays."""
+    """The probe loop over ``params`` and ``grads`` with 1, 2 or 3 state arrays."""
     if _kernels is None:
         raise RuntimeError("the compiled extension is not built: no roofline probe")
-    if n_state_arrays not in (2, 3):
-        raise RuntimeError(f"the probe moves 2 or 3 state arrays, not {n_state_arrays}")
+    if n_state_arrays not in (1, 2, 3):
+        raise RuntimeError(f"the probe moves 1, 2 or 3 state arrays, not {n_state_arrays}")
     states = [[np.zeros_like(p) for p in params] for _ in range(n_state_arrays)]
-    thirds = states[2] if n_state_arrays > 2 else None
-    probe = _kernels.Probe(list(params), list(grads), states[0], states[1], thirds)
+    probe = _kernels.Probe(list(params), list(grads), *states)
     return lambda: probe.run(n_threads)
 
 

@@ -112,9 +112,30 @@ def run_case(case, args, notes):
         fns["functional.adam"] = roofline.functional_step(
             [p.copy() for p in base], grads, case.threads
         )
+    if "roofline" in fns and case.threads != 1:
+        # The probe is a step like any other: a stalled multi-thread probe would make every
+        # step look fast against it, so its one-thread run is timed too, as a floor.
+        fns.update(
+            peers.build(
+                ["roofline 1 thread"],
+                case.algorithm,
+                lambda: [p.copy() for p in base],
+                grads,
+                1,
+                notes,
+            )
+        )
     res = timing.measure_interleaved(fns, args.repeats, args.sample_ms / 1000)
     traffic = peers.ALGORITHMS[case.algorithm].arrays_moved * itemsize * n
     roof = res.get("roofline", {}).get("median")
+    floor = res.get("roofline 1 thread", {}).get("median")
+    if roof and floor and floor < roof:
+        notes[("roofline", case.algorithm, case.dtype)] = (
+            f"{case.label}: the {case.threads}-thread roofline probe took {roof * 1e6:.1f} us, "
+            f"more than one thread's {floor * 1e6:.1f} us (stalled): % of roofline uses the "
+            "one-thread probe"
+        )
+        roof = floor
     rows = []
     for impl, r in res.items():
         rows.append(
