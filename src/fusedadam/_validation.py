@@ -220,11 +220,15 @@ def written_intervals(named_arrays):
 
 
 def _byte_bounds(a):
-    try:
-        from numpy.lib.array_utils import byte_bounds
-    except ImportError:  # NumPy < 2
-        byte_bounds = np.byte_bounds
-    return byte_bounds(a)
+    """``(low, high)`` byte addresses spanned by the elements of ``a`` (any strides)."""
+    low = high = _address(a)
+    for n, stride in zip(a.shape, a.strides):
+        extent = (n - 1) * stride
+        if extent < 0:
+            low += extent
+        else:
+            high += extent
+    return low, high + a.itemsize
 
 
 def aliases_written(a, written_lo, written_hi):
