@@ -26,6 +26,8 @@ cnp.import_array()
 cdef extern from "Python.h":
     # Borrowed reference or NULL, without the error save/restore of PyDict_GetItem.
     PyObject *PyDict_GetItemWithError(object d, object key) except? NULL
+    Py_ssize_t PyDict_Size(object d)
+    bint PyDict_Next(object d, Py_ssize_t *pos, PyObject **key, PyObject **value)
 
 cdef extern from "_dispatch.h" nogil:
     ctypedef struct fa_scalars:
@@ -451,6 +453,21 @@ cdef inline char *_data(cnp.ndarray a, void *nonnull):
     return p if p != NULL else <char *>nonnull
 
 
+cdef inline bint _same_entries(dict d, tuple keys, tuple values):
+    """``d`` holds exactly ``keys`` -> ``values`` (the same objects, in the same order): one
+    walk of the dict, no hashing."""
+    cdef Py_ssize_t pos = 0, i = 0
+    cdef PyObject *key
+    cdef PyObject *value
+    if PyDict_Size(d) != len(keys):
+        return False
+    while PyDict_Next(d, &pos, &key, &value):
+        if key != <PyObject *>keys[i] or value != <PyObject *>values[i]:
+            return False
+        i += 1
+    return True
+
+
 cdef inline bint _same_array(object current, object planned, char *ptr):
     """``current`` is still the planned array, at the same address, writeable, contiguous."""
     if current is not planned:
@@ -485,7 +502,11 @@ cdef class GroupPlan:
     cdef tuple state_dicts
     cdef tuple step_arrays
     cdef tuple mu_arrays               # NAdam's running product, or None
+    cdef tuple state_keys              # per param: the keys of its state dict, in order
+    cdef tuple state_values            # per param: the objects under them
     cdef int64_t **step_ptr            # per param
+    cdef int64_t **distinct_steps      # each distinct step counter once
+    cdef Py_ssize_t n_distinct_steps
     cdef double **mu_ptr               # per param, or NULL
     cdef fa_hyper hyper
     cdef object lr
@@ -520,12 +541,14 @@ cdef class GroupPlan:
             raise ValueError("internal error: slot count")
         _group_alloc(&self.d)
         self.step_ptr = <int64_t **>malloc((n + 1) * sizeof(int64_t *))
+        self.distinct_steps = <int64_t **>malloc((n + 1) * sizeof(int64_t *))
         self.mu_ptr = <double **>malloc((n + 1) * sizeof(double *))
         lo, hi = spec.written
         self.n_written = len(lo)
         self.written_lo = <uintptr_t *>malloc((self.n_written + 1) * sizeof(uintptr_t))
         self.written_hi = <uintptr_t *>malloc((self.n_written + 1) * sizeof(uintptr_t))
-        if not self.step_ptr or not self.mu_ptr or not self.written_lo or not self.written_hi:
+        if (not self.step_ptr or not self.distinct_steps or not self.mu_ptr
+                or not self.written_lo or not self.written_hi):
             raise MemoryError()
         for k in range(self.n_written):
             self.written_lo[k] = <uintptr_t>int(lo[k])
@@ -550,15 +573,29 @@ cdef class GroupPlan:
                 self.mu_ptr[k] = <double *>cnp.PyArray_DATA(a)
             else:
                 self.mu_ptr[k] = NULL
+        seen = set()
+        self.n_distinct_steps = 0
+        for k in range(n):
+            if id(self.step_arrays[k]) not in seen:
+                seen.add(id(self.step_arrays[k]))
+                self.distinct_steps[self.n_distinct_steps] = self.step_ptr[k]
+                self.n_distinct_steps += 1
+        self._snapshot_state()
         _reserve_chunks(&self.d)
         self.set_hyper(spec.hyper_spec)
 
     def __dealloc__(self):
         _group_free(&self.d)
         free(self.step_ptr)
+        free(self.distinct_steps)
         free(self.mu_ptr)
         free(self.written_lo)
         free(self.written_hi)
+
+    cdef void _snapshot_state(self) except *:
+        """Remember every entry of every param's state dict (keys and objects, in order)."""
+        self.state_keys = tuple(tuple(st.keys()) for st in self.state_dicts)
+        self.state_values = tuple(tuple(st.values()) for st in self.state_dicts)
 
     def set_hyper(self, spec):
         """Take a validated ``_HyperSpec`` (the group's hyperparameters now)."""
@@ -588,7 +625,6 @@ cdef class GroupPlan:
         cdef int slot
         cdef PyObject *item
         cdef cnp.ndarray a
-        cdef dict st
         item = PyDict_GetItemWithError(self.group, "params")
         if item == NULL or <object>item is not self.params:
             return False
@@ -601,18 +637,12 @@ cdef class GroupPlan:
                         and cnp.PyArray_SIZE(a) != 0)
                     or cnp.PyArray_SIZE(a) != self.d.offsets[k + 1] - self.d.offsets[k]):
                 return False
-            st = <dict>self.state_dicts[k]
-            for slot in range(FA_STATE0, self.d.n_slots):
-                item = PyDict_GetItemWithError(st, self.state_names[slot - FA_STATE0])
-                if item == NULL or not _same_array(<object>item, self.slots[slot][k],
-                                                   self.d.ptr[slot][k]):
-                    return False
-            item = PyDict_GetItemWithError(st, "step")
-            if item == NULL or <object>item is not self.step_arrays[k]:
+            if not _same_entries(<dict>self.state_dicts[k], <tuple>self.state_keys[k],
+                                 <tuple>self.state_values[k]):
                 return False
-            if self.mu_arrays is not None:
-                item = PyDict_GetItemWithError(st, "mu_product")
-                if item == NULL or <object>item is not self.mu_arrays[k]:
+            for slot in range(FA_STATE0, self.d.n_slots):
+                if not _same_array(self.slots[slot][k], self.slots[slot][k],
+                                   self.d.ptr[slot][k]):
                     return False
         return True
 
@@ -742,17 +772,11 @@ cdef class GroupPlan:
             fa_step_leave()
 
     cdef void _count(self) noexcept:
-        """Advance the step (each distinct step array once) and NAdam's product."""
-        cdef Py_ssize_t k, j
-        cdef bint seen
+        """Advance the step (each distinct step counter once) and NAdam's product."""
+        cdef Py_ssize_t k
+        for k in range(self.n_distinct_steps):
+            self.distinct_steps[k][0] += 1
         for k in range(self.d.n_arrays):
-            seen = False
-            for j in range(k):
-                if self.step_ptr[j] == self.step_ptr[k]:
-                    seen = True
-                    break
-            if not seen:
-                self.step_ptr[k][0] += 1
             if self.mu_ptr[k] != NULL:
                 self.mu_ptr[k][0] = self.mu_after
 
@@ -916,6 +940,7 @@ cdef class Driver:
         if plan.installs is not None:
             self.optimizer._install(plan.installs)
             plan.installs = None
+            plan._snapshot_state()
         plan._count()
 
 
