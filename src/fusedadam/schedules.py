@@ -16,6 +16,7 @@ which is how :func:`fusedadam.flatten_state_dict` stores it in an ``.npz`` file.
 (0.0, 0.001, 0.0)
 """
 
+import inspect
 import json
 import math
 import numbers
@@ -68,11 +69,20 @@ class Schedule:
     """Base class: ``sched(t)`` is the learning rate of step ``t`` (``t = 1`` first).
 
     Subclasses implement :meth:`value` (a function of ``count = t - 1``) and list their
-    constructor arguments in ``_fields``; that list is all that pickling, equality,
+    constructor arguments in ``_fields`` (by default the ``__init__`` parameters); that
+    list is all that pickling, equality,
     ``repr`` and :meth:`to_config` need.
     """
 
     _fields: Tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # The constructor's parameters, unless the class names its fields itself
+        # (Constant keeps ``value`` as ``value_``: ``value`` is the method).
+        super().__init_subclass__(**kwargs)
+        if "_fields" not in cls.__dict__:
+            parameters = list(inspect.signature(cls.__init__).parameters)[1:]
+            cls._fields = tuple(parameters)
 
     def __call__(self, t: int) -> float:
         return float(self.value(_step_number(t)))
@@ -147,8 +157,6 @@ class StepDecay(Schedule):
         Factor applied every ``step_size`` steps.
     """
 
-    _fields = ("init_value", "step_size", "gamma")
-
     def __init__(self, init_value: float, step_size: int, gamma: float = 0.1) -> None:
         self.init_value = _real(init_value, "init_value")
         self.step_size = _count(step_size, "step_size")
@@ -174,8 +182,6 @@ class ExponentialDecay(Schedule):
     end_value : float or None, default None
         A floor (when decaying) or ceiling (when growing) of the rate.
     """
-
-    _fields = ("init_value", "decay_rate", "transition_steps", "staircase", "end_value")
 
     def __init__(
         self,
@@ -215,8 +221,6 @@ class LinearDecay(Schedule):
         Length of the ramp in steps.
     """
 
-    _fields = ("init_value", "end_value", "decay_steps")
-
     def __init__(self, init_value: float, end_value: float, decay_steps: int) -> None:
         self.init_value = _real(init_value, "init_value")
         self.end_value = _real(end_value, "end_value")
@@ -243,8 +247,6 @@ class CosineDecay(Schedule):
         Rate from ``count = decay_steps`` on.
     """
 
-    _fields = ("init_value", "decay_steps", "end_value")
-
     def __init__(self, init_value: float, decay_steps: int, end_value: float = 0.0) -> None:
         self.init_value = _real(init_value, "init_value")
         self.decay_steps = _count(decay_steps, "decay_steps")
@@ -269,8 +271,6 @@ class LinearWarmup(LinearDecay):
     warmup_steps : int
         Length of the ramp.
     """
-
-    _fields = ("init_value", "peak_value", "warmup_steps")
 
     def __init__(self, init_value: float, peak_value: float, warmup_steps: int) -> None:
         # The ramp of LinearDecay, from init_value up to peak_value.
@@ -306,8 +306,6 @@ class OneCycle(Schedule):
     final_div_factor : float, default 1e4
         The final rate is the initial rate divided by this.
     """
-
-    _fields = ("max_value", "total_steps", "pct_start", "div_factor", "final_div_factor")
 
     def __init__(
         self,
@@ -351,8 +349,6 @@ class JoinSchedules(Schedule):
     boundaries : sequence of int
         Strictly increasing step counts where the next schedule takes over.
     """
-
-    _fields = ("schedules", "boundaries")
 
     def __init__(self, schedules: Sequence[Schedule], boundaries: Sequence[int]) -> None:
         schedules, boundaries = list(schedules), list(boundaries)
