@@ -126,6 +126,19 @@ class SparseAdam(Optimizer):
             for plan in prepared:
                 self._run(plan)
 
+    def _group_hyper(self, gi, group):
+        """Group ``gi``'s validated hyperparameters, validated again only when one of its
+        values is no longer the object last validated (the dense driver's rule)."""
+        cache = self.__dict__.setdefault("_hyper_cache", {})
+        cached = cache.get(id(group))
+        if cached is not None and cached[0] is group:
+            spec = cached[1]
+            if all(group.get(k) is v for k, v in zip(spec.keys, spec.values)):
+                return spec
+        spec = self._check_hyper(gi)
+        cache[id(group)] = (group, spec)
+        return spec
+
     def _prepare(self, grads):
         """Check every group, table, state entry and gradient; return what each touched
         table's step needs. Writes nothing."""
@@ -152,7 +165,7 @@ class SparseAdam(Optimizer):
         written_lo, written_hi = _validation.written_intervals(named)
         prepared, k = [], 0
         for gi, group in enumerate(self.param_groups):
-            spec = self._check_hyper(gi)
+            spec = self._group_hyper(gi, group)
             for p in group["params"]:
                 if grads[k] is not None:
                     indices, values = _validation.check_sparse_grad(
