@@ -23,7 +23,7 @@ import numbers
 from collections import OrderedDict, defaultdict
 from copy import deepcopy
 from itertools import chain
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -222,8 +222,9 @@ def _counter(value, dtype, where, name):
         return _numpy(value), False
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise ValueError(f"{where}: {name} must be a number, got a tensor of shape "
-                             f"{tuple(value.shape)}")
+            raise ValueError(
+                f"{where}: {name} must be a number, got a tensor of shape {tuple(value.shape)}"
+            )
         value = value.item()
     elif isinstance(value, np.ndarray) and value.ndim == 0:
         value = value.item()
@@ -242,7 +243,9 @@ def _optim_defaults(cls):
     """The hyperparameter keys of a fusedadam.optim class, from its signature."""
     import inspect
 
-    return tuple(n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "params"))
+    return tuple(
+        n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "params")
+    )
 
 
 _profiler = torch.autograd.profiler
@@ -278,8 +281,9 @@ class Optimizer(torch.optim.Optimizer):
         self._rebuild()
 
     def _init_private(self):
-        self._inner_keys = tuple(k for k in _optim_defaults(self._inner_cls) if k != "lr"
-                                 and k in self._torch_keys())
+        self._inner_keys = tuple(
+            k for k in _optim_defaults(self._inner_cls) if k != "lr" and k in self._torch_keys()
+        )
         self._inner_sub = _inner_class(self._inner_cls)
         import inspect
 
@@ -300,8 +304,9 @@ class Optimizer(torch.optim.Optimizer):
     def _torch_keys(cls):
         import inspect
 
-        return tuple(n for n in inspect.signature(cls.__init__).parameters
-                     if n not in ("self", "params")) + tuple(cls._FIXED)
+        return tuple(
+            n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "params")
+        ) + tuple(cls._FIXED)
 
     #: Group entries a class fixes (AdamW: decoupled_weight_decay=True).
     _FIXED: Dict[str, Any] = {}
@@ -368,8 +373,10 @@ class Optimizer(torch.optim.Optimizer):
                 flat += 1
         self._views = views
         inner = self._inner_sub(
-            [self._inner_group(g, [views[id(p)][1] for p in g["params"]])
-             for g in self.param_groups]
+            [
+                self._inner_group(g, [views[id(p)][1] for p in g["params"]])
+                for g in self.param_groups
+            ]
         )
         inner._frontend = self
         if self._fa is not None:
@@ -569,9 +576,7 @@ class Optimizer(torch.optim.Optimizer):
             self._check_group(g, f"param_groups[{gi}]: ")
         if len(set(ids)) != len(ids):
             raise ValueError("some parameters appear in more than one parameter group")
-        if ids != list(self._views) or any(
-            v[0].data_ptr() != v[2] for v in self._views.values()
-        ):
+        if ids != list(self._views) or any(v[0].data_ptr() != v[2] for v in self._views.values()):
             self._rebuild()  # the inner state is re-derived from opt.state below
         state_map = self._state_map = self.__dict__["state"]
         inner = self._fa
@@ -579,7 +584,7 @@ class Optimizer(torch.optim.Optimizer):
         live = set()
         counters = {"step": np.int64}
         counters.update({n: np.float64 for n, _ in self._inner_cls.algorithm.scalar_state})
-        by_address: Dict[Any, np.ndarray] = {}
+        seen_counters: set = set()
         for g in groups:
             for p in g["params"]:
                 view = self._views[id(p)][1]
@@ -597,13 +602,15 @@ class Optimizer(torch.optim.Optimizer):
                 for key, value in list(st.items()):
                     if key in counters:
                         array, new = _counter(value, counters[key], where, key)
+                        address = (key, array.__array_interface__["data"][0])
+                        if address in seen_counters:
+                            # A counter shared with another param (the NumPy optimizer gives
+                            # a group's new params one): each param gets its own, as in
+                            # torch, since params without a grad skip steps.
+                            array, new = array.copy(), True
+                        seen_counters.add(address)
                         if new:
                             dict.__setitem__(st, key, _tensor(array))
-                        # Counters shared by params (a group's new state shares one) stay
-                        # one object: the kernel advances each distinct counter once.
-                        array = by_address.setdefault(
-                            (key, array.__array_interface__["data"][0]), array
-                        )
                         entries[key] = array
                     elif isinstance(value, torch.Tensor):
                         _check_tensor(value, f"{where}['{key}']", "state tensor")
@@ -667,6 +674,8 @@ class Optimizer(torch.optim.Optimizer):
                 dict.__setitem__(state_map, p, st)
             for name, array in entries.items():
                 dict.__setitem__(st, name, _tensor(array))
+            if "step" in entries:
+                self._flag.dirty = True  # the next step gives each param its own counter
 
     # ------------------------------------------------------------------ state dicts
     def state_dict(self) -> Dict[str, Any]:
@@ -728,8 +737,12 @@ class Optimizer(torch.optim.Optimizer):
                 "loaded state dict contains a parameter group that doesn't match the size of "
                 "optimizer's group"
             )
-        id_map = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
-                          chain.from_iterable(g["params"] for g in groups)))
+        id_map = dict(
+            zip(
+                chain.from_iterable(g["params"] for g in saved_groups),
+                chain.from_iterable(g["params"] for g in groups),
+            )
+        )
         new_groups = []
         for gi, (g, saved) in enumerate(zip(groups, saved_groups)):
             new = dict(saved)
@@ -751,7 +764,7 @@ class Optimizer(torch.optim.Optimizer):
         parts = []
         inner_state = {}
         index = 0
-        for gi, g in enumerate(new_groups):
+        for g in new_groups:
             buckets: Dict[Any, List[torch.Tensor]] = OrderedDict()
             for p in g["params"]:
                 entry = by_param.get(id(p))
@@ -775,8 +788,9 @@ class Optimizer(torch.optim.Optimizer):
                     inner_state[inner_index] = self._inner_entry(entry, p, inner_index)
                 ids.append(inner_index)
                 inner_index += 1
-            inner_groups.append((ig, {**{k: v for k, v in ig.items() if k != "params"},
-                                      "params": ids}))
+            inner_groups.append(
+                (ig, {**{k: v for k, v in ig.items() if k != "params"}, "params": ids})
+            )
         previous = self._fa.param_groups
         self._fa.param_groups = [ig for ig, _ in inner_groups]
         try:
@@ -794,9 +808,17 @@ class Optimizer(torch.optim.Optimizer):
                 ist = self._fa.state.get(view)
                 if ist:
                     p = self._by_view[id(view)]
-                    dict.__setitem__(state_map, p, _WatchedState(
-                        self._flag, {k: _tensor(v) if isinstance(v, np.ndarray) else v
-                                     for k, v in ist.items()}))
+                    dict.__setitem__(
+                        state_map,
+                        p,
+                        _WatchedState(
+                            self._flag,
+                            {
+                                k: _tensor(v) if isinstance(v, np.ndarray) else v
+                                for k, v in ist.items()
+                            },
+                        ),
+                    )
         self.__dict__["state"] = state_map
         self._pairs = [(ig, g) for ig, (g, _) in zip(self._fa.param_groups, parts)]
         self._flag.dirty = True  # re-derive layout and views from the loaded state
@@ -822,8 +844,7 @@ class Optimizer(torch.optim.Optimizer):
                 if value.is_floating_point() and value.dtype != dtype:
                     value = value.to(dtype)
                 if value.dtype not in _FLOATS:
-                    raise TypeError(f"state_dict: {key} of params[{index}] has dtype "
-                                    f"{value.dtype}")
+                    raise TypeError(f"state_dict: {key} of params[{index}] has dtype {value.dtype}")
                 out[key] = value.resolve_conj().resolve_neg().numpy()
             else:
                 out[key] = value
@@ -868,8 +889,8 @@ def _doc(cls, torch_name, extra=""):
         f"Same arguments and state as ``{torch_name}`` (``foreach`` and ``fused`` are accepted "
         "and ignored: there is one implementation; ``capturable`` and ``differentiable`` must "
         "be False), plus fusedadam's ``num_threads`` (None: OpenMP's default) and "
-        "``nonfinite`` (``\"error\"``: a NaN/inf gradient raises and nothing changes; "
-        "``\"skip\"``: the step is skipped and counted in ``skipped_steps``; ``\"ignore\"``: "
+        '``nonfinite`` (``"error"``: a NaN/inf gradient raises and nothing changes; '
+        '``"skip"``: the step is skipped and counted in ``skipped_steps``; ``"ignore"``: '
         "no check, as torch). Params must be dense, contiguous CPU tensors (float32 or "
         "float64) that require grad. " + extra
     )
@@ -974,9 +995,14 @@ class Lion(Optimizer):
     # fmt: on
 
 
-for _cls, _name in ((Adam, "torch.optim.Adam"), (AdamW, "torch.optim.AdamW"),
-                    (Adamax, "torch.optim.Adamax"), (NAdam, "torch.optim.NAdam"),
-                    (RAdam, "torch.optim.RAdam"), (AdaBelief, "torch.optim.Adam"),
-                    (Lion, "torch.optim.Adam")):
+for _cls, _name in (
+    (Adam, "torch.optim.Adam"),
+    (AdamW, "torch.optim.AdamW"),
+    (Adamax, "torch.optim.Adamax"),
+    (NAdam, "torch.optim.NAdam"),
+    (RAdam, "torch.optim.RAdam"),
+    (AdaBelief, "torch.optim.Adam"),
+    (Lion, "torch.optim.Adam"),
+):
     _doc(_cls, _name)
 del _cls, _name
