@@ -25,13 +25,24 @@ from copy import deepcopy
 from itertools import chain
 from typing import Any, Dict, List, Tuple
 
+import ml_dtypes
 import numpy as np
 import torch
 
 from fusedadam import optim as _optim
 from fusedadam import _validation
 
-__all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion", "Optimizer"]
+__all__ = [
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "NAdam",
+    "RAdam",
+    "AdaBelief",
+    "Lion",
+    "Offload",
+    "Optimizer",
+]
 
 # torch.optim's group keys that select one of its implementations. Accepted (so that its
 # state dicts load) and kept, but there is one implementation here: foreach and fused are
@@ -39,8 +50,10 @@ __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion", "Op
 # supported and must stay False.
 _TORCH_ONLY = {"foreach": None, "capturable": False, "differentiable": False, "fused": None}
 
-# torch dtype -> (NumPy dtype of its view, integer torch dtype to view it through first).
-_FLOATS = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+# The param dtypes the step takes (fusedadam._precision owns which go together).
+_FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 # step is exact as a float32 0-d tensor (torch's layout) up to 2**24.
 _FLOAT32_EXACT = 2**24
@@ -53,12 +66,16 @@ _OFFLOAD_HINT = (
 
 
 def _numpy(t):
-    """The NumPy view of a CPU tensor (same memory)."""
+    """The NumPy view of a CPU tensor (same memory; bfloat16 as ``ml_dtypes.bfloat16``)."""
+    if t.dtype == torch.bfloat16:
+        return t.detach().view(torch.int16).numpy().view(_BFLOAT16)
     return t.detach().numpy()
 
 
 def _tensor(a):
     """The tensor view of a NumPy array (same memory)."""
+    if a.dtype == _BFLOAT16:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
 
 
@@ -507,7 +524,7 @@ class Optimizer(torch.optim.Optimizer):
                     ig["lr"] = lr
         try:
             if grad_scale is not None:
-                self._fa.step(inner_grads, grad_scale=_scale_value(grad_scale))
+                self._fa.step(inner_grads, _scale_value(grad_scale))
             else:
                 self._fa.step(inner_grads)
         finally:
@@ -521,7 +538,7 @@ class Optimizer(torch.optim.Optimizer):
         grads = self._grads
         missing = False
         i = 0
-        for p, ptr in self._entries:
+        for p, ptr, low in self._entries:
             g = p.grad
             if g is None:
                 missing = True
@@ -530,7 +547,8 @@ class Optimizer(torch.optim.Optimizer):
                 if p.data_ptr() != ptr:
                     return None
                 try:
-                    grads[i] = g.numpy()
+                    # A bfloat16/float16 param may have a float32, bfloat16 or float16 grad.
+                    grads[i] = _numpy(g) if low and g.dtype == torch.bfloat16 else g.numpy()
                 except Exception as error:
                     for j in range(i):
                         grads[j] = None
@@ -622,7 +640,11 @@ class Optimizer(torch.optim.Optimizer):
         for view in list(inner.state):
             if id(view) not in live:
                 del inner.state[view]
-        self._entries = [(p, self._views[id(p)][2]) for g in groups for p in g["params"]]
+        self._entries = [
+            (p, self._views[id(p)][2], p.dtype in _LOW_PRECISION)
+            for g in groups
+            for p in g["params"]
+        ]
         self._grads: List[Any] = [None] * len(self._entries)
         self._seen = (groups, [(g, g["params"], len(g["params"])) for g in groups])
         self._layout = None
@@ -714,12 +736,16 @@ class Optimizer(torch.optim.Optimizer):
                 state_dict = result
         return state_dict
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: Dict[str, Any], convert: bool = False) -> None:
         """Load a state dict of this class or of the torch.optim class of the same name.
 
         Checked whole (torch's group checks, then fusedadam's: keys, shapes, dtypes, steps)
-        and copied; on an error nothing has changed. Floating state tensors are cast to
-        their param's dtype, as torch does; ``step`` may be any whole number.
+        and copied; on an error nothing has changed. For float32/float64 params, floating
+        state tensors are cast to the param's dtype, as torch does; ``step`` may be any
+        whole number. For bfloat16/float16 params the state is kept in float32 with a
+        float32 ``master_param``: a state saved otherwise (torch.optim's bfloat16 moments, no
+        master) loads with ``convert=True`` (cast, master made from the param), as
+        :meth:`fusedadam.Optimizer.load_state_dict`.
         """
         state_dict = state_dict.copy()
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
@@ -795,7 +821,8 @@ class Optimizer(torch.optim.Optimizer):
         self._fa.param_groups = [ig for ig, _ in inner_groups]
         try:
             self._fa.load_state_dict(
-                {"state": inner_state, "param_groups": [s for _, s in inner_groups]}
+                {"state": inner_state, "param_groups": [s for _, s in inner_groups]},
+                convert=convert,
             )
         except BaseException:
             self._fa.param_groups = previous
@@ -871,13 +898,23 @@ class Optimizer(torch.optim.Optimizer):
         return self._fa
 
     @property
+    def last_grad_norm(self):
+        """The unscaled gradients' 2-norm of the last step, per group with ``max_grad_norm``
+        (what ``torch.nn.utils.clip_grad_norm_`` returns); see
+        :attr:`fusedadam.Optimizer.last_grad_norm`."""
+        return self._fa.last_grad_norm
+
+    @property
     def skipped_steps(self) -> int:
         """Steps skipped for non-finite gradients (``nonfinite="skip"``)."""
         return self._fa.skipped_steps
 
 
 def _scale_value(scale):
+    """A step's grad_scale as the NumPy optimizer takes it (GradScaler's is a tensor)."""
     if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1:
+            raise ValueError(f"grad_scale must have one element, got shape {tuple(scale.shape)}")
         return float(scale.item())
     return scale
 
@@ -892,7 +929,10 @@ def _doc(cls, torch_name, extra=""):
         '``nonfinite`` (``"error"``: a NaN/inf gradient raises and nothing changes; '
         '``"skip"``: the step is skipped and counted in ``skipped_steps``; ``"ignore"``: '
         "no check, as torch). Params must be dense, contiguous CPU tensors (float32 or "
-        "float64) that require grad. " + extra
+        "float64, or bfloat16/float16 with a float32 master copy in the state) that require "
+        'grad. ``state_dtype`` (None or "bfloat16") and ``max_grad_norm`` (clip the '
+        "group's gradients to this 2-norm, as ``torch.nn.utils.clip_grad_norm_``, inside the "
+        "step) are fusedadam's mixed-precision options. " + extra
     )
     return cls
 
@@ -906,7 +946,8 @@ class Adam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False,
-                 num_threads=None, nonfinite="error"):
+                 num_threads=None, nonfinite="error", state_dtype=None,
+                 max_grad_norm=None):
         self._setup(params, locals())
     # fmt: on
 
@@ -920,7 +961,8 @@ class AdamW(Adam):
     # fmt: off
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None, num_threads=None, nonfinite="error"):
+                 differentiable=False, fused=None, num_threads=None, nonfinite="error",
+                 state_dtype=None, max_grad_norm=None):
         self._setup(params, locals())
     # fmt: on
 
@@ -933,7 +975,8 @@ class Adamax(Optimizer):
     # fmt: off
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  foreach=None, *, maximize=False, differentiable=False, capturable=False,
-                 num_threads=None, nonfinite="error"):
+                 num_threads=None, nonfinite="error", state_dtype=None,
+                 max_grad_norm=None):
         self._setup(params, locals())
     # fmt: on
 
@@ -948,7 +991,7 @@ class NAdam(Optimizer):
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  momentum_decay=4e-3, decoupled_weight_decay=False, *, foreach=None,
                  maximize=False, capturable=False, differentiable=False, num_threads=None,
-                 nonfinite="error"):
+                 nonfinite="error", state_dtype=None, max_grad_norm=None):
         self._setup(params, locals())
     # fmt: on
 
@@ -961,7 +1004,8 @@ class RAdam(Optimizer):
     # fmt: off
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decoupled_weight_decay=False, *, foreach=None, maximize=False,
-                 capturable=False, differentiable=False, num_threads=None, nonfinite="error"):
+                 capturable=False, differentiable=False, num_threads=None, nonfinite="error",
+                 state_dtype=None, max_grad_norm=None):
         self._setup(params, locals())
     # fmt: on
 
@@ -976,7 +1020,7 @@ class AdaBelief(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, eps_root=1e-16,
                  weight_decay=0.0, decoupled_weight_decay=False, *, maximize=False,
                  foreach=None, capturable=False, differentiable=False, num_threads=None,
-                 nonfinite="error"):
+                 nonfinite="error", state_dtype=None, max_grad_norm=None):
         self._setup(params, locals())
     # fmt: on
 
@@ -990,7 +1034,8 @@ class Lion(Optimizer):
     # fmt: off
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=1e-3, *,
                  maximize=False, foreach=None, capturable=False, differentiable=False,
-                 num_threads=None, nonfinite="error"):
+                 num_threads=None, nonfinite="error", state_dtype=None,
+                 max_grad_norm=None):
         self._setup(params, locals())
     # fmt: on
 
@@ -1006,3 +1051,114 @@ for _cls, _name in (
 ):
     _doc(_cls, _name)
 del _cls, _name
+
+
+class Offload:
+    """CPU master weights and optimizer state for a model on any device (ZeRO-Offload style).
+
+    Keeps, per model param, a CPU copy in the param's own dtype (``buffers``; pinned when
+    CUDA is available) and a fusedadam.torch optimizer over those copies: for bfloat16 or
+    float16 params the optimizer's state holds the float32 ``master_param``, so one step
+    reads the CPU gradients (float32, bfloat16 or float16), updates master and moments,
+    and writes the rounded low-precision copy into ``buffers`` in the same pass. Sending
+    it to the device is the caller's one line, :meth:`copy_to_params` (non-blocking from
+    pinned memory).
+
+    Parameters
+    ----------
+    params : iterable of Tensor or of dict
+        The model's parameters (any device), or param groups of them.
+    optimizer : fusedadam.torch optimizer class, default :class:`AdamW`
+    pin_memory : bool, optional
+        Pin ``buffers`` and the gradient staging buffers; default: when CUDA is available.
+    **options
+        The optimizer's arguments (``lr``, ``weight_decay``, ``max_grad_norm``, ...).
+
+    Examples
+    --------
+    >>> off = Offload(model.parameters(), AdamW, lr=1e-3)  # doctest: +SKIP
+    >>> loss.backward(); off.step(); off.copy_to_params(); model.zero_grad()  # doctest: +SKIP
+    """
+
+    def __init__(self, params, optimizer=None, *, pin_memory=None, **options):
+        if optimizer is None:
+            optimizer = AdamW
+        if pin_memory is None:
+            pin_memory = torch.cuda.is_available()
+        groups = list(params)
+        if not groups:
+            raise ValueError("Offload got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        self.params: List[torch.Tensor] = []
+        self.buffers: List[torch.Tensor] = []
+        inner_groups = []
+        for group in groups:
+            members = list(group["params"])
+            buffers = []
+            for p in members:
+                if not isinstance(p, torch.Tensor):
+                    raise TypeError(f"Offload params must be tensors, got {type(p).__name__}")
+                if p.device.type == "meta":
+                    raise ValueError("a model param is on the meta device: it has no values")
+                b = torch.empty(p.shape, dtype=p.dtype, device="cpu", pin_memory=pin_memory)
+                b.copy_(p.detach())
+                b.requires_grad_(True)
+                if p.dtype in _LOW_PRECISION:
+                    b.grad_dtype = None  # its gradient may be float32, bfloat16 or float16
+                buffers.append(b)
+            self.params += members
+            self.buffers += buffers
+            inner_groups.append({**group, "params": buffers})
+        self.pin_memory = bool(pin_memory)
+        self._staging: Dict[int, torch.Tensor] = {}
+        self.optimizer = optimizer(inner_groups, **options)
+
+    def step(self, closure=None):
+        """Hand the model's gradients to the CPU optimizer (CPU gradients by reference, others
+        copied into staging buffers) and step: master, state and ``buffers`` are updated."""
+        copied = False
+        for i, (p, b) in enumerate(zip(self.params, self.buffers)):
+            g = p.grad
+            if g is None:
+                b.grad = None
+            elif g.device.type == "cpu":
+                b.grad = g
+            else:
+                staging = self._staging.get(i)
+                if staging is None or staging.dtype != g.dtype:
+                    staging = torch.empty(
+                        g.shape, dtype=g.dtype, device="cpu", pin_memory=self.pin_memory
+                    )
+                    self._staging[i] = staging
+                staging.copy_(g, non_blocking=True)
+                b.grad = staging
+                copied = True
+        if copied and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        try:
+            return self.optimizer.step(closure)
+        finally:
+            for b in self.buffers:
+                b.grad = None
+
+    def copy_to_params(self, non_blocking=True):
+        """Copy ``buffers`` (the updated low-precision params) into the model's params."""
+        with torch.no_grad():
+            for p, b in zip(self.params, self.buffers):
+                p.copy_(b, non_blocking=non_blocking)
+
+    def master_params(self):
+        """The float32 master copies (the buffers themselves for float32/float64 params)."""
+        return [
+            self.optimizer.state[b]["master_param"]
+            if "master_param" in self.optimizer.state.get(b, {})
+            else b
+            for b in self.buffers
+        ]
+
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict, convert=False):
+        self.optimizer.load_state_dict(state_dict, convert=convert)
