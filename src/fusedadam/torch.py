@@ -868,11 +868,12 @@ class Optimizer(torch.optim.Optimizer):
                 if value.is_sparse or value.layout is not torch.strided:
                     raise TypeError(f"state_dict: {key} of params[{index}] is sparse")
                 value = value.to(device="cpu")
-                if value.is_floating_point() and value.dtype != dtype:
-                    value = value.to(dtype)
+                if dtype not in _LOW_PRECISION and value.is_floating_point():
+                    value = value.to(dtype)  # torch's rule for its own state dicts
                 if value.dtype not in _FLOATS:
                     raise TypeError(f"state_dict: {key} of params[{index}] has dtype {value.dtype}")
-                out[key] = value.resolve_conj().resolve_neg().numpy()
+                # Low precision: the NumPy optimizer decides (convert=True casts).
+                out[key] = _numpy(value.resolve_conj().resolve_neg().contiguous())
             else:
                 out[key] = value
         return out
