@@ -20,6 +20,7 @@ fusedadam`` alone never does.
 
 import math
 import numbers
+import operator
 from collections import OrderedDict, defaultdict
 from copy import deepcopy
 from itertools import chain
@@ -248,12 +249,21 @@ def _counter(value, dtype, where, name):
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise TypeError(f"{where}: {name} must be a number, got {value!r}")
     if dtype == np.int64:
-        if not (math.isfinite(value) and float(value).is_integer() and value >= 0):
+        # torch keeps step as a float tensor: a whole float is a step count too.
+        if isinstance(value, numbers.Integral):
+            number = int(value)
+        else:
+            real = float(value)
+            if not (math.isfinite(real) and real.is_integer()):
+                raise ValueError(f"{where}: {name} must be a whole number >= 0, got {value!r}")
+            number = int(real)
+        if number < 0:
             raise ValueError(f"{where}: {name} must be a whole number >= 0, got {value!r}")
-        return np.array(int(value), dtype=np.int64), True
-    if not math.isfinite(value):
+        return np.array(number, dtype=np.int64), True
+    real = float(value)
+    if not math.isfinite(real):
         raise ValueError(f"{where}: {name} must be finite, got {value!r}")
-    return np.array(float(value), dtype=np.float64), True
+    return np.array(real, dtype=np.float64), True
 
 
 def _optim_defaults(cls):
@@ -302,6 +312,7 @@ class Optimizer(torch.optim.Optimizer):
             k for k in _optim_defaults(self._inner_cls) if k != "lr" and k in self._torch_keys()
         )
         self._inner_sub = _inner_class(self._inner_cls)
+        self._getter = operator.itemgetter(*self._inner_keys, "lr")
         import inspect
 
         # The NumPy optimizer's options a torch group has no entry for, at their defaults.
@@ -511,26 +522,30 @@ class Optimizer(torch.optim.Optimizer):
             inner_grads = grads if self._full else [grads[j] for j in self._order]
         else:
             inner_grads = grads
-        for ig, tg in self._pairs:
-            for k in self._inner_keys:
-                v = tg[k]
-                if ig[k] is not v:
-                    ig[k] = v
-            lr = tg["lr"]
-            if ig["lr"] is not lr:
-                if type(lr) is not float:
-                    lr = _lr_value(lr, "")
-                if ig["lr"] != lr or type(ig["lr"]) is not type(lr):
-                    ig["lr"] = lr
+        getter = self._getter
+        for pair in self._pairs:
+            values = getter(pair[1])
+            # A tensor lr may change in place: read it every step.
+            if values != pair[2] or type(values[-1]) is torch.Tensor:
+                self._push_hyper(pair, values)
         try:
             if grad_scale is not None:
                 self._fa.step(inner_grads, _scale_value(grad_scale))
             else:
                 self._fa.step(inner_grads)
         finally:
-            for j in range(len(grads)):
-                grads[j] = None
+            grads[:] = self._nones  # the grads may be freed now
         return loss
+
+    def _push_hyper(self, pair, values):
+        """Copy a torch group's hyperparameters into its inner group (the NumPy optimizer
+        re-validates them at the step, as it does any edited group)."""
+        inner = pair[0]
+        for key, value in zip(self._inner_keys, values):
+            inner[key] = value
+        lr = values[-1]
+        inner["lr"] = lr if type(lr) is float else _lr_value(lr, "")
+        pair[2] = values
 
     def _collect(self):
         """Fill ``self._grads`` with NumPy views of the grads (None where there is none);
@@ -646,6 +661,7 @@ class Optimizer(torch.optim.Optimizer):
             for p in g["params"]
         ]
         self._grads: List[Any] = [None] * len(self._entries)
+        self._nones = [None] * len(self._entries)
         self._seen = (groups, [(g, g["params"], len(g["params"])) for g in groups])
         self._layout = None
         self._flag.dirty = False
@@ -678,7 +694,7 @@ class Optimizer(torch.optim.Optimizer):
                 self._inner_group(g, [self._views[id(entries[j][0])][1] for j in indices])
             )
         self._fa.param_groups = inner_groups
-        self._pairs = [(ig, g) for ig, (g, _) in zip(inner_groups, parts)]
+        self._pairs = [[ig, g, None] for ig, (g, _) in zip(inner_groups, parts)]
         self._order = [j for _, indices in parts for j in indices]
         self._full = full and len(parts) == len(self.param_groups)
         self._mask = mask
@@ -847,7 +863,6 @@ class Optimizer(torch.optim.Optimizer):
                         ),
                     )
         self.__dict__["state"] = state_map
-        self._pairs = [(ig, g) for ig, (g, _) in zip(self._fa.param_groups, parts)]
         self._flag.dirty = True  # re-derive layout and views from the loaded state
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
