@@ -766,3 +766,60 @@ def test_offload_writes_the_low_precision_copy_in_the_step():
     masters = off.master_params()
     assert all(m.dtype == torch.float32 for m in masters)
     assert int(off.optimizer.state[off.buffers[0]]["step"]) == 5
+
+
+def test_import_fusedadam_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, fusedadam; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_state_dict_and_load_hooks_run():
+    p = torch.zeros(3, requires_grad=True)
+    opt = ft.Adam([p])
+    calls = []
+    opt.register_state_dict_pre_hook(lambda o: calls.append("sd pre"))
+    opt.register_state_dict_post_hook(lambda o, sd: calls.append("sd post"))
+    opt.register_load_state_dict_pre_hook(lambda o, sd: calls.append("load pre"))
+    opt.register_load_state_dict_post_hook(lambda o: calls.append("load post"))
+    opt.load_state_dict(opt.state_dict())
+    assert calls == ["sd pre", "sd post", "load pre", "load post"]
+
+
+@pytest.mark.parametrize("bad", ["sparse", "requires_grad", "none", "data"])
+def test_many_tensors_path_bad_grads_and_missing_grads(bad):
+    # More than a few tensors take the batched path of collecting grads.
+    shapes = [(3,), (4,), (2, 2), (5,), (6,), (1,), (7,), (2,)]
+    ps = _params(torch.float32, shapes=shapes)
+    theirs = _clone(ps)
+    opt = ft.Adam(ps, lr=1e-2)
+    ref = torch.optim.Adam(theirs, lr=1e-2, foreach=False)
+    gen = torch.Generator().manual_seed(30)
+    grads = _grads(ps, gen)
+    _set_grads(ps, grads)
+    _set_grads(theirs, grads)
+    opt.step()
+    ref.step()
+    grads = _grads(ps, gen)
+    _set_grads(ps, grads)
+    _set_grads(theirs, grads)
+    if bad in ("sparse", "requires_grad"):
+        ps[6].grad = (
+            torch.zeros(7).to_sparse() if bad == "sparse" else torch.zeros(7, requires_grad=True)
+        )
+        before = _snapshot(opt, ps)
+        with pytest.raises((TypeError, RuntimeError), match=r"params\[6\]\.grad"):
+            opt.step()
+        assert _snapshot(opt, ps) == before
+        return
+    if bad == "none":
+        ps[5].grad = theirs[5].grad = None
+    else:
+        ps[2].data = ps[2].data * 3  # a param's memory moved
+        theirs[2].data = theirs[2].data * 3
+    opt.step()
+    ref.step()
+    for a, b in zip(ps, theirs):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-6)
