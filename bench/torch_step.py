@@ -141,11 +141,12 @@ def main(argv=None):
                 ["fusedadam.torch"] + peers,
             )
         )
+    environment = timing.environment({"torch": torch.__version__})  # load average now
     results = {}
     for name, shapes, dtype, impls in cases:
         results[name] = run_case(name, shapes, dtype, impls, args.repeats, 0.05, args.threads)
     out = {
-        "environment": timing.environment({"torch": torch.__version__}),
+        "environment": environment,
         "threads": args.threads,
         "command": "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:]),
         "cases": results,

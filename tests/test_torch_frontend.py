@@ -823,3 +823,20 @@ def test_many_tensors_path_bad_grads_and_missing_grads(bad):
     ref.step()
     for a, b in zip(ps, theirs):
         np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-6)
+
+
+BENCH = __import__("pathlib").Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.mark.skipif(not (BENCH / "torch_step.py").is_file(), reason="bench/ not shipped here")
+def test_readme_torch_tables_are_the_documented_runs():
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("torch_step", BENCH / "torch_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    readme = (BENCH.parent / "README.md").read_text(encoding="utf-8")
+    for name in ("torch_step_1thread.json", "torch_step_2threads.json"):
+        run = json.loads((BENCH / "results" / name).read_text(encoding="utf-8"))
+        assert module.markdown(run) in readme, name

@@ -18,6 +18,7 @@ Importing this module imports torch (``pip install "fusedadam[torch]"``); ``impo
 fusedadam`` alone never does.
 """
 
+import inspect
 import math
 import numbers
 import operator
@@ -269,8 +270,6 @@ def _counter(value, dtype, where, name):
 
 def _optim_defaults(cls):
     """The hyperparameter keys of a fusedadam.optim class, from its signature."""
-    import inspect
-
     return tuple(
         n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "params")
     )
@@ -318,8 +317,6 @@ class Optimizer(torch.optim.Optimizer):
         )
         self._inner_sub = _inner_class(self._inner_cls)
         self._getter = operator.itemgetter(*self._inner_keys, "lr")
-        import inspect
-
         # The NumPy optimizer's options a torch group has no entry for, at their defaults.
         self._inner_only = {
             name: par.default
@@ -335,8 +332,6 @@ class Optimizer(torch.optim.Optimizer):
 
     @classmethod
     def _torch_keys(cls):
-        import inspect
-
         return tuple(
             n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "params")
         ) + tuple(cls._FIXED)
@@ -413,6 +408,7 @@ class Optimizer(torch.optim.Optimizer):
         )
         inner._frontend = self
         if self._fa is not None:
+            inner.skipped_steps = self._fa.skipped_steps
             self._fa._frontend = None
         self._fa = inner
         self._by_view = {id(v[1]): v[0] for v in views.values()}
