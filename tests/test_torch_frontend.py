@@ -840,3 +840,26 @@ def test_readme_torch_tables_are_the_documented_runs():
     for name in ("torch_step_1thread.json", "torch_step_2threads.json"):
         run = json.loads((BENCH / "results" / name).read_text(encoding="utf-8"))
         assert module.markdown(run) in readme, name
+
+
+def test_grad_scaler_with_explicit_unscale_and_clipping_like_torch_fused_adam():
+    gen = torch.Generator().manual_seed(31)
+    start = [torch.randn(s, generator=gen) for s in [(10,), (3, 4)]]
+    ours = [t.clone().requires_grad_() for t in start]
+    theirs = [t.clone().requires_grad_() for t in start]
+    opt = ft.Adam(ours, lr=0.05)
+    ref = torch.optim.Adam(theirs, lr=0.05, fused=True)
+    scalers = [torch.amp.GradScaler("cpu", init_scale=256.0) for _ in "ab"]
+    for t in range(5):
+        for xs, o, scaler in ((ours, opt, scalers[0]), (theirs, ref, scalers[1])):
+            o.zero_grad()
+            loss = sum((x**2).sum() for x in xs) * (float("nan") if t == 3 else 1.0)
+            scaler.scale(loss).backward()
+            scaler.unscale_(o)  # the grads are unscaled here, so step must not divide again
+            torch.nn.utils.clip_grad_norm_(xs, 1.0)
+            scaler.step(o)
+            scaler.update()
+        assert scalers[0].get_scale() == scalers[1].get_scale()
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5, atol=1e-7)
+    assert int(opt.state[ours[0]]["step"]) == 4
