@@ -863,3 +863,22 @@ def test_grad_scaler_with_explicit_unscale_and_clipping_like_torch_fused_adam():
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5, atol=1e-7)
     assert int(opt.state[ours[0]]["step"]) == 4
+
+
+def test_global_hooks_and_the_profiler_see_the_step():
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    p = torch.ones(3, requires_grad=True)
+    opt = ft.Adam([p], lr=0.1)
+    p.grad = torch.ones(3)
+    seen = []
+    handle = register_optimizer_step_post_hook(lambda o, args, kwargs: seen.append(o))
+    try:
+        opt.step()
+    finally:
+        handle.remove()
+    assert seen == [opt]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    assert any(e.name == "Optimizer.step#Adam.step" for e in prof.events())
+    assert int(opt.state[p]["step"]) == 2
