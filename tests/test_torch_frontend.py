@@ -882,3 +882,14 @@ def test_global_hooks_and_the_profiler_see_the_step():
         opt.step()
     assert any(e.name == "Optimizer.step#Adam.step" for e in prof.events())
     assert int(opt.state[p]["step"]) == 2
+
+
+def test_errors_name_the_param_by_its_position_when_some_grads_are_missing():
+    ps = _params(torch.float32, shapes=[(3,), (4,), (5,)])
+    opt = ft.Adam(ps, lr=1e-2)
+    ps[0].grad = None
+    ps[1].grad = torch.ones(4)
+    ps[2].grad = torch.tensor([1.0, 2.0, float("nan"), 4.0, 5.0])
+    with pytest.raises(FloatingPointError, match=r"grads\[2\] has 1 non-finite value"):
+        opt.step()
+    assert len([st for st in opt.state.values() if st]) == 0

@@ -22,6 +22,7 @@ import inspect
 import math
 import numbers
 import operator
+import re
 from collections import OrderedDict, defaultdict
 from copy import deepcopy
 import itertools
@@ -514,29 +515,45 @@ class Optimizer(torch.optim.Optimizer):
             self._sync()
             missing = self._collect()
         grads = self._grads
-        if self._layout is None or missing or not self._full:
-            mask = tuple(g is not None for g in grads) if missing else None
-            if mask is not None and not any(mask):
-                return loss  # no param has a grad: nothing to do, as in torch
-            if self._layout is None or mask != self._mask:
-                self._relayout(mask)
-            inner_grads = grads if self._full else [grads[j] for j in self._order]
-        else:
-            inner_grads = grads
-        getter = self._getter
-        for pair in self._pairs:
-            values = getter(pair[1])
-            # A tensor lr may change in place: read it every step.
-            if values != pair[2] or type(values[-1]) is torch.Tensor:
-                self._push_hyper(pair, values)
         try:
-            if grad_scale is not None:
-                self._fa.step(inner_grads, _scale_value(grad_scale))
+            if self._layout is None or missing or not self._full:
+                mask = tuple(g is not None for g in grads) if missing else None
+                if mask is not None and not any(mask):
+                    return loss  # no param has a grad: nothing to do, as in torch
+                if self._layout is None or mask != self._mask:
+                    self._relayout(mask)
+                inner_grads = grads if self._full else [grads[j] for j in self._order]
             else:
-                self._fa.step(inner_grads)
+                inner_grads = grads
+            getter = self._getter
+            for pair in self._pairs:
+                values = getter(pair[1])
+                # A tensor lr may change in place: read it every step.
+                if values != pair[2] or type(values[-1]) is torch.Tensor:
+                    self._push_hyper(pair, values)
+            try:
+                if grad_scale is not None:
+                    self._fa.step(inner_grads, _scale_value(grad_scale))
+                else:
+                    self._fa.step(inner_grads)
+            except (TypeError, ValueError, FloatingPointError) as error:
+                if self._full:
+                    raise
+                raise self._renumbered(error) from None
         finally:
-            grads[:] = self._nones  # the grads may be freed now
+            grads[:] = self._nones  # no reference to the grads outlives the step
         return loss
+
+    def _renumbered(self, error):
+        """The NumPy optimizer's error with its param/grad indices (positions among the
+        params stepped now) turned into positions over all params, as the user counts."""
+        order = self._order
+
+        def index(match):
+            k = int(match.group(2))
+            return f"{match.group(1)}[{order[k] if k < len(order) else k}]"
+
+        return type(error)(re.sub(r"\b(params|grads)\[(\d+)\]", index, str(error)))
 
     def _push_hyper(self, pair, values):
         """Copy a torch group's hyperparameters into its inner group (the NumPy optimizer
