@@ -283,6 +283,10 @@ _NUMPY = torch.Tensor.numpy
 _NONE = itertools.repeat(None)
 import torch.optim.optimizer as _optimizer_module  # noqa: E402
 
+# torch's global step hooks: dicts it adds to and removes from, never rebinds.
+_GLOBAL_PRE_HOOKS = _optimizer_module._global_optimizer_pre_hooks
+_GLOBAL_POST_HOOKS = _optimizer_module._global_optimizer_post_hooks
+
 
 class Optimizer(torch.optim.Optimizer):
     """Base of the torch front ends: torch's groups, state and hooks; fusedadam's step.
@@ -453,8 +457,8 @@ class Optimizer(torch.optim.Optimizer):
         """
         if (
             _profiler._is_profiler_enabled
-            or _optimizer_module._global_optimizer_pre_hooks
-            or _optimizer_module._global_optimizer_post_hooks
+            or _GLOBAL_PRE_HOOKS
+            or _GLOBAL_POST_HOOKS
             or self._optimizer_step_pre_hooks
             or self._optimizer_step_post_hooks
         ):
