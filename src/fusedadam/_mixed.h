@@ -20,10 +20,9 @@
  *     as the F16C instruction), float16 overflows to inf as IEEE says.
  *
  * The norm scan: for clipping (max_grad_norm), the scan that already reads every gradient
- * for the non-finite check also sums the squares of the unscaled gradient values
- * x = (C)g / (C)grad_scale, in double, in FA_NORM_LANES lanes (element i of a segment goes
- * to lane i % FA_NORM_LANES, each lane sums in order, the lanes are then added in order).
- * reference.py sums in the same order, so the norm is the same bits on every path.
+ * for the non-finite check also sums the squares of the gradient values in double, in a
+ * fixed order (FA_NORM_BODY); reference.py sums in the same order, so the norm is the same
+ * bits on every path and for every thread count.
  */
 #ifndef FUSEDADAM_MIXED_H
 #define FUSEDADAM_MIXED_H
@@ -38,7 +37,7 @@
 enum { FA_ET_F32 = 0, FA_ET_F64 = 1, FA_ET_BF16 = 2, FA_ET_F16 = 3, FA_N_ETS };
 
 #define FA_STAGE 256      /* elements per staged block: 4 float32 buffers = 4 KB */
-#define FA_NORM_LANES 16
+#define FA_NORM_LANES 8
 
 /* Gradient pre-processing of one step of one group (sign is the loops' own). */
 typedef struct {
@@ -235,31 +234,46 @@ static inline uint16_t fa_f32_to_f16(float f)
         }                                                                            \
     }
 
-/* The sum of squares of the gradient values (widened to C, then to double) into *sumsq,
- * in the lane order of the header comment; the index of the first value that is not
- * finite, or -1. The squares are non-negative, so the sum is finite unless some value is
- * not finite or (float64 only) the squares overflow: only then is the segment walked again
- * to find the first bad value (none: the sum simply overflowed). The main loop is pure
- * vector arithmetic. The group's norm is sqrt(sum) / grad_scale (fa_clip_coefficient). */
+/* The sum of squares of the gradient values (widened to C, then to double) into *sumsq;
+ * the index of the first value that is not finite, or -1. As the non-finite scan
+ * (_finite.h), a segment is read as FA_SCAN_STREAMS streams at once (one stream per core
+ * is bound by the cache misses its prefetcher keeps in flight): with
+ * Q = (n / 4) / FA_SCAN_BLOCK * FA_SCAN_BLOCK, parts 0-3 are [sQ, (s+1)Q) and part 4 the
+ * rest [4Q, n). Element i of a part goes to lane i % FA_NORM_LANES of that part (i from
+ * the part's start), each lane sums in order, and the total adds the lanes of part 0, then
+ * of part 1, ..., each in lane order (reference.py sums in the same order). The squares
+ * are non-negative, so the sum is finite unless some value is not finite or (float64
+ * only) the squares overflow: only then is the segment walked again to find the first bad
+ * value (none: the sum simply overflowed). The group's norm is sqrt(sum) / grad_scale
+ * (fa_clip_coefficient). */
 #define FA_NORM_BODY(C, GT, CONV, LIMIT)                                             \
     {                                                                                \
         const GT *restrict g = (const GT *)grad;                                     \
-        double acc[FA_NORM_LANES] = {0};                                             \
-        ptrdiff_t i = 0, full = n - n % FA_NORM_LANES;                               \
-        for (; i < full; i += FA_NORM_LANES)                                         \
-            for (int j = 0; j < FA_NORM_LANES; j++) {                                \
-                C x = CONV(g[i + j]);                                                \
-                acc[j] += (double)x * (double)x;                                     \
-            }                                                                        \
-        for (; i < n; i++) {                                                         \
+        double acc[FA_SCAN_STREAMS + 1][FA_NORM_LANES] = {{0}};                      \
+        const ptrdiff_t q = (n / FA_SCAN_STREAMS) / FA_SCAN_BLOCK * FA_SCAN_BLOCK;   \
+        for (ptrdiff_t start = 0; start < q; start += FA_SCAN_BLOCK) {               \
+            const GT *g0 = g + start, *g1 = g0 + q, *g2 = g1 + q, *g3 = g2 + q;      \
+            for (ptrdiff_t i = 0; i < FA_SCAN_BLOCK; i += FA_NORM_LANES)             \
+                for (int j = 0; j < FA_NORM_LANES; j++) {                            \
+                    C x0 = CONV(g0[i + j]), x1 = CONV(g1[i + j]);                    \
+                    C x2 = CONV(g2[i + j]), x3 = CONV(g3[i + j]);                    \
+                    acc[0][j] += (double)x0 * (double)x0;                            \
+                    acc[1][j] += (double)x1 * (double)x1;                            \
+                    acc[2][j] += (double)x2 * (double)x2;                            \
+                    acc[3][j] += (double)x3 * (double)x3;                            \
+                }                                                                    \
+        }                                                                            \
+        for (ptrdiff_t i = FA_SCAN_STREAMS * q; i < n; i++) {                        \
             C x = CONV(g[i]);                                                        \
-            acc[i - full] += (double)x * (double)x;                                  \
+            acc[FA_SCAN_STREAMS][(i - FA_SCAN_STREAMS * q) % FA_NORM_LANES] +=       \
+                (double)x * (double)x;                                               \
         }                                                                            \
         double sum = 0.0;                                                            \
-        for (int j = 0; j < FA_NORM_LANES; j++) sum += acc[j];                       \
+        for (int s = 0; s <= FA_SCAN_STREAMS; s++)                                   \
+            for (int j = 0; j < FA_NORM_LANES; j++) sum += acc[s][j];                \
         *sumsq = sum;                                                                \
         if (!(sum <= DBL_MAX)) { /* rare: find the first value that is not finite */ \
-            for (i = 0; i < n; i++) {                                                \
+            for (ptrdiff_t i = 0; i < n; i++) {                                      \
                 C x = CONV(g[i]);                                                    \
                 if (!(x <= (LIMIT) && x >= -(LIMIT))) return i;                      \
             }                                                                        \

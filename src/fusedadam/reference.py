@@ -309,21 +309,31 @@ def chunk_size(total, grain):
     return k
 
 
-_LANES = 16  # FA_NORM_LANES of _mixed.h
+_LANES = 8  # FA_NORM_LANES of _mixed.h
+_STREAMS, _BLOCK = 4, 2048  # FA_SCAN_STREAMS, FA_SCAN_BLOCK of _finite.h
+
+
+def _lane_sums(part):
+    """Lane j of a part: the sum, in order, of its elements j, j + 8, j + 16, ..."""
+    full = part.size - part.size % _LANES
+    lanes = np.zeros(_LANES)
+    if full:
+        lanes = np.add.reduce(part[:full].reshape(-1, _LANES), axis=0)
+    tail = part[full:]
+    lanes[: tail.size] += tail
+    return lanes
 
 
 def _segment_sumsq(squares):
-    """Sum of one segment's float64 squares in the lane order of ``_mixed.h``: element i
-    to lane i % 16, each lane in order, then the lanes in order."""
-    full = squares.size - squares.size % _LANES
-    lanes = np.zeros(_LANES)
-    if full:
-        lanes = np.add.reduce(squares[:full].reshape(-1, _LANES), axis=0)
-    tail = squares[full:]
-    lanes[: tail.size] += tail
+    """Sum of one segment's float64 squares in the order of ``FA_NORM_BODY``: four streams
+    of ``q = (n // 4) // 2048 * 2048`` elements and the rest, each summed in 8 lanes, then
+    the lanes of each part in order."""
+    q = (squares.size // _STREAMS) // _BLOCK * _BLOCK
+    bounds = [s * q for s in range(_STREAMS + 1)] + [squares.size]
     total = 0.0
-    for value in lanes.tolist():
-        total += value
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        for value in _lane_sums(squares[lo:hi]).tolist():
+            total += value
     return total
 
 
