@@ -34,8 +34,10 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Storage element types; the first two are also the compute rows FA_DTYPE_f32/f64. */
-enum { FA_ET_F32 = 0, FA_ET_F64 = 1, FA_ET_BF16 = 2, FA_ET_F16 = 3, FA_N_ETS };
+/* Storage element types; the first two are also the compute rows FA_DTYPE_f32/f64.
+ * FA_ET_Q8 (block-wise 8-bit codes, see below) is a state type only: no gradient scans. */
+enum { FA_ET_F32 = 0, FA_ET_F64 = 1, FA_ET_BF16 = 2, FA_ET_F16 = 3, FA_N_ETS,
+       FA_ET_Q8 = FA_N_ETS };
 
 #define FA_STAGE 256      /* elements per staged block: 4 float32 buffers = 4 KB */
 #define FA_NORM_LANES 16
@@ -53,6 +55,8 @@ typedef struct {
     char *lowp;           /* the bfloat16/float16 param rounded from it, or NULL */
     const char *grad;
     char *state[3];
+    float *scale[3];      /* FA_ET_Q8 state: the absmax of the segment's first block */
+    int qsigned[3];       /* FA_ET_Q8 state: 1 for the signed map, 0 for the unsigned one */
     int n_states, grad_type, state_type, lowp_type;
 } fa_segment;
 
@@ -95,6 +99,73 @@ static inline uint16_t fa_f32_to_f16(float f)
     r = a >= 0x47800000u ? 0x7c00u : r;                        /* overflow: inf */
     r = a > 0x7f800000u ? (0x7e00u | ((a >> 13) & 0x3ffu)) : r; /* NaN: quiet */
     return (uint16_t)(r | sign);
+}
+
+
+/* ---- block-wise 8-bit state ----------------------------------------------------------------
+ *
+ * A state array stored as FA_ET_Q8 holds one byte per element and one float32 scale per block
+ * of FA_Q8_BLOCK (= FA_STAGE) elements of its param: the block's absmax, the largest |value|
+ * (taken as the largest of the float32 bit patterns with the sign cleared, an integer max:
+ * a NaN anywhere makes it NaN). A code is a small float relative to the absmax: value =
+ * y(code) * absmax, y in [-1, 1] (signed map, moments that change sign) or [0, 1]
+ * (unsigned map, moments that never are negative: exp_avg_sq and the like):
+ *   signed:   sign bit | E4M3 magnitude: 14 binades [2**-14, 1) with 3 mantissa bits, 1.0,
+ *             and 7 subnormal steps of 2**-17;
+ *   unsigned: E5M3: 30 binades [2**-30, 1) with 3 mantissa bits, 1.0, and subnormal steps of
+ *             2**-33 (the second moment spans the square of the first one's range).
+ * Magnitude codes above the one of 1.0 (120 and 248) are never written. Encoding is
+ * x = |value| / absmax (IEEE division; x = 0 when absmax is 0 or NaN), rounded to the
+ * nearest code, ties to even, by integer work on the bits of x as the float32 -> float16
+ * conversion does; x >= 1 (also inf and NaN) gives the code of 1.0; a magnitude 0 never
+ * has the sign bit. Decoding is exact integer work on the code, then one float32
+ * multiplication by the absmax. Why not the paper's dynamic (base-10) map: encoding it
+ * needs a search per element (bench/README.md measures both). reference.py is the twin. */
+#define FA_Q8_BLOCK FA_STAGE
+#define FA_Q8_M 3
+/* per map (EMAX: the exponent field of 1.0): the first normal magnitude's bits, the bits
+ * of the constant whose ulp is the smallest subnormal step, and the code of 1.0 */
+#define FA_Q8_THRESH(EMAX) ((uint32_t)(128 - (EMAX)) << 23)
+#define FA_Q8_MAGIC(EMAX) ((uint32_t)(151 - (EMAX) - FA_Q8_M) << 23)
+#define FA_Q8_ONE(EMAX) ((uint32_t)(EMAX) << FA_Q8_M)
+#define FA_Q8_EMAX_SIGNED 15
+#define FA_Q8_EMAX_UNSIGNED 31
+
+static inline uint32_t fa_q8_encode_mag(uint32_t a, int emax)
+{
+    uint32_t sub = fa_f32_bits(fa_bits_f32(a) + fa_bits_f32(FA_Q8_MAGIC(emax))) -
+                   FA_Q8_MAGIC(emax);
+    uint32_t norm = (a - ((uint32_t)(127 - emax) << 23) + ((1u << (22 - FA_Q8_M)) - 1u) +
+                     ((a >> (23 - FA_Q8_M)) & 1u)) >> (23 - FA_Q8_M);
+    uint32_t r = a < FA_Q8_THRESH(emax) ? sub : norm;
+    return a >= 0x3f800000u ? FA_Q8_ONE(emax) : r;
+}
+
+static inline float fa_q8_decode_mag(uint32_t c, int emax)
+{
+    float sub = (float)c * fa_bits_f32(FA_Q8_MAGIC(emax) - (23u << 23));
+    float norm = fa_bits_f32((c << (23 - FA_Q8_M)) + ((uint32_t)(127 - emax) << 23));
+    return c < (1u << FA_Q8_M) ? sub : norm;
+}
+
+/* y(code) of either map: exact (tests compare it with reference.q8_values) */
+static inline float fa_q8_value(uint8_t code, int qsigned)
+{
+    if (qsigned)
+        return fa_bits_f32(fa_f32_bits(fa_q8_decode_mag(code & 0x7fu, FA_Q8_EMAX_SIGNED)) |
+                           ((uint32_t)(code & 0x80u) << 24));
+    return fa_q8_decode_mag(code, FA_Q8_EMAX_UNSIGNED);
+}
+
+/* the code of x = |value| / absmax (value's sign for the signed map) */
+static inline uint8_t fa_q8_code(float value, float absmax, int qsigned)
+{
+    uint32_t a = absmax > 0.0f ? fa_f32_bits(fabsf(value) / absmax) : 0u;
+    if (qsigned) {
+        uint32_t r = fa_q8_encode_mag(a, FA_Q8_EMAX_SIGNED);
+        return (uint8_t)(r | (r ? (fa_f32_bits(value) >> 24) & 0x80u : 0u));
+    }
+    return (uint8_t)fa_q8_encode_mag(a, FA_Q8_EMAX_UNSIGNED);
 }
 
 /* ---- per-instruction-set block loops ------------------------------------------------------ */
@@ -149,6 +220,36 @@ static inline uint16_t fa_f32_to_f16(float f)
     {                                                                                \
         for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_f32_to_f16(in[i]);             \
     }                                                                                \
+    /* 8-bit state: widen one block (codes * absmax) */                             \
+    FA_ATTR_##ISA static void fa_q8_load_##ISA(float *restrict out,                  \
+                                               const uint8_t *restrict in,           \
+                                               float absmax, int qsigned,            \
+                                               ptrdiff_t n)                          \
+    {                                                                                \
+        if (qsigned)                                                                 \
+            for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_q8_value(in[i], 1) * absmax; \
+        else                                                                         \
+            for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_q8_value(in[i], 0) * absmax; \
+    }                                                                                \
+    /* 8-bit state: the block's new absmax, then its codes; returns the absmax */    \
+    FA_ATTR_##ISA static float fa_q8_store_##ISA(uint8_t *restrict out,              \
+                                                 const float *restrict in,           \
+                                                 int qsigned, ptrdiff_t n)           \
+    {                                                                                \
+        uint32_t most = 0;                                                           \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            uint32_t a = fa_f32_bits(in[i]) & 0x7fffffffu;                           \
+            most = a > most ? a : most;                                              \
+        }                                                                            \
+        const float absmax = fa_bits_f32(most);                                      \
+        if (!(absmax > 0.0f))                                                        \
+            memset(out, 0, (size_t)n);                                               \
+        else if (qsigned)                                                            \
+            for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_q8_code(in[i], absmax, 1); \
+        else                                                                         \
+            for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_q8_code(in[i], absmax, 0); \
+        return absmax;                                                               \
+    }                                                                                \
     /* One staged segment with a float32 compute type (see the header comment). */  \
     FA_ATTR_##ISA static void fa_staged_f32_##ISA(fa_loop_fn dense,                  \
                                                   const fa_segment *x, ptrdiff_t n,  \
@@ -158,9 +259,10 @@ static inline uint16_t fa_f32_to_f16(float f)
         float gbuf[FA_STAGE], sbuf[3][FA_STAGE];                                     \
         char *a[FA_MAX_SLOTS] = {0};                                                 \
         const int stage_grad = x->grad_type != FA_ET_F32 || pre->active;             \
-        const int stage_state = x->state_type == FA_ET_BF16;                         \
+        const int q8 = x->state_type == FA_ET_Q8;                                    \
+        const int stage_state = x->state_type == FA_ET_BF16 || q8;                   \
         const size_t gsize = x->grad_type == FA_ET_F32 ? 4 : 2;                      \
-        const size_t ssize = stage_state ? 2 : 4;                                    \
+        const size_t ssize = q8 ? 1 : (stage_state ? 2 : 4);                         \
         for (ptrdiff_t off = 0; off < n; off += FA_STAGE) {                          \
             ptrdiff_t len = n - off < FA_STAGE ? n - off : FA_STAGE;                 \
             a[FA_PARAM] = x->param + off * 4;                                        \
@@ -173,7 +275,12 @@ static inline uint16_t fa_f32_to_f16(float f)
                 a[FA_GRAD] = (char *)x->grad + off * 4;                              \
             }                                                                        \
             for (int j = 0; j < x->n_states; j++) {                                  \
-                if (stage_state) {                                                   \
+                if (q8) {                                                            \
+                    fa_q8_load_##ISA(sbuf[j], (const uint8_t *)(x->state[j] + off),  \
+                                     x->scale[j][off / FA_Q8_BLOCK], x->qsigned[j],  \
+                                     len);                                           \
+                    a[FA_STATE0 + j] = (char *)sbuf[j];                              \
+                } else if (stage_state) {                                            \
                     fa_bf16_load_##ISA(sbuf[j],                                      \
                                        (const uint16_t *)(x->state[j] + off * 2), len); \
                     a[FA_STATE0 + j] = (char *)sbuf[j];                              \
@@ -182,7 +289,11 @@ static inline uint16_t fa_f32_to_f16(float f)
                 }                                                                    \
             }                                                                        \
             dense(a, len, s);                                                        \
-            if (stage_state)                                                         \
+            if (q8)                                                                  \
+                for (int j = 0; j < x->n_states; j++)                                \
+                    x->scale[j][off / FA_Q8_BLOCK] = fa_q8_store_##ISA(              \
+                        (uint8_t *)(x->state[j] + off), sbuf[j], x->qsigned[j], len); \
+            else if (stage_state)                                                    \
                 for (int j = 0; j < x->n_states; j++)                                \
                     fa_bf16_store_##ISA((uint16_t *)(x->state[j] + off * 2), sbuf[j], \
                                         len);                                        \
