@@ -1,0 +1,101 @@
+"""Block-wise 8-bit optimizer state against float32 state and the 8-bit roofline.
+
+    python bench/state8bit.py [--sizes 1e7 5e7] [--repeats 7] [--json bench/results/state8bit.json]
+
+At each N (float32 params), in one process, samples interleaved (medians): AdamW with
+``state_dtype="8bit"``, AdamW with float32 state, both with ``nonfinite="ignore"`` (the
+step alone) and with the default ``"error"`` (plus the gradient scan), and the roofline
+probe (``_kernels.Probe``: Adam's 28 bytes per element with trivial arithmetic, on the
+same threads). The 8-bit roofline is the probe's bandwidth applied to the bytes an 8-bit
+step must move: p, g read and p written (12), one code of each moment read and written
+(4) and two float32 scales per 256 elements read and written (0.0625): 16.0625 bytes per
+element. State bytes per parameter are measured (``nbytes`` of the state arrays).
+"""
+
+import argparse
+import json
+
+import numpy as np
+
+import fusedadam as fa
+from fusedadam.benchmarks.roofline import roofline_step
+from fusedadam.benchmarks.timing import environment, load_average, measure_interleaved
+
+BYTES_F32 = 28.0
+BYTES_8BIT = 12.0 + 4.0 + 4 * 4.0 / 256
+
+
+def state_bytes_per_param(opt, p):
+    st = opt.state[p]
+    return sum(a.nbytes for name, a in st.items() if name != "step") / p.size
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1e7, 5e7])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args(argv)
+    threads = args.threads or fa.backend_info()["max_threads"]
+    print(f"fusedadam {fa.backend_info()}; threads {threads}; load average {load_average()}")
+    rows = []
+    for size in args.sizes:
+        n = int(size)
+        rng = np.random.default_rng(0)
+        # One param and gradient shared by every implementation (memory: this is a shared
+        # machine); each optimizer keeps its own state. Values stay finite throughout.
+        p = rng.standard_normal(n).astype(np.float32)
+        g = (rng.standard_normal(n) * 1e-3).astype(np.float32)
+        opts = {}
+        for dtype in ("8bit", None):
+            for mode in ("ignore", "error"):
+                name = f"{'8bit' if dtype else 'float32'} {mode}"
+                opts[name] = fa.AdamW(
+                    [p], lr=1e-6, state_dtype=dtype, nonfinite=mode, num_threads=threads
+                )
+        # the "error" optimizers share their state with the "ignore" ones: no extra memory
+        for dtype in ("8bit", "float32"):
+            opts[f"{dtype} ignore"].step([g])
+            opts[f"{dtype} error"].state[p] = opts[f"{dtype} ignore"].state[p]
+        steps = {name: (lambda o=o: o.step([g])) for name, o in opts.items()}
+        steps["roofline 28 B"] = roofline_step([p], [g], 2, threads)
+        res = measure_interleaved(steps, args.repeats)
+        med = {name: r["median"] for name, r in res.items()}
+        roof8 = med["roofline 28 B"] * BYTES_8BIT / BYTES_F32
+        bandwidth = BYTES_F32 * n / med["roofline 28 B"]
+        row = {
+            "n": n,
+            "threads": threads,
+            "median_s": med,
+            "min_s": {name: r["min"] for name, r in res.items()},
+            "bandwidth_GBps": bandwidth / 1e9,
+            "roofline_8bit_s": roof8,
+            "speedup_8bit_vs_float32": med["float32 ignore"] / med["8bit ignore"],
+            "speedup_8bit_vs_float32_checked": med["float32 error"] / med["8bit error"],
+            "pct_of_8bit_roofline": roof8 / med["8bit ignore"],
+            "pct_of_28B_roofline_float32": med["roofline 28 B"] / med["float32 ignore"],
+            "state_bytes_per_param": {
+                "8bit": state_bytes_per_param(opts["8bit ignore"], p),
+                "float32": state_bytes_per_param(opts["float32 ignore"], p),
+            },
+        }
+        rows.append(row)
+        print(
+            f"N={n:.0e}: 8bit {med['8bit ignore'] * 1e3:.2f} ms ({med['8bit ignore'] / n * 1e9:.2f}"
+            f" ns/el), float32 {med['float32 ignore'] * 1e3:.2f} ms, speed-up "
+            f"{row['speedup_8bit_vs_float32']:.2f}x (checked {row['speedup_8bit_vs_float32_checked']:.2f}x), "
+            f"8-bit roofline {roof8 * 1e3:.2f} ms = {row['pct_of_8bit_roofline']:.0%}, "
+            f"bandwidth {bandwidth / 1e9:.1f} GB/s, state B/param "
+            f"{row['state_bytes_per_param']['8bit']:.4f} vs {row['state_bytes_per_param']['float32']:.1f}"
+        )
+        del opts, steps, p, g
+    out = {"environment": environment(), "load_after": load_average(), "rows": rows}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
