@@ -115,7 +115,7 @@ static inline uint16_t fa_f32_to_f16(float f)
  *   unsigned: E5M3: 30 binades [2**-30, 1) with 3 mantissa bits, 1.0, and subnormal steps of
  *             2**-33 (the second moment spans the square of the first one's range).
  * Magnitude codes above the one of 1.0 (120 and 248) are never written. Encoding is
- * x = |value| / absmax (IEEE division; x = 0 when absmax is 0 or NaN), rounded to the
+ * x = |value| * (1 / absmax) (fa_q8_ratio: one division per block), rounded to the
  * nearest code, ties to even, by integer work on the bits of x as the float32 -> float16
  * conversion does; x >= 1 (also inf and NaN) gives the code of 1.0; a magnitude 0 never
  * has the sign bit. Decoding is exact integer work on the code, then one float32
@@ -131,14 +131,26 @@ static inline uint16_t fa_f32_to_f16(float f)
 #define FA_Q8_EMAX_SIGNED 15
 #define FA_Q8_EMAX_UNSIGNED 31
 
+/* the magnitude code of x, given as its bits with the sign bit cleared (signed compares:
+ * AVX2 has no unsigned one) */
 static inline uint32_t fa_q8_encode_mag(uint32_t a, int emax)
 {
     uint32_t sub = fa_f32_bits(fa_bits_f32(a) + fa_bits_f32(FA_Q8_MAGIC(emax))) -
                    FA_Q8_MAGIC(emax);
     uint32_t norm = (a - ((uint32_t)(127 - emax) << 23) + ((1u << (22 - FA_Q8_M)) - 1u) +
                      ((a >> (23 - FA_Q8_M)) & 1u)) >> (23 - FA_Q8_M);
-    uint32_t r = a < FA_Q8_THRESH(emax) ? sub : norm;
-    return a >= 0x3f800000u ? FA_Q8_ONE(emax) : r;
+    uint32_t r = (int32_t)a < (int32_t)FA_Q8_THRESH(emax) ? sub : norm;
+    return (int32_t)a >= 0x3f800000 ? FA_Q8_ONE(emax) : r;
+}
+
+/* x = |value| / absmax as the map defines it: |value| * (1 / absmax) when absmax is a
+ * normal float (one division per block, not per element), |value| / absmax when it is
+ * subnormal (its reciprocal would overflow), 0 when absmax is 0 or NaN; the sign bit of
+ * x cleared (a NaN product may have it) */
+static inline uint32_t fa_q8_ratio(float value, float absmax, float inv)
+{
+    float x = absmax >= FLT_MIN ? fabsf(value) * inv : fabsf(value) / absmax;
+    return absmax > 0.0f ? fa_f32_bits(x) & 0x7fffffffu : 0u;
 }
 
 static inline float fa_q8_decode_mag(uint32_t c, int emax)
@@ -158,14 +170,19 @@ static inline float fa_q8_value(uint8_t code, int qsigned)
 }
 
 /* the code of x = |value| / absmax (value's sign for the signed map) */
-static inline uint8_t fa_q8_code(float value, float absmax, int qsigned)
+static inline uint8_t fa_q8_code_inv(float value, float absmax, float inv, int qsigned)
 {
-    uint32_t a = absmax > 0.0f ? fa_f32_bits(fabsf(value) / absmax) : 0u;
+    uint32_t a = fa_q8_ratio(value, absmax, inv);
     if (qsigned) {
         uint32_t r = fa_q8_encode_mag(a, FA_Q8_EMAX_SIGNED);
         return (uint8_t)(r | (r ? (fa_f32_bits(value) >> 24) & 0x80u : 0u));
     }
     return (uint8_t)fa_q8_encode_mag(a, FA_Q8_EMAX_UNSIGNED);
+}
+
+static inline uint8_t fa_q8_code(float value, float absmax, int qsigned)
+{
+    return fa_q8_code_inv(value, absmax, 1.0f / absmax, qsigned);
 }
 
 /* ---- per-instruction-set block loops ------------------------------------------------------ */
@@ -241,13 +258,26 @@ static inline uint8_t fa_q8_code(float value, float absmax, int qsigned)
             uint32_t a = fa_f32_bits(in[i]) & 0x7fffffffu;                           \
             most = a > most ? a : most;                                              \
         }                                                                            \
-        const float absmax = fa_bits_f32(most);                                      \
-        if (!(absmax > 0.0f))                                                        \
-            memset(out, 0, (size_t)n);                                               \
-        else if (qsigned)                                                            \
-            for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_q8_code(in[i], absmax, 1); \
-        else                                                                         \
-            for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_q8_code(in[i], absmax, 0); \
+        const float absmax = fa_bits_f32(most), inv = 1.0f / absmax;                 \
+        if (!(absmax >= FLT_MIN)) { /* rare: 0, subnormal or NaN */                  \
+            for (ptrdiff_t i = 0; i < n; i++)                                        \
+                out[i] = fa_q8_code_inv(in[i], absmax, inv, qsigned);                \
+        } else {                                                                     \
+            /* codes in 32-bit lanes first, then narrowed: gcc vectorizes both loops */  \
+            uint32_t wide[FA_Q8_BLOCK];                                              \
+            if (qsigned)                                                             \
+                for (ptrdiff_t i = 0; i < n; i++) {                                  \
+                    uint32_t u = fa_f32_bits(in[i]);                                 \
+                    uint32_t r = fa_q8_encode_mag(fa_f32_bits(fabsf(in[i]) * inv)    \
+                                                  & 0x7fffffffu, FA_Q8_EMAX_SIGNED); \
+                    wide[i] = r | ((u >> 24) & (r ? 0x80u : 0u));                    \
+                }                                                                    \
+            else                                                                     \
+                for (ptrdiff_t i = 0; i < n; i++)                                    \
+                    wide[i] = fa_q8_encode_mag(fa_f32_bits(fabsf(in[i]) * inv)       \
+                                               & 0x7fffffffu, FA_Q8_EMAX_UNSIGNED);  \
+            for (ptrdiff_t i = 0; i < n; i++) out[i] = (uint8_t)wide[i];             \
+        }                                                                            \
         return absmax;                                                               \
     }                                                                                \
     /* One staged segment with a float32 compute type (see the header comment). */  \

@@ -307,8 +307,8 @@ def q8_dequantize(codes, absmax, signed):
 def q8_quantize(values, signed):
     """``(codes, absmax)`` of float32 ``values`` (any shape): per block of ``Q8_BLOCK`` flat
     elements the largest |value| (an integer max of the bits, NaN wins), then each value's
-    nearest code of ``x = |value| / absmax`` (ties to even; the sign bit for the signed map
-    unless the magnitude is 0)."""
+    nearest code of ``x = |value| * (1 / absmax)`` (``|value| / absmax`` for a subnormal
+    absmax; ties to even; the sign bit for the signed map unless the magnitude is 0)."""
     v = np.asarray(values, dtype=np.float32).reshape(-1)
     n_blocks = -(-v.size // Q8_BLOCK)
     blocks = np.zeros(n_blocks * Q8_BLOCK, dtype=np.float32)
@@ -317,10 +317,16 @@ def q8_quantize(values, signed):
     words = blocks.view(np.uint32)
     most = (words & np.uint32(0x7FFFFFFF)).max(axis=1, initial=0)
     absmax = most.view(np.float32)
-    ok = absmax > 0
-    x = np.abs(blocks) / np.where(ok, absmax, np.float32(1))[:, None]
-    x[~ok] = 0
-    a = x.view(np.uint32)
+    # x = |value| * (1 / absmax) for a normal absmax, |value| / absmax for a subnormal one,
+    # 0 when absmax is 0 or NaN; the sign bit cleared (fa_q8_ratio)
+    normal = absmax >= np.finfo(np.float32).tiny
+    inv = np.float32(1) / np.where(normal, absmax, np.float32(1))
+    x = np.abs(blocks) * inv[:, None]
+    tiny = ~normal & (absmax > 0)
+    x[tiny] = np.abs(blocks[tiny]) / absmax[tiny, None]
+    x[~(absmax > 0)] = 0
+    a = x.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    x = a.view(np.float32)
     emax = _q8_emax(signed)
     magic = np.uint32((151 - emax - _Q8_M) << 23)
     sub = (x + magic.view(np.float32)).view(np.uint32) - magic
