@@ -185,6 +185,143 @@ static inline uint8_t fa_q8_code(float value, float absmax, int qsigned)
     return fa_q8_code_inv(value, absmax, 1.0f / absmax, qsigned);
 }
 
+/* The 8-bit block loops by hand for x86 with AVX2 (used by the avx2 and avx512 rows): gcc
+ * vectorizes the portable loops below (the baseline row's) with byte-lane blends and
+ * shuffles that cost twice as much (bench/README.md). The same operations per element as
+ * fa_q8_value and fa_q8_code_inv, so the same bits (tests/test_state8bit.py runs every
+ * row against the reference). */
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#include <immintrin.h>
+#define FA_Q8_X86 1
+
+__attribute__((target("avx2"))) static inline __m256 fa_q8_decode8(__m256i c, int emax)
+{
+    const __m256 step = _mm256_castsi256_ps(_mm256_set1_epi32((int)(FA_Q8_MAGIC(emax) - (23u << 23))));
+    __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(c), step);
+    __m256 norm = _mm256_castsi256_ps(_mm256_add_epi32(
+        _mm256_slli_epi32(c, 23 - FA_Q8_M), _mm256_set1_epi32((127 - emax) << 23)));
+    __m256i is_sub = _mm256_cmpgt_epi32(_mm256_set1_epi32(1 << FA_Q8_M), c);
+    return _mm256_blendv_ps(norm, sub, _mm256_castsi256_ps(is_sub));
+}
+
+__attribute__((target("avx2"))) static void fa_q8_load_x86(float *restrict out,
+                                                           const uint8_t *restrict in,
+                                                           float absmax, int qsigned,
+                                                           ptrdiff_t n)
+{
+    const __m256 scale = _mm256_set1_ps(absmax);
+    ptrdiff_t i = 0;
+    if (qsigned) {
+        for (; i + 8 <= n; i += 8) {
+            __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(in + i)));
+            __m256 y = fa_q8_decode8(_mm256_and_si256(c, _mm256_set1_epi32(0x7f)),
+                                     FA_Q8_EMAX_SIGNED);
+            __m256i sign = _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x80)), 24);
+            y = _mm256_or_ps(y, _mm256_castsi256_ps(sign));
+            _mm256_storeu_ps(out + i, _mm256_mul_ps(y, scale));
+        }
+    } else {
+        for (; i + 8 <= n; i += 8) {
+            __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(in + i)));
+            __m256 y = fa_q8_decode8(c, FA_Q8_EMAX_UNSIGNED);
+            _mm256_storeu_ps(out + i, _mm256_mul_ps(y, scale));
+        }
+    }
+    for (; i < n; i++) out[i] = fa_q8_value(in[i], qsigned) * absmax;
+}
+
+__attribute__((target("avx2"))) static inline __m256i fa_q8_encode8(__m256i a, int emax)
+{
+    /* a >= 1.0 (inf and NaN too) as 1.0, whose normal code is the code of 1.0: the clamp of
+     * fa_q8_encode_mag in one instruction */
+    a = _mm256_min_epi32(a, _mm256_set1_epi32(0x3f800000));
+    const __m256i magic = _mm256_set1_epi32((int)FA_Q8_MAGIC(emax));
+    __m256i sub = _mm256_sub_epi32(
+        _mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(magic))),
+        magic);
+    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(a, 23 - FA_Q8_M), _mm256_set1_epi32(1));
+    __m256i norm = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_add_epi32(a, _mm256_set1_epi32(
+                             (int)(((1u << (22 - FA_Q8_M)) - 1u) - ((uint32_t)(127 - emax) << 23)))),
+                         odd),
+        23 - FA_Q8_M);
+    __m256i is_sub = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)FA_Q8_THRESH(emax)), a);
+    return _mm256_blendv_epi8(norm, sub, is_sub);
+}
+
+/* the codes (in 32-bit lanes) of 8 values against 1 / absmax */
+__attribute__((target("avx2"))) static inline __m256i fa_q8_code8(const float *in, __m256 vinv,
+                                                                 int qsigned)
+{
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+    __m256i u = _mm256_loadu_si256((const __m256i *)in);
+    __m256 x = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(u, abs_mask)), vinv);
+    __m256i a = _mm256_and_si256(_mm256_castps_si256(x), abs_mask);
+    if (!qsigned)
+        return fa_q8_encode8(a, FA_Q8_EMAX_UNSIGNED);
+    __m256i r = fa_q8_encode8(a, FA_Q8_EMAX_SIGNED);
+    __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 24), _mm256_set1_epi32(0x80));
+    __m256i zero = _mm256_cmpeq_epi32(r, _mm256_setzero_si256());
+    return _mm256_or_si256(r, _mm256_andnot_si256(zero, sign));
+}
+
+__attribute__((target("avx2"))) static float fa_q8_store_x86(uint8_t *restrict out,
+                                                            const float *restrict in,
+                                                            int qsigned, ptrdiff_t n)
+{
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+    __m256i most8 = _mm256_setzero_si256();
+    ptrdiff_t i = 0;
+    uint32_t most = 0;
+    for (; i + 8 <= n; i += 8)
+        most8 = _mm256_max_epi32(most8, _mm256_and_si256(
+                                            _mm256_loadu_si256((const __m256i *)(in + i)), abs_mask));
+    uint32_t lanes[8];
+    _mm256_storeu_si256((__m256i *)lanes, most8);
+    for (int j = 0; j < 8; j++) most = lanes[j] > most ? lanes[j] : most;
+    for (; i < n; i++) {
+        uint32_t a = fa_f32_bits(in[i]) & 0x7fffffffu;
+        most = a > most ? a : most;
+    }
+    const float absmax = fa_bits_f32(most), inv = 1.0f / absmax;
+    i = 0;
+    if (absmax >= FLT_MIN) {
+        const __m256 vinv = _mm256_set1_ps(inv);
+        /* 32 codes per iteration: three packs and one permute put them in order */
+        const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (; i + 32 <= n; i += 32) {
+            __m256i r[4];
+            for (int k = 0; k < 4; k++)
+                r[k] = fa_q8_code8(in + i + 8 * k, vinv, qsigned);
+            __m256i w = _mm256_packus_epi16(_mm256_packus_epi32(r[0], r[1]),
+                                            _mm256_packus_epi32(r[2], r[3]));
+            _mm256_storeu_si256((__m256i *)(out + i), _mm256_permutevar8x32_epi32(w, order));
+        }
+        for (; i + 8 <= n; i += 8) {
+            __m256i r = fa_q8_code8(in + i, vinv, qsigned);
+            __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+            _mm_storel_epi64((__m128i *)(out + i), _mm_packus_epi16(w, w));
+        }
+    }
+    for (; i < n; i++) out[i] = fa_q8_code_inv(in[i], absmax, inv, qsigned);
+    return absmax;
+}
+#define FA_Q8_LOAD_baseline fa_q8_load_baseline
+#define FA_Q8_STORE_baseline fa_q8_store_baseline
+#define FA_Q8_LOAD_avx2 fa_q8_load_x86
+#define FA_Q8_STORE_avx2 fa_q8_store_x86
+#define FA_Q8_LOAD_avx512 fa_q8_load_x86
+#define FA_Q8_STORE_avx512 fa_q8_store_x86
+#else
+#define FA_Q8_X86 0
+#define FA_Q8_LOAD_baseline fa_q8_load_baseline
+#define FA_Q8_STORE_baseline fa_q8_store_baseline
+#define FA_Q8_LOAD_avx2 fa_q8_load_avx2
+#define FA_Q8_STORE_avx2 fa_q8_store_avx2
+#define FA_Q8_LOAD_avx512 fa_q8_load_avx512
+#define FA_Q8_STORE_avx512 fa_q8_store_avx512
+#endif
+
 /* ---- per-instruction-set block loops ------------------------------------------------------ */
 
 /* out[i] = (C)g[i] (/ scale * clip when pre.active). */
@@ -306,7 +443,7 @@ static inline uint8_t fa_q8_code(float value, float absmax, int qsigned)
             }                                                                        \
             for (int j = 0; j < x->n_states; j++) {                                  \
                 if (q8) {                                                            \
-                    fa_q8_load_##ISA(sbuf[j], (const uint8_t *)(x->state[j] + off),  \
+                    FA_Q8_LOAD_##ISA(sbuf[j], (const uint8_t *)(x->state[j] + off),  \
                                      x->scale[j][off / FA_Q8_BLOCK], x->qsigned[j],  \
                                      len);                                           \
                     a[FA_STATE0 + j] = (char *)sbuf[j];                              \
@@ -321,7 +458,7 @@ static inline uint8_t fa_q8_code(float value, float absmax, int qsigned)
             dense(a, len, s);                                                        \
             if (q8)                                                                  \
                 for (int j = 0; j < x->n_states; j++)                                \
-                    x->scale[j][off / FA_Q8_BLOCK] = fa_q8_store_##ISA(              \
+                    x->scale[j][off / FA_Q8_BLOCK] = FA_Q8_STORE_##ISA(              \
                         (uint8_t *)(x->state[j] + off), sbuf[j], x->qsigned[j], len); \
             else if (stage_state)                                                    \
                 for (int j = 0; j < x->n_states; j++)                                \
