@@ -58,7 +58,7 @@ def main(argv=None):
         for dtype in ("8bit", "float32"):
             opts[f"{dtype} ignore"].step([g])
             opts[f"{dtype} error"].state[p] = opts[f"{dtype} ignore"].state[p]
-        steps = {name: (lambda o=o: o.step([g])) for name, o in opts.items()}
+        steps = {name: (lambda o=o, g=g: o.step([g])) for name, o in opts.items()}
         steps["roofline 28 B"] = roofline_step([p], [g], 2, threads)
         res = measure_interleaved(steps, args.repeats)
         med = {name: r["median"] for name, r in res.items()}
@@ -82,12 +82,14 @@ def main(argv=None):
         }
         rows.append(row)
         print(
-            f"N={n:.0e}: 8bit {med['8bit ignore'] * 1e3:.2f} ms ({med['8bit ignore'] / n * 1e9:.2f}"
-            f" ns/el), float32 {med['float32 ignore'] * 1e3:.2f} ms, speed-up "
-            f"{row['speedup_8bit_vs_float32']:.2f}x (checked {row['speedup_8bit_vs_float32_checked']:.2f}x), "
-            f"8-bit roofline {roof8 * 1e3:.2f} ms = {row['pct_of_8bit_roofline']:.0%}, "
-            f"bandwidth {bandwidth / 1e9:.1f} GB/s, state B/param "
-            f"{row['state_bytes_per_param']['8bit']:.4f} vs {row['state_bytes_per_param']['float32']:.1f}"
+            f"N={n:.0e}: 8bit {med['8bit ignore'] * 1e3:.2f} ms, float32 "
+            f"{med['float32 ignore'] * 1e3:.2f} ms, speed-up "
+            f"{row['speedup_8bit_vs_float32']:.2f}x (checked: "
+            f"{row['speedup_8bit_vs_float32_checked']:.2f}x), 8-bit roofline "
+            f"{roof8 * 1e3:.2f} ms = {row['pct_of_8bit_roofline']:.0%}, bandwidth "
+            f"{bandwidth / 1e9:.1f} GB/s, state B/param "
+            f"{row['state_bytes_per_param']['8bit']:.4f} vs "
+            f"{row['state_bytes_per_param']['float32']:.1f}"
         )
         del opts, steps, p, g
     out = {"environment": environment(), "load_after": load_average(), "rows": rows}

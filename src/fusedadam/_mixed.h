@@ -289,14 +289,22 @@ __attribute__((target("avx2"))) static float fa_q8_store_x86(uint8_t *restrict o
         const __m256 vinv = _mm256_set1_ps(inv);
         /* 32 codes per iteration: three packs and one permute put them in order */
         const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-        for (; i + 32 <= n; i += 32) {
-            __m256i r[4];
-            for (int k = 0; k < 4; k++)
-                r[k] = fa_q8_code8(in + i + 8 * k, vinv, qsigned);
-            __m256i w = _mm256_packus_epi16(_mm256_packus_epi32(r[0], r[1]),
-                                            _mm256_packus_epi32(r[2], r[3]));
-            _mm256_storeu_si256((__m256i *)(out + i), _mm256_permutevar8x32_epi32(w, order));
+#define FA_Q8_STORE32(SIGNED)                                                        \
+        for (; i + 32 <= n; i += 32) {                                               \
+            __m256i r0 = fa_q8_code8(in + i, vinv, SIGNED);                          \
+            __m256i r1 = fa_q8_code8(in + i + 8, vinv, SIGNED);                      \
+            __m256i r2 = fa_q8_code8(in + i + 16, vinv, SIGNED);                     \
+            __m256i r3 = fa_q8_code8(in + i + 24, vinv, SIGNED);                     \
+            __m256i w = _mm256_packus_epi16(_mm256_packus_epi32(r0, r1),             \
+                                            _mm256_packus_epi32(r2, r3));            \
+            _mm256_storeu_si256((__m256i *)(out + i), _mm256_permutevar8x32_epi32(w, order)); \
         }
+        if (qsigned) {
+            FA_Q8_STORE32(1)
+        } else {
+            FA_Q8_STORE32(0)
+        }
+#undef FA_Q8_STORE32
         for (; i + 8 <= n; i += 8) {
             __m256i r = fa_q8_code8(in + i, vinv, qsigned);
             __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));

@@ -63,7 +63,7 @@ class GroupPlan:
                 if st.get(name, _MISSING) is not self.slots[_STATE0 + i][k]:
                     return False
                 scale = self.scales[i][k]
-                if scale is not None and st.get(name + "_absmax", _MISSING) is not scale:
+                if scale is not None and st.get(_precision.scale_name(name), _MISSING) is not scale:
                     return False
             if st.get("step", _MISSING) is not self.step_arrays[k]:
                 return False
@@ -104,7 +104,7 @@ class GroupPlan:
             named = [(name, self.slots[_STATE0 + i][k]) for i, name in enumerate(self.state_names)]
             for i, name in enumerate(self.state_names):
                 if self.scales[i][k] is not None:
-                    named.append((name + "_absmax", self.scales[i][k]))
+                    named.append((_precision.scale_name(name), self.scales[i][k]))
             if self.masters[k] is not None:
                 named.append(("master_param", self.masters[k]))
             for name, a in named:

@@ -445,8 +445,10 @@ def check_saved_state(
     if not convert:
         for name in (*required, *optional):
             a = entry.get(name)
-            if isinstance(a, np.ndarray) and name in dtypes and (
-                (a.dtype == _precision.UINT8) != (dtypes[name] == _precision.UINT8)
+            if (
+                isinstance(a, np.ndarray)
+                and name in dtypes
+                and ((a.dtype == _precision.UINT8) != (dtypes[name] == _precision.UINT8))
             ):
                 raise TypeError(
                     f"{where}['{name}'] has dtype {a.dtype}, but this optimizer keeps it in "

@@ -499,7 +499,9 @@ class Optimizer:
             raise TypeError(f"opt.state of {pname} must be a dict, got {type(st).__name__}")
         add = {}
         master = _precision.MASTER
-        scales = tuple(_precision.scale_name(n) for n in names if _precision.scale_name(n) in dtypes)
+        scales = tuple(
+            _precision.scale_name(n) for n in names if _precision.scale_name(n) in dtypes
+        )
         for name in names + scales + ((master,) if master in dtypes else ()):
             if name in st:
                 _validation.check_state_array(

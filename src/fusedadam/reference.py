@@ -369,7 +369,7 @@ def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0, sca
             g /= compute.type(grad_scale)
             g *= compute.type(clip)
         stored: List[Any] = [np.asarray(s[k]) for s in states]
-        absmax = [sc[k] if scales is not None else None for sc in (scales or [None] * len(states))]
+        absmax = [None] * len(states) if scales is None else [sc[k] for sc in scales]
         arrays = [
             a if a.dtype == compute
             else q8_dequantize(a, absmax[j], qsigned[j]) if absmax[j] is not None
