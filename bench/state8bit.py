@@ -10,6 +10,10 @@ same threads). The 8-bit roofline is the probe's bandwidth applied to the bytes 
 step must move: p, g read and p written (12), one code of each moment read and written
 (4) and two float32 scales per 256 elements read and written (0.0625): 16.0625 bytes per
 element. State bytes per parameter are measured (``nbytes`` of the state arrays).
+
+Where torch and bitsandbytes import (``pip install torch==2.13.0`` then ``pip install
+--no-deps bitsandbytes``), bitsandbytes' CPU ``Adam8bit`` (block-wise dynamic map, block
+256, ``min_8bit_size=4096``) steps the same param (shared memory) in the same rounds.
 """
 
 import argparse
@@ -23,6 +27,22 @@ from fusedadam.benchmarks.timing import environment, load_average, measure_inter
 
 BYTES_F32 = 28.0
 BYTES_8BIT = 12.0 + 4.0 + 4 * 4.0 / 256
+
+
+def bitsandbytes_step(p, g, threads):
+    """(step, versions) of bitsandbytes' CPU Adam8bit on ``p`` (shared memory), or
+    (None, why not)."""
+    try:
+        import bitsandbytes as bnb
+        import torch
+    except Exception as exc:  # not installed, or no usable build
+        return None, f"not importable: {type(exc).__name__}: {exc}"
+    torch.set_num_threads(threads)
+    param = torch.nn.Parameter(torch.from_numpy(p))
+    param.grad = torch.from_numpy(g)
+    opt = bnb.optim.Adam8bit([param], lr=1e-6)
+    opt.step()
+    return opt.step, {"bitsandbytes": bnb.__version__, "torch": torch.__version__}
 
 
 def state_bytes_per_param(opt, p):
@@ -60,6 +80,9 @@ def main(argv=None):
             opts[f"{dtype} error"].state[p] = opts[f"{dtype} ignore"].state[p]
         steps = {name: (lambda o=o, g=g: o.step([g])) for name, o in opts.items()}
         steps["roofline 28 B"] = roofline_step([p], [g], 2, threads)
+        bnb_step, bnb_info = bitsandbytes_step(p, g, threads)
+        if bnb_step is not None:
+            steps["bitsandbytes Adam8bit"] = bnb_step
         res = measure_interleaved(steps, args.repeats)
         med = {name: r["median"] for name, r in res.items()}
         roof8 = med["roofline 28 B"] * BYTES_8BIT / BYTES_F32
@@ -75,11 +98,18 @@ def main(argv=None):
             "speedup_8bit_vs_float32_checked": med["float32 error"] / med["8bit error"],
             "pct_of_8bit_roofline": roof8 / med["8bit ignore"],
             "pct_of_28B_roofline_float32": med["roofline 28 B"] / med["float32 ignore"],
+            "bitsandbytes": bnb_info,
             "state_bytes_per_param": {
                 "8bit": state_bytes_per_param(opts["8bit ignore"], p),
                 "float32": state_bytes_per_param(opts["float32 ignore"], p),
             },
         }
+        if bnb_step is not None:
+            row["speedup_8bit_vs_bitsandbytes"] = med["bitsandbytes Adam8bit"] / med["8bit ignore"]
+            print(
+                f"  bitsandbytes Adam8bit {med['bitsandbytes Adam8bit'] * 1e3:.1f} ms: fusedadam "
+                f"8-bit {row['speedup_8bit_vs_bitsandbytes']:.0f}x faster"
+            )
         rows.append(row)
         print(
             f"N={n:.0e}: 8bit {med['8bit ignore'] * 1e3:.2f} ms, float32 "
