@@ -109,67 +109,62 @@ static inline uint16_t fa_f32_to_f16(float f)
  * (taken as the largest of the float32 bit patterns with the sign cleared, an integer max:
  * a NaN anywhere makes it NaN). A code is a small float relative to the absmax: value =
  * y(code) * absmax, y in [-1, 1] (signed map, moments that change sign) or [0, 1]
- * (unsigned map, moments that never are negative: exp_avg_sq and the like):
- *   signed:   sign bit | E4M3 magnitude: 14 binades [2**-14, 1) with 3 mantissa bits, 1.0,
- *             and 7 subnormal steps of 2**-17;
- *   unsigned: E5M3: 30 binades [2**-30, 1) with 3 mantissa bits, 1.0, and subnormal steps of
- *             2**-33 (the second moment spans the square of the first one's range).
- * Magnitude codes above the one of 1.0 (120 and 248) are never written. Encoding is
- * x = |value| * (1 / absmax) (fa_q8_ratio: one division per block), rounded to the
- * nearest code, ties to even, by integer work on the bits of x as the float32 -> float16
- * conversion does; x >= 1 (also inf and NaN) gives the code of 1.0; a magnitude 0 never
- * has the sign bit. Decoding is exact integer work on the code, then one float32
- * multiplication by the absmax. Why not the paper's dynamic (base-10) map: encoding it
- * needs a search per element (bench/README.md measures both). reference.py is the twin. */
+ * (unsigned map, moments that never are negative: exp_avg_sq and the like). Both are the
+ * top bits of a float16:
+ *   signed:   sign | E4M3: y = the float16 with bits (code & 0x7f) << 7 and the code's sign:
+ *             1.0, 14 binades [2**-14, 1) with 3 mantissa bits, then steps of 2**-17;
+ *   unsigned: E5M3: y = 2**-15 * the float16 with bits code << 7: 1.0, 29 binades
+ *             [2**-29, 1), then steps of 2**-32 (the second moment spans the square of the
+ *             first one's range); codes above 240 (1.0) are never written and read as 1.0.
+ * Encoding: x = min(|value| * (1 / absmax), 1) (|value| / absmax for a subnormal absmax,
+ * 0 when absmax is 0 or NaN; NaN x as 1), rounded to the nearest code, ties away from zero;
+ * a magnitude 0 never has the sign bit. On x86 this is the F16C conversion truncating to
+ * float16, then adding half of the 7 dropped bits (exact: every tie point is a float16, so
+ * truncation keeps which side of it x is on); the portable loops do the same rounding on
+ * the float32 bits (fa_q8_encode_mag). Decoding is exact, then one float32 multiplication
+ * by the absmax. Why not the paper's dynamic (base-10) map: encoding it needs a search per
+ * element (bench/floor/q8_map.c measures both). reference.py is the twin. */
 #define FA_Q8_BLOCK FA_STAGE
 #define FA_Q8_M 3
-/* per map (EMAX: the exponent field of 1.0): the first normal magnitude's bits, the bits
- * of the constant whose ulp is the smallest subnormal step, and the code of 1.0 */
+/* per map (EMAX: the exponent field of 1.0): the first normal magnitude's bits, 2**(EMAX -
+ * 1 + M) (the smallest step is its inverse) and the code of 1.0 */
 #define FA_Q8_THRESH(EMAX) ((uint32_t)(128 - (EMAX)) << 23)
-#define FA_Q8_MAGIC(EMAX) ((uint32_t)(151 - (EMAX) - FA_Q8_M) << 23)
+#define FA_Q8_SUBSCALE(EMAX) ((double)(UINT64_C(1) << ((EMAX) - 1 + FA_Q8_M)))
 #define FA_Q8_ONE(EMAX) ((uint32_t)(EMAX) << FA_Q8_M)
 #define FA_Q8_EMAX_SIGNED 15
-#define FA_Q8_EMAX_UNSIGNED 31
+#define FA_Q8_EMAX_UNSIGNED 30
+/* the smallest absmax whose 2**15 / absmax is finite: the x86 loops' fast path */
+#define FA_Q8_FAST_MIN 7.888609052210118e-31f /* 2**-100 */
 
-/* the magnitude code of x, given as its bits with the sign bit cleared (signed compares:
- * AVX2 has no unsigned one) */
+/* the magnitude code of x in [0, 1] (or NaN), given as its bits with the sign cleared */
 static inline uint32_t fa_q8_encode_mag(uint32_t a, int emax)
 {
-    uint32_t sub = fa_f32_bits(fa_bits_f32(a) + fa_bits_f32(FA_Q8_MAGIC(emax))) -
-                   FA_Q8_MAGIC(emax);
-    uint32_t norm = (a - ((uint32_t)(127 - emax) << 23) + ((1u << (22 - FA_Q8_M)) - 1u) +
-                     ((a >> (23 - FA_Q8_M)) & 1u)) >> (23 - FA_Q8_M);
-    uint32_t r = (int32_t)a < (int32_t)FA_Q8_THRESH(emax) ? sub : norm;
-    return (int32_t)a >= 0x3f800000 ? FA_Q8_ONE(emax) : r;
+    /* below the first normal: x / smallest step + 1/2, truncated (exact in double) */
+    uint32_t sub = (uint32_t)((double)fa_bits_f32(a < FA_Q8_THRESH(emax) ? a : 0u) *
+                              FA_Q8_SUBSCALE(emax) + 0.5);
+    /* normal: rebias the exponent, add half of the 20 dropped bits */
+    uint32_t norm = (a - ((uint32_t)(127 - emax) << 23) + (1u << (22 - FA_Q8_M))) >>
+                    (23 - FA_Q8_M);
+    uint32_t r = a < FA_Q8_THRESH(emax) ? sub : norm;
+    return a >= 0x3f800000u ? FA_Q8_ONE(emax) : r;
 }
 
-/* x = |value| / absmax as the map defines it: |value| * (1 / absmax) when absmax is a
- * normal float (one division per block, not per element), |value| / absmax when it is
- * subnormal (its reciprocal would overflow), 0 when absmax is 0 or NaN; the sign bit of
- * x cleared (a NaN product may have it) */
+/* the bits of x = |value| / absmax as the map defines it (inv = 1 / absmax), sign cleared */
 static inline uint32_t fa_q8_ratio(float value, float absmax, float inv)
 {
     float x = absmax >= FLT_MIN ? fabsf(value) * inv : fabsf(value) / absmax;
     return absmax > 0.0f ? fa_f32_bits(x) & 0x7fffffffu : 0u;
 }
 
-static inline float fa_q8_decode_mag(uint32_t c, int emax)
-{
-    float sub = (float)c * fa_bits_f32(FA_Q8_MAGIC(emax) - (23u << 23));
-    float norm = fa_bits_f32((c << (23 - FA_Q8_M)) + ((uint32_t)(127 - emax) << 23));
-    return c < (1u << FA_Q8_M) ? sub : norm;
-}
-
 /* y(code) of either map: exact (tests compare it with reference.q8_values) */
 static inline float fa_q8_value(uint8_t code, int qsigned)
 {
     if (qsigned)
-        return fa_bits_f32(fa_f32_bits(fa_q8_decode_mag(code & 0x7fu, FA_Q8_EMAX_SIGNED)) |
-                           ((uint32_t)(code & 0x80u) << 24));
-    return fa_q8_decode_mag(code, FA_Q8_EMAX_UNSIGNED);
+        return fa_f16_to_f32((uint16_t)(((code & 0x7fu) << 7) | ((code & 0x80u) << 8)));
+    uint32_t c = code < FA_Q8_ONE(FA_Q8_EMAX_UNSIGNED) ? code : FA_Q8_ONE(FA_Q8_EMAX_UNSIGNED);
+    return fa_f16_to_f32((uint16_t)(c << 7)) * 3.0517578125e-05f; /* 2**-15 */
 }
 
-/* the code of x = |value| / absmax (value's sign for the signed map) */
 static inline uint8_t fa_q8_code_inv(float value, float absmax, float inv, int qsigned)
 {
     uint32_t a = fa_q8_ratio(value, absmax, inv);
@@ -180,102 +175,78 @@ static inline uint8_t fa_q8_code_inv(float value, float absmax, float inv, int q
     return (uint8_t)fa_q8_encode_mag(a, FA_Q8_EMAX_UNSIGNED);
 }
 
+/* the code of value in a block of this absmax (tests) */
 static inline uint8_t fa_q8_code(float value, float absmax, int qsigned)
 {
     return fa_q8_code_inv(value, absmax, 1.0f / absmax, qsigned);
 }
 
-/* The 8-bit block loops by hand for x86 with AVX2 (used by the avx2 and avx512 rows): gcc
- * vectorizes the portable loops below (the baseline row's) with byte-lane blends and
- * shuffles that cost twice as much (bench/README.md). The same operations per element as
- * fa_q8_value and fa_q8_code_inv, so the same bits (tests/test_state8bit.py runs every
- * row against the reference). */
+/* The 8-bit block loops by hand for x86 with AVX2 and F16C (the avx2 and avx512 rows; the
+ * dispatcher picks those rows only where the CPU has F16C too): the hardware float16
+ * conversions do the map's rounding in one instruction, about twice as fast as the portable
+ * loops (the baseline row's; bench/floor/q8_map.c). The same codes and values as
+ * fa_q8_code_inv and fa_q8_value (tests/test_state8bit.py runs every row against the
+ * reference). */
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #include <immintrin.h>
 #define FA_Q8_X86 1
+#define FA_Q8_TARGET __attribute__((target("avx2,f16c")))
 
-__attribute__((target("avx2"))) static inline __m256 fa_q8_decode8(__m256i c, int emax)
-{
-    const __m256 step = _mm256_castsi256_ps(_mm256_set1_epi32((int)(FA_Q8_MAGIC(emax) - (23u << 23))));
-    __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(c), step);
-    __m256 norm = _mm256_castsi256_ps(_mm256_add_epi32(
-        _mm256_slli_epi32(c, 23 - FA_Q8_M), _mm256_set1_epi32((127 - emax) << 23)));
-    __m256i is_sub = _mm256_cmpgt_epi32(_mm256_set1_epi32(1 << FA_Q8_M), c);
-    return _mm256_blendv_ps(norm, sub, _mm256_castsi256_ps(is_sub));
-}
-
-__attribute__((target("avx2"))) static void fa_q8_load_x86(float *restrict out,
-                                                           const uint8_t *restrict in,
-                                                           float absmax, int qsigned,
-                                                           ptrdiff_t n)
+FA_Q8_TARGET static void fa_q8_load_x86(float *restrict out, const uint8_t *restrict in,
+                                        float absmax, int qsigned, ptrdiff_t n)
 {
     const __m256 scale = _mm256_set1_ps(absmax);
     ptrdiff_t i = 0;
     if (qsigned) {
         for (; i + 8 <= n; i += 8) {
-            __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(in + i)));
-            __m256 y = fa_q8_decode8(_mm256_and_si256(c, _mm256_set1_epi32(0x7f)),
-                                     FA_Q8_EMAX_SIGNED);
-            __m256i sign = _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x80)), 24);
-            y = _mm256_or_ps(y, _mm256_castsi256_ps(sign));
-            _mm256_storeu_ps(out + i, _mm256_mul_ps(y, scale));
+            __m128i c = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(in + i)));
+            __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(c, _mm_set1_epi16(0x7f)), 7),
+                                     _mm_slli_epi16(_mm_and_si128(c, _mm_set1_epi16(0x80)), 8));
+            _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_cvtph_ps(h), scale));
         }
     } else {
+        const __m256 two_m15 = _mm256_set1_ps(3.0517578125e-05f);
         for (; i + 8 <= n; i += 8) {
-            __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(in + i)));
-            __m256 y = fa_q8_decode8(c, FA_Q8_EMAX_UNSIGNED);
+            __m128i c = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(in + i)));
+            __m128i h = _mm_slli_epi16(
+                _mm_min_epu16(c, _mm_set1_epi16((short)FA_Q8_ONE(FA_Q8_EMAX_UNSIGNED))), 7);
+            __m256 y = _mm256_mul_ps(_mm256_cvtph_ps(h), two_m15);
             _mm256_storeu_ps(out + i, _mm256_mul_ps(y, scale));
         }
     }
     for (; i < n; i++) out[i] = fa_q8_value(in[i], qsigned) * absmax;
 }
 
-__attribute__((target("avx2"))) static inline __m256i fa_q8_encode8(__m256i a, int emax)
-{
-    /* a >= 1.0 (inf and NaN too) as 1.0, whose normal code is the code of 1.0: the clamp of
-     * fa_q8_encode_mag in one instruction */
-    a = _mm256_min_epi32(a, _mm256_set1_epi32(0x3f800000));
-    const __m256i magic = _mm256_set1_epi32((int)FA_Q8_MAGIC(emax));
-    __m256i sub = _mm256_sub_epi32(
-        _mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(magic))),
-        magic);
-    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(a, 23 - FA_Q8_M), _mm256_set1_epi32(1));
-    __m256i norm = _mm256_srli_epi32(
-        _mm256_add_epi32(_mm256_add_epi32(a, _mm256_set1_epi32(
-                             (int)(((1u << (22 - FA_Q8_M)) - 1u) - ((uint32_t)(127 - emax) << 23)))),
-                         odd),
-        23 - FA_Q8_M);
-    __m256i is_sub = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)FA_Q8_THRESH(emax)), a);
-    return _mm256_blendv_epi8(norm, sub, is_sub);
-}
-
-/* the codes (in 32-bit lanes) of 8 values against 1 / absmax */
-__attribute__((target("avx2"))) static inline __m256i fa_q8_code8(const float *in, __m256 vinv,
-                                                                 int qsigned)
+/* 8 codes (in 16-bit lanes) of in[0..8): x * cap = min(|value| * inv_cap, cap), cap = 1
+ * (signed) or 2**15 (unsigned: its float16 exponent field is then 30 for 1.0) */
+FA_Q8_TARGET static inline __m128i fa_q8_code8(const float *in, __m256 inv_cap, __m256 cap,
+                                               int qsigned)
 {
     const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
     __m256i u = _mm256_loadu_si256((const __m256i *)in);
-    __m256 x = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(u, abs_mask)), vinv);
-    __m256i a = _mm256_and_si256(_mm256_castps_si256(x), abs_mask);
+    __m256 x = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(u, abs_mask)), inv_cap);
+    __m128i h = _mm256_cvtps_ph(_mm256_min_ps(x, cap), _MM_FROUND_TO_ZERO);
+    __m128i r = _mm_srli_epi16(_mm_add_epi16(h, _mm_set1_epi16(0x40)), 7);
     if (!qsigned)
-        return fa_q8_encode8(a, FA_Q8_EMAX_UNSIGNED);
-    __m256i r = fa_q8_encode8(a, FA_Q8_EMAX_SIGNED);
-    __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 24), _mm256_set1_epi32(0x80));
-    __m256i zero = _mm256_cmpeq_epi32(r, _mm256_setzero_si256());
-    return _mm256_or_si256(r, _mm256_andnot_si256(zero, sign));
+        return r;
+    __m256i neg = _mm256_srai_epi32(u, 31);
+    __m128i sign = _mm_and_si128(_mm_packs_epi32(_mm256_castsi256_si128(neg),
+                                                 _mm256_extracti128_si256(neg, 1)),
+                                 _mm_set1_epi16(0x80));
+    __m128i zero = _mm_cmpeq_epi16(r, _mm_setzero_si128());
+    return _mm_or_si128(r, _mm_andnot_si128(zero, sign));
 }
 
-__attribute__((target("avx2"))) static float fa_q8_store_x86(uint8_t *restrict out,
-                                                            const float *restrict in,
-                                                            int qsigned, ptrdiff_t n)
+FA_Q8_TARGET static float fa_q8_store_x86(uint8_t *restrict out, const float *restrict in,
+                                          int qsigned, ptrdiff_t n)
 {
     const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
     __m256i most8 = _mm256_setzero_si256();
     ptrdiff_t i = 0;
     uint32_t most = 0;
     for (; i + 8 <= n; i += 8)
-        most8 = _mm256_max_epi32(most8, _mm256_and_si256(
-                                            _mm256_loadu_si256((const __m256i *)(in + i)), abs_mask));
+        most8 = _mm256_max_epi32(
+            most8, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(in + i)), abs_mask));
     uint32_t lanes[8];
     _mm256_storeu_si256((__m256i *)lanes, most8);
     for (int j = 0; j < 8; j++) most = lanes[j] > most ? lanes[j] : most;
@@ -285,30 +256,19 @@ __attribute__((target("avx2"))) static float fa_q8_store_x86(uint8_t *restrict o
     }
     const float absmax = fa_bits_f32(most), inv = 1.0f / absmax;
     i = 0;
-    if (absmax >= FLT_MIN) {
-        const __m256 vinv = _mm256_set1_ps(inv);
-        /* 32 codes per iteration: three packs and one permute put them in order */
-        const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-#define FA_Q8_STORE32(SIGNED)                                                        \
-        for (; i + 32 <= n; i += 32) {                                               \
-            __m256i r0 = fa_q8_code8(in + i, vinv, SIGNED);                          \
-            __m256i r1 = fa_q8_code8(in + i + 8, vinv, SIGNED);                      \
-            __m256i r2 = fa_q8_code8(in + i + 16, vinv, SIGNED);                     \
-            __m256i r3 = fa_q8_code8(in + i + 24, vinv, SIGNED);                     \
-            __m256i w = _mm256_packus_epi16(_mm256_packus_epi32(r0, r1),             \
-                                            _mm256_packus_epi32(r2, r3));            \
-            _mm256_storeu_si256((__m256i *)(out + i), _mm256_permutevar8x32_epi32(w, order)); \
-        }
+    if (absmax >= FA_Q8_FAST_MIN && absmax <= FLT_MAX) { /* no NaN, inf or tiny absmax */
+        const float c = qsigned ? 1.0f : 32768.0f;
+        const __m256 inv_cap = _mm256_set1_ps(inv * c), cap = _mm256_set1_ps(c);
         if (qsigned) {
-            FA_Q8_STORE32(1)
+            for (; i + 16 <= n; i += 16)
+                _mm_storeu_si128((__m128i *)(out + i),
+                                 _mm_packus_epi16(fa_q8_code8(in + i, inv_cap, cap, 1),
+                                                  fa_q8_code8(in + i + 8, inv_cap, cap, 1)));
         } else {
-            FA_Q8_STORE32(0)
-        }
-#undef FA_Q8_STORE32
-        for (; i + 8 <= n; i += 8) {
-            __m256i r = fa_q8_code8(in + i, vinv, qsigned);
-            __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-            _mm_storel_epi64((__m128i *)(out + i), _mm_packus_epi16(w, w));
+            for (; i + 16 <= n; i += 16)
+                _mm_storeu_si128((__m128i *)(out + i),
+                                 _mm_packus_epi16(fa_q8_code8(in + i, inv_cap, cap, 0),
+                                                  fa_q8_code8(in + i + 8, inv_cap, cap, 0)));
         }
     }
     for (; i < n; i++) out[i] = fa_q8_code_inv(in[i], absmax, inv, qsigned);

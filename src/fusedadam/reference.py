@@ -276,21 +276,18 @@ _Q8_M = 3
 
 
 def _q8_emax(signed):
-    return 15 if signed else 31
+    return 15 if signed else 30
 
 
 def q8_values(signed):
-    """The 256 values y(code) of the signed or unsigned map, float32 (exact)."""
-    emax = _q8_emax(signed)
-    codes = np.arange(256, dtype=np.uint32)
-    mag = codes & np.uint32(0x7F) if signed else codes
-    step = np.uint32((128 - emax - _Q8_M) << 23).view(np.float32)
-    sub = mag.astype(np.float32) * step
-    norm = ((mag << np.uint32(23 - _Q8_M)) + np.uint32((127 - emax) << 23)).view(np.float32)
-    y = np.where(mag < (1 << _Q8_M), sub, norm).astype(np.float32)
+    """The 256 values y(code) of the signed or unsigned map, float32 (exact): the top bits
+    of a float16 (``_mixed.h``); unsigned codes above 240 (1.0) read as 1.0."""
+    codes = np.arange(256, dtype=np.uint16)
     if signed:
-        y = (y.view(np.uint32) | ((codes & np.uint32(0x80)) << np.uint32(24))).view(np.float32)
-    return y
+        half = ((codes & 0x7F) << 7) | ((codes & 0x80) << 8)
+        return half.view(np.float16).astype(np.float32)
+    half = np.minimum(codes, 240) << 7
+    return half.view(np.float16).astype(np.float32) * np.float32(2.0**-15)
 
 
 @_quiet
@@ -307,8 +304,9 @@ def q8_dequantize(codes, absmax, signed):
 def q8_quantize(values, signed):
     """``(codes, absmax)`` of float32 ``values`` (any shape): per block of ``Q8_BLOCK`` flat
     elements the largest |value| (an integer max of the bits, NaN wins), then each value's
-    nearest code of ``x = |value| * (1 / absmax)`` (``|value| / absmax`` for a subnormal
-    absmax; ties to even; the sign bit for the signed map unless the magnitude is 0)."""
+    nearest code of ``x = min(|value| * (1 / absmax), 1)`` (``|value| / absmax`` for a
+    subnormal absmax; ties away from zero; the sign bit for the signed map unless the
+    magnitude is 0)."""
     v = np.asarray(values, dtype=np.float32).reshape(-1)
     n_blocks = -(-v.size // Q8_BLOCK)
     blocks = np.zeros(n_blocks * Q8_BLOCK, dtype=np.float32)
@@ -327,14 +325,13 @@ def q8_quantize(values, signed):
     x[~(absmax > 0)] = 0
     a = x.view(np.uint32) & np.uint32(0x7FFFFFFF)
     x = a.view(np.float32)
+    # fa_q8_encode_mag: nearest code, ties away from zero
     emax = _q8_emax(signed)
-    magic = np.uint32((151 - emax - _Q8_M) << 23)
-    sub = (x + magic.view(np.float32)).view(np.uint32) - magic
+    below = a < np.uint32((128 - emax) << 23)
+    sub = np.floor(np.where(below, x, 0).astype(np.float64) * 2.0 ** (emax - 1 + _Q8_M) + 0.5)
     shift = np.uint32(23 - _Q8_M)
-    norm = (
-        a - np.uint32((127 - emax) << 23) + np.uint32((1 << (22 - _Q8_M)) - 1) + ((a >> shift) & 1)
-    ) >> shift
-    r = np.where(a < np.uint32((128 - emax) << 23), sub, norm)
+    norm = (a - np.uint32((127 - emax) << 23) + np.uint32(1 << (22 - _Q8_M))) >> shift
+    r = np.where(below, sub.astype(np.uint32), norm)
     r = np.where(a >= np.uint32(0x3F800000), np.uint32(emax << _Q8_M), r)
     if signed:
         r |= np.where(r != 0, (words >> np.uint32(24)) & np.uint32(0x80), np.uint32(0))
