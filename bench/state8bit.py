@@ -18,6 +18,12 @@ Where torch and bitsandbytes import (``pip install torch==2.13.0`` then ``pip in
 
 import argparse
 import json
+import os
+
+# bitsandbytes runs on torch's OpenMP threads, which spin for a while after each of its
+# steps: the step timed next (interleaved) would share the cores with them. Passive
+# waiting puts them to sleep at once (fusedadam's own pool is not OpenMP).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 
@@ -55,6 +61,7 @@ def main(argv=None):
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e7, 5e7])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-bitsandbytes", action="store_true", help="skip bitsandbytes")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
     threads = args.threads or fa.backend_info()["max_threads"]
@@ -80,7 +87,11 @@ def main(argv=None):
             opts[f"{dtype} error"].state[p] = opts[f"{dtype} ignore"].state[p]
         steps = {name: (lambda o=o, g=g: o.step([g])) for name, o in opts.items()}
         steps["roofline 28 B"] = roofline_step([p], [g], 2, threads)
-        bnb_step, bnb_info = bitsandbytes_step(p, g, threads)
+        bnb_step, bnb_info = (
+            (None, "skipped (--no-bitsandbytes)")
+            if args.no_bitsandbytes
+            else bitsandbytes_step(p, g, threads)
+        )
         if bnb_step is not None:
             steps["bitsandbytes Adam8bit"] = bnb_step
         res = measure_interleaved(steps, args.repeats)
