@@ -192,7 +192,7 @@ static inline uint8_t fa_q8_code(float value, float absmax, int qsigned)
 #define FA_Q8_X86 1
 #define FA_Q8_TARGET __attribute__((target("avx2,f16c")))
 
-FA_Q8_TARGET static void fa_q8_load_x86(float *restrict out, const uint8_t *restrict in,
+FA_Q8_TARGET static void fa_q8_load_f16c_avx2(float *restrict out, const uint8_t *restrict in,
                                         float absmax, int qsigned, ptrdiff_t n)
 {
     const __m256 scale = _mm256_set1_ps(absmax);
@@ -219,7 +219,7 @@ FA_Q8_TARGET static void fa_q8_load_x86(float *restrict out, const uint8_t *rest
 
 /* 8 codes (in 16-bit lanes) of in[0..8): x * cap = min(|value| * inv_cap, cap), cap = 1
  * (signed) or 2**15 (unsigned: its float16 exponent field is then 30 for 1.0) */
-FA_Q8_TARGET static inline __m128i fa_q8_code8(const float *in, __m256 inv_cap, __m256 cap,
+FA_Q8_TARGET static inline __m128i fa_q8_code8_avx2(const float *in, __m256 inv_cap, __m256 cap,
                                                int qsigned)
 {
     const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
@@ -237,7 +237,7 @@ FA_Q8_TARGET static inline __m128i fa_q8_code8(const float *in, __m256 inv_cap, 
     return _mm_or_si128(r, _mm_andnot_si128(zero, sign));
 }
 
-FA_Q8_TARGET static float fa_q8_store_x86(uint8_t *restrict out, const float *restrict in,
+FA_Q8_TARGET static float fa_q8_store_f16c_avx2(uint8_t *restrict out, const float *restrict in,
                                           int qsigned, ptrdiff_t n)
 {
     const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
@@ -262,13 +262,13 @@ FA_Q8_TARGET static float fa_q8_store_x86(uint8_t *restrict out, const float *re
         if (qsigned) {
             for (; i + 16 <= n; i += 16)
                 _mm_storeu_si128((__m128i *)(out + i),
-                                 _mm_packus_epi16(fa_q8_code8(in + i, inv_cap, cap, 1),
-                                                  fa_q8_code8(in + i + 8, inv_cap, cap, 1)));
+                                 _mm_packus_epi16(fa_q8_code8_avx2(in + i, inv_cap, cap, 1),
+                                                  fa_q8_code8_avx2(in + i + 8, inv_cap, cap, 1)));
         } else {
             for (; i + 16 <= n; i += 16)
                 _mm_storeu_si128((__m128i *)(out + i),
-                                 _mm_packus_epi16(fa_q8_code8(in + i, inv_cap, cap, 0),
-                                                  fa_q8_code8(in + i + 8, inv_cap, cap, 0)));
+                                 _mm_packus_epi16(fa_q8_code8_avx2(in + i, inv_cap, cap, 0),
+                                                  fa_q8_code8_avx2(in + i + 8, inv_cap, cap, 0)));
         }
     }
     for (; i < n; i++) out[i] = fa_q8_code_inv(in[i], absmax, inv, qsigned);
@@ -276,10 +276,10 @@ FA_Q8_TARGET static float fa_q8_store_x86(uint8_t *restrict out, const float *re
 }
 #define FA_Q8_LOAD_baseline fa_q8_load_baseline
 #define FA_Q8_STORE_baseline fa_q8_store_baseline
-#define FA_Q8_LOAD_avx2 fa_q8_load_x86
-#define FA_Q8_STORE_avx2 fa_q8_store_x86
-#define FA_Q8_LOAD_avx512 fa_q8_load_x86
-#define FA_Q8_STORE_avx512 fa_q8_store_x86
+#define FA_Q8_LOAD_avx2 fa_q8_load_f16c_avx2
+#define FA_Q8_STORE_avx2 fa_q8_store_f16c_avx2
+#define FA_Q8_LOAD_avx512 fa_q8_load_f16c_avx2
+#define FA_Q8_STORE_avx512 fa_q8_store_f16c_avx2
 #else
 #define FA_Q8_X86 0
 #define FA_Q8_LOAD_baseline fa_q8_load_baseline
