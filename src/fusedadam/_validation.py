@@ -464,7 +464,13 @@ def check_saved_state(
     scalar_names = tuple(name for name, _ in scalar_state)
     missing = [key for key in ("step",) + tuple(required) + scalar_names if key not in entry]
     if missing:
-        raise ValueError(f"{where} is missing {missing}")
+        hint = (
+            " (bfloat16/float16 params keep a float32 master_param: pass convert=True to "
+            "make it from the param)"
+            if master in missing
+            else ""
+        )
+        raise ValueError(f"{where} is missing {missing}{hint}")
     known = {"step", *required, *optional, *scalar_names}
     unknown = sorted(str(key) for key in entry if key not in known)
     if unknown:
