@@ -117,6 +117,11 @@ CASES = {
     "f16 params, bf16 grads, bf16 state, clipped": (F16, BF16, "bfloat16", {"max_grad_norm": 2.0}),
     "f32 params, bf16 state, scaled": (F32, F32, "bfloat16", {"grad_scale": 3.0}),
     "f32 params, clipped": (F32, F32, None, {"max_grad_norm": 1.0}),
+    # a power-of-two scale and no clipping fold into the loop's sign multiply
+    "f32 params, scaled by 2**10": (F32, F32, None, {"grad_scale": 1024.0}),
+    "f64 params, scaled by 2**-3, clip above the norm": (
+        F64, F64, None, {"grad_scale": 0.125, "max_grad_norm": 1e9},
+    ),
     "f64 params, scaled and clipped": (F64, F64, None, {"grad_scale": 0.5, "max_grad_norm": 3.0}),
 }  # fmt: skip
 

@@ -384,6 +384,11 @@ cdef struct GroupData:
     int kind                    # this step's loop kind
     fa_scalars scalars
     fa_pre pre                  # this step's unscaling and clipping
+    # The scalars with sign = +-1/grad_scale: a power-of-two grad_scale and no clipping
+    # fold into the loop's own multiply of g by sign (x * 2**-k * +-1 is exactly
+    # (x / 2**k) * +-1), so such a step needs no staging of its gradients.
+    fa_scalars folded
+    bint use_folded
     bint want_norm              # this step sums the squares of the gradients (clipping)
     double sumsq                # their sum, once scanned
     Py_ssize_t chunk            # elements per chunk of this step
@@ -414,10 +419,10 @@ cdef inline void _run_segment(GroupData *d, Py_ssize_t k, Py_ssize_t e,
     cdef fa_segment x
     cdef Py_ssize_t csize = _et_size(types[0]), ssize = _et_size(types[2])
     if (types[1] == types[0] and types[2] == types[0] and types[3] < 0
-            and not d.pre.active):
+            and (not d.pre.active or d.use_folded)):
         for slot in range(FA_MAX_SLOTS):
             a[slot] = d.ptr[slot][k] + e * csize if slot < d.n_slots else NULL
-        d.loops[k].dense[d.kind](a, n, &d.scalars)
+        d.loops[k].dense[d.kind](a, n, &d.folded if d.use_folded else &d.scalars)
         return
     x.param = d.ptr[FA_PARAM][k] + e * csize
     x.lowp = d.lowp[k] + e * 2 if types[3] >= 0 else NULL
@@ -574,6 +579,7 @@ cdef int _group_alloc(GroupData *d) except -1:
     cdef int slot
     d.first_bad, d.chunk_sumsq, d.first_bad_size = NULL, NULL, 0
     fa_pre_set(&d.pre, 1.0)
+    d.use_folded = False
     d.want_norm, d.sumsq = False, 0.0
     for slot in range(FA_MAX_SLOTS):
         d.ptr[slot] = <char **>malloc(n * sizeof(char *)) if slot < d.n_slots else NULL
@@ -942,6 +948,7 @@ cdef class GroupPlan:
         self.d.kind = fa_step_scalars(&self.hyper, t, lr,
                                       self.mu_ptr[0][0] if n and self.mu_ptr[0] != NULL else 1.0,
                                       &self.d.scalars, &self.mu_after)
+        _fold(&self.d)
         self.n_threads = _resolve_threads(self.num_threads)
         _reserve_chunks(&self.d)
         if self.numpy_backend or self._fast_grads(grads, offset) != 0:
@@ -1036,10 +1043,19 @@ cdef class GroupPlan:
 
 
 cdef inline void _clip(GroupData *d, double max_norm, double *norm) noexcept nogil:
-    """This step's clipping coefficient from the scanned sum of squares (fa_clip_coefficient)."""
+    """This step's clipping coefficient from the scanned sum of squares (fa_clip_coefficient),
+    and whether the unscaling folds into the loops' sign (``GroupData.folded``)."""
     if d.want_norm:
         d.pre.clip = fa_clip_coefficient(d.sumsq, d.pre.grad_scale, max_norm, norm)
         d.pre.active = d.pre.grad_scale != 1.0 or d.pre.clip != 1.0
+    _fold(d)
+
+
+cdef inline void _fold(GroupData *d) noexcept nogil:
+    d.use_folded = d.pre.active and d.pre.inverse != 0.0 and d.pre.clip == 1.0
+    if d.use_folded:
+        d.folded = d.scalars
+        d.folded.sign = d.scalars.sign * d.pre.inverse
 
 
 class _StepsDisagree(Exception):
