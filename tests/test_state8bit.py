@@ -441,3 +441,12 @@ def test_extreme_blocks_match_reference(variant, simd):
                 opt.step([g])
         results.append((opt, [p]))
     assert_pair_equal(results)
+
+
+@needs_compiled
+@pytest.mark.parametrize("grad_scale", [4.0, 3.0])
+def test_grad_scale_without_clipping_matches_reference(grad_scale, simd):
+    """A power-of-two grad_scale folds into the float32 loops' sign elsewhere; 8-bit state
+    is staged either way and must still give the reference's bits."""
+    opts = {"grad_scale": grad_scale, "weight_decay": 0.01}
+    assert_pair_equal(run_pair(fa.AdamW, opts, [5000, 300, 4100], 3, grad_scale=grad_scale))
