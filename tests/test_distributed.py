@@ -297,3 +297,13 @@ def test_max_grad_norm_is_refused_not_applied_per_shard():
     params = [np.zeros(10, np.float32)]
     with pytest.raises(ValueError, match=r"max_grad_norm is not supported by ShardedOptimizer"):
         ShardedOptimizer(fa.Adam, params, max_grad_norm=1.0)
+
+
+def test_8bit_state_is_refused():
+    from fusedadam.distributed import ShardedOptimizer
+
+    import fusedadam as fa
+
+    params = [np.zeros(10, np.float32)]
+    with pytest.raises(ValueError, match=r"state_dtype='8bit' is not supported by ShardedOpt"):
+        ShardedOptimizer(fa.Adam, params, state_dtype="8bit")

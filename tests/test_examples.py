@@ -42,6 +42,12 @@ CASES = [
         marks=pytest.mark.skipif(not HAVE_SKLEARN, reason="needs scikit-learn"),
     ),
     ("random_search.py", "random_search.png", "best: lr="),
+    pytest.param(
+        "state8bit.py",
+        "state8bit.png",
+        "8-bit minus float32: train loss",
+        marks=pytest.mark.skipif(not HAVE_SKLEARN, reason="needs scikit-learn"),
+    ),
 ]
 
 

@@ -48,6 +48,7 @@ def main(expected):
     for param_dtype, grad_dtype, options in (
         (ml_dtypes.bfloat16, np.float32, {"max_grad_norm": 1.0, "grad_scale": 4.0}),
         (np.float16, ml_dtypes.bfloat16, {"state_dtype": "bfloat16"}),
+        (np.float32, np.float32, {"state_dtype": "8bit", "amsgrad": True}),  # 8-bit blocks
     ):
         start = rng.standard_normal(70_001).astype(param_dtype)
         grad = rng.standard_normal(70_001).astype(grad_dtype)
@@ -59,6 +60,8 @@ def main(expected):
             slow.step(grad)
         assert np.array_equal(a.view(np.uint16), b.view(np.uint16)), (param_dtype, options)
         assert fast.last_grad_norm == slow.last_grad_norm
+        for name, value in fast.state[a].items():
+            assert np.array_equal(value, slow.state[b][name]), (param_dtype, options, name)
     print(f"{expected}: all variants bit-identical to the NumPy reference")
 
 

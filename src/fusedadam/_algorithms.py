@@ -25,12 +25,16 @@ class Algorithm(NamedTuple):
         switched off so that switching it back on resumes.
     scalar_state : tuple of (str, float)
         Per-param 0-d float64 state with its initial value (NAdam's ``mu_product``).
+    nonnegative : tuple of str
+        State arrays that are never negative: ``state_dtype="8bit"`` stores them with the
+        unsigned map (one more bit of magnitude); the others with the signed map.
     """
 
     name: str
     state_names: tuple
     optional_state: tuple = ()
     scalar_state: tuple = ()
+    nonnegative: tuple = ("exp_avg_sq", "max_exp_avg_sq", "exp_inf", "exp_avg_var")
 
     def slot_names(self, group):
         """The state arrays a step of ``group`` reads and writes, in slot order."""
@@ -41,6 +45,10 @@ class Algorithm(NamedTuple):
     def all_state_names(self):
         """Every array name this algorithm's state may hold."""
         return self.state_names + tuple(name for name, _ in self.optional_state)
+
+    def signed_state(self, names):
+        """Per state name: True when its 8-bit map is the signed one."""
+        return tuple(name not in self.nonnegative for name in names)
 
 
 ALGORITHMS = {

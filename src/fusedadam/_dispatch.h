@@ -109,6 +109,9 @@ static const fa_grad_fns *fa_get_grad_fns(int isa, int type) { return &fa_grad_t
 static int fa_cpu_best_isa(void) {
 #if FA_HAVE_X86_DISPATCH
     __builtin_cpu_init();
+    /* the avx2 and avx512 rows' 8-bit state loops use F16C (_mixed.h), which every CPU
+     * with AVX2 has; a virtual CPU that hides it gets the baseline row */
+    if (!__builtin_cpu_supports("f16c")) return FA_ISA_baseline;
     if (__builtin_cpu_supports("avx512f")) return FA_ISA_avx512;
     if (__builtin_cpu_supports("avx2")) return FA_ISA_avx2;
 #endif

@@ -13,6 +13,7 @@ ALGORITHMS: Final[Tuple[str, ...]]
 DTYPES: Final[Tuple[str, ...]]
 SCALAR_FIELDS: Final[Tuple[str, ...]]
 MAX_NUM_THREADS: Final[int]
+Q8_BLOCK: Final[int]
 
 def openmp_enabled() -> bool:
     """True when the extension was compiled with OpenMP."""
@@ -142,3 +143,9 @@ def round_float32(values: np.ndarray, to: str) -> np.ndarray:
 
 def widen_to_float32(bits: np.ndarray, frm: str) -> np.ndarray:
     """float32 values of bfloat16/float16 ``bits`` (uint16) by the conversions of _mixed.h."""
+
+def q8_values(codes: np.ndarray, qsigned: bool) -> np.ndarray:
+    """y(code) of the 8-bit map (signed or unsigned) by the decoder of _mixed.h (tests)."""
+
+def q8_codes(values: np.ndarray, absmax: float, qsigned: bool) -> np.ndarray:
+    """Codes of ``values`` against ``absmax`` by the encoder of _mixed.h (tests)."""

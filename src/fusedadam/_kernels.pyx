@@ -12,7 +12,7 @@ new plans; nothing is written before every group has passed.
 A group whose backend is ``"numpy"`` runs through the same driver; only its array work
 goes to ``fusedadam.reference``.
 """
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.stddef cimport ptrdiff_t
 from libc.stdint cimport uintptr_t, int64_t
 from libc.math cimport isfinite
@@ -66,6 +66,8 @@ cdef extern from "_dispatch.h" nogil:
         char *lowp
         const char *grad
         char *state[3]
+        float *scale[3]
+        int qsigned[3]
         int n_states, grad_type, state_type, lowp_type
     ctypedef void (*fa_staged_fn)(fa_loop_fn dense, const fa_segment *x, ptrdiff_t n,
                                   const fa_scalars *s, const fa_pre *pre) noexcept nogil
@@ -102,6 +104,8 @@ cdef extern from "_dispatch.h" nogil:
         FA_ET_BF16
         FA_ET_F16
         FA_N_ETS
+        FA_ET_Q8
+        FA_Q8_BLOCK
     int fa_cpu_best_isa()
     const fa_loops *fa_get_loops(int isa, int dtype)
     const fa_grad_fns *fa_get_grad_fns(int isa, int type)
@@ -111,6 +115,8 @@ cdef extern from "_dispatch.h" nogil:
     unsigned short fa_f32_to_bf16(float f)
     float fa_f16_to_f32(unsigned short h)
     unsigned short fa_f32_to_f16(float f)
+    float fa_q8_value(unsigned char code, int qsigned)
+    unsigned char fa_q8_code(float value, float absmax, int qsigned)
 
 cdef extern from "_pool.h" nogil:
     ctypedef void (*fa_chunk_fn)(void *ctx, ptrdiff_t chunk, int worker) noexcept nogil
@@ -203,6 +209,8 @@ cdef int _TYPENUM_BF16 = cnp.dtype(_ml_dtypes.bfloat16).num
 cdef int _TYPENUM_F16 = cnp.dtype("float16").num
 cdef int _TYPENUM_F32 = cnp.dtype("float32").num
 cdef int _TYPENUM_F64 = cnp.dtype("float64").num
+cdef int _TYPENUM_U8 = cnp.dtype("uint8").num
+Q8_BLOCK = FA_Q8_BLOCK
 
 cdef int _best_isa = fa_cpu_best_isa()
 cdef int _isa = _best_isa
@@ -311,7 +319,14 @@ cdef inline int _element_type(int typenum) noexcept:
     return -1
 
 
+cdef inline int _state_type(int typenum) noexcept:
+    """FA_ET_* of a state array's NumPy type number (uint8: 8-bit codes), or -1."""
+    return FA_ET_Q8 if typenum == _TYPENUM_U8 else _element_type(typenum)
+
+
 cdef inline Py_ssize_t _et_size(int et) noexcept nogil:
+    if et == FA_ET_Q8:
+        return 1
     return 4 if et == FA_ET_F32 else (8 if et == FA_ET_F64 else 2)
 
 
@@ -360,6 +375,9 @@ cdef struct GroupData:
     char **lowp                 # per array: the bfloat16/float16 param, or NULL
     # per array, 4 FA_ET_*: compute, grad (this step), state, low-precision param (-1: none)
     int *types
+    # per array, 3 per state slot: the block scales (absmax) of FA_ET_Q8 state, or NULL
+    float **scales
+    int qsigned[3]              # per state slot: the signed (1) or unsigned (0) 8-bit map
     Py_ssize_t *offsets         # n_arrays + 1 prefix sums of element counts
     const fa_loops **loops      # per array: the dispatch row of its compute type
     const fa_grad_fns **grad_fns  # per array: the scans of its gradient's type (this step)
@@ -413,6 +431,9 @@ cdef inline void _run_segment(GroupData *d, Py_ssize_t k, Py_ssize_t e,
     for j in range(x.n_states):
         x.state[j] = d.ptr[FA_STATE0 + j][k] + e * ssize
     x.grad_type, x.state_type, x.lowp_type = types[1], types[2], types[3]
+    for j in range(x.n_states):
+        x.qsigned[j] = d.qsigned[j]
+        x.scale[j] = (d.scales[3 * k + j] + e // FA_Q8_BLOCK) if types[2] == FA_ET_Q8 else NULL
     d.loops[k].staged(d.loops[k].dense[d.kind], &x, n, &d.scalars, &d.pre)
 
 
@@ -422,7 +443,7 @@ cdef Py_ssize_t _walk(GroupData *d, Py_ssize_t start, Py_ssize_t end, bint scan,
     them (return the global index of the first non-finite gradient value, or -1; with
     ``d.want_norm`` also add the sum of squares of every segment, in order, to ``sumsq``),
     or run the step on them (return -1)."""
-    cdef Py_ssize_t k, stop, e, found, first = -1
+    cdef Py_ssize_t k, stop, e, found, first = -1, e_end, size
     cdef const char *grad
     cdef double part
     if start >= end:
@@ -432,7 +453,19 @@ cdef Py_ssize_t _walk(GroupData *d, Py_ssize_t start, Py_ssize_t end, bint scan,
         stop = d.offsets[k + 1] if d.offsets[k + 1] < end else end
         if stop > start:
             e = start - d.offsets[k]
-            if not scan:
+            if not scan and d.types[4 * k + 2] == FA_ET_Q8:
+                # 8-bit state: a block belongs to the chunk holding its first element, so
+                # the segment starts and ends at block boundaries (a block is never split
+                # over two threads); the global element numbering (and the scan) is kept.
+                size = d.offsets[k + 1] - d.offsets[k]
+                e_end = stop - d.offsets[k]
+                e = (e + FA_Q8_BLOCK - 1) // FA_Q8_BLOCK * FA_Q8_BLOCK
+                e_end = (e_end + FA_Q8_BLOCK - 1) // FA_Q8_BLOCK * FA_Q8_BLOCK
+                if e_end > size:
+                    e_end = size
+                if e_end > e:
+                    _run_segment(d, k, e, e_end - e)
+            elif not scan:
                 _run_segment(d, k, e, stop - start)
             else:
                 grad = d.ptr[FA_GRAD][k] + e * _et_size(d.types[4 * k + 1])
@@ -553,9 +586,12 @@ cdef int _group_alloc(GroupData *d) except -1:
     d.offsets = <Py_ssize_t *>malloc(n * sizeof(Py_ssize_t))
     d.lowp = <char **>malloc(n * sizeof(char *))
     d.types = <int *>malloc(4 * n * sizeof(int))
+    d.scales = <float **>calloc(3 * n, sizeof(float *))
+    d.qsigned[0] = d.qsigned[1] = d.qsigned[2] = 1
     d.loops = <const fa_loops **>malloc(n * sizeof(fa_loops *))
     d.grad_fns = <const fa_grad_fns **>malloc(n * sizeof(fa_grad_fns *))
-    if not d.offsets or not d.lowp or not d.types or not d.loops or not d.grad_fns:
+    if (not d.offsets or not d.lowp or not d.types or not d.loops or not d.grad_fns
+            or not d.scales):
         raise MemoryError()
     for slot in range(d.n_slots):
         if not d.ptr[slot]:
@@ -570,6 +606,7 @@ cdef void _group_free(GroupData *d) noexcept:
     free(d.offsets)
     free(d.lowp)
     free(d.types)
+    free(d.scales)
     free(d.loops)
     free(d.grad_fns)
     free(d.first_bad)
@@ -635,6 +672,8 @@ cdef class GroupPlan:
     cdef object params                 # the group's "params" list object
     cdef tuple slots                   # slots[slot][k]: the arrays (slot FA_GRAD: None)
     cdef readonly tuple masters        # per param: its float32 master_param, or None
+    cdef tuple scales                  # per state slot, per param: its 8-bit scales, or None
+    cdef tuple qsigned                 # per state slot: the 8-bit map is signed
     cdef tuple state_dicts
     cdef tuple step_arrays
     cdef tuple mu_arrays               # NAdam's running product, or None
@@ -674,15 +713,20 @@ cdef class GroupPlan:
         self.slots = tuple(tuple(arrays) if arrays is not None else None
                            for arrays in spec.slots)
         self.masters = tuple(spec.masters)
+        self.scales = tuple(tuple(per_param) for per_param in spec.scales)
+        self.qsigned = tuple(spec.qsigned)
         self.last_grad_norm = None
         self.state_dicts = tuple(spec.state_dicts)
         self.step_arrays = tuple(spec.step_arrays)
         self.mu_arrays = tuple(spec.mu_arrays) if spec.mu_arrays is not None else None
         self.d.n_arrays = n
         self.d.n_slots = FA_STATE0 + len(self.state_names)
-        if self.d.n_slots > FA_MAX_SLOTS or len(self.slots) != self.d.n_slots:
+        if (self.d.n_slots > FA_MAX_SLOTS or len(self.slots) != self.d.n_slots
+                or len(self.scales) != self.d.n_slots - FA_STATE0):
             raise ValueError("internal error: slot count")
         _group_alloc(&self.d)
+        for slot in range(self.d.n_slots - FA_STATE0):
+            self.d.qsigned[slot] = 1 if self.qsigned[slot] else 0
         self.step_ptr = <int64_t **>malloc((n + 1) * sizeof(int64_t *))
         self.distinct_steps = <int64_t **>malloc((n + 1) * sizeof(int64_t *))
         self.mu_ptr = <double **>malloc((n + 1) * sizeof(double *))
@@ -712,8 +756,14 @@ cdef class GroupPlan:
                     self.d.ptr[slot][k] = _data(self.slots[slot][k], self.d.offsets)
             self.d.types[4 * k] = self.d.types[4 * k + 1] = compute
             self.d.types[4 * k + 2] = (
-                _element_type(cnp.PyArray_TYPE(self.slots[FA_STATE0][k]))
+                _state_type(cnp.PyArray_TYPE(self.slots[FA_STATE0][k]))
                 if self.d.n_slots > FA_STATE0 else compute)
+            for slot in range(self.d.n_slots - FA_STATE0):
+                scale = self.scales[slot][k]
+                if (scale is None) != (self.d.types[4 * k + 2] != FA_ET_Q8):
+                    raise ValueError(f"internal error: params[{self.first_index + k}] scales")
+                if scale is not None:
+                    self.d.scales[3 * k + slot] = <float *>_data(scale, self.d.offsets)
             self.d.types[4 * k + 3] = -1
             self.d.lowp[k] = NULL
             if self.masters[k] is not None:
@@ -803,6 +853,10 @@ cdef class GroupPlan:
             for slot in range(FA_STATE0, self.d.n_slots):
                 if not _same_array(self.slots[slot][k], self.slots[slot][k],
                                    self.d.ptr[slot][k]):
+                    return False
+                scale = self.scales[slot - FA_STATE0][k]
+                if scale is not None and not _same_array(
+                        scale, scale, <char *>self.d.scales[3 * k + slot - FA_STATE0]):
                     return False
         return True
 
@@ -961,7 +1015,7 @@ cdef class GroupPlan:
         if self.numpy_backend:
             _reference.run(LOOP_KINDS[self.d.kind], self.slots, self.pending_grads,
                            _scalars_dict(&self.d.scalars), self.masters,
-                           self.d.pre.grad_scale, self.d.pre.clip)
+                           self.d.pre.grad_scale, self.d.pre.clip, self.scales, self.qsigned)
             return
         with nogil:
             fa_step_enter()
@@ -1414,4 +1468,28 @@ def widen_to_float32(const unsigned short[::1] bits, str frm):
     with nogil:
         for i in range(n):
             values[i] = fa_bf16_to_f32(bits[i]) if bf16 else fa_f16_to_f32(bits[i])
+    return out
+
+
+def q8_values(const unsigned char[::1] codes, bint qsigned):
+    """y(code) of the 8-bit map (signed or unsigned) by the decoder of _mixed.h (tests)."""
+    import numpy as np
+    cdef Py_ssize_t i, n = codes.shape[0]
+    out = np.empty(n, dtype=np.float32)
+    cdef float[::1] values = out
+    with nogil:
+        for i in range(n):
+            values[i] = fa_q8_value(codes[i], qsigned)
+    return out
+
+
+def q8_codes(const float[::1] values, float absmax, bint qsigned):
+    """Codes of ``values`` against ``absmax`` by the encoder of _mixed.h (tests)."""
+    import numpy as np
+    cdef Py_ssize_t i, n = values.shape[0]
+    out = np.empty(n, dtype=np.uint8)
+    cdef unsigned char[::1] codes = out
+    with nogil:
+        for i in range(n):
+            codes[i] = fa_q8_code(values[i], absmax, qsigned)
     return out

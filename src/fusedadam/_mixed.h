@@ -33,8 +33,10 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Storage element types; the first two are also the compute rows FA_DTYPE_f32/f64. */
-enum { FA_ET_F32 = 0, FA_ET_F64 = 1, FA_ET_BF16 = 2, FA_ET_F16 = 3, FA_N_ETS };
+/* Storage element types; the first two are also the compute rows FA_DTYPE_f32/f64.
+ * FA_ET_Q8 (block-wise 8-bit codes, see below) is a state type only: no gradient scans. */
+enum { FA_ET_F32 = 0, FA_ET_F64 = 1, FA_ET_BF16 = 2, FA_ET_F16 = 3, FA_N_ETS,
+       FA_ET_Q8 = FA_N_ETS };
 
 #define FA_STAGE 256      /* elements per staged block: 4 float32 buffers = 4 KB */
 #define FA_NORM_LANES 8
@@ -68,6 +70,8 @@ typedef struct {
     char *lowp;           /* the bfloat16/float16 param rounded from it, or NULL */
     const char *grad;
     char *state[3];
+    float *scale[3];      /* FA_ET_Q8 state: the absmax of the segment's first block */
+    int qsigned[3];       /* FA_ET_Q8 state: 1 for the signed map, 0 for the unsigned one */
     int n_states, grad_type, state_type, lowp_type;
 } fa_segment;
 
@@ -111,6 +115,195 @@ static inline uint16_t fa_f32_to_f16(float f)
     r = a > 0x7f800000u ? (0x7e00u | ((a >> 13) & 0x3ffu)) : r; /* NaN: quiet */
     return (uint16_t)(r | sign);
 }
+
+
+/* ---- block-wise 8-bit state ----------------------------------------------------------------
+ *
+ * A state array stored as FA_ET_Q8 holds one byte per element and one float32 scale per block
+ * of FA_Q8_BLOCK (= FA_STAGE) elements of its param: the block's absmax, the largest |value|
+ * (taken as the largest of the float32 bit patterns with the sign cleared, an integer max:
+ * a NaN anywhere makes it NaN). A code is a small float relative to the absmax: value =
+ * y(code) * absmax, y in [-1, 1] (signed map, moments that change sign) or [0, 1]
+ * (unsigned map, moments that never are negative: exp_avg_sq and the like). Both are the
+ * top bits of a float16:
+ *   signed:   sign | E4M3: y = the float16 with bits (code & 0x7f) << 7 and the code's sign:
+ *             1.0, 14 binades [2**-14, 1) with 3 mantissa bits, then steps of 2**-17;
+ *   unsigned: E5M3: y = 2**-15 * the float16 with bits code << 7: 1.0, 29 binades
+ *             [2**-29, 1), then steps of 2**-32 (the second moment spans the square of the
+ *             first one's range); codes above 240 (1.0) are never written and read as 1.0.
+ * Encoding: x = min(|value| * (1 / absmax), 1) (|value| / absmax for a subnormal absmax,
+ * 0 when absmax is 0 or NaN; NaN x as 1), rounded to the nearest code, ties away from zero;
+ * a magnitude 0 never has the sign bit. On x86 this is the F16C conversion truncating to
+ * float16, then adding half of the 7 dropped bits (exact: every tie point is a float16, so
+ * truncation keeps which side of it x is on); the portable loops do the same rounding on
+ * the float32 bits (fa_q8_encode_mag). Decoding is exact, then one float32 multiplication
+ * by the absmax. Why not the paper's dynamic (base-10) map: encoding it needs a search per
+ * element (bench/floor/q8_map.c measures both). reference.py is the twin. */
+#define FA_Q8_BLOCK FA_STAGE
+#define FA_Q8_M 3
+/* per map (EMAX: the exponent field of 1.0): the first normal magnitude's bits, 2**(EMAX -
+ * 1 + M) (the smallest step is its inverse) and the code of 1.0 */
+#define FA_Q8_THRESH(EMAX) ((uint32_t)(128 - (EMAX)) << 23)
+#define FA_Q8_SUBSCALE(EMAX) ((double)(UINT64_C(1) << ((EMAX) - 1 + FA_Q8_M)))
+#define FA_Q8_ONE(EMAX) ((uint32_t)(EMAX) << FA_Q8_M)
+#define FA_Q8_EMAX_SIGNED 15
+#define FA_Q8_EMAX_UNSIGNED 30
+/* the smallest absmax whose 2**15 / absmax is finite: the x86 loops' fast path */
+#define FA_Q8_FAST_MIN 7.888609052210118e-31f /* 2**-100 */
+
+/* the magnitude code of x in [0, 1] (or NaN), given as its bits with the sign cleared */
+static inline uint32_t fa_q8_encode_mag(uint32_t a, int emax)
+{
+    /* below the first normal: x / smallest step + 1/2, truncated (exact in double) */
+    uint32_t sub = (uint32_t)((double)fa_bits_f32(a < FA_Q8_THRESH(emax) ? a : 0u) *
+                              FA_Q8_SUBSCALE(emax) + 0.5);
+    /* normal: rebias the exponent, add half of the 20 dropped bits */
+    uint32_t norm = (a - ((uint32_t)(127 - emax) << 23) + (1u << (22 - FA_Q8_M))) >>
+                    (23 - FA_Q8_M);
+    uint32_t r = a < FA_Q8_THRESH(emax) ? sub : norm;
+    return a >= 0x3f800000u ? FA_Q8_ONE(emax) : r;
+}
+
+/* the bits of x = |value| / absmax as the map defines it (inv = 1 / absmax), sign cleared */
+static inline uint32_t fa_q8_ratio(float value, float absmax, float inv)
+{
+    float x = absmax >= FLT_MIN ? fabsf(value) * inv : fabsf(value) / absmax;
+    return absmax > 0.0f ? fa_f32_bits(x) & 0x7fffffffu : 0u;
+}
+
+/* y(code) of either map: exact (tests compare it with reference.q8_values) */
+static inline float fa_q8_value(uint8_t code, int qsigned)
+{
+    if (qsigned)
+        return fa_f16_to_f32((uint16_t)(((code & 0x7fu) << 7) | ((code & 0x80u) << 8)));
+    uint32_t c = code < FA_Q8_ONE(FA_Q8_EMAX_UNSIGNED) ? code : FA_Q8_ONE(FA_Q8_EMAX_UNSIGNED);
+    return fa_f16_to_f32((uint16_t)(c << 7)) * 3.0517578125e-05f; /* 2**-15 */
+}
+
+static inline uint8_t fa_q8_code_inv(float value, float absmax, float inv, int qsigned)
+{
+    uint32_t a = fa_q8_ratio(value, absmax, inv);
+    if (qsigned) {
+        uint32_t r = fa_q8_encode_mag(a, FA_Q8_EMAX_SIGNED);
+        return (uint8_t)(r | (r ? (fa_f32_bits(value) >> 24) & 0x80u : 0u));
+    }
+    return (uint8_t)fa_q8_encode_mag(a, FA_Q8_EMAX_UNSIGNED);
+}
+
+/* the code of value in a block of this absmax (tests) */
+static inline uint8_t fa_q8_code(float value, float absmax, int qsigned)
+{
+    return fa_q8_code_inv(value, absmax, 1.0f / absmax, qsigned);
+}
+
+/* The 8-bit block loops by hand for x86 with AVX2 and F16C (the avx2 and avx512 rows; the
+ * dispatcher picks those rows only where the CPU has F16C too): the hardware float16
+ * conversions do the map's rounding in one instruction, about twice as fast as the portable
+ * loops (the baseline row's; bench/floor/q8_map.c). The same codes and values as
+ * fa_q8_code_inv and fa_q8_value (tests/test_state8bit.py runs every row against the
+ * reference). */
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#include <immintrin.h>
+#define FA_Q8_X86 1
+#define FA_Q8_TARGET __attribute__((target("avx2,f16c")))
+
+FA_Q8_TARGET static void fa_q8_load_f16c_avx2(float *restrict out, const uint8_t *restrict in,
+                                        float absmax, int qsigned, ptrdiff_t n)
+{
+    const __m256 scale = _mm256_set1_ps(absmax);
+    ptrdiff_t i = 0;
+    if (qsigned) {
+        for (; i + 8 <= n; i += 8) {
+            __m128i c = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(in + i)));
+            __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(c, _mm_set1_epi16(0x7f)), 7),
+                                     _mm_slli_epi16(_mm_and_si128(c, _mm_set1_epi16(0x80)), 8));
+            _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_cvtph_ps(h), scale));
+        }
+    } else {
+        const __m256 two_m15 = _mm256_set1_ps(3.0517578125e-05f);
+        for (; i + 8 <= n; i += 8) {
+            __m128i c = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(in + i)));
+            __m128i h = _mm_slli_epi16(
+                _mm_min_epu16(c, _mm_set1_epi16((short)FA_Q8_ONE(FA_Q8_EMAX_UNSIGNED))), 7);
+            __m256 y = _mm256_mul_ps(_mm256_cvtph_ps(h), two_m15);
+            _mm256_storeu_ps(out + i, _mm256_mul_ps(y, scale));
+        }
+    }
+    for (; i < n; i++) out[i] = fa_q8_value(in[i], qsigned) * absmax;
+}
+
+/* 8 codes (in 16-bit lanes) of in[0..8): x * cap = min(|value| * inv_cap, cap), cap = 1
+ * (signed) or 2**15 (unsigned: its float16 exponent field is then 30 for 1.0) */
+FA_Q8_TARGET static inline __m128i fa_q8_code8_avx2(const float *in, __m256 inv_cap, __m256 cap,
+                                               int qsigned)
+{
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+    __m256i u = _mm256_loadu_si256((const __m256i *)in);
+    __m256 x = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(u, abs_mask)), inv_cap);
+    __m128i h = _mm256_cvtps_ph(_mm256_min_ps(x, cap), _MM_FROUND_TO_ZERO);
+    __m128i r = _mm_srli_epi16(_mm_add_epi16(h, _mm_set1_epi16(0x40)), 7);
+    if (!qsigned)
+        return r;
+    __m256i neg = _mm256_srai_epi32(u, 31);
+    __m128i sign = _mm_and_si128(_mm_packs_epi32(_mm256_castsi256_si128(neg),
+                                                 _mm256_extracti128_si256(neg, 1)),
+                                 _mm_set1_epi16(0x80));
+    __m128i zero = _mm_cmpeq_epi16(r, _mm_setzero_si128());
+    return _mm_or_si128(r, _mm_andnot_si128(zero, sign));
+}
+
+FA_Q8_TARGET static float fa_q8_store_f16c_avx2(uint8_t *restrict out, const float *restrict in,
+                                          int qsigned, ptrdiff_t n)
+{
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+    __m256i most8 = _mm256_setzero_si256();
+    ptrdiff_t i = 0;
+    uint32_t most = 0;
+    for (; i + 8 <= n; i += 8)
+        most8 = _mm256_max_epi32(
+            most8, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(in + i)), abs_mask));
+    uint32_t lanes[8];
+    _mm256_storeu_si256((__m256i *)lanes, most8);
+    for (int j = 0; j < 8; j++) most = lanes[j] > most ? lanes[j] : most;
+    for (; i < n; i++) {
+        uint32_t a = fa_f32_bits(in[i]) & 0x7fffffffu;
+        most = a > most ? a : most;
+    }
+    const float absmax = fa_bits_f32(most), inv = 1.0f / absmax;
+    i = 0;
+    if (absmax >= FA_Q8_FAST_MIN && absmax <= FLT_MAX) { /* no NaN, inf or tiny absmax */
+        const float c = qsigned ? 1.0f : 32768.0f;
+        const __m256 inv_cap = _mm256_set1_ps(inv * c), cap = _mm256_set1_ps(c);
+        if (qsigned) {
+            for (; i + 16 <= n; i += 16)
+                _mm_storeu_si128((__m128i *)(out + i),
+                                 _mm_packus_epi16(fa_q8_code8_avx2(in + i, inv_cap, cap, 1),
+                                                  fa_q8_code8_avx2(in + i + 8, inv_cap, cap, 1)));
+        } else {
+            for (; i + 16 <= n; i += 16)
+                _mm_storeu_si128((__m128i *)(out + i),
+                                 _mm_packus_epi16(fa_q8_code8_avx2(in + i, inv_cap, cap, 0),
+                                                  fa_q8_code8_avx2(in + i + 8, inv_cap, cap, 0)));
+        }
+    }
+    for (; i < n; i++) out[i] = fa_q8_code_inv(in[i], absmax, inv, qsigned);
+    return absmax;
+}
+#define FA_Q8_LOAD_baseline fa_q8_load_baseline
+#define FA_Q8_STORE_baseline fa_q8_store_baseline
+#define FA_Q8_LOAD_avx2 fa_q8_load_f16c_avx2
+#define FA_Q8_STORE_avx2 fa_q8_store_f16c_avx2
+#define FA_Q8_LOAD_avx512 fa_q8_load_f16c_avx2
+#define FA_Q8_STORE_avx512 fa_q8_store_f16c_avx2
+#else
+#define FA_Q8_X86 0
+#define FA_Q8_LOAD_baseline fa_q8_load_baseline
+#define FA_Q8_STORE_baseline fa_q8_store_baseline
+#define FA_Q8_LOAD_avx2 fa_q8_load_avx2
+#define FA_Q8_STORE_avx2 fa_q8_store_avx2
+#define FA_Q8_LOAD_avx512 fa_q8_load_avx512
+#define FA_Q8_STORE_avx512 fa_q8_store_avx512
+#endif
 
 /* ---- per-instruction-set block loops ------------------------------------------------------ */
 
@@ -171,6 +364,49 @@ static inline uint16_t fa_f32_to_f16(float f)
     {                                                                                \
         for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_f32_to_f16(in[i]);             \
     }                                                                                \
+    /* 8-bit state: widen one block (codes * absmax) */                             \
+    FA_ATTR_##ISA static void fa_q8_load_##ISA(float *restrict out,                  \
+                                               const uint8_t *restrict in,           \
+                                               float absmax, int qsigned,            \
+                                               ptrdiff_t n)                          \
+    {                                                                                \
+        if (qsigned)                                                                 \
+            for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_q8_value(in[i], 1) * absmax; \
+        else                                                                         \
+            for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_q8_value(in[i], 0) * absmax; \
+    }                                                                                \
+    /* 8-bit state: the block's new absmax, then its codes; returns the absmax */    \
+    FA_ATTR_##ISA static float fa_q8_store_##ISA(uint8_t *restrict out,              \
+                                                 const float *restrict in,           \
+                                                 int qsigned, ptrdiff_t n)           \
+    {                                                                                \
+        uint32_t most = 0;                                                           \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            uint32_t a = fa_f32_bits(in[i]) & 0x7fffffffu;                           \
+            most = a > most ? a : most;                                              \
+        }                                                                            \
+        const float absmax = fa_bits_f32(most), inv = 1.0f / absmax;                 \
+        if (!(absmax >= FLT_MIN)) { /* rare: 0, subnormal or NaN */                  \
+            for (ptrdiff_t i = 0; i < n; i++)                                        \
+                out[i] = fa_q8_code_inv(in[i], absmax, inv, qsigned);                \
+        } else {                                                                     \
+            /* codes in 32-bit lanes first, then narrowed: gcc vectorizes both loops */  \
+            uint32_t wide[FA_Q8_BLOCK];                                              \
+            if (qsigned)                                                             \
+                for (ptrdiff_t i = 0; i < n; i++) {                                  \
+                    uint32_t u = fa_f32_bits(in[i]);                                 \
+                    uint32_t r = fa_q8_encode_mag(fa_f32_bits(fabsf(in[i]) * inv)    \
+                                                  & 0x7fffffffu, FA_Q8_EMAX_SIGNED); \
+                    wide[i] = r | ((u >> 24) & (r ? 0x80u : 0u));                    \
+                }                                                                    \
+            else                                                                     \
+                for (ptrdiff_t i = 0; i < n; i++)                                    \
+                    wide[i] = fa_q8_encode_mag(fa_f32_bits(fabsf(in[i]) * inv)       \
+                                               & 0x7fffffffu, FA_Q8_EMAX_UNSIGNED);  \
+            for (ptrdiff_t i = 0; i < n; i++) out[i] = (uint8_t)wide[i];             \
+        }                                                                            \
+        return absmax;                                                               \
+    }                                                                                \
     /* One staged segment with a float32 compute type (see the header comment). */  \
     FA_ATTR_##ISA static void fa_staged_f32_##ISA(fa_loop_fn dense,                  \
                                                   const fa_segment *x, ptrdiff_t n,  \
@@ -180,9 +416,10 @@ static inline uint16_t fa_f32_to_f16(float f)
         float gbuf[FA_STAGE], sbuf[3][FA_STAGE];                                     \
         char *a[FA_MAX_SLOTS] = {0};                                                 \
         const int stage_grad = x->grad_type != FA_ET_F32 || pre->active;             \
-        const int stage_state = x->state_type == FA_ET_BF16;                         \
+        const int q8 = x->state_type == FA_ET_Q8;                                    \
+        const int stage_state = x->state_type == FA_ET_BF16 || q8;                   \
         const size_t gsize = x->grad_type == FA_ET_F32 ? 4 : 2;                      \
-        const size_t ssize = stage_state ? 2 : 4;                                    \
+        const size_t ssize = q8 ? 1 : (stage_state ? 2 : 4);                         \
         for (ptrdiff_t off = 0; off < n; off += FA_STAGE) {                          \
             ptrdiff_t len = n - off < FA_STAGE ? n - off : FA_STAGE;                 \
             a[FA_PARAM] = x->param + off * 4;                                        \
@@ -194,7 +431,12 @@ static inline uint16_t fa_f32_to_f16(float f)
                 a[FA_GRAD] = (char *)x->grad + off * 4;                              \
             }                                                                        \
             for (int j = 0; j < x->n_states; j++) {                                  \
-                if (stage_state) {                                                   \
+                if (q8) {                                                            \
+                    FA_Q8_LOAD_##ISA(sbuf[j], (const uint8_t *)(x->state[j] + off),  \
+                                     x->scale[j][off / FA_Q8_BLOCK], x->qsigned[j],  \
+                                     len);                                           \
+                    a[FA_STATE0 + j] = (char *)sbuf[j];                              \
+                } else if (stage_state) {                                            \
                     fa_bf16_load_##ISA(sbuf[j],                                      \
                                        (const uint16_t *)(x->state[j] + off * 2), len); \
                     a[FA_STATE0 + j] = (char *)sbuf[j];                              \
@@ -203,7 +445,11 @@ static inline uint16_t fa_f32_to_f16(float f)
                 }                                                                    \
             }                                                                        \
             dense(a, len, s);                                                        \
-            if (stage_state)                                                         \
+            if (q8)                                                                  \
+                for (int j = 0; j < x->n_states; j++)                                \
+                    x->scale[j][off / FA_Q8_BLOCK] = FA_Q8_STORE_##ISA(              \
+                        (uint8_t *)(x->state[j] + off), sbuf[j], x->qsigned[j], len); \
+            else if (stage_state)                                                    \
                 for (int j = 0; j < x->n_states; j++)                                \
                     fa_bf16_store_##ISA((uint16_t *)(x->state[j] + off * 2), sbuf[j], \
                                         len);                                        \

@@ -7,7 +7,12 @@ float32 master copy in its state (``master_param``): the step updates the master
 writes the param rounded from it (to nearest even) in the same pass. Its gradients may be
 float32, bfloat16 or float16; other params take gradients of their own dtype. The moments
 are stored in the compute type, or in bfloat16 with ``state_dtype="bfloat16"`` (float32
-compute only).
+compute only), or block-wise in 8 bits with ``state_dtype="8bit"`` (float32 compute only):
+each moment is a uint8 code array shaped like the param plus a float32 array of one scale
+(the block's absmax) per block of ``Q8_BLOCK`` elements, named ``<moment>_absmax``
+(``reference.q8_quantize`` is the map). Params of fewer than ``Q8_MIN_SIZE`` elements keep
+float32 moments, as bitsandbytes keeps small tensors in 32 bits: their state is a few
+bytes, and 8-bit error there would buy nothing.
 """
 
 import ml_dtypes
@@ -20,8 +25,24 @@ FLOAT16 = np.dtype(np.float16)
 
 PARAM_DTYPES = (FLOAT32, FLOAT64, BFLOAT16, FLOAT16)
 LOW_PRECISION = (BFLOAT16, FLOAT16)
-STATE_DTYPE_OPTIONS = (None, "float32", "bfloat16")
+UINT8 = np.dtype(np.uint8)
+STATE_DTYPE_OPTIONS = (None, "float32", "bfloat16", "8bit")
 MASTER = "master_param"
+Q8_BLOCK = 256  # FA_Q8_BLOCK of _mixed.h: elements per scale
+Q8_MIN_SIZE = 4096  # smaller params keep float32 moments under state_dtype="8bit"
+SCALE_SUFFIX = "_absmax"
+
+
+def scale_name(name):
+    """The name of the per-block scales of 8-bit state array ``name``."""
+    return name + SCALE_SUFFIX
+
+
+def state_shape(name, param):
+    """The shape of state array ``name`` of ``param``: the param's, or one scale per block."""
+    if name.endswith(SCALE_SUFFIX):
+        return (-(-param.size // Q8_BLOCK),)
+    return param.shape
 
 
 def dtype_names(dtypes):
@@ -44,8 +65,9 @@ def grad_dtypes(param_dtype):
     return (param_dtype,)
 
 
-def state_dtype(param_dtype, option, pname):
-    """The dtype of the moments of a param, for the group's ``state_dtype`` option."""
+def state_dtype(param_dtype, option, pname, size=Q8_MIN_SIZE):
+    """The dtype of the moments of a param of ``size`` elements, for the group's
+    ``state_dtype`` option (uint8: 8-bit codes with per-block scales)."""
     compute = compute_dtype(param_dtype)
     if option is None:
         return compute
@@ -54,4 +76,6 @@ def state_dtype(param_dtype, option, pname):
             f"state_dtype={option!r} applies to float32, bfloat16 and float16 params; "
             f"{pname} is float64 (its state is float64: use state_dtype=None)"
         )
+    if option == "8bit":
+        return UINT8 if size >= Q8_MIN_SIZE else FLOAT32
     return FLOAT32 if option == "float32" else BFLOAT16

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fusedadam import _validation, reference
+from fusedadam import _precision, _validation, reference
 
 __all__ = ["Driver", "GroupPlan"]
 
@@ -32,6 +32,7 @@ class GroupPlan:
         self.first_index = spec.first_index
         self.slots = spec.slots
         self.masters = spec.masters
+        self.scales, self.qsigned = spec.scales, spec.qsigned
         self.state_dtype = spec.hyper_spec.state_dtype
         self.last_grad_norm = None
         self.state_dicts = spec.state_dicts
@@ -60,6 +61,9 @@ class GroupPlan:
             st = self.state_dicts[k]
             for i, name in enumerate(self.state_names):
                 if st.get(name, _MISSING) is not self.slots[_STATE0 + i][k]:
+                    return False
+                scale = self.scales[i][k]
+                if scale is not None and st.get(_precision.scale_name(name), _MISSING) is not scale:
                     return False
             if st.get("step", _MISSING) is not self.step_arrays[k]:
                 return False
@@ -98,10 +102,16 @@ class GroupPlan:
             pname = f"params[{self.first_index + k}]"
             dtypes = self.state_dtypes(p, self.state_dtype, pname)
             named = [(name, self.slots[_STATE0 + i][k]) for i, name in enumerate(self.state_names)]
+            for i, name in enumerate(self.state_names):
+                if self.scales[i][k] is not None:
+                    named.append((_precision.scale_name(name), self.scales[i][k]))
             if self.masters[k] is not None:
                 named.append(("master_param", self.masters[k]))
             for name, a in named:
-                _validation.check_state_array(a, f"{name} of {pname}", p, pname, dtypes[name])
+                _validation.check_state_array(
+                    a, f"{name} of {pname}", p, pname, dtypes.get(name),
+                    _precision.state_shape(name, p),
+                )  # fmt: skip
         self.kind, self.scalars, self.mu_after = reference.step_scalars(
             self.hyper, t, lr, mus.pop()
         )
@@ -219,6 +229,8 @@ class Driver:
                     plan.masters,
                     plan.scale,
                     plan.clip,
+                    plan.scales,
+                    plan.qsigned,
                 )
                 if plan.installs is not None:
                     self.optimizer._install(plan.installs)

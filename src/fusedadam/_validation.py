@@ -9,7 +9,7 @@ import numbers
 
 import numpy as np
 
-from fusedadam import _precision
+from fusedadam import _precision, reference
 
 FLOAT_DTYPES = _precision.PARAM_DTYPES
 NONFINITE_MODES = ("error", "skip", "ignore")
@@ -182,17 +182,15 @@ def _address(a):
     return a.__array_interface__["data"][0]
 
 
-def _check_written_array(a, name):
+def _check_written_array(a, name, dtypes=FLOAT_DTYPES):
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if isinstance(a, np.ma.MaskedArray):
         raise TypeError(
             f"{name} is a masked array; the mask would be ignored: pass a plain ndarray"
         )
-    if a.dtype.newbyteorder("=") not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} has dtype {a.dtype}; supported: {_precision.dtype_names(FLOAT_DTYPES)}"
-        )
+    if a.dtype.newbyteorder("=") not in dtypes:
+        raise TypeError(f"{name} has dtype {a.dtype}; supported: {_precision.dtype_names(dtypes)}")
     if not a.dtype.isnative:
         raise TypeError(
             f"{name} has non-native byte order ({a.dtype.str}); it is updated in "
@@ -220,15 +218,22 @@ def check_params(params, first_index=0):
         seen[id(p)] = first_index + k
 
 
-def check_state_array(a, name, param, pname, dtype):
-    """A state array the step writes: of ``dtype``, shaped like its param, writeable, native."""
-    _check_written_array(a, name)
+def check_state_array(a, name, param, pname, dtype, shape=None):
+    """A state array the step writes: of ``dtype``, shaped like its param (or ``shape``: an
+    8-bit state's scales), writeable, native."""
+    _check_written_array(a, name, FLOAT_DTYPES + (_precision.UINT8,))
     if a.dtype != dtype:
         raise TypeError(
             f"{name} has dtype {a.dtype}, but {pname} ({param.dtype}) keeps it in {dtype} "
             "(load a state_dict with convert=True to change a state's dtype)"
         )
-    if a.shape != param.shape:
+    if shape is not None and tuple(shape) != param.shape:
+        if a.shape != tuple(shape):
+            raise ValueError(
+                f"{name} has shape {a.shape}; {pname} ({param.size} elements) has one scale "
+                f"per block of {_precision.Q8_BLOCK}: {tuple(shape)}"
+            )
+    elif a.shape != param.shape:
         raise ValueError(f"{name} has shape {a.shape}, but {pname} has {param.shape}")
 
 
@@ -400,7 +405,30 @@ def _saved_counter(value, where, name, integral):
     return float(value)
 
 
-def check_saved_state(entry, param, required, optional, scalar_state, dtypes, convert, where):
+def _convert_8bit(entry, dtypes, signed):
+    """``entry`` with its moments moved between 8-bit and other dtypes, for ``convert``:
+    8-bit codes saved (with their scales) are dequantized where this optimizer keeps a
+    float dtype; a float moment is quantized (through float32) where it keeps 8 bits."""
+    entry = dict(entry)
+    for name, is_signed in signed.items():
+        a, scale = entry.get(name), _precision.scale_name(name)
+        if not isinstance(a, np.ndarray) or isinstance(a, np.ma.MaskedArray):
+            continue
+        saved_8bit = a.dtype == _precision.UINT8
+        if saved_8bit and dtypes.get(name) != _precision.UINT8 and scale in entry:
+            absmax = np.asarray(entry.pop(scale), dtype=np.float32)
+            if absmax.shape != (-(-a.size // _precision.Q8_BLOCK),):
+                raise ValueError(f"{scale} has shape {absmax.shape} for {a.size} codes")
+            entry[name] = reference.q8_dequantize(a, absmax, is_signed)
+        elif not saved_8bit and dtypes.get(name) == _precision.UINT8 and a.dtype in FLOAT_DTYPES:
+            with np.errstate(over="ignore"):
+                entry[name], entry[scale] = reference.q8_quantize(a.astype(np.float32), is_signed)
+    return entry
+
+
+def check_saved_state(
+    entry, param, required, optional, scalar_state, dtypes, convert, where, signed=None
+):
     """Check one param's entry of a saved state dict.
 
     ``entry`` must hold an int ``step >= 0``, each of ``required`` (and may hold each of
@@ -414,8 +442,21 @@ def check_saved_state(entry, param, required, optional, scalar_state, dtypes, co
     if not isinstance(entry, dict):
         raise TypeError(f"{where} must be a dict")
     master = _precision.MASTER
+    if not convert:
+        for name in (*required, *optional):
+            a = entry.get(name)
+            if (
+                isinstance(a, np.ndarray)
+                and name in dtypes
+                and ((a.dtype == _precision.UINT8) != (dtypes[name] == _precision.UINT8))
+            ):
+                raise TypeError(
+                    f"{where}['{name}'] has dtype {a.dtype}, but this optimizer keeps it in "
+                    f"{dtypes[name]} (state_dtype='8bit' or not); pass convert=True to "
+                    "load_state_dict to convert it"
+                )
     if convert:
-        entry = dict(entry)
+        entry = _convert_8bit(entry, dtypes, signed or {})
         if master in required and master not in entry:
             entry[master] = param.astype(np.float32)
         if master not in required:
@@ -451,8 +492,11 @@ def check_saved_state(entry, param, required, optional, scalar_state, dtypes, co
                 f"{where}['{name}'] has dtype {a.dtype}, but this optimizer keeps it in "
                 f"{dtype}; pass convert=True to load_state_dict to convert it"
             )
-        if a.shape != param.shape:
+        shape = _precision.state_shape(name, param)
+        if a.shape != shape and shape == param.shape:
             raise ValueError(f"{where}['{name}'] has shape {a.shape}, the param has {param.shape}")
+        if a.shape != shape:
+            raise ValueError(f"{where}['{name}'] has shape {a.shape}; expected {shape}")
         with np.errstate(over="ignore"):
             copies[name] = np.array(a, dtype=dtype, order="C", copy=True)
     return step, copies, scalars

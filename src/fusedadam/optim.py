@@ -47,7 +47,7 @@ Betas = Tuple[float, float]
 Threads = Optional[int]
 Backend = Literal["auto", "compiled", "numpy"]
 NonFinite = Literal["error", "skip", "ignore"]
-StateDtype = Optional[Literal["float32", "bfloat16"]]
+StateDtype = Optional[Literal["float32", "bfloat16", "8bit"]]
 GradScale = Union[float, Callable[[int], float], np.ndarray]
 
 _STATE0 = 2  # slots of a GroupPlan: param, grad, then the state arrays
@@ -109,6 +109,8 @@ class _GroupSpec(NamedTuple):
     state_dicts: tuple  # per param: its state dict (new ones not yet in opt.state)
     slots: tuple  # (params, None, state arrays...): per slot, one array per param
     masters: tuple  # per param: its float32 master_param, or None
+    scales: tuple  # per state slot, per param: its 8-bit state's per-block absmax, or None
+    qsigned: tuple  # per state slot: its 8-bit map is the signed one
     step_arrays: tuple  # per param: the 0-d int64 step counter
     mu_arrays: object  # per param: NAdam's 0-d float64 product, or None
     written: Any  # (lo, hi): byte intervals of every array any step writes (None: not yet)
@@ -395,6 +397,7 @@ class Optimizer:
         scalar_state = self.algorithm.scalar_state
         state_dicts: List[dict] = []
         arrays: List[List[np.ndarray]] = [[] for _ in names]
+        scales: List[List[Any]] = [[] for _ in names]
         steps: List[np.ndarray] = []
         mus: List[Any] = []
         installs: List[tuple] = []
@@ -407,7 +410,9 @@ class Optimizer:
             dtypes = self._state_dtypes(p, hyper_spec.state_dtype, pname)
             st = self.state.get(p)
             if st is None:
-                st = {name: np.zeros(p.shape, dtype=dtypes[name]) for name in names}
+                st = {}
+                for name in names:
+                    st.update(self._new_state(p, name, dtypes))
                 if master in dtypes:
                     st[master] = p.astype(np.float32)
                 st["step"] = new_step
@@ -421,6 +426,10 @@ class Optimizer:
             for i, name in enumerate(names):
                 arrays[i].append(entries[name])
                 named.append((f"{name} of {pname}", entries[name]))
+                scale = _precision.scale_name(name)
+                scales[i].append(entries[scale] if scale in dtypes else None)
+                if scale in dtypes:
+                    named.append((f"{scale} of {pname}", entries[scale]))
             masters.append(entries.get(master) if master in dtypes else None)
             if masters[-1] is not None:
                 named.append((f"{master} of {pname}", masters[-1]))
@@ -454,6 +463,8 @@ class Optimizer:
             tuple(state_dicts),
             slots,
             tuple(masters),
+            tuple(tuple(per_param) for per_param in scales),
+            self.algorithm.signed_state(names),
             tuple(steps),
             tuple(mus) if scalar_state else None,
             None,
@@ -463,11 +474,23 @@ class Optimizer:
 
     def _state_dtypes(self, p, option, pname):
         """The dtype of each state array of param ``p`` (its master_param included)."""
-        dtype = _precision.state_dtype(p.dtype, option, pname)
+        dtype = _precision.state_dtype(p.dtype, option, pname, p.size)
         dtypes = {name: dtype for name in self.algorithm.all_state_names()}
+        if dtype == _precision.UINT8:
+            for name in self.algorithm.all_state_names():
+                dtypes[_precision.scale_name(name)] = _precision.FLOAT32
         if _precision.has_master(p.dtype):
             dtypes[_precision.MASTER] = _precision.FLOAT32
         return dtypes
+
+    @staticmethod
+    def _new_state(p, name, dtypes):
+        """State array ``name`` of ``p`` at zero, with its 8-bit scales when it has them."""
+        new = {name: np.zeros(p.shape, dtype=dtypes[name])}
+        scale = _precision.scale_name(name)
+        if scale in dtypes:
+            new[scale] = np.zeros(_precision.state_shape(scale, p), dtype=dtypes[scale])
+        return new
 
     def _plan_entries(self, st, p, pname, names, optional, installs, dtypes):
         """The state entries of a param that has state: checked, the missing optional ones
@@ -476,14 +499,20 @@ class Optimizer:
             raise TypeError(f"opt.state of {pname} must be a dict, got {type(st).__name__}")
         add = {}
         master = _precision.MASTER
-        for name in names + ((master,) if master in dtypes else ()):
+        scales = tuple(
+            _precision.scale_name(n) for n in names if _precision.scale_name(n) in dtypes
+        )
+        for name in names + scales + ((master,) if master in dtypes else ()):
             if name in st:
                 _validation.check_state_array(
-                    st[name], f"{name} of {pname}", p, pname, dtypes[name]
-                )
+                    st[name], f"{name} of {pname}", p, pname, dtypes[name],
+                    _precision.state_shape(name, p),
+                )  # fmt: skip
+            elif name in add:
+                continue
             elif name in optional and name not in self._created.get(id(p), (p, ()))[1]:
                 # the option was just switched on
-                add[name] = np.zeros(p.shape, dtype=dtypes[name])
+                add.update(self._new_state(p, name, dtypes))
             else:
                 raise ValueError(
                     f"{name} of {pname} is missing from opt.state; the optimizer keeps it from "
@@ -606,15 +635,18 @@ class Optimizer:
             pname = f"state_dict['state'][{saved_id!r}] (params[{index + k}])"
             dtypes = self._state_dtypes(p, merged.get("state_dtype"), f"params[{index + k}]")
             master = (_precision.MASTER,) if _precision.MASTER in dtypes else ()
+            scales = [_precision.scale_name(name) for name in required + optional]
+            signed = self.algorithm.signed_state(self.algorithm.all_state_names())
             step, arrays, scalars = _validation.check_saved_state(
                 saved_state[saved_id],
                 p,
-                required + master,
-                optional,
+                required + master + tuple(s for s in scales[: len(required)] if s in dtypes),
+                optional + tuple(s for s in scales[len(required) :] if s in dtypes),
                 self.algorithm.scalar_state,
                 dtypes,
                 convert,
                 pname,
+                dict(zip(self.algorithm.all_state_names(), signed)),
             )
             entries.append((p, step, arrays, scalars))
         if entries and len(entries) != len(group["params"]) and any(e[1] for e in entries):
@@ -697,10 +729,13 @@ _PARAMETERS = {
         "them, as AMP loss scaling does); or no check at all (fastest).",
     ),
     "state_dtype": (
-        '{None, "float32", "bfloat16"}',
+        '{None, "float32", "bfloat16", "8bit"}',
         "The dtype of the moments: None is the compute dtype (float32, or float64 for "
         'float64 params); ``"bfloat16"`` halves the state memory and bytes (float32, '
-        "bfloat16 and float16 params; rounded to nearest even each step).",
+        'bfloat16 and float16 params; rounded to nearest even each step); ``"8bit"`` '
+        "stores each moment block-wise in one byte per element plus one float32 absmax "
+        "per 256 elements (``<moment>_absmax``; params of at least 4096 elements, smaller "
+        "ones keep float32 moments), requantized in the step's pass.",
     ),
     "grad_scale": (
         "float, callable or array",

@@ -29,6 +29,9 @@ __all__ = [
     "lion_update",
     "probe_update",
     "sparse_adam_update",
+    "q8_values",
+    "q8_dequantize",
+    "q8_quantize",
 ]
 
 
@@ -264,16 +267,91 @@ _KINDS: Dict[str, Tuple[Callable[..., None], int]] = {
 }
 
 
+# ---------------------------------------------------------------- block-wise 8-bit state
+# The twin of the 8-bit maps of _mixed.h (see there for the format): the same integer work
+# on the same bits, so codes and scales agree bit for bit.
+
+Q8_BLOCK = 256  # FA_Q8_BLOCK
+_Q8_M = 3
+
+
+def _q8_emax(signed):
+    return 15 if signed else 30
+
+
+def q8_values(signed):
+    """The 256 values y(code) of the signed or unsigned map, float32 (exact): the top bits
+    of a float16 (``_mixed.h``); unsigned codes above 240 (1.0) read as 1.0."""
+    codes = np.arange(256, dtype=np.uint16)
+    if signed:
+        half = ((codes & 0x7F) << 7) | ((codes & 0x80) << 8)
+        return half.view(np.float16).astype(np.float32)
+    half = np.minimum(codes, 240) << 7
+    return half.view(np.float16).astype(np.float32) * np.float32(2.0**-15)
+
+
 @_quiet
-def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0):
+def q8_dequantize(codes, absmax, signed):
+    """float32 values of 8-bit ``codes`` (any shape) with per-block scales ``absmax``:
+    ``y(code) * absmax`` of the code's block (blocks of ``Q8_BLOCK`` flat elements)."""
+    flat = np.asarray(codes).reshape(-1)
+    y = q8_values(signed)[flat]
+    scale = np.repeat(np.asarray(absmax, np.float32), Q8_BLOCK)[: flat.size]
+    return (y * scale).reshape(np.shape(codes))
+
+
+@_quiet
+def q8_quantize(values, signed):
+    """``(codes, absmax)`` of float32 ``values`` (any shape): per block of ``Q8_BLOCK`` flat
+    elements the largest |value| (an integer max of the bits, NaN wins), then each value's
+    nearest code of ``x = min(|value| * (1 / absmax), 1)`` (``|value| / absmax`` for a
+    subnormal absmax; ties away from zero; the sign bit for the signed map unless the
+    magnitude is 0)."""
+    v = np.asarray(values, dtype=np.float32).reshape(-1)
+    n_blocks = -(-v.size // Q8_BLOCK)
+    blocks = np.zeros(n_blocks * Q8_BLOCK, dtype=np.float32)
+    blocks[: v.size] = v
+    blocks = blocks.reshape(n_blocks, Q8_BLOCK)
+    words = blocks.view(np.uint32)
+    most = (words & np.uint32(0x7FFFFFFF)).max(axis=1, initial=0)
+    absmax = most.view(np.float32)
+    # x = |value| * (1 / absmax) for a normal absmax, |value| / absmax for a subnormal one,
+    # 0 when absmax is 0 or NaN; the sign bit cleared (fa_q8_ratio)
+    normal = absmax >= np.finfo(np.float32).tiny
+    inv = np.float32(1) / np.where(normal, absmax, np.float32(1))
+    x = np.abs(blocks) * inv[:, None]
+    tiny = ~normal & (absmax > 0)
+    x[tiny] = np.abs(blocks[tiny]) / absmax[tiny, None]
+    x[~(absmax > 0)] = 0
+    a = x.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    x = a.view(np.float32)
+    # fa_q8_encode_mag: nearest code, ties away from zero
+    emax = _q8_emax(signed)
+    below = a < np.uint32((128 - emax) << 23)
+    sub = np.floor(np.where(below, x, 0).astype(np.float64) * 2.0 ** (emax - 1 + _Q8_M) + 0.5)
+    shift = np.uint32(23 - _Q8_M)
+    norm = (a - np.uint32((127 - emax) << 23) + np.uint32(1 << (22 - _Q8_M))) >> shift
+    r = np.where(below, sub.astype(np.uint32), norm)
+    r = np.where(a >= np.uint32(0x3F800000), np.uint32(emax << _Q8_M), r)
+    if signed:
+        r |= np.where(r != 0, (words >> np.uint32(24)) & np.uint32(0x80), np.uint32(0))
+    codes = r.astype(np.uint8).reshape(-1)[: v.size].reshape(np.shape(values))
+    return codes, absmax.copy()
+
+
+@_quiet
+def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0, scales=None,
+        qsigned=None):  # fmt: skip
     """Run loop ``kind`` (a name of ``_kernels.LOOP_KINDS``) over a group, in place.
 
     ``slots`` is ``(params, None, states...)``, each a sequence over the group's params
     (the compiled ``GroupPlan`` layout); ``grads`` one gradient per param; ``masters`` per
     param its float32 master or None. As the staged runner of ``_mixed.h``: the gradient is
     widened to the compute dtype, divided by ``grad_scale`` and multiplied by ``clip``;
-    bfloat16 state is widened; the update runs on the master (or the param); then the
-    state and the param are rounded back (to nearest even).
+    bfloat16 state is widened, 8-bit state (uint8 codes; ``scales[slot][k]`` its per-block
+    absmax, ``qsigned[slot]`` its map) dequantized; the update runs on the master (or the
+    param); then the state is rounded back (to nearest even) or requantized, and the param
+    rounded from the master.
     """
     coupled = kind.endswith("_l2")
     update, n_states = _KINDS[kind[:-3] if coupled else kind]
@@ -288,12 +366,20 @@ def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0):
             g /= compute.type(grad_scale)
             g *= compute.type(clip)
         stored: List[Any] = [np.asarray(s[k]) for s in states]
-        arrays = [a if a.dtype == compute else a.astype(compute) for a in stored]
+        absmax = [None] * len(states) if scales is None else [sc[k] for sc in scales]
+        arrays = [
+            a if a.dtype == compute
+            else q8_dequantize(a, absmax[j], qsigned[j]) if absmax[j] is not None
+            else a.astype(compute)
+            for j, a in enumerate(stored)
+        ]  # fmt: skip
         if update is adam_update:
             arrays = arrays[:2] + [arrays[2] if n_states == 3 else None]
         update(target, g, *arrays, scalars, coupled)
-        for a, wide in zip(stored, arrays):
-            if wide is not a:
+        for j, (a, wide) in enumerate(zip(stored, arrays)):
+            if absmax[j] is not None:
+                a[...], absmax[j][...] = q8_quantize(wide, qsigned[j])
+            elif wide is not a:
                 a[...] = wide.astype(a.dtype)
         if master is not None:
             p[...] = master.astype(p.dtype)

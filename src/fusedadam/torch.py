@@ -352,6 +352,13 @@ class Optimizer(torch.optim.Optimizer):
                     f"{where}{key}=True is not supported by fusedadam.torch (CPU tensors, "
                     "no autograd through the step); leave it False"
                 )
+        if group.get("state_dtype") == "8bit":
+            # 8-bit moments are uint8 codes plus per-block scales, which torch.optim's
+            # state layout (float tensors shaped like the param) cannot hold.
+            raise ValueError(
+                f"{where}state_dtype='8bit' is not supported by fusedadam.torch; use None or "
+                "'bfloat16', or fusedadam's NumPy optimizers for 8-bit state"
+            )
 
     def _check_group(self, group, where):
         self._check_torch_only(group, where)

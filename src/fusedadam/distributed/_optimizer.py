@@ -254,6 +254,13 @@ class ShardedOptimizer:
                     "(the norm would cover one rank's shard, not the group); clip the "
                     "gradients before step()"
                 )
+            if template.param_groups[0].get("state_dtype") == "8bit":
+                # 8-bit blocks and their scales follow each rank's bucket, not the params:
+                # checkpoints and resharding would need per-rank conversions.
+                raise ValueError(
+                    f"param_groups[{gi}]: state_dtype='8bit' is not supported by "
+                    "ShardedOptimizer; use None, 'float32' or 'bfloat16'"
+                )
         return groups, templates
 
     def _signature(self, groups):
