@@ -42,6 +42,12 @@ CASES = [
         marks=pytest.mark.skipif(not HAVE_SKLEARN, reason="needs scikit-learn"),
     ),
     ("random_search.py", "random_search.png", "best: lr="),
+    pytest.param(
+        "bf16_digits.py",
+        "bf16_digits.png",
+        "bfloat16 + float32 master: final training loss",
+        marks=pytest.mark.skipif(not HAVE_SKLEARN, reason="needs scikit-learn"),
+    ),
 ]
 
 
