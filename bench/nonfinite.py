@@ -52,9 +52,7 @@ def main(argv=None):
         if not args.no_clip:
             options["clip"] = {"grad_scale": SCALE, "max_grad_norm": norm / 2}
         opts = {
-            mode: fa.Adam(
-                rng.standard_normal(n).astype(args.dtype), num_threads=args.threads, **kw
-            )
+            mode: fa.Adam(rng.standard_normal(n).astype(args.dtype), num_threads=args.threads, **kw)
             for mode, kw in options.items()
         }
         steps = {mode: (lambda o=o, g=grad: o.step(g)) for mode, o in opts.items()}

@@ -66,7 +66,7 @@ def train(kind, data, epochs):
     init = [w.astype(bfloat16).astype(np.float32) for w in init_params(rng, X_train.shape[1], 10)]
     params, step = make_run(kind, init)
     history = []
-    for epoch in range(epochs):
+    for _ in range(epochs):
         order = rng.permutation(len(y_train))
         losses, unchanged, total = [], 0, 0
         for start in range(0, len(order), BATCH):
@@ -105,7 +105,9 @@ def main(argv=None):
     print(f"{'epoch':>5} " + " ".join(f"{k[:26]:>26}" for k in RUNS))
     for e in range(epochs):
         if e < 5 or (e + 1) % 10 == 0 or e == epochs - 1:
-            cells = (f"{h[e]['loss']:.4f} / {100 * h[e]['accuracy']:.2f}%" for h in histories.values())
+            cells = (
+                f"{h[e]['loss']:.4f} / {100 * h[e]['accuracy']:.2f}%" for h in histories.values()
+            )
             print(f"{e + 1:>5} " + " ".join(f"{c:>26}" for c in cells))
     print("(training loss / test accuracy)")
     for kind, h in histories.items():

@@ -178,7 +178,9 @@ def _torch_bf16(shapes, threads, clip, max_norm):
     rng = np.random.default_rng(scenarios.SEED + 2)
     tensors = []
     for s in shapes:
-        t = torch.nn.Parameter(torch.from_numpy(rng.standard_normal(s, dtype=np.float32)).bfloat16())
+        t = torch.nn.Parameter(
+            torch.from_numpy(rng.standard_normal(s, dtype=np.float32)).bfloat16()
+        )
         g = rng.standard_normal(s, dtype=np.float32) * np.float32(SCALE)
         t.grad = torch.from_numpy(g).bfloat16()
         tensors.append(t)
@@ -290,7 +292,9 @@ def _phase(name, shapes, n, modes, threads, clip, args, notes, shared):
             "calls_per_sample": r["calls_per_sample"],
         }
         if mode is None:
-            row.update(probe_elements=probe_n, probe_gb_per_s=PROBE_BYTES * probe_n / r["median"] / 1e9)
+            row.update(
+                probe_elements=probe_n, probe_gb_per_s=PROBE_BYTES * probe_n / r["median"] / 1e9
+            )
         else:
             b = mode.bytes(clip)
             row.update(
@@ -372,7 +376,8 @@ def markdown(run):
     rows = run["rows"]
     env = run["environment"]
     out = [
-        "| model | clipping | mode | bytes/element | median | % of its roofline | time / one pass |",
+        "| model | clipping | mode | bytes/element | median | % of its roofline "
+        "| time / one pass |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
