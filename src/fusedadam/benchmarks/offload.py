@@ -54,7 +54,10 @@ __all__ = ["MODES", "main", "markdown", "memory_needed", "parse_args", "run_mode
 
 LR = 1e-3
 SCALE = 2.0**10
-PROBE_MAX = 1 << 25  # elements of the probe's float32 arrays (beyond L3: 2 GiB moved/call)
+# Elements of the probe's float32 arrays: far beyond L3 (840 MB moved per call), and not a
+# power of two: at 2**25 the four arrays alias in the caches and the probe measured half the
+# bandwidth it reaches at 2e7 or 4e7 (17 vs 35 GB/s, one thread, same run).
+PROBE_MAX = 30_000_000
 PROBE_BYTES = 28  # read p, g, m, v; write p, m, v (float32)
 ONE_PASS = "fusedadam 1 pass"
 
