@@ -158,9 +158,9 @@ CONSTRUCTION_ERRORS = {
         lambda: [np.zeros(3, np.int64)],
         {},
         TypeError,
-        r"params\[0\] has dtype int64; only float32 and float64",
+        r"params\[0\] has dtype int64; supported: float32, float64, bfloat16, float16",
     ),
-    "float16 param": (lambda: [np.zeros(3, np.float16)], {}, TypeError, r"float16"),
+    "complex param": (lambda: [np.zeros(3, np.complex64)], {}, TypeError, r"complex64"),
     "list param": (lambda: [[1.0, 2.0]], {}, TypeError, r"params\[0\] must be a numpy.ndarray"),
     "non-contiguous": (
         lambda: [np.zeros((4, 4), np.float32)[:, ::2]],

@@ -2,7 +2,10 @@
  * The one dispatch table: instruction set x element type -> every compiled loop (the dense
  * kinds of _loops.h, the non-finite scan of _finite.h, SparseAdam's rows of
  * _sparse_rows.h). Adding an instruction set is one line of FA_ISAS, an element type one
- * line of FA_DTYPES, a dense loop kind one line of FA_DENSE_KINDS (_loops.h).
+ * line of FA_DTYPES, a dense loop kind one line of FA_DENSE_KINDS (_loops.h). The rows of
+ * FA_DTYPES are the compute types; bfloat16/float16 storage (params, gradients, state) is
+ * widened into them block by block by each row's staged runner (_mixed.h), and the
+ * gradient scans of every storage type are the second table, fa_grad_table.
  *
  * Every loop is compiled once per instruction set with a per-function target attribute and
  * chosen at run time (no -march flag: the wheel stays portable). FMA is deliberately not
@@ -20,6 +23,8 @@
 #include "_sparse_rows.h"
 
 typedef void (*fa_loop_fn)(char *const *a, ptrdiff_t n, const fa_scalars *s);
+
+#include "_mixed.h"
 
 /* Instruction sets, narrowest first, with their target attributes. */
 #define FA_ISAS(X) X(baseline) X(avx2) X(avx512)
@@ -64,12 +69,15 @@ static const char *const fa_dtype_names[FA_N_DTYPES] = {FA_DTYPES(FA_DTYPE_NAME,
         FA_SPARSE_ROW_BODY(T, SQRT)                                                  \
     FA_ATTR_##ISA static FA_SPARSE_SUM_SIG(fa_sparse_sum_##SFX##_##ISA)              \
         FA_SPARSE_SUM_BODY(T)
-#define FA_DEFINE_ISA(ISA) FA_DTYPES(FA_DEFINE_DTYPE, ISA)
+#define FA_DEFINE_ISA(ISA) FA_DTYPES(FA_DEFINE_DTYPE, ISA) FA_DEFINE_MIXED(ISA) FA_DEFINE_NORMS(ISA)
 FA_ISAS(FA_DEFINE_ISA)
 
 /* The table. */
+typedef void (*fa_staged_fn)(fa_loop_fn dense, const fa_segment *x, ptrdiff_t n,
+                             const fa_scalars *s, const fa_pre *pre);
 typedef struct {
     fa_loop_fn dense[FA_N_KINDS];
+    fa_staged_fn staged;
     fa_scan_fn scan;
     fa_row_fn sparse_row;
     fa_sum_fn sparse_sum;
@@ -77,10 +85,22 @@ typedef struct {
 
 #define FA_KIND_PTR(name, body, coupled, flag, ISA, SFX) fa_##name##_##SFX##_##ISA,
 #define FA_TABLE_CELL(ISA, SFX, ...)                                                 \
-    {{FA_DENSE_KINDS(FA_KIND_PTR, ISA, SFX)},                                        \
+    {{FA_DENSE_KINDS(FA_KIND_PTR, ISA, SFX)}, fa_staged_##SFX##_##ISA,               \
      fa_scan_##SFX##_##ISA, fa_sparse_row_##SFX##_##ISA, fa_sparse_sum_##SFX##_##ISA},
 #define FA_TABLE_ROW(ISA) {FA_DTYPES(FA_TABLE_CELL, ISA)},
 static const fa_loops fa_table[FA_N_ISAS][FA_N_DTYPES] = {FA_ISAS(FA_TABLE_ROW)};
+
+/* The gradient scans of every storage type (FA_ET_*): the non-finite scan, and the scan
+ * that also sums the squares of the unscaled values (for max_grad_norm). */
+typedef struct {
+    fa_scan_fn scan;
+    fa_norm_fn norm;
+} fa_grad_fns;
+#define FA_GRAD_ROW(ISA)                                                             \
+    {{fa_scan_f32_##ISA, fa_norm_f32_##ISA}, {fa_scan_f64_##ISA, fa_norm_f64_##ISA},   \
+     {fa_scan_bf16_##ISA, fa_norm_bf16_##ISA}, {fa_scan_f16_##ISA, fa_norm_f16_##ISA}},
+static const fa_grad_fns fa_grad_table[FA_N_ISAS][FA_N_ETS] = {FA_ISAS(FA_GRAD_ROW)};
+static const fa_grad_fns *fa_get_grad_fns(int isa, int type) { return &fa_grad_table[isa][type]; }
 
 /* The widest instruction set this CPU runs, as an FA_ISA_* value. */
 static int fa_cpu_best_isa(void) {

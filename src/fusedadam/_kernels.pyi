@@ -41,7 +41,9 @@ def get_chunk_size() -> int:
 def set_chunk_size(n_elements: int) -> None:
     """Set the elements per chunk (a multiple of 16; for tests and benchmarks)."""
 
-def _bind(check_lr: Callable[..., float], reference: Any) -> None:
+def _bind(
+    check_lr: Callable[..., float], grad_scale_value: Callable[..., float], reference: Any
+) -> None:
     """Hand the compiled driver the Python pieces it calls on slow paths."""
 
 def steps_in_flight_high_water(reset: bool = ...) -> int:
@@ -59,6 +61,12 @@ class GroupPlan:
     def group(self) -> dict: ...
     @property
     def state_names(self) -> Tuple[str, ...]: ...
+    @property
+    def state_dtype(self) -> Optional[str]: ...
+    @property
+    def masters(self) -> Tuple[Optional[np.ndarray], ...]: ...
+    @property
+    def last_grad_norm(self) -> Optional[float]: ...
     @property
     def installs(self) -> Optional[list]: ...
     @property
@@ -84,8 +92,10 @@ class Driver:
         """The plan of one validated group (a ``_GroupSpec``) for this driver."""
     @property
     def plans(self) -> Optional[List[GroupPlan]]: ...
-    def step(self, grads: Any) -> int:
+    def step(self, grads: Any, grad_scale: Any = None) -> int:
         """0: the step ran; 1: non-finite gradients skipped it."""
+    def grad_norms(self) -> List[Optional[float]]:
+        """Per group, the gradient norm of the last step (None: the group does not clip)."""
 
 class Probe:
     """The bandwidth probe over fixed lists of arrays, for benchmarks."""
@@ -126,3 +136,9 @@ def sparse_adam_step(
     num_threads: Optional[int],
 ) -> None:
     """Update the rows ``rows`` of ``param``, ``exp_avg``, ``exp_avg_sq`` in place."""
+
+def round_float32(values: np.ndarray, to: str) -> np.ndarray:
+    """The bits (uint16) of float32 ``values`` rounded to bfloat16/float16 by _mixed.h."""
+
+def widen_to_float32(bits: np.ndarray, frm: str) -> np.ndarray:
+    """float32 values of bfloat16/float16 ``bits`` (uint16) by the conversions of _mixed.h."""

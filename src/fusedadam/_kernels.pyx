@@ -18,6 +18,7 @@ from libc.stdint cimport uintptr_t, int64_t
 from libc.math cimport isfinite
 from cpython.object cimport PyObject
 cimport numpy as cnp
+import ml_dtypes as _ml_dtypes
 
 from fusedadam._openmp cimport FA_OPENMP_ENABLED, fa_max_threads, fa_num_procs
 
@@ -55,8 +56,26 @@ cdef extern from "_dispatch.h" nogil:
                                const fa_sparse_scalars *s) noexcept nogil
     ctypedef void (*fa_sum_fn)(void *out, const void *values, const ptrdiff_t *order,
                                ptrdiff_t first, ptrdiff_t last, ptrdiff_t dim) noexcept nogil
+    ctypedef struct fa_pre:
+        double grad_scale
+        double clip
+        int active
+    ctypedef struct fa_segment:
+        char *param
+        char *lowp
+        const char *grad
+        char *state[3]
+        int n_states, grad_type, state_type, lowp_type
+    ctypedef void (*fa_staged_fn)(fa_loop_fn dense, const fa_segment *x, ptrdiff_t n,
+                                  const fa_scalars *s, const fa_pre *pre) noexcept nogil
+    ctypedef ptrdiff_t (*fa_norm_fn)(const void *grad, ptrdiff_t n, double scale,
+                                     double *sumsq) noexcept nogil
+    ctypedef struct fa_grad_fns:
+        fa_scan_fn scan
+        fa_norm_fn norm
     ctypedef struct fa_loops:
         fa_loop_fn dense[64]
+        fa_staged_fn staged
         fa_scan_fn scan
         fa_row_fn sparse_row
         fa_sum_fn sparse_sum
@@ -73,8 +92,20 @@ cdef extern from "_dispatch.h" nogil:
     const char *fa_kind_names[]
     const char *fa_isa_names[]
     const char *fa_dtype_names[]
+    enum:
+        FA_ET_F32
+        FA_ET_F64
+        FA_ET_BF16
+        FA_ET_F16
+        FA_N_ETS
     int fa_cpu_best_isa()
     const fa_loops *fa_get_loops(int isa, int dtype)
+    const fa_grad_fns *fa_get_grad_fns(int isa, int type)
+    double fa_clip_coefficient(double sumsq, double max_norm, double *norm)
+    float fa_bf16_to_f32(unsigned short h)
+    unsigned short fa_f32_to_bf16(float f)
+    float fa_f16_to_f32(unsigned short h)
+    unsigned short fa_f32_to_f16(float f)
 
 cdef extern from "_pool.h" nogil:
     ctypedef void (*fa_chunk_fn)(void *ctx, ptrdiff_t chunk, int worker) noexcept nogil
@@ -159,6 +190,14 @@ DTYPES = tuple(fa_dtype_names[i].decode() for i in range(FA_N_DTYPES))
 SCALAR_FIELDS = ("sign", "weight_decay", "decay", "beta1", "one_minus_beta1", "beta2",
                  "one_minus_beta2", "step_size", "eps", "eps_root", "grad_coef")
 _TYPENUM_TO_DTYPE = {cnp.dtype(name).num: i for i, name in enumerate(DTYPES)}
+# Storage element types (FA_ET_* of _mixed.h) by NumPy type number; bfloat16 is ml_dtypes'.
+_TYPENUM_TO_ET = {cnp.dtype("float32").num: FA_ET_F32, cnp.dtype("float64").num: FA_ET_F64,
+                  cnp.dtype(_ml_dtypes.bfloat16).num: FA_ET_BF16,
+                  cnp.dtype("float16").num: FA_ET_F16}
+cdef int _TYPENUM_BF16 = cnp.dtype(_ml_dtypes.bfloat16).num
+cdef int _TYPENUM_F16 = cnp.dtype("float16").num
+cdef int _TYPENUM_F32 = cnp.dtype("float32").num
+cdef int _TYPENUM_F64 = cnp.dtype("float64").num
 
 cdef int _best_isa = fa_cpu_best_isa()
 cdef int _isa = _best_isa
@@ -254,6 +293,23 @@ cdef inline int _dtype_index(cnp.ndarray a):
     return _TYPENUM_TO_DTYPE.get(cnp.PyArray_TYPE(a), -1)
 
 
+cdef inline int _element_type(int typenum) noexcept:
+    """FA_ET_* of a NumPy type number, or -1."""
+    if typenum == _TYPENUM_F32:
+        return FA_ET_F32
+    if typenum == _TYPENUM_F64:
+        return FA_ET_F64
+    if typenum == _TYPENUM_BF16:
+        return FA_ET_BF16
+    if typenum == _TYPENUM_F16:
+        return FA_ET_F16
+    return -1
+
+
+cdef inline Py_ssize_t _et_size(int et) noexcept nogil:
+    return 4 if et == FA_ET_F32 else (8 if et == FA_ET_F64 else 2)
+
+
 cdef void _read_hyper(fa_hyper *h, dict hyper) except *:
     h.algorithm = ALGORITHMS.index(hyper["algorithm"])
     h.amsgrad = bool(hyper["amsgrad"])
@@ -294,15 +350,23 @@ def step_scalars(dict hyper, double t, double lr, double mu_product=1.0):
 cdef struct GroupData:
     Py_ssize_t n_arrays
     int n_slots                 # FA_STATE0 + number of state arrays the loops read
-    char **ptr[FA_MAX_SLOTS]    # ptr[slot][k]: param, grad, state arrays of array k
+    char **ptr[FA_MAX_SLOTS]    # ptr[slot][k]: param (its master when it has one), grad,
+                                # state arrays of array k
+    char **lowp                 # per array: the bfloat16/float16 param, or NULL
+    int *types                  # per array, 4 FA_ET_*: compute, grad (this step), state,
+                                # low-precision param (-1: none)
     Py_ssize_t *offsets         # n_arrays + 1 prefix sums of element counts
-    Py_ssize_t *itemsize
-    const fa_loops **loops      # per array: the dispatch row of its dtype
+    const fa_loops **loops      # per array: the dispatch row of its compute type
+    const fa_grad_fns **grad_fns  # per array: the scans of its gradient's type (this step)
     int kind                    # this step's loop kind
     fa_scalars scalars
+    fa_pre pre                  # this step's unscaling and clipping
+    bint want_norm              # this step sums the squares of the gradients (clipping)
+    double sumsq                # their sum, once scanned
     Py_ssize_t chunk            # elements per chunk of this step
     Py_ssize_t *first_bad       # per chunk: first non-finite gradient index, or -1
-    Py_ssize_t first_bad_size   # capacity of first_bad
+    double *chunk_sumsq         # per chunk: the sum of squares of its gradient values
+    Py_ssize_t first_bad_size   # capacity of first_bad and chunk_sumsq
 
 
 cdef inline Py_ssize_t _array_at(GroupData *d, Py_ssize_t element) noexcept nogil:
@@ -317,43 +381,75 @@ cdef inline Py_ssize_t _array_at(GroupData *d, Py_ssize_t element) noexcept nogi
     return lo
 
 
-cdef Py_ssize_t _walk(GroupData *d, Py_ssize_t start, Py_ssize_t end,
-                      bint scan) noexcept nogil:
-    """Walk global elements [start, end) of the group, one array segment at a time: scan
-    them (return the global index of the first non-finite gradient value, or -1), or run
-    the step on them (return -1)."""
-    cdef Py_ssize_t k, stop, off, found
-    cdef int slot
+cdef inline void _run_segment(GroupData *d, Py_ssize_t k, Py_ssize_t e,
+                              Py_ssize_t n) noexcept nogil:
+    """The step on elements [e, e + n) of array k: its dtype's loop on the arrays
+    themselves, or (other storage types, unscaling, clipping) the staged runner."""
+    cdef int slot, j
+    cdef int *types = d.types + 4 * k
     cdef char *a[FA_MAX_SLOTS]
+    cdef fa_segment x
+    cdef Py_ssize_t csize = _et_size(types[0]), ssize = _et_size(types[2])
+    if (types[1] == types[0] and types[2] == types[0] and types[3] < 0
+            and not d.pre.active):
+        for slot in range(FA_MAX_SLOTS):
+            a[slot] = d.ptr[slot][k] + e * csize if slot < d.n_slots else NULL
+        d.loops[k].dense[d.kind](a, n, &d.scalars)
+        return
+    x.param = d.ptr[FA_PARAM][k] + e * csize
+    x.lowp = d.lowp[k] + e * 2 if types[3] >= 0 else NULL
+    x.grad = d.ptr[FA_GRAD][k] + e * _et_size(types[1])
+    x.n_states = d.n_slots - FA_STATE0
+    for j in range(x.n_states):
+        x.state[j] = d.ptr[FA_STATE0 + j][k] + e * ssize
+    x.grad_type, x.state_type, x.lowp_type = types[1], types[2], types[3]
+    d.loops[k].staged(d.loops[k].dense[d.kind], &x, n, &d.scalars, &d.pre)
+
+
+cdef Py_ssize_t _walk(GroupData *d, Py_ssize_t start, Py_ssize_t end, bint scan,
+                      double *sumsq) noexcept nogil:
+    """Walk global elements [start, end) of the group, one array segment at a time: scan
+    them (return the global index of the first non-finite gradient value, or -1; with
+    ``d.want_norm`` also add the sum of squares of every segment, in order, to ``sumsq``),
+    or run the step on them (return -1)."""
+    cdef Py_ssize_t k, stop, e, found, first = -1
+    cdef const char *grad
+    cdef double part
     if start >= end:
         return -1
-    for slot in range(d.n_slots, FA_MAX_SLOTS):
-        a[slot] = NULL
     k = _array_at(d, start)
     while start < end:
         stop = d.offsets[k + 1] if d.offsets[k + 1] < end else end
         if stop > start:
-            off = (start - d.offsets[k]) * d.itemsize[k]
-            if scan:
-                found = d.loops[k].scan(d.ptr[FA_GRAD][k] + off, stop - start)
-                if found >= 0:
-                    return start + found
+            e = start - d.offsets[k]
+            if not scan:
+                _run_segment(d, k, e, stop - start)
             else:
-                for slot in range(d.n_slots):
-                    a[slot] = d.ptr[slot][k] + off
-                d.loops[k].dense[d.kind](a, stop - start, &d.scalars)
+                grad = d.ptr[FA_GRAD][k] + e * _et_size(d.types[4 * k + 1])
+                if d.want_norm or d.pre.grad_scale < 1.0:
+                    # the unscaled values (unscaling by < 1 can overflow), and their squares
+                    found = d.grad_fns[k].norm(grad, stop - start, d.pre.grad_scale, &part)
+                    sumsq[0] += part
+                else:
+                    found = d.grad_fns[k].scan(grad, stop - start)
+                if found >= 0:
+                    if not d.want_norm:
+                        return start + found
+                    if first < 0:
+                        first = start + found
         start = stop
         k += 1
-    return -1
+    return first
 
 
-cdef inline Py_ssize_t _scan_range(GroupData *d, Py_ssize_t start,
-                                   Py_ssize_t end) noexcept nogil:
-    return _walk(d, start, end, True)
+cdef inline Py_ssize_t _scan_range(GroupData *d, Py_ssize_t start, Py_ssize_t end,
+                                   double *sumsq) noexcept nogil:
+    sumsq[0] = 0.0
+    return _walk(d, start, end, True, sumsq)
 
 
 cdef inline void _run_range(GroupData *d, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
-    _walk(d, start, end, False)
+    _walk(d, start, end, False, NULL)
 
 
 cdef inline Py_ssize_t _chunks(GroupData *d, int n_threads) noexcept nogil:
@@ -375,7 +471,8 @@ cdef void _update_chunk(void *ctx, ptrdiff_t c, int worker) noexcept nogil:
 cdef void _scan_chunk(void *ctx, ptrdiff_t c, int worker) noexcept nogil:
     cdef GroupData *d = <GroupData *>ctx
     cdef Py_ssize_t end = (c + 1) * d.chunk, total = d.offsets[d.n_arrays]
-    d.first_bad[c] = _scan_range(d, c * d.chunk, end if end < total else total)
+    d.first_bad[c] = _scan_range(d, c * d.chunk, end if end < total else total,
+                                 &d.chunk_sumsq[c])
 
 
 cdef void _run(GroupData *d, int n_threads) noexcept nogil:
@@ -389,15 +486,27 @@ cdef void _run(GroupData *d, int n_threads) noexcept nogil:
 
 cdef Py_ssize_t _scan(GroupData *d, int n_threads) noexcept nogil:
     """First non-finite gradient value of the group (global index), or -1: per chunk, then
-    the first in chunk order, so the answer does not depend on the thread count."""
-    cdef Py_ssize_t c, n_chunks = _chunks(d, n_threads)
+    the first in chunk order, so the answer does not depend on the thread count. With
+    ``d.want_norm``, ``d.sumsq`` is the sum of the chunks' sums of squares in chunk order
+    (chunks even on one thread: the same bits for every thread count)."""
+    cdef Py_ssize_t c, found = -1, n_chunks = _chunks(d, n_threads)
+    cdef Py_ssize_t total = d.offsets[d.n_arrays]
+    d.sumsq = 0.0
+    if n_chunks == 1 and not d.want_norm:
+        return _scan_range(d, 0, total, &d.sumsq)
     if n_chunks == 1:
-        return _scan_range(d, 0, d.offsets[d.n_arrays])
-    fa_pool_run(_scan_chunk, d, n_chunks, n_threads)
+        n_chunks = fa_chunk_count(total, d.chunk)
+        for c in range(n_chunks):
+            _scan_chunk(d, c, 0)
+    else:
+        fa_pool_run(_scan_chunk, d, n_chunks, n_threads)
     for c in range(n_chunks):
-        if d.first_bad[c] >= 0:
-            return d.first_bad[c]
-    return -1
+        if d.first_bad[c] >= 0 and found < 0:
+            found = d.first_bad[c]
+            if not d.want_norm:
+                break
+        d.sumsq += d.chunk_sumsq[c]
+    return found
 
 
 cdef int _reserve_chunks(GroupData *d) except -1:
@@ -406,11 +515,16 @@ cdef int _reserve_chunks(GroupData *d) except -1:
     cdef Py_ssize_t total = d.offsets[d.n_arrays]
     cdef Py_ssize_t n = fa_chunk_count(total, fa_chunk_size(total, _chunk_elements))
     cdef Py_ssize_t *grown
+    cdef double *grown_sums
     if n > d.first_bad_size:
         grown = <Py_ssize_t *>realloc(d.first_bad, n * sizeof(Py_ssize_t))
         if grown == NULL:
             raise MemoryError()
-        d.first_bad, d.first_bad_size = grown, n
+        d.first_bad = grown
+        grown_sums = <double *>realloc(d.chunk_sumsq, n * sizeof(double))
+        if grown_sums == NULL:
+            raise MemoryError()
+        d.chunk_sumsq, d.first_bad_size = grown_sums, n
     return 0
 
 
@@ -418,13 +532,17 @@ cdef int _group_alloc(GroupData *d) except -1:
     """The per-array tables of a group of ``d.n_arrays`` arrays and ``d.n_slots`` slots."""
     cdef Py_ssize_t n = d.n_arrays + 1
     cdef int slot
-    d.first_bad, d.first_bad_size = NULL, 0
+    d.first_bad, d.chunk_sumsq, d.first_bad_size = NULL, NULL, 0
+    d.pre.grad_scale, d.pre.clip, d.pre.active = 1.0, 1.0, 0
+    d.want_norm, d.sumsq = False, 0.0
     for slot in range(FA_MAX_SLOTS):
         d.ptr[slot] = <char **>malloc(n * sizeof(char *)) if slot < d.n_slots else NULL
     d.offsets = <Py_ssize_t *>malloc(n * sizeof(Py_ssize_t))
-    d.itemsize = <Py_ssize_t *>malloc(n * sizeof(Py_ssize_t))
+    d.lowp = <char **>malloc(n * sizeof(char *))
+    d.types = <int *>malloc(4 * n * sizeof(int))
     d.loops = <const fa_loops **>malloc(n * sizeof(fa_loops *))
-    if not d.offsets or not d.itemsize or not d.loops:
+    d.grad_fns = <const fa_grad_fns **>malloc(n * sizeof(fa_grad_fns *))
+    if not d.offsets or not d.lowp or not d.types or not d.loops or not d.grad_fns:
         raise MemoryError()
     for slot in range(d.n_slots):
         if not d.ptr[slot]:
@@ -437,9 +555,12 @@ cdef void _group_free(GroupData *d) noexcept:
     for slot in range(FA_MAX_SLOTS):
         free(d.ptr[slot])
     free(d.offsets)
-    free(d.itemsize)
+    free(d.lowp)
+    free(d.types)
     free(d.loops)
+    free(d.grad_fns)
     free(d.first_bad)
+    free(d.chunk_sumsq)
 
 
 cdef inline bint _writable_contiguous(cnp.ndarray a):
@@ -491,6 +612,7 @@ cdef class GroupPlan:
     cdef GroupData d
     cdef readonly object group
     cdef readonly tuple state_names
+    cdef readonly object state_dtype   # the group's option the state arrays were made for
     cdef readonly object installs      # state to attach at the first step that commits
     cdef readonly bint numpy_backend
     cdef readonly int nonfinite        # 0 "error", 1 "skip", 2 "ignore"
@@ -499,6 +621,7 @@ cdef class GroupPlan:
     cdef tuple values
     cdef object params                 # the group's "params" list object
     cdef tuple slots                   # slots[slot][k]: the arrays (slot FA_GRAD: None)
+    cdef readonly tuple masters        # per param: its float32 master_param, or None
     cdef tuple state_dicts
     cdef tuple step_arrays
     cdef tuple mu_arrays               # NAdam's running product, or None
@@ -512,6 +635,10 @@ cdef class GroupPlan:
     cdef object lr
     cdef bint lr_callable
     cdef double lr_value
+    cdef object grad_scale             # the group's: a float, a callable or an array
+    cdef double max_grad_norm          # <= 0: no clipping
+    cdef readonly object last_grad_norm  # the norm of the last step that computed one
+    cdef double norm                   # this step's
     cdef object num_threads
     cdef int n_threads                 # this step's
     cdef double mu_after               # this step's
@@ -528,10 +655,13 @@ cdef class GroupPlan:
         self.group = spec.group
         self.params = spec.group["params"]
         self.state_names = tuple(spec.state_names)
+        self.state_dtype = spec.hyper_spec.state_dtype
         self.installs = spec.installs or None
         self.first_index = spec.first_index
         self.slots = tuple(tuple(arrays) if arrays is not None else None
                            for arrays in spec.slots)
+        self.masters = tuple(spec.masters)
+        self.last_grad_norm = None
         self.state_dicts = tuple(spec.state_dicts)
         self.step_arrays = tuple(spec.step_arrays)
         self.mu_arrays = tuple(spec.mu_arrays) if spec.mu_arrays is not None else None
@@ -556,16 +686,27 @@ cdef class GroupPlan:
         self.d.offsets[0] = 0
         for k in range(n):
             a = self.slots[FA_PARAM][k]
-            dtype = _dtype_index(a)
-            if dtype < 0:
+            et = _element_type(cnp.PyArray_TYPE(a))
+            if et < 0 or (self.masters[k] is None) != (et == FA_ET_F32 or et == FA_ET_F64):
                 raise ValueError(f"internal error: params[{self.first_index + k}] dtype")
-            self.d.loops[k] = fa_get_loops(_isa, dtype)
-            self.d.itemsize[k] = cnp.PyArray_ITEMSIZE(a)
+            compute = FA_ET_F64 if et == FA_ET_F64 else FA_ET_F32
+            self.d.loops[k] = fa_get_loops(_isa, compute)
+            self.d.grad_fns[k] = fa_get_grad_fns(_isa, compute)
             self.d.offsets[k + 1] = self.d.offsets[k] + cnp.PyArray_SIZE(a)
             self.d.ptr[FA_GRAD][k] = NULL
             for slot in range(self.d.n_slots):
                 if slot != FA_GRAD:
                     self.d.ptr[slot][k] = _data(self.slots[slot][k], self.d.offsets)
+            self.d.types[4 * k] = self.d.types[4 * k + 1] = compute
+            self.d.types[4 * k + 2] = (
+                _element_type(cnp.PyArray_TYPE(self.slots[FA_STATE0][k]))
+                if self.d.n_slots > FA_STATE0 else compute)
+            self.d.types[4 * k + 3] = -1
+            self.d.lowp[k] = NULL
+            if self.masters[k] is not None:
+                self.d.types[4 * k + 3] = et
+                self.d.lowp[k] = self.d.ptr[FA_PARAM][k]
+                self.d.ptr[FA_PARAM][k] = _data(self.masters[k], self.d.offsets)
             a = self.step_arrays[k]
             self.step_ptr[k] = <int64_t *>cnp.PyArray_DATA(a)
             if self.mu_arrays is not None:
@@ -608,6 +749,8 @@ cdef class GroupPlan:
         self.num_threads = spec.num_threads
         self.nonfinite = spec.nonfinite
         self.numpy_backend = spec.backend == "numpy"
+        self.grad_scale = spec.grad_scale
+        self.max_grad_norm = spec.max_grad_norm if spec.max_grad_norm is not None else 0.0
 
     cdef bint _hyper_fits(self):
         """Every hyperparameter of the group is still the object validated."""
@@ -633,9 +776,13 @@ cdef class GroupPlan:
         for k in range(n):
             a = self.slots[FA_PARAM][k]
             if ((<list>self.params)[k] is not a or not _writable_contiguous(a)
-                    or (<char *>cnp.PyArray_DATA(a) != self.d.ptr[FA_PARAM][k]
+                    or (<char *>cnp.PyArray_DATA(a) != (
+                        self.d.ptr[FA_PARAM][k] if self.d.lowp[k] == NULL else self.d.lowp[k])
                         and cnp.PyArray_SIZE(a) != 0)
                     or cnp.PyArray_SIZE(a) != self.d.offsets[k + 1] - self.d.offsets[k]):
+                return False
+            if self.d.lowp[k] != NULL and not _same_array(
+                    self.masters[k], self.masters[k], self.d.ptr[FA_PARAM][k]):
                 return False
             if not _same_entries(<dict>self.state_dicts[k], <tuple>self.state_keys[k],
                                  <tuple>self.state_values[k]):
@@ -670,20 +817,30 @@ cdef class GroupPlan:
 
     cdef Py_ssize_t _fast_grads(self, list grads, Py_ssize_t offset):
         """Point the loops at ``grads[offset:offset + n]`` if each passes the fast checks
-        (an ndarray of its param's dtype and shape, contiguous, aligned, native byte order,
-        not aliasing a written array); else the index + 1 of the first that does not."""
+        (an ndarray of a dtype its param takes (its own; float32, bfloat16 or float16 for a
+        param with a master) and of its shape, contiguous, aligned, native byte order, not
+        aliasing a written array); else the index + 1 of the first that does not."""
         cdef Py_ssize_t k, nbytes
         cdef object g_obj
         cdef cnp.ndarray g, p
         cdef char *gp
+        cdef int gtype, typenum
         for k in range(self.d.n_arrays):
             g_obj = grads[offset + k]
             if type(g_obj) is not cnp.ndarray:
                 return k + 1
             g = g_obj
             p = self.slots[FA_PARAM][k]
-            if (cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(p)
-                    or not cnp.PyArray_ISNOTSWAPPED(g)
+            typenum = cnp.PyArray_TYPE(g)
+            if typenum == cnp.PyArray_TYPE(p) and self.d.lowp[k] == NULL:
+                gtype = self.d.types[4 * k]
+            elif self.d.lowp[k] != NULL:
+                gtype = _element_type(typenum)
+                if gtype == FA_ET_F64:
+                    return k + 1
+            else:
+                return k + 1
+            if (gtype < 0 or not cnp.PyArray_ISNOTSWAPPED(g)
                     or not cnp.PyArray_IS_C_CONTIGUOUS(g) or not cnp.PyArray_ISALIGNED(g)
                     or not cnp.PyArray_SAMESHAPE(g, p)):
                 return k + 1
@@ -692,11 +849,15 @@ cdef class GroupPlan:
             if nbytes > 0 and self._aliases_written(<uintptr_t>gp, <uintptr_t>gp + nbytes):
                 return k + 1
             self.d.ptr[FA_GRAD][k] = gp if gp != NULL else <char *>self.d.offsets
+            self.d.types[4 * k + 1] = gtype
+            self.d.grad_fns[k] = fa_get_grad_fns(_isa, gtype)
         return 0
 
-    cdef int _prepare(self, list grads, Py_ssize_t offset, object check_grads) except -1:
-        """Scalars, thread count and gradients of this step; writes nothing anywhere."""
-        cdef double t, lr
+    cdef int _prepare(self, list grads, Py_ssize_t offset, object check_grads,
+                      object grad_scale) except -1:
+        """Scalars, thread count, gradient scale and gradients of this step; writes nothing
+        anywhere. ``grad_scale`` (not None) overrides the group's for this step."""
+        cdef double t, lr, scale
         cdef object value
         cdef Py_ssize_t k, n = self.d.n_arrays
         if n and not self._steps_agree():
@@ -710,6 +871,14 @@ cdef class GroupPlan:
                 lr = _check_lr(value, f"lr({int(t)}) returned: ")
         else:
             lr = self.lr_value
+        value = self.grad_scale if grad_scale is None else grad_scale
+        if type(value) is float and isfinite(<double>value) and <double>value > 0.0:
+            scale = <double>value
+        else:
+            scale = _grad_scale_value(value, int(t))
+        self.d.pre.grad_scale, self.d.pre.clip = scale, 1.0
+        self.d.pre.active = scale != 1.0
+        self.d.want_norm = self.max_grad_norm > 0.0
         self.d.kind = fa_step_scalars(&self.hyper, t, lr,
                                       self.mu_ptr[0][0] if n and self.mu_ptr[0] != NULL else 1.0,
                                       &self.d.scalars, &self.mu_after)
@@ -741,30 +910,45 @@ cdef class GroupPlan:
         cdef Py_ssize_t first = self.pending_offset
         return (<list>self.pending_grads)[first:first + self.d.n_arrays]
 
+    cdef bint _needs_scan(self):
+        return self.nonfinite != 2 or self.d.want_norm
+
     cdef Py_ssize_t _scan(self, Py_ssize_t offset) except -2:
-        """Global index of the first non-finite gradient value, or -1."""
+        """Global index of the first non-finite (unscaled) gradient value, or -1; the
+        clipping coefficient of this step when the group clips."""
         cdef Py_ssize_t found
         if self.numpy_backend:
-            return _reference.first_nonfinite(self.pending_grads)
-        with nogil:
-            found = _scan(&self.d, self.n_threads)
+            found, self.d.sumsq = _reference.scan(self._grad_list(), self.d.pre.grad_scale,
+                                                  self.d.want_norm, _chunk_elements)
+        else:
+            with nogil:
+                found = _scan(&self.d, self.n_threads)
+        _clip(&self.d, self.max_grad_norm, &self.norm)
         return found
 
     cdef Py_ssize_t _checked_run(self):
-        """Scan and, only if every gradient value is finite, update: one GIL release."""
+        """Scan and, unless a gradient value is not finite and the policy minds, update:
+        one GIL release."""
         cdef Py_ssize_t found
+        cdef bint mind = self.nonfinite != 2
         with nogil:
             fa_step_enter()
             found = _scan(&self.d, self.n_threads)
-            if found < 0:
+            _clip(&self.d, self.max_grad_norm, &self.norm)
+            if found < 0 or not mind:
                 _run(&self.d, self.n_threads)
             fa_step_leave()
-        return found
+        return found if mind else -1
+
+    cdef void _note_norm(self):
+        """Publish this step's norm (it ran, or was skipped): None when not clipping."""
+        self.last_grad_norm = self.norm if self.d.want_norm else None
 
     cdef void _run(self) except *:
         if self.numpy_backend:
             _reference.run(LOOP_KINDS[self.d.kind], self.slots, self.pending_grads,
-                           _scalars_dict(&self.d.scalars))
+                           _scalars_dict(&self.d.scalars), self.masters,
+                           self.d.pre.grad_scale, self.d.pre.clip)
             return
         with nogil:
             fa_step_enter()
@@ -791,18 +975,27 @@ cdef class GroupPlan:
         return LOOP_KINDS[self.d.kind], _scalars_dict(&self.d.scalars), self.n_threads
 
 
+cdef inline void _clip(GroupData *d, double max_norm, double *norm) noexcept nogil:
+    """This step's clipping coefficient from the scanned sum of squares (fa_clip_coefficient)."""
+    if d.want_norm:
+        d.pre.clip = fa_clip_coefficient(d.sumsq, max_norm, norm)
+        d.pre.active = d.pre.grad_scale != 1.0 or d.pre.clip != 1.0
+
+
 class _StepsDisagree(Exception):
     """A group's params are at different steps (the Python layer says which)."""
 
 
 _check_lr = None
+_grad_scale_value = None
 _reference = None
 
 
-def _bind(check_lr, reference):
+def _bind(check_lr, grad_scale_value, reference):
     """Hand the compiled driver the Python pieces it calls on slow paths."""
-    global _check_lr, _reference
+    global _check_lr, _grad_scale_value, _reference
     _check_lr = check_lr
+    _grad_scale_value = grad_scale_value
     _reference = reference
 
 
@@ -825,12 +1018,14 @@ cdef class Driver:
     cdef Py_ssize_t n_params
     cdef object check_grads
     cdef list one_grad                 # reused for step(ndarray): no list per step
+    cdef list norms                    # per group: the last step's gradient norm, or None
 
     def __cinit__(self, optimizer):
         self.optimizer = optimizer
         self.plans = None
         self.check_grads = optimizer._check_grads
         self.one_grad = [None]
+        self.norms = [None]
 
     def invalidate(self):
         """Forget the plans: the next step validates and plans every group again."""
@@ -845,12 +1040,18 @@ cdef class Driver:
     def plans(self):
         return None if self.plans is None else list(self.plans)
 
+    def grad_norms(self):
+        """Per group, the gradient norm of the last step (None: the group does not clip)."""
+        return list(self.norms)
+
     cdef int _replan(self) except -1:
         self.plans = None
         plans = self.optimizer._plan_groups()
         self.groups = self.optimizer.param_groups
         self.n_params = sum(len((<GroupPlan>p).slots[FA_PARAM]) for p in plans)
         self.plans = list(plans)
+        if len(self.norms) != len(self.plans):
+            self.norms = [None] * len(self.plans)
         return 0
 
     cdef int _fit(self) except -1:
@@ -868,12 +1069,13 @@ cdef class Driver:
             plan = <GroupPlan>self.plans[gi]
             if not plan._hyper_fits():
                 spec = self.optimizer._check_hyper(gi)
-                if spec.state_names != plan.state_names:
+                if (spec.state_names != plan.state_names
+                        or spec.state_dtype != plan.state_dtype):
                     return self._replan()
                 plan.set_hyper(spec)
         return 0
 
-    def step(self, grads):
+    def step(self, grads, grad_scale=None):
         cdef list glist
         cdef GroupPlan plan
         cdef Py_ssize_t gi, n_groups, offset, found
@@ -894,27 +1096,31 @@ cdef class Driver:
             for gi in range(n_groups):
                 plan = <GroupPlan>self.plans[gi]
                 try:
-                    plan._prepare(glist, offset, self.check_grads)
+                    plan._prepare(glist, offset, self.check_grads, grad_scale)
                 except _StepsDisagree:
                     self._replan()         # the Python checks name the params
                     raise RuntimeError("fusedadam internal error: steps disagree after planning")
                 offset += plan.d.n_arrays
-            if n_groups == 1 and plan.nonfinite != 2 and not plan.numpy_backend:
-                # One group with a check: scan and update in one release of the GIL.
+            if n_groups == 1 and plan._needs_scan() and not plan.numpy_backend:
+                # One group with a scan: scan and update in one release of the GIL.
                 found = plan._checked_run()
                 if found >= 0:
-                    return self._nonfinite(plan, found, 0)
+                    self._nonfinite(plan, found, 0)
+                    self._note_norms()
+                    return 1
+                self._note_norms()
                 self._commit(plan)
                 return 0
             offset = 0
             for gi in range(n_groups):
                 plan = <GroupPlan>self.plans[gi]
-                if plan.nonfinite != 2:
+                if plan._needs_scan():
                     found = plan._scan(offset)
-                    if found >= 0:
+                    if found >= 0 and plan.nonfinite != 2:
                         if self._nonfinite(plan, found, offset) == 1:
                             skip = True
                 offset += plan.d.n_arrays
+            self._note_norms()
             if skip:
                 return 1
             for gi in range(n_groups):
@@ -926,6 +1132,12 @@ cdef class Driver:
             for gi in range(n_groups):
                 (<GroupPlan>self.plans[gi])._release()
             self.one_grad[0] = None
+
+    cdef void _note_norms(self) except *:
+        cdef Py_ssize_t gi
+        for gi in range(len(self.plans)):
+            (<GroupPlan>self.plans[gi])._note_norm()
+            self.norms[gi] = (<GroupPlan>self.plans[gi]).last_grad_norm
 
     cdef int _nonfinite(self, GroupPlan plan, Py_ssize_t found, Py_ssize_t offset) except -1:
         """The non-finite policy: "error" raises (nothing written), "skip" skips the step."""
@@ -1126,7 +1338,10 @@ cdef class Probe:
             if dtype < 0:
                 raise ValueError("probe: float32 or float64 arrays")
             self.d.loops[k] = fa_get_loops(_isa, dtype)
-            self.d.itemsize[k] = cnp.PyArray_ITEMSIZE(a)
+            self.d.grad_fns[k] = fa_get_grad_fns(_isa, dtype)
+            self.d.types[4 * k] = self.d.types[4 * k + 1] = self.d.types[4 * k + 2] = dtype
+            self.d.types[4 * k + 3] = -1
+            self.d.lowp[k] = NULL
             self.d.offsets[k + 1] = self.d.offsets[k] + cnp.PyArray_SIZE(a)
 
     def __dealloc__(self):
@@ -1144,3 +1359,37 @@ cdef class Probe:
 def probe(params, grads, exp_avgs, exp_avg_sqs=None, thirds=None, int n_threads=1):
     """One probe pass (see ``Probe``) over lists of arrays, in place."""
     Probe(params, grads, exp_avgs, exp_avg_sqs, thirds).run(n_threads)
+
+
+# ------------------------------------------------------------------ conversions (tests)
+
+def round_float32(const float[::1] values, str to):
+    """The bits (uint16) of ``values`` rounded to ``"bfloat16"`` or ``"float16"`` by the
+    conversions of _mixed.h (round to nearest even), for the tests that compare them with
+    ml_dtypes and NumPy."""
+    import numpy as np
+    cdef Py_ssize_t i, n = values.shape[0]
+    out = np.empty(n, dtype=np.uint16)
+    cdef unsigned short[::1] bits = out
+    cdef bint bf16 = to == "bfloat16"
+    if not bf16 and to != "float16":
+        raise ValueError(f"to must be 'bfloat16' or 'float16', got {to!r}")
+    with nogil:
+        for i in range(n):
+            bits[i] = fa_f32_to_bf16(values[i]) if bf16 else fa_f32_to_f16(values[i])
+    return out
+
+
+def widen_to_float32(const unsigned short[::1] bits, str frm):
+    """float32 values of bfloat16/float16 ``bits`` (uint16) by the conversions of _mixed.h."""
+    import numpy as np
+    cdef Py_ssize_t i, n = bits.shape[0]
+    out = np.empty(n, dtype=np.float32)
+    cdef float[::1] values = out
+    cdef bint bf16 = frm == "bfloat16"
+    if not bf16 and frm != "float16":
+        raise ValueError(f"frm must be 'bfloat16' or 'float16', got {frm!r}")
+    with nogil:
+        for i in range(n):
+            values[i] = fa_bf16_to_f32(bits[i]) if bf16 else fa_f16_to_f32(bits[i])
+    return out

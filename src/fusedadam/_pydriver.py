@@ -17,6 +17,7 @@ __all__ = ["Driver", "GroupPlan"]
 
 _STATE0 = 2
 _MISSING = object()
+_GRAIN = 16384  # FA_POOL_GRAIN: elements per chunk, which orders the norm's sum
 
 
 class GroupPlan:
@@ -29,6 +30,9 @@ class GroupPlan:
         self.installs = spec.installs or None
         self.first_index = spec.first_index
         self.slots = spec.slots
+        self.masters = spec.masters
+        self.state_dtype = spec.hyper_spec.state_dtype
+        self.last_grad_norm = None
         self.state_dicts = spec.state_dicts
         self.step_arrays = spec.step_arrays
         self.mu_arrays = spec.mu_arrays
@@ -40,6 +44,7 @@ class GroupPlan:
     def set_hyper(self, spec):
         self.keys, self.values, self.hyper = spec.keys, spec.values, spec.hyper
         self.lr, self.num_threads, self.nonfinite = spec.lr, spec.num_threads, spec.nonfinite
+        self.grad_scale, self.max_grad_norm = spec.grad_scale, spec.max_grad_norm
 
     def hyper_fits(self):
         return all(self.group.get(k, _MISSING) is v for k, v in zip(self.keys, self.values))
@@ -57,12 +62,14 @@ class GroupPlan:
                     return False
             if st.get("step", _MISSING) is not self.step_arrays[k]:
                 return False
+            if self.masters[k] is not None and st.get("master_param") is not self.masters[k]:
+                return False
             if self.mu_arrays is not None and st.get("mu_product") is not self.mu_arrays[k]:
                 return False
         return True
 
-    def prepare(self, grads, offset):
-        """The scalars and checked gradients of this step; writes nothing."""
+    def prepare(self, grads, offset, grad_scale):
+        """The scalars, gradient scale and checked gradients of this step; writes nothing."""
         params = self.slots[0]
         steps = {int(s) for s in self.step_arrays}
         mus = {float(m) for m in self.mu_arrays} if self.mu_arrays is not None else {1.0}
@@ -77,14 +84,23 @@ class GroupPlan:
                 if type(value) is float and np.isfinite(value) and value >= 0.0
                 else _validation.check_lr(value, f"lr({t}) returned: ")
             )
+        scale = self.grad_scale if grad_scale is None else grad_scale
+        self.scale = (
+            scale
+            if type(scale) is float and np.isfinite(scale) and scale > 0.0
+            else _validation.grad_scale_value(scale, t)
+        )
+        self.clip = 1.0
         # The arrays are re-checked every step (the plan remembers no addresses).
         _validation.check_params(params, self.first_index)
-        for i, name in enumerate(self.state_names):
-            for k, p in enumerate(params):
-                pname = f"params[{self.first_index + k}]"
-                _validation.check_state_array(
-                    self.slots[_STATE0 + i][k], f"{name} of {pname}", p, pname
-                )
+        for k, p in enumerate(params):
+            pname = f"params[{self.first_index + k}]"
+            dtypes = self.optimizer_state_dtypes(p, self.state_dtype, pname)
+            named = [(name, self.slots[_STATE0 + i][k]) for i, name in enumerate(self.state_names)]
+            if self.masters[k] is not None:
+                named.append(("master_param", self.masters[k]))
+            for name, a in named:
+                _validation.check_state_array(a, f"{name} of {pname}", p, pname, dtypes[name])
         self.kind, self.scalars, self.mu_after = reference.step_scalars(
             self.hyper, t, lr, mus.pop()
         )
@@ -97,6 +113,17 @@ class GroupPlan:
             self.first_index,
         )
         return True
+
+    def scan(self, grain):
+        """First non-finite unscaled gradient value (or -1); sets this step's clipping."""
+        want_norm = self.max_grad_norm is not None
+        found, sumsq = reference.scan(self.grads, self.scale, want_norm, grain)
+        if want_norm:
+            self.clip, self.norm = reference.clip_coefficient(sumsq, self.max_grad_norm)
+        return found
+
+    def note_norm(self):
+        self.last_grad_norm = self.norm if self.max_grad_norm is not None else None
 
     def count(self):
         for k, step in enumerate(self.step_arrays):
@@ -116,13 +143,18 @@ class Driver:
         self.optimizer = optimizer
         self.plans: Any = None  # list of GroupPlan, or None: plan at the next step
         self.groups: Any = None
+        self.norms: list = [None]
 
     def invalidate(self):
         self.plans = None
 
-    @staticmethod
-    def new_plan(spec):
-        return GroupPlan(spec)
+    def new_plan(self, spec):
+        plan = GroupPlan(spec)
+        plan.optimizer_state_dtypes = self.optimizer._state_dtypes
+        return plan
+
+    def grad_norms(self):
+        return list(self.norms)
 
     def _replan(self):
         self.plans = None
@@ -130,6 +162,8 @@ class Driver:
         self.groups = self.optimizer.param_groups
         self.n_params = sum(len(p.slots[0]) for p in plans)
         self.plans = plans
+        if len(self.norms) != len(plans):
+            self.norms = [None] * len(plans)
 
     def _fit(self):
         groups = self.groups if self.plans is not None else None
@@ -144,26 +178,26 @@ class Driver:
         for gi, plan in enumerate(self.plans):
             if not plan.hyper_fits():
                 spec = self.optimizer._check_hyper(gi)
-                if spec.state_names != plan.state_names:
+                if spec.state_names != plan.state_names or spec.state_dtype != plan.state_dtype:
                     self._replan()
                     return
                 plan.set_hyper(spec)
 
-    def step(self, grads):
+    def step(self, grads, grad_scale=None):
         self._fit()
         grads = self.optimizer._grad_list(grads, self.n_params)
         try:
             offset = 0
             for plan in self.plans:
-                if not plan.prepare(grads, offset):
+                if not plan.prepare(grads, offset, grad_scale):
                     self._replan()
                     raise RuntimeError("fusedadam internal error: steps disagree after planning")
                 offset += len(plan.slots[0])
             skip = False
             for plan in self.plans:
-                if plan.nonfinite != 2:
-                    found = reference.first_nonfinite(plan.grads)
-                    if found >= 0:
+                if plan.nonfinite != 2 or plan.max_grad_norm is not None:
+                    found = plan.scan(_GRAIN)
+                    if found >= 0 and plan.nonfinite != 2:
                         if plan.nonfinite == 0:
                             sizes = np.cumsum([0] + [g.size for g in plan.grads])
                             k = int(np.searchsorted(sizes, found, side="right")) - 1
@@ -171,11 +205,22 @@ class Driver:
                                 plan, plan.grads, k, found - int(sizes[k])
                             )
                         skip = True
+            for gi, plan in enumerate(self.plans):
+                plan.note_norm()
+                self.norms[gi] = plan.last_grad_norm
             if skip:
                 self.optimizer.skipped_steps += 1
                 return 1
             for plan in self.plans:
-                reference.run(plan.kind, plan.slots, plan.grads, plan.scalars)
+                reference.run(
+                    plan.kind,
+                    plan.slots,
+                    plan.grads,
+                    plan.scalars,
+                    plan.masters,
+                    plan.scale,
+                    plan.clip,
+                )
                 if plan.installs is not None:
                     self.optimizer._install(plan.installs)
                     plan.installs = None

@@ -9,7 +9,9 @@ import numbers
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from fusedadam import _precision
+
+FLOAT_DTYPES = _precision.PARAM_DTYPES
 NONFINITE_MODES = ("error", "skip", "ignore")
 BACKENDS = ("auto", "compiled", "numpy")
 
@@ -82,6 +84,51 @@ def _check_num_threads_entry(value, where):
     check_num_threads(value, where)
 
 
+def _check_state_dtype(value, where):
+    if value not in _precision.STATE_DTYPE_OPTIONS or not isinstance(value, (str, type(None))):
+        raise ValueError(
+            f"{where}Invalid state_dtype {value!r}; expected one of "
+            f"{_precision.STATE_DTYPE_OPTIONS}"
+        )
+
+
+def _check_max_grad_norm(value, where):
+    if value is None:
+        return
+    if not _is_real(value):
+        raise TypeError(f"{where}Invalid max_grad_norm value: {value!r} (a float > 0, or None)")
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"{where}Invalid max_grad_norm value: {value} (must be finite and > 0)")
+
+
+def grad_scale_value(value, t, where=""):
+    """This step's gradient scale from a ``grad_scale`` entry: a finite real > 0, a callable
+    ``grad_scale(t)`` returning one, or a one-element float array read now (the array of an
+    AMP loss scaler, updated in place between steps). Returns it as a float."""
+    label = "grad_scale"
+    if callable(value) and not isinstance(value, np.ndarray):
+        value = value(t)
+        label = f"grad_scale({t}) returned"
+    if isinstance(value, np.ndarray):
+        if value.size != 1 or value.dtype.kind != "f":
+            raise ValueError(
+                f"{where}Invalid {label}: an array of shape {value.shape} and dtype "
+                f"{value.dtype} (expected one floating-point element)"
+            )
+        value = float(value.reshape(-1)[0])
+    if not _is_real(value):
+        raise TypeError(f"{where}Invalid {label}: {value!r} (expected a real number > 0)")
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"{where}Invalid {label}: {value} (must be finite and > 0)")
+    return float(value)
+
+
+def _check_grad_scale(value, where):
+    if callable(value) and not isinstance(value, np.ndarray):
+        return
+    grad_scale_value(value, 0, where)
+
+
 # One checker per hyperparameter key; a group is checked on the keys it has. eps > 0 keeps
 # every denominator positive: sqrt(v)/sqrt(bc2) + eps >= eps (Adam) and u >= |g| + eps
 # (Adamax), so the kernels never divide by zero.
@@ -102,6 +149,9 @@ HYPERPARAMETER_CHECKS = {
     "nonfinite": _check_nonfinite,
     "backend": _check_backend,
     "num_threads": _check_num_threads_entry,
+    "state_dtype": _check_state_dtype,
+    "grad_scale": _check_grad_scale,
+    "max_grad_norm": _check_max_grad_norm,
 }
 
 
@@ -140,7 +190,9 @@ def _check_written_array(a, name):
             f"{name} is a masked array; the mask would be ignored: pass a plain ndarray"
         )
     if a.dtype.newbyteorder("=") not in FLOAT_DTYPES:
-        raise TypeError(f"{name} has dtype {a.dtype}; only float32 and float64 are supported")
+        raise TypeError(
+            f"{name} has dtype {a.dtype}; supported: {_precision.dtype_names(FLOAT_DTYPES)}"
+        )
     if not a.dtype.isnative:
         raise TypeError(
             f"{name} has non-native byte order ({a.dtype.str}); it is updated in "
@@ -168,11 +220,14 @@ def check_params(params, first_index=0):
         seen[id(p)] = first_index + k
 
 
-def check_state_array(a, name, param, pname):
-    """A state array the step writes: shaped and typed like its param, writeable, native."""
+def check_state_array(a, name, param, pname, dtype):
+    """A state array the step writes: of ``dtype``, shaped like its param, writeable, native."""
     _check_written_array(a, name)
-    if a.dtype != param.dtype:
-        raise TypeError(f"{name} has dtype {a.dtype}, but {pname} has {param.dtype}")
+    if a.dtype != dtype:
+        raise TypeError(
+            f"{name} has dtype {a.dtype}, but {pname} ({param.dtype}) keeps it in {dtype} "
+            "(load a state_dict with convert=True to change a state's dtype)"
+        )
     if a.shape != param.shape:
         raise ValueError(f"{name} has shape {a.shape}, but {pname} has {param.shape}")
 
@@ -282,15 +337,18 @@ def check_grads(grads, params, written_lo, written_hi, first_index=0):
     for k, (g, p) in enumerate(zip(grads, params)):
         name = f"grads[{first_index + k}]"
         g = as_gradient(g, name)
-        if g.dtype.newbyteorder("=") != p.dtype:
+        allowed = _precision.grad_dtypes(p.dtype)
+        dtype = g.dtype.newbyteorder("=")
+        if dtype not in allowed:
             raise TypeError(
-                f"{name} has dtype {g.dtype}, but params[{first_index + k}] has {p.dtype}"
+                f"{name} has dtype {g.dtype}, but params[{first_index + k}] ({p.dtype}) "
+                f"takes gradients of dtype {_precision.dtype_names(allowed)}"
             )
         if g.shape != p.shape:
             raise ValueError(
                 f"{name} has shape {g.shape}, but params[{first_index + k}] has {p.shape}"
             )
-        checked.append(readable(g, p.dtype, written_lo, written_hi, name))
+        checked.append(readable(g, dtype, written_lo, written_hi, name))
     return checked
 
 
@@ -342,15 +400,26 @@ def _saved_counter(value, where, name, integral):
     return float(value)
 
 
-def check_saved_state(entry, param, required, optional, scalar_state, where):
+def check_saved_state(entry, param, required, optional, scalar_state, dtypes, convert, where):
     """Check one param's entry of a saved state dict.
 
     ``entry`` must hold an int ``step >= 0``, each of ``required`` (and may hold each of
-    ``optional``) as an ndarray of the param's dtype and shape, and each scalar state; no
-    other key. Returns ``(step, {name: C-contiguous copy}, {scalar name: float})``.
+    ``optional``) as an ndarray of the param's shape and of the dtype ``dtypes[name]`` this
+    optimizer keeps it in, and each scalar state; no other key. A state saved in another
+    dtype (``state_dtype``, or a param that changed precision) loads only with ``convert``:
+    then it is cast (rounded to nearest even), a missing ``master_param`` is made from the
+    param and one the param no longer needs is dropped. Returns ``(step, {name:
+    C-contiguous copy}, {scalar name: float})``.
     """
     if not isinstance(entry, dict):
         raise TypeError(f"{where} must be a dict")
+    master = _precision.MASTER
+    if convert:
+        entry = dict(entry)
+        if master in required and master not in entry:
+            entry[master] = param.astype(np.float32)
+        if master not in required:
+            entry.pop(master, None)
     scalar_names = tuple(name for name, _ in scalar_state)
     missing = [key for key in ("step",) + tuple(required) + scalar_names if key not in entry]
     if missing:
@@ -358,7 +427,8 @@ def check_saved_state(entry, param, required, optional, scalar_state, where):
     known = {"step", *required, *optional, *scalar_names}
     unknown = sorted(str(key) for key in entry if key not in known)
     if unknown:
-        raise ValueError(f"{where} has unexpected entries {unknown} for this optimizer")
+        hint = " (pass convert=True to drop it)" if unknown == [master] else ""
+        raise ValueError(f"{where} has unexpected entries {unknown} for this optimizer{hint}")
     step = _saved_counter(entry["step"], where, "step", integral=True)
     scalars = {
         name: _saved_counter(entry[name], where, name, integral=False) for name in scalar_names
@@ -366,13 +436,19 @@ def check_saved_state(entry, param, required, optional, scalar_state, where):
     copies = {}
     for name in tuple(required) + tuple(n for n in optional if n in entry):
         a = entry[name]
+        dtype = dtypes[name]
         if not isinstance(a, np.ndarray) or isinstance(a, np.ma.MaskedArray):
             raise TypeError(f"{where}['{name}'] must be an ndarray")
-        if a.dtype.newbyteorder("=") != param.dtype:
-            raise TypeError(f"{where}['{name}'] has dtype {a.dtype}, the param has {param.dtype}")
+        saved = a.dtype.newbyteorder("=")
+        if saved != dtype and not (convert and saved in FLOAT_DTYPES):
+            raise TypeError(
+                f"{where}['{name}'] has dtype {a.dtype}, but this optimizer keeps it in "
+                f"{dtype}; pass convert=True to load_state_dict to convert it"
+            )
         if a.shape != param.shape:
             raise ValueError(f"{where}['{name}'] has shape {a.shape}, the param has {param.shape}")
-        copies[name] = np.array(a, dtype=param.dtype, order="C", copy=True)
+        with np.errstate(over="ignore"):
+            copies[name] = np.array(a, dtype=dtype, order="C", copy=True)
     return step, copies, scalars
 
 

@@ -26,7 +26,7 @@ from typing import (
 
 import numpy as np
 
-from fusedadam import _algorithms, _validation, reference
+from fusedadam import _algorithms, _precision, _validation, reference
 from fusedadam._backend import _kernels, resolve_backend
 
 __all__ = ["Optimizer", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion"]
@@ -34,7 +34,7 @@ __all__ = ["Optimizer", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief"
 # The step driver: the compiled one, or its Python twin where the extension is not built.
 _Driver: Any
 if _kernels is not None:
-    _kernels._bind(_validation.check_lr, reference)
+    _kernels._bind(_validation.check_lr, _validation.grad_scale_value, reference)
     _Driver = _kernels.Driver
 else:
     from fusedadam._pydriver import Driver as _Driver
@@ -47,6 +47,8 @@ Betas = Tuple[float, float]
 Threads = Optional[int]
 Backend = Literal["auto", "compiled", "numpy"]
 NonFinite = Literal["error", "skip", "ignore"]
+StateDtype = Optional[Literal["float32", "bfloat16"]]
+GradScale = Union[float, Callable[[int], float], np.ndarray]
 
 _STATE0 = 2  # slots of a GroupPlan: param, grad, then the state arrays
 
@@ -92,6 +94,9 @@ class _HyperSpec(NamedTuple):
     nonfinite: int  # index in _validation.NONFINITE_MODES
     backend: str  # "compiled" or "numpy"
     state_names: tuple  # the state arrays the step uses, in slot order
+    state_dtype: Optional[str]  # the group's state_dtype option
+    grad_scale: object  # float, callable or array (read at each step)
+    max_grad_norm: Optional[float]
 
 
 class _GroupSpec(NamedTuple):
@@ -103,6 +108,7 @@ class _GroupSpec(NamedTuple):
     params: list
     state_dicts: tuple  # per param: its state dict (new ones not yet in opt.state)
     slots: tuple  # (params, None, state arrays...): per slot, one array per param
+    masters: tuple  # per param: its float32 master_param, or None
     step_arrays: tuple  # per param: the 0-d int64 step counter
     mu_arrays: object  # per param: NAdam's 0-d float64 product, or None
     written: Any  # (lo, hi): byte intervals of every array any step writes (None: not yet)
@@ -287,12 +293,14 @@ class Optimizer:
             group["betas"] = tuple(float(b) if isinstance(b, np.generic) else b for b in betas)
 
     # ---------------------------------------------------------------- step
-    def step(self, grads: Grads) -> None:
+    def step(self, grads: Grads, grad_scale: Optional[GradScale] = None) -> None:
         """Update every parameter in place from ``grads``.
 
         ``grads`` is one array (when there is one parameter) or a sequence of arrays in
-        the order of all params of all groups. Everything is checked first: on an error
-        no parameter, state array or step count has changed.
+        the order of all params of all groups. ``grad_scale`` (a float > 0, or a
+        one-element array), when given, replaces every group's ``grad_scale`` for this
+        step only: the gradients are divided by it in the step's pass. Everything is
+        checked first: on an error no parameter, state array or step count has changed.
 
         Raises
         ------
@@ -302,7 +310,15 @@ class Optimizer:
             A gradient holds NaN or inf in a group with ``nonfinite="error"``.
         """
         with self._lock:
-            self._driver.step(grads)
+            self._driver.step(grads, grad_scale)
+
+    @property
+    def last_grad_norm(self) -> Union[None, float, List[Optional[float]]]:
+        """The 2-norm of the unscaled gradients of the last step (the value
+        ``torch.nn.utils.clip_grad_norm_`` returns), per group with ``max_grad_norm`` set
+        (None for a group without): a float for a one-group optimizer, else a list."""
+        norms = self._driver.grad_norms()
+        return norms[0] if len(norms) == 1 else norms
 
     # The driver's hooks into the Python layer (slow paths only).
     _grad_list = staticmethod(_validation.as_grad_list)
@@ -329,6 +345,7 @@ class Optimizer:
         self._check_group_hyper(group, where)
         keys = tuple(self.defaults)
         lr = group["lr"]
+        max_grad_norm = group.get("max_grad_norm")
         return _HyperSpec(
             keys,
             tuple(group[k] for k in keys),
@@ -338,6 +355,9 @@ class Optimizer:
             _validation.NONFINITE_MODES.index(group["nonfinite"]),
             resolve_backend(group["backend"], where),
             self.algorithm.slot_names(group),
+            group.get("state_dtype"),
+            group.get("grad_scale", 1.0),
+            None if max_grad_norm is None else float(max_grad_norm),
         )
 
     def _plan_groups(self):
@@ -378,23 +398,30 @@ class Optimizer:
         installs: List[tuple] = []
         new_step = np.zeros((), dtype=np.int64)  # shared by the group's new params
         new_mu = {name: np.array(init, dtype=np.float64) for name, init in scalar_state}
-        stepped, fresh = set(), []
+        stepped, fresh, masters = set(), [], []
+        master = _precision.MASTER
         for k, p in enumerate(group["params"]):
             pname = f"params[{first + k}]"
+            dtypes = self._state_dtypes(p, hyper_spec.state_dtype, pname)
             st = self.state.get(p)
             if st is None:
-                st = {name: np.zeros_like(p, order="C") for name in names}
+                st = {name: np.zeros(p.shape, dtype=dtypes[name]) for name in names}
+                if master in dtypes:
+                    st[master] = p.astype(np.float32)
                 st["step"] = new_step
                 st.update(new_mu)
                 installs.append((p, None, st))
                 fresh.append(pname)
                 entries = st
             else:
-                entries = self._plan_entries(st, p, pname, names, optional, installs)
+                entries = self._plan_entries(st, p, pname, names, optional, installs, dtypes)
                 stepped.add(int(entries["step"]))
             for i, name in enumerate(names):
                 arrays[i].append(entries[name])
                 named.append((f"{name} of {pname}", entries[name]))
+            masters.append(entries.get(master) if master in dtypes else None)
+            if masters[-1] is not None:
+                named.append((f"{master} of {pname}", masters[-1]))
             named.append((pname, p))
             state_dicts.append(st)
             steps.append(entries["step"])
@@ -424,6 +451,7 @@ class Optimizer:
             group["params"],
             tuple(state_dicts),
             slots,
+            tuple(masters),
             tuple(steps),
             tuple(mus) if scalar_state else None,
             None,
@@ -431,17 +459,29 @@ class Optimizer:
             installs,
         )
 
-    def _plan_entries(self, st, p, pname, names, optional, installs):
+    def _state_dtypes(self, p, option, pname):
+        """The dtype of each state array of param ``p`` (its master_param included)."""
+        dtype = _precision.state_dtype(p.dtype, option, pname)
+        dtypes = {name: dtype for name in self.algorithm.all_state_names()}
+        if _precision.has_master(p.dtype):
+            dtypes[_precision.MASTER] = _precision.FLOAT32
+        return dtypes
+
+    def _plan_entries(self, st, p, pname, names, optional, installs, dtypes):
         """The state entries of a param that has state: checked, the missing optional ones
         (and non-array counters) prepared for install at commit."""
         if not isinstance(st, dict):
             raise TypeError(f"opt.state of {pname} must be a dict, got {type(st).__name__}")
         add = {}
-        for name in names:
+        master = _precision.MASTER
+        for name in names + ((master,) if master in dtypes else ()):
             if name in st:
-                _validation.check_state_array(st[name], f"{name} of {pname}", p, pname)
+                _validation.check_state_array(
+                    st[name], f"{name} of {pname}", p, pname, dtypes[name]
+                )
             elif name in optional and name not in self._created.get(id(p), (p, ()))[1]:
-                add[name] = np.zeros_like(p, order="C")  # the option was just switched on
+                # the option was just switched on
+                add[name] = np.zeros(p.shape, dtype=dtypes[name])
             else:
                 raise ValueError(
                     f"{name} of {pname} is missing from opt.state; the optimizer keeps it from "
@@ -492,15 +532,21 @@ class Optimizer:
                     index += 1
             return {"state": state, "param_groups": groups}
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: Dict[str, Any], convert: bool = False) -> None:
         """Load a ``state_dict()``: checked whole, then copied in; resumes exactly.
 
         Raises ``ValueError``/``TypeError`` (and changes nothing) when the groups, sizes,
         shapes, dtypes, keys or steps do not fit this optimizer. State a saved entry holds
-        for an option that is off now (AMSGrad's ``max_exp_avg_sq``) is kept.
+        for an option that is off now (AMSGrad's ``max_exp_avg_sq``) is kept. A state saved
+        in another dtype (another ``state_dtype``, or params that changed precision) loads
+        only with ``convert=True``: the arrays are cast to this optimizer's dtypes (rounded
+        to nearest even), a missing ``master_param`` is made from the param, and one the
+        params no longer need is dropped.
         """
+        if not isinstance(convert, (bool, np.bool_)):
+            raise TypeError(f"convert must be a bool, got {convert!r}")
         with self._lock:
-            new_groups, new_state = self._check_state_dict(state_dict)
+            new_groups, new_state = self._check_state_dict(state_dict, convert)
             for group, saved in zip(self.param_groups, new_groups):
                 group.update(saved)
             self.state._clear()
@@ -510,7 +556,7 @@ class Optimizer:
             self._record_created(new_state)
             self._driver.invalidate()
 
-    def _check_state_dict(self, state_dict):
+    def _check_state_dict(self, state_dict, convert=False):
         saved_state, saved_groups = _validation.check_state_dict_layout(
             state_dict, self.param_groups
         )
@@ -521,7 +567,7 @@ class Optimizer:
             self._check_group_hyper(merged, f"{where}: ")
             if "betas" in hyper:
                 hyper["betas"] = merged["betas"]
-            entries = self._saved_entries(saved, saved_state, group, merged, index)
+            entries = self._saved_entries(saved, saved_state, group, merged, index, convert)
             counters = {(step, tuple(scalars.values())) for _, step, _, scalars in entries}
             if len(counters) > 1:
                 raise ValueError(
@@ -540,7 +586,7 @@ class Optimizer:
             index += len(group["params"])
         return new_groups, new_state
 
-    def _saved_entries(self, saved, saved_state, group, merged, index):
+    def _saved_entries(self, saved, saved_state, group, merged, index, convert):
         """Checked ``(param, step, arrays, scalars)`` of one group's saved entries."""
         required = self.algorithm.state_names
         optional = tuple(name for name, _ in self.algorithm.optional_state)
@@ -553,8 +599,17 @@ class Optimizer:
             if saved_id not in saved_state:
                 continue
             pname = f"state_dict['state'][{saved_id!r}] (params[{index + k}])"
+            dtypes = self._state_dtypes(p, merged.get("state_dtype"), f"params[{index + k}]")
+            master = (_precision.MASTER,) if _precision.MASTER in dtypes else ()
             step, arrays, scalars = _validation.check_saved_state(
-                saved_state[saved_id], p, required, optional, self.algorithm.scalar_state, pname
+                saved_state[saved_id],
+                p,
+                required + master,
+                optional,
+                self.algorithm.scalar_state,
+                dtypes,
+                convert,
+                pname,
             )
             entries.append((p, step, arrays, scalars))
         if entries and len(entries) != len(group["params"]) and any(e[1] for e in entries):
@@ -592,8 +647,9 @@ class Optimizer:
 _PARAMETERS = {
     "params": (
         "ndarray, sequence of ndarray, or sequence of dict",
-        "Arrays to optimize (float32/float64, C-contiguous, writeable; SparseAdam: 2-D "
-        'tables), updated in place; or param groups ``{"params": [...], "lr": '
+        "Arrays to optimize (float32, float64, bfloat16 or float16, C-contiguous, writeable; "
+        "bfloat16/float16 params keep a float32 ``master_param``; SparseAdam: float32/float64 "
+        '2-D tables), updated in place; or param groups ``{"params": [...], "lr": '
         "...}`` overriding any hyperparameter below.",
     ),
     "lr": (
@@ -631,9 +687,27 @@ _PARAMETERS = {
     "nonfinite": (
         '{"error", "skip", "ignore"}',
         "What a step does when a gradient holds "
-        "NaN or inf: raise ``FloatingPointError`` naming the parameter and the "
-        "count, changing nothing; skip the whole step (``skipped_steps`` counts "
+        "NaN or inf (after unscaling): raise ``FloatingPointError`` naming the parameter "
+        "and the count, changing nothing; skip the whole step (``skipped_steps`` counts "
         "them, as AMP loss scaling does); or no check at all (fastest).",
+    ),
+    "state_dtype": (
+        '{None, "float32", "bfloat16"}',
+        "The dtype of the moments: None is the compute dtype (float32, or float64 for "
+        'float64 params); ``"bfloat16"`` halves the state memory and bytes (float32, '
+        "bfloat16 and float16 params; rounded to nearest even each step).",
+    ),
+    "grad_scale": (
+        "float, callable or array",
+        "Gradients are divided by it in the step's pass (AMP loss scaling): a float > 0, "
+        "``grad_scale(t)``, or a one-element array read at each step; ``step(grads, "
+        "grad_scale=...)`` overrides it for one step.",
+    ),
+    "max_grad_norm": (
+        "float or None",
+        "Clip the group's unscaled gradients to this global 2-norm (the rule of "
+        "``torch.nn.utils.clip_grad_norm_``), the norm computed in the scan of the "
+        "non-finite check; ``last_grad_norm`` holds it.",
     ),
 }
 
@@ -691,7 +765,9 @@ class Adam(Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
                  maximize: bool = False, bias_correction: bool = True, beta1_decay: float = 1.0,
                  num_threads: Threads = None, backend: Backend = "auto",
-                 nonfinite: NonFinite = "error", decoupled_weight_decay: bool = False) -> None:
+                 nonfinite: NonFinite = "error", decoupled_weight_decay: bool = False,
+                 state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
+                 max_grad_norm: Optional[float] = None) -> None:
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on
 
@@ -709,7 +785,9 @@ class AdamW(Adam):
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False,
                  maximize: bool = False, bias_correction: bool = True, beta1_decay: float = 1.0,
                  num_threads: Threads = None, backend: Backend = "auto",
-                 nonfinite: NonFinite = "error") -> None:
+                 nonfinite: NonFinite = "error",
+                 state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
+                 max_grad_norm: Optional[float] = None) -> None:
         Optimizer.__init__(self, params, {**_hyperparameters(locals()),
                                           "decoupled_weight_decay": True})
     # fmt: on
@@ -736,7 +814,9 @@ class Adamax(Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False,
                  bias_correction: bool = True, beta1_decay: float = 1.0,
                  num_threads: Threads = None, backend: Backend = "auto",
-                 nonfinite: NonFinite = "error") -> None:
+                 nonfinite: NonFinite = "error",
+                 state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
+                 max_grad_norm: Optional[float] = None) -> None:
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on
 
@@ -767,7 +847,9 @@ class NAdam(Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
                  decoupled_weight_decay: bool = False, maximize: bool = False,
                  num_threads: Threads = None, backend: Backend = "auto",
-                 nonfinite: NonFinite = "error") -> None:
+                 nonfinite: NonFinite = "error",
+                 state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
+                 max_grad_norm: Optional[float] = None) -> None:
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on
 
@@ -798,7 +880,9 @@ class RAdam(Optimizer):
                  betas: Betas = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  decoupled_weight_decay: bool = False, maximize: bool = False,
                  num_threads: Threads = None, backend: Backend = "auto",
-                 nonfinite: NonFinite = "error") -> None:
+                 nonfinite: NonFinite = "error",
+                 state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
+                 max_grad_norm: Optional[float] = None) -> None:
         # NAdam's arguments less momentum_decay; torch's order.
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on
@@ -827,7 +911,9 @@ class AdaBelief(Optimizer):
                  eps: float = 1e-16, eps_root: float = 1e-16, weight_decay: float = 0.0,
                  decoupled_weight_decay: bool = False, maximize: bool = False,
                  num_threads: Threads = None, backend: Backend = "auto",
-                 nonfinite: NonFinite = "error") -> None:
+                 nonfinite: NonFinite = "error",
+                 state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
+                 max_grad_norm: Optional[float] = None) -> None:
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on
 
@@ -853,6 +939,8 @@ class Lion(Optimizer):
     # fmt: off
     def __init__(self, params: Params, lr: LearningRate = 1e-4, betas: Betas = (0.9, 0.99),
                  weight_decay: float = 1e-3, maximize: bool = False, num_threads: Threads = None,
-                 backend: Backend = "auto", nonfinite: NonFinite = "error") -> None:
+                 backend: Backend = "auto", nonfinite: NonFinite = "error",
+                 state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
+                 max_grad_norm: Optional[float] = None) -> None:
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on

@@ -18,6 +18,9 @@ __all__ = [
     "step_scalars",
     "run",
     "first_nonfinite",
+    "scan",
+    "clip_coefficient",
+    "chunk_size",
     "adam_update",
     "adamax_update",
     "nadam_update",
@@ -261,20 +264,120 @@ _KINDS: Dict[str, Tuple[Callable[..., None], int]] = {
 }
 
 
-def run(kind, slots, grads, scalars):
+@_quiet
+def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0):
     """Run loop ``kind`` (a name of ``_kernels.LOOP_KINDS``) over a group, in place.
 
     ``slots`` is ``(params, None, states...)``, each a sequence over the group's params
-    (the compiled ``GroupPlan`` layout); ``grads`` one gradient per param.
+    (the compiled ``GroupPlan`` layout); ``grads`` one gradient per param; ``masters`` per
+    param its float32 master or None. As the staged runner of ``_mixed.h``: the gradient is
+    widened to the compute dtype, divided by ``grad_scale`` and multiplied by ``clip``;
+    bfloat16 state is widened; the update runs on the master (or the param); then the
+    state and the param are rounded back (to nearest even).
     """
     coupled = kind.endswith("_l2")
     update, n_states = _KINDS[kind[:-3] if coupled else kind]
     params, states = slots[0], slots[2:]
     for k, (p, g) in enumerate(zip(params, grads)):
-        arrays: List[Any] = [np.asarray(s[k]) for s in states]
+        p, g = np.asarray(p), np.asarray(g)
+        master = masters[k] if masters is not None else None
+        target = p if master is None else master
+        compute = target.dtype
+        if g.dtype != compute or grad_scale != 1.0 or clip != 1.0:
+            g = g.astype(compute)
+            g /= compute.type(grad_scale)
+            g *= compute.type(clip)
+        stored: List[Any] = [np.asarray(s[k]) for s in states]
+        arrays = [a if a.dtype == compute else a.astype(compute) for a in stored]
         if update is adam_update:
             arrays = arrays[:2] + [arrays[2] if n_states == 3 else None]
-        update(np.asarray(p), np.asarray(g), *arrays, scalars, coupled)
+        update(target, g, *arrays, scalars, coupled)
+        for a, wide in zip(stored, arrays):
+            if wide is not a:
+                a[...] = wide.astype(a.dtype)
+        if master is not None:
+            p[...] = master.astype(p.dtype)
+
+
+def chunk_size(total, grain):
+    """Elements per chunk of a group of ``total`` elements (``fa_chunk_size`` of _pool.h)."""
+    k = max(grain, 16)
+    k -= k % 16
+    if total // k >= 2**31 - 1:
+        k = total // (2**31 - 2) + 16
+        k -= k % 16
+    return k
+
+
+_LANES = 16  # FA_NORM_LANES of _mixed.h
+
+
+def _segment_sumsq(squares):
+    """Sum of one segment's float64 squares in the lane order of ``_mixed.h``: element i
+    to lane i % 16, each lane in order, then the lanes in order."""
+    full = squares.size - squares.size % _LANES
+    lanes = np.zeros(_LANES)
+    if full:
+        lanes = np.add.reduce(squares[:full].reshape(-1, _LANES), axis=0)
+    tail = squares[full:]
+    lanes[: tail.size] += tail
+    total = 0.0
+    for value in lanes.tolist():
+        total += value
+    return total
+
+
+@_quiet
+def scan(grads, grad_scale, want_norm, grain):
+    """``(first, sumsq)``: the flat index (over the group's gradients as one vector) of the
+    first gradient value that is not finite once unscaled, or -1; and, with ``want_norm``,
+    the sum of squares of the unscaled values, summed per chunk of ``chunk_size`` elements
+    (per array segment in the lane order of ``_segment_sumsq``) and then over the chunks in
+    order, as the compiled scan does for any thread count (else 0.0)."""
+    values = []
+    for g in grads:
+        g = np.asarray(g).reshape(-1)
+        compute = np.dtype(np.float64) if g.dtype == np.float64 else np.dtype(np.float32)
+        x = g.astype(compute)
+        if grad_scale != 1.0:
+            x = x / compute.type(grad_scale)
+        values.append(x)
+    first, offset = -1, 0
+    for x in values:
+        bad = np.flatnonzero(~np.isfinite(x))
+        if bad.size:
+            first = offset + int(bad[0])
+            break
+        offset += x.size
+    if not want_norm:
+        return first, 0.0
+    total = sum(x.size for x in values)
+    k = chunk_size(total, grain)
+    chunk_sums = np.zeros((total + k - 1) // k)
+    offset = 0
+    for x in values:
+        x = x.astype(np.float64)
+        squares = x * x
+        start = 0
+        while start < x.size:
+            chunk = (offset + start) // k
+            stop = min(x.size, (chunk + 1) * k - offset)
+            chunk_sums[chunk] += _segment_sumsq(squares[start:stop])
+            start = stop
+        offset += x.size
+    sumsq = 0.0
+    for value in chunk_sums.tolist():
+        sumsq += value
+    return first, sumsq
+
+
+def clip_coefficient(sumsq, max_norm):
+    """``(coefficient, norm)``: ``fa_clip_coefficient`` of ``_mixed.h``, the rule of
+    ``torch.nn.utils.clip_grad_norm_`` in double: ``max_norm / (norm + 1e-6)`` clamped to
+    at most 1 (NaN stays NaN)."""
+    norm = math.sqrt(sumsq)
+    coefficient = max_norm / (norm + 1e-6)
+    return (1.0 if coefficient > 1.0 else coefficient), norm
 
 
 def first_nonfinite(grads):

@@ -93,6 +93,11 @@ class SparseAdam(Optimizer):
 
     def _check_params(self, params, first):
         for k, p in enumerate(params):
+            if p.dtype not in (np.float32, np.float64):
+                raise TypeError(
+                    f"params[{first + k}] has dtype {p.dtype}; SparseAdam takes float32 and "
+                    "float64 tables"
+                )
             if p.ndim != 2:
                 raise ValueError(
                     f"params[{first + k}] has shape {p.shape}; SparseAdam needs 2-D tables "
@@ -160,7 +165,9 @@ class SparseAdam(Optimizer):
             named.append((pname, p))
             st = self.state.get(p)
             if st is not None:
-                states[k] = self._plan_entries(st, p, pname, self.algorithm.state_names, (), [])
+                names = self.algorithm.state_names
+                dtypes = {name: p.dtype for name in names}
+                states[k] = self._plan_entries(st, p, pname, names, (), [], dtypes)
                 named += [(f"{n} of {pname}", states[k][n]) for n in self.algorithm.state_names]
         written_lo, written_hi = _validation.written_intervals(named)
         prepared, k = [], 0
