@@ -248,7 +248,7 @@ def test_every_algorithm_of_the_table_runs(tmp_path, capsys):
         assert ((name, "roofline") in timed) == (algorithm.arrays_moved in (5, 7, 9))
 
 
-OFFLOAD_TINY = ["--models", "1000x64,64", "--threads", "1", "--repeats", "5", "--sample-ms", "1"]
+OFFLOAD_TINY = ["--models", "1000x64", "--threads", "1", "--repeats", "5", "--sample-ms", "1"]
 
 
 @compiled
@@ -261,7 +261,7 @@ def test_offload_times_each_mode_in_both_phases(tmp_path, capsys):
     text = capsys.readouterr().out
     data = json.loads(out.read_text())
     assert len(rows) == len(data["rows"])
-    assert data["command"].startswith("python -m fusedadam bench offload --models 1000x64,64")
+    assert data["command"].startswith("python -m fusedadam bench offload --models 1000x64")
     assert offload.markdown(data) in text
     for clip in (False, True):
         phase = {r["impl"]: r for r in rows if r["clip"] == clip}
@@ -269,13 +269,14 @@ def test_offload_times_each_mode_in_both_phases(tmp_path, capsys):
         assert phase[offload.ONE_PASS]["bytes_per_element"] == 30
         assert phase["3 passes, fusedadam float32"]["bytes_per_element"] == (46 if clip else 42)
         for r in phase.values():
-            assert r["n_elements"] == 64_064 and r["median_s"] > 0
+            assert r["n_elements"] == 64_000 and r["median_s"] > 0
             if "bytes_per_element" in r:
                 assert r["gb_per_s"] == pytest.approx(
-                    r["bytes_per_element"] * 64_064 / r["median_s"] / 1e9
+                    r["bytes_per_element"] * 64_000 / r["median_s"] / 1e9
                 )
-    norm = rows[0]["one_pass_last_grad_norm"]
-    assert norm is not None and np.isfinite(norm).all()
+    clipped = [r["one_pass_last_grad_norm"] for r in rows if r["clip"]]
+    assert clipped[0] is not None and np.isfinite(clipped[0])  # the norm was computed
+    assert all(r["one_pass_last_grad_norm"] is None for r in rows if not r["clip"])
 
 
 def test_offload_one_pass_does_the_three_passes_work():
