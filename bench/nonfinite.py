@@ -20,6 +20,8 @@ clip     ``"error"`` with ``grad_scale=1024`` and ``max_grad_norm`` (issue #12):
 
 import argparse
 import json
+import shlex
+import sys
 
 import numpy as np
 
@@ -27,6 +29,31 @@ import fusedadam as fa
 from fusedadam.benchmarks.timing import environment, load_average, measure_interleaved
 
 SCALE = 1024.0
+
+
+def markdown(run):
+    """A saved run (``--json``) as the README's Markdown table; tests/test_readme.py checks it."""
+    env = run["environment"]
+    out = [
+        "| N | threads | no check | check | check + unscale + clip | check / no check "
+        "| + unscale + clip / check | all / no check |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in run["rows"]:
+        out.append(
+            f"| {r['n']:.0e} | {r['threads'] or env['nproc']} | {r['ignore_s'] * 1e3:.2f} ms "
+            f"| {r['error_s'] * 1e3:.2f} ms | {r['clip_s'] * 1e3:.2f} ms "
+            f"| {r['error_s'] / r['ignore_s']:.2f}× | {r['clip_over_error']:.2f}× "
+            f"| {r['clip_over_ignore']:.2f}× |"
+        )
+    start, end = env["loadavg_at_start"], env["loadavg_at_end"]
+    out += [
+        "",
+        f"`{run['command']}`: {run['rows'][0]['dtype']}, Adam, medians of {run['repeats']} "
+        f"interleaved samples; load average {start[0]:.2f} at the start, {end[0]:.2f} at the "
+        f"end; {env['time_utc']}.",
+    ]
+    return "\n".join(out) + "\n"
 
 
 def main(argv=None):
@@ -38,6 +65,8 @@ def main(argv=None):
     parser.add_argument("--no-clip", action="store_true", help="time ignore and error only")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = "python bench/nonfinite.py " + " ".join(shlex.quote(a) for a in argv)
     env = environment()
     print(f"fusedadam {fa.__version__} {fa.backend_info()}; load average {load_average()}")
     print(f"{'N':>10} {'ignore us':>11} {'error us':>11} {'clip us':>11} "
@@ -87,9 +116,12 @@ def main(argv=None):
         del opts, steps, grad
     env["loadavg_at_end"] = load_average()
     print(f"load average at the end {env['loadavg_at_end']}")
+    run = {"command": command, "repeats": args.repeats, "environment": env, "rows": rows}
+    if rows and "clip_s" in rows[0]:
+        print("\n" + markdown(run))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"environment": env, "rows": rows}, f, indent=1)
+            json.dump(run, f, indent=1)
 
 
 if __name__ == "__main__":
