@@ -286,3 +286,14 @@ def test_consolidation_command_line(checkpoints, tmp_path):
         timeout=TIMEOUT,
     )
     assert result.returncode != 0 and "callable" in result.stderr
+
+
+def test_max_grad_norm_is_refused_not_applied_per_shard():
+    """Clipping by a shard's norm would be silently wrong: construction refuses it."""
+    from fusedadam.distributed import ShardedOptimizer
+
+    import fusedadam as fa
+
+    params = [np.zeros(10, np.float32)]
+    with pytest.raises(ValueError, match=r"max_grad_norm is not supported by ShardedOptimizer"):
+        ShardedOptimizer(fa.Adam, params, max_grad_norm=1.0)

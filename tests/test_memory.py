@@ -2,6 +2,7 @@
 
 import tracemalloc
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -22,13 +23,30 @@ def test_state_is_exactly_two_or_three_arrays_per_param(amsgrad):
         assert all(a.nbytes == p.nbytes and a.dtype == p.dtype for a in arrays)
 
 
+MIXED = {
+    "float32": (np.float32, np.float32, {}),
+    "bfloat16 params, clipped and scaled": (
+        ml_dtypes.bfloat16,
+        np.float32,
+        {"max_grad_norm": 1.0, "grad_scale": 2.0},
+    ),
+    "float16 params, bfloat16 grads and state": (
+        np.float16,
+        ml_dtypes.bfloat16,
+        {"state_dtype": "bfloat16"},
+    ),
+}
+
+
 @requires_compiled
 @pytest.mark.parametrize("cls", [fa.Adam, fa.AdamW, fa.Adamax])
-def test_no_allocation_per_step_after_the_first(cls):
+@pytest.mark.parametrize("mode", sorted(MIXED))
+def test_no_allocation_per_step_after_the_first(cls, mode):
     n = 10_000_000
-    p = np.zeros(n, np.float32)
-    g = np.full(n, 0.5, np.float32)
-    opt = cls(p, num_threads=2)
+    param_dtype, grad_dtype, options = MIXED[mode]
+    p = np.zeros(n, param_dtype)
+    g = np.full(n, 0.5, grad_dtype)
+    opt = cls(p, num_threads=2, **options)
     opt.step(g)  # creates the state (2 x 40 MB)
     opt.step(g)
     tracemalloc.start()

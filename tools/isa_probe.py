@@ -42,6 +42,23 @@ def main(expected):
                 fast.step(grad)
                 slow.step(grad)
             assert np.array_equal(a, b), (cls.__name__, options, dtype)
+    # Mixed precision: the staged runner, the conversions and the norm scan of this ISA.
+    import ml_dtypes
+
+    for param_dtype, grad_dtype, options in (
+        (ml_dtypes.bfloat16, np.float32, {"max_grad_norm": 1.0, "grad_scale": 4.0}),
+        (np.float16, ml_dtypes.bfloat16, {"state_dtype": "bfloat16"}),
+    ):
+        start = rng.standard_normal(70_001).astype(param_dtype)
+        grad = rng.standard_normal(70_001).astype(grad_dtype)
+        a, b = start.copy(), start.copy()
+        fast = fa.AdamW(a, backend="compiled", num_threads=2, **options)
+        slow = fa.AdamW(b, backend="numpy", **options)
+        for _ in range(3):
+            fast.step(grad)
+            slow.step(grad)
+        assert np.array_equal(a.view(np.uint16), b.view(np.uint16)), (param_dtype, options)
+        assert fast.last_grad_norm == slow.last_grad_norm
     print(f"{expected}: all variants bit-identical to the NumPy reference")
 
 

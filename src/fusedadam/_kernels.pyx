@@ -350,11 +350,11 @@ def step_scalars(dict hyper, double t, double lr, double mu_product=1.0):
 cdef struct GroupData:
     Py_ssize_t n_arrays
     int n_slots                 # FA_STATE0 + number of state arrays the loops read
-    char **ptr[FA_MAX_SLOTS]    # ptr[slot][k]: param (its master when it has one), grad,
-                                # state arrays of array k
+    # ptr[slot][k]: param (its master when it has one), grad, state arrays of array k
+    char **ptr[FA_MAX_SLOTS]
     char **lowp                 # per array: the bfloat16/float16 param, or NULL
-    int *types                  # per array, 4 FA_ET_*: compute, grad (this step), state,
-                                # low-precision param (-1: none)
+    # per array, 4 FA_ET_*: compute, grad (this step), state, low-precision param (-1: none)
+    int *types
     Py_ssize_t *offsets         # n_arrays + 1 prefix sums of element counts
     const fa_loops **loops      # per array: the dispatch row of its compute type
     const fa_grad_fns **grad_fns  # per array: the scans of its gradient's type (this step)

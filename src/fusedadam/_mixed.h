@@ -68,7 +68,8 @@ static inline uint16_t fa_f32_to_bf16(float f)
     uint32_t u = fa_f32_bits(f);
     uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
     uint32_t nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
-    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+    /* NaN test as a signed compare of the magnitude (one vector instruction) */
+    return (uint16_t)((int32_t)(u & 0x7fffffffu) > 0x7f800000 ? nan : rounded);
 }
 
 static inline float fa_f16_to_f32(uint16_t h)
@@ -214,38 +215,35 @@ static inline uint16_t fa_f32_to_f16(float f)
     }
 
 /* Sum of squares of the unscaled values x = (C)g / (C)scale into *sumsq (lane order of
- * the header comment); the index of the first x that is not finite, or -1. */
+ * the header comment); the index of the first x that is not finite, or -1. The squares are
+ * non-negative, so the sum is finite unless some x is not finite or (float64 only) the
+ * squares overflow: only then is the segment walked again to find the first bad x (none:
+ * the norm simply overflowed). The main loop is pure vector arithmetic. */
+#define FA_NORM_LOOP(C, CONV, UNSCALE)                                               \
+    for (; i < full; i += FA_NORM_LANES)                                             \
+        for (int j = 0; j < FA_NORM_LANES; j++) {                                    \
+            C x = CONV(g[i + j]) UNSCALE;                                            \
+            acc[j] += (double)x * (double)x;                                         \
+        }
 #define FA_NORM_BODY(C, GT, CONV, LIMIT)                                             \
     {                                                                                \
         const GT *restrict g = (const GT *)grad;                                     \
         const C sc = (C)scale;                                                       \
         double acc[FA_NORM_LANES] = {0};                                             \
-        int bad = 0;                                                                 \
         ptrdiff_t i = 0, full = n - n % FA_NORM_LANES;                               \
         if (sc == (C)1) {                                                            \
-            for (; i < full; i += FA_NORM_LANES)                                     \
-                for (int j = 0; j < FA_NORM_LANES; j++) {                            \
-                    C x = CONV(g[i + j]);                                            \
-                    bad |= !(x <= (LIMIT) && x >= -(LIMIT));                         \
-                    acc[j] += (double)x * (double)x;                                 \
-                }                                                                    \
+            FA_NORM_LOOP(C, CONV, /* x / 1 is x */)                                 \
         } else {                                                                     \
-            for (; i < full; i += FA_NORM_LANES)                                     \
-                for (int j = 0; j < FA_NORM_LANES; j++) {                            \
-                    C x = CONV(g[i + j]) / sc;                                       \
-                    bad |= !(x <= (LIMIT) && x >= -(LIMIT));                         \
-                    acc[j] += (double)x * (double)x;                                 \
-                }                                                                    \
+            FA_NORM_LOOP(C, CONV, / sc)                                              \
         }                                                                            \
         for (; i < n; i++) {                                                         \
             C x = CONV(g[i]) / sc;                                                   \
-            bad |= !(x <= (LIMIT) && x >= -(LIMIT));                                 \
             acc[i - full] += (double)x * (double)x;                                  \
         }                                                                            \
         double sum = 0.0;                                                            \
         for (int j = 0; j < FA_NORM_LANES; j++) sum += acc[j];                       \
         *sumsq = sum;                                                                \
-        if (bad) { /* rare: find the first one */                                    \
+        if (!(sum <= DBL_MAX)) { /* rare: find the first value that is not finite */ \
             for (i = 0; i < n; i++) {                                                \
                 C x = CONV(g[i]) / sc;                                               \
                 if (!(x <= (LIMIT) && x >= -(LIMIT))) return i;                      \

@@ -23,7 +23,8 @@ _GRAIN = 16384  # FA_POOL_GRAIN: elements per chunk, which orders the norm's sum
 class GroupPlan:
     """A validated group (see ``_kernels.GroupPlan``), always run by the NumPy reference."""
 
-    def __init__(self, spec):
+    def __init__(self, spec, state_dtypes):
+        self.state_dtypes = state_dtypes  # the optimizer's _state_dtypes(p, option, pname)
         self.group = spec.group
         self.params = spec.group["params"]
         self.state_names = tuple(spec.state_names)
@@ -95,7 +96,7 @@ class GroupPlan:
         _validation.check_params(params, self.first_index)
         for k, p in enumerate(params):
             pname = f"params[{self.first_index + k}]"
-            dtypes = self.optimizer_state_dtypes(p, self.state_dtype, pname)
+            dtypes = self.state_dtypes(p, self.state_dtype, pname)
             named = [(name, self.slots[_STATE0 + i][k]) for i, name in enumerate(self.state_names)]
             if self.masters[k] is not None:
                 named.append(("master_param", self.masters[k]))
@@ -149,9 +150,7 @@ class Driver:
         self.plans = None
 
     def new_plan(self, spec):
-        plan = GroupPlan(spec)
-        plan.optimizer_state_dtypes = self.optimizer._state_dtypes
-        return plan
+        return GroupPlan(spec, self.optimizer._state_dtypes)
 
     def grad_norms(self):
         return list(self.norms)

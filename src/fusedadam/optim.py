@@ -317,8 +317,10 @@ class Optimizer:
         """The 2-norm of the unscaled gradients of the last step (the value
         ``torch.nn.utils.clip_grad_norm_`` returns), per group with ``max_grad_norm`` set
         (None for a group without): a float for a one-group optimizer, else a list."""
-        norms = self._driver.grad_norms()
-        return norms[0] if len(norms) == 1 else norms
+        norms, n_groups = self._driver.grad_norms(), len(self.param_groups)
+        if len(norms) != n_groups:  # no step since the groups changed
+            norms = [None] * n_groups
+        return norms[0] if n_groups == 1 else norms
 
     # The driver's hooks into the Python layer (slow paths only).
     _grad_list = staticmethod(_validation.as_grad_list)
@@ -563,6 +565,9 @@ class Optimizer:
         new_groups, new_state, index = [], [], 0
         scalar_state = self.algorithm.scalar_state
         for group, (where, saved, hyper) in zip(self.param_groups, saved_groups):
+            # The state's dtype is this optimizer's choice, as the params' dtypes are: a
+            # saved state of another dtype is converted (convert=True) or refused.
+            hyper.pop("state_dtype", None)
             merged = {**group, **hyper}
             self._check_group_hyper(merged, f"{where}: ")
             if "betas" in hyper:

@@ -334,13 +334,13 @@ def scan(grads, grad_scale, want_norm, grain):
     the sum of squares of the unscaled values, summed per chunk of ``chunk_size`` elements
     (per array segment in the lane order of ``_segment_sumsq``) and then over the chunks in
     order, as the compiled scan does for any thread count (else 0.0)."""
-    values = []
+    values: List[Any] = []
     for g in grads:
         g = np.asarray(g).reshape(-1)
-        compute = np.dtype(np.float64) if g.dtype == np.float64 else np.dtype(np.float32)
-        x = g.astype(compute)
+        compute: Any = np.float64 if g.dtype == np.float64 else np.float32
+        x: Any = g.astype(compute)
         if grad_scale != 1.0:
-            x = x / compute.type(grad_scale)
+            x = x / compute(grad_scale)
         values.append(x)
     first, offset = -1, 0
     for x in values:
@@ -356,8 +356,8 @@ def scan(grads, grad_scale, want_norm, grain):
     chunk_sums = np.zeros((total + k - 1) // k)
     offset = 0
     for x in values:
-        x = x.astype(np.float64)
-        squares = x * x
+        wide: Any = x.astype(np.float64)
+        squares = wide * wide
         start = 0
         while start < x.size:
             chunk = (offset + start) // k

@@ -245,6 +245,15 @@ class ShardedOptimizer:
                     [{"params": [np.zeros(1, dt) for dt in dtypes], **overrides}], **self._kwargs
                 )
             )
+        for gi, template in enumerate(templates):
+            if template.param_groups[0].get("max_grad_norm") is not None:
+                # Each inner optimizer sees one bucket of one rank: its norm is not the
+                # group's, so clipping there would be silently wrong.
+                raise ValueError(
+                    f"param_groups[{gi}]: max_grad_norm is not supported by ShardedOptimizer "
+                    "(the norm would cover one rank's shard, not the group); clip the "
+                    "gradients before step()"
+                )
         return groups, templates
 
     def _signature(self, groups):
