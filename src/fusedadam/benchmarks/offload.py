@@ -289,7 +289,7 @@ def _phase(name, shapes, n, modes, threads, clip, args, notes, shared):
     bandwidth = PROBE_BYTES * probe_n / probe_s
     rows = []
     for impl, r in res.items():
-        mode = mode_of.get(impl)
+        timed = mode_of.get(impl)
         row = {
             "model": name,
             "n_elements": n,
@@ -302,12 +302,12 @@ def _phase(name, shapes, n, modes, threads, clip, args, notes, shared):
             "samples_s": r["samples"],
             "calls_per_sample": r["calls_per_sample"],
         }
-        if mode is None:
+        if timed is None:
             row.update(
                 probe_elements=probe_n, probe_gb_per_s=PROBE_BYTES * probe_n / r["median"] / 1e9
             )
         else:
-            b = mode.bytes(clip)
+            b = timed.bytes(clip)
             row.update(
                 bytes_per_element=b,
                 gb_per_s=b * n / r["median"] / 1e9,
