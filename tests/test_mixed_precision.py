@@ -496,8 +496,9 @@ def test_precision_change_converts_the_master_explicitly():
 
 
 def test_reference_clip_coefficient_is_torch_rule():
-    assert reference.clip_coefficient(4.0, 1.0) == (1.0 / (2.0 + 1e-6), 2.0)
-    assert reference.clip_coefficient(0.0, 1.0) == (1.0, 0.0)
-    coef, norm = reference.clip_coefficient(math.inf, 1.0)
+    assert reference.clip_coefficient(4.0, 1.0, 1.0) == (1.0 / (2.0 + 1e-6), 2.0)
+    assert reference.clip_coefficient(16.0, 2.0, 1.0) == (1.0 / (2.0 + 1e-6), 2.0)
+    assert reference.clip_coefficient(0.0, 1.0, 1.0) == (1.0, 0.0)
+    coef, norm = reference.clip_coefficient(math.inf, 1.0, 1.0)
     assert (coef, norm) == (0.0, math.inf)
-    assert math.isnan(reference.clip_coefficient(math.nan, 1.0)[0])
+    assert math.isnan(reference.clip_coefficient(math.nan, 1.0, 1.0)[0])

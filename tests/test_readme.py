@@ -29,6 +29,9 @@ def test_the_readme_has_python_blocks():
 # is installed; as one process they are a one-rank job.
 MPI_BLOCKS = [i for i, code in enumerate(BLOCKS) if "from mpi4py import MPI" in code]
 EXAMPLES = README.parent / "examples"
+# Blocks using torch ("Using it from PyTorch") run in their own test, where torch is
+# installed (CI's torch step runs it and fails if it skips).
+TORCH_BLOCKS = [i for i, code in enumerate(BLOCKS) if "import torch" in code]
 
 
 def test_readme_mpi_blocks_run(tmp_path, monkeypatch):
@@ -44,8 +47,8 @@ def test_readme_mpi_blocks_run(tmp_path, monkeypatch):
 def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # blocks write checkpoints; later blocks read them
     for index, code in enumerate(BLOCKS):
-        if index in MPI_BLOCKS:
-            continue  # test_readme_mpi_blocks_run
+        if index in MPI_BLOCKS or index in TORCH_BLOCKS:
+            continue  # test_readme_mpi_blocks_run, test_readme_torch_blocks_run
         try:
             exec(compile(code, f"README.md python block {index}", "exec"), {})
         except Exception as exc:
@@ -55,6 +58,18 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
     loss = float(re.search(r"step 2000: loss ([0-9.]+)", out).group(1))
     assert loss < 0.01, out  # the MLP fits its target
     assert "JoinSchedules(" in out and " 2000" in out  # the resumed schedule and step
+
+
+def test_readme_torch_blocks_run(tmp_path, monkeypatch, capsys):
+    if not TORCH_BLOCKS:
+        pytest.skip("the README has no torch block")
+    pytest.importorskip("torch", reason="the PyTorch section needs torch")
+    monkeypatch.chdir(tmp_path)
+    for index in TORCH_BLOCKS:
+        exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), {})
+    out = capsys.readouterr().out
+    first, last = map(float, re.search(r"loss ([0-9.]+) -> ([0-9.]+)", out).groups())
+    assert last < 0.1 * first, out  # the 10-line loop trains
 
 
 RUN = README.parent / "bench" / "results" / "readme_sweep.json"

@@ -90,15 +90,18 @@ typedef struct {
 #define FA_TABLE_ROW(ISA) {FA_DTYPES(FA_TABLE_CELL, ISA)},
 static const fa_loops fa_table[FA_N_ISAS][FA_N_DTYPES] = {FA_ISAS(FA_TABLE_ROW)};
 
-/* The gradient scans of every storage type (FA_ET_*): the non-finite scan, and the scan
- * that also sums the squares of the unscaled values (for max_grad_norm). */
+/* The gradient scans of every storage type (FA_ET_*): the non-finite scan, the scan that
+ * also sums the squares (for max_grad_norm), and the check of the unscaled values (for
+ * grad_scale < 1, where unscaling can overflow). */
 typedef struct {
     fa_scan_fn scan;
     fa_norm_fn norm;
+    fa_unscaled_fn unscaled;
 } fa_grad_fns;
+#define FA_GRAD_CELL(ISA, SFX) {fa_scan_##SFX##_##ISA, fa_norm_##SFX##_##ISA, fa_unscaled_##SFX##_##ISA}
 #define FA_GRAD_ROW(ISA)                                                             \
-    {{fa_scan_f32_##ISA, fa_norm_f32_##ISA}, {fa_scan_f64_##ISA, fa_norm_f64_##ISA},   \
-     {fa_scan_bf16_##ISA, fa_norm_bf16_##ISA}, {fa_scan_f16_##ISA, fa_norm_f16_##ISA}},
+    {FA_GRAD_CELL(ISA, f32), FA_GRAD_CELL(ISA, f64), FA_GRAD_CELL(ISA, bf16),          \
+     FA_GRAD_CELL(ISA, f16)},
 static const fa_grad_fns fa_grad_table[FA_N_ISAS][FA_N_ETS] = {FA_ISAS(FA_GRAD_ROW)};
 static const fa_grad_fns *fa_get_grad_fns(int isa, int type) { return &fa_grad_table[isa][type]; }
 

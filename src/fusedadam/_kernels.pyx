@@ -60,6 +60,7 @@ cdef extern from "_dispatch.h" nogil:
         double grad_scale
         double clip
         int active
+        double inverse
     ctypedef struct fa_segment:
         char *param
         char *lowp
@@ -68,11 +69,14 @@ cdef extern from "_dispatch.h" nogil:
         int n_states, grad_type, state_type, lowp_type
     ctypedef void (*fa_staged_fn)(fa_loop_fn dense, const fa_segment *x, ptrdiff_t n,
                                   const fa_scalars *s, const fa_pre *pre) noexcept nogil
-    ctypedef ptrdiff_t (*fa_norm_fn)(const void *grad, ptrdiff_t n, double scale,
+    ctypedef ptrdiff_t (*fa_norm_fn)(const void *grad, ptrdiff_t n,
                                      double *sumsq) noexcept nogil
+    ctypedef ptrdiff_t (*fa_unscaled_fn)(const void *grad, ptrdiff_t n,
+                                         double scale) noexcept nogil
     ctypedef struct fa_grad_fns:
         fa_scan_fn scan
         fa_norm_fn norm
+        fa_unscaled_fn unscaled
     ctypedef struct fa_loops:
         fa_loop_fn dense[64]
         fa_staged_fn staged
@@ -101,7 +105,8 @@ cdef extern from "_dispatch.h" nogil:
     int fa_cpu_best_isa()
     const fa_loops *fa_get_loops(int isa, int dtype)
     const fa_grad_fns *fa_get_grad_fns(int isa, int type)
-    double fa_clip_coefficient(double sumsq, double max_norm, double *norm)
+    double fa_clip_coefficient(double sumsq, double grad_scale, double max_norm, double *norm)
+    void fa_pre_set(fa_pre *pre, double grad_scale)
     float fa_bf16_to_f32(unsigned short h)
     unsigned short fa_f32_to_bf16(float f)
     float fa_f16_to_f32(unsigned short h)
@@ -426,11 +431,13 @@ cdef Py_ssize_t _walk(GroupData *d, Py_ssize_t start, Py_ssize_t end, bint scan,
                 _run_segment(d, k, e, stop - start)
             else:
                 grad = d.ptr[FA_GRAD][k] + e * _et_size(d.types[4 * k + 1])
-                if d.want_norm or d.pre.grad_scale < 1.0:
-                    # the unscaled values (unscaling by < 1 can overflow), and their squares
-                    found = d.grad_fns[k].norm(grad, stop - start, d.pre.grad_scale, &part)
+                if d.want_norm:
+                    found = d.grad_fns[k].norm(grad, stop - start, &part)
                     sumsq[0] += part
-                else:
+                if d.pre.grad_scale < 1.0:
+                    # unscaling by < 1 can overflow: the unscaled values decide
+                    found = d.grad_fns[k].unscaled(grad, stop - start, d.pre.grad_scale)
+                elif not d.want_norm:
                     found = d.grad_fns[k].scan(grad, stop - start)
                 if found >= 0:
                     if not d.want_norm:
@@ -533,7 +540,7 @@ cdef int _group_alloc(GroupData *d) except -1:
     cdef Py_ssize_t n = d.n_arrays + 1
     cdef int slot
     d.first_bad, d.chunk_sumsq, d.first_bad_size = NULL, NULL, 0
-    d.pre.grad_scale, d.pre.clip, d.pre.active = 1.0, 1.0, 0
+    fa_pre_set(&d.pre, 1.0)
     d.want_norm, d.sumsq = False, 0.0
     for slot in range(FA_MAX_SLOTS):
         d.ptr[slot] = <char **>malloc(n * sizeof(char *)) if slot < d.n_slots else NULL
@@ -876,8 +883,7 @@ cdef class GroupPlan:
             scale = <double>value
         else:
             scale = _grad_scale_value(value, int(t))
-        self.d.pre.grad_scale, self.d.pre.clip = scale, 1.0
-        self.d.pre.active = scale != 1.0
+        fa_pre_set(&self.d.pre, scale)
         self.d.want_norm = self.max_grad_norm > 0.0
         self.d.kind = fa_step_scalars(&self.hyper, t, lr,
                                       self.mu_ptr[0][0] if n and self.mu_ptr[0] != NULL else 1.0,
@@ -978,7 +984,7 @@ cdef class GroupPlan:
 cdef inline void _clip(GroupData *d, double max_norm, double *norm) noexcept nogil:
     """This step's clipping coefficient from the scanned sum of squares (fa_clip_coefficient)."""
     if d.want_norm:
-        d.pre.clip = fa_clip_coefficient(d.sumsq, max_norm, norm)
+        d.pre.clip = fa_clip_coefficient(d.sumsq, d.pre.grad_scale, max_norm, norm)
         d.pre.active = d.pre.grad_scale != 1.0 or d.pre.clip != 1.0
 
 

@@ -45,7 +45,23 @@ typedef struct {
     double grad_scale;    /* gradients are divided by it (1: no unscaling) */
     double clip;          /* then multiplied by it (1: no clipping) */
     int active;           /* grad_scale != 1 or clip != 1 */
+    double inverse;       /* 1 / grad_scale when that is exact and dividing by grad_scale
+                           * is multiplying by it (a power of two in [2**-126, 2**126],
+                           * as AMP's scales are), else 0 */
 } fa_pre;
+
+/* Set the unscaling of this step (clip 1 until the scan has run). x / 2**k and
+ * x * 2**-k are the same correctly rounded number, subnormal results included, and both
+ * 2**k and 2**-k are exact in float32 for |k| <= 126: the multiply replaces the divider. */
+static inline void fa_pre_set(fa_pre *pre, double grad_scale)
+{
+    int e;
+    pre->grad_scale = grad_scale;
+    pre->clip = 1.0;
+    pre->active = grad_scale != 1.0;
+    pre->inverse = (frexp(grad_scale, &e) == 0.5 && e - 1 >= -126 && e - 1 <= 126)
+                       ? 1.0 / grad_scale : 0.0;
+}
 
 /* One array segment of a staged call. */
 typedef struct {
@@ -99,18 +115,25 @@ static inline uint16_t fa_f32_to_f16(float f)
 
 /* ---- per-instruction-set block loops ------------------------------------------------------ */
 
-/* out[i] = (C)g[i] (/ scale * clip when pre.active). */
+/* out[i] = (C)g[i] / scale * clip (the division as the exact reciprocal's multiply
+ * when pre->inverse is set; skipped, as x / 1 and x * 1 are x, when inactive). */
 #define FA_WIDEN_LOOP(C, GT, CONV)                                                   \
     {                                                                                \
         const GT *restrict src = (const GT *)grad;                                   \
-        if (active) {                                                                \
+        const C scale = (C)pre->grad_scale, clip = (C)pre->clip;                     \
+        const C inverse = (C)pre->inverse;                                           \
+        if (!pre->active) {                                                          \
+            for (ptrdiff_t i = 0; i < n; i++) out[i] = CONV(src[i]);                 \
+        } else if (pre->inverse != 0.0) {                                            \
             for (ptrdiff_t i = 0; i < n; i++) {                                      \
-                C x = CONV(src[i]);                                                  \
-                x = x / scale;                                                       \
+                C x = CONV(src[i]) * inverse;                                        \
                 out[i] = x * clip;                                                   \
             }                                                                        \
         } else {                                                                     \
-            for (ptrdiff_t i = 0; i < n; i++) out[i] = CONV(src[i]);                 \
+            for (ptrdiff_t i = 0; i < n; i++) {                                      \
+                C x = CONV(src[i]) / scale;                                          \
+                out[i] = x * clip;                                                   \
+            }                                                                        \
         }                                                                            \
     }
 #define FA_SAME(x) (x)
@@ -118,7 +141,7 @@ static inline uint16_t fa_f32_to_f16(float f)
 #define FA_DEFINE_MIXED(ISA)                                                         \
     FA_ATTR_##ISA static void fa_widen_grad_f32_##ISA(                               \
         float *restrict out, const void *grad, int type, ptrdiff_t n,                \
-        float scale, float clip, int active)                                         \
+        const fa_pre *pre)                                                           \
     {                                                                                \
         if (type == FA_ET_BF16) FA_WIDEN_LOOP(float, uint16_t, fa_bf16_to_f32)       \
         else if (type == FA_ET_F16) FA_WIDEN_LOOP(float, uint16_t, fa_f16_to_f32)    \
@@ -126,7 +149,7 @@ static inline uint16_t fa_f32_to_f16(float f)
     }                                                                                \
     FA_ATTR_##ISA static void fa_widen_grad_f64_##ISA(                               \
         double *restrict out, const void *grad, int type, ptrdiff_t n,               \
-        double scale, double clip, int active)                                       \
+        const fa_pre *pre)                                                           \
     {                                                                                \
         (void)type;                                                                  \
         FA_WIDEN_LOOP(double, double, FA_SAME)                                       \
@@ -166,8 +189,7 @@ static inline uint16_t fa_f32_to_f16(float f)
             a[FA_PARAM] = x->param + off * 4;                                        \
             if (stage_grad) {                                                        \
                 fa_widen_grad_f32_##ISA(gbuf, x->grad + off * gsize, x->grad_type,   \
-                                        len, (float)pre->grad_scale,                 \
-                                        (float)pre->clip, pre->active);              \
+                                        len, pre);                                   \
                 a[FA_GRAD] = (char *)gbuf;                                           \
             } else {                                                                 \
                 a[FA_GRAD] = (char *)x->grad + off * 4;                              \
@@ -205,8 +227,7 @@ static inline uint16_t fa_f32_to_f16(float f)
         for (ptrdiff_t off = 0; off < n; off += FA_STAGE) {                          \
             ptrdiff_t len = n - off < FA_STAGE ? n - off : FA_STAGE;                 \
             a[FA_PARAM] = x->param + off * 8;                                        \
-            fa_widen_grad_f64_##ISA(gbuf, x->grad + off * 8, FA_ET_F64, len,         \
-                                    pre->grad_scale, pre->clip, pre->active);        \
+            fa_widen_grad_f64_##ISA(gbuf, x->grad + off * 8, FA_ET_F64, len, pre);   \
             a[FA_GRAD] = (char *)gbuf;                                               \
             for (int j = 0; j < x->n_states; j++)                                    \
                 a[FA_STATE0 + j] = x->state[j] + off * 8;                            \
@@ -214,30 +235,24 @@ static inline uint16_t fa_f32_to_f16(float f)
         }                                                                            \
     }
 
-/* Sum of squares of the unscaled values x = (C)g / (C)scale into *sumsq (lane order of
- * the header comment); the index of the first x that is not finite, or -1. The squares are
- * non-negative, so the sum is finite unless some x is not finite or (float64 only) the
- * squares overflow: only then is the segment walked again to find the first bad x (none:
- * the norm simply overflowed). The main loop is pure vector arithmetic. */
-#define FA_NORM_LOOP(C, CONV, UNSCALE)                                               \
-    for (; i < full; i += FA_NORM_LANES)                                             \
-        for (int j = 0; j < FA_NORM_LANES; j++) {                                    \
-            C x = CONV(g[i + j]) UNSCALE;                                            \
-            acc[j] += (double)x * (double)x;                                         \
-        }
+/* The sum of squares of the gradient values (widened to C, then to double) into *sumsq,
+ * in the lane order of the header comment; the index of the first value that is not
+ * finite, or -1. The squares are non-negative, so the sum is finite unless some value is
+ * not finite or (float64 only) the squares overflow: only then is the segment walked again
+ * to find the first bad value (none: the sum simply overflowed). The main loop is pure
+ * vector arithmetic. The group's norm is sqrt(sum) / grad_scale (fa_clip_coefficient). */
 #define FA_NORM_BODY(C, GT, CONV, LIMIT)                                             \
     {                                                                                \
         const GT *restrict g = (const GT *)grad;                                     \
-        const C sc = (C)scale;                                                       \
         double acc[FA_NORM_LANES] = {0};                                             \
         ptrdiff_t i = 0, full = n - n % FA_NORM_LANES;                               \
-        if (sc == (C)1) {                                                            \
-            FA_NORM_LOOP(C, CONV, /* x / 1 is x */)                                 \
-        } else {                                                                     \
-            FA_NORM_LOOP(C, CONV, / sc)                                              \
-        }                                                                            \
+        for (; i < full; i += FA_NORM_LANES)                                         \
+            for (int j = 0; j < FA_NORM_LANES; j++) {                                \
+                C x = CONV(g[i + j]);                                                \
+                acc[j] += (double)x * (double)x;                                     \
+            }                                                                        \
         for (; i < n; i++) {                                                         \
-            C x = CONV(g[i]) / sc;                                                   \
+            C x = CONV(g[i]);                                                        \
             acc[i - full] += (double)x * (double)x;                                  \
         }                                                                            \
         double sum = 0.0;                                                            \
@@ -245,36 +260,53 @@ static inline uint16_t fa_f32_to_f16(float f)
         *sumsq = sum;                                                                \
         if (!(sum <= DBL_MAX)) { /* rare: find the first value that is not finite */ \
             for (i = 0; i < n; i++) {                                                \
-                C x = CONV(g[i]) / sc;                                               \
+                C x = CONV(g[i]);                                                    \
                 if (!(x <= (LIMIT) && x >= -(LIMIT))) return i;                      \
             }                                                                        \
         }                                                                            \
         return -1;                                                                   \
     }
 
-typedef ptrdiff_t (*fa_norm_fn)(const void *grad, ptrdiff_t n, double scale, double *sumsq);
+/* The first index whose unscaled value (C)g / (C)scale is not finite, or -1: for
+ * grad_scale < 1 only (dividing by >= 1 cannot overflow, so the raw scan decides). */
+#define FA_UNSCALED_BODY(C, GT, CONV, LIMIT)                                         \
+    {                                                                                \
+        const GT *restrict g = (const GT *)grad;                                     \
+        const C sc = (C)scale;                                                       \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            C x = CONV(g[i]) / sc;                                                   \
+            if (!(x <= (LIMIT) && x >= -(LIMIT))) return i;                          \
+        }                                                                            \
+        return -1;                                                                   \
+    }
 
-#define FA_NORM_SIG(name)                                                            \
-    ptrdiff_t name(const void *grad, ptrdiff_t n, double scale, double *sumsq)
+typedef ptrdiff_t (*fa_norm_fn)(const void *grad, ptrdiff_t n, double *sumsq);
+typedef ptrdiff_t (*fa_unscaled_fn)(const void *grad, ptrdiff_t n, double scale);
+
+#define FA_NORM_SIG(name) ptrdiff_t name(const void *grad, ptrdiff_t n, double *sumsq)
+#define FA_UNSCALED_SIG(name) ptrdiff_t name(const void *grad, ptrdiff_t n, double scale)
+#define FA_DEFINE_NORM(ISA, SFX, C, GT, CONV, LIMIT)                                 \
+    FA_ATTR_##ISA static FA_NORM_SIG(fa_norm_##SFX##_##ISA)                          \
+        FA_NORM_BODY(C, GT, CONV, LIMIT)                                             \
+    FA_ATTR_##ISA static FA_UNSCALED_SIG(fa_unscaled_##SFX##_##ISA)                  \
+        FA_UNSCALED_BODY(C, GT, CONV, LIMIT)
 #define FA_DEFINE_NORMS(ISA)                                                         \
-    FA_ATTR_##ISA static FA_NORM_SIG(fa_norm_f32_##ISA)                              \
-        FA_NORM_BODY(float, float, FA_SAME, FLT_MAX)                                 \
-    FA_ATTR_##ISA static FA_NORM_SIG(fa_norm_f64_##ISA)                              \
-        FA_NORM_BODY(double, double, FA_SAME, DBL_MAX)                               \
-    FA_ATTR_##ISA static FA_NORM_SIG(fa_norm_bf16_##ISA)                             \
-        FA_NORM_BODY(float, uint16_t, fa_bf16_to_f32, FLT_MAX)                       \
-    FA_ATTR_##ISA static FA_NORM_SIG(fa_norm_f16_##ISA)                              \
-        FA_NORM_BODY(float, uint16_t, fa_f16_to_f32, FLT_MAX)                        \
+    FA_DEFINE_NORM(ISA, f32, float, float, FA_SAME, FLT_MAX)                         \
+    FA_DEFINE_NORM(ISA, f64, double, double, FA_SAME, DBL_MAX)                       \
+    FA_DEFINE_NORM(ISA, bf16, float, uint16_t, fa_bf16_to_f32, FLT_MAX)              \
+    FA_DEFINE_NORM(ISA, f16, float, uint16_t, fa_f16_to_f32, FLT_MAX)                \
     FA_ATTR_##ISA static ptrdiff_t fa_scan_bf16_##ISA(const void *grad, ptrdiff_t n) \
         FA_SCAN_BODY(uint16_t, (uint16_t)0x7f80u)                                    \
     FA_ATTR_##ISA static ptrdiff_t fa_scan_f16_##ISA(const void *grad, ptrdiff_t n)  \
         FA_SCAN_BODY(uint16_t, (uint16_t)0x7c00u)
 
-/* The clipping rule of torch.nn.utils.clip_grad_norm_, in double: the coefficient
- * max_norm / (norm + 1e-6) clamped to at most 1 (a NaN norm gives NaN, as torch's clamp). */
-static inline double fa_clip_coefficient(double sumsq, double max_norm, double *norm)
+/* The clipping rule of torch.nn.utils.clip_grad_norm_, in double: the norm of the unscaled
+ * gradients sqrt(sumsq) / grad_scale, and the coefficient max_norm / (norm + 1e-6)
+ * clamped to at most 1 (a NaN norm gives NaN, as torch's clamp). */
+static inline double fa_clip_coefficient(double sumsq, double grad_scale, double max_norm,
+                                         double *norm)
 {
-    *norm = sqrt(sumsq);
+    *norm = sqrt(sumsq) / grad_scale;
     double coef = max_norm / (*norm + 1e-6);
     return coef > 1.0 ? 1.0 : coef;
 }

@@ -120,7 +120,7 @@ class GroupPlan:
         want_norm = self.max_grad_norm is not None
         found, sumsq = reference.scan(self.grads, self.scale, want_norm, grain)
         if want_norm:
-            self.clip, self.norm = reference.clip_coefficient(sumsq, self.max_grad_norm)
+            self.clip, self.norm = reference.clip_coefficient(sumsq, self.scale, self.max_grad_norm)
         return found
 
     def note_norm(self):

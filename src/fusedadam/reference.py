@@ -331,24 +331,23 @@ def _segment_sumsq(squares):
 def scan(grads, grad_scale, want_norm, grain):
     """``(first, sumsq)``: the flat index (over the group's gradients as one vector) of the
     first gradient value that is not finite once unscaled, or -1; and, with ``want_norm``,
-    the sum of squares of the unscaled values, summed per chunk of ``chunk_size`` elements
-    (per array segment in the lane order of ``_segment_sumsq``) and then over the chunks in
-    order, as the compiled scan does for any thread count (else 0.0)."""
+    the sum of squares of the gradient values (widened to the compute dtype; the norm is
+    ``sqrt(sumsq) / grad_scale``, see :func:`clip_coefficient`), summed per chunk of
+    ``chunk_size`` elements (per array segment in the lane order of ``_segment_sumsq``)
+    and then over the chunks in order, as the compiled scan does for any thread count
+    (else 0.0)."""
     values: List[Any] = []
+    first, offset = -1, 0
     for g in grads:
         g = np.asarray(g).reshape(-1)
         compute: Any = np.float64 if g.dtype == np.float64 else np.float32
         x: Any = g.astype(compute)
-        if grad_scale != 1.0:
-            x = x / compute(grad_scale)
         values.append(x)
-    first, offset = -1, 0
-    for x in values:
-        bad = np.flatnonzero(~np.isfinite(x))
-        if bad.size:
-            first = offset + int(bad[0])
-            break
-        offset += x.size
+        if first < 0:
+            bad = np.flatnonzero(~np.isfinite(x / compute(grad_scale)))
+            if bad.size:
+                first = offset + int(bad[0])
+            offset += x.size
     if not want_norm:
         return first, 0.0
     total = sum(x.size for x in values)
@@ -371,11 +370,12 @@ def scan(grads, grad_scale, want_norm, grain):
     return first, sumsq
 
 
-def clip_coefficient(sumsq, max_norm):
+def clip_coefficient(sumsq, grad_scale, max_norm):
     """``(coefficient, norm)``: ``fa_clip_coefficient`` of ``_mixed.h``, the rule of
-    ``torch.nn.utils.clip_grad_norm_`` in double: ``max_norm / (norm + 1e-6)`` clamped to
-    at most 1 (NaN stays NaN)."""
-    norm = math.sqrt(sumsq)
+    ``torch.nn.utils.clip_grad_norm_`` in double: the norm of the unscaled gradients
+    ``sqrt(sumsq) / grad_scale`` and ``max_norm / (norm + 1e-6)`` clamped to at most 1
+    (NaN stays NaN)."""
+    norm = math.sqrt(sumsq) / grad_scale
     coefficient = max_norm / (norm + 1e-6)
     return (1.0 if coefficient > 1.0 else coefficient), norm
 

@@ -1,0 +1,1235 @@
+"""``fusedadam.torch``: fusedadam's optimizers as ``torch.optim.Optimizer`` subclasses.
+
+``Adam``, ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam``, ``AdaBelief`` and ``Lion`` take CPU
+tensors and behave like their ``torch.optim`` namesakes: ``step(closure=None)`` reads
+``p.grad``, ``zero_grad()``, param groups, ``add_param_group``, step and state-dict hooks,
+``torch.optim.lr_scheduler`` and ``torch.amp.GradScaler`` work unchanged, and state dicts
+interchange with ``torch.optim``'s.
+
+Each is a thin adapter over the NumPy-facing optimizer of the same name
+(:mod:`fusedadam.optim`), which owns every rule of the step: validation, lazy state, the
+non-finite policy and the compiled, GIL-free pass over all tensors of a group. The adapter
+hands it NumPy views of the tensors (``Tensor.numpy()`` shares memory: nothing is copied),
+cached per parameter, so a step allocates nothing and re-plans nothing while the tensors
+stay in place. The state tensors in ``opt.state[p]`` are views of the same memory the
+kernel updates.
+
+Importing this module imports torch (``pip install "fusedadam[torch]"``); ``import
+fusedadam`` alone never does.
+"""
+
+import inspect
+import math
+import numbers
+import operator
+import re
+from collections import OrderedDict, defaultdict
+from copy import deepcopy
+import itertools
+from itertools import chain
+from typing import Any, Dict, List, Tuple
+
+import ml_dtypes
+import numpy as np
+import torch
+
+from fusedadam import optim as _optim
+from fusedadam import _validation
+
+__all__ = [
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "NAdam",
+    "RAdam",
+    "AdaBelief",
+    "Lion",
+    "Offload",
+    "Optimizer",
+]
+
+# torch.optim's group keys that select one of its implementations. Accepted (so that its
+# state dicts load) and kept, but there is one implementation here: foreach and fused are
+# ignored; capturable and differentiable (CUDA graphs, autograd through the step) are not
+# supported and must stay False.
+_TORCH_ONLY = {"foreach": None, "capturable": False, "differentiable": False, "fused": None}
+
+# The param dtypes the step takes (fusedadam._precision owns which go together).
+_FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+# step is exact as a float32 0-d tensor (torch's layout) up to 2**24.
+_FLOAT32_EXACT = 2**24
+
+_OFFLOAD_HINT = (
+    "fusedadam.torch steps CPU tensors: keep the master params (and the optimizer) on the "
+    "CPU, e.g. with fusedadam.torch.Offload(model.parameters(), Adam), which writes the "
+    "updated low-precision copy into a CPU buffer for one non-blocking copy to the device"
+)
+
+
+def _numpy(t):
+    """The NumPy view of a CPU tensor (same memory; bfloat16 as ``ml_dtypes.bfloat16``)."""
+    if t.dtype == torch.bfloat16:
+        return t.detach().view(torch.int16).numpy().view(_BFLOAT16)
+    return t.detach().numpy()
+
+
+def _tensor(a):
+    """The tensor view of a NumPy array (same memory)."""
+    if a.dtype == _BFLOAT16:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def _check_tensor(t, name, kind="parameter"):
+    """A tensor the step may read or write by pointer: dense, strided, CPU, contiguous, real
+    floating point of a supported dtype. Raises with what is wrong and what to do."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_sparse or t.layout is not torch.strided:
+        raise TypeError(
+            f"{name} is a sparse tensor ({t.layout}); fusedadam.torch steps dense tensors "
+            "(for sparse embedding gradients use torch.optim.SparseAdam or fusedadam.SparseAdam)"
+        )
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device: it has no data to update")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} is on {t.device}; {_OFFLOAD_HINT}")
+    if t.dtype not in _FLOATS:
+        raise TypeError(
+            f"{name} has dtype {t.dtype}; fusedadam.torch supports "
+            f"{', '.join(str(d) for d in _FLOATS)}"
+        )
+    if not t.is_contiguous():
+        raise ValueError(
+            f"{name} is not contiguous (strides {t.stride()} for shape {tuple(t.shape)}); "
+            f"the step updates {kind}s in place by pointer: pass a contiguous tensor"
+        )
+    if t.is_conj() or t.is_neg():
+        raise ValueError(f"{name} has a lazy conjugate/negative bit; resolve it first")
+
+
+class _Flag:
+    """Set when ``opt.state`` changed in a way the kernel's views must follow."""
+
+    __slots__ = ("dirty",)
+
+    def __init__(self):
+        self.dirty = True
+
+
+class _WatchedState(dict):
+    """A param's state dict (``opt.state[p]``): a plain dict that flags replaced entries.
+
+    In-place edits of its tensors need no flag (they are the kernel's memory). Copies and
+    pickles are plain dicts.
+    """
+
+    __slots__ = ("_flag",)
+
+    def __init__(self, flag, *args):
+        super().__init__(*args)
+        self._flag = flag
+
+    def __reduce__(self):
+        return (dict, (dict(self),))
+
+    def _touch(self):
+        self._flag.dirty = True
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self._touch()
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        self._touch()
+
+    def pop(self, *args):
+        self._touch()
+        return super().pop(*args)
+
+    def popitem(self):
+        self._touch()
+        return super().popitem()
+
+    def clear(self):
+        super().clear()
+        self._touch()
+
+    def update(self, *args, **kwargs):
+        super().update(*args, **kwargs)
+        self._touch()
+
+    def setdefault(self, key, default=None):
+        self._touch()
+        return super().setdefault(key, default)
+
+
+class _StateMap(defaultdict):
+    """``opt.state``: torch's ``defaultdict(dict)`` whose changes flag a re-sync."""
+
+    def __init__(self, flag):
+        super().__init__()
+        self._flag = flag
+
+    def __missing__(self, key):
+        value = _WatchedState(self._flag)
+        dict.__setitem__(self, key, value)  # an empty dict is "no state": nothing to sync
+        return value
+
+    def __reduce__(self):
+        return (dict, (dict(self),))
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self._flag.dirty = True
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        self._flag.dirty = True
+
+    def pop(self, *args):
+        self._flag.dirty = True
+        return super().pop(*args)
+
+    def clear(self):
+        super().clear()
+        self._flag.dirty = True
+
+    def update(self, *args, **kwargs):
+        super().update(*args, **kwargs)
+        self._flag.dirty = True
+
+
+def _inner_class(cls):
+    """A subclass of fusedadam's ``cls`` that reports the state a committed step created
+    (``_install`` is the driver's hook for it) to its torch front end."""
+
+    def _install(self, installs):
+        cls._install(self, installs)
+        frontend = self._frontend
+        if frontend is not None:
+            frontend._adopt(installs)
+
+    return type(f"_Torch{cls.__name__}", (cls,), {"_install": _install, "_frontend": None})
+
+
+def _lr_value(lr, where):
+    """A group's lr as the float the kernel takes (torch allows a 1-element tensor)."""
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"{where}Tensor lr must be 1-element")
+        return float(lr.item())
+    if callable(lr):
+        raise TypeError(
+            f"{where}lr must be a number or a 1-element tensor; for a schedule use "
+            "torch.optim.lr_scheduler (it edits group['lr'])"
+        )
+    return lr
+
+
+def _counter(value, dtype, where, name):
+    """A state counter as the writeable 0-d array the kernel updates: the tensor's own
+    memory when it already is one (int64 step, float64 mu_product), else a new array."""
+    if (
+        isinstance(value, torch.Tensor)
+        and value.dtype == (torch.int64 if dtype == np.int64 else torch.float64)
+        and value.dim() == 0
+        and value.device.type == "cpu"
+    ):
+        return _numpy(value), False
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"{where}: {name} must be a number, got a tensor of shape {tuple(value.shape)}"
+            )
+        value = value.item()
+    elif isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{where}: {name} must be a number, got {value!r}")
+    if dtype == np.int64:
+        # torch keeps step as a float tensor: a whole float is a step count too.
+        if isinstance(value, numbers.Integral):
+            number = int(value)
+        else:
+            real = float(value)
+            if not (math.isfinite(real) and real.is_integer()):
+                raise ValueError(f"{where}: {name} must be a whole number >= 0, got {value!r}")
+            number = int(real)
+        if number < 0:
+            raise ValueError(f"{where}: {name} must be a whole number >= 0, got {value!r}")
+        return np.array(number, dtype=np.int64), True
+    real = float(value)
+    if not math.isfinite(real):
+        raise ValueError(f"{where}: {name} must be finite, got {value!r}")
+    return np.array(real, dtype=np.float64), True
+
+
+def _optim_defaults(cls):
+    """The hyperparameter keys of a fusedadam.optim class, from its signature."""
+    return tuple(
+        n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "params")
+    )
+
+
+_profiler = torch.autograd.profiler
+_GRAD = operator.attrgetter("grad")
+_DATA_PTR = torch.Tensor.data_ptr
+_NUMPY = torch.Tensor.numpy
+_NONE = itertools.repeat(None)
+import torch.optim.optimizer as _optimizer_module  # noqa: E402
+
+# torch's global step hooks: dicts it adds to and removes from, never rebinds.
+_GLOBAL_PRE_HOOKS = _optimizer_module._global_optimizer_pre_hooks
+_GLOBAL_POST_HOOKS = _optimizer_module._global_optimizer_post_hooks
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Base of the torch front ends: torch's groups, state and hooks; fusedadam's step.
+
+    A subclass sets ``_inner_cls`` (a :mod:`fusedadam.optim` class) and calls
+    ``_setup(params, locals())`` from its ``__init__``. The inner optimizer's groups are
+    the torch groups (or, while params of a group skip steps because their ``grad`` is
+    None, the group's params that have one, split by step count: fusedadam steps a group
+    together).
+    """
+
+    _inner_cls: Any = None
+    #: torch.amp.GradScaler hands ``grad_scale``/``found_inf`` to ``step`` (attributes):
+    #: the step skips when found_inf is set and otherwise unscales inside the same pass.
+    _step_supports_amp_scaling = True
+
+    # ------------------------------------------------------------------ construction
+    def _setup(self, params, arguments):
+        defaults = {k: v for k, v in arguments.items() if k not in ("self", "params", "__class__")}
+        defaults.update(self._FIXED)
+        self._init_private()
+        self._check_torch_only(defaults, "")
+        _validation.check_hyperparameters(
+            {**defaults, "lr": _lr_value(defaults["lr"], "")}, self._inner_keys, ""
+        )
+        super().__init__(params, defaults)
+        self._ready = True
+        self._rebuild()
+
+    def _init_private(self):
+        self._inner_keys = tuple(
+            k for k in _optim_defaults(self._inner_cls) if k != "lr" and k in self._torch_keys()
+        )
+        self._inner_sub = _inner_class(self._inner_cls)
+        self._getter = operator.itemgetter(*self._inner_keys, "lr")
+        # The NumPy optimizer's options a torch group has no entry for, at their defaults.
+        self._inner_only = {
+            name: par.default
+            for name, par in inspect.signature(self._inner_cls.__init__).parameters.items()
+            if name not in ("self", "params", "lr") and name not in self._inner_keys
+        }
+        self._flag = _Flag()
+        self._views: Dict[int, Tuple[torch.Tensor, np.ndarray, int]] = {}
+        self._fa: Any = None
+        self._seen: Any = None
+        self._layout: Any = None
+        self._state_map: Any = None
+
+    @classmethod
+    def _torch_keys(cls):
+        return tuple(
+            n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "params")
+        ) + tuple(cls._FIXED)
+
+    #: Group entries a class fixes (AdamW: decoupled_weight_decay=True).
+    _FIXED: Dict[str, Any] = {}
+
+    @staticmethod
+    def _check_torch_only(group, where):
+        for key in ("capturable", "differentiable"):
+            if group.get(key, False):
+                raise ValueError(
+                    f"{where}{key}=True is not supported by fusedadam.torch (CPU tensors, "
+                    "no autograd through the step); leave it False"
+                )
+
+    def _check_group(self, group, where):
+        self._check_torch_only(group, where)
+        checked = {k: group[k] for k in self._inner_keys if k in group}
+        keys = tuple(checked)
+        if "lr" in group:
+            checked["lr"] = _lr_value(group["lr"], where)
+            keys += ("lr",)
+        _validation.check_hyperparameters(checked, keys, where)
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        """Add a param group (torch's rules), after checking its tensors."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group)}")
+        params = param_group.get("params")
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        if params is not None and not isinstance(params, (set, list)):
+            params = list(params)
+        if isinstance(params, list):
+            param_group = {**param_group, "params": params}
+            first = sum(len(g["params"]) for g in self.param_groups)
+            for k, p in enumerate(params):
+                if isinstance(p, tuple) and len(p) == 2:
+                    p = p[1]  # (name, tensor): torch's named parameters
+                if not isinstance(p, torch.Tensor):
+                    continue  # torch's message
+                _check_tensor(p, f"params[{first + k}]")
+                if not p.requires_grad:
+                    raise ValueError(
+                        f"params[{first + k}] does not require grad, so it would never be "
+                        "updated; pass only trainable tensors, e.g. [p for p in "
+                        "model.parameters() if p.requires_grad]"
+                    )
+        self._check_group(param_group, f"param_groups[{len(self.param_groups)}]: ")
+        super().add_param_group(param_group)
+        if getattr(self, "_ready", False):
+            self._rebuild()
+
+    def _rebuild(self):
+        """A fresh inner optimizer over views of every param (state re-synced next step)."""
+        views = {}
+        flat = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                _check_tensor(p, f"params[{flat}]")
+                old = self._views.get(id(p))
+                if old is not None and old[0] is p and old[2] == p.data_ptr():
+                    views[id(p)] = old
+                else:
+                    views[id(p)] = (p, _numpy(p), p.data_ptr())
+                flat += 1
+        self._views = views
+        inner = self._inner_sub(
+            [
+                self._inner_group(g, [views[id(p)][1] for p in g["params"]])
+                for g in self.param_groups
+            ]
+        )
+        inner._frontend = self
+        if self._fa is not None:
+            inner.skipped_steps = self._fa.skipped_steps
+            self._fa._frontend = None
+        self._fa = inner
+        self._by_view = {id(v[1]): v[0] for v in views.values()}
+        self._layout = None
+        self._seen = None
+        if not isinstance(self.__dict__.get("state"), _StateMap):
+            self._wrap_state()
+        self._flag.dirty = True
+
+    def _inner_group(self, group, views):
+        g = dict(self._inner_only)
+        g.update({k: group[k] for k in self._inner_keys})
+        g["lr"] = _lr_value(group["lr"], "")
+        g["params"] = views
+        return g
+
+    def _wrap_state(self):
+        """Make ``self.state`` a watched map (after torch's __init__ or a pickle load)."""
+        old = self.__dict__.get("state") or {}
+        new = _StateMap(self._flag)
+        for p, st in old.items():
+            dict.__setitem__(new, p, _WatchedState(self._flag, st))
+        self.__dict__["state"] = new
+        self._flag.dirty = True
+
+    # ------------------------------------------------------------------ step
+    def step(self, closure=None, *, grad_scale=None, found_inf=None):
+        """One optimization step of every param that has a ``grad``.
+
+        Parameters
+        ----------
+        closure : callable, optional
+            Re-evaluates the model and returns the loss (run with grad enabled).
+        grad_scale, found_inf : tensor, optional
+            As torch's fused optimizers take them (``torch.amp.GradScaler`` sets them as
+            attributes of the optimizer for the call): gradients are divided by
+            ``grad_scale`` inside the step's single pass, and a non-zero ``found_inf``
+            skips the step (nothing changes, the step count included).
+
+        On any error nothing has changed: params, grads and state are bit-identical.
+        """
+        if (
+            _profiler._is_profiler_enabled
+            or _GLOBAL_PRE_HOOKS
+            or _GLOBAL_POST_HOOKS
+            or self._optimizer_step_pre_hooks
+            or self._optimizer_step_post_hooks
+        ):
+            return self._hooked_step(closure, grad_scale, found_inf)
+        return self._step(closure, grad_scale, found_inf)
+
+    # torch.optim.Optimizer wraps an unmarked step in a profiler range and its hooks
+    # (~10 us a call); step runs them itself, and only when there are any.
+    step.hooked = True  # type: ignore[attr-defined]
+
+    def _hooked_step(self, closure, grad_scale, found_inf):
+        args: Tuple[Any, ...] = (self,) if closure is None else (self, closure)
+        kwargs: Dict[str, Any] = {}
+        if grad_scale is not None:
+            kwargs["grad_scale"] = grad_scale
+        if found_inf is not None:
+            kwargs["found_inf"] = found_inf
+        name = f"Optimizer.step#{type(self).__name__}.step"
+        with _profiler.record_function(name):
+            for pre_hook in chain(
+                _optimizer_module._global_optimizer_pre_hooks.values(),
+                self._optimizer_step_pre_hooks.values(),
+            ):
+                result = pre_hook(self, args, kwargs)
+                if result is not None:
+                    if isinstance(result, tuple) and len(result) == 2:
+                        args, kwargs = result
+                    else:
+                        raise RuntimeError(
+                            "a step pre-hook must return None or a tuple of (new_args, "
+                            f"new_kwargs), but got {result}."
+                        )
+            out = self._step(*args[1:], **kwargs)
+            self._optimizer_step_code()
+            for post_hook in chain(
+                self._optimizer_step_post_hooks.values(),
+                _optimizer_module._global_optimizer_post_hooks.values(),
+            ):
+                post_hook(self, args, kwargs)
+            return out
+
+    def _step(self, closure=None, grad_scale=None, found_inf=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        d = self.__dict__
+        if grad_scale is None:
+            grad_scale = d.get("grad_scale")
+        if found_inf is None:
+            found_inf = d.get("found_inf")
+        if found_inf is not None and float(found_inf) != 0.0:
+            return loss  # as torch's fused Adam: the scaler saw inf/NaN, nothing changes
+        if self._flag.dirty or not self._fits():
+            self._sync()
+        missing = self._collect()
+        if missing is None:  # a param's data was replaced (p.data = ...): new views
+            self._sync()
+            missing = self._collect()
+        grads = self._grads
+        try:
+            if self._layout is None or missing or not self._full:
+                mask = tuple(g is not None for g in grads) if missing else None
+                if mask is not None and not any(mask):
+                    return loss  # no param has a grad: nothing to do, as in torch
+                if self._layout is None or mask != self._mask:
+                    self._relayout(mask)
+                inner_grads = grads if self._full else [grads[j] for j in self._order]
+            else:
+                inner_grads = grads
+            getter = self._getter
+            for pair in self._pairs:
+                values = getter(pair[1])
+                # A tensor lr may change in place: read it every step.
+                if values != pair[2] or type(values[-1]) is torch.Tensor:
+                    self._push_hyper(pair, values)
+            try:
+                if grad_scale is not None:
+                    self._fa.step(inner_grads, _scale_value(grad_scale))
+                else:
+                    self._fa.step(inner_grads)
+            except (TypeError, ValueError, FloatingPointError) as error:
+                if self._full:
+                    raise
+                raise self._renumbered(error) from None
+        finally:
+            grads[:] = self._nones  # no reference to the grads outlives the step
+        return loss
+
+    def _renumbered(self, error):
+        """The NumPy optimizer's error with its param/grad indices (positions among the
+        params stepped now) turned into positions over all params, as the user counts."""
+        order = self._order
+
+        def index(match):
+            k = int(match.group(2))
+            return f"{match.group(1)}[{order[k] if k < len(order) else k}]"
+
+        return type(error)(re.sub(r"\b(params|grads)\[(\d+)\]", index, str(error)))
+
+    def _push_hyper(self, pair, values):
+        """Copy a torch group's hyperparameters into its inner group (the NumPy optimizer
+        re-validates them at the step, as it does any edited group)."""
+        inner = pair[0]
+        for key, value in zip(self._inner_keys, values):
+            inner[key] = value
+        lr = values[-1]
+        inner["lr"] = lr if type(lr) is float else _lr_value(lr, "")
+        pair[2] = values
+
+    def _collect(self):
+        """Fill ``self._grads`` with NumPy views of the grads (None where there is none);
+        return whether one was missing, or None when a param's memory moved."""
+        params = self._params
+        if len(params) <= 4:
+            return self._collect_few()
+        # C-level maps: Tensor.numpy() (~1 us) is then most of the per-tensor cost.
+        if list(map(_DATA_PTR, params)) != self._ptrs:
+            return None
+        found = list(map(_GRAD, params))
+        if self._any_low or any(map(operator.is_, found, _NONE)):
+            return self._collect_each(found)
+        try:
+            self._grads[:] = map(_NUMPY, found)
+        except Exception:
+            return self._collect_each(found)  # names the bad gradient
+        return False
+
+    def _collect_few(self):
+        # A few tensors: one plain loop costs less than the maps' lists.
+        grads = self._grads
+        missing = False
+        for i, (p, ptr, low) in enumerate(self._entries):
+            if p.data_ptr() != ptr:
+                return None
+            g = p.grad
+            if g is None:
+                missing = True
+                grads[i] = None
+            elif low:
+                return self._collect_each(list(map(_GRAD, self._params)))
+            else:
+                try:
+                    grads[i] = g.numpy()
+                except Exception:
+                    return self._collect_each(list(map(_GRAD, self._params)))
+        return missing
+
+    def _collect_each(self, found):
+        grads = self._grads
+        missing = False
+        for i, (g, (_, _, low)) in enumerate(zip(found, self._entries)):
+            if g is None:
+                missing = True
+                grads[i] = None
+                continue
+            try:
+                # A bfloat16/float16 param may have a float32, bfloat16 or float16 grad.
+                grads[i] = _numpy(g) if low and g.dtype == torch.bfloat16 else g.numpy()
+            except Exception as error:
+                grads[:] = self._nones
+                raise self._grad_error(i, g, error) from None
+        return missing
+
+    def _grad_error(self, i, g, error):
+        try:
+            _check_tensor(g, f"params[{i}].grad", "gradient")
+        except (TypeError, ValueError) as clear:
+            return type(clear)(str(clear))
+        if g.requires_grad:
+            return RuntimeError(
+                f"params[{i}].grad requires grad (a create_graph=True backward?); "
+                "fusedadam.torch does not differentiate through the step"
+            )
+        return type(error)(f"params[{i}].grad: {error}")
+
+    def _fits(self):
+        """The torch groups are still the ones the views and layout were built from."""
+        seen = self._seen
+        groups = self.param_groups
+        if seen is None or groups is not seen[0] or len(groups) != len(seen[1]):
+            return False
+        if self.__dict__.get("state") is not self._state_map:
+            return False
+        for g, (group, params, n) in zip(groups, seen[1]):
+            if g is not group:
+                return False
+            ps = g.get("params")
+            if ps is not params or len(ps) != n:
+                return False
+        return True
+
+    def _sync(self):
+        """Follow the torch side: new groups or params (new views), replaced state."""
+        groups = self.param_groups
+        if not isinstance(self.__dict__.get("state"), _StateMap):
+            self._wrap_state()
+        ids = [id(p) for g in groups for p in g["params"]]
+        for gi, g in enumerate(groups):
+            self._check_group(g, f"param_groups[{gi}]: ")
+        if len(set(ids)) != len(ids):
+            raise ValueError("some parameters appear in more than one parameter group")
+        if ids != list(self._views) or any(v[0].data_ptr() != v[2] for v in self._views.values()):
+            self._rebuild()  # the inner state is re-derived from opt.state below
+        state_map = self._state_map = self.__dict__["state"]
+        inner = self._fa
+        flat = 0
+        live = set()
+        counters = {"step": np.int64}
+        counters.update({n: np.float64 for n, _ in self._inner_cls.algorithm.scalar_state})
+        seen_counters: set = set()
+        for g in groups:
+            for p in g["params"]:
+                view = self._views[id(p)][1]
+                st = dict.get(state_map, p)
+                where = f"opt.state of params[{flat}]"
+                flat += 1
+                if not st:
+                    if view in inner.state:
+                        del inner.state[view]
+                    continue
+                if not isinstance(st, _WatchedState):
+                    st = _WatchedState(self._flag, st)
+                    dict.__setitem__(state_map, p, st)
+                entries = {}
+                for key, value in list(st.items()):
+                    if key in counters:
+                        array, new = _counter(value, counters[key], where, key)
+                        address = (key, array.__array_interface__["data"][0])
+                        if address in seen_counters:
+                            # A counter shared with another param (the NumPy optimizer gives
+                            # a group's new params one): each param gets its own, as in
+                            # torch, since params without a grad skip steps.
+                            array, new = array.copy(), True
+                        seen_counters.add(address)
+                        if new:
+                            dict.__setitem__(st, key, _tensor(array))
+                        entries[key] = array
+                    elif isinstance(value, torch.Tensor):
+                        _check_tensor(value, f"{where}['{key}']", "state tensor")
+                        entries[key] = _numpy(value)
+                    else:
+                        entries[key] = value
+                live.add(id(view))
+                inner.state[view] = entries
+        for view in list(inner.state):
+            if id(view) not in live:
+                del inner.state[view]
+        self._entries = [
+            (p, self._views[id(p)][2], p.dtype in _LOW_PRECISION)
+            for g in groups
+            for p in g["params"]
+        ]
+        self._grads: List[Any] = [None] * len(self._entries)
+        self._nones = [None] * len(self._entries)
+        self._params = [e[0] for e in self._entries]
+        self._ptrs = [e[1] for e in self._entries]
+        self._any_low = any(e[2] for e in self._entries)
+        self._seen = (groups, [(g, g["params"], len(g["params"])) for g in groups])
+        self._layout = None
+        self._flag.dirty = False
+
+    def _relayout(self, mask):
+        """Inner groups for this step's params: one per torch group when every param has a
+        grad and its group is at one step; else, per torch group, the params with a grad
+        split by step count."""
+        parts = []  # (torch group, flat indices)
+        flat = 0
+        full = True
+        for g in self.param_groups:
+            buckets: Dict[int, List[int]] = {}
+            for p in g["params"]:
+                if mask is None or mask[flat]:
+                    st = self._fa.state.get(self._views[id(p)][1])
+                    step = int(st["step"]) if st and "step" in st else 0
+                    buckets.setdefault(step, []).append(flat)
+                else:
+                    full = False
+                flat += 1
+            if len(buckets) > 1:
+                full = False
+            for step in sorted(buckets):
+                parts.append((g, buckets[step]))
+        entries = self._entries
+        inner_groups = []
+        for g, indices in parts:
+            inner_groups.append(
+                self._inner_group(g, [self._views[id(entries[j][0])][1] for j in indices])
+            )
+        self._fa.param_groups = inner_groups
+        self._pairs = [[ig, g, None] for ig, (g, _) in zip(inner_groups, parts)]
+        self._order = [j for _, indices in parts for j in indices]
+        self._full = full and len(parts) == len(self.param_groups)
+        self._mask = mask
+        self._layout = parts
+
+    def _adopt(self, installs):
+        """Mirror the state a committed inner step created into ``opt.state`` (tensor views
+        of the same memory)."""
+        state_map = self.__dict__["state"]
+        for view, _, entries in installs:
+            p = self._by_view[id(view)]
+            st = dict.get(state_map, p)
+            if st is None or not isinstance(st, _WatchedState):
+                st = _WatchedState(self._flag, st or {})
+                dict.__setitem__(state_map, p, st)
+            for name, array in entries.items():
+                dict.__setitem__(st, name, _tensor(array))
+            if "step" in entries:
+                self._flag.dirty = True  # the next step gives each param its own counter
+
+    # ------------------------------------------------------------------ state dicts
+    def state_dict(self) -> Dict[str, Any]:
+        """torch.optim's layout: ``{"state": {i: {...}}, "param_groups": [...]}``.
+
+        Per param the state tensors under torch's names (live, as in torch) and ``step`` as
+        a float32 0-d tensor (float64 past 2**24, where float32 stops being exact).
+        """
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        mappings: Dict[int, int] = {}
+        groups = []
+        start = 0
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            for i, p in enumerate(group["params"], start):
+                mappings.setdefault(id(p), i)
+            packed["params"] = [mappings[id(p)] for p in group["params"]]
+            start += len(group["params"])
+            groups.append(packed)
+        packed_state = {}
+        for p, st in self.state.items():
+            if not st:
+                continue
+            entry = dict(st)
+            if "step" in entry:
+                step = float(entry["step"])
+                entry["step"] = torch.tensor(
+                    step, dtype=torch.float32 if step < _FLOAT32_EXACT else torch.float64
+                )
+            packed_state[mappings[id(p)] if isinstance(p, torch.Tensor) else p] = entry
+        state_dict = {"state": packed_state, "param_groups": groups}
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    def load_state_dict(self, state_dict: Dict[str, Any], convert: bool = False) -> None:
+        """Load a state dict of this class or of the torch.optim class of the same name.
+
+        Checked whole (torch's group checks, then fusedadam's: keys, shapes, dtypes, steps)
+        and copied; on an error nothing has changed. For float32/float64 params, floating
+        state tensors are cast to the param's dtype, as torch does; ``step`` may be any
+        whole number. For bfloat16/float16 params the state is kept in float32 with a
+        float32 ``master_param``: a state saved otherwise (torch.optim's bfloat16 moments, no
+        master) loads with ``convert=True`` (cast, master made from the param), as
+        :meth:`fusedadam.Optimizer.load_state_dict`.
+        """
+        state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        if self._flag.dirty or not self._fits():
+            self._sync()
+        groups = self.param_groups
+        saved_groups = deepcopy(state_dict["param_groups"])
+        if len(groups) != len(saved_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        if any(len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups)):
+            raise ValueError(
+                "loaded state dict contains a parameter group that doesn't match the size of "
+                "optimizer's group"
+            )
+        id_map = dict(
+            zip(
+                chain.from_iterable(g["params"] for g in saved_groups),
+                chain.from_iterable(g["params"] for g in groups),
+            )
+        )
+        new_groups = []
+        for gi, (g, saved) in enumerate(zip(groups, saved_groups)):
+            new = dict(saved)
+            new["params"] = g["params"]
+            if "param_names" in g and "param_names" not in new:
+                new["param_names"] = g["param_names"]
+            for key, value in self.defaults.items():
+                new.setdefault(key, value)
+            new.update(self._FIXED)
+            self._check_group(new, f"state_dict['param_groups'][{gi}]: ")
+            new_groups.append(new)
+        by_param = {}
+        for key, entry in state_dict["state"].items():
+            if key in id_map:
+                if not isinstance(entry, dict):
+                    raise TypeError(f"state_dict['state'][{key!r}] must be a dict")
+                by_param[id(id_map[key])] = entry
+        # Inner groups for the saved state: per group, its params split by saved step.
+        parts = []
+        inner_state = {}
+        index = 0
+        for g in new_groups:
+            buckets: Dict[Any, List[torch.Tensor]] = OrderedDict()
+            for p in g["params"]:
+                entry = by_param.get(id(p))
+                where = f"state_dict['state'] of params[{index}]"
+                if entry:
+                    step = _counter(entry.get("step", 0), np.int64, where, "step")[0]
+                    bucket = int(step)
+                else:
+                    bucket = None
+                buckets.setdefault(bucket, []).append(p)
+                index += 1
+            for members in buckets.values():
+                parts.append((g, members))
+        inner_groups, inner_index = [], 0
+        for g, members in parts:
+            ig = self._inner_group(g, [self._views[id(p)][1] for p in members])
+            ids = []
+            for p in members:
+                entry = by_param.get(id(p))
+                if entry:
+                    inner_state[inner_index] = self._inner_entry(entry, p, inner_index)
+                ids.append(inner_index)
+                inner_index += 1
+            inner_groups.append(
+                (ig, {**{k: v for k, v in ig.items() if k != "params"}, "params": ids})
+            )
+        previous = self._fa.param_groups
+        self._fa.param_groups = [ig for ig, _ in inner_groups]
+        try:
+            self._fa.load_state_dict(
+                {"state": inner_state, "param_groups": [s for _, s in inner_groups]},
+                convert=convert,
+            )
+        except BaseException:
+            self._fa.param_groups = previous
+            raise
+        # Committed: torch's groups, and opt.state as views of the inner (copied) state.
+        self.param_groups = new_groups
+        state_map = _StateMap(self._flag)
+        for ig, _ in inner_groups:
+            for view in ig["params"]:
+                ist = self._fa.state.get(view)
+                if ist:
+                    p = self._by_view[id(view)]
+                    dict.__setitem__(
+                        state_map,
+                        p,
+                        _WatchedState(
+                            self._flag,
+                            {
+                                k: _tensor(v) if isinstance(v, np.ndarray) else v
+                                for k, v in ist.items()
+                            },
+                        ),
+                    )
+        self.__dict__["state"] = state_map
+        self._flag.dirty = True  # re-derive layout and views from the loaded state
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _inner_entry(self, entry, p, index):
+        """A torch-layout state entry as the NumPy optimizer's state dict takes it."""
+        out = {}
+        dtype = p.dtype
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                value = value.detach()
+                if key in ("step",):
+                    out[key] = _counter(value, np.int64, f"state of params[{index}]", key)[0]
+                    continue
+                if key in tuple(n for n, _ in self._inner_cls.algorithm.scalar_state):
+                    out[key] = float(value.item())
+                    continue
+                if value.is_sparse or value.layout is not torch.strided:
+                    raise TypeError(f"state_dict: {key} of params[{index}] is sparse")
+                value = value.to(device="cpu")
+                if dtype not in _LOW_PRECISION and value.is_floating_point():
+                    value = value.to(dtype)  # torch's rule for its own state dicts
+                if value.dtype not in _FLOATS:
+                    raise TypeError(f"state_dict: {key} of params[{index}] has dtype {value.dtype}")
+                # Low precision: the NumPy optimizer decides (convert=True casts).
+                out[key] = _numpy(value.resolve_conj().resolve_neg().contiguous())
+            else:
+                out[key] = value
+        return out
+
+    # ------------------------------------------------------------------ copying
+    def __getstate__(self):
+        return {
+            "defaults": self.defaults,
+            "state": {p: dict(st) for p, st in self.state.items() if st},
+            "param_groups": self.param_groups,
+        }
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._init_private()
+        self._wrap_state()
+        self._ready = True
+        self._rebuild()
+
+    @property
+    def inner(self):
+        """The :mod:`fusedadam.optim` optimizer that runs the steps (its groups are views)."""
+        return self._fa
+
+    @property
+    def last_grad_norm(self):
+        """The unscaled gradients' 2-norm of the last step, per group with ``max_grad_norm``
+        (what ``torch.nn.utils.clip_grad_norm_`` returns); see
+        :attr:`fusedadam.Optimizer.last_grad_norm`."""
+        return self._fa.last_grad_norm
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for non-finite gradients (``nonfinite="skip"``)."""
+        return self._fa.skipped_steps
+
+
+def _scale_value(scale):
+    """A step's grad_scale as the NumPy optimizer takes it (GradScaler's is a tensor)."""
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1:
+            raise ValueError(f"grad_scale must have one element, got shape {tuple(scale.shape)}")
+        return float(scale.item())
+    return scale
+
+
+def _doc(cls, torch_name, extra=""):
+    """The class docstring: what it mirrors, the formula's home, the fusedadam options."""
+    cls.__doc__ = (
+        f"{cls.__doc__.strip()}\n\n"
+        f"Same arguments and state as ``{torch_name}`` (``foreach`` and ``fused`` are accepted "
+        "and ignored: there is one implementation; ``capturable`` and ``differentiable`` must "
+        "be False), plus fusedadam's ``num_threads`` (None: OpenMP's default) and "
+        '``nonfinite`` (``"error"``: a NaN/inf gradient raises and nothing changes; '
+        '``"skip"``: the step is skipped and counted in ``skipped_steps``; ``"ignore"``: '
+        "no check, as torch). Params must be dense, contiguous CPU tensors (float32 or "
+        "float64, or bfloat16/float16 with a float32 master copy in the state) that require "
+        'grad. ``state_dtype`` (None or "bfloat16") and ``max_grad_norm`` (clip the '
+        "group's gradients to this 2-norm, as ``torch.nn.utils.clip_grad_norm_``, inside the "
+        "step) are fusedadam's mixed-precision options. " + extra
+    )
+    return cls
+
+
+class Adam(Optimizer):
+    """Adam and AMSGrad (:class:`fusedadam.Adam` runs the step) for CPU tensors."""
+
+    _inner_cls = _optim.Adam
+
+    # fmt: off
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, *, foreach=None, maximize=False, capturable=False,
+                 differentiable=False, fused=None, decoupled_weight_decay=False,
+                 num_threads=None, nonfinite="error", state_dtype=None,
+                 max_grad_norm=None):
+        self._setup(params, locals())
+    # fmt: on
+
+
+class AdamW(Adam):
+    """AdamW: Adam with decoupled weight decay (:class:`fusedadam.Adam` with
+    ``decoupled_weight_decay=True`` runs the step) for CPU tensors."""
+
+    _FIXED = {"decoupled_weight_decay": True}
+
+    # fmt: off
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
+                 differentiable=False, fused=None, num_threads=None, nonfinite="error",
+                 state_dtype=None, max_grad_norm=None):
+        self._setup(params, locals())
+    # fmt: on
+
+
+class Adamax(Optimizer):
+    """Adamax (:class:`fusedadam.Adamax` runs the step) for CPU tensors."""
+
+    _inner_cls = _optim.Adamax
+
+    # fmt: off
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 foreach=None, *, maximize=False, differentiable=False, capturable=False,
+                 num_threads=None, nonfinite="error", state_dtype=None,
+                 max_grad_norm=None):
+        self._setup(params, locals())
+    # fmt: on
+
+
+class NAdam(Optimizer):
+    """NAdam (:class:`fusedadam.NAdam` runs the step) for CPU tensors. ``mu_product`` is
+    kept in float64 (torch: the default dtype); a torch state dict's loads exactly."""
+
+    _inner_cls = _optim.NAdam
+
+    # fmt: off
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False, *, foreach=None,
+                 maximize=False, capturable=False, differentiable=False, num_threads=None,
+                 nonfinite="error", state_dtype=None, max_grad_norm=None):
+        self._setup(params, locals())
+    # fmt: on
+
+
+class RAdam(Optimizer):
+    """RAdam (:class:`fusedadam.RAdam` runs the step) for CPU tensors."""
+
+    _inner_cls = _optim.RAdam
+
+    # fmt: off
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decoupled_weight_decay=False, *, foreach=None, maximize=False,
+                 capturable=False, differentiable=False, num_threads=None, nonfinite="error",
+                 state_dtype=None, max_grad_norm=None):
+        self._setup(params, locals())
+    # fmt: on
+
+
+class AdaBelief(Optimizer):
+    """AdaBelief (:class:`fusedadam.AdaBelief` runs the step; optax's defaults) for CPU
+    tensors. torch.optim has no AdaBelief: the state is ``exp_avg``, ``exp_avg_var``."""
+
+    _inner_cls = _optim.AdaBelief
+
+    # fmt: off
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, eps_root=1e-16,
+                 weight_decay=0.0, decoupled_weight_decay=False, *, maximize=False,
+                 foreach=None, capturable=False, differentiable=False, num_threads=None,
+                 nonfinite="error", state_dtype=None, max_grad_norm=None):
+        self._setup(params, locals())
+    # fmt: on
+
+
+class Lion(Optimizer):
+    """Lion (:class:`fusedadam.Lion` runs the step; optax's defaults) for CPU tensors.
+    torch.optim has no Lion: the state is ``exp_avg``."""
+
+    _inner_cls = _optim.Lion
+
+    # fmt: off
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=1e-3, *,
+                 maximize=False, foreach=None, capturable=False, differentiable=False,
+                 num_threads=None, nonfinite="error", state_dtype=None,
+                 max_grad_norm=None):
+        self._setup(params, locals())
+    # fmt: on
+
+
+for _cls, _name in (
+    (Adam, "torch.optim.Adam"),
+    (AdamW, "torch.optim.AdamW"),
+    (Adamax, "torch.optim.Adamax"),
+    (NAdam, "torch.optim.NAdam"),
+    (RAdam, "torch.optim.RAdam"),
+    (AdaBelief, "torch.optim.Adam"),
+    (Lion, "torch.optim.Adam"),
+):
+    _doc(_cls, _name)
+del _cls, _name
+
+
+class Offload:
+    """CPU master weights and optimizer state for a model on any device (ZeRO-Offload style).
+
+    Keeps, per model param, a CPU copy in the param's own dtype (``buffers``; pinned when
+    CUDA is available) and a fusedadam.torch optimizer over those copies: for bfloat16 or
+    float16 params the optimizer's state holds the float32 ``master_param``, so one step
+    reads the CPU gradients (float32, bfloat16 or float16), updates master and moments,
+    and writes the rounded low-precision copy into ``buffers`` in the same pass. Sending
+    it to the device is the caller's one line, :meth:`copy_to_params` (non-blocking from
+    pinned memory).
+
+    Parameters
+    ----------
+    params : iterable of Tensor or of dict
+        The model's parameters (any device), or param groups of them.
+    optimizer : fusedadam.torch optimizer class, default :class:`AdamW`
+    pin_memory : bool, optional
+        Pin ``buffers`` and the gradient staging buffers; default: when CUDA is available.
+    **options
+        The optimizer's arguments (``lr``, ``weight_decay``, ``max_grad_norm``, ...).
+
+    Examples
+    --------
+    >>> off = Offload(model.parameters(), AdamW, lr=1e-3)  # doctest: +SKIP
+    >>> loss.backward(); off.step(); off.copy_to_params(); model.zero_grad()  # doctest: +SKIP
+    """
+
+    def __init__(self, params, optimizer=None, *, pin_memory=None, **options):
+        if optimizer is None:
+            optimizer = AdamW
+        if pin_memory is None:
+            pin_memory = torch.cuda.is_available()
+        groups = list(params)
+        if not groups:
+            raise ValueError("Offload got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        self.params: List[torch.Tensor] = []
+        self.buffers: List[torch.Tensor] = []
+        inner_groups = []
+        for group in groups:
+            members = list(group["params"])
+            buffers = []
+            for p in members:
+                if not isinstance(p, torch.Tensor):
+                    raise TypeError(f"Offload params must be tensors, got {type(p).__name__}")
+                if p.device.type == "meta":
+                    raise ValueError("a model param is on the meta device: it has no values")
+                b = torch.empty(p.shape, dtype=p.dtype, device="cpu", pin_memory=pin_memory)
+                b.copy_(p.detach())
+                b.requires_grad_(True)
+                if p.dtype in _LOW_PRECISION:
+                    b.grad_dtype = None  # its gradient may be float32, bfloat16 or float16
+                buffers.append(b)
+            self.params += members
+            self.buffers += buffers
+            inner_groups.append({**group, "params": buffers})
+        self.pin_memory = bool(pin_memory)
+        self._staging: Dict[int, torch.Tensor] = {}
+        self.optimizer = optimizer(inner_groups, **options)
+
+    def step(self, closure=None):
+        """Hand the model's gradients to the CPU optimizer (CPU gradients by reference, others
+        copied into staging buffers) and step: master, state and ``buffers`` are updated."""
+        copied = False
+        for i, (p, b) in enumerate(zip(self.params, self.buffers)):
+            g = p.grad
+            if g is None:
+                b.grad = None
+            elif g.device.type == "cpu":
+                b.grad = g
+            else:
+                staging = self._staging.get(i)
+                if staging is None or staging.dtype != g.dtype:
+                    staging = torch.empty(
+                        g.shape, dtype=g.dtype, device="cpu", pin_memory=self.pin_memory
+                    )
+                    self._staging[i] = staging
+                staging.copy_(g, non_blocking=True)
+                b.grad = staging
+                copied = True
+        if copied and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        try:
+            return self.optimizer.step(closure)
+        finally:
+            for b in self.buffers:
+                b.grad = None
+
+    def copy_to_params(self, non_blocking=True):
+        """Copy ``buffers`` (the updated low-precision params) into the model's params."""
+        with torch.no_grad():
+            for p, b in zip(self.params, self.buffers):
+                p.copy_(b, non_blocking=non_blocking)
+
+    def master_params(self):
+        """The float32 master copies (the buffers themselves for float32/float64 params)."""
+        return [
+            self.optimizer.state[b]["master_param"]
+            if "master_param" in self.optimizer.state.get(b, {})
+            else b
+            for b in self.buffers
+        ]
+
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict, convert=False):
+        self.optimizer.load_state_dict(state_dict, convert=convert)
