@@ -63,7 +63,7 @@ sphinx_gallery_conf = {
     "examples_dirs": os.path.join(HERE, "..", "examples"),
     "gallery_dirs": "auto_examples",
     # Every script but the helpers; each runs once and its figures and output are kept.
-    "filename_pattern": r"/[a-z][a-z_]*\.py$",
+    "filename_pattern": r"/[a-z][a-z0-9_]*\.py$",
     # distributed_mlp.py is an mpiexec job (mpi4py, several ranks): not run by the build.
     "ignore_pattern": r"(_common|distributed_mlp)\.py",
     "plot_gallery": "True",

@@ -246,3 +246,53 @@ def test_every_algorithm_of_the_table_runs(tmp_path, capsys):
         assert (name, "fusedadam") in timed and (name, "numpy") in timed
         assert (name, "fusedadam-kernel") in timed
         assert ((name, "roofline") in timed) == (algorithm.arrays_moved in (5, 7, 9))
+
+
+OFFLOAD_TINY = ["--models", "1000x64", "--threads", "1", "--repeats", "5", "--sample-ms", "1"]
+
+
+@compiled
+def test_offload_times_each_mode_in_both_phases(tmp_path, capsys):
+    from fusedadam.benchmarks import offload
+
+    out = tmp_path / "o.json"
+    modes = "fusedadam,3pass-fusedadam,torch-bf16"  # DeepSpeed JIT-compiles: not in the suite
+    rows = cli.main(["offload", *OFFLOAD_TINY, "--modes", modes, "--json", str(out)])
+    text = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert len(rows) == len(data["rows"])
+    assert data["command"].startswith("python -m fusedadam bench offload --models 1000x64")
+    assert offload.markdown(data) in text
+    for clip in (False, True):
+        phase = {r["impl"]: r for r in rows if r["clip"] == clip}
+        assert {offload.ONE_PASS, "3 passes, fusedadam float32", "roofline probe"} <= set(phase)
+        assert phase[offload.ONE_PASS]["bytes_per_element"] == 30
+        assert phase["3 passes, fusedadam float32"]["bytes_per_element"] == (46 if clip else 42)
+        for r in phase.values():
+            assert r["n_elements"] == 64_000 and r["median_s"] > 0
+            if "bytes_per_element" in r:
+                assert r["gb_per_s"] == pytest.approx(
+                    r["bytes_per_element"] * 64_000 / r["median_s"] / 1e9
+                )
+    clipped = [r["one_pass_last_grad_norm"] for r in rows if r["clip"]]
+    assert clipped[0] is not None and np.isfinite(clipped[0])  # the norm was computed
+    assert all(r["one_pass_last_grad_norm"] is None for r in rows if not r["clip"])
+
+
+def test_offload_one_pass_does_the_three_passes_work():
+    """The premise of the offload benchmark: same result, bit for bit, in one pass."""
+    pytest.importorskip("ml_dtypes")
+    from fusedadam.benchmarks import offload
+
+    assert offload.check_one_pass_matches_three(threads=1)
+
+
+def test_offload_leaves_out_what_does_not_fit(capsys):
+    from fusedadam.benchmarks import offload
+
+    n = 1_557_611_200  # GPT-2-XL
+    assert offload.memory_needed(n, ["fusedadam"]) > 24 * 2**30  # 18 B/param alone
+    args = offload.parse_args(["--models", "gpt2-xl", "--mem-gb", "16"])
+    notes = {}
+    assert offload.run_model("gpt2-xl", args.modes, 1, args, notes) == []
+    assert any("skipped: needs" in v for v in notes.values()), notes

@@ -48,6 +48,12 @@ CASES = [
         "8-bit minus float32: train loss",
         marks=pytest.mark.skipif(not HAVE_SKLEARN, reason="needs scikit-learn"),
     ),
+    pytest.param(
+        "bf16_digits.py",
+        "bf16_digits.png",
+        "bfloat16 + float32 master: final training loss",
+        marks=pytest.mark.skipif(not HAVE_SKLEARN, reason="needs scikit-learn"),
+    ),
 ]
 
 

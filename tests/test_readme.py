@@ -104,3 +104,35 @@ def test_docs_python_code_blocks_run(page, tmp_path, monkeypatch):
     for index, block in enumerate(blocks):
         code = "\n".join(line[3:] for line in block.splitlines())
         exec(compile(code, f"{page.name} python block {index}", "exec"), {})
+
+
+OFFLOAD_RUN = README.parent / "bench" / "results" / "offload.json"
+
+
+@pytest.mark.skipif(not OFFLOAD_RUN.is_file(), reason="bench/results not shipped here")
+def test_readme_and_docs_offload_tables_are_the_documented_run():
+    import json
+
+    from fusedadam.benchmarks import offload
+
+    expected = offload.markdown(json.loads(OFFLOAD_RUN.read_text(encoding="utf-8")))
+    assert expected in README.read_text(encoding="utf-8")
+    docs_table = README.parent / "docs" / "offload_table.md"
+    assert docs_table.read_text(encoding="utf-8") == expected
+
+
+NONFINITE_RUNS = sorted((README.parent / "bench" / "results").glob("nonfinite_mixed*.json"))
+
+
+@pytest.mark.parametrize("run", NONFINITE_RUNS, ids=lambda p: p.name)
+def test_readme_nonfinite_tables_are_the_documented_runs(run):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_nonfinite", README.parent / "bench" / "nonfinite.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    expected = module.markdown(json.loads(run.read_text(encoding="utf-8")))
+    assert expected in README.read_text(encoding="utf-8")

@@ -41,7 +41,8 @@ def demo(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m fusedadam [demo]",
         description=__doc__,
-        epilog="Benchmarks: python -m fusedadam bench {sweep,model,overhead,roofline} --help",
+        epilog="Benchmarks: python -m fusedadam bench "
+        "{sweep,model,overhead,roofline,offload} --help",
     )
     parser.add_argument("--size", type=float, default=2e7, help="elements (default 2e7)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")

@@ -19,6 +19,7 @@ examples:
   python -m fusedadam bench model --model my_params.npz
   python -m fusedadam bench overhead
   python -m fusedadam bench roofline --sizes 1e5,1e6,1e7
+  python -m fusedadam bench offload --help           # bf16 + float32 master vs 3 passes
 
 protocol: each implementation is warmed up, its calls per sample calibrated to last
 >= --sample-ms, then --repeats samples are taken round-robin over the implementations;
@@ -176,6 +177,10 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["show"]:
         return show(argv[1:])
+    if argv[:1] == ["offload"]:  # its own grid: modes of one mixed-precision step
+        from fusedadam.benchmarks import offload
+
+        return offload.main(argv[1:])
     args = parse_args(argv)
     if not roofline.compiled_available():
         print(

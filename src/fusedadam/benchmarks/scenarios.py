@@ -47,10 +47,10 @@ def _bert_base():
     return shapes + [(d, d), (d,)]  # pooler
 
 
-def _gpt2():
-    d, ff, vocab, ctx = 768, 3072, 50257, 1024
+def _gpt2(d=768, n_layers=12):
+    ff, vocab, ctx = 4 * d, 50257, 1024
     shapes: List[Tuple[int, ...]] = [(vocab, d), (ctx, d)]
-    for _ in range(12):
+    for _ in range(n_layers):
         shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,)]  # ln_1, attn
         shapes += [(d,), (d,), (d, ff), (ff,), (ff, d), (d,)]  # ln_2, mlp
     return shapes + [(d,), (d,)]
@@ -64,7 +64,13 @@ def _toy():
     return shapes
 
 
-MODELS = {"bert-base": _bert_base, "gpt2": _gpt2, "toy": _toy}
+MODELS = {
+    "bert-base": _bert_base,
+    "gpt2": _gpt2,
+    "gpt2-medium": lambda: _gpt2(1024, 24),  # 355M
+    "gpt2-xl": lambda: _gpt2(1600, 48),  # 1.56B
+    "toy": _toy,
+}
 
 
 def model_shapes(spec):
