@@ -309,9 +309,9 @@ def q8_quantize(values, signed):
     magnitude is 0)."""
     v = np.asarray(values, dtype=np.float32).reshape(-1)
     n_blocks = -(-v.size // Q8_BLOCK)
-    blocks = np.zeros(n_blocks * Q8_BLOCK, dtype=np.float32)
-    blocks[: v.size] = v
-    blocks = blocks.reshape(n_blocks, Q8_BLOCK)
+    flat = np.zeros(n_blocks * Q8_BLOCK, dtype=np.float32)
+    flat[: v.size] = v
+    blocks = flat.reshape(n_blocks, Q8_BLOCK)
     words = blocks.view(np.uint32)
     most = (words & np.uint32(0x7FFFFFFF)).max(axis=1, initial=0)
     absmax = most.view(np.float32)
@@ -377,8 +377,9 @@ def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0, sca
             arrays = arrays[:2] + [arrays[2] if n_states == 3 else None]
         update(target, g, *arrays, scalars, coupled)
         for j, (a, wide) in enumerate(zip(stored, arrays)):
-            if absmax[j] is not None:
-                a[...], absmax[j][...] = q8_quantize(wide, qsigned[j])
+            scales = absmax[j]
+            if scales is not None:
+                a[...], scales[...] = q8_quantize(wide, qsigned[j])
             elif wide is not a:
                 a[...] = wide.astype(a.dtype)
         if master is not None:
