@@ -263,11 +263,14 @@ def test_offload_times_each_mode_in_both_phases(tmp_path, capsys):
     assert len(rows) == len(data["rows"])
     assert data["command"].startswith("python -m fusedadam bench offload --models 1000x64")
     assert offload.markdown(data) in text
+    # The three passes unscale and copy with torch: timed only where torch is installed.
+    three = {"3 passes, fusedadam float32"} if importlib.util.find_spec("torch") else set()
     for clip in (False, True):
         phase = {r["impl"]: r for r in rows if r["clip"] == clip}
-        assert {offload.ONE_PASS, "3 passes, fusedadam float32", "roofline probe"} <= set(phase)
+        assert {offload.ONE_PASS, "roofline probe"} | three <= set(phase)
         assert phase[offload.ONE_PASS]["bytes_per_element"] == 30
-        assert phase["3 passes, fusedadam float32"]["bytes_per_element"] == (46 if clip else 42)
+        if three:
+            assert phase["3 passes, fusedadam float32"]["bytes_per_element"] == (46 if clip else 42)
         for r in phase.values():
             assert r["n_elements"] == 64_000 and r["median_s"] > 0
             if "bytes_per_element" in r:

@@ -377,9 +377,9 @@ def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0, sca
             arrays = arrays[:2] + [arrays[2] if n_states == 3 else None]
         update(target, g, *arrays, scalars, coupled)
         for j, (a, wide) in enumerate(zip(stored, arrays)):
-            scales = absmax[j]
-            if scales is not None:
-                a[...], scales[...] = q8_quantize(wide, qsigned[j])
+            block_absmax = absmax[j]
+            if block_absmax is not None:
+                a[...], block_absmax[...] = q8_quantize(wide, qsigned[j])
             elif wide is not a:
                 a[...] = wide.astype(a.dtype)
         if master is not None:
