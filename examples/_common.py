@@ -1,4 +1,4 @@
-"""Shared command line and plotting helpers of the example scripts.
+"""Shared command line, loss and plotting helpers of the example scripts.
 
 Every example takes ``--fast`` (few iterations, for the test suite) and ``--out DIR`` (where
 its PNG goes: by default a scratch folder, ``$FUSEDADAM_OUTPUT`` or
@@ -9,6 +9,8 @@ the scripts print and draw nothing.
 import argparse
 import os
 import tempfile
+
+import numpy as np
 
 DPI = 110
 
@@ -68,3 +70,16 @@ def save(fig, args, name):
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     print(f"wrote {path}")
     return path
+
+
+def softmax_cross_entropy(logits, y):
+    """``(loss, d_logits)``: the mean cross-entropy of integer labels ``y`` under
+    softmax(``logits``), and its gradient with respect to the logits."""
+    logits = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(axis=1, keepdims=True)
+    loss = -np.mean(np.log(p[np.arange(len(y)), y] + 1e-12))
+    d_logits = p
+    d_logits[np.arange(len(y)), y] -= 1.0
+    d_logits /= len(y)
+    return loss, d_logits

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 import fusedadam as fa
-from _common import parse_args, pyplot, save
+from _common import parse_args, pyplot, save, softmax_cross_entropy
 
 HIDDEN, BATCH, LR = 128, 32, 1e-3
 
@@ -52,13 +52,7 @@ def forward(params, X):
 def loss_and_grads(params, X, y):
     W1, b1, W2, b2 = params
     h, logits = forward(params, X)
-    logits = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(logits)
-    p /= p.sum(axis=1, keepdims=True)
-    loss = -np.mean(np.log(p[np.arange(len(y)), y] + 1e-12))
-    d_logits = p
-    d_logits[np.arange(len(y)), y] -= 1.0
-    d_logits /= len(y)
+    loss, d_logits = softmax_cross_entropy(logits, y)
     d_h = (d_logits @ W2.T) * (h > 0)
     grads = [X.T @ d_h, d_h.sum(axis=0), h.T @ d_logits, d_logits.sum(axis=0)]
     return loss, [g.astype(np.float32, copy=False) for g in grads]

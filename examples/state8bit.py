@@ -24,7 +24,7 @@ import sys
 import numpy as np
 
 import fusedadam as fa
-from _common import parse_args, pyplot, save
+from _common import parse_args, pyplot, save, softmax_cross_entropy
 
 
 def digits_data(seed):
@@ -69,13 +69,7 @@ def forward(params, X):
 
 def loss_and_grads(params, X, y):
     acts = forward(params, X)
-    logits = acts[-1] - acts[-1].max(axis=1, keepdims=True)
-    p = np.exp(logits)
-    p /= p.sum(axis=1, keepdims=True)
-    loss = -np.mean(np.log(p[np.arange(len(y)), y] + 1e-12))
-    d = p
-    d[np.arange(len(y)), y] -= 1.0
-    d /= len(y)
+    loss, d = softmax_cross_entropy(acts[-1], y)
     grads = [None] * len(params)
     for i in range(len(params) - 2, -1, -2):
         grads[i], grads[i + 1] = acts[i // 2].T @ d, d.sum(axis=0)

@@ -1439,6 +1439,13 @@ def probe(params, grads, exp_avgs, exp_avg_sqs=None, thirds=None, int n_threads=
 
 # ------------------------------------------------------------------ conversions (tests)
 
+cdef bint _is_bfloat16(str name, str argument) except -1:
+    """True for "bfloat16", False for "float16"; anything else is an error."""
+    if name not in ("bfloat16", "float16"):
+        raise ValueError(f"{argument} must be 'bfloat16' or 'float16', got {name!r}")
+    return name == "bfloat16"
+
+
 def round_float32(const float[::1] values, str to):
     """The bits (uint16) of ``values`` rounded to ``"bfloat16"`` or ``"float16"`` by the
     conversions of _mixed.h (round to nearest even), for the tests that compare them with
@@ -1447,9 +1454,7 @@ def round_float32(const float[::1] values, str to):
     cdef Py_ssize_t i, n = values.shape[0]
     out = np.empty(n, dtype=np.uint16)
     cdef unsigned short[::1] bits = out
-    cdef bint bf16 = to == "bfloat16"
-    if not bf16 and to != "float16":
-        raise ValueError(f"to must be 'bfloat16' or 'float16', got {to!r}")
+    cdef bint bf16 = _is_bfloat16(to, "to")
     with nogil:
         for i in range(n):
             bits[i] = fa_f32_to_bf16(values[i]) if bf16 else fa_f32_to_f16(values[i])
@@ -1462,9 +1467,7 @@ def widen_to_float32(const unsigned short[::1] bits, str frm):
     cdef Py_ssize_t i, n = bits.shape[0]
     out = np.empty(n, dtype=np.float32)
     cdef float[::1] values = out
-    cdef bint bf16 = frm == "bfloat16"
-    if not bf16 and frm != "float16":
-        raise ValueError(f"frm must be 'bfloat16' or 'float16', got {frm!r}")
+    cdef bint bf16 = _is_bfloat16(frm, "frm")
     with nogil:
         for i in range(n):
             values[i] = fa_bf16_to_f32(bits[i]) if bf16 else fa_f16_to_f32(bits[i])
