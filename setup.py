@@ -149,6 +149,7 @@ def _extensions():
         depends=[
             "src/fusedadam/_dispatch.h",
             "src/fusedadam/_loops.h",
+            "src/fusedadam/_mixed.h",
             "src/fusedadam/_finite.h",
             "src/fusedadam/_sparse_rows.h",
             "src/fusedadam/_scalars.h",

@@ -450,3 +450,88 @@ def test_grad_scale_without_clipping_matches_reference(grad_scale, simd):
     is staged either way and must still give the reference's bits."""
     opts = {"grad_scale": grad_scale, "weight_decay": 0.01}
     assert_pair_equal(run_pair(fa.AdamW, opts, [5000, 300, 4100], 3, grad_scale=grad_scale))
+
+
+# ----------------------------------------------------------------- the fused Adam loop
+
+# Adam and AdamW with 8-bit moments run whole blocks in the fused, software-pipelined loop of
+# the avx2/avx512 rows (_mixed.h, fa_q8_adam_f16c_avx2): each variant of its body (sign,
+# coupled L2, decoupled decay), with gradients staged (bfloat16, unscaling, clipping) or
+# not, and with a rounded low-precision param written per block.
+FUSED_CASES = {
+    "adam": (fa.Adam, {}),
+    "adam_l2": (fa.Adam, {"weight_decay": 0.05}),
+    "adam_maximize": (fa.Adam, {"maximize": True}),
+    "adamw": (fa.AdamW, {"weight_decay": 0.1}),
+    "adamw_maximize": (fa.AdamW, {"weight_decay": 0.1, "maximize": True}),
+}
+F16 = np.dtype(np.float16)
+
+
+def run_fused_pair(cls, options, sizes, steps, param_dtype, grad_dtype, tamper=None):
+    results = []
+    for backend in ("compiled", "numpy"):
+        params = [make(param_dtype, n, 7 + k) for k, n in enumerate(sizes)]
+        opt = cls(params, backend=backend, state_dtype="8bit", **options)
+        with np.errstate(all="ignore"):
+            for t in range(steps):
+                if t == 1 and tamper is not None:
+                    tamper(opt, params)
+                opt.step([make(grad_dtype, n, 50 * t + k, 2.0) for k, n in enumerate(sizes)])
+        results.append((opt, params))
+    return results
+
+
+@needs_compiled
+@pytest.mark.parametrize("case", sorted(FUSED_CASES))
+@pytest.mark.parametrize(
+    "param_dtype, grad_dtype", [(F32, F32), (BF16, BF16), (F16, F32)], ids=["f32", "bf16", "f16"]
+)
+@pytest.mark.parametrize(
+    "pre",
+    [{}, {"grad_scale": 3.0}, {"grad_scale": 4.0, "max_grad_norm": 1.0}],
+    ids=["plain", "unscale", "unscale_clip"],
+)
+def test_fused_adam_matches_reference(case, param_dtype, grad_dtype, pre, simd):
+    from fusedadam import _kernels
+
+    cls, options = FUSED_CASES[case]
+    saved = _kernels.get_chunk_size()
+    _kernels.set_chunk_size(400)  # segments of 1 or 2 whole blocks, plus partial ones
+    try:
+        for threads in (1, 2):
+            opts = {**options, **pre, "num_threads": threads}
+            sizes = [4096, 5000, 8192 + 17]
+            assert_pair_equal(run_fused_pair(cls, opts, sizes, 3, param_dtype, grad_dtype))
+    finally:
+        _kernels.set_chunk_size(saved)
+
+
+@needs_compiled
+@pytest.mark.parametrize(
+    "bad", [-0.5, 1e-40, 2e-36, 0.0, np.nan, np.inf, 3e38], ids=lambda x: f"{x:g}"
+)
+def test_fused_adam_hands_odd_scales_to_the_staged_path(bad, simd):
+    """The fused decode forms y * 2**-15 * absmax as y * (absmax * 2**-15) and encodes v
+    without taking |v|: a block whose old v scale is negative, or makes that product
+    inexact (subnormal), NaN or infinite, runs staged, and a block whose new absmax is 0,
+    tiny or not finite is encoded by the general encoder; every block keeps the reference's
+    bits."""
+
+    for cls, options in (FUSED_CASES["adam"], FUSED_CASES["adamw"]):
+        results = []
+        for backend in ("compiled", "numpy"):
+            p = make(F32, 256 * 17 + 100, 7)
+            opt = cls([p], backend=backend, state_dtype="8bit", nonfinite="ignore", **options)
+            opt.step([make(F32, p.size, 1, 2.0)])
+            st = opt.state[p]
+            st["exp_avg_sq"][256:512] = np.arange(256) % 241  # every code of the map
+            st["exp_avg_sq_absmax"][[1, 4, -1]] = bad
+            st["exp_avg_absmax"][[2, 4]] = bad
+            with np.errstate(all="ignore"):
+                for t in range(2):
+                    g = make(F32, p.size, 2 + t, 2.0)
+                    g[256:512] = 0.0  # so that v = beta2 * the decoded v, every bit of it
+                    opt.step([g])
+            results.append((opt, [p]))
+        assert_pair_equal(results)

@@ -75,6 +75,17 @@ typedef struct {
     int n_states, grad_type, state_type, lowp_type;
 } fa_segment;
 
+/* the staged runner's gradient widening and low-precision rounding, as the fused 8-bit
+ * loops take them */
+typedef void (*fa_widen_f32_fn)(float *restrict out, const void *grad, int type, ptrdiff_t n,
+                                const fa_pre *pre);
+typedef void (*fa_round_fn)(uint16_t *restrict out, const float *restrict in, ptrdiff_t n);
+/* a fused 8-bit Adam loop over blocks [first, n_blocks) of a segment; returns where it
+ * stopped */
+typedef ptrdiff_t (*fa_q8_adam_fn)(const fa_segment *x, ptrdiff_t first, ptrdiff_t n_blocks,
+                                   const fa_scalars *s, const fa_pre *pre, int coupled,
+                                   fa_widen_f32_fn widen, fa_round_fn round);
+
 /* ---- scalar conversions --------------------------------------------------------------- */
 
 static inline float fa_bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
@@ -206,6 +217,7 @@ static inline uint8_t fa_q8_code(float value, float absmax, int qsigned)
 #include <immintrin.h>
 #define FA_Q8_X86 1
 #define FA_Q8_TARGET __attribute__((target("avx2,f16c")))
+#define FA_ALIGN32 __attribute__((aligned(32)))
 
 FA_Q8_TARGET static void fa_q8_load_f16c_avx2(float *restrict out, const uint8_t *restrict in,
                                         float absmax, int qsigned, ptrdiff_t n)
@@ -252,6 +264,18 @@ FA_Q8_TARGET static inline __m128i fa_q8_code8_avx2(const float *in, __m256 inv_
     return _mm_or_si128(r, _mm_andnot_si128(zero, sign));
 }
 
+/* the largest of 8 unsigned 32-bit lanes */
+FA_Q8_TARGET static inline uint32_t fa_q8_max8_avx2(__m256i x)
+{
+    __m128i m = _mm_max_epu32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
+    m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0x4e));
+    m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0xb1));
+    return (uint32_t)_mm_cvtsi128_si32(m);
+}
+
+FA_Q8_TARGET static void fa_q8_encode_f16c_avx2(uint8_t *restrict out, const float *restrict in,
+                                               float absmax, int qsigned, ptrdiff_t n);
+
 FA_Q8_TARGET static float fa_q8_store_f16c_avx2(uint8_t *restrict out, const float *restrict in,
                                           int qsigned, ptrdiff_t n)
 {
@@ -262,15 +286,22 @@ FA_Q8_TARGET static float fa_q8_store_f16c_avx2(uint8_t *restrict out, const flo
     for (; i + 8 <= n; i += 8)
         most8 = _mm256_max_epi32(
             most8, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(in + i)), abs_mask));
-    uint32_t lanes[8];
-    _mm256_storeu_si256((__m256i *)lanes, most8);
-    for (int j = 0; j < 8; j++) most = lanes[j] > most ? lanes[j] : most;
+    most = fa_q8_max8_avx2(most8);
     for (; i < n; i++) {
         uint32_t a = fa_f32_bits(in[i]) & 0x7fffffffu;
         most = a > most ? a : most;
     }
-    const float absmax = fa_bits_f32(most), inv = 1.0f / absmax;
-    i = 0;
+    const float absmax = fa_bits_f32(most);
+    fa_q8_encode_f16c_avx2(out, in, absmax, qsigned, n);
+    return absmax;
+}
+
+/* the codes of in[0..n) in a block of this absmax */
+FA_Q8_TARGET static void fa_q8_encode_f16c_avx2(uint8_t *restrict out, const float *restrict in,
+                                               float absmax, int qsigned, ptrdiff_t n)
+{
+    const float inv = 1.0f / absmax;
+    ptrdiff_t i = 0;
     if (absmax >= FA_Q8_FAST_MIN && absmax <= FLT_MAX) { /* no NaN, inf or tiny absmax */
         const float c = qsigned ? 1.0f : 32768.0f;
         const __m256 inv_cap = _mm256_set1_ps(inv * c), cap = _mm256_set1_ps(c);
@@ -287,7 +318,182 @@ FA_Q8_TARGET static float fa_q8_store_f16c_avx2(uint8_t *restrict out, const flo
         }
     }
     for (; i < n; i++) out[i] = fa_q8_code_inv(in[i], absmax, inv, qsigned);
-    return absmax;
+}
+
+/* 16 codes of the signed map from in[0..16), whose block absmax is in the fast range
+ * (inv = 1 / absmax). No clamp to [-1, 1] is needed: |value| <= absmax, so
+ * |value| * inv <= 1 + 2**-23, which truncates to the float16 1.0 as 1 does. The float16
+ * of value * inv (x * -1 rounds as x) carries the sign; the magnitude code is its top bits
+ * rounded, and the sign is kept only on a nonzero magnitude: the codes of
+ * fa_q8_code8_avx2. */
+FA_Q8_TARGET static inline __m128i fa_q8_enc16_signed(const float *in, __m256 inv)
+{
+    __m256 x0 = _mm256_mul_ps(_mm256_load_ps(in), inv);
+    __m256 x1 = _mm256_mul_ps(_mm256_load_ps(in + 8), inv);
+    __m256i h = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm256_cvtps_ph(x0, _MM_FROUND_TO_ZERO)),
+                                        _mm256_cvtps_ph(x1, _MM_FROUND_TO_ZERO), 1);
+    __m256i r = _mm256_srli_epi16(
+        _mm256_add_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x7fff)), _mm256_set1_epi16(0x40)), 7);
+    __m256i sign = _mm256_and_si256(_mm256_srli_epi16(h, 8), _mm256_set1_epi16(0x80));
+    /* min(sign, r << 7): the sign when r >= 1, else 0 */
+    __m256i code = _mm256_or_si256(r, _mm256_min_epu16(sign, _mm256_slli_epi16(r, 7)));
+    return _mm_packus_epi16(_mm256_castsi256_si128(code), _mm256_extracti128_si256(code, 1));
+}
+
+/* 16 codes of the unsigned map from in[0..16), values >= +0 (the caller's guarantee) with
+ * the block absmax in the fast range (inv_cap = (1 / absmax) * 2**15, as
+ * fa_q8_code8_avx2; no cap, as above) */
+FA_Q8_TARGET static inline __m128i fa_q8_enc16_unsigned(const float *in, __m256 inv_cap)
+{
+    __m256 x0 = _mm256_mul_ps(_mm256_load_ps(in), inv_cap);
+    __m256 x1 = _mm256_mul_ps(_mm256_load_ps(in + 8), inv_cap);
+    __m256i h = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm256_cvtps_ph(x0, _MM_FROUND_TO_ZERO)),
+                                        _mm256_cvtps_ph(x1, _MM_FROUND_TO_ZERO), 1);
+    __m256i code = _mm256_srli_epi16(_mm256_add_epi16(h, _mm256_set1_epi16(0x40)), 7);
+    return _mm_packus_epi16(_mm256_castsi256_si128(code), _mm256_extracti128_si256(code, 1));
+}
+
+/* Adam/AdamW (FA_ADAM_BODY: the adam and adam_l2 kinds) with float32 param and gradient
+ * and 8-bit moments, over whole blocks, software-pipelined: while block b is decoded,
+ * updated and its param written (its new moments kept in an L1 buffer, their absmax
+ * taken), the codes of block b - 1 are encoded from the other buffer, so the encoder's
+ * integer work runs beside the divider of the update. The same operations in the same
+ * order as the staged runner's decode + dense loop + encode, so the same bits
+ * (tests/test_state8bit.py). Stops before a block whose old v scale the fused decode cannot
+ * take exactly (subnormal, NaN or infinite: y * 2**-15 * absmax is computed as
+ * y * (absmax * 2**-15)), having finished every block before it; returns how many blocks
+ * it did. */
+/* the scalars of the fused loop, as vectors */
+typedef struct {
+    __m256 sign, wd, decay, b1, omb1, b2, omb2, step, eps;
+} fa_q8_adam_consts;
+
+/* One block: decode, update and write block b's param, keep its new moments in
+ * mnew/vnew and return their absmax lanes; encode block b - 1 (mold/vold, inverse scales
+ * minv/vinv) into mc_prev/vc_prev. COUPLED, SIGN and DECAY are constants at each call. */
+FA_Q8_TARGET static inline __attribute__((always_inline)) void fa_q8_adam_block(
+    float *restrict p, const float *restrict g, const uint8_t *restrict mc,
+    const uint8_t *restrict vc, float *restrict mnew, float *restrict vnew,
+    const float *restrict mold, const float *restrict vold, uint8_t *restrict mc_prev,
+    uint8_t *restrict vc_prev, __m256 mscale8, __m256 vscale8, __m256 minv, __m256 vinv,
+    const fa_q8_adam_consts *c, __m256i *most_m_out, __m256i *most_v_out,
+    const int COUPLED, const int SIGN, const int DECAY)
+{
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+    const __m256 sign8 = c->sign, wd8 = c->wd, decay8 = c->decay, b1 = c->b1, omb1 = c->omb1;
+    const __m256 b2 = c->b2, omb2 = c->omb2, step8 = c->step, eps8 = c->eps;
+    __m256i most_m = _mm256_setzero_si256(), most_v = _mm256_setzero_si256();
+    for (ptrdiff_t i = 0; i < FA_Q8_BLOCK; i += 16) {
+        __m256i mx = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(mc + i)));
+        __m256i vx = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(vc + i)));
+        /* signed: ((c & 0x7f) << 7) | ((c & 0x80) << 8) = (c + (c & 0x80)) << 7 */
+        __m256i mh = _mm256_slli_epi16(
+            _mm256_add_epi16(mx, _mm256_and_si256(mx, _mm256_set1_epi16(0x80))), 7);
+        __m256i vh = _mm256_slli_epi16(
+            _mm256_min_epu16(vx, _mm256_set1_epi16((short)FA_Q8_ONE(FA_Q8_EMAX_UNSIGNED))), 7);
+        for (int h = 0; h < 2; h++) {
+            __m128i mh8 = h ? _mm256_extracti128_si256(mh, 1) : _mm256_castsi256_si128(mh);
+            __m128i vh8 = h ? _mm256_extracti128_si256(vh, 1) : _mm256_castsi256_si128(vh);
+            const ptrdiff_t k = i + 8 * h;
+            __m256 m = _mm256_mul_ps(_mm256_cvtph_ps(mh8), mscale8);
+            __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(vh8), vscale8);
+            __m256 gv = _mm256_loadu_ps(g + k);
+            __m256 pv = _mm256_loadu_ps(p + k);
+            if (SIGN) gv = _mm256_mul_ps(gv, sign8);
+            if (COUPLED) gv = _mm256_add_ps(gv, _mm256_mul_ps(wd8, pv));
+            if (DECAY) pv = _mm256_mul_ps(pv, decay8);
+            m = _mm256_add_ps(_mm256_mul_ps(b1, m), _mm256_mul_ps(omb1, gv));
+            v = _mm256_add_ps(_mm256_mul_ps(b2, v),
+                              _mm256_mul_ps(_mm256_mul_ps(omb2, gv), gv));
+            _mm256_store_ps(mnew + k, m);
+            _mm256_store_ps(vnew + k, v);
+            most_m = _mm256_max_epu32(most_m, _mm256_and_si256(_mm256_castps_si256(m), abs_mask));
+            most_v = _mm256_max_epu32(most_v, _mm256_and_si256(_mm256_castps_si256(v), abs_mask));
+            __m256 denom = _mm256_add_ps(_mm256_sqrt_ps(v), eps8);
+            pv = _mm256_sub_ps(pv, _mm256_div_ps(_mm256_mul_ps(step8, m), denom));
+            _mm256_storeu_ps(p + k, pv);
+        }
+        _mm_storeu_si128((__m128i *)(mc_prev + i), fa_q8_enc16_signed(mold + i, minv));
+        _mm_storeu_si128((__m128i *)(vc_prev + i), fa_q8_enc16_unsigned(vold + i, vinv));
+    }
+    *most_m_out = most_m;
+    *most_v_out = most_v;
+}
+
+FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_t first,
+                                                   ptrdiff_t n_blocks, const fa_scalars *s,
+                                                   const fa_pre *pre, int coupled,
+                                                   fa_widen_f32_fn widen, fa_round_fn round)
+{
+    FA_ALIGN32 float bufs[2][2][FA_Q8_BLOCK], gbuf[FA_Q8_BLOCK];
+    uint8_t scratch[2][FA_Q8_BLOCK]; /* where the block before the first one "encodes" */
+    const fa_q8_adam_consts c = {
+        _mm256_set1_ps((float)s->sign), _mm256_set1_ps((float)s->weight_decay),
+        _mm256_set1_ps((float)s->decay), _mm256_set1_ps((float)s->beta1),
+        _mm256_set1_ps((float)s->one_minus_beta1), _mm256_set1_ps((float)s->beta2),
+        _mm256_set1_ps((float)s->one_minus_beta2), _mm256_set1_ps((float)s->step_size),
+        _mm256_set1_ps((float)s->eps)};
+    /* x * 1 is x: the sign and the decay multiply only when they are not 1 */
+    const int sign = (float)s->sign != 1.0f, decay = (float)s->decay != 1.0f;
+    const int stage_grad = x->grad_type != FA_ET_F32 || pre->active;
+    const size_t gsize = x->grad_type == FA_ET_F32 ? 4 : 2;
+    /* the block before: its buffers, codes and scales (the first time, zeros to scratch) */
+    float *mold = bufs[1][0], *vold = bufs[1][1];
+    uint8_t *mc_prev = scratch[0], *vc_prev = scratch[1];
+    float mmax_prev = 1.0f, vmax_prev = 1.0f;
+    memset(bufs[1], 0, sizeof bufs[1]);
+    ptrdiff_t b = first;
+    for (; b < n_blocks; b++) {
+        const ptrdiff_t off = b * FA_Q8_BLOCK;
+        float *mscale = x->scale[0] + b, *vscale = x->scale[1] + b;
+        const float vscale_y = *vscale * 3.0517578125e-05f;
+        /* exact scaling; and >= 0, so v stays >= +0 (fa_q8_enc16_unsigned) */
+        if (!(vscale_y * 32768.0f == *vscale && *vscale >= 0.0f)) break;
+        float *p = (float *)x->param + off;
+        const float *g = (const float *)x->grad + off;
+        uint8_t *mc = (uint8_t *)x->state[0] + off, *vc = (uint8_t *)x->state[1] + off;
+        if (stage_grad) {
+            widen(gbuf, x->grad + off * gsize, x->grad_type, FA_Q8_BLOCK, pre);
+            g = gbuf;
+        }
+        float *mnew = bufs[b & 1][0], *vnew = bufs[b & 1][1];
+        int fast_prev = mmax_prev >= FA_Q8_FAST_MIN && mmax_prev <= FLT_MAX &&
+                        vmax_prev >= FA_Q8_FAST_MIN && vmax_prev <= FLT_MAX;
+        if (!fast_prev) { /* rare: encode it on its own, then encode zeros to scratch */
+            fa_q8_encode_f16c_avx2(mc_prev, mold, mmax_prev, 1, FA_Q8_BLOCK);
+            fa_q8_encode_f16c_avx2(vc_prev, vold, vmax_prev, 0, FA_Q8_BLOCK);
+            memset(mold, 0, FA_Q8_BLOCK * sizeof(float));
+            memset(vold, 0, FA_Q8_BLOCK * sizeof(float));
+            mc_prev = scratch[0], vc_prev = scratch[1];
+            mmax_prev = vmax_prev = 1.0f;
+        }
+        const __m256 minv = _mm256_set1_ps(1.0f / mmax_prev);
+        const __m256 vinv = _mm256_set1_ps((1.0f / vmax_prev) * 32768.0f);
+        const __m256 mscale8 = _mm256_set1_ps(*mscale), vscale8 = _mm256_set1_ps(vscale_y);
+        __m256i most_m, most_v;
+#define FA_Q8_ADAM_CALL(COUPLED, SIGN, DECAY)                                        \
+    fa_q8_adam_block(p, g, mc, vc, mnew, vnew, mold, vold, mc_prev, vc_prev, mscale8,  \
+                     vscale8, minv, vinv, &c, &most_m, &most_v, COUPLED, SIGN, DECAY)
+        if (coupled)
+            FA_Q8_ADAM_CALL(1, 1, 1);
+        else if (!sign && !decay)
+            FA_Q8_ADAM_CALL(0, 0, 0);
+        else if (!sign)
+            FA_Q8_ADAM_CALL(0, 0, 1);
+        else
+            FA_Q8_ADAM_CALL(0, 1, 1);
+#undef FA_Q8_ADAM_CALL
+        if (round) round((uint16_t *)x->lowp + off, p, FA_Q8_BLOCK);
+        mmax_prev = fa_bits_f32(fa_q8_max8_avx2(most_m));
+        vmax_prev = fa_bits_f32(fa_q8_max8_avx2(most_v));
+        *mscale = mmax_prev;
+        *vscale = vmax_prev;
+        mold = mnew, vold = vnew;
+        mc_prev = mc, vc_prev = vc;
+    }
+    fa_q8_encode_f16c_avx2(mc_prev, mold, mmax_prev, 1, FA_Q8_BLOCK);
+    fa_q8_encode_f16c_avx2(vc_prev, vold, vmax_prev, 0, FA_Q8_BLOCK);
+    return b;
 }
 #define FA_Q8_LOAD_baseline fa_q8_load_baseline
 #define FA_Q8_STORE_baseline fa_q8_store_baseline
@@ -295,6 +501,9 @@ FA_Q8_TARGET static float fa_q8_store_f16c_avx2(uint8_t *restrict out, const flo
 #define FA_Q8_STORE_avx2 fa_q8_store_f16c_avx2
 #define FA_Q8_LOAD_avx512 fa_q8_load_f16c_avx2
 #define FA_Q8_STORE_avx512 fa_q8_store_f16c_avx2
+#define FA_Q8_ADAM_baseline ((fa_q8_adam_fn)0)
+#define FA_Q8_ADAM_avx2 fa_q8_adam_f16c_avx2
+#define FA_Q8_ADAM_avx512 fa_q8_adam_f16c_avx2
 #else
 #define FA_Q8_X86 0
 #define FA_Q8_LOAD_baseline fa_q8_load_baseline
@@ -303,6 +512,9 @@ FA_Q8_TARGET static float fa_q8_store_f16c_avx2(uint8_t *restrict out, const flo
 #define FA_Q8_STORE_avx2 fa_q8_store_avx2
 #define FA_Q8_LOAD_avx512 fa_q8_load_avx512
 #define FA_Q8_STORE_avx512 fa_q8_store_avx512
+#define FA_Q8_ADAM_baseline ((fa_q8_adam_fn)0)
+#define FA_Q8_ADAM_avx2 ((fa_q8_adam_fn)0)
+#define FA_Q8_ADAM_avx512 ((fa_q8_adam_fn)0)
 #endif
 
 /* ---- per-instruction-set block loops ------------------------------------------------------ */
@@ -408,10 +620,10 @@ FA_Q8_TARGET static float fa_q8_store_f16c_avx2(uint8_t *restrict out, const flo
         return absmax;                                                               \
     }                                                                                \
     /* One staged segment with a float32 compute type (see the header comment). */  \
-    FA_ATTR_##ISA static void fa_staged_f32_##ISA(fa_loop_fn dense,                  \
-                                                  const fa_segment *x, ptrdiff_t n,  \
-                                                  const fa_scalars *s,               \
-                                                  const fa_pre *pre)                 \
+    FA_ATTR_##ISA static void fa_stage_f32_##ISA(fa_loop_fn dense,                   \
+                                                 const fa_segment *x, ptrdiff_t off, \
+                                                 ptrdiff_t n, const fa_scalars *s,   \
+                                                 const fa_pre *pre)                  \
     {                                                                                \
         float gbuf[FA_STAGE], sbuf[3][FA_STAGE];                                     \
         char *a[FA_MAX_SLOTS] = {0};                                                 \
@@ -420,8 +632,8 @@ FA_Q8_TARGET static float fa_q8_store_f16c_avx2(uint8_t *restrict out, const flo
         const int stage_state = x->state_type == FA_ET_BF16 || q8;                   \
         const size_t gsize = x->grad_type == FA_ET_F32 ? 4 : 2;                      \
         const size_t ssize = q8 ? 1 : (stage_state ? 2 : 4);                         \
-        for (ptrdiff_t off = 0; off < n; off += FA_STAGE) {                          \
-            ptrdiff_t len = n - off < FA_STAGE ? n - off : FA_STAGE;                 \
+        for (const ptrdiff_t end = off + n; off < end; off += FA_STAGE) {            \
+            ptrdiff_t len = end - off < FA_STAGE ? end - off : FA_STAGE;             \
             a[FA_PARAM] = x->param + off * 4;                                        \
             if (stage_grad) {                                                        \
                 fa_widen_grad_f32_##ISA(gbuf, x->grad + off * gsize, x->grad_type,   \
@@ -460,6 +672,31 @@ FA_Q8_TARGET static float fa_q8_store_f16c_avx2(uint8_t *restrict out, const flo
                 fa_f16_store_##ISA((uint16_t *)(x->lowp + off * 2),                  \
                                    (const float *)a[FA_PARAM], len);                 \
         }                                                                            \
+    }                                                                                \
+    /* Adam/AdamW with 8-bit moments: the whole blocks in the fused loop of this ISA,
+     * where there is one (the blocks it declines, and a last partial block, staged) */ \
+    FA_ATTR_##ISA static void fa_staged_f32_##ISA(fa_loop_fn dense,                  \
+                                                  const fa_segment *x, ptrdiff_t n,  \
+                                                  const fa_scalars *s,               \
+                                                  const fa_pre *pre)                 \
+    {                                                                                \
+        const fa_q8_adam_fn fused = FA_Q8_ADAM_##ISA;                                \
+        const int coupled = dense == fa_adam_l2_f32_##ISA;                           \
+        ptrdiff_t off = 0;                                                           \
+        if (fused && x->state_type == FA_ET_Q8 && x->qsigned[0] && !x->qsigned[1] && \
+            (coupled || dense == fa_adam_f32_##ISA)) {                               \
+            const fa_round_fn round = x->lowp_type == FA_ET_BF16 ? fa_bf16_store_##ISA \
+                                    : x->lowp_type == FA_ET_F16 ? fa_f16_store_##ISA \
+                                    : (fa_round_fn)0;                                \
+            const ptrdiff_t n_blocks = n / FA_Q8_BLOCK;                              \
+            for (ptrdiff_t b = 0; b < n_blocks; b++) {                               \
+                b = fused(x, b, n_blocks, s, pre, coupled, fa_widen_grad_f32_##ISA, round); \
+                if (b < n_blocks)                                                    \
+                    fa_stage_f32_##ISA(dense, x, b * FA_Q8_BLOCK, FA_Q8_BLOCK, s, pre); \
+            }                                                                        \
+            off = n_blocks * FA_Q8_BLOCK;                                            \
+        }                                                                            \
+        fa_stage_f32_##ISA(dense, x, off, n - off, s, pre);                          \
     }                                                                                \
     /* float64: only the gradient is staged (unscaling, clipping). */               \
     FA_ATTR_##ISA static void fa_staged_f64_##ISA(fa_loop_fn dense,                  \
