@@ -51,19 +51,28 @@ def test_two_threads_two_optimizers(backend):
 
     expected = start.copy()
     train(expected)
-    results = [start.copy(), start.copy()]
-    barrier = threading.Barrier(2)
-    if COMPILED:
-        fa._kernels.steps_in_flight_high_water(reset=True)
-    threads = [threading.Thread(target=train, args=(r, barrier)) for r in results]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=120)
-    for r in results:
-        np.testing.assert_array_equal(r, expected)
+    # The OS may run the two threads one after the other on a busy machine: up to 5 rounds
+    # for them to overlap once (a kernel holding the GIL never would).
+    most = 0
+    for _ in range(5):
+        results = [start.copy(), start.copy()]
+        barrier = threading.Barrier(2)
+        if COMPILED:
+            fa._kernels.steps_in_flight_high_water(reset=True)
+        threads = [threading.Thread(target=train, args=(r, barrier)) for r in results]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=120)
+        for r in results:
+            np.testing.assert_array_equal(r, expected)
+        if backend != "compiled":
+            break
+        most = fa._kernels.steps_in_flight_high_water()  # and resets it
+        if most == 2:
+            break
     if backend == "compiled":
-        assert fa._kernels.steps_in_flight_high_water() == 2
+        assert most == 2
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
