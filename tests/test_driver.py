@@ -1,9 +1,9 @@
-"""The step driver: one owner per rule, state identity, plans rebuilt through validation.
+"""The step engine: one owner per rule, state identity, plans rebuilt through validation.
 
 - the per-step scalars of the compiled rule (_scalars.h) and of its NumPy twin
   (reference.step_scalars) agree field by field, for every algorithm;
-- the Python twin driver (_pydriver, used where the extension is not built) takes the same
-  decisions as the compiled driver, step by step;
+- the Python twin engine (engine/_python.py, used where the extension is not built) takes
+  the same decisions as the compiled engine, step by step;
 - the state the user sees is the state the step updates: a replaced state array of the
   right dtype and shape is used from the next step on; one that does not fit raises at the
   next step with nothing modified. Every state name of every algorithm, both backends, on
@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fusedadam as fa
-from fusedadam import _algorithms, _pydriver, reference
+from fusedadam import _algorithms, reference
+from fusedadam.engine import _python
 from conftest import BACKENDS, VARIANTS, assert_unchanged, requires_compiled, snapshot
 
 CLASSES = {
@@ -125,7 +126,7 @@ def test_numpy_scalar_hyperparameters_form_scalars_in_double():
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_python_twin_driver_takes_the_same_decisions(variant):
     """Field by field, step by step: loop kind, every scalar, step counts, skip decisions
-    and errors of _pydriver.Driver equal those of the compiled driver."""
+    and errors of engine._python.Engine equal those of the compiled engine."""
     cls, options = VARIANTS[variant]
     opts, params = [], []
     for twin in (False, True):
@@ -138,8 +139,8 @@ def test_python_twin_driver_takes_the_same_decisions(variant):
             **{k: v for k, v in options.items() if k != "lr"},
         )
         if twin:
-            opt._driver = _pydriver.Driver(opt)
-            opt.state._on_change = opt._driver.invalidate
+            opt._engine = _python.Engine()
+            opt.state._on_change = opt._engine.invalidate
         opts.append(opt)
         params.append(ps)
     for t in range(9):
@@ -150,7 +151,7 @@ def test_python_twin_driver_takes_the_same_decisions(variant):
                 gs[1][0] = np.nan
             opt.step(gs)
         assert opts[0].skipped_steps == opts[1].skipped_steps == (1 if t >= 4 else 0)
-        for plan_c, plan_p in zip(opts[0]._driver.plans, opts[1]._driver.plans):
+        for plan_c, plan_p in zip(opts[0]._engine.plans, opts[1]._engine.plans):
             kind_c, scalars_c, _ = plan_c.last_step()
             kind_p, scalars_p, _ = plan_p.last_step()
             assert kind_c == kind_p
@@ -197,7 +198,7 @@ def test_replaced_state_array_is_used_from_the_next_step(name, state, backend, p
         twin.state[twin_params[k]][state][...] = 0.25  # the same values, in place
     if path == "checked":
         opt.param_groups[0]["lr"] = 0.01  # a new object: hyperparameters re-checked
-        opt._driver.invalidate()  # and every group planned again
+        opt._engine.invalidate()  # and every group planned again
     for t in range(3):
         opt.step(grads(params, t))
         twin.step(grads(twin_params, t))
@@ -265,7 +266,7 @@ def test_unfit_state_array_raises_at_next_step_and_changes_nothing(
     else:
         opt.state[params[0]][state] = make_bad(params[0], opt.state[params[0]])
     if path == "checked":
-        opt._driver.invalidate()
+        opt._engine.invalidate()
     before = snapshot(opt)
     with pytest.raises(exc, match=match.format(state=state)):
         opt.step(grads(params))

@@ -91,7 +91,7 @@ def test_kernels_stub_matches_the_compiled_module():
     assert stub.is_file(), "the type stub must be installed next to the extension"
     compiled = {n for n in dir(_kernels) if not n.startswith("_")}
     assert _public_names_of_stub(stub) == compiled
-    for cls in ("Driver", "GroupPlan", "Probe"):
+    for cls in ("Engine", "GroupPlan", "Probe"):
         stub_class = next(
             n
             for n in ast.parse(stub.read_text()).body

@@ -297,13 +297,13 @@ def test_zero_copy_state_and_no_replanning():
         opt.step()
     ptrs = [opt.state[p]["exp_avg"].data_ptr() for p in ps]
     param_ptrs = [p.data_ptr() for p in ps]
-    plans = opt.inner._driver.plans
+    plans = opt.inner._engine.plans
     for _ in range(3):
         _set_grads(ps, _grads(ps, gen))
         opt.step()
     assert [opt.state[p]["exp_avg"].data_ptr() for p in ps] == ptrs
     assert [p.data_ptr() for p in ps] == param_ptrs
-    assert all(a is b for a, b in zip(opt.inner._driver.plans, plans))
+    assert all(a is b for a, b in zip(opt.inner._engine.plans, plans))
     # The state tensors are the kernel's memory: an in-place edit is seen by the next step.
     ref = fa.Adam([p.detach().numpy().copy() for p in ps], lr=1e-2)
     ref.load_state_dict(

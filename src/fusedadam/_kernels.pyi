@@ -42,11 +42,6 @@ def get_chunk_size() -> int:
 def set_chunk_size(n_elements: int) -> None:
     """Set the elements per chunk (a multiple of 16; for tests and benchmarks)."""
 
-def _bind(
-    check_lr: Callable[..., float], grad_scale_value: Callable[..., float], reference: Any
-) -> None:
-    """Hand the compiled driver the Python pieces it calls on slow paths."""
-
 def steps_in_flight_high_water(reset: bool = ...) -> int:
     """The most steps seen inside their GIL-free section at once since the last reset."""
 
@@ -73,28 +68,36 @@ class GroupPlan:
     @property
     def numpy_backend(self) -> bool: ...
     @property
-    def nonfinite(self) -> int: ...
+    def nonfinite(self) -> Any: ...
     @property
     def first_index(self) -> int: ...
     def __init__(self, spec: Any) -> None: ...
     def set_hyper(self, spec: Any) -> None:
-        """Take a validated ``_HyperSpec`` (the group's hyperparameters now)."""
+        """Take a validated ``HyperSpec`` (the group's hyperparameters now)."""
     def last_step(self) -> Tuple[str, Dict[str, float], int]:
         """``(loop kind name, scalars dict, n_threads)`` of the last step prepared."""
 
-class Driver:
-    """The step of one optimizer: every per-step rule, once, for every backend."""
+class Engine:
+    """Steps planned groups: every per-step rule, once, for every backend."""
 
-    def __init__(self, optimizer: Any) -> None: ...
+    def __init__(self) -> None: ...
     def invalidate(self) -> None:
-        """Forget the plans: the next step validates and plans every group again."""
+        """Forget the plans: the next step returns ``Outcome.PLAN``."""
+    def set_plans(self, groups: Any, plans: Sequence[GroupPlan]) -> None:
+        """Step ``plans`` (one per group of the list ``groups``) from now on."""
+    def set_hyper(self, gi: int, spec: Any) -> None:
+        """Group ``gi``'s re-validated hyperparameters (after ``Outcome.HYPER``)."""
+    def stale_groups(self) -> List[int]:
+        """The groups whose hyperparameters the last ``Outcome.HYPER`` found changed."""
+    def snapshot(self) -> None:
+        """The caller attached the new state: watch the state dicts as they are now."""
     @staticmethod
     def new_plan(spec: Any) -> GroupPlan:
-        """The plan of one validated group (a ``_GroupSpec``) for this driver."""
+        """The plan of one validated group (a ``GroupSpec``)."""
     @property
     def plans(self) -> Optional[List[GroupPlan]]: ...
     def step(self, grads: Any, grad_scale: Any = None) -> int:
-        """0: the step ran; 1: non-finite gradients skipped it."""
+        """An ``Outcome``: RAN, SKIPPED, PLAN, HYPER or RAN_NEW_STATE."""
     def grad_norms(self) -> List[Optional[float]]:
         """Per group, the gradient norm of the last step (None: the group does not clip)."""
 

@@ -1,15 +1,16 @@
 # cython: language_level=3
-"""Compiled core of fusedadam: the step driver, and every loop through one dispatch table.
+"""Compiled core of fusedadam: the step engine, and every loop through one dispatch table.
 
-``Driver.step`` is the whole steady-state step of an optimizer in compiled code: it checks
-that each group's ``GroupPlan`` still fits (the group's hyperparameter objects, its params,
-the state arrays the user sees), computes the per-step scalars (``_scalars.h``), resolves
-the thread count, checks the gradients, applies the non-finite policy, runs the loops of
-``_dispatch.h`` with the GIL released, and counts the step. Whatever does not fit goes back
-to the Python layer (``fusedadam.optim``), which validates with precise messages and builds
-new plans; nothing is written before every group has passed.
+``Engine.step`` is the whole steady-state step of a set of planned groups in compiled
+code: it checks that each group's ``GroupPlan`` still fits the arrays and hyperparameter
+objects it was built from, computes the per-step scalars (``_scalars.h``), resolves the
+thread count, checks the gradients, applies the non-finite policy, runs the loops of
+``_dispatch.h`` with the GIL released, and counts the step. It calls nothing above it:
+whatever does not fit is returned to the caller as an ``Outcome`` (``PLAN``, ``HYPER``),
+and the front end (``fusedadam.optim``, ...) validates with precise messages and hands
+over new plans; nothing is written before every group has passed.
 
-A group whose backend is ``"numpy"`` runs through the same driver; only its array work
+A group whose backend is ``"numpy"`` runs through the same engine; only its array work
 goes to ``fusedadam.reference``.
 """
 from libc.stdlib cimport malloc, calloc, realloc, free
@@ -21,6 +22,11 @@ cimport numpy as cnp
 import ml_dtypes as _ml_dtypes
 
 from fusedadam._openmp cimport FA_OPENMP_ENABLED, fa_max_threads, fa_num_procs
+
+# The layers below the engine (checks, the NumPy twin of every loop, the policy's names):
+# called downward only; the engine never sees an optimizer.
+from fusedadam import _validation, reference as _reference
+from fusedadam.engine import _policy
 
 cnp.import_array()
 
@@ -653,7 +659,7 @@ cdef inline bint _same_array(object current, object planned, char *ptr):
 cdef class GroupPlan:
     """A validated group: its pointer tables, hyperparameters and what the user sees.
 
-    Built by ``fusedadam.optim`` from a ``_GroupSpec`` after every check has passed. It
+    Built by a front end from a ``GroupSpec`` after every check has passed. It
     remembers the objects it was built from (the group dict and its hyperparameter values,
     the params list, each param's state dict and arrays) and ``fits`` a later step only while
     those are still the same objects: a replaced state array, a changed hyperparameter, a
@@ -665,7 +671,9 @@ cdef class GroupPlan:
     cdef readonly object state_dtype   # the group's option the state arrays were made for
     cdef readonly object installs      # state to attach at the first step that commits
     cdef readonly bint numpy_backend
-    cdef readonly int nonfinite        # 0 "error", 1 "skip", 2 "ignore"
+    cdef readonly object nonfinite     # the group's NonFinitePolicy
+    cdef bint mind_nonfinite           # its policy is not IGNORE
+    cdef bint scans                    # the gradients are scanned before the update
     cdef readonly Py_ssize_t first_index
     cdef tuple keys
     cdef tuple values
@@ -802,7 +810,7 @@ cdef class GroupPlan:
         self.state_values = tuple(tuple(st.values()) for st in self.state_dicts)
 
     def set_hyper(self, spec):
-        """Take a validated ``_HyperSpec`` (the group's hyperparameters now)."""
+        """Take a validated ``HyperSpec`` (the group's hyperparameters now)."""
         self.keys = tuple(spec.keys)
         self.values = tuple(spec.values)
         _read_hyper(&self.hyper, spec.hyper)
@@ -811,9 +819,11 @@ cdef class GroupPlan:
         self.lr_value = 0.0 if self.lr_callable else spec.lr
         self.num_threads = spec.num_threads
         self.nonfinite = spec.nonfinite
+        self.mind_nonfinite = spec.nonfinite != _policy.NonFinitePolicy.IGNORE
         self.numpy_backend = spec.backend == "numpy"
         self.grad_scale = spec.grad_scale
         self.max_grad_norm = spec.max_grad_norm if spec.max_grad_norm is not None else 0.0
+        self.scans = _policy.needs_scan(spec.nonfinite, self.max_grad_norm > 0.0)
 
     cdef bint _hyper_fits(self):
         """Every hyperparameter of the group is still the object validated."""
@@ -920,8 +930,7 @@ cdef class GroupPlan:
             self.d.grad_fns[k] = fa_get_grad_fns(_isa, gtype)
         return 0
 
-    cdef int _prepare(self, list grads, Py_ssize_t offset, object check_grads,
-                      object grad_scale) except -1:
+    cdef int _prepare(self, list grads, Py_ssize_t offset, object grad_scale) except -1:
         """Scalars, thread count, gradient scale and gradients of this step; writes nothing
         anywhere. ``grad_scale`` (not None) overrides the group's for this step."""
         cdef double t, lr, scale
@@ -935,14 +944,14 @@ cdef class GroupPlan:
             if type(value) is float and isfinite(<double>value) and <double>value >= 0.0:
                 lr = <double>value
             else:
-                lr = _check_lr(value, f"lr({int(t)}) returned: ")
+                lr = _validation.check_lr(value, f"lr({int(t)}) returned: ")
         else:
             lr = self.lr_value
         value = self.grad_scale if grad_scale is None else grad_scale
         if type(value) is float and isfinite(<double>value) and <double>value > 0.0:
             scale = <double>value
         else:
-            scale = _grad_scale_value(value, int(t))
+            scale = _validation.grad_scale_value(value, int(t))
         fa_pre_set(&self.d.pre, scale)
         self.d.want_norm = self.max_grad_norm > 0.0
         self.d.kind = fa_step_scalars(&self.hyper, t, lr,
@@ -953,7 +962,7 @@ cdef class GroupPlan:
         _reserve_chunks(&self.d)
         if self.numpy_backend or self._fast_grads(grads, offset) != 0:
             # The Python checks say what is wrong, or hand back usable copies.
-            checked = check_grads(grads[offset:offset + n], self.slots[FA_PARAM],
+            checked = _validation.check_grads(grads[offset:offset + n], self.slots[FA_PARAM],
                                   [self.written_lo[k] for k in range(self.n_written)],
                                   [self.written_hi[k] for k in range(self.n_written)],
                                   self.first_index)
@@ -978,7 +987,7 @@ cdef class GroupPlan:
         return (<list>self.pending_grads)[first:first + self.d.n_arrays]
 
     cdef bint _needs_scan(self):
-        return self.nonfinite != 2 or self.d.want_norm
+        return self.scans
 
     cdef Py_ssize_t _scan(self, Py_ssize_t offset) except -2:
         """Global index of the first non-finite (unscaled) gradient value, or -1; the
@@ -997,7 +1006,7 @@ cdef class GroupPlan:
         """Scan and, unless a gradient value is not finite and the policy minds, update:
         one GIL release."""
         cdef Py_ssize_t found
-        cdef bint mind = self.nonfinite != 2
+        cdef bint mind = self.mind_nonfinite
         with nogil:
             fa_step_enter()
             found = _scan(&self.d, self.n_threads)
@@ -1059,57 +1068,77 @@ cdef inline void _fold(GroupData *d) noexcept nogil:
 
 
 class _StepsDisagree(Exception):
-    """A group's params are at different steps (the Python layer says which)."""
+    """A group's params are at different steps (the caller's checks say which)."""
 
 
-_check_lr = None
-_grad_scale_value = None
-_reference = None
+# ------------------------------------------------------------------ the engine
+
+cdef int _RAN = _policy.Outcome.RAN, _SKIPPED = _policy.Outcome.SKIPPED
+cdef int _PLAN = _policy.Outcome.PLAN, _HYPER = _policy.Outcome.HYPER
+cdef int _RAN_NEW_STATE = _policy.Outcome.RAN_NEW_STATE
 
 
-def _bind(check_lr, grad_scale_value, reference):
-    """Hand the compiled driver the Python pieces it calls on slow paths."""
-    global _check_lr, _grad_scale_value, _reference
-    _check_lr = check_lr
-    _grad_scale_value = grad_scale_value
-    _reference = reference
+cdef class Engine:
+    """Steps planned groups: every per-step rule, once, for every backend.
 
+    It knows no optimizer. A front end plans its groups (validated arrays and
+    hyperparameters, ``GroupPlan``), hands them over with ``set_plans(groups, plans)`` and
+    calls ``step(grads, grad_scale)``, which returns an :class:`~fusedadam.engine.Outcome`:
 
-# ------------------------------------------------------------------ the driver
+    - ``RAN`` / ``RAN_NEW_STATE``: every group was updated and counted (for the latter the
+      caller now attaches the state its plans created, then calls ``snapshot()``);
+    - ``SKIPPED``: a "skip" group saw a NaN/inf gradient; nothing was written;
+    - ``PLAN``: the plans no longer fit (a param, state entry or the group list changed):
+      plan every group again and call ``step`` again;
+    - ``HYPER``: only hyperparameters changed; ``stale_groups()`` lists the groups to
+      validate again (``set_hyper``; a changed state layout means ``PLAN`` instead).
 
-cdef class Driver:
-    """The step of one optimizer: every per-step rule, once, for every backend.
-
-    ``optimizer`` provides ``param_groups`` (a list, edited in place; rebinding it or
-    adding, replacing or removing a param's state dict calls ``invalidate``), ``state``,
-    ``_plan_groups()`` (validate and
-    build every group's GroupPlan), ``_check_hyper(gi)`` (validate one group's
-    hyperparameters), ``_install(installs)``, ``_check_grads`` and
-    ``_nonfinite_error(plan, grads, found)``. ``step`` returns 0 when the step ran and 1 when
-    non-finite gradients skipped it; on any error nothing has been written.
+    A NaN/inf gradient in an "error" group raises ``FloatingPointError``. On any error and
+    for every outcome but ``RAN*`` nothing has been written.
     """
-    cdef object optimizer
     cdef list plans
-    cdef object groups                 # the param_groups list the plans were built from
+    cdef object groups                 # the group list the plans were built from
     cdef Py_ssize_t n_params
-    cdef object check_grads
     cdef list one_grad                 # reused for step(ndarray): no list per step
     cdef list norms                    # per group: the last step's gradient norm, or None
+    cdef list stale                    # groups whose hyperparameters changed (HYPER)
 
-    def __cinit__(self, optimizer):
-        self.optimizer = optimizer
+    def __cinit__(self):
         self.plans = None
-        self.check_grads = optimizer._check_grads
         self.one_grad = [None]
         self.norms = [None]
+        self.stale = []
 
     def invalidate(self):
-        """Forget the plans: the next step validates and plans every group again."""
+        """Forget the plans: the next step returns ``PLAN``."""
         self.plans = None
+
+    def set_plans(self, groups, plans):
+        """Step ``plans`` (one ``GroupPlan`` per group of the list ``groups``) from now on."""
+        self.plans = list(plans)
+        self.groups = groups
+        self.n_params = sum(len((<GroupPlan>p).slots[FA_PARAM]) for p in self.plans)
+        if len(self.norms) != len(self.plans):
+            self.norms = [None] * len(self.plans)
+
+    def set_hyper(self, Py_ssize_t gi, spec):
+        """Group ``gi``'s re-validated hyperparameters (after ``HYPER``)."""
+        (<GroupPlan>self.plans[gi]).set_hyper(spec)
+
+    def stale_groups(self):
+        """The groups whose hyperparameters the last ``HYPER`` outcome found changed."""
+        return list(self.stale)
+
+    def snapshot(self):
+        """The caller attached the new state: watch the state dicts as they are now."""
+        for plan in self.plans or ():
+            if (<GroupPlan>plan).installs is not None:
+                (<GroupPlan>plan).installs = None
+                (<GroupPlan>plan)._snapshot_state()
 
     @staticmethod
     def new_plan(spec):
-        """The plan of one validated group (a ``_GroupSpec``) for this driver."""
+        """The plan of one validated group (a ``GroupSpec``)."""
         return GroupPlan(spec)
 
     @property
@@ -1120,90 +1149,74 @@ cdef class Driver:
         """Per group, the gradient norm of the last step (None: the group does not clip)."""
         return list(self.norms)
 
-    cdef int _replan(self) except -1:
-        self.plans = None
-        plans = self.optimizer._plan_groups()
-        self.groups = self.optimizer.param_groups
-        self.n_params = sum(len((<GroupPlan>p).slots[FA_PARAM]) for p in plans)
-        self.plans = list(plans)
-        if len(self.norms) != len(self.plans):
-            self.norms = [None] * len(self.plans)
-        return 0
-
     cdef int _fit(self) except -1:
-        """Make every plan fit the optimizer as the user sees it now (no writes)."""
+        """``_RAN`` when every plan fits the caller's arrays as they are now, else what the
+        caller must do first (``_PLAN``, or ``_HYPER`` with ``stale``). No writes."""
         cdef GroupPlan plan
         cdef Py_ssize_t gi
         if (self.plans is None or type(self.groups) is not list
                 or len(<list>self.groups) != len(self.plans)):
-            return self._replan()
+            return _PLAN
         for gi in range(len(self.plans)):
             plan = <GroupPlan>self.plans[gi]
             if (<list>self.groups)[gi] is not plan.group or not plan._arrays_fit():
-                return self._replan()
+                return _PLAN
         for gi in range(len(self.plans)):
-            plan = <GroupPlan>self.plans[gi]
-            if not plan._hyper_fits():
-                spec = self.optimizer._check_hyper(gi)
-                if (spec.state_names != plan.state_names
-                        or spec.state_dtype != plan.state_dtype):
-                    return self._replan()
-                plan.set_hyper(spec)
-        return 0
+            if not (<GroupPlan>self.plans[gi])._hyper_fits():
+                self.stale = [gi for gi in range(len(self.plans))
+                              if not (<GroupPlan>self.plans[gi])._hyper_fits()]
+                return _HYPER
+        return _RAN
 
     def step(self, grads, grad_scale=None):
         cdef list glist
         cdef GroupPlan plan
         cdef Py_ssize_t gi, n_groups, offset, found
-        cdef bint skip = False
-        self._fit()
+        cdef int fit, outcome = _RAN
+        fit = self._fit()
+        if fit != _RAN:
+            return fit
         if type(grads) is list:
             glist = <list>grads
         elif type(grads) is cnp.ndarray and self.n_params == 1:
             glist = self.one_grad
             glist[0] = grads
         else:
-            glist = self.optimizer._grad_list(grads, self.n_params)
+            glist = _validation.as_grad_list(grads, self.n_params)
         if len(glist) != self.n_params:
-            glist = self.optimizer._grad_list(glist, self.n_params)   # raises
+            glist = _validation.as_grad_list(glist, self.n_params)   # raises
         n_groups = len(self.plans)
         try:
             offset = 0
             for gi in range(n_groups):
                 plan = <GroupPlan>self.plans[gi]
                 try:
-                    plan._prepare(glist, offset, self.check_grads, grad_scale)
+                    plan._prepare(glist, offset, grad_scale)
                 except _StepsDisagree:
-                    self._replan()         # the Python checks name the params
-                    raise RuntimeError("fusedadam internal error: steps disagree after planning")
+                    self.plans = None         # the caller's checks name the params
+                    return _PLAN
                 offset += plan.d.n_arrays
-            if n_groups == 1 and plan._needs_scan() and not plan.numpy_backend:
+            if n_groups == 1 and plan.scans and not plan.numpy_backend:
                 # One group with a scan: scan and update in one release of the GIL.
                 found = plan._checked_run()
-                if found >= 0:
-                    self._nonfinite(plan, found, 0)
-                    self._note_norms()
-                    return 1
                 self._note_norms()
-                self._commit(plan)
-                return 0
-            offset = 0
+                if found >= 0:
+                    return self._nonfinite(plan, found)
+                return self._commit(plan, outcome)
             for gi in range(n_groups):
                 plan = <GroupPlan>self.plans[gi]
-                if plan._needs_scan():
-                    found = plan._scan(offset)
-                    if found >= 0 and plan.nonfinite != 2:
-                        if self._nonfinite(plan, found, offset) == 1:
-                            skip = True
-                offset += plan.d.n_arrays
+                if plan.scans:
+                    found = plan._scan(0)
+                    if found >= 0 and plan.mind_nonfinite:
+                        outcome = self._nonfinite(plan, found)
             self._note_norms()
-            if skip:
-                return 1
+            if outcome == _SKIPPED:
+                return _SKIPPED
             for gi in range(n_groups):
                 plan = <GroupPlan>self.plans[gi]
                 plan._run()
-                self._commit(plan)
-            return 0
+                outcome = self._commit(plan, outcome)
+            return outcome
         finally:
             for gi in range(n_groups):
                 (<GroupPlan>self.plans[gi])._release()
@@ -1215,21 +1228,15 @@ cdef class Driver:
             (<GroupPlan>self.plans[gi])._note_norm()
             self.norms[gi] = (<GroupPlan>self.plans[gi]).last_grad_norm
 
-    cdef int _nonfinite(self, GroupPlan plan, Py_ssize_t found, Py_ssize_t offset) except -1:
-        """The non-finite policy: "error" raises (nothing written), "skip" skips the step."""
-        if plan.nonfinite == 0:
-            k = _array_at(&plan.d, found)
-            raise self.optimizer._nonfinite_error(plan, plan._grad_list(), k,
-                                                  found - plan.d.offsets[k])
-        self.optimizer.skipped_steps += 1
-        return 1
+    cdef int _nonfinite(self, GroupPlan plan, Py_ssize_t found) except -1:
+        """The group's policy on a non-finite value: raise (nothing written), or skip."""
+        cdef Py_ssize_t k = _array_at(&plan.d, found)
+        return _policy.nonfinite_outcome(plan.nonfinite, lambda: _validation.nonfinite_error(
+            plan._grad_list(), plan.first_index, k, found - plan.d.offsets[k]))
 
-    cdef void _commit(self, GroupPlan plan) except *:
-        if plan.installs is not None:
-            self.optimizer._install(plan.installs)
-            plan.installs = None
-            plan._snapshot_state()
+    cdef int _commit(self, GroupPlan plan, int outcome) except -1:
         plan._count()
+        return _RAN_NEW_STATE if plan.installs is not None else outcome
 
 
 # ------------------------------------------------------------------ SparseAdam's rows

@@ -1,10 +1,10 @@
 """Optimizer classes shaped like ``torch.optim``: an algorithm-agnostic base and thin algorithms.
 
 The base owns param groups, per-param state, the lock, the state_dict layout and planning
-(validation into ``GroupPlan``\\ s); the step itself is the driver's (``_kernels.Driver``, or
-its twin ``_pydriver.Driver`` where the extension is not built), which owns every per-step
-rule. An algorithm class adds its defaults, its registry entry (``_algorithms.py``) and its
-docstring.
+(validation into ``GroupSpec``\\ s of explicit arrays); the step itself is the engine's
+(``fusedadam.engine``), which owns every per-step rule and returns an ``Outcome`` the base
+acts on (plan again, count a skipped step, attach new state). An algorithm class adds its
+defaults, its registry entry (``_algorithms.py``) and its docstring.
 """
 
 import inspect
@@ -17,7 +17,6 @@ from typing import (
     Dict,
     List,
     Literal,
-    NamedTuple,
     Optional,
     Sequence,
     Tuple,
@@ -26,18 +25,11 @@ from typing import (
 
 import numpy as np
 
-from fusedadam import _algorithms, _precision, _validation, reference
-from fusedadam._backend import _kernels, resolve_backend
+from fusedadam import _algorithms, _precision, _validation
+from fusedadam._backend import resolve_backend
+from fusedadam.engine import Engine, GroupSpec, HyperSpec, NonFinitePolicy, Outcome
 
 __all__ = ["Optimizer", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion"]
-
-# The step driver: the compiled one, or its Python twin where the extension is not built.
-_Driver: Any
-if _kernels is not None:
-    _kernels._bind(_validation.check_lr, _validation.grad_scale_value, reference)
-    _Driver = _kernels.Driver
-else:
-    from fusedadam._pydriver import Driver as _Driver
 
 # The types of the public API (py.typed ships these annotations).
 LearningRate = Union[float, Callable[[int], float]]
@@ -49,9 +41,6 @@ Backend = Literal["auto", "compiled", "numpy"]
 NonFinite = Literal["error", "skip", "ignore"]
 StateDtype = Optional[Literal["float32", "bfloat16", "8bit"]]
 GradScale = Union[float, Callable[[int], float], np.ndarray]
-
-_STATE0 = 2  # slots of a GroupPlan: param, grad, then the state arrays
-
 
 def _as_param_list(params, where):
     if isinstance(params, np.ndarray):
@@ -81,41 +70,6 @@ def _param_groups_from(params):
     if any(isinstance(p, dict) for p in params):
         raise TypeError("params must be all arrays or all param-group dicts, not a mix")
     return [{"params": params}]
-
-
-class _HyperSpec(NamedTuple):
-    """One group's validated hyperparameters, as a GroupPlan takes them."""
-
-    keys: tuple  # the hyperparameter keys, whose value objects the plan watches
-    values: tuple  # those objects
-    hyper: dict  # _algorithms.hyper_dict
-    lr: object  # float, or the callable lr(t)
-    num_threads: object
-    nonfinite: int  # index in _validation.NONFINITE_MODES
-    backend: str  # "compiled" or "numpy"
-    state_names: tuple  # the state arrays the step uses, in slot order
-    state_dtype: Optional[str]  # the group's state_dtype option
-    grad_scale: object  # float, callable or array (read at each step)
-    max_grad_norm: Optional[float]
-
-
-class _GroupSpec(NamedTuple):
-    """One group's validated arrays and hyperparameters: what a GroupPlan is built from."""
-
-    group: dict
-    hyper_spec: _HyperSpec
-    state_names: tuple
-    params: list
-    state_dicts: tuple  # per param: its state dict (new ones not yet in opt.state)
-    slots: tuple  # (params, None, state arrays...): per slot, one array per param
-    masters: tuple  # per param: its float32 master_param, or None
-    scales: tuple  # per state slot, per param: its 8-bit state's per-block absmax, or None
-    qsigned: tuple  # per state slot: its 8-bit map is the signed one
-    step_arrays: tuple  # per param: the 0-d int64 step counter
-    mu_arrays: object  # per param: NAdam's 0-d float64 product, or None
-    written: Any  # (lo, hi): byte intervals of every array any step writes (None: not yet)
-    first_index: int
-    installs: list  # (param, its state dict or None, {name: new value}) for commit
 
 
 class _ParamState:
@@ -200,9 +154,10 @@ class Optimizer:
         self.defaults = dict(defaults)
         self._check_group_hyper(self.defaults, "")
         self._lock = threading.Lock()
-        self._driver = _Driver(self)
+        self._engine = Engine()
+        self._pending_installs: List[tuple] = []  # state the current plans will attach
         self._param_groups = []
-        self._state = _ParamState(self._driver.invalidate)
+        self._state = _ParamState(self._engine.invalidate)
         self._created = {}  # id(param) -> (param, names of the optional state it got)
         #: Steps skipped because a gradient held NaN or inf (groups with nonfinite="skip").
         self.skipped_steps = 0
@@ -228,7 +183,7 @@ class Optimizer:
     @param_groups.setter
     def param_groups(self, groups):
         self._param_groups = groups
-        self._driver.invalidate()
+        self._engine.invalidate()
 
     @property
     def state(self) -> "_ParamState":
@@ -240,7 +195,7 @@ class Optimizer:
         items = mapping.items() if hasattr(mapping, "items") else mapping
         self._state._by_id = {id(p): (p, st) for p, st in items}
         self._record_created(self._state.items())
-        self._driver.invalidate()
+        self._engine.invalidate()
 
     def _record_created(self, items):
         """Remember which optional state each param holds now (a later absence is a deletion)."""
@@ -258,7 +213,7 @@ class Optimizer:
         with self._lock:
             group, where = self._admit_param_group(param_group)
             self.param_groups.append(group)
-            self._driver.invalidate()
+            self._engine.invalidate()
 
     def _admit_param_group(self, param_group):
         """A new group dict: checked (params, no param already in a group, hyperparameters),
@@ -312,24 +267,57 @@ class Optimizer:
             A gradient holds NaN or inf in a group with ``nonfinite="error"``.
         """
         with self._lock:
-            self._driver.step(grads, grad_scale)
+            outcome = self._engine.step(grads, grad_scale)
+            if outcome:  # anything but Outcome.RAN
+                self._settle(outcome, grads, grad_scale)
+
+    def _settle(self, outcome, grads, grad_scale):
+        """Act on an engine outcome other than RAN: plan again (and step), count a
+        skipped step, attach the state a first step created."""
+        for _ in range(3):  # a replan and a hyperparameter refresh at most, then a step
+            if outcome == Outcome.PLAN:
+                self._plan()
+            elif outcome == Outcome.HYPER:
+                self._refresh_hyper()
+            else:
+                break
+            outcome = self._engine.step(grads, grad_scale)
+        else:
+            raise RuntimeError(f"fusedadam internal error: the engine still asks for {outcome!r}")
+        if outcome == Outcome.SKIPPED:
+            self.skipped_steps += 1
+        elif outcome == Outcome.RAN_NEW_STATE:
+            installs, self._pending_installs = self._pending_installs, []
+            self._install(installs)
+            self._engine.snapshot()
+
+    def _plan(self):
+        """Validate every group and hand the engine new plans."""
+        self._engine.invalidate()
+        specs = self._plan_groups()
+        self._engine.set_plans(self.param_groups, [self._engine.new_plan(s) for s in specs])
+        self._pending_installs = [i for spec in specs for i in spec.installs]
+
+    def _refresh_hyper(self):
+        """Validate the groups whose hyperparameters changed; plan again if their state
+        layout changed with them."""
+        for gi in self._engine.stale_groups():
+            spec = self._check_hyper(gi)
+            plan = self._engine.plans[gi]
+            if spec.state_names != plan.state_names or spec.state_dtype != plan.state_dtype:
+                self._plan()
+                return
+            self._engine.set_hyper(gi, spec)
 
     @property
     def last_grad_norm(self) -> Union[None, float, List[Optional[float]]]:
         """The 2-norm of the unscaled gradients of the last step (the value
         ``torch.nn.utils.clip_grad_norm_`` returns), per group with ``max_grad_norm`` set
         (None for a group without): a float for a one-group optimizer, else a list."""
-        norms, n_groups = self._driver.grad_norms(), len(self.param_groups)
+        norms, n_groups = self._engine.grad_norms(), len(self.param_groups)
         if len(norms) != n_groups:  # no step since the groups changed
             norms = [None] * n_groups
         return norms[0] if n_groups == 1 else norms
-
-    # The driver's hooks into the Python layer (slow paths only).
-    _grad_list = staticmethod(_validation.as_grad_list)
-    _check_grads = staticmethod(_validation.check_grads)
-
-    def _nonfinite_error(self, plan, grads, k, element):
-        return _validation.nonfinite_error(grads, plan.first_index, k, element)
 
     def _install(self, installs):
         """Attach the state a committed step created (it was invisible until now)."""
@@ -341,7 +329,7 @@ class Optimizer:
         self._record_created((param, entries) for param, _, entries in installs)
 
     def _check_hyper(self, gi):
-        """Validate group ``gi``'s hyperparameters; return its ``_HyperSpec``."""
+        """Validate group ``gi``'s hyperparameters; return its ``HyperSpec``."""
         group = self.param_groups[gi]
         where = f"param_groups[{gi}]: "
         if not isinstance(group, dict):
@@ -350,13 +338,13 @@ class Optimizer:
         keys = tuple(self.defaults)
         lr = group["lr"]
         max_grad_norm = group.get("max_grad_norm")
-        return _HyperSpec(
+        return HyperSpec(
             keys,
             tuple(group[k] for k in keys),
             _algorithms.hyper_dict(self.algorithm, group),
             lr if callable(lr) else float(lr),
             group["num_threads"],
-            _validation.NONFINITE_MODES.index(group["nonfinite"]),
+            NonFinitePolicy.of(group["nonfinite"]),
             resolve_backend(group["backend"], where),
             self.algorithm.slot_names(group),
             group.get("state_dtype"),
@@ -365,7 +353,7 @@ class Optimizer:
         )
 
     def _plan_groups(self):
-        """Validate every group against the state the user sees; return new GroupPlans.
+        """Validate every group against the state the user sees; return its GroupSpecs.
 
         State a param lacks is created here (zeros, step 0) but only attached to
         ``opt.state`` when a step commits, so a failed step leaves nothing behind.
@@ -374,7 +362,7 @@ class Optimizer:
         if not isinstance(groups, list):
             raise TypeError("param_groups must be a list of dicts")
         hyper_specs = [self._check_hyper(gi) for gi in range(len(groups))]
-        specs: List[_GroupSpec] = []
+        specs: List[GroupSpec] = []
         named: List[Tuple[str, np.ndarray]] = []
         first = 0
         for gi, group in enumerate(groups):
@@ -389,7 +377,7 @@ class Optimizer:
             first += len(params)
         _validation.check_params([p for g in groups for p in g["params"]])
         written = _validation.written_intervals(named)
-        return [self._driver.new_plan(spec._replace(written=written)) for spec in specs]
+        return [spec._replace(written=written) for spec in specs]
 
     def _plan_arrays(self, gi, group, hyper_spec, first, named):
         names = hyper_spec.state_names
@@ -455,7 +443,7 @@ class Optimizer:
                     f"{scalar_state[0][0]} values {sorted(values)}"
                 )
         slots = (tuple(group["params"]), None) + tuple(tuple(a) for a in arrays)
-        return _GroupSpec(
+        return GroupSpec(
             group,
             hyper_spec,
             names,
@@ -585,7 +573,7 @@ class Optimizer:
                 self.state._set(p, st)
             self._created = {}
             self._record_created(new_state)
-            self._driver.invalidate()
+            self._engine.invalidate()
 
     def _check_state_dict(self, state_dict, convert=False):
         saved_state, saved_groups = _validation.check_state_dict_layout(
@@ -668,9 +656,10 @@ class Optimizer:
     def __setstate__(self, saved):
         self.defaults = saved["defaults"]
         self._lock = threading.Lock()
-        self._driver = _Driver(self)
+        self._engine = Engine()
+        self._pending_installs = []
         self._param_groups = saved["param_groups"]
-        self._state = _ParamState(self._driver.invalidate)
+        self._state = _ParamState(self._engine.invalidate)
         for param, state in saved["state"]:
             self._state._set(param, state)
         self._created = {}

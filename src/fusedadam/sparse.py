@@ -12,6 +12,7 @@ import numpy as np
 from fusedadam import _validation, reference
 from fusedadam._algorithms import ALGORITHMS
 from fusedadam._backend import _kernels
+from fusedadam.engine import Outcome, needs_scan, nonfinite_outcome
 from fusedadam.optim import (
     Backend,
     Betas,
@@ -115,7 +116,7 @@ class SparseAdam(Optimizer):
         with self._lock:
             prepared = self._prepare(grads)
             for plan in prepared:
-                if plan["nonfinite"] == 2:
+                if not needs_scan(plan["nonfinite"], False):
                     continue
                 values = plan["values"]
                 found = (
@@ -124,10 +125,14 @@ class SparseAdam(Optimizer):
                     else reference.first_nonfinite([values])
                 )
                 if found >= 0:
-                    if plan["nonfinite"] == 0:
-                        raise _validation.nonfinite_error([values], plan["index"], 0, found)
-                    self.skipped_steps += 1
-                    return
+                    index = plan["index"]
+                    outcome = nonfinite_outcome(
+                        plan["nonfinite"],
+                        lambda: _validation.nonfinite_error([values], index, 0, found),
+                    )
+                    if outcome == Outcome.SKIPPED:
+                        self.skipped_steps += 1
+                        return
             for plan in prepared:
                 self._run(plan)
 

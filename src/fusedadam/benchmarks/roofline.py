@@ -44,18 +44,19 @@ def num_procs():
 
 
 def kernel_step(optimizer, grads):
-    """One step of ``optimizer``'s compiled step driver, without the Python method above it.
+    """One step of ``optimizer``'s compiled step engine, without the Python method above it.
 
-    ``optimizer`` is a fusedadam optimizer built with ``backend="compiled"``. Raises
-    ``RuntimeError`` where the extension (or its driver) is missing.
+    ``optimizer`` is a fusedadam optimizer built with ``backend="compiled"`` that has
+    stepped once (so that its groups are planned). Raises ``RuntimeError`` where the
+    extension (or its engine) is missing.
     """
-    if _kernels is None or not hasattr(_kernels, "Driver"):
-        raise RuntimeError("the compiled extension (its step driver) is not built")
-    driver = optimizer._driver
-    if not isinstance(driver, _kernels.Driver):
-        raise RuntimeError("this optimizer does not step through the compiled driver")
+    if _kernels is None or not hasattr(_kernels, "Engine"):
+        raise RuntimeError("the compiled extension (its step engine) is not built")
+    engine = optimizer._engine
+    if not isinstance(engine, _kernels.Engine):
+        raise RuntimeError("this optimizer does not step through the compiled engine")
     grads = list(grads)
-    return lambda: driver.step(grads)
+    return lambda: engine.step(grads)
 
 
 def roofline_step(params, grads, n_state_arrays, n_threads):

@@ -1,10 +1,10 @@
-"""The step driver where the compiled extension is not built: the twin of ``_kernels.Driver``.
+"""The step engine where the compiled extension is not built: the twin of ``_kernels.Engine``.
 
-The same per-step rules in the same order (plans that fit or are rebuilt through
-validation; the step number from the per-param counters; ``lr(t)`` called once and
+The same per-step rules in the same order (plans that fit, or the outcome that asks the
+caller for new ones; the step number from the per-param counters; ``lr(t)`` called once and
 checked; ``reference.step_scalars``; gradients checked; the non-finite policy; the step
 counted once per distinct counter), with ``reference.py`` doing the array work. Tests run
-both drivers on the same optimizer and compare every decision (``last_step``).
+both engines on the same optimizer and compare every decision (``last_step``).
 """
 
 from typing import Any
@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from fusedadam import _precision, _validation, reference
+from fusedadam.engine._policy import NonFinitePolicy, Outcome, needs_scan, nonfinite_outcome
 
-__all__ = ["Driver", "GroupPlan"]
+__all__ = ["Engine", "GroupPlan"]
 
 _STATE0 = 2
 _MISSING = object()
@@ -23,8 +24,7 @@ _GRAIN = 16384  # FA_POOL_GRAIN: elements per chunk, which orders the norm's sum
 class GroupPlan:
     """A validated group (see ``_kernels.GroupPlan``), always run by the NumPy reference."""
 
-    def __init__(self, spec, state_dtypes):
-        self.state_dtypes = state_dtypes  # the optimizer's _state_dtypes(p, option, pname)
+    def __init__(self, spec):
         self.group = spec.group
         self.params = spec.group["params"]
         self.state_names = tuple(spec.state_names)
@@ -41,35 +41,52 @@ class GroupPlan:
         self.written_lo, self.written_hi = spec.written
         self.numpy_backend = True
         self.grads = None
+        # The dtype each array was validated with; the arrays are re-checked every step
+        # against it (this plan remembers no addresses).
+        self.dtypes = [
+            {name: a.dtype for name, a in self._named_state(k)}
+            for k in range(len(self.slots[0]))
+        ]
+        self.snapshot_state()
         self.set_hyper(spec.hyper_spec)
+
+    def _named_state(self, k):
+        """``(name, array)`` of every state array of param ``k`` the step writes."""
+        named = [(name, self.slots[_STATE0 + i][k]) for i, name in enumerate(self.state_names)]
+        for i, name in enumerate(self.state_names):
+            if self.scales[i][k] is not None:
+                named.append((_precision.scale_name(name), self.scales[i][k]))
+        if self.masters[k] is not None:
+            named.append((_precision.MASTER, self.masters[k]))
+        return named
 
     def set_hyper(self, spec):
         self.keys, self.values, self.hyper = spec.keys, spec.values, spec.hyper
         self.lr, self.num_threads, self.nonfinite = spec.lr, spec.num_threads, spec.nonfinite
         self.grad_scale, self.max_grad_norm = spec.grad_scale, spec.max_grad_norm
+        self.scans = needs_scan(spec.nonfinite, spec.max_grad_norm is not None)
 
     def hyper_fits(self):
         return all(self.group.get(k, _MISSING) is v for k, v in zip(self.keys, self.values))
 
+    def snapshot_state(self):
+        """Remember every entry of every param's state dict (keys and objects, in order)."""
+        self.state_entries = [(tuple(st), tuple(st.values())) for st in self.state_dicts]
+
     def arrays_fit(self):
+        """The group's params and every state entry the user sees are the planned objects
+        (the arrays themselves are checked again by ``prepare``)."""
         params = self.slots[0]
         if self.group.get("params") is not self.params or len(self.params) != len(params):
             return False
         for k, p in enumerate(params):
             if self.params[k] is not p:
                 return False
+            keys, values = self.state_entries[k]
             st = self.state_dicts[k]
-            for i, name in enumerate(self.state_names):
-                if st.get(name, _MISSING) is not self.slots[_STATE0 + i][k]:
-                    return False
-                scale = self.scales[i][k]
-                if scale is not None and st.get(_precision.scale_name(name), _MISSING) is not scale:
-                    return False
-            if st.get("step", _MISSING) is not self.step_arrays[k]:
-                return False
-            if self.masters[k] is not None and st.get("master_param") is not self.masters[k]:
-                return False
-            if self.mu_arrays is not None and st.get("mu_product") is not self.mu_arrays[k]:
+            if len(st) != len(keys) or any(
+                st.get(key, _MISSING) is not value for key, value in zip(keys, values)
+            ):
                 return False
         return True
 
@@ -100,16 +117,9 @@ class GroupPlan:
         _validation.check_params(params, self.first_index)
         for k, p in enumerate(params):
             pname = f"params[{self.first_index + k}]"
-            dtypes = self.state_dtypes(p, self.state_dtype, pname)
-            named = [(name, self.slots[_STATE0 + i][k]) for i, name in enumerate(self.state_names)]
-            for i, name in enumerate(self.state_names):
-                if self.scales[i][k] is not None:
-                    named.append((_precision.scale_name(name), self.scales[i][k]))
-            if self.masters[k] is not None:
-                named.append(("master_param", self.masters[k]))
-            for name, a in named:
+            for name, a in self._named_state(k):
                 _validation.check_state_array(
-                    a, f"{name} of {pname}", p, pname, dtypes.get(name),
+                    a, f"{name} of {pname}", p, pname, self.dtypes[k][name],
                     _precision.state_shape(name, p),
                 )  # fmt: skip
         self.kind, self.scalars, self.mu_after = reference.step_scalars(
@@ -147,32 +157,42 @@ class GroupPlan:
         return self.kind, dict(self.scalars), self.n_threads
 
 
-class Driver:
-    """The twin of ``_kernels.Driver`` (see there for the optimizer's hooks)."""
+class Engine:
+    """The twin of ``_kernels.Engine`` (see there for the outcomes)."""
 
-    def __init__(self, optimizer):
-        self.optimizer = optimizer
-        self.plans: Any = None  # list of GroupPlan, or None: plan at the next step
+    def __init__(self):
+        self.plans: Any = None  # list of GroupPlan, or None: Outcome.PLAN at the next step
         self.groups: Any = None
         self.norms: list = [None]
+        self.stale: list = []
 
     def invalidate(self):
         self.plans = None
 
-    def new_plan(self, spec):
-        return GroupPlan(spec, self.optimizer._state_dtypes)
+    def set_plans(self, groups, plans):
+        self.plans, self.groups = list(plans), groups
+        self.n_params = sum(len(p.slots[0]) for p in self.plans)
+        if len(self.norms) != len(self.plans):
+            self.norms = [None] * len(self.plans)
+
+    def set_hyper(self, gi, spec):
+        self.plans[gi].set_hyper(spec)
+
+    def stale_groups(self):
+        return list(self.stale)
+
+    def snapshot(self):
+        for plan in self.plans or ():
+            if plan.installs is not None:
+                plan.installs = None
+                plan.snapshot_state()
+
+    @staticmethod
+    def new_plan(spec):
+        return GroupPlan(spec)
 
     def grad_norms(self):
         return list(self.norms)
-
-    def _replan(self):
-        self.plans = None
-        plans = self.optimizer._plan_groups()
-        self.groups = self.optimizer.param_groups
-        self.n_params = sum(len(p.slots[0]) for p in plans)
-        self.plans = plans
-        if len(self.norms) != len(plans):
-            self.norms = [None] * len(plans)
 
     def _fit(self):
         groups = self.groups if self.plans is not None else None
@@ -182,44 +202,33 @@ class Driver:
             or len(groups) != len(self.plans)
             or any(g is not p.group or not p.arrays_fit() for g, p in zip(groups, self.plans))
         ):
-            self._replan()
-            return
-        for gi, plan in enumerate(self.plans):
-            if not plan.hyper_fits():
-                spec = self.optimizer._check_hyper(gi)
-                if spec.state_names != plan.state_names or spec.state_dtype != plan.state_dtype:
-                    self._replan()
-                    return
-                plan.set_hyper(spec)
+            return Outcome.PLAN
+        self.stale = [gi for gi, plan in enumerate(self.plans) if not plan.hyper_fits()]
+        return Outcome.HYPER if self.stale else Outcome.RAN
 
     def step(self, grads, grad_scale=None):
-        self._fit()
-        grads = self.optimizer._grad_list(grads, self.n_params)
+        fit = self._fit()
+        if fit != Outcome.RAN:
+            return fit
+        grads = _validation.as_grad_list(grads, self.n_params)
         try:
             offset = 0
             for plan in self.plans:
                 if not plan.prepare(grads, offset, grad_scale):
-                    self._replan()
-                    raise RuntimeError("fusedadam internal error: steps disagree after planning")
+                    self.plans = None  # the caller's checks name the params
+                    return Outcome.PLAN
                 offset += len(plan.slots[0])
-            skip = False
+            outcome = Outcome.RAN
             for plan in self.plans:
-                if plan.nonfinite != 2 or plan.max_grad_norm is not None:
+                if plan.scans:
                     found = plan.scan(_GRAIN)
-                    if found >= 0 and plan.nonfinite != 2:
-                        if plan.nonfinite == 0:
-                            sizes = np.cumsum([0] + [g.size for g in plan.grads])
-                            k = int(np.searchsorted(sizes, found, side="right")) - 1
-                            raise self.optimizer._nonfinite_error(
-                                plan, plan.grads, k, found - int(sizes[k])
-                            )
-                        skip = True
+                    if found >= 0 and plan.nonfinite != NonFinitePolicy.IGNORE:
+                        outcome = nonfinite_outcome(plan.nonfinite, lambda: self._error(plan, found))
             for gi, plan in enumerate(self.plans):
                 plan.note_norm()
                 self.norms[gi] = plan.last_grad_norm
-            if skip:
-                self.optimizer.skipped_steps += 1
-                return 1
+            if outcome == Outcome.SKIPPED:
+                return outcome
             for plan in self.plans:
                 reference.run(
                     plan.kind,
@@ -232,11 +241,16 @@ class Driver:
                     plan.scales,
                     plan.qsigned,
                 )
-                if plan.installs is not None:
-                    self.optimizer._install(plan.installs)
-                    plan.installs = None
                 plan.count()
-            return 0
+                if plan.installs is not None:
+                    outcome = Outcome.RAN_NEW_STATE
+            return outcome
         finally:
             for plan in self.plans or ():
                 plan.grads = None
+
+    @staticmethod
+    def _error(plan, found):
+        sizes = np.cumsum([0] + [g.size for g in plan.grads])
+        k = int(np.searchsorted(sizes, found, side="right")) - 1
+        return _validation.nonfinite_error(plan.grads, plan.first_index, k, found - int(sizes[k]))

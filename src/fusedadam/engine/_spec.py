@@ -1,0 +1,46 @@
+"""What a front end hands the engine: one group's validated arrays and hyperparameters."""
+
+from typing import Any, NamedTuple, Optional
+
+from fusedadam.engine._policy import NonFinitePolicy
+
+__all__ = ["HyperSpec", "GroupSpec"]
+
+
+class HyperSpec(NamedTuple):
+    """One group's validated hyperparameters, as a ``GroupPlan`` takes them."""
+
+    keys: tuple  # the hyperparameter keys of ``GroupSpec.group`` whose objects are watched
+    values: tuple  # those objects
+    hyper: dict  # _algorithms.hyper_dict: the scalar rule's inputs
+    lr: object  # float, or the callable lr(t)
+    num_threads: object
+    nonfinite: NonFinitePolicy
+    backend: str  # "compiled" or "numpy"
+    state_names: tuple  # the state arrays the step uses, in slot order
+    state_dtype: Optional[str]  # the group's state_dtype option
+    grad_scale: object  # float, callable or array (read at each step)
+    max_grad_norm: Optional[float]
+
+
+class GroupSpec(NamedTuple):
+    """One group's validated arrays and hyperparameters: what a ``GroupPlan`` is built from.
+
+    The containers (``group``, ``state_dicts``) are the front end's; the plan only watches
+    them by identity so that a later step notices an edit (and returns ``Outcome.PLAN``).
+    """
+
+    group: dict
+    hyper_spec: HyperSpec
+    state_names: tuple
+    params: list
+    state_dicts: tuple  # per param: its state dict (new ones not yet attached)
+    slots: tuple  # (params, None, state arrays...): per slot, one array per param
+    masters: tuple  # per param: its float32 master_param, or None
+    scales: tuple  # per state slot, per param: its 8-bit state's per-block absmax, or None
+    qsigned: tuple  # per state slot: its 8-bit map is the signed one
+    step_arrays: tuple  # per param: the 0-d int64 step counter
+    mu_arrays: object  # per param: NAdam's 0-d float64 product, or None
+    written: Any  # (lo, hi): byte intervals of every array any step writes (None: not yet)
+    first_index: int
+    installs: list  # (param, its state dict or None, {name: new value}) for the caller
