@@ -1,6 +1,6 @@
 """Type stub of the compiled module ``fusedadam._kernels`` (``_kernels.pyx``)."""
 
-from typing import Any, Callable, Dict, Final, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, Final, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 

@@ -26,8 +26,8 @@ from typing import (
 import numpy as np
 
 from fusedadam import _algorithms, _precision, _validation
-from fusedadam._backend import resolve_backend
-from fusedadam.engine import Engine, GroupSpec, HyperSpec, NonFinitePolicy, Outcome
+from fusedadam.engine import Engine, GroupSpec, Outcome
+from fusedadam.engine._plan import check_group_hyper, group_spec, hyper_spec, state_dtypes
 
 __all__ = ["Optimizer", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion"]
 
@@ -41,6 +41,7 @@ Backend = Literal["auto", "compiled", "numpy"]
 NonFinite = Literal["error", "skip", "ignore"]
 StateDtype = Optional[Literal["float32", "bfloat16", "8bit"]]
 GradScale = Union[float, Callable[[int], float], np.ndarray]
+
 
 def _as_param_list(params, where):
     if isinstance(params, np.ndarray):
@@ -240,14 +241,8 @@ class Optimizer:
         """Algorithm-specific requirements on params (SparseAdam: 2-D tables)."""
 
     def _check_group_hyper(self, group, where):
-        """Validate a group's hyperparameters in place; a mutable betas container (list,
-        array) becomes the tuple of its values, so that editing it later cannot change a
-        validated value behind the step's back."""
-        _validation.check_hyperparameters(group, self.defaults, where)
-        resolve_backend(group["backend"], where)
-        betas = group.get("betas")
-        if betas is not None and type(betas) is not tuple:
-            group["betas"] = tuple(float(b) if isinstance(b, np.generic) else b for b in betas)
+        """Validate a group's hyperparameters in place (``engine.check_group_hyper``)."""
+        check_group_hyper(group, self.defaults, where)
 
     # ---------------------------------------------------------------- step
     def step(self, grads: Grads, grad_scale: Optional[GradScale] = None) -> None:
@@ -331,26 +326,9 @@ class Optimizer:
     def _check_hyper(self, gi):
         """Validate group ``gi``'s hyperparameters; return its ``HyperSpec``."""
         group = self.param_groups[gi]
-        where = f"param_groups[{gi}]: "
         if not isinstance(group, dict):
             raise TypeError(f"param_groups[{gi}] must be a dict, got {type(group).__name__}")
-        self._check_group_hyper(group, where)
-        keys = tuple(self.defaults)
-        lr = group["lr"]
-        max_grad_norm = group.get("max_grad_norm")
-        return HyperSpec(
-            keys,
-            tuple(group[k] for k in keys),
-            _algorithms.hyper_dict(self.algorithm, group),
-            lr if callable(lr) else float(lr),
-            group["num_threads"],
-            NonFinitePolicy.of(group["nonfinite"]),
-            resolve_backend(group["backend"], where),
-            self.algorithm.slot_names(group),
-            group.get("state_dtype"),
-            group.get("grad_scale", 1.0),
-            None if max_grad_norm is None else float(max_grad_norm),
-        )
+        return hyper_spec(self.algorithm, group, self.defaults, f"param_groups[{gi}]: ")
 
     def _plan_groups(self):
         """Validate every group against the state the user sees; return its GroupSpecs.
@@ -379,153 +357,18 @@ class Optimizer:
         written = _validation.written_intervals(named)
         return [spec._replace(written=written) for spec in specs]
 
-    def _plan_arrays(self, gi, group, hyper_spec, first, named):
-        names = hyper_spec.state_names
-        optional = {name for name, _ in self.algorithm.optional_state}
-        scalar_state = self.algorithm.scalar_state
-        state_dicts: List[dict] = []
-        arrays: List[List[np.ndarray]] = [[] for _ in names]
-        scales: List[List[Any]] = [[] for _ in names]
-        steps: List[np.ndarray] = []
-        mus: List[Any] = []
-        installs: List[tuple] = []
-        new_step = np.zeros((), dtype=np.int64)  # shared by the group's new params
-        new_mu = {name: np.array(init, dtype=np.float64) for name, init in scalar_state}
-        stepped, fresh, masters = set(), [], []
-        master = _precision.MASTER
-        for k, p in enumerate(group["params"]):
-            pname = f"params[{first + k}]"
-            dtypes = self._state_dtypes(p, hyper_spec.state_dtype, pname)
-            st = self.state.get(p)
-            if st is None:
-                st = {}
-                for name in names:
-                    st.update(self._new_state(p, name, dtypes))
-                if master in dtypes:
-                    st[master] = p.astype(np.float32)
-                st["step"] = new_step
-                st.update(new_mu)
-                installs.append((p, None, st))
-                fresh.append(pname)
-                entries = st
-            else:
-                entries = self._plan_entries(st, p, pname, names, optional, installs, dtypes)
-                stepped.add(int(entries["step"]))
-            for i, name in enumerate(names):
-                arrays[i].append(entries[name])
-                named.append((f"{name} of {pname}", entries[name]))
-                scale = _precision.scale_name(name)
-                scales[i].append(entries[scale] if scale in dtypes else None)
-                if scale in dtypes:
-                    named.append((f"{scale} of {pname}", entries[scale]))
-            masters.append(entries.get(master) if master in dtypes else None)
-            if masters[-1] is not None:
-                named.append((f"{master} of {pname}", masters[-1]))
-            named.append((pname, p))
-            state_dicts.append(st)
-            steps.append(entries["step"])
-            mus.append(entries[scalar_state[0][0]] if scalar_state else None)
-        if len(stepped) > 1 or (stepped and fresh and stepped != {0}):
-            if fresh:
-                raise ValueError(
-                    f"{fresh[0]} has no state, but its group is at step {max(stepped)}; add "
-                    "new parameters as a new group"
-                )
-            raise ValueError(
-                f"param_groups[{gi}]: its params are at different steps {sorted(stepped)}; "
-                "fusedadam steps a group together"
-            )
-        if scalar_state:
-            values = {float(m) for m in mus}
-            if len(values) > 1:
-                raise ValueError(
-                    f"param_groups[{gi}]: its params have different "
-                    f"{scalar_state[0][0]} values {sorted(values)}"
-                )
-        slots = (tuple(group["params"]), None) + tuple(tuple(a) for a in arrays)
-        return GroupSpec(
-            group,
-            hyper_spec,
-            names,
-            group["params"],
-            tuple(state_dicts),
-            slots,
-            tuple(masters),
-            tuple(tuple(per_param) for per_param in scales),
-            self.algorithm.signed_state(names),
-            tuple(steps),
-            tuple(mus) if scalar_state else None,
-            None,
-            first,
-            installs,
+    def _plan_arrays(self, gi, group, spec, first, named):
+        return group_spec(
+            self.algorithm, gi, group, spec, first, named, self.state.get, self._created_names
         )
+
+    def _created_names(self, p):
+        """The optional state names param ``p`` got while their flag was on."""
+        kept = self._created.get(id(p))
+        return kept[1] if kept is not None and kept[0] is p else ()
 
     def _state_dtypes(self, p, option, pname):
-        """The dtype of each state array of param ``p`` (its master_param included)."""
-        dtype = _precision.state_dtype(p.dtype, option, pname, p.size)
-        dtypes = {name: dtype for name in self.algorithm.all_state_names()}
-        if dtype == _precision.UINT8:
-            for name in self.algorithm.all_state_names():
-                dtypes[_precision.scale_name(name)] = _precision.FLOAT32
-        if _precision.has_master(p.dtype):
-            dtypes[_precision.MASTER] = _precision.FLOAT32
-        return dtypes
-
-    @staticmethod
-    def _new_state(p, name, dtypes):
-        """State array ``name`` of ``p`` at zero, with its 8-bit scales when it has them."""
-        new = {name: np.zeros(p.shape, dtype=dtypes[name])}
-        scale = _precision.scale_name(name)
-        if scale in dtypes:
-            new[scale] = np.zeros(_precision.state_shape(scale, p), dtype=dtypes[scale])
-        return new
-
-    def _plan_entries(self, st, p, pname, names, optional, installs, dtypes):
-        """The state entries of a param that has state: checked, the missing optional ones
-        (and non-array counters) prepared for install at commit."""
-        if not isinstance(st, dict):
-            raise TypeError(f"opt.state of {pname} must be a dict, got {type(st).__name__}")
-        add = {}
-        master = _precision.MASTER
-        scales = tuple(
-            _precision.scale_name(n) for n in names if _precision.scale_name(n) in dtypes
-        )
-        for name in names + scales + ((master,) if master in dtypes else ()):
-            if name in st:
-                _validation.check_state_array(
-                    st[name], f"{name} of {pname}", p, pname, dtypes[name],
-                    _precision.state_shape(name, p),
-                )  # fmt: skip
-            elif name in add:
-                continue
-            elif name in optional and name not in self._created.get(id(p), (p, ()))[1]:
-                # the option was just switched on
-                add.update(self._new_state(p, name, dtypes))
-            else:
-                raise ValueError(
-                    f"{name} of {pname} is missing from opt.state; the optimizer keeps it from "
-                    "the first step on (restore it, or load a state_dict)"
-                )
-        counters: List[Tuple[str, Any]] = [("step", np.int64)]
-        counters += [(n, np.float64) for n, _ in self.algorithm.scalar_state]
-        for name, dtype in counters:
-            if name not in st:
-                raise ValueError(f"{name} of {pname} is missing from opt.state")
-            value = st[name]
-            if (
-                type(value) is np.ndarray
-                and value.shape == ()
-                and value.dtype == dtype
-                and value.flags.writeable
-            ):
-                continue
-            # A plain number (st["step"] = 10): stored as the 0-d array the driver updates.
-            where = f"opt.state of {pname}"
-            number = _validation._saved_counter(value, where, name, integral=dtype == np.int64)
-            add[name] = np.array(number, dtype=dtype)
-        if add:
-            installs.append((p, st, add))
-        return {**st, **add}
+        return state_dtypes(self.algorithm, p, option, pname)
 
     # ---------------------------------------------------------------- state dict
     def state_dict(self) -> Dict[str, Any]:

@@ -5,6 +5,7 @@ table and of its two moment arrays change, in one compiled pass whose cost is
 proportional to ``len(indices) * dim``, never to the number of rows of the table.
 """
 
+import functools
 from typing import Any, Sequence
 
 import numpy as np
@@ -13,6 +14,7 @@ from fusedadam import _validation, reference
 from fusedadam._algorithms import ALGORITHMS
 from fusedadam._backend import _kernels
 from fusedadam.engine import Outcome, needs_scan, nonfinite_outcome
+from fusedadam.engine._plan import plan_entries
 from fusedadam.optim import (
     Backend,
     Betas,
@@ -128,7 +130,7 @@ class SparseAdam(Optimizer):
                     index = plan["index"]
                     outcome = nonfinite_outcome(
                         plan["nonfinite"],
-                        lambda: _validation.nonfinite_error([values], index, 0, found),
+                        functools.partial(_validation.nonfinite_error, [values], index, 0, found),
                     )
                     if outcome == Outcome.SKIPPED:
                         self.skipped_steps += 1
@@ -172,7 +174,7 @@ class SparseAdam(Optimizer):
             if st is not None:
                 names = self.algorithm.state_names
                 dtypes = {name: p.dtype for name in names}
-                states[k] = self._plan_entries(st, p, pname, names, (), [], dtypes)
+                states[k] = plan_entries(self.algorithm, st, p, pname, names, (), (), [], dtypes)
                 named += [(f"{n} of {pname}", states[k][n]) for n in self.algorithm.state_names]
         written_lo, written_hi = _validation.written_intervals(named)
         prepared, k = [], 0

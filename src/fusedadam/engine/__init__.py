@@ -27,7 +27,6 @@ __all__ = [
 ]
 
 
-
 def __getattr__(name: str) -> Any:
     # Resolved on first use: the compiled module imports this package's _policy while it
     # loads, so the engine cannot be looked up while this package itself is loading.

@@ -7,6 +7,7 @@ counted once per distinct counter), with ``reference.py`` doing the array work. 
 both engines on the same optimizer and compare every decision (``last_step``).
 """
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -44,8 +45,7 @@ class GroupPlan:
         # The dtype each array was validated with; the arrays are re-checked every step
         # against it (this plan remembers no addresses).
         self.dtypes = [
-            {name: a.dtype for name, a in self._named_state(k)}
-            for k in range(len(self.slots[0]))
+            {name: a.dtype for name, a in self._named_state(k)} for k in range(len(self.slots[0]))
         ]
         self.snapshot_state()
         self.set_hyper(spec.hyper_spec)
@@ -223,7 +223,8 @@ class Engine:
                 if plan.scans:
                     found = plan.scan(_GRAIN)
                     if found >= 0 and plan.nonfinite != NonFinitePolicy.IGNORE:
-                        outcome = nonfinite_outcome(plan.nonfinite, lambda: self._error(plan, found))
+                        error = functools.partial(self._error, plan, found)
+                        outcome = nonfinite_outcome(plan.nonfinite, error)
             for gi, plan in enumerate(self.plans):
                 plan.note_norm()
                 self.norms[gi] = plan.last_grad_norm

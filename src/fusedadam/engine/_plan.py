@@ -1,0 +1,216 @@
+"""Planning: a group's hyperparameters and arrays, validated into the specs the engine runs.
+
+Every front end plans through these functions with its own containers passed in
+explicitly (a param's state dict, the optional state it was given); nothing here knows an
+optimizer object. A plan creates the state a param lacks but attaches nothing: the
+``installs`` of a ``GroupSpec`` are the caller's to attach when a step commits, so that a
+failed step leaves nothing behind.
+"""
+
+from typing import Any, List, Tuple
+
+import numpy as np
+
+from fusedadam import _algorithms, _precision, _validation
+from fusedadam._backend import resolve_backend
+from fusedadam.engine._policy import NonFinitePolicy
+from fusedadam.engine._spec import GroupSpec, HyperSpec
+
+__all__ = [
+    "check_group_hyper",
+    "hyper_spec",
+    "group_spec",
+    "state_dtypes",
+    "new_state",
+    "plan_entries",
+]
+
+
+def check_group_hyper(group, defaults, where):
+    """Validate a group's hyperparameters in place; a mutable betas container (list,
+    array) becomes the tuple of its values, so that editing it later cannot change a
+    validated value behind the step's back."""
+    _validation.check_hyperparameters(group, defaults, where)
+    resolve_backend(group["backend"], where)
+    betas = group.get("betas")
+    if betas is not None and type(betas) is not tuple:
+        group["betas"] = tuple(float(b) if isinstance(b, np.generic) else b for b in betas)
+
+
+def hyper_spec(algorithm, group, defaults, where):
+    """Validate ``group``'s hyperparameters (the keys of ``defaults``); its ``HyperSpec``."""
+    check_group_hyper(group, defaults, where)
+    keys = tuple(defaults)
+    lr = group["lr"]
+    max_grad_norm = group.get("max_grad_norm")
+    return HyperSpec(
+        keys,
+        tuple(group[k] for k in keys),
+        _algorithms.hyper_dict(algorithm, group),
+        lr if callable(lr) else float(lr),
+        group["num_threads"],
+        NonFinitePolicy.of(group["nonfinite"]),
+        resolve_backend(group["backend"], where),
+        algorithm.slot_names(group),
+        group.get("state_dtype"),
+        group.get("grad_scale", 1.0),
+        None if max_grad_norm is None else float(max_grad_norm),
+    )
+
+
+def group_spec(algorithm, gi, group, hyper_spec, first, named, state_of, created_of):
+    """Group ``gi``'s validated arrays as a ``GroupSpec`` (nothing is written).
+
+    ``state_of(p)`` is param ``p``'s state dict or None, ``created_of(p)`` the optional
+    state names it got while their flag was on. State a param lacks is made here (zeros,
+    step 0) and listed in ``installs`` for the caller to attach when a step commits;
+    ``named`` collects ``(name, array)`` of every array the step writes.
+    """
+    names = hyper_spec.state_names
+    optional = {name for name, _ in algorithm.optional_state}
+    scalar_state = algorithm.scalar_state
+    state_dicts: List[dict] = []
+    arrays: List[List[np.ndarray]] = [[] for _ in names]
+    scales: List[List[Any]] = [[] for _ in names]
+    steps: List[np.ndarray] = []
+    mus: List[Any] = []
+    installs: List[tuple] = []
+    new_step = np.zeros((), dtype=np.int64)  # shared by the group's new params
+    new_mu = {name: np.array(init, dtype=np.float64) for name, init in scalar_state}
+    stepped, fresh, masters = set(), [], []
+    master = _precision.MASTER
+    for k, p in enumerate(group["params"]):
+        pname = f"params[{first + k}]"
+        dtypes = state_dtypes(algorithm, p, hyper_spec.state_dtype, pname)
+        st = state_of(p)
+        if st is None:
+            st = {}
+            for name in names:
+                st.update(new_state(p, name, dtypes))
+            if master in dtypes:
+                st[master] = p.astype(np.float32)
+            st["step"] = new_step
+            st.update(new_mu)
+            installs.append((p, None, st))
+            fresh.append(pname)
+            entries = st
+        else:
+            entries = plan_entries(
+                algorithm, st, p, pname, names, optional, created_of(p), installs, dtypes
+            )
+            stepped.add(int(entries["step"]))
+        for i, name in enumerate(names):
+            arrays[i].append(entries[name])
+            named.append((f"{name} of {pname}", entries[name]))
+            scale = _precision.scale_name(name)
+            scales[i].append(entries[scale] if scale in dtypes else None)
+            if scale in dtypes:
+                named.append((f"{scale} of {pname}", entries[scale]))
+        masters.append(entries.get(master) if master in dtypes else None)
+        if masters[-1] is not None:
+            named.append((f"{master} of {pname}", masters[-1]))
+        named.append((pname, p))
+        state_dicts.append(st)
+        steps.append(entries["step"])
+        mus.append(entries[scalar_state[0][0]] if scalar_state else None)
+    if len(stepped) > 1 or (stepped and fresh and stepped != {0}):
+        if fresh:
+            raise ValueError(
+                f"{fresh[0]} has no state, but its group is at step {max(stepped)}; add "
+                "new parameters as a new group"
+            )
+        raise ValueError(
+            f"param_groups[{gi}]: its params are at different steps {sorted(stepped)}; "
+            "fusedadam steps a group together"
+        )
+    if scalar_state:
+        values = {float(m) for m in mus}
+        if len(values) > 1:
+            raise ValueError(
+                f"param_groups[{gi}]: its params have different "
+                f"{scalar_state[0][0]} values {sorted(values)}"
+            )
+    slots = (tuple(group["params"]), None) + tuple(tuple(a) for a in arrays)
+    return GroupSpec(
+        group,
+        hyper_spec,
+        names,
+        group["params"],
+        tuple(state_dicts),
+        slots,
+        tuple(masters),
+        tuple(tuple(per_param) for per_param in scales),
+        algorithm.signed_state(names),
+        tuple(steps),
+        tuple(mus) if scalar_state else None,
+        None,
+        first,
+        installs,
+    )
+
+
+def state_dtypes(algorithm, p, option, pname):
+    """The dtype of each state array of param ``p`` (its master_param included)."""
+    dtype = _precision.state_dtype(p.dtype, option, pname, p.size)
+    dtypes = {name: dtype for name in algorithm.all_state_names()}
+    if dtype == _precision.UINT8:
+        for name in algorithm.all_state_names():
+            dtypes[_precision.scale_name(name)] = _precision.FLOAT32
+    if _precision.has_master(p.dtype):
+        dtypes[_precision.MASTER] = _precision.FLOAT32
+    return dtypes
+
+
+def new_state(p, name, dtypes):
+    """State array ``name`` of ``p`` at zero, with its 8-bit scales when it has them."""
+    new = {name: np.zeros(p.shape, dtype=dtypes[name])}
+    scale = _precision.scale_name(name)
+    if scale in dtypes:
+        new[scale] = np.zeros(_precision.state_shape(scale, p), dtype=dtypes[scale])
+    return new
+
+
+def plan_entries(algorithm, st, p, pname, names, optional, created, installs, dtypes):
+    """The state entries of a param that has state: checked, the missing optional ones
+    (and non-array counters) prepared for install at commit."""
+    if not isinstance(st, dict):
+        raise TypeError(f"opt.state of {pname} must be a dict, got {type(st).__name__}")
+    add = {}
+    master = _precision.MASTER
+    scales = tuple(_precision.scale_name(n) for n in names if _precision.scale_name(n) in dtypes)
+    for name in names + scales + ((master,) if master in dtypes else ()):
+        if name in st:
+            _validation.check_state_array(
+                st[name], f"{name} of {pname}", p, pname, dtypes[name],
+                _precision.state_shape(name, p),
+            )  # fmt: skip
+        elif name in add:
+            continue
+        elif name in optional and name not in created:
+            # the option was just switched on
+            add.update(new_state(p, name, dtypes))
+        else:
+            raise ValueError(
+                f"{name} of {pname} is missing from opt.state; the optimizer keeps it from "
+                "the first step on (restore it, or load a state_dict)"
+            )
+    counters: List[Tuple[str, Any]] = [("step", np.int64)]
+    counters += [(n, np.float64) for n, _ in algorithm.scalar_state]
+    for name, dtype in counters:
+        if name not in st:
+            raise ValueError(f"{name} of {pname} is missing from opt.state")
+        value = st[name]
+        if (
+            type(value) is np.ndarray
+            and value.shape == ()
+            and value.dtype == dtype
+            and value.flags.writeable
+        ):
+            continue
+        # A plain number (st["step"] = 10): stored as the 0-d array the driver updates.
+        where = f"opt.state of {pname}"
+        number = _validation._saved_counter(value, where, name, integral=dtype == np.int64)
+        add[name] = np.array(number, dtype=dtype)
+    if add:
+        installs.append((p, st, add))
+    return {**st, **add}
