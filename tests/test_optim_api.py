@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fusedadam as fa
+from fusedadam import _algorithms
 from conftest import COMPILED, requires_compiled
 
 
@@ -134,3 +135,13 @@ def test_main_demo_runs(capsys):
     assert "ms/step" in out
     if COMPILED:
         assert "bit-identical: True" in out
+
+
+@pytest.mark.parametrize("name", sorted(_algorithms.DEFAULTS))
+def test_class_defaults_are_the_registry_defaults(name):
+    """One owner of the defaults: each class's signature gives exactly the registry's
+    hyperparameters and defaults, and its algorithm is the registry's."""
+    algorithm, defaults = _algorithms.DEFAULTS[name]
+    opt = getattr(fa, name)(np.zeros(2))
+    assert opt.defaults == defaults
+    assert opt.algorithm is _algorithms.ALGORITHMS[algorithm]

@@ -8,7 +8,7 @@ is shared.
 
 from typing import NamedTuple
 
-__all__ = ["Algorithm", "ALGORITHMS", "hyper_dict"]
+__all__ = ["Algorithm", "ALGORITHMS", "DEFAULTS", "hyper_dict"]
 
 
 class Algorithm(NamedTuple):
@@ -61,6 +61,82 @@ ALGORITHMS = {
     "adabelief": Algorithm("adabelief", ("exp_avg", "exp_avg_var")),
     "lion": Algorithm("lion", ("exp_avg",)),
     "sparse_adam": Algorithm("sparse_adam", ("exp_avg", "exp_avg_sq")),
+}
+
+
+# The options every dense optimizer has, after its own hyperparameters.
+_SHARED = {
+    "num_threads": None,
+    "backend": "auto",
+    "nonfinite": "error",
+    "state_dtype": None,
+    "grad_scale": 1.0,
+    "max_grad_norm": None,
+}
+_ADAM = {
+    "lr": 1e-3,
+    "betas": (0.9, 0.999),
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "amsgrad": False,
+    "maximize": False,
+    "bias_correction": True,
+    "beta1_decay": 1.0,
+}
+
+# Per optimizer (its class name): its algorithm and the defaults of every hyperparameter
+# its groups have (torch.optim's where torch has the optimizer, optax's otherwise). The
+# optimizer classes' signatures and ``functional`` take them from here
+# (tests/test_optim_api.py checks that the signatures agree).
+DEFAULTS = {
+    "Adam": ("adam", {**_ADAM, **_SHARED, "decoupled_weight_decay": False}),
+    "AdamW": ("adam", {**_ADAM, "weight_decay": 1e-2, **_SHARED, "decoupled_weight_decay": True}),
+    "Adamax": (
+        "adamax",
+        {**{k: v for k, v in _ADAM.items() if k != "amsgrad"}, "lr": 2e-3, **_SHARED},
+    ),
+    "NAdam": (
+        "nadam",
+        {
+            "lr": 2e-3,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "momentum_decay": 4e-3,
+            "decoupled_weight_decay": False,
+            "maximize": False,
+            **_SHARED,
+        },
+    ),
+    "RAdam": (
+        "radam",
+        {
+            "lr": 1e-3,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "decoupled_weight_decay": False,
+            "maximize": False,
+            **_SHARED,
+        },
+    ),
+    "AdaBelief": (
+        "adabelief",
+        {
+            "lr": 1e-3,
+            "betas": (0.9, 0.999),
+            "eps": 1e-16,
+            "eps_root": 1e-16,
+            "weight_decay": 0.0,
+            "decoupled_weight_decay": False,
+            "maximize": False,
+            **_SHARED,
+        },
+    ),
+    "Lion": (
+        "lion",
+        {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 1e-3, "maximize": False, **_SHARED},
+    ),
 }
 
 

@@ -1,38 +1,86 @@
-"""One-shot steps over explicit state arrays, for code that keeps its own state.
+"""One step over explicit arrays, for code that keeps its own state: every algorithm.
 
-Each function builds the matching optimizer over ``params`` with the given state arrays
-installed as that optimizer's state (used in place, not copied) at step ``step - 1``, and
-takes one step: the very step of the classes, driver, validation and messages included.
-It validates and plans anew on every call (tens of microseconds); a training loop should
-keep an optimizer instead.
+As ``torch.optim``'s functional ``adam(params, grads, exp_avgs, exp_avg_sqs, ...)``: the
+caller owns the state arrays (updated in place, never copied) and says which step this
+is. Each function validates its arrays and hyperparameters, plans them and hands them to
+the step engine (``fusedadam.engine``), the engine every optimizer class steps through:
+the same loops, rules and messages, with no optimizer object. It plans anew on every call
+(tens of microseconds); a training loop should keep an optimizer, whose plans are cached.
 """
+
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from fusedadam import optim
+from fusedadam import _algorithms, _validation
 from fusedadam._backend import resolve_backend
+from fusedadam.engine import Engine, Outcome
+from fusedadam.engine._plan import group_spec, hyper_spec
 
-__all__ = ["adam", "adamax", "resolve_backend"]
+__all__ = ["adam", "adamw", "adamax", "nadam", "radam", "adabelief", "lion", "resolve_backend"]
+
+Arrays = Sequence[np.ndarray]
 
 
-def _one_step(cls, params, grads, states, step, options):
+def _step(
+    optimizer: str,
+    params: Arrays,
+    grads: Any,
+    states: Dict[str, Arrays],
+    step: int,
+    options: Dict[str, Any],
+    grad_scale: Any = None,
+) -> bool:
+    """One step of ``optimizer`` (a class name of the registry) over explicit arrays."""
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"step must be an int >= 1 (the number of this update), got {step!r}")
-    params = list(params)
-    for name, arrays in states.items():
+    name, defaults = _algorithms.DEFAULTS[optimizer]
+    algorithm = _algorithms.ALGORITHMS[name]
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"{optimizer} has no hyperparameter {unknown[0]!r}")
+    params = [params] if isinstance(params, np.ndarray) else list(params)
+    for state_name, arrays in states.items():
         if len(arrays) != len(params):
-            raise ValueError(f"expected {len(params)} {name} arrays, got {len(arrays)}")
-    opt = cls(params, **options)
+            raise ValueError(f"expected {len(params)} {state_name} arrays, got {len(arrays)}")
+    group = {"params": params, **defaults, **options}
+    spec = hyper_spec(algorithm, group, defaults, "")
+    _validation.check_params(params, 0)
     counter = np.array(step - 1, dtype=np.int64)
+    by_param = {}
     for k, p in enumerate(params):
-        opt.state[p] = {**{name: arrays[k] for name, arrays in states.items()}, "step": counter}
-    skipped = opt.skipped_steps
-    opt.step(grads)
-    return opt.skipped_steps == skipped
+        by_param[id(p)] = {
+            **{state_name: arrays[k] for state_name, arrays in states.items()},
+            "step": counter,
+        }
+    given = tuple(states)
+    named: list = []
+    planned = group_spec(
+        algorithm, 0, group, spec, 0, named, lambda p: by_param[id(p)], lambda p: given
+    )
+    if planned.installs:  # an array could not be used in place (a counter given as a number)
+        raise RuntimeError("fusedadam internal error: functional state would be replaced")
+    engine = Engine()
+    plan = engine.new_plan(planned._replace(written=_validation.written_intervals(named)))
+    engine.set_plans([group], [plan])
+    outcome = engine.step(grads, grad_scale)
+    if outcome not in (Outcome.RAN, Outcome.SKIPPED, Outcome.RAN_NEW_STATE):
+        raise RuntimeError(f"fusedadam internal error: a fresh plan did not fit ({outcome!r})")
+    return outcome != Outcome.SKIPPED
 
 
-def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, beta1=0.9,
-         beta2=0.999, **options):  # fmt: skip
+def adam(
+    params: Arrays,
+    grads: Any,
+    exp_avgs: Arrays,
+    exp_avg_sqs: Arrays,
+    max_exp_avg_sqs: Optional[Arrays] = None,
+    *,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    **options: Any,
+) -> bool:
     """One Adam, AdamW or AMSGrad step over lists of arrays, in place.
 
     Parameters
@@ -62,15 +110,121 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, be
     if max_exp_avg_sqs is not None:
         states["max_exp_avg_sq"] = max_exp_avg_sqs
     options.update(betas=(beta1, beta2), amsgrad=max_exp_avg_sqs is not None)
-    return _one_step(optim.Adam, params, grads, states, step, options)
+    return _step("Adam", params, grads, states, step, options)
 
 
-def adamax(params, grads, exp_avgs, exp_infs, *, step, beta1=0.9, beta2=0.999, **options):
+def adamw(
+    params: Arrays,
+    grads: Any,
+    exp_avgs: Arrays,
+    exp_avg_sqs: Arrays,
+    max_exp_avg_sqs: Optional[Arrays] = None,
+    *,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    **options: Any,
+) -> bool:
+    """One AdamW step: :func:`adam` with :class:`fusedadam.AdamW`'s defaults (decoupled
+    weight decay, ``weight_decay=1e-2``)."""
+    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
+    if max_exp_avg_sqs is not None:
+        states["max_exp_avg_sq"] = max_exp_avg_sqs
+    options.update(betas=(beta1, beta2), amsgrad=max_exp_avg_sqs is not None)
+    return _step("AdamW", params, grads, states, step, options)
+
+
+def adamax(
+    params: Arrays,
+    grads: Any,
+    exp_avgs: Arrays,
+    exp_infs: Arrays,
+    *,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    **options: Any,
+) -> bool:
     """One Adamax step (Adam paper, Algorithm 2) over lists of arrays, in place.
 
     ``exp_infs`` holds ``u``; ``options`` are the other arguments of
     :class:`fusedadam.Adamax`; the rest is as in :func:`adam`.
     """
-    states = {"exp_avg": exp_avgs, "exp_inf": exp_infs}
     options.update(betas=(beta1, beta2))
-    return _one_step(optim.Adamax, params, grads, states, step, options)
+    return _step("Adamax", params, grads, {"exp_avg": exp_avgs, "exp_inf": exp_infs}, step, options)
+
+
+def nadam(
+    params: Arrays,
+    grads: Any,
+    exp_avgs: Arrays,
+    exp_avg_sqs: Arrays,
+    mu_products: Arrays,
+    *,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    **options: Any,
+) -> bool:
+    """One NAdam step over lists of arrays, in place.
+
+    ``mu_products`` holds each param's running product ``mu_1 ... mu_{t-1}`` as a writeable
+    0-d float64 array (``np.ones(())`` before the first step), updated in place;
+    ``options`` are the other arguments of :class:`fusedadam.NAdam`.
+    """
+    for k, mu in enumerate(mu_products):
+        _validation.check_step_array(mu, f"mu_products[{k}]", np.float64)
+    options.update(betas=(beta1, beta2))
+    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs, "mu_product": mu_products}
+    return _step("NAdam", params, grads, states, step, options)
+
+
+def radam(
+    params: Arrays,
+    grads: Any,
+    exp_avgs: Arrays,
+    exp_avg_sqs: Arrays,
+    *,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    **options: Any,
+) -> bool:
+    """One RAdam step over lists of arrays, in place (``options``: :class:`fusedadam.RAdam`)."""
+    options.update(betas=(beta1, beta2))
+    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
+    return _step("RAdam", params, grads, states, step, options)
+
+
+def adabelief(
+    params: Arrays,
+    grads: Any,
+    exp_avgs: Arrays,
+    exp_avg_vars: Arrays,
+    *,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    **options: Any,
+) -> bool:
+    """One AdaBelief step over lists of arrays, in place; ``exp_avg_vars`` holds ``s``
+    (``options``: :class:`fusedadam.AdaBelief`)."""
+    options.update(betas=(beta1, beta2))
+    states = {"exp_avg": exp_avgs, "exp_avg_var": exp_avg_vars}
+    return _step("AdaBelief", params, grads, states, step, options)
+
+
+def lion(
+    params: Arrays,
+    grads: Any,
+    exp_avgs: Arrays,
+    *,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    **options: Any,
+) -> bool:
+    """One Lion step over lists of arrays, in place (``options``: :class:`fusedadam.Lion`).
+    ``step`` only numbers the update for ``lr(t)``: Lion has no bias correction."""
+    options.update(betas=(beta1, beta2))
+    return _step("Lion", params, grads, {"exp_avg": exp_avgs}, step, options)

@@ -1,0 +1,78 @@
+"""fusedadam.functional: every algorithm, one step over explicit arrays through the engine,
+bit for bit the class's step (both backends), with the class's checks."""
+
+import numpy as np
+import pytest
+
+import fusedadam as fa
+from fusedadam import _algorithms
+from conftest import BACKENDS
+
+# class name -> (functional, state names in the function's argument order, options)
+FUNCTIONS = {
+    "Adam": (fa.functional.adam, ("exp_avg", "exp_avg_sq"), {"weight_decay": 0.1}),
+    "AdamW": (fa.functional.adamw, ("exp_avg", "exp_avg_sq"), {}),
+    "Adamax": (fa.functional.adamax, ("exp_avg", "exp_inf"), {"maximize": True}),
+    "NAdam": (fa.functional.nadam, ("exp_avg", "exp_avg_sq", "mu_product"), {}),
+    "RAdam": (fa.functional.radam, ("exp_avg", "exp_avg_sq"), {"weight_decay": 0.01}),
+    "AdaBelief": (fa.functional.adabelief, ("exp_avg", "exp_avg_var"), {}),
+    "Lion": (fa.functional.lion, ("exp_avg",), {"lr": lambda t: 1e-3 / t}),
+}
+
+
+def test_every_algorithm_has_a_function():
+    assert set(FUNCTIONS) == set(_algorithms.DEFAULTS)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_function_is_the_class_step(name, dtype, backend):
+    function, state_names, options = FUNCTIONS[name]
+    rng = np.random.default_rng(3)
+    shapes = [(7,), (3, 5), (1,), (0,)]
+    p_class = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    p_func = [p.copy() for p in p_class]
+    opt = getattr(fa, name)(p_class, backend=backend, **options)
+    states = {n: [np.zeros_like(p) for p in p_func] for n in state_names if n != "mu_product"}
+    if "mu_product" in state_names:
+        states["mu_product"] = [np.ones(()) for _ in p_func]
+    betas = _algorithms.DEFAULTS[name][1]["betas"]
+    for t in range(1, 8):
+        grads = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        opt.step(grads)
+        took = function(
+            p_func, grads, *(states[n] for n in state_names), step=t, beta1=betas[0],
+            beta2=betas[1], backend=backend, **options,
+        )  # fmt: skip
+        assert took is True
+    for k, (a, b) in enumerate(zip(p_class, p_func)):
+        np.testing.assert_array_equal(a, b)
+        for n in state_names:
+            np.testing.assert_array_equal(opt.state[p_class[k]][n], states[n][k])
+
+
+def test_function_skips_and_errors_like_the_class():
+    p, m, v = np.ones(4), np.zeros(4), np.zeros(4)
+    bad = np.array([1.0, np.nan, 0.0, 0.0])
+    before = [a.copy() for a in (p, m, v)]
+    assert not fa.functional.adam([p], [bad], [m], [v], step=1, nonfinite="skip")
+    with pytest.raises(FloatingPointError, match=r"grads\[0\] has 1 non-finite"):
+        fa.functional.adam([p], [bad], [m], [v], step=1)
+    for a, b in zip((p, m, v), before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_function_checks_first():
+    p, m, v = np.ones(4), np.zeros(4), np.zeros(4)
+    before = [a.copy() for a in (p, m, v)]
+    with pytest.raises(TypeError, match="no hyperparameter 'momentum_decay'"):
+        fa.functional.adam([p], [np.ones(4)], [m], [v], step=1, momentum_decay=0.1)
+    with pytest.raises(ValueError, match="overlap|alias|share"):
+        fa.functional.adam([p], [np.ones(4)], [m], [m], step=1)
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        fa.functional.adam([p], [np.ones(4)], [m], [v], step=1, lr=-1.0)
+    with pytest.raises(TypeError, match="mu_products\\[0\\]"):
+        fa.functional.nadam([p], [np.ones(4)], [m], [v], [1.0], step=1)
+    for a, b in zip((p, m, v), before):
+        np.testing.assert_array_equal(a, b)
