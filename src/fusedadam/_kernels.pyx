@@ -207,10 +207,6 @@ DTYPES = tuple(fa_dtype_names[i].decode() for i in range(FA_N_DTYPES))
 SCALAR_FIELDS = ("sign", "weight_decay", "decay", "beta1", "one_minus_beta1", "beta2",
                  "one_minus_beta2", "step_size", "eps", "eps_root", "grad_coef")
 _TYPENUM_TO_DTYPE = {cnp.dtype(name).num: i for i, name in enumerate(DTYPES)}
-# Storage element types (FA_ET_* of _mixed.h) by NumPy type number; bfloat16 is ml_dtypes'.
-_TYPENUM_TO_ET = {cnp.dtype("float32").num: FA_ET_F32, cnp.dtype("float64").num: FA_ET_F64,
-                  cnp.dtype(_ml_dtypes.bfloat16).num: FA_ET_BF16,
-                  cnp.dtype("float16").num: FA_ET_F16}
 cdef int _TYPENUM_BF16 = cnp.dtype(_ml_dtypes.bfloat16).num
 cdef int _TYPENUM_F16 = cnp.dtype("float16").num
 cdef int _TYPENUM_F32 = cnp.dtype("float32").num
@@ -962,10 +958,11 @@ cdef class GroupPlan:
         _reserve_chunks(&self.d)
         if self.numpy_backend or self._fast_grads(grads, offset) != 0:
             # The Python checks say what is wrong, or hand back usable copies.
-            checked = _validation.check_grads(grads[offset:offset + n], self.slots[FA_PARAM],
-                                  [self.written_lo[k] for k in range(self.n_written)],
-                                  [self.written_hi[k] for k in range(self.n_written)],
-                                  self.first_index)
+            checked = _validation.check_grads(
+                grads[offset:offset + n], self.slots[FA_PARAM],
+                [self.written_lo[k] for k in range(self.n_written)],
+                [self.written_hi[k] for k in range(self.n_written)],
+                self.first_index)
             if self.numpy_backend:
                 self.pending_grads = checked
                 self.pending_offset = 0

@@ -1,4 +1,4 @@
-"""The compiled calls below the optimizer classes: the step driver alone and the roofline.
+"""The compiled calls below the optimizer classes: the step engine alone and the roofline.
 
 Every use of fusedadam's private kernel API by the benchmarks is in this module, so a
 change of that API is adapted here once.
@@ -10,17 +10,10 @@ allows; ``% of roofline`` is its median over an implementation's median.
 """
 
 import os
-from typing import Any
-
 import numpy as np
 
 from fusedadam import functional
-
-_kernels: Any
-try:
-    from fusedadam import _kernels
-except ImportError:  # built without the extension: no kernel, no probe
-    _kernels = None
+from fusedadam._backend import _kernels, compiled_available
 
 __all__ = [
     "compiled_available",
@@ -29,11 +22,6 @@ __all__ = [
     "functional_step",
     "num_procs",
 ]
-
-
-def compiled_available():
-    """True when the compiled extension is importable."""
-    return _kernels is not None
 
 
 def num_procs():
