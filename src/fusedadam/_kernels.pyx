@@ -26,7 +26,7 @@ from fusedadam._openmp cimport FA_OPENMP_ENABLED, fa_max_threads, fa_num_procs
 # The layers below the engine (checks, the NumPy twin of every loop, the policy's names):
 # called downward only; the engine never sees an optimizer.
 from fusedadam import _validation, reference as _reference
-from fusedadam.engine import _policy
+from fusedadam.engine import _policy, _rules
 
 cnp.import_array()
 
@@ -940,7 +940,7 @@ cdef class GroupPlan:
             if type(value) is float and isfinite(<double>value) and <double>value >= 0.0:
                 lr = <double>value
             else:
-                lr = _validation.check_lr(value, f"lr({int(t)}) returned: ")
+                lr = _rules.checked_rate(value, int(t))
         else:
             lr = self.lr_value
         value = self.grad_scale if grad_scale is None else grad_scale

@@ -14,6 +14,7 @@ from fusedadam import _validation, reference
 from fusedadam._algorithms import ALGORITHMS
 from fusedadam._backend import _kernels
 from fusedadam.engine import Outcome, needs_scan, nonfinite_outcome
+from fusedadam.engine import _rules
 from fusedadam.engine._plan import plan_entries
 from fusedadam.optim import (
     Backend,
@@ -187,9 +188,7 @@ class SparseAdam(Optimizer):
                     )
                     entries = states.get(k)
                     t = (int(entries["step"]) if entries is not None else 0) + 1
-                    lr = spec.lr
-                    if callable(lr):
-                        lr = _validation.check_lr(lr(t), f"lr({t}) returned: ")
+                    lr = _rules.learning_rate(spec.lr, t)
                     _, scalars, _ = _step_scalars(spec.hyper, t, lr)
                     prepared.append(
                         {
@@ -225,4 +224,4 @@ class SparseAdam(Optimizer):
             _kernels.sparse_adam_step(*arrays, plan["scalars"], plan["num_threads"])
         else:
             reference.sparse_adam_update(*arrays, plan["scalars"])
-        st["step"][...] += 1
+        _rules.count([st["step"]])

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fusedadam import _precision, _validation, reference
+from fusedadam.engine import _rules
 from fusedadam.engine._policy import NonFinitePolicy, Outcome, needs_scan, nonfinite_outcome
 
 __all__ = ["Engine", "GroupPlan"]
@@ -98,14 +99,7 @@ class GroupPlan:
         if len(steps) > 1 or len(mus) > 1:
             return False
         t = (steps.pop() if steps else 0) + 1
-        lr = self.lr
-        if callable(lr):
-            value = lr(t)
-            lr = (
-                value
-                if type(value) is float and np.isfinite(value) and value >= 0.0
-                else _validation.check_lr(value, f"lr({t}) returned: ")
-            )
+        lr = _rules.learning_rate(self.lr, t)
         scale = self.grad_scale if grad_scale is None else grad_scale
         self.scale = (
             scale
@@ -147,11 +141,7 @@ class GroupPlan:
         self.last_grad_norm = self.norm if self.max_grad_norm is not None else None
 
     def count(self):
-        for k, step in enumerate(self.step_arrays):
-            if all(step is not other for other in self.step_arrays[:k]):
-                step[...] += 1
-            if self.mu_arrays is not None:
-                self.mu_arrays[k][...] = self.mu_after
+        _rules.count(self.step_arrays, self.mu_arrays, getattr(self, "mu_after", None))
 
     def last_step(self):
         return self.kind, dict(self.scalars), self.n_threads

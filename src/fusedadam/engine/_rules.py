@@ -1,0 +1,35 @@
+"""Per-step rules that every path shares (the compiled engine inlines their fast paths).
+
+``learning_rate``: the rate of step ``t`` from a group's validated ``lr`` (a float, or a
+callable checked at every call). ``count``: the step counted once per distinct counter.
+"""
+
+import math
+
+from fusedadam import _validation
+
+__all__ = ["learning_rate", "checked_rate", "count"]
+
+
+def checked_rate(value, t):
+    """``value`` returned by ``lr(t)``, as a float: finite and >= 0, else a clear error."""
+    if type(value) is float and math.isfinite(value) and value >= 0.0:
+        return value
+    return _validation.check_lr(value, f"lr({t}) returned: ")
+
+
+def learning_rate(lr, t):
+    """The learning rate of step ``t`` (``t >= 1``) of a group whose ``lr`` is validated."""
+    return checked_rate(lr(t), t) if callable(lr) else lr
+
+
+def count(step_arrays, mu_arrays=None, mu_after=None):
+    """Advance each distinct 0-d step counter once (params may share one), and set NAdam's
+    running products to ``mu_after``."""
+    seen = set()
+    for k, step in enumerate(step_arrays):
+        if id(step) not in seen:
+            seen.add(id(step))
+            step[...] += 1
+        if mu_arrays is not None:
+            mu_arrays[k][...] = mu_after
