@@ -89,3 +89,39 @@ def test_npz_refuses_at_save_what_it_cannot_hold():
 def test_npz_bfloat16_entry_with_wrong_bits_is_refused():
     with pytest.raises(ValueError, match="bfloat16"):
         fa.unflatten_state_dict({"state/0/exp_avg:bfloat16": np.zeros(3, np.float32)})
+
+
+# ---------------------------------------------------------------- clip_grad_norm
+
+
+@pytest.mark.parametrize("dtype", [np.float16, BF16, np.float32, np.float64])
+@pytest.mark.parametrize("value", [6e4, 3.0, 1e-3])
+def test_clip_grad_norm_16bit_grads_clip_to_max_norm(dtype, value):
+    big = value >= 6e4 and dtype == np.float16
+    g = [np.full(10**6 if big else 1000, value).astype(dtype), np.full((3, 5), -value, dtype)[:, ::2]]
+    want = np.sqrt(sum(float((x.astype(np.float64) ** 2).sum()) for x in g))
+    total = fa.clip_grad_norm(g, max_norm=1.0)
+    assert total == pytest.approx(want, rel=1e-12)
+    after = np.sqrt(sum(float((x.astype(np.float64) ** 2).sum()) for x in g))
+    tolerance = 4e-3 if np.dtype(dtype) in (np.float16, BF16) else 1e-5
+    assert after == pytest.approx(min(want, 1.0), rel=tolerance)
+    assert all(x.dtype == dtype for x in g)
+
+
+def test_clip_grad_norm_read_only_grad_changes_nothing():
+    a, b = np.full(10, 3.0, np.float16), np.full(10, 4.0, np.float16)
+    b.flags.writeable = False
+    with pytest.raises(ValueError, match=r"grads\[1\] is read-only"):
+        fa.clip_grad_norm([a, b], 1.0)
+    assert (a == 3.0).all()
+    assert fa.clip_grad_norm([a, b], 1e3) == pytest.approx(np.sqrt(250))  # no clip: fine
+
+
+@pytest.mark.parametrize("second", [lambda a: a, lambda a: a[2:5], lambda a: a.reshape(2, 5)])
+def test_clip_grad_norm_refuses_gradients_sharing_memory(second):
+    a = np.full(10, 3.0, np.float32)
+    with pytest.raises(ValueError, match=r"grads\[0\] and grads\[1\] share memory"):
+        fa.clip_grad_norm([a, second(a)], 1.0)
+    assert (a == 3.0).all()
+    x = np.arange(10.0)
+    assert fa.clip_grad_norm([x[::2], x[1::2]], 1e3) == pytest.approx(np.sqrt((x**2).sum()))
