@@ -125,3 +125,105 @@ def test_clip_grad_norm_refuses_gradients_sharing_memory(second):
     assert (a == 3.0).all()
     x = np.arange(10.0)
     assert fa.clip_grad_norm([x[::2], x[1::2]], 1e3) == pytest.approx(np.sqrt((x**2).sum()))
+
+
+# ---------------------------------------------------------------- edges of the NumPy front end
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("eps", [1e-46, 1e-40, 5e-324])
+def test_eps_that_vanishes_in_float32_is_refused_not_nan(eps, dtype):
+    with pytest.raises(ValueError, match="Invalid epsilon value.*1e-30"):
+        fa.Adam([np.zeros(4, dtype)], eps=eps)
+    p = np.zeros(4, dtype)
+    opt = fa.Adam([p], eps=1e-30, betas=(0.9, 1 - 2**-52))  # the smallest eps, extreme beta2
+    for _ in range(3):
+        opt.step([np.zeros(4, dtype)])
+    assert (p == 0).all()
+
+
+def stepped(backend, n=1):
+    p = np.zeros(4, np.float32)
+    opt = fa.Adam([p], backend=backend)
+    for _ in range(n):
+        opt.step([np.ones(4, np.float32)])
+    return p, opt
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("how", ["load", "assign", "in place"])
+@pytest.mark.parametrize("count", [2**53, 2**63 - 1, -1])
+def test_step_count_out_of_range_is_refused_never_wraps(backend, how, count):
+    p, opt = stepped(backend)
+    before = p.copy()
+    with pytest.raises(ValueError, match=r"2\*\*53"):
+        if how == "load":
+            sd = opt.state_dict()
+            sd["state"][0] = {**sd["state"][0], "step": count}
+            opt.load_state_dict(sd)
+        elif how == "assign":
+            opt.state[p]["step"] = count
+        else:
+            opt.state[p]["step"][...] = count
+        opt.step([np.ones(4, np.float32)])
+    assert p.tobytes() == before.tobytes()
+    opt.state[p]["step"] = 2**53 - 2  # the last count that steps
+    opt.step([np.ones(4, np.float32)])
+    assert int(opt.state[p]["step"]) == 2**53 - 1 and np.isfinite(p).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("value", [5.0, np.float32(5.0), np.array(5.0, np.float32), np.int32(5)])
+def test_any_whole_number_step_is_accepted_as_torch_keeps_it(backend, value):
+    p, opt = stepped(backend)
+    opt.state[p]["step"] = value
+    opt.step([np.ones(4, np.float32)])
+    assert int(opt.state[p]["step"]) == 6
+    sd = opt.state_dict()
+    sd["state"][0] = {**sd["state"][0], "step": value}
+    opt.load_state_dict(sd)
+    assert int(opt.state[p]["step"]) == 5
+    opt.state[p]["step"] = 5.5
+    with pytest.raises(TypeError, match="whole number"):
+        opt.step([np.ones(4, np.float32)])
+
+
+def _mutations():
+    def resize(p, opt):
+        p.resize((4000,), refcheck=False)
+
+    return {
+        "p.dtype": lambda p, opt: setattr(p, "dtype", np.int32),
+        "p.shape": lambda p, opt: setattr(p, "shape", (2, 2)),
+        "p.resize": resize,
+        "exp_avg.dtype": lambda p, opt: setattr(opt.state[p]["exp_avg"], "dtype", np.int32),
+        "exp_avg.shape": lambda p, opt: setattr(opt.state[p]["exp_avg"], "shape", (4, 1)),
+        "step.dtype": lambda p, opt: setattr(opt.state[p]["step"], "dtype", np.float64),
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mutation", sorted(_mutations()))
+def test_arrays_mutated_in_place_between_steps_are_detected(backend, mutation):
+    p, opt = stepped(backend, 2)
+    _mutations()[mutation](p, opt)
+    before = [a.copy() for a in (p, *opt.state[p].values())]
+    with pytest.raises((TypeError, ValueError)):
+        opt.step([np.ones(p.shape, np.float32)])
+    after = [p, *opt.state[p].values()]
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(before, after)), mutation
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_state_read_before_the_first_step_is_an_empty_dict_the_step_fills(backend):
+    p = np.zeros(4, np.float32)
+    opt = fa.Adam([p], backend=backend)
+    st = opt.state[p]  # torch: a defaultdict
+    assert st == {} and opt.state_dict()["state"] == {}
+    opt.step([np.ones(4, np.float32)])
+    assert opt.state[p] is st and sorted(st) == ["exp_avg", "exp_avg_sq", "step"]
+    st["exp_avg"] = np.full(4, 5.0, np.float32)  # the dict the user holds is the live one
+    opt.step([np.ones(4, np.float32)])
+    assert st["exp_avg"][0] == np.float32(0.9 * 5.0 + 0.1)
+    with pytest.raises(KeyError):
+        opt.state[np.zeros(4, np.float32)]  # not a param of this optimizer

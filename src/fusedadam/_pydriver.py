@@ -81,6 +81,11 @@ class GroupPlan:
         if len(steps) > 1 or len(mus) > 1:
             return False
         t = (steps.pop() if steps else 0) + 1
+        if not 1 <= t < _validation.MAX_STEP:
+            raise ValueError(
+                f"step of params[{self.first_index}] is {t - 1}; step counts "
+                "run from 0 to below 2**53 (the step number is a float64)"
+            )
         lr = self.lr
         if callable(lr):
             value = lr(t)

@@ -122,15 +122,24 @@ class _ParamState:
     """``optimizer.state``: per-parameter state dicts, looked up by the param array itself.
 
     ``on_change()`` runs whenever a param's dict is added, replaced or removed, which is how
-    the step driver notices (entries inside a dict are watched by identity).
+    the step driver notices (entries inside a dict are watched by identity). As in torch
+    (a ``defaultdict``), reading the state of a param of the optimizer that has none yet
+    gives an empty dict, which its first step fills (``owns(param)`` tells a param).
     """
 
-    def __init__(self, on_change=None):
+    def __init__(self, on_change=None, owns=None):
         self._by_id = {}
         self._on_change = on_change
+        self._owns = owns
 
     def __getitem__(self, param):
-        return self._by_id[id(param)][1]
+        entry = self._by_id.get(id(param))
+        if entry is None:
+            if self._owns is None or not self._owns(param):
+                raise KeyError(param)
+            entry = (param, {})
+            self._set(param, entry[1])
+        return entry[1]
 
     def __setitem__(self, param, state):
         if not isinstance(state, dict):
@@ -202,7 +211,7 @@ class Optimizer:
         self._lock = threading.Lock()
         self._driver = _Driver(self)
         self._param_groups = []
-        self._state = _ParamState(self._driver.invalidate)
+        self._state = _ParamState(self._driver.invalidate, self._owns_param)
         self._created = {}  # id(param) -> (param, names of the optional state it got)
         #: Steps skipped because a gradient held NaN or inf (groups with nonfinite="skip").
         self.skipped_steps = 0
@@ -241,6 +250,12 @@ class Optimizer:
         self._state._by_id = {id(p): (p, st) for p, st in items}
         self._record_created(self._state.items())
         self._driver.invalidate()
+
+    def _owns_param(self, param):
+        groups = self._param_groups
+        return isinstance(groups, list) and any(
+            p is param for g in groups if isinstance(g, dict) for p in g.get("params", ())
+        )
 
     def _record_created(self, items):
         """Remember which optional state each param holds now (a later absence is a deletion)."""
@@ -409,17 +424,20 @@ class Optimizer:
             pname = f"params[{first + k}]"
             dtypes = self._state_dtypes(p, hyper_spec.state_dtype, pname)
             st = self.state.get(p)
-            if st is None:
-                st = {}
+            if st is None or (type(st) is dict and not st):
+                # None, or the empty dict of a read before the first step (torch's habit):
+                # filled at commit, not before.
+                target, st = st, {}
                 for name in names:
                     st.update(self._new_state(p, name, dtypes))
                 if master in dtypes:
                     st[master] = p.astype(np.float32)
                 st["step"] = new_step
                 st.update(new_mu)
-                installs.append((p, None, st))
+                installs.append((p, target, st))
                 fresh.append(pname)
                 entries = st
+                st = st if target is None else target
             else:
                 entries = self._plan_entries(st, p, pname, names, optional, installs, dtypes)
                 stepped.add(int(entries["step"]))
@@ -558,7 +576,7 @@ class Optimizer:
                 groups.append(packed)
                 for p in group["params"]:
                     st = self.state.get(p)
-                    if st is not None:
+                    if st:  # an empty dict (state read before the first step) is no state
                         state[index] = dict(st)
                     index += 1
             return {"state": state, "param_groups": groups}
@@ -670,7 +688,7 @@ class Optimizer:
         self._lock = threading.Lock()
         self._driver = _Driver(self)
         self._param_groups = saved["param_groups"]
-        self._state = _ParamState(self._driver.invalidate)
+        self._state = _ParamState(self._driver.invalidate, self._owns_param)
         for param, state in saved["state"]:
             self._state._set(param, state)
         self._created = {}
