@@ -227,3 +227,32 @@ def test_state_read_before_the_first_step_is_an_empty_dict_the_step_fills(backen
     assert st["exp_avg"][0] == np.float32(0.9 * 5.0 + 0.1)
     with pytest.raises(KeyError):
         opt.state[np.zeros(4, np.float32)]  # not a param of this optimizer
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("copy_", [pickle.loads, None], ids=["pickle", "deepcopy"])
+def test_a_copied_optimizer_keeps_its_last_grad_norm(backend, copy_):
+    import copy
+
+    p = np.ones(5, np.float32)
+    opt = fa.Adam([p], max_grad_norm=1.0, backend=backend)
+    opt.step([np.ones(5, np.float32)])
+    other = copy_(pickle.dumps(opt)) if copy_ else copy.deepcopy(opt)
+    assert other.last_grad_norm == opt.last_grad_norm == pytest.approx(np.sqrt(5))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("modes", [("skip", "error"), ("skip", "skip")])
+def test_skipped_steps_counts_a_step_once_and_not_when_it_raises(backend, modes):
+    params = [np.ones(3, np.float32), np.ones(3, np.float32)]
+    opt = fa.Adam(
+        [{"params": [p], "nonfinite": m} for p, m in zip(params, modes)], backend=backend
+    )
+    bad = [np.full(3, np.nan, np.float32), np.full(3, np.nan, np.float32)]
+    if modes[1] == "error":
+        with pytest.raises(FloatingPointError):
+            opt.step(bad)
+        assert opt.skipped_steps == 0
+    else:
+        opt.step(bad)
+        assert opt.skipped_steps == 1

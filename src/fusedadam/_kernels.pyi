@@ -97,6 +97,8 @@ class Driver:
         """0: the step ran; 1: non-finite gradients skipped it."""
     def grad_norms(self) -> List[Optional[float]]:
         """Per group, the gradient norm of the last step (None: the group does not clip)."""
+    def set_grad_norms(self, norms: Sequence[Optional[float]]) -> None:
+        """Restore ``grad_norms()`` (an unpickled optimizer keeps its ``last_grad_norm``)."""
 
 class Probe:
     """The bandwidth probe over fixed lists of arrays, for benchmarks."""

@@ -1151,6 +1151,10 @@ cdef class Driver:
         """Per group, the gradient norm of the last step (None: the group does not clip)."""
         return list(self.norms)
 
+    def set_grad_norms(self, norms):
+        """Restore ``grad_norms()`` (an unpickled optimizer keeps its ``last_grad_norm``)."""
+        self.norms = list(norms)
+
     cdef int _replan(self) except -1:
         self.plans = None
         plans = self.optimizer._plan_groups()
@@ -1214,6 +1218,7 @@ cdef class Driver:
                 if found >= 0:
                     self._nonfinite(plan, found, 0)
                     self._note_norms()
+                    self.optimizer.skipped_steps += 1
                     return 1
                 self._note_norms()
                 self._commit(plan)
@@ -1229,6 +1234,9 @@ cdef class Driver:
                 offset += plan.d.n_arrays
             self._note_norms()
             if skip:
+                # Counted once per step, after every group's verdict: a later group's
+                # "error" raises with the count unchanged.
+                self.optimizer.skipped_steps += 1
                 return 1
             for gi in range(n_groups):
                 plan = <GroupPlan>self.plans[gi]
@@ -1247,12 +1255,12 @@ cdef class Driver:
             self.norms[gi] = (<GroupPlan>self.plans[gi]).last_grad_norm
 
     cdef int _nonfinite(self, GroupPlan plan, Py_ssize_t found, Py_ssize_t offset) except -1:
-        """The non-finite policy: "error" raises (nothing written), "skip" skips the step."""
+        """The non-finite policy: "error" raises (nothing written); "skip" returns 1 (the
+        caller counts the skipped step once)."""
         if plan.nonfinite == 0:
             k = _array_at(&plan.d, found)
             raise self.optimizer._nonfinite_error(plan, plan._grad_list(), k,
                                                   found - plan.d.offsets[k])
-        self.optimizer.skipped_steps += 1
         return 1
 
     cdef void _commit(self, GroupPlan plan) except *:

@@ -170,6 +170,9 @@ class Driver:
     def grad_norms(self):
         return list(self.norms)
 
+    def set_grad_norms(self, norms):
+        self.norms = list(norms)
+
     def _replan(self):
         self.plans = None
         plans = self.optimizer._plan_groups()

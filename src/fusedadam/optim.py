@@ -681,6 +681,7 @@ class Optimizer:
             "param_groups": self._param_groups,
             "state": self._state.items(),
             "skipped_steps": self.skipped_steps,
+            "grad_norms": self._driver.grad_norms(),
         }
 
     def __setstate__(self, saved):
@@ -694,6 +695,7 @@ class Optimizer:
         self._created = {}
         self._record_created(saved["state"])
         self.skipped_steps = saved["skipped_steps"]
+        self._driver.set_grad_norms(saved.get("grad_norms", [None]))
         _LIVE.add(self)
 
 
