@@ -96,6 +96,32 @@ def test_ranks_that_disagree_fail_at_construction(n):
     assert "every rank raised" in mpirun(n, "mismatch").stdout
 
 
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_features_bit_identical_and_decided_before_any_write(n):
+    """bfloat16 state, NAdam, float16 params with masters, array/callable grad_scale and
+    schedules: params and state (dtype for dtype) equal single-process; a grad_scale
+    overflow, settings that differ on one rank (schedules by value), and settings a sharded
+    step cannot apply (max_grad_norm, 8-bit, a changed state_dtype, a bad lr(t) in a later
+    group) raise on every rank with nothing changed."""
+    assert f"cases agree with single-process at world size {n}" in mpirun(n, "features").stdout
+
+
+@pytest.fixture(scope="module")
+def feature_checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("feature_checkpoints")
+    for n in (1, 3):
+        (root / f"saved-at-{n}").mkdir()
+        mpirun(n, "features_save", root / f"saved-at-{n}")
+    return root
+
+
+@pytest.mark.parametrize("saved_at", [1, 3])
+@pytest.mark.parametrize("loaded_at", [2, 3])
+def test_every_feature_resumes_at_any_world_size(feature_checkpoints, saved_at, loaded_at):
+    out = mpirun(loaded_at, "features_resume", feature_checkpoints / f"saved-at-{saved_at}")
+    assert f"features resumed at world size {loaded_at}" in out.stdout
+
+
 SAVE_SIZES = [1, 2, 3, 4]
 
 

@@ -137,7 +137,7 @@ def _corrupt(name):
         elif name == "negative step":
             for st in sd["state"].values():
                 st["step"] = -1
-        elif name == "float step":
+        elif name == "float step":  # 1.0 is a whole number, as torch keeps step
             sd["state"][0]["step"] = 1.5
         elif name == "uneven steps":
             sd["state"][0]["step"] = 7
@@ -159,7 +159,7 @@ BAD = {
     "dtype": (TypeError, "dtype"),
     "missing key": (ValueError, "missing"),
     "negative step": (ValueError, ">= 0"),
-    "float step": (TypeError, "step must be an int"),
+    "float step": (TypeError, "step must be a whole number"),
     "uneven steps": (ValueError, "different steps"),
     "not an array": (TypeError, "ndarray"),
     "bad hyperparameter": (ValueError, "Invalid epsilon"),

@@ -10,8 +10,13 @@ import numbers
 from typing import Any, List, Sequence, Union
 
 import numpy as np
+from numpy.lib.array_utils import byte_bounds
+
+from fusedadam import _precision
 
 __all__ = ["clip_grad_norm"]
+
+_CHUNK = 1 << 16  # elements widened to float64 at a time for a 16-bit norm
 
 
 def _as_grad_list(grads: Any) -> List[np.ndarray]:
@@ -26,9 +31,43 @@ def _as_grad_list(grads: Any) -> List[np.ndarray]:
     for i, g in enumerate(grads):
         if not isinstance(g, np.ndarray):
             raise TypeError(f"grads[{i}] must be a NumPy array, got {type(g).__name__}")
-        if g.dtype.kind != "f":
+        if g.dtype.kind != "f" and g.dtype != _precision.BFLOAT16:
             raise TypeError(f"grads[{i}] must have a floating dtype, got {g.dtype}")
+    _check_disjoint(grads)
     return grads
+
+
+def _check_disjoint(grads):
+    """Raise if two gradients share memory: they would be counted and scaled twice."""
+    spans = sorted(
+        (tuple(byte_bounds(g)) + (i,) for i, g in enumerate(grads) if g.size), key=lambda s: s[0]
+    )
+    for k, (lo, hi, i) in enumerate(spans):
+        for lo2, _, j in spans[k + 1 :]:
+            if lo2 >= hi:
+                break
+            if np.shares_memory(grads[i], grads[j]):
+                first, second = sorted((i, j))
+                raise ValueError(
+                    f"grads[{first}] and grads[{second}] share memory; each gradient "
+                    "must be its own array (it would be counted and scaled twice)"
+                )
+
+
+def _check_writeable(grads):
+    for i, g in enumerate(grads):
+        if not g.flags.writeable:
+            raise ValueError(f"grads[{i}] is read-only; clipping scales the gradients in place")
+
+
+def _scale(g: np.ndarray, coef: float) -> None:
+    """``g *= coef``, computed in float32 for 16-bit gradients (rounded once) and in the
+    gradient's dtype otherwise: a factor rounded to float16 loses its digits, or all of
+    them (below 6e-8 it is zero)."""
+    if g.dtype in _precision.LOW_PRECISION:
+        np.multiply(g, np.float32(coef), out=g, dtype=np.float32, casting="unsafe")
+    else:
+        g *= g.dtype.type(coef)
 
 
 def _norm_of(g: np.ndarray, norm_type: float) -> float:
@@ -37,10 +76,14 @@ def _norm_of(g: np.ndarray, norm_type: float) -> float:
         return 0.0
     if norm_type == math.inf:
         return float(np.max(np.abs(flat)))
-    if norm_type == 2.0:
+    if norm_type == 2.0 and flat.dtype not in _precision.LOW_PRECISION:
         # Accumulated in float64 so a long float32 gradient's norm keeps its digits.
         return float(np.einsum("i,i->", flat, flat, dtype=np.float64))
-    return float(np.sum(np.abs(flat).astype(np.float64) ** norm_type))
+    total = 0.0
+    for start in range(0, flat.size, _CHUNK):
+        wide = np.abs(flat[start : start + _CHUNK].astype(np.float64))
+        total += float(np.sum(wide * wide if norm_type == 2.0 else wide**norm_type))
+    return total
 
 
 def clip_grad_norm(
@@ -58,7 +101,9 @@ def clip_grad_norm(
     Parameters
     ----------
     grads : ndarray or sequence of ndarray
-        Floating gradients, modified in place (they must be writeable when clipped).
+        Floating gradients (float16, bfloat16, float32, float64, ...), modified in place
+        (they must be writeable when clipped, and must not share memory). The norm is
+        accumulated in float64; 16-bit gradients are scaled in float32 and rounded once.
     max_norm : float
         Largest total norm allowed, > 0.
     norm_type : float, default 2.0
@@ -72,6 +117,12 @@ def clip_grad_norm(
     -------
     float
         The total norm before clipping.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad arguments, gradients sharing memory, or a read-only gradient that needs
+        clipping; raised before any gradient is written.
 
     Examples
     --------
@@ -105,6 +156,7 @@ def clip_grad_norm(
         return total
     coef = float(max_norm) / (total + 1e-6)
     if coef < 1.0:
+        _check_writeable(grads)  # before the first write: all are scaled, or none
         for g in grads:
-            g *= g.dtype.type(coef)
+            _scale(g, coef)
     return total

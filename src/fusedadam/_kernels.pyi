@@ -100,6 +100,8 @@ class Engine:
         """An ``Outcome``: RAN, SKIPPED, PLAN, HYPER or RAN_NEW_STATE."""
     def grad_norms(self) -> List[Optional[float]]:
         """Per group, the gradient norm of the last step (None: the group does not clip)."""
+    def set_grad_norms(self, norms: Sequence[Optional[float]]) -> None:
+        """Restore ``grad_norms()`` (an unpickled optimizer keeps its ``last_grad_norm``)."""
 
 class Probe:
     """The bandwidth probe over fixed lists of arrays, for benchmarks."""

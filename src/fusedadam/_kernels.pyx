@@ -683,6 +683,7 @@ cdef class GroupPlan:
     cdef tuple mu_arrays               # NAdam's running product, or None
     cdef tuple state_keys              # per param: the keys of its state dict, in order
     cdef tuple state_values            # per param: the objects under them
+    cdef tuple layouts                 # (array, its dtype, its shape) of every planned array
     cdef int64_t **step_ptr            # per param
     cdef int64_t **distinct_steps      # each distinct step counter once
     cdef Py_ssize_t n_distinct_steps
@@ -723,6 +724,14 @@ cdef class GroupPlan:
         self.state_dicts = tuple(spec.state_dicts)
         self.step_arrays = tuple(spec.step_arrays)
         self.mu_arrays = tuple(spec.mu_arrays) if spec.mu_arrays is not None else None
+        # ``p.dtype = ...`` / ``p.shape = ...`` change an array in place, keeping its
+        # identity and address: the plan remembers both so that such an edit is re-checked.
+        self.layouts = tuple(
+            (a, a.dtype, a.shape)
+            for arrays in (self.slots + (self.masters, self.step_arrays, self.mu_arrays)
+                           + self.scales) if arrays is not None
+            for a in arrays if a is not None
+        )
         self.d.n_arrays = n
         self.d.n_slots = FA_STATE0 + len(self.state_names)
         if (self.d.n_slots > FA_MAX_SLOTS or len(self.slots) != self.d.n_slots
@@ -864,6 +873,24 @@ cdef class GroupPlan:
                 if scale is not None and not _same_array(
                         scale, scale, <char *>self.d.scales[3 * k + slot - FA_STATE0]):
                     return False
+        return self._layouts_fit()
+
+    cdef bint _layouts_fit(self):
+        """Every planned array still has the dtype and shape it was validated with."""
+        cdef cnp.ndarray a
+        cdef tuple entry, shape
+        cdef int i, ndim
+        for entry in self.layouts:
+            a = <cnp.ndarray>entry[0]
+            if <PyObject *>cnp.PyArray_DESCR(a) != <PyObject *>entry[1]:
+                return False
+            shape = <tuple>entry[2]
+            ndim = cnp.PyArray_NDIM(a)
+            if ndim != len(shape):
+                return False
+            for i in range(ndim):
+                if cnp.PyArray_DIM(a, i) != <cnp.npy_intp>shape[i]:
+                    return False
         return True
 
     cdef bint _steps_agree(self):
@@ -934,6 +961,10 @@ cdef class GroupPlan:
         cdef Py_ssize_t k, n = self.d.n_arrays
         if n and not self._steps_agree():
             raise _StepsDisagree()
+        if n and not 0 <= self.step_ptr[0][0] < 9007199254740991:  # _validation.MAX_STEP - 1
+            raise ValueError(
+                f"step of params[{self.first_index}] is {self.step_ptr[0][0]}; step counts "
+                "run from 0 to below 2**53 (the step number is a float64)")
         t = <double>(self.step_ptr[0][0] + 1) if n else 1.0
         if self.lr_callable:
             value = self.lr(int(t))
@@ -1145,6 +1176,10 @@ cdef class Engine:
     def grad_norms(self):
         """Per group, the gradient norm of the last step (None: the group does not clip)."""
         return list(self.norms)
+
+    def set_grad_norms(self, norms):
+        """Restore ``grad_norms()`` (an unpickled optimizer keeps its ``last_grad_norm``)."""
+        self.norms = list(norms)
 
     cdef int _fit(self) except -1:
         """``_RAN`` when every plan fits the caller's arrays as they are now, else what the

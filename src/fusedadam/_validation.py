@@ -12,6 +12,9 @@ import numpy as np
 from fusedadam import _precision, reference
 
 FLOAT_DTYPES = _precision.PARAM_DTYPES
+#: The smallest eps accepted: times sqrt(1 - beta2) >= 1e-8 it stays above float32's
+#: smallest subnormal (1.4e-45).
+MIN_EPS = 1e-30
 NONFINITE_MODES = ("error", "skip", "ignore")
 BACKENDS = ("auto", "compiled", "numpy")
 
@@ -135,7 +138,12 @@ def _check_grad_scale(value, where):
 HYPERPARAMETER_CHECKS = {
     "lr": _check_lr_entry,
     "betas": _check_betas,
-    "eps": _real_checker("epsilon", lambda x: x > 0.0, " (must be finite and > 0)"),
+    # eps is folded into the step's scalars (eps * sqrt(1 - beta2**t)) and used in
+    # float32: below MIN_EPS it can vanish there, and a zero gradient then gives 0/0 = NaN.
+    "eps": _real_checker(
+        "epsilon", lambda x: x >= MIN_EPS, " (must be finite and >= 1e-30: a smaller eps "
+        "vanishes in float32 arithmetic, where 0/0 is NaN)"
+    ),
     "eps_root": _real_checker("eps_root", lambda x: x >= 0.0, " (must be finite and >= 0)"),
     "weight_decay": _real_checker("weight_decay", lambda x: x >= 0.0, ""),
     "beta1_decay": _real_checker("beta1_decay", lambda x: 0.0 < x <= 1.0, " (must be in (0, 1])"),
@@ -391,14 +399,25 @@ def nonfinite_error(grads, first_index, k, element):
     )
 
 
+#: Step counts run from 0 to below 2**53: the step number ``t`` enters the bias
+#: corrections as a float64, exact up to there (and an int64 counter never wraps).
+MAX_STEP = 2**53
+
+
 def _saved_counter(value, where, name, integral):
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value.item()
     if integral:
+        if (
+            isinstance(value, (float, np.floating))
+            and math.isfinite(value)
+            and float(value).is_integer()
+        ):
+            value = int(value)  # a whole number kept as a float (torch keeps step so)
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{where}: {name} must be an int, got {value!r}")
-        if value < 0:
-            raise ValueError(f"{where}: {name} must be >= 0, got {value}")
+            raise TypeError(f"{where}: {name} must be a whole number, got {value!r}")
+        if not 0 <= value < MAX_STEP:
+            raise ValueError(f"{where}: {name} must be >= 0 and < 2**53, got {value}")
         return int(value)
     if not _is_real(value) or not math.isfinite(value):
         raise TypeError(f"{where}: {name} must be a finite real number, got {value!r}")

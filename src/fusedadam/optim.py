@@ -77,15 +77,24 @@ class _ParamState:
     """``optimizer.state``: per-parameter state dicts, looked up by the param array itself.
 
     ``on_change()`` runs whenever a param's dict is added, replaced or removed, which is how
-    the step driver notices (entries inside a dict are watched by identity).
+    the step driver notices (entries inside a dict are watched by identity). As in torch
+    (a ``defaultdict``), reading the state of a param of the optimizer that has none yet
+    gives an empty dict, which its first step fills (``owns(param)`` tells a param).
     """
 
-    def __init__(self, on_change=None):
+    def __init__(self, on_change=None, owns=None):
         self._by_id = {}
         self._on_change = on_change
+        self._owns = owns
 
     def __getitem__(self, param):
-        return self._by_id[id(param)][1]
+        entry = self._by_id.get(id(param))
+        if entry is None:
+            if self._owns is None or not self._owns(param):
+                raise KeyError(param)
+            entry = (param, {})
+            self._set(param, entry[1])
+        return entry[1]
 
     def __setitem__(self, param, state):
         if not isinstance(state, dict):
@@ -158,7 +167,7 @@ class Optimizer:
         self._engine = Engine()
         self._pending_installs: List[tuple] = []  # state the current plans will attach
         self._param_groups = []
-        self._state = _ParamState(self._engine.invalidate)
+        self._state = _ParamState(self._engine.invalidate, self._owns_param)
         self._created = {}  # id(param) -> (param, names of the optional state it got)
         #: Steps skipped because a gradient held NaN or inf (groups with nonfinite="skip").
         self.skipped_steps = 0
@@ -197,6 +206,12 @@ class Optimizer:
         self._state._by_id = {id(p): (p, st) for p, st in items}
         self._record_created(self._state.items())
         self._engine.invalidate()
+
+    def _owns_param(self, param):
+        groups = self._param_groups
+        return isinstance(groups, list) and any(
+            p is param for g in groups if isinstance(g, dict) for p in g.get("params", ())
+        )
 
     def _record_created(self, items):
         """Remember which optional state each param holds now (a later absence is a deletion)."""
@@ -389,7 +404,7 @@ class Optimizer:
                 groups.append(packed)
                 for p in group["params"]:
                     st = self.state.get(p)
-                    if st is not None:
+                    if st:  # an empty dict (state read before the first step) is no state
                         state[index] = dict(st)
                     index += 1
             return {"state": state, "param_groups": groups}
@@ -494,6 +509,7 @@ class Optimizer:
             "param_groups": self._param_groups,
             "state": self._state.items(),
             "skipped_steps": self.skipped_steps,
+            "grad_norms": self._engine.grad_norms(),
         }
 
     def __setstate__(self, saved):
@@ -502,12 +518,13 @@ class Optimizer:
         self._engine = Engine()
         self._pending_installs = []
         self._param_groups = saved["param_groups"]
-        self._state = _ParamState(self._engine.invalidate)
+        self._state = _ParamState(self._engine.invalidate, self._owns_param)
         for param, state in saved["state"]:
             self._state._set(param, state)
         self._created = {}
         self._record_created(saved["state"])
         self.skipped_steps = saved["skipped_steps"]
+        self._engine.set_grad_norms(saved.get("grad_norms", [None]))
         _LIVE.add(self)
 
 

@@ -24,6 +24,7 @@ import uuid
 
 import numpy as np
 
+from fusedadam import _precision
 from fusedadam.distributed._layout import Segment, copy_overlaps
 
 FORMAT = "fusedadam-sharded-checkpoint/1"
@@ -93,7 +94,8 @@ def save(comm, directory, shard_arrays, meta):
     name = f"shard-{save_id}-{rank:05d}-of-{world:05d}.npz"
     error, entry = None, None
     try:
-        entry = _write_atomically(directory, name, lambda f: np.savez(f, **shard_arrays))
+        stored = {k: _storable(v) for k, v in shard_arrays.items()}
+        entry = _write_atomically(directory, name, lambda f: np.savez(f, **stored))
     except OSError as exc:
         error = f"rank {rank}: {exc}"
     entries = comm.gather((error, entry), root=0)
@@ -131,6 +133,20 @@ def save(comm, directory, shard_arrays, meta):
             f"checkpoint save to {directory!r} failed ({failure}); the previous "
             "checkpoint there, if any, is unchanged"
         )
+
+
+def _storable(array):
+    """``.npy`` has no bfloat16: bfloat16 state is stored as its uint16 bits (``read_flat``
+    views them back as the dtype of its destination)."""
+    return array.view(np.uint16) if array.dtype == _precision.BFLOAT16 else array
+
+
+def dtype_named(name):
+    """The dtype of a name in a checkpoint's meta (``"bfloat16"`` included)."""
+    for dtype in _precision.PARAM_DTYPES:
+        if dtype.name == name:
+            return dtype
+    return np.dtype(name)
 
 
 def _remove_orphans(directory, manifest):
@@ -202,6 +218,8 @@ class CheckpointReader:
             if not ranges:
                 continue
             array = self.shard(old_rank)[f"s{segment_index}.{name}"]
+            if dst.dtype == _precision.BFLOAT16 and array.dtype == np.uint16:
+                array = array.view(dst.dtype)
             copy_overlaps(
                 dst,
                 dst_start,

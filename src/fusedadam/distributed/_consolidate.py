@@ -7,7 +7,7 @@ installed.
 
 import numpy as np
 
-from fusedadam.distributed._checkpoint import CheckpointReader
+from fusedadam.distributed._checkpoint import CheckpointReader, dtype_named
 
 __all__ = ["consolidate_checkpoint", "single_process_state_dict"]
 
@@ -22,12 +22,15 @@ def single_process_state_dict(segments, steps, meta, full_flat):
         gi = segment.group
         if not steps[gi]:
             continue
+        names = meta["array_names"][si] if "array_names" in meta else meta["state_names"][gi]
+        scalars = meta["scalars"][gi] if "scalars" in meta else {}
         for index, shape, offset in zip(segment.param_indices, segment.shapes, segment.offsets):
             size = int(np.prod(shape, dtype=np.int64))
             entry = {"step": steps[gi]}
-            for name in meta["state_names"][gi]:
+            for name in names:
                 flat = full_flat(si, name)
                 entry[name] = flat[offset : offset + size].reshape(shape).copy()
+            entry.update({name: np.array(v, dtype=np.float64) for name, v in scalars.items()})
             state[index] = entry
     groups = []
     for gi, hyper in enumerate(meta["param_groups"]):
@@ -59,7 +62,9 @@ def consolidate_checkpoint(directory):
 
     def full_flat(si, name):
         if (si, name) not in cache:
-            flat = np.zeros(segments[si].padded, segments[si].dtype)
+            dtypes = meta["array_dtypes"][si] if "array_dtypes" in meta else {}
+            dtype = dtype_named(dtypes[name]) if name in dtypes else segments[si].dtype
+            flat = np.zeros(segments[si].padded, dtype)
             reader.read_flat(si, name, flat, 0)
             cache[si, name] = flat
         return cache[si, name]

@@ -1,13 +1,17 @@
 """ShardedOptimizer: ZeRO-style sharded steps of any fusedadam dense optimizer over MPI."""
 
+import functools
+import hashlib
 import time
 
 import numpy as np
 from mpi4py import MPI
 
+from fusedadam import _algorithms, _precision, _validation, reference
 from fusedadam.distributed import _checkpoint
 from fusedadam.distributed._consolidate import single_process_state_dict
 from fusedadam.distributed._layout import aligned_zeros, copy_overlaps, plan_segments
+from fusedadam.schedules import Schedule
 
 __all__ = ["ShardedOptimizer"]
 
@@ -17,6 +21,7 @@ __all__ = ["ShardedOptimizer"]
 DEFAULT_BUCKET_ELEMENTS = 1 << 22
 
 _NOT_FOUND = np.iinfo(np.int64).max
+_MISSING = object()
 _GRAD_REDUCTIONS = ("mean", "sum")
 
 
@@ -31,7 +36,19 @@ def _mpi_datatype(dtype):
 
 
 def _describe(value):
-    """A rank-independent description of a hyperparameter (callables by name, not id)."""
+    """A rank-independent description of a hyperparameter: schedules, partials and arrays
+    by value; other callables by name (not id), which is all that can be compared."""
+    if isinstance(value, Schedule):
+        return f"<schedule {value.to_json()}>"
+    if isinstance(value, functools.partial):
+        return (
+            "<partial>",
+            _describe(value.func),
+            _describe(value.args),
+            _describe(sorted(value.keywords.items())),
+        )
+    if isinstance(value, np.ndarray):
+        return f"<array {value.dtype.str} {value.shape} {value.tobytes().hex()}>"
     if callable(value):
         return (
             f"<callable {getattr(value, '__module__', '?')}."
@@ -182,6 +199,17 @@ class ShardedOptimizer:
             {k: v for k, v in g.items() if k not in ("params", "nonfinite")} for g in groups
         ]
         self._steps = [0] * len(groups)
+        # The class validates hyperparameters; one of the construction twins does it at
+        # every step, before anything is written.
+        self._checker = templates[0]
+        self._algorithm = self._checker.algorithm
+        #: Per group: the state_dtype its state is kept in (changed only by a load).
+        self._state_options = [g.get("state_dtype") for g in self.param_groups]
+        #: Per group: the optional state arrays (AMSGrad's max) it has created; kept when
+        #: the option is switched off, as the single-process optimizer keeps them.
+        self._kept = [set() for _ in groups]
+        #: Per group: its scalar state (NAdam's mu_product) after the last step.
+        self._scalars = [{} for _ in groups]
         # One inner optimizer per (segment, bucket): it owns this rank's chunk of the
         # bucket (a view of the flat param buffer) and the state of that chunk only.
         self._buckets = []
@@ -238,7 +266,7 @@ class ShardedOptimizer:
         # class does, and tells the group's defaults-filled settings.
         templates = []
         for group in groups:
-            dtypes = list(dict.fromkeys(p.dtype for p in group["params"])) or [np.float64]
+            dtypes = list(dict.fromkeys(p.dtype for p in group["params"])) or [np.float32]
             overrides = {k: v for k, v in group.items() if k != "params"}
             templates.append(
                 self.optimizer_class(
@@ -246,21 +274,7 @@ class ShardedOptimizer:
                 )
             )
         for gi, template in enumerate(templates):
-            if template.param_groups[0].get("max_grad_norm") is not None:
-                # Each inner optimizer sees one bucket of one rank: its norm is not the
-                # group's, so clipping there would be silently wrong.
-                raise ValueError(
-                    f"param_groups[{gi}]: max_grad_norm is not supported by ShardedOptimizer "
-                    "(the norm would cover one rank's shard, not the group); clip the "
-                    "gradients before step()"
-                )
-            if template.param_groups[0].get("state_dtype") == "8bit":
-                # 8-bit blocks and their scales follow each rank's bucket, not the params:
-                # checkpoints and resharding would need per-rank conversions.
-                raise ValueError(
-                    f"param_groups[{gi}]: state_dtype='8bit' is not supported by "
-                    "ShardedOptimizer; use None, 'float32' or 'bfloat16'"
-                )
+            _check_shardable(template.param_groups[0], gi)
         return groups, templates
 
     def _signature(self, groups):
@@ -303,7 +317,7 @@ class ShardedOptimizer:
                 )
 
     # ------------------------------------------------------------ step
-    def step(self, grads=None):
+    def step(self, grads=None, grad_scale=None):
         """One sharded step: reduce-scatter, global decision, shard update, all-gather.
 
         Parameters
@@ -312,6 +326,10 @@ class ShardedOptimizer:
             This rank's local gradients, in param order, shaped and typed like
             :attr:`params`. Omitted (or the :attr:`grads` views themselves): the
             gradients already in :attr:`grads` are used, with no copy.
+        grad_scale : float or one-element array, optional
+            Replaces every group's ``grad_scale`` for this step only, as in the
+            single-process ``step``. The reduced gradients are divided by it, and the
+            non-finite decision is taken on the unscaled values, as there.
 
         Raises
         ------
@@ -319,13 +337,20 @@ class ShardedOptimizer:
             Bad gradients on this rank; every other rank raises ``ValueError`` naming
             the rank. Nothing changed on any rank.
         FloatingPointError
-            The reduced gradient of a param of a ``nonfinite="error"`` group holds NaN
-            or inf; raised on every rank, nothing changed on any rank.
+            The unscaled reduced gradient of a param of a ``nonfinite="error"`` group
+            holds NaN or inf; raised on every rank, nothing changed on any rank.
+        ValueError
+            The ranks' settings for this step differ (a hyperparameter, ``lr(t)`` or
+            ``grad_scale`` set on some ranks only), or a setting was changed to one a
+            sharded optimizer does not support; raised on every rank, nothing changed.
         """
         t_start = time.perf_counter()
         error = None
+        n_groups = len(self._steps)
+        scales, lrs, digest = [1.0] * n_groups, [None] * n_groups, 0
         try:
-            self._group_modes = [self._nonfinite_mode(gi) for gi in range(len(self._steps))]
+            self._group_modes = [self._nonfinite_mode(gi) for gi in range(n_groups)]
+            scales, lrs, digest = self._step_settings(grad_scale)
             if grads is not None:
                 self._pack(grads)
         except Exception as exc:  # any error, so that the other ranks hear of it
@@ -350,9 +375,10 @@ class ShardedOptimizer:
             reduced = self._reduced[si][offset : offset + length]
             if self.grad_reduction == "mean" and self.world_size > 1:  # x / 1 == x
                 np.divide(reduced, self.world_size, out=reduced)
-            mode = self._group_modes[self._segments[si].group]
+            gi = self._segments[si].group
+            mode = self._group_modes[gi]
             if mode != "ignore":
-                bad = self._first_nonfinite_param(si, c_start, reduced)
+                bad = self._first_nonfinite_param(si, c_start, reduced, scales[gi])
                 if bad is not None:
                     if mode == "error":
                         first_error_param = min(first_error_param, bad)
@@ -361,25 +387,38 @@ class ShardedOptimizer:
             t_scan += time.perf_counter() - t0
         t_reduced = time.perf_counter()
 
-        # The global decision: one allreduce of three int64 (min over ranks). Clipping by
-        # the global gradient norm will add its squared norm to this same exchange.
+        # The global decision: one allreduce of five int64 (min over ranks); the digest
+        # of the step's settings goes in as itself and negated, so min == -max tells
+        # that every rank has the same.
         decision = np.array(
-            [self.rank if error is not None else _NOT_FOUND, first_error_param, skip_found],
+            [
+                self.rank if error is not None else _NOT_FOUND,
+                first_error_param,
+                skip_found,
+                digest,
+                -digest,
+            ],
             dtype=np.int64,
         )
         self.comm.Allreduce(MPI.IN_PLACE, decision, op=MPI.MIN)
-        bad_rank, bad_param, skip = (int(v) for v in decision)
+        bad_rank, bad_param, skip, low, minus_high = (int(v) for v in decision)
         if bad_rank != _NOT_FOUND:
             if error is not None:
                 raise error
             raise ValueError(
-                f"rank {bad_rank} rejected its gradients (see its error); this "
+                f"rank {bad_rank} rejected its gradients or settings (see its error); this "
                 "step changed nothing on any rank"
+            )
+        if low != -minus_high:
+            raise ValueError(
+                "the ranks' param_groups differ at this step (a hyperparameter, lr(t) or "
+                "grad_scale set on some ranks only); every rank must step with the same "
+                "settings; this step changed nothing on any rank"
             )
         if bad_param != _NOT_FOUND:
             raise FloatingPointError(
-                f"the reduced gradient of params[{bad_param}] holds NaN or inf "
-                "(nonfinite='error'); this step changed nothing on any rank"
+                f"the reduced gradient of params[{bad_param}] holds NaN or inf once "
+                "unscaled (nonfinite='error'); this step changed nothing on any rank"
             )
         if skip != _NOT_FOUND:
             self.skipped_steps += 1
@@ -398,7 +437,12 @@ class ShardedOptimizer:
         t_update, requests = 0.0, []
         for si, b_start, b_stop, _, offset, length, inner in self._buckets:
             t0 = time.perf_counter()
-            self._sync_hyperparameters(inner, self._segments[si].group)
+            gi = self._segments[si].group
+            self._sync_hyperparameters(inner, gi)
+            target = inner.param_groups[0]
+            for key, value in (("lr", lrs[gi]), ("grad_scale", scales[gi])):
+                if target.get(key) != value:  # unchanged: the shard's plan stays valid
+                    target[key] = value
             inner.step([self._reduced[si][offset : offset + length]])
             t_update += time.perf_counter() - t0
             if len(requests) >= self.max_in_flight:
@@ -412,8 +456,7 @@ class ShardedOptimizer:
         t0 = time.perf_counter()
         MPI.Request.Waitall(requests)
         t_end = time.perf_counter()
-        for gi in range(len(self._steps)):
-            self._steps[gi] += 1
+        self._count_step(lrs)
         self.timings = {
             "pack": t_packed - t_start,
             "reduce_scatter": t_reduced - t_packed,
@@ -462,60 +505,128 @@ class ShardedOptimizer:
             )
         return mode
 
-    def _first_nonfinite_param(self, si, chunk_start, reduced):
+    def _step_settings(self, grad_scale):
+        """``(scales, lrs, digest)``: per group, this step's gradient scale and learning
+        rate, resolved once (``lr(t)`` is called once per group, as single-process) and
+        checked, and a digest of every setting of the step to compare across ranks.
+
+        Raises, before anything is written, on a bad hyperparameter or one a sharded
+        optimizer cannot apply (``max_grad_norm``, a changed ``state_dtype``).
+        """
+        scales, lrs, described = [], [], []
+        for gi, group in enumerate(self.param_groups):
+            where = f"param_groups[{gi}]: "
+            if not isinstance(group, dict):
+                raise TypeError(f"param_groups[{gi}] must be a dict, got {type(group).__name__}")
+            checked = {k: v for k, v in group.items() if k != "params"}
+            self._checker._check_group_hyper(checked, where)
+            _check_shardable(checked, gi)
+            if checked.get("state_dtype") != self._state_options[gi]:
+                raise ValueError(
+                    f"{where}state_dtype changed from {self._state_options[gi]!r} to "
+                    f"{checked.get('state_dtype')!r}; a sharded optimizer keeps the "
+                    "state_dtype it was built with (convert through a single-process "
+                    "optimizer's load_state_dict(convert=True))"
+                )
+            t = self._steps[gi] + 1
+            lr = checked["lr"]
+            lr = _validation.check_lr(lr(t), f"{where}lr({t}) returned: ") if callable(lr) else (
+                float(lr)
+            )
+            scale = checked.get("grad_scale", 1.0) if grad_scale is None else grad_scale
+            scale = _validation.grad_scale_value(scale, t, where)
+            scales.append(scale)
+            lrs.append(lr)
+            described.append(
+                (
+                    {k: _describe(v) for k, v in sorted(checked.items()) if k != "grad_scale"},
+                    t,
+                    lr.hex(),
+                    scale.hex(),
+                )
+            )
+        digest = hashlib.blake2b(repr(described).encode(), digest_size=7).digest()
+        return scales, lrs, int.from_bytes(digest, "little")
+
+    def _count_step(self, lrs):
+        """After a step that ran: steps, the optional state created, the scalar state."""
+        for gi, group in enumerate(self.param_groups):
+            self._steps[gi] += 1
+            self._kept[gi].update(
+                name for name, flag in self._algorithm.optional_state if group.get(flag)
+            )
+            if not self._algorithm.scalar_state:
+                continue
+            inner = next((b[-1] for b in self._buckets if self._segments[b[0]].group == gi), None)
+            if inner is not None:
+                entry = inner.state_dict()["state"][0]
+                self._scalars[gi] = {
+                    name: float(entry[name]) for name, _ in self._algorithm.scalar_state
+                }
+            else:  # a group of empty params has no shard: the scalar rule itself
+                initial = dict(self._algorithm.scalar_state)
+                mu = self._scalars[gi].get("mu_product", initial.get("mu_product", 1.0))
+                hyper = _algorithms.hyper_dict(self._algorithm, group)
+                _, _, mu_after = reference.step_scalars(hyper, self._steps[gi], lrs[gi], mu)
+                self._scalars[gi] = {"mu_product": mu_after}
+
+    def _first_nonfinite_param(self, si, chunk_start, reduced, scale=1.0):
+        compute = _precision.compute_dtype(reduced.dtype)
+        if scale != 1.0 or reduced.dtype != compute:
+            # The decision is on the unscaled values, as single-process: a finite sum can
+            # overflow once divided by a grad_scale < 1.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                reduced = reduced.astype(compute) / compute.type(scale)
         finite = np.isfinite(reduced)
         if finite.all():
             return None
         return self._segments[si].param_at(chunk_start + int(np.argmin(finite)))
 
     def _sync_hyperparameters(self, inner, gi):
-        """Carry changes of ``param_groups[gi]`` (e.g. a new ``lr``) to a shard's optimizer."""
+        """Carry changes of ``param_groups[gi]`` (e.g. new ``betas``) to a shard's optimizer
+        (``lr`` and ``grad_scale`` are set by ``step``, resolved once per group)."""
         target = inner.param_groups[0]
         for key, value in self.param_groups[gi].items():
-            if key in ("params", "nonfinite"):
+            if key in ("params", "nonfinite", "lr", "grad_scale"):
                 continue
             if key not in target or target[key] is not value:
                 target[key] = value
 
     # ------------------------------------------------------------ state
-    def _state_names(self, gi):
-        """The state array names of group ``gi`` (asked of the class itself)."""
-        return self._probe(self.param_groups[gi])
-
-    def _probe(self, hyper):
-        """State names of the class under the settings ``hyper`` (checked as it checks).
-
-        A one-element optimizer of the class with these settings takes one step: its
-        constructor validates them, and its state_dict tells the names.
-        """
-        probe = self.optimizer_class(
-            [
-                {
-                    "params": [np.zeros(1, np.float64)],
-                    **{k: v for k, v in hyper.items() if k != "params"},
-                }
-            ]
+    def _group_names(self, gi):
+        """The state arrays shaped like the params of group ``gi`` (the registry's names
+        and the optional ones it has created), without ``master_param``."""
+        algorithm = self._algorithm
+        return algorithm.state_names + tuple(
+            name for name, _ in algorithm.optional_state if name in self._kept[gi]
         )
-        probe.step([np.zeros(1, np.float64)])
-        return tuple(k for k in probe.state_dict()["state"][0] if k != "step")
 
-    def _check_install(self, steps, names, hypers):
-        """Raise unless ``_install(steps, names, hypers, ...)`` can complete."""
-        for gi, hyper in enumerate(hypers):
-            expected = self._probe({**self.param_groups[gi], **hyper})
-            if steps[gi] and sorted(names[gi]) != sorted(expected):
-                raise ValueError(
-                    f"param_groups[{gi}]: the saved state has arrays "
-                    f"{sorted(names[gi])}; {self.optimizer_class.__name__} with "
-                    f"these settings keeps {sorted(expected)}"
-                )
+    def _array_names(self, si, group_names=None):
+        """The state arrays of segment ``si``: its group's (``group_names``, by default
+        the current ones), and a master for 16-bit params."""
+        if group_names is None:
+            group_names = self._group_names(self._segments[si].group)
+        names = tuple(group_names)
+        if _precision.has_master(self._segments[si].dtype):
+            names += (_precision.MASTER,)
+        return names
+
+    def _array_dtype(self, si, name, option=_MISSING):
+        """The dtype the single-process optimizer keeps state ``name`` of segment ``si`` in
+        (under the state_dtype ``option``, by default the group's current one)."""
+        segment = self._segments[si]
+        if name == _precision.MASTER:
+            return _precision.FLOAT32
+        if option is _MISSING:
+            option = self._state_options[segment.group]
+        return _precision.state_dtype(segment.dtype, option, f"segment {si}")
 
     def _shard_state(self, si):
         """``{name: 1-d array}``: this rank's state of segment ``si`` (its chunks, joined)."""
         gi = self._segments[si].group
         if self._steps[gi] == 0:
             return {}
-        names = self._state_names(gi)
+        names = self._array_names(si)
         pieces = {name: [] for name in names}
         for b_si, *_, inner in self._buckets:
             if b_si != si:
@@ -524,7 +635,7 @@ class ShardedOptimizer:
             for name in names:
                 pieces[name].append(np.asarray(entry[name]).reshape(-1))
         return {
-            name: np.concatenate(arrays) if arrays else np.zeros(0, self._segments[si].dtype)
+            name: np.concatenate(arrays) if arrays else np.zeros(0, self._array_dtype(si, name))
             for name, arrays in pieces.items()
         }
 
@@ -536,6 +647,7 @@ class ShardedOptimizer:
         return np.concatenate([flat[start:stop] for start, stop, _ in ranges])
 
     def _meta(self):
+        stepped = [bool(s) for s in self._steps]
         return {
             "segments": [s.to_meta() for s in self._segments],
             "steps": list(self._steps),
@@ -544,9 +656,21 @@ class ShardedOptimizer:
                 {k: v for k, v in g.items() if k != "params"} for g in self.param_groups
             ],
             "state_names": [
-                self._state_names(gi) if self._steps[gi] else ()
+                self._group_names(gi) if stepped[gi] else ()
                 for gi in range(len(self.param_groups))
             ],
+            # Per segment: its arrays and their dtypes (bfloat16 state, float32 masters).
+            "array_names": [
+                self._array_names(si) if stepped[s.group] else ()
+                for si, s in enumerate(self._segments)
+            ],
+            "array_dtypes": [
+                {name: self._array_dtype(si, name).name for name in self._array_names(si)}
+                if stepped[s.group]
+                else {}
+                for si, s in enumerate(self._segments)
+            ],
+            "scalars": [dict(self._scalars[gi]) if stepped[gi] else {} for gi in range(len(stepped))],
             "optimizer_class": f"{self.optimizer_class.__module__}."
             f"{self.optimizer_class.__qualname__}",
             "grad_reduction": self.grad_reduction,
@@ -558,7 +682,8 @@ class ShardedOptimizer:
         ``shards[i]`` holds, for segment ``i`` of ``meta["segments"]`` (one group's params
         of one dtype), this rank's ``"param"`` values and state arrays, each the rank's
         chunks of the flat buffer joined in order (padding included). The layout in
-        ``meta`` says which flat positions they are. Copies, not views.
+        ``meta`` says which flat positions they are; ``meta["scalars"]`` the per-group
+        scalar state (NAdam's ``mu_product``). Copies, not views.
         """
         return {
             "rank": self.rank,
@@ -573,8 +698,9 @@ class ShardedOptimizer:
     def consolidated_state_dict(self, root=0):
         """Collective: the single-process ``state_dict()`` on ``root``, None elsewhere.
 
-        Equal (array for array, bit for bit) to the ``state_dict()`` of the single-process
-        optimizer that took the same steps. Rank ``root`` holds the whole state at once.
+        Equal (array for array, bit for bit, dtype for dtype) to the ``state_dict()`` of
+        the single-process optimizer that took the same steps. Rank ``root`` holds the
+        whole state at once.
         """
         shards = [self._shard_state(si) for si in range(len(self._segments))]
         gathered = self.comm.gather(shards, root=root)
@@ -584,7 +710,7 @@ class ShardedOptimizer:
         for si, segment in enumerate(self._segments):
             arrays = {}
             for name in gathered[0][si] if gathered else {}:
-                flat = np.zeros(segment.padded, segment.dtype)
+                flat = np.zeros(segment.padded, gathered[0][si][name].dtype)
                 for r in range(self.world_size):
                     copy_overlaps(
                         flat,
@@ -604,79 +730,75 @@ class ShardedOptimizer:
         """Load a single-process ``state_dict`` (of this optimizer class; any world size).
 
         Every rank passes the same dict; each keeps its shard of it. Params are not part
-        of a state_dict and are not changed. Checked before anything is written.
+        of a state_dict and are not changed. Checked whole, by the optimizer class's own
+        ``load_state_dict``, before anything is written.
         """
-        groups = state_dict["param_groups"]
-        saved_state = state_dict["state"]
-        if len(groups) != len(self.param_groups):
-            raise ValueError(
-                f"state_dict has {len(groups)} param groups, this optimizer "
-                f"{len(self.param_groups)}"
-            )
-        steps, names = [], []
-        for gi, (saved, mine) in enumerate(zip(groups, self.param_groups)):
-            if len(saved["params"]) != len(mine["params"]):
+        # The class checks the dict against params of these shapes and dtypes (zeros:
+        # pages never touched cost no memory) and gives back its own validated copy.
+        checker = self.optimizer_class(
+            [
+                {
+                    **{k: v for k, v in g.items() if k != "params"},
+                    "params": [np.zeros(p.shape, p.dtype) for p in g["params"]],
+                }
+                for g in self.param_groups
+            ]
+        )
+        checker.load_state_dict(state_dict)
+        checked = checker.state_dict()
+        hypers = [{k: v for k, v in g.items() if k != "params"} for g in checked["param_groups"]]
+        for gi, hyper in enumerate(hypers):
+            _check_shardable(hyper, gi)
+        saved_state = checked["state"]
+        steps, names, scalars = [], [], []
+        scalar_names = tuple(name for name, _ in self._algorithm.scalar_state)
+        first = 0
+        for gi, group in enumerate(checked["param_groups"]):
+            entries = [saved_state[k] for k in group["params"] if k in saved_state]
+            step = int(entries[0]["step"]) if entries else 0
+            steps.append(step)
+            found = {
+                tuple(sorted(k for k in e if k not in ("step", _precision.MASTER) + scalar_names))
+                for e in entries
+            }
+            if step and (len(found) > 1 or len(entries) != len(group["params"])):
                 raise ValueError(
-                    f"param_groups[{gi}] has {len(saved['params'])} params in "
-                    f"the state_dict, {len(mine['params'])} here"
+                    f"param_groups[{gi}]: its params hold different state arrays "
+                    f"{sorted(found)}; a sharded optimizer steps a group's params together"
                 )
-            group_steps = set()
-            for key, p in zip(saved["params"], mine["params"]):
-                entry = saved_state.get(key)
-                if entry is None:
-                    group_steps.add(0)
-                    continue
-                group_steps.add(int(entry["step"]))
-                for name, value in entry.items():
-                    if name != "step" and (
-                        np.shape(value) != p.shape or np.asarray(value).dtype != p.dtype
-                    ):
-                        raise ValueError(
-                            f"state_dict['state'][{key!r}][{name!r}] has shape "
-                            f"{np.shape(value)}, dtype "
-                            f"{np.asarray(value).dtype}; its param "
-                            f"{p.shape}, {p.dtype}"
-                        )
-            if len(group_steps) > 1:
-                raise ValueError(
-                    f"param_groups[{gi}]: its params are at different steps {sorted(group_steps)}"
-                )
-            steps.append(group_steps.pop() if group_steps else 0)
-            present = [saved_state[k] for k in saved["params"] if k in saved_state]
-            names.append(tuple(k for k in present[0] if k != "step") if present else ())
+            names.append(found.pop() if step else ())
+            scalars.append({n: float(entries[0][n]) for n in scalar_names} if step else {})
+            first += len(group["params"])
+        keys = [k for g in checked["param_groups"] for k in g["params"]]
 
-        def flat_of(si, name):
+        def read(si, name, dst, start):
             segment = self._segments[si]
-            keys = groups[segment.group]["params"]
-            first = sum(len(g["params"]) for g in self.param_groups[: segment.group])
-            flat = np.zeros(segment.padded, segment.dtype)
+            flat = np.zeros(segment.padded, dst.dtype)
             copy_overlaps(
                 flat,
                 0,
                 [
-                    (offset, np.asarray(saved_state[keys[index - first]][name]).reshape(-1))
+                    (offset, np.asarray(saved_state[keys[index]][name]).reshape(-1))
                     for index, offset in zip(segment.param_indices, segment.offsets)
                 ],
             )
-            return flat
+            copy_overlaps(dst, start, [(0, flat)])
 
-        hypers = [{k: v for k, v in g.items() if k != "params"} for g in groups]
-        self._check_install(steps, names, hypers)
-        self._install(
-            steps,
-            names,
-            hypers,
-            lambda si, name, dst, start: copy_overlaps(dst, start, [(0, flat_of(si, name))]),
-        )
+        self._install(steps, names, hypers, scalars, read)
 
-    def _install(self, steps, names, hypers, read):
-        """Set steps, hyperparameters and every bucket's state from ``read``.
+    def _install(self, steps, names, hypers, scalars, read):
+        """Set steps, hyperparameters and every bucket's state from ``read`` (checked).
 
         ``read(si, name, dst, flat_start)`` fills ``dst`` with flat positions
         ``flat_start`` on of segment ``si``'s state ``name``.
         """
         for gi, hyper in enumerate(hypers):
             self.param_groups[gi].update(hyper)
+            self._state_options[gi] = self.param_groups[gi].get("state_dtype")
+            optional = {name for name, _ in self._algorithm.optional_state}
+            self._kept[gi] = optional.intersection(names[gi])
+            self._scalars[gi] = dict(scalars[gi])
+        self._steps = list(steps)
         for si, _, _, c_start, _, length, inner in self._buckets:
             gi = self._segments[si].group
             self._sync_hyperparameters(inner, gi)
@@ -684,13 +806,66 @@ class ShardedOptimizer:
             state = {}
             if steps[gi]:
                 entry = {"step": steps[gi]}
-                for name in names[gi]:
-                    chunk = np.zeros(length, self._segments[si].dtype)
+                for name in self._array_names(si):
+                    chunk = np.zeros(length, self._array_dtype(si, name))
                     read(si, name, chunk, c_start)
                     entry[name] = chunk
+                entry.update(scalars[gi])
                 state = {0: entry}
             inner.load_state_dict({"state": state, "param_groups": template["param_groups"]})
-        self._steps = list(steps)
+
+    def _check_checkpoint_state(self, meta):
+        """Raise unless the checkpoint's state fits this class under its saved settings."""
+        algorithm = self._algorithm
+        for gi, hyper in enumerate(meta["param_groups"]):
+            _check_shardable(hyper, gi)
+            if not meta["steps"][gi]:
+                continue
+            names = tuple(meta["state_names"][gi])
+            required = algorithm.state_names + tuple(
+                name for name, flag in algorithm.optional_state if hyper.get(flag)
+            )
+            if not set(required) <= set(names) <= set(algorithm.all_state_names()):
+                raise ValueError(
+                    f"param_groups[{gi}]: the saved state has arrays {sorted(names)}; "
+                    f"{self.optimizer_class.__name__} with these settings keeps "
+                    f"{sorted(required)}"
+                )
+            saved_scalars = meta["scalars"][gi] if "scalars" in meta else {}
+            missing = [n for n, _ in algorithm.scalar_state if n not in saved_scalars]
+            if missing:
+                raise ValueError(
+                    f"param_groups[{gi}]: the checkpoint lacks the scalar state {missing} "
+                    "(saved by an older version of fusedadam)"
+                )
+
+    def _checkpoint_arrays(self, meta):
+        """Per segment ``{name: dtype}``: the state arrays to read from a checked
+        checkpoint, as this optimizer will hold them; raises if the files hold others."""
+        arrays = []
+        for si, segment in enumerate(self._segments):
+            gi = segment.group
+            if not meta["steps"][gi]:
+                arrays.append({})
+                continue
+            option = meta["param_groups"][gi].get("state_dtype")
+            want = {
+                name: self._array_dtype(si, name, option)
+                for name in self._array_names(si, meta["state_names"][gi])
+            }
+            saved = meta.get("array_dtypes")
+            saved = (
+                saved[si]
+                if saved is not None
+                else {name: segment.dtype.name for name in meta["state_names"][gi]}
+            )
+            if {n: d.name for n, d in want.items()} != saved:
+                raise ValueError(
+                    f"the checkpoint holds state arrays {saved} for the params of segment "
+                    f"{si}; this optimizer keeps {({n: d.name for n, d in want.items()})}"
+                )
+            arrays.append(want)
+        return arrays
 
     # ------------------------------------------------------------ checkpoints
     def save(self, directory):
@@ -723,6 +898,8 @@ class ShardedOptimizer:
                     "shapes or dtypes than this optimizer"
                 )
             meta = reader.meta
+            self._check_checkpoint_state(meta)
+            arrays = self._checkpoint_arrays(meta)
             # Read everything this rank needs before anything is written.
             my_params = []
             for si, segment in enumerate(self._segments):
@@ -734,12 +911,11 @@ class ShardedOptimizer:
                 my_params.append(pieces)
             state = {}
             for si, segment in enumerate(self._segments):
-                for name in meta["state_names"][segment.group]:
+                for name, dtype in arrays[si].items():
                     for start, stop, _ in segment.shard_ranges(self.rank):
-                        chunk = np.zeros(stop - start, segment.dtype)
+                        chunk = np.zeros(stop - start, dtype)
                         reader.read_flat(si, name, chunk, start)
                         state[si, name, start] = chunk
-            self._check_install(meta["steps"], meta["state_names"], meta["param_groups"])
         except Exception as exc:  # any error, so that the other ranks hear of it
             error = exc
         failed = self.comm.allgather(None if error is None else repr(error))
@@ -755,6 +931,7 @@ class ShardedOptimizer:
             meta["steps"],
             meta["state_names"],
             meta["param_groups"],
+            meta.get("scalars", [{}] * len(meta["steps"])),
             lambda si, name, dst, start: dst.__setitem__(slice(None), state[si, name, start]),
         )
         self.skipped_steps = meta["skipped_steps"]
@@ -765,6 +942,26 @@ class ShardedOptimizer:
             for si, b_start, b_stop, *_ in self._buckets
         ]
         MPI.Request.Waitall(requests)
+
+
+def _check_shardable(group, gi):
+    """Raise on the settings a sharded step cannot apply as the single-process one does
+    (at construction, and at every step: a group edited later is refused as well)."""
+    if group.get("max_grad_norm") is not None:
+        # Each inner optimizer sees one bucket of one rank: its norm is not the
+        # group's, so clipping there would be silently wrong.
+        raise ValueError(
+            f"param_groups[{gi}]: max_grad_norm is not supported by ShardedOptimizer "
+            "(the norm would cover one rank's shard, not the group); clip the "
+            "gradients before step()"
+        )
+    if group.get("state_dtype") == "8bit":
+        # 8-bit blocks and their scales follow each rank's bucket, not the params:
+        # checkpoints and resharding would need per-rank conversions.
+        raise ValueError(
+            f"param_groups[{gi}]: state_dtype='8bit' is not supported by "
+            "ShardedOptimizer; use None, 'float32' or 'bfloat16'"
+        )
 
 
 def _first_difference(a, b, path="signature"):

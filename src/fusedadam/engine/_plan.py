@@ -83,17 +83,20 @@ def group_spec(algorithm, gi, group, hyper_spec, first, named, state_of, created
         pname = f"params[{first + k}]"
         dtypes = state_dtypes(algorithm, p, hyper_spec.state_dtype, pname)
         st = state_of(p)
-        if st is None:
-            st = {}
+        if st is None or (type(st) is dict and not st):
+            # None, or the empty dict of a read before the first step (torch's habit):
+            # filled at commit, not before.
+            target, st = st, {}
             for name in names:
                 st.update(new_state(p, name, dtypes))
             if master in dtypes:
                 st[master] = p.astype(np.float32)
             st["step"] = new_step
             st.update(new_mu)
-            installs.append((p, None, st))
+            installs.append((p, target, st))
             fresh.append(pname)
             entries = st
+            st = st if target is None else target
         else:
             entries = plan_entries(
                 algorithm, st, p, pname, names, optional, created_of(p), installs, dtypes

@@ -99,6 +99,11 @@ class GroupPlan:
         if len(steps) > 1 or len(mus) > 1:
             return False
         t = (steps.pop() if steps else 0) + 1
+        if not 1 <= t < _validation.MAX_STEP:
+            raise ValueError(
+                f"step of params[{self.first_index}] is {t - 1}; step counts "
+                "run from 0 to below 2**53 (the step number is a float64)"
+            )
         lr = _rules.learning_rate(self.lr, t)
         scale = self.grad_scale if grad_scale is None else grad_scale
         self.scale = (
@@ -183,6 +188,9 @@ class Engine:
 
     def grad_norms(self):
         return list(self.norms)
+
+    def set_grad_norms(self, norms):
+        self.norms = list(norms)
 
     def _fit(self):
         groups = self.groups if self.plans is not None else None
