@@ -310,13 +310,13 @@ def _hooked(opt, calls, tag):
     opt.register_step_post_hook(lambda o, a, k: calls.append((tag, "step_post_2")))
     # A second state-dict hook of each kind, prepended: torch runs it first.
     opt.register_state_dict_pre_hook(lambda o: calls.append((tag, "sd_pre_0")), prepend=True)
-    opt.register_state_dict_post_hook(
-        lambda o, sd: calls.append((tag, "sd_post_0")), prepend=True
-    )
+    opt.register_state_dict_post_hook(lambda o, sd: calls.append((tag, "sd_post_0")), prepend=True)
     opt.register_load_state_dict_pre_hook(
         lambda o, sd: calls.append((tag, "load_pre_0")), prepend=True
     )
-    opt.register_load_state_dict_post_hook(lambda o: calls.append((tag, "load_post_0")), prepend=True)
+    opt.register_load_state_dict_post_hook(
+        lambda o: calls.append((tag, "load_post_0")), prepend=True
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -329,10 +329,10 @@ def test_hooks_run_in_torch_order(name):
         _hooked(opt, calls, "own")
         handles = [
             _optimizer_module.register_optimizer_step_pre_hook(
-                lambda o, a, k: calls.append(("global", "step_pre"))
+                lambda o, a, k, calls=calls: calls.append(("global", "step_pre"))
             ),
             _optimizer_module.register_optimizer_step_post_hook(
-                lambda o, a, k: calls.append(("global", "step_post"))
+                lambda o, a, k, calls=calls: calls.append(("global", "step_post"))
             ),
         ]
         try:

@@ -9,7 +9,6 @@ test failed before the front end was fixed. Skipped without torch.
 
 import copy
 import pickle
-import warnings
 
 import numpy as np
 import pytest
@@ -20,9 +19,8 @@ ft = pytest.importorskip("fusedadam.torch")
 
 def _mlp(dtype=torch.float32, seed=0, frozen=False):
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
-    ).to(dtype)
+    layers = [torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)]
+    model = torch.nn.Sequential(*layers).to(dtype)
     if frozen:
         model[0].requires_grad_(False)
     return model
@@ -420,9 +418,7 @@ def test_max_grad_norm_per_group_with_grad_scale_and_missed_steps():
     gen = torch.Generator().manual_seed(6)
     ours = [torch.randn(s, generator=gen, dtype=torch.float64).requires_grad_() for s in (4, 4, 3)]
     theirs = [p.detach().clone().requires_grad_() for p in ours]
-    opt = ft.Adam(
-        [{"params": ours[:2], "max_grad_norm": 0.1}, {"params": ours[2:]}], lr=1e-2
-    )
+    opt = ft.Adam([{"params": ours[:2], "max_grad_norm": 0.1}, {"params": ours[2:]}], lr=1e-2)
     ref = torch.optim.Adam([{"params": theirs[:2]}, {"params": theirs[2:]}], lr=1e-2)
     scale = 64.0
     for t in range(12):
@@ -441,4 +437,3 @@ def test_max_grad_norm_per_group_with_grad_scale_and_missed_steps():
         assert opt.last_grad_norm[0] == pytest.approx(float(norm), rel=1e-12)
         assert opt.last_grad_norm[1] is None
     _assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
-

@@ -247,8 +247,7 @@ def _betas(group):
     betas = group["betas"]
     if isinstance(betas, (tuple, list)) and any(isinstance(b, torch.Tensor) for b in betas):
         return tuple(
-            float(b.item()) if isinstance(b, torch.Tensor) and b.numel() == 1 else b
-            for b in betas
+            float(b.item()) if isinstance(b, torch.Tensor) and b.numel() == 1 else b for b in betas
         )
     return betas
 
@@ -358,7 +357,9 @@ class Optimizer(torch.optim.Optimizer):
         foreach = defaults.get("foreach") and not defaults.get("capturable")
         lr, betas = defaults["lr"], defaults["betas"]
         if isinstance(lr, torch.Tensor) and foreach:
-            raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+            raise ValueError(
+                "lr as a Tensor is not supported for capturable=False and foreach=True"
+            )
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             return  # fusedadam's own check names the problem
         tensors = [isinstance(b, torch.Tensor) for b in betas]
@@ -1171,9 +1172,7 @@ class Optimizer(torch.optim.Optimizer):
                     )
         for p in chain.from_iterable(self._members(g) for g in new_groups):
             # Entries fusedadam does not know (a library's own) are kept, as torch keeps them.
-            extra = {
-                k: v for k, v in by_param.get(id(p), {}).items() if k not in self._known_state
-            }
+            extra = {k: v for k, v in by_param.get(id(p), {}).items() if k not in self._known_state}
             if extra:
                 state_map[p].update(extra)
         self.__dict__["state"] = state_map
@@ -1268,9 +1267,10 @@ def _doc(cls, torch_name, extra=""):
     """The class docstring: what it mirrors, the formula's home, the fusedadam options."""
     cls.__doc__ = (
         f"{cls.__doc__.strip()}\n\n"
-        f"Same arguments and state as ``{torch_name}`` (``foreach`` and ``fused`` are checked "
-        "as torch checks them, then irrelevant: there is one implementation; ``capturable`` "
-        "and ``differentiable`` must be False), plus fusedadam's ``num_threads`` (None: OpenMP's default) and "
+        f"Same arguments and state as ``{torch_name}`` (``foreach`` and ``fused`` are "
+        "checked as torch checks them, then irrelevant: there is one implementation; "
+        "``capturable`` and ``differentiable`` must be False), plus fusedadam's "
+        "``num_threads`` (None: OpenMP's default) and "
         '``nonfinite`` (``"error"``: a NaN/inf gradient raises and nothing changes; '
         '``"skip"``: the step is skipped and counted in ``skipped_steps``; ``"ignore"``: '
         "no check, as torch). Params must be dense CPU tensors (float32 or float64, or "
