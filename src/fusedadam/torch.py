@@ -83,9 +83,13 @@ def _tensor(a):
     return torch.from_numpy(a)
 
 
-def _check_tensor(t, name, kind="parameter"):
+def _check_tensor(t, name, kind="parameter", meta=False):
     """A tensor the step may read or write by pointer: dense, strided, CPU, contiguous, real
-    floating point of a supported dtype. Raises with what is wrong and what to do."""
+    floating point of a supported dtype. Raises with what is wrong and what to do.
+
+    A param (``kind="parameter"``) may be non-contiguous: the step updates a contiguous copy
+    and writes it back. ``meta=True`` accepts the meta device (the construction of an
+    optimizer over a model initialised on it; the step refuses it)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.is_sparse or t.layout is not torch.strided:
@@ -94,7 +98,14 @@ def _check_tensor(t, name, kind="parameter"):
             "(for sparse embedding gradients use torch.optim.SparseAdam or fusedadam.SparseAdam)"
         )
     if t.device.type == "meta":
-        raise ValueError(f"{name} is on the meta device: it has no data to update")
+        if meta:
+            return
+        raise ValueError(
+            f"{name} is on the meta device: it has no data to update. Materialise it before "
+            "the first step (module.to_empty(device='cpu') keeps the param objects only with "
+            "torch.__future__.set_swap_module_params_on_conversion(True); otherwise build "
+            "the optimizer after to_empty)"
+        )
     if t.device.type != "cpu":
         raise ValueError(f"{name} is on {t.device}; {_OFFLOAD_HINT}")
     if t.dtype not in _FLOATS:
@@ -102,7 +113,7 @@ def _check_tensor(t, name, kind="parameter"):
             f"{name} has dtype {t.dtype}; fusedadam.torch supports "
             f"{', '.join(str(d) for d in _FLOATS)}"
         )
-    if not t.is_contiguous():
+    if kind != "parameter" and not t.is_contiguous():
         raise ValueError(
             f"{name} is not contiguous (strides {t.stride()} for shape {tuple(t.shape)}); "
             f"the step updates {kind}s in place by pointer: pass a contiguous tensor"
@@ -231,6 +242,16 @@ def _lr_value(lr, where):
     return lr
 
 
+def _betas(group):
+    """A group's betas as the floats the kernel takes (torch allows 1-element tensors)."""
+    betas = group["betas"]
+    if isinstance(betas, (tuple, list)) and any(isinstance(b, torch.Tensor) for b in betas):
+        return tuple(
+            float(b.item()) if isinstance(b, torch.Tensor) and b.numel() == 1 else b for b in betas
+        )
+    return betas
+
+
 def _counter(value, dtype, where, name):
     """A state counter as the writeable 0-d array the kernel updates: the tensor's own
     memory when it already is one (int64 step, float64 mu_product), else a new array."""
@@ -279,8 +300,10 @@ def _optim_defaults(cls):
 _profiler = torch.autograd.profiler
 _GRAD = operator.attrgetter("grad")
 _DATA_PTR = torch.Tensor.data_ptr
+_IS_CONTIGUOUS = torch.Tensor.is_contiguous
 _NUMPY = torch.Tensor.numpy
 _NONE = itertools.repeat(None)
+_BUMP = torch._C._increment_version  # torch.autograd.graph.increment_version, one call
 import torch.optim.optimizer as _optimizer_module  # noqa: E402
 
 # torch's global step hooks: dicts it adds to and removes from, never rebinds.
@@ -308,13 +331,51 @@ class Optimizer(torch.optim.Optimizer):
         defaults = {k: v for k, v in arguments.items() if k not in ("self", "params", "__class__")}
         defaults.update(self._FIXED)
         self._init_private()
+        self._check_torch_flags(defaults)
         self._check_torch_only(defaults, "")
         _validation.check_hyperparameters(
-            {**defaults, "lr": _lr_value(defaults["lr"], "")}, self._inner_keys, ""
+            {**defaults, "lr": _lr_value(defaults["lr"], ""), "betas": _betas(defaults)},
+            self._inner_keys,
+            "",
         )
         super().__init__(params, defaults)
+        if defaults.get("fused"):
+            # torch.optim.Adam's checks of its own implementation flags, in its order.
+            if defaults.get("differentiable"):
+                raise RuntimeError("`fused` does not support `differentiable`")
+            if defaults.get("foreach"):
+                raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         self._ready = True
         self._rebuild()
+
+    def _check_torch_flags(self, defaults):
+        """torch.optim.Adam's (and AdamW's) checks of a tensor lr and tensor betas against
+        its ``foreach``/``capturable`` flags: the same errors, though one implementation
+        runs here whatever the flags say."""
+        if "fused" not in defaults:
+            return  # Adamax, NAdam, RAdam: torch checks only the lr tensor's size
+        foreach = defaults.get("foreach") and not defaults.get("capturable")
+        lr, betas = defaults["lr"], defaults["betas"]
+        if isinstance(lr, torch.Tensor) and foreach:
+            raise ValueError(
+                "lr as a Tensor is not supported for capturable=False and foreach=True"
+            )
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            return  # fusedadam's own check names the problem
+        tensors = [isinstance(b, torch.Tensor) for b in betas]
+        if not (all(tensors) or all(isinstance(b, float) for b in betas)):
+            raise ValueError("betas must be either both floats or both Tensors")
+        if all(tensors):
+            for k, b in enumerate(betas):
+                if foreach:
+                    raise ValueError(
+                        f"betas[{k}] as a Tensor is not supported for capturable=False and "
+                        "foreach=True"
+                    )
+                if b.numel() != 1:
+                    raise ValueError(f"Tensor betas[{k}] must be 1-element")
+            # torch keeps them as 0-d tensors in the group.
+            defaults["betas"] = tuple(b.squeeze() if b.dim() else b for b in betas)
 
     def _init_private(self):
         self._inner_keys = tuple(
@@ -328,9 +389,17 @@ class Optimizer(torch.optim.Optimizer):
             for name, par in inspect.signature(self._inner_cls.__init__).parameters.items()
             if name not in ("self", "params", "lr") and name not in self._inner_keys
         }
+        algorithm = self._inner_cls.algorithm
+        self._known_state = frozenset(
+            ("step", "master_param", *algorithm.all_state_names())
+            + tuple(name for name, _ in algorithm.scalar_state)
+        )
         self._flag = _Flag()
         self._views: Dict[int, Tuple[torch.Tensor, np.ndarray, int]] = {}
         self._fa: Any = None
+        self._skipped = 0
+        self._dtypes: Dict[int, torch.dtype] = {}
+        self._shadows: List[Tuple[int, torch.Tensor, torch.Tensor]] = []
         self._seen: Any = None
         self._layout: Any = None
         self._state_map: Any = None
@@ -363,6 +432,8 @@ class Optimizer(torch.optim.Optimizer):
     def _check_group(self, group, where):
         self._check_torch_only(group, where)
         checked = {k: group[k] for k in self._inner_keys if k in group}
+        if "betas" in checked:
+            checked["betas"] = _betas(checked)
         keys = tuple(checked)
         if "lr" in group:
             checked["lr"] = _lr_value(group["lr"], where)
@@ -386,35 +457,63 @@ class Optimizer(torch.optim.Optimizer):
                     p = p[1]  # (name, tensor): torch's named parameters
                 if not isinstance(p, torch.Tensor):
                     continue  # torch's message
-                _check_tensor(p, f"params[{first + k}]")
-                if not p.requires_grad:
-                    raise ValueError(
-                        f"params[{first + k}] does not require grad, so it would never be "
-                        "updated; pass only trainable tensors, e.g. [p for p in "
-                        "model.parameters() if p.requires_grad]"
-                    )
+                # A param without requires_grad is kept and skipped while its grad is None
+                # (torch's rule: frozen layers of a model passed whole).
+                _check_tensor(p, f"params[{first + k}]", meta=True)
         self._check_group(param_group, f"param_groups[{len(self.param_groups)}]: ")
         super().add_param_group(param_group)
         if getattr(self, "_ready", False):
             self._rebuild()
 
-    def _rebuild(self):
-        """A fresh inner optimizer over views of every param (state re-synced next step)."""
+    @staticmethod
+    def _members(group):
+        """A group's params, each once (torch warns about a duplicate and keeps it; the step
+        updates it once)."""
+        params = group["params"]
+        if len(set(map(id, params))) == len(params):
+            return params
+        seen: set = set()
+        return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
+
+    def _rebuild(self, at_step=False):
+        """A fresh inner optimizer over views of every param (state re-synced next step).
+
+        A non-contiguous param's view is a contiguous copy (its "shadow"), refreshed from the
+        param before each step and written back after it. While a param is on the meta
+        device there is no inner optimizer: the step (``at_step``) refuses it.
+        """
         views = {}
         flat = 0
+        deferred = False
         for group in self.param_groups:
-            for p in group["params"]:
-                _check_tensor(p, f"params[{flat}]")
-                old = self._views.get(id(p))
-                if old is not None and old[0] is p and old[2] == p.data_ptr():
-                    views[id(p)] = old
-                else:
-                    views[id(p)] = (p, _numpy(p), p.data_ptr())
+            for p in self._members(group):
+                _check_tensor(p, f"params[{flat}]", meta=not at_step)
                 flat += 1
+                if p.device.type == "meta":
+                    deferred = True
+                    continue
+                layout = (p.data_ptr(), p.dtype, p.shape, p.stride())
+                old = self._views.get(id(p))
+                if old is not None and old[0] is p and old[3] == layout:
+                    views[id(p)] = old
+                elif p.is_contiguous():
+                    views[id(p)] = (p, _numpy(p), layout[0], layout, None)
+                else:
+                    shadow = p.detach().contiguous()
+                    views[id(p)] = (p, _numpy(shadow), layout[0], layout, shadow)
+        if deferred:
+            self._views = {}
+            self._by_view = {}
+            self._layout = None
+            self._seen = None
+            self._flag.dirty = True
+            if not isinstance(self.__dict__.get("state"), _StateMap):
+                self._wrap_state()
+            return
         self._views = views
         inner = self._inner_sub(
             [
-                self._inner_group(g, [views[id(p)][1] for p in g["params"]])
+                self._inner_group(g, [views[id(p)][1] for p in self._members(g)])
                 for g in self.param_groups
             ]
         )
@@ -422,6 +521,8 @@ class Optimizer(torch.optim.Optimizer):
         if self._fa is not None:
             inner.skipped_steps = self._fa.skipped_steps
             self._fa._frontend = None
+        elif self._skipped:
+            inner.skipped_steps = self._skipped
         self._fa = inner
         self._by_view = {id(v[1]): v[0] for v in views.values()}
         self._layout = None
@@ -433,6 +534,8 @@ class Optimizer(torch.optim.Optimizer):
     def _inner_group(self, group, views):
         g = dict(self._inner_only)
         g.update({k: group[k] for k in self._inner_keys})
+        if "betas" in g:
+            g["betas"] = _betas(g)
         g["lr"] = _lr_value(group["lr"], "")
         g["params"] = views
         return g
@@ -442,7 +545,10 @@ class Optimizer(torch.optim.Optimizer):
         old = self.__dict__.get("state") or {}
         new = _StateMap(self._flag)
         for p, st in old.items():
-            dict.__setitem__(new, p, _WatchedState(self._flag, st))
+            # A key that is not a param (a user's or a library's entry) is kept as it is.
+            if isinstance(p, torch.Tensor) and isinstance(st, dict):
+                st = _WatchedState(self._flag, st)
+            dict.__setitem__(new, p, st)
         self.__dict__["state"] = new
         self._flag.dirty = True
 
@@ -539,11 +645,18 @@ class Optimizer(torch.optim.Optimizer):
             getter = self._getter
             for pair in self._pairs:
                 values = getter(pair[1])
-                # A tensor lr may change in place: read it every step.
-                if values != pair[2] or type(values[-1]) is torch.Tensor:
+                # A tensor lr or betas may change in place: read them every step.
+                if pair[3] or values != pair[2]:
                     self._push_hyper(pair, values)
+            shadows = self._shadows
+            for i, p, shadow in shadows:
+                if grads[i] is not None:
+                    shadow.copy_(p.detach())  # the param may have been edited in place
+            skipped = self._fa.skipped_steps
             try:
-                if grad_scale is not None:
+                if not self._full and self._split_clip:
+                    self._clip_split_groups(inner_grads, grad_scale)
+                elif grad_scale is not None:
                     self._fa.step(inner_grads, _scale_value(grad_scale))
                 else:
                     self._fa.step(inner_grads)
@@ -551,9 +664,56 @@ class Optimizer(torch.optim.Optimizer):
                 if self._full:
                     raise
                 raise self._renumbered(error) from None
+            if self._fa.skipped_steps == skipped:
+                self._written(grads, missing)
         finally:
             grads[:] = self._nones  # no reference to the grads outlives the step
         return loss
+
+    def _written(self, grads, missing):
+        """After a committed step: write the non-contiguous params back from their copies and
+        bump the version counter of every param written, as an in-place update does (a
+        backward that saved one of them then raises instead of using the new values)."""
+        for i, p, shadow in self._shadows:
+            if grads[i] is not None:
+                p.detach().copy_(shadow)
+        if missing:
+            _BUMP([p for p, g in zip(self._params, grads) if g is not None])
+        else:
+            _BUMP(self._params)
+
+    def _clip_split_groups(self, inner_grads, grad_scale):
+        """Step with every torch group in ``_split_clip`` clipped by its whole norm (the
+        parts' own clipping off, the factor folded into each part's ``grad_scale``)."""
+        scale = 1.0 if grad_scale is None else float(_scale_value(grad_scale))
+        groups = self._fa.param_groups
+        starts = list(itertools.accumulate([0] + [len(g["params"]) for g in groups]))
+        split = {}
+        self._split_norms = {}
+        for gi, ks in self._split_clip:
+            total = math.fsum(
+                float(np.dot(a.reshape(-1), a.reshape(-1).astype(np.float64)))
+                for k in ks
+                for a in inner_grads[starts[k] : starts[k + 1]]
+            )
+            norm = math.sqrt(total) / scale
+            self._split_norms[gi] = norm
+            coef = float(self.param_groups[gi]["max_grad_norm"]) / (norm + 1e-6)
+            for k in ks:
+                # A non-finite norm leaves the grads as they are: the non-finite policy
+                # then sees them.
+                split[k] = scale / coef if math.isfinite(norm) and coef < 1.0 else scale
+        saved = [(g.get("grad_scale", 1.0), g.get("max_grad_norm")) for g in groups]
+        try:
+            for k, g in enumerate(groups):
+                g["grad_scale"] = split.get(k, scale)
+                if k in split:
+                    g["max_grad_norm"] = None
+            self._fa.step(inner_grads)
+        finally:
+            for g, (gs, mg) in zip(groups, saved):
+                g["grad_scale"] = gs
+                g["max_grad_norm"] = mg
 
     def _renumbered(self, error):
         """The NumPy optimizer's error with its param/grad indices (positions among the
@@ -570,11 +730,17 @@ class Optimizer(torch.optim.Optimizer):
         """Copy a torch group's hyperparameters into its inner group (the NumPy optimizer
         re-validates them at the step, as it does any edited group)."""
         inner = pair[0]
+        volatile = type(values[-1]) is torch.Tensor
         for key, value in zip(self._inner_keys, values):
+            if key == "betas":
+                plain = _betas({"betas": value})
+                volatile = volatile or plain is not value
+                value = plain
             inner[key] = value
         lr = values[-1]
         inner["lr"] = lr if type(lr) is float else _lr_value(lr, "")
         pair[2] = values
+        pair[3] = volatile
 
     def _collect(self):
         """Fill ``self._grads`` with NumPy views of the grads (None where there is none);
@@ -586,7 +752,11 @@ class Optimizer(torch.optim.Optimizer):
         if list(map(_DATA_PTR, params)) != self._ptrs:
             return None
         found = list(map(_GRAD, params))
-        if self._any_low or any(map(operator.is_, found, _NONE)):
+        if (
+            self._any_low
+            or any(map(operator.is_, found, _NONE))
+            or not all(map(_IS_CONTIGUOUS, found))
+        ):
             return self._collect_each(found)
         try:
             self._grads[:] = map(_NUMPY, found)
@@ -605,7 +775,7 @@ class Optimizer(torch.optim.Optimizer):
             if g is None:
                 missing = True
                 grads[i] = None
-            elif low:
+            elif low or not g.is_contiguous():
                 return self._collect_each(list(map(_GRAD, self._params)))
             else:
                 try:
@@ -623,6 +793,8 @@ class Optimizer(torch.optim.Optimizer):
                 grads[i] = None
                 continue
             try:
+                if not g.is_contiguous() and g.layout is torch.strided and not g.requires_grad:
+                    g = g.contiguous()  # torch steps any strided grad: the step reads a copy
                 # A bfloat16/float16 param may have a float32, bfloat16 or float16 grad.
                 grads[i] = _numpy(g) if low and g.dtype == torch.bfloat16 else g.numpy()
             except Exception as error:
@@ -663,13 +835,18 @@ class Optimizer(torch.optim.Optimizer):
         groups = self.param_groups
         if not isinstance(self.__dict__.get("state"), _StateMap):
             self._wrap_state()
-        ids = [id(p) for g in groups for p in g["params"]]
+        members = [self._members(g) for g in groups]
+        ids = [id(p) for ps in members for p in ps]
         for gi, g in enumerate(groups):
             self._check_group(g, f"param_groups[{gi}]: ")
         if len(set(ids)) != len(ids):
             raise ValueError("some parameters appear in more than one parameter group")
-        if ids != list(self._views) or any(v[0].data_ptr() != v[2] for v in self._views.values()):
-            self._rebuild()  # the inner state is re-derived from opt.state below
+        if (
+            self._fa is None
+            or ids != list(self._views)
+            or any(v[0].data_ptr() != v[2] for v in self._views.values())
+        ):
+            self._rebuild(at_step=True)  # the inner state is re-derived from opt.state below
         state_map = self._state_map = self.__dict__["state"]
         inner = self._fa
         flat = 0
@@ -677,8 +854,8 @@ class Optimizer(torch.optim.Optimizer):
         counters = {"step": np.int64}
         counters.update({n: np.float64 for n, _ in self._inner_cls.algorithm.scalar_state})
         seen_counters: set = set()
-        for g in groups:
-            for p in g["params"]:
+        for ps in members:
+            for p in ps:
                 view = self._views[id(p)][1]
                 st = dict.get(state_map, p)
                 where = f"opt.state of params[{flat}]"
@@ -692,6 +869,8 @@ class Optimizer(torch.optim.Optimizer):
                     dict.__setitem__(state_map, p, st)
                 entries = {}
                 for key, value in list(st.items()):
+                    if key not in self._known_state:
+                        continue  # a user's or a library's entry: kept, not the step's
                     if key in counters:
                         array, new = _counter(value, counters[key], where, key)
                         address = (key, array.__array_interface__["data"][0])
@@ -715,29 +894,65 @@ class Optimizer(torch.optim.Optimizer):
             if id(view) not in live:
                 del inner.state[view]
         self._entries = [
-            (p, self._views[id(p)][2], p.dtype in _LOW_PRECISION)
-            for g in groups
-            for p in g["params"]
+            (p, self._views[id(p)][2], p.dtype in _LOW_PRECISION) for ps in members for p in ps
+        ]
+        self._shadows = [
+            (i, e[0], self._views[id(e[0])][4])
+            for i, e in enumerate(self._entries)
+            if self._views[id(e[0])][4] is not None
         ]
         self._grads: List[Any] = [None] * len(self._entries)
         self._nones = [None] * len(self._entries)
         self._params = [e[0] for e in self._entries]
         self._ptrs = [e[1] for e in self._entries]
-        self._any_low = any(e[2] for e in self._entries)
+        # bfloat16/float16 params and non-contiguous ones take the per-grad path.
+        self._any_low = any(e[2] for e in self._entries) or bool(self._shadows)
         self._seen = (groups, [(g, g["params"], len(g["params"])) for g in groups])
         self._layout = None
         self._flag.dirty = False
+        if self._state_fits_dtypes(members):
+            return
+        # A param changed dtype under the optimizer (model.float() on a bfloat16 model,
+        # model.bfloat16(), model.double()): its state is converted as load_state_dict(...,
+        # convert=True) converts a saved one, all of it before the step, or nothing.
+        self._load(self._state_dict(), convert=True)
+        self._sync()
+
+    def _state_fits_dtypes(self, members):
+        """Whether every param's state is laid out for the param's dtype: a float32
+        ``master_param`` exactly for bfloat16/float16 params, and (without ``state_dtype``,
+        for a param whose dtype changed since the last step) moments in the dtype of a
+        float32/float64 param. A state tensor of another dtype set by hand stays an error."""
+        state_map = self.__dict__["state"]
+        slots = self._inner_cls.algorithm.all_state_names()
+        before, self._dtypes = self._dtypes, {id(p): p.dtype for ps in members for p in ps}
+        for g, ps in zip(self.param_groups, members):
+            for p in ps:
+                st = dict.get(state_map, p)
+                if not st:
+                    continue
+                low = p.dtype in _LOW_PRECISION
+                if low != ("master_param" in st):
+                    return False
+                changed = before.get(id(p), p.dtype) != p.dtype
+                if changed and not low and g.get("state_dtype") is None:
+                    for name in slots:
+                        value = st.get(name)
+                        if isinstance(value, torch.Tensor) and value.dtype != p.dtype:
+                            return False
+        return True
 
     def _relayout(self, mask):
         """Inner groups for this step's params: one per torch group when every param has a
         grad and its group is at one step; else, per torch group, the params with a grad
         split by step count."""
         parts = []  # (torch group, flat indices)
+        owners = []  # each part's torch group index
         flat = 0
         full = True
-        for g in self.param_groups:
+        for gi, g in enumerate(self.param_groups):
             buckets: Dict[int, List[int]] = {}
-            for p in g["params"]:
+            for p in self._members(g):
                 if mask is None or mask[flat]:
                     st = self._fa.state.get(self._views[id(p)][1])
                     step = int(st["step"]) if st and "step" in st else 0
@@ -749,6 +964,7 @@ class Optimizer(torch.optim.Optimizer):
                 full = False
             for step in sorted(buckets):
                 parts.append((g, buckets[step]))
+                owners.append(gi)
         entries = self._entries
         inner_groups = []
         for g, indices in parts:
@@ -756,11 +972,22 @@ class Optimizer(torch.optim.Optimizer):
                 self._inner_group(g, [self._views[id(entries[j][0])][1] for j in indices])
             )
         self._fa.param_groups = inner_groups
-        self._pairs = [[ig, g, None] for ig, (g, _) in zip(inner_groups, parts)]
+        # [inner group, torch group, values last pushed, whether a tensor lr/betas (which
+        # may change in place) makes every step push]
+        self._pairs = [[ig, g, None, False] for ig, (g, _) in zip(inner_groups, parts)]
         self._order = [j for _, indices in parts for j in indices]
         self._full = full and len(parts) == len(self.param_groups)
         self._mask = mask
         self._layout = parts
+        self._owners = owners
+        # Torch groups stepped in several parts (params at different step counts) whose
+        # gradients are clipped: clipped here over the whole group, as clip_grad_norm_ does.
+        self._split_clip = [
+            (gi, [k for k, o in enumerate(owners) if o == gi])
+            for gi in sorted(set(owners))
+            if owners.count(gi) > 1 and self.param_groups[gi].get("max_grad_norm") is not None
+        ]
+        self._split_norms: Dict[int, float] = {}
 
     def _adopt(self, installs):
         """Mirror the state a committed inner step created into ``opt.state`` (tensor views
@@ -786,6 +1013,14 @@ class Optimizer(torch.optim.Optimizer):
         """
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
+        state_dict = self._state_dict()
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    def _state_dict(self):
         mappings: Dict[int, int] = {}
         groups = []
         start = 0
@@ -798,6 +1033,9 @@ class Optimizer(torch.optim.Optimizer):
             groups.append(packed)
         packed_state = {}
         for p, st in self.state.items():
+            if not isinstance(p, torch.Tensor):
+                packed_state[p] = st  # torch keeps a key that is not a param as it is
+                continue
             if not st:
                 continue
             entry = dict(st)
@@ -807,12 +1045,7 @@ class Optimizer(torch.optim.Optimizer):
                     step, dtype=torch.float32 if step < _FLOAT32_EXACT else torch.float64
                 )
             packed_state[mappings[id(p)] if isinstance(p, torch.Tensor) else p] = entry
-        state_dict = {"state": packed_state, "param_groups": groups}
-        for post_hook in self._optimizer_state_dict_post_hooks.values():
-            result = post_hook(self, state_dict)
-            if result is not None:
-                state_dict = result
-        return state_dict
+        return {"state": packed_state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: Dict[str, Any], convert: bool = False) -> None:
         """Load a state dict of this class or of the torch.optim class of the same name.
@@ -832,6 +1065,13 @@ class Optimizer(torch.optim.Optimizer):
                 state_dict = result
         if self._flag.dirty or not self._fits():
             self._sync()
+        self._load(state_dict, convert)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _load(self, state_dict, convert):
+        for _, p, shadow in self._shadows:
+            shadow.copy_(p.detach())  # a master_param made by convert=True reads it
         groups = self.param_groups
         saved_groups = deepcopy(state_dict["param_groups"])
         if len(groups) != len(saved_groups):
@@ -859,18 +1099,21 @@ class Optimizer(torch.optim.Optimizer):
             self._check_group(new, f"state_dict['param_groups'][{gi}]: ")
             new_groups.append(new)
         by_param = {}
+        others = {}
         for key, entry in state_dict["state"].items():
             if key in id_map:
                 if not isinstance(entry, dict):
                     raise TypeError(f"state_dict['state'][{key!r}] must be a dict")
                 by_param[id(id_map[key])] = entry
+            else:
+                others[key] = deepcopy(entry)  # torch keeps keys that are not params
         # Inner groups for the saved state: per group, its params split by saved step.
         parts = []
         inner_state = {}
         index = 0
         for g in new_groups:
             buckets: Dict[Any, List[torch.Tensor]] = OrderedDict()
-            for p in g["params"]:
+            for p in self._members(g):
                 entry = by_param.get(id(p))
                 where = f"state_dict['state'] of params[{index}]"
                 if entry:
@@ -889,7 +1132,8 @@ class Optimizer(torch.optim.Optimizer):
             for p in members:
                 entry = by_param.get(id(p))
                 if entry:
-                    inner_state[inner_index] = self._inner_entry(entry, p, inner_index)
+                    known = {k: v for k, v in entry.items() if k in self._known_state}
+                    inner_state[inner_index] = self._inner_entry(known, p, inner_index)
                 ids.append(inner_index)
                 inner_index += 1
             inner_groups.append(
@@ -908,6 +1152,8 @@ class Optimizer(torch.optim.Optimizer):
         # Committed: torch's groups, and opt.state as views of the inner (copied) state.
         self.param_groups = new_groups
         state_map = _StateMap(self._flag)
+        for key, entry in others.items():
+            dict.__setitem__(state_map, key, entry)
         for ig, _ in inner_groups:
             for view in ig["params"]:
                 ist = self._fa.state.get(view)
@@ -924,10 +1170,13 @@ class Optimizer(torch.optim.Optimizer):
                             },
                         ),
                     )
+        for p in chain.from_iterable(self._members(g) for g in new_groups):
+            # Entries fusedadam does not know (a library's own) are kept, as torch keeps them.
+            extra = {k: v for k, v in by_param.get(id(p), {}).items() if k not in self._known_state}
+            if extra:
+                state_map[p].update(extra)
         self.__dict__["state"] = state_map
         self._flag.dirty = True  # re-derive layout and views from the loaded state
-        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
-            post_hook(self)
 
     def _inner_entry(self, entry, p, index):
         """A torch-layout state entry as the NumPy optimizer's state dict takes it."""
@@ -951,6 +1200,9 @@ class Optimizer(torch.optim.Optimizer):
                     raise TypeError(f"state_dict: {key} of params[{index}] has dtype {value.dtype}")
                 # Low precision: the NumPy optimizer decides (convert=True casts).
                 out[key] = _numpy(value.resolve_conj().resolve_neg().contiguous())
+            elif key == "step":
+                # torch's older checkpoints hold a Python number: any whole number loads.
+                out[key] = _counter(value, np.int64, f"state of params[{index}]", key)[0]
             else:
                 out[key] = value
         return out
@@ -959,7 +1211,11 @@ class Optimizer(torch.optim.Optimizer):
     def __getstate__(self):
         return {
             "defaults": self.defaults,
-            "state": {p: dict(st) for p, st in self.state.items() if st},
+            "state": {
+                p: dict(st) if isinstance(p, torch.Tensor) else st
+                for p, st in self.state.items()
+                if not isinstance(p, torch.Tensor) or st
+            },
             "param_groups": self.param_groups,
         }
 
@@ -978,14 +1234,24 @@ class Optimizer(torch.optim.Optimizer):
     @property
     def last_grad_norm(self):
         """The unscaled gradients' 2-norm of the last step, per group with ``max_grad_norm``
-        (what ``torch.nn.utils.clip_grad_norm_`` returns); see
+        (what ``torch.nn.utils.clip_grad_norm_`` returns over the group's params that have a
+        grad): a float for one group, else a list; see
         :attr:`fusedadam.Optimizer.last_grad_norm`."""
-        return self._fa.last_grad_norm
+        if self._fa is None:
+            return None
+        inner = self._fa.last_grad_norm
+        if self._layout is None or self._full:
+            return inner
+        inner = inner if isinstance(inner, list) else [inner]
+        out: List[Any] = [None] * len(self.param_groups)
+        for k, gi in enumerate(self._owners):
+            out[gi] = self._split_norms.get(gi, inner[k] if k < len(inner) else None)
+        return out[0] if len(out) == 1 else out
 
     @property
     def skipped_steps(self) -> int:
         """Steps skipped for non-finite gradients (``nonfinite="skip"``)."""
-        return self._fa.skipped_steps
+        return self._skipped if self._fa is None else self._fa.skipped_steps
 
 
 def _scale_value(scale):
@@ -1001,16 +1267,19 @@ def _doc(cls, torch_name, extra=""):
     """The class docstring: what it mirrors, the formula's home, the fusedadam options."""
     cls.__doc__ = (
         f"{cls.__doc__.strip()}\n\n"
-        f"Same arguments and state as ``{torch_name}`` (``foreach`` and ``fused`` are accepted "
-        "and ignored: there is one implementation; ``capturable`` and ``differentiable`` must "
-        "be False), plus fusedadam's ``num_threads`` (None: OpenMP's default) and "
+        f"Same arguments and state as ``{torch_name}`` (``foreach`` and ``fused`` are "
+        "checked as torch checks them, then irrelevant: there is one implementation; "
+        "``capturable`` and ``differentiable`` must be False), plus fusedadam's "
+        "``num_threads`` (None: OpenMP's default) and "
         '``nonfinite`` (``"error"``: a NaN/inf gradient raises and nothing changes; '
         '``"skip"``: the step is skipped and counted in ``skipped_steps``; ``"ignore"``: '
-        "no check, as torch). Params must be dense, contiguous CPU tensors (float32 or "
-        "float64, or bfloat16/float16 with a float32 master copy in the state) that require "
-        'grad. ``state_dtype`` (None or "bfloat16") and ``max_grad_norm`` (clip the '
-        "group's gradients to this 2-norm, as ``torch.nn.utils.clip_grad_norm_``, inside the "
-        "step) are fusedadam's mixed-precision options. " + extra
+        "no check, as torch). Params must be dense CPU tensors (float32 or float64, or "
+        "bfloat16/float16 with a float32 master copy in the state); as in torch, a param "
+        "whose grad is None (a frozen one) is skipped. ``state_dtype`` (None or "
+        '"bfloat16") and ``max_grad_norm`` (clip the group\'s gradients to this 2-norm, as '
+        "``torch.nn.utils.clip_grad_norm_``, inside the step) are fusedadam's "
+        "mixed-precision options. What differs from torch.optim is listed in "
+        "docs/torch_differences.md. " + extra
     )
     return cls
 
