@@ -341,7 +341,156 @@ def lightning(out):
     return result
 
 
-SCENARIOS = {"zero": zero, "hf": hf, "deepspeed": deepspeed_zero2, "lightning": lightning}
+# ------------------------------------------------------------------ FSDP2
+def _fsdp_model():
+    """Uneven shards on 2 ranks: 33 rows split 17/16, a bias of 3 split 2/1."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 33), torch.nn.Tanh(), torch.nn.Linear(33, 3))
+
+
+def _full_batch(step, world):
+    xs, ys = zip(*(_fsdp_batch(step, r) for r in range(world)))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _fsdp_batch(step, rank):
+    x, y = _batch(step, rank)
+    return x, y[:, :3]
+
+
+def _dcp_state(model, opt):
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, opt)
+    return {"model": model_sd, "optim": optim_sd}
+
+
+def _dcp_load(model, opt, folder):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    state = _dcp_state(model, opt)
+    dcp.load(state, checkpoint_id=folder)
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def _full_params(model):
+    out = {}
+    for k, v in model.state_dict().items():
+        v = v.full_tensor() if hasattr(v, "full_tensor") else v
+        out[k] = v.detach().clone()
+    return out
+
+
+def fsdp2(out):
+    """fully_shard on 2 ranks against one process on the whole batch; with and without
+    max_grad_norm; a DCP checkpoint at step 3, resumed here at 2 ranks (and at 1 rank by
+    the scenario fsdp2_resume1, launched next)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo")
+    rank, world = _rank(), _world()
+
+    def run(cls, clip, sharded, start=0, load=None, save=None):
+        model = _fsdp_model()
+        if sharded:
+            for layer in (model[0], model[2]):
+                fully_shard(layer)
+            fully_shard(model)
+        kw = {"max_grad_norm": clip} if clip and cls is not torch.optim.AdamW else {}
+        opt = cls(model.parameters(), lr=LR, weight_decay=WD, **kw)
+        if load is not None:
+            _dcp_load(model, opt, load)
+        losses, norms = [], []
+        for step in range(start, STEPS):
+            x, y = _fsdp_batch(step, rank) if sharded else _full_batch(step, world)
+            loss = F.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            if clip and cls is torch.optim.AdamW:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            losses.append(_mean(loss.item()) if sharded else loss.item())
+            norms.append(getattr(opt, "last_grad_norm", None))
+            if save is not None and step + 1 == SAVE_AT:
+                dcp.save(_dcp_state(model, opt), checkpoint_id=save)
+        result = {"losses": losses, "params": _full_params(model), "norms": norms}
+        if sharded and cls is ft.AdamW:
+            st = opt.state[next(iter(model.parameters()))]
+            result["state_types"] = {k: type(v).__name__ for k, v in st.items()}
+        return result
+
+    result = {}
+    for clip in (None, CLIP):
+        tag = "clip" if clip else "noclip"
+        result[f"single_{tag}"] = run(ft.AdamW, clip, sharded=False)
+        result[f"fsdp_{tag}"] = run(
+            ft.AdamW, clip, sharded=True, save=str(Path(out) / f"dcp_{tag}")
+        )
+        result[f"fsdp_torch_{tag}"] = run(torch.optim.AdamW, clip, sharded=True)
+        result[f"fsdp_{tag}_resumed"] = run(
+            ft.AdamW, clip, sharded=True, start=SAVE_AT, load=str(Path(out) / f"dcp_{tag}")
+        )
+    result["nonfinite"] = _fsdp_nonfinite(rank)
+    return result
+
+
+def _fsdp_nonfinite(rank):
+    """A NaN in rank 1's shard only: every rank raises ("error") or skips ("skip")."""
+    from torch.distributed.fsdp import fully_shard
+
+    out = {}
+    for policy in ("error", "skip"):
+        model = _fsdp_model()
+        fully_shard(model)
+        opt = ft.AdamW(model.parameters(), lr=LR, nonfinite=policy)
+        before = _full_params(model)
+        x, y = _fsdp_batch(0, rank)
+        F.mse_loss(model(x), y).backward()
+        if rank == 1:
+            next(iter(model.parameters())).grad._local_tensor[0, 0] = float("nan")
+        try:
+            opt.step()
+            outcome = f"stepped, skipped_steps={opt.skipped_steps}"
+        except FloatingPointError as error:
+            outcome = f"raised: {error}"
+        outcomes = [None] * _world()
+        dist.all_gather_object(outcomes, outcome)
+        unchanged = all(torch.equal(before[k], v) for k, v in _full_params(model).items())
+        out[policy] = {"outcomes": outcomes, "unchanged": unchanged, "state": len(opt.state)}
+    return out
+
+
+def fsdp2_resume1(out):
+    """The 2-rank DCP checkpoints of fsdp2 resumed in one process (no FSDP)."""
+    dist.init_process_group("gloo")
+    result = {}
+    for clip in (None, CLIP):
+        tag = "clip" if clip else "noclip"
+        model = _fsdp_model()
+        opt = ft.AdamW(model.parameters(), lr=LR, weight_decay=WD, max_grad_norm=clip)
+        _dcp_load(model, opt, str(Path(out) / f"dcp_{tag}"))
+        losses = []
+        for step in range(SAVE_AT, STEPS):
+            x, y = _full_batch(step, 2)
+            loss = F.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        result[tag] = {"losses": losses, "params": _full_params(model)}
+    return result
+
+
+SCENARIOS = {
+    "fsdp2": fsdp2,
+    "fsdp2_resume1": fsdp2_resume1,
+    "zero": zero,
+    "hf": hf,
+    "deepspeed": deepspeed_zero2,
+    "lightning": lightning,
+}
 
 
 def main():

@@ -127,3 +127,37 @@ def test_lightning_bf16_mixed(tmp_path):
     close_params(r["fused"]["params"], r["torch"]["params"], atol=1e-6)
     assert r["fused_resumed"]["losses"] == r["fused"]["losses"][3:]
     equal_params(r["fused_resumed"]["params"], r["fused"]["params"])
+
+
+def test_fsdp2_fully_shard(tmp_path):
+    r = torchrun("fsdp2", tmp_path)
+    for tag in ("noclip", "clip"):
+        single, fsdp = r[f"single_{tag}"], r[f"fsdp_{tag}"]
+        # 2 ranks of FSDP2 (uneven shards) == one process on the whole batch, to rounding;
+        # with clipping, only a global norm gives that (each rank sees half the gradient).
+        np.testing.assert_allclose(fsdp["losses"], single["losses"], rtol=1e-6)
+        close_params(fsdp["params"], single["params"], atol=1e-6)
+        close_params(fsdp["params"], r[f"fsdp_torch_{tag}"]["params"], atol=1e-6)
+        assert fsdp["state_types"] == {
+            "step": "Tensor",
+            "exp_avg": "DTensor",
+            "exp_avg_sq": "DTensor",
+        }
+        if tag == "clip":
+            assert fsdp["norms"][-1] > 0.1  # above max_grad_norm: clipping acted
+            np.testing.assert_allclose(fsdp["norms"], single["norms"], rtol=1e-6)
+        # DCP checkpoint at step 3, resumed at 2 ranks: bit for bit.
+        resumed = r[f"fsdp_{tag}_resumed"]
+        assert resumed["losses"] == fsdp["losses"][3:]
+        equal_params(resumed["params"], fsdp["params"])
+    nonfinite = r["nonfinite"]
+    for outcome in nonfinite["error"]["outcomes"]:
+        assert outcome.startswith("raised: param_groups[0]: a gradient holds NaN or inf")
+    assert nonfinite["skip"]["outcomes"] == ["stepped, skipped_steps=1"] * 2
+    for policy in ("error", "skip"):
+        assert nonfinite[policy]["unchanged"] and nonfinite[policy]["state"] == 0
+    # The same checkpoints resumed in one process (no FSDP): DCP reshards the state.
+    r1 = torchrun("fsdp2_resume1", tmp_path, nproc=1)
+    for tag in ("noclip", "clip"):
+        np.testing.assert_allclose(r1[tag]["losses"], r[f"fsdp_{tag}"]["losses"][3:], rtol=1e-6)
+        close_params(r1[tag]["params"], r[f"fsdp_{tag}"]["params"], atol=1e-6)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from fusedadam import optim as _optim
+from fusedadam import _dtensor
 from fusedadam import _validation
 
 __all__ = [
@@ -70,7 +71,9 @@ _OFFLOAD_HINT = (
 
 
 def _numpy(t):
-    """The NumPy view of a CPU tensor (same memory; bfloat16 as ``ml_dtypes.bfloat16``)."""
+    """The NumPy view of a CPU tensor (same memory; bfloat16 as ``ml_dtypes.bfloat16``);
+    of a DTensor's local shard."""
+    t = _dtensor.local(t)
     if t.dtype == torch.bfloat16:
         return t.detach().view(torch.int16).numpy().view(_BFLOAT16)
     return t.detach().numpy()
@@ -88,6 +91,7 @@ def _check_tensor(t, name, kind="parameter"):
     floating point of a supported dtype. Raises with what is wrong and what to do."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    t = _dtensor.local(t)  # a DTensor is stepped through its local shard
     if t.is_sparse or t.layout is not torch.strided:
         raise TypeError(
             f"{name} is a sparse tensor ({t.layout}); fusedadam.torch steps dense tensors "
@@ -334,6 +338,7 @@ class Optimizer(torch.optim.Optimizer):
         self._seen: Any = None
         self._layout: Any = None
         self._state_map: Any = None
+        self._dtensor: Any = None  # a _dtensor.Plan when some params are DTensors
 
     @classmethod
     def _torch_keys(cls):
@@ -519,6 +524,9 @@ class Optimizer(torch.optim.Optimizer):
             found_inf = d.get("found_inf")
         if found_inf is not None and float(found_inf) != 0.0:
             return loss  # as torch's fused Adam: the scaler saw inf/NaN, nothing changes
+        if self._dtensor is not None and self._dtensor.moved():
+            self._views = {}  # a DTensor's local shard was replaced: new views
+            self._flag.dirty = True
         if self._flag.dirty or not self._fits():
             self._sync()
         missing = self._collect()
@@ -542,6 +550,10 @@ class Optimizer(torch.optim.Optimizer):
                 # A tensor lr may change in place: read it every step.
                 if values != pair[2] or type(values[-1]) is torch.Tensor:
                     self._push_hyper(pair, values)
+            if self._dtensor is not None:  # global norms and non-finite checks
+                grad_scale = self._dtensor.before_step(self, grad_scale)
+                if grad_scale is _dtensor.SKIP:
+                    return loss
             try:
                 if grad_scale is not None:
                     self._fa.step(inner_grads, _scale_value(grad_scale))
@@ -623,8 +635,13 @@ class Optimizer(torch.optim.Optimizer):
                 grads[i] = None
                 continue
             try:
-                # A bfloat16/float16 param may have a float32, bfloat16 or float16 grad.
-                grads[i] = _numpy(g) if low and g.dtype == torch.bfloat16 else g.numpy()
+                # A bfloat16/float16 param may have a float32, bfloat16 or float16 grad;
+                # a DTensor's is read through its local shard.
+                grads[i] = (
+                    _numpy(g)
+                    if low and (g.dtype == torch.bfloat16 or self._dtensor is not None)
+                    else g.numpy()
+                )
             except Exception as error:
                 grads[:] = self._nones
                 raise self._grad_error(i, g, error) from None
@@ -714,8 +731,10 @@ class Optimizer(torch.optim.Optimizer):
         for view in list(inner.state):
             if id(view) not in live:
                 del inner.state[view]
+        dtensors = any(_dtensor.is_dtensor(p) for g in groups for p in g["params"])
+        self._dtensor = _dtensor.Plan(self) if dtensors else None
         self._entries = [
-            (p, self._views[id(p)][2], p.dtype in _LOW_PRECISION)
+            (p, self._views[id(p)][2], p.dtype in _LOW_PRECISION or dtensors)
             for g in groups
             for p in g["params"]
         ]
@@ -773,7 +792,7 @@ class Optimizer(torch.optim.Optimizer):
                 st = _WatchedState(self._flag, st or {})
                 dict.__setitem__(state_map, p, st)
             for name, array in entries.items():
-                dict.__setitem__(st, name, _tensor(array))
+                dict.__setitem__(st, name, self._state_tensor(p, name, array))
             if "step" in entries:
                 self._flag.dirty = True  # the next step gives each param its own counter
 
@@ -919,7 +938,7 @@ class Optimizer(torch.optim.Optimizer):
                         _WatchedState(
                             self._flag,
                             {
-                                k: _tensor(v) if isinstance(v, np.ndarray) else v
+                                k: self._state_tensor(p, k, v) if isinstance(v, np.ndarray) else v
                                 for k, v in ist.items()
                             },
                         ),
@@ -929,13 +948,19 @@ class Optimizer(torch.optim.Optimizer):
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
+    def _state_tensor(self, p, name, array):
+        """``opt.state`` tensor over a state array of the kernel (same memory): a DTensor
+        like ``p`` for a DTensor param's tensors shaped like its shard."""
+        counters = ("step",) + tuple(n for n, _ in self._inner_cls.algorithm.scalar_state)
+        return _dtensor.state_tensor(p, name, _tensor(array), counters)
+
     def _inner_entry(self, entry, p, index):
         """A torch-layout state entry as the NumPy optimizer's state dict takes it."""
         out = {}
         dtype = p.dtype
         for key, value in entry.items():
             if isinstance(value, torch.Tensor):
-                value = value.detach()
+                value = _dtensor.localize(p, key, value.detach())
                 if key in ("step",):
                     out[key] = _counter(value, np.int64, f"state of params[{index}]", key)[0]
                     continue
@@ -979,7 +1004,10 @@ class Optimizer(torch.optim.Optimizer):
     def last_grad_norm(self):
         """The unscaled gradients' 2-norm of the last step, per group with ``max_grad_norm``
         (what ``torch.nn.utils.clip_grad_norm_`` returns); see
-        :attr:`fusedadam.Optimizer.last_grad_norm`."""
+        :attr:`fusedadam.Optimizer.last_grad_norm`. With DTensor params, the norm over
+        all ranks."""
+        if self._dtensor is not None:
+            return self._dtensor.last_grad_norm()
         return self._fa.last_grad_norm
 
     @property
