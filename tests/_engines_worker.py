@@ -8,6 +8,7 @@ saves what the test compares (loss curves, final params) to ``OUT/SCENARIO.pt``.
 Everything runs on the CPU over gloo; each rank uses one thread.
 """
 
+import copy
 import os
 import sys
 import warnings
@@ -419,6 +420,8 @@ def fsdp2(out):
         if sharded and cls is ft.AdamW:
             st = opt.state[next(iter(model.parameters()))]
             result["state_types"] = {k: type(v).__name__ for k, v in st.items()}
+        if not sharded:
+            result["state_dict"] = copy.deepcopy(opt.state_dict())
         return result
 
     result = {}
@@ -433,7 +436,23 @@ def fsdp2(out):
             ft.AdamW, clip, sharded=True, start=SAVE_AT, load=str(Path(out) / f"dcp_{tag}")
         )
     result["nonfinite"] = _fsdp_nonfinite(rank)
+    result["plain_loaded"] = _fsdp_load_plain(result["single_clip"]["state_dict"])
     return result
+
+
+def _fsdp_load_plain(saved):
+    """A one-process (unsharded) state dict loaded straight into an FSDP2 optimizer: each
+    rank keeps its shard; returned as full tensors, per param index."""
+    from torch.distributed.fsdp import fully_shard
+
+    model = _fsdp_model()
+    fully_shard(model)
+    opt = ft.AdamW(model.parameters(), lr=LR, weight_decay=WD)
+    opt.load_state_dict(saved)
+    return {
+        i: {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in opt.state[p].items()}
+        for i, p in enumerate(model.parameters())
+    }
 
 
 def _fsdp_nonfinite(rank):

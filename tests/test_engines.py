@@ -156,6 +156,12 @@ def test_fsdp2_fully_shard(tmp_path):
     assert nonfinite["skip"]["outcomes"] == ["stepped, skipped_steps=1"] * 2
     for policy in ("error", "skip"):
         assert nonfinite[policy]["unchanged"] and nonfinite[policy]["state"] == 0
+    # A one-process state dict loaded into the FSDP2 optimizer: each rank cut its shard.
+    saved = r["single_clip"]["state_dict"]["state"]
+    assert sorted(r["plain_loaded"]) == sorted(saved) == [0, 1, 2, 3]
+    for i, entry in saved.items():
+        for k, v in entry.items():
+            assert torch.equal(r["plain_loaded"][i][k].float(), v.float()), (i, k)
     # The same checkpoints resumed in one process (no FSDP): DCP reshards the state.
     r1 = torchrun("fsdp2_resume1", tmp_path, nproc=1)
     for tag in ("noclip", "clip"):
