@@ -169,9 +169,13 @@ class Plan:
 
         total = plain
         for key, (mesh, dims) in self.keys.items():
+            part = sums[key]
+            dims = [d for d in dims if mesh.size(d) > 1]
+            if dims and mesh.device_type != "cpu":
+                part = part.to(mesh.device_type)  # e.g. an NCCL mesh (FSDP2 CPU offload)
             for d in dims:
-                dist.all_reduce(sums[key], group=mesh.get_group(d))
-            total = total + sums[key]
+                dist.all_reduce(part, group=mesh.get_group(d))
+            total = total + part.cpu()
         total = total.tolist()
         scale = 1.0 if grad_scale is None else float(grad_scale)
         for gi, (group, _) in enumerate(self.groups):
