@@ -35,14 +35,14 @@ def _world():
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def _mlp(seed=0):
+def _mlp(seed=0, hidden=32):
     torch.manual_seed(seed)
     return torch.nn.Sequential(
-        torch.nn.Linear(8, 32),
+        torch.nn.Linear(8, hidden),
         torch.nn.Tanh(),
-        torch.nn.Linear(32, 32),
+        torch.nn.Linear(hidden, hidden),
         torch.nn.Tanh(),
-        torch.nn.Linear(32, 4),
+        torch.nn.Linear(hidden, 4),
     )
 
 
@@ -215,9 +215,9 @@ def deepspeed_zero2(out):
     deepspeed.init_distributed(dist_backend="gloo")
     rank = _rank()
 
-    def run(cls, tag, resume=False):
-        model = _mlp()
-        opt = cls(model.parameters(), lr=LR, weight_decay=WD)
+    def run(cls, tag, resume=False, hidden=32, **options):
+        model = _mlp(hidden=hidden)
+        opt = cls(model.parameters(), lr=LR, weight_decay=WD, **options)
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=DEEPSPEED_CONFIG)
         folder = str(Path(out) / f"ds_{tag}")
         start = 0
@@ -239,18 +239,26 @@ def deepspeed_zero2(out):
             for g in engine.optimizer.single_partition_of_fp32_groups
             for p in [g]
         ]
-        inner = type(engine.optimizer.optimizer)
+        inner = engine.optimizer.optimizer
+        state = inner.state[inner.param_groups[0]["params"][0]]
         return {
             "losses": losses,
             "params": _params(model),
             "masters": masters,
-            "optimizer": f"{inner.__module__}.{inner.__name__}",
+            "optimizer": f"{type(inner).__module__}.{type(inner).__name__}",
+            "state_dtypes": {k: str(v.dtype) for k, v in state.items()},
         }
 
     result = {}
     for name, cls in (("fused", ft.AdamW), ("torch", torch.optim.AdamW)):
         result[name] = run(cls, name)
         result[name + "_resumed"] = run(cls, name, resume=True)
+    # 8-bit moments over each rank's flat partition (9.3k elements: above the 8-bit floor).
+    result["fused8bit"] = run(ft.AdamW, "fused8bit", hidden=128, state_dtype="8bit")
+    result["fused8bit_resumed"] = run(
+        ft.AdamW, "fused8bit", resume=True, hidden=128, state_dtype="8bit"
+    )
+    result["torch128"] = run(torch.optim.AdamW, "torch128", hidden=128)
     return result
 
 

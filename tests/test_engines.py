@@ -116,6 +116,15 @@ def test_deepspeed_zero2_cpu_offload(tmp_path):
         for a, b in zip(resumed["masters"], r[name]["masters"]):
             assert torch.equal(a, b)
         equal_params(resumed["params"], r[name]["params"])
+    # 8-bit moments on the offloaded partitions: uint8 codes, per-block scales, resumed exact;
+    # the loss curve near float32 AdamW's (quantized moments: not to rounding).
+    q8, resumed = r["fused8bit"], r["fused8bit_resumed"]
+    assert q8["state_dtypes"]["exp_avg"] == "torch.uint8"
+    assert q8["state_dtypes"]["exp_avg_absmax"] == "torch.float32"
+    np.testing.assert_allclose(q8["losses"], r["torch128"]["losses"], rtol=2e-2)
+    assert resumed["losses"] == q8["losses"][3:]
+    for a, b in zip(resumed["masters"], q8["masters"]):
+        assert torch.equal(a, b)
 
 
 def test_lightning_bf16_mixed(tmp_path):

@@ -127,3 +127,13 @@ def test_gradient_placement_must_match(mesh):
     with pytest.raises(ValueError, match=r"gradient placed \(Replicate\(\),\)"):
         opt.step()
     assert torch.equal(dt.full_tensor(), before) and not opt.state[dt]
+
+
+def test_8bit_state_refused_for_dtensor_params(mesh):
+    _, dt = _pair(mesh)
+    with pytest.raises(ValueError, match=r"state_dtype='8bit' is not supported for DTensor"):
+        ft.AdamW([dt], state_dtype="8bit")
+    opt = ft.AdamW([torch.nn.Parameter(torch.zeros(3))])
+    with pytest.raises(ValueError, match=r"param_groups\[1\]: state_dtype='8bit'"):
+        opt.add_param_group({"params": [dt], "state_dtype": "8bit"})
+    assert len(opt.param_groups) == 1

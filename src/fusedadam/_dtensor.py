@@ -85,6 +85,21 @@ def localize(p, name, value):
     return value
 
 
+def check_group(group, where):
+    """8-bit state is not offered for DTensor params: its per-block scales cover the local
+    shard, so a checkpoint could not be resharded to another number of ranks."""
+    if group.get("state_dtype") != "8bit":
+        return
+    params = group.get("params")
+    params = [params] if isinstance(params, torch.Tensor) else params
+    if isinstance(params, (list, tuple)) and any(is_dtensor(p) for p in params):
+        raise ValueError(
+            f"{where}state_dtype='8bit' is not supported for DTensor (FSDP2) params: the "
+            "per-block scales would follow each rank's shard and could not be resharded; "
+            "use None or 'bfloat16'"
+        )
+
+
 def _shard_dims(p):
     """The mesh dims a DTensor param is sharded over (its norm's reduction dims)."""
     from torch.distributed.tensor import Replicate, Shard

@@ -101,7 +101,8 @@ def _check_tensor(t, name, kind="parameter"):
         raise ValueError(f"{name} is on the meta device: it has no data to update")
     if t.device.type != "cpu":
         raise ValueError(f"{name} is on {t.device}; {_OFFLOAD_HINT}")
-    if t.dtype not in _FLOATS:
+    if t.dtype not in _FLOATS and not (kind == "state tensor" and t.dtype == torch.uint8):
+        # (uint8: the codes of state_dtype="8bit" moments)
         raise TypeError(
             f"{name} has dtype {t.dtype}; fusedadam.torch supports "
             f"{', '.join(str(d) for d in _FLOATS)}"
@@ -357,16 +358,10 @@ class Optimizer(torch.optim.Optimizer):
                     f"{where}{key}=True is not supported by fusedadam.torch (CPU tensors, "
                     "no autograd through the step); leave it False"
                 )
-        if group.get("state_dtype") == "8bit":
-            # 8-bit moments are uint8 codes plus per-block scales, which torch.optim's
-            # state layout (float tensors shaped like the param) cannot hold.
-            raise ValueError(
-                f"{where}state_dtype='8bit' is not supported by fusedadam.torch; use None or "
-                "'bfloat16', or fusedadam's NumPy optimizers for 8-bit state"
-            )
 
     def _check_group(self, group, where):
         self._check_torch_only(group, where)
+        _dtensor.check_group({**getattr(self, "defaults", {}), **group}, where)
         checked = {k: group[k] for k in self._inner_keys if k in group}
         keys = tuple(checked)
         if "lr" in group:
@@ -972,7 +967,7 @@ class Optimizer(torch.optim.Optimizer):
                 value = value.to(device="cpu")
                 if dtype not in _LOW_PRECISION and value.is_floating_point():
                     value = value.to(dtype)  # torch's rule for its own state dicts
-                if value.dtype not in _FLOATS:
+                if value.dtype not in _FLOATS and value.dtype != torch.uint8:  # uint8: 8-bit
                     raise TypeError(f"state_dict: {key} of params[{index}] has dtype {value.dtype}")
                 # Low precision: the NumPy optimizer decides (convert=True casts).
                 out[key] = _numpy(value.resolve_conj().resolve_neg().contiguous())
@@ -1036,7 +1031,9 @@ def _doc(cls, torch_name, extra=""):
         '``"skip"``: the step is skipped and counted in ``skipped_steps``; ``"ignore"``: '
         "no check, as torch). Params must be dense, contiguous CPU tensors (float32 or "
         "float64, or bfloat16/float16 with a float32 master copy in the state) that require "
-        'grad. ``state_dtype`` (None or "bfloat16") and ``max_grad_norm`` (clip the '
+        'grad. ``state_dtype`` (None, "bfloat16", or "8bit": uint8 codes plus float32 '
+        "per-block scales ``<moment>_absmax``, fusedadam's layout, not torch.optim's) and "
+        "``max_grad_norm`` (clip the "
         "group's gradients to this 2-norm, as ``torch.nn.utils.clip_grad_norm_``, inside the "
         "step) are fusedadam's mixed-precision options. " + extra
     )
