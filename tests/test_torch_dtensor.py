@@ -137,3 +137,20 @@ def test_8bit_state_refused_for_dtensor_params(mesh):
     with pytest.raises(ValueError, match=r"param_groups\[1\]: state_dtype='8bit'"):
         opt.add_param_group({"params": [dt], "state_dtype": "8bit"})
     assert len(opt.param_groups) == 1
+
+
+def test_clipping_switched_off_mid_run(mesh):
+    plain, dt = _pair(mesh)
+    a = ft.AdamW([plain], lr=0.1, max_grad_norm=0.5)
+    b = ft.AdamW([dt], lr=0.1, max_grad_norm=0.5)
+    for _ in range(2):  # the second step runs on the inner groups the first one left
+        a.step()
+        b.step()
+    a.param_groups[0]["max_grad_norm"] = None
+    b.param_groups[0]["max_grad_norm"] = None
+    before_a, before_b = plain.detach().clone(), dt.full_tensor().clone()
+    a.step()
+    b.step()
+    assert b.last_grad_norm is None
+    # The unclipped update of the third step is the same on both (to rounding).
+    _close(dt.full_tensor() - before_b, plain.detach() - before_a)

@@ -158,6 +158,7 @@ class Plan:
         ]
         if not any(wanted):
             self.norms = None
+            self._release(opt)
             return grad_scale
         n = len(self.groups)
         sums = {key: torch.zeros(n, dtype=torch.float64) for key in self.keys}
@@ -218,6 +219,7 @@ class Plan:
                 coefficients[id(group)] = min(1.0, max_norm / (norm + 1e-6))
         self.norms = norms
         if not any(g.get("max_grad_norm") is not None for g, _ in self.groups):
+            self._release(opt)
             return grad_scale
         # Every inner group carries its own scale: the step's scale over the group's clipping
         # coefficient, so one pass unscales and clips (its own, per-shard clipping is off).
@@ -229,6 +231,16 @@ class Plan:
             inner["max_grad_norm"] = None
             array[0] = scale / coefficients.get(id(group), 1.0)
         return None
+
+    def _release(self, opt):
+        """Clipping was switched off (``max_grad_norm`` set to None): the inner groups get
+        their plain gradient scale back."""
+        if not self.scales:
+            return
+        for inner, _, _ in opt._pairs:
+            if inner.get("grad_scale") is self.scales.get(id(inner)):
+                inner["grad_scale"] = 1.0
+        self.scales = {}
 
     def last_grad_norm(self):
         norms = self.norms if self.norms is not None else [None] * len(self.groups)
