@@ -154,3 +154,18 @@ def test_clipping_switched_off_mid_run(mesh):
     assert b.last_grad_norm is None
     # The unclipped update of the third step is the same on both (to rounding).
     _close(dt.full_tensor() - before_b, plain.detach() - before_a)
+
+
+def test_huge_finite_gradient_is_not_taken_for_nonfinite(mesh):
+    plain, dt = _pair(mesh)
+    plain.grad[0, 0] = 1e20  # its square overflows float32; the value itself is finite
+    dt.grad._local_tensor[0, 0] = 1e20
+    a = ft.AdamW([plain], lr=0.1, max_grad_norm=1.0)
+    b = ft.AdamW([dt], lr=0.1, max_grad_norm=1.0)
+    a.step()
+    b.step()
+    assert b.last_grad_norm == pytest.approx(1e20, rel=1e-6)
+    _close(dt.full_tensor(), plain.detach())
+    dt.grad._local_tensor[0, 1] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"param_groups\[0\]: a gradient holds NaN"):
+        b.step()

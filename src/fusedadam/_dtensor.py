@@ -100,6 +100,16 @@ def check_group(group, where):
         )
 
 
+def _sumsq(g):
+    """A gradient's squared 2-norm as a float64 0-d tensor: the norm accumulated in float32
+    (one vectorized pass; the float64 norm costs 6x more), again in float64 only where
+    that overflowed or met a NaN/inf, so a huge finite gradient is not taken for one."""
+    norm = torch.linalg.vector_norm(g, dtype=torch.float32)
+    if not torch.isfinite(norm):
+        norm = torch.linalg.vector_norm(g, dtype=torch.float64)
+    return norm.double().square()
+
+
 def _shard_dims(p):
     """The mesh dims a DTensor param is sharded over (its norm's reduction dims)."""
     from torch.distributed.tensor import Replicate, Shard
@@ -179,8 +189,7 @@ class Plan:
                         )
                     g = g._local_tensor
                 if g.numel():
-                    sq = torch.linalg.vector_norm(g, dtype=torch.float64).square()
-                    (plain if key is None else sums[key])[gi] += sq
+                    (plain if key is None else sums[key])[gi] += _sumsq(g)
         import torch.distributed as dist
 
         total = plain
