@@ -227,6 +227,16 @@ class Plan:
             if math.isfinite(norm):
                 coefficients[id(group)] = min(1.0, max_norm / (norm + 1e-6))
         self.norms = norms
+        # Checked here over the mesh: the kernel's own scan for NaN/inf would be a second
+        # read of every gradient, so those groups step with nonfinite="ignore".
+        checked = {
+            id(group)
+            for gi, (group, _) in enumerate(self.groups)
+            if wanted[gi] and math.isfinite(total[gi])
+        }
+        for inner, group, _ in opt._pairs:
+            if id(group) in checked and inner.get("nonfinite") != "ignore":
+                inner["nonfinite"] = "ignore"
         if not any(g.get("max_grad_norm") is not None for g, _ in self.groups):
             self._release(opt)
             return grad_scale
