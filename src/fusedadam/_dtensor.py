@@ -100,14 +100,19 @@ def check_group(group, where):
         )
 
 
-def _sumsq(g):
-    """A gradient's squared 2-norm as a float64 0-d tensor: the norm accumulated in float32
-    (one vectorized pass; the float64 norm costs 6x more), again in float64 only where
-    that overflowed or met a NaN/inf, so a huge finite gradient is not taken for one."""
-    norm = torch.linalg.vector_norm(g, dtype=torch.float32)
-    if not torch.isfinite(norm):
-        norm = torch.linalg.vector_norm(g, dtype=torch.float64)
-    return norm.double().square()
+def _sumsqs(grads):
+    """The gradients' squared 2-norms as floats: each norm accumulated in float32 (one
+    vectorized pass over all of them; float64 norms cost 6x more), again in float64 only
+    where that overflowed or met a NaN/inf, so a huge finite gradient is not taken for one."""
+    if not grads:
+        return []
+    norms = torch.stack(
+        [n.float() for n in torch._foreach_norm(grads, 2, dtype=torch.float32)]
+    ).double()
+    if not bool(torch.isfinite(norms).all()):
+        for i in torch.nonzero(~torch.isfinite(norms)).flatten().tolist():
+            norms[i] = torch.linalg.vector_norm(grads[i], dtype=torch.float64)
+    return norms.square().tolist()
 
 
 def _shard_dims(p):
@@ -171,8 +176,7 @@ class Plan:
             self._release(opt)
             return grad_scale
         n = len(self.groups)
-        sums = {key: torch.zeros(n, dtype=torch.float64) for key in self.keys}
-        plain = torch.zeros(n, dtype=torch.float64)
+        grads, slots = [], []  # local gradients, and (reduction key, group index) of each
         for gi, (_, members) in enumerate(self.groups):
             if not wanted[gi]:
                 continue
@@ -189,12 +193,17 @@ class Plan:
                         )
                     g = g._local_tensor
                 if g.numel():
-                    (plain if key is None else sums[key])[gi] += _sumsq(g)
+                    grads.append(g)
+                    slots.append((key, gi))
+        sums = {key: [0.0] * n for key in self.keys}
+        plain = [0.0] * n
+        for (key, gi), sq in zip(slots, _sumsqs(grads)):
+            (plain if key is None else sums[key])[gi] += sq
         import torch.distributed as dist
 
-        total = plain
+        total = torch.tensor(plain, dtype=torch.float64)
         for key, (mesh, dims) in self.keys.items():
-            part = sums[key]
+            part = torch.tensor(sums[key], dtype=torch.float64)
             dims = [d for d in dims if mesh.size(d) > 1]
             if dims and mesh.device_type != "cpu":
                 part = part.to(mesh.device_type)  # e.g. an NCCL mesh (FSDP2 CPU offload)
