@@ -5,7 +5,7 @@
 # Installs the engines without letting pip touch torch (--no-deps for every package that
 # depends on torch, their other requirements resolved normally under a torch==2.13.0
 # constraint), checks that torch is still 2.13.0, then runs the engine recipes and the
-# DTensor bridge tests with FUSEDADAM_REQUIRE_ENGINES=1: a missing engine fails, and any
+# DTensor bridge and torch 8-bit state tests with FUSEDADAM_REQUIRE_ENGINES=1: a missing engine fails, and any
 # skipped test fails the stage. About 2.5 minutes on an idle 2-core machine (3-5 under load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,9 +42,10 @@ python -c "import transformers, accelerate, lightning, deepspeed" 2>/dev/null ||
     python -c "import transformers, accelerate, lightning, deepspeed"
 }
 
-echo "== engine recipes (torchrun, 2 processes, gloo) and the DTensor bridge"
+echo "== engine recipes (torchrun, 2 processes, gloo), the DTensor bridge, 8-bit state"
 FUSEDADAM_REQUIRE_ENGINES=1 DS_ACCELERATOR=cpu python -m pytest -p no:cacheprovider -rs \
     -m "slow or not slow" --durations=0 tests/test_engines.py tests/test_torch_dtensor.py \
+    tests/test_torch_state8bit.py \
     | tee "$tmp/engines.log"
 if grep -qE "[0-9]+ skipped" "$tmp/engines.log"; then
     echo "ci_engines: engine tests were skipped" >&2
