@@ -885,13 +885,3 @@ def test_errors_name_the_param_by_its_position_when_some_grads_are_missing():
     with pytest.raises(FloatingPointError, match=r"grads\[2\] has 1 non-finite value"):
         opt.step()
     assert len([st for st in opt.state.values() if st]) == 0
-
-
-def test_8bit_state_is_refused_with_a_clear_error():
-    p = torch.nn.Parameter(torch.zeros(5000))
-    with pytest.raises(ValueError, match=r"state_dtype='8bit' is not supported by fusedadam"):
-        ft.AdamW([p], state_dtype="8bit")
-    opt = ft.AdamW([p])
-    q = torch.nn.Parameter(torch.zeros(5000))
-    with pytest.raises(ValueError, match=r"state_dtype='8bit' is not supported"):
-        opt.add_param_group({"params": [q], "state_dtype": "8bit"})

@@ -33,7 +33,9 @@ import ml_dtypes
 import numpy as np
 import torch
 
+from fusedadam import _precision
 from fusedadam import optim as _optim
+from fusedadam import _dtensor
 from fusedadam import _validation
 
 __all__ = [
@@ -70,7 +72,9 @@ _OFFLOAD_HINT = (
 
 
 def _numpy(t):
-    """The NumPy view of a CPU tensor (same memory; bfloat16 as ``ml_dtypes.bfloat16``)."""
+    """The NumPy view of a CPU tensor (same memory; bfloat16 as ``ml_dtypes.bfloat16``);
+    of a DTensor's local shard."""
+    t = _dtensor.local(t)
     if t.dtype == torch.bfloat16:
         return t.detach().view(torch.int16).numpy().view(_BFLOAT16)
     return t.detach().numpy()
@@ -92,6 +96,7 @@ def _check_tensor(t, name, kind="parameter", meta=False):
     optimizer over a model initialised on it; the step refuses it)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    t = _dtensor.local(t)  # a DTensor is stepped through its local shard
     if t.is_sparse or t.layout is not torch.strided:
         raise TypeError(
             f"{name} is a sparse tensor ({t.layout}); fusedadam.torch steps dense tensors "
@@ -108,7 +113,8 @@ def _check_tensor(t, name, kind="parameter", meta=False):
         )
     if t.device.type != "cpu":
         raise ValueError(f"{name} is on {t.device}; {_OFFLOAD_HINT}")
-    if t.dtype not in _FLOATS:
+    if t.dtype not in _FLOATS and not (kind == "state tensor" and t.dtype == torch.uint8):
+        # (uint8: the codes of state_dtype="8bit" moments)
         raise TypeError(
             f"{name} has dtype {t.dtype}; fusedadam.torch supports "
             f"{', '.join(str(d) for d in _FLOATS)}"
@@ -392,6 +398,7 @@ class Optimizer(torch.optim.Optimizer):
         algorithm = self._inner_cls.algorithm
         self._known_state = frozenset(
             ("step", "master_param", *algorithm.all_state_names())
+            + tuple(_precision.scale_name(name) for name in algorithm.all_state_names())
             + tuple(name for name, _ in algorithm.scalar_state)
         )
         self._flag = _Flag()
@@ -403,6 +410,7 @@ class Optimizer(torch.optim.Optimizer):
         self._seen: Any = None
         self._layout: Any = None
         self._state_map: Any = None
+        self._dtensor: Any = None  # a _dtensor.Plan when some params are DTensors
 
     @classmethod
     def _torch_keys(cls):
@@ -421,16 +429,10 @@ class Optimizer(torch.optim.Optimizer):
                     f"{where}{key}=True is not supported by fusedadam.torch (CPU tensors, "
                     "no autograd through the step); leave it False"
                 )
-        if group.get("state_dtype") == "8bit":
-            # 8-bit moments are uint8 codes plus per-block scales, which torch.optim's
-            # state layout (float tensors shaped like the param) cannot hold.
-            raise ValueError(
-                f"{where}state_dtype='8bit' is not supported by fusedadam.torch; use None or "
-                "'bfloat16', or fusedadam's NumPy optimizers for 8-bit state"
-            )
 
     def _check_group(self, group, where):
         self._check_torch_only(group, where)
+        _dtensor.check_group({**getattr(self, "defaults", {}), **group}, where)
         checked = {k: group[k] for k in self._inner_keys if k in group}
         if "betas" in checked:
             checked["betas"] = _betas(checked)
@@ -625,6 +627,9 @@ class Optimizer(torch.optim.Optimizer):
             found_inf = d.get("found_inf")
         if found_inf is not None and float(found_inf) != 0.0:
             return loss  # as torch's fused Adam: the scaler saw inf/NaN, nothing changes
+        if self._dtensor is not None and self._dtensor.moved():
+            self._views = {}  # a DTensor's local shard was replaced: new views
+            self._flag.dirty = True
         if self._flag.dirty or not self._fits():
             self._sync()
         missing = self._collect()
@@ -648,6 +653,10 @@ class Optimizer(torch.optim.Optimizer):
                 # A tensor lr or betas may change in place: read them every step.
                 if pair[3] or values != pair[2]:
                     self._push_hyper(pair, values)
+            if self._dtensor is not None:  # global norms and non-finite checks
+                grad_scale = self._dtensor.before_step(self, grad_scale)
+                if grad_scale is _dtensor.SKIP:
+                    return loss
             shadows = self._shadows
             for i, p, shadow in shadows:
                 if grads[i] is not None:
@@ -795,8 +804,13 @@ class Optimizer(torch.optim.Optimizer):
             try:
                 if not g.is_contiguous() and g.layout is torch.strided and not g.requires_grad:
                     g = g.contiguous()  # torch steps any strided grad: the step reads a copy
-                # A bfloat16/float16 param may have a float32, bfloat16 or float16 grad.
-                grads[i] = _numpy(g) if low and g.dtype == torch.bfloat16 else g.numpy()
+                # A bfloat16/float16 param may have a float32, bfloat16 or float16 grad;
+                # a DTensor's is read through its local shard.
+                grads[i] = (
+                    _numpy(g)
+                    if low and (g.dtype == torch.bfloat16 or self._dtensor is not None)
+                    else g.numpy()
+                )
             except Exception as error:
                 grads[:] = self._nones
                 raise self._grad_error(i, g, error) from None
@@ -893,8 +907,12 @@ class Optimizer(torch.optim.Optimizer):
         for view in list(inner.state):
             if id(view) not in live:
                 del inner.state[view]
+        dtensors = any(_dtensor.is_dtensor(p) for g in groups for p in g["params"])
+        self._dtensor = _dtensor.Plan(self) if dtensors else None
         self._entries = [
-            (p, self._views[id(p)][2], p.dtype in _LOW_PRECISION) for ps in members for p in ps
+            (p, self._views[id(p)][2], p.dtype in _LOW_PRECISION or dtensors)
+            for ps in members
+            for p in ps
         ]
         self._shadows = [
             (i, e[0], self._views[id(e[0])][4])
@@ -1000,7 +1018,7 @@ class Optimizer(torch.optim.Optimizer):
                 st = _WatchedState(self._flag, st or {})
                 dict.__setitem__(state_map, p, st)
             for name, array in entries.items():
-                dict.__setitem__(st, name, _tensor(array))
+                dict.__setitem__(st, name, self._state_tensor(p, name, array))
             if "step" in entries:
                 self._flag.dirty = True  # the next step gives each param its own counter
 
@@ -1165,7 +1183,7 @@ class Optimizer(torch.optim.Optimizer):
                         _WatchedState(
                             self._flag,
                             {
-                                k: _tensor(v) if isinstance(v, np.ndarray) else v
+                                k: self._state_tensor(p, k, v) if isinstance(v, np.ndarray) else v
                                 for k, v in ist.items()
                             },
                         ),
@@ -1178,13 +1196,19 @@ class Optimizer(torch.optim.Optimizer):
         self.__dict__["state"] = state_map
         self._flag.dirty = True  # re-derive layout and views from the loaded state
 
+    def _state_tensor(self, p, name, array):
+        """``opt.state`` tensor over a state array of the kernel (same memory): a DTensor
+        like ``p`` for a DTensor param's tensors shaped like its shard."""
+        counters = ("step",) + tuple(n for n, _ in self._inner_cls.algorithm.scalar_state)
+        return _dtensor.state_tensor(p, name, _tensor(array), counters)
+
     def _inner_entry(self, entry, p, index):
         """A torch-layout state entry as the NumPy optimizer's state dict takes it."""
         out = {}
         dtype = p.dtype
         for key, value in entry.items():
             if isinstance(value, torch.Tensor):
-                value = value.detach()
+                value = _dtensor.localize(p, key, value.detach())
                 if key in ("step",):
                     out[key] = _counter(value, np.int64, f"state of params[{index}]", key)[0]
                     continue
@@ -1196,7 +1220,7 @@ class Optimizer(torch.optim.Optimizer):
                 value = value.to(device="cpu")
                 if dtype not in _LOW_PRECISION and value.is_floating_point():
                     value = value.to(dtype)  # torch's rule for its own state dicts
-                if value.dtype not in _FLOATS:
+                if value.dtype not in _FLOATS and value.dtype != torch.uint8:  # uint8: 8-bit
                     raise TypeError(f"state_dict: {key} of params[{index}] has dtype {value.dtype}")
                 # Low precision: the NumPy optimizer decides (convert=True casts).
                 out[key] = _numpy(value.resolve_conj().resolve_neg().contiguous())
@@ -1236,7 +1260,10 @@ class Optimizer(torch.optim.Optimizer):
         """The unscaled gradients' 2-norm of the last step, per group with ``max_grad_norm``
         (what ``torch.nn.utils.clip_grad_norm_`` returns over the group's params that have a
         grad): a float for one group, else a list; see
-        :attr:`fusedadam.Optimizer.last_grad_norm`."""
+        :attr:`fusedadam.Optimizer.last_grad_norm`. With DTensor params, the norm over all
+        ranks."""
+        if self._dtensor is not None:
+            return self._dtensor.last_grad_norm()
         if self._fa is None:
             return None
         inner = self._fa.last_grad_norm
@@ -1275,11 +1302,12 @@ def _doc(cls, torch_name, extra=""):
         '``"skip"``: the step is skipped and counted in ``skipped_steps``; ``"ignore"``: '
         "no check, as torch). Params must be dense CPU tensors (float32 or float64, or "
         "bfloat16/float16 with a float32 master copy in the state); as in torch, a param "
-        "whose grad is None (a frozen one) is skipped. ``state_dtype`` (None or "
-        '"bfloat16") and ``max_grad_norm`` (clip the group\'s gradients to this 2-norm, as '
-        "``torch.nn.utils.clip_grad_norm_``, inside the step) are fusedadam's "
-        "mixed-precision options. What differs from torch.optim is listed in "
-        "docs/torch_differences.md. " + extra
+        'whose grad is None (a frozen one) is skipped. ``state_dtype`` (None, "bfloat16", '
+        'or "8bit": uint8 codes plus float32 per-block scales ``<moment>_absmax``, '
+        "fusedadam's layout, not torch.optim's) and ``max_grad_norm`` (clip the group's "
+        "gradients to this 2-norm, as ``torch.nn.utils.clip_grad_norm_``, inside the step) "
+        "are fusedadam's mixed-precision options. What differs from torch.optim is listed "
+        "in docs/torch_differences.md. " + extra
     )
     return cls
 

@@ -1,0 +1,275 @@
+"""DTensor params (FSDP2's ``fully_shard``, tensor parallelism) for :mod:`fusedadam.torch`.
+
+A DTensor param is stepped through its local shard: the NumPy views the kernel updates are
+views of ``p._local_tensor`` and of ``p.grad._local_tensor``, and every state tensor that
+is shaped like the param is kept in ``opt.state`` as a DTensor of the param's mesh and
+placements wrapping the kernel's memory, so ``torch.distributed.checkpoint`` and
+``get_optimizer_state_dict`` save and reshard it as they do ``torch.optim``'s.
+
+What one rank cannot decide alone is decided here, once per step, by one all-reduce of
+the squared local gradient norms of every param group (float64) over the mesh dimensions
+the params are sharded on:
+
+* ``max_grad_norm`` clips by the *global* norm (the group's gradients over all ranks), as
+  ``torch.nn.utils.clip_grad_norm_`` over the full tensors would: the group's clipping
+  coefficient is folded into its gradient scale, so the kernel's single pass applies it;
+* the non-finite policy: a NaN/inf gradient on any rank makes every rank raise
+  (``nonfinite="error"``) or skip the step (``"skip"``), so the shards never disagree.
+
+Groups with ``nonfinite="ignore"`` and no ``max_grad_norm`` need no communication. Nothing
+in this module imports torch.distributed: a DTensor can only exist once it was imported.
+"""
+
+import math
+import sys
+
+import numpy as np
+import torch
+
+#: Returned by :meth:`Plan.before_step` when every rank skips this step.
+SKIP = object()
+
+
+def _dtensor_class():
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None) if module is not None else None
+
+
+def is_dtensor(t):
+    cls = _dtensor_class()
+    return cls is not None and isinstance(t, cls)
+
+
+def local(t):
+    """The local shard of a DTensor (the tensor itself otherwise): the same memory."""
+    cls = _dtensor_class()
+    if cls is not None and isinstance(t, cls):
+        return t._local_tensor
+    return t
+
+
+def state_tensor(p, name, tensor, counters):
+    """A state tensor for ``opt.state[p]``: for a DTensor param, a DTensor of its mesh and
+    placements over ``tensor`` (the kernel's memory, not copied) when ``tensor`` is shaped
+    like the local shard; counters and other shapes stay plain tensors."""
+    if name in counters or not is_dtensor(p) or tensor.shape != p._local_tensor.shape:
+        return tensor
+    return type(p).from_local(
+        tensor, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride()
+    )
+
+
+def localize(p, name, value):
+    """A loaded state tensor for param ``p`` as this rank's local shard (a plain tensor).
+
+    A DTensor is redistributed to the param's placements first (a checkpoint resharded by
+    ``torch.distributed.checkpoint`` already has them); a plain tensor shaped like the whole
+    param (a state dict saved without sharding) is cut to this rank's shard, locally.
+    """
+    if not is_dtensor(p) or not isinstance(value, torch.Tensor) or value.dim() == 0:
+        return value
+    if is_dtensor(value):
+        if value.device_mesh != p.device_mesh:
+            raise ValueError(
+                f"state_dict: {name} is a DTensor on {value.device_mesh}, the param on "
+                f"{p.device_mesh}; load it through torch.distributed.checkpoint, which reshards"
+            )
+        if tuple(value.placements) != tuple(p.placements):
+            value = value.redistribute(p.device_mesh, p.placements)
+        return value.to_local()
+    if value.shape == p.shape and value.shape != p._local_tensor.shape:
+        from torch.distributed.tensor import distribute_tensor
+
+        value = distribute_tensor(value, p.device_mesh, p.placements, src_data_rank=None)
+        return value.to_local()
+    return value
+
+
+def check_group(group, where):
+    """8-bit state is not offered for DTensor params: its per-block scales cover the local
+    shard, so a checkpoint could not be resharded to another number of ranks."""
+    if group.get("state_dtype") != "8bit":
+        return
+    params = group.get("params")
+    params = [params] if isinstance(params, torch.Tensor) else params
+    if isinstance(params, (list, tuple)) and any(is_dtensor(p) for p in params):
+        raise ValueError(
+            f"{where}state_dtype='8bit' is not supported for DTensor (FSDP2) params: the "
+            "per-block scales would follow each rank's shard and could not be resharded; "
+            "use None or 'bfloat16'"
+        )
+
+
+def _sumsqs(grads):
+    """The gradients' squared 2-norms as floats: each norm accumulated in float32 (one
+    vectorized pass over all of them; float64 norms cost 6x more), again in float64 only
+    where that overflowed or met a NaN/inf, so a huge finite gradient is not taken for one."""
+    if not grads:
+        return []
+    norms = torch.stack(
+        [n.float() for n in torch._foreach_norm(grads, 2, dtype=torch.float32)]
+    ).double()
+    if not bool(torch.isfinite(norms).all()):
+        for i in torch.nonzero(~torch.isfinite(norms)).flatten().tolist():
+            norms[i] = torch.linalg.vector_norm(grads[i], dtype=torch.float64)
+    return norms.square().tolist()
+
+
+def _shard_dims(p):
+    """The mesh dims a DTensor param is sharded over (its norm's reduction dims)."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    dims = []
+    for d, placement in enumerate(p.placements):
+        if isinstance(placement, Shard):
+            dims.append(d)
+        elif not isinstance(placement, Replicate):
+            raise ValueError(
+                f"fusedadam.torch steps DTensor params placed with Shard or Replicate, not "
+                f"{placement}"
+            )
+    return tuple(dims)
+
+
+class Plan:
+    """Per optimizer: which params are DTensors, and the global checks of a step."""
+
+    def __init__(self, opt):
+        self.groups = []  # per torch group: [(param, reduction key or None)]
+        self.locals = {}  # id(param) -> its local tensor when the views were made
+        self.keys = {}  # reduction key -> (mesh, dims)
+        for group in opt.param_groups:
+            members = []
+            for p in group["params"]:
+                if is_dtensor(p):
+                    dims = _shard_dims(p)
+                    key = (id(p.device_mesh), dims) if dims else None
+                    if key is not None:
+                        self.keys[key] = (p.device_mesh, dims)
+                    self.locals[id(p)] = p._local_tensor
+                    members.append((p, key))
+                else:
+                    members.append((p, None))
+            self.groups.append((group, members))
+        self.scales = {}  # id(inner group) -> its one-element grad_scale array
+        self.norms = None
+
+    def moved(self):
+        """Whether a DTensor param's local shard was replaced (FSDP2 re-pads it after
+        ``load_state_dict(assign=True)`` or ``module.to()``): the views must be rebuilt."""
+        return any(
+            p._local_tensor is not self.locals.get(id(p), p._local_tensor)
+            for _, members in self.groups
+            for p, _ in members
+            if id(p) in self.locals
+        )
+
+    def before_step(self, opt, grad_scale):
+        """Global norms and the non-finite decision of this step; returns the grad_scale to
+        hand the kernel (None when the groups carry it), or SKIP."""
+        wanted = [
+            g.get("max_grad_norm") is not None or g.get("nonfinite", "error") != "ignore"
+            for g, _ in self.groups
+        ]
+        if not any(wanted):
+            self.norms = None
+            self._release(opt)
+            return grad_scale
+        n = len(self.groups)
+        grads, slots = [], []  # local gradients, and (reduction key, group index) of each
+        for gi, (_, members) in enumerate(self.groups):
+            if not wanted[gi]:
+                continue
+            for p, key in members:
+                g = p.grad
+                if g is None:
+                    continue
+                if is_dtensor(p):
+                    if not is_dtensor(g) or tuple(g.placements) != tuple(p.placements):
+                        raise ValueError(
+                            f"param_groups[{gi}]: a DTensor param placed {p.placements} has a "
+                            f"gradient placed {getattr(g, 'placements', 'as a plain tensor')}; "
+                            "it must match the param's (reduce it first)"
+                        )
+                    g = g._local_tensor
+                if g.numel():
+                    grads.append(g)
+                    slots.append((key, gi))
+        sums = {key: [0.0] * n for key in self.keys}
+        plain = [0.0] * n
+        for (key, gi), sq in zip(slots, _sumsqs(grads)):
+            (plain if key is None else sums[key])[gi] += sq
+        import torch.distributed as dist
+
+        total = torch.tensor(plain, dtype=torch.float64)
+        for key, (mesh, dims) in self.keys.items():
+            part = torch.tensor(sums[key], dtype=torch.float64)
+            dims = [d for d in dims if mesh.size(d) > 1]
+            if dims and mesh.device_type != "cpu":
+                part = part.to(mesh.device_type)  # e.g. an NCCL mesh (FSDP2 CPU offload)
+            for d in dims:
+                dist.all_reduce(part, group=mesh.get_group(d))
+            total = total + part.cpu()
+        total = total.tolist()
+        scale = 1.0 if grad_scale is None else float(grad_scale)
+        for gi, (group, _) in enumerate(self.groups):
+            if wanted[gi] and not math.isfinite(total[gi]):
+                policy = group.get("nonfinite", "error")
+                if policy == "error":
+                    raise FloatingPointError(
+                        f"param_groups[{gi}]: a gradient holds NaN or inf on this or another "
+                        "rank (the group's squared norm over the mesh is "
+                        f"{total[gi]}); nothing was changed"
+                    )
+                if policy == "skip":
+                    opt._fa.skipped_steps += 1
+                    return SKIP
+        coefficients = {}
+        norms = []
+        for gi, (group, _) in enumerate(self.groups):
+            max_norm = group.get("max_grad_norm")
+            if max_norm is None or not wanted[gi]:
+                norms.append(None)
+                continue
+            norm = math.sqrt(total[gi]) / scale
+            norms.append(norm)
+            if math.isfinite(norm):
+                coefficients[id(group)] = min(1.0, max_norm / (norm + 1e-6))
+        self.norms = norms
+        # Checked here over the mesh: the kernel's own scan for NaN/inf would be a second
+        # read of every gradient, so those groups step with nonfinite="ignore".
+        checked = {
+            id(group)
+            for gi, (group, _) in enumerate(self.groups)
+            if wanted[gi] and math.isfinite(total[gi])
+        }
+        for inner, group, *_ in opt._pairs:
+            if id(group) in checked and inner.get("nonfinite") != "ignore":
+                inner["nonfinite"] = "ignore"
+        if not any(g.get("max_grad_norm") is not None for g, _ in self.groups):
+            self._release(opt)
+            return grad_scale
+        # Every inner group carries its own scale: the step's scale over the group's clipping
+        # coefficient, so one pass unscales and clips (its own, per-shard clipping is off).
+        for inner, group, *_ in opt._pairs:
+            array = self.scales.get(id(inner))
+            if array is None or inner.get("grad_scale") is not array:
+                array = self.scales[id(inner)] = np.ones(1)
+                inner["grad_scale"] = array
+            inner["max_grad_norm"] = None
+            array[0] = scale / coefficients.get(id(group), 1.0)
+        return None
+
+    def _release(self, opt):
+        """Clipping was switched off (``max_grad_norm`` set to None): the inner groups get
+        their plain gradient scale back."""
+        if not self.scales:
+            return
+        for inner, *_ in opt._pairs:
+            if inner.get("grad_scale") is self.scales.get(id(inner)):
+                inner["grad_scale"] = 1.0
+        self.scales = {}
+
+    def last_grad_norm(self):
+        norms = self.norms if self.norms is not None else [None] * len(self.groups)
+        return norms[0] if len(norms) == 1 else list(norms)

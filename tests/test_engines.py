@@ -1,0 +1,178 @@
+"""fusedadam.torch inside the engines people scale with, each on 2 CPU processes (gloo).
+
+Each test launches ``torchrun --standalone --nproc_per_node 2 tests/_engines_worker.py
+SCENARIO`` (one thread per rank), which trains a tiny model inside the engine with
+``fusedadam.torch.AdamW`` and with ``torch.optim.AdamW`` and resumes interrupted runs
+from the engine's own checkpoints; the test then compares: loss curves and params equal
+``torch.optim.AdamW``'s to rounding, resumed runs equal uninterrupted ones bit for bit.
+The recipes are the ones docs/engines.md gives. A test whose engine is not installed
+skips, unless ``FUSEDADAM_REQUIRE_ENGINES=1`` (as in CI), which makes it fail instead.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+WORKER = Path(__file__).with_name("_engines_worker.py")
+REQUIRE = os.environ.get("FUSEDADAM_REQUIRE_ENGINES") == "1"
+TIMEOUT = 600  # seconds per torchrun launch: a hang fails the test, not the suite
+
+# 20-30 s a launch on an idle 2-core machine: off by default, run with -m slow (CI does).
+pytestmark = pytest.mark.slow
+
+
+def _needs(*modules):
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing and REQUIRE:
+        pytest.fail(f"FUSEDADAM_REQUIRE_ENGINES=1 but {', '.join(missing)} is not installed")
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}")
+
+
+def torchrun(scenario, out, nproc=2):
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(WORKER),
+        scenario,
+        str(out),
+    ]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"{' '.join(cmd)} timed out after {TIMEOUT} s\n{error.stderr!r:.4000}")
+    if result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(cmd)} exited with {result.returncode}\n"
+            f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-6000:]}"
+        )
+    return torch.load(Path(out) / f"{scenario}.pt", weights_only=False)
+
+
+def close_params(a, b, atol):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=0, atol=atol, err_msg=k)
+
+
+def equal_params(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_ddp_zero_redundancy_optimizer(tmp_path):
+    r = torchrun("zero", tmp_path)
+    np.testing.assert_allclose(r["fused"]["losses"], r["torch"]["losses"], rtol=1e-6)
+    close_params(r["fused"]["params"], r["torch"]["params"], atol=1e-6)
+    assert r["fused"]["owned"] == r["torch"]["owned"] < 6  # rank 0 steps only its share
+    # consolidate_state_dict gathers every rank's share: all 6 params, torch's layout.
+    for name in ("fused", "torch"):
+        full = r[name + "_consolidated"]
+        assert sorted(full["state"]) == list(range(6))
+        assert {"step", "exp_avg", "exp_avg_sq"} <= set(full["state"][0])
+        resumed = r[name + "_resumed"]
+        assert resumed["losses"] == r[name]["losses"][3:]
+        equal_params(resumed["params"], r[name]["params"])
+
+
+def test_hf_trainer(tmp_path):
+    _needs("transformers", "accelerate")
+    r = torchrun("hf", tmp_path)
+    assert r["fused_cls"]["optimizer"] == r["fused_obj"]["optimizer"] == "fusedadam.torch.AdamW"
+    assert r["torch_cls"]["optimizer"] == "torch.optim.adamw.AdamW"
+    for fused, ref in (("fused_cls", "torch_cls"), ("fused_obj", "torch_obj")):
+        # bf16 autocast forward: rounding differences of the params show more in the loss.
+        np.testing.assert_allclose(r[fused]["losses"], r[ref]["losses"], rtol=1e-5)
+        close_params(r[fused]["params"], r[ref]["params"], atol=2e-5)
+    for name in ("fused_cls", "torch_cls"):
+        resumed = r[name + "_resumed"]
+        assert resumed["losses"] == r[name]["losses"]  # the first 3 come from the checkpoint
+        equal_params(resumed["params"], r[name]["params"])
+
+
+def test_deepspeed_zero2_cpu_offload(tmp_path):
+    _needs("deepspeed")
+    r = torchrun("deepspeed", tmp_path)
+    assert r["fused"]["optimizer"] == "fusedadam.torch.AdamW"
+    np.testing.assert_allclose(r["fused"]["losses"], r["torch"]["losses"], rtol=1e-5)
+    for a, b in zip(r["fused"]["masters"], r["torch"]["masters"]):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-6)
+    close_params(r["fused"]["params"], r["torch"]["params"], atol=1e-2)  # bf16 model copy
+    for name in ("fused", "torch"):
+        resumed = r[name + "_resumed"]
+        assert resumed["losses"] == r[name]["losses"][3:]
+        for a, b in zip(resumed["masters"], r[name]["masters"]):
+            assert torch.equal(a, b)
+        equal_params(resumed["params"], r[name]["params"])
+    # 8-bit moments on the offloaded partitions: uint8 codes, per-block scales, resumed exact;
+    # the loss curve near float32 AdamW's (quantized moments: not to rounding).
+    q8, resumed = r["fused8bit"], r["fused8bit_resumed"]
+    assert q8["state_dtypes"]["exp_avg"] == "torch.uint8"
+    assert q8["state_dtypes"]["exp_avg_absmax"] == "torch.float32"
+    np.testing.assert_allclose(q8["losses"], r["torch128"]["losses"], rtol=2e-2)
+    assert resumed["losses"] == q8["losses"][3:]
+    for a, b in zip(resumed["masters"], q8["masters"]):
+        assert torch.equal(a, b)
+
+
+def test_lightning_bf16_mixed(tmp_path):
+    _needs("lightning")
+    r = torchrun("lightning", tmp_path)
+    assert "does not allow for gradient clipping" in r["refused"]
+    assert r["fused"]["last_grad_norm"] > 0.1  # above max_grad_norm: clipping acted
+    np.testing.assert_allclose(r["fused"]["losses"], r["torch"]["losses"], rtol=1e-5)
+    close_params(r["fused"]["params"], r["torch"]["params"], atol=1e-6)
+    assert r["fused_resumed"]["losses"] == r["fused"]["losses"][3:]
+    equal_params(r["fused_resumed"]["params"], r["fused"]["params"])
+
+
+def test_fsdp2_fully_shard(tmp_path):
+    r = torchrun("fsdp2", tmp_path)
+    for tag in ("noclip", "clip"):
+        single, fsdp = r[f"single_{tag}"], r[f"fsdp_{tag}"]
+        # 2 ranks of FSDP2 (uneven shards) == one process on the whole batch, to rounding;
+        # with clipping, only a global norm gives that (each rank sees half the gradient).
+        np.testing.assert_allclose(fsdp["losses"], single["losses"], rtol=1e-6)
+        close_params(fsdp["params"], single["params"], atol=1e-6)
+        close_params(fsdp["params"], r[f"fsdp_torch_{tag}"]["params"], atol=1e-6)
+        assert fsdp["state_types"] == {
+            "step": "Tensor",
+            "exp_avg": "DTensor",
+            "exp_avg_sq": "DTensor",
+        }
+        if tag == "clip":
+            assert fsdp["norms"][-1] > 0.1  # above max_grad_norm: clipping acted
+            np.testing.assert_allclose(fsdp["norms"], single["norms"], rtol=1e-6)
+        # DCP checkpoint at step 3, resumed at 2 ranks: bit for bit.
+        resumed = r[f"fsdp_{tag}_resumed"]
+        assert resumed["losses"] == fsdp["losses"][3:]
+        equal_params(resumed["params"], fsdp["params"])
+    nonfinite = r["nonfinite"]
+    for outcome in nonfinite["error"]["outcomes"]:
+        assert outcome.startswith("raised: param_groups[0]: a gradient holds NaN or inf")
+    assert nonfinite["skip"]["outcomes"] == ["stepped, skipped_steps=1"] * 2
+    for policy in ("error", "skip"):
+        assert nonfinite[policy]["unchanged"] and nonfinite[policy]["state"] == 0
+    # A one-process state dict loaded into the FSDP2 optimizer: each rank cut its shard.
+    saved = r["single_clip"]["state_dict"]["state"]
+    assert sorted(r["plain_loaded"]) == sorted(saved) == [0, 1, 2, 3]
+    for i, entry in saved.items():
+        for k, v in entry.items():
+            assert torch.equal(r["plain_loaded"][i][k].float(), v.float()), (i, k)
+    # The same checkpoints resumed in one process (no FSDP): DCP reshards the state.
+    r1 = torchrun("fsdp2_resume1", tmp_path, nproc=1)
+    for tag in ("noclip", "clip"):
+        np.testing.assert_allclose(r1[tag]["losses"], r[f"fsdp_{tag}"]["losses"][3:], rtol=1e-6)
+        close_params(r1[tag]["params"], r[f"fsdp_{tag}"]["params"], atol=1e-6)
