@@ -79,7 +79,10 @@ def test_conversions_match_ml_dtypes_and_numpy():
     assert np.isnan(got16[nan]).all()
     every = np.arange(2**16, dtype=np.uint16)
     for name, dtype in (("bfloat16", BF16), ("float16", F16)):
-        assert_same_bits(_kernels.widen_to_float32(every, name), every.view(dtype).astype(F32))
+        # aarch64's hardware cast of a signaling NaN (the expected side) raises "invalid"
+        with np.errstate(invalid="ignore"):
+            want = every.view(dtype).astype(F32)
+        assert_same_bits(_kernels.widen_to_float32(every, name), want)
 
 
 # ----------------------------------------------------------------- the master's trajectory

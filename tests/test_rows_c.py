@@ -28,8 +28,18 @@ pytestmark = pytest.mark.skipif(
 def test_rows_c(tmp_path):
     exe = tmp_path / "test_rows"
     build = subprocess.run(
-        ["cc", *FLAGS, "-Wall", "-Wno-unused-function", "-I", str(HEADER_DIR), str(SOURCE),
-         "-o", str(exe), "-lm"],
+        [
+            "cc",
+            *FLAGS,
+            "-Wall",
+            "-Wno-unused-function",
+            "-I",
+            str(HEADER_DIR),
+            str(SOURCE),
+            "-o",
+            str(exe),
+            "-lm",
+        ],
         capture_output=True,
         text=True,
     )
