@@ -31,8 +31,8 @@ typedef void (*fa_loop_fn)(char *const *a, ptrdiff_t n, const fa_scalars *s);
  * the plain C compiled without the vectoriser (gcc; clang ignores that attribute and
  * vectorises it with NEON), "neon" the same C vectorised for Advanced SIMD (present on
  * every aarch64 CPU), "sve" vectorised for SVE, vector-length agnostic (one copy for 128 to
- * 2048-bit vectors), chosen when the kernel reports SVE (getauxval). Other architectures:
- * the plain C only. */
+ * 2048-bit vectors), chosen when the kernel reports SVE (getauxval). Other targets (and
+ * MSVC): the plain C, with the x86 rows' names as copies that are never chosen. */
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #define FA_ISAS(X) X(baseline) X(avx2) X(avx512)
 #define FA_HAVE_X86_DISPATCH 1
@@ -57,11 +57,13 @@ typedef void (*fa_loop_fn)(char *const *a, ptrdiff_t n, const fa_scalars *s);
 #define FA_ATTR_baseline
 #define FA_ATTR_sve
 #endif
-#else  /* one code path */
-#define FA_ISAS(X) X(baseline)
+#else  /* one code path: the wider rows are baseline copies, never chosen */
+#define FA_ISAS(X) X(baseline) X(avx2) X(avx512)
 #define FA_HAVE_X86_DISPATCH 0
 #define FA_HAVE_ARM_DISPATCH 0
 #define FA_ATTR_baseline
+#define FA_ATTR_avx2
+#define FA_ATTR_avx512
 #endif
 
 /* Element types: X(isa, suffix, C type, NumPy name, same-width unsigned int, exponent
