@@ -25,4 +25,4 @@ def test_backend_info_fields():
     assert info["version"] == fa.__version__
     assert isinstance(info["max_threads"], int) and info["max_threads"] >= 1
     if info["compiled"]:
-        assert info["simd"] in ("baseline", "avx2", "avx512")
+        assert info["simd"] in ("baseline", "avx2", "avx512", "neon", "sve")

@@ -17,7 +17,8 @@ from fusedadam._backend import _kernels
 
 
 def _apply_simd_env():
-    """FUSEDADAM_SIMD=baseline|avx2|avx512 caps the instruction set the loops use.
+    """FUSEDADAM_SIMD=baseline|avx2|avx512 (x86-64), baseline|neon|sve (aarch64) caps the
+    instruction set the loops use.
 
     Unset, empty or ``auto``: the widest this CPU runs. A name wider than the CPU runs
     warns and keeps the widest it runs; an unknown name is an error (a typo must not pass
@@ -75,8 +76,9 @@ def backend_info():
 
     Returns a dict: ``compiled`` (the extension is importable), ``openmp`` (it was built
     with OpenMP), ``max_threads`` (threads a step with ``num_threads=None`` uses now),
-    ``num_procs``, ``simd`` (instruction set of the loops in use: ``"baseline"`` is
-    SSE2, then ``"avx2"``, ``"avx512"``), ``simd_best`` (the widest this CPU runs),
+    ``num_procs``, ``simd`` (instruction set of the loops in use: on x86-64
+    ``"baseline"`` is SSE2, then ``"avx2"``, ``"avx512"``; on aarch64 ``"baseline"`` is
+    the scalar C, then ``"neon"``, ``"sve"``), ``simd_best`` (the widest this CPU runs),
     ``chunk_size`` (a step is cut into chunks of this many elements that threads claim one
     at a time; a call of one chunk runs on the calling thread), ``version``.
     """

@@ -26,15 +26,41 @@ typedef void (*fa_loop_fn)(char *const *a, ptrdiff_t n, const fa_scalars *s);
 
 #include "_mixed.h"
 
-/* Instruction sets, narrowest first, with their target attributes. */
-#define FA_ISAS(X) X(baseline) X(avx2) X(avx512)
+/* Instruction sets, narrowest first, with their target attributes; one list per
+ * architecture. x86-64: SSE2 (the x86-64 baseline), AVX2, AVX-512F. aarch64: "baseline" is
+ * the plain C compiled without the vectoriser (gcc; clang ignores that attribute and
+ * vectorises it with NEON), "neon" the same C vectorised for Advanced SIMD (present on
+ * every aarch64 CPU), "sve" vectorised for SVE, vector-length agnostic (one copy for 128 to
+ * 2048-bit vectors), chosen when the kernel reports SVE (getauxval). Other targets (and
+ * MSVC): the plain C, with the x86 rows' names as copies that are never chosen. */
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define FA_ISAS(X) X(baseline) X(avx2) X(avx512)
 #define FA_HAVE_X86_DISPATCH 1
+#define FA_HAVE_ARM_DISPATCH 0
 #define FA_ATTR_baseline
 #define FA_ATTR_avx2 __attribute__((target("avx2")))
 #define FA_ATTR_avx512 __attribute__((target("avx512f,prefer-vector-width=512")))
-#else  /* one code path: the wider rows are baseline copies, never chosen */
+#elif (defined(__GNUC__) || defined(__clang__)) && defined(__aarch64__)
+#define FA_ISAS(X) X(baseline) X(neon) X(sve)
 #define FA_HAVE_X86_DISPATCH 0
+#define FA_ATTR_neon
+#if defined(__linux__) && defined(__clang__)
+#define FA_HAVE_ARM_DISPATCH 1
+#define FA_ATTR_baseline
+#define FA_ATTR_sve __attribute__((target("sve")))
+#elif defined(__linux__)
+#define FA_HAVE_ARM_DISPATCH 1
+#define FA_ATTR_baseline __attribute__((optimize("no-tree-vectorize")))
+#define FA_ATTR_sve __attribute__((target("+sve")))
+#else  /* no getauxval (macOS, whose CPUs have no SVE): the sve row is a copy, never chosen */
+#define FA_HAVE_ARM_DISPATCH 0
+#define FA_ATTR_baseline
+#define FA_ATTR_sve
+#endif
+#else  /* one code path: the wider rows are baseline copies, never chosen */
+#define FA_ISAS(X) X(baseline) X(avx2) X(avx512)
+#define FA_HAVE_X86_DISPATCH 0
+#define FA_HAVE_ARM_DISPATCH 0
 #define FA_ATTR_baseline
 #define FA_ATTR_avx2
 #define FA_ATTR_avx512
@@ -106,6 +132,10 @@ static const fa_grad_fns fa_grad_table[FA_N_ISAS][FA_N_ETS] = {FA_ISAS(FA_GRAD_R
 static const fa_grad_fns *fa_get_grad_fns(int isa, int type) { return &fa_grad_table[isa][type]; }
 
 /* The widest instruction set this CPU runs, as an FA_ISA_* value. */
+#if FA_HAVE_ARM_DISPATCH
+#include <sys/auxv.h>
+#define FA_HWCAP_SVE (1UL << 22) /* HWCAP_SVE of the Linux arm64 ABI (asm/hwcap.h) */
+#endif
 static int fa_cpu_best_isa(void) {
 #if FA_HAVE_X86_DISPATCH
     __builtin_cpu_init();
@@ -114,6 +144,11 @@ static int fa_cpu_best_isa(void) {
     if (!__builtin_cpu_supports("f16c")) return FA_ISA_baseline;
     if (__builtin_cpu_supports("avx512f")) return FA_ISA_avx512;
     if (__builtin_cpu_supports("avx2")) return FA_ISA_avx2;
+#elif FA_HAVE_ARM_DISPATCH
+    if (getauxval(AT_HWCAP) & FA_HWCAP_SVE) return FA_ISA_sve;
+    return FA_ISA_neon;
+#elif defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
+    return FA_ISA_neon;
 #endif
     return FA_ISA_baseline;
 }

@@ -4,7 +4,7 @@ from typing import Any, Dict, Final, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 
-_ISAName = Literal["baseline", "avx2", "avx512"]
+_ISAName = Literal["baseline", "avx2", "avx512", "neon", "sve"]
 
 # The names behind the numbers of the C headers (_dispatch.h, _loops.h, _scalars.h).
 ISA_NAMES: Final[Tuple[_ISAName, ...]]

@@ -504,17 +504,26 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
 #define FA_Q8_ADAM_baseline ((fa_q8_adam_fn)0)
 #define FA_Q8_ADAM_avx2 fa_q8_adam_f16c_avx2
 #define FA_Q8_ADAM_avx512 fa_q8_adam_f16c_avx2
-#else
+#else  /* elsewhere every row runs the portable 8-bit loops of FA_DEFINE_MIXED */
 #define FA_Q8_X86 0
 #define FA_Q8_LOAD_baseline fa_q8_load_baseline
 #define FA_Q8_STORE_baseline fa_q8_store_baseline
+#define FA_Q8_ADAM_baseline ((fa_q8_adam_fn)0)
+#if defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
+#define FA_Q8_LOAD_neon fa_q8_load_neon
+#define FA_Q8_STORE_neon fa_q8_store_neon
+#define FA_Q8_ADAM_neon ((fa_q8_adam_fn)0)
+#define FA_Q8_LOAD_sve fa_q8_load_sve
+#define FA_Q8_STORE_sve fa_q8_store_sve
+#define FA_Q8_ADAM_sve ((fa_q8_adam_fn)0)
+#else
 #define FA_Q8_LOAD_avx2 fa_q8_load_avx2
 #define FA_Q8_STORE_avx2 fa_q8_store_avx2
 #define FA_Q8_LOAD_avx512 fa_q8_load_avx512
 #define FA_Q8_STORE_avx512 fa_q8_store_avx512
-#define FA_Q8_ADAM_baseline ((fa_q8_adam_fn)0)
 #define FA_Q8_ADAM_avx2 ((fa_q8_adam_fn)0)
 #define FA_Q8_ADAM_avx512 ((fa_q8_adam_fn)0)
+#endif
 #endif
 
 /* ---- per-instruction-set block loops ------------------------------------------------------ */
