@@ -33,10 +33,16 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_residual.h"
+
 /* Storage element types; the first two are also the compute rows FA_DTYPE_f32/f64.
  * FA_ET_Q8 (block-wise 8-bit codes, see below) is a state type only: no gradient scans. */
 enum { FA_ET_F32 = 0, FA_ET_F64 = 1, FA_ET_BF16 = 2, FA_ET_F16 = 3, FA_N_ETS,
-       FA_ET_Q8 = FA_N_ETS };
+       FA_ET_Q8 = FA_N_ETS, FA_ET_RESID };
+/* FA_ET_RESID is a low-precision param type only: a bfloat16 param whose master is kept as
+ * its int16 residual (master="residual", _residual.h); the segment's param then points at
+ * the residual, and the staged runner decodes the float32 master into a buffer per block
+ * and encodes param and residual back from it. */
 
 #define FA_STAGE 256      /* elements per staged block: 4 float32 buffers = 4 KB */
 #define FA_NORM_LANES 8
@@ -66,7 +72,8 @@ static inline void fa_pre_set(fa_pre *pre, double grad_scale)
 
 /* One array segment of a staged call. */
 typedef struct {
-    char *param;          /* the compute-type array the loop updates: master, or the param */
+    char *param;          /* the compute-type array the loop updates: master, or the param
+                           * (FA_ET_RESID: the int16 residual of the master) */
     char *lowp;           /* the bfloat16/float16 param rounded from it, or NULL */
     const char *grad;
     char *state[3];
@@ -420,12 +427,31 @@ FA_Q8_TARGET static inline __attribute__((always_inline)) void fa_q8_adam_block(
     *most_v_out = most_v;
 }
 
+/* master="residual": the float32 masters of a block from params and residuals, and back */
+FA_Q8_TARGET static void fa_resid_load_f16c_avx2(float *restrict out,
+                                                 const uint16_t *restrict p,
+                                                 const uint16_t *restrict r, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_bits_f32(fa_resid_master(p[i], r[i]));
+}
+
+FA_Q8_TARGET static void fa_resid_store_f16c_avx2(uint16_t *restrict p, uint16_t *restrict r,
+                                                  const float *restrict in, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++) {
+        uint32_t u = fa_f32_bits(in[i]);
+        p[i] = fa_resid_param(u);
+        r[i] = fa_resid_low(u);
+    }
+}
+
 FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_t first,
                                                    ptrdiff_t n_blocks, const fa_scalars *s,
                                                    const fa_pre *pre, int coupled,
                                                    fa_widen_f32_fn widen, fa_round_fn round)
 {
-    FA_ALIGN32 float bufs[2][2][FA_Q8_BLOCK], gbuf[FA_Q8_BLOCK];
+    FA_ALIGN32 float bufs[2][2][FA_Q8_BLOCK], gbuf[FA_Q8_BLOCK], pbuf[FA_Q8_BLOCK];
+    const int resid = x->lowp_type == FA_ET_RESID;
     uint8_t scratch[2][FA_Q8_BLOCK]; /* where the block before the first one "encodes" */
     const fa_q8_adam_consts c = {
         _mm256_set1_ps((float)s->sign), _mm256_set1_ps((float)s->weight_decay),
@@ -449,7 +475,10 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
         const float vscale_y = *vscale * 3.0517578125e-05f;
         /* exact scaling; and >= 0, so v stays >= +0 (fa_q8_enc16_unsigned) */
         if (!(vscale_y * 32768.0f == *vscale && *vscale >= 0.0f)) break;
-        float *p = (float *)x->param + off;
+        float *p = resid ? pbuf : (float *)x->param + off;
+        if (resid)
+            fa_resid_load_f16c_avx2(pbuf, (const uint16_t *)x->lowp + off,
+                                    (const uint16_t *)x->param + off, FA_Q8_BLOCK);
         const float *g = (const float *)x->grad + off;
         uint8_t *mc = (uint8_t *)x->state[0] + off, *vc = (uint8_t *)x->state[1] + off;
         if (stage_grad) {
@@ -483,7 +512,11 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
         else
             FA_Q8_ADAM_CALL(0, 1, 1);
 #undef FA_Q8_ADAM_CALL
-        if (round) round((uint16_t *)x->lowp + off, p, FA_Q8_BLOCK);
+        if (resid)
+            fa_resid_store_f16c_avx2((uint16_t *)x->lowp + off, (uint16_t *)x->param + off,
+                                     pbuf, FA_Q8_BLOCK);
+        else if (round)
+            round((uint16_t *)x->lowp + off, p, FA_Q8_BLOCK);
         mmax_prev = fa_bits_f32(fa_q8_max8_avx2(most_m));
         vmax_prev = fa_bits_f32(fa_q8_max8_avx2(most_v));
         *mscale = mmax_prev;
@@ -570,6 +603,26 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
     {                                                                                \
         for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_f32_to_bf16(in[i]);            \
     }                                                                                \
+    /* master="residual": float32 masters from params and residuals, and back */    \
+    FA_ATTR_##ISA static void fa_resid_load_##ISA(float *restrict out,               \
+                                                  const uint16_t *restrict p,        \
+                                                  const uint16_t *restrict r,        \
+                                                  ptrdiff_t n)                       \
+    {                                                                                \
+        for (ptrdiff_t i = 0; i < n; i++)                                            \
+            out[i] = fa_bits_f32(fa_resid_master(p[i], r[i]));                       \
+    }                                                                                \
+    FA_ATTR_##ISA static void fa_resid_store_##ISA(uint16_t *restrict p,             \
+                                                   uint16_t *restrict r,             \
+                                                   const float *restrict in,         \
+                                                   ptrdiff_t n)                      \
+    {                                                                                \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            uint32_t u = fa_f32_bits(in[i]);                                         \
+            p[i] = fa_resid_param(u);                                                \
+            r[i] = fa_resid_low(u);                                                  \
+        }                                                                            \
+    }                                                                                \
     FA_ATTR_##ISA static void fa_f16_store_##ISA(uint16_t *restrict out,             \
                                                  const float *restrict in,           \
                                                  ptrdiff_t n)                        \
@@ -625,7 +678,8 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
                                                  ptrdiff_t n, const fa_scalars *s,   \
                                                  const fa_pre *pre)                  \
     {                                                                                \
-        float gbuf[FA_STAGE], sbuf[3][FA_STAGE];                                     \
+        float gbuf[FA_STAGE], sbuf[3][FA_STAGE], mbuf[FA_STAGE];                     \
+        const int resid = x->lowp_type == FA_ET_RESID;                               \
         char *a[FA_MAX_SLOTS] = {0};                                                 \
         const int stage_grad = x->grad_type != FA_ET_F32 || pre->active;             \
         const int q8 = x->state_type == FA_ET_Q8;                                    \
@@ -634,7 +688,13 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
         const size_t ssize = q8 ? 1 : (stage_state ? 2 : 4);                         \
         for (const ptrdiff_t end = off + n; off < end; off += FA_STAGE) {            \
             ptrdiff_t len = end - off < FA_STAGE ? end - off : FA_STAGE;             \
-            a[FA_PARAM] = x->param + off * 4;                                        \
+            if (resid) {                                                             \
+                fa_resid_load_##ISA(mbuf, (const uint16_t *)x->lowp + off,           \
+                                    (const uint16_t *)x->param + off, len);          \
+                a[FA_PARAM] = (char *)mbuf;                                          \
+            } else {                                                                 \
+                a[FA_PARAM] = x->param + off * 4;                                    \
+            }                                                                        \
             if (stage_grad) {                                                        \
                 fa_widen_grad_f32_##ISA(gbuf, x->grad + off * gsize, x->grad_type,   \
                                         len, pre);                                   \
@@ -665,7 +725,10 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
                 for (int j = 0; j < x->n_states; j++)                                \
                     fa_bf16_store_##ISA((uint16_t *)(x->state[j] + off * 2), sbuf[j], \
                                         len);                                        \
-            if (x->lowp_type == FA_ET_BF16)                                          \
+            if (resid)                                                               \
+                fa_resid_store_##ISA((uint16_t *)x->lowp + off,                      \
+                                     (uint16_t *)x->param + off, mbuf, len);         \
+            else if (x->lowp_type == FA_ET_BF16)                                     \
                 fa_bf16_store_##ISA((uint16_t *)(x->lowp + off * 2),                 \
                                     (const float *)a[FA_PARAM], len);                \
             else if (x->lowp_type == FA_ET_F16)                                      \

@@ -352,6 +352,11 @@ class Optimizer(torch.optim.Optimizer):
                     f"{where}{key}=True is not supported by fusedadam.torch (CPU tensors, "
                     "no autograd through the step); leave it False"
                 )
+        if group.get("master", "float32") != "float32":
+            raise ValueError(
+                f"{where}master={group['master']!r} is not supported by fusedadam.torch; "
+                "use fusedadam's NumPy optimizers for master='residual'"
+            )
         if group.get("state_dtype") == "8bit":
             # 8-bit moments are uint8 codes plus per-block scales, which torch.optim's
             # state layout (float tensors shaped like the param) cannot hold.
