@@ -111,22 +111,30 @@ def test_codec_special_values_and_every_bfloat16():
 
 
 @requires_compiled
-def test_compiled_codec_matches_reference(simd):
+@pytest.mark.parametrize("state_dtype", [None, "8bit"])
+def test_compiled_codec_matches_reference(state_dtype, simd):
     """Arbitrary (param, residual) pairs through a step that leaves the master as it is
     (lr 0, zero gradients): compiled re-encodes exactly as the reference, every bfloat16
-    and residual edge included."""
+    and residual edge included (8-bit moments: the fused x86 loop's codec too)."""
     hi = np.arange(1 << 16, dtype=np.uint16)
     out = []
     for backend in ("compiled", "numpy"):
         p = np.repeat(hi, 6).view(BF16)
         r = np.tile(np.array([0, 1, -1, 0x7FFF, -0x8000, 0x1234], np.int16), 1 << 16)
-        opt = fa.Adam([p], lr=0.0, master="residual", backend=backend, nonfinite="ignore")
+        opt = fa.Adam(
+            [p], lr=0.0, master="residual", backend=backend, nonfinite="ignore",
+            state_dtype=state_dtype,
+        )  # fmt: skip
+        moment = np.uint8 if state_dtype else F32
         opt.state[p] = {
             "step": np.zeros((), np.int64),
-            "exp_avg": np.zeros(p.shape, F32),
-            "exp_avg_sq": np.zeros(p.shape, F32),
+            "exp_avg": np.zeros(p.shape, moment),
+            "exp_avg_sq": np.zeros(p.shape, moment),
             "master_residual": r,
         }
+        if state_dtype:
+            for name in ("exp_avg_absmax", "exp_avg_sq_absmax"):
+                opt.state[p][name] = np.zeros(p.size // 256, F32)
         before = R.residual_decode(p, r)
         opt.step([np.zeros(p.shape, F32)])
         out.append((p, r))
@@ -393,3 +401,12 @@ def test_training_matches_the_float32_master_run():
     assert abs(lf[-1] - lr[-1]) < 0.02 * lf[-1]
     _, wp, op, _, _ = digits_like(master="residual", replay=grads)
     assert_matches_float32_master((op, list(wp)), (of, list(wf)))
+
+
+def test_sharded_optimizer_refuses_residual():
+    pytest.importorskip("mpi4py")
+    from fusedadam.distributed import ShardedOptimizer
+
+    params = [np.zeros(10, BF16)]
+    with pytest.raises(ValueError, match=r"master='residual' is not supported by ShardedOpt"):
+        ShardedOptimizer(fa.Adam, params, master="residual")

@@ -460,6 +460,8 @@ def _convert_master(entry, param, required, where):
     f32, res = _precision.MASTER, _precision.MASTER_RESIDUAL
     if res in required and res not in entry:
         if f32 in entry:
+            if not param.flags.writeable:
+                raise ValueError(f"{where}: converting to master_residual writes the param")
             master = _saved_master(entry, f32, param, "f", where).astype(np.float32)
             entry[NEW_PARAM], entry[res] = reference.residual_encode(master)
             entry[NEW_PARAM] = entry[NEW_PARAM].reshape(param.shape)
