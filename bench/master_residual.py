@@ -88,7 +88,7 @@ def main(argv=None):
                 opt = fa.AdamW([p], lr=1e-6, master=master, state_dtype=state_dtype,
                                nonfinite="ignore", num_threads=threads)  # fmt: skip
                 opts[name] = (opt, (master, state_dtype))
-                steps[name] = lambda o=opt: o.step([g])
+                steps[name] = lambda o=opt, g=g: o.step([g])
             probe_p = np.zeros(n, np.float32)
             probe_g = np.zeros(n, np.float32)
             steps["roofline 28 B"] = roofline_step([probe_p], [probe_g], 2, threads)
@@ -114,8 +114,11 @@ def main(argv=None):
             print(f"  residual speed-up: float32 moments {row['speedup_residual']['float32']:.2f}x,"
                   f" 8-bit moments {row['speedup_residual']['8bit']:.2f}x")  # fmt: skip
             del steps, opts, probe_p, probe_g
-    out = {"environment": environment(), "bytes_per_param": {" / ".join(k): v for k, v in table.items()},
-           "rows": rows}  # fmt: skip
+    out = {
+        "environment": environment(),
+        "bytes_per_param": {" / ".join(k): v for k, v in table.items()},
+        "rows": rows,
+    }
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

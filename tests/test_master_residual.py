@@ -16,7 +16,9 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import COMPILED, VARIANTS, requires_compiled
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from conftest import VARIANTS, requires_compiled
 
 import fusedadam as fa
 from fusedadam import functional as F
@@ -205,6 +207,33 @@ def test_compiled_equals_reference_every_isa_thread_count_and_chunk(
                     assert_same_bits(value, b[0].state[y][name])
     finally:
         _kernels.set_chunk_size(saved)
+
+
+@requires_compiled
+@given(
+    sizes=st.lists(st.integers(0, 5000), min_size=1, max_size=3),
+    variant=st.sampled_from(sorted(VARIANTS)),
+    state_dtype=st.sampled_from([None, "bfloat16", "8bit"]),
+    chunk=st.sampled_from([16, 48, 272, 16384]),
+    threads=st.sampled_from([1, 2]),
+)
+@settings(max_examples=25, deadline=None)
+def test_fuzz_compiled_equals_reference(sizes, variant, state_dtype, chunk, threads):
+    from fusedadam import _kernels
+
+    cls, options = VARIANTS[variant]
+    opts = {**options, "state_dtype": state_dtype, "num_threads": threads}
+    saved = _kernels.get_chunk_size()
+    _kernels.set_chunk_size(chunk)
+    try:
+        a = run(cls, opts, sizes, 2, "residual", "compiled")
+        b = run(cls, opts, sizes, 2, "residual", "numpy")
+    finally:
+        _kernels.set_chunk_size(saved)
+    for x, y in zip(a[1], b[1]):
+        assert_same_bits(x, y)
+        for name, value in a[0].state[x].items():
+            assert_same_bits(value, b[0].state[y][name])
 
 
 def test_ties_round_away_and_the_master_stays_exact():

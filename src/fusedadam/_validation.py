@@ -444,8 +444,7 @@ def _saved_master(entry, name, param, kinds, where):
     a = entry.pop(name)
     if not isinstance(a, np.ndarray) or a.dtype.kind not in kinds or a.shape != param.shape:
         raise ValueError(
-            f"{where}['{name}'] must be an ndarray of the param's shape {param.shape} to "
-            "convert it"
+            f"{where}['{name}'] must be an ndarray of the param's shape {param.shape} to convert it"
         )
     return a
 

@@ -592,7 +592,7 @@ _PARAMETERS = {
         "master's low 16 bits (``master_residual``, int16, 2 bytes), the master kept "
         "exactly, the param its rounding to nearest with ties away from zero (see "
         "docs/master_residual.md). No effect on float32/float64 params (they have no "
-        "master); float16 params refuse ``\"residual\"``.",
+        'master); float16 params refuse ``"residual"``.',
     ),
     "grad_scale": (
         "float, callable or array",
