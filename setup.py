@@ -150,6 +150,7 @@ def _extensions():
             "src/fusedadam/_dispatch.h",
             "src/fusedadam/_loops.h",
             "src/fusedadam/_mixed.h",
+            "src/fusedadam/_residual.h",
             "src/fusedadam/_finite.h",
             "src/fusedadam/_sparse_rows.h",
             "src/fusedadam/_scalars.h",

@@ -11,6 +11,12 @@ bfloat16 + float32 master
     the weights are ``ml_dtypes.bfloat16`` arrays; ``fa.Adam`` keeps a float32 copy of each
     (``opt.state[w]["master_param"]``) with float32 moments, updates it and writes the
     rounded weights, in one pass per step.
+bfloat16 + residual master
+    as above with ``master="residual"``: the float32 master is kept exactly as the int16
+    low half of its bits (``opt.state[w]["master_residual"]``, 2 bytes instead of 4); the
+    weights are the master rounded to nearest with ties away from zero, so this run is the
+    float32-master run bit for bit until the first update that leaves a master exactly on
+    a tie (about one element update in 2**17; see docs/master_residual.md).
 bfloat16, no master
     the same bfloat16 weights stepped the naive way: each step copies them to float32, runs a
     float32 Adam step (its float32 moments persist), and rounds the result back with
@@ -34,7 +40,7 @@ import fusedadam as fa
 from _common import parse_args, pyplot, save
 from digits_mlp import BATCH, LR, accuracy, init_params, load, loss_and_grads
 
-RUNS = ("float32", "bfloat16 + float32 master", "bfloat16, no master")
+RUNS = ("float32", "bfloat16 + float32 master", "bfloat16 + residual master", "bfloat16, no master")
 
 
 def make_run(kind, init):
@@ -45,7 +51,10 @@ def make_run(kind, init):
         return params, opt.step
     params = [w.astype(bfloat16) for w in init]
     if kind == "bfloat16 + float32 master":
-        opt = fa.Adam(params, lr=LR)  # float32 master and moments: issue #12
+        opt = fa.Adam(params, lr=LR)  # float32 master and moments
+        return params, opt.step
+    if kind == "bfloat16 + residual master":
+        opt = fa.Adam(params, lr=LR, master="residual")  # the same master, in 2 bytes
         return params, opt.step
     work = [w.astype(np.float32) for w in params]
     opt = fa.Adam(work, lr=LR)
@@ -116,12 +125,23 @@ def main(argv=None):
             f"{100 * h[-1]['accuracy']:.2f}%, weights a step left unchanged in the last epoch "
             f"{100 * h[-1]['unchanged']:.1f}%"
         )
+    master, residual = histories[RUNS[1]], histories[RUNS[2]]
+    same = next((e for e in range(epochs) if master[e] != residual[e]), None)
+    print(
+        "residual vs float32 master: "
+        + (
+            "the same in every epoch"
+            if same is None
+            else f"the same for the first {same} epoch(s), then apart by ties"
+        )
+        + f"; final training loss {residual[-1]['loss']:.6f} vs {master[-1]['loss']:.6f}"
+    )
     plt = pyplot()
     if plt is not None:
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
         epochs_axis = np.arange(1, epochs + 1)
         # float32 wide and pale under the dashed master run: the two curves coincide.
-        styles = [{"lw": 4, "alpha": 0.4}, {"ls": "--"}, {}]
+        styles = [{"lw": 4, "alpha": 0.4}, {"ls": "--"}, {"ls": ":"}, {}]
         for (kind, h), style in zip(histories.items(), styles):
             left.plot(epochs_axis, [x["loss"] for x in h], label=kind, **style)
             right.plot(epochs_axis, [100 * x["accuracy"] for x in h], label=kind, **style)

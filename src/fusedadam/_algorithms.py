@@ -72,6 +72,7 @@ _SHARED = {
     "state_dtype": None,
     "grad_scale": 1.0,
     "max_grad_norm": None,
+    "master": "float32",
 }
 _ADAM = {
     "lr": 1e-3,

@@ -111,6 +111,7 @@ cdef extern from "_dispatch.h" nogil:
         FA_ET_F16
         FA_N_ETS
         FA_ET_Q8
+        FA_ET_RESID
         FA_Q8_BLOCK
     int fa_cpu_best_isa()
     const fa_loops *fa_get_loops(int isa, int dtype)
@@ -426,7 +427,8 @@ cdef inline void _run_segment(GroupData *d, Py_ssize_t k, Py_ssize_t e,
             a[slot] = d.ptr[slot][k] + e * csize if slot < d.n_slots else NULL
         d.loops[k].dense[d.kind](a, n, &d.folded if d.use_folded else &d.scalars)
         return
-    x.param = d.ptr[FA_PARAM][k] + e * csize
+    # master="residual": the param slot holds the int16 residual
+    x.param = d.ptr[FA_PARAM][k] + e * (2 if types[3] == FA_ET_RESID else csize)
     x.lowp = d.lowp[k] + e * 2 if types[3] >= 0 else NULL
     x.grad = d.ptr[FA_GRAD][k] + e * _et_size(types[1])
     x.n_states = d.n_slots - FA_STATE0
@@ -665,6 +667,7 @@ cdef class GroupPlan:
     cdef readonly object group
     cdef readonly tuple state_names
     cdef readonly object state_dtype   # the group's option the state arrays were made for
+    cdef readonly object master        # the group's master option the state was made for
     cdef readonly object installs      # state to attach at the first step that commits
     cdef readonly bint numpy_backend
     cdef readonly object nonfinite     # the group's NonFinitePolicy
@@ -713,6 +716,7 @@ cdef class GroupPlan:
         self.params = spec.group["params"]
         self.state_names = tuple(spec.state_names)
         self.state_dtype = spec.hyper_spec.state_dtype
+        self.master = spec.hyper_spec.master
         self.installs = spec.installs or None
         self.first_index = spec.first_index
         self.slots = tuple(tuple(arrays) if arrays is not None else None
@@ -780,7 +784,11 @@ cdef class GroupPlan:
             self.d.types[4 * k + 3] = -1
             self.d.lowp[k] = NULL
             if self.masters[k] is not None:
-                self.d.types[4 * k + 3] = et
+                # an int16 master is the residual of master="residual" (bfloat16 only)
+                self.d.types[4 * k + 3] = (
+                    FA_ET_RESID if cnp.PyArray_TYPE(self.masters[k]) == cnp.NPY_INT16 else et)
+                if self.d.types[4 * k + 3] == FA_ET_RESID and et != FA_ET_BF16:
+                    raise ValueError(f"internal error: params[{self.first_index + k}] residual")
                 self.d.lowp[k] = self.d.ptr[FA_PARAM][k]
                 self.d.ptr[FA_PARAM][k] = _data(self.masters[k], self.d.offsets)
             a = self.step_arrays[k]

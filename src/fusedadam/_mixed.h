@@ -33,10 +33,17 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_residual.h"
+
 /* Storage element types; the first two are also the compute rows FA_DTYPE_f32/f64.
  * FA_ET_Q8 (block-wise 8-bit codes, see below) is a state type only: no gradient scans. */
 enum { FA_ET_F32 = 0, FA_ET_F64 = 1, FA_ET_BF16 = 2, FA_ET_F16 = 3, FA_N_ETS,
-       FA_ET_Q8 = FA_N_ETS };
+       FA_ET_Q8 = FA_N_ETS, FA_ET_RESID };
+/* FA_ET_RESID is a low-precision param type only: a bfloat16 param whose master is kept as
+ * its int16 residual (master="residual", _residual.h); the segment's param then points at
+ * the residual, and the staged runner decodes the float32 master into a buffer per block
+ * and encodes param and residual back from it (the fused x86 8-bit Adam loop: per 8
+ * elements, in registers). */
 
 #define FA_STAGE 256      /* elements per staged block: 4 float32 buffers = 4 KB */
 #define FA_NORM_LANES 8
@@ -66,7 +73,8 @@ static inline void fa_pre_set(fa_pre *pre, double grad_scale)
 
 /* One array segment of a staged call. */
 typedef struct {
-    char *param;          /* the compute-type array the loop updates: master, or the param */
+    char *param;          /* the compute-type array the loop updates: master, or the param
+                           * (FA_ET_RESID: the int16 residual of the master) */
     char *lowp;           /* the bfloat16/float16 param rounded from it, or NULL */
     const char *grad;
     char *state[3];
@@ -371,13 +379,40 @@ typedef struct {
 /* One block: decode, update and write block b's param, keep its new moments in
  * mnew/vnew and return their absmax lanes; encode block b - 1 (mold/vold, inverse scales
  * minv/vinv) into mc_prev/vc_prev. COUPLED, SIGN and DECAY are constants at each call. */
+/* master="residual" (RESID): 8 float32 masters from 8 params and residuals, and back
+ * (fa_resid_master, fa_resid_param and fa_resid_low of _residual.h, 8 lanes at once) */
+FA_Q8_TARGET static inline __m256 fa_resid_load8(const uint16_t *pp, const uint16_t *rr)
+{
+    __m256i hi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)pp)), 16);
+    __m256i lo = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)rr));
+    return _mm256_castsi256_ps(_mm256_add_epi32(hi, lo));
+}
+
+FA_Q8_TARGET static inline void fa_resid_store8(uint16_t *pp, uint16_t *rr, __m256 x)
+{
+    const __m256i u = _mm256_castps_si256(x);
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                     _mm256_set1_epi32(0x7f800000));
+    __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x8000)), 16);
+    __m256i quiet = _mm256_or_si256(
+        _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x8000)),
+        _mm256_set1_epi32(0x7fc0));
+    __m256i p = _mm256_blendv_epi8(rounded, quiet, nan);
+    __m256i r = _mm256_andnot_si256(nan, _mm256_and_si256(u, _mm256_set1_epi32(0xffff)));
+    /* per 128-bit lane [p0-3 r0-3 | p4-7 r4-7], then [p0-7 | r0-7] */
+    __m256i both = _mm256_permute4x64_epi64(_mm256_packus_epi32(p, r), 0xd8);
+    _mm_storeu_si128((__m128i *)pp, _mm256_castsi256_si128(both));
+    _mm_storeu_si128((__m128i *)rr, _mm256_extracti128_si256(both, 1));
+}
+
 FA_Q8_TARGET static inline __attribute__((always_inline)) void fa_q8_adam_block(
-    float *restrict p, const float *restrict g, const uint8_t *restrict mc,
+    float *restrict p, uint16_t *restrict pp, uint16_t *restrict rr,
+    const float *restrict g, const uint8_t *restrict mc,
     const uint8_t *restrict vc, float *restrict mnew, float *restrict vnew,
     const float *restrict mold, const float *restrict vold, uint8_t *restrict mc_prev,
     uint8_t *restrict vc_prev, __m256 mscale8, __m256 vscale8, __m256 minv, __m256 vinv,
     const fa_q8_adam_consts *c, __m256i *most_m_out, __m256i *most_v_out,
-    const int COUPLED, const int SIGN, const int DECAY)
+    const int COUPLED, const int SIGN, const int DECAY, const int RESID)
 {
     const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
     const __m256 sign8 = c->sign, wd8 = c->wd, decay8 = c->decay, b1 = c->b1, omb1 = c->omb1;
@@ -398,7 +433,7 @@ FA_Q8_TARGET static inline __attribute__((always_inline)) void fa_q8_adam_block(
             __m256 m = _mm256_mul_ps(_mm256_cvtph_ps(mh8), mscale8);
             __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(vh8), vscale8);
             __m256 gv = _mm256_loadu_ps(g + k);
-            __m256 pv = _mm256_loadu_ps(p + k);
+            __m256 pv = RESID ? fa_resid_load8(pp + k, rr + k) : _mm256_loadu_ps(p + k);
             if (SIGN) gv = _mm256_mul_ps(gv, sign8);
             if (COUPLED) gv = _mm256_add_ps(gv, _mm256_mul_ps(wd8, pv));
             if (DECAY) pv = _mm256_mul_ps(pv, decay8);
@@ -411,7 +446,10 @@ FA_Q8_TARGET static inline __attribute__((always_inline)) void fa_q8_adam_block(
             most_v = _mm256_max_epu32(most_v, _mm256_and_si256(_mm256_castps_si256(v), abs_mask));
             __m256 denom = _mm256_add_ps(_mm256_sqrt_ps(v), eps8);
             pv = _mm256_sub_ps(pv, _mm256_div_ps(_mm256_mul_ps(step8, m), denom));
-            _mm256_storeu_ps(p + k, pv);
+            if (RESID)
+                fa_resid_store8(pp + k, rr + k, pv);
+            else
+                _mm256_storeu_ps(p + k, pv);
         }
         _mm_storeu_si128((__m128i *)(mc_prev + i), fa_q8_enc16_signed(mold + i, minv));
         _mm_storeu_si128((__m128i *)(vc_prev + i), fa_q8_enc16_unsigned(vold + i, vinv));
@@ -426,6 +464,7 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
                                                    fa_widen_f32_fn widen, fa_round_fn round)
 {
     FA_ALIGN32 float bufs[2][2][FA_Q8_BLOCK], gbuf[FA_Q8_BLOCK];
+    const int resid = x->lowp_type == FA_ET_RESID;
     uint8_t scratch[2][FA_Q8_BLOCK]; /* where the block before the first one "encodes" */
     const fa_q8_adam_consts c = {
         _mm256_set1_ps((float)s->sign), _mm256_set1_ps((float)s->weight_decay),
@@ -449,7 +488,9 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
         const float vscale_y = *vscale * 3.0517578125e-05f;
         /* exact scaling; and >= 0, so v stays >= +0 (fa_q8_enc16_unsigned) */
         if (!(vscale_y * 32768.0f == *vscale && *vscale >= 0.0f)) break;
-        float *p = (float *)x->param + off;
+        float *p = resid ? NULL : (float *)x->param + off;
+        uint16_t *pp = resid ? (uint16_t *)x->lowp + off : NULL;
+        uint16_t *rr = resid ? (uint16_t *)x->param + off : NULL;
         const float *g = (const float *)x->grad + off;
         uint8_t *mc = (uint8_t *)x->state[0] + off, *vc = (uint8_t *)x->state[1] + off;
         if (stage_grad) {
@@ -471,19 +512,30 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
         const __m256 vinv = _mm256_set1_ps((1.0f / vmax_prev) * 32768.0f);
         const __m256 mscale8 = _mm256_set1_ps(*mscale), vscale8 = _mm256_set1_ps(vscale_y);
         __m256i most_m, most_v;
-#define FA_Q8_ADAM_CALL(COUPLED, SIGN, DECAY)                                        \
-    fa_q8_adam_block(p, g, mc, vc, mnew, vnew, mold, vold, mc_prev, vc_prev, mscale8,  \
-                     vscale8, minv, vinv, &c, &most_m, &most_v, COUPLED, SIGN, DECAY)
-        if (coupled)
-            FA_Q8_ADAM_CALL(1, 1, 1);
+#define FA_Q8_ADAM_CALL(COUPLED, SIGN, DECAY, RESID)                                 \
+    fa_q8_adam_block(p, pp, rr, g, mc, vc, mnew, vnew, mold, vold, mc_prev, vc_prev,   \
+                     mscale8, vscale8, minv, vinv, &c, &most_m, &most_v, COUPLED, SIGN, \
+                     DECAY, RESID)
+        if (resid) {
+            if (coupled)
+                FA_Q8_ADAM_CALL(1, 1, 1, 1);
+            else if (!sign && !decay)
+                FA_Q8_ADAM_CALL(0, 0, 0, 1);
+            else if (!sign)
+                FA_Q8_ADAM_CALL(0, 0, 1, 1);
+            else
+                FA_Q8_ADAM_CALL(0, 1, 1, 1);
+        } else if (coupled)
+            FA_Q8_ADAM_CALL(1, 1, 1, 0);
         else if (!sign && !decay)
-            FA_Q8_ADAM_CALL(0, 0, 0);
+            FA_Q8_ADAM_CALL(0, 0, 0, 0);
         else if (!sign)
-            FA_Q8_ADAM_CALL(0, 0, 1);
+            FA_Q8_ADAM_CALL(0, 0, 1, 0);
         else
-            FA_Q8_ADAM_CALL(0, 1, 1);
+            FA_Q8_ADAM_CALL(0, 1, 1, 0);
 #undef FA_Q8_ADAM_CALL
-        if (round) round((uint16_t *)x->lowp + off, p, FA_Q8_BLOCK);
+        if (round && !resid)
+            round((uint16_t *)x->lowp + off, p, FA_Q8_BLOCK);
         mmax_prev = fa_bits_f32(fa_q8_max8_avx2(most_m));
         vmax_prev = fa_bits_f32(fa_q8_max8_avx2(most_v));
         *mscale = mmax_prev;
@@ -579,6 +631,26 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
     {                                                                                \
         for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_f32_to_bf16(in[i]);            \
     }                                                                                \
+    /* master="residual": float32 masters from params and residuals, and back */    \
+    FA_ATTR_##ISA static void fa_resid_load_##ISA(float *restrict out,               \
+                                                  const uint16_t *restrict p,        \
+                                                  const uint16_t *restrict r,        \
+                                                  ptrdiff_t n)                       \
+    {                                                                                \
+        for (ptrdiff_t i = 0; i < n; i++)                                            \
+            out[i] = fa_bits_f32(fa_resid_master(p[i], r[i]));                       \
+    }                                                                                \
+    FA_ATTR_##ISA static void fa_resid_store_##ISA(uint16_t *restrict p,             \
+                                                   uint16_t *restrict r,             \
+                                                   const float *restrict in,         \
+                                                   ptrdiff_t n)                      \
+    {                                                                                \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            uint32_t u = fa_f32_bits(in[i]);                                         \
+            p[i] = fa_resid_param(u);                                                \
+            r[i] = fa_resid_low(u);                                                  \
+        }                                                                            \
+    }                                                                                \
     FA_ATTR_##ISA static void fa_f16_store_##ISA(uint16_t *restrict out,             \
                                                  const float *restrict in,           \
                                                  ptrdiff_t n)                        \
@@ -634,7 +706,8 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
                                                  ptrdiff_t n, const fa_scalars *s,   \
                                                  const fa_pre *pre)                  \
     {                                                                                \
-        float gbuf[FA_STAGE], sbuf[3][FA_STAGE];                                     \
+        float gbuf[FA_STAGE], sbuf[3][FA_STAGE], mbuf[FA_STAGE];                     \
+        const int resid = x->lowp_type == FA_ET_RESID;                               \
         char *a[FA_MAX_SLOTS] = {0};                                                 \
         const int stage_grad = x->grad_type != FA_ET_F32 || pre->active;             \
         const int q8 = x->state_type == FA_ET_Q8;                                    \
@@ -643,7 +716,13 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
         const size_t ssize = q8 ? 1 : (stage_state ? 2 : 4);                         \
         for (const ptrdiff_t end = off + n; off < end; off += FA_STAGE) {            \
             ptrdiff_t len = end - off < FA_STAGE ? end - off : FA_STAGE;             \
-            a[FA_PARAM] = x->param + off * 4;                                        \
+            if (resid) {                                                             \
+                fa_resid_load_##ISA(mbuf, (const uint16_t *)x->lowp + off,           \
+                                    (const uint16_t *)x->param + off, len);          \
+                a[FA_PARAM] = (char *)mbuf;                                          \
+            } else {                                                                 \
+                a[FA_PARAM] = x->param + off * 4;                                    \
+            }                                                                        \
             if (stage_grad) {                                                        \
                 fa_widen_grad_f32_##ISA(gbuf, x->grad + off * gsize, x->grad_type,   \
                                         len, pre);                                   \
@@ -674,7 +753,10 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
                 for (int j = 0; j < x->n_states; j++)                                \
                     fa_bf16_store_##ISA((uint16_t *)(x->state[j] + off * 2), sbuf[j], \
                                         len);                                        \
-            if (x->lowp_type == FA_ET_BF16)                                          \
+            if (resid)                                                               \
+                fa_resid_store_##ISA((uint16_t *)x->lowp + off,                      \
+                                     (uint16_t *)x->param + off, mbuf, len);         \
+            else if (x->lowp_type == FA_ET_BF16)                                     \
                 fa_bf16_store_##ISA((uint16_t *)(x->lowp + off * 2),                 \
                                     (const float *)a[FA_PARAM], len);                \
             else if (x->lowp_type == FA_ET_F16)                                      \

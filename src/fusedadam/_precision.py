@@ -4,7 +4,10 @@ these rules; validation, planning, the reference and the state dict all ask here
 A param is float32, float64, bfloat16 (``ml_dtypes.bfloat16``) or float16. Every step
 computes in float32, or in float64 for float64 params. A bfloat16/float16 param has a
 float32 master copy in its state (``master_param``): the step updates the master and
-writes the param rounded from it (to nearest even) in the same pass. Its gradients may be
+writes the param rounded from it (to nearest even) in the same pass. With
+``master="residual"`` a bfloat16 param keeps the master exactly in 16 bits instead
+(``master_residual``, int16: ``_residual.h``), the param rounded to nearest with ties away
+from zero. Its gradients may be
 float32, bfloat16 or float16; other params take gradients of their own dtype. The moments
 are stored in the compute type, or in bfloat16 with ``state_dtype="bfloat16"`` (float32
 compute only), or block-wise in 8 bits with ``state_dtype="8bit"`` (float32 compute only):
@@ -28,6 +31,9 @@ LOW_PRECISION = (BFLOAT16, FLOAT16)
 UINT8 = np.dtype(np.uint8)
 STATE_DTYPE_OPTIONS = (None, "float32", "bfloat16", "8bit")
 MASTER = "master_param"
+MASTER_RESIDUAL = "master_residual"  # master="residual": the master's low 16 bits
+INT16 = np.dtype(np.int16)
+MASTER_OPTIONS = ("float32", "residual")
 Q8_BLOCK = 256  # FA_Q8_BLOCK of _mixed.h: elements per scale
 Q8_MIN_SIZE = 4096  # smaller params keep float32 moments under state_dtype="8bit"
 SCALE_SUFFIX = "_absmax"
@@ -52,6 +58,25 @@ def dtype_names(dtypes):
 def has_master(param_dtype):
     """True when a param of this dtype keeps a float32 master copy."""
     return param_dtype in LOW_PRECISION
+
+
+def master_entry(param_dtype, option, pname):
+    """``(name, dtype)`` of the master a param of this dtype keeps under the group's
+    ``master`` option, or None (float32/float64 params have no master: either option is
+    theirs as is). ``"residual"`` (bfloat16 only) keeps the master as an int16 residual:
+    the master is the param's bits shifted up 16 plus the residual, exactly
+    (``reference.residual_encode``)."""
+    if not has_master(param_dtype):
+        return None
+    if option == "residual":
+        if param_dtype != BFLOAT16:
+            raise TypeError(
+                f"master='residual' applies to bfloat16 params; {pname} is {param_dtype} "
+                "(a float32 master is not a float16 plus 16 more bits: float16 has a "
+                "10-bit mantissa and a narrower exponent range): use master='float32'"
+            )
+        return MASTER_RESIDUAL, INT16
+    return MASTER, FLOAT32
 
 
 def compute_dtype(param_dtype):

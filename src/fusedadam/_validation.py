@@ -95,6 +95,13 @@ def _check_state_dtype(value, where):
         )
 
 
+def _check_master(value, where):
+    if not isinstance(value, str) or value not in _precision.MASTER_OPTIONS:
+        raise ValueError(
+            f"{where}Invalid master {value!r}; expected one of {_precision.MASTER_OPTIONS}"
+        )
+
+
 def _check_max_grad_norm(value, where):
     if value is None:
         return
@@ -160,6 +167,7 @@ HYPERPARAMETER_CHECKS = {
     "state_dtype": _check_state_dtype,
     "grad_scale": _check_grad_scale,
     "max_grad_norm": _check_max_grad_norm,
+    "master": _check_master,
 }
 
 
@@ -229,7 +237,7 @@ def check_params(params, first_index=0):
 def check_state_array(a, name, param, pname, dtype, shape=None):
     """A state array the step writes: of ``dtype``, shaped like its param (or ``shape``: an
     8-bit state's scales), writeable, native."""
-    _check_written_array(a, name, FLOAT_DTYPES + (_precision.UINT8,))
+    _check_written_array(a, name, FLOAT_DTYPES + (_precision.UINT8, _precision.INT16))
     if a.dtype != dtype:
         raise TypeError(
             f"{name} has dtype {a.dtype}, but {pname} ({param.dtype}) keeps it in {dtype} "
@@ -445,6 +453,50 @@ def _convert_8bit(entry, dtypes, signed):
     return entry
 
 
+# The key under which check_saved_state returns a param's new value (a conversion to the
+# master_residual layout rewrites the param as its master encodes); never a saved key.
+NEW_PARAM = object()
+
+
+def _saved_master(entry, name, param, kinds, where):
+    """Saved master array ``name`` of ``entry``, checked for a conversion."""
+    a = entry.pop(name)
+    if not isinstance(a, np.ndarray) or a.dtype.kind not in kinds or a.shape != param.shape:
+        raise ValueError(
+            f"{where}['{name}'] must be an ndarray of the param's shape {param.shape} to convert it"
+        )
+    return a
+
+
+def _convert_master(entry, param, required, where):
+    """``entry`` with its master moved between the float32 ``master_param`` and the
+    ``master_residual`` layouts, for ``convert`` (exact both ways, the NaN payloads
+    aside): a saved float32 master becomes its residual, and the param is rewritten as the
+    master encodes (returned under ``NEW_PARAM``: it differs from the rounded param a
+    float32-master step wrote only at exact ties); a saved residual becomes the master it
+    encodes with the param; a missing master is made from the param."""
+    f32, res = _precision.MASTER, _precision.MASTER_RESIDUAL
+    if res in required and res not in entry:
+        if f32 in entry:
+            if not param.flags.writeable:
+                raise ValueError(f"{where}: converting to master_residual writes the param")
+            master = _saved_master(entry, f32, param, "f", where).astype(np.float32)
+            entry[NEW_PARAM], entry[res] = reference.residual_encode(master)
+            entry[NEW_PARAM] = entry[NEW_PARAM].reshape(param.shape)
+        else:
+            entry[res] = np.zeros(param.shape, dtype=_precision.INT16)
+    if f32 in required and f32 not in entry:
+        if res in entry and param.dtype == _precision.BFLOAT16:
+            residual = _saved_master(entry, res, param, "iu", where).astype(np.int16)
+            entry[f32] = reference.residual_decode(param, residual).reshape(param.shape)
+        else:
+            entry[f32] = param.astype(np.float32)
+    for name in (f32, res):
+        if name not in required:
+            entry.pop(name, None)
+    return entry
+
+
 def check_saved_state(
     entry, param, required, optional, scalar_state, dtypes, convert, where, signed=None
 ):
@@ -476,24 +528,25 @@ def check_saved_state(
                 )
     if convert:
         entry = _convert_8bit(entry, dtypes, signed or {})
-        if master in required and master not in entry:
-            entry[master] = param.astype(np.float32)
-        if master not in required:
-            entry.pop(master, None)
+        entry = _convert_master(entry, param, required, where)
+    residual = _precision.MASTER_RESIDUAL
     scalar_names = tuple(name for name, _ in scalar_state)
     missing = [key for key in ("step",) + tuple(required) + scalar_names if key not in entry]
     if missing:
         hint = (
             " (bfloat16/float16 params keep a float32 master_param: pass convert=True to "
-            "make it from the param)"
+            "make it from the param, or from a saved master_residual)"
             if master in missing
+            else " (master='residual' keeps a master_residual: pass convert=True to make "
+            "it from a saved master_param, or from the param)"
+            if residual in missing
             else ""
         )
         raise ValueError(f"{where} is missing {missing}{hint}")
-    known = {"step", *required, *optional, *scalar_names}
+    known = {"step", NEW_PARAM, *required, *optional, *scalar_names}
     unknown = sorted(str(key) for key in entry if key not in known)
     if unknown:
-        hint = " (pass convert=True to drop it)" if unknown == [master] else ""
+        hint = " (pass convert=True to drop it)" if unknown in ([master], [residual]) else ""
         raise ValueError(f"{where} has unexpected entries {unknown} for this optimizer{hint}")
     step = _saved_counter(entry["step"], where, "step", integral=True)
     scalars = {
@@ -518,6 +571,8 @@ def check_saved_state(
             raise ValueError(f"{where}['{name}'] has shape {a.shape}; expected {shape}")
         with np.errstate(over="ignore"):
             copies[name] = np.array(a, dtype=dtype, order="C", copy=True)
+    if NEW_PARAM in entry:
+        copies[NEW_PARAM] = entry[NEW_PARAM]
     return step, copies, scalars
 
 

@@ -6,13 +6,17 @@ is. Each function validates its arrays and hyperparameters, plans them and hands
 the step engine (``fusedadam.engine``), the engine every optimizer class steps through:
 the same loops, rules and messages, with no optimizer object. It plans anew on every call
 (tens of microseconds); a training loop should keep an optimizer, whose plans are cached.
+
+bfloat16/float16 params take their masters as ``masters=[...]`` (one per param, None for
+a float32/float64 param): float32 arrays, or with ``master="residual"`` (bfloat16 params)
+int16 residual arrays, updated in place with the param.
 """
 
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from fusedadam import _algorithms, _validation
+from fusedadam import _algorithms, _precision, _validation
 from fusedadam._backend import resolve_backend
 from fusedadam.engine import Engine, Outcome
 from fusedadam.engine._plan import group_spec, hyper_spec
@@ -36,10 +40,21 @@ def _step(
         raise ValueError(f"step must be an int >= 1 (the number of this update), got {step!r}")
     name, defaults = _algorithms.DEFAULTS[optimizer]
     algorithm = _algorithms.ALGORITHMS[name]
+    masters = options.pop("masters", None)
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise TypeError(f"{optimizer} has no hyperparameter {unknown[0]!r}")
     params = [params] if isinstance(params, np.ndarray) else list(params)
+    if masters is not None:
+        # bfloat16/float16 params: their masters (float32, or int16 residuals with
+        # master="residual"), None for params without one
+        masters = list(masters)
+        name = (
+            _precision.MASTER_RESIDUAL
+            if options.get("master", defaults["master"]) == "residual"
+            else _precision.MASTER
+        )
+        states = {**states, name: masters}
     for state_name, arrays in states.items():
         if len(arrays) != len(params):
             raise ValueError(f"expected {len(params)} {state_name} arrays, got {len(arrays)}")
@@ -50,7 +65,11 @@ def _step(
     by_param = {}
     for k, p in enumerate(params):
         by_param[id(p)] = {
-            **{state_name: arrays[k] for state_name, arrays in states.items()},
+            **{
+                state_name: arrays[k]
+                for state_name, arrays in states.items()
+                if arrays[k] is not None
+            },
             "step": counter,
         }
     given = tuple(states)

@@ -40,6 +40,7 @@ Threads = Optional[int]
 Backend = Literal["auto", "compiled", "numpy"]
 NonFinite = Literal["error", "skip", "ignore"]
 StateDtype = Optional[Literal["float32", "bfloat16", "8bit"]]
+Master = Literal["float32", "residual"]
 GradScale = Union[float, Callable[[int], float], np.ndarray]
 
 
@@ -314,7 +315,11 @@ class Optimizer:
         for gi in self._engine.stale_groups():
             spec = self._check_hyper(gi)
             plan = self._engine.plans[gi]
-            if spec.state_names != plan.state_names or spec.state_dtype != plan.state_dtype:
+            if (
+                spec.state_names != plan.state_names
+                or spec.state_dtype != plan.state_dtype
+                or spec.master != plan.master
+            ):
                 self._plan()
                 return
             self._engine.set_hyper(gi, spec)
@@ -382,8 +387,8 @@ class Optimizer:
         kept = self._created.get(id(p))
         return kept[1] if kept is not None and kept[0] is p else ()
 
-    def _state_dtypes(self, p, option, pname):
-        return state_dtypes(self.algorithm, p, option, pname)
+    def _state_dtypes(self, p, option, pname, master="float32"):
+        return state_dtypes(self.algorithm, p, option, pname, master)
 
     # ---------------------------------------------------------------- state dict
     def state_dict(self) -> Dict[str, Any]:
@@ -418,7 +423,10 @@ class Optimizer:
         in another dtype (another ``state_dtype``, or params that changed precision) loads
         only with ``convert=True``: the arrays are cast to this optimizer's dtypes (rounded
         to nearest even), a missing ``master_param`` is made from the param, and one the
-        params no longer need is dropped.
+        params no longer need is dropped. ``convert=True`` also moves a bfloat16 param's
+        master between ``master_param`` and ``master_residual`` (``master="residual"``),
+        exactly both ways; converting to the residual rewrites the param as its master
+        encodes (it changes only where the master's low half is exactly 0x8000).
         """
         if not isinstance(convert, (bool, np.bool_)):
             raise TypeError(f"convert must be a bool, got {convert!r}")
@@ -428,6 +436,9 @@ class Optimizer:
                 group.update(saved)
             self.state._clear()
             for p, st in new_state:
+                new_param = st.pop(_validation.NEW_PARAM, None)
+                if new_param is not None:  # converted to master="residual"
+                    p[...] = new_param
                 self.state._set(p, st)
             self._created = {}
             self._record_created(new_state)
@@ -443,6 +454,7 @@ class Optimizer:
             # The state's dtype is this optimizer's choice, as the params' dtypes are: a
             # saved state of another dtype is converted (convert=True) or refused.
             hyper.pop("state_dtype", None)
+            hyper.pop("master", None)
             merged = {**group, **hyper}
             self._check_group_hyper(merged, f"{where}: ")
             if "betas" in hyper:
@@ -479,8 +491,12 @@ class Optimizer:
             if saved_id not in saved_state:
                 continue
             pname = f"state_dict['state'][{saved_id!r}] (params[{index + k}])"
-            dtypes = self._state_dtypes(p, merged.get("state_dtype"), f"params[{index + k}]")
-            master = (_precision.MASTER,) if _precision.MASTER in dtypes else ()
+            dtypes = self._state_dtypes(
+                p, merged.get("state_dtype"), f"params[{index + k}]", merged.get("master")
+            )
+            master = tuple(
+                n for n in (_precision.MASTER, _precision.MASTER_RESIDUAL) if n in dtypes
+            )
             scales = [_precision.scale_name(name) for name in required + optional]
             signed = self.algorithm.signed_state(self.algorithm.all_state_names())
             step, arrays, scalars = _validation.check_saved_state(
@@ -586,6 +602,15 @@ _PARAMETERS = {
         "per 256 elements (``<moment>_absmax``; params of at least 4096 elements, smaller "
         "ones keep float32 moments), requantized in the step's pass.",
     ),
+    "master": (
+        '{"float32", "residual"}',
+        "How a bfloat16/float16 param keeps its float32 master: a float32 copy "
+        '(``master_param``, 4 bytes), or for bfloat16 params ``"residual"``: the '
+        "master's low 16 bits (``master_residual``, int16, 2 bytes), the master kept "
+        "exactly, the param its rounding to nearest with ties away from zero (see "
+        "docs/master_residual.md). No effect on float32/float64 params (they have no "
+        'master); float16 params refuse ``"residual"``.',
+    ),
     "grad_scale": (
         "float, callable or array",
         "Gradients are divided by it in the step's pass (AMP loss scaling): a float > 0, "
@@ -656,7 +681,7 @@ class Adam(Optimizer):
                  num_threads: Threads = None, backend: Backend = "auto",
                  nonfinite: NonFinite = "error", decoupled_weight_decay: bool = False,
                  state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
-                 max_grad_norm: Optional[float] = None) -> None:
+                 max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on
 
@@ -676,7 +701,7 @@ class AdamW(Adam):
                  num_threads: Threads = None, backend: Backend = "auto",
                  nonfinite: NonFinite = "error",
                  state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
-                 max_grad_norm: Optional[float] = None) -> None:
+                 max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
         Optimizer.__init__(self, params, {**_hyperparameters(locals()),
                                           "decoupled_weight_decay": True})
     # fmt: on
@@ -705,7 +730,7 @@ class Adamax(Optimizer):
                  num_threads: Threads = None, backend: Backend = "auto",
                  nonfinite: NonFinite = "error",
                  state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
-                 max_grad_norm: Optional[float] = None) -> None:
+                 max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on
 
@@ -738,7 +763,7 @@ class NAdam(Optimizer):
                  num_threads: Threads = None, backend: Backend = "auto",
                  nonfinite: NonFinite = "error",
                  state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
-                 max_grad_norm: Optional[float] = None) -> None:
+                 max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on
 
@@ -771,7 +796,7 @@ class RAdam(Optimizer):
                  num_threads: Threads = None, backend: Backend = "auto",
                  nonfinite: NonFinite = "error",
                  state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
-                 max_grad_norm: Optional[float] = None) -> None:
+                 max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
         # NAdam's arguments less momentum_decay; torch's order.
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on
@@ -802,7 +827,7 @@ class AdaBelief(Optimizer):
                  num_threads: Threads = None, backend: Backend = "auto",
                  nonfinite: NonFinite = "error",
                  state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
-                 max_grad_norm: Optional[float] = None) -> None:
+                 max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on
 
@@ -830,6 +855,6 @@ class Lion(Optimizer):
                  weight_decay: float = 1e-3, maximize: bool = False, num_threads: Threads = None,
                  backend: Backend = "auto", nonfinite: NonFinite = "error",
                  state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
-                 max_grad_norm: Optional[float] = None) -> None:
+                 max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on

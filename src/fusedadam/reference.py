@@ -12,6 +12,7 @@ thread count.
 import math
 from typing import Any, Callable, Dict, List, Tuple
 
+import ml_dtypes
 import numpy as np
 
 __all__ = [
@@ -339,6 +340,29 @@ def q8_quantize(values, signed):
     return codes, absmax.copy()
 
 
+def residual_encode(master):
+    """``(param, residual)`` of float32 ``master`` under ``master="residual"``
+    (``_residual.h``): the bfloat16 param is the master rounded to nearest, ties away
+    from zero (the bits ``(u + 0x8000) >> 16``); the int16 residual is the master's low 16
+    bits, ``u - (param << 16)``. A NaN master: the param ``sign | 0x7fc0``, residual 0."""
+    u = np.ascontiguousarray(master, dtype=np.float32).view(np.uint32)
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    with np.errstate(over="ignore"):
+        rounded = (u + np.uint32(0x8000)) >> np.uint32(16)
+    quiet = ((u >> np.uint32(16)) & np.uint32(0x8000)) | np.uint32(0x7FC0)
+    param = np.where(nan, quiet, rounded).astype(np.uint16).view(ml_dtypes.bfloat16)
+    residual = np.where(nan, np.uint32(0), u & np.uint32(0xFFFF)).astype(np.uint16)
+    return param, residual.view(np.int16)
+
+
+def residual_decode(param, residual):
+    """The float32 master of a bfloat16 ``param`` and its int16 ``residual``, exactly:
+    the bits ``(param << 16) + residual`` (two's complement, modulo 2**32)."""
+    p = np.ascontiguousarray(param).view(np.uint16).astype(np.int64)
+    r = np.ascontiguousarray(residual).view(np.int16).astype(np.int64)
+    return (((p << 16) + r) & 0xFFFFFFFF).astype(np.uint32).view(np.float32)
+
+
 @_quiet
 def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0, scales=None,
         qsigned=None):  # fmt: skip
@@ -359,6 +383,9 @@ def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0, sca
     for k, (p, g) in enumerate(zip(params, grads)):
         p, g = np.asarray(p), np.asarray(g)
         master = masters[k] if masters is not None else None
+        residual = None
+        if master is not None and master.dtype == np.int16:  # master="residual"
+            residual, master = master, residual_decode(p, master)
         target = p if master is None else master
         compute = target.dtype
         if g.dtype != compute or grad_scale != 1.0 or clip != 1.0:
@@ -382,7 +409,9 @@ def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0, sca
                 a[...], block_absmax[...] = q8_quantize(wide, qsigned[j])
             elif wide is not a:
                 a[...] = wide.astype(a.dtype)
-        if master is not None:
+        if residual is not None:
+            p[...], residual[...] = residual_encode(master)
+        elif master is not None:
             p[...] = master.astype(p.dtype)
 
 

@@ -429,6 +429,11 @@ class Optimizer(torch.optim.Optimizer):
                     f"{where}{key}=True is not supported by fusedadam.torch (CPU tensors, "
                     "no autograd through the step); leave it False"
                 )
+        if group.get("master", "float32") != "float32":
+            raise ValueError(
+                f"{where}master={group['master']!r} is not supported by fusedadam.torch; "
+                "use fusedadam's NumPy optimizers for master='residual'"
+            )
 
     def _check_group(self, group, where):
         self._check_torch_only(group, where)

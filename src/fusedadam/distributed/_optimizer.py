@@ -955,6 +955,13 @@ def _check_shardable(group, gi):
             "(the norm would cover one rank's shard, not the group); clip the "
             "gradients before step()"
         )
+    if group.get("master", "float32") != "float32":
+        # the residual is meaningful only beside its param, which the buckets and
+        # checkpoints of the sharded layout do not keep together
+        raise ValueError(
+            f"param_groups[{gi}]: master={group['master']!r} is not supported by "
+            "ShardedOptimizer; use master='float32'"
+        )
     if group.get("state_dtype") == "8bit":
         # 8-bit blocks and their scales follow each rank's bucket, not the params:
         # checkpoints and resharding would need per-rank conversions.

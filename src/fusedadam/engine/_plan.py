@@ -55,6 +55,7 @@ def hyper_spec(algorithm, group, defaults, where):
         group.get("state_dtype"),
         group.get("grad_scale", 1.0),
         None if max_grad_norm is None else float(max_grad_norm),
+        group.get("master", "float32"),
     )
 
 
@@ -78,10 +79,10 @@ def group_spec(algorithm, gi, group, hyper_spec, first, named, state_of, created
     new_step = np.zeros((), dtype=np.int64)  # shared by the group's new params
     new_mu = {name: np.array(init, dtype=np.float64) for name, init in scalar_state}
     stepped, fresh, masters = set(), [], []
-    master = _precision.MASTER
     for k, p in enumerate(group["params"]):
         pname = f"params[{first + k}]"
-        dtypes = state_dtypes(algorithm, p, hyper_spec.state_dtype, pname)
+        dtypes = state_dtypes(algorithm, p, hyper_spec.state_dtype, pname, hyper_spec.master)
+        master = _master_name(dtypes)
         st = state_of(p)
         if st is None or (type(st) is dict and not st):
             # None, or the empty dict of a read before the first step (torch's habit):
@@ -89,8 +90,10 @@ def group_spec(algorithm, gi, group, hyper_spec, first, named, state_of, created
             target, st = st, {}
             for name in names:
                 st.update(new_state(p, name, dtypes))
-            if master in dtypes:
+            if master == _precision.MASTER:
                 st[master] = p.astype(np.float32)
+            elif master is not None:  # the param is its master exactly: residual 0
+                st[master] = np.zeros(p.shape, dtype=dtypes[master])
             st["step"] = new_step
             st.update(new_mu)
             installs.append((p, target, st))
@@ -109,7 +112,7 @@ def group_spec(algorithm, gi, group, hyper_spec, first, named, state_of, created
             scales[i].append(entries[scale] if scale in dtypes else None)
             if scale in dtypes:
                 named.append((f"{scale} of {pname}", entries[scale]))
-        masters.append(entries.get(master) if master in dtypes else None)
+        masters.append(entries.get(master) if master is not None else None)
         if masters[-1] is not None:
             named.append((f"{master} of {pname}", masters[-1]))
         named.append((pname, p))
@@ -152,16 +155,26 @@ def group_spec(algorithm, gi, group, hyper_spec, first, named, state_of, created
     )
 
 
-def state_dtypes(algorithm, p, option, pname):
-    """The dtype of each state array of param ``p`` (its master_param included)."""
+def state_dtypes(algorithm, p, option, pname, master="float32"):
+    """The dtype of each state array of param ``p`` (its master_param or master_residual
+    included) for the group's ``state_dtype`` and ``master`` options."""
     dtype = _precision.state_dtype(p.dtype, option, pname, p.size)
     dtypes = {name: dtype for name in algorithm.all_state_names()}
     if dtype == _precision.UINT8:
         for name in algorithm.all_state_names():
             dtypes[_precision.scale_name(name)] = _precision.FLOAT32
-    if _precision.has_master(p.dtype):
-        dtypes[_precision.MASTER] = _precision.FLOAT32
+    entry = _precision.master_entry(p.dtype, master, pname)
+    if entry is not None:
+        dtypes[entry[0]] = entry[1]
     return dtypes
+
+
+def _master_name(dtypes):
+    """The name of the master entry in ``dtypes``, or None."""
+    for name in (_precision.MASTER, _precision.MASTER_RESIDUAL):
+        if name in dtypes:
+            return name
+    return None
 
 
 def new_state(p, name, dtypes):
@@ -179,9 +192,9 @@ def plan_entries(algorithm, st, p, pname, names, optional, created, installs, dt
     if not isinstance(st, dict):
         raise TypeError(f"opt.state of {pname} must be a dict, got {type(st).__name__}")
     add = {}
-    master = _precision.MASTER
+    master = _master_name(dtypes)
     scales = tuple(_precision.scale_name(n) for n in names if _precision.scale_name(n) in dtypes)
-    for name in names + scales + ((master,) if master in dtypes else ()):
+    for name in names + scales + ((master,) if master is not None else ()):
         if name in st:
             _validation.check_state_array(
                 st[name], f"{name} of {pname}", p, pname, dtypes[name],

@@ -36,6 +36,7 @@ class GroupPlan:
         self.masters = spec.masters
         self.scales, self.qsigned = spec.scales, spec.qsigned
         self.state_dtype = spec.hyper_spec.state_dtype
+        self.master = spec.hyper_spec.master
         self.last_grad_norm = None
         self.state_dicts = spec.state_dicts
         self.step_arrays = spec.step_arrays

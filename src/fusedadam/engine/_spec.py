@@ -21,6 +21,7 @@ class HyperSpec(NamedTuple):
     state_dtype: Optional[str]  # the group's state_dtype option
     grad_scale: object  # float, callable or array (read at each step)
     max_grad_norm: Optional[float]
+    master: str = "float32"  # the group's master option ("float32" or "residual")
 
 
 class GroupSpec(NamedTuple):
@@ -36,7 +37,7 @@ class GroupSpec(NamedTuple):
     params: list
     state_dicts: tuple  # per param: its state dict (new ones not yet attached)
     slots: tuple  # (params, None, state arrays...): per slot, one array per param
-    masters: tuple  # per param: its float32 master_param, or None
+    masters: tuple  # per param: its float32 master_param, its int16 master_residual, or None
     scales: tuple  # per state slot, per param: its 8-bit state's per-block absmax, or None
     qsigned: tuple  # per state slot: its 8-bit map is the signed one
     step_arrays: tuple  # per param: the 0-d int64 step counter
