@@ -594,6 +594,24 @@ def scenario_features():
             raise AssertionError(f"{what}: the step ran")
         assert same_snapshot(snapshot(opt), before), what
         n += 1
+    # A state_dict refused on one rank only: every rank raises, none changes.
+    if world > 1:
+        opt = ShardedOptimizer(fa.Adam, [np.zeros(40, np.float32)], comm, bucket_elements=16)
+        opt.step([np.ones(40, np.float32)])
+        good = fa.Adam([np.zeros(40, np.float32)])
+        good.step([np.full(40, 2.0, np.float32)])
+        sd = good.state_dict()
+        if last:
+            sd["state"][0]["exp_avg"] = sd["state"][0]["exp_avg"][:-1]
+        before = snapshot(opt)
+        try:
+            opt.load_state_dict(sd)
+        except ValueError as e:
+            assert "shape" in str(e) or f"rank(s) [{world - 1}]" in str(e), str(e)
+        else:
+            raise AssertionError("a state_dict refused on one rank loaded on the others")
+        assert same_snapshot(snapshot(opt), before)
+        n += 1
     # Schedules compare by value at construction.
     for lr in () if world == 1 else (fa.schedules.CosineDecay(1e-3 if not last else 1e-1, 100),
                schedule if not last else functools.partial(operator.truediv, 1e-1)):  # fmt: skip
