@@ -283,3 +283,28 @@ def test_an_overflowing_moment_stays_in_its_element(backend, state_dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_overflowing_8bit_moment_stays_in_its_element(backend):
     assert _spread(backend, "8bit").size == 0
+
+
+# ---------------------------------------------------------------- schedules
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [fa.schedules.StepDecay(1e-3, 1, 10.0), fa.schedules.ExponentialDecay(1e-3, 10.0)],
+    ids=["step decay", "exponential"],
+)
+def test_a_schedule_growing_past_float_range_gives_a_clear_error_not_overflow(schedule):
+    assert schedule(2**31) == np.inf
+    p = np.zeros(3, np.float32)
+    opt = fa.Adam([p], lr=schedule)
+    opt.step([np.ones(3, np.float32)])
+    opt.state[p]["step"] = 2**40
+    before = p.copy()
+    with pytest.raises(ValueError, match=r"lr\(1099511627777\) returned"):
+        opt.step([np.ones(3, np.float32)])
+    assert p.tobytes() == before.tobytes()
+
+
+def test_a_schedule_config_that_is_not_a_dict_is_a_clear_error():
+    with pytest.raises(TypeError, match="schedule config must be a dict"):
+        fa.schedules.from_json("[1]")
