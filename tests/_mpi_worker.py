@@ -476,12 +476,16 @@ def scenario_interrupted_save(directory):
     raise AssertionError("the save should have been killed")
 
 
-
 # ------------------------------------------------------------ features (mixed precision, ...)
 # name: (class, param dtype, constructor options, grad_reduction)
 FEATURES = {
     "bf16 state": (fa.Adam, np.float32, {"state_dtype": "bfloat16"}, "mean"),
-    "bf16 state amsgrad": (fa.Adam, np.float32, {"state_dtype": "bfloat16", "amsgrad": True}, "sum"),
+    "bf16 state amsgrad": (
+        fa.Adam,
+        np.float32,
+        {"state_dtype": "bfloat16", "amsgrad": True},
+        "sum",
+    ),
     "nadam": (fa.NAdam, np.float32, {"weight_decay": 0.01}, "mean"),
     "f16 params (master)": (fa.AdamW, np.float16, {}, "mean"),
     "f16 params, bf16 state": (fa.Adam, np.float16, {"state_dtype": "bfloat16"}, "sum"),
@@ -663,7 +667,6 @@ def scenario_features_resume(directory):
         print(f"features resume: {len(FEATURES)} features resumed at world size {world}")
 
 
-
 # ------------------------------------------------------------ fuzz: sharded vs single-process
 FUZZ_CLASSES = [fa.Adam, fa.AdamW, fa.Adamax, fa.NAdam, fa.RAdam, fa.AdaBelief, fa.Lion]
 
@@ -779,8 +782,10 @@ def scenario_fuzz(seed, examples):
                     if os.environ.get("FA_FUZZ_DEBUG"):
                         print("refused:", type(o).__name__, bad, str(e)[:150], flush=True)
                     outcome.append("refused")
-            if outcome[1] == "refused" or outcome[1][0] == "FloatingPointError" or (
-                outcome[1][1] > before[2]
+            if (
+                outcome[1] == "refused"
+                or outcome[1][0] == "FloatingPointError"
+                or (outcome[1][1] > before[2])
             ):
                 assert all(same_array(a, b) for a, b in zip(opt.params, before[0])), where
                 assert opt._steps == before[1], where

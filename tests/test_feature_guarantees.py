@@ -98,7 +98,10 @@ def test_npz_bfloat16_entry_with_wrong_bits_is_refused():
 @pytest.mark.parametrize("value", [6e4, 3.0, 1e-3])
 def test_clip_grad_norm_16bit_grads_clip_to_max_norm(dtype, value):
     big = value >= 6e4 and dtype == np.float16
-    g = [np.full(10**6 if big else 1000, value).astype(dtype), np.full((3, 5), -value, dtype)[:, ::2]]
+    g = [
+        np.full(10**6 if big else 1000, value).astype(dtype),
+        np.full((3, 5), -value, dtype)[:, ::2],
+    ]
     want = np.sqrt(sum(float((x.astype(np.float64) ** 2).sum()) for x in g))
     total = fa.clip_grad_norm(g, max_norm=1.0)
     assert total == pytest.approx(want, rel=1e-12)
@@ -245,9 +248,7 @@ def test_a_copied_optimizer_keeps_its_last_grad_norm(backend, copy_):
 @pytest.mark.parametrize("modes", [("skip", "error"), ("skip", "skip")])
 def test_skipped_steps_counts_a_step_once_and_not_when_it_raises(backend, modes):
     params = [np.ones(3, np.float32), np.ones(3, np.float32)]
-    opt = fa.Adam(
-        [{"params": [p], "nonfinite": m} for p, m in zip(params, modes)], backend=backend
-    )
+    opt = fa.Adam([{"params": [p], "nonfinite": m} for p, m in zip(params, modes)], backend=backend)
     bad = [np.full(3, np.nan, np.float32), np.full(3, np.nan, np.float32)]
     if modes[1] == "error":
         with pytest.raises(FloatingPointError):

@@ -535,8 +535,10 @@ class ShardedOptimizer:
                 )
             t = self._steps[gi] + 1
             lr = checked["lr"]
-            lr = _validation.check_lr(lr(t), f"{where}lr({t}) returned: ") if callable(lr) else (
-                float(lr)
+            lr = (
+                _validation.check_lr(lr(t), f"{where}lr({t}) returned: ")
+                if callable(lr)
+                else (float(lr))
             )
             scale = checked.get("grad_scale", 1.0) if grad_scale is None else grad_scale
             scale = _validation.grad_scale_value(scale, t, where)
@@ -661,8 +663,7 @@ class ShardedOptimizer:
                 {k: v for k, v in g.items() if k != "params"} for g in self.param_groups
             ],
             "state_names": [
-                self._group_names(gi) if stepped[gi] else ()
-                for gi in range(len(self.param_groups))
+                self._group_names(gi) if stepped[gi] else () for gi in range(len(self.param_groups))
             ],
             # Per segment: its arrays and their dtypes (bfloat16 state, float32 masters).
             "array_names": [
@@ -675,7 +676,9 @@ class ShardedOptimizer:
                 else {}
                 for si, s in enumerate(self._segments)
             ],
-            "scalars": [dict(self._scalars[gi]) if stepped[gi] else {} for gi in range(len(stepped))],
+            "scalars": [
+                dict(self._scalars[gi]) if stepped[gi] else {} for gi in range(len(stepped))
+            ],
             "optimizer_class": f"{self.optimizer_class.__module__}."
             f"{self.optimizer_class.__qualname__}",
             "grad_reduction": self.grad_reduction,
@@ -884,7 +887,7 @@ class ShardedOptimizer:
             if {n: d.name for n, d in want.items()} != saved:
                 raise ValueError(
                     f"the checkpoint holds state arrays {saved} for the params of segment "
-                    f"{si}; this optimizer keeps {({n: d.name for n, d in want.items()})}"
+                    f"{si}; this optimizer keeps { ({n: d.name for n, d in want.items()}) }"
                 )
             arrays.append(want)
         return arrays
