@@ -309,3 +309,42 @@ def test_a_schedule_growing_past_float_range_gives_a_clear_error_not_overflow(sc
 def test_a_schedule_config_that_is_not_a_dict_is_a_clear_error():
     with pytest.raises(TypeError, match="schedule config must be a dict"):
         fa.schedules.from_json("[1]")
+
+
+# ---------------------------------------------------------------- extreme magnitudes vs torch
+
+EXTREMES = [0.0, 1e-45, 1e-40, 1e-30, 1.0, 1e19, 1e30, 3e38, -3e38]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("Adam", {}),
+        ("Adam", {"amsgrad": True, "weight_decay": 0.01}),
+        ("AdamW", {}),
+        ("Adamax", {}),
+        ("NAdam", {}),
+        ("RAdam", {}),
+        ("Adam", {"maximize": True, "eps": 1e-30}),
+        ("Adam", {"lr": 1e30}),
+        ("Adam", {"betas": (0.0, 0.0)}),
+    ],
+)
+def test_extreme_finite_magnitudes_are_non_finite_exactly_where_torch_is(name, options, dtype):
+    """Every pair of param and gradient from 0 and subnormals to 3e38, three steps: NaN and
+    inf exactly where torch.optim has them (never NaN from reordered arithmetic)."""
+    torch = pytest.importorskip("torch")
+    p0 = np.array([v for v in EXTREMES for _ in EXTREMES], dtype)
+    g = np.array([v for _ in EXTREMES for v in EXTREMES], dtype)
+    p = p0.copy()
+    opt = getattr(fa, name)([p], nonfinite="ignore", **options)
+    tp = torch.tensor(p0.copy(), requires_grad=True)
+    topt = getattr(torch.optim, name)([tp], **options)
+    with np.errstate(all="ignore"):
+        for _ in range(3):
+            opt.step([g.copy()])
+            tp.grad = torch.tensor(g.copy())
+            topt.step()
+    t = tp.detach().numpy()
+    assert (np.isnan(p) == np.isnan(t)).all() and (np.isinf(p) == np.isinf(t)).all()
