@@ -476,12 +476,16 @@ def scenario_interrupted_save(directory):
     raise AssertionError("the save should have been killed")
 
 
-
 # ------------------------------------------------------------ features (mixed precision, ...)
 # name: (class, param dtype, constructor options, grad_reduction)
 FEATURES = {
     "bf16 state": (fa.Adam, np.float32, {"state_dtype": "bfloat16"}, "mean"),
-    "bf16 state amsgrad": (fa.Adam, np.float32, {"state_dtype": "bfloat16", "amsgrad": True}, "sum"),
+    "bf16 state amsgrad": (
+        fa.Adam,
+        np.float32,
+        {"state_dtype": "bfloat16", "amsgrad": True},
+        "sum",
+    ),
     "nadam": (fa.NAdam, np.float32, {"weight_decay": 0.01}, "mean"),
     "f16 params (master)": (fa.AdamW, np.float16, {}, "mean"),
     "f16 params, bf16 state": (fa.Adam, np.float16, {"state_dtype": "bfloat16"}, "sum"),
@@ -594,6 +598,24 @@ def scenario_features():
             raise AssertionError(f"{what}: the step ran")
         assert same_snapshot(snapshot(opt), before), what
         n += 1
+    # A state_dict refused on one rank only: every rank raises, none changes.
+    if world > 1:
+        opt = ShardedOptimizer(fa.Adam, [np.zeros(40, np.float32)], comm, bucket_elements=16)
+        opt.step([np.ones(40, np.float32)])
+        good = fa.Adam([np.zeros(40, np.float32)])
+        good.step([np.full(40, 2.0, np.float32)])
+        sd = good.state_dict()
+        if last:
+            sd["state"][0]["exp_avg"] = sd["state"][0]["exp_avg"][:-1]
+        before = snapshot(opt)
+        try:
+            opt.load_state_dict(sd)
+        except ValueError as e:
+            assert "shape" in str(e) or f"rank(s) [{world - 1}]" in str(e), str(e)
+        else:
+            raise AssertionError("a state_dict refused on one rank loaded on the others")
+        assert same_snapshot(snapshot(opt), before)
+        n += 1
     # Schedules compare by value at construction.
     for lr in () if world == 1 else (fa.schedules.CosineDecay(1e-3 if not last else 1e-1, 100),
                schedule if not last else functools.partial(operator.truediv, 1e-1)):  # fmt: skip
@@ -643,6 +665,163 @@ def scenario_features_resume(directory):
                 assert same_array(got, want), name
     if rank == 0:
         print(f"features resume: {len(FEATURES)} features resumed at world size {world}")
+
+
+# ------------------------------------------------------------ fuzz: sharded vs single-process
+FUZZ_CLASSES = [fa.Adam, fa.AdamW, fa.Adamax, fa.NAdam, fa.RAdam, fa.AdaBelief, fa.Lion]
+
+
+def _fuzz_config(rng):
+    """A random sharded configuration (the same on every rank: one seed)."""
+    groups = []
+    for _ in range(int(rng.integers(1, 4))):
+        dtype = [np.float32, np.float32, np.float64, np.float16][int(rng.integers(4))]
+        shapes = [
+            tuple(int(d) for d in rng.integers(0, 9, size=int(rng.integers(0, 3))))
+            for _ in range(int(rng.integers(1, 4)))
+        ]
+        options = {"nonfinite": ["error", "skip", "ignore"][int(rng.integers(3))]}
+        if dtype != np.float64 and rng.random() < 0.4:
+            options["state_dtype"] = "bfloat16"
+        form = int(rng.integers(5))
+        if form == 1:
+            options["grad_scale"] = np.array([0.5])
+        elif form == 2:
+            options["grad_scale"] = fa.schedules.Constant(4.0)
+        elif form == 3:
+            options["grad_scale"] = 2.0**-100  # a finite sum can overflow once unscaled
+        if rng.random() < 0.3:
+            options["lr"] = fa.schedules.CosineDecay(1e-2, 8)
+        groups.append((shapes, dtype, options))
+    cls = FUZZ_CLASSES[int(rng.integers(len(FUZZ_CLASSES)))]
+    reduction = ["sum", "mean"][int(rng.integers(2))]
+    bucket = int([8, 32, 64, 1 << 22][int(rng.integers(4))])
+    return cls, groups, reduction, bucket
+
+
+def _fuzz_params(groups, seed):
+    rng = np.random.default_rng(seed)
+    return [
+        {"params": [rng.standard_normal(s).astype(dt) for s in shapes], **options}
+        for shapes, dt, options in groups
+    ]
+
+
+def _arrays(shapes, dtypes, step, source):
+    """``exact_grads`` as arrays (a 0-d param's gradient too)."""
+    return [np.array(g) for g in exact_grads(shapes, dtypes, step, source)]
+
+
+def scenario_fuzz(seed, examples):
+    """Random configurations stepped sharded and single-process side by side: every step
+    takes the same decision (ran, skipped, raised) and gives bit-identical params; bad
+    input injected on one rank (NaN/inf, a huge value, a wrong shape, an lr set there only)
+    stops the step on every rank with nothing changed; checkpoints round trip in between."""
+    import tempfile
+
+    seed, examples = int(seed), int(examples)
+    n_steps = injected = round_trips = 0
+    decisions = {"ran": 0, "skipped": 0, "FloatingPointError": 0, "refused": 0}
+    tmp = comm.bcast(tempfile.mkdtemp(prefix="fa-fuzz-") if rank == 0 else None, root=0)
+    for example in range(examples):
+        rng = np.random.default_rng([seed, example])  # the same draws on every rank
+        cls, groups, reduction, bucket = _fuzz_config(rng)
+        where = f"example {example}: {cls.__name__} {groups} {reduction} {bucket}"
+        ref = cls(_fuzz_params(groups, example))
+        opt = ShardedOptimizer(
+            cls, _fuzz_params(groups, example), comm, grad_reduction=reduction,
+            bucket_elements=bucket,
+        )  # fmt: skip
+        shapes = [s for g_shapes, _, _ in groups for s in g_shapes]
+        dtypes = [dt for g_shapes, dt, _ in groups for _ in g_shapes]
+        for step in range(1, 6):
+            local = _arrays(shapes, dtypes, step * 1000 + example, rank)
+            total = [
+                sum(parts)
+                for parts in zip(
+                    *(_arrays(shapes, dtypes, step * 1000 + example, r) for r in range(world))
+                )
+            ]
+            if reduction == "mean":
+                total = [np.divide(t, world).astype(t.dtype) for t in total]
+            culprit = int(rng.integers(world))
+            bad = ["none"] * 6 + ["nan", "inf", "huge", "shape", "lr"]
+            k = next((i for i, s in enumerate(shapes) if int(np.prod(s))), None)
+            bad = bad[int(rng.integers(len(bad)))] if k is not None else "none"
+            if bad in ("nan", "inf", "huge"):
+                value = {"nan": np.nan, "inf": np.inf, "huge": 6e4 / world}[bad]
+                if dtypes[k] != np.float16:
+                    value = {"nan": np.nan, "inf": np.inf, "huge": 1e30 / world}[bad]
+                if rank == culprit:
+                    local[k].reshape(-1)[0] = value
+                parts = [_arrays(shapes, dtypes, step * 1000 + example, r)[k] for r in range(world)]
+                parts[culprit].reshape(-1)[0] = value
+                with np.errstate(all="ignore"):
+                    total[k] = sum(parts)
+                    if reduction == "mean":
+                        total[k] = np.divide(total[k], world).astype(total[k].dtype)
+            elif bad == "shape" and rank == culprit:
+                local[k] = np.zeros(int(np.prod(shapes[k])) + 1, dtypes[k])
+            elif bad == "lr" and rank == culprit and world > 1:
+                opt.param_groups[0]["lr"] = 0.25
+            total = [np.array(t) for t in total]  # sums of 0-d arrays are scalars
+            injected += bad != "none"
+            before = ([p.copy() for p in opt.params], list(opt._steps), opt.skipped_steps)
+            outcome = []
+            for o, g in ((ref, total), (opt, local)):
+                if o is ref and (bad == "shape" or (bad == "lr" and world > 1)):
+                    outcome.append("refused")  # a local error: single-process never sees it
+                    continue
+                try:
+                    with np.errstate(all="ignore"):
+                        o.step(g)
+                    outcome.append(("ran", o.skipped_steps))
+                except FloatingPointError:
+                    outcome.append(("FloatingPointError", o.skipped_steps))
+                except (ValueError, TypeError) as e:
+                    if os.environ.get("FA_FUZZ_DEBUG"):
+                        print("refused:", type(o).__name__, bad, str(e)[:150], flush=True)
+                    outcome.append("refused")
+            if (
+                outcome[1] == "refused"
+                or outcome[1][0] == "FloatingPointError"
+                or (outcome[1][1] > before[2])
+            ):
+                assert all(same_array(a, b) for a, b in zip(opt.params, before[0])), where
+                assert opt._steps == before[1], where
+            if outcome[0] == "refused":
+                assert outcome[1] == "refused", (where, step, bad, outcome)
+                opt.param_groups[0]["lr"] = ref.param_groups[0]["lr"]
+            else:
+                assert outcome[0] == outcome[1], (where, step, bad, outcome)
+            for got, want in zip(opt.params, (p for g in ref.param_groups for p in g["params"])):
+                assert same_array(got, want), (where, step, bad)
+            n_steps += 1
+            if outcome[1] == "refused" or outcome[1][0] == "FloatingPointError":
+                decisions[outcome[1] if outcome[1] == "refused" else "FloatingPointError"] += 1
+            else:
+                decisions["skipped" if outcome[1][1] > before[2] else "ran"] += 1
+            if step == 3:  # a checkpoint round trip, through files or the consolidated dict
+                if example % 2:
+                    path = os.path.join(tmp, f"ex{example}")
+                    opt.save(path)
+                    opt.load(path)
+                else:
+                    full = opt.consolidated_state_dict(root=0)
+                    opt.load_state_dict(comm.bcast(full, root=0))
+                round_trips += 1
+        full = opt.consolidated_state_dict(root=0)
+        if rank == 0:
+            check_same_state_dict(full, ref.state_dict(), where)
+    if rank == 0:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(
+            f"fuzz: {examples} examples, {n_steps} steps ({injected} with bad input on one "
+            f"rank), {round_trips} checkpoint round trips: sharded == single-process at "
+            f"world size {world}; decisions {decisions}"
+        )
 
 
 def scenario_die(how):

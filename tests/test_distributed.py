@@ -106,6 +106,29 @@ def test_features_bit_identical_and_decided_before_any_write(n):
     assert f"cases agree with single-process at world size {n}" in mpirun(n, "features").stdout
 
 
+FUZZ_EXAMPLES = 25  # per world size; the soak run: 400
+
+
+def _fuzz(n, seed, examples):
+    out = mpirun(n, "fuzz", seed, examples).stdout
+    assert f"sharded == single-process at world size {n}" in out
+    print(out.strip().splitlines()[-1])  # the run counts, with -s
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_fuzz_sharded_equals_single_process_step_by_step(n):
+    """Random classes, groups (float32/float64/float16, bfloat16 state, grad_scale forms
+    including overflow once unscaled, schedules, mixed non-finite policies), buckets and
+    reductions; bad input injected on one rank; checkpoint round trips."""
+    _fuzz(n, 20260 + n, FUZZ_EXAMPLES)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("n", [2, 3])
+def test_fuzz_sharded_soak(n):
+    _fuzz(n, 7 * n, 400)
+
+
 @pytest.fixture(scope="module")
 def feature_checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("feature_checkpoints")

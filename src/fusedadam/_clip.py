@@ -37,12 +37,12 @@ def _as_grad_list(grads: Any) -> List[np.ndarray]:
     return grads
 
 
-def _check_disjoint(grads):
+def _check_disjoint(grads: List[np.ndarray]) -> None:
     """Raise if two gradients share memory: they would be counted and scaled twice."""
     spans = sorted(
         (tuple(byte_bounds(g)) + (i,) for i, g in enumerate(grads) if g.size), key=lambda s: s[0]
     )
-    for k, (lo, hi, i) in enumerate(spans):
+    for k, (_, hi, i) in enumerate(spans):
         for lo2, _, j in spans[k + 1 :]:
             if lo2 >= hi:
                 break
@@ -54,7 +54,7 @@ def _check_disjoint(grads):
                 )
 
 
-def _check_writeable(grads):
+def _check_writeable(grads: List[np.ndarray]) -> None:
     for i, g in enumerate(grads):
         if not g.flags.writeable:
             raise ValueError(f"grads[{i}] is read-only; clipping scales the gradients in place")

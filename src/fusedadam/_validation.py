@@ -148,8 +148,10 @@ HYPERPARAMETER_CHECKS = {
     # eps is folded into the step's scalars (eps * sqrt(1 - beta2**t)) and used in
     # float32: below MIN_EPS it can vanish there, and a zero gradient then gives 0/0 = NaN.
     "eps": _real_checker(
-        "epsilon", lambda x: x >= MIN_EPS, " (must be finite and >= 1e-30: a smaller eps "
-        "vanishes in float32 arithmetic, where 0/0 is NaN)"
+        "epsilon",
+        lambda x: x >= MIN_EPS,
+        " (must be finite and >= 1e-30: a smaller eps "
+        "vanishes in float32 arithmetic, where 0/0 is NaN)",
     ),
     "eps_root": _real_checker("eps_root", lambda x: x >= 0.0, " (must be finite and >= 0)"),
     "weight_decay": _real_checker("weight_decay", lambda x: x >= 0.0, ""),

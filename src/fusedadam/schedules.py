@@ -85,7 +85,13 @@ class Schedule:
             cls._fields = tuple(parameters)
 
     def __call__(self, t: int) -> float:
-        return float(self.value(_step_number(t)))
+        count = _step_number(t)
+        try:
+            return float(self.value(count))
+        except OverflowError:
+            # A growing rate (gamma > 1) past float's range: inf, which the optimizer
+            # refuses with a ValueError naming lr(t), rather than an OverflowError.
+            return math.inf
 
     def value(self, count: int) -> float:
         """The rate after ``count`` steps (``count = 0`` for the first step)."""
@@ -427,7 +433,13 @@ def from_config(config: Dict[str, Any]) -> Schedule:
     ------
     ValueError
         For an unknown ``"type"``.
+    TypeError
+        For a config that is not a dict, or arguments the type does not take.
     """
+    if not isinstance(config, dict):
+        raise TypeError(
+            f"a schedule config must be a dict with a 'type' entry, got {type(config).__name__}"
+        )
     config = dict(config)
     kind = config.pop("type", None)
     if kind not in _TYPES:

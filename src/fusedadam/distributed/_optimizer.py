@@ -126,10 +126,15 @@ class ShardedOptimizer:
     Notes
     -----
     ``nonfinite`` keeps its single-process meaning, decided for all ranks at once: every
-    rank scans its reduced gradient shard, the verdicts are combined by one small
-    allreduce, and then every rank raises (``"error"``), or skips (``"skip"``), before
-    anything is written anywhere. The shards themselves are stepped with
-    ``nonfinite="ignore"``.
+    rank scans its reduced gradient shard, unscaled by the group's ``grad_scale`` (a sum
+    that overflows once unscaled is non-finite, as single-process), the verdicts are
+    combined by one small allreduce, and then every rank raises (``"error"``), or skips
+    (``"skip"``), before anything is written anywhere. The shards themselves are stepped
+    with ``nonfinite="ignore"``. The same allreduce compares a digest of every rank's
+    settings for the step (hyperparameters, ``lr(t)``, ``grad_scale``): ranks that
+    differ raise ``ValueError`` together, as at construction (schedules compare by value).
+    ``max_grad_norm`` and ``state_dtype="8bit"`` are refused, at construction and when
+    set later in ``param_groups``.
 
     For the same summed gradients a step is bit-identical to the single-process
     optimizer, at any world size: the update is elementwise, so where an element is
@@ -530,8 +535,10 @@ class ShardedOptimizer:
                 )
             t = self._steps[gi] + 1
             lr = checked["lr"]
-            lr = _validation.check_lr(lr(t), f"{where}lr({t}) returned: ") if callable(lr) else (
-                float(lr)
+            lr = (
+                _validation.check_lr(lr(t), f"{where}lr({t}) returned: ")
+                if callable(lr)
+                else (float(lr))
             )
             scale = checked.get("grad_scale", 1.0) if grad_scale is None else grad_scale
             scale = _validation.grad_scale_value(scale, t, where)
@@ -656,8 +663,7 @@ class ShardedOptimizer:
                 {k: v for k, v in g.items() if k != "params"} for g in self.param_groups
             ],
             "state_names": [
-                self._group_names(gi) if stepped[gi] else ()
-                for gi in range(len(self.param_groups))
+                self._group_names(gi) if stepped[gi] else () for gi in range(len(self.param_groups))
             ],
             # Per segment: its arrays and their dtypes (bfloat16 state, float32 masters).
             "array_names": [
@@ -670,7 +676,9 @@ class ShardedOptimizer:
                 else {}
                 for si, s in enumerate(self._segments)
             ],
-            "scalars": [dict(self._scalars[gi]) if stepped[gi] else {} for gi in range(len(stepped))],
+            "scalars": [
+                dict(self._scalars[gi]) if stepped[gi] else {} for gi in range(len(stepped))
+            ],
             "optimizer_class": f"{self.optimizer_class.__module__}."
             f"{self.optimizer_class.__qualname__}",
             "grad_reduction": self.grad_reduction,
@@ -727,12 +735,29 @@ class ShardedOptimizer:
         )
 
     def load_state_dict(self, state_dict):
-        """Load a single-process ``state_dict`` (of this optimizer class; any world size).
+        """Collective: load a single-process ``state_dict`` (of this optimizer class; any
+        world size).
 
         Every rank passes the same dict; each keeps its shard of it. Params are not part
         of a state_dict and are not changed. Checked whole, by the optimizer class's own
-        ``load_state_dict``, before anything is written.
+        ``load_state_dict``, before anything is written; if any rank refuses its dict,
+        every rank raises and none changes.
         """
+        error, checked = None, None
+        try:
+            checked = self._checked_state_dict(state_dict)
+        except Exception as exc:  # any error, so that the other ranks hear of it
+            error = exc
+        failed = self.comm.allgather(None if error is None else f"{type(error).__name__}: {error}")
+        bad = [r for r, message in enumerate(failed) if message is not None]
+        if bad:
+            if error is not None:
+                raise error
+            raise ValueError(f"load_state_dict failed on rank(s) {bad}: {failed[bad[0]]}")
+        self._install(*checked)
+
+    def _checked_state_dict(self, state_dict):
+        """``_install``'s arguments for a single-process ``state_dict``, checked whole."""
         # The class checks the dict against params of these shapes and dtypes (zeros:
         # pages never touched cost no memory) and gives back its own validated copy.
         checker = self.optimizer_class(
@@ -784,7 +809,7 @@ class ShardedOptimizer:
             )
             copy_overlaps(dst, start, [(0, flat)])
 
-        self._install(steps, names, hypers, scalars, read)
+        return steps, names, hypers, scalars, read
 
     def _install(self, steps, names, hypers, scalars, read):
         """Set steps, hyperparameters and every bucket's state from ``read`` (checked).
@@ -862,7 +887,7 @@ class ShardedOptimizer:
             if {n: d.name for n, d in want.items()} != saved:
                 raise ValueError(
                     f"the checkpoint holds state arrays {saved} for the params of segment "
-                    f"{si}; this optimizer keeps {({n: d.name for n, d in want.items()})}"
+                    f"{si}; this optimizer keeps { ({n: d.name for n, d in want.items()}) }"
                 )
             arrays.append(want)
         return arrays
