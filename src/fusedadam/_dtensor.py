@@ -243,7 +243,7 @@ class Plan:
             for gi, (group, _) in enumerate(self.groups)
             if wanted[gi] and math.isfinite(total[gi])
         }
-        for inner, group, _ in opt._pairs:
+        for inner, group, *_ in opt._pairs:
             if id(group) in checked and inner.get("nonfinite") != "ignore":
                 inner["nonfinite"] = "ignore"
         if not any(g.get("max_grad_norm") is not None for g, _ in self.groups):
@@ -251,7 +251,7 @@ class Plan:
             return grad_scale
         # Every inner group carries its own scale: the step's scale over the group's clipping
         # coefficient, so one pass unscales and clips (its own, per-shard clipping is off).
-        for inner, group, _ in opt._pairs:
+        for inner, group, *_ in opt._pairs:
             array = self.scales.get(id(inner))
             if array is None or inner.get("grad_scale") is not array:
                 array = self.scales[id(inner)] = np.ones(1)
@@ -265,7 +265,7 @@ class Plan:
         their plain gradient scale back."""
         if not self.scales:
             return
-        for inner, _, _ in opt._pairs:
+        for inner, *_ in opt._pairs:
             if inner.get("grad_scale") is self.scales.get(id(inner)):
                 inner["grad_scale"] = 1.0
         self.scales = {}
