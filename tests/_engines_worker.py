@@ -401,12 +401,12 @@ def fsdp2(out):
     dist.init_process_group("gloo")
     rank, world = _rank(), _world()
 
-    def run(cls, clip, sharded, start=0, load=None, save=None):
+    def run(cls, clip, sharded, start=0, load=None, save=None, mesh=None):
         model = _fsdp_model()
         if sharded:
             for layer in (model[0], model[2]):
-                fully_shard(layer)
-            fully_shard(model)
+                fully_shard(layer, mesh=mesh)
+            fully_shard(model, mesh=mesh)
         kw = {"max_grad_norm": clip} if clip and cls is not torch.optim.AdamW else {}
         opt = cls(model.parameters(), lr=LR, weight_decay=WD, **kw)
         if load is not None:
@@ -425,6 +425,8 @@ def fsdp2(out):
             if save is not None and step + 1 == SAVE_AT:
                 dcp.save(_dcp_state(model, opt), checkpoint_id=save)
         result = {"losses": losses, "params": _full_params(model), "norms": norms}
+        if sharded:
+            result["placements"] = str(next(iter(model.parameters())).placements)
         if sharded and cls is ft.AdamW:
             st = opt.state[next(iter(model.parameters()))]
             result["state_types"] = {k: type(v).__name__ for k, v in st.items()}
@@ -443,6 +445,12 @@ def fsdp2(out):
         result[f"fsdp_{tag}_resumed"] = run(
             ft.AdamW, clip, sharded=True, start=SAVE_AT, load=str(Path(out) / f"dcp_{tag}")
         )
+    # HSDP's 2-D mesh, (Replicate, Shard) placements: the norm is reduced over the shard
+    # dimension (the replicate dimension has one rank here).
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (1, world), mesh_dim_names=("replicate", "shard"))
+    result["hsdp_clip"] = run(ft.AdamW, CLIP, sharded=True, mesh=mesh)
     result["nonfinite"] = _fsdp_nonfinite(rank)
     result["plain_loaded"] = _fsdp_load_plain(result["single_clip"]["state_dict"])
     return result

@@ -159,6 +159,11 @@ def test_fsdp2_fully_shard(tmp_path):
         resumed = r[f"fsdp_{tag}_resumed"]
         assert resumed["losses"] == fsdp["losses"][3:]
         equal_params(resumed["params"], fsdp["params"])
+    # HSDP (a 2-D mesh, Replicate on one dimension, Shard on the other) equals it too.
+    hsdp = r["hsdp_clip"]
+    assert hsdp["placements"] == "(Replicate(), Shard(dim=0))"
+    np.testing.assert_allclose(hsdp["losses"], r["single_clip"]["losses"], rtol=1e-6)
+    close_params(hsdp["params"], r["single_clip"]["params"], atol=1e-6)
     nonfinite = r["nonfinite"]
     for outcome in nonfinite["error"]["outcomes"]:
         assert outcome.startswith("raised: param_groups[0]: a gradient holds NaN or inf")
