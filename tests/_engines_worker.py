@@ -73,10 +73,12 @@ def zero(out):
     dist.init_process_group("gloo")
     rank = _rank()
 
-    def run(cls, start=0, checkpoint=None, save=None):
-        model = _mlp()
+    def run(cls, start=0, checkpoint=None, save=None, hidden=32, **options):
+        model = _mlp(hidden=hidden)
         ddp = DDP(model)
-        opt = ZeroRedundancyOptimizer(ddp.parameters(), optimizer_class=cls, lr=LR, weight_decay=WD)
+        opt = ZeroRedundancyOptimizer(
+            ddp.parameters(), optimizer_class=cls, lr=LR, weight_decay=WD, **options
+        )
         if checkpoint is not None:
             saved = torch.load(checkpoint, weights_only=False)
             model.load_state_dict(saved["model"])
@@ -104,6 +106,14 @@ def zero(out):
         result[name + "_resumed"] = run(cls, start=SAVE_AT, checkpoint=ckpt)
         if rank == 0:
             result[name + "_consolidated"] = torch.load(ckpt, weights_only=False)["optim"]
+    # 8-bit moments (the 128 x 128 weight is 8-bit; smaller params keep float32 moments).
+    ckpt = Path(out) / "zero_fused8bit.pt"
+    result["fused8bit"] = run(ft.AdamW, save=ckpt, hidden=128, state_dtype="8bit")
+    result["fused8bit_resumed"] = run(
+        ft.AdamW, start=SAVE_AT, checkpoint=ckpt, hidden=128, state_dtype="8bit"
+    )
+    if rank == 0:
+        result["fused8bit_consolidated"] = torch.load(ckpt, weights_only=False)["optim"]
     return result
 
 

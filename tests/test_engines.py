@@ -85,6 +85,15 @@ def test_ddp_zero_redundancy_optimizer(tmp_path):
         resumed = r[name + "_resumed"]
         assert resumed["losses"] == r[name]["losses"][3:]
         equal_params(resumed["params"], r[name]["params"])
+    # 8-bit moments: the consolidated state holds the uint8 codes and their scales; resumed
+    # bit for bit.
+    full = r["fused8bit_consolidated"]["state"]
+    assert sorted(full) == list(range(6))
+    dtypes = {str(st["exp_avg"].dtype) for st in full.values()}
+    assert dtypes == {"torch.uint8", "torch.float32"}  # the big weight 8-bit, the rest not
+    assert any("exp_avg_absmax" in st for st in full.values())
+    assert r["fused8bit_resumed"]["losses"] == r["fused8bit"]["losses"][3:]
+    equal_params(r["fused8bit_resumed"]["params"], r["fused8bit"]["params"])
 
 
 def test_hf_trainer(tmp_path):
