@@ -411,13 +411,15 @@ def fsdp2(out):
     dist.init_process_group("gloo")
     rank, world = _rank(), _world()
 
-    def run(cls, clip, sharded, start=0, load=None, save=None, mesh=None):
+    def run(cls, clip, sharded, start=0, load=None, save=None, mesh=None, outside=False):
         model = _fsdp_model()
         if sharded:
             for layer in (model[0], model[2]):
                 fully_shard(layer, mesh=mesh)
             fully_shard(model, mesh=mesh)
-        kw = {"max_grad_norm": clip} if clip and cls is not torch.optim.AdamW else {}
+        # fusedadam clips inside its step; torch.optim (or outside=True) with clip_grad_norm_.
+        outside = outside or cls is torch.optim.AdamW
+        kw = {"max_grad_norm": clip} if clip and not outside else {}
         opt = cls(model.parameters(), lr=LR, weight_decay=WD, **kw)
         if load is not None:
             _dcp_load(model, opt, load)
@@ -427,7 +429,7 @@ def fsdp2(out):
             loss = F.mse_loss(model(x), y)
             opt.zero_grad()
             loss.backward()
-            if clip and cls is torch.optim.AdamW:
+            if clip and outside:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             losses.append(_mean(loss.item()) if sharded else loss.item())
@@ -461,6 +463,8 @@ def fsdp2(out):
 
     mesh = init_device_mesh("cpu", (1, world), mesh_dim_names=("replicate", "shard"))
     result["hsdp_clip"] = run(ft.AdamW, CLIP, sharded=True, mesh=mesh)
+    # torchtitan's way: clip_grad_norm_ over the DTensor grads, then the step.
+    result["fsdp_clip_outside"] = run(ft.AdamW, CLIP, sharded=True, outside=True)
     result["nonfinite"] = _fsdp_nonfinite(rank)
     result["plain_loaded"] = _fsdp_load_plain(result["single_clip"]["state_dict"])
     return result

@@ -173,6 +173,10 @@ def test_fsdp2_fully_shard(tmp_path):
     assert hsdp["placements"] == "(Replicate(), Shard(dim=0))"
     np.testing.assert_allclose(hsdp["losses"], r["single_clip"]["losses"], rtol=1e-6)
     close_params(hsdp["params"], r["single_clip"]["params"], atol=1e-6)
+    # Clipped before the step by torch.nn.utils.clip_grad_norm_ instead: the same run.
+    outside = r["fsdp_clip_outside"]
+    np.testing.assert_allclose(outside["losses"], r["single_clip"]["losses"], rtol=1e-6)
+    close_params(outside["params"], r["single_clip"]["params"], atol=1e-6)
     nonfinite = r["nonfinite"]
     for outcome in nonfinite["error"]["outcomes"]:
         assert outcome.startswith("raised: param_groups[0]: a gradient holds NaN or inf")
