@@ -73,10 +73,12 @@ def zero(out):
     dist.init_process_group("gloo")
     rank = _rank()
 
-    def run(cls, start=0, checkpoint=None, save=None):
-        model = _mlp()
+    def run(cls, start=0, checkpoint=None, save=None, hidden=32, **options):
+        model = _mlp(hidden=hidden)
         ddp = DDP(model)
-        opt = ZeroRedundancyOptimizer(ddp.parameters(), optimizer_class=cls, lr=LR, weight_decay=WD)
+        opt = ZeroRedundancyOptimizer(
+            ddp.parameters(), optimizer_class=cls, lr=LR, weight_decay=WD, **options
+        )
         if checkpoint is not None:
             saved = torch.load(checkpoint, weights_only=False)
             model.load_state_dict(saved["model"])
@@ -104,6 +106,14 @@ def zero(out):
         result[name + "_resumed"] = run(cls, start=SAVE_AT, checkpoint=ckpt)
         if rank == 0:
             result[name + "_consolidated"] = torch.load(ckpt, weights_only=False)["optim"]
+    # 8-bit moments (the 128 x 128 weight is 8-bit; smaller params keep float32 moments).
+    ckpt = Path(out) / "zero_fused8bit.pt"
+    result["fused8bit"] = run(ft.AdamW, save=ckpt, hidden=128, state_dtype="8bit")
+    result["fused8bit_resumed"] = run(
+        ft.AdamW, start=SAVE_AT, checkpoint=ckpt, hidden=128, state_dtype="8bit"
+    )
+    if rank == 0:
+        result["fused8bit_consolidated"] = torch.load(ckpt, weights_only=False)["optim"]
     return result
 
 
@@ -401,13 +411,15 @@ def fsdp2(out):
     dist.init_process_group("gloo")
     rank, world = _rank(), _world()
 
-    def run(cls, clip, sharded, start=0, load=None, save=None):
+    def run(cls, clip, sharded, start=0, load=None, save=None, mesh=None, outside=False):
         model = _fsdp_model()
         if sharded:
             for layer in (model[0], model[2]):
-                fully_shard(layer)
-            fully_shard(model)
-        kw = {"max_grad_norm": clip} if clip and cls is not torch.optim.AdamW else {}
+                fully_shard(layer, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+        # fusedadam clips inside its step; torch.optim (or outside=True) with clip_grad_norm_.
+        outside = outside or cls is torch.optim.AdamW
+        kw = {"max_grad_norm": clip} if clip and not outside else {}
         opt = cls(model.parameters(), lr=LR, weight_decay=WD, **kw)
         if load is not None:
             _dcp_load(model, opt, load)
@@ -417,7 +429,7 @@ def fsdp2(out):
             loss = F.mse_loss(model(x), y)
             opt.zero_grad()
             loss.backward()
-            if clip and cls is torch.optim.AdamW:
+            if clip and outside:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             losses.append(_mean(loss.item()) if sharded else loss.item())
@@ -425,6 +437,8 @@ def fsdp2(out):
             if save is not None and step + 1 == SAVE_AT:
                 dcp.save(_dcp_state(model, opt), checkpoint_id=save)
         result = {"losses": losses, "params": _full_params(model), "norms": norms}
+        if sharded:
+            result["placements"] = str(next(iter(model.parameters())).placements)
         if sharded and cls is ft.AdamW:
             st = opt.state[next(iter(model.parameters()))]
             result["state_types"] = {k: type(v).__name__ for k, v in st.items()}
@@ -443,6 +457,14 @@ def fsdp2(out):
         result[f"fsdp_{tag}_resumed"] = run(
             ft.AdamW, clip, sharded=True, start=SAVE_AT, load=str(Path(out) / f"dcp_{tag}")
         )
+    # HSDP's 2-D mesh, (Replicate, Shard) placements: the norm is reduced over the shard
+    # dimension (the replicate dimension has one rank here).
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (1, world), mesh_dim_names=("replicate", "shard"))
+    result["hsdp_clip"] = run(ft.AdamW, CLIP, sharded=True, mesh=mesh)
+    # torchtitan's way: clip_grad_norm_ over the DTensor grads, then the step.
+    result["fsdp_clip_outside"] = run(ft.AdamW, CLIP, sharded=True, outside=True)
     result["nonfinite"] = _fsdp_nonfinite(rank)
     result["plain_loaded"] = _fsdp_load_plain(result["single_clip"]["state_dict"])
     return result

@@ -85,6 +85,15 @@ def test_ddp_zero_redundancy_optimizer(tmp_path):
         resumed = r[name + "_resumed"]
         assert resumed["losses"] == r[name]["losses"][3:]
         equal_params(resumed["params"], r[name]["params"])
+    # 8-bit moments: the consolidated state holds the uint8 codes and their scales; resumed
+    # bit for bit.
+    full = r["fused8bit_consolidated"]["state"]
+    assert sorted(full) == list(range(6))
+    dtypes = {str(st["exp_avg"].dtype) for st in full.values()}
+    assert dtypes == {"torch.uint8", "torch.float32"}  # the big weight 8-bit, the rest not
+    assert any("exp_avg_absmax" in st for st in full.values())
+    assert r["fused8bit_resumed"]["losses"] == r["fused8bit"]["losses"][3:]
+    equal_params(r["fused8bit_resumed"]["params"], r["fused8bit"]["params"])
 
 
 def test_hf_trainer(tmp_path):
@@ -159,6 +168,15 @@ def test_fsdp2_fully_shard(tmp_path):
         resumed = r[f"fsdp_{tag}_resumed"]
         assert resumed["losses"] == fsdp["losses"][3:]
         equal_params(resumed["params"], fsdp["params"])
+    # HSDP (a 2-D mesh, Replicate on one dimension, Shard on the other) equals it too.
+    hsdp = r["hsdp_clip"]
+    assert hsdp["placements"] == "(Replicate(), Shard(dim=0))"
+    np.testing.assert_allclose(hsdp["losses"], r["single_clip"]["losses"], rtol=1e-6)
+    close_params(hsdp["params"], r["single_clip"]["params"], atol=1e-6)
+    # Clipped before the step by torch.nn.utils.clip_grad_norm_ instead: the same run.
+    outside = r["fsdp_clip_outside"]
+    np.testing.assert_allclose(outside["losses"], r["single_clip"]["losses"], rtol=1e-6)
+    close_params(outside["params"], r["single_clip"]["params"], atol=1e-6)
     nonfinite = r["nonfinite"]
     for outcome in nonfinite["error"]["outcomes"]:
         assert outcome.startswith("raised: param_groups[0]: a gradient holds NaN or inf")
