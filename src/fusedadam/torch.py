@@ -668,7 +668,7 @@ class Optimizer(torch.optim.Optimizer):
                     shadow.copy_(p.detach())  # the param may have been edited in place
             skipped = self._fa.skipped_steps
             try:
-                if not self._full and self._split_clip:
+                if self._dtensor is None and not self._full and self._split_clip:
                     self._clip_split_groups(inner_grads, grad_scale)
                 elif grad_scale is not None:
                     self._fa.step(inner_grads, _scale_value(grad_scale))
