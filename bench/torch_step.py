@@ -14,6 +14,15 @@ warm-up, calibrated samples of >= 50 ms, implementations round-robin, medians.
 fusedadam.torch runs with ``nonfinite="ignore"`` (torch does not check gradients for
 NaN/inf either) and, where memory allows, also with its default ``nonfinite="error"``
 (one more read of the gradients).
+
+``--training-loop`` times the step inside a torch training loop instead: a small
+transformer's forward and backward (torch's intra-op threads active) before every step,
+fusedadam.torch with its default threads, with ``num_threads=1`` and with the pool forced
+on (``num_threads`` = the CPU count), each with its own model copy, interleaved step by
+step; per variant the median, 90th percentile and mean step time, and (Linux) the CPU time
+torch's own threads burnt while the step ran.
+
+    python bench/torch_step.py --training-loop [--width 48 --layers 2 --steps 300]
 """
 
 import argparse
@@ -21,6 +30,8 @@ import gc
 import json
 import os
 import sys
+import threading
+import time
 
 import numpy as np
 import torch
@@ -112,7 +123,13 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", default=None)
+    parser.add_argument("--training-loop", action="store_true", help="the in-loop case only")
+    parser.add_argument("--width", type=int, default=48, help="--training-loop: d_model")
+    parser.add_argument("--layers", type=int, default=2, help="--training-loop: layers")
+    parser.add_argument("--steps", type=int, default=300, help="--training-loop: steps")
     args = parser.parse_args(argv)
+    if args.training_loop:
+        return training_loop(args)
     torch.set_num_threads(args.threads)  # fusedadam.torch gets num_threads=args.threads
 
     peers = ["torch fused", "torch foreach"] + (
@@ -154,6 +171,99 @@ def main(argv=None):
     }
     print()
     print(markdown(out))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+def _thread_cpu_ns():
+    """CPU time per thread of this process (ns, Linux schedstat); {} elsewhere."""
+    out = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                out[int(tid)] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def training_loop(args):
+    """The step inside a torch training loop (see the module docstring)."""
+    torch.set_num_threads(args.threads)
+    d, n_layers = args.width, args.layers
+
+    def model():
+        torch.manual_seed(0)
+        layer = torch.nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.0, batch_first=True)
+        return torch.nn.Sequential(
+            torch.nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False),
+            torch.nn.Linear(d, 10),
+        )
+
+    variants = {
+        "default threads": {},
+        "num_threads=1": {"num_threads": 1},
+        f"num_threads={os.cpu_count()} (pool on)": {"num_threads": os.cpu_count()},
+    }
+    models = {k: model() for k in variants}
+    opts = {k: ft.AdamW(models[k].parameters(), lr=1e-5, **v) for k, v in variants.items()}
+    x = torch.randn(16, 32, d, generator=torch.Generator().manual_seed(1))
+    params = sum(p.numel() for p in next(iter(models.values())).parameters())
+    main_tid = threading.get_native_id()
+    environment = timing.environment({"torch": torch.__version__})
+    times = {k: [] for k in variants}
+    # ns of CPU, while the step runs, on torch's threads and on the step pool's helpers
+    burnt = {k: [0, 0] for k in variants}
+    for k in variants:
+        models[k](x).pow(2).mean().backward()
+    torch_tids = set(_thread_cpu_ns()) - {main_tid}
+    for k in variants:  # warm-up: creates the pool's helpers
+        opts[k].step()
+    pool_tids = set(_thread_cpu_ns()) - torch_tids - {main_tid}
+    for _ in range(args.steps):
+        for k in variants:
+            opts[k].zero_grad()
+            models[k](x).pow(2).mean().backward()
+            before = _thread_cpu_ns()
+            t = time.perf_counter()
+            opts[k].step()
+            times[k].append(time.perf_counter() - t)
+            after = _thread_cpu_ns()
+            for tid, ns in after.items():
+                if tid in torch_tids or tid in pool_tids:
+                    burnt[k][tid in pool_tids] += ns - before.get(tid, ns)
+    rows = {}
+    for k, ts in times.items():
+        ts = sorted(ts)
+        rows[k] = {
+            "median": ts[len(ts) // 2],
+            "p90": ts[int(0.9 * len(ts))],
+            "mean": sum(ts) / len(ts),
+            "torch_threads_cpu_per_step": burnt[k][0] / 1e9 / len(ts),
+            "pool_helpers_cpu_per_step": burnt[k][1] / 1e9 / len(ts),
+        }
+    out = {
+        "environment": environment,
+        "threads": args.threads,
+        "params": params,
+        "steps": args.steps,
+        "command": "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:]),
+        "training_loop": rows,
+        "loadavg_at_end": timing.load_average(),
+    }
+    print(f"{params / 1e6:.3f}M params, torch threads {args.threads}, {args.steps} steps")
+    print("| variant | median | p90 | mean | CPU per step: torch's threads | pool helpers |")
+    print("|---|---|---|---|---|---|")
+    keys = ("median", "p90", "mean", "torch_threads_cpu_per_step", "pool_helpers_cpu_per_step")
+    for k, r in rows.items():
+        print(f"| {k} | " + " | ".join(_t(r[key]) for key in keys) + " |")
+    print("load average:", environment["loadavg_at_start"], "->", out["loadavg_at_end"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -437,3 +437,38 @@ def test_max_grad_norm_per_group_with_grad_scale_and_missed_steps():
         assert opt.last_grad_norm[0] == pytest.approx(float(norm), rel=1e-12)
         assert opt.last_grad_norm[1] is None
     _assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------ threads inside torch
+
+
+def _inner_threads(opt):
+    return [g["num_threads"] for g in opt.inner.param_groups]
+
+
+@pytest.mark.skipif(not ft._TORCH_WORKERS_SPIN, reason="OMP_WAIT_POLICY=passive")
+def test_a_small_step_steps_aside_while_torch_runs_intra_op_threads(monkeypatch):
+    threads = torch.get_num_threads()
+    p = torch.ones(1000, requires_grad=True)
+    q = torch.ones(1000, requires_grad=True)
+    try:
+        torch.set_num_threads(2)
+        opt = ft.Adam([p])
+        explicit = ft.Adam([q], num_threads=2)
+        for o, t in ((opt, p), (explicit, q)):
+            t.grad = torch.ones(1000)
+            o.step()
+        assert _inner_threads(opt) == [1] and _inner_threads(explicit) == [2]
+        assert opt.param_groups[0]["num_threads"] is None  # the user's value is untouched
+        torch.set_num_threads(1)  # no torch workers: the default again
+        p.grad = torch.ones(1000)
+        opt.step()
+        assert _inner_threads(opt) == [None]
+        torch.set_num_threads(2)
+        monkeypatch.setattr(ft, "_STEP_ASIDE", 1000)  # a step this large keeps the default
+        opt.add_param_group({"params": [torch.ones(5, requires_grad=True)]})
+        p.grad = torch.ones(1000)
+        opt.step()
+        assert _inner_threads(opt) == [None]
+    finally:
+        torch.set_num_threads(threads)
