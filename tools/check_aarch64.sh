@@ -36,15 +36,14 @@ src=$(pwd)
 cache="${FUSEDADAM_ARM64_CACHE:-/var/cache/fusedadam-arm64}"
 jobs="${FUSEDADAM_ARM64_JOBS:-2}"
 suite="${FUSEDADAM_ARM64_TESTS:-tests/test_equivalence.py tests/test_mixed_precision.py tests/test_state8bit.py tests/test_nonfinite.py tests/test_sparse.py tests/test_clip.py tests/test_adversarial.py tests/test_openmp.py}"
-# "all": the whole suite less the tests that start another process from the arm64
-# Python (a new interpreter, a C compiler: qemu-user cannot follow an exec of an arm64
-# binary without binfmt_misc) or that compile tests/c/ from the source tree, which the
-# installed-wheel run does not have
+# "all": the whole suite less the tests that start a new arm64 interpreter (qemu-user
+# cannot follow that exec without binfmt_misc) or need the source tree (tests/c/,
+# tools/), which the run from the installed wheel does not have
 deselect=()
 if [ "$suite" = all ]; then
     suite=tests
     deselect=(--ignore=tests/test_packaging.py --ignore=tests/test_pool_c.py
-        --ignore=tests/test_rows_c.py
+        --ignore=tests/test_rows_c.py --ignore=tests/test_check_isa.py
         --deselect=tests/test_bench_cli.py::test_module_entry_point_runs_bench_and_demo
         --deselect=tests/test_threads.py::test_omp_num_threads_is_respected)
 fi
