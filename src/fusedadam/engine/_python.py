@@ -117,6 +117,11 @@ class GroupPlan:
         _validation.check_params(params, self.first_index)
         for k, p in enumerate(params):
             pname = f"params[{self.first_index + k}]"
+            _validation.check_step_array(self.step_arrays[k], f"step of {pname}", np.int64)
+            if self.mu_arrays is not None:
+                _validation.check_step_array(
+                    self.mu_arrays[k], f"mu_product of {pname}", np.float64
+                )
             for name, a in self._named_state(k):
                 _validation.check_state_array(
                     a, f"{name} of {pname}", p, pname, self.dtypes[k][name],
