@@ -687,6 +687,14 @@ cdef class GroupPlan:
     cdef tuple state_keys              # per param: the keys of its state dict, in order
     cdef tuple state_values            # per param: the objects under them
     cdef tuple layouts                 # (array, its dtype, its shape) of every planned array
+    # The same, as C arrays the steady-state check walks without touching Python objects:
+    # per planned array its object, its dtype object, its ndim and where its dims start.
+    cdef PyObject **layout_array
+    cdef PyObject **layout_descr
+    cdef int *layout_ndim
+    cdef Py_ssize_t *layout_first_dim
+    cdef cnp.npy_intp *layout_dims
+    cdef Py_ssize_t n_layouts
     cdef int64_t **step_ptr            # per param
     cdef int64_t **distinct_steps      # each distinct step counter once
     cdef Py_ssize_t n_distinct_steps
@@ -736,6 +744,7 @@ cdef class GroupPlan:
                            + self.scales) if arrays is not None
             for a in arrays if a is not None
         )
+        self._record_layouts()
         self.d.n_arrays = n
         self.d.n_slots = FA_STATE0 + len(self.state_names)
         if (self.d.n_slots > FA_MAX_SLOTS or len(self.slots) != self.d.n_slots
@@ -811,6 +820,11 @@ cdef class GroupPlan:
 
     def __dealloc__(self):
         _group_free(&self.d)
+        free(self.layout_array)
+        free(self.layout_descr)
+        free(self.layout_ndim)
+        free(self.layout_first_dim)
+        free(self.layout_dims)
         free(self.step_ptr)
         free(self.distinct_steps)
         free(self.mu_ptr)
@@ -883,21 +897,45 @@ cdef class GroupPlan:
                     return False
         return self._layouts_fit()
 
-    cdef bint _layouts_fit(self):
-        """Every planned array still has the dtype and shape it was validated with."""
-        cdef cnp.ndarray a
-        cdef tuple entry, shape
-        cdef int i, ndim
+    cdef int _record_layouts(self) except -1:
+        cdef Py_ssize_t j, i, n_dims = 0
+        self.n_layouts = len(self.layouts)
         for entry in self.layouts:
-            a = <cnp.ndarray>entry[0]
-            if <PyObject *>cnp.PyArray_DESCR(a) != <PyObject *>entry[1]:
+            n_dims += len(entry[2])
+        self.layout_array = <PyObject **>malloc((self.n_layouts + 1) * sizeof(PyObject *))
+        self.layout_descr = <PyObject **>malloc((self.n_layouts + 1) * sizeof(PyObject *))
+        self.layout_ndim = <int *>malloc((self.n_layouts + 1) * sizeof(int))
+        self.layout_first_dim = <Py_ssize_t *>malloc((self.n_layouts + 1) * sizeof(Py_ssize_t))
+        self.layout_dims = <cnp.npy_intp *>malloc((n_dims + 1) * sizeof(cnp.npy_intp))
+        if (not self.layout_array or not self.layout_descr or not self.layout_ndim
+                or not self.layout_first_dim or not self.layout_dims):
+            raise MemoryError()
+        n_dims = 0
+        for j in range(self.n_layouts):
+            entry = self.layouts[j]
+            self.layout_array[j] = <PyObject *>entry[0]
+            self.layout_descr[j] = <PyObject *>entry[1]
+            self.layout_ndim[j] = len(entry[2])
+            self.layout_first_dim[j] = n_dims
+            for i in range(len(entry[2])):
+                self.layout_dims[n_dims] = entry[2][i]
+                n_dims += 1
+        return 0
+
+    cdef bint _layouts_fit(self) noexcept:
+        """Every planned array still has the dtype and shape it was validated with."""
+        cdef Py_ssize_t j, i
+        cdef cnp.PyArrayObject *a
+        cdef cnp.npy_intp *dims
+        for j in range(self.n_layouts):
+            a = <cnp.PyArrayObject *>self.layout_array[j]
+            if <PyObject *>cnp.PyArray_DESCR(<cnp.ndarray>a) != self.layout_descr[j]:
                 return False
-            shape = <tuple>entry[2]
-            ndim = cnp.PyArray_NDIM(a)
-            if ndim != len(shape):
+            if cnp.PyArray_NDIM(<cnp.ndarray>a) != self.layout_ndim[j]:
                 return False
-            for i in range(ndim):
-                if cnp.PyArray_DIM(a, i) != <cnp.npy_intp>shape[i]:
+            dims = cnp.PyArray_DIMS(<cnp.ndarray>a)
+            for i in range(self.layout_ndim[j]):
+                if dims[i] != self.layout_dims[self.layout_first_dim[j] + i]:
                     return False
         return True
 
