@@ -45,7 +45,7 @@ def make_run(kind, init):
         return params, opt.step
     params = [w.astype(bfloat16) for w in init]
     if kind == "bfloat16 + float32 master":
-        opt = fa.Adam(params, lr=LR)  # float32 master and moments: issue #12
+        opt = fa.Adam(params, lr=LR)  # float32 master and moments
         return params, opt.step
     work = [w.astype(np.float32) for w in params]
     opt = fa.Adam(work, lr=LR)

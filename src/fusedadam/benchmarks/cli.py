@@ -113,9 +113,7 @@ def parse_args(argv=None):
         default=None,
         help=shown("elements per array; default 1e3,1e4,1e5,1e6,1e7", "sweep", "roofline"),
     )
-    parser.add_argument(
-        "--dtypes", default="float32", help="float32,float64 (default float32)"
-    )
+    parser.add_argument("--dtypes", default="float32", help="float32,float64 (default float32)")
     parser.add_argument(
         "--algorithms",
         default="adam",
@@ -124,7 +122,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--threads",
         default=None,
-        help=shown("thread counts, e.g. 1,2 (default: 1 and all processors)", "sweep", "model", "roofline"),
+        help=shown(
+            "thread counts, e.g. 1,2 (default: 1 and all processors)", "sweep", "model", "roofline"
+        ),
     )
     parser.add_argument(
         "--impls",
@@ -134,7 +134,10 @@ def parse_args(argv=None):
     parser.add_argument(
         "--model",
         default="bert-base",
-        help=shown(f"model: {','.join(scenarios.MODELS)}, PATH.npz or 100x64,64; comma-separated names", "model"),
+        help=shown(
+            f"model: {','.join(scenarios.MODELS)}, PATH.npz or 100x64,64; comma-separated names",
+            "model",
+        ),
     )
     parser.add_argument(
         "--overhead-sizes",
@@ -166,7 +169,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--plot",
         metavar="PATH.png",
-        help=shown("draw a plot (needs matplotlib: pip install matplotlib)", "sweep", "model", "roofline"),
+        help=shown(
+            "draw a plot (needs matplotlib: pip install matplotlib)", "sweep", "model", "roofline"
+        ),
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
     args = parser.parse_args(argv)

@@ -184,6 +184,7 @@ def plot(rows, path, title):
     )
     used = list(axes.flat)[: len(panels)]
     for ax, (alg, dt, t) in zip(used, panels):
+
         def series(impl, alg=alg, dt=dt, t=t):
             return sorted(
                 (r["n_elements"], r["gb_per_s"])
