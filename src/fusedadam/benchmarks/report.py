@@ -136,7 +136,7 @@ def _pyplot():
 
 def _legend_below(fig, axes, left_out):
     """One legend for the figure, under the panels (never over the data)."""
-    handles = {}
+    handles: dict = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
