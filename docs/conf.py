@@ -45,7 +45,6 @@ myst_heading_anchors = 3
 myst_enable_extensions = ["dollarmath"]
 
 
-
 def _missing(name):
     try:
         importlib.import_module(name)

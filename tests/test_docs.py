@@ -112,7 +112,9 @@ def _user_facing_texts():
         yield script.relative_to(ROOT).as_posix(), script.read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("name,text", list(_user_facing_texts()), ids=lambda x: x if len(x) < 60 else "")
+@pytest.mark.parametrize(
+    "name,text", list(_user_facing_texts()), ids=lambda x: x if len(x) < 60 else ""
+)
 def test_no_internal_issue_numbers_in_docs(name, text):
     found = ISSUE.findall(text)
     assert not found, f"{name}: {found}"

@@ -32,9 +32,7 @@ def _blocks(page):
     return [textwrap.dedent(block) for block in blocks]
 
 
-PAGES = [README] + (
-    sorted(DOCS.glob("*.md")) + sorted(DOCS.glob("*.rst")) if DOCS.is_dir() else []
-)
+PAGES = [README] + (sorted(DOCS.glob("*.md")) + sorted(DOCS.glob("*.rst")) if DOCS.is_dir() else [])
 BLOCKS = {page: _blocks(page) for page in PAGES}
 
 
@@ -47,11 +45,7 @@ def _kind(code):
 
 
 def _pages_of(kind):
-    return [
-        page
-        for page, blocks in BLOCKS.items()
-        if any(_kind(code) == kind for code in blocks)
-    ]
+    return [page for page, blocks in BLOCKS.items() if any(_kind(code) == kind for code in blocks)]
 
 
 # A page's blocks run in one namespace: a later block may use an earlier one's names.
