@@ -118,7 +118,7 @@ def main(argv=None):
     try:
         import sklearn  # noqa: F401
     except ImportError:
-        print("scikit-learn is not installed (pip install fusedadam[examples]): skipping")
+        print("scikit-learn is not installed (pip install scikit-learn): skipping")
         return 0
     seeds = [0] if args.fast else [0, 1, 2]
     results = {}

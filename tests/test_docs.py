@@ -4,7 +4,8 @@
   ``fusedadam.distributed``, ``fusedadam.functional``, ``fusedadam.schedules``,
   ``fusedadam.reference``) has an autodoc entry in ``docs/api/``;
 - the tables on the docs pages are the documented runs in ``bench/results``;
-- no internal issue numbers in README, docs, ``--help`` texts;
+- no internal issue numbers in README, docs, examples, ``--help`` texts and messages, and no
+  ``pip install fusedadam[...]`` (the package is not on an index);
 - ``python -m fusedadam bench --help`` lists every scenario, and each has its own ``--help``.
 
 The ``__all__`` lists are read from the installed sources without importing them, so the
@@ -108,8 +109,14 @@ def _user_facing_texts():
     for page in sorted(DOCS.rglob("*")):
         if page.suffix in (".md", ".rst") and "auto_examples" not in page.parts:
             yield page.relative_to(ROOT).as_posix(), page.read_text(encoding="utf-8")
-    for script in sorted((ROOT / "examples").glob("*.py")):
+    for script in sorted((ROOT / "examples").glob("*.py")) + [ROOT / "examples" / "README.txt"]:
         yield script.relative_to(ROOT).as_posix(), script.read_text(encoding="utf-8")
+    # docstrings, help texts and error messages
+    for source in sorted(_package_dir().rglob("*.py")) + sorted(_package_dir().glob("*.pyx")):
+        yield (
+            f"fusedadam/{source.relative_to(_package_dir()).as_posix()}",
+            source.read_text(encoding="utf-8"),
+        )
 
 
 @pytest.mark.parametrize(
@@ -118,6 +125,8 @@ def _user_facing_texts():
 def test_no_internal_issue_numbers_in_docs(name, text):
     found = ISSUE.findall(text)
     assert not found, f"{name}: {found}"
+    # fusedadam is not on PyPI: extras are installed from a checkout, pip install ".[torch]"
+    assert not re.findall(r"fusedadam\[\w+", text), f"{name}: pip install fusedadam[...]"
 
 
 def _help(argv):
