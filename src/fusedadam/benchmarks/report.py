@@ -118,7 +118,7 @@ PLOT_MAX_SERIES = 5
 
 
 def _plotted_impls(rows):
-    present = {r["impl"] for r in rows} - {"roofline"}
+    present = {r["impl"] for r in rows if not r["impl"].startswith("roofline")}
     ordered = [i for i in PLOT_ORDER if i in present] + sorted(present - set(PLOT_ORDER))
     return ordered[:PLOT_MAX_SERIES], ordered[PLOT_MAX_SERIES:]
 
@@ -198,6 +198,10 @@ def plot(rows, path, title):
             if pts:
                 ax.plot(*zip(*pts), marker=markers[impl], markersize=4, linewidth=1.5,
                         color=colors[impl], label=impl)  # fmt: skip
+        for impl in sorted({r["impl"] for r in rows} - {"roofline"}):
+            if impl.startswith("roofline") and series(impl):  # e.g. a one-thread fallback
+                ax.plot(*zip(*series(impl)), color="0.35", linewidth=1.0, linestyle="--",
+                        label=impl)  # fmt: skip
         ceiling = series("roofline")
         if ceiling:
             xs, ys = zip(*ceiling)
@@ -211,7 +215,7 @@ def plot(rows, path, title):
         ax.grid(True, which="major", alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel("GB/s moved (compulsory traffic)")
-    all_ys = [r["gb_per_s"] for r in rows if r["impl"] in impls or r["impl"] == "roofline"]
+    all_ys = [r["gb_per_s"] for r in rows if r["impl"] in impls or "roofline" in r["impl"]]
     if all_ys:
         used[0].set_ylim(min(all_ys) / 1.5, max(all_ys) * 1.6)
     for ax in list(axes.flat)[len(panels) :]:
