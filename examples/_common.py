@@ -48,7 +48,7 @@ def pyplot():
     try:
         import matplotlib
     except ImportError:
-        print("matplotlib is not installed (pip install fusedadam[examples]): no figure")
+        print("matplotlib is not installed (pip install matplotlib): no figure")
         return None
     if "MPLBACKEND" not in os.environ:
         matplotlib.use("Agg")  # the scripts write PNGs; they never open a window

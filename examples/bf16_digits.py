@@ -28,7 +28,7 @@ differ only in how the weights are stored and updated. Prints each run's trainin
 test accuracy per epoch, and the share of weights a step left unchanged (in bfloat16) over
 the last epoch; plots the curves.
 
-Needs scikit-learn (``pip install fusedadam[examples]``); without it, it says so and exits.
+Needs scikit-learn (``pip install scikit-learn``); without it, it says so and exits.
 
     ``python examples/bf16_digits.py [--fast] [--out DIR]``
 """
@@ -103,7 +103,7 @@ def main(argv=None):
     try:
         data = load()
     except ImportError:
-        print("scikit-learn is not installed (pip install fusedadam[examples]): skipping")
+        print("scikit-learn is not installed (pip install scikit-learn): skipping")
         return
     epochs = 2 if args.fast else 60
     print(

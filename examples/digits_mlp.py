@@ -9,7 +9,7 @@ epoch, then trains again with ``backend="numpy"`` (the pure-NumPy reference) and
 the time spent inside ``optimizer.step`` -- and the weights, which are bit-identical since
 the compiled kernel and the reference round every operation the same way.
 
-Needs scikit-learn (``pip install fusedadam[examples]``); without it, it says so and exits.
+Needs scikit-learn (``pip install scikit-learn``); without it, it says so and exits.
 
     ``python examples/digits_mlp.py [--fast] [--out DIR]``
 """
@@ -92,7 +92,7 @@ def main(argv=None):
     try:
         data = load()
     except ImportError:
-        print("scikit-learn is not installed (pip install fusedadam[examples]): skipping")
+        print("scikit-learn is not installed (pip install scikit-learn): skipping")
         return 0
     epochs = 2 if args.fast else 30
     n_params = sum(p.size for p in init_params(np.random.default_rng(0), 64, 10))

@@ -100,7 +100,7 @@ def main(argv=None):
     try:
         from mpi4py import MPI
     except ImportError:
-        print("mpi4py is not installed (pip install 'fusedadam[mpi]'): skipping")
+        print("mpi4py is not installed (pip install mpi4py mpich): skipping")
         return 0
     comm = MPI.COMM_WORLD
     epochs = 3 if "--fast" in argv else 15

@@ -14,7 +14,9 @@ and the same minibatches, over three seeds:
   40 informative features, 3 clusters per class; generated, no download), AdamW.
 
 Prints the final training loss and test accuracy of each run and the 8-bit minus float32
-deltas; draws the training loss and test accuracy curves. Needs scikit-learn.
+deltas; draws the training loss and test accuracy curves. Needs scikit-learn. A full run
+trains for minutes, so the documentation build does not run it: the results and curves are
+in the "8-bit optimizer state" section of the mixed precision page.
 
     ``python examples/state8bit.py [--fast] [--out DIR]``
 """
@@ -116,7 +118,7 @@ def main(argv=None):
     try:
         import sklearn  # noqa: F401
     except ImportError:
-        print("scikit-learn is not installed (pip install fusedadam[examples]): skipping")
+        print("scikit-learn is not installed (pip install scikit-learn): skipping")
         return 0
     seeds = [0] if args.fast else [0, 1, 2]
     results = {}

@@ -828,7 +828,7 @@ def test_readme_torch_tables_are_the_documented_runs():
     spec = importlib.util.spec_from_file_location("torch_step", BENCH / "torch_step.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    readme = (BENCH.parent / "README.md").read_text(encoding="utf-8")
+    readme = (BENCH.parent / "docs" / "torch.md").read_text(encoding="utf-8")
     for name in ("torch_step_1thread.json", "torch_step_2threads.json"):
         run = json.loads((BENCH / "results" / name).read_text(encoding="utf-8"))
         assert module.markdown(run) in readme, name

@@ -202,7 +202,7 @@ def _address(a):
 
 def _check_written_array(a, name, dtypes=FLOAT_DTYPES):
     if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}{torch_hint(a)}")
     if isinstance(a, np.ma.MaskedArray):
         raise TypeError(
             f"{name} is a masked array; the mask would be ignored: pass a plain ndarray"
@@ -343,7 +343,7 @@ def as_gradient(g, name):
             "np.ma.filled(g, 0) or a plain ndarray"
         )
     if not isinstance(g, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(g).__name__}")
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(g).__name__}{torch_hint(g)}")
     return np.asarray(g)
 
 
@@ -375,8 +375,21 @@ def check_grads(grads, params, written_lo, written_hi, first_index=0):
     return checked
 
 
+def torch_hint(obj):
+    """For a torch tensor given to the NumPy front end: where tensors go (else "")."""
+    if type(obj).__module__.split(".")[0] != "torch":
+        return ""
+    return (
+        "; fusedadam.Adam & co. take NumPy arrays. For torch tensors use fusedadam.torch, "
+        "e.g. fusedadam.torch.AdamW(model.parameters()), a torch.optim.Optimizer"
+    )
+
+
 def as_grad_list(grads, n_params):
     """Turn ``step()``'s argument into a list of length ``n_params``."""
+    hint = torch_hint(grads)
+    if hint:
+        raise TypeError(f"grads must be an ndarray or a sequence of ndarrays, got a tensor{hint}")
     if isinstance(grads, np.ndarray):
         if n_params != 1:
             raise ValueError(

@@ -2,11 +2,11 @@
 
 The fallback backend and the cross-check. :func:`step_scalars` is the twin of
 ``fa_step_scalars`` (``_scalars.h``), compared field by field with it in the tests; each
-``*_update`` function updates its arrays in place from those scalars, cast to the array's
+``..._update`` function updates its arrays in place from those scalars, cast to the array's
 dtype, with the IEEE operations of the matching body of ``_loops.h`` in the same order.
-NumPy's +, -, *, / and sqrt are correctly rounded and the extension is built with
-``-ffp-contract=off``, so the two agree bit for bit on every instruction set and for every
-thread count.
+NumPy's ``+``, ``-``, ``*``, ``/`` and ``sqrt`` are correctly rounded and the extension is
+built with ``-ffp-contract=off``, so the two agree bit for bit on every instruction set and
+for every thread count.
 """
 
 import math
@@ -304,10 +304,10 @@ def q8_dequantize(codes, absmax, signed):
 @_quiet
 def q8_quantize(values, signed):
     """``(codes, absmax)`` of float32 ``values`` (any shape): per block of ``Q8_BLOCK`` flat
-    elements the largest |value| (an integer max of the bits, NaN wins), then each value's
-    nearest code of ``x = min(|value| * (1 / absmax), 1)`` (``|value| / absmax`` for a
-    subnormal absmax; ties away from zero; the sign bit for the signed map unless the
-    magnitude is 0)."""
+    elements the largest ``abs(value)`` (an integer max of the bits, NaN wins), then each
+    value's nearest code of ``x = min(abs(value) * (1 / absmax), 1)``
+    (``abs(value) / absmax`` for a subnormal absmax; ties away from zero; the sign bit for
+    the signed map unless the magnitude is 0)."""
     v = np.asarray(values, dtype=np.float32).reshape(-1)
     n_blocks = -(-v.size // Q8_BLOCK)
     flat = np.zeros(n_blocks * Q8_BLOCK, dtype=np.float32)

@@ -14,8 +14,8 @@ cached per parameter, so a step allocates nothing and re-plans nothing while the
 stay in place. The state tensors in ``opt.state[p]`` are views of the same memory the
 kernel updates.
 
-Importing this module imports torch (``pip install "fusedadam[torch]"``); ``import
-fusedadam`` alone never does.
+Importing this module imports torch (``pip install torch``; 2.13 is the tested version);
+``import fusedadam`` alone never does.
 """
 
 import inspect

@@ -9,24 +9,73 @@ from fusedadam.benchmarks import peers, report, roofline, scenarios, timing
 
 __all__ = ["main", "parse_args"]
 
-EPILOG = """\
+# Every scenario, with its one line for ``bench --help``; each has its own ``--help``.
+SCENARIO_HELP = {
+    "sweep": "one array of N elements per step, N from --sizes: time, GB/s, % of roofline",
+    "model": "the arrays of a model (BERT-base, GPT-2, your .npz) in one step",
+    "overhead": "the cost of a call on tiny arrays (1, 100, 10^4 elements)",
+    "roofline": "the bandwidth probe alone: the ceiling the other scenarios are measured on",
+    "offload": "bfloat16 params with a float32 master: one pass against three (ZeRO-Offload)",
+    "show": "print a run saved with --json as Markdown tables",
+}
+
+EXAMPLES = {
+    "sweep": """\
 examples:
   python -m fusedadam bench sweep --quick
-  python -m fusedadam bench show sweep.json          # a saved run as Markdown
   python -m fusedadam bench sweep --sizes 1e4,1e5,1e6 --dtypes float32,float64 \\
       --algorithms adam,adamw --threads 1,2 --json sweep.json --plot sweep.png
+  python -m fusedadam bench show sweep.json          # the saved run as Markdown
+""",
+    "model": """\
+examples:
   python -m fusedadam bench model --model bert-base,gpt2 --threads 2
-  python -m fusedadam bench model --model my_params.npz
+  python -m fusedadam bench model --model my_params.npz   # one array per entry
+  python -m fusedadam bench model --model 1000x64,64      # shapes, comma-separated
+""",
+    "overhead": """\
+examples:
   python -m fusedadam bench overhead
-  python -m fusedadam bench roofline --sizes 1e5,1e6,1e7
-  python -m fusedadam bench offload --help           # bf16 + float32 master vs 3 passes
+  python -m fusedadam bench overhead --overhead-sizes 1,10,100
+""",
+    "roofline": """\
+examples:
+  python -m fusedadam bench roofline --sizes 1e5,1e6,1e7 --threads 1,2
+""",
+}
 
+PROTOCOL = """\
 protocol: each implementation is warmed up, its calls per sample calibrated to last
 >= --sample-ms, then --repeats samples are taken round-robin over the implementations;
 the tables show medians. GB/s counts the compulsory traffic (Adam: 7 arrays per element,
 AMSGrad 9); % of roofline is the bandwidth probe's median over the implementation's,
-same process, same threads. Peers that do not import are listed as skipped.
+same process, same threads. Peers that do not import are listed as skipped. The load
+average is printed at the start and the end of the run.
 """
+
+
+def usage():
+    """``python -m fusedadam bench --help``: every scenario, one line each."""
+    width = max(map(len, SCENARIO_HELP))
+    lines = [
+        "usage: python -m fusedadam bench SCENARIO [options]",
+        "",
+        "Time Adam-family steps: fusedadam against its roofline and its peers (the NumPy",
+        "reference, torch.optim and DeepSpeed's CPU Adam where they are installed).",
+        "",
+        "scenarios:",
+        *(f"  {name:<{width}}  {text}" for name, text in SCENARIO_HELP.items()),
+        "",
+        "python -m fusedadam bench SCENARIO --help shows a scenario's options and examples.",
+        "",
+        "examples:",
+        "  python -m fusedadam bench sweep --quick --plot sweep.png",
+        "  python -m fusedadam bench model --model bert-base --threads 1",
+        "  python -m fusedadam bench show sweep.json",
+        "",
+        PROTOCOL,
+    ]
+    return "\n".join(lines)
 
 
 def _floats(text):
@@ -43,36 +92,58 @@ def _names(text, known, what, parser):
 
 def parse_args(argv=None):
     """The parsed command line, with lists resolved (sizes as ints, threads, ...)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    scenario = argv[0] if argv else None
+    if scenario not in scenarios.SCENARIOS:
+        known = ", ".join(sorted(scenarios.SCENARIOS))
+        raise SystemExit(f"python -m fusedadam bench: unknown scenario {scenario!r} ({known})")
     parser = argparse.ArgumentParser(
-        prog="python -m fusedadam bench",
-        description="Time Adam-family steps: fusedadam against its roofline and its peers.",
+        prog=f"python -m fusedadam bench {scenario}",
+        description=SCENARIO_HELP[scenario][0].upper() + SCENARIO_HELP[scenario][1:] + ".",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EPILOG,
+        epilog=EXAMPLES[scenario] + "\n" + PROTOCOL,
     )
-    parser.add_argument("scenario", choices=sorted(scenarios.SCENARIOS))
+
+    def shown(text, *names):  # an option other scenarios ignore is left out of their --help
+        return text if scenario in names else argparse.SUPPRESS
+
+    parser.add_argument("scenario", choices=[scenario], help=argparse.SUPPRESS)
     parser.add_argument(
         "--sizes",
         default=None,
-        help="elements per array (sweep, roofline); default 1e3,1e4,1e5,1e6,1e7",
+        help=shown("elements per array; default 1e3,1e4,1e5,1e6,1e7", "sweep", "roofline"),
     )
-    parser.add_argument("--dtypes", default="float32", help="float32,float64")
+    parser.add_argument("--dtypes", default="float32", help="float32,float64 (default float32)")
     parser.add_argument(
-        "--algorithms", default="adam", help=f"some of {','.join(peers.ALGORITHMS)} (default adam)"
+        "--algorithms",
+        default="adam",
+        help=shown(f"some of {','.join(peers.ALGORITHMS)} (default adam)", "sweep", "model"),
     )
     parser.add_argument(
-        "--threads", default=None, help="thread counts, e.g. 1,2 (default: 1 and all processors)"
+        "--threads",
+        default=None,
+        help=shown(
+            "thread counts, e.g. 1,2 (default: 1 and all processors)", "sweep", "model", "roofline"
+        ),
     )
     parser.add_argument(
         "--impls",
         default=",".join(peers.IMPLS),
-        help="implementations to time (default: all that import)",
+        help=shown("implementations to time (default: all that import)", "sweep", "model"),
     )
     parser.add_argument(
         "--model",
         default="bert-base",
-        help=f"model: {','.join(scenarios.MODELS)}, PATH.npz or 100x64,64; comma-separated names",
+        help=shown(
+            f"model: {','.join(scenarios.MODELS)}, PATH.npz or 100x64,64; comma-separated names",
+            "model",
+        ),
     )
-    parser.add_argument("--overhead-sizes", default="1,100,1e4")
+    parser.add_argument(
+        "--overhead-sizes",
+        default="1,100,1e4",
+        help=shown("elements per array (default 1,100,1e4)", "overhead"),
+    )
     parser.add_argument("--repeats", type=int, default=5, help="samples per implementation")
     parser.add_argument(
         "--sample-ms", type=float, default=50.0, help="shortest sample in ms (default 50)"
@@ -81,7 +152,7 @@ def parse_args(argv=None):
         "--numpy-max",
         type=float,
         default=1e7,
-        help="skip the slow NumPy reference above this many elements",
+        help=shown("skip the slow NumPy reference above this many elements", "sweep", "model"),
     )
     parser.add_argument(
         "--mem-fraction",
@@ -95,7 +166,13 @@ def parse_args(argv=None):
         help="a short run: sizes 1e4,1e5,1e6, 20 ms samples, toy model",
     )
     parser.add_argument("--json", metavar="PATH", help="write every measurement to PATH")
-    parser.add_argument("--plot", metavar="PATH.png", help="draw a plot (needs matplotlib)")
+    parser.add_argument(
+        "--plot",
+        metavar="PATH.png",
+        help=shown(
+            "draw a plot (needs matplotlib: pip install matplotlib)", "sweep", "model", "roofline"
+        ),
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
     args = parser.parse_args(argv)
     nproc = roofline.num_procs()
@@ -163,6 +240,8 @@ def show(argv):
     parser = argparse.ArgumentParser(
         prog="python -m fusedadam bench show",
         description="Print the Markdown summary of a run saved with --json.",
+        epilog="example:\n  python -m fusedadam bench show sweep.json > sweep.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("json", help="a file written by --json")
     args = parser.parse_args(argv)
@@ -175,6 +254,9 @@ def show(argv):
 def main(argv=None):
     """Run one scenario; print the tables; write ``--json`` and ``--plot`` when asked."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return []
     if argv[:1] == ["show"]:
         return show(argv[1:])
     if argv[:1] == ["offload"]:  # its own grid: modes of one mixed-precision step
@@ -233,7 +315,7 @@ def main(argv=None):
         draw = report.plot if args.scenario in ("sweep", "roofline") else report.bar_plot
         if draw(rows, args.plot, title) is None:
             print(
-                "matplotlib is not installed (pip install 'fusedadam[bench]'): no plot",
+                "matplotlib is not installed (pip install matplotlib): no plot",
                 file=sys.stderr,
             )
         else:

@@ -1,4 +1,4 @@
-"""The offload step (issue #12): one mixed-precision pass against the same work in passes.
+"""The offload step: one mixed-precision pass against the same work in passes.
 
     python -m fusedadam bench offload [--models bert-base,gpt2-medium] [--threads 2]
         [--repeats 7] [--json PATH]
@@ -478,7 +478,7 @@ def parse_args(argv=None):
         "--max-grad-norm",
         type=float,
         default=1e9,
-        help="above every gradient norm here, so the clipping coefficient is 1 (see above)",
+        help="above every gradient norm here, so the clipping coefficient is 1 (see below)",
     )
     parser.add_argument("--mem-gb", type=float, default=16.0, help="memory budget per model")
     parser.add_argument("--json", metavar="PATH")

@@ -1,6 +1,6 @@
 """ZeRO-style sharded optimizer steps over MPI (mpi4py): ``ShardedOptimizer``.
 
-Install with ``pip install "fusedadam[mpi]"`` (mpi4py and MPICH's ``mpich`` wheel, which
+Needs ``pip install mpi4py mpich`` (mpi4py and MPICH's ``mpich`` wheel, which
 brings ``mpiexec``; a system MPI works as well). Not imported by ``import fusedadam``::
 
     from mpi4py import MPI
@@ -33,7 +33,7 @@ def __getattr__(name):
             if exc.name != "mpi4py":
                 raise
             raise ImportError(
-                "fusedadam.distributed.ShardedOptimizer needs mpi4py: pip install 'fusedadam[mpi]'",
+                "fusedadam.distributed.ShardedOptimizer needs mpi4py: pip install mpi4py mpich",
                 name="mpi4py",
             ) from exc
         return ShardedOptimizer
