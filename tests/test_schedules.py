@@ -8,6 +8,7 @@ import pytest
 
 import fusedadam as fa
 from fusedadam import schedules as S
+from conftest import BACKENDS
 
 ALL = [
     S.Constant(1e-3),
@@ -122,3 +123,17 @@ def test_invalid_arguments_are_rejected(make, error):
 def test_step_numbers_start_at_one(t, error):
     with pytest.raises(error):
         S.Constant(1.0)(t)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_get_last_lr_is_the_rate_of_the_next_step(backend):
+    """torch users read the current rate from the scheduler's get_last_lr(): the optimizer
+    gives the rate each group's next step uses (a float lr as is, a schedule at t + 1)."""
+    p, q = np.ones(3), np.ones(2)
+    schedule = fa.schedules.warmup_cosine_decay(0.0, 1e-2, 4, 20)
+    opt = fa.Adam([{"params": [p], "lr": schedule}, {"params": [q], "lr": 0.5}], backend=backend)
+    assert opt.get_last_lr() == [schedule(1), 0.5]
+    for t in range(1, 6):
+        opt.step([np.ones(3), np.ones(2)])
+        assert opt.get_last_lr() == [schedule(t + 1), 0.5]
+    assert opt.param_groups[0]["lr"] is schedule

@@ -26,7 +26,7 @@ from typing import (
 import numpy as np
 
 from fusedadam import _algorithms, _precision, _validation
-from fusedadam.engine import Engine, GroupSpec, Outcome
+from fusedadam.engine import Engine, GroupSpec, Outcome, _rules
 from fusedadam.engine._plan import check_group_hyper, group_spec, hyper_spec, state_dtypes
 
 __all__ = ["Optimizer", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion"]
@@ -323,6 +323,22 @@ class Optimizer:
                 self._plan()
                 return
             self._engine.set_hyper(gi, spec)
+
+    def get_last_lr(self) -> List[float]:
+        """Per group, the learning rate its next step uses: ``lr``, or ``lr(t)`` for a
+        schedule, with ``t`` the group's next step number (what torch's
+        ``scheduler.get_last_lr()`` gives; ``param_groups[i]["lr"]`` holds the schedule
+        itself, so that it is saved and resumed with the state)."""
+        with self._lock:
+            rates = []
+            for group in self.param_groups:
+                lr = group["lr"]
+                if callable(lr):
+                    steps = [self.state.get(p, {}).get("step") for p in group["params"]]
+                    t = max((int(s) for s in steps if s is not None), default=0) + 1
+                    lr = _rules.learning_rate(lr, t)
+                rates.append(float(lr))
+            return rates
 
     @property
     def last_grad_norm(self) -> Union[None, float, List[Optional[float]]]:
