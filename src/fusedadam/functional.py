@@ -88,6 +88,16 @@ def _step(
     return outcome != Outcome.SKIPPED
 
 
+def _adam_states(exp_avgs, exp_avg_sqs, max_exp_avg_sqs, beta1, beta2, options):
+    """Adam's and AdamW's state arrays by name (AMSGrad when ``max_exp_avg_sqs`` is given);
+    their options completed with ``betas`` and ``amsgrad``."""
+    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
+    if max_exp_avg_sqs is not None:
+        states["max_exp_avg_sq"] = max_exp_avg_sqs
+    options.update(betas=(beta1, beta2), amsgrad=max_exp_avg_sqs is not None)
+    return states
+
+
 def adam(
     params: Arrays,
     grads: Any,
@@ -125,10 +135,7 @@ def adam(
     bool
         True when the step was taken, False when ``nonfinite="skip"`` skipped it.
     """
-    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
-    if max_exp_avg_sqs is not None:
-        states["max_exp_avg_sq"] = max_exp_avg_sqs
-    options.update(betas=(beta1, beta2), amsgrad=max_exp_avg_sqs is not None)
+    states = _adam_states(exp_avgs, exp_avg_sqs, max_exp_avg_sqs, beta1, beta2, options)
     return _step("Adam", params, grads, states, step, options)
 
 
@@ -146,10 +153,7 @@ def adamw(
 ) -> bool:
     """One AdamW step: :func:`adam` with :class:`fusedadam.AdamW`'s defaults (decoupled
     weight decay, ``weight_decay=1e-2``)."""
-    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
-    if max_exp_avg_sqs is not None:
-        states["max_exp_avg_sq"] = max_exp_avg_sqs
-    options.update(betas=(beta1, beta2), amsgrad=max_exp_avg_sqs is not None)
+    states = _adam_states(exp_avgs, exp_avg_sqs, max_exp_avg_sqs, beta1, beta2, options)
     return _step("AdamW", params, grads, states, step, options)
 
 
