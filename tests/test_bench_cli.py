@@ -299,3 +299,15 @@ def test_offload_leaves_out_what_does_not_fit(capsys):
     notes = {}
     assert offload.run_model("gpt2-xl", args.modes, 1, args, notes) == []
     assert any("skipped: needs" in v for v in notes.values()), notes
+
+
+@pytest.mark.skipif(not fa.backend_info()["compiled"], reason="extension not built")
+def test_kernel_step_times_whole_steps():
+    """The engine alone (no method, no lock) runs real steps: the param moves each call."""
+    from fusedadam.benchmarks import roofline
+
+    p = np.ones(8, np.float32)
+    step = roofline.kernel_step(fa.Adam(p, lr=0.1), [np.ones(8, np.float32)])
+    before = p.copy()
+    step()
+    assert (p < before).all()

@@ -34,8 +34,8 @@ def num_procs():
 def kernel_step(optimizer, grads):
     """One step of ``optimizer``'s compiled step engine, without the Python method above it.
 
-    ``optimizer`` is a fusedadam optimizer built with ``backend="compiled"`` that has
-    stepped once (so that its groups are planned). Raises ``RuntimeError`` where the
+    ``optimizer`` is a fusedadam optimizer built with ``backend="compiled"``; it is stepped
+    once here, so that its groups are planned. Raises ``RuntimeError`` where the
     extension (or its engine) is missing.
     """
     if _kernels is None or not hasattr(_kernels, "Engine"):
@@ -44,6 +44,9 @@ def kernel_step(optimizer, grads):
     if not isinstance(engine, _kernels.Engine):
         raise RuntimeError("this optimizer does not step through the compiled engine")
     grads = list(grads)
+    optimizer.step(grads)  # the engine steps planned groups: the optimizer plans them
+    if engine.step(grads) != 0:  # Outcome.RAN: the timed call is a whole step
+        raise RuntimeError("the engine did not step the planned groups")
     return lambda: engine.step(grads)
 
 
