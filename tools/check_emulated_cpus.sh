@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run an installed fusedadam on emulated older CPUs (qemu-user) and check that it picks the
-# right loops and runs: Nehalem (x86-64 with SSE4.2, no AVX: a stray AVX instruction is
-# SIGILL there) must use "baseline", Haswell (AVX2, no AVX-512) must use "avx2".
+# right loops and runs: SandyBridge (AVX without AVX2: a stray AVX2 or AVX-512 instruction
+# is SIGILL there) must use "baseline", Haswell (AVX2, no AVX-512) must use "avx2".
+# (Nehalem, with no AVX at all, was the first CPU until NumPy 2.4.6's wheel itself stopped
+# running on qemu's Nehalem and Westmere models: SIGILL at `import numpy`.)
 #
 # Usage: tools/check_emulated_cpus.sh PYTHON     (the python of a venv with fusedadam)
 # Needs qemu-x86_64 (Debian: apt-get install qemu-user); installs it when run as root with
@@ -27,7 +29,7 @@ if ! command -v qemu-x86_64 > /dev/null; then
         exit 0
     fi
 fi
-for pair in Nehalem:baseline Haswell:avx2; do
+for pair in SandyBridge:baseline Haswell:avx2; do
     cpu="${pair%%:*}" expected="${pair##*:}"
     echo "== emulated $cpu: expect '$expected'"
     # qemu warns about CPUID bits TCG cannot emulate (pcid, x2apic, ...): not ours.
