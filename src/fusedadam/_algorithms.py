@@ -1,9 +1,11 @@
 """The algorithm registry: what each optimizer keeps as state and which hyperparameters it has.
 
-An algorithm is one entry here, one loop body in ``_loops.h`` (picked by its scalar rule
-in ``_scalars.h``), one reference function in ``reference.py`` and one thin class in
-``optim.py``. Everything else (groups, validation, plans, the step driver, state dicts)
-is shared.
+An algorithm is one entry here (its state and its defaults, ``DEFAULTS``), one loop body in
+``_loops.h`` (picked by its scalar rule in ``_scalars.h``, whose twin is
+``reference.step_scalars``), one reference update in ``reference.py``, a test variant
+(``tests/conftest.py``), and the thin classes and function over them (``optim.py``,
+``torch.py``, ``functional.py``). Everything else (groups, validation, plans, the step
+engine, state dicts) is shared.
 """
 
 from typing import NamedTuple

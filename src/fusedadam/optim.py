@@ -78,7 +78,7 @@ class _ParamState:
     """``optimizer.state``: per-parameter state dicts, looked up by the param array itself.
 
     ``on_change()`` runs whenever a param's dict is added, replaced or removed, which is how
-    the step driver notices (entries inside a dict are watched by identity). As in torch
+    the step engine notices (entries inside a dict are watched by identity). As in torch
     (a ``defaultdict``), reading the state of a param of the optimizer that has none yet
     gives an empty dict, which its first step fills (``owns(param)`` tells a param).
     """

@@ -141,7 +141,7 @@ class SparseAdam(Optimizer):
 
     def _group_hyper(self, gi, group):
         """Group ``gi``'s validated hyperparameters, validated again only when one of its
-        values is no longer the object last validated (the dense driver's rule)."""
+        values is no longer the object last validated (the dense engine's rule)."""
         cache = self.__dict__.setdefault("_hyper_cache", {})
         cached = cache.get(id(group))
         if cached is not None and cached[0] is group:

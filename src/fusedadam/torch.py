@@ -224,7 +224,7 @@ class _StateMap(defaultdict):
 
 def _inner_class(cls):
     """A subclass of fusedadam's ``cls`` that reports the state a committed step created
-    (``_install`` is the driver's hook for it) to its torch front end."""
+    (``_install``, called when the engine reports new state) to its torch front end."""
 
     def _install(self, installs):
         cls._install(self, installs)

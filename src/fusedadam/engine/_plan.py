@@ -223,7 +223,7 @@ def plan_entries(algorithm, st, p, pname, names, optional, created, installs, dt
             and value.flags.writeable
         ):
             continue
-        # A plain number (st["step"] = 10): stored as the 0-d array the driver updates.
+        # A plain number (st["step"] = 10): stored as the 0-d array the engine updates.
         where = f"opt.state of {pname}"
         number = _validation._saved_counter(value, where, name, integral=dtype == np.int64)
         add[name] = np.array(number, dtype=dtype)
