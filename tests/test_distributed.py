@@ -273,8 +273,11 @@ def test_mpiexec_timeout_ends_a_stuck_job():
         pytest.skip("MPIEXEC_TIMEOUT is MPICH's (Open MPI: mpiexec --timeout)")
     start = time.monotonic()
     result = mpirun(2, "die", "hang", check=False, timeout=120, env={"MPIEXEC_TIMEOUT": "5"})
-    assert result.returncode != 0
+    # The job cannot finish by itself (rank 1 sleeps for an hour): ending this soon is the
+    # timeout's doing. MPICH 5.0.2's Hydra sometimes exits 0 after killing the job on the
+    # timeout (its proxy then reports "demux engine error"), so the status alone is not it.
     assert time.monotonic() - start < 60
+    assert result.returncode != 0 or "error" in result.stderr.lower(), result.stderr
 
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "distributed_mlp.py"
