@@ -139,3 +139,17 @@ def test_nonfinite_in_single_group_steady_state(backend, mode, position, paralle
     assert_unchanged(opt, before)
     opt.step(np.ones_like(p))
     assert opt.state_dict()["state"][0]["step"] == 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_groups", [1, 2])
+def test_an_error_step_publishes_no_gradient_norm(backend, n_groups):
+    """A step that raises for a NaN gradient changes nothing, last_grad_norm included (the
+    one-group compiled path published the NaN norm before raising)."""
+    ps = [np.ones(3, np.float32) for _ in range(n_groups)]
+    opt = fa.Adam([{"params": [p]} for p in ps], max_grad_norm=1.0, backend=backend)
+    before = opt.last_grad_norm
+    grads = [np.array([np.nan, 1, 1], np.float32)] + [np.ones(3, np.float32)] * (n_groups - 1)
+    with pytest.raises(FloatingPointError):
+        opt.step(grads)
+    assert opt.last_grad_norm == before

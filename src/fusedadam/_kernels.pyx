@@ -1277,9 +1277,11 @@ cdef class Engine:
             if n_groups == 1 and plan.scans and not plan.numpy_backend:
                 # One group with a scan: scan and update in one release of the GIL.
                 found = plan._checked_run()
+                if found >= 0:
+                    outcome = self._nonfinite(plan, found)  # "error" raises: no norm published
                 self._note_norms()
                 if found >= 0:
-                    return self._nonfinite(plan, found)
+                    return outcome
                 return self._commit(plan, outcome)
             for gi in range(n_groups):
                 plan = <GroupPlan>self.plans[gi]
