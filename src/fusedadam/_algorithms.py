@@ -8,7 +8,7 @@ An algorithm is one entry here (its state and its defaults, ``DEFAULTS``), one l
 engine, state dicts) is shared.
 """
 
-from typing import NamedTuple
+from typing import Any, Dict, NamedTuple, Tuple
 
 __all__ = ["Algorithm", "ALGORITHMS", "DEFAULTS", "hyper_dict"]
 
@@ -91,7 +91,7 @@ _ADAM = {
 # its groups have (torch.optim's where torch has the optimizer, optax's otherwise). The
 # optimizer classes' signatures and ``functional`` take them from here
 # (tests/test_optim_api.py checks that the signatures agree).
-DEFAULTS = {
+DEFAULTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "Adam": ("adam", {**_ADAM, **_SHARED, "decoupled_weight_decay": False}),
     "AdamW": ("adam", {**_ADAM, "weight_decay": 1e-2, **_SHARED, "decoupled_weight_decay": True}),
     "Adamax": (

@@ -439,7 +439,7 @@ def _saved_counter(value, where, name, integral):
             value = int(value)  # a whole number kept as a float (torch keeps step so)
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
             raise TypeError(f"{where}: {name} must be a whole number, got {value!r}")
-        if not 0 <= value < MAX_STEP:
+        if not 0 <= int(value) < MAX_STEP:
             raise ValueError(f"{where}: {name} must be >= 0 and < 2**53, got {value}")
         return int(value)
     if not _is_real(value) or not math.isfinite(value):

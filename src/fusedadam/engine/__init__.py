@@ -26,6 +26,10 @@ __all__ = [
     "nonfinite_outcome",
 ]
 
+# The step engine class (the compiled one, or the NumPy twin): declared for type checkers,
+# bound on first use by __getattr__ below.
+Engine: Any
+
 
 def __getattr__(name: str) -> Any:
     # Resolved on first use: the compiled module imports this package's _policy while it
