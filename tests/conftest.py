@@ -123,3 +123,18 @@ def assert_unchanged(optimizer, before):
         assert state[i].keys() == old_state[i].keys()
         for k in state[i]:
             np.testing.assert_array_equal(state[i][k], old_state[i][k])
+
+
+def compile_and_run_c(source, header_dir, tmp_path, flags, timeout):
+    """Build the C test ``source`` with ``cc`` (asserting the build succeeds) and run it;
+    the finished process (its own assertions are the caller's)."""
+    import subprocess
+
+    exe = tmp_path / source.stem
+    build = subprocess.run(
+        ["cc", *flags, "-I", str(header_dir), str(source), "-o", str(exe), "-lm"],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr
+    return subprocess.run([str(exe)], capture_output=True, text=True, timeout=timeout)

@@ -9,10 +9,11 @@ per-chunk results bit-identical for 1, 2 and 4 threads.
 
 import pathlib
 import shutil
-import subprocess
 import sys
 
 import pytest
+
+from conftest import compile_and_run_c
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "tests" / "c" / "test_pool.c"
@@ -25,24 +26,6 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_pool_c(tmp_path):
-    exe = tmp_path / "test_pool"
-    build = subprocess.run(
-        [
-            "cc",
-            "-O2",
-            "-pthread",
-            "-Wall",
-            "-I",
-            str(HEADER_DIR),
-            str(SOURCE),
-            "-o",
-            str(exe),
-            "-lm",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert build.returncode == 0, build.stderr
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    run = compile_and_run_c(SOURCE, HEADER_DIR, tmp_path, ["-O2", "-pthread", "-Wall"], 120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "all pool tests passed" in run.stdout

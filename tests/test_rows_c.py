@@ -8,10 +8,11 @@ tools/check_aarch64.sh runs the same program cross-compiled for aarch64 under qe
 
 import pathlib
 import shutil
-import subprocess
 import sys
 
 import pytest
+
+from conftest import compile_and_run_c
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "tests" / "c" / "test_rows.c"
@@ -26,25 +27,8 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_rows_c(tmp_path):
-    exe = tmp_path / "test_rows"
-    build = subprocess.run(
-        [
-            "cc",
-            *FLAGS,
-            "-Wall",
-            "-Wno-unused-function",
-            "-I",
-            str(HEADER_DIR),
-            str(SOURCE),
-            "-o",
-            str(exe),
-            "-lm",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert build.returncode == 0, build.stderr
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    flags = [*FLAGS, "-Wall", "-Wno-unused-function"]
+    run = compile_and_run_c(SOURCE, HEADER_DIR, tmp_path, flags, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "all row tests passed" in run.stdout
     assert run.stdout.count("bit-identical to baseline") >= 1
