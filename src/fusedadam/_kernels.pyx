@@ -214,6 +214,8 @@ cdef int _TYPENUM_F32 = cnp.dtype("float32").num
 cdef int _TYPENUM_F64 = cnp.dtype("float64").num
 cdef int _TYPENUM_U8 = cnp.dtype("uint8").num
 Q8_BLOCK = FA_Q8_BLOCK
+# State arrays a loop call takes (FA_MAX_SLOTS less the param and gradient slots).
+MAX_STATE_SLOTS = FA_MAX_SLOTS - FA_STATE0
 
 cdef int _best_isa = fa_cpu_best_isa()
 cdef int _isa = _best_isa
@@ -1464,23 +1466,24 @@ def sparse_adam_step(cnp.ndarray param, cnp.ndarray exp_avg, cnp.ndarray exp_avg
 cdef class Probe:
     """The bandwidth probe (loop kind ``probe``) over fixed lists of arrays, for benchmarks.
 
-    Moves a step's bytes (reads p, g, m, and v and AMSGrad's max when given; writes them
-    back) with trivial arithmetic, ``m += g; (v += g; x += g;) p -= g`` exactly as
-    ``reference.probe_update``, through the same pointer tables and thread split as a step:
-    the roofline of the benchmarks. The arrays must be acceptable to an optimizer (same
-    dtype and shape, C-contiguous, writeable, not aliasing); ``run`` re-checks nothing.
+    Moves a step's bytes (reads p, g and each list of state arrays given; writes p and the
+    states back) with trivial arithmetic, ``s += g`` for each state and ``p -= g``, exactly
+    as ``reference.probe_update``, through the same pointer tables and thread split as a
+    step: the roofline of the benchmarks. The arrays must be acceptable to an optimizer
+    (same dtype and shape, C-contiguous, writeable, not aliasing); ``run`` re-checks nothing.
     """
     cdef GroupData d
     cdef tuple keep
 
-    def __cinit__(self, params, grads, exp_avgs, exp_avg_sqs=None, thirds=None):
+    def __cinit__(self, params, grads, *states):
         cdef Py_ssize_t n = len(params), k
         cdef int slot
         cdef cnp.ndarray a
-        if exp_avg_sqs is None and thirds is not None:
-            raise ValueError("probe: thirds need exp_avg_sqs")
-        columns = [list(params), list(grads), list(exp_avgs)]
-        columns += [list(c) for c in (exp_avg_sqs, thirds) if c is not None]
+        if not 1 <= len(states) <= FA_MAX_SLOTS - FA_STATE0:
+            raise ValueError(
+                f"probe: 1 to {FA_MAX_SLOTS - FA_STATE0} lists of state arrays, "
+                f"got {len(states)}")
+        columns = [list(params), list(grads)] + [list(c) for c in states]
         self.keep = tuple(tuple(c) for c in columns)
         self.d.n_arrays = n
         self.d.n_slots = len(columns)
@@ -1519,9 +1522,9 @@ cdef class Probe:
             _run(&self.d, n_threads)
 
 
-def probe(params, grads, exp_avgs, exp_avg_sqs=None, thirds=None, int n_threads=1):
+def probe(params, grads, *states, int n_threads=1):
     """One probe pass (see ``Probe``) over lists of arrays, in place."""
-    Probe(params, grads, exp_avgs, exp_avg_sqs, thirds).run(n_threads)
+    Probe(params, grads, *states).run(n_threads)
 
 
 # ------------------------------------------------------------------ conversions (tests)

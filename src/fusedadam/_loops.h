@@ -209,34 +209,34 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
     }
 
 /* Bandwidth probe with a step's memory traffic and trivial arithmetic: read p, g and the
- * state arrays given (m; m, v; or m, v and AMSGrad's third), write p and them. The fastest
- * the memory system can run a step moving those bytes (Lion: 1 state array, Adam: 2). */
+ * state arrays given (the first k state slots that are set, k = 1 .. FA_MAX_SLOTS - 2),
+ * write p and them, in one pass. The fastest the memory system can run a step moving those
+ * bytes (Lion: 1 state array, Adam: 2, AMSGrad: 3, ...). One loop per k, so each is
+ * vectorised as a step's loop is. */
+#define FA_PROBE_LOOP(T, STATES)                                                     \
+    for (ptrdiff_t i = 0; i < n; i++) {                                              \
+        T g = g_[i];                                                                 \
+        STATES                                                                       \
+        p_[i] = p_[i] - g;                                                           \
+    }
+#define FA_PROBE_S(j) s##j[i] = s##j[i] + g;
 #define FA_PROBE_BODY(T, SQRT, FABS, COUPLED, FLAG)                                  \
     {                                                                                \
         T *restrict p_ = (T *)a[FA_PARAM];                                           \
         const T *restrict g_ = (const T *)a[FA_GRAD];                                \
-        T *restrict m_ = (T *)a[FA_STATE0];                                          \
-        T *restrict v_ = (T *)a[FA_STATE0 + 1];                                      \
-        T *restrict x_ = (T *)a[FA_STATE0 + 2];                                      \
+        T *restrict s0 = (T *)a[FA_STATE0];                                          \
+        T *restrict s1 = FA_MAX_SLOTS > FA_STATE0 + 1 ? (T *)a[FA_STATE0 + 1] : 0;   \
+        T *restrict s2 = FA_MAX_SLOTS > FA_STATE0 + 2 ? (T *)a[FA_STATE0 + 2] : 0;   \
+        T *restrict s3 = FA_MAX_SLOTS > FA_STATE0 + 3 ? (T *)a[FA_STATE0 + 3] : 0;   \
         (void)s;                                                                     \
-        if (x_) {                                                                    \
-            for (ptrdiff_t i = 0; i < n; i++) {                                      \
-                T g = g_[i];                                                         \
-                m_[i] = m_[i] + g; v_[i] = v_[i] + g; x_[i] = x_[i] + g;             \
-                p_[i] = p_[i] - g;                                                   \
-            }                                                                        \
-        } else if (v_) {                                                             \
-            for (ptrdiff_t i = 0; i < n; i++) {                                      \
-                T g = g_[i];                                                         \
-                m_[i] = m_[i] + g; v_[i] = v_[i] + g;                                \
-                p_[i] = p_[i] - g;                                                   \
-            }                                                                        \
+        if (s3) {                                                                    \
+            FA_PROBE_LOOP(T, FA_PROBE_S(0) FA_PROBE_S(1) FA_PROBE_S(2) FA_PROBE_S(3)) \
+        } else if (s2) {                                                             \
+            FA_PROBE_LOOP(T, FA_PROBE_S(0) FA_PROBE_S(1) FA_PROBE_S(2))              \
+        } else if (s1) {                                                             \
+            FA_PROBE_LOOP(T, FA_PROBE_S(0) FA_PROBE_S(1))                            \
         } else {                                                                     \
-            for (ptrdiff_t i = 0; i < n; i++) {                                      \
-                T g = g_[i];                                                         \
-                m_[i] = m_[i] + g;                                                   \
-                p_[i] = p_[i] - g;                                                   \
-            }                                                                        \
+            FA_PROBE_LOOP(T, FA_PROBE_S(0))                                          \
         }                                                                            \
     }
 

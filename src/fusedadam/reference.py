@@ -246,13 +246,10 @@ def lion_update(param, grad, exp_avg, scalars, coupled):
 
 
 @_quiet
-def probe_update(param, grad, exp_avg, exp_avg_sq=None, max_exp_avg_sq=None):
+def probe_update(param, grad, *states):
     """The bandwidth probe's trivial arithmetic (for testing the compiled probe)."""
-    exp_avg += grad
-    if exp_avg_sq is not None:
-        exp_avg_sq += grad
-    if max_exp_avg_sq is not None:
-        max_exp_avg_sq += grad
+    for state in states:
+        state += grad
     param -= grad
 
 

@@ -49,7 +49,7 @@ class Algorithm:
     arrays_moved : int
         Arrays read plus arrays written per element of a step (p, g, m, v in; p, m, v
         out is 7): the compulsory traffic GB/s is computed from, and the arrays the roofline
-        probe moves (5, 7 or 9).
+        probe moves (2k + 3 for k state arrays).
     torch_class : str or None
         Name in ``torch.optim``; None: no torch peer.
     deepspeed : dict or None
@@ -201,9 +201,10 @@ def _build_one(name, algorithm, params, grads, n_threads):
         optimizer = _optimizer(algorithm, params, n_threads, "compiled")
         return roofline.kernel_step(optimizer, grads)
     if name in ("roofline", "roofline 1 thread"):
-        states = {5: 1, 7: 2, 9: 3}.get(algorithm.arrays_moved)
-        if states is None:
-            raise RuntimeError(f"the probe moves 5, 7 or 9 arrays, not {algorithm.arrays_moved}")
+        # p, g and k states read, p and the k states written: 2k + 3 arrays
+        states, odd = divmod(algorithm.arrays_moved - 3, 2)
+        if odd or states < 1:
+            raise RuntimeError(f"the probe moves 2k + 3 arrays, not {algorithm.arrays_moved}")
         threads = 1 if name == "roofline 1 thread" else n_threads
         return roofline.roofline_step(params, grads, states, threads)
     if name.startswith("torch-"):
