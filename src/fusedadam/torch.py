@@ -1470,9 +1470,8 @@ class AdEMAMix(Optimizer):
 
 
 class Adan(Optimizer):
-    """Adan (:class:`fusedadam.Adan` runs the step; timm's defaults and state: ``exp_avg``,
-    ``exp_avg_sq``, ``exp_avg_diff``, ``neg_pre_grad``, so timm's state dicts load) for
-    CPU tensors."""
+    """Adan (:class:`fusedadam.Adan` runs the step; timm's defaults and state names:
+    ``exp_avg``, ``exp_avg_sq``, ``exp_avg_diff``, ``neg_pre_grad``) for CPU tensors."""
 
     _inner_cls = _optim.Adan
 
