@@ -35,9 +35,7 @@ PARITY = {
     "warmup_beyond_decoupled": dict(
         lr=1e-2, t_alpha_beta3=250.0, weight_decay=0.1, decoupled_weight_decay=True
     ),
-    "maximize_eps": dict(
-        lr=2e-3, betas=(0.8, 0.95, 0.99), alpha=2.0, eps=1e-6, maximize=True
-    ),
+    "maximize_eps": dict(lr=2e-3, betas=(0.8, 0.95, 0.99), alpha=2.0, eps=1e-6, maximize=True),
     "beta1_above_beta3_warmup": dict(betas=(0.95, 0.999, 0.9), t_alpha_beta3=20.0),
 }
 

@@ -70,9 +70,7 @@ ALGORITHMS = {
     "ademamix": Algorithm("ademamix", ("exp_avg", "exp_avg_sq", "exp_avg_slow"), n_betas=3),
     # timm's state names and layout: neg_pre_grad holds -g of the last step (signed, as
     # exp_avg_diff); exp_avg_sq (n) is the one nonnegative array
-    "adan": Algorithm(
-        "adan", ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad"), n_betas=3
-    ),
+    "adan": Algorithm("adan", ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad"), n_betas=3),
 }
 
 
