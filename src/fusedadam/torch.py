@@ -1492,11 +1492,21 @@ for _cls, _name in (
     (RAdam, "torch.optim.RAdam"),
     (AdaBelief, "torch.optim.Adam"),
     (Lion, "torch.optim.Adam"),
-    (AdEMAMix, "pytorch_optimizer.AdEMAMix"),
-    (Adan, "timm.optim.Adan"),
 ):
     _doc(_cls, _name)
 del _cls, _name
+_doc(
+    AdEMAMix,
+    "pytorch_optimizer.AdEMAMix",
+    "Its ``weight_decouple`` is ``decoupled_weight_decay`` here; ``fixed_decay`` is not "
+    "offered (docs/algorithms_ademamix_adan.md).",
+)
+_doc(
+    Adan,
+    "timm.optim.Adan",
+    "``maximize`` is fusedadam's (timm has none); timm's ``caution`` is not offered "
+    "(docs/algorithms_ademamix_adan.md).",
+)
 
 
 class Offload:
