@@ -17,6 +17,8 @@ FUNCTIONS = {
     "RAdam": (fa.functional.radam, ("exp_avg", "exp_avg_sq"), {"weight_decay": 0.01}),
     "AdaBelief": (fa.functional.adabelief, ("exp_avg", "exp_avg_var"), {}),
     "Lion": (fa.functional.lion, ("exp_avg",), {"lr": lambda t: 1e-3 / t}),
+    "ADOPT": (fa.functional.adopt, ("exp_avg", "exp_avg_sq"), {"weight_decay": 0.1}),
+    "AdamAtan2": (fa.functional.adam_atan2, ("exp_avg", "exp_avg_sq"), {"weight_decay": 0.1}),
 }
 
 

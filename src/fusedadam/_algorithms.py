@@ -63,6 +63,8 @@ ALGORITHMS = {
     "adabelief": Algorithm("adabelief", ("exp_avg", "exp_avg_var")),
     "lion": Algorithm("lion", ("exp_avg",)),
     "sparse_adam": Algorithm("sparse_adam", ("exp_avg", "exp_avg_sq")),
+    "adopt": Algorithm("adopt", ("exp_avg", "exp_avg_sq")),
+    "adam_atan2": Algorithm("adam_atan2", ("exp_avg", "exp_avg_sq")),
 }
 
 
@@ -140,13 +142,43 @@ DEFAULTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
         "lion",
         {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 1e-3, "maximize": False, **_SHARED},
     ),
+    # timm.optim.Adopt's defaults (its `decoupled` is decoupled_weight_decay here).
+    "ADOPT": (
+        "adopt",
+        {
+            "lr": 1e-3,
+            "betas": (0.9, 0.9999),
+            "eps": 1e-6,
+            "clip_exp": 0.333,
+            "weight_decay": 0.0,
+            "decoupled_weight_decay": False,
+            "maximize": False,
+            **_SHARED,
+        },
+    ),
+    # adam_atan2_pytorch.AdamAtan2's defaults.
+    "AdamAtan2": (
+        "adam_atan2",
+        {
+            "lr": 1e-4,
+            "betas": (0.9, 0.99),
+            "weight_decay": 0.0,
+            "a": 1.27,
+            "b": 1.0,
+            "maximize": False,
+            **_SHARED,
+        },
+    ),
 }
 
 
 def hyper_dict(algorithm, group):
     """The hyperparameters of a validated group as ``fa_hyper`` reads them: every field, in
     double (NumPy scalars included: the scalars are formed in double on every path)."""
-    decoupled = algorithm.name == "lion" or bool(group.get("decoupled_weight_decay", False))
+    decoupled = algorithm.name in ("lion", "adam_atan2") or bool(
+        group.get("decoupled_weight_decay", False)
+    )
+    clip_exp = group.get("clip_exp")
     beta1, beta2 = group["betas"]
     return {
         "algorithm": algorithm.name,
@@ -161,4 +193,8 @@ def hyper_dict(algorithm, group):
         "weight_decay": float(group.get("weight_decay", 0.0)),
         "beta1_decay": float(group.get("beta1_decay", 1.0)),
         "momentum_decay": float(group.get("momentum_decay", 0.0)),
+        "adopt_clip": clip_exp is not None,
+        "clip_exp": 0.0 if clip_exp is None else float(clip_exp),
+        "atan2_a": float(group.get("a", 0.0)),
+        "atan2_b": float(group.get("b", 0.0)),
     }

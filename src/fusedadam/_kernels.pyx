@@ -49,6 +49,9 @@ cdef extern from "_dispatch.h" nogil:
         double eps
         double eps_root
         double grad_coef
+        double clip
+        double m_scale
+        double v_scale
     ctypedef void (*fa_loop_fn)(char **a, ptrdiff_t n, const fa_scalars *s) noexcept nogil
     ctypedef ptrdiff_t (*fa_scan_fn)(const void *grad, ptrdiff_t n) noexcept nogil
     ctypedef struct fa_sparse_scalars:
@@ -193,6 +196,10 @@ cdef extern from "_scalars.h" nogil:
         double weight_decay
         double beta1_decay
         double momentum_decay
+        int adopt_clip
+        double clip_exp
+        double atan2_a
+        double atan2_b
     enum:
         FA_N_ALGORITHMS
     const char *fa_algorithm_names[]
@@ -206,7 +213,8 @@ LOOP_KINDS = tuple(fa_kind_names[i].decode() for i in range(FA_N_KINDS))
 ALGORITHMS = tuple(fa_algorithm_names[i].decode() for i in range(FA_N_ALGORITHMS))
 DTYPES = tuple(fa_dtype_names[i].decode() for i in range(FA_N_DTYPES))
 SCALAR_FIELDS = ("sign", "weight_decay", "decay", "beta1", "one_minus_beta1", "beta2",
-                 "one_minus_beta2", "step_size", "eps", "eps_root", "grad_coef")
+                 "one_minus_beta2", "step_size", "eps", "eps_root", "grad_coef",
+                 "clip", "m_scale", "v_scale")
 _TYPENUM_TO_DTYPE = {cnp.dtype(name).num: i for i, name in enumerate(DTYPES)}
 cdef int _TYPENUM_BF16 = cnp.dtype(_ml_dtypes.bfloat16).num
 cdef int _TYPENUM_F16 = cnp.dtype("float16").num
@@ -346,12 +354,17 @@ cdef void _read_hyper(fa_hyper *h, dict hyper) except *:
     h.weight_decay = hyper["weight_decay"]
     h.beta1_decay = hyper["beta1_decay"]
     h.momentum_decay = hyper["momentum_decay"]
+    h.adopt_clip = bool(hyper["adopt_clip"])
+    h.clip_exp = hyper["clip_exp"]
+    h.atan2_a = hyper["atan2_a"]
+    h.atan2_b = hyper["atan2_b"]
 
 
 cdef dict _scalars_dict(fa_scalars *s):
     return dict(zip(SCALAR_FIELDS, (s.sign, s.weight_decay, s.decay, s.beta1,
                                     s.one_minus_beta1, s.beta2, s.one_minus_beta2,
-                                    s.step_size, s.eps, s.eps_root, s.grad_coef)))
+                                    s.step_size, s.eps, s.eps_root, s.grad_coef,
+                                    s.clip, s.m_scale, s.v_scale)))
 
 
 def step_scalars(dict hyper, double t, double lr, double mu_product=1.0):

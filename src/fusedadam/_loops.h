@@ -32,6 +32,9 @@ typedef struct {
     double eps;              /* added to the denominator */
     double eps_root;         /* AdaBelief: added to the second moment itself */
     double grad_coef;        /* NAdam: multiplies g in the numerator */
+    double clip;             /* ADOPT: |g / max(sqrt(v), eps)| <= clip; inf: no clip */
+    double m_scale;          /* Adam-atan2: 1 / bc1, the first moment's bias correction */
+    double v_scale;          /* Adam-atan2: b * b / bc2, under the square root */
 } fa_scalars;
 
 /* Array slots of a loop call: the param, its gradient, then the state arrays in the order
@@ -50,7 +53,10 @@ enum { FA_PARAM = 0, FA_GRAD = 1, FA_STATE0 = 2, FA_MAX_SLOTS = 5 };
     FA_PAIR(X, nadam, FA_NADAM_BODY, 0, __VA_ARGS__)                                 \
     FA_PAIR(X, momentum, FA_MOMENTUM_BODY, 0, __VA_ARGS__)                           \
     FA_PAIR(X, adabelief, FA_ADABELIEF_BODY, 0, __VA_ARGS__)                         \
-    X(lion, FA_LION_BODY, 0, 0, __VA_ARGS__) X(probe, FA_PROBE_BODY, 0, 0, __VA_ARGS__)
+    X(lion, FA_LION_BODY, 0, 0, __VA_ARGS__) X(probe, FA_PROBE_BODY, 0, 0, __VA_ARGS__) \
+    FA_PAIR(X, adopt_first, FA_ADOPT_FIRST_BODY, 0, __VA_ARGS__)                     \
+    FA_PAIR(X, adopt, FA_ADOPT_BODY, 0, __VA_ARGS__)                                 \
+    X(adam_atan2, FA_ADAM_ATAN2_BODY, 0, 0, __VA_ARGS__)
 
 #define FA_KIND_ENUM(name, body, coupled, flag, ...) FA_KIND_##name,
 enum { FA_DENSE_KINDS(FA_KIND_ENUM, ~) FA_N_KINDS };
@@ -63,6 +69,8 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
 
 /* max that propagates NaN from either side, as numpy.maximum does. */
 #define FA_MAX_NAN(a, b) (((a) >= (b) || (a) != (a)) ? (a) : (b))
+/* min that propagates NaN from either side, as numpy.minimum does. */
+#define FA_MIN_NAN(a, b) (((a) <= (b) || (a) != (a)) ? (a) : (b))
 
 /* What every kind does first: the sign, the L2 term, the decoupled decay. */
 #define FA_PRELUDE(T, COUPLED)                                                       \
@@ -205,6 +213,136 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
             T c = b1 * m + omb1 * g;                                                 \
             p_[i] = p - step_size * FA_SIGN(T, c);                                   \
             m_[i] = b2 * m + omb2 * g;                                               \
+        }                                                                            \
+    }
+
+/* ADOPT (Taniguchi et al. 2024, as timm.optim.Adopt), its first step: the second moment
+ * starts at g * g (v + g g on the zero state) and nothing else moves. The L2 term is in g
+ * (timm adds it before the first-step test); the decoupled decay waits for step 2. */
+#define FA_ADOPT_FIRST_BODY(T, SQRT, FABS, COUPLED, FLAG)                            \
+    {                                                                                \
+        T *restrict p_ = (T *)a[FA_PARAM];                                           \
+        const T *restrict g_ = (const T *)a[FA_GRAD];                                \
+        T *restrict v_ = (T *)a[FA_STATE0 + 1];                                      \
+        const T sign = (T)s->sign, wd = (T)s->weight_decay;                          \
+        (void)wd;                                                                    \
+        (void)p_;                                                                    \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            T g = g_[i] * sign;                                                      \
+            if (COUPLED) g = g + wd * p_[i];                                         \
+            v_[i] = v_[i] + g * g;                                                   \
+        }                                                                            \
+    }
+
+/* ADOPT's later steps: the gradient normalised by the PREVIOUS second moment, clipped,
+ * then the momentum, the step, and only then the second moment's update:
+ *     n = clamp(g / max(sqrt(v), eps), -clip, clip),  m = b1 m + (1 - b1) n,
+ *     p -= lr_t * m,  v = b2 v + (1 - b2) g g.  */
+#define FA_ADOPT_BODY(T, SQRT, FABS, COUPLED, FLAG)                                  \
+    {                                                                                \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        FA_MOMENTS_DECL(T)                                                           \
+        const T step_size = (T)s->step_size, eps = (T)s->eps;                        \
+        const T clip = (T)s->clip, neg_clip = -clip;                                 \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
+            T v = v_[i];                                                             \
+            T denom = SQRT(v);                                                       \
+            denom = FA_MAX_NAN(denom, eps);                                          \
+            T normed = g / denom;                                                    \
+            normed = FA_MAX_NAN(normed, neg_clip);                                   \
+            normed = FA_MIN_NAN(normed, clip);                                       \
+            T m = b1 * m_[i] + omb1 * normed;                                        \
+            m_[i] = m;                                                               \
+            p_[i] = p - step_size * m;                                               \
+            v_[i] = b2 * v + omb2 * g * g;                                           \
+        }                                                                            \
+    }
+
+/* atan2(y, x) with only +, -, *, /, compares and sign bits, so that its NumPy twin
+ * (reference.atan2: the same operations in the same order) gives the same bits on every
+ * instruction set and thread count; libm's atan2 and numpy.arctan2 are not one function,
+ * and a vectorised loop may call yet another. The angle of r = |y| / |x| (r = 1 for
+ * |y| == |x| and 0 for 0/0, so that inf/inf is pi/4) is reduced as Cephes' atan
+ * (S. L. Moshier): above tan(3 pi / 8) to u = -1/r around pi/2, above FA_ATAN_MID
+ * (0.66 double, tan(pi/8) float) to u = (r - 1)/(r + 1) around pi/4, else u = r around
+ * 0; then core = u + u z P(z) (z = u u; Cephes' rational P/Q of degree 4/5 for double,
+ * its degree-3 polynomial for float). The result is base + (core + low), with base the
+ * dtype's nearest value of 0, pi/4 or pi/2 and low the rest of it; for a negative x
+ * (sign bit set) pi minus that, as base' + (low' - core) with base' the nearest value of
+ * pi, 3 pi/4 or pi/2, so that no angle near pi/2 is rounded twice; then y's sign. Every
+ * branch is computed and one selected per element, in the loops as in NumPy. The special
+ * values are IEEE's (numpy.arctan2's). Measured error: docs/algorithms_adopt_atan2.md. */
+#define FA_ATAN2(T, FABS, y, x, out)                                                 \
+    {                                                                                \
+        const int f32_ = sizeof(T) == sizeof(float);                                 \
+        const T ay_ = FABS(y), ax_ = FABS(x);                                        \
+        T r_ = ay_ / ax_;                                                            \
+        r_ = ay_ == ax_ ? (ax_ == (T)0 ? (T)0 : (T)1) : r_;                          \
+        const int far_ = r_ > (T)2.41421356237309504880;                             \
+        const int near_ = !far_ && r_ > (f32_ ? (T)0.4142135623730950 : (T)0.66);    \
+        const int back_ = signbit(x) != 0;                                           \
+        T inv_ = (T)-1 / r_;                                                         \
+        T shift_ = (r_ - (T)1) / (r_ + (T)1);                                        \
+        T u_ = far_ ? inv_ : (near_ ? shift_ : r_);                                  \
+        T z_ = u_ * u_;                                                              \
+        T poly_;                                                                     \
+        if (f32_) {                                                                  \
+            poly_ = (T)8.05374449538e-2 * z_ - (T)1.38776856032e-1;                  \
+            poly_ = poly_ * z_ + (T)1.99777106478e-1;                                \
+            poly_ = poly_ * z_ - (T)3.33329491539e-1;                                \
+            poly_ = poly_ * z_;                                                      \
+        } else {                                                                     \
+            T num_ = (T)-8.750608600031904122785e-1 * z_ - (T)1.615753718733365076637e1; \
+            num_ = num_ * z_ - (T)7.500855792314704667340e1;                         \
+            num_ = num_ * z_ - (T)1.228866684490136173410e2;                         \
+            num_ = num_ * z_ - (T)6.485021904942025371773e1;                         \
+            T den_ = z_ + (T)2.485846490142306297962e1;                              \
+            den_ = den_ * z_ + (T)1.650270098316988542046e2;                         \
+            den_ = den_ * z_ + (T)4.328810604912902668951e2;                         \
+            den_ = den_ * z_ + (T)4.853903996359136964868e2;                         \
+            den_ = den_ * z_ + (T)1.945506571482613964425e2;                         \
+            poly_ = z_ * num_ / den_;                                                \
+        }                                                                            \
+        T core_ = u_ * poly_ + u_;                                                   \
+        const T pi_ = (T)3.141592653589793, pi34_ = (T)2.356194490192345;            \
+        const T pio2_ = (T)1.5707963267948966, pio4_ = (T)0.7853981633974483;        \
+        const T pi_lo_ = f32_ ? (T)-8.742278000372485e-08 : (T)1.2246467991473532e-16; \
+        const T pi34_lo_ = f32_ ? (T)-5.962440227403018e-09 : (T)9.184850993605148e-17; \
+        const T pio2_lo_ = f32_ ? (T)-4.3711390001862426e-08 : (T)6.123233995736766e-17; \
+        const T pio4_lo_ = f32_ ? (T)-2.1855695000931213e-08 : (T)3.061616997868383e-17; \
+        T base_, low_, angle_;                                                       \
+        if (back_) {                                                                 \
+            base_ = far_ ? pio2_ : (near_ ? pi34_ : pi_);                            \
+            low_ = far_ ? pio2_lo_ : (near_ ? pi34_lo_ : pi_lo_);                    \
+            angle_ = low_ - core_;                                                   \
+        } else {                                                                     \
+            base_ = far_ ? pio2_ : (near_ ? pio4_ : (T)0);                           \
+            low_ = far_ ? pio2_lo_ : (near_ ? pio4_lo_ : (T)0);                      \
+            angle_ = core_ + low_;                                                   \
+        }                                                                            \
+        angle_ = base_ + angle_;                                                     \
+        out = signbit(y) ? -angle_ : angle_;                                         \
+    }
+
+/* Adam-atan2 (Everett et al. 2024, as adam_atan2_pytorch.AdamAtan2): Adam's moments, and
+ * in place of m^ / (sqrt(v^) + eps) the bounded atan2(m / bc1, sqrt(v b b / bc2)), so no
+ * eps: p -= lr_t a atan2(...) after the decoupled decay (the only weight decay). */
+#define FA_ADAM_ATAN2_BODY(T, SQRT, FABS, COUPLED, FLAG)                             \
+    {                                                                                \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        FA_MOMENTS_DECL(T)                                                           \
+        const T step_size = (T)s->step_size;                                         \
+        const T m_scale = (T)s->m_scale, v_scale = (T)s->v_scale;                    \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
+            FA_MOMENTS_STEP(T)                                                       \
+            T num = m * m_scale;                                                     \
+            T den = v * v_scale;                                                     \
+            den = SQRT(den);                                                         \
+            T update;                                                                \
+            FA_ATAN2(T, FABS, num, den, update)                                      \
+            p_[i] = p - step_size * update;                                          \
         }                                                                            \
     }
 

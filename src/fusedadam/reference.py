@@ -28,6 +28,10 @@ __all__ = [
     "momentum_update",
     "adabelief_update",
     "lion_update",
+    "adopt_first_update",
+    "adopt_update",
+    "atan2",
+    "adam_atan2_update",
     "probe_update",
     "sparse_adam_update",
     "q8_values",
@@ -60,6 +64,9 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
         "decay": 1.0 - lr * h["weight_decay"] if h["decoupled"] else 1.0,
         "eps_root": 0.0,
         "grad_coef": 0.0,
+        "clip": 0.0,
+        "m_scale": 0.0,
+        "v_scale": 0.0,
     }
     mu_after = mu_product
     if algorithm in ("adam", "adamax"):
@@ -116,6 +123,21 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
         s["step_size"] = lr * math.sqrt(bc2) / bc1
         s["eps"] = h["eps"]
         kind = "sparse_rows"
+    elif algorithm == "adopt":
+        s["step_size"] = lr
+        s["eps"] = h["eps"]
+        if t <= 1.0:
+            s["decay"] = 1.0
+            kind = "adopt_first" + suffix
+        else:
+            s["clip"] = (t - 1.0) ** h["clip_exp"] if h["adopt_clip"] else math.inf
+            kind = "adopt" + suffix
+    elif algorithm == "adam_atan2":
+        s["step_size"] = lr * h["atan2_a"]
+        s["eps"] = 0.0
+        s["m_scale"] = 1.0 / bc1
+        s["v_scale"] = h["atan2_b"] * h["atan2_b"] / bc2
+        kind = "adam_atan2"
     else:  # lion
         s["step_size"] = lr
         s["eps"] = 0.0
@@ -246,6 +268,126 @@ def lion_update(param, grad, exp_avg, scalars, coupled):
 
 
 @_quiet
+def adopt_first_update(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
+    """ADOPT's first step, in place: ``v = v + g * g`` (v starts at zero); the param and
+    ``m`` do not move (timm's special case; the L2 term is in ``g``)."""
+    sign, weight_decay = _cast(param.dtype, scalars, "sign", "weight_decay")
+    g = grad * sign
+    if coupled:
+        g = g + weight_decay * param
+    g_sq = g * g
+    exp_avg_sq += g_sq
+
+
+@_quiet
+def adopt_update(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
+    """ADOPT's later steps, in place: ``n = clip(g / max(sqrt(v), eps))`` with the previous
+    ``v``, ``m = b1 m + (1 - b1) n``, ``p -= step_size * m``, then ``v = b2 v + (1 - b2) g g``."""
+    g = _gradient(param, grad, scalars, coupled)
+    names = ("beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "step_size", "eps",
+             "clip")  # fmt: skip
+    b1, omb1, b2, omb2, step_size, eps, clip = _cast(param.dtype, scalars, *names)
+    denom = np.sqrt(exp_avg_sq)
+    np.maximum(denom, eps, out=denom)
+    normed = g / denom
+    np.maximum(normed, -clip, out=normed)
+    np.minimum(normed, clip, out=normed)
+    _first_moment(normed, exp_avg, b1, omb1)
+    param -= step_size * exp_avg
+    g_sq = omb2 * g
+    g_sq *= g
+    exp_avg_sq *= b2
+    exp_avg_sq += g_sq
+
+
+# FA_ATAN2 of _loops.h: Cephes' atan coefficients (S. L. Moshier), the double rational's
+# numerator P and denominator Q (leading 1 omitted), the float polynomial; highest power first.
+_ATAN_P64 = (-8.750608600031904122785e-1, -1.615753718733365076637e1,
+             -7.500855792314704667340e1, -1.228866684490136173410e2,
+             -6.485021904942025371773e1)  # fmt: skip
+_ATAN_Q64 = (2.485846490142306297962e1, 1.650270098316988542046e2,
+             4.328810604912902668951e2, 4.853903996359136964868e2,
+             1.945506571482613964425e2)  # fmt: skip
+_ATAN_P32 = (8.05374449538e-2, -1.38776856032e-1, 1.99777106478e-1, -3.33329491539e-1)
+# (nearest value, rest) of pi, 3 pi/4, pi/2, pi/4: the value is the dtype's rounding of
+# the first number, the rest the second rounded to it (float64, float32 rests).
+_PI = (3.141592653589793, 1.2246467991473532e-16, -8.742278000372485e-08)
+_PI34 = (2.356194490192345, 9.184850993605148e-17, -5.962440227403018e-09)
+_PIO2 = (1.5707963267948966, 6.123233995736766e-17, -4.3711390001862426e-08)
+_PIO4 = (0.7853981633974483, 3.061616997868383e-17, -2.1855695000931213e-08)
+
+
+@_quiet
+def atan2(y, x):
+    """``atan2(y, x)`` elementwise, in the dtype of the arrays (float32 or float64, both
+    the same): the one implementation the compiled loops also run (``FA_ATAN2`` in
+    ``_loops.h``), built from IEEE operations in the same order, so that both give the
+    same bits on every instruction set. IEEE's special values, as ``numpy.arctan2``; the
+    error is measured in tests/test_algo_adam_atan2.py (docs/algorithms_adopt_atan2.md)."""
+    y = np.asarray(y)
+    x = np.asarray(x)
+    t = y.dtype.type
+    f32 = y.dtype == np.float32
+    lo = 2 if f32 else 1
+
+    def pick(mask_far, mask_near, far, near, other):
+        return np.where(mask_far, t(far), np.where(mask_near, t(near), t(other)))
+
+    ay, ax = np.abs(y), np.abs(x)
+    r = ay / ax
+    r = np.where(ay == ax, np.where(ax == t(0), t(0), t(1)), r)
+    far = r > t(2.41421356237309504880)
+    near = ~far & (r > t(0.4142135623730950 if f32 else 0.66))
+    back = np.signbit(x)
+    inv = t(-1) / r
+    shift = (r - t(1)) / (r + t(1))
+    u = np.where(far, inv, np.where(near, shift, r))
+    z = u * u
+    if f32:
+        c0, c1, c2, c3 = (t(c) for c in _ATAN_P32)
+        poly = c0 * z
+        poly -= -c1
+        poly *= z
+        poly += c2
+        poly *= z
+        poly -= -c3
+        poly *= z
+    else:
+        num = t(_ATAN_P64[0]) * z
+        for c in _ATAN_P64[1:-1]:
+            num -= t(-c)
+            num *= z
+        num -= t(-_ATAN_P64[-1])
+        den = z + t(_ATAN_Q64[0])
+        for c in _ATAN_Q64[1:]:
+            den *= z
+            den += t(c)
+        poly = z * num
+        poly /= den
+    core = u * poly
+    core += u
+    base_back = pick(far, near, _PIO2[0], _PI34[0], _PI[0])
+    low_back = pick(far, near, _PIO2[lo], _PI34[lo], _PI[lo])
+    base_fwd = pick(far, near, _PIO2[0], _PIO4[0], 0.0)
+    low_fwd = pick(far, near, _PIO2[lo], _PIO4[lo], 0.0)
+    angle = np.where(back, base_back + (low_back - core), base_fwd + (core + low_fwd))
+    return np.where(np.signbit(y), -angle, angle)
+
+
+@_quiet
+def adam_atan2_update(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
+    """Adam-atan2, in place: Adam's moments, then
+    ``p -= step_size * atan2(m * m_scale, sqrt(v * v_scale))`` (:func:`atan2`)."""
+    g = _gradient(param, grad, scalars, coupled)
+    _moments(g, exp_avg, exp_avg_sq, scalars)
+    step_size, m_scale, v_scale = _cast(param.dtype, scalars, "step_size", "m_scale", "v_scale")
+    num = exp_avg * m_scale
+    den = exp_avg_sq * v_scale
+    np.sqrt(den, out=den)
+    param -= step_size * atan2(num, den)
+
+
+@_quiet
 def probe_update(param, grad, exp_avg, exp_avg_sq=None, max_exp_avg_sq=None):
     """The bandwidth probe's trivial arithmetic (for testing the compiled probe)."""
     exp_avg += grad
@@ -265,6 +407,9 @@ _KINDS: Dict[str, Tuple[Callable[..., None], int]] = {
     "momentum": (momentum_update, 2),
     "adabelief": (adabelief_update, 2),
     "lion": (lion_update, 1),
+    "adopt_first": (adopt_first_update, 2),
+    "adopt": (adopt_update, 2),
+    "adam_atan2": (adam_atan2_update, 2),
 }
 
 
