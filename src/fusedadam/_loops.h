@@ -69,8 +69,11 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
 
 /* max that propagates NaN from either side, as numpy.maximum does. */
 #define FA_MAX_NAN(a, b) (((a) >= (b) || (a) != (a)) ? (a) : (b))
-/* min that propagates NaN from either side, as numpy.minimum does. */
-#define FA_MIN_NAN(a, b) (((a) <= (b) || (a) != (a)) ? (a) : (b))
+/* max and min with a bound b that is never NaN: NaN in a propagates, and the result is
+ * numpy.maximum(a, b) / numpy.minimum(a, b) bit for bit (a when the two compare equal),
+ * in a form the vectoriser maps to one max/min instruction. */
+#define FA_MAX_BOUND(a, b) ((a) < (b) ? (b) : (a))
+#define FA_MIN_BOUND(a, b) ((a) > (b) ? (b) : (a))
 
 /* What every kind does first: the sign, the L2 term, the decoupled decay. */
 #define FA_PRELUDE(T, COUPLED)                                                       \
@@ -248,10 +251,10 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
             FA_GRAD_AND_PARAM(T, COUPLED)                                            \
             T v = v_[i];                                                             \
             T denom = SQRT(v);                                                       \
-            denom = FA_MAX_NAN(denom, eps);                                          \
+            denom = FA_MAX_BOUND(denom, eps);                                        \
             T normed = g / denom;                                                    \
-            normed = FA_MAX_NAN(normed, neg_clip);                                   \
-            normed = FA_MIN_NAN(normed, clip);                                       \
+            normed = FA_MAX_BOUND(normed, neg_clip);                                 \
+            normed = FA_MIN_BOUND(normed, clip);                                     \
             T m = b1 * m_[i] + omb1 * normed;                                        \
             m_[i] = m;                                                               \
             p_[i] = p - step_size * m;                                               \
@@ -259,29 +262,33 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
         }                                                                            \
     }
 
-/* atan2(y, x) with only +, -, *, /, compares and sign bits, so that its NumPy twin
+/* atan2(y, x) with only +, -, *, /, compares and copysign, so that its NumPy twin
  * (reference.atan2: the same operations in the same order) gives the same bits on every
  * instruction set and thread count; libm's atan2 and numpy.arctan2 are not one function,
- * and a vectorised loop may call yet another. The angle of r = |y| / |x| (r = 1 for
- * |y| == |x| and 0 for 0/0, so that inf/inf is pi/4) is reduced as Cephes' atan
- * (S. L. Moshier): above tan(3 pi / 8) to u = -1/r around pi/2, above FA_ATAN_MID
- * (0.66 double, tan(pi/8) float) to u = (r - 1)/(r + 1) around pi/4, else u = r around
+ * and a vectorised loop may call yet another. The angle of r = |y| / |x| is reduced as
+ * Cephes' atan (S. L. Moshier): above tan(3 pi / 8) to u = -1/r around pi/2, above 0.66
+ * (double; tan(pi/8) for float) to u = (r - 1)/(r + 1) around pi/4, else u = r around
  * 0; then core = u + u z P(z) (z = u u; Cephes' rational P/Q of degree 4/5 for double,
  * its degree-3 polynomial for float). The result is base + (core + low), with base the
  * dtype's nearest value of 0, pi/4 or pi/2 and low the rest of it; for a negative x
  * (sign bit set) pi minus that, as base' + (low' - core) with base' the nearest value of
- * pi, 3 pi/4 or pi/2, so that no angle near pi/2 is rounded twice; then y's sign. Every
- * branch is computed and one selected per element, in the loops as in NumPy. The special
- * values are IEEE's (numpy.arctan2's). Measured error: docs/algorithms_adopt_atan2.md. */
+ * pi, 3 pi/4 or pi/2, so that no angle near pi/2 is rounded twice; |y| == |x| (0/0 and
+ * inf/inf included) takes 0, pi/4, 3 pi/4 or pi directly; then y's sign. Every branch is
+ * computed and one selected per element, in the loops as in NumPy, and the loops
+ * vectorise. The special values are IEEE's (numpy.arctan2's). Measured error:
+ * docs/algorithms_adopt_atan2.md. */
+/* copysign in T (copysignf for float; both are exact and vectorise) */
+#define FA_COPYSIGN(T, a, b)                                                         \
+    (sizeof(T) == sizeof(float) ? (T)copysignf((float)(a), (float)(b))             \
+                                : (T)copysign((double)(a), (double)(b)))
 #define FA_ATAN2(T, FABS, y, x, out)                                                 \
     {                                                                                \
         const int f32_ = sizeof(T) == sizeof(float);                                 \
         const T ay_ = FABS(y), ax_ = FABS(x);                                        \
-        T r_ = ay_ / ax_;                                                            \
-        r_ = ay_ == ax_ ? (ax_ == (T)0 ? (T)0 : (T)1) : r_;                          \
+        const T r_ = ay_ / ax_;                                                      \
         const int far_ = r_ > (T)2.41421356237309504880;                             \
-        const int near_ = !far_ && r_ > (f32_ ? (T)0.4142135623730950 : (T)0.66);    \
-        const int back_ = signbit(x) != 0;                                           \
+        const int near_ = !far_ & (r_ > (f32_ ? (T)0.4142135623730950 : (T)0.66));  \
+        const int back_ = FA_COPYSIGN(T, (T)1, x) < (T)0;                           \
         T inv_ = (T)-1 / r_;                                                         \
         T shift_ = (r_ - (T)1) / (r_ + (T)1);                                        \
         T u_ = far_ ? inv_ : (near_ ? shift_ : r_);                                  \
@@ -311,18 +318,23 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
         const T pi34_lo_ = f32_ ? (T)-5.962440227403018e-09 : (T)9.184850993605148e-17; \
         const T pio2_lo_ = f32_ ? (T)-4.3711390001862426e-08 : (T)6.123233995736766e-17; \
         const T pio4_lo_ = f32_ ? (T)-2.1855695000931213e-08 : (T)3.061616997868383e-17; \
-        T base_, low_, angle_;                                                       \
-        if (back_) {                                                                 \
-            base_ = far_ ? pio2_ : (near_ ? pi34_ : pi_);                            \
-            low_ = far_ ? pio2_lo_ : (near_ ? pi34_lo_ : pi_lo_);                    \
-            angle_ = low_ - core_;                                                   \
-        } else {                                                                     \
-            base_ = far_ ? pio2_ : (near_ ? pio4_ : (T)0);                           \
-            low_ = far_ ? pio2_lo_ : (near_ ? pio4_lo_ : (T)0);                      \
-            angle_ = core_ + low_;                                                   \
-        }                                                                            \
-        angle_ = base_ + angle_;                                                     \
-        out = signbit(y) ? -angle_ : angle_;                                         \
+        /* the constants of the reduction picked by 0/1 weights (one is 1, the others +0:
+         * exact), not by branches the compiler would thread and could not vectorise */ \
+        const T w_far_ = far_ ? (T)1 : (T)0, w_near_ = near_ ? (T)1 : (T)0;          \
+        const T w_zero_ = (T)1 - w_far_ - w_near_;                                   \
+        const T w_back_ = back_ ? (T)1 : (T)0, w_fwd_ = (T)1 - w_back_;              \
+        const T base_back_ = w_far_ * pio2_ + w_near_ * pi34_ + w_zero_ * pi_;       \
+        const T low_back_ = w_far_ * pio2_lo_ + w_near_ * pi34_lo_ + w_zero_ * pi_lo_; \
+        const T base_fwd_ = w_far_ * pio2_ + w_near_ * pio4_;                        \
+        const T low_fwd_ = w_far_ * pio2_lo_ + w_near_ * pio4_lo_;                   \
+        T angle_back_ = low_back_ - core_;                                           \
+        T angle_fwd_ = core_ + low_fwd_;                                             \
+        angle_back_ = base_back_ + angle_back_;                                      \
+        angle_fwd_ = base_fwd_ + angle_fwd_;                                         \
+        T angle_ = back_ ? angle_back_ : angle_fwd_;                                 \
+        const T same_ = ax_ == (T)0 ? w_back_ * pi_ : w_back_ * pi34_ + w_fwd_ * pio4_; \
+        angle_ = ay_ == ax_ ? same_ : angle_;                                        \
+        out = FA_COPYSIGN(T, angle_, y);                                             \
     }
 
 /* Adam-atan2 (Everett et al. 2024, as adam_atan2_pytorch.AdamAtan2): Adam's moments, and

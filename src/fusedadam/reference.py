@@ -329,18 +329,14 @@ def atan2(y, x):
     t = y.dtype.type
     f32 = y.dtype == np.float32
     lo = 2 if f32 else 1
-
-    def pick(mask_far, mask_near, far, near, other):
-        return np.where(mask_far, t(far), np.where(mask_near, t(near), t(other)))
-
+    one, zero = t(1), t(0)
     ay, ax = np.abs(y), np.abs(x)
     r = ay / ax
-    r = np.where(ay == ax, np.where(ax == t(0), t(0), t(1)), r)
     far = r > t(2.41421356237309504880)
     near = ~far & (r > t(0.4142135623730950 if f32 else 0.66))
-    back = np.signbit(x)
+    back = np.copysign(one, x) < zero
     inv = t(-1) / r
-    shift = (r - t(1)) / (r + t(1))
+    shift = (r - one) / (r + one)
     u = np.where(far, inv, np.where(near, shift, r))
     z = u * u
     if f32:
@@ -366,12 +362,25 @@ def atan2(y, x):
         poly /= den
     core = u * poly
     core += u
-    base_back = pick(far, near, _PIO2[0], _PI34[0], _PI[0])
-    low_back = pick(far, near, _PIO2[lo], _PI34[lo], _PI[lo])
-    base_fwd = pick(far, near, _PIO2[0], _PIO4[0], 0.0)
-    low_fwd = pick(far, near, _PIO2[lo], _PIO4[lo], 0.0)
-    angle = np.where(back, base_back + (low_back - core), base_fwd + (core + low_fwd))
-    return np.where(np.signbit(y), -angle, angle)
+    # the reduction's constants weighted by 0/1 (FA_ATAN2's order of operations)
+    w_far = np.where(far, one, zero)
+    w_near = np.where(near, one, zero)
+    w_zero = one - w_far - w_near
+    w_back = np.where(back, one, zero)
+    w_fwd = one - w_back
+    pi, pi34, pio2, pio4 = (t(c[0]) for c in (_PI, _PI34, _PIO2, _PIO4))
+    pi_lo, pi34_lo, pio2_lo, pio4_lo = (t(c[lo]) for c in (_PI, _PI34, _PIO2, _PIO4))
+    base_back = w_far * pio2 + w_near * pi34 + w_zero * pi
+    low_back = w_far * pio2_lo + w_near * pi34_lo + w_zero * pi_lo
+    base_fwd = w_far * pio2 + w_near * pio4
+    low_fwd = w_far * pio2_lo + w_near * pio4_lo
+    angle_back = base_back + (low_back - core)
+    angle_fwd = base_fwd + (core + low_fwd)
+    angle = np.where(back, angle_back, angle_fwd)
+    # |y| == |x| (0/0 and inf/inf included): pi/4, 3 pi/4, or 0, pi for zeros
+    same = np.where(ax == zero, w_back * pi, w_back * pi34 + w_fwd * pio4)
+    angle = np.where(ay == ax, same, angle)
+    return np.copysign(angle, y)
 
 
 @_quiet
