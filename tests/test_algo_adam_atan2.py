@@ -8,6 +8,8 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fusedadam as fa
 from fusedadam import reference
@@ -103,6 +105,28 @@ def test_atan2_against_numpy_arctan2(dtype):
     assert float(_ulps(ours[finite], theirs[finite].astype(np.float64), dtype).max()) <= (
         MAX_ULPS_NUMPY[dtype]
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    dtype=st.sampled_from([np.float32, np.float64]),
+    data=st.data(),
+)
+def test_atan2_any_floats_against_numpy(dtype, data):
+    """Any pair of floats of the dtype (subnormal, huge, infinite, NaN): NaN where numpy
+    gives NaN, else within the bound of numpy.arctan2, the sign of zero included."""
+    width = 32 if dtype == np.float32 else 64
+    floats = st.floats(width=width, allow_nan=True, allow_infinity=True, allow_subnormal=True)
+    y = np.array(data.draw(st.lists(floats, min_size=1, max_size=8)), dtype=dtype)
+    x = np.array(data.draw(st.lists(floats, min_size=y.size, max_size=y.size)), dtype=dtype)
+    ours, theirs = reference.atan2(y, x), np.arctan2(y, x)
+    assert (np.isnan(ours) == np.isnan(theirs)).all()
+    ok = ~np.isnan(theirs)
+    assert (np.signbit(ours[ok]) == np.signbit(theirs[ok])).all()
+    nonzero = ok & (theirs != 0)
+    assert (ours[ok & (theirs == 0)] == 0).all()
+    errors = _ulps(ours[nonzero], theirs[nonzero].astype(np.float64), dtype)
+    assert errors.size == 0 or float(errors.max()) <= MAX_ULPS_NUMPY[dtype]
 
 
 SPECIAL = [0.0, -0.0, 1.0, -1.0, 3.0, -0.5, np.inf, -np.inf, np.nan, 5e-324, 1e-40, 1e300]
