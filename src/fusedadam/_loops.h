@@ -268,8 +268,9 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
  * and a vectorised loop may call yet another. The angle of r = |y| / |x| is reduced as
  * Cephes' atan (S. L. Moshier): above tan(3 pi / 8) to u = -1/r around pi/2, above 0.66
  * (double; tan(pi/8) for float) to u = (r - 1)/(r + 1) around pi/4, else u = r around
- * 0; then core = u + u z P(z) (z = u u; Cephes' rational P/Q of degree 4/5 for double,
- * its degree-3 polynomial for float). The result is base + (core + low), with base the
+ * 0, each u formed with one division from |y| and |x| (compared as |y| > c |x|, both
+ * scaled by a power of 2 at the ends of the range); then core = u + u z P(z) (z = u u;
+ * Cephes' rational P/Q of degree 4/5 for double, its degree-3 polynomial for float). The result is base + (core + low), with base the
  * dtype's nearest value of 0, pi/4 or pi/2 and low the rest of it; for a negative x
  * (sign bit set) pi minus that, as base' + (low' - core) with base' the nearest value of
  * pi, 3 pi/4 or pi/2, so that no angle near pi/2 is rounded twice; |y| == |x| (0/0 and
@@ -285,13 +286,25 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
     {                                                                                \
         const int f32_ = sizeof(T) == sizeof(float);                                 \
         const T ay_ = FABS(y), ax_ = FABS(x);                                        \
-        const T r_ = ay_ / ax_;                                                      \
-        const int far_ = r_ > (T)2.41421356237309504880;                             \
-        const int near_ = !far_ & (r_ > (f32_ ? (T)0.4142135623730950 : (T)0.66));  \
+        /* |y| and |x| scaled exactly by a power of 2: by 1/16 when one is huge, so   \
+         * that |y| + |x| cannot overflow (a subnormal partner's lost bits then change  \
+         * no angle), by 2**600 (2**60 float) when both are tiny, so that the region   \
+         * tests c |x| are not rounded as subnormals */                               \
+        const T huge_ = f32_ ? (T)1e37 : (T)1e300;                                   \
+        const T tiny_ = f32_ ? (T)7.888609052210118e-31 : (T)1.1830521861667747e-271; \
+        const T up_ = f32_ ? (T)1.152921504606847e+18 : (T)4.149515568880993e+180;   \
+        const T factor_ = (ay_ > huge_) | (ax_ > huge_)                              \
+                              ? (T)0.0625                                           \
+                              : ((ay_ < tiny_) & (ax_ < tiny_) ? up_ : (T)1);        \
+        const T sy_ = ay_ * factor_, sx_ = ax_ * factor_;                            \
+        const int far_ = sy_ > (T)2.41421356237309504880 * sx_;                      \
+        /* above the middle threshold (far ones included) */                         \
+        const int mid_ = sy_ > (f32_ ? (T)0.4142135623730950 : (T)0.66) * sx_;       \
         const int back_ = FA_COPYSIGN(T, (T)1, x) < (T)0;                           \
-        T inv_ = (T)-1 / r_;                                                         \
-        T shift_ = (r_ - (T)1) / (r_ + (T)1);                                        \
-        T u_ = far_ ? inv_ : (near_ ? shift_ : r_);                                  \
+        /* one division: u = -|x|/|y|, (|y| - |x|)/(|y| + |x|) or |y|/|x| */          \
+        const T mid_num_ = mid_ ? sy_ - sx_ : sy_, mid_den_ = mid_ ? sy_ + sx_ : sx_;  \
+        const T num_ = far_ ? -sx_ : mid_num_, den_ = far_ ? sy_ : mid_den_;         \
+        T u_ = num_ / den_;                                                          \
         T z_ = u_ * u_;                                                              \
         T poly_;                                                                     \
         if (f32_) {                                                                  \
@@ -300,16 +313,16 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
             poly_ = poly_ * z_ - (T)3.33329491539e-1;                                \
             poly_ = poly_ * z_;                                                      \
         } else {                                                                     \
-            T num_ = (T)-8.750608600031904122785e-1 * z_ - (T)1.615753718733365076637e1; \
-            num_ = num_ * z_ - (T)7.500855792314704667340e1;                         \
-            num_ = num_ * z_ - (T)1.228866684490136173410e2;                         \
-            num_ = num_ * z_ - (T)6.485021904942025371773e1;                         \
-            T den_ = z_ + (T)2.485846490142306297962e1;                              \
-            den_ = den_ * z_ + (T)1.650270098316988542046e2;                         \
-            den_ = den_ * z_ + (T)4.328810604912902668951e2;                         \
-            den_ = den_ * z_ + (T)4.853903996359136964868e2;                         \
-            den_ = den_ * z_ + (T)1.945506571482613964425e2;                         \
-            poly_ = z_ * num_ / den_;                                                \
+            T p_ = (T)-8.750608600031904122785e-1 * z_ - (T)1.615753718733365076637e1; \
+            p_ = p_ * z_ - (T)7.500855792314704667340e1;                             \
+            p_ = p_ * z_ - (T)1.228866684490136173410e2;                             \
+            p_ = p_ * z_ - (T)6.485021904942025371773e1;                             \
+            T q_ = z_ + (T)2.485846490142306297962e1;                                \
+            q_ = q_ * z_ + (T)1.650270098316988542046e2;                             \
+            q_ = q_ * z_ + (T)4.328810604912902668951e2;                             \
+            q_ = q_ * z_ + (T)4.853903996359136964868e2;                             \
+            q_ = q_ * z_ + (T)1.945506571482613964425e2;                             \
+            poly_ = z_ * p_ / q_;                                                    \
         }                                                                            \
         T core_ = u_ * poly_ + u_;                                                   \
         const T pi_ = (T)3.141592653589793, pi34_ = (T)2.356194490192345;            \
@@ -320,7 +333,7 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
         const T pio4_lo_ = f32_ ? (T)-2.1855695000931213e-08 : (T)3.061616997868383e-17; \
         /* the constants of the reduction picked by 0/1 weights (one is 1, the others +0:
          * exact), not by branches the compiler would thread and could not vectorise */ \
-        const T w_far_ = far_ ? (T)1 : (T)0, w_near_ = near_ ? (T)1 : (T)0;          \
+        const T w_far_ = far_ ? (T)1 : (T)0, w_near_ = (mid_ ? (T)1 : (T)0) - w_far_; \
         const T w_zero_ = (T)1 - w_far_ - w_near_;                                   \
         const T w_back_ = back_ ? (T)1 : (T)0, w_fwd_ = (T)1 - w_back_;              \
         const T base_back_ = w_far_ * pio2_ + w_near_ * pi34_ + w_zero_ * pi_;       \

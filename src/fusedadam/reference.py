@@ -331,13 +331,21 @@ def atan2(y, x):
     lo = 2 if f32 else 1
     one, zero = t(1), t(0)
     ay, ax = np.abs(y), np.abs(x)
-    r = ay / ax
-    far = r > t(2.41421356237309504880)
-    near = ~far & (r > t(0.4142135623730950 if f32 else 0.66))
+    # scaled exactly: by 1/16 when one is huge (|y| + |x| cannot overflow), by 2**600
+    # (2**60 float) when both are tiny (the region tests are not rounded as subnormals)
+    huge = t(1e37 if f32 else 1e300)
+    tiny = t(2.0**-100 if f32 else 2.0**-900)
+    up = t(2.0**60 if f32 else 2.0**600)
+    factor = np.where((ay > huge) | (ax > huge), t(0.0625),
+                      np.where((ay < tiny) & (ax < tiny), up, one))  # fmt: skip
+    sy, sx = ay * factor, ax * factor
+    far = sy > t(2.41421356237309504880) * sx
+    mid = sy > t(0.4142135623730950 if f32 else 0.66) * sx  # far ones included
     back = np.copysign(one, x) < zero
-    inv = t(-1) / r
-    shift = (r - one) / (r + one)
-    u = np.where(far, inv, np.where(near, shift, r))
+    # one division: u = -|x|/|y|, (|y| - |x|)/(|y| + |x|) or |y|/|x|
+    num = np.where(far, -sx, np.where(mid, sy - sx, sy))
+    den = np.where(far, sy, np.where(mid, sy + sx, sx))
+    u = num / den
     z = u * u
     if f32:
         c0, c1, c2, c3 = (t(c) for c in _ATAN_P32)
@@ -349,22 +357,22 @@ def atan2(y, x):
         poly -= -c3
         poly *= z
     else:
-        num = t(_ATAN_P64[0]) * z
+        p = t(_ATAN_P64[0]) * z
         for c in _ATAN_P64[1:-1]:
-            num -= t(-c)
-            num *= z
-        num -= t(-_ATAN_P64[-1])
-        den = z + t(_ATAN_Q64[0])
+            p -= t(-c)
+            p *= z
+        p -= t(-_ATAN_P64[-1])
+        q = z + t(_ATAN_Q64[0])
         for c in _ATAN_Q64[1:]:
-            den *= z
-            den += t(c)
-        poly = z * num
-        poly /= den
+            q *= z
+            q += t(c)
+        poly = z * p
+        poly /= q
     core = u * poly
     core += u
     # the reduction's constants weighted by 0/1 (FA_ATAN2's order of operations)
     w_far = np.where(far, one, zero)
-    w_near = np.where(near, one, zero)
+    w_near = np.where(mid, one, zero) - w_far
     w_zero = one - w_far - w_near
     w_back = np.where(back, one, zero)
     w_fwd = one - w_back
