@@ -55,6 +55,18 @@ VARIANTS = {
     ),
     "adan": (fa.Adan, {"weight_decay": 0.05}),
     "adan_no_prox_maximize": (fa.Adan, {"weight_decay": 0.05, "no_prox": True, "maximize": True}),
+    # ADOPT runs adopt_first at step 1, adopt later; clip_exp=None gives an infinite clip
+    "adopt": (fa.ADOPT, {"betas": (0.9, 0.99)}),
+    "adopt_l2": (fa.ADOPT, {"weight_decay": 0.1, "clip_exp": 0.25}),
+    "adopt_decoupled_maximize_noclip": (
+        fa.ADOPT,
+        {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True, "clip_exp": None},
+    ),
+    "adam_atan2": (fa.AdamAtan2, {"lr": 1e-3}),
+    "adam_atan2_decay_maximize": (
+        fa.AdamAtan2,
+        {"weight_decay": 0.1, "maximize": True, "a": 0.5, "b": 2.0, "betas": (0.8, 0.95)},
+    ),
 }
 
 

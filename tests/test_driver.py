@@ -80,6 +80,11 @@ def test_compiled_and_python_scalar_rules_agree_field_by_field(
         "weight_decay": wd,
         "beta1_decay": beta1_decay,
         "momentum_decay": momentum_decay,
+        # ADOPT's clip and Adam-atan2's a, b, varied with the values drawn above
+        "adopt_clip": amsgrad,
+        "clip_exp": 10 * momentum_decay,
+        "atan2_a": beta1_decay,
+        "atan2_b": 1 / eps,
     }
     kind_c, scalars_c, mu_c = _kernels.step_scalars(hyper, t, lr, mu_product)
     kind_p, scalars_p, mu_p = reference.step_scalars(hyper, t, lr, mu_product)

@@ -27,6 +27,8 @@ FUNCTIONS = {
         ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad"),
         {"weight_decay": 0.05},
     ),
+    "ADOPT": (fa.functional.adopt, ("exp_avg", "exp_avg_sq"), {"weight_decay": 0.1}),
+    "AdamAtan2": (fa.functional.adam_atan2, ("exp_avg", "exp_avg_sq"), {"weight_decay": 0.1}),
 }
 
 

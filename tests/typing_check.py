@@ -15,6 +15,7 @@ from fusedadam import schedules
 from fusedadam._clip import clip_grad_norm
 from fusedadam.minimize import OptimizeResult
 from fusedadam.optim import AdaBelief, Adam, Adamax, AdamW, Lion, NAdam, RAdam
+from fusedadam.optim import ADOPT, AdamAtan2
 from fusedadam.sparse import SparseAdam
 
 w = np.zeros(10, dtype=np.float32)
@@ -43,6 +44,8 @@ assert_type(NAdam([w], momentum_decay=4e-3), NAdam)
 assert_type(RAdam([w], decoupled_weight_decay=True), RAdam)
 assert_type(AdaBelief([w], eps_root=1e-16), AdaBelief)
 assert_type(Lion([w], lr=schedules.CosineDecay(1e-4, 100)), Lion)
+assert_type(ADOPT([w], clip_exp=None, decoupled_weight_decay=True), ADOPT)
+assert_type(AdamAtan2([w], a=1.27, b=1.0), AdamAtan2)
 assert_type(SparseAdam([np.zeros((4, 3))]), SparseAdam)
 assert_type(clip_grad_norm([g], max_norm=1.0), float)
 

@@ -12,6 +12,7 @@ from fusedadam._version import __version__
 from fusedadam.minimize import OptimizeResult, minimize
 from fusedadam.optim import AdaBelief, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam
 from fusedadam.optim import AdEMAMix, Adan
+from fusedadam.optim import ADOPT, AdamAtan2
 from fusedadam.sparse import SparseAdam
 from fusedadam.serialization import flatten_state_dict, unflatten_state_dict
 from fusedadam._backend import _kernels
@@ -57,6 +58,8 @@ __all__ = [
     "Lion",
     "AdEMAMix",
     "Adan",
+    "ADOPT",
+    "AdamAtan2",
     "NAdam",
     "RAdam",
     "OptimizeResult",

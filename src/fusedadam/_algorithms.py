@@ -71,6 +71,8 @@ ALGORITHMS = {
     # timm's state names and layout: neg_pre_grad holds -g of the last step (signed, as
     # exp_avg_diff); exp_avg_sq (n) is the one nonnegative array
     "adan": Algorithm("adan", ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad"), n_betas=3),
+    "adopt": Algorithm("adopt", ("exp_avg", "exp_avg_sq")),
+    "adam_atan2": Algorithm("adam_atan2", ("exp_avg", "exp_avg_sq")),
 }
 
 
@@ -176,17 +178,45 @@ DEFAULTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
             **_SHARED,
         },
     ),
+    # timm.optim.Adopt's defaults (its `decoupled` is decoupled_weight_decay here).
+    "ADOPT": (
+        "adopt",
+        {
+            "lr": 1e-3,
+            "betas": (0.9, 0.9999),
+            "eps": 1e-6,
+            "clip_exp": 0.333,
+            "weight_decay": 0.0,
+            "decoupled_weight_decay": False,
+            "maximize": False,
+            **_SHARED,
+        },
+    ),
+    # adam_atan2_pytorch.AdamAtan2's defaults.
+    "AdamAtan2": (
+        "adam_atan2",
+        {
+            "lr": 1e-4,
+            "betas": (0.9, 0.99),
+            "weight_decay": 0.0,
+            "a": 1.27,
+            "b": 1.0,
+            "maximize": False,
+            **_SHARED,
+        },
+    ),
 }
 
 
 def hyper_dict(algorithm, group):
     """The hyperparameters of a validated group as ``fa_hyper`` reads them: every field, in
     double (NumPy scalars included: the scalars are formed in double on every path)."""
-    decoupled = algorithm.name in ("lion", "adan") or bool(
+    decoupled = algorithm.name in ("lion", "adan", "adam_atan2") or bool(
         group.get("decoupled_weight_decay", False)
     )
     beta1, beta2 = group["betas"][:2]
     t_alpha_beta3 = group.get("t_alpha_beta3")
+    clip_exp = group.get("clip_exp")
     return {
         "algorithm": algorithm.name,
         "amsgrad": bool(group.get("amsgrad", False)),
@@ -204,4 +234,8 @@ def hyper_dict(algorithm, group):
         "alpha": float(group.get("alpha", 0.0)),
         "t_alpha_beta3": 0.0 if t_alpha_beta3 is None else float(t_alpha_beta3),
         "no_prox": bool(group.get("no_prox", False)),
+        "adopt_clip": clip_exp is not None,
+        "clip_exp": 0.0 if clip_exp is None else float(clip_exp),
+        "atan2_a": float(group.get("a", 0.0)),
+        "atan2_b": float(group.get("b", 0.0)),
     }

@@ -57,6 +57,9 @@ cdef extern from "_dispatch.h" nogil:
         double diff_coef
         double prox
         double first
+        double clip
+        double m_scale
+        double v_scale
     ctypedef void (*fa_loop_fn)(char **a, ptrdiff_t n, const fa_scalars *s) noexcept nogil
     ctypedef ptrdiff_t (*fa_scan_fn)(const void *grad, ptrdiff_t n) noexcept nogil
     ctypedef struct fa_sparse_scalars:
@@ -205,6 +208,10 @@ cdef extern from "_scalars.h" nogil:
         double alpha
         double t_alpha_beta3
         int no_prox
+        int adopt_clip
+        double clip_exp
+        double atan2_a
+        double atan2_b
     enum:
         FA_N_ALGORITHMS
     const char *fa_algorithm_names[]
@@ -219,7 +226,8 @@ ALGORITHMS = tuple(fa_algorithm_names[i].decode() for i in range(FA_N_ALGORITHMS
 DTYPES = tuple(fa_dtype_names[i].decode() for i in range(FA_N_DTYPES))
 SCALAR_FIELDS = ("sign", "weight_decay", "decay", "beta1", "one_minus_beta1", "beta2",
                  "one_minus_beta2", "step_size", "eps", "eps_root", "grad_coef", "beta3",
-                 "one_minus_beta3", "slow_coef", "diff_coef", "prox", "first")
+                 "one_minus_beta3", "slow_coef", "diff_coef", "prox", "first", "clip",
+                 "m_scale", "v_scale")
 _TYPENUM_TO_DTYPE = {cnp.dtype(name).num: i for i, name in enumerate(DTYPES)}
 cdef int _TYPENUM_BF16 = cnp.dtype(_ml_dtypes.bfloat16).num
 cdef int _TYPENUM_F16 = cnp.dtype("float16").num
@@ -366,6 +374,10 @@ cdef void _read_hyper(fa_hyper *h, dict hyper) except *:
     h.alpha = hyper.get("alpha", 0.0)
     h.t_alpha_beta3 = hyper.get("t_alpha_beta3", 0.0)
     h.no_prox = bool(hyper.get("no_prox", False))
+    h.adopt_clip = bool(hyper.get("adopt_clip", False))
+    h.clip_exp = hyper.get("clip_exp", 0.0)
+    h.atan2_a = hyper.get("atan2_a", 0.0)
+    h.atan2_b = hyper.get("atan2_b", 0.0)
 
 
 cdef dict _scalars_dict(fa_scalars *s):
@@ -373,7 +385,7 @@ cdef dict _scalars_dict(fa_scalars *s):
                                     s.one_minus_beta1, s.beta2, s.one_minus_beta2,
                                     s.step_size, s.eps, s.eps_root, s.grad_coef, s.beta3,
                                     s.one_minus_beta3, s.slow_coef, s.diff_coef, s.prox,
-                                    s.first)))
+                                    s.first, s.clip, s.m_scale, s.v_scale)))
 
 
 def step_scalars(dict hyper, double t, double lr, double mu_product=1.0):

@@ -32,6 +32,9 @@ typedef struct {
     double eps;              /* added to the denominator */
     double eps_root;         /* AdaBelief: added to the second moment itself */
     double grad_coef;        /* NAdam: multiplies g in the numerator */
+    double clip;             /* ADOPT: |g / max(sqrt(v), eps)| <= clip; inf: no clip */
+    double m_scale;          /* Adam-atan2: 1 / bc1, the first moment's bias correction */
+    double v_scale;          /* Adam-atan2: b * b / bc2, under the square root */
     double beta3;            /* AdEMAMix: the slow EMA's decay of this step; Adan: n's */
     double one_minus_beta3;
     double slow_coef;        /* AdEMAMix: multiplies the slow EMA in the numerator */
@@ -60,7 +63,10 @@ enum { FA_PARAM = 0, FA_GRAD = 1, FA_STATE0 = 2, FA_MAX_STATES = 4,
     FA_PAIR(X, adabelief, FA_ADABELIEF_BODY, 0, __VA_ARGS__)                         \
     X(lion, FA_LION_BODY, 0, 0, __VA_ARGS__) X(probe, FA_PROBE_BODY, 0, 0, __VA_ARGS__) \
     FA_PAIR(X, ademamix, FA_ADEMAMIX_BODY, 0, __VA_ARGS__)                           \
-    X(adan, FA_ADAN_BODY, 0, 0, __VA_ARGS__) X(adan_prox, FA_ADAN_BODY, 0, 1, __VA_ARGS__)
+    X(adan, FA_ADAN_BODY, 0, 0, __VA_ARGS__) X(adan_prox, FA_ADAN_BODY, 0, 1, __VA_ARGS__) \
+    FA_PAIR(X, adopt_first, FA_ADOPT_FIRST_BODY, 0, __VA_ARGS__)                     \
+    FA_PAIR(X, adopt, FA_ADOPT_BODY, 0, __VA_ARGS__)                                 \
+    X(adam_atan2, FA_ADAM_ATAN2_BODY, 0, 0, __VA_ARGS__)
 
 #define FA_KIND_ENUM(name, body, coupled, flag, ...) FA_KIND_##name,
 enum { FA_DENSE_KINDS(FA_KIND_ENUM, ~) FA_N_KINDS };
@@ -85,6 +91,11 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
 
 /* max that propagates NaN from either side, as numpy.maximum does. */
 #define FA_MAX_NAN(a, b) (((a) >= (b) || (a) != (a)) ? (a) : (b))
+/* max and min with a bound b that is never NaN: NaN in a propagates, and the result is
+ * numpy.maximum(a, b) / numpy.minimum(a, b) bit for bit (a when the two compare equal),
+ * in a form the vectoriser maps to one max/min instruction. */
+#define FA_MAX_BOUND(a, b) ((a) < (b) ? (b) : (a))
+#define FA_MIN_BOUND(a, b) ((a) > (b) ? (b) : (a))
 
 /* What every kind does first: the sign, the L2 term, the decoupled decay. */
 #define FA_PRELUDE(T, COUPLED)                                                       \
@@ -286,6 +297,158 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
             p = p - (step_size * m + diff_coef * dm) / denom;                        \
             if (PROX) p = p / prox;                                                  \
             p_[i] = p;                                                               \
+        }                                                                            \
+    }
+
+/* ADOPT (Taniguchi et al. 2024, as timm.optim.Adopt), its first step: the second moment
+ * starts at g * g (v + g g on the zero state) and nothing else moves. The L2 term is in g
+ * (timm adds it before the first-step test); the decoupled decay waits for step 2. */
+#define FA_ADOPT_FIRST_BODY(T, SQRT, FABS, COUPLED, FLAG)                            \
+    {                                                                                \
+        T *restrict p_ = (T *)a[FA_PARAM];                                           \
+        const T *restrict g_ = (const T *)a[FA_GRAD];                                \
+        T *restrict v_ = (T *)a[FA_STATE0 + 1];                                      \
+        const T sign = (T)s->sign, wd = (T)s->weight_decay;                          \
+        (void)wd;                                                                    \
+        (void)p_;                                                                    \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            T g = g_[i] * sign;                                                      \
+            if (COUPLED) g = g + wd * p_[i];                                         \
+            v_[i] = v_[i] + g * g;                                                   \
+        }                                                                            \
+    }
+
+/* ADOPT's later steps: the gradient normalised by the PREVIOUS second moment, clipped,
+ * then the momentum, the step, and only then the second moment's update:
+ *     n = clamp(g / max(sqrt(v), eps), -clip, clip),  m = b1 m + (1 - b1) n,
+ *     p -= lr_t * m,  v = b2 v + (1 - b2) g g.  */
+#define FA_ADOPT_BODY(T, SQRT, FABS, COUPLED, FLAG)                                  \
+    {                                                                                \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        FA_MOMENTS_DECL(T)                                                           \
+        const T step_size = (T)s->step_size, eps = (T)s->eps;                        \
+        const T clip = (T)s->clip, neg_clip = -clip;                                 \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
+            T v = v_[i];                                                             \
+            T denom = SQRT(v);                                                       \
+            denom = FA_MAX_BOUND(denom, eps);                                        \
+            T normed = g / denom;                                                    \
+            normed = FA_MAX_BOUND(normed, neg_clip);                                 \
+            normed = FA_MIN_BOUND(normed, clip);                                     \
+            T m = b1 * m_[i] + omb1 * normed;                                        \
+            m_[i] = m;                                                               \
+            p_[i] = p - step_size * m;                                               \
+            v_[i] = b2 * v + omb2 * g * g;                                           \
+        }                                                                            \
+    }
+
+/* atan2(y, x) with only +, -, *, /, compares and copysign, so that its NumPy twin
+ * (reference.atan2: the same operations in the same order) gives the same bits on every
+ * instruction set and thread count; libm's atan2 and numpy.arctan2 are not one function,
+ * and a vectorised loop may call yet another. The angle of r = |y| / |x| is reduced as
+ * Cephes' atan (S. L. Moshier): above tan(3 pi / 8) to u = -1/r around pi/2, above 0.66
+ * (double; tan(pi/8) for float) to u = (r - 1)/(r + 1) around pi/4, else u = r around
+ * 0, each u formed with one division from |y| and |x| (compared as |y| > c |x|, both
+ * scaled by a power of 2 at the ends of the range); then core = u + u z P(z) (z = u u;
+ * Cephes' rational P/Q of degree 4/5 for double, its degree-3 polynomial for float). The result is base + (core + low), with base the
+ * dtype's nearest value of 0, pi/4 or pi/2 and low the rest of it; for a negative x
+ * (sign bit set) pi minus that, as base' + (low' - core) with base' the nearest value of
+ * pi, 3 pi/4 or pi/2, so that no angle near pi/2 is rounded twice; |y| == |x| (0/0 and
+ * inf/inf included) takes 0, pi/4, 3 pi/4 or pi directly; then y's sign. Every branch is
+ * computed and one selected per element, in the loops as in NumPy, and the loops
+ * vectorise. The special values are IEEE's (numpy.arctan2's). Measured error:
+ * docs/algorithms_adopt_atan2.md. */
+/* copysign in T (copysignf for float; both are exact and vectorise) */
+#define FA_COPYSIGN(T, a, b)                                                         \
+    (sizeof(T) == sizeof(float) ? (T)copysignf((float)(a), (float)(b))             \
+                                : (T)copysign((double)(a), (double)(b)))
+#define FA_ATAN2(T, FABS, y, x, out)                                                 \
+    {                                                                                \
+        const int f32_ = sizeof(T) == sizeof(float);                                 \
+        const T ay_ = FABS(y), ax_ = FABS(x);                                        \
+        /* |y| and |x| scaled exactly by a power of 2: by 1/16 when one is huge, so   \
+         * that |y| + |x| cannot overflow (a subnormal partner's lost bits then change  \
+         * no angle), by 2**600 (2**60 float) when both are tiny, so that the region   \
+         * tests c |x| are not rounded as subnormals */                               \
+        const T huge_ = f32_ ? (T)1e37 : (T)1e300;                                   \
+        const T tiny_ = f32_ ? (T)7.888609052210118e-31 : (T)1.1830521861667747e-271; \
+        const T up_ = f32_ ? (T)1.152921504606847e+18 : (T)4.149515568880993e+180;   \
+        const T factor_ = (ay_ > huge_) | (ax_ > huge_)                              \
+                              ? (T)0.0625                                           \
+                              : ((ay_ < tiny_) & (ax_ < tiny_) ? up_ : (T)1);        \
+        const T sy_ = ay_ * factor_, sx_ = ax_ * factor_;                            \
+        const int far_ = sy_ > (T)2.41421356237309504880 * sx_;                      \
+        /* above the middle threshold (far ones included) */                         \
+        const int mid_ = sy_ > (f32_ ? (T)0.4142135623730950 : (T)0.66) * sx_;       \
+        const int back_ = FA_COPYSIGN(T, (T)1, x) < (T)0;                           \
+        /* one division: u = -|x|/|y|, (|y| - |x|)/(|y| + |x|) or |y|/|x| */          \
+        const T mid_num_ = mid_ ? sy_ - sx_ : sy_, mid_den_ = mid_ ? sy_ + sx_ : sx_;  \
+        const T num_ = far_ ? -sx_ : mid_num_, den_ = far_ ? sy_ : mid_den_;         \
+        T u_ = num_ / den_;                                                          \
+        T z_ = u_ * u_;                                                              \
+        T poly_;                                                                     \
+        if (f32_) {                                                                  \
+            poly_ = (T)8.05374449538e-2 * z_ - (T)1.38776856032e-1;                  \
+            poly_ = poly_ * z_ + (T)1.99777106478e-1;                                \
+            poly_ = poly_ * z_ - (T)3.33329491539e-1;                                \
+            poly_ = poly_ * z_;                                                      \
+        } else {                                                                     \
+            T p_ = (T)-8.750608600031904122785e-1 * z_ - (T)1.615753718733365076637e1; \
+            p_ = p_ * z_ - (T)7.500855792314704667340e1;                             \
+            p_ = p_ * z_ - (T)1.228866684490136173410e2;                             \
+            p_ = p_ * z_ - (T)6.485021904942025371773e1;                             \
+            T q_ = z_ + (T)2.485846490142306297962e1;                                \
+            q_ = q_ * z_ + (T)1.650270098316988542046e2;                             \
+            q_ = q_ * z_ + (T)4.328810604912902668951e2;                             \
+            q_ = q_ * z_ + (T)4.853903996359136964868e2;                             \
+            q_ = q_ * z_ + (T)1.945506571482613964425e2;                             \
+            poly_ = z_ * p_ / q_;                                                    \
+        }                                                                            \
+        T core_ = u_ * poly_ + u_;                                                   \
+        const T pi_ = (T)3.141592653589793, pi34_ = (T)2.356194490192345;            \
+        const T pio2_ = (T)1.5707963267948966, pio4_ = (T)0.7853981633974483;        \
+        const T pi_lo_ = f32_ ? (T)-8.742278000372485e-08 : (T)1.2246467991473532e-16; \
+        const T pi34_lo_ = f32_ ? (T)-5.962440227403018e-09 : (T)9.184850993605148e-17; \
+        const T pio2_lo_ = f32_ ? (T)-4.3711390001862426e-08 : (T)6.123233995736766e-17; \
+        const T pio4_lo_ = f32_ ? (T)-2.1855695000931213e-08 : (T)3.061616997868383e-17; \
+        /* the constants of the reduction picked by 0/1 weights (one is 1, the others +0:
+         * exact), not by branches the compiler would thread and could not vectorise */ \
+        const T w_far_ = far_ ? (T)1 : (T)0, w_near_ = (mid_ ? (T)1 : (T)0) - w_far_; \
+        const T w_zero_ = (T)1 - w_far_ - w_near_;                                   \
+        const T w_back_ = back_ ? (T)1 : (T)0, w_fwd_ = (T)1 - w_back_;              \
+        const T base_back_ = w_far_ * pio2_ + w_near_ * pi34_ + w_zero_ * pi_;       \
+        const T low_back_ = w_far_ * pio2_lo_ + w_near_ * pi34_lo_ + w_zero_ * pi_lo_; \
+        const T base_fwd_ = w_far_ * pio2_ + w_near_ * pio4_;                        \
+        const T low_fwd_ = w_far_ * pio2_lo_ + w_near_ * pio4_lo_;                   \
+        T angle_back_ = low_back_ - core_;                                           \
+        T angle_fwd_ = core_ + low_fwd_;                                             \
+        angle_back_ = base_back_ + angle_back_;                                      \
+        angle_fwd_ = base_fwd_ + angle_fwd_;                                         \
+        T angle_ = back_ ? angle_back_ : angle_fwd_;                                 \
+        const T same_ = ax_ == (T)0 ? w_back_ * pi_ : w_back_ * pi34_ + w_fwd_ * pio4_; \
+        angle_ = ay_ == ax_ ? same_ : angle_;                                        \
+        out = FA_COPYSIGN(T, angle_, y);                                             \
+    }
+
+/* Adam-atan2 (Everett et al. 2024, as adam_atan2_pytorch.AdamAtan2): Adam's moments, and
+ * in place of m^ / (sqrt(v^) + eps) the bounded atan2(m / bc1, sqrt(v b b / bc2)), so no
+ * eps: p -= lr_t a atan2(...) after the decoupled decay (the only weight decay). */
+#define FA_ADAM_ATAN2_BODY(T, SQRT, FABS, COUPLED, FLAG)                             \
+    {                                                                                \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        FA_MOMENTS_DECL(T)                                                           \
+        const T step_size = (T)s->step_size;                                         \
+        const T m_scale = (T)s->m_scale, v_scale = (T)s->v_scale;                    \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
+            FA_MOMENTS_STEP(T)                                                       \
+            T num = m * m_scale;                                                     \
+            T den = v * v_scale;                                                     \
+            den = SQRT(den);                                                         \
+            T update;                                                                \
+            FA_ATAN2(T, FABS, num, den, update)                                      \
+            p_[i] = p - step_size * update;                                          \
         }                                                                            \
     }
 

@@ -13,7 +13,8 @@
 
 /* Algorithms, in the order of their numbers; Python reads the names (_kernels.ALGORITHMS). */
 #define FA_ALGORITHMS(X) X(adam) X(adamax) X(nadam) X(radam) X(adabelief) X(lion) X(sparse_adam) \
-    X(ademamix) X(adan)
+    X(ademamix) X(adan) \
+    X(adopt) X(adam_atan2)
 #define FA_ALGO_ENUM(name) FA_ALGO_##name,
 enum { FA_ALGORITHMS(FA_ALGO_ENUM) FA_N_ALGORITHMS };
 #define FA_ALGO_NAME(name) #name,
@@ -28,6 +29,9 @@ typedef struct {
     double alpha;          /* AdEMAMix: the slow EMA's weight */
     double t_alpha_beta3;  /* AdEMAMix: warmup steps of alpha and beta3; 0: none */
     int no_prox;           /* Adan: decoupled decay p *= 1 - lr wd, not p /= 1 + lr wd */
+    int adopt_clip;          /* ADOPT: clip the normalised gradient (clip_exp is not None) */
+    double clip_exp;         /* ADOPT: the clip of step t is (t - 1)**clip_exp */
+    double atan2_a, atan2_b; /* Adam-atan2: p -= lr a atan2(m^, b sqrt(v^)) */
 } fa_hyper;
 
 /* What a step of one group needs besides its arrays: the loop kind, its scalars, and the
@@ -45,6 +49,9 @@ static int fa_step_scalars(const fa_hyper *h, double t, double lr, double mu_pro
     s->grad_coef = 0.0;
     s->beta3 = s->one_minus_beta3 = s->slow_coef = s->diff_coef = s->first = 0.0;
     s->prox = 1.0;
+    s->clip = 0.0;
+    s->m_scale = 0.0;
+    s->v_scale = 0.0;
     if (h->algorithm == FA_ALGO_adam || h->algorithm == FA_ALGO_adamax) {
         beta1 = h->beta1 * pow(h->beta1_decay, t - 1.0);
         if (h->bias_correction) {
@@ -149,6 +156,26 @@ static int fa_step_scalars(const fa_hyper *h, double t, double lr, double mu_pro
         kind = h->no_prox ? FA_KIND_adan : FA_KIND_adan_prox;
         break;
     }
+    case FA_ALGO_adopt:
+        /* timm.optim.Adopt: no bias correction; step 1 only sets v = g g (no decay). */
+        s->step_size = lr;
+        s->eps = h->eps;
+        if (t <= 1.0) {
+            s->decay = 1.0;
+            kind = coupled ? FA_KIND_adopt_first_l2 : FA_KIND_adopt_first;
+        } else {
+            s->clip = h->adopt_clip ? pow(t - 1.0, h->clip_exp) : HUGE_VAL;
+            kind = coupled ? FA_KIND_adopt_l2 : FA_KIND_adopt;
+        }
+        break;
+    case FA_ALGO_adam_atan2:
+        /* adam_atan2_pytorch.AdamAtan2: decoupled weight decay only (validated), no eps. */
+        s->step_size = lr * h->atan2_a;
+        s->eps = 0.0;
+        s->m_scale = 1.0 / bc1;
+        s->v_scale = h->atan2_b * h->atan2_b / bc2;
+        kind = FA_KIND_adam_atan2;
+        break;
     default: /* FA_ALGO_lion: decoupled weight decay only (validated), no bias correction */
         s->step_size = lr;
         s->eps = 0.0;

@@ -90,6 +90,18 @@ def _check_warmup_betas(group, where):
             )
 
 
+def _check_clip_exp(value, where):
+    if value is None:
+        return
+    if not _is_real(value):
+        raise TypeError(f"{where}Invalid clip_exp value: {value!r} (a float >= 0, or None)")
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(
+            f"{where}Invalid clip_exp value: {value} (must be finite and >= 0, or None "
+            "for no clip)"
+        )
+
+
 def _check_nonfinite(mode, where):
     if not isinstance(mode, str) or mode not in NONFINITE_MODES:
         raise ValueError(
@@ -182,6 +194,13 @@ HYPERPARAMETER_CHECKS = {
     "beta1_decay": _real_checker("beta1_decay", lambda x: 0.0 < x <= 1.0, " (must be in (0, 1])"),
     "momentum_decay": _real_checker(
         "momentum_decay", lambda x: x >= 0.0, " (must be finite and >= 0)"
+    ),
+    "clip_exp": _check_clip_exp,
+    "a": _real_checker("a", lambda x: x > 0.0, " (the scale of the atan2 update: finite and > 0)"),
+    "b": _real_checker(
+        "b",
+        lambda x: x >= 0.0 and math.isfinite(x * x),
+        " (the scale of sqrt(v) inside atan2: >= 0, and b * b finite)",
     ),
     "amsgrad": _bool_checker("amsgrad"),
     "maximize": _bool_checker("maximize"),

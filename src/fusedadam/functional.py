@@ -23,7 +23,7 @@ from fusedadam.engine._plan import group_spec, hyper_spec
 
 __all__ = [
     "adam", "adamw", "adamax", "nadam", "radam", "adabelief", "lion", "ademamix", "adan",
-    "resolve_backend",
+    "adopt", "adam_atan2", "resolve_backend",
 ]  # fmt: skip
 
 Arrays = Sequence[np.ndarray]
@@ -302,3 +302,39 @@ def adan(
         "neg_pre_grad": neg_pre_grads,
     }
     return _step("Adan", params, grads, states, step, options)
+
+
+def adopt(
+    params: Arrays,
+    grads: Any,
+    exp_avgs: Arrays,
+    exp_avg_sqs: Arrays,
+    *,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.9999,
+    **options: Any,
+) -> bool:
+    """One ADOPT step over lists of arrays, in place (``options``: :class:`fusedadam.ADOPT`).
+    ``step=1`` only sets ``exp_avg_sqs`` to ``g * g`` (the params do not move)."""
+    options.update(betas=(beta1, beta2))
+    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
+    return _step("ADOPT", params, grads, states, step, options)
+
+
+def adam_atan2(
+    params: Arrays,
+    grads: Any,
+    exp_avgs: Arrays,
+    exp_avg_sqs: Arrays,
+    *,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    **options: Any,
+) -> bool:
+    """One Adam-atan2 step over lists of arrays, in place (``options``:
+    :class:`fusedadam.AdamAtan2`)."""
+    options.update(betas=(beta1, beta2))
+    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
+    return _step("AdamAtan2", params, grads, states, step, options)

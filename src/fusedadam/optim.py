@@ -31,7 +31,7 @@ from fusedadam.engine._plan import check_group_hyper, group_spec, hyper_spec, st
 
 __all__ = [
     "Optimizer", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion", "AdEMAMix",
-    "Adan",
+    "Adan", "ADOPT", "AdamAtan2",
 ]  # fmt: skip
 
 # The types of the public API (py.typed ships these annotations).
@@ -595,6 +595,13 @@ _PARAMETERS = {
         "bool",
         "``p *= 1 - lr * weight_decay`` instead of the L2 term (AdamW's decay).",
     ),
+    "clip_exp": (
+        "float or None",
+        "ADOPT: the normalised gradient is clipped to ``+-(t - 1)**clip_exp`` (timm's "
+        "rule); None: no clip.",
+    ),
+    "a": ("float", "Adam-atan2: the update's scale, ``p -= lr * a * atan2(...)`` (> 0)."),
+    "b": ("float", "Adam-atan2: the scale of ``sqrt(v^)`` inside atan2 (>= 0)."),
     "num_threads": (
         "int or None",
         "None follows OpenMP (``OMP_NUM_THREADS``, threadpoolctl); "
@@ -977,3 +984,80 @@ class Adan(Optimizer):
                  master: Master = "float32") -> None:
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on
+
+@_documented
+class ADOPT(Optimizer):
+    r"""ADOPT (Taniguchi et al., 2024, "ADOPT: Modified Adam Can Converge with Any beta2
+    with the Optimal Rate"), as ``timm.optim.Adopt`` computes it.
+
+    Step ``t = 1`` of each element only starts the second moment::
+
+        g = -g if maximize else g
+        g = g + weight_decay * p                      (L2 weight decay, coupled)
+        v = v + g * g                                 (v = g * g: the state starts at 0)
+
+    and every later step ``t`` normalises the gradient by the *previous* ``v``::
+
+        g = -g if maximize else g
+        g = g + weight_decay * p                      (L2 weight decay, coupled)
+        p = p * (1 - lr_t * weight_decay)             (decoupled_weight_decay: instead)
+        n = g / max(sqrt(v), eps)
+        n = clamp(n, -(t - 1)**clip_exp, (t - 1)**clip_exp)   (unless clip_exp is None)
+        m = beta1 * m + (1 - beta1) * n
+        p = p - lr_t * m
+        v = beta2 * v + (1 - beta2) * g * g
+
+    No bias correction. The defaults and the clip ``(t - 1)**clip_exp`` are timm's
+    (``clip_exp=0.333``); the paper's and pytorch-optimizer's clip is ``t**0.25``, and
+    pytorch-optimizer also decays the param at step 1 (docs/algorithms_adopt_atan2.md).
+    timm's ``decoupled`` is ``decoupled_weight_decay`` here; its ``caution`` and
+    ``corrected_weight_decay`` options are not offered.
+    """
+
+    algorithm = _algorithms.ALGORITHMS["adopt"]
+
+    # fmt: off
+    def __init__(self, params: Params, lr: LearningRate = 1e-3, betas: Betas = (0.9, 0.9999),
+                 eps: float = 1e-6, clip_exp: Optional[float] = 0.333,
+                 weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
+                 maximize: bool = False, num_threads: Threads = None,
+                 backend: Backend = "auto", nonfinite: NonFinite = "error",
+                 state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
+                 max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
+        super().__init__(params, _hyperparameters(locals()))
+    # fmt: on
+
+
+@_documented
+class AdamAtan2(Optimizer):
+    r"""Adam-atan2 (Everett et al., 2024, "Scaling Exponents Across Parameterizations and
+    Optimizers"), as ``adam_atan2_pytorch.AdamAtan2`` computes it: Adam without eps.
+
+    For step ``t`` of each element::
+
+        g = -g if maximize else g
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        bc1, bc2 = 1 - beta1**t, 1 - beta2**t
+        p = p * (1 - lr_t * weight_decay)
+        p = p - lr_t * a * atan2(m * (1 / bc1), sqrt(v * (b * b / bc2)))
+
+    atan2 bounds each element's step by ``lr_t * a * pi / 2`` and needs no eps (it is
+    scale invariant and defined at 0). Weight decay is always decoupled. atan2 is
+    fusedadam's own (``fusedadam.reference.atan2``, the same operations in the compiled
+    loops and in NumPy), within a few ulps of ``numpy.arctan2``
+    (docs/algorithms_adopt_atan2.md). The defaults are adam_atan2_pytorch's.
+    """
+
+    algorithm = _algorithms.ALGORITHMS["adam_atan2"]
+
+    # fmt: off
+    def __init__(self, params: Params, lr: LearningRate = 1e-4, betas: Betas = (0.9, 0.99),
+                 weight_decay: float = 0.0, a: float = 1.27, b: float = 1.0,
+                 maximize: bool = False, num_threads: Threads = None,
+                 backend: Backend = "auto", nonfinite: NonFinite = "error",
+                 state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
+                 max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
+        super().__init__(params, _hyperparameters(locals()))
+    # fmt: on
+

@@ -30,6 +30,10 @@ __all__ = [
     "lion_update",
     "ademamix_update",
     "adan_update",
+    "adopt_first_update",
+    "adopt_update",
+    "atan2",
+    "adam_atan2_update",
     "probe_update",
     "sparse_adam_update",
     "q8_values",
@@ -69,6 +73,9 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
         "diff_coef": 0.0,
         "prox": 1.0,
         "first": 0.0,
+        "clip": 0.0,
+        "m_scale": 0.0,
+        "v_scale": 0.0,
     }
     mu_after = mu_product
     if algorithm in ("adam", "adamax"):
@@ -152,6 +159,21 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
             s["decay"] = 1.0
             s["prox"] = 1.0 + lr * h["weight_decay"]
         kind = "adan" if h["no_prox"] else "adan_prox"
+    elif algorithm == "adopt":
+        s["step_size"] = lr
+        s["eps"] = h["eps"]
+        if t <= 1.0:
+            s["decay"] = 1.0
+            kind = "adopt_first" + suffix
+        else:
+            s["clip"] = (t - 1.0) ** h["clip_exp"] if h["adopt_clip"] else math.inf
+            kind = "adopt" + suffix
+    elif algorithm == "adam_atan2":
+        s["step_size"] = lr * h["atan2_a"]
+        s["eps"] = 0.0
+        s["m_scale"] = 1.0 / bc1
+        s["v_scale"] = h["atan2_b"] * h["atan2_b"] / bc2
+        kind = "adam_atan2"
     else:  # lion
         s["step_size"] = lr
         s["eps"] = 0.0
@@ -332,6 +354,143 @@ def _adan_prox_update(param, grad, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_gr
 
 
 @_quiet
+def adopt_first_update(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
+    """ADOPT's first step, in place: ``v = v + g * g`` (v starts at zero); the param and
+    ``m`` do not move (timm's special case; the L2 term is in ``g``)."""
+    sign, weight_decay = _cast(param.dtype, scalars, "sign", "weight_decay")
+    g = grad * sign
+    if coupled:
+        g = g + weight_decay * param
+    g_sq = g * g
+    exp_avg_sq += g_sq
+
+
+@_quiet
+def adopt_update(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
+    """ADOPT's later steps, in place: ``n = clip(g / max(sqrt(v), eps))`` with the previous
+    ``v``, ``m = b1 m + (1 - b1) n``, ``p -= step_size * m``, then ``v = b2 v + (1 - b2) g g``."""
+    g = _gradient(param, grad, scalars, coupled)
+    names = ("beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "step_size", "eps",
+             "clip")  # fmt: skip
+    b1, omb1, b2, omb2, step_size, eps, clip = _cast(param.dtype, scalars, *names)
+    denom = np.sqrt(exp_avg_sq)
+    np.maximum(denom, eps, out=denom)
+    normed = g / denom
+    np.maximum(normed, -clip, out=normed)
+    np.minimum(normed, clip, out=normed)
+    _first_moment(normed, exp_avg, b1, omb1)
+    param -= step_size * exp_avg
+    g_sq = omb2 * g
+    g_sq *= g
+    exp_avg_sq *= b2
+    exp_avg_sq += g_sq
+
+
+# FA_ATAN2 of _loops.h: Cephes' atan coefficients (S. L. Moshier), the double rational's
+# numerator P and denominator Q (leading 1 omitted), the float polynomial; highest power first.
+_ATAN_P64 = (-8.750608600031904122785e-1, -1.615753718733365076637e1,
+             -7.500855792314704667340e1, -1.228866684490136173410e2,
+             -6.485021904942025371773e1)  # fmt: skip
+_ATAN_Q64 = (2.485846490142306297962e1, 1.650270098316988542046e2,
+             4.328810604912902668951e2, 4.853903996359136964868e2,
+             1.945506571482613964425e2)  # fmt: skip
+_ATAN_P32 = (8.05374449538e-2, -1.38776856032e-1, 1.99777106478e-1, -3.33329491539e-1)
+# (nearest value, rest) of pi, 3 pi/4, pi/2, pi/4: the value is the dtype's rounding of
+# the first number, the rest the second rounded to it (float64, float32 rests).
+_PI = (3.141592653589793, 1.2246467991473532e-16, -8.742278000372485e-08)
+_PI34 = (2.356194490192345, 9.184850993605148e-17, -5.962440227403018e-09)
+_PIO2 = (1.5707963267948966, 6.123233995736766e-17, -4.3711390001862426e-08)
+_PIO4 = (0.7853981633974483, 3.061616997868383e-17, -2.1855695000931213e-08)
+
+
+@_quiet
+def atan2(y, x):
+    """``atan2(y, x)`` elementwise, in the dtype of the arrays (float32 or float64, both
+    the same): the one implementation the compiled loops also run (``FA_ATAN2`` in
+    ``_loops.h``), built from IEEE operations in the same order, so that both give the
+    same bits on every instruction set. IEEE's special values, as ``numpy.arctan2``; the
+    error is measured in tests/test_algo_adam_atan2.py (docs/algorithms_adopt_atan2.md)."""
+    y = np.asarray(y)
+    x = np.asarray(x)
+    t = y.dtype.type
+    f32 = y.dtype == np.float32
+    lo = 2 if f32 else 1
+    one, zero = t(1), t(0)
+    ay, ax = np.abs(y), np.abs(x)
+    # scaled exactly: by 1/16 when one is huge (|y| + |x| cannot overflow), by 2**600
+    # (2**60 float) when both are tiny (the region tests are not rounded as subnormals)
+    huge = t(1e37 if f32 else 1e300)
+    tiny = t(2.0**-100 if f32 else 2.0**-900)
+    up = t(2.0**60 if f32 else 2.0**600)
+    factor = np.where((ay > huge) | (ax > huge), t(0.0625),
+                      np.where((ay < tiny) & (ax < tiny), up, one))  # fmt: skip
+    sy, sx = ay * factor, ax * factor
+    far = sy > t(2.41421356237309504880) * sx
+    mid = sy > t(0.4142135623730950 if f32 else 0.66) * sx  # far ones included
+    back = np.copysign(one, x) < zero
+    # one division: u = -|x|/|y|, (|y| - |x|)/(|y| + |x|) or |y|/|x|
+    num = np.where(far, -sx, np.where(mid, sy - sx, sy))
+    den = np.where(far, sy, np.where(mid, sy + sx, sx))
+    u = num / den
+    z = u * u
+    if f32:
+        c0, c1, c2, c3 = (t(c) for c in _ATAN_P32)
+        poly = c0 * z
+        poly -= -c1
+        poly *= z
+        poly += c2
+        poly *= z
+        poly -= -c3
+        poly *= z
+    else:
+        p = t(_ATAN_P64[0]) * z
+        for c in _ATAN_P64[1:-1]:
+            p -= t(-c)
+            p *= z
+        p -= t(-_ATAN_P64[-1])
+        q = z + t(_ATAN_Q64[0])
+        for c in _ATAN_Q64[1:]:
+            q *= z
+            q += t(c)
+        poly = z * p
+        poly /= q
+    core = u * poly
+    core += u
+    # the reduction's constants weighted by 0/1 (FA_ATAN2's order of operations)
+    w_far = np.where(far, one, zero)
+    w_near = np.where(mid, one, zero) - w_far
+    w_zero = one - w_far - w_near
+    w_back = np.where(back, one, zero)
+    w_fwd = one - w_back
+    pi, pi34, pio2, pio4 = (t(c[0]) for c in (_PI, _PI34, _PIO2, _PIO4))
+    pi_lo, pi34_lo, pio2_lo, pio4_lo = (t(c[lo]) for c in (_PI, _PI34, _PIO2, _PIO4))
+    base_back = w_far * pio2 + w_near * pi34 + w_zero * pi
+    low_back = w_far * pio2_lo + w_near * pi34_lo + w_zero * pi_lo
+    base_fwd = w_far * pio2 + w_near * pio4
+    low_fwd = w_far * pio2_lo + w_near * pio4_lo
+    angle_back = base_back + (low_back - core)
+    angle_fwd = base_fwd + (core + low_fwd)
+    angle = np.where(back, angle_back, angle_fwd)
+    # |y| == |x| (0/0 and inf/inf included): pi/4, 3 pi/4, or 0, pi for zeros
+    same = np.where(ax == zero, w_back * pi, w_back * pi34 + w_fwd * pio4)
+    angle = np.where(ay == ax, same, angle)
+    return np.copysign(angle, y)
+
+
+@_quiet
+def adam_atan2_update(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
+    """Adam-atan2, in place: Adam's moments, then
+    ``p -= step_size * atan2(m * m_scale, sqrt(v * v_scale))`` (:func:`atan2`)."""
+    g = _gradient(param, grad, scalars, coupled)
+    _moments(g, exp_avg, exp_avg_sq, scalars)
+    step_size, m_scale, v_scale = _cast(param.dtype, scalars, "step_size", "m_scale", "v_scale")
+    num = exp_avg * m_scale
+    den = exp_avg_sq * v_scale
+    np.sqrt(den, out=den)
+    param -= step_size * atan2(num, den)
+
+
+@_quiet
 def probe_update(param, grad, *states):
     """The bandwidth probe's trivial arithmetic (for testing the compiled probe)."""
     for state in states:
@@ -351,6 +510,9 @@ _KINDS: Dict[str, Tuple[Callable[..., None], int]] = {
     "ademamix": (ademamix_update, 3),
     "adan": (adan_update, 4),
     "adan_prox": (_adan_prox_update, 4),
+    "adopt_first": (adopt_first_update, 2),
+    "adopt": (adopt_update, 2),
+    "adam_atan2": (adam_atan2_update, 2),
 }
 
 

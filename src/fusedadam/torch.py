@@ -1,7 +1,9 @@
 """``fusedadam.torch``: fusedadam's optimizers as ``torch.optim.Optimizer`` subclasses.
 
-``Adam``, ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam``, ``AdaBelief`` and ``Lion`` take CPU
-tensors and behave like their ``torch.optim`` namesakes: ``step(closure=None)`` reads
+Every optimizer of :mod:`fusedadam` (``Adam``, ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam``,
+``AdaBelief``, ``Lion``, ``AdEMAMix``, ``Adan``, ``ADOPT``, ``AdamAtan2``, ...) takes CPU
+tensors and behaves like its ``torch.optim`` namesake (or the torch optimizer of the package
+its algorithm follows, where torch.optim has none): ``step(closure=None)`` reads
 ``p.grad``, ``zero_grad()``, param groups, ``add_param_group``, step and state-dict hooks,
 ``torch.optim.lr_scheduler`` and ``torch.amp.GradScaler`` work unchanged, and state dicts
 interchange with ``torch.optim``'s.
@@ -47,6 +49,8 @@ __all__ = [
     "RAdam",
     "AdaBelief",
     "Lion",
+    "ADOPT",
+    "AdamAtan2",
     "AdEMAMix",
     "Adan",
     "Offload",
@@ -1453,6 +1457,38 @@ class Lion(Optimizer):
     # fmt: on
 
 
+class ADOPT(Optimizer):
+    """ADOPT (:class:`fusedadam.ADOPT` runs the step; timm's ``Adopt`` defaults and clip)
+    for CPU tensors. The state is ``exp_avg``, ``exp_avg_sq`` as timm's; timm's
+    ``decoupled`` is ``decoupled_weight_decay`` here, and its ``caution`` and
+    ``corrected_weight_decay`` are not offered."""
+
+    _inner_cls = _optim.ADOPT
+
+    # fmt: off
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.9999), eps=1e-6, clip_exp=0.333,
+                 weight_decay=0.0, decoupled_weight_decay=False, *, maximize=False,
+                 foreach=None, capturable=False, differentiable=False, num_threads=None,
+                 nonfinite="error", state_dtype=None, max_grad_norm=None):
+        self._setup(params, locals())
+    # fmt: on
+
+
+class AdamAtan2(Optimizer):
+    """Adam-atan2 (:class:`fusedadam.AdamAtan2` runs the step; adam_atan2_pytorch's
+    ``AdamAtan2`` defaults) for CPU tensors. The state is ``exp_avg``, ``exp_avg_sq``
+    (that package also keeps an int ``steps``; here it is ``step``)."""
+
+    _inner_cls = _optim.AdamAtan2
+
+    # fmt: off
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, a=1.27, b=1.0,
+                 *, maximize=False, foreach=None, capturable=False, differentiable=False,
+                 num_threads=None, nonfinite="error", state_dtype=None, max_grad_norm=None):
+        self._setup(params, locals())
+    # fmt: on
+
+
 class AdEMAMix(Optimizer):
     """AdEMAMix (:class:`fusedadam.AdEMAMix` runs the step; pytorch_optimizer's defaults
     and state names: ``exp_avg``, ``exp_avg_sq``, ``exp_avg_slow``) for CPU tensors."""
@@ -1492,6 +1528,8 @@ for _cls, _name in (
     (RAdam, "torch.optim.RAdam"),
     (AdaBelief, "torch.optim.Adam"),
     (Lion, "torch.optim.Adam"),
+    (ADOPT, "timm.optim.Adopt"),
+    (AdamAtan2, "adam_atan2_pytorch.AdamAtan2"),
 ):
     _doc(_cls, _name)
 del _cls, _name
