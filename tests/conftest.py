@@ -2,7 +2,10 @@
 table of algorithm variants (one per loop kind and option that changes the scalars)."""
 
 import importlib
+import importlib.util
 import os
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -176,3 +179,19 @@ def reference_package(module):
         if os.environ.get("FUSEDADAM_REQUIRE_REFERENCES"):
             raise
         pytest.skip(f"reference package {module!r} not installed ({error})")
+
+
+def timm_optim(module):
+    """``timm.optim.<module>`` without running ``timm/__init__.py``: timm's top level imports
+    torchvision (its layers), which the optimizers do not need and CI does not install. The
+    optim package is loaded under a private name, so ``import timm`` elsewhere is untouched.
+    Skips where timm is not installed, fails in CI (as ``reference_package``)."""
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        return reference_package("timm")  # raises in CI, skips here
+    alias = "_fusedadam_timm_optim"
+    if alias not in sys.modules:
+        package = types.ModuleType(alias)
+        package.__path__ = [os.path.join(spec.submodule_search_locations[0], "optim")]
+        sys.modules[alias] = package
+    return importlib.import_module(f"{alias}.{module}")

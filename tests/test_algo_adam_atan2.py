@@ -102,8 +102,9 @@ def test_atan2_against_numpy_arctan2(dtype):
     ours, theirs = reference.atan2(y, x), np.arctan2(y, x)
     assert ours.dtype == theirs.dtype == dtype
     finite = theirs != 0
-    assert float(_ulps(ours[finite], theirs[finite].astype(np.float64), dtype).max()) <= (
-        MAX_ULPS_NUMPY[dtype]
+    assert (
+        float(_ulps(ours[finite], theirs[finite].astype(np.float64), dtype).max())
+        <= (MAX_ULPS_NUMPY[dtype])
     )
 
 
@@ -146,8 +147,9 @@ def test_atan2_near_the_ends_of_the_range(dtype):
         for sy, sx in ((y, x), (x, y), (-y, -x)):
             sy, sx = sy.astype(dtype), sx.astype(dtype)
             ours, theirs = reference.atan2(sy, sx), np.arctan2(sy, sx)
-            assert float(_ulps(ours, theirs.astype(np.float64), dtype).max()) <= (
-                MAX_ULPS_NUMPY[dtype]
+            assert (
+                float(_ulps(ours, theirs.astype(np.float64), dtype).max())
+                <= (MAX_ULPS_NUMPY[dtype])
             )
 
 

@@ -2,12 +2,7 @@
 the first step's special case, the compiled loop bit for bit the NumPy reference, the torch
 front end the NumPy one, state dict round trips, and the refusal of bad hyperparameters."""
 
-import importlib
-import importlib.util
 import math
-import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +13,7 @@ from hypothesis import strategies as st
 import fusedadam as fa
 import fusedadam.torch as fat
 from fusedadam import _algorithms, reference
-from conftest import BACKENDS, assert_unchanged, reference_package, requires_compiled, snapshot
+from conftest import BACKENDS, assert_unchanged, requires_compiled, snapshot, timm_optim
 
 STATE = ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad")
 SHAPES = [(3, 7), (11,), (1,)]
@@ -34,22 +29,8 @@ PARITY = {
 
 
 def timm_adan():
-    """timm's Adan class. ``import timm`` imports torchvision, which is not installed here
-    (nor needed: the optimizer is torch only), so the optimizer's module is loaded from
-    timm's files under a private package name that shadows nothing."""
-    if importlib.util.find_spec("timm") is None:
-        reference_package("timm")  # skips locally, fails in CI
-    try:
-        return importlib.import_module("timm.optim.adan").Adan
-    except ImportError:
-        pass
-    name = "_fusedadam_timm_optim"
-    if name not in sys.modules:
-        root = Path(importlib.util.find_spec("timm").submodule_search_locations[0]) / "optim"
-        package = types.ModuleType(name)
-        package.__path__ = [str(root)]
-        sys.modules[name] = package
-    return importlib.import_module(f"{name}.adan").Adan
+    """timm's Adan class (loaded without ``import timm``, see ``conftest.timm_optim``)."""
+    return timm_optim("adan").Adan
 
 
 def _problem(seed=0, steps=100):

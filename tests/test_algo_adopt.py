@@ -3,11 +3,6 @@
 the torch front end == the NumPy one, state_dict round trips, validation."""
 
 import copy
-import importlib
-import importlib.util
-import os
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -20,25 +15,8 @@ from conftest import (
     reference_package,
     requires_compiled,
     snapshot,
+    timm_optim,
 )
-
-
-def timm_optim(module):
-    """``timm.optim.<module>`` without running ``timm/__init__.py``: timm's top level imports
-    torchvision (its layers), which the optimizers do not need and CI does not install. The
-    optim package is loaded under a private name, so ``import timm`` elsewhere is untouched.
-    Skips where timm is not installed, fails in CI (as ``reference_package``)."""
-    spec = importlib.util.find_spec("timm")
-    if spec is None or not spec.submodule_search_locations:
-        if os.environ.get("FUSEDADAM_REQUIRE_REFERENCES"):
-            raise ImportError("reference package 'timm' is not installed")
-        pytest.skip("reference package 'timm' not installed")
-    alias = "_fusedadam_timm_optim"
-    if alias not in sys.modules:
-        package = types.ModuleType(alias)
-        package.__path__ = [os.path.join(spec.submodule_search_locations[0], "optim")]
-        sys.modules[alias] = package
-    return importlib.import_module(f"{alias}.{module}")
 
 
 SHAPES = [(7,), (33, 5), (1,), (0,)]
@@ -60,7 +38,7 @@ def _parity(make_ref, options, steps=100, backend="auto", seed=0):
             p.grad = torch.tensor(g)
         ref.step()
         opt.step(grads)
-        for k, (a, b) in enumerate(zip(ours, theirs)):
+        for a, b in zip(ours, theirs):
             np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-10, atol=0, err_msg=f"t={t}")
             for name in ("exp_avg", "exp_avg_sq"):
                 np.testing.assert_allclose(
@@ -74,11 +52,19 @@ def _parity(make_ref, options, steps=100, backend="auto", seed=0):
 TIMM_SETTINGS = {
     "defaults_lr": {"lr": 1e-2},
     "l2_clip_quarter_betas": {
-        "lr": 3e-2, "weight_decay": 0.1, "clip_exp": 0.25, "betas": (0.8, 0.99), "eps": 1e-3,
+        "lr": 3e-2,
+        "weight_decay": 0.1,
+        "clip_exp": 0.25,
+        "betas": (0.8, 0.99),
+        "eps": 1e-3,
     },  # fmt: skip
     "decoupled_maximize_noclip": {
-        "lr": 1e-2, "weight_decay": 0.2, "decoupled_weight_decay": True, "maximize": True,
-        "clip_exp": None, "betas": (0.95, 0.9),
+        "lr": 1e-2,
+        "weight_decay": 0.2,
+        "decoupled_weight_decay": True,
+        "maximize": True,
+        "clip_exp": None,
+        "betas": (0.95, 0.9),
     },  # fmt: skip
 }
 
@@ -112,8 +98,14 @@ def test_parity_with_pytorch_optimizer_adopt_without_clip(weight_decay, backend)
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("options", [{}, {"weight_decay": 0.5}, {"weight_decay": 0.5,
-                                     "decoupled_weight_decay": True, "maximize": True}])  # fmt: skip
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"weight_decay": 0.5},
+        {"weight_decay": 0.5, "decoupled_weight_decay": True, "maximize": True},
+    ],
+)
 def test_first_step_only_starts_the_second_moment(options, dtype, backend):
     rng = np.random.default_rng(1)
     params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
@@ -221,8 +213,12 @@ def test_reference_run_is_the_update_functions(backend):
 def test_scalar_rule_twins_agree():
     from fusedadam import _algorithms, _kernels
 
-    for options in ({}, {"clip_exp": None}, {"clip_exp": 0.7, "weight_decay": 0.1},
-                    {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True}):  # fmt: skip
+    for options in (
+        {},
+        {"clip_exp": None},
+        {"clip_exp": 0.7, "weight_decay": 0.1},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True},
+    ):
         group = fa.ADOPT([np.zeros(1)], **options).param_groups[0]
         hyper = _algorithms.hyper_dict(_algorithms.ALGORITHMS["adopt"], group)
         for t in (1, 2, 3, 1000, 10**9):

@@ -24,9 +24,10 @@ echo "torch==$want_torch" > "$tmp/constraints.txt"
 
 echo "== reference packages (torch-dependent: --no-deps)"
 pip install --no-deps "schedulefree==1.4.1" "timm==1.0.31" "pytorch_optimizer==4.1.0" \
+    "adam-atan2-pytorch==0.4.1" \
     "torch-optimi==0.3.3"
 echo "== their other requirements and optax (a torch==$want_torch constraint guards torch)"
-pip install -c "$tmp/constraints.txt" "optax==0.2.8" huggingface-hub safetensors pyyaml \
+pip install -c "$tmp/constraints.txt" "optax==0.2.8" einops huggingface-hub safetensors pyyaml \
     typing-extensions
 
 if [ "$(torch_version)" != "$want_torch" ]; then

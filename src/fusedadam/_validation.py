@@ -97,8 +97,7 @@ def _check_clip_exp(value, where):
         raise TypeError(f"{where}Invalid clip_exp value: {value!r} (a float >= 0, or None)")
     if not (math.isfinite(value) and value >= 0.0):
         raise ValueError(
-            f"{where}Invalid clip_exp value: {value} (must be finite and >= 0, or None "
-            "for no clip)"
+            f"{where}Invalid clip_exp value: {value} (must be finite and >= 0, or None for no clip)"
         )
 
 

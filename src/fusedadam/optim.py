@@ -985,6 +985,7 @@ class Adan(Optimizer):
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on
 
+
 @_documented
 class ADOPT(Optimizer):
     r"""ADOPT (Taniguchi et al., 2024, "ADOPT: Modified Adam Can Converge with Any beta2
@@ -1060,4 +1061,3 @@ class AdamAtan2(Optimizer):
                  max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on
-
