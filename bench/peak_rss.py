@@ -74,6 +74,26 @@ def run_case(size, master, state_dtype):
     }
 
 
+def markdown(run):
+    """The table of a run (docs/master_residual.md shows the recorded one)."""
+    lines = [
+        "| master | moments | model: param + grad + state | peak RSS | peak RSS - model "
+        "| param + state (no grad) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in run["rows"]:
+        n = r["size"]
+        model = r["model_nbytes"] / n
+        peak = r["peak_rss"] / n
+        without_grad = (r["param_nbytes"] + sum(r["state_nbytes"].values())) / n
+        moments = "8-bit" if r["state_dtype"] == "8bit" else r["state_dtype"]
+        lines.append(
+            f'| `"{r["master"]}"` | {moments} | {model:.3f} | {peak:.3f} | '
+            f"{peak - model:+.3f} | {without_grad:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=float, default=1e8)
@@ -90,7 +110,8 @@ def main(argv=None):
     from fusedadam.benchmarks.timing import available_bytes, environment
 
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"uptime: {uptime}; MemAvailable {available_bytes() / 2**30:.1f} GiB")
+    available = available_bytes()
+    print(f"uptime: {uptime}; MemAvailable {available / 2**30:.1f} GiB")
     env = environment()
     rows = []
     for master in MASTERS:
@@ -113,22 +134,14 @@ def main(argv=None):
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     uptime_end = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
-    print(f"\nAdamW, {size:.0e} bfloat16 params, bfloat16 gradients, two steps; bytes per param")
-    print("(peak RSS: ru_maxrss after the steps minus before allocating, fresh process per row)\n")
-    print(
-        "| master | moments | nbytes model: param + grad + state | peak RSS | "
-        "peak RSS - model | state nbytes (param + state) |"
-    )
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        n = r["size"]
-        model = r["model_nbytes"] / n
-        peak = r["peak_rss"] / n
-        without_grad = (r["param_nbytes"] + sum(r["state_nbytes"].values())) / n
-        print(
-            f"| `{r['master']}` | {r['state_dtype']} | {model:.3f} | {peak:.3f} | "
-            f"{peak - model:+.3f} | {without_grad:.3f} |"
-        )
+    run = {
+        "environment": env,
+        "uptime": [uptime, uptime_end],
+        "mem_available_at_start": available,
+        "rows": rows,
+    }
+    print(f"\nAdamW, {size:.0e} bfloat16 params and gradients, two steps; bytes per param\n")
+    print(markdown(run))
     print(f"\nuptime at the end: {uptime_end}")
     if args.json:
         with open(args.json, "w") as f:
