@@ -370,15 +370,6 @@ def test_functional_takes_residual_masters():
     assert_same_bits(R.residual_decode(p, residual), master)
 
 
-def test_torch_and_sharded_refuse_residual():
-    torch = pytest.importorskip("torch")
-    from fusedadam.torch import Adam as TorchAdam
-
-    w = torch.zeros(4, dtype=torch.bfloat16, requires_grad=True)
-    with pytest.raises(ValueError, match="master='residual' is not supported by fusedadam.torch"):
-        TorchAdam([{"params": [w], "master": "residual"}])
-
-
 # ------------------------------------------------------------------ convergence
 
 
