@@ -421,12 +421,3 @@ def test_training_matches_the_float32_master_run():
     assert abs(lf[-1] - lr[-1]) < 0.02 * lf[-1]
     _, wp, op, _, _ = digits_like(master="residual", replay=grads)
     assert_matches_float32_master((op, list(wp)), (of, list(wf)))
-
-
-def test_sharded_optimizer_refuses_residual():
-    pytest.importorskip("mpi4py")
-    from fusedadam.distributed import ShardedOptimizer
-
-    params = [np.zeros(10, BF16)]
-    with pytest.raises(ValueError, match=r"master='residual' is not supported by ShardedOpt"):
-        ShardedOptimizer(fa.Adam, params, master="residual")
