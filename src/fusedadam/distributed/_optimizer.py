@@ -110,7 +110,8 @@ class ShardedOptimizer:
     once into flat, 64-byte-aligned buffers (one per group and dtype);
     :attr:`params` are views of them, in the order given, and are what the model must use
     from then on (the arrays passed in are never written). :attr:`grads` are views of
-    flat gradient buffers of the same shapes: a backward pass that writes into them
+    flat gradient buffers of the same shapes (and dtypes, except for bfloat16 params: MPI
+    has no bfloat16 sum, so theirs are float32): a backward pass that writes into them
     (``np.matmul(..., out=opt.grads[0])``, ``grads[i][...] = ...``) needs no copy, and
     ``step()`` with no argument reduces them as they are. ``step(grads)`` with other
     arrays copies them into those buffers first (one pack copy).
@@ -147,7 +148,11 @@ class ShardedOptimizer:
     settings for the step (hyperparameters, ``lr(t)``, ``grad_scale``): ranks that
     differ raise ``ValueError`` together, as at construction (schedules compare by value).
     ``max_grad_norm`` and ``state_dtype="8bit"`` are refused, at construction and when
-    set later in ``param_groups``.
+    set later in ``param_groups``; ``state_dtype`` and ``master`` keep their construction
+    values (a load may change them). With ``master="residual"`` each rank keeps the int16
+    residual of the param chunks it owns (it is the master together with those chunks,
+    which the step updates in place before the all-gather); checkpoints and
+    :meth:`consolidated_state_dict` carry it as any state array.
 
     For the same summed gradients a step is bit-identical to the single-process
     optimizer, at any world size: the update is elementwise, so where an element is
