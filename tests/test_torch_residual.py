@@ -256,6 +256,25 @@ def test_convert_float32_master_to_residual_and_back(state_dtype):
         assert same_bits(master(back, r), master(res, q))
 
 
+def test_torch_optim_state_dict_loads_with_convert():
+    """torch.optim's bfloat16 moments and no master: refused, then converted (moments cast,
+    residual 0: the param is its master)."""
+    ps = params(shapes=[(6,)], seed=9)
+    theirs = clone(ps)
+    ref = torch.optim.AdamW(theirs, lr=1e-2)
+    theirs[0].grad = torch.randn(6).bfloat16()
+    ref.step()
+    opt = ft.AdamW(ps, lr=1e-2, master="residual")
+    with pytest.raises(ValueError, match=r"missing \['master_residual'\].*convert=True"):
+        opt.load_state_dict(ref.state_dict())
+    assert len(opt.state) == 0
+    opt.load_state_dict(ref.state_dict(), convert=True)
+    st = opt.state[ps[0]]
+    assert st["exp_avg"].dtype == torch.float32 and int(st["step"]) == 1
+    assert torch.equal(st["master_residual"], torch.zeros(6, dtype=torch.int16))
+    assert same_bits(master(opt, ps[0]), np_view(ps[0]).astype(np.float32))
+
+
 def test_convert_rewrites_the_param_at_an_even_tie_and_bumps_its_version():
     p, q = clone([torch.zeros(3, dtype=torch.bfloat16)] * 2)
     src = ft.AdamW([p], lr=1e-2)
