@@ -583,9 +583,29 @@ def _bf16_run(sharded, start=0, load=None, save=None):
             dcp.save(_dcp_state(model, opt), checkpoint_id=save)
             result["saved_masters"] = _full_masters(model, opt)
     result.update(losses=losses, params=_full_params(model))
+    if sharded and load is None:
+        result["final_masters"] = _full_masters(model, opt)
+        result["replicated_masters"] = _load_replicated(model, opt)
     st = opt.state[next(iter(model.parameters()))]
     result["state_types"] = {k: type(v).__name__ for k, v in st.items()}
     return result
+
+
+def _load_replicated(model, opt):
+    """The FSDP2 optimizer's state dict (residuals sharded Shard(0)) loaded into one over
+    Replicate DTensor copies of the params: the residuals are all-gathered (through int32:
+    gloo has no int16 collectives); returns the decoded masters."""
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    copies = torch.nn.Sequential(*[torch.nn.Module() for _ in range(3)])
+    for name, p in model.named_parameters():
+        layer, attr = name.split(".")
+        full = p.full_tensor().detach()
+        replicated = distribute_tensor(full, p.device_mesh, [Replicate()])
+        setattr(copies[int(layer)], attr, torch.nn.Parameter(replicated))
+    again = ft.AdamW(copies.parameters(), lr=LR, weight_decay=WD, master="residual")
+    again.load_state_dict(opt.state_dict())
+    return _full_masters(copies, again)
 
 
 def fsdp2_residual(out):

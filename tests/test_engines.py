@@ -218,6 +218,11 @@ def test_fsdp2_bfloat16_params_with_residual_master(tmp_path):
         "master_residual": "DTensor",
     }
     assert fsdp["losses"][-1] < fsdp["losses"][0]
+    # Its state dict loaded by an optimizer over Replicate copies: residuals all-gathered.
+    for k, master in fsdp["final_masters"].items():
+        assert torch.equal(
+            fsdp["replicated_masters"][k].view(torch.int32), master.view(torch.int32)
+        )
     for k, master in fsdp["saved_masters"].items():
         assert torch.equal(resumed["loaded_masters"][k].view(torch.int32), master.view(torch.int32))
     assert resumed["losses"] == fsdp["losses"][3:]
