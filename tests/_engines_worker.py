@@ -532,6 +532,101 @@ def fsdp2_resume1(out):
     return result
 
 
+def _full_masters(model, opt):
+    """Every param's float32 master, decoded on each rank from its local shards and then
+    gathered as float32 (gloo and NCCL have no int16 collectives: an int16 DTensor's
+    full_tensor() is refused)."""
+    from fusedadam import reference
+
+    out = {}
+    for name, p in model.named_parameters():
+        residual = opt.state[p]["master_residual"]
+        local_p = p._local_tensor if hasattr(p, "_local_tensor") else p
+        local_r = residual.to_local() if hasattr(residual, "to_local") else residual
+        words = local_p.detach().contiguous().view(torch.int16).numpy()
+        decoded = reference.residual_decode(words.view("<V2"), local_r.numpy())
+        master = torch.from_numpy(decoded.reshape(tuple(local_p.shape)).copy())
+        if hasattr(p, "_local_tensor"):
+            master = type(p).from_local(
+                master, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+                stride=p.stride(),
+            ).full_tensor()  # fmt: skip
+        out[name] = master
+    return out
+
+
+def _bf16_run(sharded, start=0, load=None, save=None):
+    """The FSDP model in bfloat16, AdamW with master="residual"; each rank's batch."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.fsdp import fully_shard
+
+    rank = _rank()
+    model = _fsdp_model().bfloat16()
+    if sharded:
+        for layer in (model[0], model[2]):
+            fully_shard(layer)
+        fully_shard(model)
+    opt = ft.AdamW(model.parameters(), lr=LR, weight_decay=WD, master="residual")
+    result = {}
+    if load is not None:
+        _dcp_load(model, opt, load)
+        result["loaded_masters"] = _full_masters(model, opt)
+    losses = []
+    for step in range(start, STEPS):
+        x, y = _fsdp_batch(step, rank) if sharded else _full_batch(step, 2)
+        loss = F.mse_loss(model(x.bfloat16()).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(_mean(loss.item()) if sharded else loss.item())
+        if save is not None and step + 1 == SAVE_AT:
+            dcp.save(_dcp_state(model, opt), checkpoint_id=save)
+            result["saved_masters"] = _full_masters(model, opt)
+    result.update(losses=losses, params=_full_params(model))
+    if sharded and load is None:
+        result["final_masters"] = _full_masters(model, opt)
+        result["replicated_masters"] = _load_replicated(model, opt)
+    st = opt.state[next(iter(model.parameters()))]
+    result["state_types"] = {k: type(v).__name__ for k, v in st.items()}
+    return result
+
+
+def _load_replicated(model, opt):
+    """The FSDP2 optimizer's state dict (residuals sharded Shard(0)) loaded into one over
+    Replicate DTensor copies of the params: the residuals are all-gathered (through int32:
+    gloo has no int16 collectives); returns the decoded masters."""
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    copies = torch.nn.Sequential(*[torch.nn.Module() for _ in range(3)])
+    for name, p in model.named_parameters():
+        layer, attr = name.split(".")
+        full = p.full_tensor().detach()
+        replicated = distribute_tensor(full, p.device_mesh, [Replicate()])
+        setattr(copies[int(layer)], attr, torch.nn.Parameter(replicated))
+    again = ft.AdamW(copies.parameters(), lr=LR, weight_decay=WD, master="residual")
+    again.load_state_dict(opt.state_dict())
+    return _full_masters(copies, again)
+
+
+def fsdp2_residual(out):
+    """bfloat16 params under fully_shard on 2 ranks with master="residual": the residual is
+    a DTensor of the param's placements; a DCP checkpoint at step 3 resumes at 2 ranks bit
+    for bit (and in one process, fsdp2_residual_resume1)."""
+    dist.init_process_group("gloo")
+    folder = str(Path(out) / "dcp_residual")
+    return {
+        "fsdp": _bf16_run(True, save=folder),
+        "resumed": _bf16_run(True, start=SAVE_AT, load=folder),
+    }
+
+
+def fsdp2_residual_resume1(out):
+    """fsdp2_residual's 2-rank DCP checkpoint loaded in one process (no FSDP): the
+    residuals resharded to whole tensors decode to the saved masters."""
+    dist.init_process_group("gloo")
+    return _bf16_run(False, start=SAVE_AT, load=str(Path(out) / "dcp_residual"))
+
+
 SCENARIOS = {
     "fsdp2": fsdp2,
     "fsdp2_resume1": fsdp2_resume1,
@@ -539,6 +634,8 @@ SCENARIOS = {
     "hf": hf,
     "deepspeed": deepspeed_zero2,
     "lightning": lightning,
+    "fsdp2_residual": fsdp2_residual,
+    "fsdp2_residual_resume1": fsdp2_residual_resume1,
 }
 
 

@@ -53,7 +53,7 @@ def _launcher_flags():
     return ["-bind-to", "none"]  # MPICH's Hydra oversubscribes by default
 
 
-def mpirun(n, scenario, *args, check=True, timeout=TIMEOUT, env=None):
+def mpirun(n, scenario, *args, check=True, timeout=TIMEOUT, env=None, worker=WORKER):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="error", **(env or {}))
     if os.geteuid() == 0:  # Open MPI refuses root without these
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
@@ -65,7 +65,7 @@ def mpirun(n, scenario, *args, check=True, timeout=TIMEOUT, env=None):
         sys.executable,
         "-m",
         "mpi4py",
-        str(WORKER),
+        str(worker),
         scenario,
         *map(str, args),
     ]

@@ -194,3 +194,13 @@ def test_nonfinite_tables_are_the_documented_runs(run):
     spec.loader.exec_module(module)
     expected = module.markdown(json.loads(run.read_text(encoding="utf-8")))
     assert expected in (DOCS / "precision.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(not RESULTS.is_dir(), reason="bench/results not shipped here")
+def test_peak_rss_table_is_the_documented_run():
+    spec = importlib.util.spec_from_file_location("bench_peak_rss", ROOT / "bench" / "peak_rss.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run = json.loads((RESULTS / "peak_rss.json").read_text(encoding="utf-8"))
+    expected = module.markdown(run)
+    assert expected in (DOCS / "master_residual.md").read_text(encoding="utf-8")

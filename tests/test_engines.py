@@ -203,3 +203,38 @@ def test_fsdp2_fully_shard(tmp_path):
     for tag in ("noclip", "clip"):
         np.testing.assert_allclose(r1[tag]["losses"], r[f"fsdp_{tag}"]["losses"][3:], rtol=1e-6)
         close_params(r1[tag]["params"], r[f"fsdp_{tag}"]["params"], atol=1e-6)
+
+
+def test_fsdp2_bfloat16_params_with_residual_master(tmp_path):
+    """bfloat16 params under fully_shard on 2 ranks, master="residual": the residual is a
+    DTensor; a DCP checkpoint at step 3 resumes at 2 ranks bit for bit, and in one process
+    (DCP reshards the residuals to whole tensors) its masters decode to the saved ones."""
+    r = torchrun("fsdp2_residual", tmp_path)
+    fsdp, resumed = r["fsdp"], r["resumed"]
+    assert fsdp["state_types"] == {
+        "step": "Tensor",
+        "exp_avg": "DTensor",
+        "exp_avg_sq": "DTensor",
+        "master_residual": "DTensor",
+    }
+    assert fsdp["losses"][-1] < fsdp["losses"][0]
+    # Its state dict loaded by an optimizer over Replicate copies: residuals all-gathered.
+    for k, master in fsdp["final_masters"].items():
+        assert torch.equal(
+            fsdp["replicated_masters"][k].view(torch.int32), master.view(torch.int32)
+        )
+    for k, master in fsdp["saved_masters"].items():
+        assert torch.equal(resumed["loaded_masters"][k].view(torch.int32), master.view(torch.int32))
+    assert resumed["losses"] == fsdp["losses"][3:]
+    for k, p in fsdp["params"].items():
+        assert torch.equal(resumed["params"][k].view(torch.int16), p.view(torch.int16)), k
+    r1 = torchrun("fsdp2_residual_resume1", tmp_path, nproc=1)
+    for k, master in fsdp["saved_masters"].items():
+        assert torch.equal(r1["loaded_masters"][k].view(torch.int32), master.view(torch.int32))
+    # One process on the whole batch from there: the 2-rank run to bfloat16 rounding.
+    np.testing.assert_allclose(r1["losses"], fsdp["losses"][3:], rtol=1e-3)
+    close_params(
+        {k: v.float() for k, v in r1["params"].items()},
+        {k: v.float() for k, v in fsdp["params"].items()},
+        atol=2**-8,
+    )

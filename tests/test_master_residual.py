@@ -370,15 +370,6 @@ def test_functional_takes_residual_masters():
     assert_same_bits(R.residual_decode(p, residual), master)
 
 
-def test_torch_and_sharded_refuse_residual():
-    torch = pytest.importorskip("torch")
-    from fusedadam.torch import Adam as TorchAdam
-
-    w = torch.zeros(4, dtype=torch.bfloat16, requires_grad=True)
-    with pytest.raises(ValueError, match="master='residual' is not supported by fusedadam.torch"):
-        TorchAdam([{"params": [w], "master": "residual"}])
-
-
 # ------------------------------------------------------------------ convergence
 
 
@@ -430,12 +421,3 @@ def test_training_matches_the_float32_master_run():
     assert abs(lf[-1] - lr[-1]) < 0.02 * lf[-1]
     _, wp, op, _, _ = digits_like(master="residual", replay=grads)
     assert_matches_float32_master((op, list(wp)), (of, list(wf)))
-
-
-def test_sharded_optimizer_refuses_residual():
-    pytest.importorskip("mpi4py")
-    from fusedadam.distributed import ShardedOptimizer
-
-    params = [np.zeros(10, BF16)]
-    with pytest.raises(ValueError, match=r"master='residual' is not supported by ShardedOpt"):
-        ShardedOptimizer(fa.Adam, params, master="residual")

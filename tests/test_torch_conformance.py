@@ -200,7 +200,8 @@ def _assert_same_layout(ours, theirs, scalars32=False):
             assert key in g, key
             assert g[key] == value, key
         extra = set(g) - set(r)
-        assert extra <= {"num_threads", "nonfinite", "state_dtype", "max_grad_norm"}, extra
+        options = {"num_threads", "nonfinite", "state_dtype", "max_grad_norm", "master"}
+        assert extra <= options, extra
 
 
 # --------------------------------------------------------------------- inputs

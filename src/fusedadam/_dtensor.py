@@ -75,6 +75,11 @@ def localize(p, name, value):
                 f"{p.device_mesh}; load it through torch.distributed.checkpoint, which reshards"
             )
         if tuple(value.placements) != tuple(p.placements):
+            if value.dtype == torch.int16:
+                # A master_residual: gloo and NCCL have no int16 collectives; int32 holds
+                # every int16 exactly.
+                value = value.to(torch.int32).redistribute(p.device_mesh, p.placements)
+                return value.to_local().to(torch.int16)
             value = value.redistribute(p.device_mesh, p.placements)
         return value.to_local()
     if value.shape == p.shape and value.shape != p._local_tensor.shape:

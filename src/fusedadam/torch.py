@@ -40,6 +40,7 @@ from fusedadam import _precision
 from fusedadam import optim as _optim
 from fusedadam import _dtensor
 from fusedadam import _validation
+from fusedadam import reference
 
 __all__ = [
     "Adam",
@@ -67,6 +68,11 @@ _TORCH_ONLY = {"foreach": None, "capturable": False, "differentiable": False, "f
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 _BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+# Integer state tensors: the uint8 codes of 8-bit moments, a master="residual" param's
+# int16 master_residual.
+_STATE_INTS = (torch.uint8, torch.int16)
+# The state entries that hold a bfloat16/float16 param's master, one per master mode.
+_MASTERS = (_precision.MASTER, _precision.MASTER_RESIDUAL)
 
 # step is exact as a float32 0-d tensor (torch's layout) up to 2**24.
 _FLOAT32_EXACT = 2**24
@@ -120,8 +126,8 @@ def _check_tensor(t, name, kind="parameter", meta=False):
         )
     if t.device.type != "cpu":
         raise ValueError(f"{name} is on {t.device}; {_OFFLOAD_HINT}")
-    if t.dtype not in _FLOATS and not (kind == "state tensor" and t.dtype == torch.uint8):
-        # (uint8: the codes of state_dtype="8bit" moments)
+    if t.dtype not in _FLOATS and not (kind == "state tensor" and t.dtype in _STATE_INTS):
+        # (uint8: the codes of state_dtype="8bit" moments; int16: master_residual)
         raise TypeError(
             f"{name} has dtype {t.dtype}; fusedadam.torch supports "
             f"{', '.join(str(d) for d in _FLOATS)}"
@@ -357,6 +363,7 @@ class Optimizer(torch.optim.Optimizer):
     def _setup(self, params, arguments):
         defaults = {k: v for k, v in arguments.items() if k not in ("self", "params", "__class__")}
         defaults.update(self._FIXED)
+        defaults.setdefault("master", "float32")
         self._init_private()
         self._check_torch_flags(defaults)
         self._check_torch_only(defaults, "")
@@ -420,7 +427,7 @@ class Optimizer(torch.optim.Optimizer):
         }
         algorithm = self._inner_cls.algorithm
         self._known_state = frozenset(
-            ("step", "master_param", *algorithm.all_state_names())
+            ("step", *_MASTERS, *algorithm.all_state_names())
             + tuple(_precision.scale_name(name) for name in algorithm.all_state_names())
             + tuple(name for name, _ in algorithm.scalar_state)
         )
@@ -439,9 +446,12 @@ class Optimizer(torch.optim.Optimizer):
 
     @classmethod
     def _torch_keys(cls):
-        return tuple(
+        keys = tuple(
             n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "params")
         ) + tuple(cls._FIXED)
+        # Every group has a master mode (a param group may set it when the constructor
+        # has no argument for it).
+        return keys if "master" in keys else keys + ("master",)
 
     #: Group entries a class fixes (AdamW: decoupled_weight_decay=True).
     _FIXED: Dict[str, Any] = {}
@@ -454,11 +464,6 @@ class Optimizer(torch.optim.Optimizer):
                     f"{where}{key}=True is not supported by fusedadam.torch (CPU tensors, "
                     "no autograd through the step); leave it False"
                 )
-        if group.get("master", "float32") != "float32":
-            raise ValueError(
-                f"{where}master={group['master']!r} is not supported by fusedadam.torch; "
-                "use fusedadam's NumPy optimizers for master='residual'"
-            )
 
     def _check_group(self, group, where):
         self._check_torch_only(group, where)
@@ -812,9 +817,12 @@ class Optimizer(torch.optim.Optimizer):
         # A few tensors: one plain loop costs less than the maps' lists.
         grads = self._grads
         missing = False
-        for i, (p, ptr, low) in enumerate(self._entries):
+        entries = self._entries
+        # Every pointer first: the low-precision branch below returns early.
+        for p, ptr, _ in entries:
             if p.data_ptr() != ptr:
                 return None
+        for i, (p, _, low) in enumerate(entries):
             g = p.grad
             if g is None:
                 missing = True
@@ -972,8 +980,9 @@ class Optimizer(torch.optim.Optimizer):
         self._sync()
 
     def _state_fits_dtypes(self, members):
-        """Whether every param's state is laid out for the param's dtype: a float32
-        ``master_param`` exactly for bfloat16/float16 params, and (without ``state_dtype``,
+        """Whether every param's state is laid out for the param's dtype: a master
+        (``master_param``, or ``master_residual`` under ``master="residual"``) exactly for
+        bfloat16/float16 params, and (without ``state_dtype``,
         for a param whose dtype changed since the last step) moments in the dtype of a
         float32/float64 param. A state tensor of another dtype set by hand stays an error."""
         state_map = self.__dict__["state"]
@@ -985,7 +994,7 @@ class Optimizer(torch.optim.Optimizer):
                 if not st:
                     continue
                 low = p.dtype in _LOW_PRECISION
-                if low != ("master_param" in st):
+                if low != any(name in st for name in _MASTERS):
                     return False
                 changed = before.get(id(p), p.dtype) != p.dtype
                 if changed and not low and g.get("state_dtype") is None:
@@ -1116,7 +1125,11 @@ class Optimizer(torch.optim.Optimizer):
         whole number. For bfloat16/float16 params the state is kept in float32 with a
         float32 ``master_param``: a state saved otherwise (torch.optim's bfloat16 moments, no
         master) loads with ``convert=True`` (cast, master made from the param), as
-        :meth:`fusedadam.Optimizer.load_state_dict`.
+        :meth:`fusedadam.Optimizer.load_state_dict`. A group's ``master`` is this
+        optimizer's, not the saved one: ``convert=True`` moves a bfloat16 param's master
+        between ``master_param`` and ``master_residual`` exactly both ways (converting to
+        the residual rewrites the param as its master encodes, which changes it only where
+        the master's low half is exactly 0x8000, and bumps its version counter).
         """
         state_dict = state_dict.copy()
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
@@ -1156,6 +1169,10 @@ class Optimizer(torch.optim.Optimizer):
             for key, value in self.defaults.items():
                 new.setdefault(key, value)
             new.update(self._FIXED)
+            # How a group keeps its masters is this optimizer's choice, as in
+            # fusedadam.Optimizer: a saved state of the other layout is converted
+            # (convert=True) or refused.
+            new["master"] = g.get("master", "float32")
             self._check_group(new, f"state_dict['param_groups'][{gi}]: ")
             new_groups.append(new)
         by_param = {}
@@ -1186,6 +1203,7 @@ class Optimizer(torch.optim.Optimizer):
             for members in buckets.values():
                 parts.append((g, members))
         inner_groups, inner_index = [], 0
+        rewritten = []  # params whose saved float32 master becomes a residual (convert)
         for g, members in parts:
             ig = self._inner_group(g, [self._views[id(p)][1] for p in members])
             ids = []
@@ -1194,6 +1212,14 @@ class Optimizer(torch.optim.Optimizer):
                 if entry:
                     known = {k: v for k, v in entry.items() if k in self._known_state}
                     inner_state[inner_index] = self._inner_entry(known, p, inner_index)
+                    if (
+                        convert
+                        and g.get("master") == "residual"
+                        and p.dtype == torch.bfloat16
+                        and _precision.MASTER in known
+                        and _precision.MASTER_RESIDUAL not in known
+                    ):
+                        rewritten.append(p)
                 ids.append(inner_index)
                 inner_index += 1
             inner_groups.append(
@@ -1209,6 +1235,7 @@ class Optimizer(torch.optim.Optimizer):
         except BaseException:
             self._fa.param_groups = previous
             raise
+        self._rewritten(rewritten)
         # Committed: torch's groups, and opt.state as views of the inner (copied) state.
         self.param_groups = new_groups
         state_map = _StateMap(self._flag)
@@ -1238,6 +1265,23 @@ class Optimizer(torch.optim.Optimizer):
         self.__dict__["state"] = state_map
         self._flag.dirty = True  # re-derive layout and views from the loaded state
 
+    def _rewritten(self, params):
+        """After a load that converted saved float32 masters to residuals: the params it
+        rewrote (as their masters encode) get their new values (a non-contiguous one from
+        its copy) and a bumped version counter, as after a step."""
+        if not params:
+            return
+        shadows = {id(p): shadow for _, p, shadow in self._shadows}
+        plain = []
+        for p in params:
+            shadow = shadows.get(id(p))
+            if shadow is not None:
+                p.detach().copy_(shadow)  # bumps the version counter it shares with p
+            else:
+                plain.append(p)
+        if plain:
+            _BUMP(plain)
+
     def _state_tensor(self, p, name, array):
         """``opt.state`` tensor over a state array of the kernel (same memory): a DTensor
         like ``p`` for a DTensor param's tensors shaped like its shard."""
@@ -1262,7 +1306,7 @@ class Optimizer(torch.optim.Optimizer):
                 value = value.to(device="cpu")
                 if dtype not in _LOW_PRECISION and value.is_floating_point():
                     value = value.to(dtype)  # torch's rule for its own state dicts
-                if value.dtype not in _FLOATS and value.dtype != torch.uint8:  # uint8: 8-bit
+                if value.dtype not in _FLOATS and value.dtype not in _STATE_INTS:
                     raise TypeError(f"state_dict: {key} of params[{index}] has dtype {value.dtype}")
                 # Low precision: the NumPy optimizer decides (convert=True casts).
                 out[key] = _numpy(value.resolve_conj().resolve_neg().contiguous())
@@ -1348,7 +1392,11 @@ def _doc(cls, torch_name, extra=""):
         'or "8bit": uint8 codes plus float32 per-block scales ``<moment>_absmax``, '
         "fusedadam's layout, not torch.optim's) and ``max_grad_norm`` (clip the group's "
         "gradients to this 2-norm, as ``torch.nn.utils.clip_grad_norm_``, inside the step) "
-        "are fusedadam's mixed-precision options. What differs from torch.optim is listed "
+        'are fusedadam\'s mixed-precision options, and ``master`` (``"float32"``: a float32 '
+        '``master_param``; ``"residual"``: a bfloat16 param keeps its float32 master '
+        "exactly as an int16 ``master_residual``, 2 bytes instead of 4, the param the "
+        "master rounded to nearest with ties away from zero; see docs/master_residual.md). "
+        "What differs from torch.optim is listed "
         "in docs/torch_differences.md. " + extra
     )
     return cls
@@ -1364,7 +1412,7 @@ class Adam(Optimizer):
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False,
                  num_threads=None, nonfinite="error", state_dtype=None,
-                 max_grad_norm=None):
+                 max_grad_norm=None, master="float32"):
         self._setup(params, locals())
     # fmt: on
 
@@ -1379,7 +1427,7 @@ class AdamW(Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
                  differentiable=False, fused=None, num_threads=None, nonfinite="error",
-                 state_dtype=None, max_grad_norm=None):
+                 state_dtype=None, max_grad_norm=None, master="float32"):
         self._setup(params, locals())
     # fmt: on
 
@@ -1393,7 +1441,7 @@ class Adamax(Optimizer):
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  foreach=None, *, maximize=False, differentiable=False, capturable=False,
                  num_threads=None, nonfinite="error", state_dtype=None,
-                 max_grad_norm=None):
+                 max_grad_norm=None, master="float32"):
         self._setup(params, locals())
     # fmt: on
 
@@ -1408,7 +1456,7 @@ class NAdam(Optimizer):
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  momentum_decay=4e-3, decoupled_weight_decay=False, *, foreach=None,
                  maximize=False, capturable=False, differentiable=False, num_threads=None,
-                 nonfinite="error", state_dtype=None, max_grad_norm=None):
+                 nonfinite="error", state_dtype=None, max_grad_norm=None, master="float32"):
         self._setup(params, locals())
     # fmt: on
 
@@ -1422,7 +1470,7 @@ class RAdam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decoupled_weight_decay=False, *, foreach=None, maximize=False,
                  capturable=False, differentiable=False, num_threads=None, nonfinite="error",
-                 state_dtype=None, max_grad_norm=None):
+                 state_dtype=None, max_grad_norm=None, master="float32"):
         self._setup(params, locals())
     # fmt: on
 
@@ -1437,7 +1485,7 @@ class AdaBelief(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, eps_root=1e-16,
                  weight_decay=0.0, decoupled_weight_decay=False, *, maximize=False,
                  foreach=None, capturable=False, differentiable=False, num_threads=None,
-                 nonfinite="error", state_dtype=None, max_grad_norm=None):
+                 nonfinite="error", state_dtype=None, max_grad_norm=None, master="float32"):
         self._setup(params, locals())
     # fmt: on
 
@@ -1452,7 +1500,7 @@ class Lion(Optimizer):
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=1e-3, *,
                  maximize=False, foreach=None, capturable=False, differentiable=False,
                  num_threads=None, nonfinite="error", state_dtype=None,
-                 max_grad_norm=None):
+                 max_grad_norm=None, master="float32"):
         self._setup(params, locals())
     # fmt: on
 
@@ -1643,13 +1691,22 @@ class Offload:
                 p.copy_(b, non_blocking=non_blocking)
 
     def master_params(self):
-        """The float32 master copies (the buffers themselves for float32/float64 params)."""
-        return [
-            self.optimizer.state[b]["master_param"]
-            if "master_param" in self.optimizer.state.get(b, {})
-            else b
-            for b in self.buffers
-        ]
+        """The float32 master copies (the buffers themselves for float32/float64 params).
+
+        Under ``master="residual"`` a bfloat16 buffer's master is decoded from the buffer and
+        its ``master_residual``: a new tensor (a snapshot), not the optimizer's memory."""
+        masters = []
+        for b in self.buffers:
+            st = self.optimizer.state.get(b, {})
+            if _precision.MASTER in st:
+                masters.append(st[_precision.MASTER])
+            elif _precision.MASTER_RESIDUAL in st:
+                residual = _numpy(st[_precision.MASTER_RESIDUAL])
+                decoded = reference.residual_decode(_numpy(b), residual)
+                masters.append(torch.from_numpy(decoded.reshape(b.shape)))
+            else:
+                masters.append(b)
+        return masters
 
     def state_dict(self):
         return self.optimizer.state_dict()

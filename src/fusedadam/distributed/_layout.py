@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fusedadam import _precision
+
 ALIGN_BYTES = 64
 
 #: Largest element count handed to one collective. MPI counts are C ints and Open MPI has
@@ -118,7 +120,7 @@ class Segment:
         """JSON-able description (checkpoint manifests and shard state_dicts)."""
         return {
             "group": self.group,
-            "dtype": self.dtype.str,
+            "dtype": _dtype_text(self.dtype),
             "param_indices": list(self.param_indices),
             "shapes": [list(s) for s in self.shapes],
             "offsets": list(self.offsets),
@@ -132,7 +134,7 @@ class Segment:
     def from_meta(cls, meta):
         return cls(
             meta["group"],
-            np.dtype(meta["dtype"]),
+            _dtype_of_text(meta["dtype"]),
             tuple(meta["param_indices"]),
             tuple(tuple(s) for s in meta["shapes"]),
             tuple(meta["offsets"]),
@@ -141,6 +143,16 @@ class Segment:
             meta["bucket"],
             meta["world_size"],
         )
+
+
+def _dtype_text(dtype):
+    """A dtype as a segment's meta spells it: NumPy's ``str`` (``"<f4"``), or the name of
+    bfloat16 (whose ``str`` is only ``"<V2"``)."""
+    return dtype.name if dtype == _precision.BFLOAT16 else dtype.str
+
+
+def _dtype_of_text(text):
+    return _precision.BFLOAT16 if text == _precision.BFLOAT16.name else np.dtype(text)
 
 
 def plan_segments(group_params, world_size, bucket_elements):

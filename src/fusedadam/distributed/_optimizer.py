@@ -35,6 +35,19 @@ def _mpi_datatype(dtype):
         ) from None
 
 
+def _grad_dtype(dtype):
+    """The dtype a segment's gradients are reduced in: the params' own, or float32 for
+    bfloat16 params (MPI has no bfloat16 sum; the step takes float32 gradients for them)."""
+    dtype = np.dtype(dtype)
+    return _precision.FLOAT32 if dtype == _precision.BFLOAT16 else dtype
+
+
+def _words(flat):
+    """A flat param buffer as the all-gather sends it: bfloat16 as its 16-bit words (MPI
+    has no bfloat16 type; gathering moves bits, so any 2-byte type is exact)."""
+    return flat.view(np.uint16) if flat.dtype == _precision.BFLOAT16 else flat
+
+
 def _describe(value):
     """A rank-independent description of a hyperparameter: schedules, partials and arrays
     by value; other callables by name (not id), which is all that can be compared."""
@@ -97,7 +110,8 @@ class ShardedOptimizer:
     once into flat, 64-byte-aligned buffers (one per group and dtype);
     :attr:`params` are views of them, in the order given, and are what the model must use
     from then on (the arrays passed in are never written). :attr:`grads` are views of
-    flat gradient buffers of the same shapes: a backward pass that writes into them
+    flat gradient buffers of the same shapes (and dtypes, except for bfloat16 params: MPI
+    has no bfloat16 sum, so theirs are float32): a backward pass that writes into them
     (``np.matmul(..., out=opt.grads[0])``, ``grads[i][...] = ...``) needs no copy, and
     ``step()`` with no argument reduces them as they are. ``step(grads)`` with other
     arrays copies them into those buffers first (one pack copy).
@@ -134,7 +148,11 @@ class ShardedOptimizer:
     settings for the step (hyperparameters, ``lr(t)``, ``grad_scale``): ranks that
     differ raise ``ValueError`` together, as at construction (schedules compare by value).
     ``max_grad_norm`` and ``state_dtype="8bit"`` are refused, at construction and when
-    set later in ``param_groups``.
+    set later in ``param_groups``; ``state_dtype`` and ``master`` keep their construction
+    values (a load may change them). With ``master="residual"`` each rank keeps the int16
+    residual of the param chunks it owns (it is the master together with those chunks,
+    which the step updates in place before the all-gather); checkpoints and
+    :meth:`consolidated_state_dict` carry it as any state array.
 
     For the same summed gradients a step is bit-identical to the single-process
     optimizer, at any world size: the update is elementwise, so where an element is
@@ -182,7 +200,7 @@ class ShardedOptimizer:
         self._flat_params, self._flat_grads, self._reduced = [], [], []
         for segment in self._segments:
             flat_param = aligned_zeros(segment.padded, segment.dtype)
-            flat_grad = aligned_zeros(segment.padded, segment.dtype)
+            flat_grad = aligned_zeros(segment.padded, _grad_dtype(segment.dtype))
             for index, shape, offset in zip(segment.param_indices, segment.shapes, segment.offsets):
                 size = int(np.prod(shape, dtype=np.int64))
                 self.params[index] = flat_param[offset : offset + size].reshape(shape)
@@ -190,7 +208,7 @@ class ShardedOptimizer:
                 self.grads[index] = flat_grad[offset : offset + size].reshape(shape)
             self._flat_params.append(flat_param)
             self._flat_grads.append(flat_grad)
-            self._reduced.append(aligned_zeros(segment.shard_size, segment.dtype))
+            self._reduced.append(aligned_zeros(segment.shard_size, _grad_dtype(segment.dtype)))
 
         self._group_modes = [t.param_groups[0]["nonfinite"] for t in templates]
         self.param_groups = []
@@ -210,6 +228,8 @@ class ShardedOptimizer:
         self._algorithm = self._checker.algorithm
         #: Per group: the state_dtype its state is kept in (changed only by a load).
         self._state_options = [g.get("state_dtype") for g in self.param_groups]
+        #: Per group: how its 16-bit params keep their masters (changed only by a load).
+        self._master_options = [g.get("master", "float32") for g in self.param_groups]
         #: Per group: the optional state arrays (AMSGrad's max) it has created; kept when
         #: the option is switched off, as the single-process optimizer keeps them.
         self._kept = [set() for _ in groups]
@@ -235,10 +255,14 @@ class ShardedOptimizer:
                 self._buckets.append(
                     (si, b_start, b_stop, c_start, offset, c_stop - c_start, inner)
                 )
-        self._mpi_types = [_mpi_datatype(s.dtype) for s in self._segments]
-        #: Bytes handed to collectives per step by this rank: the flat buffers once to
-        #: the reduce-scatter and once to the all-gather (2x the padded param bytes).
-        self.comm_bytes_per_step = 2 * sum(s.padded * s.dtype.itemsize for s in self._segments)
+        self._mpi_types = [_mpi_datatype(_grad_dtype(s.dtype)) for s in self._segments]
+        self._gather_types = [_mpi_datatype(_words(f).dtype) for f in self._flat_params]
+        #: Bytes handed to collectives per step by this rank: the flat gradient buffers to
+        #: the reduce-scatter and the flat param buffers to the all-gather (2x the padded
+        #: param bytes; 3x for bfloat16 params, whose gradients are reduced in float32).
+        self.comm_bytes_per_step = sum(
+            s.padded * (s.dtype.itemsize + _grad_dtype(s.dtype).itemsize) for s in self._segments
+        )
         #: Most collectives of one kind in flight at once: bounds MPI's pending requests
         #: (and its internal buffers) when a group has many buckets.
         self.max_in_flight = 4
@@ -266,7 +290,7 @@ class ShardedOptimizer:
                 if id(p) in seen:
                     raise ValueError("some parameters appear more than once")
                 seen.add(id(p))
-                _mpi_datatype(p.dtype)
+                _mpi_datatype(_grad_dtype(p.dtype))
         # A one-element twin of each group checks its hyperparameters exactly as the
         # class does, and tells the group's defaults-filled settings.
         templates = []
@@ -278,8 +302,13 @@ class ShardedOptimizer:
                     [{"params": [np.zeros(1, dt) for dt in dtypes], **overrides}], **self._kwargs
                 )
             )
-        for gi, template in enumerate(templates):
+        first = 0
+        for gi, (group, template) in enumerate(zip(groups, templates)):
             _check_shardable(template.param_groups[0], gi)
+            option = template.param_groups[0]["master"]
+            for k, p in enumerate(group["params"]):
+                _precision.master_entry(p.dtype, option, f"params[{first + k}]")
+            first += len(group["params"])
         return groups, templates
 
     def _signature(self, groups):
@@ -454,7 +483,8 @@ class ShardedOptimizer:
                 requests.pop(0).Wait()
             requests.append(
                 self.comm.Iallgather(
-                    MPI.IN_PLACE, [self._flat_params[si][b_start:b_stop], self._mpi_types[si]]
+                    MPI.IN_PLACE,
+                    [_words(self._flat_params[si][b_start:b_stop]), self._gather_types[si]],
                 )
             )
             MPI.Request.Testall(requests)  # drive progress of the earlier buckets
@@ -487,13 +517,15 @@ class ShardedOptimizer:
         grads = list(grads)
         if len(grads) != len(self.grads):
             raise ValueError(f"step got {len(grads)} gradients for {len(self.grads)} params")
-        for i, (g, view) in enumerate(zip(grads, self.grads)):
+        for i, (g, view, p) in enumerate(zip(grads, self.grads, self.params)):
             if not isinstance(g, np.ndarray):
                 raise TypeError(f"grads[{i}] is a {type(g).__name__}, not an ndarray")
-            if g.shape != view.shape or g.dtype != view.dtype:
+            # A bfloat16 param's gradient buffer is float32: a bfloat16 gradient is widened.
+            if g.shape != view.shape or g.dtype not in (view.dtype, p.dtype):
+                takes = "" if view.dtype == p.dtype else f" (gradients {view.dtype} or {p.dtype})"
                 raise ValueError(
                     f"grads[{i}] has shape {g.shape} and dtype {g.dtype}; "
-                    f"params[{i}] has shape {view.shape} and dtype {view.dtype}"
+                    f"params[{i}] has shape {view.shape} and dtype {p.dtype}{takes}"
                 )
         for g, view in zip(grads, self.grads):
             if g is not view and not (
@@ -532,6 +564,13 @@ class ShardedOptimizer:
                     f"{checked.get('state_dtype')!r}; a sharded optimizer keeps the "
                     "state_dtype it was built with (convert through a single-process "
                     "optimizer's load_state_dict(convert=True))"
+                )
+            if checked.get("master", "float32") != self._master_options[gi]:
+                raise ValueError(
+                    f"{where}master changed from {self._master_options[gi]!r} to "
+                    f"{checked.get('master')!r}; a sharded optimizer keeps the master "
+                    "layout of its state (change it with state_dict and "
+                    "load_state_dict(..., convert=True))"
                 )
             t = self._steps[gi] + 1
             lr = checked["lr"]
@@ -608,14 +647,19 @@ class ShardedOptimizer:
             name for name, _ in algorithm.optional_state if name in self._kept[gi]
         )
 
-    def _array_names(self, si, group_names=None):
+    def _array_names(self, si, group_names=None, master=_MISSING):
         """The state arrays of segment ``si``: its group's (``group_names``, by default
-        the current ones), and a master for 16-bit params."""
+        the current ones), and a master for 16-bit params (``master_param``, or
+        ``master_residual`` under the ``master`` option, by default the group's)."""
+        segment = self._segments[si]
         if group_names is None:
-            group_names = self._group_names(self._segments[si].group)
+            group_names = self._group_names(segment.group)
+        if master is _MISSING:
+            master = self._master_options[segment.group]
         names = tuple(group_names)
-        if _precision.has_master(self._segments[si].dtype):
-            names += (_precision.MASTER,)
+        entry = _precision.master_entry(segment.dtype, master, f"segment {si}")
+        if entry is not None:
+            names += (entry[0],)
         return names
 
     def _array_dtype(self, si, name, option=_MISSING):
@@ -624,6 +668,8 @@ class ShardedOptimizer:
         segment = self._segments[si]
         if name == _precision.MASTER:
             return _precision.FLOAT32
+        if name == _precision.MASTER_RESIDUAL:
+            return _precision.INT16
         if option is _MISSING:
             option = self._state_options[segment.group]
         return _precision.state_dtype(segment.dtype, option, f"segment {si}")
@@ -734,18 +780,24 @@ class ShardedOptimizer:
             self._segments, self._steps, self._meta(), lambda si, name: full[si][name]
         )
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict, convert=False):
         """Collective: load a single-process ``state_dict`` (of this optimizer class; any
         world size).
 
         Every rank passes the same dict; each keeps its shard of it. Params are not part
-        of a state_dict and are not changed. Checked whole, by the optimizer class's own
-        ``load_state_dict``, before anything is written; if any rank refuses its dict,
-        every rank raises and none changes.
+        of a state_dict and are not changed, except by a conversion to ``master_residual``.
+        Checked whole, by the optimizer class's own ``load_state_dict``, before anything is
+        written; if any rank refuses its dict, every rank raises and none changes.
+        ``convert=True`` converts as the class's ``load_state_dict`` does (another
+        ``state_dtype``; a bfloat16 param's master between ``master_param`` and
+        ``master_residual``, exactly both ways: to the residual, the params are rewritten
+        as their masters encode, on every rank); it works on a copy of the params.
         """
+        if not isinstance(convert, (bool, np.bool_)):
+            raise TypeError(f"convert must be a bool, got {convert!r}")
         error, checked = None, None
         try:
-            checked = self._checked_state_dict(state_dict)
+            checked = self._checked_state_dict(state_dict, bool(convert))
         except Exception as exc:  # any error, so that the other ranks hear of it
             error = exc
         failed = self.comm.allgather(None if error is None else f"{type(error).__name__}: {error}")
@@ -754,22 +806,38 @@ class ShardedOptimizer:
             if error is not None:
                 raise error
             raise ValueError(f"load_state_dict failed on rank(s) {bad}: {failed[bad[0]]}")
-        self._install(*checked)
+        *arguments, new_params = checked
+        self._install(*arguments)
+        for index, value in new_params:
+            self.params[index][...] = value
 
-    def _checked_state_dict(self, state_dict):
-        """``_install``'s arguments for a single-process ``state_dict``, checked whole."""
+    def _checked_state_dict(self, state_dict, convert=False):
+        """``_install``'s arguments for a single-process ``state_dict``, checked whole,
+        and ``[(param index, new value)]``: the params a conversion to the residual
+        layout rewrote."""
         # The class checks the dict against params of these shapes and dtypes (zeros:
-        # pages never touched cost no memory) and gives back its own validated copy.
-        checker = self.optimizer_class(
-            [
-                {
-                    **{k: v for k, v in g.items() if k != "params"},
-                    "params": [np.zeros(p.shape, p.dtype) for p in g["params"]],
-                }
-                for g in self.param_groups
-            ]
-        )
-        checker.load_state_dict(state_dict)
+        # pages never touched cost no memory) and gives back its own validated copy. A
+        # conversion reads the params (a residual decodes with its param) and may write
+        # them: it gets copies.
+        groups = [
+            {
+                **{k: v for k, v in g.items() if k != "params"},
+                "params": [
+                    np.array(p) if convert else np.zeros(p.shape, p.dtype) for p in g["params"]
+                ],
+            }
+            for g in self.param_groups
+        ]
+        checker = self.optimizer_class(groups)
+        checker.load_state_dict(state_dict, convert=convert)
+        new_params = []
+        if convert:
+            index = 0
+            for g in groups:
+                for p in g["params"]:
+                    if p.dtype == _precision.BFLOAT16 and g.get("master") == "residual":
+                        new_params.append((index, p))
+                    index += 1
         checked = checker.state_dict()
         hypers = [{k: v for k, v in g.items() if k != "params"} for g in checked["param_groups"]]
         for gi, hyper in enumerate(hypers):
@@ -782,8 +850,9 @@ class ShardedOptimizer:
             entries = [saved_state[k] for k in group["params"] if k in saved_state]
             step = int(entries[0]["step"]) if entries else 0
             steps.append(step)
+            masters = (_precision.MASTER, _precision.MASTER_RESIDUAL)
             found = {
-                tuple(sorted(k for k in e if k not in ("step", _precision.MASTER) + scalar_names))
+                tuple(sorted(k for k in e if k not in ("step", *masters) + scalar_names))
                 for e in entries
             }
             if step and (len(found) > 1 or len(entries) != len(group["params"])):
@@ -809,7 +878,7 @@ class ShardedOptimizer:
             )
             copy_overlaps(dst, start, [(0, flat)])
 
-        return steps, names, hypers, scalars, read
+        return steps, names, hypers, scalars, read, new_params
 
     def _install(self, steps, names, hypers, scalars, read):
         """Set steps, hyperparameters and every bucket's state from ``read`` (checked).
@@ -820,6 +889,7 @@ class ShardedOptimizer:
         for gi, hyper in enumerate(hypers):
             self.param_groups[gi].update(hyper)
             self._state_options[gi] = self.param_groups[gi].get("state_dtype")
+            self._master_options[gi] = self.param_groups[gi].get("master", "float32")
             optional = {name for name, _ in self._algorithm.optional_state}
             self._kept[gi] = optional.intersection(names[gi])
             self._scalars[gi] = dict(scalars[gi])
@@ -874,9 +944,10 @@ class ShardedOptimizer:
                 arrays.append({})
                 continue
             option = meta["param_groups"][gi].get("state_dtype")
+            master = meta["param_groups"][gi].get("master", "float32")
             want = {
                 name: self._array_dtype(si, name, option)
-                for name in self._array_names(si, meta["state_names"][gi])
+                for name in self._array_names(si, meta["state_names"][gi], master)
             }
             saved = meta.get("array_dtypes")
             saved = (
@@ -962,7 +1033,8 @@ class ShardedOptimizer:
         self.skipped_steps = meta["skipped_steps"]
         requests = [
             self.comm.Iallgather(
-                MPI.IN_PLACE, [self._flat_params[si][b_start:b_stop], self._mpi_types[si]]
+                MPI.IN_PLACE,
+                [_words(self._flat_params[si][b_start:b_stop]), self._gather_types[si]],
             )
             for si, b_start, b_stop, *_ in self._buckets
         ]
@@ -979,13 +1051,6 @@ def _check_shardable(group, gi):
             f"param_groups[{gi}]: max_grad_norm is not supported by ShardedOptimizer "
             "(the norm would cover one rank's shard, not the group); clip the "
             "gradients before step()"
-        )
-    if group.get("master", "float32") != "float32":
-        # the residual is meaningful only beside its param, which the buckets and
-        # checkpoints of the sharded layout do not keep together
-        raise ValueError(
-            f"param_groups[{gi}]: master={group['master']!r} is not supported by "
-            "ShardedOptimizer; use master='float32'"
         )
     if group.get("state_dtype") == "8bit":
         # 8-bit blocks and their scales follow each rank's bucket, not the params:
