@@ -211,6 +211,16 @@ static inline int fa_q8_is_nonfinite(uint8_t code, int qsigned)
     return (code | (qsigned ? 0x80u : 0u)) >= FA_Q8_NONFINITE;
 }
 
+/* y(code) of a code that is not an inf or NaN's (the block loops' fast paths, once a
+ * block is known to hold none) */
+static inline float fa_q8_finite_value(uint8_t code, int qsigned)
+{
+    if (qsigned)
+        return fa_f16_to_f32((uint16_t)(((code & 0x7fu) << 7) | ((code & 0x80u) << 8)));
+    uint32_t c = code < FA_Q8_ONE(FA_Q8_EMAX_UNSIGNED) ? code : FA_Q8_ONE(FA_Q8_EMAX_UNSIGNED);
+    return fa_f16_to_f32((uint16_t)(c << 7)) * 3.0517578125e-05f; /* 2**-15 */
+}
+
 /* y(code) of either map: exact (tests compare it with reference.q8_values); inf or a
  * quiet NaN for the codes of values that are not finite */
 static inline float fa_q8_value(uint8_t code, int qsigned)
@@ -219,10 +229,7 @@ static inline float fa_q8_value(uint8_t code, int qsigned)
         return fa_bits_f32((code & 1u) ? (qsigned ? (uint32_t)(code & 0x80u) << 24 : 0u) |
                                              0x7f800000u
                                        : 0x7fc00000u);
-    if (qsigned)
-        return fa_f16_to_f32((uint16_t)(((code & 0x7fu) << 7) | ((code & 0x80u) << 8)));
-    uint32_t c = code < FA_Q8_ONE(FA_Q8_EMAX_UNSIGNED) ? code : FA_Q8_ONE(FA_Q8_EMAX_UNSIGNED);
-    return fa_f16_to_f32((uint16_t)(c << 7)) * 3.0517578125e-05f; /* 2**-15 */
+    return fa_q8_finite_value(code, qsigned);
 }
 
 /* value of one code in a block of this absmax (the rare paths: one at a time) */
@@ -321,7 +328,7 @@ FA_Q8_TARGET static void fa_q8_load_f16c_avx2(float *restrict out, const uint8_t
             _mm256_storeu_ps(out + i, _mm256_mul_ps(y, scale));
         }
     }
-    for (; i < n; i++) out[i] = fa_q8_value(in[i], qsigned) * absmax;
+    for (; i < n; i++) out[i] = fa_q8_finite_value(in[i], qsigned) * absmax;
 }
 
 /* 8 codes (in 16-bit lanes) of in[0..8): x * cap = min(|value| * inv_cap, cap), cap = 1
@@ -776,9 +783,11 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
             for (ptrdiff_t i = 0; i < n; i++)                                        \
                 out[i] = fa_q8_decode(in[i], absmax, qsigned);                       \
         else if (qsigned)                                                            \
-            for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_q8_value(in[i], 1) * absmax; \
+            for (ptrdiff_t i = 0; i < n; i++)                                        \
+                out[i] = fa_q8_finite_value(in[i], 1) * absmax;                      \
         else                                                                         \
-            for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_q8_value(in[i], 0) * absmax; \
+            for (ptrdiff_t i = 0; i < n; i++)                                        \
+                out[i] = fa_q8_finite_value(in[i], 0) * absmax;                      \
     }                                                                                \
     /* 8-bit state: the block's new absmax, then its codes; returns the absmax */    \
     FA_ATTR_##ISA static float fa_q8_store_##ISA(uint8_t *restrict out,              \
