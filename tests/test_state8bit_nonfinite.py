@@ -13,6 +13,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 from conftest import BACKENDS, COMPILED, VARIANTS, assert_unchanged, snapshot
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fusedadam as fa
 from fusedadam import reference
@@ -242,6 +244,51 @@ def test_every_nonfinite_code_written_into_the_state_decodes_alike(variant, simd
             opt.step([make(p.size, 5)])
         runs.append((p, opt))
     assert_runs_equal(*runs)
+
+
+@needs_compiled
+@given(
+    size=st.integers(4096, 4096 + 600),
+    bad=st.lists(
+        st.tuples(st.integers(0, 4096 + 599), st.sampled_from(sorted(BAD)), st.integers(0, 2)),
+        min_size=1,
+        max_size=12,
+    ),
+    variant=st.sampled_from(NONFINITE_VARIANTS),
+    chunk=st.sampled_from([16, 272, 16384]),
+    threads=st.sampled_from([1, 2]),
+)
+@settings(max_examples=30, deadline=None)
+def test_fuzz_nonfinite_positions(size, bad, variant, chunk, threads):
+    """Random sizes and random infs and NaNs at random steps: compiled == reference bit for
+    bit, and non-finite exactly where float32 state is."""
+    from fusedadam import _kernels
+
+    cls, options = VARIANTS[variant]
+    grads = [make(size, 20 + t, 2.0) for t in range(3)]
+    for where, kind, t in bad:
+        grads[t][where % size] = BAD[kind]
+    runs = []
+    saved = _kernels.get_chunk_size()
+    _kernels.set_chunk_size(chunk)
+    try:
+        for backend, state_dtype in (("compiled", "8bit"), ("numpy", "8bit"), ("numpy", None)):
+            p = make(size, 1)
+            opt = cls([p], backend=backend, state_dtype=state_dtype, nonfinite="ignore",
+                      num_threads=threads, **options)  # fmt: skip
+            with np.errstate(all="ignore"):
+                for g in grads:
+                    opt.step([g.copy()])
+            runs.append((p, opt))
+    finally:
+        _kernels.set_chunk_size(saved)
+    assert_runs_equal(runs[0], runs[1])
+    (p, opt), (p32, opt32) = runs[0], runs[2]
+    assert_same_bits(np.isfinite(p), np.isfinite(p32))
+    want = decoded(opt32, p32)
+    for name, value in decoded(opt, p).items():
+        assert_same_bits(np.isnan(value), np.isnan(want[name]))
+        assert_same_bits(np.isinf(value), np.isinf(want[name]))
 
 
 # ----------------------------------------------------------------- the non-finite policies
