@@ -110,7 +110,8 @@ def test_a_block_of_nothing_but_inf_and_nan_has_scale_zero_and_decodes_back(sign
 # A param of 16 whole blocks and a partial one of 1 or 100 elements (the staged path's
 # partial block; the fused loop takes the whole ones): gradients that put inf, -inf and NaN
 # into the moments at the first, last and middle element of block 0, block 1 all of them,
-# and the last element of the param. nonfinite="ignore" lets them through.
+# one in a block of subnormal and one in a block of huge moments, and the last element of
+# the param. nonfinite="ignore" lets them through.
 SIZES = [4096 + 1, 4096 + 100]  # 8-bit from 4096 elements
 
 
@@ -122,6 +123,10 @@ def bad_grads(size, steps, dtype):
             g[[0, 255, 128]] = [np.inf, -np.inf, np.nan]
             g[256:512] = np.resize(np.array([np.inf, -np.inf, np.nan], np.float32), 256)
             g[-1] = -np.inf
+            g[1280:1536] *= np.float32(1e-39)  # subnormal moments beside an inf
+            g[1283] = np.inf
+            g[1536:1792] *= np.float32(1e37)  # huge finite moments beside a NaN
+            g[1541] = np.nan
         if t == 1:
             g[700] = np.float32(1e30)  # finite: its square overflows v only
         grads.append(g.astype(dtype))
