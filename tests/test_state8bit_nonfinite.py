@@ -386,3 +386,26 @@ def test_nonfinite_codes_round_trip_and_convert_to_float_state(backend):
     back = fa.Adam([p.copy()], backend=backend, state_dtype="8bit")
     back.load_state_dict(wide.state_dict(), convert=True)
     assert_same_bits(back.state[back.param_groups[0]["params"][0]]["exp_avg"], m)
+
+
+# ----------------------------------------------------------------- torch front end
+
+
+def test_torch_front_end_keeps_an_overflowing_moment_in_its_element():
+    torch = pytest.importorskip("torch")
+    import fusedadam.torch as fat
+
+    p = torch.nn.Parameter(torch.zeros(5000))
+    opt = fat.Adam([p], state_dtype="8bit")
+    g = torch.full((5000,), 0.1)
+    g[3] = 1e30  # finite: passes the gradient scan; its square overflows v
+    p.grad = g
+    opt.step()
+    p.grad = torch.full((5000,), 0.1)
+    opt.step()
+    st = opt.state[p]
+    assert torch.isfinite(p.detach()).all()
+    assert st["exp_avg_sq"][3].item() == 0xFF
+    assert torch.isfinite(st["exp_avg_sq_absmax"]).all()
+    v = reference.q8_dequantize(st["exp_avg_sq"].numpy(), st["exp_avg_sq_absmax"].numpy(), False)
+    assert np.flatnonzero(~np.isfinite(v)).tolist() == [3]
