@@ -47,6 +47,14 @@ VARIANTS = {
     ),
     "lion": (fa.Lion, {}),
     "lion_maximize": (fa.Lion, {"weight_decay": 0.0, "maximize": True, "betas": (0.95, 0.98)}),
+    "ademamix": (fa.AdEMAMix, {}),
+    "ademamix_warmup_l2": (fa.AdEMAMix, {"t_alpha_beta3": 7.0, "alpha": 2.0, "weight_decay": 0.1}),
+    "ademamix_decoupled_maximize": (
+        fa.AdEMAMix,
+        {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True},
+    ),
+    "adan": (fa.Adan, {"weight_decay": 0.05}),
+    "adan_no_prox_maximize": (fa.Adan, {"weight_decay": 0.05, "no_prox": True, "maximize": True}),
 }
 
 

@@ -311,3 +311,22 @@ def test_kernel_step_times_whole_steps():
     before = p.copy()
     step()
     assert (p < before).all()
+
+
+def test_reference_peer_steps_the_package_class(monkeypatch):
+    """The "reference" peer builds ``module:Class`` with the algorithm's reference options
+    and steps the shared arrays; an algorithm without one is a skip note."""
+    torch = pytest.importorskip("torch")
+    algorithm = peers.Algorithm("Adam", reference="torch.optim:Adam",
+                                reference_options={"betas": (0.5, 0.5)})  # fmt: skip
+    monkeypatch.setitem(peers.ALGORITHMS, "probe-ref", algorithm)
+    notes = {}
+    params = [np.zeros(10, np.float32)]
+    fns = peers.build(["reference"], "probe-ref", lambda: params, [np.ones(10, np.float32)], 1,
+                      notes)  # fmt: skip
+    before = params[0].copy()  # the build stepped once (a peer that cannot step fails there)
+    fns["reference"]()
+    assert not notes and not np.array_equal(params[0], before)
+    assert torch.get_num_threads() == 1
+    fns = peers.build(["reference"], "adam", lambda: params, [np.ones(10, np.float32)], 1, notes)
+    assert fns == {} and "no reference package" in peers.skipped(notes)[0]

@@ -144,7 +144,10 @@ def test_random_hyperparameters_bit_identical(
     variant, dtype, size, steps, lr, beta1, beta2, weight_decay, num_threads, seed, scale
 ):
     cls, options = VARIANTS[variant]
-    options = {**options, "lr": lr, "betas": (beta1, beta2), "weight_decay": weight_decay}
+    betas = (beta1, beta2)
+    if cls.algorithm.n_betas == 3:  # AdEMAMix, Adan; the warmup takes log(beta1)
+        betas = (beta1 if beta1 or "t_alpha_beta3" not in options else 0.5, beta2, 0.99)
+    options = {**options, "lr": lr, "betas": betas, "weight_decay": weight_decay}
     rng = np.random.default_rng(seed)
     p0 = rng.standard_normal(size).astype(dtype)
     grads = [(rng.standard_normal(size) * scale).astype(dtype) for _ in range(steps)]

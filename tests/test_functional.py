@@ -17,6 +17,16 @@ FUNCTIONS = {
     "RAdam": (fa.functional.radam, ("exp_avg", "exp_avg_sq"), {"weight_decay": 0.01}),
     "AdaBelief": (fa.functional.adabelief, ("exp_avg", "exp_avg_var"), {}),
     "Lion": (fa.functional.lion, ("exp_avg",), {"lr": lambda t: 1e-3 / t}),
+    "AdEMAMix": (
+        fa.functional.ademamix,
+        ("exp_avg", "exp_avg_sq", "exp_avg_slow"),
+        {"t_alpha_beta3": 5.0, "weight_decay": 0.1},
+    ),
+    "Adan": (
+        fa.functional.adan,
+        ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad"),
+        {"weight_decay": 0.05},
+    ),
 }
 
 
@@ -38,12 +48,13 @@ def test_function_is_the_class_step(name, dtype, backend):
     if "mu_product" in state_names:
         states["mu_product"] = [np.ones(()) for _ in p_func]
     betas = _algorithms.DEFAULTS[name][1]["betas"]
+    beta3 = {"beta3": betas[2]} if len(betas) == 3 else {}
     for t in range(1, 8):
         grads = [rng.standard_normal(s).astype(dtype) for s in shapes]
         opt.step(grads)
         took = function(
             p_func, grads, *(states[n] for n in state_names), step=t, beta1=betas[0],
-            beta2=betas[1], backend=backend, **options,
+            beta2=betas[1], backend=backend, **beta3, **options,
         )  # fmt: skip
         assert took is True
     for k, (a, b) in enumerate(zip(p_class, p_func)):

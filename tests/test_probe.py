@@ -32,9 +32,9 @@ def test_probe_matches_reference(dtype, n, n_threads, amsgrad):
     compiled = _arrays(n, dtype, amsgrad, seed=n)
     expected = [a.copy() for a in compiled]
     p, g, m, v = compiled[:4]
-    thirds = [compiled[4]] if amsgrad else None
+    thirds = [[compiled[4]]] if amsgrad else []
     for _ in range(3):
-        _kernels.probe([p], [g], [m], [v], thirds, n_threads=n_threads)
+        _kernels.probe([p], [g], [m], [v], *thirds, n_threads=n_threads)
         fusedadam.reference.probe_update(*expected[:4], *expected[4:])
     for got, want in zip(compiled, expected):
         assert got.dtype == want.dtype
@@ -73,3 +73,21 @@ def test_probe_with_one_state_array(n_threads):
     fusedadam.reference.probe_update(*want)
     np.testing.assert_array_equal(p, want[0])
     np.testing.assert_array_equal(m, want[2])
+
+
+@pytest.mark.parametrize("n_states", [1, 2, 3, 4])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_probe_moves_every_state_count_the_slots_hold(n_states, n_threads):
+    """1 to FA_MAX_SLOTS - 2 state arrays (Lion 1, Adam 2, AMSGrad 3, Adan 4), one pass."""
+    limit = _kernels.MAX_STATE_SLOTS
+    rng = np.random.default_rng(n_states)
+    arrays = [rng.standard_normal(50_001).astype(np.float32) for _ in range(2 + n_states)]
+    want = [a.copy() for a in arrays]
+    if n_states > limit:
+        with pytest.raises(ValueError, match=f"1 to {limit} lists"):
+            _kernels.probe(*[[a] for a in arrays], n_threads=n_threads)
+        return
+    _kernels.probe(*[[a] for a in arrays], n_threads=n_threads)
+    fusedadam.reference.probe_update(*want)
+    for got, expected in zip(arrays, want):
+        np.testing.assert_array_equal(got, expected, strict=True)

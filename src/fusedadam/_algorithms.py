@@ -30,6 +30,8 @@ class Algorithm(NamedTuple):
     nonnegative : tuple of str
         State arrays that are never negative: ``state_dtype="8bit"`` stores them with the
         unsigned map (one more bit of magnitude); the others with the signed map.
+    n_betas : int
+        How many decay rates its ``betas`` holds (3: AdEMAMix, Adan).
     """
 
     name: str
@@ -37,6 +39,7 @@ class Algorithm(NamedTuple):
     optional_state: tuple = ()
     scalar_state: tuple = ()
     nonnegative: tuple = ("exp_avg_sq", "max_exp_avg_sq", "exp_inf", "exp_avg_var")
+    n_betas: int = 2
 
     def slot_names(self, group):
         """The state arrays a step of ``group`` reads and writes, in slot order."""
@@ -63,6 +66,11 @@ ALGORITHMS = {
     "adabelief": Algorithm("adabelief", ("exp_avg", "exp_avg_var")),
     "lion": Algorithm("lion", ("exp_avg",)),
     "sparse_adam": Algorithm("sparse_adam", ("exp_avg", "exp_avg_sq")),
+    # pytorch_optimizer's state names: the slow EMA is signed
+    "ademamix": Algorithm("ademamix", ("exp_avg", "exp_avg_sq", "exp_avg_slow"), n_betas=3),
+    # timm's state names and layout: neg_pre_grad holds -g of the last step (signed, as
+    # exp_avg_diff); exp_avg_sq (n) is the one nonnegative array
+    "adan": Algorithm("adan", ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad"), n_betas=3),
 }
 
 
@@ -140,14 +148,45 @@ DEFAULTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
         "lion",
         {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 1e-3, "maximize": False, **_SHARED},
     ),
+    # pytorch_optimizer.AdEMAMix's defaults (its weight_decouple is decoupled_weight_decay)
+    "AdEMAMix": (
+        "ademamix",
+        {
+            "lr": 1e-3,
+            "betas": (0.9, 0.999, 0.9999),
+            "alpha": 5.0,
+            "t_alpha_beta3": None,
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "decoupled_weight_decay": False,
+            "maximize": False,
+            **_SHARED,
+        },
+    ),
+    # timm.optim.Adan's defaults
+    "Adan": (
+        "adan",
+        {
+            "lr": 1e-3,
+            "betas": (0.98, 0.92, 0.99),
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "no_prox": False,
+            "maximize": False,
+            **_SHARED,
+        },
+    ),
 }
 
 
 def hyper_dict(algorithm, group):
     """The hyperparameters of a validated group as ``fa_hyper`` reads them: every field, in
     double (NumPy scalars included: the scalars are formed in double on every path)."""
-    decoupled = algorithm.name == "lion" or bool(group.get("decoupled_weight_decay", False))
-    beta1, beta2 = group["betas"]
+    decoupled = algorithm.name in ("lion", "adan") or bool(
+        group.get("decoupled_weight_decay", False)
+    )
+    beta1, beta2 = group["betas"][:2]
+    t_alpha_beta3 = group.get("t_alpha_beta3")
     return {
         "algorithm": algorithm.name,
         "amsgrad": bool(group.get("amsgrad", False)),
@@ -161,4 +200,8 @@ def hyper_dict(algorithm, group):
         "weight_decay": float(group.get("weight_decay", 0.0)),
         "beta1_decay": float(group.get("beta1_decay", 1.0)),
         "momentum_decay": float(group.get("momentum_decay", 0.0)),
+        "beta3": float(group["betas"][2]) if len(group["betas"]) > 2 else 0.0,
+        "alpha": float(group.get("alpha", 0.0)),
+        "t_alpha_beta3": 0.0 if t_alpha_beta3 is None else float(t_alpha_beta3),
+        "no_prox": bool(group.get("no_prox", False)),
     }

@@ -14,6 +14,7 @@ DTYPES: Final[Tuple[str, ...]]
 SCALAR_FIELDS: Final[Tuple[str, ...]]
 MAX_NUM_THREADS: Final[int]
 Q8_BLOCK: Final[int]
+MAX_STATE_SLOTS: Final[int]
 
 def openmp_enabled() -> bool:
     """True when the extension was compiled with OpenMP."""
@@ -112,9 +113,7 @@ class Probe:
         self,
         params: Sequence[np.ndarray],
         grads: Sequence[np.ndarray],
-        exp_avgs: Sequence[np.ndarray],
-        exp_avg_sqs: Optional[Sequence[np.ndarray]] = ...,
-        thirds: Optional[Sequence[np.ndarray]] = ...,
+        *states: Sequence[np.ndarray],
     ) -> None: ...
     def run(self, n_threads: int = ...) -> None:
         """One probe pass over every array, in place, on ``n_threads`` threads."""
@@ -122,9 +121,7 @@ class Probe:
 def probe(
     params: Sequence[np.ndarray],
     grads: Sequence[np.ndarray],
-    exp_avgs: Sequence[np.ndarray],
-    exp_avg_sqs: Optional[Sequence[np.ndarray]] = ...,
-    thirds: Optional[Sequence[np.ndarray]] = ...,
+    *states: Sequence[np.ndarray],
     n_threads: int = ...,
 ) -> None:
     """One probe pass over lists of arrays, in place."""

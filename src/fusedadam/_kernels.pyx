@@ -37,6 +37,8 @@ cdef extern from "Python.h":
     bint PyDict_Next(object d, Py_ssize_t *pos, PyObject **key, PyObject **value)
 
 cdef extern from "_dispatch.h" nogil:
+    enum:
+        FA_MAX_STATES
     ctypedef struct fa_scalars:
         double sign
         double weight_decay
@@ -49,6 +51,12 @@ cdef extern from "_dispatch.h" nogil:
         double eps
         double eps_root
         double grad_coef
+        double beta3
+        double one_minus_beta3
+        double slow_coef
+        double diff_coef
+        double prox
+        double first
     ctypedef void (*fa_loop_fn)(char **a, ptrdiff_t n, const fa_scalars *s) noexcept nogil
     ctypedef ptrdiff_t (*fa_scan_fn)(const void *grad, ptrdiff_t n) noexcept nogil
     ctypedef struct fa_sparse_scalars:
@@ -71,9 +79,9 @@ cdef extern from "_dispatch.h" nogil:
         char *param
         char *lowp
         const char *grad
-        char *state[3]
-        float *scale[3]
-        int qsigned[3]
+        char *state[FA_MAX_STATES]
+        float *scale[FA_MAX_STATES]
+        int qsigned[FA_MAX_STATES]
         int n_states, grad_type, state_type, lowp_type
     ctypedef void (*fa_staged_fn)(fa_loop_fn dense, const fa_segment *x, ptrdiff_t n,
                                   const fa_scalars *s, const fa_pre *pre) noexcept nogil
@@ -193,6 +201,10 @@ cdef extern from "_scalars.h" nogil:
         double weight_decay
         double beta1_decay
         double momentum_decay
+        double beta3
+        double alpha
+        double t_alpha_beta3
+        int no_prox
     enum:
         FA_N_ALGORITHMS
     const char *fa_algorithm_names[]
@@ -206,7 +218,8 @@ LOOP_KINDS = tuple(fa_kind_names[i].decode() for i in range(FA_N_KINDS))
 ALGORITHMS = tuple(fa_algorithm_names[i].decode() for i in range(FA_N_ALGORITHMS))
 DTYPES = tuple(fa_dtype_names[i].decode() for i in range(FA_N_DTYPES))
 SCALAR_FIELDS = ("sign", "weight_decay", "decay", "beta1", "one_minus_beta1", "beta2",
-                 "one_minus_beta2", "step_size", "eps", "eps_root", "grad_coef")
+                 "one_minus_beta2", "step_size", "eps", "eps_root", "grad_coef", "beta3",
+                 "one_minus_beta3", "slow_coef", "diff_coef", "prox", "first")
 _TYPENUM_TO_DTYPE = {cnp.dtype(name).num: i for i, name in enumerate(DTYPES)}
 cdef int _TYPENUM_BF16 = cnp.dtype(_ml_dtypes.bfloat16).num
 cdef int _TYPENUM_F16 = cnp.dtype("float16").num
@@ -214,6 +227,8 @@ cdef int _TYPENUM_F32 = cnp.dtype("float32").num
 cdef int _TYPENUM_F64 = cnp.dtype("float64").num
 cdef int _TYPENUM_U8 = cnp.dtype("uint8").num
 Q8_BLOCK = FA_Q8_BLOCK
+# State arrays a loop call takes (FA_MAX_SLOTS less the param and gradient slots).
+MAX_STATE_SLOTS = FA_MAX_SLOTS - FA_STATE0
 
 cdef int _best_isa = fa_cpu_best_isa()
 cdef int _isa = _best_isa
@@ -346,12 +361,19 @@ cdef void _read_hyper(fa_hyper *h, dict hyper) except *:
     h.weight_decay = hyper["weight_decay"]
     h.beta1_decay = hyper["beta1_decay"]
     h.momentum_decay = hyper["momentum_decay"]
+    # the fields of the three-beta algorithms: absent (0) in a hyper dict of the others
+    h.beta3 = hyper.get("beta3", 0.0)
+    h.alpha = hyper.get("alpha", 0.0)
+    h.t_alpha_beta3 = hyper.get("t_alpha_beta3", 0.0)
+    h.no_prox = bool(hyper.get("no_prox", False))
 
 
 cdef dict _scalars_dict(fa_scalars *s):
     return dict(zip(SCALAR_FIELDS, (s.sign, s.weight_decay, s.decay, s.beta1,
                                     s.one_minus_beta1, s.beta2, s.one_minus_beta2,
-                                    s.step_size, s.eps, s.eps_root, s.grad_coef)))
+                                    s.step_size, s.eps, s.eps_root, s.grad_coef, s.beta3,
+                                    s.one_minus_beta3, s.slow_coef, s.diff_coef, s.prox,
+                                    s.first)))
 
 
 def step_scalars(dict hyper, double t, double lr, double mu_product=1.0):
@@ -378,9 +400,9 @@ cdef struct GroupData:
     char **lowp                 # per array: the bfloat16/float16 param, or NULL
     # per array, 4 FA_ET_*: compute, grad (this step), state, low-precision param (-1: none)
     int *types
-    # per array, 3 per state slot: the block scales (absmax) of FA_ET_Q8 state, or NULL
+    # per array, FA_MAX_STATES per state slot: the block scales of FA_ET_Q8 state, or NULL
     float **scales
-    int qsigned[3]              # per state slot: the signed (1) or unsigned (0) 8-bit map
+    int qsigned[FA_MAX_STATES]  # per state slot: the signed (1) or unsigned (0) 8-bit map
     Py_ssize_t *offsets         # n_arrays + 1 prefix sums of element counts
     const fa_loops **loops      # per array: the dispatch row of its compute type
     const fa_grad_fns **grad_fns  # per array: the scans of its gradient's type (this step)
@@ -437,7 +459,8 @@ cdef inline void _run_segment(GroupData *d, Py_ssize_t k, Py_ssize_t e,
     x.grad_type, x.state_type, x.lowp_type = types[1], types[2], types[3]
     for j in range(x.n_states):
         x.qsigned[j] = d.qsigned[j]
-        x.scale[j] = (d.scales[3 * k + j] + e // FA_Q8_BLOCK) if types[2] == FA_ET_Q8 else NULL
+        x.scale[j] = ((d.scales[FA_MAX_STATES * k + j] + e // FA_Q8_BLOCK)
+                      if types[2] == FA_ET_Q8 else NULL)
     d.loops[k].staged(d.loops[k].dense[d.kind], &x, n, &d.scalars, &d.pre)
 
 
@@ -590,8 +613,9 @@ cdef int _group_alloc(GroupData *d) except -1:
     d.offsets = <Py_ssize_t *>malloc(n * sizeof(Py_ssize_t))
     d.lowp = <char **>malloc(n * sizeof(char *))
     d.types = <int *>malloc(4 * n * sizeof(int))
-    d.scales = <float **>calloc(3 * n, sizeof(float *))
-    d.qsigned[0] = d.qsigned[1] = d.qsigned[2] = 1
+    d.scales = <float **>calloc(FA_MAX_STATES * n, sizeof(float *))
+    for slot in range(FA_MAX_STATES):
+        d.qsigned[slot] = 1
     d.loops = <const fa_loops **>malloc(n * sizeof(fa_loops *))
     d.grad_fns = <const fa_grad_fns **>malloc(n * sizeof(fa_grad_fns *))
     if (not d.offsets or not d.lowp or not d.types or not d.loops or not d.grad_fns
@@ -789,7 +813,7 @@ cdef class GroupPlan:
                 if (scale is None) != (self.d.types[4 * k + 2] != FA_ET_Q8):
                     raise ValueError(f"internal error: params[{self.first_index + k}] scales")
                 if scale is not None:
-                    self.d.scales[3 * k + slot] = <float *>_data(scale, self.d.offsets)
+                    self.d.scales[FA_MAX_STATES * k + slot] = <float *>_data(scale, self.d.offsets)
             self.d.types[4 * k + 3] = -1
             self.d.lowp[k] = NULL
             if self.masters[k] is not None:
@@ -893,7 +917,8 @@ cdef class GroupPlan:
                     return False
                 scale = self.scales[slot - FA_STATE0][k]
                 if scale is not None and not _same_array(
-                        scale, scale, <char *>self.d.scales[3 * k + slot - FA_STATE0]):
+                        scale, scale,
+                        <char *>self.d.scales[FA_MAX_STATES * k + slot - FA_STATE0]):
                     return False
         return self._layouts_fit()
 
@@ -1464,23 +1489,24 @@ def sparse_adam_step(cnp.ndarray param, cnp.ndarray exp_avg, cnp.ndarray exp_avg
 cdef class Probe:
     """The bandwidth probe (loop kind ``probe``) over fixed lists of arrays, for benchmarks.
 
-    Moves a step's bytes (reads p, g, m, and v and AMSGrad's max when given; writes them
-    back) with trivial arithmetic, ``m += g; (v += g; x += g;) p -= g`` exactly as
-    ``reference.probe_update``, through the same pointer tables and thread split as a step:
-    the roofline of the benchmarks. The arrays must be acceptable to an optimizer (same
-    dtype and shape, C-contiguous, writeable, not aliasing); ``run`` re-checks nothing.
+    Moves a step's bytes (reads p, g and each list of state arrays given; writes p and the
+    states back) with trivial arithmetic, ``s += g`` for each state and ``p -= g``, exactly
+    as ``reference.probe_update``, through the same pointer tables and thread split as a
+    step: the roofline of the benchmarks. The arrays must be acceptable to an optimizer
+    (same dtype and shape, C-contiguous, writeable, not aliasing); ``run`` re-checks nothing.
     """
     cdef GroupData d
     cdef tuple keep
 
-    def __cinit__(self, params, grads, exp_avgs, exp_avg_sqs=None, thirds=None):
+    def __cinit__(self, params, grads, *states):
         cdef Py_ssize_t n = len(params), k
         cdef int slot
         cdef cnp.ndarray a
-        if exp_avg_sqs is None and thirds is not None:
-            raise ValueError("probe: thirds need exp_avg_sqs")
-        columns = [list(params), list(grads), list(exp_avgs)]
-        columns += [list(c) for c in (exp_avg_sqs, thirds) if c is not None]
+        if not 1 <= len(states) <= FA_MAX_SLOTS - FA_STATE0:
+            raise ValueError(
+                f"probe: 1 to {FA_MAX_SLOTS - FA_STATE0} lists of state arrays, "
+                f"got {len(states)}")
+        columns = [list(params), list(grads)] + [list(c) for c in states]
         self.keep = tuple(tuple(c) for c in columns)
         self.d.n_arrays = n
         self.d.n_slots = len(columns)
@@ -1519,9 +1545,9 @@ cdef class Probe:
             _run(&self.d, n_threads)
 
 
-def probe(params, grads, exp_avgs, exp_avg_sqs=None, thirds=None, int n_threads=1):
+def probe(params, grads, *states, int n_threads=1):
     """One probe pass (see ``Probe``) over lists of arrays, in place."""
-    Probe(params, grads, exp_avgs, exp_avg_sqs, thirds).run(n_threads)
+    Probe(params, grads, *states).run(n_threads)
 
 
 # ------------------------------------------------------------------ conversions (tests)

@@ -32,11 +32,19 @@ typedef struct {
     double eps;              /* added to the denominator */
     double eps_root;         /* AdaBelief: added to the second moment itself */
     double grad_coef;        /* NAdam: multiplies g in the numerator */
+    double beta3;            /* AdEMAMix: the slow EMA's decay of this step; Adan: n's */
+    double one_minus_beta3;
+    double slow_coef;        /* AdEMAMix: multiplies the slow EMA in the numerator */
+    double diff_coef;        /* Adan: multiplies the gradient-difference EMA */
+    double prox;             /* Adan (proximal decay): the param is divided by it; else 1 */
+    double first;            /* Adan: 1 on step 1 (the previous gradient is this one) */
 } fa_scalars;
 
 /* Array slots of a loop call: the param, its gradient, then the state arrays in the order
- * of the algorithm's state names (fusedadam/_algorithms.py). */
-enum { FA_PARAM = 0, FA_GRAD = 1, FA_STATE0 = 2, FA_MAX_SLOTS = 5 };
+ * of the algorithm's state names (fusedadam/_algorithms.py): at most FA_MAX_STATES (Adan's
+ * four). The staged runner (_mixed.h) keeps one stack buffer per state slot. */
+enum { FA_PARAM = 0, FA_GRAD = 1, FA_STATE0 = 2, FA_MAX_STATES = 4,
+       FA_MAX_SLOTS = FA_STATE0 + FA_MAX_STATES };
 
 /* The loop kinds, in the order of their numbers: X(name, body, COUPLED, FLAG, ...). Each
  * body that can take the L2 term comes as a pair, name and name_l2 (COUPLED = 1). Python
@@ -50,7 +58,9 @@ enum { FA_PARAM = 0, FA_GRAD = 1, FA_STATE0 = 2, FA_MAX_SLOTS = 5 };
     FA_PAIR(X, nadam, FA_NADAM_BODY, 0, __VA_ARGS__)                                 \
     FA_PAIR(X, momentum, FA_MOMENTUM_BODY, 0, __VA_ARGS__)                           \
     FA_PAIR(X, adabelief, FA_ADABELIEF_BODY, 0, __VA_ARGS__)                         \
-    X(lion, FA_LION_BODY, 0, 0, __VA_ARGS__) X(probe, FA_PROBE_BODY, 0, 0, __VA_ARGS__)
+    X(lion, FA_LION_BODY, 0, 0, __VA_ARGS__) X(probe, FA_PROBE_BODY, 0, 0, __VA_ARGS__) \
+    FA_PAIR(X, ademamix, FA_ADEMAMIX_BODY, 0, __VA_ARGS__)                           \
+    X(adan, FA_ADAN_BODY, 0, 0, __VA_ARGS__) X(adan_prox, FA_ADAN_BODY, 0, 1, __VA_ARGS__)
 
 #define FA_KIND_ENUM(name, body, coupled, flag, ...) FA_KIND_##name,
 enum { FA_DENSE_KINDS(FA_KIND_ENUM, ~) FA_N_KINDS };
@@ -59,6 +69,18 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
 
 #if defined(_MSC_VER) && !defined(__clang__)
 #define restrict __restrict
+#endif
+
+/* The arrays of one loop call never overlap (fusedadam/_validation.py refuses aliasing), but
+ * a restrict on a local pointer does not tell gcc so: it versions a loop with a run-time
+ * overlap test per pair of arrays, and gives up vectorizing beyond 10 tests (Adan's six
+ * arrays need 15). FA_NO_OVERLAP before such a loop states it. */
+#if defined(__clang__)
+#define FA_NO_OVERLAP _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define FA_NO_OVERLAP _Pragma("GCC ivdep")
+#else
+#define FA_NO_OVERLAP
 #endif
 
 /* max that propagates NaN from either side, as numpy.maximum does. */
@@ -208,35 +230,94 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
         }                                                                            \
     }
 
+/* AdEMAMix (Pagliardini et al. 2024, as pytorch_optimizer.AdEMAMix): Adam's moments and a
+ * slow EMA s = b3_t s + (1 - b3_t) g (not bias-corrected), mixed into the numerator,
+ *     p -= (step_size * m + slow_coef * s) / (sqrt(v) + eps)
+ * with step_size = lr/bc1*sqrt(bc2), slow_coef = lr*alpha_t*sqrt(bc2), eps = eps*sqrt(bc2):
+ * the package's lr * (m/bc1 + alpha_t s) / (sqrt(v)/sqrt(bc2) + eps) with one division. */
+#define FA_ADEMAMIX_BODY(T, SQRT, FABS, COUPLED, FLAG)                               \
+    FA_MOMENTS_LOOP(T, COUPLED,                                                      \
+        T *restrict slow_ = (T *)a[FA_STATE0 + 2];                                   \
+        const T b3 = (T)s->beta3;                                                    \
+        const T omb3 = (T)s->one_minus_beta3;                                        \
+        const T step_size = (T)s->step_size;                                         \
+        const T slow_coef = (T)s->slow_coef;                                         \
+        const T eps = (T)s->eps;,                                                    \
+        T slow = b3 * slow_[i] + omb3 * g;                                           \
+        slow_[i] = slow;                                                             \
+        FA_DIVIDED_STEP(T, SQRT, step_size * m + slow_coef * slow, v))
+
+/* Adan (Xie et al. 2022, as timm.optim.Adan): with d = g - g_prev (0 on step 1, where
+ * timm takes g_prev = g) and w = g + b2 d,
+ *     m = b1 m + (1 - b1) g,  dm = b2 dm + (1 - b2) d,  n = b3 n + (1 - b3) w w
+ *     p = p * decay - (step_size * m + diff_coef * dm) / (sqrt(n) + eps)
+ *     p = p / prox                                               (PROX: timm's no_prox=False)
+ * step_size = lr/bc1*sqrt(bc3), diff_coef = lr*b2/bc2*sqrt(bc3), eps = eps*sqrt(bc3): timm's
+ * two addcdiv terms over one denominator, with one division. The fourth state is timm's
+ * neg_pre_grad, -g of this step (the gradient the loop sees: unscaled, clipped, signed). */
+#define FA_ADAN_BODY(T, SQRT, FABS, COUPLED, PROX)                                   \
+    {                                                                                \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        T *restrict m_ = (T *)a[FA_STATE0];                                          \
+        T *restrict n_ = (T *)a[FA_STATE0 + 1];                                      \
+        T *restrict dm_ = (T *)a[FA_STATE0 + 2];                                     \
+        T *restrict neg_prev_ = (T *)a[FA_STATE0 + 3];                               \
+        const T b1 = (T)s->beta1, omb1 = (T)s->one_minus_beta1;                      \
+        const T b2 = (T)s->beta2, omb2 = (T)s->one_minus_beta2;                      \
+        const T b3 = (T)s->beta3, omb3 = (T)s->one_minus_beta3;                      \
+        const T step_size = (T)s->step_size, diff_coef = (T)s->diff_coef;            \
+        const T eps = (T)s->eps, prox = (T)s->prox;                                  \
+        const int first = s->first != 0.0;                                           \
+        (void)prox;                                                                  \
+        FA_NO_OVERLAP                                                                \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
+            T neg_prev = first ? -g : neg_prev_[i];                                  \
+            T d = neg_prev + g;                                                      \
+            T m = b1 * m_[i] + omb1 * g;                                             \
+            T dm = b2 * dm_[i] + omb2 * d;                                           \
+            T w = b2 * d + g;                                                        \
+            T nn = b3 * n_[i] + omb3 * w * w;                                        \
+            m_[i] = m;                                                               \
+            dm_[i] = dm;                                                             \
+            n_[i] = nn;                                                              \
+            neg_prev_[i] = -g;                                                       \
+            T denom = SQRT(nn) + eps;                                                \
+            p = p - (step_size * m + diff_coef * dm) / denom;                        \
+            if (PROX) p = p / prox;                                                  \
+            p_[i] = p;                                                               \
+        }                                                                            \
+    }
+
 /* Bandwidth probe with a step's memory traffic and trivial arithmetic: read p, g and the
- * state arrays given (m; m, v; or m, v and AMSGrad's third), write p and them. The fastest
- * the memory system can run a step moving those bytes (Lion: 1 state array, Adam: 2). */
+ * state arrays given (the first k state slots that are set, k = 1 .. FA_MAX_SLOTS - 2),
+ * write p and them, in one pass. The fastest the memory system can run a step moving those
+ * bytes (Lion: 1 state array, Adam: 2, AMSGrad: 3, ...). One loop per k, so each is
+ * vectorised as a step's loop is. */
+#define FA_PROBE_LOOP(T, STATES)                                                     \
+    for (ptrdiff_t i = 0; i < n; i++) {                                              \
+        T g = g_[i];                                                                 \
+        STATES                                                                       \
+        p_[i] = p_[i] - g;                                                           \
+    }
+#define FA_PROBE_S(j) s##j[i] = s##j[i] + g;
 #define FA_PROBE_BODY(T, SQRT, FABS, COUPLED, FLAG)                                  \
     {                                                                                \
         T *restrict p_ = (T *)a[FA_PARAM];                                           \
         const T *restrict g_ = (const T *)a[FA_GRAD];                                \
-        T *restrict m_ = (T *)a[FA_STATE0];                                          \
-        T *restrict v_ = (T *)a[FA_STATE0 + 1];                                      \
-        T *restrict x_ = (T *)a[FA_STATE0 + 2];                                      \
+        T *restrict s0 = (T *)a[FA_STATE0];                                          \
+        T *restrict s1 = FA_MAX_SLOTS > FA_STATE0 + 1 ? (T *)a[FA_STATE0 + 1] : 0;   \
+        T *restrict s2 = FA_MAX_SLOTS > FA_STATE0 + 2 ? (T *)a[FA_STATE0 + 2] : 0;   \
+        T *restrict s3 = FA_MAX_SLOTS > FA_STATE0 + 3 ? (T *)a[FA_STATE0 + 3] : 0;   \
         (void)s;                                                                     \
-        if (x_) {                                                                    \
-            for (ptrdiff_t i = 0; i < n; i++) {                                      \
-                T g = g_[i];                                                         \
-                m_[i] = m_[i] + g; v_[i] = v_[i] + g; x_[i] = x_[i] + g;             \
-                p_[i] = p_[i] - g;                                                   \
-            }                                                                        \
-        } else if (v_) {                                                             \
-            for (ptrdiff_t i = 0; i < n; i++) {                                      \
-                T g = g_[i];                                                         \
-                m_[i] = m_[i] + g; v_[i] = v_[i] + g;                                \
-                p_[i] = p_[i] - g;                                                   \
-            }                                                                        \
+        if (s3) {                                                                    \
+            FA_PROBE_LOOP(T, FA_PROBE_S(0) FA_PROBE_S(1) FA_PROBE_S(2) FA_PROBE_S(3)) \
+        } else if (s2) {                                                             \
+            FA_PROBE_LOOP(T, FA_PROBE_S(0) FA_PROBE_S(1) FA_PROBE_S(2))              \
+        } else if (s1) {                                                             \
+            FA_PROBE_LOOP(T, FA_PROBE_S(0) FA_PROBE_S(1))                            \
         } else {                                                                     \
-            for (ptrdiff_t i = 0; i < n; i++) {                                      \
-                T g = g_[i];                                                         \
-                m_[i] = m_[i] + g;                                                   \
-                p_[i] = p_[i] - g;                                                   \
-            }                                                                        \
+            FA_PROBE_LOOP(T, FA_PROBE_S(0))                                          \
         }                                                                            \
     }
 

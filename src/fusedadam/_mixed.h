@@ -33,6 +33,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_loops.h"
 #include "_residual.h"
 
 /* Storage element types; the first two are also the compute rows FA_DTYPE_f32/f64.
@@ -45,7 +46,7 @@ enum { FA_ET_F32 = 0, FA_ET_F64 = 1, FA_ET_BF16 = 2, FA_ET_F16 = 3, FA_N_ETS,
  * and encodes param and residual back from it (the fused x86 8-bit Adam loop: per 8
  * elements, in registers). */
 
-#define FA_STAGE 256      /* elements per staged block: 4 float32 buffers = 4 KB */
+#define FA_STAGE 256      /* elements per staged block: 1 KB per float32 buffer (at most 7) */
 #define FA_NORM_LANES 8
 
 /* Gradient pre-processing of one step of one group (sign is the loops' own). */
@@ -77,9 +78,9 @@ typedef struct {
                            * (FA_ET_RESID: the int16 residual of the master) */
     char *lowp;           /* the bfloat16/float16 param rounded from it, or NULL */
     const char *grad;
-    char *state[3];
-    float *scale[3];      /* FA_ET_Q8 state: the absmax of the segment's first block */
-    int qsigned[3];       /* FA_ET_Q8 state: 1 for the signed map, 0 for the unsigned one */
+    char *state[FA_MAX_STATES];
+    float *scale[FA_MAX_STATES]; /* FA_ET_Q8 state: the absmax of the segment's first block */
+    int qsigned[FA_MAX_STATES];  /* FA_ET_Q8 state: 1 for the signed map, 0 the unsigned */
     int n_states, grad_type, state_type, lowp_type;
 } fa_segment;
 
@@ -829,7 +830,7 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
                                                  ptrdiff_t n, const fa_scalars *s,   \
                                                  const fa_pre *pre)                  \
     {                                                                                \
-        float gbuf[FA_STAGE], sbuf[3][FA_STAGE], mbuf[FA_STAGE];                     \
+        float gbuf[FA_STAGE], sbuf[FA_MAX_STATES][FA_STAGE], mbuf[FA_STAGE];         \
         const int resid = x->lowp_type == FA_ET_RESID;                               \
         char *a[FA_MAX_SLOTS] = {0};                                                 \
         const int stage_grad = x->grad_type != FA_ET_F32 || pre->active;             \

@@ -12,7 +12,8 @@
 #include "_loops.h"
 
 /* Algorithms, in the order of their numbers; Python reads the names (_kernels.ALGORITHMS). */
-#define FA_ALGORITHMS(X) X(adam) X(adamax) X(nadam) X(radam) X(adabelief) X(lion) X(sparse_adam)
+#define FA_ALGORITHMS(X) X(adam) X(adamax) X(nadam) X(radam) X(adabelief) X(lion) X(sparse_adam) \
+    X(ademamix) X(adan)
 #define FA_ALGO_ENUM(name) FA_ALGO_##name,
 enum { FA_ALGORITHMS(FA_ALGO_ENUM) FA_N_ALGORITHMS };
 #define FA_ALGO_NAME(name) #name,
@@ -23,6 +24,10 @@ typedef struct {
     int algorithm;
     int amsgrad, decoupled, maximize, bias_correction;
     double beta1, beta2, eps, eps_root, weight_decay, beta1_decay, momentum_decay;
+    double beta3;          /* AdEMAMix: the slow EMA's decay; Adan: the third moment's */
+    double alpha;          /* AdEMAMix: the slow EMA's weight */
+    double t_alpha_beta3;  /* AdEMAMix: warmup steps of alpha and beta3; 0: none */
+    int no_prox;           /* Adan: decoupled decay p *= 1 - lr wd, not p /= 1 + lr wd */
 } fa_hyper;
 
 /* What a step of one group needs besides its arrays: the loop kind, its scalars, and the
@@ -38,6 +43,8 @@ static int fa_step_scalars(const fa_hyper *h, double t, double lr, double mu_pro
     s->decay = h->decoupled ? 1.0 - lr * h->weight_decay : 1.0;
     s->eps_root = 0.0;
     s->grad_coef = 0.0;
+    s->beta3 = s->one_minus_beta3 = s->slow_coef = s->diff_coef = s->first = 0.0;
+    s->prox = 1.0;
     if (h->algorithm == FA_ALGO_adam || h->algorithm == FA_ALGO_adamax) {
         beta1 = h->beta1 * pow(h->beta1_decay, t - 1.0);
         if (h->bias_correction) {
@@ -105,6 +112,43 @@ static int fa_step_scalars(const fa_hyper *h, double t, double lr, double mu_pro
         s->eps = h->eps;
         kind = FA_N_KINDS;
         break;
+    case FA_ALGO_ademamix: {
+        /* pytorch_optimizer.AdEMAMix: alpha_t = min(t alpha / T, alpha) and
+         * beta3_t = min(exp(ln b1 ln b3 / ((1 - t/T) ln b3 + (t/T) ln b1)), b3) with
+         * T = t_alpha_beta3 (validated: b1, b3 > 0 then), in its order of operations */
+        double alpha = h->alpha, beta3 = h->beta3;
+        if (h->t_alpha_beta3 > 0.0) {
+            double ramp = t * h->alpha / h->t_alpha_beta3;
+            double log_beta1 = log(h->beta1), log_beta3 = log(h->beta3);
+            double warm = exp(log_beta1 * log_beta3 /
+                              ((1.0 - t / h->t_alpha_beta3) * log_beta3 +
+                               (t / h->t_alpha_beta3) * log_beta1));
+            alpha = h->alpha < ramp ? h->alpha : ramp;
+            beta3 = h->beta3 < warm ? h->beta3 : warm;
+        }
+        s->beta3 = beta3;
+        s->one_minus_beta3 = 1.0 - beta3;
+        s->slow_coef = lr * alpha * sqrt(bc2);
+        kind = coupled ? FA_KIND_ademamix_l2 : FA_KIND_ademamix;
+        break;
+    }
+    case FA_ALGO_adan: {
+        /* timm.optim.Adan: n is corrected by sqrt(1 - b3^t) in the denominator, the
+         * difference term's step is lr b2 / (1 - b2^t) */
+        double bc3 = 1.0 - pow(h->beta3, t);
+        s->beta3 = h->beta3;
+        s->one_minus_beta3 = 1.0 - h->beta3;
+        s->step_size = lr / bc1 * sqrt(bc3);
+        s->diff_coef = lr * h->beta2 / bc2 * sqrt(bc3);
+        s->eps = h->eps * sqrt(bc3);
+        s->first = t == 1.0 ? 1.0 : 0.0;
+        if (!h->no_prox) {
+            s->decay = 1.0;
+            s->prox = 1.0 + lr * h->weight_decay;
+        }
+        kind = h->no_prox ? FA_KIND_adan : FA_KIND_adan_prox;
+        break;
+    }
     default: /* FA_ALGO_lion: decoupled weight decay only (validated), no bias correction */
         s->step_size = lr;
         s->eps = 0.0;

@@ -34,13 +34,16 @@ def check_lr(lr, where=""):
     return float(lr)
 
 
-def _check_betas(betas, where):
+_BETAS_SHAPE = {2: "a pair (beta1, beta2)", 3: "a triple (beta1, beta2, beta3)"}
+
+
+def _check_betas(betas, where, expected=2):
     try:
         n_betas = len(betas)
     except TypeError:
         n_betas = -1
-    if n_betas != 2:
-        raise ValueError(f"{where}Invalid betas: {betas!r} (expected a pair (beta1, beta2))")
+    if n_betas != expected:
+        raise ValueError(f"{where}Invalid betas: {betas!r} (expected {_BETAS_SHAPE[expected]})")
     for i, beta in enumerate(betas):
         if not _is_real(beta):
             raise TypeError(f"{where}Invalid beta parameter at index {i}: {beta!r}")
@@ -64,6 +67,27 @@ def _bool_checker(name):
             raise TypeError(f"{where}{name} must be a bool, got {value!r}")
 
     return check
+
+
+def _check_t_alpha_beta3(value, where):
+    if value is None:
+        return
+    if not _is_real(value):
+        raise TypeError(f"{where}Invalid t_alpha_beta3 value: {value!r} (a float > 0, or None)")
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"{where}Invalid t_alpha_beta3 value: {value} (must be finite and > 0)")
+
+
+def _check_warmup_betas(group, where):
+    """AdEMAMix's beta3 warmup takes log(beta1) and log(beta3): both must be > 0."""
+    if group.get("t_alpha_beta3") is None:
+        return
+    for i in (0, 2):
+        if group["betas"][i] == 0.0:
+            raise ValueError(
+                f"{where}Invalid beta parameter at index {i}: {group['betas'][i]} (must be > 0 "
+                "with t_alpha_beta3: the beta3 warmup interpolates log(beta1) and log(beta3))"
+            )
 
 
 def _check_nonfinite(mode, where):
@@ -170,16 +194,25 @@ HYPERPARAMETER_CHECKS = {
     "grad_scale": _check_grad_scale,
     "max_grad_norm": _check_max_grad_norm,
     "master": _check_master,
+    "alpha": _real_checker("alpha", lambda x: x >= 0.0, " (must be finite and >= 0)"),
+    "t_alpha_beta3": _check_t_alpha_beta3,
+    "no_prox": _bool_checker("no_prox"),
 }
 
 
-def check_hyperparameters(group, keys, where=""):
+def check_hyperparameters(group, keys, where="", n_betas=2):
     """Validate the hyperparameters ``keys`` of one group (a dict), raising on the first bad
-    one. ``where`` prefixes messages, e.g. ``"param_groups[1]: "``."""
+    one. ``where`` prefixes messages, e.g. ``"param_groups[1]: "``. ``n_betas`` is how many
+    betas the algorithm takes (``Algorithm.n_betas``)."""
     for key in keys:
         if key not in group:
             raise ValueError(f"{where}has no {key!r} entry")
-        HYPERPARAMETER_CHECKS[key](group[key], where)
+        if key == "betas":
+            _check_betas(group[key], where, n_betas)
+        else:
+            HYPERPARAMETER_CHECKS[key](group[key], where)
+    if "t_alpha_beta3" in keys and "betas" in keys:
+        _check_warmup_betas(group, where)
 
 
 def check_num_threads(num_threads, where=""):

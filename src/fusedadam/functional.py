@@ -21,7 +21,10 @@ from fusedadam._backend import resolve_backend
 from fusedadam.engine import Engine, Outcome
 from fusedadam.engine._plan import group_spec, hyper_spec
 
-__all__ = ["adam", "adamw", "adamax", "nadam", "radam", "adabelief", "lion", "resolve_backend"]
+__all__ = [
+    "adam", "adamw", "adamax", "nadam", "radam", "adabelief", "lion", "ademamix", "adan",
+    "resolve_backend",
+]  # fmt: skip
 
 Arrays = Sequence[np.ndarray]
 
@@ -251,3 +254,51 @@ def lion(
     ``step`` only numbers the update for ``lr(t)``: Lion has no bias correction."""
     options.update(betas=(beta1, beta2))
     return _step("Lion", params, grads, {"exp_avg": exp_avgs}, step, options)
+
+
+def ademamix(
+    params: Arrays,
+    grads: Any,
+    exp_avgs: Arrays,
+    exp_avg_sqs: Arrays,
+    exp_avg_slows: Arrays,
+    *,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    beta3: float = 0.9999,
+    **options: Any,
+) -> bool:
+    """One AdEMAMix step over lists of arrays, in place; ``exp_avg_slows`` holds the slow
+    EMA (``options``: :class:`fusedadam.AdEMAMix`; ``step`` also drives the
+    ``t_alpha_beta3`` warmup)."""
+    options.update(betas=(beta1, beta2, beta3))
+    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs, "exp_avg_slow": exp_avg_slows}
+    return _step("AdEMAMix", params, grads, states, step, options)
+
+
+def adan(
+    params: Arrays,
+    grads: Any,
+    exp_avgs: Arrays,
+    exp_avg_sqs: Arrays,
+    exp_avg_diffs: Arrays,
+    neg_pre_grads: Arrays,
+    *,
+    step: int,
+    beta1: float = 0.98,
+    beta2: float = 0.92,
+    beta3: float = 0.99,
+    **options: Any,
+) -> bool:
+    """One Adan step over lists of arrays, in place (``options``: :class:`fusedadam.Adan`).
+    ``neg_pre_grads`` holds ``-g`` of the previous step and is overwritten with this step's;
+    at ``step=1`` it is not read (the previous gradient is taken to be this one, as timm)."""
+    options.update(betas=(beta1, beta2, beta3))
+    states = {
+        "exp_avg": exp_avgs,
+        "exp_avg_sq": exp_avg_sqs,
+        "exp_avg_diff": exp_avg_diffs,
+        "neg_pre_grad": neg_pre_grads,
+    }
+    return _step("Adan", params, grads, states, step, options)

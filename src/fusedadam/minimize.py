@@ -10,9 +10,14 @@ from typing import Any, Callable, Dict, Optional, Union
 
 import numpy as np
 
+from fusedadam import _algorithms
+
 __all__ = ["OptimizeResult", "minimize", "METHODS"]
 
-METHODS = ("adam", "adamw", "amsgrad", "adamax", "sparse")
+# Every dense optimizer class of the registry by its name in lower case, then two shorthands:
+# "amsgrad" (Adam with amsgrad=True) and "sparse" (SparseAdam over x's rows).
+_CLASS_OF_METHOD = {name.lower(): name for name in _algorithms.DEFAULTS}
+METHODS = tuple(_CLASS_OF_METHOD) + ("amsgrad", "sparse")
 # scipy's solver options that minimize reads itself; the rest go to the optimizer class.
 SOLVER_OPTIONS = ("maxiter", "disp")
 DEFAULT_MAXITER = 1000
@@ -52,7 +57,7 @@ class OptimizeResult(dict):
 
 
 def _make_optimizer(method, x, options):
-    from fusedadam.optim import Adam, Adamax, AdamW
+    from fusedadam import optim
     from fusedadam.sparse import SparseAdam
 
     if not isinstance(method, str) or method.lower() not in METHODS:
@@ -63,9 +68,10 @@ def _make_optimizer(method, x, options):
         if options.get("amsgrad", True) is not True:
             raise ValueError("method='amsgrad' cannot take options={'amsgrad': False}")
         options["amsgrad"] = True
-    cls = {"adam": Adam, "adamw": AdamW, "amsgrad": Adam, "adamax": Adamax, "sparse": SparseAdam}[
-        method
-    ]
+    if method == "sparse":
+        cls = SparseAdam
+    else:
+        cls = getattr(optim, _CLASS_OF_METHOD["adam" if method == "amsgrad" else method])
     try:
         return cls([x], **options)
     except TypeError as exc:
@@ -173,11 +179,13 @@ def minimize(
         ``g_i = (f(x + h_i e_i) - f(x)) / h_i`` with ``h_i = sqrt(machine eps of x's
         dtype) * max(1, |x_i|)``; that costs ``x.size`` extra evaluations per iteration,
         so pass a gradient for anything but small problems.
-    method : {"adam", "adamw", "amsgrad", "adamax", "sparse"}, default "adam"
-        :class:`~fusedadam.Adam`, :class:`~fusedadam.AdamW`, ``Adam(amsgrad=True)``,
-        :class:`~fusedadam.Adamax`, or :class:`~fusedadam.SparseAdam` (``x`` viewed as
-        rows along its first axis, a 1-D ``x`` as one element per row; rows whose
-        gradient is all zero are not touched that iteration).
+    method : str, default "adam"
+        One of ``METHODS``: the name of any fusedadam optimizer class in lower case
+        (``"adam"``, ``"adamw"``, ``"adamax"``, ``"nadam"``, ``"radam"``, ``"adabelief"``,
+        ``"lion"``, ...), ``"amsgrad"`` (``Adam(amsgrad=True)``), or ``"sparse"``
+        (:class:`~fusedadam.SparseAdam`, ``x`` viewed as rows along its first axis, a 1-D
+        ``x`` as one element per row; rows whose gradient is all zero are not touched that
+        iteration).
     options : dict, optional
         Keyword arguments of the optimizer class: ``lr`` (a number or a
         :mod:`fusedadam.schedules` object), ``betas``, ``eps``, ..., and scipy's solver

@@ -29,13 +29,17 @@ from fusedadam import _algorithms, _precision, _validation
 from fusedadam.engine import Engine, GroupSpec, Outcome, _rules
 from fusedadam.engine._plan import check_group_hyper, group_spec, hyper_spec, state_dtypes
 
-__all__ = ["Optimizer", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion"]
+__all__ = [
+    "Optimizer", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion", "AdEMAMix",
+    "Adan",
+]  # fmt: skip
 
 # The types of the public API (py.typed ships these annotations).
 LearningRate = Union[float, Callable[[int], float]]
 Params = Union[np.ndarray, Sequence[np.ndarray], Sequence[Dict[str, Any]]]
 Grads = Union[np.ndarray, Sequence[np.ndarray]]
 Betas = Tuple[float, float]
+Betas3 = Tuple[float, float, float]
 Threads = Optional[int]
 Backend = Literal["auto", "compiled", "numpy"]
 NonFinite = Literal["error", "skip", "ignore"]
@@ -258,7 +262,7 @@ class Optimizer:
 
     def _check_group_hyper(self, group, where):
         """Validate a group's hyperparameters in place (``engine.check_group_hyper``)."""
-        check_group_hyper(group, self.defaults, where)
+        check_group_hyper(group, self.defaults, where, self.algorithm.n_betas)
 
     # ---------------------------------------------------------------- step
     def step(self, grads: Grads, grad_scale: Optional[GradScale] = None) -> None:
@@ -633,6 +637,17 @@ _PARAMETERS = {
         "``grad_scale(t)``, or a one-element array read at each step; ``step(grads, "
         "grad_scale=...)`` overrides it for one step.",
     ),
+    "alpha": ("float", "AdEMAMix: the weight of the slow EMA in the update (>= 0)."),
+    "t_alpha_beta3": (
+        "float or None",
+        "AdEMAMix: steps over which alpha ramps up linearly and beta3 from beta1 to beta3 "
+        "(the paper's schedulers, as pytorch_optimizer has them); None: no warmup.",
+    ),
+    "no_prox": (
+        "bool",
+        "Adan: decoupled decay ``p *= 1 - lr * weight_decay`` before the update, instead "
+        "of the proximal ``p = (p - update) / (1 + lr * weight_decay)`` after it.",
+    ),
     "max_grad_norm": (
         "float or None",
         "Clip the group's unscaled gradients to this global 2-norm (the rule of "
@@ -649,7 +664,7 @@ def _documented(cls):
     for name, parameter in inspect.signature(cls.__init__).parameters.items():
         if name == "self":
             continue
-        kind, text = _PARAMETERS[name]
+        kind, text = getattr(cls, "_parameter_docs", {}).get(name) or _PARAMETERS[name]
         default = (
             ""
             if parameter.default is inspect.Parameter.empty
@@ -872,5 +887,93 @@ class Lion(Optimizer):
                  backend: Backend = "auto", nonfinite: NonFinite = "error",
                  state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
                  max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
+        super().__init__(params, _hyperparameters(locals()))
+    # fmt: on
+
+
+_THREE_BETAS = {
+    "betas": (
+        "(float, float, float)",
+        "Decay rates of the three moments (see the formula); each in [0, 1).",
+    )
+}
+
+
+@_documented
+class AdEMAMix(Optimizer):
+    r"""AdEMAMix (Pagliardini et al., 2024, "The AdEMAMix Optimizer: Better, Faster,
+    Older"), as ``pytorch_optimizer.AdEMAMix``: Adam plus a slow EMA of the gradient.
+
+    For step ``t`` of each element (``T`` is ``t_alpha_beta3``)::
+
+        g       = -g if maximize else g
+        g       = g + weight_decay * p                (L2 weight decay, coupled)
+        p       = p * (1 - lr_t * weight_decay)       (decoupled_weight_decay: instead)
+        alpha_t = min(t * alpha / T, alpha)           (alpha when T is None)
+        beta3_t = min(exp(ln(beta1) ln(beta3) / ((1 - t/T) ln(beta3) + (t/T) ln(beta1))),
+                      beta3)                          (beta3 when T is None)
+        m       = beta1 * m + (1 - beta1) * g
+        v       = beta2 * v + (1 - beta2) * g * g
+        s       = beta3_t * s + (1 - beta3_t) * g
+        p       = p - lr_t * (m / (1 - beta1**t) + alpha_t * s)
+                         / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+
+    The slow EMA ``s`` (state ``exp_avg_slow``) is not bias-corrected, as in the paper and
+    the package. The defaults are pytorch_optimizer's; the paper's runs use
+    ``decoupled_weight_decay=True`` (AdamW's decay) and ``t_alpha_beta3`` = the run's
+    length. With ``t_alpha_beta3``, beta1 and beta3 must be > 0 (their logarithms).
+    """
+
+    algorithm = _algorithms.ALGORITHMS["ademamix"]
+    _parameter_docs = _THREE_BETAS
+
+    # fmt: off
+    def __init__(self, params: Params, lr: LearningRate = 1e-3,
+                 betas: Betas3 = (0.9, 0.999, 0.9999), alpha: float = 5.0,
+                 t_alpha_beta3: Optional[float] = None, eps: float = 1e-8,
+                 weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
+                 maximize: bool = False, num_threads: Threads = None, backend: Backend = "auto",
+                 nonfinite: NonFinite = "error", state_dtype: StateDtype = None,
+                 grad_scale: GradScale = 1.0, max_grad_norm: Optional[float] = None,
+                 master: Master = "float32") -> None:
+        super().__init__(params, _hyperparameters(locals()))
+    # fmt: on
+
+
+@_documented
+class Adan(Optimizer):
+    r"""Adan (Xie et al., 2022, "Adan: Adaptive Nesterov Momentum Algorithm for Faster
+    Optimizing Deep Models"), as ``timm.optim.Adan``.
+
+    For step ``t`` of each element::
+
+        g  = -g if maximize else g
+        d  = g - g_prev                            (0 at t = 1: g_prev = g, as timm)
+        w  = g + beta2 * d
+        m  = beta1 * m + (1 - beta1) * g
+        dm = beta2 * dm + (1 - beta2) * d
+        n  = beta3 * n + (1 - beta3) * w * w
+        u  = (lr_t / (1 - beta1**t)) * m + (lr_t * beta2 / (1 - beta2**t)) * dm
+        r  = u / (sqrt(n) / sqrt(1 - beta3**t) + eps)
+        p  = p * (1 - lr_t * weight_decay) - r     (no_prox=True)
+        p  = (p - r) / (1 + lr_t * weight_decay)   (no_prox=False, the default)
+
+    The betas are timm's (the decay rates; the paper writes ``1 - beta``). Four state
+    arrays, named as timm's: ``exp_avg`` (m), ``exp_avg_sq`` (n), ``exp_avg_diff`` (dm) and
+    ``neg_pre_grad``, which holds ``-g`` of the last step: the gradient the step used,
+    after unscaling (``grad_scale``), clipping (``max_grad_norm``) and ``maximize``.
+    """
+
+    algorithm = _algorithms.ALGORITHMS["adan"]
+    _parameter_docs = _THREE_BETAS
+
+    # fmt: off
+    def __init__(self, params: Params, lr: LearningRate = 1e-3,
+                 betas: Betas3 = (0.98, 0.92, 0.99), eps: float = 1e-8,
+                 weight_decay: float = 0.0, no_prox: bool = False, maximize: bool = False,
+                 num_threads: Threads = None, backend: Backend = "auto",
+                 nonfinite: NonFinite = "error", state_dtype: StateDtype = None,
+                 grad_scale: GradScale = 1.0, max_grad_norm: Optional[float] = None,
+                 master: Master = "float32") -> None:
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on

@@ -28,6 +28,8 @@ __all__ = [
     "momentum_update",
     "adabelief_update",
     "lion_update",
+    "ademamix_update",
+    "adan_update",
     "probe_update",
     "sparse_adam_update",
     "q8_values",
@@ -48,7 +50,8 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
     same order (Python floats are C doubles, ``**`` is libm's pow). ``hyper`` is the dict
     of ``fusedadam._algorithms.hyper_dict``.
     """
-    h = hyper
+    # the fields of the three-beta algorithms: absent (0) in a hyper dict of the others
+    h = {"beta3": 0.0, "alpha": 0.0, "t_alpha_beta3": 0.0, "no_prox": False, **hyper}
     algorithm = h["algorithm"]
     t = float(t)
     coupled = h["weight_decay"] != 0.0 and not h["decoupled"]
@@ -60,6 +63,12 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
         "decay": 1.0 - lr * h["weight_decay"] if h["decoupled"] else 1.0,
         "eps_root": 0.0,
         "grad_coef": 0.0,
+        "beta3": 0.0,
+        "one_minus_beta3": 0.0,
+        "slow_coef": 0.0,
+        "diff_coef": 0.0,
+        "prox": 1.0,
+        "first": 0.0,
     }
     mu_after = mu_product
     if algorithm in ("adam", "adamax"):
@@ -116,6 +125,33 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
         s["step_size"] = lr * math.sqrt(bc2) / bc1
         s["eps"] = h["eps"]
         kind = "sparse_rows"
+    elif algorithm == "ademamix":
+        alpha, beta3 = h["alpha"], h["beta3"]
+        if h["t_alpha_beta3"] > 0.0:
+            period = h["t_alpha_beta3"]
+            ramp = t * h["alpha"] / period
+            log_beta1, log_beta3 = math.log(h["beta1"]), math.log(h["beta3"])
+            warm = math.exp(
+                log_beta1 * log_beta3 / ((1.0 - t / period) * log_beta3 + (t / period) * log_beta1)
+            )
+            alpha = min(ramp, h["alpha"])
+            beta3 = min(warm, h["beta3"])
+        s["beta3"] = beta3
+        s["one_minus_beta3"] = 1.0 - beta3
+        s["slow_coef"] = lr * alpha * math.sqrt(bc2)
+        kind = "ademamix" + suffix
+    elif algorithm == "adan":
+        bc3 = 1.0 - h["beta3"] ** t
+        s["beta3"] = h["beta3"]
+        s["one_minus_beta3"] = 1.0 - h["beta3"]
+        s["step_size"] = lr / bc1 * math.sqrt(bc3)
+        s["diff_coef"] = lr * h["beta2"] / bc2 * math.sqrt(bc3)
+        s["eps"] = h["eps"] * math.sqrt(bc3)
+        s["first"] = 1.0 if t == 1.0 else 0.0
+        if not h["no_prox"]:
+            s["decay"] = 1.0
+            s["prox"] = 1.0 + lr * h["weight_decay"]
+        kind = "adan" if h["no_prox"] else "adan_prox"
     else:  # lion
         s["step_size"] = lr
         s["eps"] = 0.0
@@ -246,13 +282,60 @@ def lion_update(param, grad, exp_avg, scalars, coupled):
 
 
 @_quiet
-def probe_update(param, grad, exp_avg, exp_avg_sq=None, max_exp_avg_sq=None):
+def ademamix_update(param, grad, exp_avg, exp_avg_sq, exp_avg_slow, scalars, coupled):
+    """AdEMAMix, in place: Adam's moments, ``s = b3_t s + (1 - b3_t) g``, then
+    ``p -= (step_size * m + slow_coef * s) / (sqrt(v) + eps)``."""
+    g = _gradient(param, grad, scalars, coupled)
+    _moments(g, exp_avg, exp_avg_sq, scalars)
+    b3, omb3, step_size, slow_coef, eps = _cast(param.dtype, scalars, "beta3", "one_minus_beta3",
+                                                "step_size", "slow_coef", "eps")  # fmt: skip
+    _first_moment(g, exp_avg_slow, b3, omb3)
+    update = step_size * exp_avg
+    update += slow_coef * exp_avg_slow
+    _divided_step(param, update, exp_avg_sq, eps)
+
+
+@_quiet
+def adan_update(param, grad, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, scalars, prox):
+    """Adan, in place: ``d = g - g_prev`` (0 on the first step), ``w = g + b2 d``,
+    ``m = b1 m + (1 - b1) g``, ``dm = b2 dm + (1 - b2) d``, ``n = b3 n + (1 - b3) w w``,
+    ``p -= (step_size * m + diff_coef * dm) / (sqrt(n) + eps)``, then ``p /= prox`` with
+    ``prox`` (the proximal decay); ``neg_pre_grad = -g``."""
+    g = _gradient(param, grad, scalars, False)
+    names = ("beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "beta3", "one_minus_beta3",
+             "step_size", "diff_coef", "eps", "prox")  # fmt: skip
+    b1, omb1, b2, omb2, b3, omb3, step_size, diff_coef, eps, prox_div = _cast(
+        param.dtype, scalars, *names
+    )
+    neg_prev = -g if scalars["first"] != 0.0 else neg_pre_grad
+    d = neg_prev + g
+    _first_moment(g, exp_avg, b1, omb1)
+    _first_moment(d, exp_avg_diff, b2, omb2)
+    w = b2 * d
+    w += g
+    w_sq = omb3 * w
+    w_sq *= w
+    exp_avg_sq *= b3
+    exp_avg_sq += w_sq
+    np.negative(g, out=neg_pre_grad)
+    update = step_size * exp_avg
+    update += diff_coef * exp_avg_diff
+    _divided_step(param, update, exp_avg_sq, eps)
+    if prox:
+        param /= prox_div
+
+
+def _adan_prox_update(param, grad, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, scalars,
+                      coupled):  # fmt: skip
+    """Adan with the proximal decay (the ``adan_prox`` kind; Adan has no L2 term)."""
+    adan_update(param, grad, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, scalars, True)
+
+
+@_quiet
+def probe_update(param, grad, *states):
     """The bandwidth probe's trivial arithmetic (for testing the compiled probe)."""
-    exp_avg += grad
-    if exp_avg_sq is not None:
-        exp_avg_sq += grad
-    if max_exp_avg_sq is not None:
-        max_exp_avg_sq += grad
+    for state in states:
+        state += grad
     param -= grad
 
 
@@ -265,6 +348,9 @@ _KINDS: Dict[str, Tuple[Callable[..., None], int]] = {
     "momentum": (momentum_update, 2),
     "adabelief": (adabelief_update, 2),
     "lion": (lion_update, 1),
+    "ademamix": (ademamix_update, 3),
+    "adan": (adan_update, 4),
+    "adan_prox": (_adan_prox_update, 4),
 }
 
 

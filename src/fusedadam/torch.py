@@ -47,6 +47,8 @@ __all__ = [
     "RAdam",
     "AdaBelief",
     "Lion",
+    "AdEMAMix",
+    "Adan",
     "Offload",
     "Optimizer",
 ]
@@ -358,6 +360,7 @@ class Optimizer(torch.optim.Optimizer):
             {**defaults, "lr": _lr_value(defaults["lr"], ""), "betas": _betas(defaults)},
             self._inner_keys,
             "",
+            self._n_betas,
         )
         super().__init__(params, defaults)
         if defaults.get("fused"):
@@ -403,6 +406,7 @@ class Optimizer(torch.optim.Optimizer):
             k for k in _optim_defaults(self._inner_cls) if k != "lr" and k in self._torch_keys()
         )
         self._inner_sub = _inner_class(self._inner_cls)
+        self._n_betas = self._inner_cls.algorithm.n_betas
         self._getter = operator.itemgetter(*self._inner_keys, "lr")
         # The NumPy optimizer's options a torch group has no entry for, at their defaults.
         self._inner_only = {
@@ -462,7 +466,7 @@ class Optimizer(torch.optim.Optimizer):
         if "lr" in group:
             checked["lr"] = _lr_value(group["lr"], where)
             keys += ("lr",)
-        _validation.check_hyperparameters(checked, keys, where)
+        _validation.check_hyperparameters(checked, keys, where, self._n_betas)
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
         """Add a param group (torch's rules), after checking its tensors."""
@@ -1449,6 +1453,37 @@ class Lion(Optimizer):
     # fmt: on
 
 
+class AdEMAMix(Optimizer):
+    """AdEMAMix (:class:`fusedadam.AdEMAMix` runs the step; pytorch_optimizer's defaults
+    and state names: ``exp_avg``, ``exp_avg_sq``, ``exp_avg_slow``) for CPU tensors."""
+
+    _inner_cls = _optim.AdEMAMix
+
+    # fmt: off
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=5.0,
+                 t_alpha_beta3=None, eps=1e-8, weight_decay=0.0,
+                 decoupled_weight_decay=False, *, maximize=False, foreach=None,
+                 capturable=False, differentiable=False, num_threads=None, nonfinite="error",
+                 state_dtype=None, max_grad_norm=None):
+        self._setup(params, locals())
+    # fmt: on
+
+
+class Adan(Optimizer):
+    """Adan (:class:`fusedadam.Adan` runs the step; timm's defaults and state names:
+    ``exp_avg``, ``exp_avg_sq``, ``exp_avg_diff``, ``neg_pre_grad``) for CPU tensors."""
+
+    _inner_cls = _optim.Adan
+
+    # fmt: off
+    def __init__(self, params, lr=1e-3, betas=(0.98, 0.92, 0.99), eps=1e-8,
+                 weight_decay=0.0, no_prox=False, *, maximize=False, foreach=None,
+                 capturable=False, differentiable=False, num_threads=None, nonfinite="error",
+                 state_dtype=None, max_grad_norm=None):
+        self._setup(params, locals())
+    # fmt: on
+
+
 for _cls, _name in (
     (Adam, "torch.optim.Adam"),
     (AdamW, "torch.optim.AdamW"),
@@ -1460,6 +1495,18 @@ for _cls, _name in (
 ):
     _doc(_cls, _name)
 del _cls, _name
+_doc(
+    AdEMAMix,
+    "pytorch_optimizer.AdEMAMix",
+    "Its ``weight_decouple`` is ``decoupled_weight_decay`` here; ``fixed_decay`` is not "
+    "offered (docs/algorithms_ademamix_adan.md).",
+)
+_doc(
+    Adan,
+    "timm.optim.Adan",
+    "``maximize`` is fusedadam's (timm has none); timm's ``caution`` is not offered "
+    "(docs/algorithms_ademamix_adan.md).",
+)
 
 
 class Offload:

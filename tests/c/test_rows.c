@@ -137,15 +137,19 @@ static fa_scalars scalar_sets[4];
 static void init_scalars(void)
 {
     fa_scalars s = {1.0, 0.0, 1.0, 0.9, 0.1, 0.999, 0.001, 1e-3, 1e-8, 0.0, 0.0};
+    s.beta3 = 0.9999, s.one_minus_beta3 = 1e-4, s.slow_coef = 5e-3, s.diff_coef = 9e-4;
+    s.prox = 1.0, s.first = 1.0;
     scalar_sets[0] = s;
     s.sign = -1.0, s.weight_decay = 0.1, s.decay = 0.9999, s.step_size = 3.0517578125e-5;
     s.eps = 1e-6, s.eps_root = 1e-12, s.grad_coef = 0.02;
+    s.prox = 1.0001, s.first = 0.0;
     scalar_sets[1] = s;
     s.sign = 1.0, s.beta1 = 0.5, s.one_minus_beta1 = 0.5, s.beta2 = 0.0, s.one_minus_beta2 = 1.0;
     s.step_size = 0.37, s.eps = 0.0, s.decay = 1.0, s.weight_decay = 0.0;
     scalar_sets[2] = s;
     s.beta1 = 0.99, s.one_minus_beta1 = 0.01, s.beta2 = 0.95, s.one_minus_beta2 = 0.05;
     s.step_size = 1e30, s.eps = 1e-30, s.weight_decay = 1e3, s.decay = 0.5, s.grad_coef = 7.0;
+    s.beta3 = 0.5, s.one_minus_beta3 = 0.5, s.slow_coef = 1e20, s.diff_coef = 3.0, s.prox = 3.0;
     scalar_sets[3] = s;
 }
 
@@ -153,8 +157,9 @@ static void init_scalars(void)
 
 static void check_dense(void)
 {
-    static float in32[5][MAXN + 1], base32[5][MAXN + 1], got32[5][MAXN + 1];
-    static double in64[5][MAXN + 1], base64[5][MAXN + 1], got64[5][MAXN + 1];
+    enum { A = FA_MAX_SLOTS };
+    static float in32[A][MAXN + 1], base32[A][MAXN + 1], got32[A][MAXN + 1];
+    static double in64[A][MAXN + 1], base64[A][MAXN + 1], got64[A][MAXN + 1];
     for (int dt = 0; dt < FA_N_DTYPES; dt++)
         for (int kind = 0; kind < FA_N_KINDS; kind++)
             for (int si = 0; si < 4; si++)
@@ -162,15 +167,15 @@ static void check_dense(void)
                     for (int shift = 0; shift < 2; shift++) {
                         const ptrdiff_t n = sizes[z];
                         const int rare = si == 3 ? 3 : (si ? 16 : 0);
-                        for (int a = 0; a < 5; a++)
+                        for (int a = 0; a < A; a++)
                             for (ptrdiff_t i = 0; i < n + shift; i++) {
                                 int nonneg = a >= FA_STATE0 + 1; /* v, vmax / u */
                                 in32[a][i] = rand_f32(rare, nonneg);
                                 in64[a][i] = rand_f64(rare, nonneg);
                             }
                         const size_t bytes = (n + shift) * (dt == FA_DTYPE_f32 ? 4 : 8);
-                        char *pb[5], *pg[5];
-                        for (int a = 0; a < 5; a++) {
+                        char *pb[A], *pg[A];
+                        for (int a = 0; a < A; a++) {
                             void *src = dt == FA_DTYPE_f32 ? (void *)in32[a] : (void *)in64[a];
                             char *b = dt == FA_DTYPE_f32 ? (char *)base32[a] : (char *)base64[a];
                             char *g = dt == FA_DTYPE_f32 ? (char *)got32[a] : (char *)got64[a];
@@ -181,7 +186,7 @@ static void check_dense(void)
                         }
                         fa_get_loops(FA_ISA_baseline, dt)->dense[kind](pb, n, &scalar_sets[si]);
                         fa_get_loops(row, dt)->dense[kind](pg, n, &scalar_sets[si]);
-                        for (int a = 0; a < 5; a++) {
+                        for (int a = 0; a < A; a++) {
                             char what[64];
                             snprintf(what, sizeof what, "%s %s set %d n %td +%d array %d",
                                      fa_dtype_names[dt], fa_kind_names[kind], si, n, shift, a);
@@ -200,19 +205,21 @@ static void check_staged(void)
     enum { N = 1300, BLOCKS = N / FA_Q8_BLOCK + 1 };
     static float param[2][N], grad32[N];
     static uint16_t grad16[N], lowp[2][N];
-    static float st32[2][3][N];
-    static uint16_t st16[2][3][N];
-    static uint8_t st8[2][3][N];
-    static float scales[2][3][BLOCKS];
+    static float st32[2][FA_MAX_STATES][N];
+    static uint16_t st16[2][FA_MAX_STATES][N];
+    static uint8_t st8[2][FA_MAX_STATES][N];
+    static float scales[2][FA_MAX_STATES][BLOCKS];
     static const ptrdiff_t staged_sizes[] = {1, 7, 64, 255, 256, 257, 512, 777, N};
     static const double grad_scales[] = {1.0, 1024.0, 3.0, 0.25};
     static const int kinds[] = {FA_KIND_adam, FA_KIND_adam_l2, FA_KIND_amsgrad,
                                 FA_KIND_adamax, FA_KIND_nadam_l2, FA_KIND_lion,
-                                FA_KIND_adabelief, FA_KIND_momentum};
+                                FA_KIND_adabelief, FA_KIND_momentum, FA_KIND_ademamix_l2,
+                                FA_KIND_adan, FA_KIND_adan_prox};
     const int n_states_of[FA_N_KINDS] = {
         [FA_KIND_adam] = 2, [FA_KIND_adam_l2] = 2, [FA_KIND_amsgrad] = 3,
         [FA_KIND_adamax] = 2, [FA_KIND_nadam_l2] = 2, [FA_KIND_lion] = 1,
-        [FA_KIND_adabelief] = 2, [FA_KIND_momentum] = 2};
+        [FA_KIND_adabelief] = 2, [FA_KIND_momentum] = 2, [FA_KIND_ademamix_l2] = 3,
+        [FA_KIND_adan] = 4, [FA_KIND_adan_prox] = 4};
     long cases = 0;
     for (int gt = 0; gt < 3; gt++) /* FA_ET_F32, FA_ET_BF16, FA_ET_F16 */
         for (int stt = 0; stt < 3; stt++) /* FA_ET_F32, FA_ET_BF16, FA_ET_Q8 */
@@ -232,7 +239,7 @@ static void check_staged(void)
                             param[0][i] = param[1][i] = rand_f32(rare, 0);
                             grad32[i] = rand_f32(rare, 0);
                             grad16[i] = (uint16_t)rnd();
-                            for (int j = 0; j < 3; j++) {
+                            for (int j = 0; j < FA_MAX_STATES; j++) {
                                 float v = rand_f32(rare, j > 0);
                                 st32[0][j][i] = st32[1][j][i] = v;
                                 st16[0][j][i] = st16[1][j][i] = fa_f32_to_bf16(v);
@@ -240,7 +247,7 @@ static void check_staged(void)
                                 st8[0][j][i] = st8[1][j][i] = (uint8_t)rnd();
                             }
                         }
-                        for (int j = 0; j < 3; j++)
+                        for (int j = 0; j < FA_MAX_STATES; j++)
                             for (int b = 0; b < BLOCKS; b++) {
                                 /* mostly ordinary absmaxes; sometimes 0, subnormal, NaN, inf */
                                 float sc = rnd() % 8 ? fabsf(rand_f32(0, 1)) : fabsf(rand_f32(1, 1));
@@ -285,7 +292,7 @@ static void check_staged(void)
                         }
                     }
     /* float64: the gradient staged for unscaling and clipping */
-    static double p64[2][N], g64[N], s64[2][3][N];
+    static double p64[2][N], g64[N], s64[2][FA_MAX_STATES][N];
     for (int gs = 0; gs < 4; gs++)
         for (int ki = 0; ki < (int)(sizeof kinds / sizeof kinds[0]); ki++) {
             const ptrdiff_t n = staged_sizes[(gs * 3 + ki) % 9];
@@ -295,7 +302,8 @@ static void check_staged(void)
             for (ptrdiff_t i = 0; i < n; i++) {
                 p64[0][i] = p64[1][i] = rand_f64(20, 0);
                 g64[i] = rand_f64(20, 0);
-                for (int j = 0; j < 3; j++) s64[0][j][i] = s64[1][j][i] = rand_f64(20, j > 0);
+                for (int j = 0; j < FA_MAX_STATES; j++)
+                    s64[0][j][i] = s64[1][j][i] = rand_f64(20, j > 0);
             }
             for (int side = 0; side < 2; side++) {
                 fa_segment x;
@@ -308,7 +316,8 @@ static void check_staged(void)
                 L->staged(L->dense[kinds[ki]], &x, n, &scalar_sets[gs], &pre);
             }
             same_f64(p64[0], p64[1], n, "staged f64 param");
-            for (int j = 0; j < 3; j++) same_f64(s64[0][j], s64[1][j], n, "staged f64 state");
+            for (int j = 0; j < FA_MAX_STATES; j++)
+                same_f64(s64[0][j], s64[1][j], n, "staged f64 state");
         }
 }
 

@@ -16,9 +16,13 @@ torch-single, torch-foreach, torch-fused
                   ``torch.optim.<Class>`` with ``foreach=False`` / ``foreach=True`` /
                   ``fused=True``, gradients sharing the NumPy arrays' memory
 deepspeed         ``deepspeed.ops.adam.DeepSpeedCPUAdam`` (Adam and AdamW)
+reference         the algorithm in the package fusedadam follows for it (``schedulefree``,
+                  ``timm``, ``pytorch_optimizer``, ``optimi``), a torch optimizer stepped as
+                  its users step it
 """
 
 import contextlib
+import importlib
 import io
 from dataclasses import dataclass, field
 from typing import Optional
@@ -45,11 +49,16 @@ class Algorithm:
     arrays_moved : int
         Arrays read plus arrays written per element of a step (p, g, m, v in; p, m, v
         out is 7): the compulsory traffic GB/s is computed from, and the arrays the roofline
-        probe moves (5, 7 or 9).
+        probe moves (2k + 3 for k state arrays).
     torch_class : str or None
         Name in ``torch.optim``; None: no torch peer.
     deepspeed : dict or None
         ``DeepSpeedCPUAdam`` keyword arguments; None: no DeepSpeed peer.
+    reference : str or None
+        ``"module:Class"`` of the torch optimizer in the package fusedadam's implementation
+        follows (``"schedulefree:AdamWScheduleFree"``); None: no reference peer.
+    reference_options : dict
+        Its keyword arguments besides ``lr`` where they are spelt unlike fusedadam's.
     """
 
     fa_class: str
@@ -57,6 +66,8 @@ class Algorithm:
     arrays_moved: int = 7
     torch_class: Optional[str] = None
     deepspeed: Optional[dict] = None
+    reference: Optional[str] = None
+    reference_options: dict = field(default_factory=dict)
 
 
 ALGORITHMS = {
@@ -75,7 +86,7 @@ ALGORITHMS = {
     "lion": Algorithm("Lion", arrays_moved=5),  # p, g, m in; p, m out
 }
 
-PEERS = ("numpy", "torch-single", "torch-foreach", "torch-fused", "deepspeed")
+PEERS = ("numpy", "torch-single", "torch-foreach", "torch-fused", "deepspeed", "reference")
 IMPLS = ("fusedadam", "fusedadam-kernel", "roofline") + PEERS
 
 
@@ -130,11 +141,7 @@ def _torch(variant, algorithm, params, grads, n_threads):
     if cls is None:
         raise RuntimeError(f"torch.optim has no {algorithm.torch_class or 'such optimizer'}")
     torch.set_num_threads(n_threads)
-    tensors = []
-    for p, g in zip(params, grads):
-        t = torch.nn.Parameter(torch.from_numpy(p))
-        t.grad = torch.from_numpy(g)  # shares memory: no copy inside the timed loop
-        tensors.append(t)
+    tensors = _torch_params(torch, params, grads)
     flags = {
         "torch-single": {"foreach": False},
         "torch-foreach": {"foreach": True},
@@ -142,6 +149,32 @@ def _torch(variant, algorithm, params, grads, n_threads):
     }[variant]
     opt = cls(tensors, lr=LR, **algorithm.options, **flags)
     opt.step()  # raises here when torch lacks the variant (e.g. fused Adamax on CPU)
+    return opt.step
+
+
+def _torch_params(torch, params, grads):
+    """Parameters sharing the NumPy arrays' memory, their grads set: no copy when timed."""
+    tensors = []
+    for p, g in zip(params, grads):
+        t = torch.nn.Parameter(torch.from_numpy(p))
+        t.grad = torch.from_numpy(g)
+        tensors.append(t)
+    return tensors
+
+
+def _reference(algorithm, params, grads, n_threads):
+    torch = _import_torch()
+    if torch is None:
+        raise RuntimeError("torch is not importable")
+    if algorithm.reference is None:
+        raise RuntimeError("no reference package for this algorithm")
+    module, _, class_name = algorithm.reference.partition(":")
+    cls = getattr(importlib.import_module(module), class_name)
+    torch.set_num_threads(n_threads)
+    opt = cls(_torch_params(torch, params, grads), lr=LR, **algorithm.reference_options)
+    if hasattr(opt, "train"):  # schedule-free optimizers step in train mode only
+        opt.train()
+    opt.step()
     return opt.step
 
 
@@ -153,11 +186,7 @@ def _deepspeed(algorithm, params, grads, n_threads):
         raise RuntimeError("DeepSpeedCPUAdam has no such algorithm")
     torch = _import_torch()
     torch.set_num_threads(n_threads)
-    tensors = []
-    for p, g in zip(params, grads):
-        t = torch.nn.Parameter(torch.from_numpy(p))
-        t.grad = torch.from_numpy(g)
-        tensors.append(t)
+    tensors = _torch_params(torch, params, grads)
     opt = cpu_adam(tensors, lr=LR, **algorithm.deepspeed)
     opt.step()
     return opt.step
@@ -172,15 +201,18 @@ def _build_one(name, algorithm, params, grads, n_threads):
         optimizer = _optimizer(algorithm, params, n_threads, "compiled")
         return roofline.kernel_step(optimizer, grads)
     if name in ("roofline", "roofline 1 thread"):
-        states = {5: 1, 7: 2, 9: 3}.get(algorithm.arrays_moved)
-        if states is None:
-            raise RuntimeError(f"the probe moves 5, 7 or 9 arrays, not {algorithm.arrays_moved}")
+        # p, g and k states read, p and the k states written: 2k + 3 arrays
+        states, odd = divmod(algorithm.arrays_moved - 3, 2)
+        if odd or states < 1:
+            raise RuntimeError(f"the probe moves 2k + 3 arrays, not {algorithm.arrays_moved}")
         threads = 1 if name == "roofline 1 thread" else n_threads
         return roofline.roofline_step(params, grads, states, threads)
     if name.startswith("torch-"):
         return _torch(name, algorithm, params, grads, n_threads)
     if name == "deepspeed":
         return _deepspeed(algorithm, params, grads, n_threads)
+    if name == "reference":
+        return _reference(algorithm, params, grads, n_threads)
     raise ValueError(f"unknown implementation {name!r}; expected one of {IMPLS}")
 
 

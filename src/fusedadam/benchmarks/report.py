@@ -6,7 +6,7 @@ from typing import Any, Dict
 __all__ = ["case_table", "summary_table", "write_json", "plot"]
 
 # Speedups are reported against these, in this order, when they were timed.
-VERSUS = ("numpy", "torch-fused", "torch-foreach", "torch-single", "deepspeed")
+VERSUS = ("numpy", "torch-fused", "torch-foreach", "torch-single", "deepspeed", "reference")
 
 
 def fmt_time(seconds):
@@ -112,7 +112,7 @@ def write_json(path, environment, command, notes, rows):
 
 # The series a plot draws, in this order, at most PLOT_MAX_SERIES per panel; the others
 # (fusedadam-kernel: the compiled call alone, torch-single, ...) stay in the tables.
-PLOT_ORDER = ("fusedadam", "torch-fused", "deepspeed", "torch-foreach", "numpy",
+PLOT_ORDER = ("fusedadam", "torch-fused", "reference", "deepspeed", "torch-foreach", "numpy",
               "fusedadam-kernel", "torch-single")  # fmt: skip
 PLOT_MAX_SERIES = 5
 

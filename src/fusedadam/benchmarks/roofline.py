@@ -51,11 +51,13 @@ def kernel_step(optimizer, grads):
 
 
 def roofline_step(params, grads, n_state_arrays, n_threads):
-    """The probe loop over ``params`` and ``grads`` with 1, 2 or 3 state arrays."""
+    """The probe loop over ``params`` and ``grads`` with ``n_state_arrays`` state arrays."""
     if _kernels is None:
         raise RuntimeError("the compiled extension is not built: no roofline probe")
-    if n_state_arrays not in (1, 2, 3):
-        raise RuntimeError(f"the probe moves 1, 2 or 3 state arrays, not {n_state_arrays}")
+    if not 1 <= n_state_arrays <= _kernels.MAX_STATE_SLOTS:
+        raise RuntimeError(
+            f"the probe moves 1 to {_kernels.MAX_STATE_SLOTS} state arrays, not {n_state_arrays}"
+        )
     states = [[np.zeros_like(p) for p in params] for _ in range(n_state_arrays)]
     probe = _kernels.Probe(list(params), list(grads), *states)
     return lambda: probe.run(n_threads)

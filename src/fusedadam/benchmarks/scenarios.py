@@ -169,7 +169,7 @@ def run_case(case, args, notes):
 
 # The implementations each fixed-purpose scenario times.
 OVERHEAD_IMPLS = ("fusedadam", "fusedadam-kernel", "numpy", "torch-single", "torch-foreach",
-                  "torch-fused", "deepspeed")  # fmt: skip
+                  "torch-fused", "deepspeed", "reference")  # fmt: skip
 ROOFLINE_IMPLS = ("roofline", "fusedadam", "fusedadam-kernel")
 
 

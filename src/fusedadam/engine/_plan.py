@@ -26,11 +26,11 @@ __all__ = [
 ]
 
 
-def check_group_hyper(group, defaults, where):
+def check_group_hyper(group, defaults, where, n_betas=2):
     """Validate a group's hyperparameters in place; a mutable betas container (list,
     array) becomes the tuple of its values, so that editing it later cannot change a
     validated value behind the step's back."""
-    _validation.check_hyperparameters(group, defaults, where)
+    _validation.check_hyperparameters(group, defaults, where, n_betas)
     resolve_backend(group["backend"], where)
     betas = group.get("betas")
     if betas is not None and type(betas) is not tuple:
@@ -39,7 +39,7 @@ def check_group_hyper(group, defaults, where):
 
 def hyper_spec(algorithm, group, defaults, where):
     """Validate ``group``'s hyperparameters (the keys of ``defaults``); its ``HyperSpec``."""
-    check_group_hyper(group, defaults, where)
+    check_group_hyper(group, defaults, where, algorithm.n_betas)
     keys = tuple(defaults)
     lr = group["lr"]
     max_grad_norm = group.get("max_grad_norm")
