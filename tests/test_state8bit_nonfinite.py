@@ -17,12 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fusedadam as fa
-from fusedadam import reference
+from fusedadam import _algorithms, reference
 
 F32 = np.dtype(np.float32)
 BF16 = np.dtype(ml_dtypes.bfloat16)
 U8 = np.dtype(np.uint8)
-UNSIGNED = ("exp_avg_sq", "max_exp_avg_sq", "exp_inf", "exp_avg_var")
+# state names stored with the unsigned map (every algorithm's ``nonnegative``)
+UNSIGNED = {name for a in _algorithms.ALGORITHMS.values() for name in a.nonnegative}
 BAD = {"inf": np.inf, "-inf": -np.inf, "nan": np.nan}
 
 needs_compiled = pytest.mark.skipif(not COMPILED, reason="extension not built")
@@ -168,7 +169,7 @@ def assert_runs_equal(a, b):
 
 
 NONFINITE_VARIANTS = ["adam", "adam_l2", "adamw", "amsgrad", "adamax", "lion", "adabelief",
-                      "nadam"]  # fmt: skip
+                      "nadam", "ademamix", "adan"]  # fmt: skip
 
 
 @needs_compiled
