@@ -152,7 +152,8 @@ int main(void)
     static uint8_t mcodes[CHUNK], vcodes[CHUNK];
     for (int i = 0; i < CHUNK; i++) {
         cp[i] = (float)rand() / RAND_MAX, cg[i] = in[i % BLOCK];
-        mcodes[i] = (uint8_t)(rand() & 255), vcodes[i] = (uint8_t)(rand() % 241);
+        /* codes of finite values (magnitudes up to 1.0) */
+        mcodes[i] = (uint8_t)((rand() % 121) | (rand() & 0x80)), vcodes[i] = (uint8_t)(rand() % 241);
     }
     for (int b = 0; b < CHUNK / BLOCK; b++) mscale[b] = 0.01f, vscale[b] = 1e-4f;
     fa_segment x = {(char *)cp, NULL, (const char *)cg, {(char *)mcodes, (char *)vcodes, NULL},

@@ -140,21 +140,32 @@ static inline uint16_t fa_f32_to_f16(float f)
 /* ---- block-wise 8-bit state ----------------------------------------------------------------
  *
  * A state array stored as FA_ET_Q8 holds one byte per element and one float32 scale per block
- * of FA_Q8_BLOCK (= FA_STAGE) elements of its param: the block's absmax, the largest |value|
- * (taken as the largest of the float32 bit patterns with the sign cleared, an integer max:
- * a NaN anywhere makes it NaN). A code is a small float relative to the absmax: value =
- * y(code) * absmax, y in [-1, 1] (signed map, moments that change sign) or [0, 1]
- * (unsigned map, moments that never are negative: exp_avg_sq and the like). Both are the
- * top bits of a float16:
+ * of FA_Q8_BLOCK (= FA_STAGE) elements of its param: the block's absmax, the largest
+ * *finite* |value| (taken as the largest of the float32 bit patterns with the sign cleared
+ * below the bits of inf, an integer max; 0 when the block has none). A code is a small
+ * float relative to the absmax: value = y(code) * absmax, y in [-1, 1] (signed map, moments
+ * that change sign) or [0, 1] (unsigned map, moments that never are negative: exp_avg_sq
+ * and the like). Both are the top bits of a float16:
  *   signed:   sign | E4M3: y = the float16 with bits (code & 0x7f) << 7 and the code's sign:
  *             1.0, 14 binades [2**-14, 1) with 3 mantissa bits, then steps of 2**-17;
+ *             magnitudes 121-125 are never written (read as their float16, 1.125-1.625);
  *   unsigned: E5M3: y = 2**-15 * the float16 with bits code << 7: 1.0, 29 binades
  *             [2**-29, 1), then steps of 2**-32 (the second moment spans the square of the
- *             first one's range); codes above 240 (1.0) are never written and read as 1.0.
- * Encoding: x = min(|value| * (1 / absmax), 1) (|value| / absmax for a subnormal absmax,
- * 0 when absmax is 0 or NaN; NaN x as 1), rounded to the nearest code, ties away from zero;
- * a magnitude 0 never has the sign bit. On x86 this is the F16C conversion truncating to
- * float16, then adding half of the 7 dropped bits (exact: every tie point is a float16, so
+ *             first one's range); codes 241-253 are never written and read as 1.0.
+ * A value that is not finite keeps its own code, so it stays in its element (IEEE's inf
+ * or NaN, as float32 state keeps it) and the rest of the block keeps its finite scale:
+ * the top two magnitudes of each map, decoded without the scale (inf * 0 would be NaN):
+ *   signed:   0x7f +inf, 0xff -inf, 0x7e NaN (0xfe is never written, read as NaN);
+ *   unsigned: 0xff inf (of either sign: the unsigned map keeps |value|), 0xfe NaN.
+ * A NaN reads as the quiet NaN 0x7fc00000: its sign and payload are not kept (the rows of
+ * the dispatch table need not agree on them: tests/c/test_rows.c takes NaN as NaN).
+ * A block's codes hold such a code exactly when (code | 0x80 for the signed map) >= 0xfe:
+ * the block loops test that once per block (one byte max) and take a scalar path for it.
+ * Encoding a finite value: x = min(|value| * (1 / absmax), 1) (|value| / absmax for a
+ * subnormal absmax, 0 when absmax is 0 or NaN; NaN x as 1), rounded to the nearest code,
+ * ties away from zero; a magnitude 0 never has the sign bit. On x86 this is the F16C
+ * conversion truncating to float16, then adding half of the 7 dropped bits (exact: every
+ * tie point is a float16, so
  * truncation keeps which side of it x is on); the portable loops do the same rounding on
  * the float32 bits (fa_q8_encode_mag). Decoding is exact, then one float32 multiplication
  * by the absmax. Why not the paper's dynamic (base-10) map: encoding it needs a search per
@@ -191,8 +202,19 @@ static inline uint32_t fa_q8_ratio(float value, float absmax, float inv)
     return absmax > 0.0f ? fa_f32_bits(x) & 0x7fffffffu : 0u;
 }
 
-/* y(code) of either map: exact (tests compare it with reference.q8_values) */
-static inline float fa_q8_value(uint8_t code, int qsigned)
+/* the codes of values that are not finite (see above) */
+#define FA_Q8_INF 0x7fu       /* signed: | the sign bit; unsigned: | 0x80 */
+#define FA_Q8_NAN 0x7eu
+#define FA_Q8_NONFINITE 0xfeu /* (code | 0x80 for the signed map) >= this: inf or NaN */
+
+static inline int fa_q8_is_nonfinite(uint8_t code, int qsigned)
+{
+    return (code | (qsigned ? 0x80u : 0u)) >= FA_Q8_NONFINITE;
+}
+
+/* y(code) of a code that is not an inf or NaN's (the block loops' fast paths, once a
+ * block is known to hold none) */
+static inline float fa_q8_finite_value(uint8_t code, int qsigned)
 {
     if (qsigned)
         return fa_f16_to_f32((uint16_t)(((code & 0x7fu) << 7) | ((code & 0x80u) << 8)));
@@ -200,8 +222,32 @@ static inline float fa_q8_value(uint8_t code, int qsigned)
     return fa_f16_to_f32((uint16_t)(c << 7)) * 3.0517578125e-05f; /* 2**-15 */
 }
 
+/* y(code) of either map: exact (tests compare it with reference.q8_values); inf or a
+ * quiet NaN for the codes of values that are not finite */
+static inline float fa_q8_value(uint8_t code, int qsigned)
+{
+    if (fa_q8_is_nonfinite(code, qsigned)) /* inf (signed: with the code's sign) or NaN */
+        return fa_bits_f32((code & 1u) ? (qsigned ? (uint32_t)(code & 0x80u) << 24 : 0u) |
+                                             0x7f800000u
+                                       : 0x7fc00000u);
+    return fa_q8_finite_value(code, qsigned);
+}
+
+/* value of one code in a block of this absmax (the rare paths: one at a time) */
+static inline float fa_q8_decode(uint8_t code, float absmax, int qsigned)
+{
+    const float y = fa_q8_value(code, qsigned);
+    return fa_q8_is_nonfinite(code, qsigned) ? y : y * absmax;
+}
+
 static inline uint8_t fa_q8_code_inv(float value, float absmax, float inv, int qsigned)
 {
+    const uint32_t u = fa_f32_bits(value);
+    if ((u & 0x7fffffffu) >= 0x7f800000u) { /* inf or NaN: its own code */
+        if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: one code, its sign not kept */
+            return (uint8_t)(qsigned ? FA_Q8_NAN : FA_Q8_NAN | 0x80u);
+        return (uint8_t)(FA_Q8_INF | (qsigned ? (u >> 24) & 0x80u : 0x80u));
+    }
     uint32_t a = fa_q8_ratio(value, absmax, inv);
     if (qsigned) {
         uint32_t r = fa_q8_encode_mag(a, FA_Q8_EMAX_SIGNED);
@@ -214,6 +260,35 @@ static inline uint8_t fa_q8_code_inv(float value, float absmax, float inv, int q
 static inline uint8_t fa_q8_code(float value, float absmax, int qsigned)
 {
     return fa_q8_code_inv(value, absmax, 1.0f / absmax, qsigned);
+}
+
+/* whether codes[0..n) hold the code of a value that is not finite: one byte max, which
+ * the compiler vectorizes (the block loops' test before their fast paths) */
+static inline int fa_q8_any_nonfinite(const uint8_t *restrict codes, ptrdiff_t n, int qsigned)
+{
+    const uint8_t sign = qsigned ? 0x80u : 0u;
+    uint8_t most = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const uint8_t c = codes[i] | sign;
+        most = c > most ? c : most;
+    }
+    return most >= FA_Q8_NONFINITE;
+}
+
+/* Rare: the codes of a block in[0..n) that holds a value that is not finite (the integer
+ * max of its |value| bits is inf's or more), one at a time; returns its scale, the largest
+ * finite |value| (0 when there is none). */
+static inline float fa_q8_encode_nonfinite(uint8_t *restrict out, const float *restrict in,
+                                           int qsigned, ptrdiff_t n)
+{
+    uint32_t most = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const uint32_t a = fa_f32_bits(in[i]) & 0x7fffffffu;
+        most = a < 0x7f800000u && a > most ? a : most;
+    }
+    const float absmax = fa_bits_f32(most), inv = 1.0f / absmax;
+    for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_q8_code_inv(in[i], absmax, inv, qsigned);
+    return absmax;
 }
 
 /* The 8-bit block loops by hand for x86 with AVX2 and F16C (the avx2 and avx512 rows; the
@@ -233,6 +308,10 @@ FA_Q8_TARGET static void fa_q8_load_f16c_avx2(float *restrict out, const uint8_t
 {
     const __m256 scale = _mm256_set1_ps(absmax);
     ptrdiff_t i = 0;
+    if (fa_q8_any_nonfinite(in, n, qsigned)) { /* rare: the code of an inf or NaN */
+        for (; i < n; i++) out[i] = fa_q8_decode(in[i], absmax, qsigned);
+        return;
+    }
     if (qsigned) {
         for (; i + 8 <= n; i += 8) {
             __m128i c = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(in + i)));
@@ -250,7 +329,7 @@ FA_Q8_TARGET static void fa_q8_load_f16c_avx2(float *restrict out, const uint8_t
             _mm256_storeu_ps(out + i, _mm256_mul_ps(y, scale));
         }
     }
-    for (; i < n; i++) out[i] = fa_q8_value(in[i], qsigned) * absmax;
+    for (; i < n; i++) out[i] = fa_q8_finite_value(in[i], qsigned) * absmax;
 }
 
 /* 8 codes (in 16-bit lanes) of in[0..8): x * cap = min(|value| * inv_cap, cap), cap = 1
@@ -285,6 +364,17 @@ FA_Q8_TARGET static inline uint32_t fa_q8_max8_avx2(__m256i x)
 FA_Q8_TARGET static void fa_q8_encode_f16c_avx2(uint8_t *restrict out, const float *restrict in,
                                                float absmax, int qsigned, ptrdiff_t n);
 
+/* the codes of in[0..n) given most, the integer max of its |value| bits; returns the
+ * block's scale (the absmax of its finite values: most itself when every value is finite) */
+FA_Q8_TARGET static float fa_q8_encode_most_avx2(uint8_t *restrict out, const float *restrict in,
+                                                 uint32_t most, int qsigned, ptrdiff_t n)
+{
+    if (most >= 0x7f800000u) /* rare: an inf or NaN */
+        return fa_q8_encode_nonfinite(out, in, qsigned, n);
+    fa_q8_encode_f16c_avx2(out, in, fa_bits_f32(most), qsigned, n);
+    return fa_bits_f32(most);
+}
+
 FA_Q8_TARGET static float fa_q8_store_f16c_avx2(uint8_t *restrict out, const float *restrict in,
                                           int qsigned, ptrdiff_t n)
 {
@@ -300,12 +390,10 @@ FA_Q8_TARGET static float fa_q8_store_f16c_avx2(uint8_t *restrict out, const flo
         uint32_t a = fa_f32_bits(in[i]) & 0x7fffffffu;
         most = a > most ? a : most;
     }
-    const float absmax = fa_bits_f32(most);
-    fa_q8_encode_f16c_avx2(out, in, absmax, qsigned, n);
-    return absmax;
+    return fa_q8_encode_most_avx2(out, in, most, qsigned, n);
 }
 
-/* the codes of in[0..n) in a block of this absmax */
+/* the codes of in[0..n), every value finite, in a block of this absmax */
 FA_Q8_TARGET static void fa_q8_encode_f16c_avx2(uint8_t *restrict out, const float *restrict in,
                                                float absmax, int qsigned, ptrdiff_t n)
 {
@@ -370,8 +458,27 @@ FA_Q8_TARGET static inline __m128i fa_q8_enc16_unsigned(const float *in, __m256 
  * order as the staged runner's decode + dense loop + encode, so the same bits
  * (tests/test_state8bit.py). Stops before a block whose old v scale the fused decode cannot
  * take exactly (subnormal, NaN or infinite: y * 2**-15 * absmax is computed as
- * y * (absmax * 2**-15)), having finished every block before it; returns how many blocks
- * it did. */
+ * y * (absmax * 2**-15)) or whose codes hold an inf or NaN (the fused decode has no such
+ * code: one byte max per block tells), having finished every block before it; returns how
+ * many blocks it did. A block whose new moments hold an inf or NaN is encoded by the
+ * general encoder (its scale: the absmax of its finite values). */
+/* whether a block's codes (m signed, v unsigned) hold the code of an inf or NaN
+ * (fa_q8_any_nonfinite of both, 256 codes each) */
+FA_Q8_TARGET static inline int fa_q8_block_nonfinite_avx2(const uint8_t *mc, const uint8_t *vc)
+{
+    const __m256i sign = _mm256_set1_epi8((char)0x80);
+    __m256i most_m = _mm256_setzero_si256(), most_v = _mm256_setzero_si256();
+    for (ptrdiff_t i = 0; i < FA_Q8_BLOCK; i += 32) {
+        most_m = _mm256_max_epu8(
+            most_m, _mm256_or_si256(_mm256_loadu_si256((const __m256i *)(mc + i)), sign));
+        most_v = _mm256_max_epu8(most_v, _mm256_loadu_si256((const __m256i *)(vc + i)));
+    }
+    const __m256i most = _mm256_max_epu8(most_m, most_v);
+    const __m256i hit = _mm256_cmpeq_epi8(
+        _mm256_max_epu8(most, _mm256_set1_epi8((char)FA_Q8_NONFINITE)), most);
+    return _mm256_movemask_epi8(hit) != 0;
+}
+
 /* the scalars of the fused loop, as vectors */
 typedef struct {
     __m256 sign, wd, decay, b1, omb1, b2, omb2, step, eps;
@@ -477,36 +584,43 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
     const int sign = (float)s->sign != 1.0f, decay = (float)s->decay != 1.0f;
     const int stage_grad = x->grad_type != FA_ET_F32 || pre->active;
     const size_t gsize = x->grad_type == FA_ET_F32 ? 4 : 2;
-    /* the block before: its buffers, codes and scales (the first time, zeros to scratch) */
+    /* the block before: its buffers, codes and scales (the first time, zeros to scratch);
+     * *_most_prev: the integer max of its new moments' |value| bits */
     float *mold = bufs[1][0], *vold = bufs[1][1];
     uint8_t *mc_prev = scratch[0], *vc_prev = scratch[1];
-    float mmax_prev = 1.0f, vmax_prev = 1.0f;
+    float scratch_scale[2];
+    float *mscale_prev = &scratch_scale[0], *vscale_prev = &scratch_scale[1];
+    uint32_t mmost_prev = 0x3f800000u, vmost_prev = 0x3f800000u; /* 1.0 */
     memset(bufs[1], 0, sizeof bufs[1]);
     ptrdiff_t b = first;
     for (; b < n_blocks; b++) {
         const ptrdiff_t off = b * FA_Q8_BLOCK;
         float *mscale = x->scale[0] + b, *vscale = x->scale[1] + b;
         const float vscale_y = *vscale * 3.0517578125e-05f;
+        uint8_t *mc = (uint8_t *)x->state[0] + off, *vc = (uint8_t *)x->state[1] + off;
         /* exact scaling; and >= 0, so v stays >= +0 (fa_q8_enc16_unsigned) */
         if (!(vscale_y * 32768.0f == *vscale && *vscale >= 0.0f)) break;
+        if (fa_q8_block_nonfinite_avx2(mc, vc)) break; /* rare: an inf or NaN moment */
         float *p = resid ? NULL : (float *)x->param + off;
         uint16_t *pp = resid ? (uint16_t *)x->lowp + off : NULL;
         uint16_t *rr = resid ? (uint16_t *)x->param + off : NULL;
         const float *g = (const float *)x->grad + off;
-        uint8_t *mc = (uint8_t *)x->state[0] + off, *vc = (uint8_t *)x->state[1] + off;
         if (stage_grad) {
             widen(gbuf, x->grad + off * gsize, x->grad_type, FA_Q8_BLOCK, pre);
             g = gbuf;
         }
         float *mnew = bufs[b & 1][0], *vnew = bufs[b & 1][1];
+        float mmax_prev = fa_bits_f32(mmost_prev), vmax_prev = fa_bits_f32(vmost_prev);
+        /* (an inf or NaN fails these too) */
         int fast_prev = mmax_prev >= FA_Q8_FAST_MIN && mmax_prev <= FLT_MAX &&
                         vmax_prev >= FA_Q8_FAST_MIN && vmax_prev <= FLT_MAX;
         if (!fast_prev) { /* rare: encode it on its own, then encode zeros to scratch */
-            fa_q8_encode_f16c_avx2(mc_prev, mold, mmax_prev, 1, FA_Q8_BLOCK);
-            fa_q8_encode_f16c_avx2(vc_prev, vold, vmax_prev, 0, FA_Q8_BLOCK);
+            *mscale_prev = fa_q8_encode_most_avx2(mc_prev, mold, mmost_prev, 1, FA_Q8_BLOCK);
+            *vscale_prev = fa_q8_encode_most_avx2(vc_prev, vold, vmost_prev, 0, FA_Q8_BLOCK);
             memset(mold, 0, FA_Q8_BLOCK * sizeof(float));
             memset(vold, 0, FA_Q8_BLOCK * sizeof(float));
             mc_prev = scratch[0], vc_prev = scratch[1];
+            mscale_prev = &scratch_scale[0], vscale_prev = &scratch_scale[1];
             mmax_prev = vmax_prev = 1.0f;
         }
         const __m256 minv = _mm256_set1_ps(1.0f / mmax_prev);
@@ -537,15 +651,17 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
 #undef FA_Q8_ADAM_CALL
         if (round && !resid)
             round((uint16_t *)x->lowp + off, p, FA_Q8_BLOCK);
-        mmax_prev = fa_bits_f32(fa_q8_max8_avx2(most_m));
-        vmax_prev = fa_bits_f32(fa_q8_max8_avx2(most_v));
-        *mscale = mmax_prev;
-        *vscale = vmax_prev;
+        mmost_prev = fa_q8_max8_avx2(most_m);
+        vmost_prev = fa_q8_max8_avx2(most_v);
+        /* the scales; an inf or NaN's block gets its finite absmax when it is encoded */
+        *mscale = fa_bits_f32(mmost_prev);
+        *vscale = fa_bits_f32(vmost_prev);
+        mscale_prev = mscale, vscale_prev = vscale;
         mold = mnew, vold = vnew;
         mc_prev = mc, vc_prev = vc;
     }
-    fa_q8_encode_f16c_avx2(mc_prev, mold, mmax_prev, 1, FA_Q8_BLOCK);
-    fa_q8_encode_f16c_avx2(vc_prev, vold, vmax_prev, 0, FA_Q8_BLOCK);
+    *mscale_prev = fa_q8_encode_most_avx2(mc_prev, mold, mmost_prev, 1, FA_Q8_BLOCK);
+    *vscale_prev = fa_q8_encode_most_avx2(vc_prev, vold, vmost_prev, 0, FA_Q8_BLOCK);
     return b;
 }
 #define FA_Q8_LOAD_baseline fa_q8_load_baseline
@@ -664,10 +780,15 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
                                                float absmax, int qsigned,            \
                                                ptrdiff_t n)                          \
     {                                                                                \
-        if (qsigned)                                                                 \
-            for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_q8_value(in[i], 1) * absmax; \
+        if (fa_q8_any_nonfinite(in, n, qsigned)) /* rare: an inf or NaN's code */  \
+            for (ptrdiff_t i = 0; i < n; i++)                                        \
+                out[i] = fa_q8_decode(in[i], absmax, qsigned);                       \
+        else if (qsigned)                                                            \
+            for (ptrdiff_t i = 0; i < n; i++)                                        \
+                out[i] = fa_q8_finite_value(in[i], 1) * absmax;                      \
         else                                                                         \
-            for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_q8_value(in[i], 0) * absmax; \
+            for (ptrdiff_t i = 0; i < n; i++)                                        \
+                out[i] = fa_q8_finite_value(in[i], 0) * absmax;                      \
     }                                                                                \
     /* 8-bit state: the block's new absmax, then its codes; returns the absmax */    \
     FA_ATTR_##ISA static float fa_q8_store_##ISA(uint8_t *restrict out,              \
@@ -679,8 +800,10 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
             uint32_t a = fa_f32_bits(in[i]) & 0x7fffffffu;                           \
             most = a > most ? a : most;                                              \
         }                                                                            \
+        if (most >= 0x7f800000u) /* rare: an inf or NaN */                           \
+            return fa_q8_encode_nonfinite(out, in, qsigned, n);                      \
         const float absmax = fa_bits_f32(most), inv = 1.0f / absmax;                 \
-        if (!(absmax >= FLT_MIN)) { /* rare: 0, subnormal or NaN */                  \
+        if (!(absmax >= FLT_MIN)) { /* rare: 0 or subnormal */                       \
             for (ptrdiff_t i = 0; i < n; i++)                                        \
                 out[i] = fa_q8_code_inv(in[i], absmax, inv, qsigned);                \
         } else {                                                                     \

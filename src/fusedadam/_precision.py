@@ -12,10 +12,11 @@ float32, bfloat16 or float16; other params take gradients of their own dtype. Th
 are stored in the compute type, or in bfloat16 with ``state_dtype="bfloat16"`` (float32
 compute only), or block-wise in 8 bits with ``state_dtype="8bit"`` (float32 compute only):
 each moment is a uint8 code array shaped like the param plus a float32 array of one scale
-(the block's absmax) per block of ``Q8_BLOCK`` elements, named ``<moment>_absmax``
-(``reference.q8_quantize`` is the map). Params of fewer than ``Q8_MIN_SIZE`` elements keep
-float32 moments, as bitsandbytes keeps small tensors in 32 bits: their state is a few
-bytes, and 8-bit error there would buy nothing.
+(the absmax of the block's finite values; an inf or NaN keeps a code of its own) per
+block of ``Q8_BLOCK`` elements, named ``<moment>_absmax`` (``reference.q8_quantize`` is
+the map). Params of fewer than ``Q8_MIN_SIZE`` elements keep float32 moments, as
+bitsandbytes keeps small tensors in 32 bits: their state is a few bytes, and 8-bit error
+there would buy nothing.
 """
 
 import ml_dtypes

@@ -528,44 +528,63 @@ def _q8_emax(signed):
     return 15 if signed else 30
 
 
+def q8_nonfinite(codes, signed):
+    """Where 8-bit ``codes`` are those of an inf or NaN: ``(code | 0x80) >= 0xFE`` for the
+    signed map (0x7F/0xFF: +inf/-inf, 0x7E: NaN; 0xFE is never written and reads as NaN),
+    ``code >= 0xFE`` for the unsigned one (0xFF: inf, 0xFE: NaN)."""
+    mark = np.uint8(0x80 if signed else 0)
+    return (np.asarray(codes, dtype=np.uint8) | mark) >= np.uint8(0xFE)
+
+
 def q8_values(signed):
     """The 256 values y(code) of the signed or unsigned map, float32 (exact): the top bits
-    of a float16 (``_mixed.h``); unsigned codes above 240 (1.0) read as 1.0."""
+    of a float16 (``_mixed.h``); unsigned codes 241-253 read as 1.0; the codes of
+    non-finite values (``q8_nonfinite``) read as inf (signed map: with the code's sign) or
+    the quiet NaN 0x7FC00000 (a NaN's sign and payload are not kept)."""
     codes = np.arange(256, dtype=np.uint16)
     if signed:
         half = ((codes & 0x7F) << 7) | ((codes & 0x80) << 8)
-        return half.view(np.float16).astype(np.float32)
-    half = np.minimum(codes, 240) << 7
-    return half.view(np.float16).astype(np.float32) * np.float32(2.0**-15)
+        y = half.view(np.float16).astype(np.float32)
+    else:
+        half = np.minimum(codes, 240) << 7
+        y = half.view(np.float16).astype(np.float32) * np.float32(2.0**-15)
+    special = q8_nonfinite(codes.astype(np.uint8), signed)
+    sign = (codes.astype(np.uint32) & np.uint32(0x80 if signed else 0)) << np.uint32(24)
+    words = np.where(codes & 1, sign | np.uint32(0x7F800000), np.uint32(0x7FC00000))
+    return np.where(special, words.view(np.float32), y)
 
 
 @_quiet
 def q8_dequantize(codes, absmax, signed):
     """float32 values of 8-bit ``codes`` (any shape) with per-block scales ``absmax``:
-    ``y(code) * absmax`` of the code's block (blocks of ``Q8_BLOCK`` flat elements)."""
+    ``y(code) * absmax`` of the code's block (blocks of ``Q8_BLOCK`` flat elements); the
+    code of an inf or NaN is that value, whatever the scale."""
     flat = np.asarray(codes).reshape(-1)
     y = q8_values(signed)[flat]
     scale = np.repeat(np.asarray(absmax, np.float32), Q8_BLOCK)[: flat.size]
-    return (y * scale).reshape(np.shape(codes))
+    return np.where(q8_nonfinite(flat, signed), y, y * scale).reshape(np.shape(codes))
 
 
 @_quiet
 def q8_quantize(values, signed):
     """``(codes, absmax)`` of float32 ``values`` (any shape): per block of ``Q8_BLOCK`` flat
-    elements the largest ``abs(value)`` (an integer max of the bits, NaN wins), then each
-    value's nearest code of ``x = min(abs(value) * (1 / absmax), 1)``
-    (``abs(value) / absmax`` for a subnormal absmax; ties away from zero; the sign bit for
-    the signed map unless the magnitude is 0)."""
+    elements the largest finite ``abs(value)`` (an integer max of the bits below inf's; 0
+    when there is none), then each finite value's nearest code of
+    ``x = min(abs(value) * (1 / absmax), 1)`` (``abs(value) / absmax`` for a subnormal
+    absmax; ties away from zero; the sign bit for the signed map unless the magnitude is 0),
+    and each inf or NaN its own code (``q8_nonfinite``): it stays in its element."""
     v = np.asarray(values, dtype=np.float32).reshape(-1)
     n_blocks = -(-v.size // Q8_BLOCK)
     flat = np.zeros(n_blocks * Q8_BLOCK, dtype=np.float32)
     flat[: v.size] = v
     blocks = flat.reshape(n_blocks, Q8_BLOCK)
     words = blocks.view(np.uint32)
-    most = (words & np.uint32(0x7FFFFFFF)).max(axis=1, initial=0)
+    magnitude = words & np.uint32(0x7FFFFFFF)
+    finite = magnitude < np.uint32(0x7F800000)
+    most = np.where(finite, magnitude, np.uint32(0)).max(axis=1, initial=0)
     absmax = most.view(np.float32)
     # x = |value| * (1 / absmax) for a normal absmax, |value| / absmax for a subnormal one,
-    # 0 when absmax is 0 or NaN; the sign bit cleared (fa_q8_ratio)
+    # 0 when absmax is 0; the sign bit cleared (fa_q8_ratio)
     normal = absmax >= np.finfo(np.float32).tiny
     inv = np.float32(1) / np.where(normal, absmax, np.float32(1))
     x = np.abs(blocks) * inv[:, None]
@@ -584,6 +603,15 @@ def q8_quantize(values, signed):
     r = np.where(a >= np.uint32(0x3F800000), np.uint32(emax << _Q8_M), r)
     if signed:
         r |= np.where(r != 0, (words >> np.uint32(24)) & np.uint32(0x80), np.uint32(0))
+    # an inf: 0x7F | the sign bit (signed) or 0x80 (unsigned); a NaN: 0x7E (signed) or
+    # 0xFE (unsigned), its sign not kept
+    nan = magnitude > np.uint32(0x7F800000)
+    if signed:
+        inf = np.uint32(0x7F) | (words >> np.uint32(24)) & np.uint32(0x80)
+        special = np.where(nan, np.uint32(0x7E), inf)
+    else:
+        special = np.where(nan, np.uint32(0xFE), np.uint32(0xFF))
+    r = np.where(finite, r, special)
     codes = r.astype(np.uint8).reshape(-1)[: v.size].reshape(np.shape(values))
     return codes, absmax.copy()
 

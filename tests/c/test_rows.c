@@ -243,8 +243,8 @@ static void check_staged(void)
                                 float v = rand_f32(rare, j > 0);
                                 st32[0][j][i] = st32[1][j][i] = v;
                                 st16[0][j][i] = st16[1][j][i] = fa_f32_to_bf16(v);
-                                st8[0][j][i] = st8[1][j][i] =
-                                    (uint8_t)(j > 0 ? rnd() % 241 : rnd());
+                                /* every code, those of inf and NaN included */
+                                st8[0][j][i] = st8[1][j][i] = (uint8_t)rnd();
                             }
                         }
                         for (int j = 0; j < FA_MAX_STATES; j++)
