@@ -47,6 +47,15 @@ VARIANTS = {
     ),
     "lion": (fa.Lion, {}),
     "lion_maximize": (fa.Lion, {"weight_decay": 0.0, "maximize": True, "betas": (0.95, 0.98)}),
+    "schedulefree": (fa.AdamWScheduleFree, {"lr": 1e-2}),
+    "schedulefree_l2_warmup": (
+        fa.AdamWScheduleFree,
+        {"weight_decay": 0.1, "warmup_steps": 3, "r": 0.5, "weight_lr_power": 1.0},
+    ),
+    "schedulefree_maximize": (
+        fa.AdamWScheduleFree,
+        {"maximize": True, "betas": (0.95, 0.98), "weight_lr_power": 0.0},
+    ),
 }
 
 

@@ -17,7 +17,16 @@ FUNCTIONS = {
     "RAdam": (fa.functional.radam, ("exp_avg", "exp_avg_sq"), {"weight_decay": 0.01}),
     "AdaBelief": (fa.functional.adabelief, ("exp_avg", "exp_avg_var"), {}),
     "Lion": (fa.functional.lion, ("exp_avg",), {"lr": lambda t: 1e-3 / t}),
+    "AdamWScheduleFree": (
+        fa.functional.adamw_schedule_free,
+        ("z", "exp_avg_sq", "lr_max", "weight_sum"),
+        {"weight_decay": 0.01, "warmup_steps": 3},
+    ),
 }
+
+# State a function's caller creates otherwise than at zero: per-param scalars, and
+# Schedule-Free's z (a copy of the param).
+SCALAR_INITIAL = {"mu_product": 1.0, "lr_max": -1.0, "weight_sum": 0.0}
 
 
 def test_every_algorithm_has_a_function():
@@ -34,9 +43,11 @@ def test_function_is_the_class_step(name, dtype, backend):
     p_class = [rng.standard_normal(s).astype(dtype) for s in shapes]
     p_func = [p.copy() for p in p_class]
     opt = getattr(fa, name)(p_class, backend=backend, **options)
-    states = {n: [np.zeros_like(p) for p in p_func] for n in state_names if n != "mu_product"}
-    if "mu_product" in state_names:
-        states["mu_product"] = [np.ones(()) for _ in p_func]
+    states = {n: [np.zeros_like(p) for p in p_func] for n in state_names}
+    for n in set(state_names) & set(SCALAR_INITIAL):
+        states[n] = [np.full((), SCALAR_INITIAL[n]) for _ in p_func]
+    if "z" in state_names:
+        states["z"] = [p.copy() for p in p_func]
     betas = _algorithms.DEFAULTS[name][1]["betas"]
     for t in range(1, 8):
         grads = [rng.standard_normal(s).astype(dtype) for s in shapes]

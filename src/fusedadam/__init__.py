@@ -10,7 +10,17 @@ from fusedadam import functional, reference, schedules
 from fusedadam._clip import clip_grad_norm
 from fusedadam._version import __version__
 from fusedadam.minimize import OptimizeResult, minimize
-from fusedadam.optim import AdaBelief, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam
+from fusedadam.optim import (
+    AdaBelief,
+    Adam,
+    Adamax,
+    AdamW,
+    AdamWScheduleFree,
+    Lion,
+    NAdam,
+    Optimizer,
+    RAdam,
+)
 from fusedadam.sparse import SparseAdam
 from fusedadam.serialization import flatten_state_dict, unflatten_state_dict
 from fusedadam._backend import _kernels
@@ -54,6 +64,7 @@ __all__ = [
     "AdamW",
     "Adamax",
     "Lion",
+    "AdamWScheduleFree",
     "NAdam",
     "RAdam",
     "OptimizeResult",

@@ -30,6 +30,9 @@ class Algorithm(NamedTuple):
     nonnegative : tuple of str
         State arrays that are never negative: ``state_dtype="8bit"`` stores them with the
         unsigned map (one more bit of magnitude); the others with the signed map.
+    from_param : tuple of str
+        State arrays created as a copy of the param (its master's value when it has one;
+        Schedule-Free's ``z``) instead of at zero.
     """
 
     name: str
@@ -37,6 +40,7 @@ class Algorithm(NamedTuple):
     optional_state: tuple = ()
     scalar_state: tuple = ()
     nonnegative: tuple = ("exp_avg_sq", "max_exp_avg_sq", "exp_inf", "exp_avg_var")
+    from_param: tuple = ()
 
     def slot_names(self, group):
         """The state arrays a step of ``group`` reads and writes, in slot order."""
@@ -62,6 +66,12 @@ ALGORITHMS = {
     "radam": Algorithm("radam", ("exp_avg", "exp_avg_sq")),
     "adabelief": Algorithm("adabelief", ("exp_avg", "exp_avg_var")),
     "lion": Algorithm("lion", ("exp_avg",)),
+    "schedulefree": Algorithm(
+        "schedulefree",
+        ("z", "exp_avg_sq"),
+        scalar_state=(("lr_max", -1.0), ("weight_sum", 0.0)),
+        from_param=("z",),
+    ),
     "sparse_adam": Algorithm("sparse_adam", ("exp_avg", "exp_avg_sq")),
 }
 
@@ -140,6 +150,21 @@ DEFAULTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
         "lion",
         {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 1e-3, "maximize": False, **_SHARED},
     ),
+    # schedulefree.AdamWScheduleFree's defaults.
+    "AdamWScheduleFree": (
+        "schedulefree",
+        {
+            "lr": 0.0025,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "warmup_steps": 0,
+            "r": 0.0,
+            "weight_lr_power": 2.0,
+            "maximize": False,
+            **_SHARED,
+        },
+    ),
 }
 
 
@@ -161,4 +186,7 @@ def hyper_dict(algorithm, group):
         "weight_decay": float(group.get("weight_decay", 0.0)),
         "beta1_decay": float(group.get("beta1_decay", 1.0)),
         "momentum_decay": float(group.get("momentum_decay", 0.0)),
+        "warmup_steps": float(group.get("warmup_steps", 0)),
+        "r": float(group.get("r", 0.0)),
+        "weight_lr_power": float(group.get("weight_lr_power", 0.0)),
     }

@@ -32,6 +32,10 @@ typedef struct {
     double eps;              /* added to the denominator */
     double eps_root;         /* AdaBelief: added to the second moment itself */
     double grad_coef;        /* NAdam: multiplies g in the numerator */
+    double bias_correction2; /* Schedule-Free: v is divided by it */
+    double lerp_weight;      /* Schedule-Free: y = base + lerp_weight * (z - y) ... */
+    double lerp_from_end;    /* ... with base z when 1, y when 0 (torch's lerp) */
+    double y_step;           /* Schedule-Free: y += y_step * gn */
 } fa_scalars;
 
 /* Array slots of a loop call: the param, its gradient, then the state arrays in the order
@@ -50,7 +54,9 @@ enum { FA_PARAM = 0, FA_GRAD = 1, FA_STATE0 = 2, FA_MAX_SLOTS = 5 };
     FA_PAIR(X, nadam, FA_NADAM_BODY, 0, __VA_ARGS__)                                 \
     FA_PAIR(X, momentum, FA_MOMENTUM_BODY, 0, __VA_ARGS__)                           \
     FA_PAIR(X, adabelief, FA_ADABELIEF_BODY, 0, __VA_ARGS__)                         \
-    X(lion, FA_LION_BODY, 0, 0, __VA_ARGS__) X(probe, FA_PROBE_BODY, 0, 0, __VA_ARGS__)
+    X(lion, FA_LION_BODY, 0, 0, __VA_ARGS__)                                         \
+    FA_PAIR(X, schedulefree, FA_SCHEDULEFREE_BODY, 0, __VA_ARGS__)                   \
+    X(probe, FA_PROBE_BODY, 0, 0, __VA_ARGS__)
 
 #define FA_KIND_ENUM(name, body, coupled, flag, ...) FA_KIND_##name,
 enum { FA_DENSE_KINDS(FA_KIND_ENUM, ~) FA_N_KINDS };
@@ -205,6 +211,40 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
             T c = b1 * m + omb1 * g;                                                 \
             p_[i] = p - step_size * FA_SIGN(T, c);                                   \
             m_[i] = b2 * m + omb2 * g;                                               \
+        }                                                                            \
+    }
+
+/* Schedule-Free AdamW (Defazio et al. 2024, schedulefree.AdamWScheduleFree): the param
+ * holds y, state z and v. In the package's order:
+ *     v = b2 v + (1 - b2) g g;  gn = g / (sqrt(v / bc2) + eps);  gn += wd y (_l2)
+ *     y = lerp(y, z, c);  y += y_step gn;  z -= lr_t gn
+ * The lerp is torch's: y + c (z - y) for c < 0.5, z + (c - 1)(z - y) otherwise (the
+ * scalar rule hands over the coefficient and the base). */
+#define FA_SCHEDULEFREE_BODY(T, SQRT, FABS, COUPLED, FLAG)                           \
+    {                                                                                \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        T *restrict z_ = (T *)a[FA_STATE0];                                          \
+        T *restrict v_ = (T *)a[FA_STATE0 + 1];                                      \
+        const T b2 = (T)s->beta2, omb2 = (T)s->one_minus_beta2;                      \
+        const T bc2 = (T)s->bias_correction2, eps = (T)s->eps;                       \
+        const T lerp_weight = (T)s->lerp_weight, y_step = (T)s->y_step;              \
+        const T z_step = (T)s->step_size;                                            \
+        const int from_end = s->lerp_from_end != 0.0;                                \
+        (void)decay;                                                                 \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            T g = g_[i] * sign;                                                      \
+            T y = p_[i];                                                             \
+            T z = z_[i];                                                             \
+            T v = b2 * v_[i] + omb2 * g * g;                                         \
+            T denom = SQRT(v / bc2) + eps;                                           \
+            T gn = g / denom;                                                        \
+            if (COUPLED) gn = gn + wd * y;                                           \
+            T base = from_end ? z : y;                                               \
+            T y_new = base + lerp_weight * (z - y);                                  \
+            y_new = y_new + y_step * gn;                                             \
+            v_[i] = v;                                                               \
+            z_[i] = z - z_step * gn;                                                 \
+            p_[i] = y_new;                                                           \
         }                                                                            \
     }
 

@@ -66,6 +66,24 @@ def _bool_checker(name):
     return check
 
 
+def _check_warmup_steps(value, where):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where}Invalid warmup_steps value: {value!r} (expected an int >= 0)")
+    if not 0 <= value < MAX_STEP:
+        raise ValueError(f"{where}Invalid warmup_steps value: {value} (must be >= 0)")
+
+
+def check_schedule_free_beta1(betas, where=""):
+    """Schedule-Free's ``eval()`` needs beta1 > 0: it recovers x from y with the weight
+    ``1 - 1/beta1`` (with beta1 = 0, y is z and x is lost). Training takes any beta1."""
+    if betas[0] <= 0.0:
+        raise ValueError(
+            f"{where}Invalid beta parameter at index 0 for eval(): {betas[0]} (eval() "
+            "recovers the average x from y with the weight 1 - 1/beta1; with beta1 = 0 the "
+            "params hold z and x is not kept)"
+        )
+
+
 def _check_nonfinite(mode, where):
     if not isinstance(mode, str) or mode not in NONFINITE_MODES:
         raise ValueError(
@@ -170,6 +188,11 @@ HYPERPARAMETER_CHECKS = {
     "grad_scale": _check_grad_scale,
     "max_grad_norm": _check_max_grad_norm,
     "master": _check_master,
+    "warmup_steps": _check_warmup_steps,
+    "r": _real_checker("r", lambda x: x >= 0.0, " (must be finite and >= 0)"),
+    "weight_lr_power": _real_checker(
+        "weight_lr_power", lambda x: x >= 0.0, " (must be finite and >= 0)"
+    ),
 }
 
 

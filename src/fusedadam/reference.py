@@ -28,6 +28,7 @@ __all__ = [
     "momentum_update",
     "adabelief_update",
     "lion_update",
+    "schedulefree_update",
     "probe_update",
     "sparse_adam_update",
     "q8_values",
@@ -41,14 +42,29 @@ __all__ = [
 _quiet = np.errstate(all="ignore")
 
 
-def step_scalars(hyper, t, lr, mu_product=1.0):
-    """``(loop kind, scalars, mu_product after)`` of step ``t`` with learning rate ``lr``.
+def step_scalars(hyper, t, lr, carry=1.0):
+    """``(loop kind, scalars, carry after)`` of step ``t`` with learning rate ``lr``.
 
     The twin of ``fa_step_scalars`` in ``_scalars.h``: the same double operations in the
     same order (Python floats are C doubles, ``**`` is libm's pow). ``hyper`` is the dict
-    of ``fusedadam._algorithms.hyper_dict``.
+    of ``fusedadam._algorithms.hyper_dict``. ``carry`` is the per-param scalar state in the
+    registry's order (NAdam's ``mu_product``; Schedule-Free's ``(lr_max, weight_sum)``): a
+    number, or a tuple of at most two; the carry after the step comes back in the same form.
     """
+    single = not isinstance(carry, (tuple, list))
+    carry_in = (float(carry),) if single else tuple(float(c) for c in carry)
+    carry_in = carry_in + (1.0,) * (_MAX_CARRY - len(carry_in))
+    kind, s, after = _step_scalars(hyper, t, lr, carry_in)
+    return kind, s, after[0] if single else after[: len(carry)]
+
+
+_MAX_CARRY = 2  # FA_MAX_CARRY
+
+
+def _step_scalars(hyper, t, lr, carry):
     h = hyper
+    mu_product = carry[0]
+    after = list(carry)
     algorithm = h["algorithm"]
     t = float(t)
     coupled = h["weight_decay"] != 0.0 and not h["decoupled"]
@@ -60,14 +76,17 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
         "decay": 1.0 - lr * h["weight_decay"] if h["decoupled"] else 1.0,
         "eps_root": 0.0,
         "grad_coef": 0.0,
+        "bias_correction2": 1.0,
+        "lerp_weight": 0.0,
+        "lerp_from_end": 0.0,
+        "y_step": 0.0,
     }
-    mu_after = mu_product
     if algorithm in ("adam", "adamax"):
         beta1 = h["beta1"] * h["beta1_decay"] ** (t - 1.0)
         if h["bias_correction"]:
             bc1 = 1.0 - h["beta1"] ** t
             bc2 = 1.0 - h["beta2"] ** t
-    elif algorithm != "lion":
+    elif algorithm not in ("lion", "schedulefree"):
         bc1 = 1.0 - h["beta1"] ** t
         bc2 = 1.0 - h["beta2"] ** t
     s["beta1"] = beta1
@@ -90,7 +109,7 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
         product_next = product * mu_next
         s["grad_coef"] = lr * (1.0 - mu) / (1.0 - product) * math.sqrt(bc2)
         s["step_size"] = lr * mu_next / (1.0 - product_next) * math.sqrt(bc2)
-        mu_after = product
+        after[0] = product
         kind = "nadam" + suffix
     elif algorithm == "radam":
         rho_inf = 2.0 / (1.0 - h["beta2"]) - 1.0
@@ -112,6 +131,25 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
     elif algorithm == "adabelief":
         s["eps_root"] = h["eps_root"]
         kind = "adabelief" + suffix
+    elif algorithm == "schedulefree":
+        warmup = h.get("warmup_steps", 0.0)
+        sched = t / warmup if t - 1.0 < warmup else 1.0
+        lr_t = lr * sched
+        lr_max = lr_t if lr_t > carry[0] else carry[0]
+        weight = _pow(t, h.get("r", 0.0)) * _pow(lr_max, h.get("weight_lr_power", 0.0))
+        weight_sum = carry[1] + weight
+        ckp1 = weight / weight_sum if weight_sum != 0.0 else 0.0
+        after[0], after[1] = lr_max, weight_sum
+        s["bias_correction2"] = 1.0 - h["beta2"] ** t
+        s["step_size"] = lr_t
+        s["eps"] = h["eps"]
+        s["weight_decay"] = h["weight_decay"]
+        s["decay"] = 1.0
+        small = abs(ckp1) < 0.5
+        s["lerp_from_end"] = 0.0 if small else 1.0
+        s["lerp_weight"] = ckp1 if small else ckp1 - 1.0
+        s["y_step"] = lr_t * (h["beta1"] * (1.0 - ckp1) - 1.0)
+        kind = "schedulefree_l2" if h["weight_decay"] != 0.0 else "schedulefree"
     elif algorithm == "sparse_adam":
         s["step_size"] = lr * math.sqrt(bc2) / bc1
         s["eps"] = h["eps"]
@@ -120,7 +158,16 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
         s["step_size"] = lr
         s["eps"] = 0.0
         kind = "lion"
-    return kind, s, mu_after
+    return kind, s, tuple(after)
+
+
+def _pow(x, y):
+    """libm's pow, as the C rule calls it (Python's ``**`` on floats): +inf where it
+    overflows (``**`` raises there; the bases here are >= 0)."""
+    try:
+        return x**y
+    except OverflowError:
+        return math.inf
 
 
 def _cast(dtype, scalars, *names):
@@ -246,6 +293,36 @@ def lion_update(param, grad, exp_avg, scalars, coupled):
 
 
 @_quiet
+def schedulefree_update(param, grad, z, exp_avg_sq, scalars, coupled):
+    """Schedule-Free AdamW, in place (the param holds y): ``v = b2 v + (1 - b2) g g``,
+    ``gn = g / (sqrt(v / bc2) + eps)`` (``+ wd y`` when coupled), ``y = lerp(y, z, c)``
+    as torch's lerp, ``y += y_step gn``, ``z -= lr_t gn``."""
+    sign, weight_decay = _cast(param.dtype, scalars, "sign", "weight_decay")
+    names = ("beta2", "one_minus_beta2", "bias_correction2", "eps", "lerp_weight", "y_step",
+             "step_size")  # fmt: skip
+    b2, omb2, bc2, eps, lerp_weight, y_step, z_step = _cast(param.dtype, scalars, *names)
+    g = grad * sign
+    g_sq = omb2 * g
+    g_sq *= g
+    exp_avg_sq *= b2
+    exp_avg_sq += g_sq
+    denom = exp_avg_sq / bc2
+    np.sqrt(denom, out=denom)
+    denom += eps
+    gn = g / denom
+    if coupled:
+        gn += weight_decay * param
+    diff = z - param
+    diff *= lerp_weight
+    if scalars["lerp_from_end"] != 0.0:
+        param[...] = z
+    param += diff
+    param += y_step * gn
+    gn *= z_step
+    z -= gn
+
+
+@_quiet
 def probe_update(param, grad, exp_avg, exp_avg_sq=None, max_exp_avg_sq=None):
     """The bandwidth probe's trivial arithmetic (for testing the compiled probe)."""
     exp_avg += grad
@@ -265,6 +342,7 @@ _KINDS: Dict[str, Tuple[Callable[..., None], int]] = {
     "momentum": (momentum_update, 2),
     "adabelief": (adabelief_update, 2),
     "lion": (lion_update, 1),
+    "schedulefree": (schedulefree_update, 2),
 }
 
 

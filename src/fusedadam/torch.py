@@ -1,6 +1,7 @@
 """``fusedadam.torch``: fusedadam's optimizers as ``torch.optim.Optimizer`` subclasses.
 
-``Adam``, ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam``, ``AdaBelief`` and ``Lion`` take CPU
+``Adam``, ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam``, ``AdaBelief``, ``Lion`` and
+``AdamWScheduleFree`` take CPU
 tensors and behave like their ``torch.optim`` namesakes: ``step(closure=None)`` reads
 ``p.grad``, ``zero_grad()``, param groups, ``add_param_group``, step and state-dict hooks,
 ``torch.optim.lr_scheduler`` and ``torch.amp.GradScaler`` work unchanged, and state dicts
@@ -47,6 +48,7 @@ __all__ = [
     "RAdam",
     "AdaBelief",
     "Lion",
+    "AdamWScheduleFree",
     "Offload",
     "Optimizer",
 ]
@@ -1449,6 +1451,117 @@ class Lion(Optimizer):
     # fmt: on
 
 
+class AdamWScheduleFree(Optimizer):
+    """Schedule-Free AdamW (:class:`fusedadam.AdamWScheduleFree` runs the step) for CPU
+    tensors, as ``schedulefree.AdamWScheduleFree``: the state is ``z``, ``exp_avg_sq`` and
+    the 0-d float64 ``lr_max`` and ``weight_sum``; call :meth:`train` before training and
+    :meth:`eval` before evaluating or saving (a step in eval mode raises). A param whose
+    grad is None keeps its y and z, and its counters follow its group's, as the package
+    keeps them per group."""
+
+    _inner_cls = _optim.AdamWScheduleFree
+
+    # fmt: off
+    def __init__(self, params, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 warmup_steps=0, r=0.0, weight_lr_power=2.0, foreach=None, *,
+                 maximize=False, num_threads=None, nonfinite="error", state_dtype=None,
+                 max_grad_norm=None):
+        self._setup(params, locals())
+    # fmt: on
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        """Add a param group; it takes the optimizer's mode (train unless :meth:`eval`
+        was called)."""
+        if isinstance(param_group, dict) and "train_mode" not in param_group:
+            train = all(g.get("train_mode", True) for g in getattr(self, "param_groups", ()))
+            param_group = {**param_group, "train_mode": train}
+        super().add_param_group(param_group)
+
+    def _check_group(self, group, where):
+        super()._check_group(group, where)
+        mode = group.get("train_mode", True)
+        if not isinstance(mode, bool):
+            raise TypeError(f"{where}train_mode must be a bool, got {mode!r}")
+
+    def _step(self, closure=None, grad_scale=None, found_inf=None):
+        for gi, group in enumerate(self.param_groups):
+            if not group.get("train_mode", True):
+                raise RuntimeError(
+                    f"AdamWScheduleFree: param_groups[{gi}] is in eval mode (its params hold "
+                    "the average x); call optimizer.train() before step(), and "
+                    "optimizer.eval() before evaluating or saving the model"
+                )
+        loss = super()._step(closure, grad_scale, found_inf)
+        self._follow_group_counters()
+        return loss
+
+    def _follow_group_counters(self):
+        """Give the params of a group that skipped this step (grad None) the counters of
+        the group's params that took it: the package keeps k, lr_max and weight_sum per
+        group, so a param that trains again continues at its group's step."""
+        state_map = self.__dict__["state"]
+        names = ("step", "lr_max", "weight_sum")
+        for group in self.param_groups:
+            members = self._members(group)
+            if all(p.grad is not None for p in members):
+                continue
+            entries = [dict.get(state_map, p) for p in members]
+            stepped = [
+                st for p, st in zip(members, entries) if p.grad is not None and st and "step" in st
+            ]
+            if not stepped:
+                continue
+            lead = stepped[0]
+            for p, st in zip(members, entries):
+                if p.grad is None and st and all(
+                    isinstance(st.get(n), torch.Tensor) for n in names
+                ):
+                    for n in names:
+                        st[n].copy_(lead[n])
+
+    def train(self) -> None:
+        """Switch to train mode: each param of a group in eval mode moves from ``x`` to
+        ``y = lerp(x, z, 1 - beta1)`` (its master too, the param then its rounding).
+        Idempotent."""
+        self._set_mode(True)
+
+    def eval(self) -> None:
+        """Switch to eval mode: each param of a group in train mode moves from ``y`` to
+        ``x = lerp(y, z, 1 - 1/beta1)``. Idempotent."""
+        self._set_mode(False)
+
+    @torch.no_grad()
+    def _set_mode(self, train):
+        state_map = self.__dict__["state"]
+        moved, writes = [], []
+        for gi, group in enumerate(self.param_groups):
+            if bool(group.get("train_mode", True)) == train:
+                continue
+            self._check_group(group, f"param_groups[{gi}]: ")
+            if not train:
+                _validation.check_schedule_free_beta1(_betas(group), f"param_groups[{gi}]: ")
+            beta1 = float(_betas(group)[0])
+            weight = 1.0 - beta1 if train else 1.0 - 1.0 / beta1
+            for p in self._members(group):
+                st = dict.get(state_map, p)
+                if not st or "z" not in st:
+                    continue
+                views = {
+                    key: _numpy(value)
+                    for key, value in st.items()
+                    if key in ("z", "z_absmax", "master_param")
+                    and isinstance(value, torch.Tensor)
+                }
+                writes.append(_optim.schedule_free_move(_numpy(p), views, weight))
+                moved.append(p)
+        for write in writes:
+            write()
+        if moved:
+            _BUMP(moved)
+        for group in self.param_groups:
+            group["train_mode"] = train
+
+
 for _cls, _name in (
     (Adam, "torch.optim.Adam"),
     (AdamW, "torch.optim.AdamW"),
@@ -1457,6 +1570,7 @@ for _cls, _name in (
     (RAdam, "torch.optim.RAdam"),
     (AdaBelief, "torch.optim.Adam"),
     (Lion, "torch.optim.Adam"),
+    (AdamWScheduleFree, "schedulefree.AdamWScheduleFree"),
 ):
     _doc(_cls, _name)
 del _cls, _name
