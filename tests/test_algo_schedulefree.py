@@ -96,9 +96,24 @@ def test_matches_schedulefree_package_over_100_steps(name, backend):
         assert float(opt.state[p]["weight_sum"]) == pytest.approx(group["weight_sum"], rel=1e-14)
 
 
+def _frozen_at(t):
+    frozen = set()
+    if t < 20:
+        frozen.add(2)  # no gradient yet: joins its group at step 21
+    if 10 <= t < 30:
+        frozen.add(1)
+    if 40 <= t < 45:
+        frozen |= {0, 4}
+    if 50 <= t < 55:
+        frozen |= {3, 4}  # the whole second group
+    return frozen
+
+
 def test_torch_front_end_frozen_params_follow_the_package():
     """A param whose grad is None for some steps keeps y and z, and continues at its
-    group's counters (the package keeps k, lr_max and weight_sum per group)."""
+    group's counters; a param whose first grad comes late starts at its group's counters;
+    a group without grads still counts the step (the package keeps k, lr_max and
+    weight_sum per group and counts every step)."""
     schedulefree = reference_package("schedulefree")
     torch = pytest.importorskip("torch")
     import fusedadam.torch as fat
@@ -107,14 +122,17 @@ def test_torch_front_end_frozen_params_follow_the_package():
     ps = _params(3)
     mine = [torch.tensor(p.copy(), requires_grad=True) for p in ps]
     theirs = [torch.tensor(p.copy(), requires_grad=True) for p in ps]
-    ref = schedulefree.AdamWScheduleFree(theirs, foreach=False, **options)
+    ref = schedulefree.AdamWScheduleFree(
+        [{"params": theirs[:3]}, {"params": theirs[3:], "lr": 0.02}], foreach=False, **options
+    )
     ref.train()
-    opt = fat.AdamWScheduleFree(mine, **options)
+    opt = fat.AdamWScheduleFree([{"params": mine[:3]}, {"params": mine[3:], "lr": 0.02}],
+                                **options)  # fmt: skip
     opt.train()
     rng = np.random.default_rng(4)
     for t in range(60):
         gs = _grads(rng)
-        frozen = {1} if 10 <= t < 30 else ({0, 4} if 40 <= t < 45 else set())
+        frozen = _frozen_at(t)
         for k, (a, b, g) in enumerate(zip(mine, theirs, gs)):
             a.grad = None if k in frozen else torch.tensor(g.copy())
             b.grad = None if k in frozen else torch.tensor(g.copy())
@@ -131,6 +149,10 @@ def test_torch_front_end_frozen_params_follow_the_package():
             opt.train()
     for a, b in zip(mine, theirs):
         _close(opt.state[a]["z"].numpy(), ref.state[b]["z"].numpy())
+    for a in mine:
+        group = ref.param_groups[0 if a is mine[0] or a is mine[1] or a is mine[2] else 1]
+        assert int(opt.state[a]["step"]) == group["k"] == 60
+        assert float(opt.state[a]["weight_sum"]) == pytest.approx(group["weight_sum"], rel=1e-14)
 
 
 # ------------------------------------------------------------------ the scalar rule

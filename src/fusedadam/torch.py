@@ -1483,6 +1483,8 @@ class AdamWScheduleFree(Optimizer):
         if not isinstance(mode, bool):
             raise TypeError(f"{where}train_mode must be a bool, got {mode!r}")
 
+    _COUNTERS = ("step", "lr_max", "weight_sum")
+
     def _step(self, closure=None, grad_scale=None, found_inf=None):
         for gi, group in enumerate(self.param_groups):
             if not group.get("train_mode", True):
@@ -1491,33 +1493,109 @@ class AdamWScheduleFree(Optimizer):
                     "the average x); call optimizer.train() before step(), and "
                     "optimizer.eval() before evaluating or saving the model"
                 )
-        loss = super()._step(closure, grad_scale, found_inf)
-        self._follow_group_counters()
+        if found_inf is None:
+            found_inf = self.__dict__.get("found_inf")
+        if found_inf is not None and float(found_inf) != 0.0:
+            return super()._step(closure, grad_scale, found_inf)  # skipped: nothing moves
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        else:
+            loss = None
+        joined = self._join_group_counters()
+        skipped = self._fa.skipped_steps if self._fa is not None else 0
+        try:
+            super()._step(None, grad_scale, found_inf)
+        except BaseException:
+            state_map = self.__dict__["state"]
+            for p in joined:  # the state made for this step goes with it
+                state_map.pop(p, None)
+            raise
+        if self._fa is None or self._fa.skipped_steps == skipped:
+            self._follow_group_counters()
         return loss
 
-    def _follow_group_counters(self):
-        """Give the params of a group that skipped this step (grad None) the counters of
-        the group's params that took it: the package keeps k, lr_max and weight_sum per
-        group, so a param that trains again continues at its group's step."""
+    def _groups_with_counters(self):
+        """Per group: its members, their state dicts, and the state of a param that has
+        counters (the group's, since they agree), or None."""
         state_map = self.__dict__["state"]
-        names = ("step", "lr_max", "weight_sum")
         for group in self.param_groups:
             members = self._members(group)
-            if all(p.grad is not None for p in members):
-                continue
             entries = [dict.get(state_map, p) for p in members]
+            lead = next(
+                (
+                    st
+                    for st in entries
+                    if st and all(isinstance(st.get(n), torch.Tensor) for n in self._COUNTERS)
+                ),
+                None,
+            )
+            yield group, members, entries, lead
+
+    @torch.no_grad()
+    def _join_group_counters(self):
+        """A param whose first gradient arrives after its group has stepped gets its state
+        now, at the group's counters (the package's z = p, v = 0 with the group's k, lr_max
+        and weight_sum), instead of starting at step 1 on its own. Returns those params."""
+        from fusedadam.engine._plan import new_state, state_dtypes
+
+        algorithm = self._inner_cls.algorithm
+        joined = []
+        for group, members, entries, lead in self._groups_with_counters():
+            if lead is None or int(lead["step"]) == 0:
+                continue
+            for k, (p, st) in enumerate(zip(members, entries)):
+                if st or p.grad is None or p.device.type == "meta":
+                    continue
+                view = _numpy(p.detach().contiguous())
+                dtypes = state_dtypes(algorithm, view, group.get("state_dtype"), f"params[{k}]")
+                fresh = {}
+                for name in algorithm.state_names:
+                    fresh.update(new_state(view, name, dtypes, name in algorithm.from_param))
+                if _precision.MASTER in dtypes:
+                    fresh[_precision.MASTER] = view.astype(np.float32)
+                state = {name: _tensor(np.ascontiguousarray(a)) for name, a in fresh.items()}
+                for name in self._COUNTERS:
+                    state[name] = lead[name].detach().clone()
+                self.state[p] = state
+                joined.append(p)
+        return joined
+
+    @torch.no_grad()
+    def _follow_group_counters(self):
+        """After a step that ran: the params of a group that skipped it (grad None) take
+        the counters of the group's params that took it, and a group none of whose params
+        took it counts the step by the scalar rule itself. The package keeps k, lr_max and
+        weight_sum per group and counts every step() call for every group."""
+        from fusedadam import _algorithms, reference
+
+        algorithm = self._inner_cls.algorithm
+        for group, members, entries, lead in self._groups_with_counters():
+            if lead is None or all(p.grad is not None for p in members):
+                continue
             stepped = [
                 st for p, st in zip(members, entries) if p.grad is not None and st and "step" in st
             ]
-            if not stepped:
-                continue
-            lead = stepped[0]
+            if stepped:
+                source = [stepped[0][n] for n in self._COUNTERS]
+            else:
+                t = int(lead["step"]) + 1
+                hyper = _algorithms.hyper_dict(algorithm, {**group, "betas": _betas(group)})
+                carry = (float(lead["lr_max"]), float(lead["weight_sum"]))
+                _, _, after = reference.step_scalars(
+                    hyper, t, _lr_value(group["lr"], ""), carry
+                )
+                source = [
+                    torch.tensor(t, dtype=torch.int64),
+                    torch.tensor(after[0], dtype=torch.float64),
+                    torch.tensor(after[1], dtype=torch.float64),
+                ]
             for p, st in zip(members, entries):
                 if p.grad is None and st and all(
-                    isinstance(st.get(n), torch.Tensor) for n in names
+                    isinstance(st.get(n), torch.Tensor) for n in self._COUNTERS
                 ):
-                    for n in names:
-                        st[n].copy_(lead[n])
+                    for n, value in zip(self._COUNTERS, source):
+                        st[n].copy_(value)
 
     def train(self) -> None:
         """Switch to train mode: each param of a group in eval mode moves from ``x`` to
