@@ -1582,17 +1582,17 @@ class AdamWScheduleFree(Optimizer):
                 t = int(lead["step"]) + 1
                 hyper = _algorithms.hyper_dict(algorithm, {**group, "betas": _betas(group)})
                 carry = (float(lead["lr_max"]), float(lead["weight_sum"]))
-                _, _, after = reference.step_scalars(
-                    hyper, t, _lr_value(group["lr"], ""), carry
-                )
+                _, _, after = reference.step_scalars(hyper, t, _lr_value(group["lr"], ""), carry)
                 source = [
                     torch.tensor(t, dtype=torch.int64),
                     torch.tensor(after[0], dtype=torch.float64),
                     torch.tensor(after[1], dtype=torch.float64),
                 ]
             for p, st in zip(members, entries):
-                if p.grad is None and st and all(
-                    isinstance(st.get(n), torch.Tensor) for n in self._COUNTERS
+                if (
+                    p.grad is None
+                    and st
+                    and all(isinstance(st.get(n), torch.Tensor) for n in self._COUNTERS)
                 ):
                     for n, value in zip(self._COUNTERS, source):
                         st[n].copy_(value)
@@ -1627,8 +1627,7 @@ class AdamWScheduleFree(Optimizer):
                 views = {
                     key: _numpy(value)
                     for key, value in st.items()
-                    if key in ("z", "z_absmax", "master_param")
-                    and isinstance(value, torch.Tensor)
+                    if key in ("z", "z_absmax", "master_param") and isinstance(value, torch.Tensor)
                 }
                 writes.append(_optim.schedule_free_move(_numpy(p), views, weight))
                 moved.append(p)
