@@ -56,6 +56,12 @@ VARIANTS = {
         fa.AdamWScheduleFree,
         {"maximize": True, "betas": (0.95, 0.98), "weight_lr_power": 0.0},
     ),
+    # beta2 = 0.9: rectified from step 5 on, so a few steps run both loop kinds
+    "radam_schedulefree": (fa.RAdamScheduleFree, {"betas": (0.9, 0.9)}),
+    "radam_schedulefree_loud_l2": (
+        fa.RAdamScheduleFree,
+        {"betas": (0.8, 0.9), "silent_sgd_phase": False, "weight_decay": 0.1, "r": 1.0},
+    ),
 }
 
 

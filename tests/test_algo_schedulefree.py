@@ -23,6 +23,8 @@ from conftest import (
 
 SHAPES = [(7,), (3, 5), (1,), (0,), (33,)]
 
+# (class name, settings) pairs: AdamW's, then RAdam's (no warmup_steps; beta2 = 0.9 and
+# 0.95 rectify after a few steps, 0.999 after 6, 0.5 never).
 SETTINGS = {
     "defaults": {},
     "warmup_decay": {"lr": 0.01, "betas": (0.9, 0.99), "weight_decay": 0.05, "warmup_steps": 10},
@@ -36,6 +38,20 @@ SETTINGS = {
     },
     "late_warmup_large_beta1": {"lr": 0.05, "betas": (0.98, 0.9), "warmup_steps": 150},
 }
+RADAM_SETTINGS = {
+    "radam_defaults": {},
+    "radam_decay": {"lr": 0.01, "betas": (0.9, 0.9), "weight_decay": 0.05, "r": 0.5},
+    "radam_loud": {"lr": 0.01, "betas": (0.85, 0.95), "silent_sgd_phase": False},
+    "radam_never_rectified": {
+        "lr": 0.001,
+        "betas": (0.9, 0.5),
+        "silent_sgd_phase": False,
+        "weight_lr_power": 0.0,
+    },
+}
+CASES_100 = [("AdamWScheduleFree", name) for name in sorted(SETTINGS)] + [
+    ("RAdamScheduleFree", name) for name in sorted(RADAM_SETTINGS)
+]
 
 
 def _params(seed, dtype=np.float64):
@@ -55,22 +71,22 @@ def _close(ours, theirs, rtol=1e-10):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", sorted(SETTINGS))
-def test_matches_schedulefree_package_over_100_steps(name, backend):
-    """100 steps in float64 against schedulefree.AdamWScheduleFree (its per-tensor loop,
-    foreach=False, and its foreach loop), switching to eval (comparing x) and back to
-    train mid-run: params, z and v to rtol 1e-10."""
+@pytest.mark.parametrize("cls_name,name", CASES_100)
+def test_matches_schedulefree_package_over_100_steps(cls_name, name, backend):
+    """100 steps in float64 against schedulefree.AdamWScheduleFree / RAdamScheduleFree
+    (their per-tensor loop, foreach=False, and their foreach loop), switching to eval
+    (comparing x) and back to train mid-run: params, z and v to rtol 1e-10."""
     schedulefree = reference_package("schedulefree")
     torch = reference_package("torch")
-    options = SETTINGS[name]
+    options = {**SETTINGS, **RADAM_SETTINGS}[name]
     ps = _params(0)
     refs = {}
     for foreach in (False, True):
         tensors = [torch.tensor(p.copy(), requires_grad=True) for p in ps]
-        ref = schedulefree.AdamWScheduleFree(tensors, foreach=foreach, **options)
+        ref = getattr(schedulefree, cls_name)(tensors, foreach=foreach, **options)
         ref.train()
         refs[foreach] = (ref, tensors)
-    opt = fa.AdamWScheduleFree(ps, backend=backend, **options)
+    opt = getattr(fa, cls_name)(ps, backend=backend, **options)
     rng = np.random.default_rng(1)
 
     def compare():
@@ -172,6 +188,8 @@ def test_torch_front_end_frozen_params_follow_the_package():
 @requires_compiled
 @settings(max_examples=300, deadline=None)
 @given(
+    algorithm=st.sampled_from(["schedulefree", "radam_schedulefree"]),
+    silent=st.booleans(),
     t=st.integers(1, 10**6),
     lr=st.floats(0, 10),
     beta1=st.floats(0, 0.9999),
@@ -183,17 +201,19 @@ def test_torch_front_end_frozen_params_follow_the_package():
     lr_max=st.floats(-1, 10),
     weight_sum=st.floats(0, 1e6),
 )
-def test_compiled_and_python_scalar_rules_agree(t, lr, beta1, beta2, wd, warmup, r, power,
-                                                 lr_max, weight_sum):  # fmt: skip
+def test_compiled_and_python_scalar_rules_agree(algorithm, silent, t, lr, beta1, beta2, wd,
+                                                 warmup, r, power, lr_max, weight_sum):  # fmt: skip
     from fusedadam import _kernels
 
     group = {"betas": (beta1, beta2), "eps": 1e-8, "weight_decay": wd, "warmup_steps": warmup,
-             "r": r, "weight_lr_power": power, "maximize": False}  # fmt: skip
-    hyper = _algorithms.hyper_dict(_algorithms.ALGORITHMS["schedulefree"], group)
+             "r": r, "weight_lr_power": power, "maximize": False,
+             "silent_sgd_phase": silent}  # fmt: skip
+    hyper = _algorithms.hyper_dict(_algorithms.ALGORITHMS[algorithm], group)
     carry = (lr_max, weight_sum)
     kind_c, scalars_c, after_c = _kernels.step_scalars(hyper, t, lr, carry)
     kind_p, scalars_p, after_p = reference.step_scalars(hyper, t, lr, carry)
-    assert kind_c == kind_p == ("schedulefree_l2" if wd else "schedulefree")
+    assert kind_c == kind_p
+    assert kind_c.startswith("schedulefree") and kind_c.endswith("_l2") == bool(wd)
     for field in scalars_c:
         assert np.float64(scalars_c[field]).tobytes() == np.float64(scalars_p[field]).tobytes()
     assert np.float64(after_c).tobytes() == np.float64(after_p).tobytes()
@@ -432,8 +452,9 @@ def _bits(tensor):
     return tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
 
+@pytest.mark.parametrize("cls_name", ["AdamWScheduleFree", "RAdamScheduleFree"])
 @pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
-def test_torch_front_end_equals_numpy_front_end(dtype):
+def test_torch_front_end_equals_numpy_front_end(dtype, cls_name):
     torch = pytest.importorskip("torch")
     import fusedadam.torch as fat
 
@@ -442,9 +463,11 @@ def test_torch_front_end_equals_numpy_front_end(dtype):
     ps = [p.astype(np_dtype) for p in _params(13, np.float32)]
     tensors = [torch.from_numpy(p.view(np.int16).copy()).view(torch.bfloat16)
                if dtype == "bfloat16" else torch.tensor(p) for p in ps]  # fmt: skip
-    options = {"lr": 0.02, "weight_decay": 0.01, "warmup_steps": 3, "r": 0.2}
-    opt_np = fa.AdamWScheduleFree(ps, **options)
-    opt_t = fat.AdamWScheduleFree(tensors, **options)
+    options = {"lr": 0.02, "weight_decay": 0.01, "r": 0.2, "betas": (0.9, 0.95)}
+    if cls_name == "AdamWScheduleFree":
+        options["warmup_steps"] = 3
+    opt_np = getattr(fa, cls_name)(ps, **options)
+    opt_t = getattr(fat, cls_name)(tensors, **options)
     opt_t.train()
     for t in range(15):
         gs = [g.astype(np_dtype) for g in _grads(rng)]
@@ -500,13 +523,15 @@ def test_functional_equals_class(backend):
         ("r", "1", TypeError, "Invalid r value: '1'"),
         ("weight_lr_power", -1.0, ValueError, "Invalid weight_lr_power value: -1.0"),
         ("weight_lr_power", float("inf"), ValueError, "Invalid weight_lr_power value: inf"),
+        ("silent_sgd_phase", 1, TypeError, "silent_sgd_phase must be a bool, got 1"),
     ],
 )
 def test_bad_hyperparameters_refused_by_name(key, value, error, match):
+    cls = fa.RAdamScheduleFree if key == "silent_sgd_phase" else fa.AdamWScheduleFree
     with pytest.raises(error, match=match):
-        fa.AdamWScheduleFree([np.zeros(3)], **{key: value})
+        cls([np.zeros(3)], **{key: value})
     ps = _params(16)
-    opt = fa.AdamWScheduleFree(ps)
+    opt = cls(ps)
     rng = np.random.default_rng(0)
     opt.step(_grads(rng))
     before = snapshot(opt)

@@ -22,6 +22,11 @@ FUNCTIONS = {
         ("z", "exp_avg_sq", "lr_max", "weight_sum"),
         {"weight_decay": 0.01, "warmup_steps": 3},
     ),
+    "RAdamScheduleFree": (
+        fa.functional.radam_schedule_free,
+        ("z", "exp_avg_sq", "lr_max", "weight_sum"),
+        {"silent_sgd_phase": False, "weight_decay": 0.01},
+    ),
 }
 
 # State a function's caller creates otherwise than at zero: per-param scalars, and

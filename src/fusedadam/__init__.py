@@ -20,6 +20,7 @@ from fusedadam.optim import (
     NAdam,
     Optimizer,
     RAdam,
+    RAdamScheduleFree,
 )
 from fusedadam.sparse import SparseAdam
 from fusedadam.serialization import flatten_state_dict, unflatten_state_dict
@@ -65,6 +66,7 @@ __all__ = [
     "Adamax",
     "Lion",
     "AdamWScheduleFree",
+    "RAdamScheduleFree",
     "NAdam",
     "RAdam",
     "OptimizeResult",

@@ -72,6 +72,12 @@ ALGORITHMS = {
         scalar_state=(("lr_max", -1.0), ("weight_sum", 0.0)),
         from_param=("z",),
     ),
+    "radam_schedulefree": Algorithm(
+        "radam_schedulefree",
+        ("z", "exp_avg_sq"),
+        scalar_state=(("lr_max", -1.0), ("weight_sum", 0.0)),
+        from_param=("z",),
+    ),
     "sparse_adam": Algorithm("sparse_adam", ("exp_avg", "exp_avg_sq")),
 }
 
@@ -165,6 +171,21 @@ DEFAULTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
             **_SHARED,
         },
     ),
+    # schedulefree.RAdamScheduleFree's defaults.
+    "RAdamScheduleFree": (
+        "radam_schedulefree",
+        {
+            "lr": 0.0025,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "r": 0.0,
+            "weight_lr_power": 2.0,
+            "silent_sgd_phase": True,
+            "maximize": False,
+            **_SHARED,
+        },
+    ),
 }
 
 
@@ -189,4 +210,5 @@ def hyper_dict(algorithm, group):
         "warmup_steps": float(group.get("warmup_steps", 0)),
         "r": float(group.get("r", 0.0)),
         "weight_lr_power": float(group.get("weight_lr_power", 0.0)),
+        "silent_sgd_phase": bool(group.get("silent_sgd_phase", False)),
     }

@@ -200,6 +200,7 @@ cdef extern from "_scalars.h" nogil:
         double warmup_steps
         double r
         double weight_lr_power
+        int silent_sgd_phase
     enum:
         FA_N_ALGORITHMS
         FA_MAX_CARRY
@@ -359,6 +360,7 @@ cdef void _read_hyper(fa_hyper *h, dict hyper) except *:
     h.warmup_steps = hyper.get("warmup_steps", 0.0)
     h.r = hyper.get("r", 0.0)
     h.weight_lr_power = hyper.get("weight_lr_power", 0.0)
+    h.silent_sgd_phase = bool(hyper.get("silent_sgd_phase", False))
 
 
 cdef dict _scalars_dict(fa_scalars *s):

@@ -56,6 +56,7 @@ enum { FA_PARAM = 0, FA_GRAD = 1, FA_STATE0 = 2, FA_MAX_SLOTS = 5 };
     FA_PAIR(X, adabelief, FA_ADABELIEF_BODY, 0, __VA_ARGS__)                         \
     X(lion, FA_LION_BODY, 0, 0, __VA_ARGS__)                                         \
     FA_PAIR(X, schedulefree, FA_SCHEDULEFREE_BODY, 0, __VA_ARGS__)                   \
+    FA_PAIR(X, schedulefree_sgd, FA_SCHEDULEFREE_BODY, 1, __VA_ARGS__)               \
     X(probe, FA_PROBE_BODY, 0, 0, __VA_ARGS__)
 
 #define FA_KIND_ENUM(name, body, coupled, flag, ...) FA_KIND_##name,
@@ -219,7 +220,8 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
  *     v = b2 v + (1 - b2) g g;  gn = g / (sqrt(v / bc2) + eps);  gn += wd y (_l2)
  *     y = lerp(y, z, c);  y += y_step gn;  z -= lr_t gn
  * The lerp is torch's: y + c (z - y) for c < 0.5, z + (c - 1)(z - y) otherwise (the
- * scalar rule hands over the coefficient and the base). */
+ * scalar rule hands over the coefficient and the base). FLAG (schedulefree_sgd:
+ * RAdamScheduleFree before its rectification) takes gn = g, unnormalized. */
 #define FA_SCHEDULEFREE_BODY(T, SQRT, FABS, COUPLED, FLAG)                           \
     {                                                                                \
         FA_PRELUDE(T, COUPLED)                                                       \
@@ -236,8 +238,11 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
             T y = p_[i];                                                             \
             T z = z_[i];                                                             \
             T v = b2 * v_[i] + omb2 * g * g;                                         \
-            T denom = SQRT(v / bc2) + eps;                                           \
-            T gn = g / denom;                                                        \
+            T gn = g;                                                                \
+            if (!FLAG) {                                                             \
+                T denom = SQRT(v / bc2) + eps;                                       \
+                gn = g / denom;                                                      \
+            }                                                                        \
             if (COUPLED) gn = gn + wd * y;                                           \
             T base = from_end ? z : y;                                               \
             T y_new = base + lerp_weight * (z - y);                                  \

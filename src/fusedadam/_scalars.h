@@ -12,7 +12,8 @@
 #include "_loops.h"
 
 /* Algorithms, in the order of their numbers; Python reads the names (_kernels.ALGORITHMS). */
-#define FA_ALGORITHMS(X) X(adam) X(adamax) X(nadam) X(radam) X(adabelief) X(lion) X(schedulefree) X(sparse_adam)
+#define FA_ALGORITHMS(X) X(adam) X(adamax) X(nadam) X(radam) X(adabelief) X(lion) X(schedulefree) X(radam_schedulefree)   \
+    X(sparse_adam)
 #define FA_ALGO_ENUM(name) FA_ALGO_##name,
 enum { FA_ALGORITHMS(FA_ALGO_ENUM) FA_N_ALGORITHMS };
 #define FA_ALGO_NAME(name) #name,
@@ -24,6 +25,7 @@ typedef struct {
     int amsgrad, decoupled, maximize, bias_correction;
     double beta1, beta2, eps, eps_root, weight_decay, beta1_decay, momentum_decay;
     double warmup_steps, r, weight_lr_power; /* Schedule-Free */
+    int silent_sgd_phase;                    /* Schedule-Free RAdam */
 } fa_hyper;
 
 /* The per-param scalar state a step reads and writes besides its counter (the
@@ -57,7 +59,8 @@ static int fa_step_scalars(const fa_hyper *h, double t, double lr, const double 
             bc1 = 1.0 - pow(h->beta1, t);
             bc2 = 1.0 - pow(h->beta2, t);
         }
-    } else if (h->algorithm != FA_ALGO_lion && h->algorithm != FA_ALGO_schedulefree) {
+    } else if (h->algorithm != FA_ALGO_lion && h->algorithm != FA_ALGO_schedulefree &&
+               h->algorithm != FA_ALGO_radam_schedulefree) {
         bc1 = 1.0 - pow(h->beta1, t);
         bc2 = 1.0 - pow(h->beta2, t);
     }
@@ -111,22 +114,41 @@ static int fa_step_scalars(const fa_hyper *h, double t, double lr, const double 
         s->eps_root = h->eps_root;
         kind = coupled ? FA_KIND_adabelief_l2 : FA_KIND_adabelief;
         break;
-    case FA_ALGO_schedulefree: {
-        /* schedulefree.AdamWScheduleFree (its step, per group, in its order): t = k + 1,
-         * linear warmup of lr, lr_max the largest scheduled lr so far, the average's
-         * weight t^r lr_max^weight_lr_power and c = weight / weight_sum (0 when the sum is
-         * 0, the package's ZeroDivisionError). The loop lerps y to z with weight c as
-         * torch's lerp does (from y below 0.5, from z with c - 1 above), then
-         * y += lr (beta1 (1 - c) - 1) gn and z -= lr gn. */
-        double sched = t - 1.0 < h->warmup_steps ? t / h->warmup_steps : 1.0;
-        double lr_t = lr * sched;
-        double lr_max = lr_t > carry[0] ? lr_t : carry[0];
-        double weight = pow(t, h->r) * pow(lr_max, h->weight_lr_power);
-        double weight_sum = carry[1] + weight;
-        double ckp1 = weight_sum != 0.0 ? weight / weight_sum : 0.0;
+    case FA_ALGO_schedulefree:
+    case FA_ALGO_radam_schedulefree: {
+        /* schedulefree.AdamWScheduleFree and RAdamScheduleFree (their step, per group, in
+         * their order): t = k + 1; the step's lr_t (below); lr_max the largest lr_t so far,
+         * the average's weight t^r lr_max^weight_lr_power and c = weight / weight_sum (0
+         * when the sum is 0, the package's ZeroDivisionError). The loop lerps y to z with
+         * weight c as torch's lerp does (from y below 0.5, from z with c - 1 above), then
+         * y += lr_t (beta1 (1 - c) - 1) gn and z -= lr_t gn. */
+        double lr_t, lr_max, weight, weight_sum, ckp1;
+        int normalized = 1;
+        s->bias_correction2 = 1.0 - pow(h->beta2, t);
+        if (h->algorithm == FA_ALGO_schedulefree) {
+            /* AdamW: linear warmup of lr over warmup_steps */
+            lr_t = lr * (t - 1.0 < h->warmup_steps ? t / h->warmup_steps : 1.0);
+        } else {
+            /* RAdam: lr times the rectification once rho_t > 4; before, lr (or 0 with
+             * silent_sgd_phase) on the raw gradient: the loop kind without normalization */
+            double rho_inf = 2.0 / (1.0 - h->beta2) - 1.0;
+            double rho_t = rho_inf - 2.0 * t * pow(h->beta2, t) / s->bias_correction2;
+            double rect;
+            if (rho_t > 4.0) {
+                rect = pow((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
+                           ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t), 0.5);
+            } else {
+                rect = h->silent_sgd_phase ? 0.0 : 1.0;
+                normalized = 0;
+            }
+            lr_t = lr * rect;
+        }
+        lr_max = lr_t > carry[0] ? lr_t : carry[0];
+        weight = pow(t, h->r) * pow(lr_max, h->weight_lr_power);
+        weight_sum = carry[1] + weight;
+        ckp1 = weight_sum != 0.0 ? weight / weight_sum : 0.0;
         carry_after[0] = lr_max;
         carry_after[1] = weight_sum;
-        s->bias_correction2 = 1.0 - pow(h->beta2, t);
         s->step_size = lr_t;
         s->eps = h->eps;
         s->weight_decay = h->weight_decay;
@@ -134,7 +156,10 @@ static int fa_step_scalars(const fa_hyper *h, double t, double lr, const double 
         s->lerp_from_end = fabs(ckp1) < 0.5 ? 0.0 : 1.0;
         s->lerp_weight = fabs(ckp1) < 0.5 ? ckp1 : ckp1 - 1.0;
         s->y_step = lr_t * (h->beta1 * (1.0 - ckp1) - 1.0);
-        kind = h->weight_decay != 0.0 ? FA_KIND_schedulefree_l2 : FA_KIND_schedulefree;
+        if (normalized)
+            kind = h->weight_decay != 0.0 ? FA_KIND_schedulefree_l2 : FA_KIND_schedulefree;
+        else
+            kind = h->weight_decay != 0.0 ? FA_KIND_schedulefree_sgd_l2 : FA_KIND_schedulefree_sgd;
         break;
     }
     case FA_ALGO_sparse_adam:

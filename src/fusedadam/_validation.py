@@ -193,6 +193,7 @@ HYPERPARAMETER_CHECKS = {
     "weight_lr_power": _real_checker(
         "weight_lr_power", lambda x: x >= 0.0, " (must be finite and >= 0)"
     ),
+    "silent_sgd_phase": _bool_checker("silent_sgd_phase"),
 }
 
 

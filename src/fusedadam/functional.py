@@ -30,6 +30,7 @@ __all__ = [
     "adabelief",
     "lion",
     "adamw_schedule_free",
+    "radam_schedule_free",
     "resolve_backend",
 ]
 
@@ -292,3 +293,26 @@ def adamw_schedule_free(
     options.update(betas=(beta1, beta2))
     states = {"z": zs, "exp_avg_sq": exp_avg_sqs, "lr_max": lr_maxs, "weight_sum": weight_sums}
     return _step("AdamWScheduleFree", params, grads, states, step, options)
+
+
+def radam_schedule_free(
+    params: Arrays,
+    grads: Any,
+    zs: Arrays,
+    exp_avg_sqs: Arrays,
+    lr_maxs: Arrays,
+    weight_sums: Arrays,
+    *,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    **options: Any,
+) -> bool:
+    """One Schedule-Free RAdam step over lists of arrays, in place (the arrays as
+    :func:`adamw_schedule_free`; ``options``: :class:`fusedadam.RAdamScheduleFree`)."""
+    for k, (lr_max, weight_sum) in enumerate(zip(lr_maxs, weight_sums)):
+        _validation.check_step_array(lr_max, f"lr_maxs[{k}]", np.float64)
+        _validation.check_step_array(weight_sum, f"weight_sums[{k}]", np.float64)
+    options.update(betas=(beta1, beta2))
+    states = {"z": zs, "exp_avg_sq": exp_avg_sqs, "lr_max": lr_maxs, "weight_sum": weight_sums}
+    return _step("RAdamScheduleFree", params, grads, states, step, options)

@@ -39,6 +39,7 @@ __all__ = [
     "AdaBelief",
     "Lion",
     "AdamWScheduleFree",
+    "RAdamScheduleFree",
 ]
 
 # The types of the public API (py.typed ships these annotations).
@@ -654,6 +655,12 @@ _PARAMETERS = {
         "Schedule-Free: the average's weights are ``lr_max**weight_lr_power`` (>= 0; "
         "0: no weighting by the learning rate).",
     ),
+    "silent_sgd_phase": (
+        "bool",
+        "Schedule-Free RAdam: while the variance is not tractable (``rho_t <= 4``) the "
+        "params do not move (True) or take the unnormalized step with ``lr`` (False); "
+        "``v`` advances either way.",
+    ),
     "max_grad_norm": (
         "float or None",
         "Clip the group's unscaled gradients to this global 2-norm (the rule of "
@@ -1005,7 +1012,7 @@ class AdamWScheduleFree(Optimizer):
         for gi, group in enumerate(self.param_groups):
             if not group.get("train_mode", True):
                 raise RuntimeError(
-                    f"AdamWScheduleFree: param_groups[{gi}] is in eval mode (its params hold "
+                    f"{type(self).__name__}: param_groups[{gi}] is in eval mode (its params hold "
                     "the average x); call optimizer.train() before step(), and "
                     "optimizer.eval() before evaluating or saving the model"
                 )
@@ -1040,3 +1047,39 @@ class AdamWScheduleFree(Optimizer):
                 write()
             for group in self.param_groups:
                 group["train_mode"] = train
+
+
+@_documented
+class RAdamScheduleFree(AdamWScheduleFree):
+    r"""Schedule-Free RAdam, as ``schedulefree.RAdamScheduleFree`` computes it: Schedule-Free
+    AdamW (:class:`AdamWScheduleFree`: the same state, loop, :meth:`train` and :meth:`eval`)
+    with RAdam's rectification in place of a warmup.
+
+    For step ``t`` (no ``warmup_steps``)::
+
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t   = rho_inf - 2 t beta2**t / (1 - beta2**t)
+        if rho_t > 4:
+            lr_t = lr * ((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))**0.5
+            gn   = g / (sqrt(v / (1 - beta2**t)) + eps)
+        else:
+            lr_t = 0 if silent_sgd_phase else lr
+            gn   = g                                    (v still advances)
+
+    then ``lr_max``, ``weight_sum``, ``c``, the weight decay at ``y`` and the ``y`` and
+    ``z`` updates as in :class:`AdamWScheduleFree`. The threshold is the package's 4 (torch's
+    RAdam switches at 5).
+    """
+
+    algorithm = _algorithms.ALGORITHMS["radam_schedulefree"]
+
+    # fmt: off
+    def __init__(self, params: Params, lr: LearningRate = 0.0025,
+                 betas: Betas = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 r: float = 0.0, weight_lr_power: float = 2.0, silent_sgd_phase: bool = True,
+                 maximize: bool = False, num_threads: Threads = None,
+                 backend: Backend = "auto", nonfinite: NonFinite = "error",
+                 state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
+                 max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
+        Optimizer.__init__(self, params, _hyperparameters(locals()))
+    # fmt: on

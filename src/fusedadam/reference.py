@@ -29,6 +29,7 @@ __all__ = [
     "adabelief_update",
     "lion_update",
     "schedulefree_update",
+    "schedulefree_sgd_update",
     "probe_update",
     "sparse_adam_update",
     "q8_values",
@@ -86,7 +87,7 @@ def _step_scalars(hyper, t, lr, carry):
         if h["bias_correction"]:
             bc1 = 1.0 - h["beta1"] ** t
             bc2 = 1.0 - h["beta2"] ** t
-    elif algorithm not in ("lion", "schedulefree"):
+    elif algorithm not in ("lion", "schedulefree", "radam_schedulefree"):
         bc1 = 1.0 - h["beta1"] ** t
         bc2 = 1.0 - h["beta2"] ** t
     s["beta1"] = beta1
@@ -131,16 +132,32 @@ def _step_scalars(hyper, t, lr, carry):
     elif algorithm == "adabelief":
         s["eps_root"] = h["eps_root"]
         kind = "adabelief" + suffix
-    elif algorithm == "schedulefree":
-        warmup = h.get("warmup_steps", 0.0)
-        sched = t / warmup if t - 1.0 < warmup else 1.0
-        lr_t = lr * sched
+    elif algorithm in ("schedulefree", "radam_schedulefree"):
+        normalized = True
+        s["bias_correction2"] = 1.0 - h["beta2"] ** t
+        if algorithm == "schedulefree":
+            warmup = h.get("warmup_steps", 0.0)
+            lr_t = lr * (t / warmup if t - 1.0 < warmup else 1.0)
+        else:
+            rho_inf = 2.0 / (1.0 - h["beta2"]) - 1.0
+            rho_t = rho_inf - 2.0 * t * h["beta2"] ** t / s["bias_correction2"]
+            if rho_t > 4.0:
+                rect = _pow(
+                    (rho_t - 4.0)
+                    * (rho_t - 2.0)
+                    * rho_inf
+                    / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t),
+                    0.5,
+                )
+            else:
+                rect = 0.0 if h.get("silent_sgd_phase", False) else 1.0
+                normalized = False
+            lr_t = lr * rect
         lr_max = lr_t if lr_t > carry[0] else carry[0]
         weight = _pow(t, h.get("r", 0.0)) * _pow(lr_max, h.get("weight_lr_power", 0.0))
         weight_sum = carry[1] + weight
         ckp1 = weight / weight_sum if weight_sum != 0.0 else 0.0
         after[0], after[1] = lr_max, weight_sum
-        s["bias_correction2"] = 1.0 - h["beta2"] ** t
         s["step_size"] = lr_t
         s["eps"] = h["eps"]
         s["weight_decay"] = h["weight_decay"]
@@ -149,7 +166,8 @@ def _step_scalars(hyper, t, lr, carry):
         s["lerp_from_end"] = 0.0 if small else 1.0
         s["lerp_weight"] = ckp1 if small else ckp1 - 1.0
         s["y_step"] = lr_t * (h["beta1"] * (1.0 - ckp1) - 1.0)
-        kind = "schedulefree_l2" if h["weight_decay"] != 0.0 else "schedulefree"
+        kind = "schedulefree" if normalized else "schedulefree_sgd"
+        kind += "_l2" if h["weight_decay"] != 0.0 else ""
     elif algorithm == "sparse_adam":
         s["step_size"] = lr * math.sqrt(bc2) / bc1
         s["eps"] = h["eps"]
@@ -297,6 +315,17 @@ def schedulefree_update(param, grad, z, exp_avg_sq, scalars, coupled):
     """Schedule-Free AdamW, in place (the param holds y): ``v = b2 v + (1 - b2) g g``,
     ``gn = g / (sqrt(v / bc2) + eps)`` (``+ wd y`` when coupled), ``y = lerp(y, z, c)``
     as torch's lerp, ``y += y_step gn``, ``z -= lr_t gn``."""
+    _schedulefree(param, grad, z, exp_avg_sq, scalars, coupled, True)
+
+
+@_quiet
+def schedulefree_sgd_update(param, grad, z, exp_avg_sq, scalars, coupled):
+    """Schedule-Free RAdam before its rectification, in place: as
+    :func:`schedulefree_update` with ``gn = g`` (``v`` still advances)."""
+    _schedulefree(param, grad, z, exp_avg_sq, scalars, coupled, False)
+
+
+def _schedulefree(param, grad, z, exp_avg_sq, scalars, coupled, normalized):
     sign, weight_decay = _cast(param.dtype, scalars, "sign", "weight_decay")
     names = ("beta2", "one_minus_beta2", "bias_correction2", "eps", "lerp_weight", "y_step",
              "step_size")  # fmt: skip
@@ -306,10 +335,13 @@ def schedulefree_update(param, grad, z, exp_avg_sq, scalars, coupled):
     g_sq *= g
     exp_avg_sq *= b2
     exp_avg_sq += g_sq
-    denom = exp_avg_sq / bc2
-    np.sqrt(denom, out=denom)
-    denom += eps
-    gn = g / denom
+    if normalized:
+        denom = exp_avg_sq / bc2
+        np.sqrt(denom, out=denom)
+        denom += eps
+        gn = g / denom
+    else:
+        gn = g.copy()
     if coupled:
         gn += weight_decay * param
     diff = z - param
@@ -343,6 +375,7 @@ _KINDS: Dict[str, Tuple[Callable[..., None], int]] = {
     "adabelief": (adabelief_update, 2),
     "lion": (lion_update, 1),
     "schedulefree": (schedulefree_update, 2),
+    "schedulefree_sgd": (schedulefree_sgd_update, 2),
 }
 
 

@@ -1,7 +1,7 @@
 """``fusedadam.torch``: fusedadam's optimizers as ``torch.optim.Optimizer`` subclasses.
 
-``Adam``, ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam``, ``AdaBelief``, ``Lion`` and
-``AdamWScheduleFree`` take CPU
+``Adam``, ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam``, ``AdaBelief``, ``Lion``,
+``AdamWScheduleFree`` and ``RAdamScheduleFree`` take CPU
 tensors and behave like their ``torch.optim`` namesakes: ``step(closure=None)`` reads
 ``p.grad``, ``zero_grad()``, param groups, ``add_param_group``, step and state-dict hooks,
 ``torch.optim.lr_scheduler`` and ``torch.amp.GradScaler`` work unchanged, and state dicts
@@ -49,6 +49,7 @@ __all__ = [
     "AdaBelief",
     "Lion",
     "AdamWScheduleFree",
+    "RAdamScheduleFree",
     "Offload",
     "Optimizer",
 ]
@@ -1489,7 +1490,7 @@ class AdamWScheduleFree(Optimizer):
         for gi, group in enumerate(self.param_groups):
             if not group.get("train_mode", True):
                 raise RuntimeError(
-                    f"AdamWScheduleFree: param_groups[{gi}] is in eval mode (its params hold "
+                    f"{type(self).__name__}: param_groups[{gi}] is in eval mode (its params hold "
                     "the average x); call optimizer.train() before step(), and "
                     "optimizer.eval() before evaluating or saving the model"
                 )
@@ -1639,6 +1640,22 @@ class AdamWScheduleFree(Optimizer):
             group["train_mode"] = train
 
 
+class RAdamScheduleFree(AdamWScheduleFree):
+    """Schedule-Free RAdam (:class:`fusedadam.RAdamScheduleFree` runs the step) for CPU
+    tensors, as ``schedulefree.RAdamScheduleFree``; state, :meth:`train`, :meth:`eval` and
+    frozen params as :class:`AdamWScheduleFree`."""
+
+    _inner_cls = _optim.RAdamScheduleFree
+
+    # fmt: off
+    def __init__(self, params, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 r=0.0, weight_lr_power=2.0, foreach=None, silent_sgd_phase=True, *,
+                 maximize=False, num_threads=None, nonfinite="error", state_dtype=None,
+                 max_grad_norm=None):
+        self._setup(params, locals())
+    # fmt: on
+
+
 for _cls, _name in (
     (Adam, "torch.optim.Adam"),
     (AdamW, "torch.optim.AdamW"),
@@ -1648,6 +1665,7 @@ for _cls, _name in (
     (AdaBelief, "torch.optim.Adam"),
     (Lion, "torch.optim.Adam"),
     (AdamWScheduleFree, "schedulefree.AdamWScheduleFree"),
+    (RAdamScheduleFree, "schedulefree.RAdamScheduleFree"),
 ):
     _doc(_cls, _name)
 del _cls, _name
