@@ -1503,7 +1503,14 @@ class AdamWScheduleFree(Optimizer):
                 loss = closure()
         else:
             loss = None
-        joined = self._join_group_counters()
+        # The group-counter bookkeeping is needed while some param skips steps (grad None),
+        # and once after that or after the state changed; not in a plain training loop.
+        missing = any(
+            any(map(operator.is_, map(_GRAD, group["params"]), _NONE))
+            for group in self.param_groups
+        )
+        check = missing or self._flag.dirty or self.__dict__.get("_partial", True)
+        joined = self._join_group_counters() if check else []
         skipped = self._fa.skipped_steps if self._fa is not None else 0
         try:
             super()._step(None, grad_scale, found_inf)
@@ -1512,8 +1519,9 @@ class AdamWScheduleFree(Optimizer):
             for p in joined:  # the state made for this step goes with it
                 state_map.pop(p, None)
             raise
-        if self._fa is None or self._fa.skipped_steps == skipped:
+        if check and (self._fa is None or self._fa.skipped_steps == skipped):
             self._follow_group_counters()
+        self._partial = missing
         return loss
 
     def _groups_with_counters(self):
