@@ -554,3 +554,31 @@ def test_torch_bad_hyperparameters_refused_by_name():
         fat.AdamWScheduleFree([torch.zeros(2)], warmup_steps=-2)
     with pytest.raises(ValueError, match="Invalid r value: -1"):
         fat.AdamWScheduleFree([torch.zeros(2)], r=-1.0)
+
+
+def test_torch_step_that_raises_leaves_a_joining_param_without_state():
+    """A param whose first gradient arrives late gets its state with the step: when the
+    step raises (a NaN gradient elsewhere), nothing has changed, that state included."""
+    torch = pytest.importorskip("torch")
+    import fusedadam.torch as fat
+
+    ps = [torch.ones(4), torch.ones(3)]
+    opt = fat.AdamWScheduleFree(ps, lr=0.1)
+    for _ in range(3):
+        ps[0].grad = torch.ones(4)
+        ps[1].grad = None
+        opt.step()
+    before = [p.clone() for p in ps]
+    z_before = opt.state[ps[0]]["z"].clone()
+    ps[0].grad = torch.tensor([1.0, float("nan"), 0.0, 0.0])
+    ps[1].grad = torch.ones(3)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        opt.step()
+    assert not opt.state.get(ps[1])
+    assert torch.equal(opt.state[ps[0]]["z"], z_before)
+    assert int(opt.state[ps[0]]["step"]) == 3
+    for p, b in zip(ps, before):
+        assert torch.equal(p, b)
+    ps[0].grad = torch.ones(4)
+    opt.step()  # now it joins at the group's step
+    assert int(opt.state[ps[1]]["step"]) == int(opt.state[ps[0]]["step"]) == 4
