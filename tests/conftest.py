@@ -70,6 +70,21 @@ VARIANTS = {
         fa.AdamAtan2,
         {"weight_decay": 0.1, "maximize": True, "a": 0.5, "b": 2.0, "betas": (0.8, 0.95)},
     ),
+    "schedulefree": (fa.AdamWScheduleFree, {"lr": 1e-2}),
+    "schedulefree_l2_warmup": (
+        fa.AdamWScheduleFree,
+        {"weight_decay": 0.1, "warmup_steps": 3, "r": 0.5, "weight_lr_power": 1.0},
+    ),
+    "schedulefree_maximize": (
+        fa.AdamWScheduleFree,
+        {"maximize": True, "betas": (0.95, 0.98), "weight_lr_power": 0.0},
+    ),
+    # beta2 = 0.9: rectified from step 5 on, so a few steps run both loop kinds
+    "radam_schedulefree": (fa.RAdamScheduleFree, {"betas": (0.9, 0.9)}),
+    "radam_schedulefree_loud_l2": (
+        fa.RAdamScheduleFree,
+        {"betas": (0.8, 0.9), "silent_sgd_phase": False, "weight_decay": 0.1, "r": 1.0},
+    ),
 }
 
 

@@ -29,7 +29,21 @@ FUNCTIONS = {
     ),
     "ADOPT": (fa.functional.adopt, ("exp_avg", "exp_avg_sq"), {"weight_decay": 0.1}),
     "AdamAtan2": (fa.functional.adam_atan2, ("exp_avg", "exp_avg_sq"), {"weight_decay": 0.1}),
+    "AdamWScheduleFree": (
+        fa.functional.adamw_schedule_free,
+        ("z", "exp_avg_sq", "lr_max", "weight_sum"),
+        {"weight_decay": 0.01, "warmup_steps": 3},
+    ),
+    "RAdamScheduleFree": (
+        fa.functional.radam_schedule_free,
+        ("z", "exp_avg_sq", "lr_max", "weight_sum"),
+        {"silent_sgd_phase": False, "weight_decay": 0.01},
+    ),
 }
+
+# State a function's caller creates otherwise than at zero: per-param scalars, and
+# Schedule-Free's z (a copy of the param).
+SCALAR_INITIAL = {"mu_product": 1.0, "lr_max": -1.0, "weight_sum": 0.0}
 
 
 def test_every_algorithm_has_a_function():
@@ -46,9 +60,11 @@ def test_function_is_the_class_step(name, dtype, backend):
     p_class = [rng.standard_normal(s).astype(dtype) for s in shapes]
     p_func = [p.copy() for p in p_class]
     opt = getattr(fa, name)(p_class, backend=backend, **options)
-    states = {n: [np.zeros_like(p) for p in p_func] for n in state_names if n != "mu_product"}
-    if "mu_product" in state_names:
-        states["mu_product"] = [np.ones(()) for _ in p_func]
+    states = {n: [np.zeros_like(p) for p in p_func] for n in state_names}
+    for n in set(state_names) & set(SCALAR_INITIAL):
+        states[n] = [np.full((), SCALAR_INITIAL[n]) for _ in p_func]
+    if "z" in state_names:
+        states["z"] = [p.copy() for p in p_func]
     betas = _algorithms.DEFAULTS[name][1]["betas"]
     beta3 = {"beta3": betas[2]} if len(betas) == 3 else {}
     for t in range(1, 8):

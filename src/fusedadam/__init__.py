@@ -10,7 +10,18 @@ from fusedadam import functional, reference, schedules
 from fusedadam._clip import clip_grad_norm
 from fusedadam._version import __version__
 from fusedadam.minimize import OptimizeResult, minimize
-from fusedadam.optim import AdaBelief, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam
+from fusedadam.optim import (
+    AdaBelief,
+    Adam,
+    Adamax,
+    AdamW,
+    AdamWScheduleFree,
+    Lion,
+    NAdam,
+    Optimizer,
+    RAdam,
+    RAdamScheduleFree,
+)
 from fusedadam.optim import AdEMAMix, Adan
 from fusedadam.optim import ADOPT, AdamAtan2
 from fusedadam.sparse import SparseAdam
@@ -60,6 +71,8 @@ __all__ = [
     "Adan",
     "ADOPT",
     "AdamAtan2",
+    "AdamWScheduleFree",
+    "RAdamScheduleFree",
     "NAdam",
     "RAdam",
     "OptimizeResult",

@@ -32,6 +32,9 @@ class Algorithm(NamedTuple):
         unsigned map (one more bit of magnitude); the others with the signed map.
     n_betas : int
         How many decay rates its ``betas`` holds (3: AdEMAMix, Adan).
+    from_param : tuple of str
+        State arrays created as a copy of the param (its master's value when it has one;
+        Schedule-Free's ``z``) instead of at zero.
     """
 
     name: str
@@ -40,6 +43,7 @@ class Algorithm(NamedTuple):
     scalar_state: tuple = ()
     nonnegative: tuple = ("exp_avg_sq", "max_exp_avg_sq", "exp_inf", "exp_avg_var")
     n_betas: int = 2
+    from_param: tuple = ()
 
     def slot_names(self, group):
         """The state arrays a step of ``group`` reads and writes, in slot order."""
@@ -65,6 +69,18 @@ ALGORITHMS = {
     "radam": Algorithm("radam", ("exp_avg", "exp_avg_sq")),
     "adabelief": Algorithm("adabelief", ("exp_avg", "exp_avg_var")),
     "lion": Algorithm("lion", ("exp_avg",)),
+    "schedulefree": Algorithm(
+        "schedulefree",
+        ("z", "exp_avg_sq"),
+        scalar_state=(("lr_max", -1.0), ("weight_sum", 0.0)),
+        from_param=("z",),
+    ),
+    "radam_schedulefree": Algorithm(
+        "radam_schedulefree",
+        ("z", "exp_avg_sq"),
+        scalar_state=(("lr_max", -1.0), ("weight_sum", 0.0)),
+        from_param=("z",),
+    ),
     "sparse_adam": Algorithm("sparse_adam", ("exp_avg", "exp_avg_sq")),
     # pytorch_optimizer's state names: the slow EMA is signed
     "ademamix": Algorithm("ademamix", ("exp_avg", "exp_avg_sq", "exp_avg_slow"), n_betas=3),
@@ -205,6 +221,36 @@ DEFAULTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
             **_SHARED,
         },
     ),
+    # schedulefree.AdamWScheduleFree's defaults.
+    "AdamWScheduleFree": (
+        "schedulefree",
+        {
+            "lr": 0.0025,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "warmup_steps": 0,
+            "r": 0.0,
+            "weight_lr_power": 2.0,
+            "maximize": False,
+            **_SHARED,
+        },
+    ),
+    # schedulefree.RAdamScheduleFree's defaults.
+    "RAdamScheduleFree": (
+        "radam_schedulefree",
+        {
+            "lr": 0.0025,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "r": 0.0,
+            "weight_lr_power": 2.0,
+            "silent_sgd_phase": True,
+            "maximize": False,
+            **_SHARED,
+        },
+    ),
 }
 
 
@@ -238,4 +284,8 @@ def hyper_dict(algorithm, group):
         "clip_exp": 0.0 if clip_exp is None else float(clip_exp),
         "atan2_a": float(group.get("a", 0.0)),
         "atan2_b": float(group.get("b", 0.0)),
+        "warmup_steps": float(group.get("warmup_steps", 0)),
+        "r": float(group.get("r", 0.0)),
+        "weight_lr_power": float(group.get("weight_lr_power", 0.0)),
+        "silent_sgd_phase": bool(group.get("silent_sgd_phase", False)),
     }

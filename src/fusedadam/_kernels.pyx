@@ -60,6 +60,10 @@ cdef extern from "_dispatch.h" nogil:
         double clip
         double m_scale
         double v_scale
+        double bias_correction2
+        double lerp_weight
+        double lerp_from_end
+        double y_step
     ctypedef void (*fa_loop_fn)(char **a, ptrdiff_t n, const fa_scalars *s) noexcept nogil
     ctypedef ptrdiff_t (*fa_scan_fn)(const void *grad, ptrdiff_t n) noexcept nogil
     ctypedef struct fa_sparse_scalars:
@@ -212,11 +216,16 @@ cdef extern from "_scalars.h" nogil:
         double clip_exp
         double atan2_a
         double atan2_b
+        double warmup_steps
+        double r
+        double weight_lr_power
+        int silent_sgd_phase
     enum:
         FA_N_ALGORITHMS
+        FA_MAX_CARRY
     const char *fa_algorithm_names[]
-    int fa_step_scalars(const fa_hyper *h, double t, double lr, double mu_product,
-                        fa_scalars *s, double *mu_product_after)
+    int fa_step_scalars(const fa_hyper *h, double t, double lr, const double *carry,
+                        fa_scalars *s, double *carry_after)
 
 
 # The names behind every number the C headers define; Python refers to names only.
@@ -227,7 +236,8 @@ DTYPES = tuple(fa_dtype_names[i].decode() for i in range(FA_N_DTYPES))
 SCALAR_FIELDS = ("sign", "weight_decay", "decay", "beta1", "one_minus_beta1", "beta2",
                  "one_minus_beta2", "step_size", "eps", "eps_root", "grad_coef", "beta3",
                  "one_minus_beta3", "slow_coef", "diff_coef", "prox", "first", "clip",
-                 "m_scale", "v_scale")
+                 "m_scale", "v_scale", "bias_correction2", "lerp_weight", "lerp_from_end",
+                 "y_step")
 _TYPENUM_TO_DTYPE = {cnp.dtype(name).num: i for i, name in enumerate(DTYPES)}
 cdef int _TYPENUM_BF16 = cnp.dtype(_ml_dtypes.bfloat16).num
 cdef int _TYPENUM_F16 = cnp.dtype("float16").num
@@ -378,6 +388,11 @@ cdef void _read_hyper(fa_hyper *h, dict hyper) except *:
     h.clip_exp = hyper.get("clip_exp", 0.0)
     h.atan2_a = hyper.get("atan2_a", 0.0)
     h.atan2_b = hyper.get("atan2_b", 0.0)
+    # Schedule-Free's (0 for the hand-made dicts of other algorithms)
+    h.warmup_steps = hyper.get("warmup_steps", 0.0)
+    h.r = hyper.get("r", 0.0)
+    h.weight_lr_power = hyper.get("weight_lr_power", 0.0)
+    h.silent_sgd_phase = bool(hyper.get("silent_sgd_phase", False))
 
 
 cdef dict _scalars_dict(fa_scalars *s):
@@ -385,21 +400,35 @@ cdef dict _scalars_dict(fa_scalars *s):
                                     s.one_minus_beta1, s.beta2, s.one_minus_beta2,
                                     s.step_size, s.eps, s.eps_root, s.grad_coef, s.beta3,
                                     s.one_minus_beta3, s.slow_coef, s.diff_coef, s.prox,
-                                    s.first, s.clip, s.m_scale, s.v_scale)))
+                                    s.first, s.clip, s.m_scale, s.v_scale,
+                                    s.bias_correction2, s.lerp_weight, s.lerp_from_end,
+                                    s.y_step)))
 
 
-def step_scalars(dict hyper, double t, double lr, double mu_product=1.0):
-    """``(loop kind name, scalars dict, mu_product after)`` of step ``t`` (fa_step_scalars).
+def step_scalars(dict hyper, double t, double lr, carry=1.0):
+    """``(loop kind name, scalars dict, carry after)`` of step ``t`` (fa_step_scalars).
 
-    ``hyper`` holds the keys of ``fusedadam._algorithms.hyper_dict``. The NumPy twin is
-    ``fusedadam.reference.step_scalars``; the two agree field by field.
+    ``hyper`` holds the keys of ``fusedadam._algorithms.hyper_dict``; ``carry`` the
+    per-param scalar state (a number, or a tuple of at most FA_MAX_CARRY), given back after
+    the step in the same form. The NumPy twin is ``fusedadam.reference.step_scalars``; the
+    two agree field by field.
     """
     cdef fa_hyper h
     cdef fa_scalars s
-    cdef double after
+    cdef double carry_in[FA_MAX_CARRY]
+    cdef double after[FA_MAX_CARRY]
+    cdef int j
+    single = not isinstance(carry, (tuple, list))
+    values = (carry,) if single else tuple(carry)
+    if len(values) > FA_MAX_CARRY:
+        raise ValueError(f"at most {FA_MAX_CARRY} scalar state values, got {len(values)}")
+    for j in range(FA_MAX_CARRY):
+        carry_in[j] = values[j] if j < len(values) else 1.0
     _read_hyper(&h, hyper)
-    cdef int kind = fa_step_scalars(&h, t, lr, mu_product, &s, &after)
-    return (LOOP_KINDS[kind] if kind < FA_N_KINDS else "sparse_rows"), _scalars_dict(&s), after
+    cdef int kind = fa_step_scalars(&h, t, lr, carry_in, &s, after)
+    out = tuple(after[j] for j in range(len(values)))
+    return ((LOOP_KINDS[kind] if kind < FA_N_KINDS else "sparse_rows"), _scalars_dict(&s),
+            out[0] if single else out)
 
 
 # ------------------------------------------------------------------ running one group
@@ -719,7 +748,8 @@ cdef class GroupPlan:
     cdef tuple qsigned                 # per state slot: the 8-bit map is signed
     cdef tuple state_dicts
     cdef tuple step_arrays
-    cdef tuple mu_arrays               # NAdam's running product, or None
+    cdef tuple mu_arrays               # per param: its scalar state (0-d arrays), or None
+    cdef int n_carry                   # scalar state values per param (<= FA_MAX_CARRY)
     cdef tuple state_keys              # per param: the keys of its state dict, in order
     cdef tuple state_values            # per param: the objects under them
     cdef tuple layouts                 # (array, its dtype, its shape) of every planned array
@@ -734,7 +764,7 @@ cdef class GroupPlan:
     cdef int64_t **step_ptr            # per param
     cdef int64_t **distinct_steps      # each distinct step counter once
     cdef Py_ssize_t n_distinct_steps
-    cdef double **mu_ptr               # per param, or NULL
+    cdef double **mu_ptr               # per param, FA_MAX_CARRY each, or NULL
     cdef fa_hyper hyper
     cdef object lr
     cdef bint lr_callable
@@ -745,7 +775,8 @@ cdef class GroupPlan:
     cdef double norm                   # this step's
     cdef object num_threads
     cdef int n_threads                 # this step's
-    cdef double mu_after               # this step's
+    cdef double carry_in[FA_MAX_CARRY]   # this step's scalar state, and after it
+    cdef double mu_after[FA_MAX_CARRY]
     cdef uintptr_t *written_lo
     cdef uintptr_t *written_hi
     cdef Py_ssize_t n_written
@@ -755,6 +786,7 @@ cdef class GroupPlan:
     def __cinit__(self, spec):
         cdef Py_ssize_t n = len(spec.params), k
         cdef int slot
+        cdef int j
         cdef cnp.ndarray a
         self.group = spec.group
         self.params = spec.group["params"]
@@ -771,12 +803,17 @@ cdef class GroupPlan:
         self.last_grad_norm = None
         self.state_dicts = tuple(spec.state_dicts)
         self.step_arrays = tuple(spec.step_arrays)
-        self.mu_arrays = tuple(spec.mu_arrays) if spec.mu_arrays is not None else None
+        self.mu_arrays = (tuple(tuple(per_param) for per_param in spec.mu_arrays)
+                          if spec.mu_arrays is not None else None)
+        self.n_carry = len(self.mu_arrays[0]) if self.mu_arrays else 0
+        if self.n_carry > FA_MAX_CARRY:
+            raise ValueError("internal error: scalar state count")
         # ``p.dtype = ...`` / ``p.shape = ...`` change an array in place, keeping its
         # identity and address: the plan remembers both so that such an edit is re-checked.
         self.layouts = tuple(
             (a, a.dtype, a.shape)
-            for arrays in (self.slots + (self.masters, self.step_arrays, self.mu_arrays)
+            for arrays in (self.slots + (self.masters, self.step_arrays)
+                           + (tuple(zip(*self.mu_arrays)) if self.n_carry else ())
                            + self.scales) if arrays is not None
             for a in arrays if a is not None
         )
@@ -791,7 +828,7 @@ cdef class GroupPlan:
             self.d.qsigned[slot] = 1 if self.qsigned[slot] else 0
         self.step_ptr = <int64_t **>malloc((n + 1) * sizeof(int64_t *))
         self.distinct_steps = <int64_t **>malloc((n + 1) * sizeof(int64_t *))
-        self.mu_ptr = <double **>malloc((n + 1) * sizeof(double *))
+        self.mu_ptr = <double **>malloc((n + 1) * FA_MAX_CARRY * sizeof(double *))
         lo, hi = spec.written
         self.n_written = len(lo)
         self.written_lo = <uintptr_t *>malloc((self.n_written + 1) * sizeof(uintptr_t))
@@ -838,11 +875,12 @@ cdef class GroupPlan:
                 self.d.ptr[FA_PARAM][k] = _data(self.masters[k], self.d.offsets)
             a = self.step_arrays[k]
             self.step_ptr[k] = <int64_t *>cnp.PyArray_DATA(a)
-            if self.mu_arrays is not None:
-                a = self.mu_arrays[k]
-                self.mu_ptr[k] = <double *>cnp.PyArray_DATA(a)
-            else:
-                self.mu_ptr[k] = NULL
+            for j in range(FA_MAX_CARRY):
+                if j < self.n_carry:
+                    a = self.mu_arrays[k][j]
+                    self.mu_ptr[FA_MAX_CARRY * k + j] = <double *>cnp.PyArray_DATA(a)
+                else:
+                    self.mu_ptr[FA_MAX_CARRY * k + j] = NULL
         seen = set()
         self.n_distinct_steps = 0
         for k in range(n):
@@ -978,11 +1016,13 @@ cdef class GroupPlan:
 
     cdef bint _steps_agree(self):
         cdef Py_ssize_t k
+        cdef int j
         for k in range(1, self.d.n_arrays):
             if self.step_ptr[k][0] != self.step_ptr[0][0]:
                 return False
-            if self.mu_ptr[k] != NULL and self.mu_ptr[k][0] != self.mu_ptr[0][0]:
-                return False
+            for j in range(self.n_carry):
+                if self.mu_ptr[FA_MAX_CARRY * k + j][0] != self.mu_ptr[j][0]:
+                    return False
         return True
 
     cdef bint _aliases_written(self, uintptr_t lo, uintptr_t hi) noexcept:
@@ -1064,9 +1104,10 @@ cdef class GroupPlan:
             scale = _validation.grad_scale_value(value, int(t))
         fa_pre_set(&self.d.pre, scale)
         self.d.want_norm = self.max_grad_norm > 0.0
-        self.d.kind = fa_step_scalars(&self.hyper, t, lr,
-                                      self.mu_ptr[0][0] if n and self.mu_ptr[0] != NULL else 1.0,
-                                      &self.d.scalars, &self.mu_after)
+        for k in range(FA_MAX_CARRY):
+            self.carry_in[k] = (self.mu_ptr[k][0] if n and k < self.n_carry else 1.0)
+        self.d.kind = fa_step_scalars(&self.hyper, t, lr, self.carry_in,
+                                      &self.d.scalars, self.mu_after)
         _fold(&self.d)
         self.n_threads = _resolve_threads(self.num_threads)
         _reserve_chunks(&self.d)
@@ -1145,11 +1186,12 @@ cdef class GroupPlan:
     cdef void _count(self) noexcept:
         """Advance the step (each distinct step counter once) and NAdam's product."""
         cdef Py_ssize_t k
+        cdef int j
         for k in range(self.n_distinct_steps):
             self.distinct_steps[k][0] += 1
         for k in range(self.d.n_arrays):
-            if self.mu_ptr[k] != NULL:
-                self.mu_ptr[k][0] = self.mu_after
+            for j in range(self.n_carry):
+                self.mu_ptr[FA_MAX_CARRY * k + j][0] = self.mu_after[j]
 
     cdef void _release(self) noexcept:
         cdef Py_ssize_t k

@@ -41,6 +41,10 @@ typedef struct {
     double diff_coef;        /* Adan: multiplies the gradient-difference EMA */
     double prox;             /* Adan (proximal decay): the param is divided by it; else 1 */
     double first;            /* Adan: 1 on step 1 (the previous gradient is this one) */
+    double bias_correction2; /* Schedule-Free: v is divided by it */
+    double lerp_weight;      /* Schedule-Free: y = base + lerp_weight * (z - y) ... */
+    double lerp_from_end;    /* ... with base z when 1, y when 0 (torch's lerp) */
+    double y_step;           /* Schedule-Free: y += y_step * gn */
 } fa_scalars;
 
 /* Array slots of a loop call: the param, its gradient, then the state arrays in the order
@@ -66,7 +70,9 @@ enum { FA_PARAM = 0, FA_GRAD = 1, FA_STATE0 = 2, FA_MAX_STATES = 4,
     X(adan, FA_ADAN_BODY, 0, 0, __VA_ARGS__) X(adan_prox, FA_ADAN_BODY, 0, 1, __VA_ARGS__) \
     FA_PAIR(X, adopt_first, FA_ADOPT_FIRST_BODY, 0, __VA_ARGS__)                     \
     FA_PAIR(X, adopt, FA_ADOPT_BODY, 0, __VA_ARGS__)                                 \
-    X(adam_atan2, FA_ADAM_ATAN2_BODY, 0, 0, __VA_ARGS__)
+    X(adam_atan2, FA_ADAM_ATAN2_BODY, 0, 0, __VA_ARGS__)                             \
+    FA_PAIR(X, schedulefree, FA_SCHEDULEFREE_BODY, 0, __VA_ARGS__)                   \
+    FA_PAIR(X, schedulefree_sgd, FA_SCHEDULEFREE_BODY, 1, __VA_ARGS__)
 
 #define FA_KIND_ENUM(name, body, coupled, flag, ...) FA_KIND_##name,
 enum { FA_DENSE_KINDS(FA_KIND_ENUM, ~) FA_N_KINDS };
@@ -449,6 +455,44 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
             T update;                                                                \
             FA_ATAN2(T, FABS, num, den, update)                                      \
             p_[i] = p - step_size * update;                                          \
+        }                                                                            \
+    }
+
+/* Schedule-Free AdamW (Defazio et al. 2024, schedulefree.AdamWScheduleFree): the param
+ * holds y, state z and v. In the package's order:
+ *     v = b2 v + (1 - b2) g g;  gn = g / (sqrt(v / bc2) + eps);  gn += wd y (_l2)
+ *     y = lerp(y, z, c);  y += y_step gn;  z -= lr_t gn
+ * The lerp is torch's: y + c (z - y) for c < 0.5, z + (c - 1)(z - y) otherwise (the
+ * scalar rule hands over the coefficient and the base). FLAG (schedulefree_sgd:
+ * RAdamScheduleFree before its rectification) takes gn = g, unnormalized. */
+#define FA_SCHEDULEFREE_BODY(T, SQRT, FABS, COUPLED, FLAG)                           \
+    {                                                                                \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        T *restrict z_ = (T *)a[FA_STATE0];                                          \
+        T *restrict v_ = (T *)a[FA_STATE0 + 1];                                      \
+        const T b2 = (T)s->beta2, omb2 = (T)s->one_minus_beta2;                      \
+        const T bc2 = (T)s->bias_correction2, eps = (T)s->eps;                       \
+        const T lerp_weight = (T)s->lerp_weight, y_step = (T)s->y_step;              \
+        const T z_step = (T)s->step_size;                                            \
+        const int from_end = s->lerp_from_end != 0.0;                                \
+        (void)decay;                                                                 \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            T g = g_[i] * sign;                                                      \
+            T y = p_[i];                                                             \
+            T z = z_[i];                                                             \
+            T v = b2 * v_[i] + omb2 * g * g;                                         \
+            T gn = g;                                                                \
+            if (!FLAG) {                                                             \
+                T denom = SQRT(v / bc2) + eps;                                       \
+                gn = g / denom;                                                      \
+            }                                                                        \
+            if (COUPLED) gn = gn + wd * y;                                           \
+            T base = from_end ? z : y;                                               \
+            T y_new = base + lerp_weight * (z - y);                                  \
+            y_new = y_new + y_step * gn;                                             \
+            v_[i] = v;                                                               \
+            z_[i] = z - z_step * gn;                                                 \
+            p_[i] = y_new;                                                           \
         }                                                                            \
     }
 

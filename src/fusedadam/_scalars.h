@@ -14,7 +14,7 @@
 /* Algorithms, in the order of their numbers; Python reads the names (_kernels.ALGORITHMS). */
 #define FA_ALGORITHMS(X) X(adam) X(adamax) X(nadam) X(radam) X(adabelief) X(lion) X(sparse_adam) \
     X(ademamix) X(adan) \
-    X(adopt) X(adam_atan2)
+    X(adopt) X(adam_atan2) X(schedulefree) X(radam_schedulefree)
 #define FA_ALGO_ENUM(name) FA_ALGO_##name,
 enum { FA_ALGORITHMS(FA_ALGO_ENUM) FA_N_ALGORITHMS };
 #define FA_ALGO_NAME(name) #name,
@@ -32,16 +32,26 @@ typedef struct {
     int adopt_clip;          /* ADOPT: clip the normalised gradient (clip_exp is not None) */
     double clip_exp;         /* ADOPT: the clip of step t is (t - 1)**clip_exp */
     double atan2_a, atan2_b; /* Adam-atan2: p -= lr a atan2(m^, b sqrt(v^)) */
+    double warmup_steps, r, weight_lr_power; /* Schedule-Free */
+    int silent_sgd_phase;                    /* Schedule-Free RAdam */
 } fa_hyper;
 
+/* The per-param scalar state a step reads and writes besides its counter (the
+ * registry's scalar_state, in order): NAdam's mu_product; Schedule-Free's lr_max and
+ * weight_sum. */
+#define FA_MAX_CARRY 2
+
 /* What a step of one group needs besides its arrays: the loop kind, its scalars, and the
- * NAdam momentum product after this step (mu_1 * ... * mu_t; 1 for the others). */
-static int fa_step_scalars(const fa_hyper *h, double t, double lr, double mu_product,
-                           fa_scalars *s, double *mu_product_after) {
+ * scalar state after this step (carry[0..FA_MAX_CARRY) in, carry_after out: NAdam's
+ * product mu_1 * ... * mu_t; Schedule-Free's lr_max and weight_sum; unread and copied
+ * through for the others). */
+static int fa_step_scalars(const fa_hyper *h, double t, double lr, const double *carry,
+                           fa_scalars *s, double *carry_after) {
     const int coupled = h->weight_decay != 0.0 && !h->decoupled;
+    const double mu_product = carry[0];
     double bc1 = 1.0, bc2 = 1.0, beta1 = h->beta1;
     int kind;
-    *mu_product_after = mu_product;
+    for (int j = 0; j < FA_MAX_CARRY; j++) carry_after[j] = carry[j];
     s->sign = h->maximize ? -1.0 : 1.0;
     s->weight_decay = h->decoupled ? 0.0 : h->weight_decay;
     s->decay = h->decoupled ? 1.0 - lr * h->weight_decay : 1.0;
@@ -52,13 +62,18 @@ static int fa_step_scalars(const fa_hyper *h, double t, double lr, double mu_pro
     s->clip = 0.0;
     s->m_scale = 0.0;
     s->v_scale = 0.0;
+    s->bias_correction2 = 1.0;
+    s->lerp_weight = 0.0;
+    s->lerp_from_end = 0.0;
+    s->y_step = 0.0;
     if (h->algorithm == FA_ALGO_adam || h->algorithm == FA_ALGO_adamax) {
         beta1 = h->beta1 * pow(h->beta1_decay, t - 1.0);
         if (h->bias_correction) {
             bc1 = 1.0 - pow(h->beta1, t);
             bc2 = 1.0 - pow(h->beta2, t);
         }
-    } else if (h->algorithm != FA_ALGO_lion) {
+    } else if (h->algorithm != FA_ALGO_lion && h->algorithm != FA_ALGO_schedulefree &&
+               h->algorithm != FA_ALGO_radam_schedulefree) {
         bc1 = 1.0 - pow(h->beta1, t);
         bc2 = 1.0 - pow(h->beta2, t);
     }
@@ -87,7 +102,7 @@ static int fa_step_scalars(const fa_hyper *h, double t, double lr, double mu_pro
         double product_next = product * mu_next;
         s->grad_coef = lr * (1.0 - mu) / (1.0 - product) * sqrt(bc2);
         s->step_size = lr * mu_next / (1.0 - product_next) * sqrt(bc2);
-        *mu_product_after = product;
+        carry_after[0] = product;
         kind = coupled ? FA_KIND_nadam_l2 : FA_KIND_nadam;
         break;
     }
@@ -112,6 +127,54 @@ static int fa_step_scalars(const fa_hyper *h, double t, double lr, double mu_pro
         s->eps_root = h->eps_root;
         kind = coupled ? FA_KIND_adabelief_l2 : FA_KIND_adabelief;
         break;
+    case FA_ALGO_schedulefree:
+    case FA_ALGO_radam_schedulefree: {
+        /* schedulefree.AdamWScheduleFree and RAdamScheduleFree (their step, per group, in
+         * their order): t = k + 1; the step's lr_t (below); lr_max the largest lr_t so far,
+         * the average's weight t^r lr_max^weight_lr_power and c = weight / weight_sum (0
+         * when the sum is 0, the package's ZeroDivisionError). The loop lerps y to z with
+         * weight c as torch's lerp does (from y below 0.5, from z with c - 1 above), then
+         * y += lr_t (beta1 (1 - c) - 1) gn and z -= lr_t gn. */
+        double lr_t, lr_max, weight, weight_sum, ckp1;
+        int normalized = 1;
+        s->bias_correction2 = 1.0 - pow(h->beta2, t);
+        if (h->algorithm == FA_ALGO_schedulefree) {
+            /* AdamW: linear warmup of lr over warmup_steps */
+            lr_t = lr * (t - 1.0 < h->warmup_steps ? t / h->warmup_steps : 1.0);
+        } else {
+            /* RAdam: lr times the rectification once rho_t > 4; before, lr (or 0 with
+             * silent_sgd_phase) on the raw gradient: the loop kind without normalization */
+            double rho_inf = 2.0 / (1.0 - h->beta2) - 1.0;
+            double rho_t = rho_inf - 2.0 * t * pow(h->beta2, t) / s->bias_correction2;
+            double rect;
+            if (rho_t > 4.0) {
+                rect = pow((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
+                           ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t), 0.5);
+            } else {
+                rect = h->silent_sgd_phase ? 0.0 : 1.0;
+                normalized = 0;
+            }
+            lr_t = lr * rect;
+        }
+        lr_max = lr_t > carry[0] ? lr_t : carry[0];
+        weight = pow(t, h->r) * pow(lr_max, h->weight_lr_power);
+        weight_sum = carry[1] + weight;
+        ckp1 = weight_sum != 0.0 ? weight / weight_sum : 0.0;
+        carry_after[0] = lr_max;
+        carry_after[1] = weight_sum;
+        s->step_size = lr_t;
+        s->eps = h->eps;
+        s->weight_decay = h->weight_decay;
+        s->decay = 1.0;
+        s->lerp_from_end = fabs(ckp1) < 0.5 ? 0.0 : 1.0;
+        s->lerp_weight = fabs(ckp1) < 0.5 ? ckp1 : ckp1 - 1.0;
+        s->y_step = lr_t * (h->beta1 * (1.0 - ckp1) - 1.0);
+        if (normalized)
+            kind = h->weight_decay != 0.0 ? FA_KIND_schedulefree_l2 : FA_KIND_schedulefree;
+        else
+            kind = h->weight_decay != 0.0 ? FA_KIND_schedulefree_sgd_l2 : FA_KIND_schedulefree_sgd;
+        break;
+    }
     case FA_ALGO_sparse_adam:
         /* torch.optim.SparseAdam's order: lr * sqrt(bc2) / bc1; eps is not scaled. Its rows
          * are no dense kind: FA_N_KINDS says so. */

@@ -101,6 +101,24 @@ def _check_clip_exp(value, where):
         )
 
 
+def _check_warmup_steps(value, where):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where}Invalid warmup_steps value: {value!r} (expected an int >= 0)")
+    if not 0 <= value < MAX_STEP:
+        raise ValueError(f"{where}Invalid warmup_steps value: {value} (must be >= 0)")
+
+
+def check_schedule_free_beta1(betas, where=""):
+    """Schedule-Free's ``eval()`` needs beta1 > 0: it recovers x from y with the weight
+    ``1 - 1/beta1`` (with beta1 = 0, y is z and x is lost). Training takes any beta1."""
+    if betas[0] <= 0.0:
+        raise ValueError(
+            f"{where}Invalid beta parameter at index 0 for eval(): {betas[0]} (eval() "
+            "recovers the average x from y with the weight 1 - 1/beta1; with beta1 = 0 the "
+            "params hold z and x is not kept)"
+        )
+
+
 def _check_nonfinite(mode, where):
     if not isinstance(mode, str) or mode not in NONFINITE_MODES:
         raise ValueError(
@@ -215,6 +233,12 @@ HYPERPARAMETER_CHECKS = {
     "alpha": _real_checker("alpha", lambda x: x >= 0.0, " (must be finite and >= 0)"),
     "t_alpha_beta3": _check_t_alpha_beta3,
     "no_prox": _bool_checker("no_prox"),
+    "warmup_steps": _check_warmup_steps,
+    "r": _real_checker("r", lambda x: x >= 0.0, " (must be finite and >= 0)"),
+    "weight_lr_power": _real_checker(
+        "weight_lr_power", lambda x: x >= 0.0, " (must be finite and >= 0)"
+    ),
+    "silent_sgd_phase": _bool_checker("silent_sgd_phase"),
 }
 
 

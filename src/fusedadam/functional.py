@@ -23,7 +23,7 @@ from fusedadam.engine._plan import group_spec, hyper_spec
 
 __all__ = [
     "adam", "adamw", "adamax", "nadam", "radam", "adabelief", "lion", "ademamix", "adan",
-    "adopt", "adam_atan2", "resolve_backend",
+    "adopt", "adam_atan2", "adamw_schedule_free", "radam_schedule_free", "resolve_backend",
 ]  # fmt: skip
 
 Arrays = Sequence[np.ndarray]
@@ -254,6 +254,60 @@ def lion(
     ``step`` only numbers the update for ``lr(t)``: Lion has no bias correction."""
     options.update(betas=(beta1, beta2))
     return _step("Lion", params, grads, {"exp_avg": exp_avgs}, step, options)
+
+
+def adamw_schedule_free(
+    params: Arrays,
+    grads: Any,
+    zs: Arrays,
+    exp_avg_sqs: Arrays,
+    lr_maxs: Arrays,
+    weight_sums: Arrays,
+    *,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    **options: Any,
+) -> bool:
+    """One Schedule-Free AdamW step over lists of arrays, in place (``options``:
+    :class:`fusedadam.AdamWScheduleFree`).
+
+    ``params`` hold ``y``; ``zs`` start as copies of the params, ``exp_avg_sqs`` at zero;
+    ``lr_maxs`` and ``weight_sums`` are each param's writeable 0-d float64 running
+    ``lr_max`` (``np.full((), -1.0)`` before the first step) and ``weight_sum``
+    (``np.zeros(())``), updated in place. The average is
+    ``x = (y - (1 - beta1) z) / beta1`` (what ``AdamWScheduleFree.eval()`` puts in the
+    params).
+    """
+    for k, (lr_max, weight_sum) in enumerate(zip(lr_maxs, weight_sums)):
+        _validation.check_step_array(lr_max, f"lr_maxs[{k}]", np.float64)
+        _validation.check_step_array(weight_sum, f"weight_sums[{k}]", np.float64)
+    options.update(betas=(beta1, beta2))
+    states = {"z": zs, "exp_avg_sq": exp_avg_sqs, "lr_max": lr_maxs, "weight_sum": weight_sums}
+    return _step("AdamWScheduleFree", params, grads, states, step, options)
+
+
+def radam_schedule_free(
+    params: Arrays,
+    grads: Any,
+    zs: Arrays,
+    exp_avg_sqs: Arrays,
+    lr_maxs: Arrays,
+    weight_sums: Arrays,
+    *,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    **options: Any,
+) -> bool:
+    """One Schedule-Free RAdam step over lists of arrays, in place (the arrays as
+    :func:`adamw_schedule_free`; ``options``: :class:`fusedadam.RAdamScheduleFree`)."""
+    for k, (lr_max, weight_sum) in enumerate(zip(lr_maxs, weight_sums)):
+        _validation.check_step_array(lr_max, f"lr_maxs[{k}]", np.float64)
+        _validation.check_step_array(weight_sum, f"weight_sums[{k}]", np.float64)
+    options.update(betas=(beta1, beta2))
+    states = {"z": zs, "exp_avg_sq": exp_avg_sqs, "lr_max": lr_maxs, "weight_sum": weight_sums}
+    return _step("RAdamScheduleFree", params, grads, states, step, options)
 
 
 def ademamix(

@@ -25,13 +25,13 @@ from typing import (
 
 import numpy as np
 
-from fusedadam import _algorithms, _precision, _validation
+from fusedadam import _algorithms, _precision, _validation, reference
 from fusedadam.engine import Engine, GroupSpec, Outcome, _rules
 from fusedadam.engine._plan import check_group_hyper, group_spec, hyper_spec, state_dtypes
 
 __all__ = [
     "Optimizer", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion", "AdEMAMix",
-    "Adan", "ADOPT", "AdamAtan2",
+    "Adan", "ADOPT", "AdamAtan2", "AdamWScheduleFree", "RAdamScheduleFree",
 ]  # fmt: skip
 
 # The types of the public API (py.typed ships these annotations).
@@ -655,6 +655,23 @@ _PARAMETERS = {
         "Adan: decoupled decay ``p *= 1 - lr * weight_decay`` before the update, instead "
         "of the proximal ``p = (p - update) / (1 + lr * weight_decay)`` after it.",
     ),
+    "warmup_steps": (
+        "int",
+        "Schedule-Free's linear warmup: the lr of step ``t`` is ``lr * min(1, t / "
+        "warmup_steps)`` (0: none).",
+    ),
+    "r": ("float", "Schedule-Free's polynomial weighting ``t**r`` of the average (>= 0)."),
+    "weight_lr_power": (
+        "float",
+        "Schedule-Free: the average's weights are ``lr_max**weight_lr_power`` (>= 0; "
+        "0: no weighting by the learning rate).",
+    ),
+    "silent_sgd_phase": (
+        "bool",
+        "Schedule-Free RAdam: while the variance is not tractable (``rho_t <= 4``) the "
+        "params do not move (True) or take the unnormalized step with ``lr`` (False); "
+        "``v`` advances either way.",
+    ),
     "max_grad_norm": (
         "float or None",
         "Clip the group's unscaled gradients to this global 2-norm (the rule of "
@@ -895,6 +912,187 @@ class Lion(Optimizer):
                  state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
                  max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
         super().__init__(params, _hyperparameters(locals()))
+    # fmt: on
+
+
+def schedule_free_move(param, state, weight):
+    """Move one Schedule-Free param between y and x: ``p = lerp(p, z, weight)`` as
+    ``torch.lerp`` computes it (``p + w (z - p)`` for ``|w| < 0.5``, else
+    ``z - (z - p)(1 - w)``), in the param's dtype, or on its float32 master (then the param
+    is its rounding to nearest even; with ``master_residual``, its encoding). ``z`` is
+    widened (bfloat16 state) or dequantized (8-bit state) first. Returns a function that
+    writes the result: nothing is written until it is called, so a caller moving many
+    params checks them all first. Both front ends call it (``fusedadam.torch`` on views of
+    its tensors)."""
+    z = state["z"]
+    master = state.get(_precision.MASTER)
+    residual = state.get(_precision.MASTER_RESIDUAL)
+    if residual is not None:
+        target = reference.residual_decode(param, residual)
+    else:
+        target = master if master is not None else param
+    compute = target.dtype
+    if z.dtype == np.uint8:
+        z = reference.q8_dequantize(z, state[_precision.scale_name("z")], True)
+    if z.shape != target.shape:
+        raise ValueError(f"z has shape {z.shape}, but its param has {target.shape}")
+    z = np.asarray(z, dtype=compute)
+    w = compute.type(weight)
+    with np.errstate(all="ignore"):
+        diff = z - target
+        if abs(weight) < 0.5:
+            new = target + w * diff
+        else:
+            new = z - diff * (compute.type(1) - w)
+
+    def write():
+        if residual is not None:
+            param[...], residual[...] = reference.residual_encode(new)
+        elif master is not None:
+            master[...] = new
+            param[...] = new.astype(param.dtype)
+        else:
+            param[...] = new
+
+    return write
+
+
+@_documented
+class AdamWScheduleFree(Optimizer):
+    r"""Schedule-Free AdamW (Defazio et al., 2024, "The Road Less Scheduled"), as
+    ``schedulefree.AdamWScheduleFree`` computes it.
+
+    No learning-rate schedule: the param holds the gradient point ``y`` while training,
+    an interpolation of the averaged iterate ``x`` and the base sequence ``z``. For step
+    ``t`` (``t = 1, 2, ...``) of each element::
+
+        lr_t       = lr * min(1, t / warmup_steps)       (lr alone with warmup_steps=0)
+        lr_max     = max(lr_max, lr_t)
+        weight     = t**r * lr_max**weight_lr_power
+        weight_sum = weight_sum + weight
+        c          = weight / weight_sum                  (0 when weight_sum is 0)
+        g          = -g if maximize else g
+        v          = beta2 * v + (1 - beta2) * g * g
+        gn         = g / (sqrt(v / (1 - beta2**t)) + eps)
+        gn         = gn + weight_decay * y               (weight decay at y)
+        y          = lerp(y, z, c)                        (torch's lerp)
+        y          = y + lr_t * (beta1 * (1 - c) - 1) * gn
+        z          = z - lr_t * gn
+
+    so that ``x = (y - (1 - beta1) z) / beta1`` is the weighted average of the ``z``'s.
+    ``z`` starts as a copy of the param, ``v`` (``exp_avg_sq``) at zero; ``lr_max``
+    (from -1) and ``weight_sum`` (from 0) are per-param 0-d float64 state, equal over a
+    group (the package keeps them, and ``k = t - 1``, per group).
+
+    Call :meth:`eval` before evaluating or saving the model (the params become ``x``) and
+    :meth:`train` before training again (back to ``y``); a step in eval mode raises. The
+    optimizer starts in train mode; each group's ``"train_mode"`` entry records its mode
+    and is saved in :meth:`state_dict`. Learning-rate schedules are unnecessary; ``lr``
+    may still be a callable ``lr(t)`` (then scaled by the warmup).
+    """
+
+    algorithm = _algorithms.ALGORITHMS["schedulefree"]
+
+    # fmt: off
+    def __init__(self, params: Params, lr: LearningRate = 0.0025,
+                 betas: Betas = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0,
+                 maximize: bool = False, num_threads: Threads = None,
+                 backend: Backend = "auto", nonfinite: NonFinite = "error",
+                 state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
+                 max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
+        super().__init__(params, _hyperparameters(locals()))
+    # fmt: on
+
+    def _admit_param_group(self, param_group):
+        # A new group takes the optimizer's mode (the package's starts in eval mode).
+        train = all(g.get("train_mode", True) for g in self.param_groups)
+        param_group = dict(param_group)
+        param_group.setdefault("train_mode", train)
+        return super()._admit_param_group(param_group)
+
+    def _check_group_hyper(self, group, where):
+        super()._check_group_hyper(group, where)
+        mode = group.get("train_mode", True)
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"{where}train_mode must be a bool, got {mode!r}")
+
+    def step(self, grads: Grads, grad_scale: Optional[GradScale] = None) -> None:
+        """Update every parameter (``y``) in place from ``grads``; see
+        :meth:`Optimizer.step`. Raises ``RuntimeError`` in eval mode (nothing changes)."""
+        for gi, group in enumerate(self.param_groups):
+            if not group.get("train_mode", True):
+                raise RuntimeError(
+                    f"{type(self).__name__}: param_groups[{gi}] is in eval mode (its params hold "
+                    "the average x); call optimizer.train() before step(), and "
+                    "optimizer.eval() before evaluating or saving the model"
+                )
+        super().step(grads, grad_scale)
+
+    def train(self) -> None:
+        """Switch to train mode: each param of a group in eval mode moves from ``x`` to
+        ``y = lerp(x, z, 1 - beta1)``. Does nothing in train mode (idempotent)."""
+        self._set_mode(True)
+
+    def eval(self) -> None:
+        """Switch to eval mode: each param of a group in train mode moves from ``y`` to
+        ``x = lerp(y, z, 1 - 1/beta1)``. Does nothing in eval mode (idempotent)."""
+        self._set_mode(False)
+
+    def _set_mode(self, train):
+        with self._lock:
+            writes = []
+            for gi, group in enumerate(self.param_groups):
+                if bool(group.get("train_mode", True)) == train:
+                    continue
+                self._check_group_hyper(group, f"param_groups[{gi}]: ")
+                if not train:
+                    _validation.check_schedule_free_beta1(group["betas"], f"param_groups[{gi}]: ")
+                beta1 = float(group["betas"][0])
+                weight = 1.0 - beta1 if train else 1.0 - 1.0 / beta1
+                for p in group["params"]:
+                    st = self.state.get(p)
+                    if st and "z" in st:
+                        writes.append(schedule_free_move(p, st, weight))
+            for write in writes:
+                write()
+            for group in self.param_groups:
+                group["train_mode"] = train
+
+
+@_documented
+class RAdamScheduleFree(AdamWScheduleFree):
+    r"""Schedule-Free RAdam, as ``schedulefree.RAdamScheduleFree`` computes it: Schedule-Free
+    AdamW (:class:`AdamWScheduleFree`: the same state, loop, :meth:`train` and :meth:`eval`)
+    with RAdam's rectification in place of a warmup.
+
+    For step ``t`` (no ``warmup_steps``)::
+
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t   = rho_inf - 2 t beta2**t / (1 - beta2**t)
+        if rho_t > 4:
+            lr_t = lr * ((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))**0.5
+            gn   = g / (sqrt(v / (1 - beta2**t)) + eps)
+        else:
+            lr_t = 0 if silent_sgd_phase else lr
+            gn   = g                                    (v still advances)
+
+    then ``lr_max``, ``weight_sum``, ``c``, the weight decay at ``y`` and the ``y`` and
+    ``z`` updates as in :class:`AdamWScheduleFree`. The threshold is the package's 4 (torch's
+    RAdam switches at 5).
+    """
+
+    algorithm = _algorithms.ALGORITHMS["radam_schedulefree"]
+
+    # fmt: off
+    def __init__(self, params: Params, lr: LearningRate = 0.0025,
+                 betas: Betas = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 r: float = 0.0, weight_lr_power: float = 2.0, silent_sgd_phase: bool = True,
+                 maximize: bool = False, num_threads: Threads = None,
+                 backend: Backend = "auto", nonfinite: NonFinite = "error",
+                 state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
+                 max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
+        Optimizer.__init__(self, params, _hyperparameters(locals()))
     # fmt: on
 
 

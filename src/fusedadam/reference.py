@@ -34,6 +34,8 @@ __all__ = [
     "adopt_update",
     "atan2",
     "adam_atan2_update",
+    "schedulefree_update",
+    "schedulefree_sgd_update",
     "probe_update",
     "sparse_adam_update",
     "q8_values",
@@ -47,15 +49,30 @@ __all__ = [
 _quiet = np.errstate(all="ignore")
 
 
-def step_scalars(hyper, t, lr, mu_product=1.0):
-    """``(loop kind, scalars, mu_product after)`` of step ``t`` with learning rate ``lr``.
+def step_scalars(hyper, t, lr, carry=1.0):
+    """``(loop kind, scalars, carry after)`` of step ``t`` with learning rate ``lr``.
 
     The twin of ``fa_step_scalars`` in ``_scalars.h``: the same double operations in the
     same order (Python floats are C doubles, ``**`` is libm's pow). ``hyper`` is the dict
-    of ``fusedadam._algorithms.hyper_dict``.
+    of ``fusedadam._algorithms.hyper_dict``. ``carry`` is the per-param scalar state in the
+    registry's order (NAdam's ``mu_product``; Schedule-Free's ``(lr_max, weight_sum)``): a
+    number, or a tuple of at most two; the carry after the step comes back in the same form.
     """
+    single = not isinstance(carry, (tuple, list))
+    carry_in = (float(carry),) if single else tuple(float(c) for c in carry)
+    carry_in = carry_in + (1.0,) * (_MAX_CARRY - len(carry_in))
+    kind, s, after = _step_scalars(hyper, t, lr, carry_in)
+    return kind, s, after[0] if single else after[: len(carry)]
+
+
+_MAX_CARRY = 2  # FA_MAX_CARRY
+
+
+def _step_scalars(hyper, t, lr, carry):
     # the fields of the three-beta algorithms: absent (0) in a hyper dict of the others
     h = {"beta3": 0.0, "alpha": 0.0, "t_alpha_beta3": 0.0, "no_prox": False, **hyper}
+    mu_product = carry[0]
+    after = list(carry)
     algorithm = h["algorithm"]
     t = float(t)
     coupled = h["weight_decay"] != 0.0 and not h["decoupled"]
@@ -76,14 +93,17 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
         "clip": 0.0,
         "m_scale": 0.0,
         "v_scale": 0.0,
+        "bias_correction2": 1.0,
+        "lerp_weight": 0.0,
+        "lerp_from_end": 0.0,
+        "y_step": 0.0,
     }
-    mu_after = mu_product
     if algorithm in ("adam", "adamax"):
         beta1 = h["beta1"] * h["beta1_decay"] ** (t - 1.0)
         if h["bias_correction"]:
             bc1 = 1.0 - h["beta1"] ** t
             bc2 = 1.0 - h["beta2"] ** t
-    elif algorithm != "lion":
+    elif algorithm not in ("lion", "schedulefree", "radam_schedulefree"):
         bc1 = 1.0 - h["beta1"] ** t
         bc2 = 1.0 - h["beta2"] ** t
     s["beta1"] = beta1
@@ -106,7 +126,7 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
         product_next = product * mu_next
         s["grad_coef"] = lr * (1.0 - mu) / (1.0 - product) * math.sqrt(bc2)
         s["step_size"] = lr * mu_next / (1.0 - product_next) * math.sqrt(bc2)
-        mu_after = product
+        after[0] = product
         kind = "nadam" + suffix
     elif algorithm == "radam":
         rho_inf = 2.0 / (1.0 - h["beta2"]) - 1.0
@@ -128,6 +148,42 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
     elif algorithm == "adabelief":
         s["eps_root"] = h["eps_root"]
         kind = "adabelief" + suffix
+    elif algorithm in ("schedulefree", "radam_schedulefree"):
+        normalized = True
+        s["bias_correction2"] = 1.0 - h["beta2"] ** t
+        if algorithm == "schedulefree":
+            warmup = h.get("warmup_steps", 0.0)
+            lr_t = lr * (t / warmup if t - 1.0 < warmup else 1.0)
+        else:
+            rho_inf = 2.0 / (1.0 - h["beta2"]) - 1.0
+            rho_t = rho_inf - 2.0 * t * h["beta2"] ** t / s["bias_correction2"]
+            if rho_t > 4.0:
+                rect = _pow(
+                    (rho_t - 4.0)
+                    * (rho_t - 2.0)
+                    * rho_inf
+                    / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t),
+                    0.5,
+                )
+            else:
+                rect = 0.0 if h.get("silent_sgd_phase", False) else 1.0
+                normalized = False
+            lr_t = lr * rect
+        lr_max = lr_t if lr_t > carry[0] else carry[0]
+        weight = _pow(t, h.get("r", 0.0)) * _pow(lr_max, h.get("weight_lr_power", 0.0))
+        weight_sum = carry[1] + weight
+        ckp1 = weight / weight_sum if weight_sum != 0.0 else 0.0
+        after[0], after[1] = lr_max, weight_sum
+        s["step_size"] = lr_t
+        s["eps"] = h["eps"]
+        s["weight_decay"] = h["weight_decay"]
+        s["decay"] = 1.0
+        small = abs(ckp1) < 0.5
+        s["lerp_from_end"] = 0.0 if small else 1.0
+        s["lerp_weight"] = ckp1 if small else ckp1 - 1.0
+        s["y_step"] = lr_t * (h["beta1"] * (1.0 - ckp1) - 1.0)
+        kind = "schedulefree" if normalized else "schedulefree_sgd"
+        kind += "_l2" if h["weight_decay"] != 0.0 else ""
     elif algorithm == "sparse_adam":
         s["step_size"] = lr * math.sqrt(bc2) / bc1
         s["eps"] = h["eps"]
@@ -178,7 +234,16 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
         s["step_size"] = lr
         s["eps"] = 0.0
         kind = "lion"
-    return kind, s, mu_after
+    return kind, s, tuple(after)
+
+
+def _pow(x, y):
+    """libm's pow, as the C rule calls it (Python's ``**`` on floats): +inf where it
+    overflows (``**`` raises there; the bases here are >= 0)."""
+    try:
+        return x**y
+    except OverflowError:
+        return math.inf
 
 
 def _cast(dtype, scalars, *names):
@@ -301,6 +366,50 @@ def lion_update(param, grad, exp_avg, scalars, coupled):
     direction = np.where(c > 0, one, np.where(c < 0, -one, c))
     param -= step_size * direction
     _first_moment(g, exp_avg, b2, omb2)
+
+
+@_quiet
+def schedulefree_update(param, grad, z, exp_avg_sq, scalars, coupled):
+    """Schedule-Free AdamW, in place (the param holds y): ``v = b2 v + (1 - b2) g g``,
+    ``gn = g / (sqrt(v / bc2) + eps)`` (``+ wd y`` when coupled), ``y = lerp(y, z, c)``
+    as torch's lerp, ``y += y_step gn``, ``z -= lr_t gn``."""
+    _schedulefree(param, grad, z, exp_avg_sq, scalars, coupled, True)
+
+
+@_quiet
+def schedulefree_sgd_update(param, grad, z, exp_avg_sq, scalars, coupled):
+    """Schedule-Free RAdam before its rectification, in place: as
+    :func:`schedulefree_update` with ``gn = g`` (``v`` still advances)."""
+    _schedulefree(param, grad, z, exp_avg_sq, scalars, coupled, False)
+
+
+def _schedulefree(param, grad, z, exp_avg_sq, scalars, coupled, normalized):
+    sign, weight_decay = _cast(param.dtype, scalars, "sign", "weight_decay")
+    names = ("beta2", "one_minus_beta2", "bias_correction2", "eps", "lerp_weight", "y_step",
+             "step_size")  # fmt: skip
+    b2, omb2, bc2, eps, lerp_weight, y_step, z_step = _cast(param.dtype, scalars, *names)
+    g = grad * sign
+    g_sq = omb2 * g
+    g_sq *= g
+    exp_avg_sq *= b2
+    exp_avg_sq += g_sq
+    if normalized:
+        denom = exp_avg_sq / bc2
+        np.sqrt(denom, out=denom)
+        denom += eps
+        gn = g / denom
+    else:
+        gn = g.copy()
+    if coupled:
+        gn += weight_decay * param
+    diff = z - param
+    diff *= lerp_weight
+    if scalars["lerp_from_end"] != 0.0:
+        param[...] = z
+    param += diff
+    param += y_step * gn
+    gn *= z_step
+    z -= gn
 
 
 @_quiet
@@ -513,6 +622,8 @@ _KINDS: Dict[str, Tuple[Callable[..., None], int]] = {
     "adopt_first": (adopt_first_update, 2),
     "adopt": (adopt_update, 2),
     "adam_atan2": (adam_atan2_update, 2),
+    "schedulefree": (schedulefree_update, 2),
+    "schedulefree_sgd": (schedulefree_sgd_update, 2),
 }
 
 

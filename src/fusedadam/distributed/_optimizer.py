@@ -610,11 +610,12 @@ class ShardedOptimizer:
                     name: float(entry[name]) for name, _ in self._algorithm.scalar_state
                 }
             else:  # a group of empty params has no shard: the scalar rule itself
+                names = tuple(name for name, _ in self._algorithm.scalar_state)
                 initial = dict(self._algorithm.scalar_state)
-                mu = self._scalars[gi].get("mu_product", initial.get("mu_product", 1.0))
+                carry = tuple(self._scalars[gi].get(name, initial[name]) for name in names)
                 hyper = _algorithms.hyper_dict(self._algorithm, group)
-                _, _, mu_after = reference.step_scalars(hyper, self._steps[gi], lrs[gi], mu)
-                self._scalars[gi] = {"mu_product": mu_after}
+                _, _, after = reference.step_scalars(hyper, self._steps[gi], lrs[gi], carry)
+                self._scalars[gi] = dict(zip(names, after))
 
     def _first_nonfinite_param(self, si, chunk_start, reduced, scale=1.0):
         compute = _precision.compute_dtype(reduced.dtype)

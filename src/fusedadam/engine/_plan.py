@@ -11,7 +11,7 @@ from typing import Any, List, Tuple
 
 import numpy as np
 
-from fusedadam import _algorithms, _precision, _validation
+from fusedadam import _algorithms, _precision, _validation, reference
 from fusedadam._backend import resolve_backend
 from fusedadam.engine._policy import NonFinitePolicy
 from fusedadam.engine._spec import GroupSpec, HyperSpec
@@ -89,7 +89,7 @@ def group_spec(algorithm, gi, group, hyper_spec, first, named, state_of, created
             # filled at commit, not before.
             target, st = st, {}
             for name in names:
-                st.update(new_state(p, name, dtypes))
+                st.update(new_state(p, name, dtypes, name in algorithm.from_param))
             if master == _precision.MASTER:
                 st[master] = p.astype(np.float32)
             elif master is not None:  # the param is its master exactly: residual 0
@@ -118,7 +118,7 @@ def group_spec(algorithm, gi, group, hyper_spec, first, named, state_of, created
         named.append((pname, p))
         state_dicts.append(st)
         steps.append(entries["step"])
-        mus.append(entries[scalar_state[0][0]] if scalar_state else None)
+        mus.append(tuple(entries[name] for name, _ in scalar_state) if scalar_state else None)
     if len(stepped) > 1 or (stepped and fresh and stepped != {0}):
         if fresh:
             raise ValueError(
@@ -129,12 +129,11 @@ def group_spec(algorithm, gi, group, hyper_spec, first, named, state_of, created
             f"param_groups[{gi}]: its params are at different steps {sorted(stepped)}; "
             "fusedadam steps a group together"
         )
-    if scalar_state:
-        values = {float(m) for m in mus}
+    for j, (name, _) in enumerate(scalar_state):
+        values = {float(m[j]) for m in mus}
         if len(values) > 1:
             raise ValueError(
-                f"param_groups[{gi}]: its params have different "
-                f"{scalar_state[0][0]} values {sorted(values)}"
+                f"param_groups[{gi}]: its params have different {name} values {sorted(values)}"
             )
     slots = (tuple(group["params"]), None) + tuple(tuple(a) for a in arrays)
     return GroupSpec(
@@ -152,6 +151,7 @@ def group_spec(algorithm, gi, group, hyper_spec, first, named, state_of, created
         None,
         first,
         installs,
+        tuple(name for name, _ in scalar_state),
     )
 
 
@@ -177,13 +177,21 @@ def _master_name(dtypes):
     return None
 
 
-def new_state(p, name, dtypes):
-    """State array ``name`` of ``p`` at zero, with its 8-bit scales when it has them."""
-    new = {name: np.zeros(p.shape, dtype=dtypes[name])}
+def new_state(p, name, dtypes, from_param=False):
+    """State array ``name`` of ``p`` at zero, with its 8-bit scales when it has them; with
+    ``from_param``, a copy of the param's value instead (rounded to nearest even to a
+    bfloat16 state; quantized with the signed map to an 8-bit one; a low-precision param's
+    value is its master's, which is the param itself at the first step)."""
     scale = _precision.scale_name(name)
+    if not from_param:
+        new = {name: np.zeros(p.shape, dtype=dtypes[name])}
+        if scale in dtypes:
+            new[scale] = np.zeros(_precision.state_shape(scale, p), dtype=dtypes[scale])
+        return new
     if scale in dtypes:
-        new[scale] = np.zeros(_precision.state_shape(scale, p), dtype=dtypes[scale])
-    return new
+        codes, absmax = reference.q8_quantize(p.astype(np.float32), signed=True)
+        return {name: codes, scale: absmax.astype(dtypes[scale], copy=False)}
+    return {name: np.array(p, dtype=dtypes[name], copy=True)}
 
 
 def plan_entries(algorithm, st, p, pname, names, optional, created, installs, dtypes):

@@ -41,6 +41,7 @@ class GroupPlan:
         self.state_dicts = spec.state_dicts
         self.step_arrays = spec.step_arrays
         self.mu_arrays = spec.mu_arrays
+        self.carry_names = spec.carry_names
         self.written_lo, self.written_hi = spec.written
         self.numpy_backend = True
         self.grads = None
@@ -96,7 +97,11 @@ class GroupPlan:
         """The scalars, gradient scale and checked gradients of this step; writes nothing."""
         params = self.slots[0]
         steps = {int(s) for s in self.step_arrays}
-        mus = {float(m) for m in self.mu_arrays} if self.mu_arrays is not None else {1.0}
+        mus = (
+            {tuple(float(m) for m in per_param) for per_param in self.mu_arrays}
+            if self.mu_arrays
+            else {(1.0,)}
+        )
         if len(steps) > 1 or len(mus) > 1:
             return False
         t = (steps.pop() if steps else 0) + 1
@@ -119,9 +124,8 @@ class GroupPlan:
             pname = f"params[{self.first_index + k}]"
             _validation.check_step_array(self.step_arrays[k], f"step of {pname}", np.int64)
             if self.mu_arrays is not None:
-                _validation.check_step_array(
-                    self.mu_arrays[k], f"mu_product of {pname}", np.float64
-                )
+                for name, mu in zip(self.carry_names, self.mu_arrays[k]):
+                    _validation.check_step_array(mu, f"{name} of {pname}", np.float64)
             for name, a in self._named_state(k):
                 _validation.check_state_array(
                     a, f"{name} of {pname}", p, pname, self.dtypes[k][name],

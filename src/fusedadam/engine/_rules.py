@@ -24,12 +24,14 @@ def learning_rate(lr, t):
 
 
 def count(step_arrays, mu_arrays=None, mu_after=None):
-    """Advance each distinct 0-d step counter once (params may share one), and set NAdam's
-    running products to ``mu_after``."""
+    """Advance each distinct 0-d step counter once (params may share one), and set each
+    param's scalar state (``mu_arrays[k]``, a tuple of 0-d arrays: NAdam's running product;
+    Schedule-Free's lr_max and weight_sum) to ``mu_after`` (a tuple)."""
     seen = set()
     for k, step in enumerate(step_arrays):
         if id(step) not in seen:
             seen.add(id(step))
             step[...] += 1
         if mu_arrays is not None:
-            mu_arrays[k][...] = mu_after
+            for array, value in zip(mu_arrays[k], mu_after):
+                array[...] = value

@@ -41,7 +41,8 @@ class GroupSpec(NamedTuple):
     scales: tuple  # per state slot, per param: its 8-bit state's per-block absmax, or None
     qsigned: tuple  # per state slot: its 8-bit map is the signed one
     step_arrays: tuple  # per param: the 0-d int64 step counter
-    mu_arrays: object  # per param: NAdam's 0-d float64 product, or None
+    mu_arrays: object  # per param: its scalar state, a tuple of 0-d float64, or None
     written: Any  # (lo, hi): byte intervals of every array any step writes (None: not yet)
     first_index: int
     installs: list  # (param, its state dict or None, {name: new value}) for the caller
+    carry_names: tuple = ()  # the names of the scalar state in mu_arrays (the registry's)
