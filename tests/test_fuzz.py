@@ -284,11 +284,7 @@ def attempt(spec, backend, tmpdir):
         return ("construct", type(exc)), None
     outcome = []
     for t in range(spec["steps"]):
-        before = [np.array(p, copy=True) for p in params]
-        state_before = {
-            i: {k: np.array(v, copy=True) for k, v in st.items()}
-            for i, st in opt.state_dict()["state"].items()
-        }
+        before, state_before = _arrays_now(params, opt)
         action = spec["actions"][t]
         step_grads = grads if len(grads) != 1 else grads[0]
         try:
@@ -299,6 +295,8 @@ def attempt(spec, backend, tmpdir):
                 worker.join(60)
                 if errors:
                     raise errors[0]
+                # the thread's step counts: "nothing changed" is judged from here on
+                before, state_before = _arrays_now(params, opt)
             elif action == "fork":
                 outcome.append(_in_a_forked_child(opt, step_grads))
             opt.step(step_grads)
@@ -318,6 +316,15 @@ def attempt(spec, backend, tmpdir):
         except EXPECTED as exc:
             outcome.append((action, type(exc)))
     return tuple(outcome), (params, opt.state_dict(), opt.skipped_steps)
+
+
+def _arrays_now(params, opt):
+    """Copies of the params and of the state dict's arrays: what a raising step must keep."""
+    state = {
+        i: {k: np.array(v, copy=True) for k, v in st.items()}
+        for i, st in opt.state_dict()["state"].items()
+    }
+    return [np.array(p, copy=True) for p in params], state
 
 
 def _step_or_keep(opt, grads, errors):
