@@ -4,13 +4,12 @@ table of algorithm variants (one per loop kind and option that changes the scala
 import importlib
 import importlib.util
 import os
-import sys
-import types
 
 import numpy as np
 import pytest
 
 import fusedadam as fa
+from fusedadam.benchmarks.peers import import_reference
 
 COMPILED = fa.backend_info()["compiled"]
 requires_compiled = pytest.mark.skipif(not COMPILED, reason="extension not built")
@@ -197,16 +196,9 @@ def reference_package(module):
 
 
 def timm_optim(module):
-    """``timm.optim.<module>`` without running ``timm/__init__.py``: timm's top level imports
-    torchvision (its layers), which the optimizers do not need and CI does not install. The
-    optim package is loaded under a private name, so ``import timm`` elsewhere is untouched.
+    """``timm.optim.<module>`` without running ``timm/__init__.py`` (its imports need
+    torchvision, which CI does not install; see ``benchmarks.peers.import_reference``).
     Skips where timm is not installed, fails in CI (as ``reference_package``)."""
-    spec = importlib.util.find_spec("timm")
-    if spec is None or not spec.submodule_search_locations:
+    if importlib.util.find_spec("timm") is None:
         return reference_package("timm")  # raises in CI, skips here
-    alias = "_fusedadam_timm_optim"
-    if alias not in sys.modules:
-        package = types.ModuleType(alias)
-        package.__path__ = [os.path.join(spec.submodule_search_locations[0], "optim")]
-        sys.modules[alias] = package
-    return importlib.import_module(f"{alias}.{module}")
+    return import_reference(f"timm.optim.{module}")

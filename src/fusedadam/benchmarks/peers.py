@@ -23,7 +23,11 @@ reference         the algorithm in the package fusedadam follows for it (``sched
 
 import contextlib
 import importlib
+import importlib.util
 import io
+import os
+import sys
+import types
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -31,7 +35,16 @@ import numpy as np
 
 from fusedadam.benchmarks import roofline
 
-__all__ = ["Algorithm", "ALGORITHMS", "IMPLS", "PEERS", "build", "peer_versions", "skipped"]
+__all__ = [
+    "Algorithm",
+    "ALGORITHMS",
+    "IMPLS",
+    "PEERS",
+    "build",
+    "import_reference",
+    "peer_versions",
+    "skipped",
+]
 
 LR, WEIGHT_DECAY = 1e-3, 1e-2
 
@@ -84,6 +97,16 @@ ALGORITHMS = {
     "radam": Algorithm("RAdam", torch_class="RAdam"),
     "adabelief": Algorithm("AdaBelief"),
     "lion": Algorithm("Lion", arrays_moved=5),  # p, g, m in; p, m out
+    "adopt": Algorithm("ADOPT", reference="timm.optim.adopt:Adopt"),
+    "adam_atan2": Algorithm("AdamAtan2", reference="adam_atan2_pytorch:AdamAtan2"),
+    "ademamix": Algorithm("AdEMAMix", arrays_moved=9, reference="pytorch_optimizer:AdEMAMix"),
+    "adan": Algorithm("Adan", arrays_moved=11, reference="timm.optim.adan:Adan"),
+    "adamw_schedulefree": Algorithm(
+        "AdamWScheduleFree", reference="schedulefree:AdamWScheduleFree"
+    ),
+    "radam_schedulefree": Algorithm(
+        "RAdamScheduleFree", reference="schedulefree:RAdamScheduleFree"
+    ),
 }
 
 PEERS = ("numpy", "torch-single", "torch-foreach", "torch-fused", "deepspeed", "reference")
@@ -162,6 +185,24 @@ def _torch_params(torch, params, grads):
     return tensors
 
 
+def import_reference(module):
+    """Import a reference package's module. ``timm.optim.*`` is loaded without running
+    ``timm/__init__.py``, whose imports need torchvision (the optimizers do not): timm's
+    optim folder becomes a private package, so ``import timm`` elsewhere is untouched."""
+    prefix = "timm.optim."
+    if not module.startswith(prefix):
+        return importlib.import_module(module)
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("No module named 'timm'")
+    alias = "_fusedadam_timm_optim"
+    if alias not in sys.modules:
+        package = types.ModuleType(alias)
+        package.__path__ = [os.path.join(spec.submodule_search_locations[0], "optim")]
+        sys.modules[alias] = package
+    return importlib.import_module(f"{alias}.{module[len(prefix) :]}")
+
+
 def _reference(algorithm, params, grads, n_threads):
     torch = _import_torch()
     if torch is None:
@@ -169,7 +210,7 @@ def _reference(algorithm, params, grads, n_threads):
     if algorithm.reference is None:
         raise RuntimeError("no reference package for this algorithm")
     module, _, class_name = algorithm.reference.partition(":")
-    cls = getattr(importlib.import_module(module), class_name)
+    cls = getattr(import_reference(module), class_name)
     torch.set_num_threads(n_threads)
     opt = cls(_torch_params(torch, params, grads), lr=LR, **algorithm.reference_options)
     if hasattr(opt, "train"):  # schedule-free optimizers step in train mode only
