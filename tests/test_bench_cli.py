@@ -245,7 +245,7 @@ def test_every_algorithm_of_the_table_runs(tmp_path, capsys):
     for name, algorithm in peers.ALGORITHMS.items():
         assert (name, "fusedadam") in timed and (name, "numpy") in timed
         assert (name, "fusedadam-kernel") in timed
-        assert ((name, "roofline") in timed) == (algorithm.arrays_moved in (5, 7, 9))
+        assert (name, "roofline") in timed  # the probe moves 2k + 3 arrays for every k
 
 
 OFFLOAD_TINY = ["--models", "1000x64", "--threads", "1", "--repeats", "5", "--sample-ms", "1"]
