@@ -49,6 +49,21 @@ def test_every_method_descends(method):
     assert res.fun < 1e-4 * bowl(x0)[0]
 
 
+@pytest.mark.parametrize("method", ["adamwschedulefree", "radamschedulefree"])
+def test_schedule_free_methods_return_the_average(method):
+    """The iterations step y; the result is the optimizer's x after eval(), its f and g."""
+    x0 = np.array([1.0, -0.5, 0.25])
+    res = fa.minimize(bowl, x0, jac=True, method=method, options={"lr": 0.05}, maxiter=50)
+    cls = {"adamwschedulefree": fa.AdamWScheduleFree, "radamschedulefree": fa.RAdamScheduleFree}
+    x = x0.copy()
+    opt = cls[method]([x], lr=0.05)
+    for _ in range(50):
+        opt.step([bowl(x)[1]])
+    opt.eval()
+    np.testing.assert_array_equal(res.x, x)
+    assert res.fun == bowl(x)[0] and res.nfev == 52 and res.nit == 50
+
+
 def test_rosenbrock_to_1e_minus_6():
     res = fa.minimize(
         rosen, np.array([-1.2, 1.0]), jac=True, options={"lr": 0.02}, maxiter=20000, tol=1e-6

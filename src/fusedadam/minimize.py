@@ -185,7 +185,9 @@ def minimize(
         ``"lion"``, ...), ``"amsgrad"`` (``Adam(amsgrad=True)``), or ``"sparse"``
         (:class:`~fusedadam.SparseAdam`, ``x`` viewed as rows along its first axis, a 1-D
         ``x`` as one element per row; rows whose gradient is all zero are not touched that
-        iteration).
+        iteration). The Schedule-Free methods take their gradients at the
+        optimizer's ``y`` and return its average ``x`` (``eval()``), evaluated once more
+        (one more ``nfev``, and one more history entry).
     options : dict, optional
         Keyword arguments of the optimizer class: ``lr`` (a number or a
         :mod:`fusedadam.schedules` object), ``betas``, ``eps``, ..., and scipy's solver
@@ -317,6 +319,13 @@ def minimize(
                 fun_history.append(f)
             status = 2
             break
+    if hasattr(opt, "eval") and status != 3:
+        # Schedule-Free: the gradients were taken at y; the solution is the average x
+        opt.eval()
+        f, g = evaluate(x)
+        if return_history:
+            x_history.append(x.copy())
+            fun_history.append(f)
     messages = {
         0: "gradient norm <= tol",
         1: "maximum number of iterations reached",
