@@ -37,7 +37,8 @@ fi
 
 echo "== parity with the reference packages (float64, 100 steps, rtol 1e-10)"
 FUSEDADAM_REQUIRE_REFERENCES=1 python -m pytest -p no:cacheprovider -rs --durations=10 \
-    tests/test_algo_*.py | tee "$tmp/references.log"
+    tests/test_algo_*.py "tests/test_formulas.py::test_optax_parity_where_installed" \
+    | tee "$tmp/references.log"
 if grep -qE "[0-9]+ skipped" "$tmp/references.log"; then
     echo "ci_references: parity tests were skipped" >&2
     exit 1
