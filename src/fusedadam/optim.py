@@ -25,7 +25,7 @@ from typing import (
 
 import numpy as np
 
-from fusedadam import _algorithms, _precision, _validation, reference
+from fusedadam import _algorithms, _precision, _schedule_free, _validation
 from fusedadam.engine import Engine, GroupSpec, Outcome, _rules
 from fusedadam.engine._plan import check_group_hyper, group_spec, hyper_spec, state_dtypes
 
@@ -915,48 +915,6 @@ class Lion(Optimizer):
     # fmt: on
 
 
-def schedule_free_move(param, state, weight):
-    """Move one Schedule-Free param between y and x: ``p = lerp(p, z, weight)`` as
-    ``torch.lerp`` computes it (``p + w (z - p)`` for ``|w| < 0.5``, else
-    ``z - (z - p)(1 - w)``), in the param's dtype, or on its float32 master (then the param
-    is its rounding to nearest even; with ``master_residual``, its encoding). ``z`` is
-    widened (bfloat16 state) or dequantized (8-bit state) first. Returns a function that
-    writes the result: nothing is written until it is called, so a caller moving many
-    params checks them all first. Both front ends call it (``fusedadam.torch`` on views of
-    its tensors)."""
-    z = state["z"]
-    master = state.get(_precision.MASTER)
-    residual = state.get(_precision.MASTER_RESIDUAL)
-    if residual is not None:
-        target = reference.residual_decode(param, residual)
-    else:
-        target = master if master is not None else param
-    compute = target.dtype
-    if z.dtype == np.uint8:
-        z = reference.q8_dequantize(z, state[_precision.scale_name("z")], True)
-    if z.shape != target.shape:
-        raise ValueError(f"z has shape {z.shape}, but its param has {target.shape}")
-    z = np.asarray(z, dtype=compute)
-    w = compute.type(weight)
-    with np.errstate(all="ignore"):
-        diff = z - target
-        if abs(weight) < 0.5:
-            new = target + w * diff
-        else:
-            new = z - diff * (compute.type(1) - w)
-
-    def write():
-        if residual is not None:
-            param[...], residual[...] = reference.residual_encode(new)
-        elif master is not None:
-            master[...] = new
-            param[...] = new.astype(param.dtype)
-        else:
-            param[...] = new
-
-    return write
-
-
 @_documented
 class AdamWScheduleFree(Optimizer):
     r"""Schedule-Free AdamW (Defazio et al., 2024, "The Road Less Scheduled"), as
@@ -1013,20 +971,12 @@ class AdamWScheduleFree(Optimizer):
 
     def _check_group_hyper(self, group, where):
         super()._check_group_hyper(group, where)
-        mode = group.get("train_mode", True)
-        if not isinstance(mode, (bool, np.bool_)):
-            raise TypeError(f"{where}train_mode must be a bool, got {mode!r}")
+        _schedule_free.check_mode_entry(group, where)
 
     def step(self, grads: Grads, grad_scale: Optional[GradScale] = None) -> None:
         """Update every parameter (``y``) in place from ``grads``; see
         :meth:`Optimizer.step`. Raises ``RuntimeError`` in eval mode (nothing changes)."""
-        for gi, group in enumerate(self.param_groups):
-            if not group.get("train_mode", True):
-                raise RuntimeError(
-                    f"{type(self).__name__}: param_groups[{gi}] is in eval mode (its params hold "
-                    "the average x); call optimizer.train() before step(), and "
-                    "optimizer.eval() before evaluating or saving the model"
-                )
+        _schedule_free.check_steppable(self.param_groups, type(self).__name__)
         super().step(grads, grad_scale)
 
     def train(self) -> None:
@@ -1045,15 +995,13 @@ class AdamWScheduleFree(Optimizer):
             for gi, group in enumerate(self.param_groups):
                 if bool(group.get("train_mode", True)) == train:
                     continue
-                self._check_group_hyper(group, f"param_groups[{gi}]: ")
-                if not train:
-                    _validation.check_schedule_free_beta1(group["betas"], f"param_groups[{gi}]: ")
-                beta1 = float(group["betas"][0])
-                weight = 1.0 - beta1 if train else 1.0 - 1.0 / beta1
+                where = f"param_groups[{gi}]: "
+                self._check_group_hyper(group, where)
+                weight = _schedule_free.mode_weight(group["betas"], train, where)
                 for p in group["params"]:
                     st = self.state.get(p)
                     if st and "z" in st:
-                        writes.append(schedule_free_move(p, st, weight))
+                        writes.append(_schedule_free.move(p, st, weight))
             for write in writes:
                 write()
             for group in self.param_groups:

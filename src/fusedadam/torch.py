@@ -40,6 +40,7 @@ import torch
 from fusedadam import _precision
 from fusedadam import optim as _optim
 from fusedadam import _dtensor
+from fusedadam import _schedule_free
 from fusedadam import _validation
 from fusedadam import reference
 
@@ -1599,20 +1600,12 @@ class AdamWScheduleFree(Optimizer):
 
     def _check_group(self, group, where):
         super()._check_group(group, where)
-        mode = group.get("train_mode", True)
-        if not isinstance(mode, bool):
-            raise TypeError(f"{where}train_mode must be a bool, got {mode!r}")
+        _schedule_free.check_mode_entry(group, where)
 
     _COUNTERS = ("step", "lr_max", "weight_sum")
 
     def _step(self, closure=None, grad_scale=None, found_inf=None):
-        for gi, group in enumerate(self.param_groups):
-            if not group.get("train_mode", True):
-                raise RuntimeError(
-                    f"{type(self).__name__}: param_groups[{gi}] is in eval mode (its params hold "
-                    "the average x); call optimizer.train() before step(), and "
-                    "optimizer.eval() before evaluating or saving the model"
-                )
+        _schedule_free.check_steppable(self.param_groups, type(self).__name__)
         if found_inf is None:
             found_inf = self.__dict__.get("found_inf")
         if found_inf is not None and float(found_inf) != 0.0:
@@ -1743,11 +1736,9 @@ class AdamWScheduleFree(Optimizer):
         for gi, group in enumerate(self.param_groups):
             if bool(group.get("train_mode", True)) == train:
                 continue
-            self._check_group(group, f"param_groups[{gi}]: ")
-            if not train:
-                _validation.check_schedule_free_beta1(_betas(group), f"param_groups[{gi}]: ")
-            beta1 = float(_betas(group)[0])
-            weight = 1.0 - beta1 if train else 1.0 - 1.0 / beta1
+            where = f"param_groups[{gi}]: "
+            self._check_group(group, where)
+            weight = _schedule_free.mode_weight(_betas(group), train, where)
             for p in self._members(group):
                 st = dict.get(state_map, p)
                 if not st or "z" not in st:
@@ -1757,7 +1748,7 @@ class AdamWScheduleFree(Optimizer):
                     for key, value in st.items()
                     if key in ("z", "z_absmax", "master_param") and isinstance(value, torch.Tensor)
                 }
-                writes.append(_optim.schedule_free_move(_numpy(p), views, weight))
+                writes.append(_schedule_free.move(_numpy(p), views, weight))
                 moved.append(p)
         for write in writes:
             write()
