@@ -19,20 +19,20 @@ from conftest import VARIANTS, requires_compiled
 
 pytestmark = requires_compiled
 
-SHAPES = [(0,), (1,), (7,), (3, 5), (1000,), (4099,)]
+SHAPES = [(), (0,), (1,), (7,), (3, 5), (1000,), (4099,)]  # () : a 0-d param
 STEPS = 8  # RAdam rectifies from step 6 on: both of its kinds run
 
 
 def run(cls, options, dtype, backend, num_threads=1, shapes=SHAPES, steps=STEPS, groups=1, seed=0):
     """Params and state after ``steps`` steps on seeded data."""
     rng = np.random.default_rng(seed)
-    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    params = [np.asarray(rng.standard_normal(s), dtype=dtype) for s in shapes]
     cut = len(params) // 2
     arg = params if groups == 1 else [{"params": params[:cut]}, {"params": params[cut:]}]
     opt = cls(arg, backend=backend, num_threads=num_threads, **{"lr": 1e-2, **options})
     grad_rng = np.random.default_rng(seed + 1)
     for _ in range(steps):
-        opt.step([(grad_rng.standard_normal(s) * 3).astype(dtype) for s in shapes])
+        opt.step([np.asarray(grad_rng.standard_normal(s) * 3, dtype=dtype) for s in shapes])
     return params, opt.state_dict()["state"]
 
 

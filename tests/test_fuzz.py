@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import fusedadam as fa
+from fusedadam import _algorithms
 from conftest import COMPILED
 
 pytestmark = pytest.mark.skipif(not COMPILED, reason="extension not built")
@@ -200,7 +201,7 @@ spec_strategy = st.fixed_dictionaries(
         "n_grads_delta": st.sampled_from([0] * 12 + [-1, 1]),
         "hyper": st.fixed_dictionaries({k: st.sampled_from(v) for k, v in HYPER.items()}),
         "steps": st.integers(1, 4),
-        "cls": st.sampled_from(["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion"]),
+        "cls": st.sampled_from(sorted(_algorithms.DEFAULTS)),  # every class of the registry
         "groups": st.sampled_from([1, 1, 2]),
         "numpy_scalars": st.sampled_from([False] * 3 + [True]),
         "actions": st.lists(st.sampled_from(ACTIONS), min_size=4, max_size=4),
@@ -441,7 +442,7 @@ group_strategy = st.fixed_dictionaries(
 feature_strategy = st.fixed_dictionaries(
     {
         "seed": st.integers(0, 2**32 - 1),
-        "cls": st.sampled_from(["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion"]),
+        "cls": st.sampled_from(sorted(_algorithms.DEFAULTS)),  # every class of the registry
         "amsgrad": st.booleans(),
         "groups": st.lists(group_strategy, min_size=1, max_size=3),
         "steps": st.integers(1, 4),

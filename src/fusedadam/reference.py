@@ -394,8 +394,7 @@ def _schedulefree(param, grad, z, exp_avg_sq, scalars, coupled, normalized):
     exp_avg_sq *= b2
     exp_avg_sq += g_sq
     if normalized:
-        denom = exp_avg_sq / bc2
-        np.sqrt(denom, out=denom)
+        denom = np.sqrt(exp_avg_sq / bc2)  # (no out=: a 0-d param's temporaries are scalars)
         denom += eps
         gn = g / denom
     else:
@@ -483,10 +482,10 @@ def adopt_update(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
              "clip")  # fmt: skip
     b1, omb1, b2, omb2, step_size, eps, clip = _cast(param.dtype, scalars, *names)
     denom = np.sqrt(exp_avg_sq)
-    np.maximum(denom, eps, out=denom)
+    denom = np.maximum(denom, eps)  # (no out=: a 0-d param's temporaries are scalars)
     normed = g / denom
-    np.maximum(normed, -clip, out=normed)
-    np.minimum(normed, clip, out=normed)
+    normed = np.maximum(normed, -clip)
+    normed = np.minimum(normed, clip)
     _first_moment(normed, exp_avg, b1, omb1)
     param -= step_size * exp_avg
     g_sq = omb2 * g
@@ -594,8 +593,7 @@ def adam_atan2_update(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
     _moments(g, exp_avg, exp_avg_sq, scalars)
     step_size, m_scale, v_scale = _cast(param.dtype, scalars, "step_size", "m_scale", "v_scale")
     num = exp_avg * m_scale
-    den = exp_avg_sq * v_scale
-    np.sqrt(den, out=den)
+    den = np.sqrt(exp_avg_sq * v_scale)
     param -= step_size * atan2(num, den)
 
 
