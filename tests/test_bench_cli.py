@@ -242,7 +242,7 @@ def test_every_algorithm_of_the_table_runs(tmp_path, capsys):
     )
     data = json.loads(out.read_text())
     timed = {(r["algorithm"], r["impl"]) for r in data["rows"]}
-    for name, algorithm in peers.ALGORITHMS.items():
+    for name in peers.ALGORITHMS:
         assert (name, "fusedadam") in timed and (name, "numpy") in timed
         assert (name, "fusedadam-kernel") in timed
         assert (name, "roofline") in timed  # the probe moves 2k + 3 arrays for every k
