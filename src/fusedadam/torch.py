@@ -1521,7 +1521,7 @@ class ADOPT(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.9999), eps=1e-6, clip_exp=0.333,
                  weight_decay=0.0, decoupled_weight_decay=False, *, maximize=False,
                  foreach=None, capturable=False, differentiable=False, num_threads=None,
-                 nonfinite="error", state_dtype=None, max_grad_norm=None):
+                 nonfinite="error", state_dtype=None, max_grad_norm=None, master="float32"):
         self._setup(params, locals())
     # fmt: on
 
@@ -1536,7 +1536,8 @@ class AdamAtan2(Optimizer):
     # fmt: off
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, a=1.27, b=1.0,
                  *, maximize=False, foreach=None, capturable=False, differentiable=False,
-                 num_threads=None, nonfinite="error", state_dtype=None, max_grad_norm=None):
+                 num_threads=None, nonfinite="error", state_dtype=None, max_grad_norm=None,
+                 master="float32"):
         self._setup(params, locals())
     # fmt: on
 
@@ -1552,7 +1553,7 @@ class AdEMAMix(Optimizer):
                  t_alpha_beta3=None, eps=1e-8, weight_decay=0.0,
                  decoupled_weight_decay=False, *, maximize=False, foreach=None,
                  capturable=False, differentiable=False, num_threads=None, nonfinite="error",
-                 state_dtype=None, max_grad_norm=None):
+                 state_dtype=None, max_grad_norm=None, master="float32"):
         self._setup(params, locals())
     # fmt: on
 
@@ -1567,7 +1568,7 @@ class Adan(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.98, 0.92, 0.99), eps=1e-8,
                  weight_decay=0.0, no_prox=False, *, maximize=False, foreach=None,
                  capturable=False, differentiable=False, num_threads=None, nonfinite="error",
-                 state_dtype=None, max_grad_norm=None):
+                 state_dtype=None, max_grad_norm=None, master="float32"):
         self._setup(params, locals())
     # fmt: on
 
@@ -1586,7 +1587,7 @@ class AdamWScheduleFree(Optimizer):
     def __init__(self, params, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  warmup_steps=0, r=0.0, weight_lr_power=2.0, foreach=None, *,
                  maximize=False, num_threads=None, nonfinite="error", state_dtype=None,
-                 max_grad_norm=None):
+                 max_grad_norm=None, master="float32"):
         self._setup(params, locals())
     # fmt: on
 
@@ -1769,7 +1770,7 @@ class RAdamScheduleFree(AdamWScheduleFree):
     def __init__(self, params, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  r=0.0, weight_lr_power=2.0, foreach=None, silent_sgd_phase=True, *,
                  maximize=False, num_threads=None, nonfinite="error", state_dtype=None,
-                 max_grad_norm=None):
+                 max_grad_norm=None, master="float32"):
         self._setup(params, locals())
     # fmt: on
 
