@@ -17,6 +17,12 @@ FUNCTIONS = {
     "RAdam": (fa.functional.radam, ("exp_avg", "exp_avg_sq"), {"weight_decay": 0.01}),
     "AdaBelief": (fa.functional.adabelief, ("exp_avg", "exp_avg_var"), {}),
     "Lion": (fa.functional.lion, ("exp_avg",), {"lr": lambda t: 1e-3 / t}),
+    "Lamb": (fa.functional.lamb, ("exp_avg", "exp_avg_sq"), {"trust_clip": True}),
+    "StableAdamW": (
+        fa.functional.stable_adamw,
+        ("exp_avg", "exp_avg_sq"),
+        {"decouple_lr": True, "max_lr": 2e-3},
+    ),
 }
 
 

@@ -11,6 +11,7 @@ from fusedadam._clip import clip_grad_norm
 from fusedadam._version import __version__
 from fusedadam.minimize import OptimizeResult, minimize
 from fusedadam.optim import AdaBelief, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam
+from fusedadam.optim import Lamb, StableAdamW
 from fusedadam.sparse import SparseAdam
 from fusedadam.serialization import flatten_state_dict, unflatten_state_dict
 from fusedadam._backend import _kernels
@@ -54,6 +55,8 @@ __all__ = [
     "AdamW",
     "Adamax",
     "Lion",
+    "Lamb",
+    "StableAdamW",
     "NAdam",
     "RAdam",
     "OptimizeResult",

@@ -16,6 +16,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <string.h>
 
 /* Per-step scalars, computed once in double by fa_step_scalars (_scalars.h), cast to the
  * array's dtype inside each loop (the same rounding as NumPy's dtype.type(x)). Each loop
@@ -32,6 +33,13 @@ typedef struct {
     double eps;              /* added to the denominator */
     double eps_root;         /* AdaBelief: added to the second moment itself */
     double grad_coef;        /* NAdam: multiplies g in the numerator */
+    /* The per-tensor algorithms (LAMB, StableAdamW, cautious masking; see "Per-tensor
+     * kinds" below). lr and v_floor are per step; the rest is set per tensor by the engine. */
+    double lr;               /* this step's learning rate */
+    double v_floor;          /* StableAdamW: eps**2, the floor of v in the RMS */
+    double tensor_step;      /* phase 2: this tensor's step (lr * trust, clipped lr, mask scale) */
+    double tensor_decay;     /* phase 2: this tensor's decoupled decay factor (StableAdamW) */
+    double *acc;             /* phase 1: FA_TENSOR_SUMS x FA_TENSOR_LANES running lane sums */
 } fa_scalars;
 
 /* Array slots of a loop call: the param, its gradient, then the state arrays in the order
@@ -50,7 +58,21 @@ enum { FA_PARAM = 0, FA_GRAD = 1, FA_STATE0 = 2, FA_MAX_SLOTS = 5 };
     FA_PAIR(X, nadam, FA_NADAM_BODY, 0, __VA_ARGS__)                                 \
     FA_PAIR(X, momentum, FA_MOMENTUM_BODY, 0, __VA_ARGS__)                           \
     FA_PAIR(X, adabelief, FA_ADABELIEF_BODY, 0, __VA_ARGS__)                         \
-    X(lion, FA_LION_BODY, 0, 0, __VA_ARGS__) X(probe, FA_PROBE_BODY, 0, 0, __VA_ARGS__)
+    X(lion, FA_LION_BODY, 0, 0, __VA_ARGS__) X(probe, FA_PROBE_BODY, 0, 0, __VA_ARGS__) \
+    FA_TENSOR_KINDS(FA_TENSOR_X, X, __VA_ARGS__)
+
+/* Per-tensor kinds: each name K comes with sum_K, its phase 1 (FLAG FA_SUM): the same body
+ * reading the same values and writing nothing, its per-element quantities summed per
+ * tensor (_kernels.pyx runs sum_K, forms the tensor's scalars, then runs K). */
+#define FA_SUM 1
+#define FA_TENSOR_KINDS(Y, X, ...)                                                   \
+    Y(X, lamb, FA_LAMB_BODY, 0, __VA_ARGS__) Y(X, lamb_l2, FA_LAMB_BODY, 1, __VA_ARGS__) \
+    Y(X, stableadamw, FA_STABLEADAMW_BODY, 0, __VA_ARGS__)                            \
+    Y(X, cautious_adam, FA_CAUTIOUS_ADAM_BODY, 0, __VA_ARGS__)                        \
+    Y(X, cautious_adam_l2, FA_CAUTIOUS_ADAM_BODY, 1, __VA_ARGS__)                     \
+    Y(X, cautious_lion, FA_CAUTIOUS_LION_BODY, 0, __VA_ARGS__)
+#define FA_TENSOR_X(X, name, body, COUPLED, ...)                                     \
+    X(sum_##name, body, COUPLED, FA_SUM, __VA_ARGS__) X(name, body, COUPLED, 0, __VA_ARGS__)
 
 #define FA_KIND_ENUM(name, body, coupled, flag, ...) FA_KIND_##name,
 enum { FA_DENSE_KINDS(FA_KIND_ENUM, ~) FA_N_KINDS };
@@ -238,6 +260,146 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
                 p_[i] = p_[i] - g;                                                   \
             }                                                                        \
         }                                                                            \
+    }
+
+/* ---- Per-tensor kinds --------------------------------------------------------------------
+ *
+ * One scalar per tensor from a reduction over it, then the elementwise update with it. Both
+ * phases are one body: with SUM (phase 1) it computes the new moments and the update exactly
+ * as phase 2 does, writes nothing, and adds its per-element quantities (in double) to
+ * FA_TENSOR_LANES lanes, element i of a call into lane i % 8, each lane in order; the engine
+ * calls it on pieces that start at multiples of 8 from the piece's start (whole pieces, or
+ * the staged runner's blocks of FA_STAGE), so the lanes are the piece's. Without SUM
+ * (phase 2) it recomputes the same values, stores them and updates the param with
+ * s->tensor_step (and s->tensor_decay). Recomputing instead of storing between the phases
+ * keeps every storage type (bfloat16, 8-bit state) exact: phase 2 reads the state as
+ * phase 1 did. */
+#define FA_TENSOR_SUMS 2
+#define FA_TENSOR_LANES 8
+
+/* The loop of a per-tensor body: STEP per element i (lane l); with SUM, the lanes of
+ * s->acc are loaded first and stored back after. */
+#define FA_TENSOR_LOOP(SUM, STEP)                                                    \
+    double lanes[FA_TENSOR_SUMS][FA_TENSOR_LANES];                                   \
+    if (SUM) {                                                                       \
+        memcpy(lanes, s->acc, sizeof lanes);                                         \
+        ptrdiff_t i = 0;                                                             \
+        for (; i + FA_TENSOR_LANES <= n; i += FA_TENSOR_LANES) {                     \
+            const ptrdiff_t i0 = i;                                                  \
+            for (int l = 0; l < FA_TENSOR_LANES; l++) {                              \
+                const ptrdiff_t i = i0 + l;                                          \
+                STEP                                                                 \
+            }                                                                        \
+        }                                                                            \
+        for (int l = 0; i < n; i++, l++) {                                           \
+            STEP                                                                     \
+        }                                                                            \
+        memcpy(s->acc, lanes, sizeof lanes);                                         \
+    } else {                                                                         \
+        const int l = 0;                                                             \
+        (void)l;                                                                     \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            STEP                                                                     \
+        }                                                                            \
+    }
+
+/* LAMB (You et al. 2019), as timm's Lamb: the Adam direction
+ *     u = step_size * m / (sqrt(v) + eps)    (step_size = sqrt(bc2)/bc1, eps = eps*sqrt(bc2))
+ * plus weight_decay * p when coupled (on the decayed p when decoupled); phase 1 sums p*p
+ * and u*u, phase 2 takes p -= tensor_step * u, tensor_step = lr * trust ratio. */
+#define FA_LAMB_BODY(T, SQRT, FABS, COUPLED, SUM)                                    \
+    {                                                                                \
+        FA_PRELUDE(T, 0)                                                             \
+        FA_MOMENTS_DECL(T)                                                           \
+        const T step_size = (T)s->step_size, eps = (T)s->eps;                        \
+        const T tstep = (T)s->tensor_step;                                           \
+        FA_TENSOR_LOOP(SUM,                                                          \
+            FA_GRAD_AND_PARAM(T, 0)                                                  \
+            T m = b1 * m_[i] + omb1 * g;                                             \
+            T v = b2 * v_[i] + omb2 * g * g;                                         \
+            T u = step_size * m / (SQRT(v) + eps);                                   \
+            if (COUPLED) u = u + wd * p;                                             \
+            if (SUM) {                                                               \
+                lanes[0][l] += (double)p * (double)p;                                \
+                lanes[1][l] += (double)u * (double)u;                                \
+            } else {                                                                 \
+                m_[i] = m;                                                           \
+                v_[i] = v;                                                           \
+                p_[i] = p - tstep * u;                                               \
+            })                                                                       \
+    }
+
+/* StableAdamW (Wortsman et al. 2023), as torch-optimi's: debiased betas (beta1, beta2
+ * carry beta_hat = (beta^t - beta) / (beta^t - 1)), no bias correction; phase 1 sums
+ * g*g / max(v, eps**2), phase 2 takes p = p * tensor_decay - tensor_step * m / (sqrt(v) + eps)
+ * with tensor_step = lr / max(1, rms). */
+#define FA_STABLEADAMW_BODY(T, SQRT, FABS, COUPLED, SUM)                             \
+    {                                                                                \
+        FA_PRELUDE(T, 0)                                                             \
+        FA_MOMENTS_DECL(T)                                                           \
+        const T eps = (T)s->eps, v_floor = (T)s->v_floor;                            \
+        const T tstep = (T)s->tensor_step, tdecay = (T)s->tensor_decay;              \
+        (void)v_floor;                                                               \
+        FA_TENSOR_LOOP(SUM,                                                          \
+            FA_GRAD_AND_PARAM(T, 0)                                                  \
+            T m = b1 * m_[i] + omb1 * g;                                             \
+            T v = b2 * v_[i] + omb2 * g * g;                                         \
+            if (SUM) {                                                               \
+                T floored = FA_MAX_NAN(v, v_floor);                                  \
+                T ratio = g * g / floored;                                           \
+                lanes[0][l] += (double)ratio;                                        \
+            } else {                                                                 \
+                m_[i] = m;                                                           \
+                v_[i] = v;                                                           \
+                p = p * tdecay;                                                      \
+                FA_DIVIDED_STEP(T, SQRT, tstep * m, v)                               \
+            })                                                                       \
+    }
+
+/* Cautious masking (Liang et al. 2024), as timm's cadamw / clion: an element whose update
+ * and gradient disagree in sign (u * g > 0 false) takes no step; the others are scaled by
+ * tensor_step = 1 / max(mean(mask), 1e-3). Phase 1 counts the mask (exact in double). */
+#define FA_CAUTIOUS_ADAM_BODY(T, SQRT, FABS, COUPLED, SUM)                           \
+    {                                                                                \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        FA_MOMENTS_DECL(T)                                                           \
+        const T step_size = (T)s->step_size, eps = (T)s->eps;                        \
+        const T tstep = (T)s->tensor_step;                                           \
+        FA_TENSOR_LOOP(SUM,                                                          \
+            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
+            T m = b1 * m_[i] + omb1 * g;                                             \
+            T v = b2 * v_[i] + omb2 * g * g;                                         \
+            const int agree = m * g > (T)0;                                          \
+            if (SUM) {                                                               \
+                lanes[0][l] += agree ? 1.0 : 0.0;                                    \
+            } else {                                                                 \
+                m_[i] = m;                                                           \
+                v_[i] = v;                                                           \
+                T masked = m * (agree ? tstep : (T)0);                               \
+                FA_DIVIDED_STEP(T, SQRT, step_size * masked, v)                      \
+            })                                                                       \
+    }
+
+#define FA_CAUTIOUS_LION_BODY(T, SQRT, FABS, COUPLED, SUM)                           \
+    {                                                                                \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        T *restrict m_ = (T *)a[FA_STATE0];                                          \
+        const T b1 = (T)s->beta1, omb1 = (T)s->one_minus_beta1;                      \
+        const T b2 = (T)s->beta2, omb2 = (T)s->one_minus_beta2;                      \
+        const T step_size = (T)s->step_size, tstep = (T)s->tensor_step;              \
+        FA_TENSOR_LOOP(SUM,                                                          \
+            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
+            T m = m_[i];                                                             \
+            T c = b1 * m + omb1 * g;                                                 \
+            T d = FA_SIGN(T, c);                                                     \
+            const int agree = d * g > (T)0;                                          \
+            if (SUM) {                                                               \
+                lanes[0][l] += agree ? 1.0 : 0.0;                                    \
+            } else {                                                                 \
+                T masked = d * (agree ? tstep : (T)0);                               \
+                p_[i] = p - step_size * masked;                                      \
+                m_[i] = b2 * m + omb2 * g;                                           \
+            })                                                                       \
     }
 
 #endif /* FUSEDADAM_LOOPS_H */

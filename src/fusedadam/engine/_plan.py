@@ -40,6 +40,7 @@ def check_group_hyper(group, defaults, where):
 def hyper_spec(algorithm, group, defaults, where):
     """Validate ``group``'s hyperparameters (the keys of ``defaults``); its ``HyperSpec``."""
     check_group_hyper(group, defaults, where)
+    _validation.check_algorithm_options(algorithm.name, group, where)
     keys = tuple(defaults)
     lr = group["lr"]
     max_grad_norm = group.get("max_grad_norm")
