@@ -188,7 +188,7 @@ def _check_max_lr(value, where):
         raise ValueError(f"{where}Invalid max_lr value: {value} (must be finite and > 0)")
 
 
-def check_algorithm_options(algorithm, group, where=""):
+def check_option_combinations(group, where=""):
     """The rules between one group's options (each already valid on its own)."""
     if group.get("cautious") and group.get("amsgrad"):
         raise ValueError(f"{where}cautious=True does not combine with amsgrad=True")

@@ -31,6 +31,7 @@ def check_group_hyper(group, defaults, where):
     array) becomes the tuple of its values, so that editing it later cannot change a
     validated value behind the step's back."""
     _validation.check_hyperparameters(group, defaults, where)
+    _validation.check_option_combinations(group, where)
     resolve_backend(group["backend"], where)
     betas = group.get("betas")
     if betas is not None and type(betas) is not tuple:
@@ -40,7 +41,6 @@ def check_group_hyper(group, defaults, where):
 def hyper_spec(algorithm, group, defaults, where):
     """Validate ``group``'s hyperparameters (the keys of ``defaults``); its ``HyperSpec``."""
     check_group_hyper(group, defaults, where)
-    _validation.check_algorithm_options(algorithm.name, group, where)
     keys = tuple(defaults)
     lr = group["lr"]
     max_grad_norm = group.get("max_grad_norm")

@@ -1,0 +1,164 @@
+"""LAMB (fusedadam.Lamb): parity with timm's Lamb, the compiled step against the NumPy
+reference (every storage type, 1 and 2 threads), the torch front end, state dicts, refused
+hyperparameters."""
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import fusedadam as fa
+from _pertensor_checks import (
+    SIZES,
+    compiled_is_reference,
+    parity,
+    refused,
+    run,
+    assert_same,
+    state_dict_round_trip,
+    torch_is_numpy,
+)
+from conftest import BACKENDS, COMPILED, timm_optim
+
+# (our options, timm's options); max_grad_norm=None in timm: its global clip is not ours.
+SETTINGS = {
+    "defaults": ({}, {}),
+    "decoupled": ({"decoupled_weight_decay": True, "weight_decay": 0.1},
+                  {"decoupled_decay": True, "weight_decay": 0.1}),
+    "trust_clip_always_adapt": ({"weight_decay": 0.0, "trust_clip": True, "always_adapt": True},
+                                {"weight_decay": 0.0, "trust_clip": True, "always_adapt": True}),
+    "no_adapt": ({"weight_decay": 0.0}, {"weight_decay": 0.0}),
+    "no_averaging_no_bias_correction": (
+        {"grad_averaging": False, "bias_correction": False, "betas": (0.8, 0.99), "eps": 1e-4},
+        {"grad_averaging": False, "bias_correction": False, "betas": (0.8, 0.99), "eps": 1e-4},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_parity_with_timm(setting, backend):
+    timm_lamb = timm_optim("lamb")
+    ours, theirs = SETTINGS[setting]
+    parity(
+        lambda ps: fa.Lamb(ps, lr=1e-2, backend=backend, **ours),
+        lambda ts: timm_lamb.Lamb(ts, lr=1e-2, max_grad_norm=None, foreach=False, **theirs),
+    )
+
+
+def test_parity_every_size_threads_bit_identical():
+    """Sizes around the pieces, 1 and 2 threads: both match timm, with the same bits (the
+    sums' order is the tensor's alone)."""
+    timm_lamb = timm_optim("lamb")
+    got = [
+        parity(
+            lambda ps: fa.Lamb(ps, lr=1e-2, num_threads=threads),
+            lambda ts: timm_lamb.Lamb(ts, lr=1e-2, max_grad_norm=None),
+            shapes=SIZES,
+            steps=10,
+        )
+        for threads in (1, 2)
+    ]
+    for a, b in zip(*got):
+        np.testing.assert_array_equal(a, b)
+
+
+STORAGE = {
+    "float32": (np.float32, {}),
+    "float64": (np.float64, {}),
+    "bfloat16_master": (ml_dtypes.bfloat16, {}),
+    "float16_master_bf16_state": (np.float16, {"state_dtype": "bfloat16"}),
+    "float32_8bit": (np.float32, {"state_dtype": "8bit"}),
+    "bfloat16_residual_8bit": (ml_dtypes.bfloat16, {"state_dtype": "8bit", "master": "residual"}),
+}
+
+
+@pytest.mark.parametrize("storage", sorted(STORAGE))
+@pytest.mark.parametrize("setting", ["defaults", "decoupled", "trust_clip_always_adapt"])
+def test_compiled_is_reference(setting, storage):
+    dtype, extra = STORAGE[storage]
+    options = {**SETTINGS[setting][0], "lr": 1e-2, "maximize": setting == "decoupled"}
+    compiled_is_reference(fa.Lamb, {**options, **extra}, dtype=dtype)
+
+
+@pytest.mark.skipif(not COMPILED, reason="extension not built")
+def test_compiled_is_reference_clipped_and_scaled():
+    """Clipping and unscaling (the staged gradient) reach both phases alike. (The gradient
+    norm's order follows the chunk size, so the chunks stay at their default here.)"""
+    options = {"lr": 1e-2, "max_grad_norm": 0.5, "grad_scale": 8.0}
+    expected = run(fa.Lamb, options, backend="numpy")
+    for threads in (1, 2):
+        assert_same(run(fa.Lamb, options, backend="compiled", num_threads=threads), expected)
+
+
+def test_torch_is_numpy():
+    import fusedadam.torch as ft
+
+    torch_is_numpy(ft.Lamb, fa.Lamb, {"lr": 1e-2, "trust_clip": True})
+
+
+def test_state_dict_round_trip():
+    state_dict_round_trip(fa.Lamb, {"lr": 1e-2, "decoupled_weight_decay": True})
+
+
+def test_functional_is_the_class():
+    rng = np.random.default_rng(5)
+    shapes = [(7,), (16385,)]
+    p_class = [rng.standard_normal(s) for s in shapes]
+    p_func = [p.copy() for p in p_class]
+    m = [np.zeros(s) for s in shapes]
+    v = [np.zeros(s) for s in shapes]
+    opt = fa.Lamb(p_class, lr=1e-2, weight_decay=0.05)
+    for t in range(1, 4):
+        grads = [rng.standard_normal(s) for s in shapes]
+        opt.step(grads)
+        fa.functional.lamb(p_func, grads, m, v, step=t, lr=1e-2, weight_decay=0.05)
+    for a, b in zip(p_class, p_func):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_trust_ratio_is_one_for_zero_norms():
+    """A zero param (or a zero update) takes the plain Adam-direction step: trust = 1."""
+    p = np.zeros(4)
+    opt = fa.Lamb([p], lr=0.1, weight_decay=0.01)
+    opt.step([np.array([1.0, -1.0, 2.0, 0.0])])
+    # m/bc1 = g, v/bc2 = g*g: u = g / (|g| + eps)
+    g = np.array([1.0, -1.0, 2.0, 0.0])
+    np.testing.assert_allclose(p, -0.1 * g / (np.abs(g) + 1e-6), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"trust_clip": 1}, "trust_clip must be a bool"),
+        ({"always_adapt": "yes"}, "always_adapt must be a bool"),
+        ({"grad_averaging": None}, "grad_averaging must be a bool"),
+        ({"eps": 0.0}, "epsilon"),
+        ({"betas": (0.9, 1.0)}, "beta parameter at index 1"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+    ],
+)
+def test_bad_hyperparameters_refused(bad, match):
+    refused(fa.Lamb, bad, match)
+
+
+@pytest.mark.skipif(not COMPILED, reason="extension not built")
+def test_multi_group_and_empty():
+    """Two groups (the scan-then-update path), an empty param, a skip on NaN."""
+    rng = np.random.default_rng(6)
+    def make(backend):
+        ps = [rng.standard_normal(s) for s in [(5,), (0,), (20000,)]]
+        return ps, fa.Lamb([{"params": ps[:2]}, {"params": ps[2:], "weight_decay": 0.0,
+                            "always_adapt": True}], lr=1e-2, backend=backend, nonfinite="skip")
+    rng = np.random.default_rng(6)
+    a = make("numpy")
+    rng2 = np.random.default_rng(7)
+    rng = np.random.default_rng(6)
+    b = make("compiled")
+    for t in range(4):
+        grads = [rng2.standard_normal(s) for s in [(5,), (0,), (20000,)]]
+        if t == 2:
+            grads[2][7] = np.nan
+        a[1].step([g.copy() for g in grads])
+        b[1].step([g.copy() for g in grads])
+    assert_same(a, b)
+    assert a[1].skipped_steps == b[1].skipped_steps == 1
