@@ -6,7 +6,6 @@ front end, state dict round trips and refused hyperparameters."""
 import numpy as np
 import pytest
 
-import fusedadam as fa
 from conftest import COMPILED
 
 # Sizes around the per-tensor pieces (16384 elements) and the chunks: empty, one element,
@@ -96,7 +95,7 @@ def torch_is_numpy(torch_cls, cls, options, steps=5):
         for t, g in zip(tensors, grads):
             t.grad = torch.tensor(g)
         theirs.step()
-    for k, (p, t) in enumerate(zip(params, tensors)):
+    for p, t in zip(params, tensors):
         np.testing.assert_array_equal(p, t.detach().numpy())
         for name, value in ours.state[p].items():
             np.testing.assert_array_equal(

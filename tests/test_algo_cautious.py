@@ -55,7 +55,7 @@ def test_parity_every_size_threads_bit_identical():
     timm_adamw = timm_optim("adamw")
     got = [
         parity(
-            lambda ps: fa.AdamW(ps, lr=1e-2, cautious=True, num_threads=threads),
+            lambda ps, threads=threads: fa.AdamW(ps, lr=1e-2, cautious=True, num_threads=threads),
             lambda ts: timm_adamw.AdamWLegacy(ts, lr=1e-2, caution=True),
             shapes=SIZES,
             steps=10,

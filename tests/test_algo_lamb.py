@@ -51,7 +51,7 @@ def test_parity_every_size_threads_bit_identical():
     timm_lamb = timm_optim("lamb")
     got = [
         parity(
-            lambda ps: fa.Lamb(ps, lr=1e-2, num_threads=threads),
+            lambda ps, threads=threads: fa.Lamb(ps, lr=1e-2, num_threads=threads),
             lambda ts: timm_lamb.Lamb(ts, lr=1e-2, max_grad_norm=None),
             shapes=SIZES,
             steps=10,
@@ -143,19 +143,21 @@ def test_bad_hyperparameters_refused(bad, match):
 
 @pytest.mark.skipif(not COMPILED, reason="extension not built")
 def test_multi_group_and_empty():
-    """Two groups (the scan-then-update path), an empty param, a skip on NaN."""
-    rng = np.random.default_rng(6)
+    """Two groups (the scan-then-update path), an empty param, a step skipped on NaN."""
+    shapes = [(5,), (0,), (20000,)]
+
     def make(backend):
-        ps = [rng.standard_normal(s) for s in [(5,), (0,), (20000,)]]
-        return ps, fa.Lamb([{"params": ps[:2]}, {"params": ps[2:], "weight_decay": 0.0,
-                            "always_adapt": True}], lr=1e-2, backend=backend, nonfinite="skip")
-    rng = np.random.default_rng(6)
-    a = make("numpy")
-    rng2 = np.random.default_rng(7)
-    rng = np.random.default_rng(6)
-    b = make("compiled")
+        ps = [np.random.default_rng(6).standard_normal(s) for s in shapes]
+        groups = [
+            {"params": ps[:2]},
+            {"params": ps[2:], "weight_decay": 0.0, "always_adapt": True},
+        ]
+        return ps, fa.Lamb(groups, lr=1e-2, backend=backend, nonfinite="skip")
+
+    a, b = make("numpy"), make("compiled")
+    rng = np.random.default_rng(7)
     for t in range(4):
-        grads = [rng2.standard_normal(s) for s in [(5,), (0,), (20000,)]]
+        grads = [rng.standard_normal(s) for s in shapes]
         if t == 2:
             grads[2][7] = np.nan
         a[1].step([g.copy() for g in grads])

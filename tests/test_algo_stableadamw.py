@@ -48,7 +48,7 @@ def test_parity_with_optimi(setting, backend):
 def test_parity_every_size_threads_bit_identical():
     got = [
         parity(
-            lambda ps: fa.StableAdamW(ps, lr=1e-2, num_threads=threads),
+            lambda ps, threads=threads: fa.StableAdamW(ps, lr=1e-2, num_threads=threads),
             lambda ts: _optimi(ts),
             shapes=SIZES,
             steps=10,

@@ -599,15 +599,15 @@ cdef inline void _piece_sums(GroupData *d, Py_ssize_t k, Py_ssize_t e, Py_ssize_
     """Phase 1 of elements [e, e + n) of array k: its FA_TENSOR_SUMS sums."""
     cdef double lanes[FA_TENSOR_SUMS * FA_TENSOR_LANES]
     cdef fa_scalars plain = d.scalars, folded = d.folded
-    cdef int j, l
+    cdef int j, lane
     for j in range(FA_TENSOR_SUMS * FA_TENSOR_LANES):
         lanes[j] = 0.0
     plain.acc = folded.acc = lanes
     _run_segment_as(d, k, e, n, d.sum_kind, &plain, &folded, 1)
     for j in range(FA_TENSOR_SUMS):
         sums[j] = 0.0
-        for l in range(FA_TENSOR_LANES):
-            sums[j] += lanes[j * FA_TENSOR_LANES + l]
+        for lane in range(FA_TENSOR_LANES):
+            sums[j] += lanes[j * FA_TENSOR_LANES + lane]
 
 
 cdef inline void _piece_update(GroupData *d, Py_ssize_t k, Py_ssize_t e,
@@ -630,7 +630,6 @@ cdef void _tensor_pass(GroupData *d, ptrdiff_t c, bint pass_b) noexcept nogil:
     cdef Py_ssize_t end = start + d.chunk if start + d.chunk < total else total
     cdef Py_ssize_t k, e, n, size, first
     cdef double sums[FA_TENSOR_SUMS]
-    cdef int j
     if start >= end:
         return
     k = _array_at(d, start)
