@@ -16,7 +16,6 @@
 
 #include <math.h>
 #include <stddef.h>
-#include <string.h>
 
 /* Per-step scalars, computed once in double by fa_step_scalars (_scalars.h), cast to the
  * array's dtype inside each loop (the same rounding as NumPy's dtype.type(x)). Each loop
@@ -277,28 +276,32 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
 #define FA_TENSOR_SUMS 2
 #define FA_TENSOR_LANES 8
 
-/* The loop of a per-tensor body: STEP per element i (lane l); with SUM, the lanes of
- * s->acc are loaded first and stored back after. */
+/* The loop of a per-tensor body: STEP per element i. With SUM, STEP stores element i's
+ * quantities as q[j][ii] (ii = i - b, in blocks of FA_TENSOR_BLOCK from b); each block's are
+ * then added to the lanes of s->acc, element ii to lane ii % 8 (two loops, so that the
+ * compiler vectorizes both: the update's and the lanes'). */
+#define FA_TENSOR_BLOCK 256
 #define FA_TENSOR_LOOP(SUM, STEP)                                                    \
-    double lanes[FA_TENSOR_SUMS][FA_TENSOR_LANES];                                   \
+    double q[FA_TENSOR_SUMS][FA_TENSOR_BLOCK];                                       \
     if (SUM) {                                                                       \
-        memcpy(lanes, s->acc, sizeof lanes);                                         \
-        ptrdiff_t i = 0;                                                             \
-        for (; i + FA_TENSOR_LANES <= n; i += FA_TENSOR_LANES) {                     \
-            const ptrdiff_t i0 = i;                                                  \
-            for (int l = 0; l < FA_TENSOR_LANES; l++) {                              \
-                const ptrdiff_t i = i0 + l;                                          \
+        double *restrict acc = s->acc;                                               \
+        for (ptrdiff_t b = 0; b < n; b += FA_TENSOR_BLOCK) {                          \
+            const ptrdiff_t len = n - b < FA_TENSOR_BLOCK ? n - b : FA_TENSOR_BLOCK;  \
+            for (ptrdiff_t ii = 0; ii < len; ii++) {                                 \
+                const ptrdiff_t i = b + ii;                                          \
                 STEP                                                                 \
             }                                                                        \
+            for (int j = 0; j < FA_TENSOR_SUMS; j++) {                               \
+                double *restrict lane = acc + j * FA_TENSOR_LANES;                   \
+                ptrdiff_t ii = 0;                                                    \
+                for (; ii + FA_TENSOR_LANES <= len; ii += FA_TENSOR_LANES)           \
+                    for (int l = 0; l < FA_TENSOR_LANES; l++) lane[l] += q[j][ii + l]; \
+                for (int l = 0; ii < len; ii++, l++) lane[l] += q[j][ii];            \
+            }                                                                        \
         }                                                                            \
-        for (int l = 0; i < n; i++, l++) {                                           \
-            STEP                                                                     \
-        }                                                                            \
-        memcpy(s->acc, lanes, sizeof lanes);                                         \
     } else {                                                                         \
-        const int l = 0;                                                             \
-        (void)l;                                                                     \
         for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            const ptrdiff_t ii = 0;                                                  \
             STEP                                                                     \
         }                                                                            \
     }
@@ -320,8 +323,8 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
             T u = step_size * m / (SQRT(v) + eps);                                   \
             if (COUPLED) u = u + wd * p;                                             \
             if (SUM) {                                                               \
-                lanes[0][l] += (double)p * (double)p;                                \
-                lanes[1][l] += (double)u * (double)u;                                \
+                q[0][ii] = (double)p * (double)p;                                    \
+                q[1][ii] = (double)u * (double)u;                                    \
             } else {                                                                 \
                 m_[i] = m;                                                           \
                 v_[i] = v;                                                           \
@@ -347,7 +350,7 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
             if (SUM) {                                                               \
                 T floored = FA_MAX_NAN(v, v_floor);                                  \
                 T ratio = g * g / floored;                                           \
-                lanes[0][l] += (double)ratio;                                        \
+                q[0][ii] = (double)ratio;                                            \
             } else {                                                                 \
                 m_[i] = m;                                                           \
                 v_[i] = v;                                                           \
@@ -371,7 +374,7 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
             T v = b2 * v_[i] + omb2 * g * g;                                         \
             const int agree = m * g > (T)0;                                          \
             if (SUM) {                                                               \
-                lanes[0][l] += agree ? 1.0 : 0.0;                                    \
+                q[0][ii] = agree ? 1.0 : 0.0;                                        \
             } else {                                                                 \
                 m_[i] = m;                                                           \
                 v_[i] = v;                                                           \
@@ -394,7 +397,7 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
             T d = FA_SIGN(T, c);                                                     \
             const int agree = d * g > (T)0;                                          \
             if (SUM) {                                                               \
-                lanes[0][l] += agree ? 1.0 : 0.0;                                    \
+                q[0][ii] = agree ? 1.0 : 0.0;                                        \
             } else {                                                                 \
                 T masked = d * (agree ? tstep : (T)0);                               \
                 p_[i] = p - step_size * masked;                                      \
