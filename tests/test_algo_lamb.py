@@ -5,6 +5,8 @@ hyperparameters."""
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fusedadam as fa
 from _pertensor_checks import (
@@ -164,3 +166,44 @@ def test_multi_group_and_empty():
         b[1].step([g.copy() for g in grads])
     assert_same(a, b)
     assert a[1].skipped_steps == b[1].skipped_steps == 1
+
+
+PER_TENSOR = [
+    (fa.Lamb, {}),
+    (fa.Lamb, {"decoupled_weight_decay": True, "trust_clip": True, "maximize": True}),
+    (fa.StableAdamW, {"decouple_lr": True}),
+    (fa.AdamW, {"cautious": True}),
+    (fa.Adam, {"cautious": True, "weight_decay": 0.1}),
+    (fa.Lion, {"cautious": True}),
+]
+
+
+@pytest.mark.skipif(not COMPILED, reason="extension not built")
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(
+        st.one_of(st.integers(0, 40), st.sampled_from([255, 256, 16383, 16384, 16385, 33000])),
+        min_size=1,
+        max_size=5,
+    ),
+    variant=st.integers(0, len(PER_TENSOR) - 1),
+    chunk=st.sampled_from([16, 256, 4096, 16384, 65536]),
+    threads=st.sampled_from([1, 2, 3]),
+    storage=st.sampled_from(["float32", "float64", "bfloat16_master", "float32_8bit"]),
+)
+def test_fuzz_every_per_tensor_kind_is_the_reference(sizes, variant, chunk, threads, storage):
+    """Any sizes, chunk size and thread count: the compiled step is the reference's."""
+    from fusedadam import _kernels
+
+    cls, options = PER_TENSOR[variant]
+    dtype, extra = STORAGE[storage]
+    shapes = [(n,) for n in sizes]
+    options = {**options, **extra, "lr": 1e-2}
+    expected = run(cls, options, shapes=shapes, steps=3, dtype=dtype, backend="numpy")
+    saved = _kernels.get_chunk_size()
+    _kernels.set_chunk_size(chunk)
+    try:
+        got = run(cls, options, shapes=shapes, steps=3, dtype=dtype, num_threads=threads)
+    finally:
+        _kernels.set_chunk_size(saved)
+    assert_same(got, expected)
