@@ -54,6 +54,7 @@ VARIANTS = {
         {"cautious": True, "weight_decay": 0.1, "maximize": True},
     ),
     "cautious_adamw": (fa.AdamW, {"cautious": True, "weight_decay": 0.1}),
+    "cautious_adamw_amsgrad": (fa.AdamW, {"cautious": True, "amsgrad": True}),
     "cautious_lion": (fa.Lion, {"cautious": True}),
     "cautious_lion_maximize": (fa.Lion, {"cautious": True, "maximize": True, "weight_decay": 0.0}),
     "lamb": (fa.Lamb, {}),

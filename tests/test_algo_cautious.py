@@ -1,7 +1,7 @@
 """Cautious masking (``cautious=True`` on Adam, AdamW and Lion): parity with timm's
 ``cadamw`` (AdamWLegacy with caution) and ``clion`` (Lion with caution), the compiled step
 against the NumPy reference (every storage type, 1 and 2 threads), the torch front end,
-state dicts, refused combinations."""
+state dicts, refused options."""
 
 import ml_dtypes
 import numpy as np
@@ -22,6 +22,7 @@ ADAMW_SETTINGS = {
     "defaults": ({}, {}),
     "maximize_decay": ({"maximize": True, "weight_decay": 0.1, "betas": (0.8, 0.95)},
                        {"maximize": True, "weight_decay": 0.1, "betas": (0.8, 0.95)}),
+    "amsgrad": ({"amsgrad": True}, {"amsgrad": True}),
 }  # fmt: skip
 LION_SETTINGS = {
     "defaults": ({}, {"weight_decay": 1e-3, "betas": (0.9, 0.99)}),
@@ -99,6 +100,8 @@ STORAGE = {
 CLASSES = {
     "adam_l2_maximize": (fa.Adam, {"weight_decay": 0.1, "maximize": True}),
     "adamw": (fa.AdamW, {}),
+    "adamw_amsgrad": (fa.AdamW, {"amsgrad": True}),
+    "adam_amsgrad_l2": (fa.Adam, {"amsgrad": True, "weight_decay": 0.1}),
     "lion": (fa.Lion, {}),
 }
 
@@ -129,7 +132,6 @@ def test_state_dict_round_trip(cls):
     [
         (fa.Adam, {"cautious": 1}, "cautious must be a bool"),
         (fa.Lion, {"cautious": "yes"}, "cautious must be a bool"),
-        (fa.AdamW, {"cautious": True, "amsgrad": True}, "cautious=True does not combine"),
     ],
 )
 def test_bad_options_refused(cls, bad, match):

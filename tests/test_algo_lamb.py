@@ -173,6 +173,7 @@ PER_TENSOR = [
     (fa.Lamb, {"decoupled_weight_decay": True, "trust_clip": True, "maximize": True}),
     (fa.StableAdamW, {"decouple_lr": True}),
     (fa.AdamW, {"cautious": True}),
+    (fa.AdamW, {"cautious": True, "amsgrad": True}),
     (fa.Adam, {"cautious": True, "weight_decay": 0.1}),
     (fa.Lion, {"cautious": True}),
 ]

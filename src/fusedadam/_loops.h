@@ -69,6 +69,8 @@ enum { FA_PARAM = 0, FA_GRAD = 1, FA_STATE0 = 2, FA_MAX_SLOTS = 5 };
     Y(X, stableadamw, FA_STABLEADAMW_BODY, 0, __VA_ARGS__)                            \
     Y(X, cautious_adam, FA_CAUTIOUS_ADAM_BODY, 0, __VA_ARGS__)                        \
     Y(X, cautious_adam_l2, FA_CAUTIOUS_ADAM_BODY, 1, __VA_ARGS__)                     \
+    Y(X, cautious_amsgrad, FA_CAUTIOUS_AMSGRAD_BODY, 0, __VA_ARGS__)                  \
+    Y(X, cautious_amsgrad_l2, FA_CAUTIOUS_AMSGRAD_BODY, 1, __VA_ARGS__)               \
     Y(X, cautious_lion, FA_CAUTIOUS_LION_BODY, 0, __VA_ARGS__)
 #define FA_TENSOR_X(X, name, body, COUPLED, ...)                                     \
     X(sum_##name, body, COUPLED, FA_SUM, __VA_ARGS__) X(name, body, COUPLED, 0, __VA_ARGS__)
@@ -363,11 +365,17 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
  * and gradient disagree in sign (u * g > 0 false) takes no step; the others are scaled by
  * tensor_step = 1 / max(mean(mask), 1e-3). Phase 1 counts the mask (exact in double). */
 #define FA_CAUTIOUS_ADAM_BODY(T, SQRT, FABS, COUPLED, SUM)                           \
+    FA_CAUTIOUS_ADAM_LOOP(T, SQRT, COUPLED, SUM, 0)
+#define FA_CAUTIOUS_AMSGRAD_BODY(T, SQRT, FABS, COUPLED, SUM)                        \
+    FA_CAUTIOUS_ADAM_LOOP(T, SQRT, COUPLED, SUM, 1)
+#define FA_CAUTIOUS_ADAM_LOOP(T, SQRT, COUPLED, SUM, AMSGRAD)                        \
     {                                                                                \
         FA_PRELUDE(T, COUPLED)                                                       \
         FA_MOMENTS_DECL(T)                                                           \
+        T *restrict vmax_ = (T *)a[FA_STATE0 + 2];                                   \
         const T step_size = (T)s->step_size, eps = (T)s->eps;                        \
         const T tstep = (T)s->tensor_step;                                           \
+        (void)vmax_;                                                                 \
         FA_TENSOR_LOOP(SUM,                                                          \
             FA_GRAD_AND_PARAM(T, COUPLED)                                            \
             T m = b1 * m_[i] + omb1 * g;                                             \
@@ -378,6 +386,12 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
             } else {                                                                 \
                 m_[i] = m;                                                           \
                 v_[i] = v;                                                           \
+                if (AMSGRAD) {                                                       \
+                    T vmax = vmax_[i];                                               \
+                    vmax = FA_MAX_NAN(vmax, v);                                      \
+                    vmax_[i] = vmax;                                                 \
+                    v = vmax;                                                        \
+                }                                                                    \
                 T masked = m * (agree ? tstep : (T)0);                               \
                 FA_DIVIDED_STEP(T, SQRT, step_size * masked, v)                      \
             })                                                                       \

@@ -72,7 +72,9 @@ static int fa_step_scalars(const fa_hyper *h, double t, double lr, double mu_pro
     s->eps = h->eps * sqrt(bc2);
     switch (h->algorithm) {
     case FA_ALGO_adam:
-        if (h->cautious) kind = coupled ? FA_KIND_cautious_adam_l2 : FA_KIND_cautious_adam;
+        if (h->cautious && h->amsgrad)
+            kind = coupled ? FA_KIND_cautious_amsgrad_l2 : FA_KIND_cautious_amsgrad;
+        else if (h->cautious) kind = coupled ? FA_KIND_cautious_adam_l2 : FA_KIND_cautious_adam;
         else if (h->amsgrad) kind = coupled ? FA_KIND_amsgrad_l2 : FA_KIND_amsgrad;
         else kind = coupled ? FA_KIND_adam_l2 : FA_KIND_adam;
         break;

@@ -190,8 +190,6 @@ def _check_max_lr(value, where):
 
 def check_option_combinations(group, where=""):
     """The rules between one group's options (each already valid on its own)."""
-    if group.get("cautious") and group.get("amsgrad"):
-        raise ValueError(f"{where}cautious=True does not combine with amsgrad=True")
     if group.get("decouple_lr") and group.get("max_lr") is None:
         raise ValueError(
             f"{where}decouple_lr=True needs max_lr (the largest learning rate of the "

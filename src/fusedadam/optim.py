@@ -720,7 +720,7 @@ class Adam(Optimizer):
     AMSGrad maximum is taken over the raw ``v`` (not the bias-corrected one), as in
     ``torch.optim.Adam``. ``decoupled_weight_decay=True`` is AdamW.
 
-    ``cautious=True`` (Liang et al. 2024, timm's ``cadamw``; not with amsgrad): per tensor,
+    ``cautious=True`` (Liang et al. 2024, timm's ``cadamw``): per tensor,
     ``mask = m * g > 0`` (``g`` with its L2 term), ``scale = 1 / max(mean(mask), 1e-3)``,
     and the update uses ``m * mask * scale`` in place of ``m``.
     """

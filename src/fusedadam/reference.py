@@ -85,7 +85,7 @@ def step_scalars(hyper, t, lr, mu_product=1.0):
     suffix = "_l2" if coupled else ""
     if algorithm == "adam":
         if h["cautious"]:
-            kind = "cautious_adam" + suffix
+            kind = ("cautious_amsgrad" if h["amsgrad"] else "cautious_adam") + suffix
         else:
             kind = ("amsgrad" if h["amsgrad"] else "adam") + suffix
     elif algorithm == "adamax":
@@ -384,9 +384,10 @@ def stableadamw_terms(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
 
 
 @_quiet
-def cautious_adam_terms(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
-    """Cautious Adam (``FA_CAUTIOUS_ADAM_BODY``): counts ``m * g > 0``, then Adam's step on
-    ``m * (tensor_step where they agree, else 0)``."""
+def cautious_adam_terms(param, grad, exp_avg, exp_avg_sq, scalars, coupled,
+                        max_exp_avg_sq=None):  # fmt: skip
+    """Cautious Adam (``FA_CAUTIOUS_ADAM_BODY``; AMSGrad with ``max_exp_avg_sq``): counts
+    ``m * g > 0``, then Adam's step on ``m * (tensor_step where they agree, else 0)``."""
     g, p = _prelude(param, grad, scalars, coupled)
     m, v = _new_moments(g, exp_avg, exp_avg_sq, scalars)
     step_size, eps = _cast(param.dtype, scalars, "step_size", "eps")
@@ -394,9 +395,13 @@ def cautious_adam_terms(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
 
     def write(tstep, tdecay):
         exp_avg[...], exp_avg_sq[...] = m, v
+        second = v
+        if max_exp_avg_sq is not None:
+            np.maximum(max_exp_avg_sq, v, out=max_exp_avg_sq)
+            second = max_exp_avg_sq
         zero = param.dtype.type(0)
         masked = m * np.where(agree, param.dtype.type(tstep), zero)
-        param[...] = p - step_size * masked / (np.sqrt(v) + eps)
+        param[...] = p - step_size * masked / (np.sqrt(second) + eps)
 
     return [agree.astype(np.float64)], write
 
@@ -426,6 +431,7 @@ _TENSOR_KINDS: Dict[str, Callable[..., Any]] = {
     "lamb": lamb_terms,
     "stableadamw": stableadamw_terms,
     "cautious_adam": cautious_adam_terms,
+    "cautious_amsgrad": cautious_adam_terms,
     "cautious_lion": cautious_lion_terms,
 }
 
@@ -597,7 +603,10 @@ def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0, sca
         if tensor is not None:
             if p.size == 0:  # no elements: no sums (n = 0), nothing to update
                 continue
-            terms = tensor(target, g, *arrays, scalars, coupled)
+            if base == "cautious_amsgrad":  # the running maximum comes last
+                terms = tensor(target, g, *arrays[:2], scalars, coupled, arrays[2])
+            else:
+                terms = tensor(target, g, *arrays, scalars, coupled)
             _tensor_step(kind, terms, tensor_pieces(p.size), hyper, scalars, p.size)
         elif update is adam_update:
             arrays = arrays[:2] + [arrays[2] if n_states == 3 else None]
