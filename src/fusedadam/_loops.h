@@ -279,11 +279,11 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
 #define FA_TENSOR_LANES 8
 
 /* The loop of a per-tensor body: STEP per element i. With SUM, STEP stores element i's
- * quantities as q[j][ii] (ii = i - b, in blocks of FA_TENSOR_BLOCK from b); each block's are
+ * NSUMS quantities as q[j][ii] (ii = i - b, in blocks of FA_TENSOR_BLOCK from b); each block's are
  * then added to the lanes of s->acc, element ii to lane ii % 8 (two loops, so that the
  * compiler vectorizes both: the update's and the lanes'). */
 #define FA_TENSOR_BLOCK 256
-#define FA_TENSOR_LOOP(SUM, STEP)                                                    \
+#define FA_TENSOR_LOOP(SUM, NSUMS, STEP)                                             \
     double q[FA_TENSOR_SUMS][FA_TENSOR_BLOCK];                                       \
     if (SUM) {                                                                       \
         double *restrict acc = s->acc;                                               \
@@ -293,7 +293,7 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
                 const ptrdiff_t i = b + ii;                                          \
                 STEP                                                                 \
             }                                                                        \
-            for (int j = 0; j < FA_TENSOR_SUMS; j++) {                               \
+            for (int j = 0; j < (NSUMS); j++) {                                      \
                 double *restrict lane = acc + j * FA_TENSOR_LANES;                   \
                 ptrdiff_t ii = 0;                                                    \
                 for (; ii + FA_TENSOR_LANES <= len; ii += FA_TENSOR_LANES)           \
@@ -318,7 +318,7 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
         FA_MOMENTS_DECL(T)                                                           \
         const T step_size = (T)s->step_size, eps = (T)s->eps;                        \
         const T tstep = (T)s->tensor_step;                                           \
-        FA_TENSOR_LOOP(SUM,                                                          \
+        FA_TENSOR_LOOP(SUM, 2,                                                       \
             FA_GRAD_AND_PARAM(T, 0)                                                  \
             T m = b1 * m_[i] + omb1 * g;                                             \
             T v = b2 * v_[i] + omb2 * g * g;                                         \
@@ -345,7 +345,7 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
         const T eps = (T)s->eps, v_floor = (T)s->v_floor;                            \
         const T tstep = (T)s->tensor_step, tdecay = (T)s->tensor_decay;              \
         (void)v_floor;                                                               \
-        FA_TENSOR_LOOP(SUM,                                                          \
+        FA_TENSOR_LOOP(SUM, 1,                                                       \
             FA_GRAD_AND_PARAM(T, 0)                                                  \
             T m = b1 * m_[i] + omb1 * g;                                             \
             T v = b2 * v_[i] + omb2 * g * g;                                         \
@@ -376,7 +376,7 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
         const T step_size = (T)s->step_size, eps = (T)s->eps;                        \
         const T tstep = (T)s->tensor_step;                                           \
         (void)vmax_;                                                                 \
-        FA_TENSOR_LOOP(SUM,                                                          \
+        FA_TENSOR_LOOP(SUM, 1,                                                       \
             FA_GRAD_AND_PARAM(T, COUPLED)                                            \
             T m = b1 * m_[i] + omb1 * g;                                             \
             T v = b2 * v_[i] + omb2 * g * g;                                         \
@@ -404,7 +404,7 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
         const T b1 = (T)s->beta1, omb1 = (T)s->one_minus_beta1;                      \
         const T b2 = (T)s->beta2, omb2 = (T)s->one_minus_beta2;                      \
         const T step_size = (T)s->step_size, tstep = (T)s->tensor_step;              \
-        FA_TENSOR_LOOP(SUM,                                                          \
+        FA_TENSOR_LOOP(SUM, 1,                                                       \
             FA_GRAD_AND_PARAM(T, COUPLED)                                            \
             T m = m_[i];                                                             \
             T c = b1 * m + omb1 * g;                                                 \
