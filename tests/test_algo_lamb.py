@@ -208,3 +208,24 @@ def test_fuzz_every_per_tensor_kind_is_the_reference(sizes, variant, chunk, thre
     finally:
         _kernels.set_chunk_size(saved)
     assert_same(got, expected)
+
+
+@pytest.mark.skipif(not COMPILED, reason="extension not built")
+@pytest.mark.parametrize("variant", range(len(PER_TENSOR)))
+def test_nonfinite_ignored_alike(variant):
+    """nonfinite="ignore": a NaN or inf gradient runs through the sums (a NaN norm or RMS
+    leaves the step unscaled, as the packages' torch.where / max) the same on both paths."""
+    cls, options = PER_TENSOR[variant]
+    results = []
+    for backend in ("numpy", "compiled"):
+        params = [np.linspace(-1.0, 1.0, 20000), np.linspace(0.0, 1.0, 9)]
+        opt = cls(params, backend=backend, nonfinite="ignore", **options)
+        for t in range(3):
+            grads = [np.cos(np.arange(20000.0) * (t + 1)), np.sin(np.arange(9.0))]
+            if t == 1:
+                grads[0][5] = np.nan
+            if t == 2:
+                grads[1][2] = np.inf
+            opt.step(grads)
+        results.append((params, opt))
+    assert_same(*results)
