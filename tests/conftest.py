@@ -84,6 +84,31 @@ VARIANTS = {
         fa.RAdamScheduleFree,
         {"betas": (0.8, 0.9), "silent_sgd_phase": False, "weight_decay": 0.1, "r": 1.0},
     ),
+    # the per-tensor kinds (a reduction per tensor, then the update with its scalar)
+    "cautious_adam": (fa.Adam, {"cautious": True}),
+    "cautious_adam_l2_maximize": (
+        fa.Adam,
+        {"cautious": True, "weight_decay": 0.1, "maximize": True},
+    ),
+    "cautious_adamw": (fa.AdamW, {"cautious": True, "weight_decay": 0.1}),
+    "cautious_adamw_amsgrad": (fa.AdamW, {"cautious": True, "amsgrad": True}),
+    "cautious_lion": (fa.Lion, {"cautious": True}),
+    "cautious_lion_maximize": (fa.Lion, {"cautious": True, "maximize": True, "weight_decay": 0.0}),
+    "lamb": (fa.Lamb, {}),
+    "lamb_decoupled_trust_clip": (
+        fa.Lamb,
+        {"decoupled_weight_decay": True, "weight_decay": 0.1, "trust_clip": True},
+    ),
+    "lamb_always_adapt_maximize": (
+        fa.Lamb,
+        {"weight_decay": 0.0, "always_adapt": True, "maximize": True, "grad_averaging": False},
+    ),
+    "lamb_no_adapt": (fa.Lamb, {"weight_decay": 0.0, "bias_correction": False}),
+    "stableadamw": (fa.StableAdamW, {}),
+    "stableadamw_decouple_lr_maximize": (
+        fa.StableAdamW,
+        {"decouple_lr": True, "weight_decay": 0.1, "maximize": True, "eps": 1e-3},
+    ),
 }
 
 
@@ -193,6 +218,31 @@ def reference_package(module):
         if os.environ.get("FUSEDADAM_REQUIRE_REFERENCES"):
             raise
         pytest.skip(f"reference package {module!r} not installed ({error})")
+
+
+def timm_optim(name):
+    """``timm.optim.<name>`` (a reference for the parity tests), imported without running
+    ``timm/__init__.py``, which imports torchvision (not installed, not needed by the
+    optimizers): the ``timm`` and ``timm.optim`` packages are set up as bare namespace
+    modules when the plain import fails. Skips or fails as :func:`reference_package`."""
+    import importlib.util
+    import sys
+    import types
+
+    try:
+        return importlib.import_module(f"timm.optim.{name}")
+    except ImportError as error:
+        spec = importlib.util.find_spec("timm") if "timm" not in sys.modules else None
+        if spec is None or not spec.submodule_search_locations:
+            if os.environ.get("FUSEDADAM_REQUIRE_REFERENCES"):
+                raise
+            pytest.skip(f"reference package 'timm' not usable ({error})")
+        root = list(spec.submodule_search_locations)[0]
+        for module, path in (("timm", root), ("timm.optim", os.path.join(root, "optim"))):
+            package = types.ModuleType(module)
+            package.__path__ = [path]
+            sys.modules[module] = package
+        return importlib.import_module(f"timm.optim.{name}")
 
 
 def timm_optim(module):

@@ -60,10 +60,13 @@ def grads(params, t=0):
     beta1_decay=st.floats(0.5, 1),
     momentum_decay=st.floats(0, 0.1),
     mu_product=st.floats(0.01, 1),
+    tensor_flags=st.tuples(*[st.booleans()] * 5),
+    max_lr=st.floats(1e-4, 1),
 )
 def test_compiled_and_python_scalar_rules_agree_field_by_field(
-    algorithm, t, lr, beta1, beta2, eps, wd, flags, beta1_decay, momentum_decay, mu_product
-):
+    algorithm, t, lr, beta1, beta2, eps, wd, flags, beta1_decay, momentum_decay, mu_product,
+    tensor_flags, max_lr,
+):  # fmt: skip
     from fusedadam import _kernels
 
     amsgrad, decoupled, maximize, bias_correction = flags
@@ -86,6 +89,8 @@ def test_compiled_and_python_scalar_rules_agree_field_by_field(
         "atan2_a": beta1_decay,
         "atan2_b": 1 / eps,
     }
+    names = ("cautious", "grad_averaging", "trust_clip", "always_adapt", "decouple_lr")
+    hyper.update(zip(names, tensor_flags), max_lr=max_lr)
     kind_c, scalars_c, mu_c = _kernels.step_scalars(hyper, t, lr, mu_product)
     kind_p, scalars_p, mu_p = reference.step_scalars(hyper, t, lr, mu_product)
     assert kind_c == kind_p

@@ -39,6 +39,12 @@ FUNCTIONS = {
         ("z", "exp_avg_sq", "lr_max", "weight_sum"),
         {"silent_sgd_phase": False, "weight_decay": 0.01},
     ),
+    "Lamb": (fa.functional.lamb, ("exp_avg", "exp_avg_sq"), {"trust_clip": True}),
+    "StableAdamW": (
+        fa.functional.stable_adamw,
+        ("exp_avg", "exp_avg_sq"),
+        {"decouple_lr": True, "max_lr": 2e-3},
+    ),
 }
 
 # State a function's caller creates otherwise than at zero: per-param scalars, and

@@ -24,6 +24,7 @@ from fusedadam.optim import (
 )
 from fusedadam.optim import AdEMAMix, Adan
 from fusedadam.optim import ADOPT, AdamAtan2
+from fusedadam.optim import Lamb, StableAdamW
 from fusedadam.sparse import SparseAdam
 from fusedadam.serialization import flatten_state_dict, unflatten_state_dict
 from fusedadam._backend import _kernels
@@ -73,6 +74,8 @@ __all__ = [
     "AdamAtan2",
     "AdamWScheduleFree",
     "RAdamScheduleFree",
+    "Lamb",
+    "StableAdamW",
     "NAdam",
     "RAdam",
     "OptimizeResult",

@@ -89,6 +89,8 @@ ALGORITHMS = {
     "adan": Algorithm("adan", ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad"), n_betas=3),
     "adopt": Algorithm("adopt", ("exp_avg", "exp_avg_sq")),
     "adam_atan2": Algorithm("adam_atan2", ("exp_avg", "exp_avg_sq")),
+    "lamb": Algorithm("lamb", ("exp_avg", "exp_avg_sq")),
+    "stableadamw": Algorithm("stableadamw", ("exp_avg", "exp_avg_sq")),
 }
 
 
@@ -118,8 +120,17 @@ _ADAM = {
 # optimizer classes' signatures and ``functional`` take them from here
 # (tests/test_optim_api.py checks that the signatures agree).
 DEFAULTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
-    "Adam": ("adam", {**_ADAM, **_SHARED, "decoupled_weight_decay": False}),
-    "AdamW": ("adam", {**_ADAM, "weight_decay": 1e-2, **_SHARED, "decoupled_weight_decay": True}),
+    "Adam": ("adam", {**_ADAM, **_SHARED, "decoupled_weight_decay": False, "cautious": False}),
+    "AdamW": (
+        "adam",
+        {
+            **_ADAM,
+            "weight_decay": 1e-2,
+            **_SHARED,
+            "decoupled_weight_decay": True,
+            "cautious": False,
+        },
+    ),
     "Adamax": (
         "adamax",
         {**{k: v for k, v in _ADAM.items() if k != "amsgrad"}, "lr": 2e-3, **_SHARED},
@@ -164,7 +175,45 @@ DEFAULTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     ),
     "Lion": (
         "lion",
-        {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 1e-3, "maximize": False, **_SHARED},
+        {
+            "lr": 1e-4,
+            "betas": (0.9, 0.99),
+            "weight_decay": 1e-3,
+            "maximize": False,
+            **_SHARED,
+            "cautious": False,
+        },
+    ),
+    # timm's Lamb (decoupled_weight_decay is its decoupled_decay; max_grad_norm is ours)
+    "Lamb": (
+        "lamb",
+        {
+            "lr": 1e-3,
+            "betas": (0.9, 0.999),
+            "eps": 1e-6,
+            "weight_decay": 1e-2,
+            "bias_correction": True,
+            "grad_averaging": True,
+            "trust_clip": False,
+            "always_adapt": False,
+            "decoupled_weight_decay": False,
+            "maximize": False,
+            **_SHARED,
+        },
+    ),
+    # torch-optimi's StableAdamW (max_lr None with decouple_lr: the lr at construction)
+    "StableAdamW": (
+        "stableadamw",
+        {
+            "lr": 1e-3,
+            "betas": (0.9, 0.99),
+            "eps": 1e-6,
+            "weight_decay": 1e-2,
+            "decouple_lr": False,
+            "max_lr": None,
+            "maximize": False,
+            **_SHARED,
+        },
     ),
     # pytorch_optimizer.AdEMAMix's defaults (its weight_decouple is decoupled_weight_decay)
     "AdEMAMix": (
@@ -288,4 +337,10 @@ def hyper_dict(algorithm, group):
         "r": float(group.get("r", 0.0)),
         "weight_lr_power": float(group.get("weight_lr_power", 0.0)),
         "silent_sgd_phase": bool(group.get("silent_sgd_phase", False)),
+        "cautious": bool(group.get("cautious", False)),
+        "grad_averaging": bool(group.get("grad_averaging", True)),
+        "trust_clip": bool(group.get("trust_clip", False)),
+        "always_adapt": bool(group.get("always_adapt", False)),
+        "decouple_lr": bool(group.get("decouple_lr", False)),
+        "max_lr": float(group.get("max_lr") or 0.0),
     }

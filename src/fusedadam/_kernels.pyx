@@ -64,6 +64,11 @@ cdef extern from "_dispatch.h" nogil:
         double lerp_weight
         double lerp_from_end
         double y_step
+        double lr
+        double v_floor
+        double tensor_step
+        double tensor_decay
+        double *acc
     ctypedef void (*fa_loop_fn)(char **a, ptrdiff_t n, const fa_scalars *s) noexcept nogil
     ctypedef ptrdiff_t (*fa_scan_fn)(const void *grad, ptrdiff_t n) noexcept nogil
     ctypedef struct fa_sparse_scalars:
@@ -90,6 +95,7 @@ cdef extern from "_dispatch.h" nogil:
         float *scale[FA_MAX_STATES]
         int qsigned[FA_MAX_STATES]
         int n_states, grad_type, state_type, lowp_type
+        int read_only
     ctypedef void (*fa_staged_fn)(fa_loop_fn dense, const fa_segment *x, ptrdiff_t n,
                                   const fa_scalars *s, const fa_pre *pre) noexcept nogil
     ctypedef ptrdiff_t (*fa_norm_fn)(const void *grad, ptrdiff_t n,
@@ -116,6 +122,8 @@ cdef extern from "_dispatch.h" nogil:
         FA_MAX_SLOTS
         FA_KIND_probe
         FA_HAVE_X86_DISPATCH
+        FA_TENSOR_SUMS
+        FA_TENSOR_LANES
     const char *fa_kind_names[]
     const char *fa_isa_names[]
     const char *fa_dtype_names[]
@@ -220,12 +228,21 @@ cdef extern from "_scalars.h" nogil:
         double r
         double weight_lr_power
         int silent_sgd_phase
+        int cautious
+        int grad_averaging
+        int trust_clip
+        int always_adapt
+        int decouple_lr
+        double max_lr
     enum:
         FA_N_ALGORITHMS
         FA_MAX_CARRY
     const char *fa_algorithm_names[]
     int fa_step_scalars(const fa_hyper *h, double t, double lr, const double *carry,
                         fa_scalars *s, double *carry_after)
+    int fa_sum_kind(int kind)
+    void fa_tensor_scalars(const fa_hyper *h, int kind, const double *sums, ptrdiff_t n,
+                           double lr, double *step, double *decay)
 
 
 # The names behind every number the C headers define; Python refers to names only.
@@ -237,7 +254,7 @@ SCALAR_FIELDS = ("sign", "weight_decay", "decay", "beta1", "one_minus_beta1", "b
                  "one_minus_beta2", "step_size", "eps", "eps_root", "grad_coef", "beta3",
                  "one_minus_beta3", "slow_coef", "diff_coef", "prox", "first", "clip",
                  "m_scale", "v_scale", "bias_correction2", "lerp_weight", "lerp_from_end",
-                 "y_step")
+                 "y_step", "lr", "v_floor")
 _TYPENUM_TO_DTYPE = {cnp.dtype(name).num: i for i, name in enumerate(DTYPES)}
 cdef int _TYPENUM_BF16 = cnp.dtype(_ml_dtypes.bfloat16).num
 cdef int _TYPENUM_F16 = cnp.dtype("float16").num
@@ -393,6 +410,12 @@ cdef void _read_hyper(fa_hyper *h, dict hyper) except *:
     h.r = hyper.get("r", 0.0)
     h.weight_lr_power = hyper.get("weight_lr_power", 0.0)
     h.silent_sgd_phase = bool(hyper.get("silent_sgd_phase", False))
+    h.cautious = bool(hyper["cautious"])
+    h.grad_averaging = bool(hyper["grad_averaging"])
+    h.trust_clip = bool(hyper["trust_clip"])
+    h.always_adapt = bool(hyper["always_adapt"])
+    h.decouple_lr = bool(hyper["decouple_lr"])
+    h.max_lr = hyper["max_lr"]
 
 
 cdef dict _scalars_dict(fa_scalars *s):
@@ -402,7 +425,7 @@ cdef dict _scalars_dict(fa_scalars *s):
                                     s.one_minus_beta3, s.slow_coef, s.diff_coef, s.prox,
                                     s.first, s.clip, s.m_scale, s.v_scale,
                                     s.bias_correction2, s.lerp_weight, s.lerp_from_end,
-                                    s.y_step)))
+                                    s.y_step, s.lr, s.v_floor)))
 
 
 def step_scalars(dict hyper, double t, double lr, carry=1.0):
@@ -461,6 +484,13 @@ cdef struct GroupData:
     Py_ssize_t *first_bad       # per chunk: first non-finite gradient index, or -1
     double *chunk_sumsq         # per chunk: the sum of squares of its gradient values
     Py_ssize_t first_bad_size   # capacity of first_bad and chunk_sumsq
+    # Per-tensor kinds (_loops.h): the phase 1 kind of this step's kind, or -1
+    int sum_kind
+    const fa_hyper *hyper       # the group's hyperparameters (the tensors' scalars)
+    double *tensor_step         # per array: its phase 2 scalars of this step
+    double *tensor_decay
+    Py_ssize_t *piece_base      # n_arrays + 1: the first piece of each array
+    double *partials            # FA_TENSOR_SUMS per piece of the arrays of several pieces
 
 
 cdef inline Py_ssize_t _array_at(GroupData *d, Py_ssize_t element) noexcept nogil:
@@ -479,6 +509,14 @@ cdef inline void _run_segment(GroupData *d, Py_ssize_t k, Py_ssize_t e,
                               Py_ssize_t n) noexcept nogil:
     """The step on elements [e, e + n) of array k: its dtype's loop on the arrays
     themselves, or (other storage types, unscaling, clipping) the staged runner."""
+    _run_segment_as(d, k, e, n, d.kind, &d.scalars, &d.folded, 0)
+
+
+cdef inline void _run_segment_as(GroupData *d, Py_ssize_t k, Py_ssize_t e, Py_ssize_t n,
+                                 int kind, const fa_scalars *plain, const fa_scalars *folded,
+                                 int read_only) noexcept nogil:
+    """``_run_segment`` with loop ``kind`` and these scalars (``folded``: those with the
+    unscaling in the sign); ``read_only``: the staged runner writes nothing back."""
     cdef int slot, j
     cdef int *types = d.types + 4 * k
     cdef char *a[FA_MAX_SLOTS]
@@ -488,7 +526,7 @@ cdef inline void _run_segment(GroupData *d, Py_ssize_t k, Py_ssize_t e,
             and (not d.pre.active or d.use_folded)):
         for slot in range(FA_MAX_SLOTS):
             a[slot] = d.ptr[slot][k] + e * csize if slot < d.n_slots else NULL
-        d.loops[k].dense[d.kind](a, n, &d.folded if d.use_folded else &d.scalars)
+        d.loops[k].dense[kind](a, n, folded if d.use_folded else plain)
         return
     # master="residual": the param slot holds the int16 residual
     x.param = d.ptr[FA_PARAM][k] + e * (2 if types[3] == FA_ET_RESID else csize)
@@ -498,11 +536,12 @@ cdef inline void _run_segment(GroupData *d, Py_ssize_t k, Py_ssize_t e,
     for j in range(x.n_states):
         x.state[j] = d.ptr[FA_STATE0 + j][k] + e * ssize
     x.grad_type, x.state_type, x.lowp_type = types[1], types[2], types[3]
+    x.read_only = read_only
     for j in range(x.n_states):
         x.qsigned[j] = d.qsigned[j]
         x.scale[j] = ((d.scales[FA_MAX_STATES * k + j] + e // FA_Q8_BLOCK)
                       if types[2] == FA_ET_Q8 else NULL)
-    d.loops[k].staged(d.loops[k].dense[d.kind], &x, n, &d.scalars, &d.pre)
+    d.loops[k].staged(d.loops[k].dense[kind], &x, n, plain, &d.pre)
 
 
 cdef Py_ssize_t _walk(GroupData *d, Py_ssize_t start, Py_ssize_t end, bint scan,
@@ -590,11 +629,143 @@ cdef void _scan_chunk(void *ctx, ptrdiff_t c, int worker) noexcept nogil:
 
 cdef void _run(GroupData *d, int n_threads) noexcept nogil:
     """The update of every element of the group, in place."""
+    if d.sum_kind >= 0:
+        _run_tensors(d, n_threads)
+        return
     cdef Py_ssize_t n_chunks = _chunks(d, n_threads)
     if n_chunks == 1:
         _run_range(d, 0, d.offsets[d.n_arrays])
     else:
         fa_pool_run(_update_chunk, d, n_chunks, n_threads)
+
+
+# ------------------------------------------------------------------ per-tensor kinds
+#
+# A per-tensor kind (LAMB, StableAdamW, cautious masking) needs one scalar per tensor from a
+# reduction over it (_loops.h). A tensor is cut into pieces of FA_TENSOR_PIECE elements
+# (from its own first element: a multiple of the 8-bit block, so no block is split); the sum
+# of a piece adds the lanes of FA_TENSOR_LOOP in lane order, the tensor's sum its pieces' in
+# piece order. That order depends on the tensor alone: the same bits for every thread count
+# and chunk size (reference.py adds in the same order). The pieces are scheduled by chunks:
+# chunk c runs the pieces that start in its elements. Pass A runs phase 1 of each piece; a
+# tensor of one piece then gets its scalars and its phase 2 at once, while it is in cache (a
+# tensor up to FA_TENSOR_PIECE elements is read from memory once). The sums of a larger
+# tensor are kept per piece (at piece_base[k] + j), added after pass A; pass B runs its
+# phase 2.
+
+DEF FA_TENSOR_PIECE = 16384
+
+
+cdef inline void _piece_sums(GroupData *d, Py_ssize_t k, Py_ssize_t e, Py_ssize_t n,
+                             double *sums) noexcept nogil:
+    """Phase 1 of elements [e, e + n) of array k: its FA_TENSOR_SUMS sums."""
+    cdef double lanes[FA_TENSOR_SUMS * FA_TENSOR_LANES]
+    cdef fa_scalars plain = d.scalars, folded = d.folded
+    cdef int j, lane
+    for j in range(FA_TENSOR_SUMS * FA_TENSOR_LANES):
+        lanes[j] = 0.0
+    plain.acc = folded.acc = lanes
+    _run_segment_as(d, k, e, n, d.sum_kind, &plain, &folded, 1)
+    for j in range(FA_TENSOR_SUMS):
+        sums[j] = 0.0
+        for lane in range(FA_TENSOR_LANES):
+            sums[j] += lanes[j * FA_TENSOR_LANES + lane]
+
+
+cdef inline void _piece_update(GroupData *d, Py_ssize_t k, Py_ssize_t e,
+                               Py_ssize_t n) noexcept nogil:
+    """Phase 2 of elements [e, e + n) of array k, with the array's scalars."""
+    cdef fa_scalars plain = d.scalars, folded = d.folded
+    plain.tensor_step = folded.tensor_step = d.tensor_step[k]
+    plain.tensor_decay = folded.tensor_decay = d.tensor_decay[k]
+    _run_segment_as(d, k, e, n, d.kind, &plain, &folded, 0)
+
+
+cdef inline void _set_tensor(GroupData *d, Py_ssize_t k, const double *sums) noexcept nogil:
+    fa_tensor_scalars(d.hyper, d.kind, sums, d.offsets[k + 1] - d.offsets[k], d.scalars.lr,
+                      &d.tensor_step[k], &d.tensor_decay[k])
+
+
+cdef void _tensor_pass(GroupData *d, ptrdiff_t c, bint pass_b) noexcept nogil:
+    """Pass A (or B) of the pieces that start in chunk c."""
+    cdef Py_ssize_t start = c * d.chunk, total = d.offsets[d.n_arrays]
+    cdef Py_ssize_t end = start + d.chunk if start + d.chunk < total else total
+    cdef Py_ssize_t k, e, n, size, first
+    cdef double sums[FA_TENSOR_SUMS]
+    if start >= end:
+        return
+    k = _array_at(d, start)
+    while k < d.n_arrays and d.offsets[k] < end:
+        size = d.offsets[k + 1] - d.offsets[k]
+        first = start - d.offsets[k] if start > d.offsets[k] else 0
+        e = (first + FA_TENSOR_PIECE - 1) // FA_TENSOR_PIECE * FA_TENSOR_PIECE
+        while e < size and d.offsets[k] + e < end:
+            n = size - e if size - e < FA_TENSOR_PIECE else FA_TENSOR_PIECE
+            if size <= FA_TENSOR_PIECE:
+                if not pass_b:
+                    _piece_sums(d, k, 0, size, sums)
+                    _set_tensor(d, k, sums)
+                    _piece_update(d, k, 0, size)
+            elif pass_b:
+                _piece_update(d, k, e, n)
+            else:
+                _piece_sums(d, k, e, n,
+                            &d.partials[(d.piece_base[k] + e // FA_TENSOR_PIECE) * FA_TENSOR_SUMS])
+            e += FA_TENSOR_PIECE
+        k += 1
+
+
+cdef void _tensor_chunk_a(void *ctx, ptrdiff_t c, int worker) noexcept nogil:
+    _tensor_pass(<GroupData *>ctx, c, False)
+
+
+cdef void _tensor_chunk_b(void *ctx, ptrdiff_t c, int worker) noexcept nogil:
+    _tensor_pass(<GroupData *>ctx, c, True)
+
+
+cdef void _run_tensors(GroupData *d, int n_threads) noexcept nogil:
+    """The update of a per-tensor kind: pass A, the larger tensors' sums, pass B."""
+    cdef Py_ssize_t total = d.offsets[d.n_arrays], c, k, j, n_pieces
+    cdef double sums[FA_TENSOR_SUMS]
+    cdef bint large = False
+    cdef int i
+    d.chunk = fa_chunk_size(total, _chunk_elements)
+    cdef Py_ssize_t n_chunks = fa_chunk_count(total, d.chunk)
+    if n_threads > 1 and n_chunks > 1:
+        fa_pool_run(_tensor_chunk_a, d, n_chunks, n_threads)
+    else:
+        for c in range(n_chunks):
+            _tensor_pass(d, c, False)
+    for k in range(d.n_arrays):
+        n_pieces = d.piece_base[k + 1] - d.piece_base[k]
+        if n_pieces > 1:
+            large = True
+            for i in range(FA_TENSOR_SUMS):
+                sums[i] = 0.0
+                for j in range(d.piece_base[k], d.piece_base[k + 1]):
+                    sums[i] += d.partials[j * FA_TENSOR_SUMS + i]
+            _set_tensor(d, k, sums)
+    if not large:
+        return
+    if n_threads > 1 and n_chunks > 1:
+        fa_pool_run(_tensor_chunk_b, d, n_chunks, n_threads)
+    else:
+        for c in range(n_chunks):
+            _tensor_pass(d, c, True)
+
+
+cdef int _reserve_pieces(GroupData *d) except -1:
+    """The pieces of every array (piece_base) and room for their sums; once per plan."""
+    cdef Py_ssize_t k, size
+    d.piece_base[0] = 0
+    for k in range(d.n_arrays):
+        size = d.offsets[k + 1] - d.offsets[k]
+        d.piece_base[k + 1] = d.piece_base[k] + (size + FA_TENSOR_PIECE - 1) // FA_TENSOR_PIECE
+    d.partials = <double *>malloc((d.piece_base[d.n_arrays] + 1) * FA_TENSOR_SUMS
+                                  * sizeof(double))
+    if d.partials == NULL:
+        raise MemoryError()
+    return 0
 
 
 cdef Py_ssize_t _scan(GroupData *d, int n_threads) noexcept nogil:
@@ -646,6 +817,10 @@ cdef int _group_alloc(GroupData *d) except -1:
     cdef Py_ssize_t n = d.n_arrays + 1
     cdef int slot
     d.first_bad, d.chunk_sumsq, d.first_bad_size = NULL, NULL, 0
+    d.sum_kind, d.hyper, d.partials = -1, NULL, NULL
+    d.piece_base = <Py_ssize_t *>malloc(n * sizeof(Py_ssize_t))
+    d.tensor_step = <double *>malloc(n * sizeof(double))
+    d.tensor_decay = <double *>malloc(n * sizeof(double))
     fa_pre_set(&d.pre, 1.0)
     d.use_folded = False
     d.want_norm, d.sumsq = False, 0.0
@@ -660,7 +835,7 @@ cdef int _group_alloc(GroupData *d) except -1:
     d.loops = <const fa_loops **>malloc(n * sizeof(fa_loops *))
     d.grad_fns = <const fa_grad_fns **>malloc(n * sizeof(fa_grad_fns *))
     if (not d.offsets or not d.lowp or not d.types or not d.loops or not d.grad_fns
-            or not d.scales):
+            or not d.scales or not d.tensor_step or not d.tensor_decay or not d.piece_base):
         raise MemoryError()
     for slot in range(d.n_slots):
         if not d.ptr[slot]:
@@ -680,6 +855,10 @@ cdef void _group_free(GroupData *d) noexcept:
     free(d.grad_fns)
     free(d.first_bad)
     free(d.chunk_sumsq)
+    free(d.tensor_step)
+    free(d.tensor_decay)
+    free(d.partials)
+    free(d.piece_base)
 
 
 cdef inline bint _writable_contiguous(cnp.ndarray a):
@@ -766,6 +945,7 @@ cdef class GroupPlan:
     cdef Py_ssize_t n_distinct_steps
     cdef double **mu_ptr               # per param, FA_MAX_CARRY each, or NULL
     cdef fa_hyper hyper
+    cdef object hyper_dict             # the same, as hyper_dict gives it (NumPy backend)
     cdef object lr
     cdef bint lr_callable
     cdef double lr_value
@@ -890,6 +1070,8 @@ cdef class GroupPlan:
                 self.n_distinct_steps += 1
         self._snapshot_state()
         _reserve_chunks(&self.d)
+        _reserve_pieces(&self.d)
+        self.d.hyper = &self.hyper
         self.set_hyper(spec.hyper_spec)
 
     def __dealloc__(self):
@@ -915,6 +1097,7 @@ cdef class GroupPlan:
         self.keys = tuple(spec.keys)
         self.values = tuple(spec.values)
         _read_hyper(&self.hyper, spec.hyper)
+        self.hyper_dict = spec.hyper
         self.lr = spec.lr
         self.lr_callable = callable(spec.lr)
         self.lr_value = 0.0 if self.lr_callable else spec.lr
@@ -1108,6 +1291,7 @@ cdef class GroupPlan:
             self.carry_in[k] = (self.mu_ptr[k][0] if n and k < self.n_carry else 1.0)
         self.d.kind = fa_step_scalars(&self.hyper, t, lr, self.carry_in,
                                       &self.d.scalars, self.mu_after)
+        self.d.sum_kind = fa_sum_kind(self.d.kind)
         _fold(&self.d)
         self.n_threads = _resolve_threads(self.num_threads)
         _reserve_chunks(&self.d)
@@ -1176,7 +1360,8 @@ cdef class GroupPlan:
         if self.numpy_backend:
             _reference.run(LOOP_KINDS[self.d.kind], self.slots, self.pending_grads,
                            _scalars_dict(&self.d.scalars), self.masters,
-                           self.d.pre.grad_scale, self.d.pre.clip, self.scales, self.qsigned)
+                           self.d.pre.grad_scale, self.d.pre.clip, self.scales, self.qsigned,
+                           self.hyper_dict)
             return
         with nogil:
             fa_step_enter()

@@ -45,6 +45,13 @@ typedef struct {
     double lerp_weight;      /* Schedule-Free: y = base + lerp_weight * (z - y) ... */
     double lerp_from_end;    /* ... with base z when 1, y when 0 (torch's lerp) */
     double y_step;           /* Schedule-Free: y += y_step * gn */
+    /* The per-tensor algorithms (LAMB, StableAdamW, cautious masking; see "Per-tensor
+     * kinds" below). lr and v_floor are per step; the rest is set per tensor by the engine. */
+    double lr;               /* this step's learning rate */
+    double v_floor;          /* StableAdamW: eps**2, the floor of v in the RMS */
+    double tensor_step;      /* phase 2: this tensor's step (lr * trust, clipped lr, mask scale) */
+    double tensor_decay;     /* phase 2: this tensor's decoupled decay factor (StableAdamW) */
+    double *acc;             /* phase 1: FA_TENSOR_SUMS x FA_TENSOR_LANES running lane sums */
 } fa_scalars;
 
 /* Array slots of a loop call: the param, its gradient, then the state arrays in the order
@@ -72,7 +79,23 @@ enum { FA_PARAM = 0, FA_GRAD = 1, FA_STATE0 = 2, FA_MAX_STATES = 4,
     FA_PAIR(X, adopt, FA_ADOPT_BODY, 0, __VA_ARGS__)                                 \
     X(adam_atan2, FA_ADAM_ATAN2_BODY, 0, 0, __VA_ARGS__)                             \
     FA_PAIR(X, schedulefree, FA_SCHEDULEFREE_BODY, 0, __VA_ARGS__)                   \
-    FA_PAIR(X, schedulefree_sgd, FA_SCHEDULEFREE_BODY, 1, __VA_ARGS__)
+    FA_PAIR(X, schedulefree_sgd, FA_SCHEDULEFREE_BODY, 1, __VA_ARGS__)              \
+    FA_TENSOR_KINDS(FA_TENSOR_X, X, __VA_ARGS__)
+
+/* Per-tensor kinds: each name K comes with sum_K, its phase 1 (FLAG FA_SUM): the same body
+ * reading the same values and writing nothing, its per-element quantities summed per
+ * tensor (_kernels.pyx runs sum_K, forms the tensor's scalars, then runs K). */
+#define FA_SUM 1
+#define FA_TENSOR_KINDS(Y, X, ...)                                                   \
+    Y(X, lamb, FA_LAMB_BODY, 0, __VA_ARGS__) Y(X, lamb_l2, FA_LAMB_BODY, 1, __VA_ARGS__) \
+    Y(X, stableadamw, FA_STABLEADAMW_BODY, 0, __VA_ARGS__)                            \
+    Y(X, cautious_adam, FA_CAUTIOUS_ADAM_BODY, 0, __VA_ARGS__)                        \
+    Y(X, cautious_adam_l2, FA_CAUTIOUS_ADAM_BODY, 1, __VA_ARGS__)                     \
+    Y(X, cautious_amsgrad, FA_CAUTIOUS_AMSGRAD_BODY, 0, __VA_ARGS__)                  \
+    Y(X, cautious_amsgrad_l2, FA_CAUTIOUS_AMSGRAD_BODY, 1, __VA_ARGS__)               \
+    Y(X, cautious_lion, FA_CAUTIOUS_LION_BODY, 0, __VA_ARGS__)
+#define FA_TENSOR_X(X, name, body, COUPLED, ...)                                     \
+    X(sum_##name, body, COUPLED, FA_SUM, __VA_ARGS__) X(name, body, COUPLED, 0, __VA_ARGS__)
 
 #define FA_KIND_ENUM(name, body, coupled, flag, ...) FA_KIND_##name,
 enum { FA_DENSE_KINDS(FA_KIND_ENUM, ~) FA_N_KINDS };
@@ -526,6 +549,162 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
         } else {                                                                     \
             FA_PROBE_LOOP(T, FA_PROBE_S(0))                                          \
         }                                                                            \
+    }
+
+/* ---- Per-tensor kinds --------------------------------------------------------------------
+ *
+ * One scalar per tensor from a reduction over it, then the elementwise update with it. Both
+ * phases are one body: with SUM (phase 1) it computes the new moments and the update exactly
+ * as phase 2 does, writes nothing, and adds its per-element quantities (in double) to
+ * FA_TENSOR_LANES lanes, element i of a call into lane i % 8, each lane in order; the engine
+ * calls it on pieces that start at multiples of 8 from the piece's start (whole pieces, or
+ * the staged runner's blocks of FA_STAGE), so the lanes are the piece's. Without SUM
+ * (phase 2) it recomputes the same values, stores them and updates the param with
+ * s->tensor_step (and s->tensor_decay). Recomputing instead of storing between the phases
+ * keeps every storage type (bfloat16, 8-bit state) exact: phase 2 reads the state as
+ * phase 1 did. */
+#define FA_TENSOR_SUMS 2
+#define FA_TENSOR_LANES 8
+
+/* The loop of a per-tensor body: STEP per element i. With SUM, STEP stores element i's
+ * NSUMS quantities as q[j][ii] (ii = i - b, in blocks of FA_TENSOR_BLOCK from b); each block's are
+ * then added to the lanes of s->acc, element ii to lane ii % 8 (two loops, so that the
+ * compiler vectorizes both: the update's and the lanes'). */
+#define FA_TENSOR_BLOCK 256
+#define FA_TENSOR_LOOP(SUM, NSUMS, STEP)                                             \
+    double q[FA_TENSOR_SUMS][FA_TENSOR_BLOCK];                                       \
+    if (SUM) {                                                                       \
+        double *restrict acc = s->acc;                                               \
+        for (ptrdiff_t b = 0; b < n; b += FA_TENSOR_BLOCK) {                          \
+            const ptrdiff_t len = n - b < FA_TENSOR_BLOCK ? n - b : FA_TENSOR_BLOCK;  \
+            for (ptrdiff_t ii = 0; ii < len; ii++) {                                 \
+                const ptrdiff_t i = b + ii;                                          \
+                STEP                                                                 \
+            }                                                                        \
+            for (int j = 0; j < (NSUMS); j++) {                                      \
+                double *restrict lane = acc + j * FA_TENSOR_LANES;                   \
+                ptrdiff_t ii = 0;                                                    \
+                for (; ii + FA_TENSOR_LANES <= len; ii += FA_TENSOR_LANES)           \
+                    for (int l = 0; l < FA_TENSOR_LANES; l++) lane[l] += q[j][ii + l]; \
+                for (int l = 0; ii < len; ii++, l++) lane[l] += q[j][ii];            \
+            }                                                                        \
+        }                                                                            \
+    } else {                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            const ptrdiff_t ii = 0;                                                  \
+            STEP                                                                     \
+        }                                                                            \
+    }
+
+/* LAMB (You et al. 2019), as timm's Lamb: the Adam direction
+ *     u = step_size * m / (sqrt(v) + eps)    (step_size = sqrt(bc2)/bc1, eps = eps*sqrt(bc2))
+ * plus weight_decay * p when coupled (on the decayed p when decoupled); phase 1 sums p*p
+ * and u*u, phase 2 takes p -= tensor_step * u, tensor_step = lr * trust ratio. */
+#define FA_LAMB_BODY(T, SQRT, FABS, COUPLED, SUM)                                    \
+    {                                                                                \
+        FA_PRELUDE(T, 0)                                                             \
+        FA_MOMENTS_DECL(T)                                                           \
+        const T step_size = (T)s->step_size, eps = (T)s->eps;                        \
+        const T tstep = (T)s->tensor_step;                                           \
+        FA_TENSOR_LOOP(SUM, 2,                                                       \
+            FA_GRAD_AND_PARAM(T, 0)                                                  \
+            T m = b1 * m_[i] + omb1 * g;                                             \
+            T v = b2 * v_[i] + omb2 * g * g;                                         \
+            T u = step_size * m / (SQRT(v) + eps);                                   \
+            if (COUPLED) u = u + wd * p;                                             \
+            if (SUM) {                                                               \
+                q[0][ii] = (double)p * (double)p;                                    \
+                q[1][ii] = (double)u * (double)u;                                    \
+            } else {                                                                 \
+                m_[i] = m;                                                           \
+                v_[i] = v;                                                           \
+                p_[i] = p - tstep * u;                                               \
+            })                                                                       \
+    }
+
+/* StableAdamW (Wortsman et al. 2023), as torch-optimi's: debiased betas (beta1, beta2
+ * carry beta_hat = (beta^t - beta) / (beta^t - 1)), no bias correction; phase 1 sums
+ * g*g / max(v, eps**2), phase 2 takes p = p * tensor_decay - tensor_step * m / (sqrt(v) + eps)
+ * with tensor_step = lr / max(1, rms). */
+#define FA_STABLEADAMW_BODY(T, SQRT, FABS, COUPLED, SUM)                             \
+    {                                                                                \
+        FA_PRELUDE(T, 0)                                                             \
+        FA_MOMENTS_DECL(T)                                                           \
+        const T eps = (T)s->eps, v_floor = (T)s->v_floor;                            \
+        const T tstep = (T)s->tensor_step, tdecay = (T)s->tensor_decay;              \
+        (void)v_floor;                                                               \
+        FA_TENSOR_LOOP(SUM, 1,                                                       \
+            FA_GRAD_AND_PARAM(T, 0)                                                  \
+            T m = b1 * m_[i] + omb1 * g;                                             \
+            T v = b2 * v_[i] + omb2 * g * g;                                         \
+            if (SUM) {                                                               \
+                T floored = FA_MAX_NAN(v, v_floor);                                  \
+                T ratio = g * g / floored;                                           \
+                q[0][ii] = (double)ratio;                                            \
+            } else {                                                                 \
+                m_[i] = m;                                                           \
+                v_[i] = v;                                                           \
+                p = p * tdecay;                                                      \
+                FA_DIVIDED_STEP(T, SQRT, tstep * m, v)                               \
+            })                                                                       \
+    }
+
+/* Cautious masking (Liang et al. 2024), as timm's cadamw / clion: an element whose update
+ * and gradient disagree in sign (u * g > 0 false) takes no step; the others are scaled by
+ * tensor_step = 1 / max(mean(mask), 1e-3). Phase 1 counts the mask (exact in double). */
+#define FA_CAUTIOUS_ADAM_BODY(T, SQRT, FABS, COUPLED, SUM)                           \
+    FA_CAUTIOUS_ADAM_LOOP(T, SQRT, COUPLED, SUM, 0)
+#define FA_CAUTIOUS_AMSGRAD_BODY(T, SQRT, FABS, COUPLED, SUM)                        \
+    FA_CAUTIOUS_ADAM_LOOP(T, SQRT, COUPLED, SUM, 1)
+#define FA_CAUTIOUS_ADAM_LOOP(T, SQRT, COUPLED, SUM, AMSGRAD)                        \
+    {                                                                                \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        FA_MOMENTS_DECL(T)                                                           \
+        T *restrict vmax_ = (T *)a[FA_STATE0 + 2];                                   \
+        const T step_size = (T)s->step_size, eps = (T)s->eps;                        \
+        const T tstep = (T)s->tensor_step;                                           \
+        (void)vmax_;                                                                 \
+        FA_TENSOR_LOOP(SUM, 1,                                                       \
+            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
+            T m = b1 * m_[i] + omb1 * g;                                             \
+            T v = b2 * v_[i] + omb2 * g * g;                                         \
+            const int agree = m * g > (T)0;                                          \
+            if (SUM) {                                                               \
+                q[0][ii] = agree ? 1.0 : 0.0;                                        \
+            } else {                                                                 \
+                m_[i] = m;                                                           \
+                v_[i] = v;                                                           \
+                if (AMSGRAD) {                                                       \
+                    T vmax = vmax_[i];                                               \
+                    vmax = FA_MAX_NAN(vmax, v);                                      \
+                    vmax_[i] = vmax;                                                 \
+                    v = vmax;                                                        \
+                }                                                                    \
+                T masked = m * (agree ? tstep : (T)0);                               \
+                FA_DIVIDED_STEP(T, SQRT, step_size * masked, v)                      \
+            })                                                                       \
+    }
+
+#define FA_CAUTIOUS_LION_BODY(T, SQRT, FABS, COUPLED, SUM)                           \
+    {                                                                                \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        T *restrict m_ = (T *)a[FA_STATE0];                                          \
+        const T b1 = (T)s->beta1, omb1 = (T)s->one_minus_beta1;                      \
+        const T b2 = (T)s->beta2, omb2 = (T)s->one_minus_beta2;                      \
+        const T step_size = (T)s->step_size, tstep = (T)s->tensor_step;              \
+        FA_TENSOR_LOOP(SUM, 1,                                                       \
+            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
+            T m = m_[i];                                                             \
+            T c = b1 * m + omb1 * g;                                                 \
+            T d = FA_SIGN(T, c);                                                     \
+            const int agree = d * g > (T)0;                                          \
+            if (SUM) {                                                               \
+                q[0][ii] = agree ? 1.0 : 0.0;                                        \
+            } else {                                                                 \
+                T masked = d * (agree ? tstep : (T)0);                               \
+                p_[i] = p - step_size * masked;                                      \
+                m_[i] = b2 * m + omb2 * g;                                           \
+            })                                                                       \
     }
 
 #endif /* FUSEDADAM_LOOPS_H */

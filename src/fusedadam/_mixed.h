@@ -82,6 +82,7 @@ typedef struct {
     float *scale[FA_MAX_STATES]; /* FA_ET_Q8 state: the absmax of the segment's first block */
     int qsigned[FA_MAX_STATES];  /* FA_ET_Q8 state: 1 for the signed map, 0 the unsigned */
     int n_states, grad_type, state_type, lowp_type;
+    int read_only;        /* phase 1 of a per-tensor kind (_loops.h): nothing is written back */
 } fa_segment;
 
 /* the staged runner's gradient widening and low-precision rounding, as the fused 8-bit
@@ -869,6 +870,8 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
                 }                                                                    \
             }                                                                        \
             dense(a, len, s);                                                        \
+            if (x->read_only)                                                        \
+                continue;                                                            \
             if (q8)                                                                  \
                 for (int j = 0; j < x->n_states; j++)                                \
                     x->scale[j][off / FA_Q8_BLOCK] = FA_Q8_STORE_##ISA(              \

@@ -14,7 +14,7 @@
 /* Algorithms, in the order of their numbers; Python reads the names (_kernels.ALGORITHMS). */
 #define FA_ALGORITHMS(X) X(adam) X(adamax) X(nadam) X(radam) X(adabelief) X(lion) X(sparse_adam) \
     X(ademamix) X(adan) \
-    X(adopt) X(adam_atan2) X(schedulefree) X(radam_schedulefree)
+    X(adopt) X(adam_atan2) X(schedulefree) X(radam_schedulefree) X(lamb) X(stableadamw)
 #define FA_ALGO_ENUM(name) FA_ALGO_##name,
 enum { FA_ALGORITHMS(FA_ALGO_ENUM) FA_N_ALGORITHMS };
 #define FA_ALGO_NAME(name) #name,
@@ -34,6 +34,10 @@ typedef struct {
     double atan2_a, atan2_b; /* Adam-atan2: p -= lr a atan2(m^, b sqrt(v^)) */
     double warmup_steps, r, weight_lr_power; /* Schedule-Free */
     int silent_sgd_phase;                    /* Schedule-Free RAdam */
+    /* the per-tensor algorithms: cautious masking (Adam, Lion), LAMB's options,
+     * StableAdamW's decouple_lr with its max_lr */
+    int cautious, grad_averaging, trust_clip, always_adapt, decouple_lr;
+    double max_lr;
 } fa_hyper;
 
 /* The per-param scalar state a step reads and writes besides its counter (the
@@ -66,14 +70,24 @@ static int fa_step_scalars(const fa_hyper *h, double t, double lr, const double 
     s->lerp_weight = 0.0;
     s->lerp_from_end = 0.0;
     s->y_step = 0.0;
+    s->lr = lr;
+    s->v_floor = 0.0;
+    s->tensor_step = 1.0;
+    s->tensor_decay = 1.0;
+    s->acc = 0;
     if (h->algorithm == FA_ALGO_adam || h->algorithm == FA_ALGO_adamax) {
         beta1 = h->beta1 * pow(h->beta1_decay, t - 1.0);
         if (h->bias_correction) {
             bc1 = 1.0 - pow(h->beta1, t);
             bc2 = 1.0 - pow(h->beta2, t);
         }
+    } else if (h->algorithm == FA_ALGO_lamb) {
+        if (h->bias_correction) {
+            bc1 = 1.0 - pow(h->beta1, t);
+            bc2 = 1.0 - pow(h->beta2, t);
+        }
     } else if (h->algorithm != FA_ALGO_lion && h->algorithm != FA_ALGO_schedulefree &&
-               h->algorithm != FA_ALGO_radam_schedulefree) {
+               h->algorithm != FA_ALGO_radam_schedulefree && h->algorithm != FA_ALGO_stableadamw) {
         bc1 = 1.0 - pow(h->beta1, t);
         bc2 = 1.0 - pow(h->beta2, t);
     }
@@ -86,7 +100,10 @@ static int fa_step_scalars(const fa_hyper *h, double t, double lr, const double 
     s->eps = h->eps * sqrt(bc2);
     switch (h->algorithm) {
     case FA_ALGO_adam:
-        if (h->amsgrad) kind = coupled ? FA_KIND_amsgrad_l2 : FA_KIND_amsgrad;
+        if (h->cautious && h->amsgrad)
+            kind = coupled ? FA_KIND_cautious_amsgrad_l2 : FA_KIND_cautious_amsgrad;
+        else if (h->cautious) kind = coupled ? FA_KIND_cautious_adam_l2 : FA_KIND_cautious_adam;
+        else if (h->amsgrad) kind = coupled ? FA_KIND_amsgrad_l2 : FA_KIND_amsgrad;
         else kind = coupled ? FA_KIND_adam_l2 : FA_KIND_adam;
         break;
     case FA_ALGO_adamax:
@@ -239,13 +256,85 @@ static int fa_step_scalars(const fa_hyper *h, double t, double lr, const double 
         s->v_scale = h->atan2_b * h->atan2_b / bc2;
         kind = FA_KIND_adam_atan2;
         break;
+    case FA_ALGO_lamb:
+        /* timm's Lamb: m = beta1 m + beta3 g, beta3 = 1 - beta1 (grad_averaging) or 1 */
+        s->one_minus_beta1 = h->grad_averaging ? 1.0 - h->beta1 : 1.0;
+        if (h->weight_decay != 0.0 || h->always_adapt) {
+            s->step_size = sqrt(bc2) / bc1;   /* the direction's scale; lr is per tensor */
+            kind = coupled ? FA_KIND_lamb_l2 : FA_KIND_lamb;
+        } else {                              /* no adaptation: an Adam step */
+            kind = FA_KIND_adam;
+        }
+        break;
+    case FA_ALGO_stableadamw: {
+        /* torch-optimi: debiased betas beta_hat = (beta^t - beta) / (beta^t - 1), no bias
+         * correction; the decay is per tensor (it uses the clipped lr) */
+        double p1 = pow(h->beta1, t), p2 = pow(h->beta2, t);
+        s->beta1 = (p1 - h->beta1) / (p1 - 1.0);
+        s->one_minus_beta1 = 1.0 - s->beta1;
+        s->beta2 = (p2 - h->beta2) / (p2 - 1.0);
+        s->one_minus_beta2 = 1.0 - s->beta2;
+        s->step_size = lr;
+        s->eps = h->eps;
+        s->v_floor = h->eps * h->eps;
+        s->weight_decay = 0.0;
+        s->decay = 1.0;
+        kind = FA_KIND_stableadamw;
+        break;
+    }
     default: /* FA_ALGO_lion: decoupled weight decay only (validated), no bias correction */
         s->step_size = lr;
         s->eps = 0.0;
-        kind = FA_KIND_lion;
+        kind = h->cautious ? FA_KIND_cautious_lion : FA_KIND_lion;
         break;
     }
     return kind;
+}
+
+/* The phase 1 kind of a per-tensor kind (_loops.h), or -1 for an elementwise kind. */
+#define FA_SUM_KIND_CASE(X, name, ...) case FA_KIND_##name: return FA_KIND_sum_##name;
+static int fa_sum_kind(int kind)
+{
+    switch (kind) {
+    FA_TENSOR_KINDS(FA_SUM_KIND_CASE, ~)
+    default: return -1;
+    }
+}
+
+/* A tensor's phase 2 scalars from its phase 1 sums (n elements), in double:
+ *   LAMB: tensor_step = lr * trust, trust = |p| / |u| (1 when either is 0, NaN included,
+ *         as timm's torch.where), at most 1 with trust_clip;
+ *   StableAdamW: tensor_step = lr / max(1, rms), rms = sqrt(sum / n), and tensor_decay =
+ *         1 - tensor_step * weight_decay (decouple_lr: 1 - tensor_step / max_lr * weight_decay);
+ *   cautious: tensor_step = 1 / max(count / n, 1e-3). */
+static void fa_tensor_scalars(const fa_hyper *h, int kind, const double *sums, ptrdiff_t n,
+                              double lr, double *step, double *decay)
+{
+    *decay = 1.0;
+    switch (kind) {
+    case FA_KIND_lamb:
+    case FA_KIND_lamb_l2: {
+        double w_norm = sqrt(sums[0]), u_norm = sqrt(sums[1]);
+        double trust = (w_norm > 0.0 && u_norm > 0.0) ? w_norm / u_norm : 1.0;
+        if (h->trust_clip && trust > 1.0) trust = 1.0;
+        *step = lr * trust;
+        break;
+    }
+    case FA_KIND_stableadamw: {
+        double rms = sqrt(sums[0] / (double)n);
+        double clipped = lr / (rms > 1.0 ? rms : 1.0);
+        *step = clipped;
+        if (h->weight_decay != 0.0)
+            *decay = h->decouple_lr ? 1.0 - clipped / h->max_lr * h->weight_decay
+                                    : 1.0 - clipped * h->weight_decay;
+        break;
+    }
+    default: { /* cautious */
+        double mean = sums[0] / (double)n;
+        *step = 1.0 / (mean > 1e-3 ? mean : 1e-3);
+        break;
+    }
+    }
 }
 
 #endif /* FUSEDADAM_SCALARS_H */

@@ -239,7 +239,31 @@ HYPERPARAMETER_CHECKS = {
         "weight_lr_power", lambda x: x >= 0.0, " (must be finite and >= 0)"
     ),
     "silent_sgd_phase": _bool_checker("silent_sgd_phase"),
+    "cautious": _bool_checker("cautious"),
+    "grad_averaging": _bool_checker("grad_averaging"),
+    "trust_clip": _bool_checker("trust_clip"),
+    "always_adapt": _bool_checker("always_adapt"),
+    "decouple_lr": _bool_checker("decouple_lr"),
+    "max_lr": lambda value, where: _check_max_lr(value, where),
 }
+
+
+def _check_max_lr(value, where):
+    if value is None:
+        return
+    if not _is_real(value):
+        raise TypeError(f"{where}Invalid max_lr value: {value!r} (a float > 0, or None)")
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"{where}Invalid max_lr value: {value} (must be finite and > 0)")
+
+
+def check_option_combinations(group, where=""):
+    """The rules between one group's options (each already valid on its own)."""
+    if group.get("decouple_lr") and group.get("max_lr") is None:
+        raise ValueError(
+            f"{where}decouple_lr=True needs max_lr (the largest learning rate of the "
+            "schedule; the optimizers take their lr at construction)"
+        )
 
 
 def check_hyperparameters(group, keys, where="", n_betas=2):

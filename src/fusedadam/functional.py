@@ -23,7 +23,8 @@ from fusedadam.engine._plan import group_spec, hyper_spec
 
 __all__ = [
     "adam", "adamw", "adamax", "nadam", "radam", "adabelief", "lion", "ademamix", "adan",
-    "adopt", "adam_atan2", "adamw_schedule_free", "radam_schedule_free", "resolve_backend",
+    "adopt", "adam_atan2", "adamw_schedule_free", "radam_schedule_free", "lamb",
+    "stable_adamw", "resolve_backend",
 ]  # fmt: skip
 
 Arrays = Sequence[np.ndarray]
@@ -254,6 +255,43 @@ def lion(
     ``step`` only numbers the update for ``lr(t)``: Lion has no bias correction."""
     options.update(betas=(beta1, beta2))
     return _step("Lion", params, grads, {"exp_avg": exp_avgs}, step, options)
+
+
+def lamb(
+    params: Arrays,
+    grads: Any,
+    exp_avgs: Arrays,
+    exp_avg_sqs: Arrays,
+    *,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    **options: Any,
+) -> bool:
+    """One LAMB step over lists of arrays, in place; each array is one tensor of the trust
+    ratio (``options``: :class:`fusedadam.Lamb`)."""
+    options.update(betas=(beta1, beta2))
+    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
+    return _step("Lamb", params, grads, states, step, options)
+
+
+def stable_adamw(
+    params: Arrays,
+    grads: Any,
+    exp_avgs: Arrays,
+    exp_avg_sqs: Arrays,
+    *,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    **options: Any,
+) -> bool:
+    """One StableAdamW step over lists of arrays, in place; each array's RMS clips its own
+    learning rate (``options``: :class:`fusedadam.StableAdamW`; with ``decouple_lr=True``
+    pass ``max_lr``)."""
+    options.update(betas=(beta1, beta2))
+    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
+    return _step("StableAdamW", params, grads, states, step, options)
 
 
 def adamw_schedule_free(

@@ -32,6 +32,7 @@ from fusedadam.engine._plan import check_group_hyper, group_spec, hyper_spec, st
 __all__ = [
     "Optimizer", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion", "AdEMAMix",
     "Adan", "ADOPT", "AdamAtan2", "AdamWScheduleFree", "RAdamScheduleFree",
+    "Lamb", "StableAdamW",
 ]  # fmt: skip
 
 # The types of the public API (py.typed ships these annotations).
@@ -585,6 +586,28 @@ _PARAMETERS = {
     "weight_decay": ("float", "L2 penalty added to the gradient, or the decoupled decay rate."),
     "amsgrad": ("bool", "Use the running maximum of the second moment (AMSGrad)."),
     "maximize": ("bool", "Ascend instead of descend."),
+    "cautious": (
+        "bool",
+        "Cautious masking (Liang et al. 2024, as timm's ``cadamw``/``clion``): an element whose "
+        "update disagrees in sign with its gradient takes no step, the others are scaled by "
+        "``1 / max(mean(mask), 1e-3)`` per tensor.",
+    ),
+    "grad_averaging": ("bool", "``m = beta1 m + (1 - beta1) g``; False: ``m = beta1 m + g``."),
+    "trust_clip": ("bool", "Clip the trust ratio at 1 (LAMBC)."),
+    "always_adapt": (
+        "bool",
+        "Apply the trust ratio to tensors with ``weight_decay == 0`` too (else they take "
+        "Adam's step).",
+    ),
+    "decouple_lr": (
+        "bool",
+        "Fully decoupled weight decay: ``p *= 1 - lr_t / max_lr * weight_decay``.",
+    ),
+    "max_lr": (
+        "float or None",
+        "The largest lr of the schedule, for ``decouple_lr`` (None: the lr given, which then "
+        "must be a number).",
+    ),
     "bias_correction": ("bool", "Divide the moments by ``1 - beta**t``."),
     "beta1_decay": (
         "float in (0, 1]",
@@ -725,6 +748,10 @@ class Adam(Optimizer):
     ``lr_t`` is ``lr`` or ``lr(t)``. eps is added outside the square root and the
     AMSGrad maximum is taken over the raw ``v`` (not the bias-corrected one), as in
     ``torch.optim.Adam``. ``decoupled_weight_decay=True`` is AdamW.
+
+    ``cautious=True`` (Liang et al. 2024, timm's ``cadamw``): per tensor,
+    ``mask = m * g > 0`` (``g`` with its L2 term), ``scale = 1 / max(mean(mask), 1e-3)``,
+    and the update uses ``m * mask * scale`` in place of ``m``.
     """
 
     algorithm = _algorithms.ALGORITHMS["adam"]
@@ -736,7 +763,8 @@ class Adam(Optimizer):
                  num_threads: Threads = None, backend: Backend = "auto",
                  nonfinite: NonFinite = "error", decoupled_weight_decay: bool = False,
                  state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
-                 max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
+                 max_grad_norm: Optional[float] = None, master: Master = "float32",
+                 cautious: bool = False) -> None:
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on
 
@@ -756,7 +784,8 @@ class AdamW(Adam):
                  num_threads: Threads = None, backend: Backend = "auto",
                  nonfinite: NonFinite = "error",
                  state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
-                 max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
+                 max_grad_norm: Optional[float] = None, master: Master = "float32",
+                 cautious: bool = False) -> None:
         Optimizer.__init__(self, params, {**_hyperparameters(locals()),
                                           "decoupled_weight_decay": True})
     # fmt: on
@@ -901,6 +930,9 @@ class Lion(Optimizer):
 
     One state array (``exp_avg``); ``sign(0) = 0``. Weight decay is always decoupled.
     The defaults are optax's; the paper advises an lr 3-10x smaller than AdamW's.
+
+    ``cautious=True`` (timm's ``clion``): per tensor, ``mask = d * g > 0`` with ``d`` the
+    sign above, and the step is ``lr_t * d * mask / max(mean(mask), 1e-3)``.
     """
 
     algorithm = _algorithms.ALGORITHMS["lion"]
@@ -910,7 +942,84 @@ class Lion(Optimizer):
                  weight_decay: float = 1e-3, maximize: bool = False, num_threads: Threads = None,
                  backend: Backend = "auto", nonfinite: NonFinite = "error",
                  state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
+                 max_grad_norm: Optional[float] = None, master: Master = "float32",
+                 cautious: bool = False) -> None:
+        super().__init__(params, _hyperparameters(locals()))
+    # fmt: on
+
+
+@_documented
+class Lamb(Optimizer):
+    r"""LAMB (You et al., 2019, "Large Batch Optimization for Deep Learning"), as timm's
+    ``Lamb``: Adam's direction, scaled per tensor by the trust ratio ``|p| / |u|``.
+
+    For step ``t`` of each tensor (bc1, bc2 = 1, 1 without bias_correction)::
+
+        g     = -g if maximize else g
+        m     = beta1 * m + (1 - beta1) * g          (grad_averaging=False: beta1 * m + g)
+        v     = beta2 * v + (1 - beta2) * g * g
+        p     = p * (1 - lr_t * weight_decay)         (decoupled_weight_decay only)
+        u     = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)
+        u     = u + weight_decay * p                  (not decoupled)
+        trust = |p| / |u|   (1 when either norm is 0; at most 1 with trust_clip)
+        p     = p - lr_t * trust * u
+
+    A tensor is adapted (``trust`` as above) when ``weight_decay != 0`` or
+    ``always_adapt``; otherwise ``trust = 1``. The norms are sums of squares in double in
+    a fixed order (the same bits for every thread count). timm's global gradient clipping
+    (its ``max_grad_norm=1.0``) is not the same rule as ``max_grad_norm`` here (the rule of
+    ``torch.nn.utils.clip_grad_norm_``, per group, off by default).
+    """
+
+    algorithm = _algorithms.ALGORITHMS["lamb"]
+
+    # fmt: off
+    def __init__(self, params: Params, lr: LearningRate = 1e-3, betas: Betas = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 1e-2, bias_correction: bool = True,
+                 grad_averaging: bool = True, trust_clip: bool = False,
+                 always_adapt: bool = False, decoupled_weight_decay: bool = False,
+                 maximize: bool = False, num_threads: Threads = None,
+                 backend: Backend = "auto", nonfinite: NonFinite = "error",
+                 state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
                  max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
+        super().__init__(params, _hyperparameters(locals()))
+    # fmt: on
+
+
+@_documented
+class StableAdamW(Optimizer):
+    r"""StableAdamW (Wortsman et al., 2023, "Stable and low-precision training for
+    large-scale vision-language models"), as torch-optimi's ``StableAdamW``: AdamW whose
+    learning rate is clipped per tensor by the RMS of ``g**2 / v``.
+
+    For step ``t`` of each tensor::
+
+        g     = -g if maximize else g
+        b1_t  = (beta1**t - beta1) / (beta1**t - 1)   (debiased betas: no bias correction)
+        b2_t  = (beta2**t - beta2) / (beta2**t - 1)
+        m     = b1_t * m + (1 - b1_t) * g
+        v     = b2_t * v + (1 - b2_t) * g * g
+        rms   = sqrt(mean(g**2 / max(v, eps**2)))
+        lr_c  = lr_t / max(1, rms)
+        p     = p * (1 - lr_c * weight_decay)        (decouple_lr: 1 - lr_c / max_lr * wd)
+        p     = p - lr_c * m / (sqrt(v) + eps)
+
+    The weight decay is decoupled and uses the clipped rate, as optimi's. The RMS is a sum
+    in double in a fixed order (the same bits for every thread count).
+    """
+
+    algorithm = _algorithms.ALGORITHMS["stableadamw"]
+
+    # fmt: off
+    def __init__(self, params: Params, lr: LearningRate = 1e-3, betas: Betas = (0.9, 0.99),
+                 eps: float = 1e-6, weight_decay: float = 1e-2, decouple_lr: bool = False,
+                 max_lr: Optional[float] = None, maximize: bool = False,
+                 num_threads: Threads = None,
+                 backend: Backend = "auto", nonfinite: NonFinite = "error",
+                 state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
+                 max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
+        if decouple_lr and max_lr is None and not callable(lr):
+            max_lr = lr  # optimi's rule: the lr at construction
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on
 

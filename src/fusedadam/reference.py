@@ -97,13 +97,19 @@ def _step_scalars(hyper, t, lr, carry):
         "lerp_weight": 0.0,
         "lerp_from_end": 0.0,
         "y_step": 0.0,
+        "lr": lr,
+        "v_floor": 0.0,
     }
     if algorithm in ("adam", "adamax"):
         beta1 = h["beta1"] * h["beta1_decay"] ** (t - 1.0)
         if h["bias_correction"]:
             bc1 = 1.0 - h["beta1"] ** t
             bc2 = 1.0 - h["beta2"] ** t
-    elif algorithm not in ("lion", "schedulefree", "radam_schedulefree"):
+    elif algorithm == "lamb":
+        if h["bias_correction"]:
+            bc1 = 1.0 - h["beta1"] ** t
+            bc2 = 1.0 - h["beta2"] ** t
+    elif algorithm not in ("lion", "schedulefree", "radam_schedulefree", "stableadamw"):
         bc1 = 1.0 - h["beta1"] ** t
         bc2 = 1.0 - h["beta2"] ** t
     s["beta1"] = beta1
@@ -114,7 +120,10 @@ def _step_scalars(hyper, t, lr, carry):
     s["eps"] = h["eps"] * math.sqrt(bc2)
     suffix = "_l2" if coupled else ""
     if algorithm == "adam":
-        kind = ("amsgrad" if h["amsgrad"] else "adam") + suffix
+        if h["cautious"]:
+            kind = ("cautious_amsgrad" if h["amsgrad"] else "cautious_adam") + suffix
+        else:
+            kind = ("amsgrad" if h["amsgrad"] else "adam") + suffix
     elif algorithm == "adamax":
         s["step_size"] = lr / bc1
         s["eps"] = h["eps"]
@@ -230,10 +239,29 @@ def _step_scalars(hyper, t, lr, carry):
         s["m_scale"] = 1.0 / bc1
         s["v_scale"] = h["atan2_b"] * h["atan2_b"] / bc2
         kind = "adam_atan2"
+    elif algorithm == "lamb":
+        s["one_minus_beta1"] = 1.0 - h["beta1"] if h["grad_averaging"] else 1.0
+        if h["weight_decay"] != 0.0 or h["always_adapt"]:
+            s["step_size"] = math.sqrt(bc2) / bc1
+            kind = "lamb" + suffix
+        else:
+            kind = "adam"
+    elif algorithm == "stableadamw":
+        p1, p2 = h["beta1"] ** t, h["beta2"] ** t
+        s["beta1"] = (p1 - h["beta1"]) / (p1 - 1.0)
+        s["one_minus_beta1"] = 1.0 - s["beta1"]
+        s["beta2"] = (p2 - h["beta2"]) / (p2 - 1.0)
+        s["one_minus_beta2"] = 1.0 - s["beta2"]
+        s["step_size"] = lr
+        s["eps"] = h["eps"]
+        s["v_floor"] = h["eps"] * h["eps"]
+        s["weight_decay"] = 0.0
+        s["decay"] = 1.0
+        kind = "stableadamw"
     else:  # lion
         s["step_size"] = lr
         s["eps"] = 0.0
-        kind = "lion"
+        kind = "cautious_lion" if h["cautious"] else "lion"
     return kind, s, tuple(after)
 
 
@@ -605,6 +633,173 @@ def probe_update(param, grad, *states):
     param -= grad
 
 
+# ---------------------------------------------------------------- per-tensor kinds
+# The twin of the per-tensor kinds (_loops.h) and of their engine (_kernels.pyx): each
+# ``..._terms`` function computes, from the arrays as the step reads them, the new state,
+# the per-element quantities phase 1 sums, and a function of the tensor's scalars that
+# writes the update; ``_tensor_step`` sums those quantities per piece in the kernel's lane
+# order, then over the pieces in order, and forms the scalars as fa_tensor_scalars.
+
+TENSOR_PIECE = 16384  # FA_TENSOR_PIECE of _kernels.pyx
+
+
+def tensor_pieces(size):
+    """``[(start, stop)]``: the pieces of a tensor of ``size`` elements, ``TENSOR_PIECE``
+    each from its first element (the last one shorter), as _kernels.pyx cuts it."""
+    return [(lo, min(lo + TENSOR_PIECE, size)) for lo in range(0, size, TENSOR_PIECE)]
+
+
+def _piece_sum(values):
+    """One piece's sum: lane j sums elements j, j + 8, ... in order; then the lanes."""
+    total = 0.0
+    for value in _lane_sums(values).tolist():
+        total += value
+    return total
+
+
+def tensor_scalars(hyper, kind, sums, n, lr):
+    """``(tensor_step, tensor_decay)`` of a tensor of ``n`` elements from its phase 1
+    ``sums``: the twin of ``fa_tensor_scalars`` (_scalars.h)."""
+    decay = 1.0
+    if kind in ("lamb", "lamb_l2"):
+        w_norm, u_norm = math.sqrt(sums[0]), math.sqrt(sums[1])
+        trust = w_norm / u_norm if (w_norm > 0.0 and u_norm > 0.0) else 1.0
+        if hyper["trust_clip"] and trust > 1.0:
+            trust = 1.0
+        return lr * trust, decay
+    if kind == "stableadamw":
+        rms = math.sqrt(sums[0] / n)
+        clipped = lr / (rms if rms > 1.0 else 1.0)
+        if hyper["weight_decay"] != 0.0:
+            if hyper["decouple_lr"]:
+                decay = 1.0 - clipped / hyper["max_lr"] * hyper["weight_decay"]
+            else:
+                decay = 1.0 - clipped * hyper["weight_decay"]
+        return clipped, decay
+    mean = sums[0] / n  # cautious
+    return 1.0 / (mean if mean > 1e-3 else 1e-3), decay
+
+
+def _prelude(param, grad, scalars, coupled):
+    """The prelude of a per-tensor kind, without writing: ``(g, decayed p)``."""
+    sign, weight_decay, decay = _cast(param.dtype, scalars, "sign", "weight_decay", "decay")
+    g = grad * sign
+    if coupled:
+        g = g + weight_decay * param
+    return g, param * decay
+
+
+def _new_moments(g, exp_avg, exp_avg_sq, scalars):
+    b1, omb1, b2, omb2 = _cast(g.dtype, scalars, "beta1", "one_minus_beta1", "beta2",
+                               "one_minus_beta2")  # fmt: skip
+    m = b1 * exp_avg + omb1 * g
+    v = b2 * exp_avg_sq + omb2 * g * g
+    return m, v
+
+
+@_quiet
+def lamb_terms(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
+    """LAMB (``FA_LAMB_BODY``): sums ``p*p`` and ``u*u``, then ``p -= tensor_step * u``."""
+    g, p = _prelude(param, grad, scalars, False)
+    m, v = _new_moments(g, exp_avg, exp_avg_sq, scalars)
+    step_size, eps, wd = _cast(param.dtype, scalars, "step_size", "eps", "weight_decay")
+    u = step_size * m / (np.sqrt(v) + eps)
+    if coupled:
+        u = u + wd * p
+    wide_p, wide_u = p.astype(np.float64), u.astype(np.float64)
+
+    def write(tstep, tdecay):
+        exp_avg[...], exp_avg_sq[...] = m, v
+        param[...] = p - param.dtype.type(tstep) * u
+
+    return [wide_p * wide_p, wide_u * wide_u], write
+
+
+@_quiet
+def stableadamw_terms(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
+    """StableAdamW (``FA_STABLEADAMW_BODY``): sums ``g*g / max(v, eps**2)``, then
+    ``p = p * tensor_decay - tensor_step * m / (sqrt(v) + eps)``."""
+    g, p = _prelude(param, grad, scalars, False)
+    m, v = _new_moments(g, exp_avg, exp_avg_sq, scalars)
+    eps, v_floor = _cast(param.dtype, scalars, "eps", "v_floor")
+    ratio = g * g / np.maximum(v, v_floor)
+
+    def write(tstep, tdecay):
+        exp_avg[...], exp_avg_sq[...] = m, v
+        dtype = param.dtype.type
+        param[...] = p * dtype(tdecay) - dtype(tstep) * m / (np.sqrt(v) + eps)
+
+    return [ratio.astype(np.float64)], write
+
+
+@_quiet
+def cautious_adam_terms(param, grad, exp_avg, exp_avg_sq, scalars, coupled,
+                        max_exp_avg_sq=None):  # fmt: skip
+    """Cautious Adam (``FA_CAUTIOUS_ADAM_BODY``; AMSGrad with ``max_exp_avg_sq``): counts
+    ``m * g > 0``, then Adam's step on ``m * (tensor_step where they agree, else 0)``."""
+    g, p = _prelude(param, grad, scalars, coupled)
+    m, v = _new_moments(g, exp_avg, exp_avg_sq, scalars)
+    step_size, eps = _cast(param.dtype, scalars, "step_size", "eps")
+    agree = m * g > 0
+
+    def write(tstep, tdecay):
+        exp_avg[...], exp_avg_sq[...] = m, v
+        second = v
+        if max_exp_avg_sq is not None:
+            np.maximum(max_exp_avg_sq, v, out=max_exp_avg_sq)
+            second = max_exp_avg_sq
+        zero = param.dtype.type(0)
+        masked = m * np.where(agree, param.dtype.type(tstep), zero)
+        param[...] = p - step_size * masked / (np.sqrt(second) + eps)
+
+    return [agree.astype(np.float64)], write
+
+
+@_quiet
+def cautious_lion_terms(param, grad, exp_avg, scalars, coupled):
+    """Cautious Lion (``FA_CAUTIOUS_LION_BODY``): counts ``sign(c) * g > 0``, then Lion's
+    step on ``sign(c) * (tensor_step where they agree, else 0)``."""
+    g, p = _prelude(param, grad, scalars, coupled)
+    b1, omb1, b2, omb2, step_size = _cast(param.dtype, scalars, "beta1", "one_minus_beta1",
+                                          "beta2", "one_minus_beta2", "step_size")  # fmt: skip
+    c = b1 * exp_avg + omb1 * g
+    one = param.dtype.type(1)
+    d = np.where(c > 0, one, np.where(c < 0, -one, c))
+    agree = d * g > 0
+
+    def write(tstep, tdecay):
+        zero = param.dtype.type(0)
+        masked = d * np.where(agree, param.dtype.type(tstep), zero)
+        param[...] = p - step_size * masked
+        exp_avg[...] = b2 * exp_avg + omb2 * g
+
+    return [agree.astype(np.float64)], write
+
+
+_TENSOR_KINDS: Dict[str, Callable[..., Any]] = {
+    "lamb": lamb_terms,
+    "stableadamw": stableadamw_terms,
+    "cautious_adam": cautious_adam_terms,
+    "cautious_amsgrad": cautious_adam_terms,
+    "cautious_lion": cautious_lion_terms,
+}
+
+
+def _tensor_step(kind, terms, pieces, hyper, scalars, n):
+    """Sum one tensor's phase 1 terms per piece, then over the pieces in order; its
+    scalars; the write of phase 2."""
+    quantities, write = terms
+    sums = []
+    for q in quantities:
+        q = q.reshape(-1)
+        total = 0.0
+        for lo, hi in pieces:
+            total += _piece_sum(q[lo:hi])
+        sums.append(total)
+    tstep, tdecay = tensor_scalars(hyper, kind, sums, n, scalars["lr"])
+    write(tstep, tdecay)
+
+
 # Loop kind -> (update function, number of state arrays it takes).
 _KINDS: Dict[str, Tuple[Callable[..., None], int]] = {
     "adam": (adam_update, 2),
@@ -750,7 +945,7 @@ def residual_decode(param, residual):
 
 @_quiet
 def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0, scales=None,
-        qsigned=None):  # fmt: skip
+        qsigned=None, hyper=None):  # fmt: skip
     """Run loop ``kind`` (a name of ``_kernels.LOOP_KINDS``) over a group, in place.
 
     ``slots`` is ``(params, None, states...)``, each a sequence over the group's params
@@ -761,9 +956,14 @@ def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0, sca
     absmax, ``qsigned[slot]`` its map) dequantized; the update runs on the master (or the
     param); then the state is rounded back (to nearest even) or requantized, and the param
     rounded from the master.
+
+    A per-tensor kind (LAMB, StableAdamW, cautious) also takes the group's ``hyper``
+    (``_algorithms.hyper_dict``): its tensors' scalars.
     """
     coupled = kind.endswith("_l2")
-    update, n_states = _KINDS[kind[:-3] if coupled else kind]
+    base = kind[:-3] if coupled else kind
+    tensor = _TENSOR_KINDS.get(base)
+    update, n_states = _KINDS[base] if tensor is None else (None, 0)
     params, states = slots[0], slots[2:]
     for k, (p, g) in enumerate(zip(params, grads)):
         p, g = np.asarray(p), np.asarray(g)
@@ -785,9 +985,19 @@ def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0, sca
             else a.astype(compute)
             for j, a in enumerate(stored)
         ]  # fmt: skip
-        if update is adam_update:
+        if tensor is not None:
+            if p.size == 0:  # no elements: no sums (n = 0), nothing to update
+                continue
+            if base == "cautious_amsgrad":  # the running maximum comes last
+                terms = tensor(target, g, *arrays[:2], scalars, coupled, arrays[2])
+            else:
+                terms = tensor(target, g, *arrays, scalars, coupled)
+            _tensor_step(kind, terms, tensor_pieces(p.size), hyper, scalars, p.size)
+        elif update is adam_update:
             arrays = arrays[:2] + [arrays[2] if n_states == 3 else None]
-        update(target, g, *arrays, scalars, coupled)
+            update(target, g, *arrays, scalars, coupled)
+        else:
+            update(target, g, *arrays, scalars, coupled)
         for j, (a, wide) in enumerate(zip(stored, arrays)):
             block_absmax = absmax[j]
             if block_absmax is not None:

@@ -58,6 +58,8 @@ __all__ = [
     "Adan",
     "AdamWScheduleFree",
     "RAdamScheduleFree",
+    "Lamb",
+    "StableAdamW",
     "Offload",
     "Optimizer",
 ]
@@ -1416,7 +1418,7 @@ class Adam(Optimizer):
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False,
                  num_threads=None, nonfinite="error", state_dtype=None,
-                 max_grad_norm=None, master="float32"):
+                 max_grad_norm=None, master="float32", cautious=False):
         self._setup(params, locals())
     # fmt: on
 
@@ -1431,7 +1433,8 @@ class AdamW(Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
                  differentiable=False, fused=None, num_threads=None, nonfinite="error",
-                 state_dtype=None, max_grad_norm=None, master="float32"):
+                 state_dtype=None, max_grad_norm=None, master="float32",
+                 cautious=False):
         self._setup(params, locals())
     # fmt: on
 
@@ -1504,7 +1507,7 @@ class Lion(Optimizer):
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=1e-3, *,
                  maximize=False, foreach=None, capturable=False, differentiable=False,
                  num_threads=None, nonfinite="error", state_dtype=None,
-                 max_grad_norm=None, master="float32"):
+                 max_grad_norm=None, master="float32", cautious=False):
         self._setup(params, locals())
     # fmt: on
 
@@ -1775,6 +1778,44 @@ class RAdamScheduleFree(AdamWScheduleFree):
     # fmt: on
 
 
+class Lamb(Optimizer):
+    """LAMB (:class:`fusedadam.Lamb` runs the step; timm's ``Lamb`` defaults, its
+    ``decoupled_decay`` named ``decoupled_weight_decay``, its global ``max_grad_norm=1.0``
+    not applied: ``max_grad_norm`` is the per-group rule of ``clip_grad_norm_``) for CPU
+    tensors. The state is timm's: ``exp_avg``, ``exp_avg_sq``."""
+
+    _inner_cls = _optim.Lamb
+
+    # fmt: off
+    def __init__(self, params, lr=1e-3, bias_correction=True, betas=(0.9, 0.999), eps=1e-6,
+                 weight_decay=1e-2, grad_averaging=True, max_grad_norm=None,
+                 trust_clip=False, always_adapt=False, *, decoupled_weight_decay=False,
+                 maximize=False, foreach=None, capturable=False, differentiable=False,
+                 num_threads=None, nonfinite="error", state_dtype=None, master="float32"):
+        self._setup(params, locals())
+    # fmt: on
+
+
+class StableAdamW(Optimizer):
+    """StableAdamW (:class:`fusedadam.StableAdamW` runs the step; torch-optimi's defaults,
+    its ``beta1, beta2`` as ``betas``) for CPU tensors. The state is ``exp_avg``,
+    ``exp_avg_sq`` (optimi also keeps ``eps_sq`` and a Kahan buffer; here a low-precision
+    param keeps a float32 master instead)."""
+
+    _inner_cls = _optim.StableAdamW
+
+    # fmt: off
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.99), weight_decay=1e-2, eps=1e-6,
+                 decouple_lr=False, max_lr=None, *, maximize=False, foreach=None,
+                 capturable=False, differentiable=False, num_threads=None,
+                 nonfinite="error", state_dtype=None, max_grad_norm=None,
+                 master="float32"):
+        if decouple_lr and max_lr is None and not callable(lr):
+            max_lr = lr  # optimi's rule: the lr at construction
+        self._setup(params, locals())
+    # fmt: on
+
+
 for _cls, _name in (
     (Adam, "torch.optim.Adam"),
     (AdamW, "torch.optim.AdamW"),
@@ -1787,6 +1828,8 @@ for _cls, _name in (
     (AdamAtan2, "adam_atan2_pytorch.AdamAtan2"),
     (AdamWScheduleFree, "schedulefree.AdamWScheduleFree"),
     (RAdamScheduleFree, "schedulefree.RAdamScheduleFree"),
+    (Lamb, "timm.optim.Lamb"),
+    (StableAdamW, "optimi.StableAdamW"),
 ):
     _doc(_cls, _name)
 del _cls, _name

@@ -139,6 +139,8 @@ static void init_scalars(void)
     fa_scalars s = {1.0, 0.0, 1.0, 0.9, 0.1, 0.999, 0.001, 1e-3, 1e-8, 0.0, 0.0};
     s.beta3 = 0.9999, s.one_minus_beta3 = 1e-4, s.slow_coef = 5e-3, s.diff_coef = 9e-4;
     s.prox = 1.0, s.first = 1.0;
+    /* the per-tensor kinds' fields (acc is set per call: check_dense) */
+    s.lr = 1e-3, s.v_floor = 1e-12, s.tensor_step = 0.75, s.tensor_decay = 0.999;
     scalar_sets[0] = s;
     s.sign = -1.0, s.weight_decay = 0.1, s.decay = 0.9999, s.step_size = 3.0517578125e-5;
     s.eps = 1e-6, s.eps_root = 1e-12, s.grad_coef = 0.02;
@@ -184,8 +186,19 @@ static void check_dense(void)
                             size_t off = shift * (dt == FA_DTYPE_f32 ? 4 : 8);
                             pb[a] = b + off, pg[a] = g + off;
                         }
-                        fa_get_loops(FA_ISA_baseline, dt)->dense[kind](pb, n, &scalar_sets[si]);
-                        fa_get_loops(row, dt)->dense[kind](pg, n, &scalar_sets[si]);
+                        /* the per-tensor kinds' phase 1 adds to lanes: one set per side */
+                        double acc_b[FA_TENSOR_SUMS * FA_TENSOR_LANES] = {0};
+                        double acc_g[FA_TENSOR_SUMS * FA_TENSOR_LANES] = {0};
+                        fa_scalars sb = scalar_sets[si], sg = scalar_sets[si];
+                        sb.acc = acc_b, sg.acc = acc_g;
+                        fa_get_loops(FA_ISA_baseline, dt)->dense[kind](pb, n, &sb);
+                        fa_get_loops(row, dt)->dense[kind](pg, n, &sg);
+                        {
+                            char what[64];
+                            snprintf(what, sizeof what, "%s %s set %d n %td lanes",
+                                     fa_dtype_names[dt], fa_kind_names[kind], si, n);
+                            same_f64(acc_b, acc_g, FA_TENSOR_SUMS * FA_TENSOR_LANES, what);
+                        }
                         for (int a = 0; a < A; a++) {
                             char what[64];
                             snprintf(what, sizeof what, "%s %s set %d n %td +%d array %d",

@@ -1045,6 +1045,14 @@ class ShardedOptimizer:
 def _check_shardable(group, gi):
     """Raise on the settings a sharded step cannot apply as the single-process one does
     (at construction, and at every step: a group edited later is refused as well)."""
+    if group.get("cautious") or "trust_clip" in group or "decouple_lr" in group:
+        # LAMB, StableAdamW and cautious masking reduce over each tensor; a rank holds a
+        # shard of a bucket, so the reduction would cover the wrong elements
+        raise ValueError(
+            f"param_groups[{gi}]: the per-tensor algorithms (Lamb, StableAdamW, "
+            "cautious=True) are not supported by ShardedOptimizer (each rank holds a shard, "
+            "not whole tensors)"
+        )
     if group.get("max_grad_norm") is not None:
         # Each inner optimizer sees one bucket of one rank: its norm is not the
         # group's, so clipping there would be silently wrong.

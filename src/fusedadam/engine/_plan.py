@@ -31,6 +31,7 @@ def check_group_hyper(group, defaults, where, n_betas=2):
     array) becomes the tuple of its values, so that editing it later cannot change a
     validated value behind the step's back."""
     _validation.check_hyperparameters(group, defaults, where, n_betas)
+    _validation.check_option_combinations(group, where)
     resolve_backend(group["backend"], where)
     betas = group.get("betas")
     if betas is not None and type(betas) is not tuple:

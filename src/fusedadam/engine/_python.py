@@ -249,6 +249,7 @@ class Engine:
                     plan.clip,
                     plan.scales,
                     plan.qsigned,
+                    plan.hyper,
                 )
                 plan.count()
                 if plan.installs is not None:
