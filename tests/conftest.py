@@ -220,31 +220,6 @@ def reference_package(module):
         pytest.skip(f"reference package {module!r} not installed ({error})")
 
 
-def timm_optim(name):
-    """``timm.optim.<name>`` (a reference for the parity tests), imported without running
-    ``timm/__init__.py``, which imports torchvision (not installed, not needed by the
-    optimizers): the ``timm`` and ``timm.optim`` packages are set up as bare namespace
-    modules when the plain import fails. Skips or fails as :func:`reference_package`."""
-    import importlib.util
-    import sys
-    import types
-
-    try:
-        return importlib.import_module(f"timm.optim.{name}")
-    except ImportError as error:
-        spec = importlib.util.find_spec("timm") if "timm" not in sys.modules else None
-        if spec is None or not spec.submodule_search_locations:
-            if os.environ.get("FUSEDADAM_REQUIRE_REFERENCES"):
-                raise
-            pytest.skip(f"reference package 'timm' not usable ({error})")
-        root = list(spec.submodule_search_locations)[0]
-        for module, path in (("timm", root), ("timm.optim", os.path.join(root, "optim"))):
-            package = types.ModuleType(module)
-            package.__path__ = [path]
-            sys.modules[module] = package
-        return importlib.import_module(f"timm.optim.{name}")
-
-
 def timm_optim(module):
     """``timm.optim.<module>`` without running ``timm/__init__.py`` (its imports need
     torchvision, which CI does not install; see ``benchmarks.peers.import_reference``).
