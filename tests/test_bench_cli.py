@@ -245,7 +245,7 @@ def test_every_algorithm_of_the_table_runs(tmp_path, capsys):
     for name in peers.ALGORITHMS:
         assert (name, "fusedadam") in timed and (name, "numpy") in timed
         assert (name, "fusedadam-kernel") in timed
-        assert (name, "roofline") in timed  # the probe moves 2k + 3 arrays for every k
+        assert (name, "roofline") in timed  # every arrays_moved has its probe (probe_shape)
 
 
 OFFLOAD_TINY = ["--models", "1000x64", "--threads", "1", "--repeats", "5", "--sample-ms", "1"]
@@ -330,3 +330,10 @@ def test_reference_peer_steps_the_package_class(monkeypatch):
     assert torch.get_num_threads() == 1
     fns = peers.build(["reference"], "adam", lambda: params, [np.ones(10, np.float32)], 1, notes)
     assert fns == {} and "no reference package" in peers.skipped(notes)[0]
+
+
+@pytest.mark.parametrize(
+    "arrays, states, scale", [(5, 1, 1.0), (7, 2, 1.0), (10, 3, 10 / 9), (11, 4, 1.0)]
+)
+def test_probe_shape_scales_even_counts_from_the_probe_below(arrays, states, scale):
+    assert peers.probe_shape(arrays) == (states, scale)

@@ -42,6 +42,7 @@ __all__ = [
     "PEERS",
     "build",
     "import_reference",
+    "probe_shape",
     "peer_versions",
     "skipped",
 ]
@@ -62,7 +63,8 @@ class Algorithm:
     arrays_moved : int
         Arrays read plus arrays written per element of a step (p, g, m, v in; p, m, v
         out is 7): the compulsory traffic GB/s is computed from, and the arrays the roofline
-        probe moves (2k + 3 for k state arrays).
+        probe moves (2k + 3 for k state arrays; an even count is scaled from the odd one
+        below it, see ``probe_shape``).
     torch_class : str or None
         Name in ``torch.optim``; None: no torch peer.
     deepspeed : dict or None
@@ -101,6 +103,24 @@ ALGORITHMS = {
     "adam_atan2": Algorithm("AdamAtan2", reference="adam_atan2_pytorch:AdamAtan2"),
     "ademamix": Algorithm("AdEMAMix", arrays_moved=9, reference="pytorch_optimizer:AdEMAMix"),
     "adan": Algorithm("Adan", arrays_moved=11, reference="timm.optim.adan:Adan"),
+    # per-tensor kinds on a tensor larger than a piece (16384 elements): phase 1 reads, then
+    # phase 2 reads and writes (docs/algorithms_per_tensor.md; smaller tensors move 7)
+    "lamb": Algorithm("Lamb", arrays_moved=11, reference="timm.optim.lamb:Lamb"),
+    "stableadamw": Algorithm("StableAdamW", arrays_moved=10, reference="optimi:StableAdamW"),
+    "cautious_adamw": Algorithm(
+        "AdamW",
+        {"weight_decay": WEIGHT_DECAY, "cautious": True},
+        arrays_moved=10,
+        reference="timm.optim.adamw:AdamWLegacy",
+        reference_options={"weight_decay": WEIGHT_DECAY, "caution": True},
+    ),
+    "cautious_lion": Algorithm(
+        "Lion",
+        {"cautious": True},
+        arrays_moved=7,
+        reference="timm.optim.lion:Lion",
+        reference_options={"caution": True},
+    ),
     "adamw_schedulefree": Algorithm(
         "AdamWScheduleFree", reference="schedulefree:AdamWScheduleFree"
     ),
@@ -185,6 +205,17 @@ def _torch_params(torch, params, grads):
     return tensors
 
 
+def probe_shape(arrays_moved):
+    """``(k, scale)``: the probe moves p, g and k states in and p and the k states out (2k + 3
+    arrays); an algorithm moving an even count (a per-tensor one's two passes: 10) is timed
+    against the probe of the count below it, its time scaled by ``scale`` = the ratio of the
+    two counts (the same bandwidth at its own bytes)."""
+    if arrays_moved < 5:
+        raise RuntimeError(f"the probe moves at least 5 arrays, not {arrays_moved}")
+    states = (arrays_moved - 3) // 2
+    return states, arrays_moved / (2 * states + 3)
+
+
 def import_reference(module):
     """Import a reference package's module. ``timm.optim.*`` is loaded without running
     ``timm/__init__.py``, whose imports need torchvision (the optimizers do not): timm's
@@ -242,10 +273,7 @@ def _build_one(name, algorithm, params, grads, n_threads):
         optimizer = _optimizer(algorithm, params, n_threads, "compiled")
         return roofline.kernel_step(optimizer, grads)
     if name in ("roofline", "roofline 1 thread"):
-        # p, g and k states read, p and the k states written: 2k + 3 arrays
-        states, odd = divmod(algorithm.arrays_moved - 3, 2)
-        if odd or states < 1:
-            raise RuntimeError(f"the probe moves 2k + 3 arrays, not {algorithm.arrays_moved}")
+        states, _ = probe_shape(algorithm.arrays_moved)
         threads = 1 if name == "roofline 1 thread" else n_threads
         return roofline.roofline_step(params, grads, states, threads)
     if name.startswith("torch-"):

@@ -132,7 +132,9 @@ def run_case(case, args, notes):
             )
         )
     res = timing.measure_interleaved(fns, args.repeats, args.sample_ms / 1000)
-    traffic = peers.ALGORITHMS[case.algorithm].arrays_moved * itemsize * n
+    arrays_moved = peers.ALGORITHMS[case.algorithm].arrays_moved
+    traffic = arrays_moved * itemsize * n
+    scale = peers.probe_shape(arrays_moved)[1] if arrays_moved >= 5 else 1.0
     roof = res.get("roofline", {}).get("median")
     floor = res.get("roofline 1 thread", {}).get("median")
     if roof and floor and floor < roof:
@@ -142,6 +144,8 @@ def run_case(case, args, notes):
             "one-thread probe"
         )
         roof = floor
+    if roof:
+        roof *= scale  # the probe's bandwidth at the algorithm's own bytes
     rows = []
     for impl, r in res.items():
         rows.append(
