@@ -104,7 +104,7 @@ def _check_clip_exp(value, where):
 def _check_warmup_steps(value, where):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{where}Invalid warmup_steps value: {value!r} (expected an int >= 0)")
-    if not 0 <= value < MAX_STEP:
+    if not 0 <= int(value) < MAX_STEP:
         raise ValueError(f"{where}Invalid warmup_steps value: {value} (must be >= 0)")
 
 

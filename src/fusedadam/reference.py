@@ -997,6 +997,7 @@ def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0, sca
             arrays = arrays[:2] + [arrays[2] if n_states == 3 else None]
             update(target, g, *arrays, scalars, coupled)
         else:
+            assert update is not None  # a dense kind (the per-tensor ones took the branch above)
             update(target, g, *arrays, scalars, coupled)
         for j, (a, wide) in enumerate(zip(stored, arrays)):
             block_absmax = absmax[j]
