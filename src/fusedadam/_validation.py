@@ -105,7 +105,7 @@ def _check_warmup_steps(value, where):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{where}Invalid warmup_steps value: {value!r} (expected an int >= 0)")
     if not 0 <= int(value) < MAX_STEP:
-        raise ValueError(f"{where}Invalid warmup_steps value: {value} (must be >= 0)")
+        raise ValueError(f"{where}Invalid warmup_steps value: {value} (must be in [0, 2**53))")
 
 
 def check_schedule_free_beta1(betas, where=""):
