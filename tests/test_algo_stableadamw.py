@@ -122,6 +122,8 @@ def test_decouple_lr_takes_the_construction_lr():
     assert opt.param_groups[0]["max_lr"] == 0.03
     with pytest.raises(ValueError, match="decouple_lr=True needs max_lr"):
         fa.StableAdamW([np.ones(2)], lr=lambda t: 0.1, decouple_lr=True).step([np.ones(2)])
+    with pytest.raises(ValueError, match="decouple_lr=True needs max_lr"):
+        fa.StableAdamW([np.ones(2)], lr=0.0, decouple_lr=True)
 
 
 @pytest.mark.parametrize(

@@ -257,6 +257,15 @@ def _check_max_lr(value, where):
         raise ValueError(f"{where}Invalid max_lr value: {value} (must be finite and > 0)")
 
 
+def stable_adamw_max_lr(lr, decouple_lr, max_lr):
+    """StableAdamW's ``max_lr`` as torch-optimi sets it: with ``decouple_lr`` and no
+    ``max_lr``, the lr given at construction when it is a positive number (a schedule, a
+    tensor or 0 leaves it None, which ``check_option_combinations`` then refuses)."""
+    if decouple_lr and max_lr is None and _is_real(lr) and lr > 0:
+        return float(lr)
+    return max_lr
+
+
 def check_option_combinations(group, where=""):
     """The rules between one group's options (each already valid on its own)."""
     if group.get("decouple_lr") and group.get("max_lr") is None:

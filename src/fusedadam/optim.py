@@ -1018,8 +1018,7 @@ class StableAdamW(Optimizer):
                  backend: Backend = "auto", nonfinite: NonFinite = "error",
                  state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
                  max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
-        if decouple_lr and max_lr is None and not callable(lr):
-            max_lr = lr  # optimi's rule: the lr at construction
+        max_lr = _validation.stable_adamw_max_lr(lr, decouple_lr, max_lr)
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on
 

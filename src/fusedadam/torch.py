@@ -1810,8 +1810,7 @@ class StableAdamW(Optimizer):
                  capturable=False, differentiable=False, num_threads=None,
                  nonfinite="error", state_dtype=None, max_grad_norm=None,
                  master="float32"):
-        if decouple_lr and max_lr is None and not callable(lr):
-            max_lr = lr  # optimi's rule: the lr at construction
+        max_lr = _validation.stable_adamw_max_lr(lr, decouple_lr, max_lr)
         self._setup(params, locals())
     # fmt: on
 
