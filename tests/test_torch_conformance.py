@@ -200,7 +200,7 @@ def _assert_same_layout(ours, theirs, scalars32=False):
             assert key in g, key
             assert g[key] == value, key
         extra = set(g) - set(r)
-        options = {"num_threads", "nonfinite", "state_dtype", "max_grad_norm", "master"}
+        options = {"num_threads", "nonfinite", "state_dtype", "max_grad_norm", "master", "cautious"}
         assert extra <= options, extra
 
 
