@@ -64,6 +64,7 @@ VARIANTS = {
         fa.ADOPT,
         {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True, "clip_exp": None},
     ),
+    "adopt_cautious_l2": (fa.ADOPT, {"weight_decay": 0.1, "cautious": True}),
     "adam_atan2": (fa.AdamAtan2, {"lr": 1e-3}),
     "adam_atan2_decay_maximize": (
         fa.AdamAtan2,

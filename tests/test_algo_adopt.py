@@ -58,6 +58,15 @@ TIMM_SETTINGS = {
         "betas": (0.8, 0.99),
         "eps": 1e-3,
     },  # fmt: skip
+    "cautious_l2": {"lr": 1e-2, "weight_decay": 0.1, "cautious": True},
+    "cautious_decoupled_maximize": {
+        "lr": 1e-2,
+        "weight_decay": 0.2,
+        "decoupled_weight_decay": True,
+        "maximize": True,
+        "cautious": True,
+        "betas": (0.8, 0.99),
+    },  # fmt: skip
     "decoupled_maximize_noclip": {
         "lr": 1e-2,
         "weight_decay": 0.2,
@@ -75,8 +84,8 @@ TIMM_SETTINGS = {
 def test_parity_with_timm_adopt(setting, backend, foreach):
     Adopt = timm_optim("adopt").Adopt
     options = TIMM_SETTINGS[setting]
-    theirs = {k: v for k, v in options.items() if k != "decoupled_weight_decay"}
-    theirs["decoupled"] = options.get("decoupled_weight_decay", False)
+    renamed = {"decoupled_weight_decay": "decoupled", "cautious": "caution"}
+    theirs = {renamed.get(k, k): v for k, v in options.items()}
     _parity(lambda ps: Adopt(ps, foreach=foreach, **theirs), options, backend=backend)
 
 

@@ -255,6 +255,7 @@ DEFAULTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
             "decoupled_weight_decay": False,
             "maximize": False,
             **_SHARED,
+            "cautious": False,
         },
     ),
     # adam_atan2_pytorch.AdamAtan2's defaults.

@@ -93,7 +93,9 @@ enum { FA_PARAM = 0, FA_GRAD = 1, FA_STATE0 = 2, FA_MAX_STATES = 4,
     Y(X, cautious_adam_l2, FA_CAUTIOUS_ADAM_BODY, 1, __VA_ARGS__)                     \
     Y(X, cautious_amsgrad, FA_CAUTIOUS_AMSGRAD_BODY, 0, __VA_ARGS__)                  \
     Y(X, cautious_amsgrad_l2, FA_CAUTIOUS_AMSGRAD_BODY, 1, __VA_ARGS__)               \
-    Y(X, cautious_lion, FA_CAUTIOUS_LION_BODY, 0, __VA_ARGS__)
+    Y(X, cautious_lion, FA_CAUTIOUS_LION_BODY, 0, __VA_ARGS__) \
+    Y(X, cautious_adopt, FA_CAUTIOUS_ADOPT_BODY, 0, __VA_ARGS__)                      \
+    Y(X, cautious_adopt_l2, FA_CAUTIOUS_ADOPT_BODY, 1, __VA_ARGS__)
 #define FA_TENSOR_X(X, name, body, COUPLED, ...)                                     \
     X(sum_##name, body, COUPLED, FA_SUM, __VA_ARGS__) X(name, body, COUPLED, 0, __VA_ARGS__)
 
@@ -682,6 +684,36 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
                 }                                                                    \
                 T masked = m * (agree ? tstep : (T)0);                               \
                 FA_DIVIDED_STEP(T, SQRT, step_size * masked, v)                      \
+            })                                                                       \
+    }
+
+/* Cautious ADOPT (timm's Adopt(caution=True)): ADOPT's later step (FA_ADOPT_BODY) with
+ * the momentum masked where m * g <= 0 and the rest scaled by tensor_step; m and v are
+ * stored unmasked. Step 1 (adopt_first) has no mask, as in timm. */
+#define FA_CAUTIOUS_ADOPT_BODY(T, SQRT, FABS, COUPLED, SUM)                          \
+    {                                                                                \
+        FA_PRELUDE(T, COUPLED)                                                       \
+        FA_MOMENTS_DECL(T)                                                           \
+        const T step_size = (T)s->step_size, eps = (T)s->eps;                        \
+        const T clip = (T)s->clip, neg_clip = -clip;                                 \
+        const T tstep = (T)s->tensor_step;                                           \
+        FA_TENSOR_LOOP(SUM, 1,                                                       \
+            FA_GRAD_AND_PARAM(T, COUPLED)                                            \
+            T v = v_[i];                                                             \
+            T denom = SQRT(v);                                                       \
+            denom = FA_MAX_BOUND(denom, eps);                                        \
+            T normed = g / denom;                                                    \
+            normed = FA_MAX_BOUND(normed, neg_clip);                                 \
+            normed = FA_MIN_BOUND(normed, clip);                                     \
+            T m = b1 * m_[i] + omb1 * normed;                                        \
+            const int agree = m * g > (T)0;                                          \
+            if (SUM) {                                                               \
+                q[0][ii] = agree ? 1.0 : 0.0;                                        \
+            } else {                                                                 \
+                m_[i] = m;                                                           \
+                T masked = m * (agree ? tstep : (T)0);                               \
+                p_[i] = p - step_size * masked;                                      \
+                v_[i] = b2 * v + omb2 * g * g;                                       \
             })                                                                       \
     }
 

@@ -245,7 +245,8 @@ static int fa_step_scalars(const fa_hyper *h, double t, double lr, const double 
             kind = coupled ? FA_KIND_adopt_first_l2 : FA_KIND_adopt_first;
         } else {
             s->clip = h->adopt_clip ? pow(t - 1.0, h->clip_exp) : HUGE_VAL;
-            kind = coupled ? FA_KIND_adopt_l2 : FA_KIND_adopt;
+            if (h->cautious) kind = coupled ? FA_KIND_cautious_adopt_l2 : FA_KIND_cautious_adopt;
+            else kind = coupled ? FA_KIND_adopt_l2 : FA_KIND_adopt;
         }
         break;
     case FA_ALGO_adam_atan2:

@@ -1265,8 +1265,10 @@ class ADOPT(Optimizer):
     No bias correction. The defaults and the clip ``(t - 1)**clip_exp`` are timm's
     (``clip_exp=0.333``); the paper's and pytorch-optimizer's clip is ``t**0.25``, and
     pytorch-optimizer also decays the param at step 1 (docs/algorithms_adopt_atan2.md).
-    timm's ``decoupled`` is ``decoupled_weight_decay`` here; its ``caution`` and
-    ``corrected_weight_decay`` options are not offered.
+    timm's ``decoupled`` is ``decoupled_weight_decay`` here and its ``caution`` is
+    ``cautious`` (from step 2, ``m`` masked where ``m * g <= 0`` and the rest scaled by
+    ``1 / max(mean(mask), 1e-3)`` per tensor, as timm; ``m`` is stored unmasked); its
+    ``corrected_weight_decay`` is not offered.
     """
 
     algorithm = _algorithms.ALGORITHMS["adopt"]
@@ -1278,7 +1280,8 @@ class ADOPT(Optimizer):
                  maximize: bool = False, num_threads: Threads = None,
                  backend: Backend = "auto", nonfinite: NonFinite = "error",
                  state_dtype: StateDtype = None, grad_scale: GradScale = 1.0,
-                 max_grad_norm: Optional[float] = None, master: Master = "float32") -> None:
+                 max_grad_norm: Optional[float] = None, master: Master = "float32",
+                 cautious: bool = False) -> None:
         super().__init__(params, _hyperparameters(locals()))
     # fmt: on
 

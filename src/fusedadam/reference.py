@@ -232,7 +232,7 @@ def _step_scalars(hyper, t, lr, carry):
             kind = "adopt_first" + suffix
         else:
             s["clip"] = (t - 1.0) ** h["clip_exp"] if h["adopt_clip"] else math.inf
-            kind = "adopt" + suffix
+            kind = ("cautious_adopt" if h["cautious"] else "adopt") + suffix
     elif algorithm == "adam_atan2":
         s["step_size"] = lr * h["atan2_a"]
         s["eps"] = 0.0
@@ -776,12 +776,39 @@ def cautious_lion_terms(param, grad, exp_avg, scalars, coupled):
     return [agree.astype(np.float64)], write
 
 
+@_quiet
+def cautious_adopt_terms(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
+    """Cautious ADOPT (``FA_CAUTIOUS_ADOPT_BODY``): counts ``m * g > 0`` with ADOPT's new
+    ``m``, then ADOPT's step on ``m * (tensor_step where they agree, else 0)``; ``m`` and ``v``
+    are stored unmasked."""
+    g, p = _prelude(param, grad, scalars, coupled)
+    names = ("beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "step_size", "eps",
+             "clip")  # fmt: skip
+    b1, omb1, b2, omb2, step_size, eps, clip = _cast(param.dtype, scalars, *names)
+    denom = np.maximum(np.sqrt(exp_avg_sq), eps)
+    normed = np.minimum(np.maximum(g / denom, -clip), clip)
+    m = b1 * exp_avg + omb1 * normed
+    agree = m * g > 0
+
+    def write(tstep, tdecay):
+        zero = param.dtype.type(0)
+        masked = m * np.where(agree, param.dtype.type(tstep), zero)
+        exp_avg[...] = m
+        param[...] = p - step_size * masked
+        g_sq = omb2 * g
+        g_sq *= g
+        exp_avg_sq[...] = b2 * exp_avg_sq + g_sq
+
+    return [agree.astype(np.float64)], write
+
+
 _TENSOR_KINDS: Dict[str, Callable[..., Any]] = {
     "lamb": lamb_terms,
     "stableadamw": stableadamw_terms,
     "cautious_adam": cautious_adam_terms,
     "cautious_amsgrad": cautious_adam_terms,
     "cautious_lion": cautious_lion_terms,
+    "cautious_adopt": cautious_adopt_terms,
 }
 
 

@@ -1515,8 +1515,8 @@ class Lion(Optimizer):
 class ADOPT(Optimizer):
     """ADOPT (:class:`fusedadam.ADOPT` runs the step; timm's ``Adopt`` defaults and clip)
     for CPU tensors. The state is ``exp_avg``, ``exp_avg_sq`` as timm's; timm's
-    ``decoupled`` is ``decoupled_weight_decay`` here, and its ``caution`` and
-    ``corrected_weight_decay`` are not offered."""
+    ``decoupled`` is ``decoupled_weight_decay`` here, its ``caution`` is ``cautious``, and
+    its ``corrected_weight_decay`` is not offered."""
 
     _inner_cls = _optim.ADOPT
 
@@ -1524,7 +1524,8 @@ class ADOPT(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.9999), eps=1e-6, clip_exp=0.333,
                  weight_decay=0.0, decoupled_weight_decay=False, *, maximize=False,
                  foreach=None, capturable=False, differentiable=False, num_threads=None,
-                 nonfinite="error", state_dtype=None, max_grad_norm=None, master="float32"):
+                 nonfinite="error", state_dtype=None, max_grad_norm=None, master="float32",
+                 cautious=False):
         self._setup(params, locals())
     # fmt: on
 
