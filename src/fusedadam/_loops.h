@@ -524,9 +524,10 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
 /* Bandwidth probe with a step's memory traffic and trivial arithmetic: read p, g and the
  * state arrays given (the first k state slots that are set, k = 1 .. FA_MAX_SLOTS - 2),
  * write p and them, in one pass. The fastest the memory system can run a step moving those
- * bytes (Lion: 1 state array, Adam: 2, AMSGrad: 3, ...). One loop per k, so each is
- * vectorised as a step's loop is. */
+ * bytes (Lion: 1 state array, Adam: 2, AMSGrad: 3, Adan: 4). One loop per k, each
+ * vectorised as a step's loop is (FA_NO_OVERLAP: with six arrays gcc would not). */
 #define FA_PROBE_LOOP(T, STATES)                                                     \
+    FA_NO_OVERLAP                                                                    \
     for (ptrdiff_t i = 0; i < n; i++) {                                              \
         T g = g_[i];                                                                 \
         STATES                                                                       \
