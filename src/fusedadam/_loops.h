@@ -349,6 +349,17 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
         }                                                                            \
     }
 
+/* ADOPT's new momentum from the previous v (read into v): the gradient normalised by
+ * max(sqrt(v), eps), clipped to [-clip, clip], averaged into m. */
+#define FA_ADOPT_MOMENTUM(T, SQRT)                                                   \
+    T v = v_[i];                                                                     \
+    T denom = SQRT(v);                                                               \
+    denom = FA_MAX_BOUND(denom, eps);                                                \
+    T normed = g / denom;                                                            \
+    normed = FA_MAX_BOUND(normed, neg_clip);                                         \
+    normed = FA_MIN_BOUND(normed, clip);                                             \
+    T m = b1 * m_[i] + omb1 * normed;
+
 /* ADOPT's later steps: the gradient normalised by the PREVIOUS second moment, clipped,
  * then the momentum, the step, and only then the second moment's update:
  *     n = clamp(g / max(sqrt(v), eps), -clip, clip),  m = b1 m + (1 - b1) n,
@@ -361,13 +372,7 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
         const T clip = (T)s->clip, neg_clip = -clip;                                 \
         for (ptrdiff_t i = 0; i < n; i++) {                                          \
             FA_GRAD_AND_PARAM(T, COUPLED)                                            \
-            T v = v_[i];                                                             \
-            T denom = SQRT(v);                                                       \
-            denom = FA_MAX_BOUND(denom, eps);                                        \
-            T normed = g / denom;                                                    \
-            normed = FA_MAX_BOUND(normed, neg_clip);                                 \
-            normed = FA_MIN_BOUND(normed, clip);                                     \
-            T m = b1 * m_[i] + omb1 * normed;                                        \
+            FA_ADOPT_MOMENTUM(T, SQRT)                                               \
             m_[i] = m;                                                               \
             p_[i] = p - step_size * m;                                               \
             v_[i] = b2 * v + omb2 * g * g;                                           \
@@ -700,13 +705,7 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
         const T tstep = (T)s->tensor_step;                                           \
         FA_TENSOR_LOOP(SUM, 1,                                                       \
             FA_GRAD_AND_PARAM(T, COUPLED)                                            \
-            T v = v_[i];                                                             \
-            T denom = SQRT(v);                                                       \
-            denom = FA_MAX_BOUND(denom, eps);                                        \
-            T normed = g / denom;                                                    \
-            normed = FA_MAX_BOUND(normed, neg_clip);                                 \
-            normed = FA_MIN_BOUND(normed, clip);                                     \
-            T m = b1 * m_[i] + omb1 * normed;                                        \
+            FA_ADOPT_MOMENTUM(T, SQRT)                                               \
             const int agree = m * g > (T)0;                                          \
             if (SUM) {                                                               \
                 q[0][ii] = agree ? 1.0 : 0.0;                                        \
