@@ -23,7 +23,7 @@ def grads_for(rng, shapes, steps, dtype=np.float64):
 def parity(make_ours, make_theirs, shapes=PARITY, steps=100, seed=0, rtol=1e-10):
     """``steps`` float64 steps of our NumPy-front-end optimizer and of the reference package's
     torch optimizer from the same params and gradients: every param to ``rtol``."""
-    import torch
+    torch = pytest.importorskip("torch")
 
     rng = np.random.default_rng(seed)
     ours = [rng.standard_normal(s) for s in shapes]
@@ -84,7 +84,7 @@ def compiled_is_reference(cls, options, dtype=np.float64, **extra):
 
 def torch_is_numpy(torch_cls, cls, options, steps=5):
     """The torch front end's step is the NumPy front end's, bit for bit."""
-    import torch
+    torch = pytest.importorskip("torch")
 
     rng = np.random.default_rng(2)
     params = [rng.standard_normal(s) for s in SMALL]

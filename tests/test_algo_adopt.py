@@ -337,7 +337,7 @@ def ft():
                                      {"weight_decay": 0.1, "decoupled_weight_decay": True,
                                       "maximize": True}])  # fmt: skip
 def test_torch_front_end_is_the_numpy_one_bit_for_bit(options, ft):
-    import torch
+    torch = pytest.importorskip("torch")
 
     gen = torch.Generator().manual_seed(7)
     ours = [torch.randn(s, generator=gen, requires_grad=True) for s in [(9, 3), (5,)]]
@@ -359,7 +359,7 @@ def test_torch_front_end_is_the_numpy_one_bit_for_bit(options, ft):
 def test_torch_state_dict_loads_from_timm_and_resumes(ft):
     """A timm Adopt checkpoint (float tensor ``step``) loads into fusedadam.torch.ADOPT and
     the next steps agree with timm's to rtol 1e-10 (float64)."""
-    import torch
+    torch = pytest.importorskip("torch")
 
     Adopt = timm_optim("adopt").Adopt
     gen = torch.Generator().manual_seed(8)

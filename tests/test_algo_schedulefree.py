@@ -143,7 +143,7 @@ def test_torch_front_end_frozen_params_follow_the_package():
     weight_sum per group and counts every step)."""
     schedulefree = reference_package("schedulefree")
     torch = pytest.importorskip("torch")
-    import fusedadam.torch as fat
+    fat = pytest.importorskip("fusedadam.torch")
 
     options = {"lr": 0.01, "warmup_steps": 5, "weight_decay": 0.01, "r": 1.0}
     ps = _params(3)
@@ -410,7 +410,7 @@ def test_state_dict_round_trip_in_either_mode(mode, backend):
 
 def test_torch_state_dict_round_trip_in_eval_mode():
     torch = pytest.importorskip("torch")
-    import fusedadam.torch as fat
+    fat = pytest.importorskip("fusedadam.torch")
 
     rng = np.random.default_rng(10)
     ps = [torch.tensor(p) for p in _params(11)]
@@ -445,7 +445,7 @@ def test_torch_state_dict_round_trip_in_eval_mode():
 
 def _bits(tensor):
     """The bytes of a tensor (bfloat16 included)."""
-    import torch
+    torch = pytest.importorskip("torch")
 
     if tensor.numel() == 0:
         return b""
@@ -456,7 +456,7 @@ def _bits(tensor):
 @pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
 def test_torch_front_end_equals_numpy_front_end(dtype, cls_name):
     torch = pytest.importorskip("torch")
-    import fusedadam.torch as fat
+    fat = pytest.importorskip("fusedadam.torch")
 
     np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
     rng = np.random.default_rng(12)
@@ -548,7 +548,7 @@ def test_bad_train_mode_entry():
 
 def test_torch_bad_hyperparameters_refused_by_name():
     torch = pytest.importorskip("torch")
-    import fusedadam.torch as fat
+    fat = pytest.importorskip("fusedadam.torch")
 
     with pytest.raises(ValueError, match="Invalid warmup_steps value: -2"):
         fat.AdamWScheduleFree([torch.zeros(2)], warmup_steps=-2)
@@ -560,7 +560,7 @@ def test_torch_step_that_raises_leaves_a_joining_param_without_state():
     """A param whose first gradient arrives late gets its state with the step: when the
     step raises (a NaN gradient elsewhere), nothing has changed, that state included."""
     torch = pytest.importorskip("torch")
-    import fusedadam.torch as fat
+    fat = pytest.importorskip("fusedadam.torch")
 
     ps = [torch.ones(4), torch.ones(3)]
     opt = fat.AdamWScheduleFree(ps, lr=0.1)
