@@ -12,12 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
 
-want_torch="2.13.0"
-torch_version() { python -c "import torch; print(torch.__version__.split('+')[0])"; }
-if [ "$(torch_version)" != "$want_torch" ]; then
-    echo "ci_engines: expected torch $want_torch before installing the engines" >&2
-    exit 1
-fi
+# shellcheck source=tools/torch_pin.sh
+. tools/torch_pin.sh
+require_torch ci_engines "expected torch $want_torch before installing the engines"
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
@@ -34,10 +31,7 @@ pip install -c "$tmp/constraints.txt" \
     "lightning-utilities==0.15.3" typing-extensions "fsspec>=2022.5" \
     einops hjson msgpack ninja py-cpuinfo "pydantic>=2"
 
-if [ "$(torch_version)" != "$want_torch" ]; then
-    echo "ci_engines: installing the engines changed torch to $(torch_version)" >&2
-    exit 1
-fi
+require_torch ci_engines "installing the engines changed torch"
 python -c "import transformers, accelerate, lightning, deepspeed" 2>/dev/null || {
     echo "ci_engines: an engine does not import" >&2
     python -c "import transformers, accelerate, lightning, deepspeed"

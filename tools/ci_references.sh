@@ -11,12 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
 
-want_torch="2.13.0"
-torch_version() { python -c "import torch; print(torch.__version__.split('+')[0])"; }
-if [ "$(torch_version)" != "$want_torch" ]; then
-    echo "ci_references: expected torch $want_torch before installing the references" >&2
-    exit 1
-fi
+# shellcheck source=tools/torch_pin.sh
+. tools/torch_pin.sh
+require_torch ci_references "expected torch $want_torch before installing the references"
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
@@ -30,10 +27,7 @@ echo "== their other requirements and optax (a torch==$want_torch constraint gua
 pip install -c "$tmp/constraints.txt" "optax==0.2.8" einops huggingface-hub safetensors pyyaml \
     typing-extensions
 
-if [ "$(torch_version)" != "$want_torch" ]; then
-    echo "ci_references: installing the references changed torch to $(torch_version)" >&2
-    exit 1
-fi
+require_torch ci_references "installing the references changed torch"
 
 echo "== parity with the reference packages (float64, 100 steps, rtol 1e-10)"
 FUSEDADAM_REQUIRE_REFERENCES=1 python -m pytest -p no:cacheprovider -rs --durations=10 \
