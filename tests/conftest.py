@@ -228,3 +228,59 @@ def timm_optim(module):
     if importlib.util.find_spec("timm") is None:
         return reference_package("timm")  # raises in CI, skips here
     return import_reference(f"timm.optim.{module}")
+
+
+def torch_steps_like_numpy(name, options, dtype, backend, state_names):
+    """``fusedadam.torch.<name>`` steps two params (float32, float64 or bfloat16 tensors) six
+    times exactly as ``fusedadam.<name>`` steps the same data: params and ``state_names``."""
+    torch = pytest.importorskip("torch")
+    fat = pytest.importorskip("fusedadam.torch")
+    rng = np.random.default_rng(4)
+    shapes = [(4, 5), (9,)]
+    start = [torch.from_numpy(rng.standard_normal(s)).to(dtype) for s in shapes]
+    grads = [[torch.from_numpy(rng.standard_normal(s)).to(dtype) for s in shapes] for _ in range(6)]
+    tparams = [torch.nn.Parameter(x.clone()) for x in start]
+    topt = getattr(fat, name)(tparams, **options)
+    if dtype == torch.bfloat16:
+        import ml_dtypes
+
+        nparams = [x.view(torch.uint16).numpy().view(ml_dtypes.bfloat16).copy() for x in start]
+        as_np = lambda g: g.view(torch.uint16).numpy().view(ml_dtypes.bfloat16)  # noqa: E731
+    else:
+        nparams = [x.numpy().copy() for x in start]
+        as_np = lambda g: g.numpy()  # noqa: E731
+    nopt = getattr(fa, name)(nparams, backend=backend, **options)
+    for step_grads in grads:
+        for p, g in zip(tparams, step_grads):
+            p.grad = g.clone()
+        topt.step()
+        nopt.step([as_np(g) for g in step_grads])
+    for tp, np_p in zip(tparams, nparams):
+        got = tp.detach()
+        got = got.view(torch.uint16).numpy() if dtype == torch.bfloat16 else got.numpy()
+        want = np_p.view(np.uint16) if dtype == torch.bfloat16 else np_p
+        np.testing.assert_array_equal(got, want)
+        for k in state_names:
+            np.testing.assert_array_equal(topt.state[tp][k].numpy(), nopt.state[np_p][k])
+
+
+def torch_twenty_steps_like_numpy(name, options):
+    """``fusedadam.torch.<name>`` and ``fusedadam.<name>`` take 20 steps of seeded float32
+    gradients (lr 1e-2): the params and both moments agree byte for byte."""
+    torch = pytest.importorskip("torch")
+    ft = pytest.importorskip("fusedadam.torch")
+    gen = torch.Generator().manual_seed(7)
+    ours = [torch.randn(s, generator=gen, requires_grad=True) for s in [(9, 3), (5,)]]
+    arrays = [p.detach().numpy().copy() for p in ours]
+    opt = getattr(ft, name)(ours, lr=1e-2, **options)
+    ref = getattr(fa, name)(arrays, lr=1e-2, **options)
+    for _ in range(20):
+        grads = [torch.randn(p.shape, generator=gen) for p in ours]
+        for p, g in zip(ours, grads):
+            p.grad = g.clone()
+        opt.step()
+        ref.step([g.numpy() for g in grads])
+    for p, a in zip(ours, arrays):
+        assert p.detach().numpy().tobytes() == a.tobytes()
+        for state in ("exp_avg", "exp_avg_sq"):
+            assert opt.state[p][state].numpy().tobytes() == ref.state[a][state].tobytes()

@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 import fusedadam as fa
 from fusedadam import reference
-from conftest import BACKENDS, assert_unchanged, reference_package, requires_compiled, snapshot
+from conftest import (
+    BACKENDS,
+    assert_unchanged,
+    reference_package,
+    requires_compiled,
+    snapshot,
+    torch_twenty_steps_like_numpy,
+)
 
 SHAPES = [(7,), (33, 5), (1,), (0,)]
 
@@ -379,24 +386,8 @@ def ft():
 
 @pytest.mark.parametrize("options", [{}, {"weight_decay": 0.1, "a": 0.7, "b": 3.0,
                                           "maximize": True}])  # fmt: skip
-def test_torch_front_end_is_the_numpy_one_bit_for_bit(options, ft):
-    torch = pytest.importorskip("torch")
-
-    gen = torch.Generator().manual_seed(7)
-    ours = [torch.randn(s, generator=gen, requires_grad=True) for s in [(9, 3), (5,)]]
-    arrays = [p.detach().numpy().copy() for p in ours]
-    opt = ft.AdamAtan2(ours, lr=1e-2, **options)
-    ref = fa.AdamAtan2(arrays, lr=1e-2, **options)
-    for _ in range(20):
-        grads = [torch.randn(p.shape, generator=gen) for p in ours]
-        for p, g in zip(ours, grads):
-            p.grad = g.clone()
-        opt.step()
-        ref.step([g.numpy() for g in grads])
-    for p, a in zip(ours, arrays):
-        assert p.detach().numpy().tobytes() == a.tobytes()
-        for name in ("exp_avg", "exp_avg_sq"):
-            assert opt.state[p][name].numpy().tobytes() == ref.state[a][name].tobytes()
+def test_torch_front_end_is_the_numpy_one_bit_for_bit(options):
+    torch_twenty_steps_like_numpy("AdamAtan2", options)
 
 
 def test_torch_front_end_trains_like_the_reference_package(ft):

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 import fusedadam as fa
 from fusedadam import _algorithms, reference
-from conftest import BACKENDS, assert_unchanged, requires_compiled, snapshot, timm_optim
+from conftest import (
+    BACKENDS,
+    assert_unchanged,
+    requires_compiled,
+    snapshot,
+    timm_optim,
+    torch_steps_like_numpy,
+)
 
 torch = pytest.importorskip("torch")  # the parity references are torch optimizers
 import fusedadam.torch as fat  # noqa: E402
@@ -181,33 +188,7 @@ def test_compiled_is_the_reference_bit_for_bit(
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_torch_front_end_is_the_numpy_one(dtype, backend):
     options = dict(lr=1e-2, weight_decay=0.1)
-    rng = np.random.default_rng(4)
-    shapes = [(4, 5), (9,)]
-    start = [torch.from_numpy(rng.standard_normal(s)).to(dtype) for s in shapes]
-    grads = [[torch.from_numpy(rng.standard_normal(s)).to(dtype) for s in shapes] for _ in range(6)]
-    tparams = [torch.nn.Parameter(x.clone()) for x in start]
-    topt = fat.Adan(tparams, **options)
-    if dtype == torch.bfloat16:
-        import ml_dtypes
-
-        nparams = [x.view(torch.uint16).numpy().view(ml_dtypes.bfloat16).copy() for x in start]
-        as_np = lambda g: g.view(torch.uint16).numpy().view(ml_dtypes.bfloat16)  # noqa: E731
-    else:
-        nparams = [x.numpy().copy() for x in start]
-        as_np = lambda g: g.numpy()  # noqa: E731
-    nopt = fa.Adan(nparams, backend=backend, **options)
-    for step_grads in grads:
-        for p, g in zip(tparams, step_grads):
-            p.grad = g.clone()
-        topt.step()
-        nopt.step([as_np(g) for g in step_grads])
-    for tp, np_p in zip(tparams, nparams):
-        got = tp.detach()
-        got = got.view(torch.uint16).numpy() if dtype == torch.bfloat16 else got.numpy()
-        want = np_p.view(np.uint16) if dtype == torch.bfloat16 else np_p
-        np.testing.assert_array_equal(got, want)
-        for k in STATE:
-            np.testing.assert_array_equal(topt.state[tp][k].numpy(), nopt.state[np_p][k])
+    torch_steps_like_numpy("Adan", options, dtype, backend, STATE)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

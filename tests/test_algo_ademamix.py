@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import fusedadam as fa
 from fusedadam import _algorithms, reference
 from conftest import (
+    torch_steps_like_numpy,
     BACKENDS,
     assert_unchanged,
     reference_package,
@@ -189,33 +190,7 @@ def test_compiled_is_the_reference_bit_for_bit(
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_torch_front_end_is_the_numpy_one(dtype, backend):
     options = dict(lr=1e-2, t_alpha_beta3=5.0, weight_decay=0.1, decoupled_weight_decay=True)
-    rng = np.random.default_rng(4)
-    shapes = [(4, 5), (9,)]
-    start = [torch.from_numpy(rng.standard_normal(s)).to(dtype) for s in shapes]
-    grads = [[torch.from_numpy(rng.standard_normal(s)).to(dtype) for s in shapes] for _ in range(6)]
-    tparams = [torch.nn.Parameter(x.clone()) for x in start]
-    topt = fat.AdEMAMix(tparams, **options)
-    if dtype == torch.bfloat16:
-        import ml_dtypes
-
-        nparams = [x.view(torch.uint16).numpy().view(ml_dtypes.bfloat16).copy() for x in start]
-        as_np = lambda g: g.view(torch.uint16).numpy().view(ml_dtypes.bfloat16)  # noqa: E731
-    else:
-        nparams = [x.numpy().copy() for x in start]
-        as_np = lambda g: g.numpy()  # noqa: E731
-    nopt = fa.AdEMAMix(nparams, backend=backend, **options)
-    for step_grads in grads:
-        for p, g in zip(tparams, step_grads):
-            p.grad = g.clone()
-        topt.step()
-        nopt.step([as_np(g) for g in step_grads])
-    for tp, np_p in zip(tparams, nparams):
-        got = tp.detach()
-        got = got.view(torch.uint16).numpy() if dtype == torch.bfloat16 else got.numpy()
-        want = np_p.view(np.uint16) if dtype == torch.bfloat16 else np_p
-        np.testing.assert_array_equal(got, want)
-        for k in STATE:
-            np.testing.assert_array_equal(topt.state[tp][k].numpy(), nopt.state[np_p][k])
+    torch_steps_like_numpy("AdEMAMix", options, dtype, backend, STATE)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
