@@ -1,6 +1,8 @@
 """fusedadam.functional: every algorithm, one step over explicit arrays through the engine,
 bit for bit the class's step (both backends), with the class's checks."""
 
+import inspect
+
 import numpy as np
 import pytest
 
@@ -54,6 +56,17 @@ SCALAR_INITIAL = {"mu_product": 1.0, "lr_max": -1.0, "weight_sum": 0.0}
 
 def test_every_algorithm_has_a_function():
     assert set(FUNCTIONS) == set(_algorithms.DEFAULTS)
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_the_functions_beta_defaults_are_the_registrys(name):
+    """The functions spell ``betas`` as ``beta1, beta2[, beta3]`` keywords (torch's
+    functional form); their defaults are the registry's, not a second copy that drifts."""
+    function = FUNCTIONS[name][0]
+    parameters = inspect.signature(function).parameters
+    betas = _algorithms.DEFAULTS[name][1]["betas"]
+    for i, beta in enumerate(betas):
+        assert parameters[f"beta{i + 1}"].default == beta, (name, i)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
