@@ -35,6 +35,9 @@ class Algorithm(NamedTuple):
     from_param : tuple of str
         State arrays created as a copy of the param (its master's value when it has one;
         Schedule-Free's ``z``) instead of at zero.
+    decoupled_only : bool
+        Its weight decay is always decoupled (``p *= 1 - lr * weight_decay``; Lion, Adan's
+        no-prox form, Adam-atan2), whatever ``decoupled_weight_decay`` says.
     """
 
     name: str
@@ -44,6 +47,7 @@ class Algorithm(NamedTuple):
     nonnegative: tuple = ("exp_avg_sq", "max_exp_avg_sq", "exp_inf", "exp_avg_var")
     n_betas: int = 2
     from_param: tuple = ()
+    decoupled_only: bool = False
 
     def slot_names(self, group):
         """The state arrays a step of ``group`` reads and writes, in slot order."""
@@ -68,7 +72,7 @@ ALGORITHMS = {
     "nadam": Algorithm("nadam", ("exp_avg", "exp_avg_sq"), scalar_state=(("mu_product", 1.0),)),
     "radam": Algorithm("radam", ("exp_avg", "exp_avg_sq")),
     "adabelief": Algorithm("adabelief", ("exp_avg", "exp_avg_var")),
-    "lion": Algorithm("lion", ("exp_avg",)),
+    "lion": Algorithm("lion", ("exp_avg",), decoupled_only=True),
     "schedulefree": Algorithm(
         "schedulefree",
         ("z", "exp_avg_sq"),
@@ -86,9 +90,14 @@ ALGORITHMS = {
     "ademamix": Algorithm("ademamix", ("exp_avg", "exp_avg_sq", "exp_avg_slow"), n_betas=3),
     # timm's state names and layout: neg_pre_grad holds -g of the last step (signed, as
     # exp_avg_diff); exp_avg_sq (n) is the one nonnegative array
-    "adan": Algorithm("adan", ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad"), n_betas=3),
+    "adan": Algorithm(
+        "adan",
+        ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad"),
+        n_betas=3,
+        decoupled_only=True,
+    ),
     "adopt": Algorithm("adopt", ("exp_avg", "exp_avg_sq")),
-    "adam_atan2": Algorithm("adam_atan2", ("exp_avg", "exp_avg_sq")),
+    "adam_atan2": Algorithm("adam_atan2", ("exp_avg", "exp_avg_sq"), decoupled_only=True),
     "lamb": Algorithm("lamb", ("exp_avg", "exp_avg_sq")),
     "stableadamw": Algorithm("stableadamw", ("exp_avg", "exp_avg_sq")),
 }
@@ -307,9 +316,7 @@ DEFAULTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
 def hyper_dict(algorithm, group):
     """The hyperparameters of a validated group as ``fa_hyper`` reads them: every field, in
     double (NumPy scalars included: the scalars are formed in double on every path)."""
-    decoupled = algorithm.name in ("lion", "adan", "adam_atan2") or bool(
-        group.get("decoupled_weight_decay", False)
-    )
+    decoupled = algorithm.decoupled_only or bool(group.get("decoupled_weight_decay", False))
     beta1, beta2 = group["betas"][:2]
     t_alpha_beta3 = group.get("t_alpha_beta3")
     clip_exp = group.get("clip_exp")
