@@ -3,6 +3,7 @@ test_algo_stableadamw.py, test_algo_cautious.py): parity with a reference packag
 compiled step against the NumPy reference on every storage type, thread counts, the torch
 front end, state dict round trips and refused hyperparameters."""
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -14,6 +15,17 @@ SIZES = [(0,), (1,), (7,), (33, 5), (16383,), (16384,), (16385,), (40001,)]
 # The 100-step parity runs: a several-piece tensor among small ones.
 PARITY = [(0,), (1,), (7,), (33, 5), (16385,)]
 SMALL = [(0,), (1,), (7,), (33, 5), (300,), (16385,)]
+
+
+# The storage types the per-tensor kinds are checked on: (param dtype, options).
+STORAGE = {
+    "float32": (np.float32, {}),
+    "float64": (np.float64, {}),
+    "bfloat16_master": (ml_dtypes.bfloat16, {}),
+    "float16_master_bf16_state": (np.float16, {"state_dtype": "bfloat16"}),
+    "float32_8bit": (np.float32, {"state_dtype": "8bit"}),
+    "bfloat16_residual_8bit": (ml_dtypes.bfloat16, {"state_dtype": "8bit", "master": "residual"}),
+}
 
 
 def grads_for(rng, shapes, steps, dtype=np.float64):

@@ -3,12 +3,12 @@
 against the NumPy reference (every storage type, 1 and 2 threads), the torch front end,
 state dicts, refused options."""
 
-import ml_dtypes
 import numpy as np
 import pytest
 
 import fusedadam as fa
 from _pertensor_checks import (
+    STORAGE,
     SIZES,
     compiled_is_reference,
     parity,
@@ -89,14 +89,6 @@ def test_cautious_off_is_the_plain_step():
     np.testing.assert_array_equal(a, b)
 
 
-STORAGE = {
-    "float32": (np.float32, {}),
-    "float64": (np.float64, {}),
-    "bfloat16_master": (ml_dtypes.bfloat16, {}),
-    "float16_master_bf16_state": (np.float16, {"state_dtype": "bfloat16"}),
-    "float32_8bit": (np.float32, {"state_dtype": "8bit"}),
-    "bfloat16_residual_8bit": (ml_dtypes.bfloat16, {"state_dtype": "8bit", "master": "residual"}),
-}
 CLASSES = {
     "adam_l2_maximize": (fa.Adam, {"weight_decay": 0.1, "maximize": True}),
     "adamw": (fa.AdamW, {}),

@@ -2,7 +2,6 @@
 reference (every storage type, 1 and 2 threads), the torch front end, state dicts, refused
 hyperparameters."""
 
-import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,6 +9,7 @@ from hypothesis import strategies as st
 
 import fusedadam as fa
 from _pertensor_checks import (
+    STORAGE,
     SIZES,
     compiled_is_reference,
     parity,
@@ -62,16 +62,6 @@ def test_parity_every_size_threads_bit_identical():
     ]
     for a, b in zip(*got):
         np.testing.assert_array_equal(a, b)
-
-
-STORAGE = {
-    "float32": (np.float32, {}),
-    "float64": (np.float64, {}),
-    "bfloat16_master": (ml_dtypes.bfloat16, {}),
-    "float16_master_bf16_state": (np.float16, {"state_dtype": "bfloat16"}),
-    "float32_8bit": (np.float32, {"state_dtype": "8bit"}),
-    "bfloat16_residual_8bit": (ml_dtypes.bfloat16, {"state_dtype": "8bit", "master": "residual"}),
-}
 
 
 @pytest.mark.parametrize("storage", sorted(STORAGE))
