@@ -136,6 +136,7 @@ cdef extern from "_dispatch.h" nogil:
         FA_ET_Q8
         FA_ET_RESID
         FA_Q8_BLOCK
+    const size_t fa_et_bytes[]
     int fa_cpu_best_isa()
     const fa_loops *fa_get_loops(int isa, int dtype)
     const fa_grad_fns *fa_get_grad_fns(int isa, int type)
@@ -264,6 +265,16 @@ cdef int _TYPENUM_U8 = cnp.dtype("uint8").num
 Q8_BLOCK = FA_Q8_BLOCK
 # State arrays a loop call takes (FA_MAX_SLOTS less the param and gradient slots).
 MAX_STATE_SLOTS = FA_MAX_SLOTS - FA_STATE0
+# Bytes per element of each storage type, from _convert.h's table (the kernels step through
+# storage with it; tests/test_packaging.py checks it against NumPy's item sizes).
+ELEMENT_BYTES = {
+    "float32": fa_et_bytes[FA_ET_F32],
+    "float64": fa_et_bytes[FA_ET_F64],
+    "bfloat16": fa_et_bytes[FA_ET_BF16],
+    "float16": fa_et_bytes[FA_ET_F16],
+    "8bit": fa_et_bytes[FA_ET_Q8],
+    "residual": fa_et_bytes[FA_ET_RESID],
+}
 
 cdef int _best_isa = fa_cpu_best_isa()
 cdef int _isa = _best_isa
@@ -378,9 +389,8 @@ cdef inline int _state_type(int typenum) noexcept:
 
 
 cdef inline Py_ssize_t _et_size(int et) noexcept nogil:
-    if et == FA_ET_Q8:
-        return 1
-    return 4 if et == FA_ET_F32 else (8 if et == FA_ET_F64 else 2)
+    # bytes per element of storage type et (_convert.h's table)
+    return <Py_ssize_t>fa_et_bytes[et]
 
 
 cdef void _read_hyper(fa_hyper *h, dict hyper) except *:
@@ -529,8 +539,8 @@ cdef inline void _run_segment_as(GroupData *d, Py_ssize_t k, Py_ssize_t e, Py_ss
         d.loops[k].dense[kind](a, n, folded if d.use_folded else plain)
         return
     # master="residual": the param slot holds the int16 residual
-    x.param = d.ptr[FA_PARAM][k] + e * (2 if types[3] == FA_ET_RESID else csize)
-    x.lowp = d.lowp[k] + e * 2 if types[3] >= 0 else NULL
+    x.param = d.ptr[FA_PARAM][k] + e * (_et_size(FA_ET_RESID) if types[3] == FA_ET_RESID else csize)
+    x.lowp = d.lowp[k] + e * _et_size(types[3]) if types[3] >= 0 else NULL
     x.grad = d.ptr[FA_GRAD][k] + e * _et_size(types[1])
     x.n_states = d.n_slots - FA_STATE0
     for j in range(x.n_states):
@@ -1800,7 +1810,7 @@ cdef bint _is_bfloat16(str name, str argument) except -1:
 
 def round_float32(const float[::1] values, str to):
     """The bits (uint16) of ``values`` rounded to ``"bfloat16"`` or ``"float16"`` by the
-    conversions of _mixed.h (round to nearest even), for the tests that compare them with
+    conversions of _convert.h (round to nearest even), for the tests that compare them with
     ml_dtypes and NumPy."""
     import numpy as np
     cdef Py_ssize_t i, n = values.shape[0]
@@ -1814,7 +1824,7 @@ def round_float32(const float[::1] values, str to):
 
 
 def widen_to_float32(const unsigned short[::1] bits, str frm):
-    """float32 values of bfloat16/float16 ``bits`` (uint16) by the conversions of _mixed.h."""
+    """float32 values of bfloat16/float16 ``bits`` (uint16) by the conversions of _convert.h."""
     import numpy as np
     cdef Py_ssize_t i, n = bits.shape[0]
     out = np.empty(n, dtype=np.float32)
@@ -1827,7 +1837,7 @@ def widen_to_float32(const unsigned short[::1] bits, str frm):
 
 
 def q8_values(const unsigned char[::1] codes, bint qsigned):
-    """y(code) of the 8-bit map (signed or unsigned) by the decoder of _mixed.h (tests)."""
+    """y(code) of the 8-bit map (signed or unsigned) by the decoder of _q8.h (tests)."""
     import numpy as np
     cdef Py_ssize_t i, n = codes.shape[0]
     out = np.empty(n, dtype=np.float32)
@@ -1839,7 +1849,7 @@ def q8_values(const unsigned char[::1] codes, bint qsigned):
 
 
 def q8_codes(const float[::1] values, float absmax, bint qsigned):
-    """Codes of ``values`` against ``absmax`` by the encoder of _mixed.h (tests)."""
+    """Codes of ``values`` against ``absmax`` by the encoder of _q8.h (tests)."""
     import numpy as np
     cdef Py_ssize_t i, n = values.shape[0]
     out = np.empty(n, dtype=np.uint8)

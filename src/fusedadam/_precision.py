@@ -35,7 +35,7 @@ MASTER = "master_param"
 MASTER_RESIDUAL = "master_residual"  # master="residual": the master's low 16 bits
 INT16 = np.dtype(np.int16)
 MASTER_OPTIONS = ("float32", "residual")
-Q8_BLOCK = 256  # FA_Q8_BLOCK of _mixed.h: elements per scale
+Q8_BLOCK = 256  # FA_Q8_BLOCK of _q8.h: elements per scale
 Q8_MIN_SIZE = 4096  # smaller params keep float32 moments under state_dtype="8bit"
 SCALE_SUFFIX = "_absmax"
 

@@ -848,7 +848,7 @@ _KINDS: Dict[str, Tuple[Callable[..., None], int]] = {
 
 
 # ---------------------------------------------------------------- block-wise 8-bit state
-# The twin of the 8-bit maps of _mixed.h (see there for the format): the same integer work
+# The twin of the 8-bit maps of _q8.h (see there for the format): the same integer work
 # on the same bits, so codes and scales agree bit for bit.
 
 Q8_BLOCK = 256  # FA_Q8_BLOCK
@@ -869,7 +869,7 @@ def q8_nonfinite(codes, signed):
 
 def q8_values(signed):
     """The 256 values y(code) of the signed or unsigned map, float32 (exact): the top bits
-    of a float16 (``_mixed.h``); unsigned codes 241-253 read as 1.0; the codes of
+    of a float16 (``_q8.h``); unsigned codes 241-253 read as 1.0; the codes of
     non-finite values (``q8_nonfinite``) read as inf (signed map: with the code's sign) or
     the quiet NaN 0x7FC00000 (a NaN's sign and payload are not kept)."""
     codes = np.arange(256, dtype=np.uint16)
@@ -977,7 +977,7 @@ def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0, sca
 
     ``slots`` is ``(params, None, states...)``, each a sequence over the group's params
     (the compiled ``GroupPlan`` layout); ``grads`` one gradient per param; ``masters`` per
-    param its float32 master or None. As the staged runner of ``_mixed.h``: the gradient is
+    param its float32 master or None. As the staged runner of ``_staged.h``: the gradient is
     widened to the compute dtype, divided by ``grad_scale`` and multiplied by ``clip``;
     bfloat16 state is widened, 8-bit state (uint8 codes; ``scales[slot][k]`` its per-block
     absmax, ``qsigned[slot]`` its map) dequantized; the update runs on the master (or the
@@ -1048,7 +1048,7 @@ def chunk_size(total, grain):
     return k
 
 
-_LANES = 8  # FA_NORM_LANES of _mixed.h
+_LANES = 8  # FA_NORM_LANES of _gradscan.h
 _STREAMS, _BLOCK = 4, 2048  # FA_SCAN_STREAMS, FA_SCAN_BLOCK of _finite.h
 
 
@@ -1120,7 +1120,7 @@ def scan(grads, grad_scale, want_norm, grain):
 
 
 def clip_coefficient(sumsq, grad_scale, max_norm):
-    """``(coefficient, norm)``: ``fa_clip_coefficient`` of ``_mixed.h``, the rule of
+    """``(coefficient, norm)``: ``fa_clip_coefficient`` of ``_gradscan.h``, the rule of
     ``torch.nn.utils.clip_grad_norm_`` in double: the norm of the unscaled gradients
     ``sqrt(sumsq) / grad_scale`` and ``max_norm / (norm + 1e-6)`` clamped to at most 1
     (NaN stays NaN)."""
