@@ -91,6 +91,13 @@ def test_nonfinite_and_bad_gradients_decided_on_every_rank(n):
     assert "all ranks agreed" in mpirun(n, "nonfinite").stdout
 
 
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_a_step_that_raises_changes_nothing_on_any_rank(n):
+    """One rank's bad gradient or setting, every rank's bad lr(t), a NaN in an "error"
+    group: params, state, counters and the flat gradient buffers unchanged everywhere."""
+    assert "nothing changed on any rank" in mpirun(n, "atomic").stdout
+
+
 @pytest.mark.parametrize("n", [2, 3])
 def test_ranks_that_disagree_fail_at_construction(n):
     assert "every rank raised" in mpirun(n, "mismatch").stdout

@@ -379,16 +379,40 @@ class ShardedOptimizer:
             sharded optimizer does not support; raised on every rank, nothing changed.
         """
         t_start = time.perf_counter()
-        error = None
+        error, checked = None, None
         n_groups = len(self._steps)
         scales, lrs, digest = [1.0] * n_groups, [None] * n_groups, 0
         try:
             self._group_modes = [self._nonfinite_mode(gi) for gi in range(n_groups)]
             scales, lrs, digest = self._step_settings(grad_scale)
             if grads is not None:
-                self._pack(grads)
+                checked = self._checked_grads(grads)
         except Exception as exc:  # any error, so that the other ranks hear of it
             error = exc
+        # Every rank's input and settings are agreed on before anything is written (the
+        # gradient buffers included): one small allreduce (min over ranks); the digest of
+        # the step's settings goes in as itself and negated, so min == -max tells that
+        # every rank has the same.
+        agreement = np.array(
+            [self.rank if error is not None else _NOT_FOUND, digest, -digest], dtype=np.int64
+        )
+        self.comm.Allreduce(MPI.IN_PLACE, agreement, op=MPI.MIN)
+        bad_rank, low, minus_high = (int(v) for v in agreement)
+        if bad_rank != _NOT_FOUND:
+            if error is not None:
+                raise error
+            raise ValueError(
+                f"rank {bad_rank} rejected its gradients or settings (see its error); this "
+                "step changed nothing on any rank"
+            )
+        if low != -minus_high:
+            raise ValueError(
+                "the ranks' param_groups differ at this step (a hyperparameter, lr(t) or "
+                "grad_scale set on some ranks only); every rank must step with the same "
+                "settings; this step changed nothing on any rank"
+            )
+        if checked is not None:
+            self._pack(checked)
         t_packed = time.perf_counter()
 
         # Reduce-scatter with up to max_in_flight buckets posted; scan each bucket as it
@@ -421,34 +445,10 @@ class ShardedOptimizer:
             t_scan += time.perf_counter() - t0
         t_reduced = time.perf_counter()
 
-        # The global decision: one allreduce of five int64 (min over ranks); the digest
-        # of the step's settings goes in as itself and negated, so min == -max tells
-        # that every rank has the same.
-        decision = np.array(
-            [
-                self.rank if error is not None else _NOT_FOUND,
-                first_error_param,
-                skip_found,
-                digest,
-                -digest,
-            ],
-            dtype=np.int64,
-        )
+        # The non-finite decision: one allreduce of two int64 (min over ranks).
+        decision = np.array([first_error_param, skip_found], dtype=np.int64)
         self.comm.Allreduce(MPI.IN_PLACE, decision, op=MPI.MIN)
-        bad_rank, bad_param, skip, low, minus_high = (int(v) for v in decision)
-        if bad_rank != _NOT_FOUND:
-            if error is not None:
-                raise error
-            raise ValueError(
-                f"rank {bad_rank} rejected its gradients or settings (see its error); this "
-                "step changed nothing on any rank"
-            )
-        if low != -minus_high:
-            raise ValueError(
-                "the ranks' param_groups differ at this step (a hyperparameter, lr(t) or "
-                "grad_scale set on some ranks only); every rank must step with the same "
-                "settings; this step changed nothing on any rank"
-            )
+        bad_param, skip = (int(v) for v in decision)
         if bad_param != _NOT_FOUND:
             raise FloatingPointError(
                 f"the reduced gradient of params[{bad_param}] holds NaN or inf once "
@@ -510,8 +510,8 @@ class ShardedOptimizer:
             op=MPI.SUM,
         )
 
-    def _pack(self, grads):
-        """Copy ``grads`` into the flat gradient buffers; check everything first."""
+    def _checked_grads(self, grads):
+        """``grads`` as a list, checked against the params (nothing is written)."""
         if isinstance(grads, np.ndarray):
             grads = [grads]
         grads = list(grads)
@@ -527,6 +527,10 @@ class ShardedOptimizer:
                     f"grads[{i}] has shape {g.shape} and dtype {g.dtype}; "
                     f"params[{i}] has shape {view.shape} and dtype {p.dtype}{takes}"
                 )
+        return grads
+
+    def _pack(self, grads):
+        """Copy checked ``grads`` into the flat gradient buffers."""
         for g, view in zip(grads, self.grads):
             if g is not view and not (
                 g.ctypes.data == view.ctypes.data and g.strides == view.strides
