@@ -650,14 +650,15 @@ class ShardedOptimizer:
             )
             scales.append(scale)
             policies.append(spec.nonfinite)
-            described.append(
-                (
-                    {k: _describe(v) for k, v in sorted(checked.items()) if k != "grad_scale"},
-                    t,
-                    lr.hex(),
-                    scale.hex(),
+            if self.world_size > 1:  # one rank has no other to compare with
+                described.append(
+                    (
+                        {k: _describe(v) for k, v in sorted(checked.items()) if k != "grad_scale"},
+                        t,
+                        lr.hex(),
+                        scale.hex(),
+                    )
                 )
-            )
         for gi, units in enumerate(self._group_units):
             for unit in units:
                 unit.plan(self._algorithm, specs[gi])
