@@ -444,7 +444,7 @@ class ShardedOptimizer:
         n_groups = len(self._group_units)
         scales, policies, digest = [1.0] * n_groups, [NonFinitePolicy.IGNORE] * n_groups, 0
         try:
-            scales, policies, digest = self._step_settings(grad_scale)
+            scales, policies, digest = self._prepare(grad_scale)
             if grads is not None:
                 checked = self._checked_grads(grads)
         except Exception as exc:  # any error, so that the other ranks hear of it
@@ -598,7 +598,7 @@ class ShardedOptimizer:
             ):
                 view[...] = g
 
-    def _step_settings(self, grad_scale):
+    def _prepare(self, grad_scale):
         """``(scales, policies, digest)``: per group, this step's gradient scale and
         non-finite policy, and a digest of every setting of the step to compare across
         ranks. Every group is validated (the engine's checks) and every chunk planned with
@@ -948,19 +948,16 @@ class ShardedOptimizer:
                     state[name] = np.zeros(length, self._array_dtype(si, name))
                     read(si, name, state[name], c_start)
             unit.forget(self._counters(state, steps[gi], scalars[gi]))
-        for unit in self._idle_units:
+        for unit in self._idle_units:  # zero-length arrays of the group's state dtypes
             gi = unit.group_index
             state = None
             if steps[gi]:
-                like = unit.param
                 dtypes = state_dtypes(
-                    self._algorithm, like, self._state_options[gi], "an empty group",
+                    self._algorithm, unit.param, self._state_options[gi], "an empty group",
                     self._master_options[gi],
                 )  # fmt: skip
-                state = {name: np.zeros(0, dtypes[name]) for name in names[gi]}
-                entry = _precision.master_entry(like.dtype, self._master_options[gi], "")
-                if entry is not None:
-                    state[entry[0]] = np.zeros(0, entry[1])
+                wanted = (*names[gi], _precision.MASTER, _precision.MASTER_RESIDUAL)
+                state = {n: np.zeros(0, dt) for n, dt in dtypes.items() if n in wanted}
             unit.forget(self._counters(state, steps[gi], scalars[gi]))
 
     def _counters(self, state, step, scalars):
