@@ -118,6 +118,8 @@ def test_the_kernels_element_sizes_are_numpys():
         "float16": np.float16,
         "8bit": np.uint8,  # the codes (the block scales are a float32 array aside)
         "residual": np.int16,  # master="residual": the master's low 16 bits
+        "8bit_companded": np.int8,  # the companded map's codes
+        "compact": np.int8,  # master="compact": the residual's top byte
     }
     assert _kernels.ELEMENT_BYTES == {k: np.dtype(t).itemsize for k, t in stored_as.items()}
 

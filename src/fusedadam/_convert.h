@@ -20,16 +20,20 @@
 /* Storage element types; the first two are also the compute rows FA_DTYPE_f32/f64.
  * FA_ET_Q8 (block-wise 8-bit codes, see below) is a state type only: no gradient scans. */
 enum { FA_ET_F32 = 0, FA_ET_F64 = 1, FA_ET_BF16 = 2, FA_ET_F16 = 3, FA_N_ETS,
-       FA_ET_Q8 = FA_N_ETS, FA_ET_RESID };
+       FA_ET_Q8 = FA_N_ETS, FA_ET_RESID, FA_ET_Q8C, FA_ET_COMPACT };
+/* FA_ET_Q8C: 8-bit state in the companded map (state_dtype="8bit_companded": the same
+ * layout as FA_ET_Q8, fa_q8c_* below; the staged runner's loops only, the fused 8-bit Adam
+ * loop does not take it); FA_ET_COMPACT: as FA_ET_RESID with the master's int8 residual
+ * (master="compact", _residual.h). */
 /* FA_ET_RESID is a low-precision param type only: a bfloat16 param whose master is kept as
  * its int16 residual (master="residual", _residual.h); the segment's param then points at
  * the residual, and the staged runner decodes the float32 master into a buffer per block
  * and encodes param and residual back from it (the fused x86 8-bit Adam loop: per 8
  * elements, in registers). */
 
-/* bytes per element of each storage type, indexed by FA_ET_* (FA_ET_RESID: the residual;
- * FA_ET_Q8: the codes, the block scales aside) */
-static const size_t fa_et_bytes[] = {4, 8, 2, 2, 1, 2};
+/* bytes per element of each storage type, indexed by FA_ET_* (FA_ET_RESID, FA_ET_COMPACT:
+ * the residual; FA_ET_Q8, FA_ET_Q8C: the codes, the block scales aside) */
+static const size_t fa_et_bytes[] = {4, 8, 2, 2, 1, 2, 1, 1};
 
 static inline float fa_bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static inline uint32_t fa_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }

@@ -166,6 +166,63 @@ static inline float fa_q8_encode_nonfinite(uint8_t *restrict out, const float *r
     return absmax;
 }
 
+/* ---- the companded 8-bit map (FA_ET_Q8C) ------------------------------------------------
+ *
+ * FlashOptim's companding on this file's block layout (FA_Q8_BLOCK elements per float32
+ * absmax, the same codes for inf and NaN, the same sign-magnitude bytes): with
+ * x = |value| / absmax in [0, 1] (fa_q8_ratio, capped at 1), a signed moment's magnitude is
+ * round(125 * 2x / (1 + x)) (softsign: codes dense near 0) and an unsigned one's
+ * round(253 * sqrt(x)), rounding half up; decoding z = m / 125, y = z / (2 - z), or
+ * t = m / 253, y = t * t, then y * absmax. Every step one float32 operation (correctly
+ * rounded on every instruction set), so reference.q8c_values and q8_quantize(...,
+ * companded=True) are its twins bit for bit. FlashOptim uses groups of 32 elements with
+ * float16 scales and int8 +-127 / uint8 255 codes; here the blocks and scales are those of
+ * state_dtype="8bit" (2.03 bytes per element for two moments) and the top codes are kept
+ * for inf and NaN. */
+#define FA_Q8C_TOP_SIGNED 125.0f
+#define FA_Q8C_TOP_UNSIGNED 253.0f
+
+/* y(code) of a code that is not an inf or NaN's */
+static inline float fa_q8c_finite_value(uint8_t code, int qsigned)
+{
+    if (qsigned) {
+        uint32_t m = code & 0x7fu;
+        float z = (float)(m < 125u ? m : 125u) / FA_Q8C_TOP_SIGNED;
+        float y = z / (2.0f - z);
+        return (code & 0x80u) ? -y : y;
+    }
+    float t = (float)(code < 253u ? code : 253u) / FA_Q8C_TOP_UNSIGNED;
+    return t * t;
+}
+
+/* y(code) of either companded map, inf or NaN for their codes (as fa_q8_value) */
+static inline float fa_q8c_value(uint8_t code, int qsigned)
+{
+    return fa_q8_is_nonfinite(code, qsigned) ? fa_q8_value(code, qsigned)
+                                             : fa_q8c_finite_value(code, qsigned);
+}
+
+static inline uint8_t fa_q8c_code_inv(float value, float absmax, float inv, int qsigned)
+{
+    const uint32_t u = fa_f32_bits(value);
+    if ((u & 0x7fffffffu) >= 0x7f800000u) /* inf or NaN: the codes of the float map */
+        return fa_q8_code_inv(value, absmax, inv, qsigned);
+    float x = fa_bits_f32(fa_q8_ratio(value, absmax, inv));
+    x = x < 1.0f ? x : 1.0f;
+    if (qsigned) {
+        float y = (x + x) / (1.0f + x);
+        uint32_t m = (uint32_t)(y * FA_Q8C_TOP_SIGNED + 0.5f);
+        return (uint8_t)(m | (m ? (u >> 24) & 0x80u : 0u));
+    }
+    return (uint8_t)(uint32_t)(sqrtf(x) * FA_Q8C_TOP_UNSIGNED + 0.5f);
+}
+
+/* the companded code of value in a block of this absmax (tests) */
+static inline uint8_t fa_q8c_code(float value, float absmax, int qsigned)
+{
+    return fa_q8c_code_inv(value, absmax, 1.0f / absmax, qsigned);
+}
+
 /* The 8-bit block loops by hand for x86 with AVX2 and F16C (the avx2 and avx512 rows; the
  * dispatcher picks those rows only where the CPU has F16C too): the hardware float16
  * conversions do the map's rounding in one instruction, about twice as fast as the portable
@@ -388,8 +445,38 @@ FA_Q8_TARGET static inline void fa_resid_store8(uint16_t *pp, uint16_t *rr, __m2
     _mm_storeu_si128((__m128i *)rr, _mm256_extracti128_si256(both, 1));
 }
 
+/* master="compact" (RESID 2): the same from 8 params and int8 residuals (fa_compact_master,
+ * fa_resid_param and fa_compact_code of _residual.h) */
+FA_Q8_TARGET static inline __m256 fa_compact_load8(const uint16_t *pp, const uint8_t *cc)
+{
+    __m256i hi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)pp)), 16);
+    __m256i lo = _mm256_slli_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)cc)), 8);
+    return _mm256_castsi256_ps(_mm256_add_epi32(hi, lo));
+}
+
+FA_Q8_TARGET static inline void fa_compact_store8(uint16_t *pp, uint8_t *cc, __m256 x)
+{
+    const __m256i u = _mm256_castps_si256(x);
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                     _mm256_set1_epi32(0x7f800000));
+    __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x8000)), 16);
+    __m256i quiet = _mm256_or_si256(
+        _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x8000)),
+        _mm256_set1_epi32(0x7fc0));
+    __m256i p = _mm256_blendv_epi8(rounded, quiet, nan);
+    /* the low half as a signed 16-bit number, + 128, >> 8, at most 127; 0 for a NaN */
+    __m256i r = _mm256_srai_epi32(_mm256_slli_epi32(u, 16), 16);
+    __m256i c = _mm256_min_epi32(_mm256_srai_epi32(_mm256_add_epi32(r, _mm256_set1_epi32(128)), 8),
+                                 _mm256_set1_epi32(127));
+    c = _mm256_andnot_si256(nan, c);
+    __m128i p16 = _mm_packus_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+    __m128i c16 = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    _mm_storeu_si128((__m128i *)pp, p16);
+    _mm_storel_epi64((__m128i *)cc, _mm_packs_epi16(c16, c16));
+}
+
 FA_Q8_TARGET static inline __attribute__((always_inline)) void fa_q8_adam_block(
-    float *restrict p, uint16_t *restrict pp, uint16_t *restrict rr,
+    float *restrict p, uint16_t *restrict pp, void *restrict rr,
     const float *restrict g, const uint8_t *restrict mc,
     const uint8_t *restrict vc, float *restrict mnew, float *restrict vnew,
     const float *restrict mold, const float *restrict vold, uint8_t *restrict mc_prev,
@@ -416,7 +503,9 @@ FA_Q8_TARGET static inline __attribute__((always_inline)) void fa_q8_adam_block(
             __m256 m = _mm256_mul_ps(_mm256_cvtph_ps(mh8), mscale8);
             __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(vh8), vscale8);
             __m256 gv = _mm256_loadu_ps(g + k);
-            __m256 pv = RESID ? fa_resid_load8(pp + k, rr + k) : _mm256_loadu_ps(p + k);
+            __m256 pv = RESID == 1   ? fa_resid_load8(pp + k, (const uint16_t *)rr + k)
+                        : RESID == 2 ? fa_compact_load8(pp + k, (const uint8_t *)rr + k)
+                                     : _mm256_loadu_ps(p + k);
             if (SIGN) gv = _mm256_mul_ps(gv, sign8);
             if (COUPLED) gv = _mm256_add_ps(gv, _mm256_mul_ps(wd8, pv));
             if (DECAY) pv = _mm256_mul_ps(pv, decay8);
@@ -429,8 +518,10 @@ FA_Q8_TARGET static inline __attribute__((always_inline)) void fa_q8_adam_block(
             most_v = _mm256_max_epu32(most_v, _mm256_and_si256(_mm256_castps_si256(v), abs_mask));
             __m256 denom = _mm256_add_ps(_mm256_sqrt_ps(v), eps8);
             pv = _mm256_sub_ps(pv, _mm256_div_ps(_mm256_mul_ps(step8, m), denom));
-            if (RESID)
-                fa_resid_store8(pp + k, rr + k, pv);
+            if (RESID == 1)
+                fa_resid_store8(pp + k, (uint16_t *)rr + k, pv);
+            else if (RESID == 2)
+                fa_compact_store8(pp + k, (uint8_t *)rr + k, pv);
             else
                 _mm256_storeu_ps(p + k, pv);
         }
@@ -447,7 +538,8 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
                                                    fa_widen_f32_fn widen, fa_round_fn round)
 {
     FA_ALIGN32 float bufs[2][2][FA_Q8_BLOCK], gbuf[FA_Q8_BLOCK];
-    const int resid = x->lowp_type == FA_ET_RESID;
+    /* 1: master="residual", 2: master="compact" (the RESID of fa_q8_adam_block) */
+    const int resid = x->lowp_type == FA_ET_RESID ? 1 : x->lowp_type == FA_ET_COMPACT ? 2 : 0;
     uint8_t scratch[2][FA_Q8_BLOCK]; /* where the block before the first one "encodes" */
     const fa_q8_adam_consts c = {
         _mm256_set1_ps((float)s->sign), _mm256_set1_ps((float)s->weight_decay),
@@ -478,7 +570,7 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
         if (fa_q8_block_nonfinite_avx2(mc, vc)) break; /* rare: an inf or NaN moment */
         float *p = resid ? NULL : (float *)x->param + off;
         uint16_t *pp = resid ? (uint16_t *)x->lowp + off : NULL;
-        uint16_t *rr = resid ? (uint16_t *)x->param + off : NULL;
+        void *rr = resid ? x->param + off * (resid == 1 ? 2 : 1) : NULL;
         const float *g = (const float *)x->grad + off;
         if (stage_grad) {
             widen(gbuf, x->grad + off * gsize, x->grad_type, FA_Q8_BLOCK, pre);
@@ -506,7 +598,7 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
     fa_q8_adam_block(p, pp, rr, g, mc, vc, mnew, vnew, mold, vold, mc_prev, vc_prev,   \
                      mscale8, vscale8, minv, vinv, &c, &most_m, &most_v, COUPLED, SIGN, \
                      DECAY, RESID)
-        if (resid) {
+        if (resid == 1) {
             if (coupled)
                 FA_Q8_ADAM_CALL(1, 1, 1, 1);
             else if (!sign && !decay)
@@ -515,6 +607,15 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
                 FA_Q8_ADAM_CALL(0, 0, 1, 1);
             else
                 FA_Q8_ADAM_CALL(0, 1, 1, 1);
+        } else if (resid == 2) {
+            if (coupled)
+                FA_Q8_ADAM_CALL(1, 1, 1, 2);
+            else if (!sign && !decay)
+                FA_Q8_ADAM_CALL(0, 0, 0, 2);
+            else if (!sign)
+                FA_Q8_ADAM_CALL(0, 0, 1, 2);
+            else
+                FA_Q8_ADAM_CALL(0, 1, 1, 2);
         } else if (coupled)
             FA_Q8_ADAM_CALL(1, 1, 1, 0);
         else if (!sign && !decay)
@@ -573,6 +674,77 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
 /* Per instruction set, the portable 8-bit loads and stores (the rows without a loop by
  * hand above use them; the staged runner calls them through FA_Q8_LOAD_/FA_Q8_STORE_). */
 #define FA_DEFINE_Q8(ISA)                                                            \
+    /* companded 8-bit state: widen one block, and the block's absmax then codes (the  \
+     * fast paths branch-free, so that the compiler vectorizes them; a float's sign set \
+     * by bits, as y >= 0; the conversions through int32, exact for these magnitudes)   */ \
+    FA_ATTR_##ISA static void fa_q8c_load_##ISA(float *restrict out,                 \
+                                                const uint8_t *restrict in,          \
+                                                float absmax, int qsigned,           \
+                                                ptrdiff_t n)                         \
+    {                                                                                \
+        if (fa_q8_any_nonfinite(in, n, qsigned)) { /* rare: an inf or NaN's code */  \
+            for (ptrdiff_t i = 0; i < n; i++)                                        \
+                out[i] = fa_q8_is_nonfinite(in[i], qsigned)                          \
+                             ? fa_q8_value(in[i], qsigned)                           \
+                             : fa_q8c_finite_value(in[i], qsigned) * absmax;         \
+        } else if (qsigned) {                                                        \
+            for (ptrdiff_t i = 0; i < n; i++) {                                      \
+                const int32_t m = in[i] & 0x7f;                                      \
+                const float z = (float)(m < 125 ? m : 125) / FA_Q8C_TOP_SIGNED;      \
+                const float y = z / (2.0f - z);                                      \
+                out[i] = fa_bits_f32(fa_f32_bits(y) | (uint32_t)(in[i] & 0x80u) << 24) \
+                         * absmax;                                                   \
+            }                                                                        \
+        } else {                                                                     \
+            for (ptrdiff_t i = 0; i < n; i++) {                                      \
+                const int32_t c = in[i];                                             \
+                const float t = (float)(c < 253 ? c : 253) / FA_Q8C_TOP_UNSIGNED;    \
+                out[i] = t * t * absmax;                                             \
+            }                                                                        \
+        }                                                                            \
+    }                                                                                \
+    FA_ATTR_##ISA static float fa_q8c_store_##ISA(uint8_t *restrict out,             \
+                                                  const float *restrict in,          \
+                                                  int qsigned, ptrdiff_t n)          \
+    {                                                                                \
+        uint32_t most = 0;                                                           \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            uint32_t a = fa_f32_bits(in[i]) & 0x7fffffffu;                           \
+            most = a > most ? a : most;                                              \
+        }                                                                            \
+        const int nonfinite = most >= 0x7f800000u;                                  \
+        if (nonfinite) { /* rare: an inf or NaN; the scale is the finite absmax */  \
+            most = 0;                                                                \
+            for (ptrdiff_t i = 0; i < n; i++) {                                      \
+                uint32_t a = fa_f32_bits(in[i]) & 0x7fffffffu;                       \
+                most = a < 0x7f800000u && a > most ? a : most;                       \
+            }                                                                        \
+        }                                                                            \
+        const float absmax = fa_bits_f32(most), inv = 1.0f / absmax;                 \
+        if (nonfinite || !(absmax >= FLT_MIN)) { /* rare: inf, NaN, 0 or subnormal */ \
+            for (ptrdiff_t i = 0; i < n; i++)                                        \
+                out[i] = fa_q8c_code_inv(in[i], absmax, inv, qsigned);               \
+            return absmax;                                                           \
+        }                                                                            \
+        int32_t wide[FA_Q8_BLOCK];                                                   \
+        if (qsigned)                                                                 \
+            for (ptrdiff_t i = 0; i < n; i++) {                                      \
+                float x = fabsf(in[i]) * inv;                                        \
+                x = x < 1.0f ? x : 1.0f;                                             \
+                const float y = (x + x) / (1.0f + x);                                \
+                const int32_t m = (int32_t)(y * FA_Q8C_TOP_SIGNED + 0.5f);           \
+                const int32_t sign = (int32_t)((fa_f32_bits(in[i]) >> 24) & 0x80u);  \
+                wide[i] = m | (m ? sign : 0);                                        \
+            }                                                                        \
+        else                                                                         \
+            for (ptrdiff_t i = 0; i < n; i++) {                                      \
+                float x = fabsf(in[i]) * inv;                                        \
+                x = x < 1.0f ? x : 1.0f;                                             \
+                wide[i] = (int32_t)(sqrtf(x) * FA_Q8C_TOP_UNSIGNED + 0.5f);          \
+            }                                                                        \
+        for (ptrdiff_t i = 0; i < n; i++) out[i] = (uint8_t)wide[i];                 \
+        return absmax;                                                               \
+    }                                                                                \
     /* 8-bit state: widen one block (codes * absmax) */                             \
     FA_ATTR_##ISA static void fa_q8_load_##ISA(float *restrict out,                  \
                                                const uint8_t *restrict in,           \

@@ -88,6 +88,26 @@
             r[i] = fa_resid_low(u);                                                  \
         }                                                                            \
     }                                                                                \
+    /* master="compact": float32 masters from params and int8 residuals, and back */ \
+    FA_ATTR_##ISA static void fa_compact_load_##ISA(float *restrict out,             \
+                                                    const uint16_t *restrict p,      \
+                                                    const uint8_t *restrict c,       \
+                                                    ptrdiff_t n)                     \
+    {                                                                                \
+        for (ptrdiff_t i = 0; i < n; i++)                                            \
+            out[i] = fa_bits_f32(fa_compact_master(p[i], c[i]));                     \
+    }                                                                                \
+    FA_ATTR_##ISA static void fa_compact_store_##ISA(uint16_t *restrict p,           \
+                                                     uint8_t *restrict c,            \
+                                                     const float *restrict in,       \
+                                                     ptrdiff_t n)                    \
+    {                                                                                \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            uint32_t u = fa_f32_bits(in[i]);                                         \
+            p[i] = fa_resid_param(u);                                                \
+            c[i] = fa_compact_code(u);                                               \
+        }                                                                            \
+    }                                                                                \
     /* One staged segment with a float32 compute type (see the header comment). */   \
     FA_ATTR_##ISA static void fa_stage_f32_##ISA(fa_loop_fn dense,                   \
                                                  const fa_segment *x, ptrdiff_t off, \
@@ -96,9 +116,11 @@
     {                                                                                \
         float gbuf[FA_STAGE], sbuf[FA_MAX_STATES][FA_STAGE], mbuf[FA_STAGE];         \
         const int resid = x->lowp_type == FA_ET_RESID;                               \
+        const int compact = x->lowp_type == FA_ET_COMPACT;                           \
         char *a[FA_MAX_SLOTS] = {0};                                                 \
         const int stage_grad = x->grad_type != FA_ET_F32 || pre->active;             \
-        const int q8 = x->state_type == FA_ET_Q8;                                    \
+        const int q8c = x->state_type == FA_ET_Q8C;                                  \
+        const int q8 = x->state_type == FA_ET_Q8 || q8c;                             \
         const int stage_state = x->state_type == FA_ET_BF16 || q8;                   \
         const size_t gsize = fa_et_bytes[x->grad_type];                              \
         const size_t ssize = fa_et_bytes[x->state_type];                             \
@@ -108,6 +130,10 @@
             if (resid) {                                                             \
                 fa_resid_load_##ISA(mbuf, (const uint16_t *)x->lowp + off,           \
                                     (const uint16_t *)x->param + off, len);          \
+                a[FA_PARAM] = (char *)mbuf;                                          \
+            } else if (compact) {                                                    \
+                fa_compact_load_##ISA(mbuf, (const uint16_t *)x->lowp + off,         \
+                                      (const uint8_t *)x->param + off, len);         \
                 a[FA_PARAM] = (char *)mbuf;                                          \
             } else {                                                                 \
                 a[FA_PARAM] = x->param + off * sizeof(float);                        \
@@ -120,7 +146,12 @@
                 a[FA_GRAD] = (char *)x->grad + off * gsize;                          \
             }                                                                        \
             for (int j = 0; j < x->n_states; j++) {                                  \
-                if (q8) {                                                            \
+                if (q8c) {                                                           \
+                    fa_q8c_load_##ISA(sbuf[j], (const uint8_t *)(x->state[j] + off), \
+                                      x->scale[j][off / FA_Q8_BLOCK], x->qsigned[j], \
+                                      len);                                          \
+                    a[FA_STATE0 + j] = (char *)sbuf[j];                              \
+                } else if (q8) {                                                     \
                     FA_Q8_LOAD_##ISA(sbuf[j], (const uint8_t *)(x->state[j] + off),  \
                                      x->scale[j][off / FA_Q8_BLOCK], x->qsigned[j],  \
                                      len);                                           \
@@ -136,7 +167,11 @@
             dense(a, len, s);                                                        \
             if (x->read_only)                                                        \
                 continue;                                                            \
-            if (q8)                                                                  \
+            if (q8c)                                                                 \
+                for (int j = 0; j < x->n_states; j++)                                \
+                    x->scale[j][off / FA_Q8_BLOCK] = fa_q8c_store_##ISA(             \
+                        (uint8_t *)(x->state[j] + off), sbuf[j], x->qsigned[j], len); \
+            else if (q8)                                                             \
                 for (int j = 0; j < x->n_states; j++)                                \
                     x->scale[j][off / FA_Q8_BLOCK] = FA_Q8_STORE_##ISA(              \
                         (uint8_t *)(x->state[j] + off), sbuf[j], x->qsigned[j], len); \
@@ -147,6 +182,9 @@
             if (resid)                                                               \
                 fa_resid_store_##ISA((uint16_t *)x->lowp + off,                      \
                                      (uint16_t *)x->param + off, mbuf, len);         \
+            else if (compact)                                                        \
+                fa_compact_store_##ISA((uint16_t *)x->lowp + off,                    \
+                                       (uint8_t *)x->param + off, mbuf, len);        \
             else if (x->lowp_type == FA_ET_BF16)                                     \
                 fa_bf16_store_##ISA((uint16_t *)(x->lowp + off * lsize),             \
                                     (const float *)a[FA_PARAM], len);                \

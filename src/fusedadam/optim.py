@@ -45,8 +45,8 @@ Betas3 = Tuple[float, float, float]
 Threads = Optional[int]
 Backend = Literal["auto", "compiled", "numpy"]
 NonFinite = Literal["error", "skip", "ignore"]
-StateDtype = Optional[Literal["float32", "bfloat16", "8bit"]]
-Master = Literal["float32", "residual"]
+StateDtype = Optional[Literal["float32", "bfloat16", "8bit", "8bit_companded"]]
+Master = Literal["float32", "residual", "compact"]
 GradScale = Union[float, Callable[[int], float], np.ndarray]
 
 
@@ -576,22 +576,25 @@ _PARAMETERS = {
         "them, as AMP loss scaling does); or no check at all (fastest).",
     ),
     "state_dtype": (
-        '{None, "float32", "bfloat16", "8bit"}',
+        '{None, "float32", "bfloat16", "8bit", "8bit_companded"}',
         "The dtype of the moments: None is the compute dtype (float32, or float64 for "
         'float64 params); ``"bfloat16"`` halves the state memory and bytes (float32, '
         'bfloat16 and float16 params; rounded to nearest even each step); ``"8bit"`` '
         "stores each moment block-wise in one byte per element plus one float32 absmax "
         "per 256 elements (``<moment>_absmax``; params of at least 4096 elements, smaller "
-        "ones keep float32 moments), requantized in the step's pass.",
+        "ones keep float32 moments), requantized in the step's pass; "
+        '``"8bit_companded"``: the same layout with FlashOptim\'s companded map (int8 '
+        "codes; see docs/master_residual.md).",
     ),
     "master": (
-        '{"float32", "residual"}',
+        '{"float32", "residual", "compact"}',
         "How a bfloat16/float16 param keeps its float32 master: a float32 copy "
         '(``master_param``, 4 bytes), or for bfloat16 params ``"residual"``: the '
         "master's low 16 bits (``master_residual``, int16, 2 bytes), the master kept "
         "exactly, the param its rounding to nearest with ties away from zero (see "
-        "docs/master_residual.md). No effect on float32/float64 params (they have no "
-        'master); float16 params refuse ``"residual"``.',
+        'docs/master_residual.md); ``"compact"``: 8 of them (int8, 1 byte), lossy: the '
+        "master kept to within 128 float32 units in the last place. No effect on "
+        "float32/float64 params (they have no master); float16 params refuse both.",
     ),
     "grad_scale": (
         "float, callable or array",
