@@ -57,7 +57,7 @@ def rank_grads(shapes, step, dtype):
 
 def master_of(opt_state, p):
     if "master_residual" in opt_state:
-        return R.residual_decode(p, opt_state["master_residual"]).reshape(p.shape)
+        return R.master_decode(p, opt_state["master_residual"]).reshape(p.shape)
     return np.asarray(opt_state["master_param"])
 
 
@@ -67,12 +67,12 @@ def check_params(got, want, where):
 
 
 def scenario_exact():
-    """bfloat16 params x master float32/residual x state None/bfloat16 x classes x
+    """bfloat16 params x master float32/residual/compact x state None/bfloat16 x classes x
     reductions x buckets, 5 steps each: params (every rank) and the consolidated state
     equal the single-process optimizer's, bit for bit."""
     count = 0
     for cls in (fa.Adam, fa.AdamW, fa.NAdam, fa.Lion):
-        for master in ("float32", "residual"):
+        for master in ("float32", "residual", "compact"):
             for state_dtype in (None, "bfloat16"):
                 for reduction, bucket, grad_dtype in (
                     ("sum", 40, BF16),
@@ -104,7 +104,7 @@ def scenario_exact():
                         want = ref.state_dict()
                         check_same_state_dict(full, want, where)
                         names = {k for e in full["state"].values() for k in e}
-                        assert ("master_residual" in names) == (master == "residual"), names
+                        assert ("master_residual" in names) == (master != "float32"), names
                     count += 1
     print(f"{count} configurations bit-identical at world size {world}")
 
@@ -224,16 +224,16 @@ def scenario_refused():
     print(f"refused on every rank at world size {world}")
 
 
-def setup_resume(bucket):
+def setup_resume(bucket, master):
     groups = make_params(11)
     opt = ShardedOptimizer(fa.AdamW, copy_groups(groups), comm, grad_reduction="sum",
-                           bucket_elements=bucket, lr=1e-2, master="residual")  # fmt: skip
+                           bucket_elements=bucket, lr=1e-2, master=master)  # fmt: skip
     return opt, groups, shapes_of(groups)
 
 
-def scenario_save(directory):
-    """3 steps of a residual run, saved."""
-    opt, _, shapes = setup_resume(bucket=96)
+def scenario_save(directory, master="residual"):
+    """3 steps of a residual (or compact) run, saved."""
+    opt, _, shapes = setup_resume(bucket=96, master=master)
     for step in range(1, 4):
         opt.step(rank_grads(shapes, step, BF16))
     opt.save(directory)
@@ -241,16 +241,16 @@ def scenario_save(directory):
         print(f"saved at world size {world}")
 
 
-def scenario_resume(directory):
+def scenario_resume(directory, master="residual"):
     """Load a residual checkpoint saved at another world size, take 3 more steps: params
     and state equal the single-process residual run of 6 steps; the consolidated
     checkpoint resumes a single-process optimizer the same way."""
-    opt, groups, shapes = setup_resume(bucket=200)
+    opt, groups, shapes = setup_resume(bucket=200, master=master)
     opt.load(directory)
     assert opt._steps == [3, 3], opt._steps
     for step in range(4, 7):
         opt.step(rank_grads(shapes, step, F32))
-    ref = fa.AdamW(copy_groups(groups), lr=1e-2, master="residual")
+    ref = fa.AdamW(copy_groups(groups), lr=1e-2, master=master)
     for step in range(1, 7):
         ref.step(exact_grads(shapes, [F32] * len(shapes), step, 0))
     ref_params = [p for g in ref.param_groups for p in g["params"]]
@@ -264,7 +264,7 @@ def scenario_resume(directory):
             count = len(g["params"])
             split.append({**g, "params": params[first : first + count]})
             first += count
-        single = fa.AdamW(split, lr=1e-2, master="residual")
+        single = fa.AdamW(split, lr=1e-2, master=master)
         single.load_state_dict(state_dict)
         for step in range(4, 7):
             single.step(exact_grads(shapes, [F32] * len(shapes), step, 0))

@@ -364,8 +364,9 @@ def test_8bit_state_is_refused():
     import fusedadam as fa
 
     params = [np.zeros(10, np.float32)]
-    with pytest.raises(ValueError, match=r"state_dtype='8bit' is not supported by ShardedOpt"):
-        ShardedOptimizer(fa.Adam, params, state_dtype="8bit")
+    for option in ("8bit", "8bit_companded"):
+        with pytest.raises(ValueError, match=rf"state_dtype='{option}' is not supported by "):
+            ShardedOptimizer(fa.Adam, params, state_dtype=option)
 
 
 @pytest.mark.parametrize(

@@ -1126,12 +1126,12 @@ def _check_shardable(group, gi, algorithm):
             "(the norm would cover one rank's shard, not the group); clip the "
             "gradients before step()"
         )
-    if group.get("state_dtype") == "8bit":
+    if group.get("state_dtype") in _precision.Q8_CODE_DTYPES:
         # 8-bit blocks and their scales follow each rank's bucket, not the params:
         # checkpoints and resharding would need per-rank conversions.
         raise ValueError(
-            f"param_groups[{gi}]: state_dtype='8bit' is not supported by "
-            "ShardedOptimizer; use None, 'float32' or 'bfloat16'"
+            f"param_groups[{gi}]: state_dtype={group['state_dtype']!r} is not supported "
+            "by ShardedOptimizer; use None, 'float32' or 'bfloat16'"
         )
 
 
