@@ -297,13 +297,13 @@ def test_zero_copy_state_and_no_replanning():
         opt.step()
     ptrs = [opt.state[p]["exp_avg"].data_ptr() for p in ps]
     param_ptrs = [p.data_ptr() for p in ps]
-    plans = opt.inner._engine.plans
+    plans = opt._engine.plans
     for _ in range(3):
         _set_grads(ps, _grads(ps, gen))
         opt.step()
     assert [opt.state[p]["exp_avg"].data_ptr() for p in ps] == ptrs
     assert [p.data_ptr() for p in ps] == param_ptrs
-    assert all(a is b for a, b in zip(opt.inner._engine.plans, plans))
+    assert all(a is b for a, b in zip(opt._engine.plans, plans))
     # The state tensors are the kernel's memory: an in-place edit is seen by the next step.
     ref = fa.Adam([p.detach().numpy().copy() for p in ps], lr=1e-2)
     ref.load_state_dict(
@@ -582,11 +582,11 @@ def test_state_dict_layout_matches_torch():
     torch.load(buf, weights_only=True)
 
 
-def test_repr_and_inner():
+def test_repr_and_algorithm():
     p = torch.zeros(3, requires_grad=True)
     opt = ft.RAdam([p], lr=0.5)
     assert "RAdam" in repr(opt) and "lr: 0.5" in repr(opt)
-    assert isinstance(opt.inner, fa.RAdam)
+    assert opt.algorithm is fa.RAdam.algorithm  # fusedadam's RAdam runs the step
     assert isinstance(opt, torch.optim.Optimizer)
 
 
