@@ -5,6 +5,7 @@ lr, betas, step counters, a GradScaler's scale) to the ones the engine takes."""
 import math
 import numbers
 import os
+from typing import Any, List
 
 import ml_dtypes
 import numpy as np
@@ -23,6 +24,8 @@ __all__ = [
     "counter",
     "scale_value",
     "bump",
+    "grad_views",
+    "grad_error",
 ]
 
 # The param dtypes the step takes (fusedadam._precision owns which go together).
@@ -187,3 +190,39 @@ def scale_value(scale):
             raise ValueError(f"grad_scale must have one element, got shape {tuple(scale.shape)}")
         return float(scale.item())
     return scale
+
+
+def grad_views(found, low):
+    """NumPy views of the grads ``found`` (None where a param has none); ``low[i]``: param
+    ``i`` is bfloat16/float16 or a DTensor. Raises naming a grad the step cannot read."""
+    grads: List[Any] = []
+    for i, (g, low_i) in enumerate(zip(found, low)):
+        if g is None:
+            grads.append(None)
+            continue
+        try:
+            if not g.is_contiguous() and g.layout is torch.strided and not g.requires_grad:
+                g = g.contiguous()  # torch steps any strided grad: the step reads a copy
+            # A bfloat16/float16 param may have a float32, bfloat16 or float16 grad;
+            # a DTensor's is read through its local shard.
+            grads.append(numpy_view(g) if low_i else g.numpy())
+        except Exception as error:
+            raise grad_error(i, g, error) from None
+    return grads
+
+
+def grad_error(i, g, error):
+    """The error for grad ``i``, which ``Tensor.numpy()`` refused with ``error``."""
+    try:
+        check_tensor(g, f"params[{i}].grad", "gradient")
+    except (TypeError, ValueError) as clear:
+        return type(clear)(str(clear))
+    if g.requires_grad:
+        return RuntimeError(
+            f"params[{i}].grad requires grad (a create_graph=True backward?); "
+            "fusedadam.torch does not differentiate through the step"
+        )
+    return type(error)(f"params[{i}].grad: {error}")
+
+
+# ------------------------------------------------------------------ plans
