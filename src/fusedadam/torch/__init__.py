@@ -15,20 +15,24 @@ non-finite policy and the compiled, GIL-free pass over all tensors of a group. T
 lives in torch's own ``opt.state[p]`` as tensors; the engine is handed NumPy views of the
 params, grads and state tensors (``Tensor.numpy()`` shares memory: nothing is copied), so a
 step writes the tensors the user sees, allocates nothing and plans nothing again while the
-tensors stay in place. ``_bridge.py`` holds the tensor checks and views, ``_state_dict.py``
-the state dicts, ``_schedule_free.py`` the Schedule-Free classes, ``_offload.py``
-:class:`Offload`.
+tensors stay in place. ``_plans.py`` turns torch's groups into the engine's plans,
+``_bridge.py`` holds the tensor checks and views, ``_torch_api.py`` torch.optim's own flag
+checks and hooks, ``_state_dict.py`` the state dicts, ``_schedule_free.py`` the
+Schedule-Free base, ``_offload.py`` :class:`Offload`. The classes below are generated
+(``_thin``): a registry entry's defaults in the torch class's argument layout.
 
 Importing this module imports torch (``pip install torch``; 2.13 is the tested version);
 ``import fusedadam`` alone never does.
 """
 
-from fusedadam import _validation
+import inspect
+
+from fusedadam import _algorithms, _validation
 from fusedadam.torch._bridge import TORCH_WORKERS_SPIN as _TORCH_WORKERS_SPIN
 from fusedadam.torch._bridge import numpy_view as _numpy
 from fusedadam.torch._offload import Offload
 from fusedadam.torch._optimizer import Optimizer
-from fusedadam.torch._schedule_free import AdamWScheduleFree, RAdamScheduleFree
+from fusedadam.torch import _schedule_free
 
 __all__ = [
     "Adam",
@@ -81,239 +85,215 @@ def _doc(cls, torch_name, extra=""):
     return cls
 
 
-class Adam(Optimizer):
-    """Adam and AMSGrad (:class:`fusedadam.Adam` runs the step) for CPU tensors."""
-
-    _name = "Adam"
-
-    # fmt: off
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, *, foreach=None, maximize=False, capturable=False,
-                 differentiable=False, fused=None, decoupled_weight_decay=False,
-                 num_threads=None, nonfinite="error", state_dtype=None,
-                 max_grad_norm=None, master="float32", cautious=False):
-        self._setup(params, locals())
-    # fmt: on
+# The thin classes: per class, its registry entry (defaults, algorithm), the torch class
+# whose argument layout it follows (positional, then keyword-only) and its docstring.
+_TORCH_ONLY = {"foreach": None, "fused": None, "capturable": False, "differentiable": False}
+# fusedadam's own options, keyword-only in every class (after torch's)
+_OURS = "num_threads nonfinite state_dtype max_grad_norm master"
 
 
-class AdamW(Adam):
-    """AdamW: Adam with decoupled weight decay (:class:`fusedadam.Adam` with
-    ``decoupled_weight_decay=True`` runs the step) for CPU tensors."""
+def _thin(name, mirrors, positional, keywords, doc, base=Optimizer, fixed=None,
+          prepare=None, extra=""):  # fmt: skip
+    """The class ``name``: an ``__init__`` with the signature of ``mirrors`` (the
+    registry's defaults, torch's for its implementation flags) that validates nothing
+    itself and hands its arguments to ``Optimizer._setup``."""
+    defaults = _algorithms.DEFAULTS[name][1]
+    P = inspect.Parameter
+    parameters = [P("self", P.POSITIONAL_OR_KEYWORD), P("params", P.POSITIONAL_OR_KEYWORD)]
+    for names, kind in ((positional, P.POSITIONAL_OR_KEYWORD), (keywords, P.KEYWORD_ONLY)):
+        parameters += [
+            P(k, kind, default=_TORCH_ONLY.get(k, defaults.get(k))) for k in names.split()
+        ]
+    signature = inspect.Signature(parameters)
 
-    _name = "AdamW"
-    _FIXED = {"decoupled_weight_decay": True}
+    def __init__(self, params, *args, **kwargs):
+        arguments = signature.bind(self, params, *args, **kwargs)
+        arguments.apply_defaults()
+        if prepare is not None:
+            prepare(arguments.arguments)
+        self._setup(params, arguments.arguments)
 
-    # fmt: off
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None, num_threads=None, nonfinite="error",
-                 state_dtype=None, max_grad_norm=None, master="float32",
-                 cautious=False):
-        self._setup(params, locals())
-    # fmt: on
-
-
-class Adamax(Optimizer):
-    """Adamax (:class:`fusedadam.Adamax` runs the step) for CPU tensors."""
-
-    _name = "Adamax"
-
-    # fmt: off
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 foreach=None, *, maximize=False, differentiable=False, capturable=False,
-                 num_threads=None, nonfinite="error", state_dtype=None,
-                 max_grad_norm=None, master="float32"):
-        self._setup(params, locals())
-    # fmt: on
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    __init__.__qualname__ = f"{name}.__init__"
+    namespace = {"__init__": __init__, "__doc__": doc, "__module__": __name__, "_name": name}
+    if fixed:
+        namespace["_FIXED"] = fixed
+    return _doc(type(name, (base,), namespace), mirrors, extra)
 
 
-class NAdam(Optimizer):
-    """NAdam (:class:`fusedadam.NAdam` runs the step) for CPU tensors. ``mu_product`` is
-    kept in float64 (torch: the default dtype); a torch state dict's loads exactly."""
-
-    _name = "NAdam"
-
-    # fmt: off
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 momentum_decay=4e-3, decoupled_weight_decay=False, *, foreach=None,
-                 maximize=False, capturable=False, differentiable=False, num_threads=None,
-                 nonfinite="error", state_dtype=None, max_grad_norm=None, master="float32"):
-        self._setup(params, locals())
-    # fmt: on
+def _stable_adamw_max_lr(arguments):
+    arguments["max_lr"] = _validation.stable_adamw_max_lr(
+        arguments["lr"], arguments["decouple_lr"], arguments["max_lr"]
+    )
 
 
-class RAdam(Optimizer):
-    """RAdam (:class:`fusedadam.RAdam` runs the step) for CPU tensors."""
-
-    _name = "RAdam"
-
-    # fmt: off
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False, *, foreach=None, maximize=False,
-                 capturable=False, differentiable=False, num_threads=None, nonfinite="error",
-                 state_dtype=None, max_grad_norm=None, master="float32"):
-        self._setup(params, locals())
-    # fmt: on
-
-
-class AdaBelief(Optimizer):
-    """AdaBelief (:class:`fusedadam.AdaBelief` runs the step; optax's defaults) for CPU
-    tensors. torch.optim has no AdaBelief: the state is ``exp_avg``, ``exp_avg_var``."""
-
-    _name = "AdaBelief"
-
-    # fmt: off
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, eps_root=1e-16,
-                 weight_decay=0.0, decoupled_weight_decay=False, *, maximize=False,
-                 foreach=None, capturable=False, differentiable=False, num_threads=None,
-                 nonfinite="error", state_dtype=None, max_grad_norm=None, master="float32"):
-        self._setup(params, locals())
-    # fmt: on
-
-
-class Lion(Optimizer):
-    """Lion (:class:`fusedadam.Lion` runs the step; optax's defaults) for CPU tensors.
-    torch.optim has no Lion: the state is ``exp_avg``."""
-
-    _name = "Lion"
-
-    # fmt: off
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=1e-3, *,
-                 maximize=False, foreach=None, capturable=False, differentiable=False,
-                 num_threads=None, nonfinite="error", state_dtype=None,
-                 max_grad_norm=None, master="float32", cautious=False):
-        self._setup(params, locals())
-    # fmt: on
-
-
-class ADOPT(Optimizer):
-    """ADOPT (:class:`fusedadam.ADOPT` runs the step; timm's ``Adopt`` defaults and clip)
-    for CPU tensors. The state is ``exp_avg``, ``exp_avg_sq`` as timm's; timm's
-    ``decoupled`` is ``decoupled_weight_decay`` here, its ``caution`` is ``cautious``, and
-    its ``corrected_weight_decay`` is not offered."""
-
-    _name = "ADOPT"
-
-    # fmt: off
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.9999), eps=1e-6, clip_exp=0.333,
-                 weight_decay=0.0, decoupled_weight_decay=False, *, maximize=False,
-                 foreach=None, capturable=False, differentiable=False, num_threads=None,
-                 nonfinite="error", state_dtype=None, max_grad_norm=None, master="float32",
-                 cautious=False):
-        self._setup(params, locals())
-    # fmt: on
-
-
-class AdamAtan2(Optimizer):
-    """Adam-atan2 (:class:`fusedadam.AdamAtan2` runs the step; adam_atan2_pytorch's
-    ``AdamAtan2`` defaults) for CPU tensors. The state is ``exp_avg``, ``exp_avg_sq``
-    (that package also keeps an int ``steps``; here it is ``step``)."""
-
-    _name = "AdamAtan2"
-
-    # fmt: off
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, a=1.27, b=1.0,
-                 *, maximize=False, foreach=None, capturable=False, differentiable=False,
-                 num_threads=None, nonfinite="error", state_dtype=None, max_grad_norm=None,
-                 master="float32"):
-        self._setup(params, locals())
-    # fmt: on
-
-
-class AdEMAMix(Optimizer):
-    """AdEMAMix (:class:`fusedadam.AdEMAMix` runs the step; pytorch_optimizer's defaults
-    and state names: ``exp_avg``, ``exp_avg_sq``, ``exp_avg_slow``) for CPU tensors."""
-
-    _name = "AdEMAMix"
-
-    # fmt: off
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=5.0,
-                 t_alpha_beta3=None, eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False, *, maximize=False, foreach=None,
-                 capturable=False, differentiable=False, num_threads=None, nonfinite="error",
-                 state_dtype=None, max_grad_norm=None, master="float32"):
-        self._setup(params, locals())
-    # fmt: on
-
-
-class Adan(Optimizer):
-    """Adan (:class:`fusedadam.Adan` runs the step; timm's defaults and state names:
-    ``exp_avg``, ``exp_avg_sq``, ``exp_avg_diff``, ``neg_pre_grad``) for CPU tensors."""
-
-    _name = "Adan"
-
-    # fmt: off
-    def __init__(self, params, lr=1e-3, betas=(0.98, 0.92, 0.99), eps=1e-8,
-                 weight_decay=0.0, no_prox=False, *, maximize=False, foreach=None,
-                 capturable=False, differentiable=False, num_threads=None, nonfinite="error",
-                 state_dtype=None, max_grad_norm=None, master="float32"):
-        self._setup(params, locals())
-    # fmt: on
-
-
-class Lamb(Optimizer):
-    """LAMB (:class:`fusedadam.Lamb` runs the step; timm's ``Lamb`` defaults, its
-    ``decoupled_decay`` named ``decoupled_weight_decay``, its global ``max_grad_norm=1.0``
-    not applied: ``max_grad_norm`` is the per-group rule of ``clip_grad_norm_``) for CPU
-    tensors. The state is timm's: ``exp_avg``, ``exp_avg_sq``."""
-
-    _name = "Lamb"
-
-    # fmt: off
-    def __init__(self, params, lr=1e-3, bias_correction=True, betas=(0.9, 0.999), eps=1e-6,
-                 weight_decay=1e-2, grad_averaging=True, max_grad_norm=None,
-                 trust_clip=False, always_adapt=False, *, decoupled_weight_decay=False,
-                 maximize=False, foreach=None, capturable=False, differentiable=False,
-                 num_threads=None, nonfinite="error", state_dtype=None, master="float32"):
-        self._setup(params, locals())
-    # fmt: on
-
-
-class StableAdamW(Optimizer):
-    """StableAdamW (:class:`fusedadam.StableAdamW` runs the step; torch-optimi's defaults,
-    its ``beta1, beta2`` as ``betas``) for CPU tensors. The state is ``exp_avg``,
-    ``exp_avg_sq`` (optimi also keeps ``eps_sq`` and a Kahan buffer; here a low-precision
-    param keeps a float32 master instead)."""
-
-    _name = "StableAdamW"
-
-    # fmt: off
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.99), weight_decay=1e-2, eps=1e-6,
-                 decouple_lr=False, max_lr=None, *, maximize=False, foreach=None,
-                 capturable=False, differentiable=False, num_threads=None,
-                 nonfinite="error", state_dtype=None, max_grad_norm=None,
-                 master="float32"):
-        max_lr = _validation.stable_adamw_max_lr(lr, decouple_lr, max_lr)
-        self._setup(params, locals())
-    # fmt: on
-
-
-for _cls, _name in (
-    (Adam, "torch.optim.Adam"),
-    (AdamW, "torch.optim.AdamW"),
-    (Adamax, "torch.optim.Adamax"),
-    (NAdam, "torch.optim.NAdam"),
-    (RAdam, "torch.optim.RAdam"),
-    (AdaBelief, "torch.optim.Adam"),
-    (Lion, "torch.optim.Adam"),
-    (ADOPT, "timm.optim.Adopt"),
-    (AdamAtan2, "adam_atan2_pytorch.AdamAtan2"),
-    (AdamWScheduleFree, "schedulefree.AdamWScheduleFree"),
-    (RAdamScheduleFree, "schedulefree.RAdamScheduleFree"),
-    (Lamb, "timm.optim.Lamb"),
-    (StableAdamW, "optimi.StableAdamW"),
-):
-    _doc(_cls, _name)
-del _cls, _name
-_doc(
-    AdEMAMix,
-    "pytorch_optimizer.AdEMAMix",
-    "Its ``weight_decouple`` is ``decoupled_weight_decay`` here; ``fixed_decay`` is not "
-    "offered (docs/algorithms_ademamix_adan.md).",
+Adam = _thin(
+    "Adam",
+    "torch.optim.Adam",
+    "lr betas eps weight_decay amsgrad",
+    f"foreach maximize capturable differentiable fused decoupled_weight_decay {_OURS} cautious",
+    ("Adam and AMSGrad (:class:`fusedadam.Adam` runs the step) for CPU tensors."),
 )
-_doc(
-    Adan,
+
+AdamW = _thin(
+    "AdamW",
+    "torch.optim.AdamW",
+    "lr betas eps weight_decay amsgrad",
+    f"maximize foreach capturable differentiable fused {_OURS} cautious",
+    (
+        "AdamW: Adam with decoupled weight decay (:class:`fusedadam.Adam` with "
+        "``decoupled_weight_decay=True`` runs the step) for CPU tensors."
+    ),
+    base=Adam,
+    fixed={"decoupled_weight_decay": True},
+)
+
+Adamax = _thin(
+    "Adamax",
+    "torch.optim.Adamax",
+    "lr betas eps weight_decay foreach",
+    f"maximize differentiable capturable {_OURS}",
+    ("Adamax (:class:`fusedadam.Adamax` runs the step) for CPU tensors."),
+)
+
+NAdam = _thin(
+    "NAdam",
+    "torch.optim.NAdam",
+    "lr betas eps weight_decay momentum_decay decoupled_weight_decay",
+    f"foreach maximize capturable differentiable {_OURS}",
+    (
+        "NAdam (:class:`fusedadam.NAdam` runs the step) for CPU tensors. ``mu_product`` is kept "
+        "in float64 (torch: the default dtype); a torch state dict's loads exactly."
+    ),
+)
+
+RAdam = _thin(
+    "RAdam",
+    "torch.optim.RAdam",
+    "lr betas eps weight_decay decoupled_weight_decay",
+    f"foreach maximize capturable differentiable {_OURS}",
+    ("RAdam (:class:`fusedadam.RAdam` runs the step) for CPU tensors."),
+)
+
+AdaBelief = _thin(
+    "AdaBelief",
+    "torch.optim.Adam",
+    "lr betas eps eps_root weight_decay decoupled_weight_decay",
+    f"maximize foreach capturable differentiable {_OURS}",
+    (
+        "AdaBelief (:class:`fusedadam.AdaBelief` runs the step; optax's defaults) for CPU "
+        "tensors. torch.optim has no AdaBelief: the state is ``exp_avg``, ``exp_avg_var``."
+    ),
+)
+
+Lion = _thin(
+    "Lion",
+    "torch.optim.Adam",
+    "lr betas weight_decay",
+    f"maximize foreach capturable differentiable {_OURS} cautious",
+    (
+        "Lion (:class:`fusedadam.Lion` runs the step; optax's defaults) for CPU tensors. "
+        "torch.optim has no Lion: the state is ``exp_avg``."
+    ),
+)
+
+ADOPT = _thin(
+    "ADOPT",
+    "timm.optim.Adopt",
+    "lr betas eps clip_exp weight_decay decoupled_weight_decay",
+    f"maximize foreach capturable differentiable {_OURS} cautious",
+    (
+        "ADOPT (:class:`fusedadam.ADOPT` runs the step; timm's ``Adopt`` defaults and clip) for "
+        "CPU tensors. The state is ``exp_avg``, ``exp_avg_sq`` as timm's; timm's ``decoupled`` is "
+        "``decoupled_weight_decay`` here, its ``caution`` is ``cautious``, and its "
+        "``corrected_weight_decay`` is not offered."
+    ),
+)
+
+AdamAtan2 = _thin(
+    "AdamAtan2",
+    "adam_atan2_pytorch.AdamAtan2",
+    "lr betas weight_decay a b",
+    f"maximize foreach capturable differentiable {_OURS}",
+    (
+        "Adam-atan2 (:class:`fusedadam.AdamAtan2` runs the step; adam_atan2_pytorch's "
+        "``AdamAtan2`` defaults) for CPU tensors. The state is ``exp_avg``, ``exp_avg_sq`` (that "
+        "package also keeps an int ``steps``; here it is ``step``)."
+    ),
+)
+
+AdEMAMix = _thin(
+    "AdEMAMix",
+    "pytorch_optimizer.AdEMAMix",
+    "lr betas alpha t_alpha_beta3 eps weight_decay decoupled_weight_decay",
+    f"maximize foreach capturable differentiable {_OURS}",
+    (
+        "AdEMAMix (:class:`fusedadam.AdEMAMix` runs the step; pytorch_optimizer's defaults and "
+        "state names: ``exp_avg``, ``exp_avg_sq``, ``exp_avg_slow``) for CPU tensors."
+    ),
+    extra=(
+        "Its ``weight_decouple`` is ``decoupled_weight_decay`` here; ``fixed_decay`` is not "
+        "offered (docs/algorithms_ademamix_adan.md)."
+    ),
+)
+
+Adan = _thin(
+    "Adan",
     "timm.optim.Adan",
-    "``maximize`` is fusedadam's (timm has none); timm's ``caution`` is not offered "
-    "(docs/algorithms_ademamix_adan.md).",
+    "lr betas eps weight_decay no_prox",
+    f"maximize foreach capturable differentiable {_OURS}",
+    (
+        "Adan (:class:`fusedadam.Adan` runs the step; timm's defaults and state names: "
+        "``exp_avg``, ``exp_avg_sq``, ``exp_avg_diff``, ``neg_pre_grad``) for CPU tensors."
+    ),
+    extra=(
+        "``maximize`` is fusedadam's (timm has none); timm's ``caution`` is not offered "
+        "(docs/algorithms_ademamix_adan.md)."
+    ),
+)
+
+Lamb = _thin(
+    "Lamb",
+    "timm.optim.Lamb",
+    "lr bias_correction betas eps weight_decay grad_averaging max_grad_norm trust_clip "
+    "always_adapt",
+    "decoupled_weight_decay maximize foreach capturable differentiable num_threads nonfinite "
+    "state_dtype master",
+    (
+        "LAMB (:class:`fusedadam.Lamb` runs the step; timm's ``Lamb`` defaults, its "
+        "``decoupled_decay`` named ``decoupled_weight_decay``, its global ``max_grad_norm=1.0`` "
+        "not applied: ``max_grad_norm`` is the per-group rule of ``clip_grad_norm_``) for CPU "
+        "tensors. The state is timm's: ``exp_avg``, ``exp_avg_sq``."
+    ),
+)
+
+StableAdamW = _thin(
+    "StableAdamW",
+    "optimi.StableAdamW",
+    "lr betas weight_decay eps decouple_lr max_lr",
+    f"maximize foreach capturable differentiable {_OURS}",
+    (
+        "StableAdamW (:class:`fusedadam.StableAdamW` runs the step; torch-optimi's defaults, its "
+        "``beta1, beta2`` as ``betas``) for CPU tensors. The state is ``exp_avg``, ``exp_avg_sq`` "
+        "(optimi also keeps ``eps_sq`` and a Kahan buffer; here a low-precision param keeps a "
+        "float32 master instead)."
+    ),
+    prepare=_stable_adamw_max_lr,
+)
+
+AdamWScheduleFree = _thin(
+    "AdamWScheduleFree",
+    "schedulefree.AdamWScheduleFree",
+    "lr betas eps weight_decay warmup_steps r weight_lr_power foreach",
+    f"maximize {_OURS}",
+    _schedule_free.ADAMW_DOC,
+    base=_schedule_free.ScheduleFree,
+)
+RAdamScheduleFree = _thin(
+    "RAdamScheduleFree",
+    "schedulefree.RAdamScheduleFree",
+    "lr betas eps weight_decay r weight_lr_power foreach silent_sgd_phase",
+    f"maximize {_OURS}",
+    _schedule_free.RADAM_DOC,
+    base=AdamWScheduleFree,
 )

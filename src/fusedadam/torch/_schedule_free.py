@@ -19,23 +19,24 @@ from fusedadam.torch import _bridge
 from fusedadam.torch._optimizer import Optimizer
 
 
-class AdamWScheduleFree(Optimizer):
-    """Schedule-Free AdamW (:class:`fusedadam.AdamWScheduleFree` runs the step) for CPU
-    tensors, as ``schedulefree.AdamWScheduleFree``: the state is ``z``, ``exp_avg_sq`` and
-    the 0-d float64 ``lr_max`` and ``weight_sum``; call :meth:`train` before training and
-    :meth:`eval` before evaluating or saving (a step in eval mode raises). A param whose
-    grad is None keeps its y and z, and its counters follow its group's, as the package
-    keeps them per group."""
+ADAMW_DOC = (
+    "Schedule-Free AdamW (:class:`fusedadam.AdamWScheduleFree` runs the step) for CPU "
+    "tensors, as ``schedulefree.AdamWScheduleFree``: the state is ``z``, ``exp_avg_sq`` and "
+    "the 0-d float64 ``lr_max`` and ``weight_sum``; call :meth:`train` before training and "
+    ":meth:`eval` before evaluating or saving (a step in eval mode raises). A param whose "
+    "grad is None keeps its y and z, and its counters follow its group's, as the package "
+    "keeps them per group."
+)
 
-    _name = "AdamWScheduleFree"
+RADAM_DOC = (
+    "Schedule-Free RAdam (:class:`fusedadam.RAdamScheduleFree` runs the step) for CPU "
+    "tensors, as ``schedulefree.RAdamScheduleFree``; state, :meth:`train`, :meth:`eval` and "
+    "frozen params as :class:`AdamWScheduleFree`."
+)
 
-    # fmt: off
-    def __init__(self, params, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 warmup_steps=0, r=0.0, weight_lr_power=2.0, foreach=None, *,
-                 maximize=False, num_threads=None, nonfinite="error", state_dtype=None,
-                 max_grad_norm=None, master="float32"):
-        self._setup(params, locals())
-    # fmt: on
+
+class ScheduleFree(Optimizer):
+    """Base of the Schedule-Free classes: train/eval modes and the group counters."""
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
         """Add a param group; it takes the optimizer's mode (train unless :meth:`eval`
@@ -211,19 +212,3 @@ class AdamWScheduleFree(Optimizer):
             _bridge.bump(moved)
         for group in self.param_groups:
             group["train_mode"] = train
-
-
-class RAdamScheduleFree(AdamWScheduleFree):
-    """Schedule-Free RAdam (:class:`fusedadam.RAdamScheduleFree` runs the step) for CPU
-    tensors, as ``schedulefree.RAdamScheduleFree``; state, :meth:`train`, :meth:`eval` and
-    frozen params as :class:`AdamWScheduleFree`."""
-
-    _name = "RAdamScheduleFree"
-
-    # fmt: off
-    def __init__(self, params, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 r=0.0, weight_lr_power=2.0, foreach=None, silent_sgd_phase=True, *,
-                 maximize=False, num_threads=None, nonfinite="error", state_dtype=None,
-                 max_grad_norm=None, master="float32"):
-        self._setup(params, locals())
-    # fmt: on
