@@ -148,6 +148,11 @@ def main(argv=None):
     parser.add_argument(
         "--cases", default=None, help="comma-separated case-name prefixes to run (default: all)"
     )
+    parser.add_argument(
+        "--peers",
+        default=None,
+        help="comma-separated peers to time (default: torch fused, torch foreach, DeepSpeed)",
+    )
     parser.add_argument("--width", type=int, default=48, help="--training-loop: d_model")
     parser.add_argument("--layers", type=int, default=2, help="--training-loop: layers")
     parser.add_argument("--steps", type=int, default=300, help="--training-loop: steps")
@@ -159,6 +164,8 @@ def main(argv=None):
     peers = ["torch fused", "torch foreach"] + (
         ["DeepSpeedCPUAdam"] if deepspeed_available() else []
     )
+    if args.peers is not None:
+        peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     both = ["fusedadam.torch", "fusedadam.torch (NaN check)"]
     if args.baseline:
         global BASELINE

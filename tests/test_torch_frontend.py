@@ -885,3 +885,33 @@ def test_errors_name_the_param_by_its_position_when_some_grads_are_missing():
     with pytest.raises(FloatingPointError, match=r"grads\[2\] has 1 non-finite value"):
         opt.step()
     assert len([st for st in opt.state.values() if st]) == 0
+
+
+def test_kept_grads_are_read_afresh_every_step():
+    """A loop that keeps its grad tensors (zero_grad(set_to_none=False)) and edits them in
+    place, transposes them in place or swaps their memory (.data) steps with the values
+    they hold at each step: the same trajectory as fresh grad tensors."""
+    gen = torch.Generator().manual_seed(11)
+    kept = [torch.zeros(4, 4, requires_grad=True), torch.zeros(3, requires_grad=True)]
+    fresh = [t.detach().clone().requires_grad_() for t in kept]
+    a, b = ft.Adam(kept, lr=1e-2), ft.Adam(fresh, lr=1e-2)
+    for p in kept:
+        p.grad = torch.zeros_like(p)
+    for step in range(8):
+        values = [torch.randn(p.shape, generator=gen) for p in kept]
+        if step % 4 == 1:
+            kept[0].grad.copy_(values[0].t())
+            kept[0].grad.t_()  # same memory, shape, version bump: now holds values[0]
+            kept[1].grad.copy_(values[1])
+        elif step % 4 == 2:
+            for p, v in zip(kept, values):
+                p.grad.data = v.clone()  # new memory, no version bump
+        else:
+            for p, v in zip(kept, values):
+                p.grad.copy_(v)
+        for q, v in zip(fresh, values):
+            q.grad = v.clone()
+        a.step()
+        b.step()
+        for p, q in zip(kept, fresh):
+            assert torch.equal(p, q), step

@@ -303,7 +303,8 @@ class Optimizer(StateDicts, Plans, torch.optim.Optimizer):
         found = list(map(_GRAD, params))
         cache = self._grad_views
         # The same grad tensors at the same address, shape and strides as last step's
-        # (a loop that keeps its grads: zero_grad(set_to_none=False)): their views.
+        # (a loop that keeps its grads: zero_grad(set_to_none=False)): their views. (Not
+        # the version counter: ``g.data = ...`` moves a tensor without bumping it.)
         if (
             cache
             and all(map(operator.is_, found, cache[0]))
