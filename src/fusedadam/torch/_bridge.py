@@ -56,6 +56,9 @@ TORCH_WORKERS_SPIN = os.environ.get("OMP_WAIT_POLICY", "").strip().lower() != "p
     os.environ.get("GOMP_SPINCOUNT", "").strip() not in ("0",)
 )
 STEP_ASIDE = 1 << 22
+# Up to this many params, the steady step reads the grads in one plain loop (C-level maps'
+# lists cost more than they save below ~5 tensors).
+FEW_GRADS = 4
 
 OFFLOAD_HINT = (
     "fusedadam.torch steps CPU tensors: keep the master params (and the optimizer) on the "

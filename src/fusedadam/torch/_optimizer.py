@@ -178,10 +178,12 @@ class Optimizer(StateDicts, Plans, torch.optim.Optimizer):
             grads = self._steady_grads()
             if grads is not None:
                 outcome = self._engine.step(grads)
-                if outcome == Outcome.RAN or outcome == Outcome.RAN_NEW_STATE:
-                    if outcome == Outcome.RAN_NEW_STATE:
-                        self._install()
-                        self._engine.snapshot()
+                if not outcome:  # Outcome.RAN
+                    _bridge.bump(self._stepped)
+                    return None
+                if outcome == Outcome.RAN_NEW_STATE:
+                    self._install()
+                    self._engine.snapshot()
                     _bridge.bump(self._stepped)
                     return None
                 self._steady = False  # nothing was written: the full step takes over
@@ -298,6 +300,8 @@ class Optimizer(StateDicts, Plans, torch.optim.Optimizer):
             if getter(part[1]) != part[2]:
                 return None
         params = self._params
+        if len(params) <= _bridge.FEW_GRADS:
+            return self._few_grads(params)
         if list(map(_DATA_PTR, params)) != self._ptrs:
             return None
         found = list(map(_GRAD, params))
@@ -323,6 +327,32 @@ class Optimizer(StateDicts, Plans, torch.optim.Optimizer):
                 found, list(map(_DATA_PTR, found)), list(map(_SHAPE, found)),
                 list(map(_STRIDE, found)), views,
             )  # fmt: skip
+        return views
+
+    def _few_grads(self, params):
+        """``_steady_grads``' reading of a few params' grads: one loop (the maps' lists
+        cost more than they save below ~5 tensors), each kept grad's view reused under
+        the same rule."""
+        views = []
+        for p, ptr, kept in zip(params, self._ptrs, self._grad_views):
+            if p.data_ptr() != ptr:
+                return None
+            g = p.grad
+            if (
+                g is not kept[0]
+                or g.data_ptr() != kept[1]
+                or g.shape != kept[2]
+                or g.stride() != kept[3]
+            ):
+                try:
+                    view = g.numpy()
+                except (TypeError, RuntimeError, AttributeError):  # None, bfloat16, ...
+                    return None
+                if not self._cache_grads:
+                    views.append(view)
+                    continue
+                kept[:] = g, g.data_ptr(), g.shape, g.stride(), view
+            views.append(kept[4])
         return views
 
     def _state_unchanged(self):

@@ -258,7 +258,10 @@ class Plans:
                 self._shadows.append((i, p, shadow))
                 self._views.append(_bridge.numpy_view(shadow))
         self._ptrs = list(map(_DATA_PTR, flat))
-        self._grad_views = None
+        # the views of the grads last read (see Optimizer._steady_grads): one list for
+        # many params; per param [grad, its address, shape, strides, view] for a few
+        few = len(flat) <= _bridge.FEW_GRADS
+        self._grad_views = [[False, 0, None, None, None] for _ in flat] if few else None
         self._cache_grads = sum(p.numel() for p in flat) <= _CACHED_GRAD_ELEMENTS
         self._any_low = any(self._low) or bool(self._shadows)
         self._seen = (
