@@ -355,28 +355,6 @@ class Optimizer(StateDicts, Plans, torch.optim.Optimizer):
             views.append(kept[4])
         return views
 
-    def _state_unchanged(self):
-        """No param's state dict was replaced, added or removed since the plans were made
-        (the plans watch each dict's entries themselves). Compares the map's values by
-        identity: looking params up would hash tensors in Python, ~0.5 us each."""
-        values, watched = self.__dict__["state"].values(), self._watched
-        return len(values) == len(watched) and all(map(operator.is_, values, watched))
-
-    def _fits(self):
-        """The groups, params and state map are the ones the members were taken from."""
-        seen = self._seen
-        groups = self.param_groups
-        if seen is None or groups is not seen[0] or len(groups) != len(seen[1]):
-            return False
-        if self.__dict__.get("state") is not seen[2]:
-            return False
-        for g, (group, params, n) in zip(groups, seen[1]):
-            if g is not group or g.get("params") is not params or len(params) != n:
-                return False
-        if self._dtensor is not None and self._dtensor.moved():
-            return False  # a DTensor's local shard was replaced: new views
-        return True
-
     def _collect(self):
         """NumPy views of the grads (None where a param has none), or None when a param's
         memory moved. Sets ``_full``: every param has one."""
