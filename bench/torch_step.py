@@ -66,11 +66,27 @@ def make_params(shapes, dtype, grads, seed=0):
     return params
 
 
+BASELINE = None  # --baseline: another fusedadam.torch, loaded from a file
+
+
+def load_baseline(path):
+    """A fusedadam.torch module from ``path`` (e.g. an older commit's, from
+    ``git show <commit>:src/fusedadam/torch.py``), over this fusedadam: an A/B of the
+    front ends in one process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fusedadam_torch_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def build(impl, shapes, dtype, grads, threads):
     params = make_params(shapes, dtype, grads)
-    if impl.startswith("fusedadam.torch"):
+    if impl.startswith("fusedadam.torch") or impl.startswith("baseline"):
         nonfinite = "error" if "check" in impl else "ignore"
-        opt = ft.Adam(params, lr=LR, nonfinite=nonfinite, num_threads=threads)
+        module = BASELINE if impl.startswith("baseline") else ft
+        opt = module.Adam(params, lr=LR, nonfinite=nonfinite, num_threads=threads)
     elif impl == "torch fused":
         opt = torch.optim.Adam(params, lr=LR, fused=True)
     elif impl == "torch foreach":
@@ -124,6 +140,19 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", default=None)
     parser.add_argument("--training-loop", action="store_true", help="the in-loop case only")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="a fusedadam.torch module file to time against this one (A/B, interleaved)",
+    )
+    parser.add_argument(
+        "--cases", default=None, help="comma-separated case-name prefixes to run (default: all)"
+    )
+    parser.add_argument(
+        "--peers",
+        default=None,
+        help="comma-separated peers to time (default: torch fused, torch foreach, DeepSpeed)",
+    )
     parser.add_argument("--width", type=int, default=48, help="--training-loop: d_model")
     parser.add_argument("--layers", type=int, default=2, help="--training-loop: layers")
     parser.add_argument("--steps", type=int, default=300, help="--training-loop: steps")
@@ -135,7 +164,13 @@ def main(argv=None):
     peers = ["torch fused", "torch foreach"] + (
         ["DeepSpeedCPUAdam"] if deepspeed_available() else []
     )
+    if args.peers is not None:
+        peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     both = ["fusedadam.torch", "fusedadam.torch (NaN check)"]
+    if args.baseline:
+        global BASELINE
+        BASELINE = load_baseline(args.baseline)
+        both += ["baseline", "baseline (NaN check)"]
     budget = args.budget_gib * 2**30
     # bytes per parameter: the shared gradient + per implementation param and two moments
     # (+ fusedadam's float32 master for bfloat16 params)
@@ -146,7 +181,7 @@ def main(argv=None):
     if not args.quick:
         bert = scenarios.model_shapes("bert-base")
         cases.append(("BERT-base", bert, torch.float32, both + peers))
-        cases.append(("BERT-base, bf16 params", bert, torch.bfloat16, ["fusedadam.torch"] + peers))
+        cases.append(("BERT-base, bf16 params", bert, torch.bfloat16, both[::2] + peers))
         per_block = sum(int(np.prod(s)) for s in gpt2_xl_blocks(1))
         per_param = 4 + 12 * (1 + len(peers))
         blocks = max(1, min(48, int(budget / (per_param * per_block))))
@@ -155,9 +190,12 @@ def main(argv=None):
                 f"GPT-2-XL, {blocks} of 48 blocks",
                 gpt2_xl_blocks(blocks),
                 torch.float32,
-                ["fusedadam.torch"] + peers,
+                both[::2] + peers,
             )
         )
+    if args.cases:
+        wanted = [w.strip() for w in args.cases.split(",")]
+        cases = [c for c in cases if any(c[0].startswith(w) for w in wanted)]
     environment = timing.environment({"torch": torch.__version__})  # load average now
     results = {}
     for name, shapes, dtype, impls in cases:

@@ -443,7 +443,9 @@ def test_max_grad_norm_per_group_with_grad_scale_and_missed_steps():
 
 
 def _inner_threads(opt):
-    return [g["num_threads"] for g in opt.inner.param_groups]
+    """The num_threads of the groups the engine steps (the torch groups' params that have
+    a grad)."""
+    return [part[0]["num_threads"] for part in opt._parts]
 
 
 @pytest.mark.skipif(not ft._TORCH_WORKERS_SPIN, reason="OMP_WAIT_POLICY=passive")
@@ -465,7 +467,7 @@ def test_a_small_step_steps_aside_while_torch_runs_intra_op_threads(monkeypatch)
         opt.step()
         assert _inner_threads(opt) == [None]
         torch.set_num_threads(2)
-        monkeypatch.setattr(ft, "_STEP_ASIDE", 1000)  # a step this large keeps the default
+        monkeypatch.setattr(ft._bridge, "STEP_ASIDE", 1000)  # a step this large keeps the default
         opt.add_param_group({"params": [torch.ones(5, requires_grad=True)]})
         p.grad = torch.ones(1000)
         opt.step()

@@ -297,13 +297,13 @@ def test_zero_copy_state_and_no_replanning():
         opt.step()
     ptrs = [opt.state[p]["exp_avg"].data_ptr() for p in ps]
     param_ptrs = [p.data_ptr() for p in ps]
-    plans = opt.inner._engine.plans
+    plans = opt._engine.plans
     for _ in range(3):
         _set_grads(ps, _grads(ps, gen))
         opt.step()
     assert [opt.state[p]["exp_avg"].data_ptr() for p in ps] == ptrs
     assert [p.data_ptr() for p in ps] == param_ptrs
-    assert all(a is b for a, b in zip(opt.inner._engine.plans, plans))
+    assert all(a is b for a, b in zip(opt._engine.plans, plans))
     # The state tensors are the kernel's memory: an in-place edit is seen by the next step.
     ref = fa.Adam([p.detach().numpy().copy() for p in ps], lr=1e-2)
     ref.load_state_dict(
@@ -582,11 +582,11 @@ def test_state_dict_layout_matches_torch():
     torch.load(buf, weights_only=True)
 
 
-def test_repr_and_inner():
+def test_repr_and_algorithm():
     p = torch.zeros(3, requires_grad=True)
     opt = ft.RAdam([p], lr=0.5)
     assert "RAdam" in repr(opt) and "lr: 0.5" in repr(opt)
-    assert isinstance(opt.inner, fa.RAdam)
+    assert opt.algorithm is fa.RAdam.algorithm  # fusedadam's RAdam runs the step
     assert isinstance(opt, torch.optim.Optimizer)
 
 
@@ -885,3 +885,33 @@ def test_errors_name_the_param_by_its_position_when_some_grads_are_missing():
     with pytest.raises(FloatingPointError, match=r"grads\[2\] has 1 non-finite value"):
         opt.step()
     assert len([st for st in opt.state.values() if st]) == 0
+
+
+def test_kept_grads_are_read_afresh_every_step():
+    """A loop that keeps its grad tensors (zero_grad(set_to_none=False)) and edits them in
+    place, transposes them in place or swaps their memory (.data) steps with the values
+    they hold at each step: the same trajectory as fresh grad tensors."""
+    gen = torch.Generator().manual_seed(11)
+    kept = [torch.zeros(4, 4, requires_grad=True), torch.zeros(3, requires_grad=True)]
+    fresh = [t.detach().clone().requires_grad_() for t in kept]
+    a, b = ft.Adam(kept, lr=1e-2), ft.Adam(fresh, lr=1e-2)
+    for p in kept:
+        p.grad = torch.zeros_like(p)
+    for step in range(8):
+        values = [torch.randn(p.shape, generator=gen) for p in kept]
+        if step % 4 == 1:
+            kept[0].grad.copy_(values[0].t())
+            kept[0].grad.t_()  # same memory, shape, version bump: now holds values[0]
+            kept[1].grad.copy_(values[1])
+        elif step % 4 == 2:
+            for p, v in zip(kept, values):
+                p.grad.data = v.clone()  # new memory, no version bump
+        else:
+            for p, v in zip(kept, values):
+                p.grad.copy_(v)
+        for q, v in zip(fresh, values):
+            q.grad = v.clone()
+        a.step()
+        b.step()
+        for p, q in zip(kept, fresh):
+            assert torch.equal(p, q), step

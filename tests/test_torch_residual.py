@@ -122,8 +122,8 @@ def test_matches_the_numpy_optimizer_bit_for_bit(name, state_dtype, grad_dtype):
         for key, value in ref.state[a].items():
             assert same_bits(st[key], value), key
     # The state tensors are the kernel's memory.
-    inner = opt.inner.state[opt.inner.param_groups[0]["params"][3]]
-    assert opt.state[ps[3]]["master_residual"].data_ptr() == inner["master_residual"].ctypes.data
+    planned = opt._engine.plans[0].masters[3]
+    assert opt.state[ps[3]]["master_residual"].data_ptr() == planned.ctypes.data
 
 
 @pytest.mark.parametrize("state_dtype", [None, "8bit"])

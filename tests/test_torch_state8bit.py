@@ -85,5 +85,7 @@ def test_8bit_state_edits_in_place_are_the_kernels_memory():
     opt.step()
     assert (
         opt.state[p]["exp_avg"].data_ptr()
-        == opt.inner.state[opt.inner.param_groups[0]["params"][0]]["exp_avg"].ctypes.data
+        == opt._engine.plans[0]
+        .slots[2 + opt._engine.plans[0].state_names.index("exp_avg")][0]
+        .ctypes.data
     )

@@ -4,7 +4,7 @@ An algorithm is one entry here (its state and its defaults, ``DEFAULTS``), one l
 ``_loops.h`` (picked by its scalar rule in ``_scalars.h``, whose twin is
 ``reference.step_scalars``), one reference update in ``reference.py``, a test variant
 (``tests/conftest.py``), and the thin classes and function over them (``optim.py``,
-``torch.py``, ``functional.py``). Everything else (groups, validation, plans, the step
+``torch/__init__.py``, ``functional.py``). Everything else (groups, validation, plans, the step
 engine, state dicts) is shared.
 """
 

@@ -227,7 +227,6 @@ class Plan:
                         f"{total[gi]}); nothing was changed"
                     )
                 if policy == "skip":
-                    opt._fa.skipped_steps += 1
                     return SKIP
         coefficients = {}
         norms = []
@@ -248,7 +247,7 @@ class Plan:
             for gi, (group, _) in enumerate(self.groups)
             if wanted[gi] and math.isfinite(total[gi])
         }
-        for inner, group, *_ in opt._pairs:
+        for inner, group, *_ in opt._parts:
             if id(group) in checked and inner.get("nonfinite") != "ignore":
                 inner["nonfinite"] = "ignore"
         if not any(g.get("max_grad_norm") is not None for g, _ in self.groups):
@@ -256,7 +255,7 @@ class Plan:
             return grad_scale
         # Every inner group carries its own scale: the step's scale over the group's clipping
         # coefficient, so one pass unscales and clips (its own, per-shard clipping is off).
-        for inner, group, *_ in opt._pairs:
+        for inner, group, *_ in opt._parts:
             array = self.scales.get(id(inner))
             if array is None or inner.get("grad_scale") is not array:
                 array = self.scales[id(inner)] = np.ones(1)
@@ -270,7 +269,7 @@ class Plan:
         their plain gradient scale back."""
         if not self.scales:
             return
-        for inner, *_ in opt._pairs:
+        for inner, *_ in opt._parts:
             if inner.get("grad_scale") is self.scales.get(id(inner)):
                 inner["grad_scale"] = 1.0
         self.scales = {}

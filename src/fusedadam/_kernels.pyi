@@ -74,7 +74,11 @@ class GroupPlan:
     @property
     def nonfinite(self) -> Any: ...
     @property
-    def first_index(self) -> int: ...
+    def first_index(self) -> Any:
+        """The params' first position (an int), or ``engine.Positions``."""
+    @property
+    def slots(self) -> Tuple[Optional[Tuple[np.ndarray, ...]], ...]:
+        """Per slot (params, None for the gradients, then the state), one array per param."""
     def __init__(self, spec: Any) -> None: ...
     def set_hyper(self, spec: Any) -> None:
         """Take a validated ``HyperSpec`` (the group's hyperparameters now)."""

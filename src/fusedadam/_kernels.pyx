@@ -938,11 +938,11 @@ cdef class GroupPlan:
     cdef readonly object nonfinite     # the group's NonFinitePolicy
     cdef bint mind_nonfinite           # its policy is not IGNORE
     cdef bint scans                    # the gradients are scanned before the update
-    cdef readonly Py_ssize_t first_index
+    cdef readonly object first_index   # an int, or engine.Positions
     cdef tuple keys
     cdef tuple values
     cdef object params                 # the group's "params" list object
-    cdef tuple slots                   # slots[slot][k]: the arrays (slot FA_GRAD: None)
+    cdef readonly tuple slots          # slots[slot][k]: the arrays (slot FA_GRAD: None)
     cdef readonly tuple masters        # per param: its float32 master_param, or None
     cdef tuple scales                  # per state slot, per param: its 8-bit scales, or None
     cdef tuple qsigned                 # per state slot: the 8-bit map is signed

@@ -14,7 +14,7 @@ hyperparameters), makes a plan of it (``Engine.new_plan``), and steps the plans 
 from typing import Any
 
 from fusedadam.engine._policy import NonFinitePolicy, Outcome, needs_scan, nonfinite_outcome
-from fusedadam.engine._spec import GroupSpec, HyperSpec
+from fusedadam.engine._spec import GroupSpec, HyperSpec, Positions
 
 __all__ = [
     "Engine",
@@ -22,6 +22,7 @@ __all__ = [
     "HyperSpec",
     "NonFinitePolicy",
     "Outcome",
+    "Positions",
     "needs_scan",
     "nonfinite_outcome",
 ]

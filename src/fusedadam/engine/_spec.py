@@ -4,7 +4,31 @@ from typing import Any, NamedTuple, Optional
 
 from fusedadam.engine._policy import NonFinitePolicy
 
-__all__ = ["HyperSpec", "GroupSpec"]
+__all__ = ["HyperSpec", "GroupSpec", "Positions"]
+
+
+class Positions:
+    """Where a group's params stand among all of a front end's params, when they are not
+    consecutive (the torch front end steps the params of a group that have a gradient).
+
+    It stands in for a group's first index in every message the engine writes:
+    ``positions + k`` is the position of the group's ``k``-th param, and it formats as the
+    first one's.
+    """
+
+    __slots__ = ("at",)
+
+    def __init__(self, at):
+        self.at = tuple(at)
+
+    def __add__(self, k):
+        return self.at[k]
+
+    def __format__(self, spec):
+        return format(self.at[0] if self.at else 0, spec)
+
+    def __repr__(self):
+        return f"Positions({list(self.at)})"
 
 
 class HyperSpec(NamedTuple):
@@ -43,6 +67,6 @@ class GroupSpec(NamedTuple):
     step_arrays: tuple  # per param: the 0-d int64 step counter
     mu_arrays: object  # per param: its scalar state, a tuple of 0-d float64, or None
     written: Any  # (lo, hi): byte intervals of every array any step writes (None: not yet)
-    first_index: int
+    first_index: Any  # int: the params' first position (consecutive), or Positions
     installs: list  # (param, its state dict or None, {name: new value}) for the caller
     carry_names: tuple = ()  # the names of the scalar state in mu_arrays (the registry's)
