@@ -454,11 +454,6 @@ def test_functional_takes_compact_masters():
     assert_same_bits(m, opt.state[q]["exp_avg"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fusedadam.torch keeps integer state tensors of uint8/int16 only (_STATE_INTS); "
-    "int8 (the compact residual, companded codes) is for the torch front end's rewrite",
-)
 def test_torch_front_end():
     """The torch front end takes the options through the shared validation; its state
     tensors then include int8 ones (compact residual, companded codes)."""
@@ -471,8 +466,8 @@ def test_torch_front_end():
     opt = ft.AdamW([p], master="compact", state_dtype="8bit_companded")
     ref = fa.AdamW([q], master="compact", state_dtype="8bit_companded")
     for t in range(2):
-        g = make(5000, t, F32)
-        p.grad = torch.from_numpy(g)
+        g = make(5000, 10 + t)  # a bfloat16 gradient, as autograd gives a bfloat16 param
+        p.grad = torch.from_numpy(g.view(np.int16)).view(torch.bfloat16)
         opt.step()
         ref.step([g])
     assert_same_bits(p.detach().view(torch.int16).numpy(), q)

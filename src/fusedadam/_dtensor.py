@@ -26,6 +26,8 @@ import sys
 import numpy as np
 import torch
 
+from fusedadam import _precision
+
 #: Returned by :meth:`Plan.before_step` when every rank skips this step.
 SKIP = object()
 
@@ -75,11 +77,12 @@ def localize(p, name, value):
                 f"{p.device_mesh}; load it through torch.distributed.checkpoint, which reshards"
             )
         if tuple(value.placements) != tuple(p.placements):
-            if value.dtype == torch.int16:
-                # A master_residual: gloo and NCCL have no int16 collectives; int32 holds
-                # every int16 exactly.
+            if value.dtype in (torch.int16, torch.int8):
+                # A master_residual (int16: "residual", int8: "compact"): gloo and NCCL
+                # have no 16-bit integer collectives; int32 holds every value exactly.
+                dtype = value.dtype
                 value = value.to(torch.int32).redistribute(p.device_mesh, p.placements)
-                return value.to_local().to(torch.int16)
+                return value.to_local().to(dtype)
             value = value.redistribute(p.device_mesh, p.placements)
         return value.to_local()
     if value.shape == p.shape and value.shape != p._local_tensor.shape:
@@ -93,13 +96,14 @@ def localize(p, name, value):
 def check_group(group, where):
     """8-bit state is not offered for DTensor params: its per-block scales cover the local
     shard, so a checkpoint could not be resharded to another number of ranks."""
-    if group.get("state_dtype") != "8bit":
+    option = group.get("state_dtype")
+    if option not in _precision.Q8_CODE_DTYPES:
         return
     params = group.get("params")
     params = [params] if isinstance(params, torch.Tensor) else params
     if isinstance(params, (list, tuple)) and any(is_dtensor(p) for p in params):
         raise ValueError(
-            f"{where}state_dtype='8bit' is not supported for DTensor (FSDP2) params: the "
+            f"{where}state_dtype={option!r} is not supported for DTensor (FSDP2) params: the "
             "per-block scales would follow each rank's shard and could not be resharded; "
             "use None or 'bfloat16'"
         )

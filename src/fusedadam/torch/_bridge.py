@@ -32,9 +32,10 @@ __all__ = [
 FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 _BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-# Integer state tensors: the uint8 codes of 8-bit moments, a master="residual" param's
-# int16 master_residual.
-STATE_INTS = (torch.uint8, torch.int16)
+# Integer state tensors: the codes of 8-bit moments (uint8: "8bit", int8:
+# "8bit_companded") and a bfloat16 param's master_residual (int16: master="residual", int8:
+# master="compact").
+STATE_INTS = (torch.uint8, torch.int8, torch.int16)
 # The state entries that hold a bfloat16/float16 param's master, one per master mode.
 MASTERS = (_precision.MASTER, _precision.MASTER_RESIDUAL)
 # step is exact as a float32 0-d tensor (torch's layout) up to 2**24.
@@ -110,7 +111,7 @@ def check_tensor(t, name, kind="parameter", meta=False):
     if t.device.type != "cpu":
         raise ValueError(f"{name} is on {t.device}; {OFFLOAD_HINT}")
     if t.dtype not in FLOATS and not (kind == "state tensor" and t.dtype in STATE_INTS):
-        # (uint8: the codes of state_dtype="8bit" moments; int16: master_residual)
+        # (8-bit codes, master_residual: STATE_INTS)
         raise TypeError(
             f"{name} has dtype {t.dtype}; fusedadam.torch supports "
             f"{', '.join(str(d) for d in FLOATS)}"

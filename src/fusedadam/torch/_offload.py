@@ -106,8 +106,9 @@ class Offload:
     def master_params(self):
         """The float32 master copies (the buffers themselves for float32/float64 params).
 
-        Under ``master="residual"`` a bfloat16 buffer's master is decoded from the buffer and
-        its ``master_residual``: a new tensor (a snapshot), not the optimizer's memory."""
+        Under ``master="residual"`` or ``"compact"`` a bfloat16 buffer's master is decoded from
+        the buffer and its ``master_residual``: a new tensor (a snapshot), not the optimizer's
+        memory."""
         masters = []
         for b in self.buffers:
             st = self.optimizer.state.get(b, {})
@@ -115,7 +116,7 @@ class Offload:
                 masters.append(st[_precision.MASTER])
             elif _precision.MASTER_RESIDUAL in st:
                 residual = _bridge.numpy_view(st[_precision.MASTER_RESIDUAL])
-                decoded = reference.residual_decode(_bridge.numpy_view(b), residual)
+                decoded = reference.master_decode(_bridge.numpy_view(b), residual)
                 masters.append(torch.from_numpy(decoded.reshape(b.shape)))
             else:
                 masters.append(b)
