@@ -15,6 +15,13 @@ fusedadam.torch runs with ``nonfinite="ignore"`` (torch does not check gradients
 NaN/inf either) and, where memory allows, also with its default ``nonfinite="error"``
 (one more read of the gradients).
 
+The torchao-style cases ("one optimizer per tensor") step the same model as one optimizer
+over all of its tensors and as one optimizer instance per tensor, each stepped in turn (how
+``torchao.optim.CPUOffloadOptimizer`` drives its per-parameter optimizers), for fusedadam.torch
+(without and with the check) and torch fused. The printed "extra per call" is (per-tensor
+time - one-optimizer time) / tensors: the cost of one more ``step()`` call, to compare with
+the "one tiny tensor" case's time.
+
 ``--training-loop`` times the step inside a torch training loop instead: a small
 transformer's forward and backward (torch's intra-op threads active) before every step,
 fusedadam.torch with its default threads, with ``num_threads=1`` and with the pool forced
@@ -81,7 +88,12 @@ def load_baseline(path):
     return module
 
 
+PER_TENSOR = ", one optimizer per tensor"
+
+
 def build(impl, shapes, dtype, grads, threads):
+    if impl.endswith(PER_TENSOR):
+        return build_per_tensor(impl[: -len(PER_TENSOR)], shapes, dtype, grads, threads)
     params = make_params(shapes, dtype, grads)
     if impl.startswith("fusedadam.torch") or impl.startswith("baseline"):
         nonfinite = "error" if "check" in impl else "ignore"
@@ -99,6 +111,17 @@ def build(impl, shapes, dtype, grads, threads):
         raise ValueError(impl)
     opt.step()  # lazy state
     return opt.step
+
+
+def build_per_tensor(impl, shapes, dtype, grads, threads):
+    """torchao-style: one ``impl`` optimizer per tensor; the step steps each in turn."""
+    steps = [build(impl, [shape], dtype, [grad], threads) for shape, grad in zip(shapes, grads)]
+
+    def step():
+        for one in steps:
+            one()
+
+    return step
 
 
 def deepspeed_available():
@@ -129,6 +152,14 @@ def run_case(name, shapes, dtype, impls, repeats, min_sample_s, threads):
     }
     for impl, r in result.items():
         print(f"  {impl:32s} {r['median'] * 1e3:10.3f} ms  (x{r['median'] / ours:.2f})")
+    extra = {}
+    for impl, r in result.items():
+        one = result.get(impl[: -len(PER_TENSOR)]) if impl.endswith(PER_TENSOR) else None
+        if one is not None:
+            extra[impl] = (r["median"] - one["median"]) / len(shapes)
+            print(f"  {impl}: extra per call {extra[impl] * 1e6:.2f} µs")
+    if extra:
+        row["extra_per_call"] = extra
     return row
 
 
@@ -178,10 +209,18 @@ def main(argv=None):
     toy = scenarios.model_shapes("toy")
     cases.append(("one tiny tensor", [(1,)], torch.float32, both + peers))
     cases.append(("many small tensors (toy transformer)", toy, torch.float32, both + peers))
+    per_tensor = both + ["torch fused"]
+    per_tensor += [impl + PER_TENSOR for impl in per_tensor]
+    cases.append(("toy transformer, one optimizer per tensor", toy, torch.float32, per_tensor))
     if not args.quick:
         bert = scenarios.model_shapes("bert-base")
         cases.append(("BERT-base", bert, torch.float32, both + peers))
         cases.append(("BERT-base, bf16 params", bert, torch.bfloat16, both[::2] + peers))
+        n_bert = sum(int(np.prod(s)) for s in bert)
+        fits = [impl for impl in per_tensor if "torch fused" not in impl]
+        if (4 + 12 * len(per_tensor)) * n_bert <= budget:
+            fits = per_tensor
+        cases.append(("BERT-base, one optimizer per tensor", bert, torch.float32, fits))
         per_block = sum(int(np.prod(s)) for s in gpt2_xl_blocks(1))
         per_param = 4 + 12 * (1 + len(peers))
         blocks = max(1, min(48, int(budget / (per_param * per_block))))

@@ -288,8 +288,8 @@ def test_clipping_matches_torch():
 @needs_compiled
 @pytest.mark.parametrize("chunk", [4096, 16384, 1 << 16])
 def test_norm_is_the_same_bits_for_every_thread_count_and_backend(chunk):
-    """The sum's order is fixed by the chunks (and, within a segment, the four streams and
-    eight lanes of FA_NORM_BODY), never by the threads; the reference sums in that order."""
+    """The sum's order is fixed by the chunks (and, within a segment, the eight lanes of
+    FA_NORM_BODY), never by the threads; the reference sums in that order."""
     from fusedadam import _kernels
 
     grads = [make(F32, 100_003, 3, 10.0), make(BF16, 70_000, 4), make(F32, 9, 5)]

@@ -21,47 +21,35 @@
 #define FA_NORM_LANES 8
 
 /* The sum of squares of the gradient values (widened to C, then to double) into *sumsq;
- * the index of the first value that is not finite, or -1. As the non-finite scan
- * (_finite.h), a segment is read as FA_SCAN_STREAMS streams at once (one stream per core
- * is bound by the cache misses its prefetcher keeps in flight): with
- * Q = (n / 4) / FA_SCAN_BLOCK * FA_SCAN_BLOCK, parts 0-3 are [sQ, (s+1)Q) and part 4 the
- * rest [4Q, n). Element i of a part goes to lane i % FA_NORM_LANES of that part (i from
- * the part's start), each lane sums in order, and the total adds the lanes of part 0, then
- * of part 1, ..., each in lane order (reference.py sums in the same order). The squares
- * are non-negative, so the sum is finite unless some value is not finite or (float64
- * only) the squares overflow: only then is the segment walked again to find the first bad
- * value (none: the sum simply overflowed). The group's norm is sqrt(sum) / grad_scale
- * (fa_clip_coefficient). */
+ * the index of the first value that is not finite, or -1. One sequential stream, as the
+ * non-finite scan (_finite.h, which says why; reading four interleaved parts at once was
+ * ~25% slower here too): element i of the segment goes to lane i % FA_NORM_LANES, each
+ * lane sums in order, and the total adds the lanes in lane order (reference.py sums in the
+ * same order). The squares are non-negative, so the sum is finite unless some value is
+ * not finite or (float64 only) the squares overflow: only then is the segment walked again
+ * to find the first bad value (none: the sum simply overflowed). The group's norm is
+ * sqrt(sum) / grad_scale (fa_clip_coefficient). */
 #define FA_NORM_BODY(C, GT, CONV, LIMIT)                                             \
     {                                                                                \
         const GT *restrict g = (const GT *)grad;                                     \
-        double acc[FA_SCAN_STREAMS + 1][FA_NORM_LANES] = {{0}};                      \
-        const ptrdiff_t q = (n / FA_SCAN_STREAMS) / FA_SCAN_BLOCK * FA_SCAN_BLOCK;   \
-        for (ptrdiff_t start = 0; start < q; start += FA_SCAN_BLOCK) {               \
-            const GT *g0 = g + start, *g1 = g0 + q, *g2 = g1 + q, *g3 = g2 + q;      \
-            for (ptrdiff_t i = 0; i < FA_SCAN_BLOCK; i += FA_NORM_LANES)             \
-                for (int j = 0; j < FA_NORM_LANES; j++) {                            \
-                    C x0 = CONV(g0[i + j]), x1 = CONV(g1[i + j]);                    \
-                    C x2 = CONV(g2[i + j]), x3 = CONV(g3[i + j]);                    \
-                    acc[0][j] += (double)x0 * (double)x0;                            \
-                    acc[1][j] += (double)x1 * (double)x1;                            \
-                    acc[2][j] += (double)x2 * (double)x2;                            \
-                    acc[3][j] += (double)x3 * (double)x3;                            \
-                }                                                                    \
-        }                                                                            \
-        for (ptrdiff_t i = FA_SCAN_STREAMS * q; i < n; i++) {                        \
+        double acc[FA_NORM_LANES] = {0};                                             \
+        ptrdiff_t i = 0;                                                             \
+        for (; i + FA_NORM_LANES <= n; i += FA_NORM_LANES)                           \
+            for (int j = 0; j < FA_NORM_LANES; j++) {                                \
+                C x = CONV(g[i + j]);                                                \
+                acc[j] += (double)x * (double)x;                                     \
+            }                                                                        \
+        for (int j = 0; i < n; i++, j++) {                                           \
             C x = CONV(g[i]);                                                        \
-            acc[FA_SCAN_STREAMS][(i - FA_SCAN_STREAMS * q) % FA_NORM_LANES] +=       \
-                (double)x * (double)x;                                               \
+            acc[j] += (double)x * (double)x;                                         \
         }                                                                            \
         double sum = 0.0;                                                            \
-        for (int s = 0; s <= FA_SCAN_STREAMS; s++)                                   \
-            for (int j = 0; j < FA_NORM_LANES; j++) sum += acc[s][j];                \
+        for (int j = 0; j < FA_NORM_LANES; j++) sum += acc[j];                       \
         *sumsq = sum;                                                                \
         if (!(sum <= DBL_MAX)) { /* rare: find the first value that is not finite */ \
-            for (ptrdiff_t i = 0; i < n; i++) {                                      \
-                C x = CONV(g[i]);                                                    \
-                if (!(x <= (LIMIT) && x >= -(LIMIT))) return i;                      \
+            for (ptrdiff_t k = 0; k < n; k++) {                                      \
+                C x = CONV(g[k]);                                                    \
+                if (!(x <= (LIMIT) && x >= -(LIMIT))) return k;                      \
             }                                                                        \
         }                                                                            \
         return -1;                                                                   \

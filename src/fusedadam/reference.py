@@ -1123,7 +1123,6 @@ def chunk_size(total, grain):
 
 
 _LANES = 8  # FA_NORM_LANES of _gradscan.h
-_STREAMS, _BLOCK = 4, 2048  # FA_SCAN_STREAMS, FA_SCAN_BLOCK of _finite.h
 
 
 def _lane_sums(part):
@@ -1138,15 +1137,11 @@ def _lane_sums(part):
 
 
 def _segment_sumsq(squares):
-    """Sum of one segment's float64 squares in the order of ``FA_NORM_BODY``: four streams
-    of ``q = (n // 4) // 2048 * 2048`` elements and the rest, each summed in 8 lanes, then
-    the lanes of each part in order."""
-    q = (squares.size // _STREAMS) // _BLOCK * _BLOCK
-    bounds = [s * q for s in range(_STREAMS + 1)] + [squares.size]
+    """Sum of one segment's float64 squares in the order of ``FA_NORM_BODY``: element i in
+    lane i % 8, each lane summed in order, then the lanes in order."""
     total = 0.0
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        for value in _lane_sums(squares[lo:hi]).tolist():
-            total += value
+    for value in _lane_sums(squares).tolist():
+        total += value
     return total
 
 

@@ -126,7 +126,7 @@ static void same_bytes(const uint8_t *want, const uint8_t *got, ptrdiff_t n, con
 }
 
 /* sizes around every vector width (up to 2048-bit SVE: 64 floats), the staged block
- * (FA_STAGE = FA_Q8_BLOCK = 256) and the scan's four streams of FA_SCAN_BLOCK */
+ * (FA_STAGE = FA_Q8_BLOCK = 256) and the scan's FA_SCAN_BLOCK (2048) */
 static const ptrdiff_t sizes[] = {0,   1,   2,   3,   4,   5,   7,   8,   9,   15,  16,
                                   17,  31,  32,  33,  63,  64,  65,  127, 128, 129, 255,
                                   256, 257, 511, 512, 513, 1000, 2049};
@@ -358,8 +358,15 @@ static void check_scans(void)
                 if (bad >= 0 && n > 0) { /* plant a NaN or an infinity, or a huge value */
                     ptrdiff_t at = bad == 0 ? n - 1 : (ptrdiff_t)(rnd() % n);
                     int w = sizes_of[et];
-                    if (bad == 3) { /* huge but finite: only the float64 squares overflow */
+                    if (bad == 3) { /* huge but finite: only the float64 squares overflow; the
+                                     * largest finite value of each narrower type (the scan's
+                                     * boundary: one exponent step below all ones) */
                         if (et == FA_ET_F64) { double d = 1e200; memcpy(buf + 8 * at, &d, 8); }
+                        else if (et == FA_ET_F32) { uint32_t u = 0xff7fffffu; memcpy(buf + 4 * at, &u, 4); }
+                        else {
+                            uint16_t h = et == FA_ET_BF16 ? 0x7f7f : 0xfbff;
+                            memcpy(buf + 2 * at, &h, 2);
+                        }
                     } else if (et == FA_ET_F32) {
                         uint32_t u = bad == 1 ? 0x7fc00000u : 0xff800000u; memcpy(buf + w * at, &u, 4);
                     } else if (et == FA_ET_F64) {
@@ -373,7 +380,19 @@ static void check_scans(void)
                 }
                 const fa_grad_fns *B = fa_get_grad_fns(FA_ISA_baseline, et);
                 const fa_grad_fns *G = fa_get_grad_fns(row, et);
-                ptrdiff_t want = B->scan(buf, n), got = G->scan(buf, n);
+                ptrdiff_t want = B->scan(buf, n), got = G->scan(buf, n), truth = -1;
+                for (ptrdiff_t i = 0; i < n && truth < 0; i++) { /* the first by isfinite() */
+                    double x;
+                    uint16_t h;
+                    if (et == FA_ET_F32) { float f; memcpy(&f, buf + 4 * i, 4); x = f; }
+                    else if (et == FA_ET_F64) memcpy(&x, buf + 8 * i, 8);
+                    else {
+                        memcpy(&h, buf + 2 * i, 2);
+                        x = et == FA_ET_BF16 ? fa_bf16_to_f32(h) : fa_f16_to_f32(h);
+                    }
+                    if (!isfinite(x)) truth = i;
+                }
+                if (want != truth) FAIL("scan type %d n %td: baseline %td, first non-finite %td", et, n, want, truth);
                 if (want != got) FAIL("scan type %d n %td: %td, baseline %td", et, n, got, want);
                 double ws = -1, gs = -1;
                 want = B->norm(buf, n, &ws);
