@@ -1,0 +1,543 @@
+"""Convergence of the storage modes of issue 26: same init, same batches, several seeds.
+
+    python bench/convergence.py [--tasks digits lm] [--digits-seeds 0 1 2 3 4] \
+        [--lm-seeds 0 1 2] [--digits-epochs 30] [--lm-steps 400] [--modes NAME ...] \
+        [--json bench/results/convergence.json] [--plot bench/results/convergence.png]
+
+Every mode of ``master_modes.MODES`` (float32 params; bfloat16 params with the float32
+master or the exact 16-bit residual; float32 or 8-bit moments; and a negative control,
+bfloat16 params with no master) trains the same model from the same initial weights
+(drawn in float32 from the seed and rounded to bfloat16 once, so every mode starts from
+the same values) on the same batches in the same order. Forward and backward passes run
+in float32 on the (upcast) weights in every mode; bfloat16 params get bfloat16 gradients
+(what a bfloat16 model's ``.grad`` holds), float32 params float32 ones. So the modes
+differ only in how the weights and the optimizer state are stored and updated.
+
+Tasks:
+
+digits  the MLP of ``examples/digits_mlp.py`` (scikit-learn's 8x8 digits, 64-128-10,
+        NumPy forward and backward), ``fusedadam.AdamW`` (the NumPy front end), lr 1e-3,
+        weight decay 1e-2, minibatches of 32; metric: test cross-entropy and accuracy
+        after each epoch.
+lm      a character-level transformer language model (2 pre-norm layers, width 96,
+        4 heads, context 64, 0.27 M parameters) on Python's own standard-library sources
+        (a fixed list of modules of the running interpreter; the last 10 % held out),
+        ``fusedadam.torch.AdamW``, lr 3e-3 with 40 warm-up steps and a cosine decay to
+        3e-4, weight decay 1e-2, batches of 16 x 64 characters; metric: validation
+        cross-entropy (nats per character) on 8 fixed held-out batches.
+
+Exactness, asserted at every step: the float32-master run of each seed carries a shadow
+optimizer per residual mode (``master="residual"``, same state dtype) that is fed the same
+gradients; after every step the shadow's decoded master equals the float32 master bit for
+bit, and its param equals the float32-master param except where the master lies exactly
+on a tie with an even high half (there it is one bfloat16 ulp away from zero: the
+encoding rounds ties away, docs/master_residual.md); those ties are counted. The residual
+mode's own (closed-loop) run is the float32-master run until the first such tie moves a
+weight by one ulp; the step where the two runs' losses first differ is recorded.
+
+The float32 run's seed-to-seed spread is the range (min..max over seeds) of its final
+metric; a mode is "within the spread" when its mean over the seeds lies in that range.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import sysconfig
+import time
+
+import ml_dtypes
+import numpy as np
+
+import fusedadam as fa
+from fusedadam import reference
+from fusedadam.benchmarks.timing import environment, load_average
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+from master_modes import EXACT_TWIN, MODES  # noqa: E402
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+WEIGHT_DECAY = 1e-2
+FLOAT32 = "float32"
+
+
+# ---------------------------------------------------------------------------- exactness
+def check_exact(master32, twin_param, shadow_param, shadow_residual):
+    """Assert the shadow's master is ``master32`` bit for bit and its param the twin's but
+    at even ties; returns the number of even ties (params one ulp apart)."""
+    decoded = reference.residual_decode(shadow_param, shadow_residual)
+    if not np.array_equal(decoded.view(np.uint32), master32.view(np.uint32)):
+        raise AssertionError("residual master differs from the float32 master")
+    u = master32.view(np.uint32)
+    tie = ((u & 0xFFFF) == 0x8000) & (((u >> 16) & 1) == 0)
+    twin_bits = np.ascontiguousarray(twin_param).view(np.uint16)
+    shadow_bits = np.ascontiguousarray(shadow_param).view(np.uint16)
+    differ = twin_bits != shadow_bits
+    if np.any(differ & ~tie) or np.any(shadow_bits[differ] != twin_bits[differ] + 1):
+        raise AssertionError("residual param differs from the float32-master param off a tie")
+    return int(np.count_nonzero(differ))
+
+
+# ------------------------------------------------------------------- the NumPy front end
+class NumpyRun:
+    """One mode's weights and optimizer over NumPy arrays (``fusedadam.AdamW``)."""
+
+    def __init__(self, mode, init, lr):
+        self.mode = mode
+        dtype = np.float32 if mode.param == FLOAT32 else BF16
+        self.params = [w.astype(dtype) for w in init]
+        if mode.control:  # no master: a float32 copy made from the bf16 params every step
+            self.work = [w.astype(np.float32) for w in self.params]
+            self.opt = fa.AdamW(self.work, lr=lr, weight_decay=WEIGHT_DECAY)
+        else:
+            self.opt = fa.AdamW(self.params, lr=lr, weight_decay=WEIGHT_DECAY, **mode.options)
+
+    def weights(self):
+        return [w.astype(np.float32) for w in self.params]
+
+    def set_lr(self, lr):
+        self.opt.param_groups[0]["lr"] = lr
+
+    def step(self, grads):
+        grads = [g.astype(self.params[0].dtype) for g in grads]
+        if not self.mode.control:
+            self.opt.step(grads)
+            return
+        for w32, w in zip(self.work, self.params):
+            w32[...] = w
+        self.opt.step([g.astype(np.float32) for g in grads])
+        for w32, w in zip(self.work, self.params):
+            w[...] = w32.astype(BF16)
+
+    def masters(self):
+        """(float32 master, param, residual or None) per param."""
+        out = []
+        for p in self.params:
+            state = self.opt.state[p]
+            if "master_residual" in state:
+                out.append((None, p, state["master_residual"]))
+            else:
+                out.append((state["master_param"], p, None))
+        return out
+
+
+# ------------------------------------------------------------------- the torch front end
+class TorchRun:
+    """One mode's weights and optimizer over torch tensors (``fusedadam.torch.AdamW``).
+
+    ``model`` is the float32 module the forward and backward passes run in; for bfloat16
+    modes its weights are set from the bfloat16 params before each pass.
+    """
+
+    def __init__(self, mode, model, lr):
+        import copy
+
+        import torch
+
+        import fusedadam.torch as ft
+
+        self.torch, self.mode = torch, mode
+        self.model = copy.deepcopy(model)
+        self.compute = list(self.model.parameters())
+        if mode.param == FLOAT32:
+            self.params = self.compute
+            self.opt = ft.AdamW(self.params, lr=lr, weight_decay=WEIGHT_DECAY, **mode.options)
+            return
+        self.params = [torch.nn.Parameter(p.detach().bfloat16()) for p in self.compute]
+        if mode.control:
+            self.work = [torch.nn.Parameter(p.detach().float()) for p in self.params]
+            self.opt = ft.AdamW(self.work, lr=lr, weight_decay=WEIGHT_DECAY)
+        else:
+            self.opt = ft.AdamW(self.params, lr=lr, weight_decay=WEIGHT_DECAY, **mode.options)
+
+    def set_lr(self, lr):
+        self.opt.param_groups[0]["lr"] = lr
+
+    def load_weights(self):
+        if self.params is not self.compute:
+            with self.torch.no_grad():
+                for c, p in zip(self.compute, self.params):
+                    c.copy_(p)
+
+    def step(self):
+        """One optimizer step from the gradients of the float32 compute module."""
+        torch = self.torch
+        if self.params is self.compute:
+            self.opt.step()
+            return
+        for c, p in zip(self.compute, self.params):
+            p.grad = c.grad.bfloat16()
+        if not self.mode.control:
+            self.opt.step()
+            return
+        with torch.no_grad():
+            for w, p in zip(self.work, self.params):
+                w.copy_(p)
+                w.grad = p.grad.float()
+            self.opt.step()
+            for w, p in zip(self.work, self.params):
+                p.copy_(w)  # round to nearest even
+
+    def masters(self):
+        out = []
+        for p in self.params:
+            state = self.opt.state[p]
+            param = p.detach().view(self.torch.int16).numpy().view(BF16)
+            if "master_residual" in state:
+                out.append((None, param, state["master_residual"].numpy()))
+            else:
+                out.append((state["master_param"].numpy(), param, None))
+        return out
+
+
+class Shadows:
+    """The residual optimizers fed the float32-master run's gradients, checked each step."""
+
+    def __init__(self, names, make):
+        self.runs = {name: make(MODES[name]) for name in names}
+        self.ties = {name: 0 for name in names}
+        self.steps = 0
+
+    def check(self, twin):
+        self.steps += 1
+        twin_masters = twin.masters()
+        for name, run in self.runs.items():
+            for (master32, twin_param, _), (_, param, residual) in zip(twin_masters, run.masters()):
+                self.ties[name] += check_exact(master32, twin_param, param, residual)
+
+
+# ------------------------------------------------------------------------- the digits task
+def digits_task(modes, seed, epochs):
+    from digits_mlp import BATCH, accuracy, forward, init_params, load, loss_and_grads
+
+    from _common import softmax_cross_entropy
+
+    data = load()  # the split is the example's (seed 0); the seed draws init and order
+    X_train, y_train, X_test, y_test = data
+    lr = 1e-3
+    init_rng = np.random.default_rng(1000 + seed)
+    init = [w.astype(BF16).astype(np.float32) for w in init_params(init_rng, 64, 10)]
+    order_rng = np.random.default_rng(2000 + seed)
+    orders = [order_rng.permutation(len(y_train)) for _ in range(epochs)]
+    results = {}
+    for name in modes:
+        mode = MODES[name]
+        run = NumpyRun(mode, init, lr)
+        shadow_names = [r for r, t in EXACT_TWIN.items() if t == name and r in modes]
+        shadows = Shadows(shadow_names, lambda m: NumpyRun(m, init, lr))
+        losses, history, t0 = [], [], time.perf_counter()
+        for order in orders:
+            epoch_losses = []
+            for start in range(0, len(order), BATCH):
+                batch = order[start : start + BATCH]
+                loss, grads = loss_and_grads(run.weights(), X_train[batch], y_train[batch])
+                run.step(grads)
+                for shadow in shadows.runs.values():
+                    shadow.step(grads)
+                if shadows.runs:
+                    shadows.check(run)
+                epoch_losses.append(float(loss))
+                losses.append(float(loss))
+            weights = run.weights()
+            test_loss = float(softmax_cross_entropy(forward(weights, X_test)[1], y_test)[0])
+            history.append(
+                {
+                    "train_loss": float(np.mean(epoch_losses)),
+                    "test_loss": test_loss,
+                    "test_accuracy": accuracy(weights, X_test, y_test),
+                }
+            )
+        results[name] = {
+            "history": history,
+            "step_losses": losses,
+            "final": history[-1]["test_loss"],
+            "final_accuracy": history[-1]["test_accuracy"],
+            "seconds": time.perf_counter() - t0,
+            "shadow_ties": shadows.ties,
+            "shadow_steps": shadows.steps,
+        }
+    return results
+
+
+# ---------------------------------------------------------------------- the language model
+STDLIB_MODULES = (
+    "argparse", "textwrap", "difflib", "dataclasses", "fractions", "statistics",
+    "heapq", "bisect", "shlex", "string", "tokenize", "inspect",
+)  # fmt: skip
+LM_CONTEXT, LM_BATCH, LM_WIDTH, LM_LAYERS, LM_HEADS = 64, 16, 96, 2, 4
+LM_EVAL_BATCHES, LM_WARMUP = 8, 40
+
+
+def lm_corpus():
+    """The bytes of a fixed list of the running Python's standard-library modules."""
+    stdlib = sysconfig.get_paths()["stdlib"]
+    parts = []
+    for name in STDLIB_MODULES:
+        with open(os.path.join(stdlib, name + ".py"), "rb") as f:
+            parts.append(f.read())
+    data = np.frombuffer(b"\n".join(parts), dtype=np.uint8)
+    split = int(0.9 * len(data))
+    return data[:split], data[split:]
+
+
+def make_lm(torch, seed):
+    """A small pre-norm GPT over bytes (vocabulary 256), float32, initialised from ``seed``."""
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = nn.LayerNorm(LM_WIDTH), nn.LayerNorm(LM_WIDTH)
+            self.attn = nn.MultiheadAttention(LM_WIDTH, LM_HEADS, batch_first=True)
+            self.mlp = nn.Sequential(
+                nn.Linear(LM_WIDTH, 4 * LM_WIDTH), nn.GELU(), nn.Linear(4 * LM_WIDTH, LM_WIDTH)
+            )
+
+        def forward(self, x, mask):
+            h = self.ln1(x)
+            x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+            return x + self.mlp(self.ln2(x))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(256, LM_WIDTH)
+            self.pos = nn.Parameter(torch.randn(LM_CONTEXT, LM_WIDTH) * 0.02)
+            self.blocks = nn.ModuleList(Block() for _ in range(LM_LAYERS))
+            self.ln = nn.LayerNorm(LM_WIDTH)
+            self.head = nn.Linear(LM_WIDTH, 256)
+            mask = torch.triu(torch.ones(LM_CONTEXT, LM_CONTEXT, dtype=torch.bool), 1)
+            self.register_buffer("mask", mask)
+
+        def forward(self, idx):
+            x = self.embed(idx) + self.pos[: idx.shape[1]]
+            for block in self.blocks:
+                x = block(x, self.mask)
+            return self.head(self.ln(x))
+
+    torch.manual_seed(seed)
+    model = GPT()
+    with torch.no_grad():  # every mode starts from the same bfloat16-representable values
+        for p in model.parameters():
+            p.copy_(p.bfloat16().float())
+    return model
+
+
+def lm_lr(step, steps, peak=3e-3, floor=3e-4):
+    if step < LM_WARMUP:
+        return peak * (step + 1) / LM_WARMUP
+    t = (step - LM_WARMUP) / max(1, steps - LM_WARMUP)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * t))
+
+
+def lm_task(modes, seed, steps, eval_every):
+    import torch
+
+    train, val = lm_corpus()
+    rng = np.random.default_rng(3000 + seed)
+    starts = rng.integers(0, len(train) - LM_CONTEXT - 1, size=(steps, LM_BATCH))
+    val_rng = np.random.default_rng(99)  # the same held-out batches for every seed
+    val_starts = val_rng.integers(0, len(val) - LM_CONTEXT - 1, size=(LM_EVAL_BATCHES, LM_BATCH))
+    offsets = np.arange(LM_CONTEXT + 1)
+
+    def batch(data, rows):
+        chunk = torch.from_numpy(data[rows[:, None] + offsets].astype(np.int64))
+        return chunk[:, :-1], chunk[:, 1:]
+
+    val_batches = [batch(val, rows) for rows in val_starts]
+    model = make_lm(torch, seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    loss_fn = torch.nn.functional.cross_entropy
+
+    def evaluate(run):
+        run.load_weights()
+        with torch.no_grad():
+            return float(
+                np.mean(
+                    [
+                        float(loss_fn(run.model(x).flatten(0, 1), y.flatten()))
+                        for x, y in val_batches
+                    ]
+                )
+            )
+
+    results = {}
+    for name in modes:
+        mode = MODES[name]
+        run = TorchRun(mode, model, lm_lr(0, steps))
+        shadow_names = [r for r, t in EXACT_TWIN.items() if t == name and r in modes]
+        shadows = Shadows(shadow_names, lambda m: TorchRun(m, model, lm_lr(0, steps)))
+        losses, history, t0 = [], [], time.perf_counter()
+        for step in range(steps):
+            lr = lm_lr(step, steps)
+            run.set_lr(lr)
+            run.load_weights()
+            x, y = batch(train, starts[step])
+            run.model.zero_grad(set_to_none=True)
+            loss = loss_fn(run.model(x).flatten(0, 1), y.flatten())
+            loss.backward()
+            run.step()
+            for shadow in shadows.runs.values():
+                shadow.set_lr(lr)
+                for p, c in zip(shadow.params, run.compute):
+                    p.grad = c.grad.bfloat16()
+                shadow.opt.step()
+            if shadows.runs:
+                shadows.check(run)
+            losses.append(float(loss.detach()))
+            if (step + 1) % eval_every == 0 or step + 1 == steps:
+                history.append({"step": step + 1, "val_loss": evaluate(run)})
+        results[name] = {
+            "history": history,
+            "step_losses": losses,
+            "final": history[-1]["val_loss"],
+            "seconds": time.perf_counter() - t0,
+            "shadow_ties": shadows.ties,
+            "shadow_steps": shadows.steps,
+            "n_params": n_params,
+        }
+    return results
+
+
+# ------------------------------------------------------------------------------ summary
+def summarize(per_seed, modes):
+    """Per mode: final metric per seed, mean, std, paired difference to float32, and
+    whether the mean lies in the float32 run's seed range; residual's first divergence."""
+    seeds = sorted(per_seed)
+    base = [per_seed[s][FLOAT32]["final"] for s in seeds] if FLOAT32 in modes else None
+    out = {}
+    for name in modes:
+        finals = [per_seed[s][name]["final"] for s in seeds]
+        row = {"finals": finals, "mean": float(np.mean(finals)), "std": float(np.std(finals))}
+        if base is not None:
+            row["paired_diff_to_float32"] = [f - b for f, b in zip(finals, base)]
+            row["within_float32_range"] = bool(min(base) <= row["mean"] <= max(base))
+        if name in EXACT_TWIN and EXACT_TWIN[name] in modes:
+            twin = EXACT_TWIN[name]
+            first = []
+            for s in seeds:
+                a, b = per_seed[s][name]["step_losses"], per_seed[s][twin]["step_losses"]
+                first.append(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None))
+            row["exact_twin"] = twin
+            row["first_step_loss_differs_from_twin"] = first
+            row["shadow_even_ties"] = [per_seed[s][twin]["shadow_ties"][name] for s in seeds]
+            row["shadow_steps"] = per_seed[seeds[0]][twin]["shadow_steps"]
+        out[name] = row
+    if base is not None:
+        out["_float32_spread"] = {
+            "min": min(base),
+            "max": max(base),
+            "range": max(base) - min(base),
+        }
+    return out
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in ("digits", "lm") if t in results]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        per_seed = results[task]["per_seed"]
+        seeds = sorted(per_seed, key=int)
+        for i, name in enumerate(results[task]["modes"]):
+            if task == "digits":
+                xs = np.arange(1, len(per_seed[seeds[0]][name]["history"]) + 1)
+                curves = [[h["test_loss"] for h in per_seed[s][name]["history"]] for s in seeds]
+            else:
+                xs = [h["step"] for h in per_seed[seeds[0]][name]["history"]]
+                curves = [[h["val_loss"] for h in per_seed[s][name]["history"]] for s in seeds]
+            curves = np.array(curves)
+            style = {"lw": 3.5, "alpha": 0.35} if name == FLOAT32 else {"lw": 1.3}
+            if MODES[name].master == "residual":
+                style["ls"] = "--"
+            (line,) = ax.plot(xs, curves.mean(axis=0), label=name, color=f"C{i}", **style)
+            if name == FLOAT32 and len(seeds) > 1:
+                ax.fill_between(xs, curves.min(axis=0), curves.max(axis=0), color=line.get_color(),
+                                alpha=0.15, label="float32, seed range")  # fmt: skip
+        if task == "digits":
+            ax.set(title="digits MLP: test cross-entropy", xlabel="epoch", yscale="log")
+        else:
+            ax.set(title="char transformer LM: validation loss (nats/char)", xlabel="step")
+            finals = [r["mean"] for k, r in results[task]["summary"].items() if k[0] != "_"]
+            ax.set_ylim(min(finals) - 0.05, min(finals) + 1.0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"mean over seeds {', '.join(seeds)}; same init and batches for every mode")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"wrote {path}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["digits", "lm"], choices=["digits", "lm"])
+    parser.add_argument("--digits-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--lm-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--digits-epochs", type=int, default=30)
+    parser.add_argument("--lm-steps", type=int, default=400)
+    parser.add_argument("--lm-eval-every", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (lm)")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--plot", help="write the curves here (PNG; needs matplotlib)")
+    args = parser.parse_args(argv)
+    env = environment()
+    print(f"fusedadam {fa.backend_info()}; load average {load_average()}")
+    results = {}
+    for task in args.tasks:
+        per_seed = {}
+        for seed in args.digits_seeds if task == "digits" else args.lm_seeds:
+            if task == "digits":
+                per_seed[str(seed)] = digits_task(args.modes, seed, args.digits_epochs)
+            else:
+                import torch
+
+                torch.set_num_threads(args.threads)
+                per_seed[str(seed)] = lm_task(args.modes, seed, args.lm_steps, args.lm_eval_every)
+            for name, r in per_seed[str(seed)].items():
+                print(f"{task} seed {seed} {name:28s} final {r['final']:.5f}  "
+                      f"({r['seconds']:.1f} s)")  # fmt: skip
+        summary = summarize(per_seed, args.modes)
+        for runs in per_seed.values():  # per-step losses served the summary; not kept
+            for r in runs.values():
+                del r["step_losses"]
+        results[task] = {"modes": args.modes, "per_seed": per_seed, "summary": summary}
+        print_summary(task, summary)
+    env["loadavg_at_end"] = load_average()
+    out = {"command": "python bench/convergence.py " + " ".join(sys.argv[1:] if argv is None
+                                                                 else argv),
+           "environment": env, "settings": vars(args), "results": results}  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(results, args.plot)
+    return out
+
+
+def print_summary(task, summary):
+    metric = "test cross-entropy" if task == "digits" else "validation loss"
+    print(f"\n{task}: final {metric}, mean +- std over seeds")
+    for name, row in summary.items():
+        if name.startswith("_"):
+            continue
+        line = f"  {name:28s} {row['mean']:.5f} +- {row['std']:.5f}"
+        if "within_float32_range" in row:
+            line += f"  within float32's seed range: {row['within_float32_range']}"
+        if "exact_twin" in row:
+            line += (f"  | shadow exact over {row['shadow_steps']} steps, even ties "
+                     f"{row['shadow_even_ties']}, closed-loop loss first differs at step "
+                     f"{row['first_step_loss_differs_from_twin']}")  # fmt: skip
+        print(line)
+    if "_float32_spread" in summary:
+        s = summary["_float32_spread"]
+        print(f"  float32 seed range {s['min']:.5f} .. {s['max']:.5f} ({s['range']:.5f})")
+
+
+if __name__ == "__main__":
+    main()
