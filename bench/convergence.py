@@ -433,41 +433,61 @@ def summarize(per_seed, modes):
     return out
 
 
+def _curves(task, per_seed, seeds, name):
+    """(x, [seeds x points]) of a mode's evaluation curve."""
+    history = [per_seed[s][name]["history"] for s in seeds]
+    if task == "digits":
+        xs = np.arange(1, len(history[0]) + 1)
+        return xs, np.array([[h["test_loss"] for h in hs] for hs in history])
+    return np.array([h["step"] for h in history[0]]), np.array(
+        [[h["val_loss"] for h in hs] for hs in history]
+    )
+
+
 def plot(results, path):
+    """Top: each mode's curve (mean over seeds). Bottom: its paired difference to the
+    float32 run of the same seed (mean over seeds), over the float32 run's seed spread
+    (each seed's curve minus the seeds' mean: the band is min..max)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = [t for t in ("digits", "lm") if t in results]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    fig, axes = plt.subplots(2, len(tasks), figsize=(6.8 * len(tasks), 8.2), squeeze=False)
+    for column, task in enumerate(tasks):
+        top, bottom = axes[0][column], axes[1][column]
         per_seed = results[task]["per_seed"]
         seeds = sorted(per_seed, key=int)
-        for i, name in enumerate(results[task]["modes"]):
-            if task == "digits":
-                xs = np.arange(1, len(per_seed[seeds[0]][name]["history"]) + 1)
-                curves = [[h["test_loss"] for h in per_seed[s][name]["history"]] for s in seeds]
-            else:
-                xs = [h["step"] for h in per_seed[seeds[0]][name]["history"]]
-                curves = [[h["val_loss"] for h in per_seed[s][name]["history"]] for s in seeds]
-            curves = np.array(curves)
+        modes = results[task]["modes"]
+        xs, base = _curves(task, per_seed, seeds, FLOAT32)
+        spread = base - base.mean(axis=0)
+        bottom.fill_between(xs, spread.min(axis=0), spread.max(axis=0), color="C0", alpha=0.2,
+                            label=f"float32: seed-to-seed spread ({len(seeds)} seeds)")  # fmt: skip
+        for i, name in enumerate(modes):
+            xs, curves = _curves(task, per_seed, seeds, name)
             style = {"lw": 3.5, "alpha": 0.35} if name == FLOAT32 else {"lw": 1.3}
             if MODES[name].master == "residual":
                 style["ls"] = "--"
-            (line,) = ax.plot(xs, curves.mean(axis=0), label=name, color=f"C{i}", **style)
-            if name == FLOAT32 and len(seeds) > 1:
-                ax.fill_between(xs, curves.min(axis=0), curves.max(axis=0), color=line.get_color(),
-                                alpha=0.15, label="float32, seed range")  # fmt: skip
+            top.plot(xs, curves.mean(axis=0), label=name, color=f"C{i}", **style)
+            if name != FLOAT32:
+                diff = (curves - base).mean(axis=0)
+                bottom.plot(xs, diff, label=name, color=f"C{i}", **style)
+        xlabel = "epoch" if task == "digits" else "step"
         if task == "digits":
-            ax.set(title="digits MLP: test cross-entropy", xlabel="epoch", yscale="log")
+            top.set(title="digits MLP: test cross-entropy", yscale="log")
         else:
-            ax.set(title="char transformer LM: validation loss (nats/char)", xlabel="step")
+            top.set(title="char transformer LM: validation loss (nats/char)")
             finals = [r["mean"] for k, r in results[task]["summary"].items() if k[0] != "_"]
-            ax.set_ylim(min(finals) - 0.05, min(finals) + 1.0)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"mean over seeds {', '.join(seeds)}; same init and batches for every mode")
+            top.set_ylim(min(finals) - 0.05, min(finals) + 1.0)
+        bottom.set(title="minus the float32 run of the same seed (mean over seeds)", xlabel=xlabel)
+        bottom.axhline(0.0, color="black", lw=0.6)
+        low, high = np.quantile(spread, [0.0, 1.0])
+        bottom.set_ylim(3 * min(low, -1e-3), 3 * max(high, 1e-3))
+        for ax in (top, bottom):
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle("same init and batches for every mode; mean over the seeds")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     print(f"wrote {path}")
 
@@ -484,7 +504,12 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch threads (lm)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--plot", help="write the curves here (PNG; needs matplotlib)")
+    parser.add_argument("--replot", metavar="JSON", help="only plot a results file to --plot")
     args = parser.parse_args(argv)
+    if args.replot:
+        with open(args.replot) as f:
+            plot(json.load(f)["results"], args.plot)
+        return None
     env = environment()
     print(f"fusedadam {fa.backend_info()}; load average {load_average()}")
     results = {}
