@@ -1,4 +1,4 @@
-"""Convergence of the storage modes of issue 26: same init, same batches, several seeds.
+"""Convergence of the bfloat16 storage modes (master, moments): same init, same batches, seeds.
 
     python bench/convergence.py [--tasks digits lm] [--digits-seeds 0 1 2 3 4] \
         [--lm-seeds 0 1 2] [--digits-epochs 30] [--lm-steps 400] [--modes NAME ...] \

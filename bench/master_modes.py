@@ -1,4 +1,4 @@
-"""The storage modes of issue 26, in one table: what the convergence and speed runs compare.
+"""The storage modes (param dtype, master, moments) the convergence and speed runs compare.
 
 A mode is how a parameter and its optimizer state are stored: the param's dtype, the
 ``master=`` option (for bfloat16 params) and the ``state_dtype=`` of the moments. Both

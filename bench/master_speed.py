@@ -1,4 +1,4 @@
-"""The storage modes of issue 26 against DeepSpeed's offload step and bitsandbytes' 8-bit AdamW.
+"""The bfloat16 storage modes against DeepSpeed's offload step and bitsandbytes' 8-bit AdamW.
 
     python bench/master_speed.py [--sizes 1e7 5e7] [--threads 1 2] [--repeats 7] \
         [--json bench/results/master_speed.json]
