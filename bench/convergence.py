@@ -1,7 +1,7 @@
 """Convergence of the bfloat16 storage modes (master, moments): same init, same batches, seeds.
 
     python bench/convergence.py [--tasks digits lm] [--digits-seeds 0 1 2 3 4] \
-        [--lm-seeds 0 1 2] [--digits-epochs 30] [--lm-steps 400] [--modes NAME ...] \
+        [--lm-seeds 0 1 2] [--digits-epochs 30] [--lm-steps 300] [--modes NAME ...] \
         [--json bench/results/convergence.json] [--plot bench/results/convergence.png]
 
 Every mode of ``master_modes.MODES`` (float32 params; bfloat16 params with the float32
@@ -19,8 +19,8 @@ digits  the MLP of ``examples/digits_mlp.py`` (scikit-learn's 8x8 digits, 64-128
         NumPy forward and backward), ``fusedadam.AdamW`` (the NumPy front end), lr 1e-3,
         weight decay 1e-2, minibatches of 32; metric: test cross-entropy and accuracy
         after each epoch.
-lm      a character-level transformer language model (2 pre-norm layers, width 96,
-        4 heads, context 64, 0.27 M parameters) on Python's own standard-library sources
+lm      a character-level transformer language model (2 pre-norm layers, width 64,
+        4 heads, context 64, 137 216 parameters) on Python's own standard-library sources
         (a fixed list of modules of the running interpreter; the last 10 % held out),
         ``fusedadam.torch.AdamW``, lr 3e-3 with 40 warm-up steps and a cosine decay to
         3e-4, weight decay 1e-2, batches of 16 x 64 characters; metric: validation
@@ -265,7 +265,7 @@ STDLIB_MODULES = (
     "argparse", "textwrap", "difflib", "dataclasses", "fractions", "statistics",
     "heapq", "bisect", "shlex", "string", "tokenize", "inspect",
 )  # fmt: skip
-LM_CONTEXT, LM_BATCH, LM_WIDTH, LM_LAYERS, LM_HEADS = 64, 16, 96, 2, 4
+LM_CONTEXT, LM_BATCH, LM_WIDTH, LM_LAYERS, LM_HEADS = 64, 16, 64, 2, 4
 LM_EVAL_BATCHES, LM_WARMUP = 8, 40
 
 
@@ -499,17 +499,20 @@ def main(argv=None):
     parser.add_argument("--lm-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--digits-epochs", type=int, default=30)
-    parser.add_argument("--lm-steps", type=int, default=400)
+    parser.add_argument("--lm-steps", type=int, default=300)
     parser.add_argument("--lm-eval-every", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (lm)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--plot", help="write the curves here (PNG; needs matplotlib)")
-    parser.add_argument("--replot", metavar="JSON", help="only plot a results file to --plot")
+    parser.add_argument(
+        "--replot",
+        metavar="JSON",
+        nargs="+",
+        help="only merge results files (one task each, say) into --json and plot them to --plot",
+    )
     args = parser.parse_args(argv)
     if args.replot:
-        with open(args.replot) as f:
-            plot(json.load(f)["results"], args.plot)
-        return None
+        return replot(args.replot, args.json, args.plot)
     env = environment()
     print(f"fusedadam {fa.backend_info()}; load average {load_average()}")
     results = {}
@@ -543,6 +546,23 @@ def main(argv=None):
     if args.plot:
         plot(results, args.plot)
     return out
+
+
+def replot(paths, json_path, plot_path):
+    """Merge the tasks of several results files (the later file wins a task) and plot."""
+    merged = {"runs": [], "results": {}}
+    for path in paths:
+        with open(path) as f:
+            run = json.load(f)
+        merged["runs"].append({k: run[k] for k in ("command", "environment", "settings")})
+        merged["results"].update(run["results"])
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(merged, f, indent=1)
+        print(f"wrote {json_path}")
+    if plot_path:
+        plot(merged["results"], plot_path)
+    return merged
 
 
 def print_summary(task, summary):
