@@ -1,11 +1,14 @@
 """The bfloat16 storage modes against DeepSpeed's offload step and bitsandbytes' 8-bit AdamW.
 
-    python bench/master_speed.py [--sizes 1e7 5e7] [--threads 1 2] [--repeats 7] \
-        [--json bench/results/master_speed.json]
+    python bench/master_speed.py [--sizes 1e7 5e7] [--threads 1 2] [--repeats 15] \
+        [--slow-repeats 5] [--json bench/results/master_speed.json]
 
 One AdamW step (lr 1e-3, weight decay 1e-2) on one flat bfloat16 param with a bfloat16
 gradient, at each size N and thread count, every implementation in one process with its
-samples interleaved (medians of ``--repeats``):
+samples interleaved (``--repeats`` rounds; bitsandbytes, a hundred times slower, in rounds
+of its own beside the 8-bit baseline, ``--slow-repeats``). A speed-up is the median over
+the rounds of the two samples' ratio in each round (paired: the machine is shared and its
+load moves between rounds); times are medians:
 
 fusedadam modes   every bfloat16 mode of ``master_modes.MODES`` (float32 master or the
                   exact residual, float32 or 8-bit moments, ...), ``fusedadam.AdamW``,
@@ -37,6 +40,7 @@ import contextlib
 import io
 import json
 import os
+import statistics
 import sys
 
 import ml_dtypes
@@ -119,6 +123,12 @@ def bnb_adamw8bit(torch, init, g):
     return opt.step, bnb.__version__
 
 
+def paired_speedup(samples, base, name):
+    """Median over the rounds of ``base``'s sample over ``name``'s sample of the same round:
+    both taken seconds apart, so a change of the machine's load between rounds cancels."""
+    return statistics.median(b / x for b, x in zip(samples[base], samples[name]))
+
+
 def _limit_threads(threads):
     """torch's, DeepSpeed's and every other OpenMP runtime's thread count."""
     import torch
@@ -136,7 +146,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e7, 5e7])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--slow-repeats", type=int, default=5, help="rounds of bitsandbytes")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
     import torch
@@ -171,8 +182,9 @@ def main(argv=None):
                 model[name] = step_bytes(mode)
             steps[three_name] = three_passes(torch, init, g, deepspeed_adam)
             model[three_name] = THREE_PASS_BYTES
+            slow = {}  # seconds a call: timed in its own rounds, beside the baseline
             try:
-                steps["bnb AdamW8bit"], versions["bitsandbytes"] = bnb_adamw8bit(torch, init, g)
+                slow["bnb AdamW8bit"], versions["bitsandbytes"] = bnb_adamw8bit(torch, init, g)
                 model["bnb AdamW8bit"] = BNB_BYTES
             except Exception as exc:
                 notes["bitsandbytes"] = f"{type(exc).__name__}: {exc}"
@@ -181,7 +193,13 @@ def main(argv=None):
             steps["roofline 28 B"] = roofline_step([probe[0]], [probe[1]], 2, threads)
             load_before = load_average()
             res = measure_interleaved(steps, args.repeats)
-            med = {name: r["median"] for name, r in res.items()}
+            samples = {name: r["samples"] for name, r in res.items()}
+            if slow:
+                base = BASELINES["8bit"]
+                slow_res = measure_interleaved({**slow, base: steps[base]}, args.slow_repeats)
+                samples.update({name: slow_res[name]["samples"] for name in slow})
+                samples[f"{base} (beside the slow ones)"] = slow_res[base]["samples"]
+            med = {name: statistics.median(s) for name, s in samples.items()}
             bandwidth = 28.0 * probe_n / med["roofline 28 B"]
             row = {
                 "n": n,
@@ -190,7 +208,7 @@ def main(argv=None):
                 "load_after": load_average(),
                 "bandwidth_GBps": bandwidth / 1e9,
                 "median_s": med,
-                "samples_s": {name: r["samples"] for name, r in res.items()},
+                "samples_s": samples,
                 "bytes_per_element": model,
                 "pct_of_roofline": {k: model[k] * n / bandwidth / med[k] for k in model},
                 "speedup_over": {},
@@ -198,14 +216,20 @@ def main(argv=None):
             for label, base in (("f32 master, float32 moments", BASELINES[None]),
                                 ("f32 master, 8-bit moments", BASELINES["8bit"]),
                                 (three_name, three_name)):  # fmt: skip
-                row["speedup_over"][label] = {k: med[base] / med[k] for k in model}
+                row["speedup_over"][label] = {
+                    k: paired_speedup(samples, base, k) for k in model if k not in slow
+                }
+            for k in slow:
+                row["speedup_over"]["f32 master, 8-bit moments"][k] = paired_speedup(
+                    samples, f"{BASELINES['8bit']} (beside the slow ones)", k
+                )
             rows.append(row)
             print(f"N={n:.0e} threads={threads} load {row['load_before'][0]:.1f} -> "
                   f"{row['load_after'][0]:.1f}, probe {bandwidth / 1e9:.1f} GB/s")  # fmt: skip
             for name in model:
                 print(f"  {name:30s} {med[name] * 1e3:9.2f} ms  {model[name]:6.2f} B/el  "
                       f"{row['pct_of_roofline'][name]:6.1%} of roofline  "
-                      f"x{row['speedup_over']['f32 master, 8-bit moments'][name]:.2f} vs "
+                      f"x{row['speedup_over']['f32 master, 8-bit moments'][name]:.3f} vs "
                       f"today's 8-bit step")  # fmt: skip
             del steps, probe, limits
     env["loadavg_at_end"] = load_average()
