@@ -43,13 +43,18 @@ import os
 import statistics
 import sys
 
-import ml_dtypes
-import numpy as np
+# torch's (and bitsandbytes', DeepSpeed's) OpenMP threads spin after their parallel
+# regions: the step timed next (interleaved) would share the cores with them. Passive
+# waiting puts them to sleep at once (fusedadam's own pool is not OpenMP); as state8bit.py.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import fusedadam as fa
-from fusedadam.benchmarks.roofline import roofline_step
-from fusedadam.benchmarks.timing import environment, load_average, measure_interleaved
-from master_modes import MODES, step_bytes
+import ml_dtypes  # noqa: E402
+import numpy as np  # noqa: E402
+
+import fusedadam as fa  # noqa: E402
+from fusedadam.benchmarks.roofline import roofline_step  # noqa: E402
+from fusedadam.benchmarks.timing import environment, load_average, measure_interleaved  # noqa: E402
+from master_modes import MODES, step_bytes  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 LR, WEIGHT_DECAY = 1e-3, 1e-2
