@@ -123,11 +123,38 @@ class NumpyRun:
 
 
 # ------------------------------------------------------------------- the torch front end
+def _numpy_view(torch, t):
+    """The NumPy bfloat16 array over a contiguous bfloat16 tensor's memory."""
+    return t.detach().view(torch.int16).numpy().view(BF16)
+
+
+_TORCH_REFUSES = {}
+
+
+def torch_refuses(mode):
+    """Why ``fusedadam.torch.AdamW`` cannot step this bfloat16 mode, or None where it can."""
+    if mode not in _TORCH_REFUSES:
+        import torch
+
+        import fusedadam.torch as ft
+
+        p = torch.nn.Parameter(torch.zeros(1 << 13, dtype=torch.bfloat16))
+        p.grad = torch.zeros_like(p)
+        try:
+            ft.AdamW([p], **mode.options).step()
+            _TORCH_REFUSES[mode] = None
+        except Exception as exc:
+            _TORCH_REFUSES[mode] = f"{type(exc).__name__}: {exc}"
+    return _TORCH_REFUSES[mode]
+
+
 class TorchRun:
     """One mode's weights and optimizer over torch tensors (``fusedadam.torch.AdamW``).
 
     ``model`` is the float32 module the forward and backward passes run in; for bfloat16
-    modes its weights are set from the bfloat16 params before each pass.
+    modes its weights are set from the bfloat16 params before each pass. A bfloat16 mode
+    the torch front end refuses is stepped by the NumPy front end over the same memory
+    (``self.frontend`` says which).
     """
 
     def __init__(self, mode, model, lr):
@@ -137,19 +164,25 @@ class TorchRun:
 
         import fusedadam.torch as ft
 
-        self.torch, self.mode = torch, mode
+        self.torch, self.mode, self.frontend = torch, mode, "torch"
         self.model = copy.deepcopy(model)
         self.compute = list(self.model.parameters())
+        self.arrays = None
+        options = {"lr": lr, "weight_decay": WEIGHT_DECAY}
         if mode.param == FLOAT32:
             self.params = self.compute
-            self.opt = ft.AdamW(self.params, lr=lr, weight_decay=WEIGHT_DECAY, **mode.options)
+            self.opt = ft.AdamW(self.params, **options, **mode.options)
             return
         self.params = [torch.nn.Parameter(p.detach().bfloat16()) for p in self.compute]
         if mode.control:
             self.work = [torch.nn.Parameter(p.detach().float()) for p in self.params]
-            self.opt = ft.AdamW(self.work, lr=lr, weight_decay=WEIGHT_DECAY)
+            self.opt = ft.AdamW(self.work, **options)
+        elif torch_refuses(mode) is None:
+            self.opt = ft.AdamW(self.params, **options, **mode.options)
         else:
-            self.opt = ft.AdamW(self.params, lr=lr, weight_decay=WEIGHT_DECAY, **mode.options)
+            self.frontend = "numpy"
+            self.arrays = [_numpy_view(torch, p) for p in self.params]
+            self.opt = fa.AdamW(self.arrays, **options, **mode.options)
 
     def set_lr(self, lr):
         self.opt.param_groups[0]["lr"] = lr
@@ -160,14 +193,20 @@ class TorchRun:
                 for c, p in zip(self.compute, self.params):
                     c.copy_(p)
 
-    def step(self):
-        """One optimizer step from the gradients of the float32 compute module."""
+    def step(self, grads=None):
+        """One optimizer step from float32 ``grads`` (default: the compute module's)."""
         torch = self.torch
         if self.params is self.compute:
+            assert grads is None
             self.opt.step()
             return
-        for c, p in zip(self.compute, self.params):
-            p.grad = c.grad.bfloat16()
+        grads = [c.grad for c in self.compute] if grads is None else grads
+        bf16_grads = [g.bfloat16() for g in grads]
+        if self.arrays is not None:
+            self.opt.step([_numpy_view(torch, g) for g in bf16_grads])
+            return
+        for p, g in zip(self.params, bf16_grads):
+            p.grad = g
         if not self.mode.control:
             self.opt.step()
             return
@@ -181,13 +220,16 @@ class TorchRun:
 
     def masters(self):
         out = []
-        for p in self.params:
-            state = self.opt.state[p]
-            param = p.detach().view(self.torch.int16).numpy().view(BF16)
-            if "master_residual" in state:
-                out.append((None, param, state["master_residual"].numpy()))
+        for i, p in enumerate(self.params):
+            param = _numpy_view(self.torch, p)
+            if self.arrays is not None:
+                state = {k: v for k, v in self.opt.state[self.arrays[i]].items()}
             else:
-                out.append((state["master_param"].numpy(), param, None))
+                state = {k: v.numpy() for k, v in self.opt.state[p].items() if hasattr(v, "numpy")}
+            if "master_residual" in state:
+                out.append((None, param, state["master_residual"]))
+            else:
+                out.append((state["master_param"], param, None))
         return out
 
 
@@ -380,9 +422,7 @@ def lm_task(modes, seed, steps, eval_every):
             run.step()
             for shadow in shadows.runs.values():
                 shadow.set_lr(lr)
-                for p, c in zip(shadow.params, run.compute):
-                    p.grad = c.grad.bfloat16()
-                shadow.opt.step()
+                shadow.step([c.grad for c in run.compute])
             if shadows.runs:
                 shadows.check(run)
             losses.append(float(loss.detach()))
@@ -396,6 +436,7 @@ def lm_task(modes, seed, steps, eval_every):
             "shadow_ties": shadows.ties,
             "shadow_steps": shadows.steps,
             "n_params": n_params,
+            "frontend": run.frontend,
         }
     return results
 

@@ -12,8 +12,9 @@ bfloat16 gradients for bfloat16 params, float32 gradients for float32 params:
     param + master:  float32 param (no master) read 4, write 4         = 8
                      bf16 + float32 master: read master 4, write master 4, write p 2 = 10
                      bf16 + residual: read p 2, r 2, write p 2, r 2     = 8
-    moments:         float32 16, bfloat16 8, 8-bit 4 + 16/256 (two float32 scales per
-                     256 elements, read and written)
+                     bf16 + compact: read p 2, c 1, write p 2, c 1      = 6
+    moments:         float32 16, bfloat16 8, 8-bit (either map) 4 + 16/256 (two float32
+                     scales per 256 elements, read and written)
     gradient:        its dtype's size
 """
 
@@ -70,10 +71,11 @@ EXACT_TWIN = {
     if m.master == "residual"
 }
 
-BYTES_MASTER = {None: 8.0, "float32": 10.0, "residual": 8.0}  # param + master, per element
-BYTES_STATE = {None: 16.0, "bfloat16": 8.0, "8bit": 4.0 + 16 / 256}  # two moments, r + w
-STORED_MASTER = {None: 4.0, "float32": 6.0, "residual": 4.0}  # bytes kept: param + master
-STORED_STATE = {None: 8.0, "bfloat16": 4.0, "8bit": 2.0 + 8 / 256}
+Q8 = 4.0 + 16 / 256  # two moments' 1-byte codes, read and written, + their float32 scales
+BYTES_MASTER = {None: 8.0, "float32": 10.0, "residual": 8.0, "compact": 6.0}  # param + master
+BYTES_STATE = {None: 16.0, "bfloat16": 8.0, "8bit": Q8, "8bit_companded": Q8}  # two moments
+STORED_MASTER = {None: 4.0, "float32": 6.0, "residual": 4.0, "compact": 3.0}  # bytes kept
+STORED_STATE = {None: 8.0, "bfloat16": 4.0, "8bit": Q8 / 2, "8bit_companded": Q8 / 2}
 
 
 def step_bytes(mode):
