@@ -589,14 +589,40 @@ def main(argv=None):
     return out
 
 
+def merge_task(old, new):
+    """``old``'s task results with ``new``'s modes added (same seeds). The float32 run is
+    deterministic: where both have it, its finals must agree (checked). Summary rows of
+    the modes already in ``old`` are kept; the added modes' rows are computed here."""
+    if sorted(old["per_seed"]) != sorted(new["per_seed"]):
+        raise ValueError("results files with different seeds cannot be merged")
+    for seed, runs in new["per_seed"].items():
+        for name, run in runs.items():
+            mine = old["per_seed"][seed].get(name)
+            if name == FLOAT32 and mine is not None and mine["final"] != run["final"]:
+                raise AssertionError(f"float32 run of seed {seed} differs between the files")
+            old["per_seed"][seed].setdefault(name, run)
+    added = [m for m in new["modes"] if m not in old["modes"]]
+    old["modes"] = [m for m in MODES if m in old["modes"] or m in added]
+    rows = summarize(old["per_seed"], [FLOAT32] + added)
+    for name in added:
+        old["summary"][name] = rows[name]
+    old["summary"] = {k: old["summary"][k] for k in old["modes"] + ["_float32_spread"]}
+    return old
+
+
 def replot(paths, json_path, plot_path):
-    """Merge the tasks of several results files (the later file wins a task) and plot."""
+    """Merge several results files and plot. A task in one file only is taken as it is;
+    a task in several has their modes merged (``merge_task``)."""
     merged = {"runs": [], "results": {}}
     for path in paths:
         with open(path) as f:
             run = json.load(f)
-        merged["runs"].append({k: run[k] for k in ("command", "environment", "settings")})
-        merged["results"].update(run["results"])
+        merged["runs"] += run.get("runs", [{k: run[k] for k in ("command", "environment")}])
+        for task, result in run["results"].items():
+            if task in merged["results"]:
+                merge_task(merged["results"][task], result)
+            else:
+                merged["results"][task] = result
     if json_path:
         with open(json_path, "w") as f:
             json.dump(merged, f, indent=1)

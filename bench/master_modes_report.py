@@ -62,12 +62,14 @@ def convergence_tables(run):
             row = summary[name]
             if "exact_twin" in row:
                 ties = row["shadow_even_ties"]
+                first = row["first_step_loss_differs_from_twin"]
+                first = ", ".join("never" if step is None else str(step) for step in first)
                 lines.append(
                     f"- `{name}` fed the `{row['exact_twin']}` run's gradients: master bit for "
                     f"bit the float32 master at all {row['shadow_steps']} steps of every seed "
                     f"(asserted); params one ulp apart at {min(ties)}-{max(ties)} even ties per "
                     f"run; trained on its own, its loss first differs at step "
-                    f"{', '.join(str(s) for s in row['first_step_loss_differs_from_twin'])}."
+                    f"{first}."
                 )
         lines.append("")
     return "\n".join(lines)
