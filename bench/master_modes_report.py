@@ -27,6 +27,12 @@ def _stored(name):
     return f"{stored_bytes(mode):.2f}"
 
 
+def _in_range(row, spread):
+    if row["within_float32_range"]:
+        return "yes"
+    return "no: below it (better)" if row["mean"] < spread["min"] else "**no: above it (worse)**"
+
+
 def convergence_tables(run):
     lines = []
     for task, result in run["results"].items():
@@ -51,7 +57,7 @@ def convergence_tables(run):
                 "0"
                 if name == "float32"
                 else f"{statistics.mean(diffs):+.4f} ({min(diffs):+.4f} .. {max(diffs):+.4f})",
-                "yes" if row["within_float32_range"] else "**no**",
+                _in_range(row, spread),
             ]
             if task == "digits":
                 accs = [result["per_seed"][s][name]["final_accuracy"] for s in result["per_seed"]]
@@ -75,11 +81,19 @@ def convergence_tables(run):
     return "\n".join(lines)
 
 
+def _count(n):
+    """10⁷, 5·10⁷: the sizes as the docs write them."""
+    mantissa, exponent = f"{n:.0e}".split("e")
+    power = "10" + str(int(exponent)).translate(str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻"))
+    return power if mantissa == "1" else f"{mantissa}·{power}"
+
+
 def speed_tables(run):
     lines = []
     for row in run["rows"]:
         lines += [
-            f"**N = {row['n']:.0e}, {row['threads']} thread(s)**: probe {row['bandwidth_GBps']:.1f}"
+            f"**N = {_count(row['n'])}, {row['threads']} thread"
+            f"{'s' if row['threads'] > 1 else ''}**: probe {row['bandwidth_GBps']:.1f}"
             f" GB/s; load average {row['load_before'][0]:.1f} before, "
             f"{row['load_after'][0]:.1f} after",
             "",
