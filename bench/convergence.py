@@ -141,7 +141,9 @@ def torch_refuses(mode):
         p = torch.nn.Parameter(torch.zeros(1 << 13, dtype=torch.bfloat16))
         p.grad = torch.zeros_like(p)
         try:
-            ft.AdamW([p], **mode.options).step()
+            opt = ft.AdamW([p], **mode.options)
+            opt.step()  # the first step creates the state;
+            opt.step()  # the second reads it back (a state dtype may be refused only here)
             _TORCH_REFUSES[mode] = None
         except Exception as exc:
             _TORCH_REFUSES[mode] = f"{type(exc).__name__}: {exc}"
