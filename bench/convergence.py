@@ -619,7 +619,10 @@ def replot(paths, json_path, plot_path):
     for path in paths:
         with open(path) as f:
             run = json.load(f)
-        merged["runs"] += run.get("runs", [{k: run[k] for k in ("command", "environment")}])
+        if "runs" in run:  # itself a merge
+            merged["runs"] += run["runs"]
+        else:
+            merged["runs"].append({k: run[k] for k in ("command", "environment")})
         for task, result in run["results"].items():
             if task in merged["results"]:
                 merge_task(merged["results"][task], result)
