@@ -510,12 +510,12 @@ def plot(results, path):
         for i, name in enumerate(modes):
             xs, curves = _curves(task, per_seed, seeds, name)
             style = {"lw": 3.5, "alpha": 0.35} if name == FLOAT32 else {"lw": 1.3}
-            if MODES[name].master == "residual":
-                style["ls"] = "--"
-            top.plot(xs, curves.mean(axis=0), label=name, color=f"C{i}", **style)
+            style["ls"] = {"residual": "--", "compact": ":"}.get(MODES[name].master, "-")
+            style["color"] = "black" if MODES[name].control else f"C{i % 10}"
+            top.plot(xs, curves.mean(axis=0), label=name, **style)
             if name != FLOAT32:
                 diff = (curves - base).mean(axis=0)
-                bottom.plot(xs, diff, label=name, color=f"C{i}", **style)
+                bottom.plot(xs, diff, label=name, **style)
         xlabel = "epoch" if task == "digits" else "step"
         if task == "digits":
             top.set(title="digits MLP: test cross-entropy", yscale="log")
