@@ -159,7 +159,11 @@ def _extensions():
         depends=[
             "src/fusedadam/_dispatch.h",
             "src/fusedadam/_loops.h",
-            "src/fusedadam/_mixed.h",
+            "src/fusedadam/_convert.h",
+            "src/fusedadam/_gradscan.h",
+            "src/fusedadam/_q8.h",
+            "src/fusedadam/_segment.h",
+            "src/fusedadam/_staged.h",
             "src/fusedadam/_residual.h",
             "src/fusedadam/_finite.h",
             "src/fusedadam/_sparse_rows.h",

@@ -86,12 +86,12 @@ def measure(n, bucket, steps, repeats):
             comm.Allgather(MPI.IN_PLACE, flat_params[si][b_start:b_stop])
 
     def compute_only():
-        for si, _, _, _, offset, length, inner in buckets:
+        for si, _, _, _, offset, length, unit in buckets:
             chunk = reduced[si][offset : offset + length]
             if comm.Get_size() > 1:  # grad_reduction="mean"
                 np.divide(chunk, comm.Get_size(), out=chunk)
             np.isfinite(chunk).all()
-            inner.step([chunk])
+            unit.run(chunk, 1.0)  # the shard's engine, as planned by the last step
 
     comm_time = _median_time(comm_only, comm, steps, repeats)
     compute = _median_time(compute_only, comm, steps, repeats)

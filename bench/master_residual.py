@@ -1,4 +1,5 @@
-"""master="residual" against today's float32 master: bytes per parameter and step time.
+"""The master modes and 8-bit maps against today's float32 master: bytes per parameter
+and step time.
 
     python bench/master_residual.py [--sizes 1e7] [--threads 1 2] [--repeats 7] \
         [--json bench/results/master_residual.json]
@@ -8,7 +9,8 @@ step; gradients not counted) for every param dtype x master mode x state dtype.
 
 Speed, at each N and thread count, in one process, samples interleaved (medians):
 AdamW on bfloat16 params with bfloat16 gradients, ``nonfinite="ignore"`` (the step
-alone), master "float32" and "residual", with float32 and 8-bit moments; and the roofline
+alone), master "float32", "residual" and "compact", with float32, 8-bit and companded
+8-bit moments (``--modes`` picks some); and the roofline
 probe (``_kernels.Probe``: 28 bytes per element, trivial arithmetic, same threads). The
 byte model of each step (what it must read + write per element, no write-allocate):
 
@@ -16,8 +18,11 @@ byte model of each step (what it must read + write per element, no write-allocat
     residual,       float32 moments: read p 2, r 2, g 2, m v 8; write p 2, r 2, m v 8  = 26
     float32 master, 8-bit moments:   read master 4, g 2, m v 2; write master 4, p 2, m v 2 = 16
     residual,       8-bit moments:   read p 2, r 2, g 2, m v 2; write p 2, r 2, m v 2  = 14
+    compact,        float32 moments: read p 2, c 1, g 2, m v 8; write p 2, c 1, m v 8  = 24
+    compact,        8-bit moments:   read p 2, c 1, g 2, m v 2; write p 2, c 1, m v 2  = 12
 
-(+ 16 bytes of scales per 256 elements for 8-bit moments). Counting the read a write-
+(the companded 8-bit map moves the same bytes as the float one; + 16 bytes of scales per
+256 elements for 8-bit moments). Counting the read a write-
 allocate cache does for a written array it did not read (the float32-master step's p),
 the float32-master steps move 2 bytes more. The roofline of a step is the probe's
 bandwidth applied to its model bytes; % of roofline = that time / the step's median.
@@ -40,7 +45,14 @@ MODEL = {
     ("residual", None): 26.0,
     ("float32", "8bit"): 16.0 + SCALES,
     ("residual", "8bit"): 14.0 + SCALES,
+    ("compact", None): 24.0,
+    ("compact", "8bit"): 12.0 + SCALES,
+    ("float32", "8bit_companded"): 16.0 + SCALES,
+    ("residual", "8bit_companded"): 14.0 + SCALES,
+    ("compact", "8bit_companded"): 12.0 + SCALES,
 }
+MASTERS = ("float32", "residual", "compact")
+STATE_DTYPES = (None, "bfloat16", "8bit", "8bit_companded")
 
 
 def bytes_per_param():
@@ -48,8 +60,8 @@ def bytes_per_param():
     n = 1 << 16
     table = {}
     for dtype in (np.float32, BF16, np.float16):
-        for master in ("float32", "residual"):
-            for state_dtype in (None, "bfloat16", "8bit"):
+        for master in MASTERS:
+            for state_dtype in STATE_DTYPES:
                 key = (np.dtype(dtype).name, master, state_dtype or "default")
                 p = np.zeros(n, dtype)
                 try:
@@ -68,8 +80,18 @@ def main(argv=None):
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e7])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        metavar="MASTER/STATE_DTYPE",
+        help="the steps to time, e.g. float32/8bit compact/8bit_companded (default: all)",
+    )
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
+    modes = list(MODEL)
+    if args.modes:
+        by_name = {f"{m}/{sd or 'float32'}": (m, sd) for m, sd in MODEL}
+        modes = [by_name[name] for name in args.modes]
     print(f"fusedadam {fa.backend_info()}; load average {load_average()}")
     table = bytes_per_param()
     for key, value in table.items():
@@ -82,7 +104,7 @@ def main(argv=None):
         g = (rng.standard_normal(n) * 1e-3).astype(np.float32).astype(BF16)
         for threads in args.threads:
             steps, opts = {}, {}
-            for master, state_dtype in MODEL:
+            for master, state_dtype in modes:
                 name = f"{master} master, {state_dtype or 'float32'} moments"
                 p = init.copy()  # each its own param: a residual is meaningful only with it
                 opt = fa.AdamW([p], lr=1e-6, master=master, state_dtype=state_dtype,
@@ -102,17 +124,17 @@ def main(argv=None):
             for name, (_, key) in opts.items():
                 row["pct_of_roofline"][name] = MODEL[key] * n / bandwidth / med[name]
             for sd in ("float32", "8bit"):
-                row["speedup_residual"][sd] = (
-                    med[f"float32 master, {sd} moments"] / med[f"residual master, {sd} moments"]
-                )
+                base, new = f"float32 master, {sd} moments", f"residual master, {sd} moments"
+                if base in med and new in med:
+                    row["speedup_residual"][sd] = med[base] / med[new]
             rows.append(row)
             print(f"N={n:.0e} threads={threads} load {row['load_before']} -> {row['load_after']}"
                   f" bandwidth {bandwidth / 1e9:.1f} GB/s")  # fmt: skip
             for name in opts:
-                print(f"  {name:36s} {med[name] * 1e3:8.2f} ms  "
+                print(f"  {name:44s} {med[name] * 1e3:8.2f} ms  "
                       f"{row['pct_of_roofline'][name]:5.0%} of its roofline")  # fmt: skip
-            print(f"  residual speed-up: float32 moments {row['speedup_residual']['float32']:.2f}x,"
-                  f" 8-bit moments {row['speedup_residual']['8bit']:.2f}x")  # fmt: skip
+            for sd, ratio in row["speedup_residual"].items():
+                print(f"  residual speed-up, {sd} moments: {ratio:.2f}x")
             del steps, opts, probe_p, probe_g
     out = {
         "environment": environment(),

@@ -2,15 +2,15 @@
 
     python bench/peak_rss.py [--size 1e8] [--json bench/results/peak_rss.json]
 
-For every master mode ("float32", "residual") x state dtype ("float32", "bfloat16",
-"8bit"), a fresh Python process (``--case``) imports numpy and fusedadam, reads its peak
-resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) as the baseline, then
-allocates a bfloat16 param and a bfloat16 gradient of ``size`` elements (filled in
-chunks of 2**20, so no full-size temporary), builds ``fusedadam.AdamW`` over it and takes
-two steps (the first creates the state). The peak resident set after them minus the
-baseline is what the step costs the process; the nbytes model is the param, the gradient
-and every state array's ``nbytes``. The cases run one after another (each needs up to
-~1.6 GB at 1e8), never two at once.
+For every master mode ("float32", "residual", "compact") x state dtype ("float32",
+"bfloat16", "8bit", "8bit_companded"), a fresh Python process (``--case``) imports numpy
+and fusedadam, reads its peak resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``)
+as the baseline, then allocates a bfloat16 param and a bfloat16 gradient of ``size``
+elements (filled in chunks of 2**20, so no full-size temporary), builds
+``fusedadam.AdamW`` over it and takes two steps (the first creates the state). The peak
+resident set after them minus the baseline is what the step costs the process; the nbytes
+model is the param, the gradient and every state array's ``nbytes``. The cases run one
+after another (each needs up to ~1.6 GB at 1e8), never two at once.
 """
 
 import argparse
@@ -20,8 +20,8 @@ import resource
 import subprocess
 import sys
 
-MASTERS = ("float32", "residual")
-STATE_DTYPES = ("float32", "bfloat16", "8bit")
+MASTERS = ("float32", "residual", "compact")
+STATE_DTYPES = ("float32", "bfloat16", "8bit", "8bit_companded")
 CHUNK = 1 << 20
 
 
@@ -86,7 +86,9 @@ def markdown(run):
         model = r["model_nbytes"] / n
         peak = r["peak_rss"] / n
         without_grad = (r["param_nbytes"] + sum(r["state_nbytes"].values())) / n
-        moments = "8-bit" if r["state_dtype"] == "8bit" else r["state_dtype"]
+        moments = {"8bit": "8-bit", "8bit_companded": "8-bit companded"}.get(
+            r["state_dtype"], r["state_dtype"]
+        )
         lines.append(
             f'| `"{r["master"]}"` | {moments} | {model:.3f} | {peak:.3f} | '
             f"{peak - model:+.3f} | {without_grad:.3f} |"

@@ -288,6 +288,101 @@ def scenario_nonfinite():
         print(f"nonfinite: all ranks agreed at world size {world}")
 
 
+def full_snapshot(opt):
+    """``snapshot`` plus the flat gradient buffers (``opt.grads``) and the per-group
+    hyperparameters: everything a step could write."""
+    params, state, steps, skipped = snapshot(opt)
+    grads = [g.copy() for g in opt.grads]
+    return params, state, steps, skipped, grads
+
+
+def same_full_snapshot(a, b):
+    return (
+        same_snapshot(a[:4], b[:4])
+        and a[3] == b[3]
+        and all(same_array(x, y) for x, y in zip(a[4], b[4]))
+    )
+
+
+def scenario_atomic():
+    """A step that raises has changed nothing on any rank: params, state, counters and the
+    flat gradient buffers (``opt.grads``), whether the cause is one rank's gradients, one
+    rank's settings, every rank's lr(t), or (after the reduction) a NaN in an "error"
+    group; in the last case ``opt.grads`` holds the gradients the step was given (they are
+    its input, packed before the reduce-scatter) and nothing else changed."""
+    last = rank == world - 1
+    groups = two_groups()
+    groups[1]["lr"] = lambda t: 1e-3 if t < 3 else float("nan")
+    shapes = [p.shape for g in groups for p in g["params"]]
+    dtypes = [np.float32] * 3
+    opt = ShardedOptimizer(fa.AdamW, groups, comm, bucket_elements=32)
+    opt.step(exact_grads(shapes, dtypes, 1, rank))
+    for view, g in zip(opt.grads, exact_grads(shapes, dtypes, 7, rank)):
+        view[...] = g  # what a backward pass left there
+
+    def bad_grads(grads):
+        if last:
+            grads[1] = np.zeros(6, np.float32)
+        return grads
+
+    def bad_lr():
+        if last:
+            opt.param_groups[0]["lr"] = -1.0
+
+    def other_betas():
+        if last or world == 1:
+            opt.param_groups[0]["betas"] = (0.8, 0.9) if world > 1 else (1.5, 0.9)
+
+    cases = [
+        ("bad gradient on one rank", bad_grads, None, ValueError),
+        ("bad lr on one rank", lambda g: g, bad_lr, ValueError),
+        ("betas differ (or invalid)", lambda g: g, other_betas, ValueError),
+    ]
+    for what, edit_grads, edit_groups, exc in cases:
+        saved = [dict(g) for g in opt.param_groups]
+        before = full_snapshot(opt)
+        if edit_groups is not None:
+            edit_groups()
+        try:
+            opt.step(edit_grads(exact_grads(shapes, dtypes, 2, rank)))
+        except exc:
+            pass
+        else:
+            raise AssertionError(f"{what}: the step ran")
+        assert same_full_snapshot(full_snapshot(opt), before), what
+        for g, s in zip(opt.param_groups, saved):
+            g.update(s)
+    opt.step(exact_grads(shapes, dtypes, 2, rank))  # the ranks are still in step
+    # lr(t) of group 1 fails at step 3, on every rank: nothing changes.
+    before = full_snapshot(opt)
+    try:
+        opt.step(exact_grads(shapes, dtypes, 3, rank))
+    except ValueError as e:
+        assert "lr" in str(e), str(e)
+    else:
+        raise AssertionError("a NaN lr(t) ran")
+    assert same_full_snapshot(full_snapshot(opt), before), "lr(t)"
+    # A NaN in an "error" group, found in the reduced gradient: every rank raises.
+    opt.param_groups[1]["lr"] = 1e-3
+    before = full_snapshot(opt)
+    grads = exact_grads(shapes, dtypes, 3, rank)
+    if last:
+        grads[0][0, 0] = np.nan
+    try:
+        opt.step(grads)
+    except FloatingPointError as e:
+        assert "params[0]" in str(e), str(e)
+    else:
+        raise AssertionError("a NaN in an error group ran")
+    after = full_snapshot(opt)
+    assert same_snapshot(after[:4], before[:4]), "nonfinite"
+    assert all(same_array(x, y) for x, y in zip(after[4], grads)), "nonfinite grads"
+    opt.step(exact_grads(shapes, dtypes, 3, rank))
+    assert opt._steps == [3, 3] and opt.skipped_steps == 0, opt._steps
+    if rank == 0:
+        print(f"atomic: nothing changed on any rank at world size {world}")
+
+
 def scenario_mismatch():
     """Construction with ranks that disagree fails on every rank, without hanging."""
     assert world > 1, "needs at least two ranks"

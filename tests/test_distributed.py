@@ -91,6 +91,13 @@ def test_nonfinite_and_bad_gradients_decided_on_every_rank(n):
     assert "all ranks agreed" in mpirun(n, "nonfinite").stdout
 
 
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_a_step_that_raises_changes_nothing_on_any_rank(n):
+    """One rank's bad gradient or setting, every rank's bad lr(t), a NaN in an "error"
+    group: params, state, counters and the flat gradient buffers unchanged everywhere."""
+    assert "nothing changed on any rank" in mpirun(n, "atomic").stdout
+
+
 @pytest.mark.parametrize("n", [2, 3])
 def test_ranks_that_disagree_fail_at_construction(n):
     assert "every rank raised" in mpirun(n, "mismatch").stdout
@@ -359,3 +366,92 @@ def test_8bit_state_is_refused():
     params = [np.zeros(10, np.float32)]
     with pytest.raises(ValueError, match=r"state_dtype='8bit' is not supported by ShardedOpt"):
         ShardedOptimizer(fa.Adam, params, state_dtype="8bit")
+
+
+@pytest.mark.parametrize(
+    "cls, options",
+    [("Lamb", {}), ("StableAdamW", {}), ("Adam", {"cautious": True}), ("Lion", {"cautious": True})],
+)
+def test_per_tensor_algorithms_are_refused_with_the_reason(cls, options):
+    """Their update reduces over each whole tensor; a rank holds chunks of it."""
+    from fusedadam.distributed import ShardedOptimizer
+
+    import fusedadam as fa
+
+    with pytest.raises(ValueError, match=r"per-tensor algorithms .* a rank holds only a chunk"):
+        ShardedOptimizer(getattr(fa, cls), [np.zeros(10, np.float32)], **options)
+
+
+def test_only_dense_optimizer_classes_and_their_hyperparameters_are_taken():
+    from fusedadam.distributed import ShardedOptimizer
+
+    import fusedadam as fa
+
+    with pytest.raises(TypeError, match="dense fusedadam optimizer class"):
+        ShardedOptimizer(fa.SparseAdam, [np.zeros((4, 3), np.float32)])
+    with pytest.raises(TypeError, match="dense fusedadam optimizer class"):
+        ShardedOptimizer(object, [np.zeros(3, np.float32)])
+    with pytest.raises(TypeError, match="unexpected keyword argument 'amsgrad'"):
+        ShardedOptimizer(fa.Adamax, [np.zeros(3, np.float32)], amsgrad=True)
+
+
+def test_no_optimizer_object_is_built(monkeypatch):
+    """State names, defaults and checks come from the registry and the engine: no
+    template, probe or checker optimizer is built (construction, steps, state_dict,
+    load_state_dict with a conversion, consolidation)."""
+    from fusedadam.distributed import ShardedOptimizer
+
+    import fusedadam as fa
+    from fusedadam import optim
+
+    rng = np.random.default_rng(5)
+    params = [rng.standard_normal(s).astype(np.float32) for s in [(7, 3), (0,), (50,)]]
+    ref = fa.NAdam([p.copy() for p in params], weight_decay=0.1)
+    grads = [[rng.standard_normal(p.shape).astype(np.float32) for p in params] for _ in range(3)]
+    for g in grads:
+        ref.step(g)
+    saved = ref.state_dict()
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"a {type(self).__name__} was built")
+
+    monkeypatch.setattr(optim.Optimizer, "__init__", refuse)
+    opt = ShardedOptimizer(fa.NAdam, [p.copy() for p in params], bucket_elements=16,
+                           weight_decay=0.1)  # fmt: skip
+    for g in grads:
+        opt.step(g)
+    for got, want in zip(opt.params, ref.param_groups[0]["params"]):
+        assert got.tobytes() == want.tobytes()
+    full = opt.consolidated_state_dict()
+    assert all(
+        np.asarray(full["state"][k][name]).tobytes() == np.asarray(v).tobytes()
+        for k, entry in saved["state"].items()
+        for name, v in entry.items()
+    )
+    opt.load_state_dict(saved, convert=True)
+    assert opt._steps == [3] and opt.state_dict()["meta"]["scalars"] == [
+        {"mu_product": float(saved["state"][0]["mu_product"])}
+    ]
+
+
+def test_schedule_free_shards_as_single_process_and_refuses_eval_mode():
+    from fusedadam.distributed import ShardedOptimizer
+
+    import fusedadam as fa
+
+    rng = np.random.default_rng(6)
+    params = [rng.standard_normal(s).astype(np.float32) for s in [(9, 4), (3,)]]
+    ref = fa.AdamWScheduleFree([p.copy() for p in params], warmup_steps=2)
+    opt = ShardedOptimizer(fa.AdamWScheduleFree, [p.copy() for p in params], warmup_steps=2,
+                           bucket_elements=16)  # fmt: skip
+    for _ in range(3):
+        g = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
+        ref.step(g)
+        opt.step(g)
+    for got, want in zip(opt.params, ref.param_groups[0]["params"]):
+        assert got.tobytes() == want.tobytes()
+    opt.param_groups[0]["train_mode"] = False
+    before = [p.copy() for p in opt.params]
+    with pytest.raises(RuntimeError, match="eval mode"):
+        opt.step([np.ones(p.shape, np.float32) for p in params])
+    assert all((a == b).all() for a, b in zip(opt.params, before)) and opt._steps == [3]

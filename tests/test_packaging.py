@@ -102,6 +102,28 @@ def test_kernels_stub_matches_the_compiled_module():
         assert public <= stub_members, cls
 
 
+@requires_compiled
+def test_the_kernels_element_sizes_are_numpys():
+    # _convert.h's fa_et_bytes is the kernels' one table of storage sizes; each entry must
+    # be the item size of the NumPy dtype the Python side stores that type in.
+    import ml_dtypes
+    import numpy as np
+
+    from fusedadam import _kernels
+
+    stored_as = {
+        "float32": np.float32,
+        "float64": np.float64,
+        "bfloat16": ml_dtypes.bfloat16,
+        "float16": np.float16,
+        "8bit": np.uint8,  # the codes (the block scales are a float32 array aside)
+        "residual": np.int16,  # master="residual": the master's low 16 bits
+        "8bit_companded": np.int8,  # the companded map's codes
+        "compact": np.int8,  # master="compact": the residual's top byte
+    }
+    assert _kernels.ELEMENT_BYTES == {k: np.dtype(t).itemsize for k, t in stored_as.items()}
+
+
 def test_installed_package_is_typed_and_versioned():
     here = pathlib.Path(fa.__file__).parent
     assert (here / "py.typed").is_file()

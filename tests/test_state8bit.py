@@ -1,6 +1,6 @@
 """Block-wise 8-bit optimizer state (issue 15): ``state_dtype="8bit"``.
 
-The map of ``_mixed.h`` against ``reference.q8_*`` (every code, special values, ties), the
+The map of ``_q8.h`` against ``reference.q8_*`` (every code, special values, ties), the
 compiled step against the NumPy reference bit for bit (every algorithm, instruction set,
 thread count and chunk size, blocks cut by chunk boundaries), state dicts, conversions,
 validation, and that 8-bit Adam follows float32 Adam.
@@ -474,7 +474,7 @@ def test_grad_scale_without_clipping_matches_reference(grad_scale, simd):
 # ----------------------------------------------------------------- the fused Adam loop
 
 # Adam and AdamW with 8-bit moments run whole blocks in the fused, software-pipelined loop of
-# the avx2/avx512 rows (_mixed.h, fa_q8_adam_f16c_avx2): each variant of its body (sign,
+# the avx2/avx512 rows (_q8.h, fa_q8_adam_f16c_avx2): each variant of its body (sign,
 # coupled L2, decoupled decay), with gradients staged (bfloat16, unscaling, clipping) or
 # not, and with a rounded low-precision param written per block.
 FUSED_CASES = {

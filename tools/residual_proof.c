@@ -4,7 +4,7 @@
  *      NaN of its sign (sign | 0x7fc00000);
  *   2. the param equals round to nearest even of u (an independent reference: exact
  *      distances in double to the two bfloat16 neighbours, ties to the even one; NaN:
- *      sign | 0x7fc0, as _mixed.h's fa_f32_to_bf16) except exactly at the ties whose
+ *      sign | 0x7fc0, as _convert.h's fa_f32_to_bf16) except exactly at the ties whose
  *      high half is even, where it is the neighbour away from zero (one more).
  * Prints the counts and exits 0 when both hold.
  *

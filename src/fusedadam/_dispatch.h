@@ -4,7 +4,7 @@
  * _sparse_rows.h). Adding an instruction set is one line of FA_ISAS, an element type one
  * line of FA_DTYPES, a dense loop kind one line of FA_DENSE_KINDS (_loops.h). The rows of
  * FA_DTYPES are the compute types; bfloat16/float16 storage (params, gradients, state) is
- * widened into them block by block by each row's staged runner (_mixed.h), and the
+ * widened into them block by block by each row's staged runner (_staged.h), and the
  * gradient scans of every storage type are the second table, fa_grad_table.
  *
  * Every loop is compiled once per instruction set with a per-function target attribute and
@@ -22,9 +22,11 @@
 #include "_finite.h"
 #include "_sparse_rows.h"
 
-typedef void (*fa_loop_fn)(char *const *a, ptrdiff_t n, const fa_scalars *s);
-
-#include "_mixed.h"
+#include "_convert.h"
+#include "_gradscan.h"
+#include "_q8.h"
+#include "_segment.h"
+#include "_staged.h"
 
 /* Instruction sets, narrowest first, with their target attributes; one list per
  * architecture. x86-64: SSE2 (the x86-64 baseline), AVX2, AVX-512F. aarch64: "baseline" is
@@ -95,7 +97,8 @@ static const char *const fa_dtype_names[FA_N_DTYPES] = {FA_DTYPES(FA_DTYPE_NAME,
         FA_SPARSE_ROW_BODY(T, SQRT)                                                  \
     FA_ATTR_##ISA static FA_SPARSE_SUM_SIG(fa_sparse_sum_##SFX##_##ISA)              \
         FA_SPARSE_SUM_BODY(T)
-#define FA_DEFINE_ISA(ISA) FA_DTYPES(FA_DEFINE_DTYPE, ISA) FA_DEFINE_MIXED(ISA) FA_DEFINE_NORMS(ISA)
+#define FA_DEFINE_ISA(ISA) FA_DTYPES(FA_DEFINE_DTYPE, ISA) FA_DEFINE_CONVERT(ISA) FA_DEFINE_Q8(ISA) \
+    FA_DEFINE_STAGED(ISA) FA_DEFINE_NORMS(ISA)
 FA_ISAS(FA_DEFINE_ISA)
 
 /* The table. */
@@ -139,7 +142,7 @@ static const fa_grad_fns *fa_get_grad_fns(int isa, int type) { return &fa_grad_t
 static int fa_cpu_best_isa(void) {
 #if FA_HAVE_X86_DISPATCH
     __builtin_cpu_init();
-    /* the avx2 and avx512 rows' 8-bit state loops use F16C (_mixed.h), which every CPU
+    /* the avx2 and avx512 rows' 8-bit state loops use F16C (_q8.h), which every CPU
      * with AVX2 has; a virtual CPU that hides it gets the baseline row */
     if (!__builtin_cpu_supports("f16c")) return FA_ISA_baseline;
     if (__builtin_cpu_supports("avx512f")) return FA_ISA_avx512;

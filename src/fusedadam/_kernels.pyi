@@ -15,6 +15,7 @@ SCALAR_FIELDS: Final[Tuple[str, ...]]
 MAX_NUM_THREADS: Final[int]
 Q8_BLOCK: Final[int]
 MAX_STATE_SLOTS: Final[int]
+ELEMENT_BYTES: Final[Dict[str, int]]
 
 def openmp_enabled() -> bool:
     """True when the extension was compiled with OpenMP."""

@@ -135,7 +135,10 @@ cdef extern from "_dispatch.h" nogil:
         FA_N_ETS
         FA_ET_Q8
         FA_ET_RESID
+        FA_ET_Q8C
+        FA_ET_COMPACT
         FA_Q8_BLOCK
+    const size_t fa_et_bytes[]
     int fa_cpu_best_isa()
     const fa_loops *fa_get_loops(int isa, int dtype)
     const fa_grad_fns *fa_get_grad_fns(int isa, int type)
@@ -261,9 +264,22 @@ cdef int _TYPENUM_F16 = cnp.dtype("float16").num
 cdef int _TYPENUM_F32 = cnp.dtype("float32").num
 cdef int _TYPENUM_F64 = cnp.dtype("float64").num
 cdef int _TYPENUM_U8 = cnp.dtype("uint8").num
+cdef int _TYPENUM_I8 = cnp.dtype("int8").num
 Q8_BLOCK = FA_Q8_BLOCK
 # State arrays a loop call takes (FA_MAX_SLOTS less the param and gradient slots).
 MAX_STATE_SLOTS = FA_MAX_SLOTS - FA_STATE0
+# Bytes per element of each storage type, from _convert.h's table (the kernels step through
+# storage with it; tests/test_packaging.py checks it against NumPy's item sizes).
+ELEMENT_BYTES = {
+    "float32": fa_et_bytes[FA_ET_F32],
+    "float64": fa_et_bytes[FA_ET_F64],
+    "bfloat16": fa_et_bytes[FA_ET_BF16],
+    "float16": fa_et_bytes[FA_ET_F16],
+    "8bit": fa_et_bytes[FA_ET_Q8],
+    "residual": fa_et_bytes[FA_ET_RESID],
+    "8bit_companded": fa_et_bytes[FA_ET_Q8C],
+    "compact": fa_et_bytes[FA_ET_COMPACT],
+}
 
 cdef int _best_isa = fa_cpu_best_isa()
 cdef int _isa = _best_isa
@@ -373,14 +389,16 @@ cdef inline int _element_type(int typenum) noexcept:
 
 
 cdef inline int _state_type(int typenum) noexcept:
-    """FA_ET_* of a state array's NumPy type number (uint8: 8-bit codes), or -1."""
-    return FA_ET_Q8 if typenum == _TYPENUM_U8 else _element_type(typenum)
+    """FA_ET_* of a state array's NumPy type number (uint8: 8-bit codes; int8: those of
+    the companded map), or -1."""
+    if typenum == _TYPENUM_U8:
+        return FA_ET_Q8
+    return FA_ET_Q8C if typenum == _TYPENUM_I8 else _element_type(typenum)
 
 
 cdef inline Py_ssize_t _et_size(int et) noexcept nogil:
-    if et == FA_ET_Q8:
-        return 1
-    return 4 if et == FA_ET_F32 else (8 if et == FA_ET_F64 else 2)
+    # bytes per element of storage type et (_convert.h's table)
+    return <Py_ssize_t>fa_et_bytes[et]
 
 
 cdef void _read_hyper(fa_hyper *h, dict hyper) except *:
@@ -528,9 +546,12 @@ cdef inline void _run_segment_as(GroupData *d, Py_ssize_t k, Py_ssize_t e, Py_ss
             a[slot] = d.ptr[slot][k] + e * csize if slot < d.n_slots else NULL
         d.loops[k].dense[kind](a, n, folded if d.use_folded else plain)
         return
-    # master="residual": the param slot holds the int16 residual
-    x.param = d.ptr[FA_PARAM][k] + e * (2 if types[3] == FA_ET_RESID else csize)
-    x.lowp = d.lowp[k] + e * 2 if types[3] >= 0 else NULL
+    # master="residual"/"compact": the param slot holds the int16/int8 residual
+    x.param = d.ptr[FA_PARAM][k] + e * (
+        _et_size(types[3]) if types[3] == FA_ET_RESID or types[3] == FA_ET_COMPACT else csize)
+    # the bfloat16/float16 param (a compact residual's param is a bfloat16)
+    x.lowp = (d.lowp[k] + e * _et_size(FA_ET_BF16 if types[3] == FA_ET_COMPACT else types[3])
+              if types[3] >= 0 else NULL)
     x.grad = d.ptr[FA_GRAD][k] + e * _et_size(types[1])
     x.n_states = d.n_slots - FA_STATE0
     for j in range(x.n_states):
@@ -540,7 +561,7 @@ cdef inline void _run_segment_as(GroupData *d, Py_ssize_t k, Py_ssize_t e, Py_ss
     for j in range(x.n_states):
         x.qsigned[j] = d.qsigned[j]
         x.scale[j] = ((d.scales[FA_MAX_STATES * k + j] + e // FA_Q8_BLOCK)
-                      if types[2] == FA_ET_Q8 else NULL)
+                      if types[2] == FA_ET_Q8 or types[2] == FA_ET_Q8C else NULL)
     d.loops[k].staged(d.loops[k].dense[kind], &x, n, plain, &d.pre)
 
 
@@ -560,7 +581,7 @@ cdef Py_ssize_t _walk(GroupData *d, Py_ssize_t start, Py_ssize_t end, bint scan,
         stop = d.offsets[k + 1] if d.offsets[k + 1] < end else end
         if stop > start:
             e = start - d.offsets[k]
-            if not scan and d.types[4 * k + 2] == FA_ET_Q8:
+            if not scan and (d.types[4 * k + 2] == FA_ET_Q8 or d.types[4 * k + 2] == FA_ET_Q8C):
                 # 8-bit state: a block belongs to the chunk holding its first element, so
                 # the segment starts and ends at block boundaries (a block is never split
                 # over two threads); the global element numbering (and the scan) is kept.
@@ -1039,17 +1060,21 @@ cdef class GroupPlan:
                 if self.d.n_slots > FA_STATE0 else compute)
             for slot in range(self.d.n_slots - FA_STATE0):
                 scale = self.scales[slot][k]
-                if (scale is None) != (self.d.types[4 * k + 2] != FA_ET_Q8):
+                if (scale is None) != (self.d.types[4 * k + 2] != FA_ET_Q8
+                                       and self.d.types[4 * k + 2] != FA_ET_Q8C):
                     raise ValueError(f"internal error: params[{self.first_index + k}] scales")
                 if scale is not None:
                     self.d.scales[FA_MAX_STATES * k + slot] = <float *>_data(scale, self.d.offsets)
             self.d.types[4 * k + 3] = -1
             self.d.lowp[k] = NULL
             if self.masters[k] is not None:
-                # an int16 master is the residual of master="residual" (bfloat16 only)
+                # an int16 (int8) master is the residual of master="residual" ("compact"),
+                # bfloat16 only
+                typenum = cnp.PyArray_TYPE(self.masters[k])
                 self.d.types[4 * k + 3] = (
-                    FA_ET_RESID if cnp.PyArray_TYPE(self.masters[k]) == cnp.NPY_INT16 else et)
-                if self.d.types[4 * k + 3] == FA_ET_RESID and et != FA_ET_BF16:
+                    FA_ET_RESID if typenum == cnp.NPY_INT16
+                    else FA_ET_COMPACT if typenum == cnp.NPY_INT8 else et)
+                if self.d.types[4 * k + 3] in (FA_ET_RESID, FA_ET_COMPACT) and et != FA_ET_BF16:
                     raise ValueError(f"internal error: params[{self.first_index + k}] residual")
                 self.d.lowp[k] = self.d.ptr[FA_PARAM][k]
                 self.d.ptr[FA_PARAM][k] = _data(self.masters[k], self.d.offsets)
@@ -1800,7 +1825,7 @@ cdef bint _is_bfloat16(str name, str argument) except -1:
 
 def round_float32(const float[::1] values, str to):
     """The bits (uint16) of ``values`` rounded to ``"bfloat16"`` or ``"float16"`` by the
-    conversions of _mixed.h (round to nearest even), for the tests that compare them with
+    conversions of _convert.h (round to nearest even), for the tests that compare them with
     ml_dtypes and NumPy."""
     import numpy as np
     cdef Py_ssize_t i, n = values.shape[0]
@@ -1814,7 +1839,7 @@ def round_float32(const float[::1] values, str to):
 
 
 def widen_to_float32(const unsigned short[::1] bits, str frm):
-    """float32 values of bfloat16/float16 ``bits`` (uint16) by the conversions of _mixed.h."""
+    """float32 values of bfloat16/float16 ``bits`` (uint16) by the conversions of _convert.h."""
     import numpy as np
     cdef Py_ssize_t i, n = bits.shape[0]
     out = np.empty(n, dtype=np.float32)
@@ -1827,7 +1852,7 @@ def widen_to_float32(const unsigned short[::1] bits, str frm):
 
 
 def q8_values(const unsigned char[::1] codes, bint qsigned):
-    """y(code) of the 8-bit map (signed or unsigned) by the decoder of _mixed.h (tests)."""
+    """y(code) of the 8-bit map (signed or unsigned) by the decoder of _q8.h (tests)."""
     import numpy as np
     cdef Py_ssize_t i, n = codes.shape[0]
     out = np.empty(n, dtype=np.float32)
@@ -1839,7 +1864,7 @@ def q8_values(const unsigned char[::1] codes, bint qsigned):
 
 
 def q8_codes(const float[::1] values, float absmax, bint qsigned):
-    """Codes of ``values`` against ``absmax`` by the encoder of _mixed.h (tests)."""
+    """Codes of ``values`` against ``absmax`` by the encoder of _q8.h (tests)."""
     import numpy as np
     cdef Py_ssize_t i, n = values.shape[0]
     out = np.empty(n, dtype=np.uint8)

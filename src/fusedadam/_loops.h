@@ -54,9 +54,12 @@ typedef struct {
     double *acc;             /* phase 1: FA_TENSOR_SUMS x FA_TENSOR_LANES running lane sums */
 } fa_scalars;
 
+/* one dense loop: a[] holds the slots' pointers (FA_PARAM, FA_GRAD, FA_STATE0 + j) */
+typedef void (*fa_loop_fn)(char *const *a, ptrdiff_t n, const fa_scalars *s);
+
 /* Array slots of a loop call: the param, its gradient, then the state arrays in the order
  * of the algorithm's state names (fusedadam/_algorithms.py): at most FA_MAX_STATES (Adan's
- * four). The staged runner (_mixed.h) keeps one stack buffer per state slot. */
+ * four). The staged runner (_staged.h) keeps one stack buffer per state slot. */
 enum { FA_PARAM = 0, FA_GRAD = 1, FA_STATE0 = 2, FA_MAX_STATES = 4,
        FA_MAX_SLOTS = FA_STATE0 + FA_MAX_STATES };
 

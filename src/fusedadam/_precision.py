@@ -6,15 +6,21 @@ computes in float32, or in float64 for float64 params. A bfloat16/float16 param 
 float32 master copy in its state (``master_param``): the step updates the master and
 writes the param rounded from it (to nearest even) in the same pass. With
 ``master="residual"`` a bfloat16 param keeps the master exactly in 16 bits instead
-(``master_residual``, int16: ``_residual.h``), the param rounded to nearest with ties away
-from zero. Its gradients may be
-float32, bfloat16 or float16; other params take gradients of their own dtype. The moments
-are stored in the compute type, or in bfloat16 with ``state_dtype="bfloat16"`` (float32
-compute only), or block-wise in 8 bits with ``state_dtype="8bit"`` (float32 compute only):
-each moment is a uint8 code array shaped like the param plus a float32 array of one scale
-(the absmax of the block's finite values; an inf or NaN keeps a code of its own) per
-block of ``Q8_BLOCK`` elements, named ``<moment>_absmax`` (``reference.q8_quantize`` is
-the map). Params of fewer than ``Q8_MIN_SIZE`` elements keep float32 moments, as
+(``master_residual``, int16: ``_residual.h``), the param rounded to nearest with ties
+away from zero; with ``master="compact"`` in 8 bits (``master_residual``, int8: the
+residual's top byte, rounded; lossy, at most 128 float32 units in the last place off:
+``_residual.h``). Its gradients may be float32, bfloat16 or float16; other params take
+gradients of their own dtype. The moments are stored in the compute type, or in bfloat16
+with ``state_dtype="bfloat16"`` (float32 compute only), or block-wise in 8 bits with
+``state_dtype="8bit"`` (float32 compute only): each moment is a uint8 code array shaped
+like the param plus a float32 array of one scale (the absmax of the block's finite
+values; an inf or NaN keeps a code of its own) per block of ``Q8_BLOCK`` elements, named
+``<moment>_absmax`` (``reference.q8_quantize`` is the map).
+``state_dtype="8bit_companded"`` is the same layout with FlashOptim's companded linear
+map instead (softsign for signed moments, square root for the others;
+``reference.q8_quantize(..., companded=True)``); its code arrays are int8, which is how
+a state (and a saved state dict) says which map its codes are in (the bytes are codes,
+not numbers). Params of fewer than ``Q8_MIN_SIZE`` elements keep float32 moments, as
 bitsandbytes keeps small tensors in 32 bits: their state is a few bytes, and 8-bit error
 there would buy nothing.
 """
@@ -30,13 +36,19 @@ FLOAT16 = np.dtype(np.float16)
 PARAM_DTYPES = (FLOAT32, FLOAT64, BFLOAT16, FLOAT16)
 LOW_PRECISION = (BFLOAT16, FLOAT16)
 UINT8 = np.dtype(np.uint8)
-STATE_DTYPE_OPTIONS = (None, "float32", "bfloat16", "8bit")
-MASTER = "master_param"
-MASTER_RESIDUAL = "master_residual"  # master="residual": the master's low 16 bits
+INT8 = np.dtype(np.int8)
 INT16 = np.dtype(np.int16)
-MASTER_OPTIONS = ("float32", "residual")
-Q8_BLOCK = 256  # FA_Q8_BLOCK of _mixed.h: elements per scale
-Q8_MIN_SIZE = 4096  # smaller params keep float32 moments under state_dtype="8bit"
+# the 8-bit state options and the dtype of their codes (one map per dtype)
+Q8_CODE_DTYPES = {"8bit": UINT8, "8bit_companded": INT8}
+Q8_DTYPES = tuple(Q8_CODE_DTYPES.values())
+STATE_DTYPE_OPTIONS = (None, "float32", "bfloat16") + tuple(Q8_CODE_DTYPES)
+MASTER = "master_param"
+# master="residual": the master's low 16 bits (int16); master="compact": 8 of them (int8)
+MASTER_RESIDUAL = "master_residual"
+RESIDUAL_DTYPES = {"residual": INT16, "compact": INT8}
+MASTER_OPTIONS = ("float32",) + tuple(RESIDUAL_DTYPES)
+Q8_BLOCK = 256  # FA_Q8_BLOCK of _q8.h: elements per scale
+Q8_MIN_SIZE = 4096  # smaller params keep float32 moments under an 8-bit state_dtype
 SCALE_SUFFIX = "_absmax"
 
 
@@ -50,6 +62,16 @@ def state_shape(name, param):
     if name.endswith(SCALE_SUFFIX):
         return (-(-param.size // Q8_BLOCK),)
     return param.shape
+
+
+def is_q8(dtype):
+    """True when state of this dtype holds 8-bit codes (with per-block scales)."""
+    return dtype in Q8_DTYPES
+
+
+def is_companded(dtype):
+    """True when 8-bit codes of this dtype are in the companded map."""
+    return dtype == Q8_CODE_DTYPES["8bit_companded"]
 
 
 def dtype_names(dtypes):
@@ -66,17 +88,18 @@ def master_entry(param_dtype, option, pname):
     ``master`` option, or None (float32/float64 params have no master: either option is
     theirs as is). ``"residual"`` (bfloat16 only) keeps the master as an int16 residual:
     the master is the param's bits shifted up 16 plus the residual, exactly
-    (``reference.residual_encode``)."""
+    (``reference.residual_encode``); ``"compact"`` (bfloat16 only) as an int8 one, the
+    residual's top byte rounded (``reference.compact_encode``)."""
     if not has_master(param_dtype):
         return None
-    if option == "residual":
+    if option in RESIDUAL_DTYPES:
         if param_dtype != BFLOAT16:
             raise TypeError(
-                f"master='residual' applies to bfloat16 params; {pname} is {param_dtype} "
-                "(a float32 master is not a float16 plus 16 more bits: float16 has a "
+                f"master={option!r} applies to bfloat16 params; {pname} is {param_dtype} "
+                "(a float32 master is not a float16 plus more low bits: float16 has a "
                 "10-bit mantissa and a narrower exponent range): use master='float32'"
             )
-        return MASTER_RESIDUAL, INT16
+        return MASTER_RESIDUAL, RESIDUAL_DTYPES[option]
     return MASTER, FLOAT32
 
 
@@ -93,7 +116,7 @@ def grad_dtypes(param_dtype):
 
 def state_dtype(param_dtype, option, pname, size=Q8_MIN_SIZE):
     """The dtype of the moments of a param of ``size`` elements, for the group's
-    ``state_dtype`` option (uint8: 8-bit codes with per-block scales)."""
+    ``state_dtype`` option (uint8 or int8: 8-bit codes with per-block scales)."""
     compute = compute_dtype(param_dtype)
     if option is None:
         return compute
@@ -102,6 +125,6 @@ def state_dtype(param_dtype, option, pname, size=Q8_MIN_SIZE):
             f"state_dtype={option!r} applies to float32, bfloat16 and float16 params; "
             f"{pname} is float64 (its state is float64: use state_dtype=None)"
         )
-    if option == "8bit":
-        return UINT8 if size >= Q8_MIN_SIZE else FLOAT32
+    if option in Q8_CODE_DTYPES:
+        return Q8_CODE_DTYPES[option] if size >= Q8_MIN_SIZE else FLOAT32
     return FLOAT32 if option == "float32" else BFLOAT16

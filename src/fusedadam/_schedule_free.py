@@ -52,11 +52,11 @@ def move(param, state, weight):
     master = state.get(_precision.MASTER)
     residual = state.get(_precision.MASTER_RESIDUAL)
     if residual is not None:
-        target = reference.residual_decode(param, residual)
+        target = reference.master_decode(param, residual)
     else:
         target = master if master is not None else param
     compute = target.dtype
-    if z.dtype == np.uint8:
+    if _precision.is_q8(z.dtype):
         z = reference.q8_dequantize(z, state[_precision.scale_name("z")], True)
     if z.shape != target.shape:
         raise ValueError(f"z has shape {z.shape}, but its param has {target.shape}")
@@ -71,7 +71,7 @@ def move(param, state, weight):
 
     def write():
         if residual is not None:
-            param[...], residual[...] = reference.residual_encode(new)
+            param[...], residual[...] = reference.master_encode(new, residual.dtype)
         elif master is not None:
             master[...] = new
             param[...] = new.astype(param.dtype)

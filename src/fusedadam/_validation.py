@@ -347,7 +347,7 @@ def check_params(params, first_index=0):
 def check_state_array(a, name, param, pname, dtype, shape=None):
     """A state array the step writes: of ``dtype``, shaped like its param (or ``shape``: an
     8-bit state's scales), writeable, native."""
-    _check_written_array(a, name, FLOAT_DTYPES + (_precision.UINT8, _precision.INT16))
+    _check_written_array(a, name, FLOAT_DTYPES + _precision.Q8_DTYPES + (_precision.INT16,))
     if a.dtype != dtype:
         raise TypeError(
             f"{name} has dtype {a.dtype}, but {pname} ({param.dtype}) keeps it in {dtype} "
@@ -557,22 +557,25 @@ def _saved_counter(value, where, name, integral):
 
 def _convert_8bit(entry, dtypes, signed):
     """``entry`` with its moments moved between 8-bit and other dtypes, for ``convert``:
-    8-bit codes saved (with their scales) are dequantized where this optimizer keeps a
-    float dtype; a float moment is quantized (through float32) where it keeps 8 bits."""
+    8-bit codes saved (with their scales) are dequantized where this optimizer keeps
+    another dtype (a float one, or the other 8-bit map); a float moment is quantized
+    (through float32) where it keeps 8 bits."""
     entry = dict(entry)
     for name, is_signed in signed.items():
         a, scale = entry.get(name), _precision.scale_name(name)
         if not isinstance(a, np.ndarray) or isinstance(a, np.ma.MaskedArray):
             continue
-        saved_8bit = a.dtype == _precision.UINT8
-        if saved_8bit and dtypes.get(name) != _precision.UINT8 and scale in entry:
+        target = dtypes.get(name)
+        if _precision.is_q8(a.dtype) and target != a.dtype and scale in entry:
             absmax = np.asarray(entry.pop(scale), dtype=np.float32)
             if absmax.shape != (-(-a.size // _precision.Q8_BLOCK),):
                 raise ValueError(f"{scale} has shape {absmax.shape} for {a.size} codes")
-            entry[name] = reference.q8_dequantize(a, absmax, is_signed)
-        elif not saved_8bit and dtypes.get(name) == _precision.UINT8 and a.dtype in FLOAT_DTYPES:
+            a = entry[name] = reference.q8_dequantize(a, absmax, is_signed)
+        if _precision.is_q8(target) and a.dtype in FLOAT_DTYPES:
             with np.errstate(over="ignore"):
-                entry[name], entry[scale] = reference.q8_quantize(a.astype(np.float32), is_signed)
+                entry[name], entry[scale] = reference.q8_quantize(
+                    a.astype(np.float32), is_signed, _precision.is_companded(target)
+                )
     return entry
 
 
@@ -591,27 +594,45 @@ def _saved_master(entry, name, param, kinds, where):
     return a
 
 
-def _convert_master(entry, param, required, where):
+def _convert_master(entry, param, required, where, dtype):
     """``entry`` with its master moved between the float32 ``master_param`` and the
-    ``master_residual`` layouts, for ``convert`` (exact both ways, the NaN payloads
-    aside): a saved float32 master becomes its residual, and the param is rewritten as the
-    master encodes (returned under ``NEW_PARAM``: it differs from the rounded param a
+    ``master_residual`` layouts, for ``convert`` (exact both ways for the int16 residual,
+    the NaN payloads aside; to the int8 residual of ``master="compact"`` as it rounds): a
+    saved float32 master becomes its residual, and the param is rewritten as the master
+    encodes (returned under ``NEW_PARAM``: it differs from the rounded param a
     float32-master step wrote only at exact ties); a saved residual becomes the master it
-    encodes with the param; a missing master is made from the param."""
+    encodes with the param (a residual of the other width goes through that master); a
+    missing master is made from the param. ``dtype`` is the residual's this optimizer
+    keeps."""
     f32, res = _precision.MASTER, _precision.MASTER_RESIDUAL
+    saved = entry.get(res)
+    if (
+        res in required
+        and isinstance(saved, np.ndarray)
+        and saved.dtype != dtype
+        and saved.dtype in _precision.RESIDUAL_DTYPES.values()
+        and f32 not in entry
+        and param.dtype == _precision.BFLOAT16
+    ):
+        # the other residual width: through the float32 master it encodes
+        saved = _saved_master(entry, res, param, "i", where)
+        entry[f32] = reference.master_decode(param, saved).reshape(param.shape)
     if res in required and res not in entry:
         if f32 in entry:
             if not param.flags.writeable:
                 raise ValueError(f"{where}: converting to master_residual writes the param")
             master = _saved_master(entry, f32, param, "f", where).astype(np.float32)
-            entry[NEW_PARAM], entry[res] = reference.residual_encode(master)
+            entry[NEW_PARAM], entry[res] = reference.master_encode(master, dtype)
             entry[NEW_PARAM] = entry[NEW_PARAM].reshape(param.shape)
+            entry[res] = entry[res].reshape(param.shape)
         else:
-            entry[res] = np.zeros(param.shape, dtype=_precision.INT16)
+            entry[res] = np.zeros(param.shape, dtype=dtype)
     if f32 in required and f32 not in entry:
         if res in entry and param.dtype == _precision.BFLOAT16:
-            residual = _saved_master(entry, res, param, "iu", where).astype(np.int16)
-            entry[f32] = reference.residual_decode(param, residual).reshape(param.shape)
+            residual = _saved_master(entry, res, param, "iu", where)
+            if residual.dtype != np.int8:  # int8: master="compact"'s
+                residual = residual.astype(np.int16)
+            entry[f32] = reference.master_decode(param, residual).reshape(param.shape)
         else:
             entry[f32] = param.astype(np.float32)
     for name in (f32, res):
@@ -642,16 +663,19 @@ def check_saved_state(
             if (
                 isinstance(a, np.ndarray)
                 and name in dtypes
-                and ((a.dtype == _precision.UINT8) != (dtypes[name] == _precision.UINT8))
+                and a.dtype != dtypes[name]
+                and (_precision.is_q8(a.dtype) or _precision.is_q8(dtypes[name]))
             ):
                 raise TypeError(
                     f"{where}['{name}'] has dtype {a.dtype}, but this optimizer keeps it in "
-                    f"{dtypes[name]} (state_dtype='8bit' or not); pass convert=True to "
+                    f"{dtypes[name]} (state_dtype '8bit', '8bit_companded' or neither: "
+                    "uint8 and int8 codes are those two maps); pass convert=True to "
                     "load_state_dict to convert it"
                 )
     if convert:
         entry = _convert_8bit(entry, dtypes, signed or {})
-        entry = _convert_master(entry, param, required, where)
+        dtype = dtypes.get(_precision.MASTER_RESIDUAL, _precision.INT16)
+        entry = _convert_master(entry, param, required, where, dtype)
     residual = _precision.MASTER_RESIDUAL
     scalar_names = tuple(name for name, _ in scalar_state)
     missing = [key for key in ("step",) + tuple(required) + scalar_names if key not in entry]
@@ -660,7 +684,8 @@ def check_saved_state(
             " (bfloat16/float16 params keep a float32 master_param: pass convert=True to "
             "make it from the param, or from a saved master_residual)"
             if master in missing
-            else " (master='residual' keeps a master_residual: pass convert=True to make "
+            else " (master='residual'/'compact' keeps a master_residual: pass convert=True "
+            "to make "
             "it from a saved master_param, or from the param)"
             if residual in missing
             else ""

@@ -8,8 +8,8 @@ the same loops, rules and messages, with no optimizer object. It plans anew on e
 (tens of microseconds); a training loop should keep an optimizer, whose plans are cached.
 
 bfloat16/float16 params take their masters as ``masters=[...]`` (one per param, None for
-a float32/float64 param): float32 arrays, or with ``master="residual"`` (bfloat16 params)
-int16 residual arrays, updated in place with the param.
+a float32/float64 param): float32 arrays, or with ``master="residual"`` (``"compact"``;
+bfloat16 params) int16 (int8) residual arrays, updated in place with the param.
 """
 
 from typing import Any, Dict, Optional, Sequence
@@ -50,12 +50,12 @@ def _step(
         raise TypeError(f"{optimizer} has no hyperparameter {unknown[0]!r}")
     params = [params] if isinstance(params, np.ndarray) else list(params)
     if masters is not None:
-        # bfloat16/float16 params: their masters (float32, or int16 residuals with
-        # master="residual"), None for params without one
+        # bfloat16/float16 params: their masters (float32, or int16/int8 residuals with
+        # master="residual"/"compact"), None for params without one
         masters = list(masters)
         name = (
             _precision.MASTER_RESIDUAL
-            if options.get("master", defaults["master"]) == "residual"
+            if options.get("master", defaults["master"]) in _precision.RESIDUAL_DTYPES
             else _precision.MASTER
         )
         states = {**states, name: masters}

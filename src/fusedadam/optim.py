@@ -25,9 +25,10 @@ from typing import (
 
 import numpy as np
 
-from fusedadam import _algorithms, _precision, _schedule_free, _validation
+from fusedadam import _algorithms, _schedule_free, _validation
 from fusedadam.engine import Engine, GroupSpec, Outcome, _rules
 from fusedadam.engine._plan import check_group_hyper, group_spec, hyper_spec, state_dtypes
+from fusedadam.engine._saved import checked_state
 
 __all__ = [
     "Optimizer", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "AdaBelief", "Lion", "AdEMAMix",
@@ -44,8 +45,8 @@ Betas3 = Tuple[float, float, float]
 Threads = Optional[int]
 Backend = Literal["auto", "compiled", "numpy"]
 NonFinite = Literal["error", "skip", "ignore"]
-StateDtype = Optional[Literal["float32", "bfloat16", "8bit"]]
-Master = Literal["float32", "residual"]
+StateDtype = Optional[Literal["float32", "bfloat16", "8bit", "8bit_companded"]]
+Master = Literal["float32", "residual", "compact"]
 GradScale = Union[float, Callable[[int], float], np.ndarray]
 
 
@@ -466,78 +467,9 @@ class Optimizer:
             self._engine.invalidate()
 
     def _check_state_dict(self, state_dict, convert=False):
-        saved_state, saved_groups = _validation.check_state_dict_layout(
-            state_dict, self.param_groups
+        return checked_state(
+            self.algorithm, self.param_groups, state_dict, convert, self._check_group_hyper
         )
-        new_groups, new_state, index = [], [], 0
-        scalar_state = self.algorithm.scalar_state
-        for group, (where, saved, hyper) in zip(self.param_groups, saved_groups):
-            # The state's dtype is this optimizer's choice, as the params' dtypes are: a
-            # saved state of another dtype is converted (convert=True) or refused.
-            hyper.pop("state_dtype", None)
-            hyper.pop("master", None)
-            merged = {**group, **hyper}
-            self._check_group_hyper(merged, f"{where}: ")
-            if "betas" in hyper:
-                hyper["betas"] = merged["betas"]
-            entries = self._saved_entries(saved, saved_state, group, merged, index, convert)
-            counters = {(step, tuple(scalars.values())) for _, step, _, scalars in entries}
-            if len(counters) > 1:
-                raise ValueError(
-                    f"{where}: its params are at different steps "
-                    f"{sorted(c[0] for c in counters)}; fusedadam steps a group together"
-                )
-            if entries:
-                step, scalars = entries[0][1], entries[0][3]
-                shared = {"step": np.array(step, dtype=np.int64)}
-                shared.update(
-                    {name: np.array(scalars[name], dtype=np.float64) for name, _ in scalar_state}
-                )
-                for p, _, arrays, _ in entries:
-                    new_state.append((p, {**arrays, **shared}))
-            new_groups.append(hyper)
-            index += len(group["params"])
-        return new_groups, new_state
-
-    def _saved_entries(self, saved, saved_state, group, merged, index, convert):
-        """Checked ``(param, step, arrays, scalars)`` of one group's saved entries."""
-        required = self.algorithm.state_names
-        optional = tuple(name for name, _ in self.algorithm.optional_state)
-        required = required + tuple(
-            name for name, flag in self.algorithm.optional_state if merged.get(flag)
-        )
-        optional = tuple(name for name in optional if name not in required)
-        entries = []
-        for k, (saved_id, p) in enumerate(zip(saved["params"], group["params"])):
-            if saved_id not in saved_state:
-                continue
-            pname = f"state_dict['state'][{saved_id!r}] (params[{index + k}])"
-            dtypes = self._state_dtypes(
-                p, merged.get("state_dtype"), f"params[{index + k}]", merged.get("master")
-            )
-            master = tuple(
-                n for n in (_precision.MASTER, _precision.MASTER_RESIDUAL) if n in dtypes
-            )
-            scales = [_precision.scale_name(name) for name in required + optional]
-            signed = self.algorithm.signed_state(self.algorithm.all_state_names())
-            step, arrays, scalars = _validation.check_saved_state(
-                saved_state[saved_id],
-                p,
-                required + master + tuple(s for s in scales[: len(required)] if s in dtypes),
-                optional + tuple(s for s in scales[len(required) :] if s in dtypes),
-                self.algorithm.scalar_state,
-                dtypes,
-                convert,
-                pname,
-                dict(zip(self.algorithm.all_state_names(), signed)),
-            )
-            entries.append((p, step, arrays, scalars))
-        if entries and len(entries) != len(group["params"]) and any(e[1] for e in entries):
-            raise ValueError(
-                f"state_dict: a group at step {entries[0][1]} has params without state; "
-                "fusedadam steps a group together"
-            )
-        return entries
 
     # ---------------------------------------------------------------- copying
     def __getstate__(self):
@@ -644,22 +576,25 @@ _PARAMETERS = {
         "them, as AMP loss scaling does); or no check at all (fastest).",
     ),
     "state_dtype": (
-        '{None, "float32", "bfloat16", "8bit"}',
+        '{None, "float32", "bfloat16", "8bit", "8bit_companded"}',
         "The dtype of the moments: None is the compute dtype (float32, or float64 for "
         'float64 params); ``"bfloat16"`` halves the state memory and bytes (float32, '
         'bfloat16 and float16 params; rounded to nearest even each step); ``"8bit"`` '
         "stores each moment block-wise in one byte per element plus one float32 absmax "
         "per 256 elements (``<moment>_absmax``; params of at least 4096 elements, smaller "
-        "ones keep float32 moments), requantized in the step's pass.",
+        "ones keep float32 moments), requantized in the step's pass; "
+        '``"8bit_companded"``: the same layout with FlashOptim\'s companded map (int8 '
+        "codes; see docs/master_residual.md).",
     ),
     "master": (
-        '{"float32", "residual"}',
+        '{"float32", "residual", "compact"}',
         "How a bfloat16/float16 param keeps its float32 master: a float32 copy "
         '(``master_param``, 4 bytes), or for bfloat16 params ``"residual"``: the '
         "master's low 16 bits (``master_residual``, int16, 2 bytes), the master kept "
         "exactly, the param its rounding to nearest with ties away from zero (see "
-        "docs/master_residual.md). No effect on float32/float64 params (they have no "
-        'master); float16 params refuse ``"residual"``.',
+        'docs/master_residual.md); ``"compact"``: 8 of them (int8, 1 byte), lossy: the '
+        "master kept to within 128 float32 units in the last place. No effect on "
+        "float32/float64 params (they have no master); float16 params refuse both.",
     ),
     "grad_scale": (
         "float, callable or array",

@@ -41,6 +41,7 @@ __all__ = [
     "q8_values",
     "q8_dequantize",
     "q8_quantize",
+    "q8c_values",
 ]
 
 
@@ -848,7 +849,7 @@ _KINDS: Dict[str, Tuple[Callable[..., None], int]] = {
 
 
 # ---------------------------------------------------------------- block-wise 8-bit state
-# The twin of the 8-bit maps of _mixed.h (see there for the format): the same integer work
+# The twin of the 8-bit maps of _q8.h (see there for the format): the same integer work
 # on the same bits, so codes and scales agree bit for bit.
 
 Q8_BLOCK = 256  # FA_Q8_BLOCK
@@ -869,7 +870,7 @@ def q8_nonfinite(codes, signed):
 
 def q8_values(signed):
     """The 256 values y(code) of the signed or unsigned map, float32 (exact): the top bits
-    of a float16 (``_mixed.h``); unsigned codes 241-253 read as 1.0; the codes of
+    of a float16 (``_q8.h``); unsigned codes 241-253 read as 1.0; the codes of
     non-finite values (``q8_nonfinite``) read as inf (signed map: with the code's sign) or
     the quiet NaN 0x7FC00000 (a NaN's sign and payload are not kept)."""
     codes = np.arange(256, dtype=np.uint16)
@@ -891,13 +892,16 @@ def q8_dequantize(codes, absmax, signed):
     ``y(code) * absmax`` of the code's block (blocks of ``Q8_BLOCK`` flat elements); the
     code of an inf or NaN is that value, whatever the scale."""
     flat = np.asarray(codes).reshape(-1)
-    y = q8_values(signed)[flat]
+    # int8 codes are the companded map's (state_dtype="8bit_companded")
+    table = q8c_values(signed) if flat.dtype == np.int8 else q8_values(signed)
+    flat = flat.view(np.uint8)
+    y = table[flat]
     scale = np.repeat(np.asarray(absmax, np.float32), Q8_BLOCK)[: flat.size]
     return np.where(q8_nonfinite(flat, signed), y, y * scale).reshape(np.shape(codes))
 
 
 @_quiet
-def q8_quantize(values, signed):
+def q8_quantize(values, signed, companded=False):
     """``(codes, absmax)`` of float32 ``values`` (any shape): per block of ``Q8_BLOCK`` flat
     elements the largest finite ``abs(value)`` (an integer max of the bits below inf's; 0
     when there is none), then each finite value's nearest code of
@@ -924,14 +928,17 @@ def q8_quantize(values, signed):
     x[~(absmax > 0)] = 0
     a = x.view(np.uint32) & np.uint32(0x7FFFFFFF)
     x = a.view(np.float32)
-    # fa_q8_encode_mag: nearest code, ties away from zero
-    emax = _q8_emax(signed)
-    below = a < np.uint32((128 - emax) << 23)
-    sub = np.floor(np.where(below, x, 0).astype(np.float64) * 2.0 ** (emax - 1 + _Q8_M) + 0.5)
-    shift = np.uint32(23 - _Q8_M)
-    norm = (a - np.uint32((127 - emax) << 23) + np.uint32(1 << (22 - _Q8_M))) >> shift
-    r = np.where(below, sub.astype(np.uint32), norm)
-    r = np.where(a >= np.uint32(0x3F800000), np.uint32(emax << _Q8_M), r)
+    if companded:
+        r = _q8c_magnitudes(x, signed)
+    else:
+        # fa_q8_encode_mag: nearest code, ties away from zero
+        emax = _q8_emax(signed)
+        below = a < np.uint32((128 - emax) << 23)
+        sub = np.floor(np.where(below, x, 0).astype(np.float64) * 2.0 ** (emax - 1 + _Q8_M) + 0.5)
+        shift = np.uint32(23 - _Q8_M)
+        norm = (a - np.uint32((127 - emax) << 23) + np.uint32(1 << (22 - _Q8_M))) >> shift
+        r = np.where(below, sub.astype(np.uint32), norm)
+        r = np.where(a >= np.uint32(0x3F800000), np.uint32(emax << _Q8_M), r)
     if signed:
         r |= np.where(r != 0, (words >> np.uint32(24)) & np.uint32(0x80), np.uint32(0))
     # an inf: 0x7F | the sign bit (signed) or 0x80 (unsigned); a NaN: 0x7E (signed) or
@@ -944,7 +951,43 @@ def q8_quantize(values, signed):
         special = np.where(nan, np.uint32(0xFE), np.uint32(0xFF))
     r = np.where(finite, r, special)
     codes = r.astype(np.uint8).reshape(-1)[: v.size].reshape(np.shape(values))
-    return codes, absmax.copy()
+    return (codes.view(np.int8) if companded else codes), absmax.copy()
+
+
+# The companded map (state_dtype="8bit_companded", FlashOptim's companding; the twin of
+# fa_q8c_* in _q8.h): the same block layout, scales and codes of inf/NaN as the map
+# above, but the finite magnitudes are a linear grid in a companded variable,
+# x = |value| / absmax in [0, 1]: signed, m = round(125 * 2x / (1 + x)) in [0, 125] (the
+# softsign, steeper near 0: more codes for small moments); unsigned, m = round(253 *
+# sqrt(x)) in [0, 253] (the second moment spans the square of the first's range). Decoding:
+# z = m / 125, y = z / (2 - z); t = m / 253, y = t * t. Each a float32 operation in this
+# order (rounding to nearest even); the code rounds half up.
+_Q8C_TOP = {True: 125, False: 253}
+
+
+def _q8c_magnitudes(x, signed):
+    """The magnitude codes of float32 ratios ``x`` in [0, 1 + 2**-23] (uint32)."""
+    x = np.minimum(x, np.float32(1))
+    top = np.float32(_Q8C_TOP[bool(signed)])
+    s = (x + x) / (np.float32(1) + x) if signed else np.sqrt(x)
+    return (s * top + np.float32(0.5)).astype(np.uint32)
+
+
+def q8c_values(signed):
+    """The 256 values y(code) of the companded signed or unsigned map, float32: finite
+    magnitudes as the comment above says (signed 0-125, unsigned 0-253); the codes of inf
+    and NaN as ``q8_values`` (signed magnitudes 126-127, unsigned codes 254-255)."""
+    codes = np.arange(256, dtype=np.uint32)
+    top = np.float32(_Q8C_TOP[bool(signed)])
+    magnitude = np.minimum(codes & np.uint32(0x7F if signed else 0xFF), np.uint32(top))
+    t = magnitude.astype(np.float32) / top
+    if signed:
+        y = t / (np.float32(2) - t)
+        y = np.where(codes & np.uint32(0x80), -y, y)
+    else:
+        y = t * t
+    special = q8_nonfinite(codes.astype(np.uint8), signed)
+    return np.where(special, q8_values(signed), y).astype(np.float32)
 
 
 def residual_encode(master):
@@ -962,6 +1005,37 @@ def residual_encode(master):
     return param, residual.view(np.int16)
 
 
+def compact_encode(master):
+    """``(param, residual)`` of float32 ``master`` under ``master="compact"``
+    (``_residual.h``): the param as ``residual_encode``'s; the int8 residual is the int16
+    residual ``r`` rounded to a multiple of 256, ``min((r + 128) >> 8, 127)``."""
+    param, low = residual_encode(master)
+    r8 = np.minimum((low.astype(np.int32) + 128) >> 8, 127)
+    return param, r8.astype(np.int8)
+
+
+def compact_decode(param, residual):
+    """The float32 master of a bfloat16 ``param`` and its int8 ``residual``: the bits
+    ``(param << 16) + 256 * residual`` (``residual_decode`` of ``residual << 8``)."""
+    r = np.ascontiguousarray(residual).view(np.int8).astype(np.int16) << np.int16(8)
+    return residual_decode(param, r)
+
+
+def master_decode(param, residual):
+    """The float32 master of a bfloat16 ``param`` and its ``master_residual`` (int16:
+    ``master="residual"``, exact; int8: ``master="compact"``)."""
+    if np.asarray(residual).dtype == np.int8:
+        return compact_decode(param, residual)
+    return residual_decode(param, residual)
+
+
+def master_encode(master, residual_dtype):
+    """``(param, residual)`` of float32 ``master`` for a ``master_residual`` of this dtype."""
+    if np.dtype(residual_dtype) == np.int8:
+        return compact_encode(master)
+    return residual_encode(master)
+
+
 def residual_decode(param, residual):
     """The float32 master of a bfloat16 ``param`` and its int16 ``residual``, exactly:
     the bits ``(param << 16) + residual`` (two's complement, modulo 2**32)."""
@@ -975,14 +1049,14 @@ def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0, sca
         qsigned=None, hyper=None):  # fmt: skip
     """Run loop ``kind`` (a name of ``_kernels.LOOP_KINDS``) over a group, in place.
 
-    ``slots`` is ``(params, None, states...)``, each a sequence over the group's params
-    (the compiled ``GroupPlan`` layout); ``grads`` one gradient per param; ``masters`` per
-    param its float32 master or None. As the staged runner of ``_mixed.h``: the gradient is
+    ``slots`` is ``(params, None, states...)``, each a sequence over the group's params (the
+    compiled ``GroupPlan`` layout); ``grads`` one gradient per param; ``masters`` per param
+    its float32 master or None. As the staged runner of ``_staged.h``: the gradient is
     widened to the compute dtype, divided by ``grad_scale`` and multiplied by ``clip``;
-    bfloat16 state is widened, 8-bit state (uint8 codes; ``scales[slot][k]`` its per-block
-    absmax, ``qsigned[slot]`` its map) dequantized; the update runs on the master (or the
-    param); then the state is rounded back (to nearest even) or requantized, and the param
-    rounded from the master.
+    bfloat16 state is widened, 8-bit state (uint8 codes, int8 for the companded map;
+    ``scales[slot][k]`` its per-block absmax, ``qsigned[slot]`` its map) dequantized; the
+    update runs on the master (or the param); then the state is rounded back (to nearest
+    even) or requantized, and the param rounded from the master.
 
     A per-tensor kind (LAMB, StableAdamW, cautious) also takes the group's ``hyper``
     (``_algorithms.hyper_dict``): its tensors' scalars.
@@ -996,8 +1070,8 @@ def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0, sca
         p, g = np.asarray(p), np.asarray(g)
         master = masters[k] if masters is not None else None
         residual = None
-        if master is not None and master.dtype == np.int16:  # master="residual"
-            residual, master = master, residual_decode(p, master)
+        if master is not None and master.dtype in (np.int16, np.int8):  # residual, compact
+            residual, master = master, master_decode(p, master)
         target = p if master is None else master
         compute = target.dtype
         if g.dtype != compute or grad_scale != 1.0 or clip != 1.0:
@@ -1029,11 +1103,11 @@ def run(kind, slots, grads, scalars, masters=None, grad_scale=1.0, clip=1.0, sca
         for j, (a, wide) in enumerate(zip(stored, arrays)):
             block_absmax = absmax[j]
             if block_absmax is not None:
-                a[...], block_absmax[...] = q8_quantize(wide, qsigned[j])
+                a[...], block_absmax[...] = q8_quantize(wide, qsigned[j], a.dtype == np.int8)
             elif wide is not a:
                 a[...] = wide.astype(a.dtype)
         if residual is not None:
-            p[...], residual[...] = residual_encode(master)
+            p[...], residual[...] = master_encode(master, residual.dtype)
         elif master is not None:
             p[...] = master.astype(p.dtype)
 
@@ -1048,7 +1122,7 @@ def chunk_size(total, grain):
     return k
 
 
-_LANES = 8  # FA_NORM_LANES of _mixed.h
+_LANES = 8  # FA_NORM_LANES of _gradscan.h
 _STREAMS, _BLOCK = 4, 2048  # FA_SCAN_STREAMS, FA_SCAN_BLOCK of _finite.h
 
 
@@ -1120,7 +1194,7 @@ def scan(grads, grad_scale, want_norm, grain):
 
 
 def clip_coefficient(sumsq, grad_scale, max_norm):
-    """``(coefficient, norm)``: ``fa_clip_coefficient`` of ``_mixed.h``, the rule of
+    """``(coefficient, norm)``: ``fa_clip_coefficient`` of ``_gradscan.h``, the rule of
     ``torch.nn.utils.clip_grad_norm_`` in double: the norm of the unscaled gradients
     ``sqrt(sumsq) / grad_scale`` and ``max_norm / (norm + 1e-6)`` clamped to at most 1
     (NaN stays NaN)."""

@@ -1,4 +1,11 @@
-"""ShardedOptimizer: ZeRO-style sharded steps of any fusedadam dense optimizer over MPI."""
+"""ShardedOptimizer: ZeRO-style sharded steps of any fusedadam dense optimizer over MPI.
+
+Each rank steps its chunks of the flat buffers through the step engine
+(``fusedadam.engine``): one plan per chunk, over arrays this module owns (the chunk of the
+flat param buffer, its state, its reduced gradient). What the engine is not told is only
+what depends on the other ranks: the settings every rank must share and the non-finite
+decision, both agreed on by small allreduces before anything is written.
+"""
 
 import functools
 import hashlib
@@ -7,10 +14,13 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from fusedadam import _algorithms, _precision, _validation, reference
+from fusedadam import _algorithms, _precision, _schedule_free, _validation, optim, reference
 from fusedadam.distributed import _checkpoint
 from fusedadam.distributed._consolidate import single_process_state_dict
 from fusedadam.distributed._layout import aligned_zeros, copy_overlaps, plan_segments
+from fusedadam.engine import Engine, NonFinitePolicy, Outcome, _rules, nonfinite_outcome
+from fusedadam.engine._plan import check_group_hyper, group_spec, hyper_spec, state_dtypes
+from fusedadam.engine._saved import checked_state
 from fusedadam.schedules import Schedule
 
 __all__ = ["ShardedOptimizer"]
@@ -72,29 +82,81 @@ def _describe(value):
     return repr(value)
 
 
-def _param_groups_of(params):
-    """``params`` as a list of group dicts (arrays, a sequence of arrays, or of dicts)."""
-    if isinstance(params, np.ndarray):
-        return [{"params": [params]}]
-    if isinstance(params, (set, frozenset, dict)):
+def _class_defaults(optimizer_class, kwargs):
+    """``(algorithm, defaults)`` of a dense fusedadam optimizer class from the registry,
+    ``kwargs`` applied and validated (as the class's constructor validates them)."""
+    entry = None
+    if isinstance(optimizer_class, type) and issubclass(optimizer_class, optim.Optimizer):
+        for cls in optimizer_class.__mro__:
+            if cls.__module__ == optim.__name__ and cls.__name__ in _algorithms.DEFAULTS:
+                entry = _algorithms.DEFAULTS[cls.__name__]
+                break
+    if entry is None:
         raise TypeError(
-            "params must be an array or an ordered sequence of arrays or of param-group dicts"
+            "optimizer_class must be a dense fusedadam optimizer class (fusedadam.Adam, "
+            f"AdamW, ...; one of {sorted(_algorithms.DEFAULTS)}), got {optimizer_class!r}"
         )
-    params = list(params)
-    if not params:
-        raise ValueError("optimizer got an empty parameter list")
-    if all(isinstance(p, dict) for p in params):
-        groups = []
-        for gi, group in enumerate(params):
-            if "params" not in group:
-                raise ValueError(f"param_groups[{gi}] has no 'params' entry")
-            members = group["params"]
-            members = [members] if isinstance(members, np.ndarray) else list(members)
-            groups.append({**group, "params": members})
-        return groups
-    if any(isinstance(p, dict) for p in params):
-        raise TypeError("params must be all arrays or all param-group dicts, not a mix")
-    return [{"params": params}]
+    name, defaults = entry
+    algorithm = _algorithms.ALGORITHMS[name]
+    for key in kwargs:
+        if key not in defaults:
+            raise TypeError(
+                f"{optimizer_class.__name__} got an unexpected keyword argument {key!r}"
+            )
+    defaults = {**defaults, **kwargs}
+    check_group_hyper(defaults, defaults, "", algorithm.n_betas)
+    return algorithm, defaults
+
+
+class _Unit:
+    """One plan of this rank: its chunk of one bucket of one segment (or, for a group whose
+    params are all empty, a zero-length stand-in that carries the group's counters), the
+    chunk's state (None before its first step) and the engine that steps it."""
+
+    __slots__ = ("group_index", "param", "group", "state", "engine", "layout", "installs")
+
+    def __init__(self, group_index, param):
+        self.group_index = group_index
+        self.param = param
+        self.group = {"params": [param]}  # the container the engine's plan watches
+        self.state = None
+        self.engine = Engine()
+        self.layout = None  # (state names, state_dtype, master) of the current plan
+        self.installs = []
+
+    def plan(self, algorithm, spec):
+        """Plan the chunk for the validated ``spec`` (a ``HyperSpec``): nothing is written;
+        state it lacks is created and attached when a step commits."""
+        layout = (spec.state_names, spec.state_dtype, spec.master)
+        if self.layout != layout or self.engine.plans is None:
+            named = []
+            planned = group_spec(
+                algorithm, self.group_index, self.group, spec, 0, named,
+                lambda p: self.state, lambda p: (),
+            )  # fmt: skip
+            planned = planned._replace(written=_validation.written_intervals(named))
+            self.engine.set_plans([self.group], [self.engine.new_plan(planned)])
+            self.layout, self.installs = layout, planned.installs
+        self.engine.set_hyper(0, spec)
+
+    def run(self, grad, grad_scale):
+        """Step the chunk with its reduced gradient (the decision is taken: it runs)."""
+        outcome = self.engine.step([grad], grad_scale)
+        if outcome == Outcome.RAN_NEW_STATE:
+            for _, target, entries in self.installs:
+                if target is None:
+                    self.state = entries
+                else:
+                    target.update(entries)
+            self.installs = []
+            self.engine.snapshot()
+        elif outcome != Outcome.RAN:
+            raise RuntimeError(f"fusedadam internal error: a planned shard asked for {outcome!r}")
+
+    def forget(self, state):
+        """Hold ``state`` (a load) from now on; the next step plans again."""
+        self.state, self.layout, self.installs = state, None, []
+        self.engine.invalidate()
 
 
 class ShardedOptimizer:
@@ -103,8 +165,9 @@ class ShardedOptimizer:
     Every rank holds the full params (in the optimizer's flat buffers) but only ``1/N``
     of the optimizer state. A step reduce-scatters the gradients (each rank receives the
     sum over ranks of its shard), decides globally whether the step runs (non-finite
-    gradients, bad input on any rank), updates its shard with one compiled call per
-    bucket, and all-gathers the updated params in place.
+    gradients, bad input on any rank), updates its shard through the step engine
+    (``fusedadam.engine``: one engine call per bucket), and all-gathers the updated
+    params in place.
 
     **Params are owned by the optimizer.** At construction each rank's params are copied
     once into flat, 64-byte-aligned buffers (one per group and dtype);
@@ -120,7 +183,8 @@ class ShardedOptimizer:
     ----------
     optimizer_class : type
         A dense fusedadam optimizer class (:class:`fusedadam.Adam`, ``AdamW``,
-        ``Adamax``, ...), called as ``optimizer_class(params, **kwargs)`` on each shard.
+        ``Adamax``, ...): its algorithm, state and defaults are the registry's
+        (``fusedadam._algorithms``); no optimizer object of it is built.
     params : ndarray, sequence of ndarray, or sequence of dict
         As the class takes them (groups may override any hyperparameter). Every rank
         must pass params of the same count, shapes and dtypes, and the same
@@ -139,14 +203,18 @@ class ShardedOptimizer:
 
     Notes
     -----
-    ``nonfinite`` keeps its single-process meaning, decided for all ranks at once: every
-    rank scans its reduced gradient shard, unscaled by the group's ``grad_scale`` (a sum
-    that overflows once unscaled is non-finite, as single-process), the verdicts are
-    combined by one small allreduce, and then every rank raises (``"error"``), or skips
-    (``"skip"``), before anything is written anywhere. The shards themselves are stepped
-    with ``nonfinite="ignore"``. The same allreduce compares a digest of every rank's
-    settings for the step (hyperparameters, ``lr(t)``, ``grad_scale``): ranks that
-    differ raise ``ValueError`` together, as at construction (schedules compare by value).
+    A step first validates, on every rank, its settings (every group's hyperparameters,
+    ``lr(t)``, ``grad_scale``) and its gradients, and plans its shards; one small
+    allreduce then tells every rank whether any rank refused, and compares a digest of
+    the settings: ranks that differ raise ``ValueError`` together, as at construction
+    (schedules compare by value). Only then is anything written (the gradients packed
+    into :attr:`grads`). ``nonfinite`` keeps its single-process meaning, decided for all
+    ranks at once: every rank scans its reduced gradient shard, unscaled by the group's
+    ``grad_scale`` (a sum that overflows once unscaled is non-finite, as
+    single-process), a second small allreduce combines the verdicts, and every rank
+    raises (``"error"``) or skips (``"skip"``) before any param or state is written
+    (:attr:`grads` then holds the gradients the step was given). The shards themselves
+    are stepped with ``nonfinite="ignore"``.
     ``max_grad_norm`` and ``state_dtype="8bit"`` are refused, at construction and when
     set later in ``param_groups``; ``state_dtype`` and ``master`` keep their construction
     values (a load may change them). With ``master="residual"`` each rank keeps the int16
@@ -182,10 +250,10 @@ class ShardedOptimizer:
         #: Seconds spent in the last step's phases (see ``bench/distributed.py``).
         self.timings = {}
 
-        error, signature, groups, templates = None, None, None, None
+        error, signature, groups = None, None, None
         try:
-            groups, templates = self._check_local(params, bucket_elements)
-            signature = {**self._signature(groups), "bucket_elements": bucket_elements}
+            groups, given = self._check_local(params, bucket_elements)
+            signature = {**self._signature(given), "bucket_elements": bucket_elements}
         except Exception as exc:  # any error, so that the other ranks hear of it
             error = exc
         self._agree(error, signature)
@@ -210,51 +278,36 @@ class ShardedOptimizer:
             self._flat_grads.append(flat_grad)
             self._reduced.append(aligned_zeros(segment.shard_size, _grad_dtype(segment.dtype)))
 
-        self._group_modes = [t.param_groups[0]["nonfinite"] for t in templates]
         self.param_groups = []
         first = 0
-        for group, template in zip(groups, templates):
-            hyper = {k: v for k, v in template.param_groups[0].items() if k != "params"}
-            hyper["params"] = self.params[first : first + len(group["params"])]
-            self.param_groups.append(hyper)
-            first += len(group["params"])
-        self._overrides = [
-            {k: v for k, v in g.items() if k not in ("params", "nonfinite")} for g in groups
-        ]
-        self._steps = [0] * len(groups)
-        # The class validates hyperparameters; one of the construction twins does it at
-        # every step, before anything is written.
-        self._checker = templates[0]
-        self._algorithm = self._checker.algorithm
+        for group in groups:
+            count = len(group["params"])
+            self.param_groups.append({**group, "params": self.params[first : first + count]})
+            first += count
         #: Per group: the state_dtype its state is kept in (changed only by a load).
         self._state_options = [g.get("state_dtype") for g in self.param_groups]
         #: Per group: how its 16-bit params keep their masters (changed only by a load).
         self._master_options = [g.get("master", "float32") for g in self.param_groups]
-        #: Per group: the optional state arrays (AMSGrad's max) it has created; kept when
-        #: the option is switched off, as the single-process optimizer keeps them.
-        self._kept = [set() for _ in groups]
-        #: Per group: its scalar state (NAdam's mu_product) after the last step.
-        self._scalars = [{} for _ in groups]
-        # One inner optimizer per (segment, bucket): it owns this rank's chunk of the
-        # bucket (a view of the flat param buffer) and the state of that chunk only.
+        # One plan per (segment, bucket): this rank's chunk of the bucket (a view of the
+        # flat param buffer) and the state of that chunk only.
         self._buckets = []
+        self._group_units = [[] for _ in groups]
         for si, segment in enumerate(self._segments):
             for (b_start, b_stop), (c_start, c_stop, offset) in zip(
                 segment.buckets(), segment.shard_ranges(self.rank)
             ):
-                inner = optimizer_class(
-                    [
-                        {
-                            "params": [self._flat_params[si][c_start:c_stop]],
-                            **self._overrides[segment.group],
-                            "nonfinite": "ignore",
-                        }
-                    ],
-                    **self._kwargs,
-                )
-                self._buckets.append(
-                    (si, b_start, b_stop, c_start, offset, c_stop - c_start, inner)
-                )
+                unit = _Unit(segment.group, self._flat_params[si][c_start:c_stop])
+                self._group_units[segment.group].append(unit)
+                self._buckets.append((si, b_start, b_stop, c_start, offset, c_stop - c_start, unit))
+        # A group whose params are all empty has no bucket; a zero-length stand-in steps
+        # its counters (and scalar state) as the single-process optimizer does.
+        self._idle_units = []
+        for gi, units in enumerate(self._group_units):
+            if not units:
+                dtypes = [s.dtype for s in self._segments if s.group == gi]
+                unit = _Unit(gi, np.zeros(0, dtypes[0] if dtypes else np.float32))
+                units.append(unit)
+                self._idle_units.append(unit)
         self._mpi_types = [_mpi_datatype(_grad_dtype(s.dtype)) for s in self._segments]
         self._gather_types = [_mpi_datatype(_words(f).dtype) for f in self._flat_params]
         #: Bytes handed to collectives per step by this rank: the flat gradient buffers to
@@ -279,37 +332,45 @@ class ShardedOptimizer:
             or bucket_elements < 1
         ):
             raise ValueError(f"bucket_elements must be a positive int, got {bucket_elements!r}")
-        groups = _param_groups_of(params)
-        seen = set()
-        for gi, group in enumerate(groups):
-            for k, p in enumerate(group["params"]):
+        self._algorithm, self._defaults = _class_defaults(self.optimizer_class, self._kwargs)
+        groups, overrides, seen, first = [], [], set(), 0
+        for gi, given in enumerate(optim._param_groups_from(params)):
+            if not isinstance(given, dict):
+                raise TypeError(f"a param group must be a dict, got {type(given).__name__}")
+            if "params" not in given:
+                raise ValueError(f"param_groups[{gi}] has no 'params' entry")
+            where = f"param_groups[{gi}]"
+            members = optim._as_param_list(given["params"], f"{where}['params']")
+            for k, p in enumerate(members):
                 if not isinstance(p, np.ndarray):
                     raise TypeError(
-                        f"param_groups[{gi}]['params'][{k}] is a {type(p).__name__}, not an ndarray"
+                        f"{where}['params'][{k}] is a {type(p).__name__}, not an ndarray"
                     )
                 if id(p) in seen:
                     raise ValueError("some parameters appear more than once")
                 seen.add(id(p))
                 _mpi_datatype(_grad_dtype(p.dtype))
-        # A one-element twin of each group checks its hyperparameters exactly as the
-        # class does, and tells the group's defaults-filled settings.
-        templates = []
-        for group in groups:
-            dtypes = list(dict.fromkeys(p.dtype for p in group["params"])) or [np.float32]
-            overrides = {k: v for k, v in group.items() if k != "params"}
-            templates.append(
-                self.optimizer_class(
-                    [{"params": [np.zeros(1, dt) for dt in dtypes], **overrides}], **self._kwargs
-                )
-            )
-        first = 0
-        for gi, (group, template) in enumerate(zip(groups, templates)):
-            _check_shardable(template.param_groups[0], gi)
-            option = template.param_groups[0]["master"]
-            for k, p in enumerate(group["params"]):
-                _precision.master_entry(p.dtype, option, f"params[{first + k}]")
-            first += len(group["params"])
-        return groups, templates
+            group = {**self._defaults, **given, "params": members}
+            self._check_group(group, f"{where}: ")
+            _check_shardable(group, gi, self._algorithm)
+            for k, p in enumerate(members):
+                _precision.master_entry(p.dtype, group["master"], f"params[{first + k}]")
+            first += len(members)
+            groups.append(group)
+            overrides.append({**given, "params": members})
+        return groups, overrides
+
+    def _check_group(self, group, where):
+        """Validate a group's hyperparameters in place (the engine's check; Schedule-Free's
+        mode entry as its class checks it); return the group's ``HyperSpec``."""
+        if self._schedule_free:
+            group.setdefault("train_mode", True)
+            _schedule_free.check_mode_entry(group, where)
+        return hyper_spec(self._algorithm, group, self._defaults, where)
+
+    @property
+    def _schedule_free(self):
+        return issubclass(self.optimizer_class, optim.AdamWScheduleFree)
 
     def _signature(self, groups):
         return {
@@ -379,16 +440,39 @@ class ShardedOptimizer:
             sharded optimizer does not support; raised on every rank, nothing changed.
         """
         t_start = time.perf_counter()
-        error = None
-        n_groups = len(self._steps)
-        scales, lrs, digest = [1.0] * n_groups, [None] * n_groups, 0
+        error, checked = None, None
+        n_groups = len(self._group_units)
+        scales, policies, digest = [1.0] * n_groups, [NonFinitePolicy.IGNORE] * n_groups, 0
         try:
-            self._group_modes = [self._nonfinite_mode(gi) for gi in range(n_groups)]
-            scales, lrs, digest = self._step_settings(grad_scale)
+            scales, policies, digest = self._prepare(grad_scale)
             if grads is not None:
-                self._pack(grads)
+                checked = self._checked_grads(grads)
         except Exception as exc:  # any error, so that the other ranks hear of it
             error = exc
+        # Every rank's input and settings are agreed on before anything is written (the
+        # gradient buffers included): one small allreduce (min over ranks); the digest of
+        # the step's settings goes in as itself and negated, so min == -max tells that
+        # every rank has the same.
+        agreement = np.array(
+            [self.rank if error is not None else _NOT_FOUND, digest, -digest], dtype=np.int64
+        )
+        self.comm.Allreduce(MPI.IN_PLACE, agreement, op=MPI.MIN)
+        bad_rank, low, minus_high = (int(v) for v in agreement)
+        if bad_rank != _NOT_FOUND:
+            if error is not None:
+                raise error
+            raise ValueError(
+                f"rank {bad_rank} rejected its gradients or settings (see its error); this "
+                "step changed nothing on any rank"
+            )
+        if low != -minus_high:
+            raise ValueError(
+                "the ranks' param_groups differ at this step (a hyperparameter, lr(t) or "
+                "grad_scale set on some ranks only); every rank must step with the same "
+                "settings; this step changed nothing on any rank"
+            )
+        if checked is not None:
+            self._pack(checked)
         t_packed = time.perf_counter()
 
         # Reduce-scatter with up to max_in_flight buckets posted; scan each bucket as it
@@ -410,51 +494,33 @@ class ShardedOptimizer:
             if self.grad_reduction == "mean" and self.world_size > 1:  # x / 1 == x
                 np.divide(reduced, self.world_size, out=reduced)
             gi = self._segments[si].group
-            mode = self._group_modes[gi]
-            if mode != "ignore":
+            if policies[gi] != NonFinitePolicy.IGNORE:
                 bad = self._first_nonfinite_param(si, c_start, reduced, scales[gi])
                 if bad is not None:
-                    if mode == "error":
+                    if policies[gi] == NonFinitePolicy.ERROR:
                         first_error_param = min(first_error_param, bad)
                     else:
                         skip_found = 0
             t_scan += time.perf_counter() - t0
         t_reduced = time.perf_counter()
 
-        # The global decision: one allreduce of five int64 (min over ranks); the digest
-        # of the step's settings goes in as itself and negated, so min == -max tells
-        # that every rank has the same.
-        decision = np.array(
-            [
-                self.rank if error is not None else _NOT_FOUND,
-                first_error_param,
-                skip_found,
-                digest,
-                -digest,
-            ],
-            dtype=np.int64,
-        )
+        # The non-finite decision, for every rank at once: one allreduce of two int64 (min
+        # over ranks), then the engine's policy: "error" raises, "skip" skips the step.
+        decision = np.array([first_error_param, skip_found], dtype=np.int64)
         self.comm.Allreduce(MPI.IN_PLACE, decision, op=MPI.MIN)
-        bad_rank, bad_param, skip, low, minus_high = (int(v) for v in decision)
-        if bad_rank != _NOT_FOUND:
-            if error is not None:
-                raise error
-            raise ValueError(
-                f"rank {bad_rank} rejected its gradients or settings (see its error); this "
-                "step changed nothing on any rank"
-            )
-        if low != -minus_high:
-            raise ValueError(
-                "the ranks' param_groups differ at this step (a hyperparameter, lr(t) or "
-                "grad_scale set on some ranks only); every rank must step with the same "
-                "settings; this step changed nothing on any rank"
-            )
+        bad_param, skip = (int(v) for v in decision)
+        outcome = Outcome.RAN
         if bad_param != _NOT_FOUND:
-            raise FloatingPointError(
-                f"the reduced gradient of params[{bad_param}] holds NaN or inf once "
-                "unscaled (nonfinite='error'); this step changed nothing on any rank"
+            nonfinite_outcome(
+                NonFinitePolicy.ERROR,
+                lambda: FloatingPointError(
+                    f"the reduced gradient of params[{bad_param}] holds NaN or inf once "
+                    "unscaled (nonfinite='error'); this step changed nothing on any rank"
+                ),
             )
         if skip != _NOT_FOUND:
+            outcome = nonfinite_outcome(NonFinitePolicy.SKIP, RuntimeError)
+        if outcome == Outcome.SKIPPED:
             self.skipped_steps += 1
             self.timings = {
                 "pack": t_packed - t_start,
@@ -469,15 +535,9 @@ class ShardedOptimizer:
         # Update bucket by bucket; each bucket's all-gather is in flight while the next
         # bucket is updated (at most max_in_flight at a time).
         t_update, requests = 0.0, []
-        for si, b_start, b_stop, _, offset, length, inner in self._buckets:
+        for si, b_start, b_stop, _, offset, length, unit in self._buckets:
             t0 = time.perf_counter()
-            gi = self._segments[si].group
-            self._sync_hyperparameters(inner, gi)
-            target = inner.param_groups[0]
-            for key, value in (("lr", lrs[gi]), ("grad_scale", scales[gi])):
-                if target.get(key) != value:  # unchanged: the shard's plan stays valid
-                    target[key] = value
-            inner.step([self._reduced[si][offset : offset + length]])
+            unit.run(self._reduced[si][offset : offset + length], scales[unit.group_index])
             t_update += time.perf_counter() - t0
             if len(requests) >= self.max_in_flight:
                 requests.pop(0).Wait()
@@ -488,10 +548,11 @@ class ShardedOptimizer:
                 )
             )
             MPI.Request.Testall(requests)  # drive progress of the earlier buckets
+        for unit in self._idle_units:
+            unit.run(np.zeros(0, _grad_dtype(unit.param.dtype)), scales[unit.group_index])
         t0 = time.perf_counter()
         MPI.Request.Waitall(requests)
         t_end = time.perf_counter()
-        self._count_step(lrs)
         self.timings = {
             "pack": t_packed - t_start,
             "reduce_scatter": t_reduced - t_packed,
@@ -510,8 +571,8 @@ class ShardedOptimizer:
             op=MPI.SUM,
         )
 
-    def _pack(self, grads):
-        """Copy ``grads`` into the flat gradient buffers; check everything first."""
+    def _checked_grads(self, grads):
+        """``grads`` as a list, checked against the params (nothing is written)."""
         if isinstance(grads, np.ndarray):
             grads = [grads]
         grads = list(grads)
@@ -527,37 +588,42 @@ class ShardedOptimizer:
                     f"grads[{i}] has shape {g.shape} and dtype {g.dtype}; "
                     f"params[{i}] has shape {view.shape} and dtype {p.dtype}{takes}"
                 )
+        return grads
+
+    def _pack(self, grads):
+        """Copy checked ``grads`` into the flat gradient buffers."""
         for g, view in zip(grads, self.grads):
             if g is not view and not (
                 g.ctypes.data == view.ctypes.data and g.strides == view.strides
             ):
                 view[...] = g
 
-    def _nonfinite_mode(self, gi):
-        mode = self.param_groups[gi].get("nonfinite")
-        if mode not in ("error", "skip", "ignore"):
-            raise ValueError(
-                f"param_groups[{gi}]: Invalid nonfinite mode {mode!r}; expected "
-                "one of ('error', 'skip', 'ignore')"
-            )
-        return mode
+    def _prepare(self, grad_scale):
+        """``(scales, policies, digest)``: per group, this step's gradient scale and
+        non-finite policy, and a digest of every setting of the step to compare across
+        ranks. Every group is validated (the engine's checks) and every chunk planned with
+        this step's hyperparameters and ``lr(t)`` (called once per group, as
+        single-process); nothing is written.
 
-    def _step_settings(self, grad_scale):
-        """``(scales, lrs, digest)``: per group, this step's gradient scale and learning
-        rate, resolved once (``lr(t)`` is called once per group, as single-process) and
-        checked, and a digest of every setting of the step to compare across ranks.
-
-        Raises, before anything is written, on a bad hyperparameter or one a sharded
-        optimizer cannot apply (``max_grad_norm``, a changed ``state_dtype``).
+        Raises on a bad hyperparameter or one a sharded optimizer cannot apply
+        (``max_grad_norm``, a changed ``state_dtype``).
         """
-        scales, lrs, described = [], [], []
-        for gi, group in enumerate(self.param_groups):
+        groups = self.param_groups
+        if not isinstance(groups, list) or len(groups) != len(self._group_units):
+            raise ValueError(
+                f"param_groups must stay a list of {len(self._group_units)} group dicts "
+                "(a sharded optimizer's groups are fixed at construction)"
+            )
+        if self._schedule_free:
+            _schedule_free.check_steppable(groups, self.optimizer_class.__name__)
+        specs, scales, policies, described = [], [], [], []
+        for gi, group in enumerate(groups):
             where = f"param_groups[{gi}]: "
             if not isinstance(group, dict):
                 raise TypeError(f"param_groups[{gi}] must be a dict, got {type(group).__name__}")
             checked = {k: v for k, v in group.items() if k != "params"}
-            self._checker._check_group_hyper(checked, where)
-            _check_shardable(checked, gi)
+            spec = self._check_group(checked, where)
+            _check_shardable(checked, gi, self._algorithm)
             if checked.get("state_dtype") != self._state_options[gi]:
                 raise ValueError(
                     f"{where}state_dtype changed from {self._state_options[gi]!r} to "
@@ -572,80 +638,67 @@ class ShardedOptimizer:
                     "layout of its state (change it with state_dict and "
                     "load_state_dict(..., convert=True))"
                 )
-            t = self._steps[gi] + 1
-            lr = checked["lr"]
-            lr = (
-                _validation.check_lr(lr(t), f"{where}lr({t}) returned: ")
-                if callable(lr)
-                else (float(lr))
-            )
+            t = self._step_of(gi) + 1
+            lr = _rules.learning_rate(spec.lr, t)
             scale = checked.get("grad_scale", 1.0) if grad_scale is None else grad_scale
             scale = _validation.grad_scale_value(scale, t, where)
-            scales.append(scale)
-            lrs.append(lr)
-            described.append(
-                (
-                    {k: _describe(v) for k, v in sorted(checked.items()) if k != "grad_scale"},
-                    t,
-                    lr.hex(),
-                    scale.hex(),
+            # The shards run what every rank decided together: their own policy ignores.
+            specs.append(
+                spec._replace(
+                    keys=(), values=(), lr=lr, nonfinite=NonFinitePolicy.IGNORE, max_grad_norm=None
                 )
             )
+            scales.append(scale)
+            policies.append(spec.nonfinite)
+            if self.world_size > 1:  # one rank has no other to compare with
+                described.append(
+                    (
+                        {k: _describe(v) for k, v in sorted(checked.items()) if k != "grad_scale"},
+                        t,
+                        lr.hex(),
+                        scale.hex(),
+                    )
+                )
+        for gi, units in enumerate(self._group_units):
+            for unit in units:
+                unit.plan(self._algorithm, specs[gi])
         digest = hashlib.blake2b(repr(described).encode(), digest_size=7).digest()
-        return scales, lrs, int.from_bytes(digest, "little")
+        return scales, policies, int.from_bytes(digest, "little")
 
-    def _count_step(self, lrs):
-        """After a step that ran: steps, the optional state created, the scalar state."""
-        for gi, group in enumerate(self.param_groups):
-            self._steps[gi] += 1
-            self._kept[gi].update(
-                name for name, flag in self._algorithm.optional_state if group.get(flag)
-            )
-            if not self._algorithm.scalar_state:
-                continue
-            inner = next((b[-1] for b in self._buckets if self._segments[b[0]].group == gi), None)
-            if inner is not None:
-                entry = inner.state_dict()["state"][0]
-                self._scalars[gi] = {
-                    name: float(entry[name]) for name, _ in self._algorithm.scalar_state
-                }
-            else:  # a group of empty params has no shard: the scalar rule itself
-                names = tuple(name for name, _ in self._algorithm.scalar_state)
-                initial = dict(self._algorithm.scalar_state)
-                carry = tuple(self._scalars[gi].get(name, initial[name]) for name in names)
-                hyper = _algorithms.hyper_dict(self._algorithm, group)
-                _, _, after = reference.step_scalars(hyper, self._steps[gi], lrs[gi], carry)
-                self._scalars[gi] = dict(zip(names, after))
+    def _step_of(self, gi):
+        """Steps group ``gi`` has taken (its chunks' counters agree)."""
+        state = self._group_units[gi][0].state
+        return 0 if state is None else int(state["step"])
+
+    @property
+    def _steps(self):
+        return [self._step_of(gi) for gi in range(len(self._group_units))]
+
+    def _scalars(self, gi):
+        """Group ``gi``'s scalar state (NAdam's ``mu_product``): ``{name: float}``."""
+        state = self._group_units[gi][0].state
+        if state is None:
+            return {}
+        return {name: float(state[name]) for name, _ in self._algorithm.scalar_state}
 
     def _first_nonfinite_param(self, si, chunk_start, reduced, scale=1.0):
-        compute = _precision.compute_dtype(reduced.dtype)
-        if scale != 1.0 or reduced.dtype != compute:
-            # The decision is on the unscaled values, as single-process: a finite sum can
-            # overflow once divided by a grad_scale < 1.
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                reduced = reduced.astype(compute) / compute.type(scale)
-        finite = np.isfinite(reduced)
-        if finite.all():
-            return None
-        return self._segments[si].param_at(chunk_start + int(np.argmin(finite)))
-
-    def _sync_hyperparameters(self, inner, gi):
-        """Carry changes of ``param_groups[gi]`` (e.g. new ``betas``) to a shard's optimizer
-        (``lr`` and ``grad_scale`` are set by ``step``, resolved once per group)."""
-        target = inner.param_groups[0]
-        for key, value in self.param_groups[gi].items():
-            if key in ("params", "nonfinite", "lr", "grad_scale"):
-                continue
-            if key not in target or target[key] is not value:
-                target[key] = value
+        """The param holding the first value of a reduced chunk that is not finite once
+        unscaled (the engine's scan rule, ``reference.scan``; a finite sum can overflow
+        once divided by a grad_scale < 1), or None."""
+        if scale == 1.0 and reduced.dtype == _precision.compute_dtype(reduced.dtype):
+            if np.isfinite(reduced).all():  # x / 1 == x: the common case, with no copy
+                return None
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            found, _ = reference.scan([reduced], scale, False, 1)
+        return None if found < 0 else self._segments[si].param_at(chunk_start + found)
 
     # ------------------------------------------------------------ state
     def _group_names(self, gi):
         """The state arrays shaped like the params of group ``gi`` (the registry's names
         and the optional ones it has created), without ``master_param``."""
-        algorithm = self._algorithm
+        algorithm, state = self._algorithm, self._group_units[gi][0].state or {}
         return algorithm.state_names + tuple(
-            name for name, _ in algorithm.optional_state if name in self._kept[gi]
+            name for name, _ in algorithm.optional_state if name in state
         )
 
     def _array_names(self, si, group_names=None, master=_MISSING):
@@ -663,34 +716,30 @@ class ShardedOptimizer:
             names += (entry[0],)
         return names
 
-    def _array_dtype(self, si, name, option=_MISSING):
+    def _array_dtype(self, si, name, option=_MISSING, master=_MISSING):
         """The dtype the single-process optimizer keeps state ``name`` of segment ``si`` in
-        (under the state_dtype ``option``, by default the group's current one)."""
+        (under the state_dtype ``option`` and ``master`` options, by default the group's
+        current ones): the engine's rule (``state_dtypes``)."""
         segment = self._segments[si]
-        if name == _precision.MASTER:
-            return _precision.FLOAT32
-        if name == _precision.MASTER_RESIDUAL:
-            return _precision.INT16
         if option is _MISSING:
             option = self._state_options[segment.group]
-        return _precision.state_dtype(segment.dtype, option, f"segment {si}")
+        if master is _MISSING:
+            master = self._master_options[segment.group]
+        like = np.empty(0, segment.dtype)
+        return np.dtype(state_dtypes(self._algorithm, like, option, f"segment {si}", master)[name])
 
     def _shard_state(self, si):
-        """``{name: 1-d array}``: this rank's state of segment ``si`` (its chunks, joined)."""
+        """``{name: 1-d array}``: this rank's state of segment ``si`` (its chunks, joined;
+        copies)."""
         gi = self._segments[si].group
-        if self._steps[gi] == 0:
+        if self._step_of(gi) == 0:
             return {}
-        names = self._array_names(si)
-        pieces = {name: [] for name in names}
-        for b_si, *_, inner in self._buckets:
-            if b_si != si:
-                continue
-            entry = inner.state_dict()["state"][0]
-            for name in names:
-                pieces[name].append(np.asarray(entry[name]).reshape(-1))
+        units = [b[-1] for b in self._buckets if b[0] == si]
         return {
-            name: np.concatenate(arrays) if arrays else np.zeros(0, self._array_dtype(si, name))
-            for name, arrays in pieces.items()
+            name: np.concatenate([u.state[name].reshape(-1) for u in units])
+            if units
+            else np.zeros(0, self._array_dtype(si, name))
+            for name in self._array_names(si)
         }
 
     def _my_params_shard(self, si):
@@ -723,9 +772,7 @@ class ShardedOptimizer:
                 else {}
                 for si, s in enumerate(self._segments)
             ],
-            "scalars": [
-                dict(self._scalars[gi]) if stepped[gi] else {} for gi in range(len(stepped))
-            ],
+            "scalars": [self._scalars(gi) if stepped[gi] else {} for gi in range(len(stepped))],
             "optimizer_class": f"{self.optimizer_class.__module__}."
             f"{self.optimizer_class.__qualname__}",
             "grad_reduction": self.grad_reduction,
@@ -816,10 +863,10 @@ class ShardedOptimizer:
         """``_install``'s arguments for a single-process ``state_dict``, checked whole,
         and ``[(param index, new value)]``: the params a conversion to the residual
         layout rewrote."""
-        # The class checks the dict against params of these shapes and dtypes (zeros:
-        # pages never touched cost no memory) and gives back its own validated copy. A
-        # conversion reads the params (a residual decodes with its param) and may write
-        # them: it gets copies.
+        # The engine checks the dict against params of these shapes and dtypes (zeros:
+        # pages never touched cost no memory) and gives back validated copies in this
+        # optimizer's dtypes. A conversion reads the params (a residual decodes with its
+        # param): it gets copies.
         groups = [
             {
                 **{k: v for k, v in g.items() if k != "params"},
@@ -829,26 +876,28 @@ class ShardedOptimizer:
             }
             for g in self.param_groups
         ]
-        checker = self.optimizer_class(groups)
-        checker.load_state_dict(state_dict, convert=convert)
-        new_params = []
-        if convert:
-            index = 0
-            for g in groups:
-                for p in g["params"]:
-                    if p.dtype == _precision.BFLOAT16 and g.get("master") == "residual":
-                        new_params.append((index, p))
-                    index += 1
-        checked = checker.state_dict()
-        hypers = [{k: v for k, v in g.items() if k != "params"} for g in checked["param_groups"]]
+        saved_groups, saved = checked_state(
+            self._algorithm, groups, state_dict, convert, self._check_group
+        )
+        index_of = {id(p): i for i, p in enumerate(p for g in groups for p in g["params"])}
+        saved_state, new_params = {}, []
+        for p, entry in saved:
+            new_param = entry.pop(_validation.NEW_PARAM, None)
+            if new_param is not None:  # converted to master="residual"
+                new_params.append((index_of[id(p)], new_param))
+            saved_state[index_of[id(p)]] = entry
+        hypers = [
+            {**{k: v for k, v in g.items() if k != "params"}, **new}
+            for g, new in zip(groups, saved_groups)
+        ]
         for gi, hyper in enumerate(hypers):
-            _check_shardable(hyper, gi)
-        saved_state = checked["state"]
+            _check_shardable(hyper, gi, self._algorithm)
         steps, names, scalars = [], [], []
         scalar_names = tuple(name for name, _ in self._algorithm.scalar_state)
         first = 0
-        for gi, group in enumerate(checked["param_groups"]):
-            entries = [saved_state[k] for k in group["params"] if k in saved_state]
+        for gi, group in enumerate(groups):
+            indices = range(first, first + len(group["params"]))
+            entries = [saved_state[k] for k in indices if k in saved_state]
             step = int(entries[0]["step"]) if entries else 0
             steps.append(step)
             masters = (_precision.MASTER, _precision.MASTER_RESIDUAL)
@@ -864,7 +913,6 @@ class ShardedOptimizer:
             names.append(found.pop() if step else ())
             scalars.append({n: float(entries[0][n]) for n in scalar_names} if step else {})
             first += len(group["params"])
-        keys = [k for g in checked["param_groups"] for k in g["params"]]
 
         def read(si, name, dst, start):
             segment = self._segments[si]
@@ -873,7 +921,7 @@ class ShardedOptimizer:
                 flat,
                 0,
                 [
-                    (offset, np.asarray(saved_state[keys[index]][name]).reshape(-1))
+                    (offset, np.asarray(saved_state[index][name]).reshape(-1))
                     for index, offset in zip(segment.param_indices, segment.offsets)
                 ],
             )
@@ -891,30 +939,42 @@ class ShardedOptimizer:
             self.param_groups[gi].update(hyper)
             self._state_options[gi] = self.param_groups[gi].get("state_dtype")
             self._master_options[gi] = self.param_groups[gi].get("master", "float32")
-            optional = {name for name, _ in self._algorithm.optional_state}
-            self._kept[gi] = optional.intersection(names[gi])
-            self._scalars[gi] = dict(scalars[gi])
-        self._steps = list(steps)
-        for si, _, _, c_start, _, length, inner in self._buckets:
-            gi = self._segments[si].group
-            self._sync_hyperparameters(inner, gi)
-            template = inner.state_dict()
-            state = {}
+        for si, _, _, c_start, _, length, unit in self._buckets:
+            gi = unit.group_index
+            state = None
             if steps[gi]:
-                entry = {"step": steps[gi]}
-                for name in self._array_names(si):
-                    chunk = np.zeros(length, self._array_dtype(si, name))
-                    read(si, name, chunk, c_start)
-                    entry[name] = chunk
-                entry.update(scalars[gi])
-                state = {0: entry}
-            inner.load_state_dict({"state": state, "param_groups": template["param_groups"]})
+                state = {}
+                for name in self._array_names(si, names[gi]):
+                    state[name] = np.zeros(length, self._array_dtype(si, name))
+                    read(si, name, state[name], c_start)
+            unit.forget(self._counters(state, steps[gi], scalars[gi]))
+        for unit in self._idle_units:  # zero-length arrays of the group's state dtypes
+            gi = unit.group_index
+            state = None
+            if steps[gi]:
+                dtypes = state_dtypes(
+                    self._algorithm, unit.param, self._state_options[gi], "an empty group",
+                    self._master_options[gi],
+                )  # fmt: skip
+                wanted = (*names[gi], _precision.MASTER, _precision.MASTER_RESIDUAL)
+                state = {n: np.zeros(0, dt) for n, dt in dtypes.items() if n in wanted}
+            unit.forget(self._counters(state, steps[gi], scalars[gi]))
+
+    def _counters(self, state, step, scalars):
+        """``state`` with its step counter and scalar state as the engine keeps them (0-d
+        arrays); None stays None."""
+        if state is None:
+            return None
+        state["step"] = np.array(step, dtype=np.int64)
+        for name, _ in self._algorithm.scalar_state:
+            state[name] = np.array(scalars[name], dtype=np.float64)
+        return state
 
     def _check_checkpoint_state(self, meta):
         """Raise unless the checkpoint's state fits this class under its saved settings."""
         algorithm = self._algorithm
         for gi, hyper in enumerate(meta["param_groups"]):
-            _check_shardable(hyper, gi)
+            _check_shardable(hyper, gi, self._algorithm)
             if not meta["steps"][gi]:
                 continue
             names = tuple(meta["state_names"][gi])
@@ -947,7 +1007,7 @@ class ShardedOptimizer:
             option = meta["param_groups"][gi].get("state_dtype")
             master = meta["param_groups"][gi].get("master", "float32")
             want = {
-                name: self._array_dtype(si, name, option)
+                name: self._array_dtype(si, name, option, master)
                 for name in self._array_names(si, meta["state_names"][gi], master)
             }
             saved = meta.get("array_dtypes")
@@ -1042,20 +1102,25 @@ class ShardedOptimizer:
         MPI.Request.Waitall(requests)
 
 
-def _check_shardable(group, gi):
+#: The registry's algorithms whose update reduces over each whole tensor.
+_PER_TENSOR = ("lamb", "stableadamw")
+
+
+def _check_shardable(group, gi, algorithm):
     """Raise on the settings a sharded step cannot apply as the single-process one does
     (at construction, and at every step: a group edited later is refused as well)."""
-    if group.get("cautious") or "trust_clip" in group or "decouple_lr" in group:
-        # LAMB, StableAdamW and cautious masking reduce over each tensor; a rank holds a
-        # shard of a bucket, so the reduction would cover the wrong elements
+    if algorithm.name in _PER_TENSOR or group.get("cautious"):
+        # LAMB's trust ratio, StableAdamW's RMS and the cautious mask's mean reduce over
+        # each whole tensor; a rank holds a chunk of a bucket, and the engine's per-tensor
+        # reductions cannot yet be summed over ranks between their two phases.
         raise ValueError(
             f"param_groups[{gi}]: the per-tensor algorithms (Lamb, StableAdamW, "
-            "cautious=True) are not supported by ShardedOptimizer (each rank holds a shard, "
-            "not whole tensors)"
+            "cautious=True) are not supported by ShardedOptimizer: their update reduces "
+            "over each whole tensor, and a rank holds only a chunk of it"
         )
     if group.get("max_grad_norm") is not None:
-        # Each inner optimizer sees one bucket of one rank: its norm is not the
-        # group's, so clipping there would be silently wrong.
+        # Each rank steps its chunks of the buckets: their norm is not the group's, so
+        # clipping there would be silently wrong.
         raise ValueError(
             f"param_groups[{gi}]: max_grad_norm is not supported by ShardedOptimizer "
             "(the norm would cover one rank's shard, not the group); clip the "

@@ -161,7 +161,7 @@ def state_dtypes(algorithm, p, option, pname, master="float32"):
     included) for the group's ``state_dtype`` and ``master`` options."""
     dtype = _precision.state_dtype(p.dtype, option, pname, p.size)
     dtypes = {name: dtype for name in algorithm.all_state_names()}
-    if dtype == _precision.UINT8:
+    if _precision.is_q8(dtype):
         for name in algorithm.all_state_names():
             dtypes[_precision.scale_name(name)] = _precision.FLOAT32
     entry = _precision.master_entry(p.dtype, master, pname)
@@ -181,7 +181,8 @@ def _master_name(dtypes):
 def new_state(p, name, dtypes, from_param=False):
     """State array ``name`` of ``p`` at zero, with its 8-bit scales when it has them; with
     ``from_param``, a copy of the param's value instead (rounded to nearest even to a
-    bfloat16 state; quantized with the signed map to an 8-bit one; a low-precision param's
+    bfloat16 state; quantized with the signed map to an 8-bit one, the companded map's to
+    an int8 one; a low-precision param's
     value is its master's, which is the param itself at the first step)."""
     scale = _precision.scale_name(name)
     if not from_param:
@@ -190,7 +191,8 @@ def new_state(p, name, dtypes, from_param=False):
             new[scale] = np.zeros(_precision.state_shape(scale, p), dtype=dtypes[scale])
         return new
     if scale in dtypes:
-        codes, absmax = reference.q8_quantize(p.astype(np.float32), signed=True)
+        companded = _precision.is_companded(dtypes[name])
+        codes, absmax = reference.q8_quantize(p.astype(np.float32), True, companded)
         return {name: codes, scale: absmax.astype(dtypes[scale], copy=False)}
     return {name: np.array(p, dtype=dtypes[name], copy=True)}
 

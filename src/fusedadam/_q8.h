@@ -1,31 +1,5 @@
-/*
- * Mixed precision and gradient pre-processing, in the same single pass as every step.
- *
- * Storage element types (FA_ET_*): a param, its gradient and its state may each be stored
- * in a type other than the one the step computes in (float32 for float32, bfloat16 and
- * float16 params; float64 for float64 params). Such a segment runs "staged": per block of
- * FA_STAGE elements, the gradient (converted, divided by grad_scale, multiplied by the
- * clipping coefficient) and any bfloat16 state are widened into buffers on the stack, the
- * compute type's ordinary loop of _loops.h runs on the block (on the float32 master when the
- * param is bfloat16/float16), then the bfloat16 state and the rounded param are written
- * back. The block stays in L1: every byte of memory is still read once and written once,
- * and the float32 arithmetic is exactly the float32 optimizer's (same loop), so the master's
- * trajectory is bit-identical to a float32 optimizer stepping the master with the widened
- * gradients.
- *
- * Conversions are exact integer/IEEE work, the same on every instruction set:
- *   - bfloat16 -> float32 and float16 -> float32 are exact;
- *   - float32 -> bfloat16 and float32 -> float16 round to nearest even; NaN stays NaN
- *     (bfloat16: sign | 0x7fc0, as ml_dtypes; float16: quiet, the payload's top bits kept,
- *     as the F16C instruction), float16 overflows to inf as IEEE says.
- *
- * The norm scan: for clipping (max_grad_norm), the scan that already reads every gradient
- * for the non-finite check also sums the squares of the gradient values in double, in a
- * fixed order (FA_NORM_BODY); reference.py sums in the same order, so the norm is the same
- * bits on every path and for every thread count.
- */
-#ifndef FUSEDADAM_MIXED_H
-#define FUSEDADAM_MIXED_H
+#ifndef FUSEDADAM_Q8_H
+#define FUSEDADAM_Q8_H
 
 #include <float.h>
 #include <math.h>
@@ -33,110 +7,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_convert.h"
 #include "_loops.h"
 #include "_residual.h"
-
-/* Storage element types; the first two are also the compute rows FA_DTYPE_f32/f64.
- * FA_ET_Q8 (block-wise 8-bit codes, see below) is a state type only: no gradient scans. */
-enum { FA_ET_F32 = 0, FA_ET_F64 = 1, FA_ET_BF16 = 2, FA_ET_F16 = 3, FA_N_ETS,
-       FA_ET_Q8 = FA_N_ETS, FA_ET_RESID };
-/* FA_ET_RESID is a low-precision param type only: a bfloat16 param whose master is kept as
- * its int16 residual (master="residual", _residual.h); the segment's param then points at
- * the residual, and the staged runner decodes the float32 master into a buffer per block
- * and encodes param and residual back from it (the fused x86 8-bit Adam loop: per 8
- * elements, in registers). */
-
-#define FA_STAGE 256      /* elements per staged block: 1 KB per float32 buffer (at most 7) */
-#define FA_NORM_LANES 8
-
-/* Gradient pre-processing of one step of one group (sign is the loops' own). */
-typedef struct {
-    double grad_scale;    /* gradients are divided by it (1: no unscaling) */
-    double clip;          /* then multiplied by it (1: no clipping) */
-    int active;           /* grad_scale != 1 or clip != 1 */
-    double inverse;       /* 1 / grad_scale when that is exact and dividing by grad_scale
-                           * is multiplying by it (a power of two in [2**-126, 2**126],
-                           * as AMP's scales are), else 0 */
-} fa_pre;
-
-/* Set the unscaling of this step (clip 1 until the scan has run). x / 2**k and
- * x * 2**-k are the same correctly rounded number, subnormal results included, and both
- * 2**k and 2**-k are exact in float32 for |k| <= 126: the multiply replaces the divider. */
-static inline void fa_pre_set(fa_pre *pre, double grad_scale)
-{
-    int e;
-    pre->grad_scale = grad_scale;
-    pre->clip = 1.0;
-    pre->active = grad_scale != 1.0;
-    pre->inverse = (frexp(grad_scale, &e) == 0.5 && e - 1 >= -126 && e - 1 <= 126)
-                       ? 1.0 / grad_scale : 0.0;
-}
-
-/* One array segment of a staged call. */
-typedef struct {
-    char *param;          /* the compute-type array the loop updates: master, or the param
-                           * (FA_ET_RESID: the int16 residual of the master) */
-    char *lowp;           /* the bfloat16/float16 param rounded from it, or NULL */
-    const char *grad;
-    char *state[FA_MAX_STATES];
-    float *scale[FA_MAX_STATES]; /* FA_ET_Q8 state: the absmax of the segment's first block */
-    int qsigned[FA_MAX_STATES];  /* FA_ET_Q8 state: 1 for the signed map, 0 the unsigned */
-    int n_states, grad_type, state_type, lowp_type;
-    int read_only;        /* phase 1 of a per-tensor kind (_loops.h): nothing is written back */
-} fa_segment;
-
-/* the staged runner's gradient widening and low-precision rounding, as the fused 8-bit
- * loops take them */
-typedef void (*fa_widen_f32_fn)(float *restrict out, const void *grad, int type, ptrdiff_t n,
-                                const fa_pre *pre);
-typedef void (*fa_round_fn)(uint16_t *restrict out, const float *restrict in, ptrdiff_t n);
-/* a fused 8-bit Adam loop over blocks [first, n_blocks) of a segment; returns where it
- * stopped */
-typedef ptrdiff_t (*fa_q8_adam_fn)(const fa_segment *x, ptrdiff_t first, ptrdiff_t n_blocks,
-                                   const fa_scalars *s, const fa_pre *pre, int coupled,
-                                   fa_widen_f32_fn widen, fa_round_fn round);
-
-/* ---- scalar conversions --------------------------------------------------------------- */
-
-static inline float fa_bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-static inline uint32_t fa_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-
-static inline float fa_bf16_to_f32(uint16_t h) { return fa_bits_f32((uint32_t)h << 16); }
-
-static inline uint16_t fa_f32_to_bf16(float f)
-{
-    uint32_t u = fa_f32_bits(f);
-    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    uint32_t nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
-    /* NaN test as a signed compare of the magnitude (one vector instruction) */
-    return (uint16_t)((int32_t)(u & 0x7fffffffu) > 0x7f800000 ? nan : rounded);
-}
-
-static inline float fa_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t em = h & 0x7fffu;
-    uint32_t bits = em >= 0x7c00u ? ((em << 13) | 0x7f800000u) : ((em << 13) + 0x38000000u);
-    /* subnormal or zero: em * 2**-24, exact in float */
-    float value = em < 0x400u ? (float)em * 5.9604644775390625e-8f : fa_bits_f32(bits);
-    return fa_bits_f32(fa_f32_bits(value) | sign);
-}
-
-static inline uint16_t fa_f32_to_f16(float f)
-{
-    uint32_t u = fa_f32_bits(f);
-    uint32_t sign = (u >> 16) & 0x8000u;
-    uint32_t a = u & 0x7fffffffu;
-    /* |f| < 2**-14: adding 0.5 rounds to a multiple of 2**-24 (RNE), the subnormal code */
-    uint32_t sub = fa_f32_bits(fa_bits_f32(a) + 0.5f) - 0x3f000000u;
-    /* normal: rebias the exponent, round the 13 dropped bits to nearest even */
-    uint32_t norm = (a + 0xc8000fffu + ((a >> 13) & 1u)) >> 13;
-    uint32_t r = a < 0x38800000u ? sub : norm;
-    r = a >= 0x47800000u ? 0x7c00u : r;                        /* overflow: inf */
-    r = a > 0x7f800000u ? (0x7e00u | ((a >> 13) & 0x3ffu)) : r; /* NaN: quiet */
-    return (uint16_t)(r | sign);
-}
-
+#include "_segment.h"
 
 /* ---- block-wise 8-bit state ----------------------------------------------------------------
  *
@@ -290,6 +164,63 @@ static inline float fa_q8_encode_nonfinite(uint8_t *restrict out, const float *r
     const float absmax = fa_bits_f32(most), inv = 1.0f / absmax;
     for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_q8_code_inv(in[i], absmax, inv, qsigned);
     return absmax;
+}
+
+/* ---- the companded 8-bit map (FA_ET_Q8C) ------------------------------------------------
+ *
+ * FlashOptim's companding on this file's block layout (FA_Q8_BLOCK elements per float32
+ * absmax, the same codes for inf and NaN, the same sign-magnitude bytes): with
+ * x = |value| / absmax in [0, 1] (fa_q8_ratio, capped at 1), a signed moment's magnitude is
+ * round(125 * 2x / (1 + x)) (softsign: codes dense near 0) and an unsigned one's
+ * round(253 * sqrt(x)), rounding half up; decoding z = m / 125, y = z / (2 - z), or
+ * t = m / 253, y = t * t, then y * absmax. Every step one float32 operation (correctly
+ * rounded on every instruction set), so reference.q8c_values and q8_quantize(...,
+ * companded=True) are its twins bit for bit. FlashOptim uses groups of 32 elements with
+ * float16 scales and int8 +-127 / uint8 255 codes; here the blocks and scales are those of
+ * state_dtype="8bit" (2.03 bytes per element for two moments) and the top codes are kept
+ * for inf and NaN. */
+#define FA_Q8C_TOP_SIGNED 125.0f
+#define FA_Q8C_TOP_UNSIGNED 253.0f
+
+/* y(code) of a code that is not an inf or NaN's */
+static inline float fa_q8c_finite_value(uint8_t code, int qsigned)
+{
+    if (qsigned) {
+        uint32_t m = code & 0x7fu;
+        float z = (float)(m < 125u ? m : 125u) / FA_Q8C_TOP_SIGNED;
+        float y = z / (2.0f - z);
+        return (code & 0x80u) ? -y : y;
+    }
+    float t = (float)(code < 253u ? code : 253u) / FA_Q8C_TOP_UNSIGNED;
+    return t * t;
+}
+
+/* y(code) of either companded map, inf or NaN for their codes (as fa_q8_value) */
+static inline float fa_q8c_value(uint8_t code, int qsigned)
+{
+    return fa_q8_is_nonfinite(code, qsigned) ? fa_q8_value(code, qsigned)
+                                             : fa_q8c_finite_value(code, qsigned);
+}
+
+static inline uint8_t fa_q8c_code_inv(float value, float absmax, float inv, int qsigned)
+{
+    const uint32_t u = fa_f32_bits(value);
+    if ((u & 0x7fffffffu) >= 0x7f800000u) /* inf or NaN: the codes of the float map */
+        return fa_q8_code_inv(value, absmax, inv, qsigned);
+    float x = fa_bits_f32(fa_q8_ratio(value, absmax, inv));
+    x = x < 1.0f ? x : 1.0f;
+    if (qsigned) {
+        float y = (x + x) / (1.0f + x);
+        uint32_t m = (uint32_t)(y * FA_Q8C_TOP_SIGNED + 0.5f);
+        return (uint8_t)(m | (m ? (u >> 24) & 0x80u : 0u));
+    }
+    return (uint8_t)(uint32_t)(sqrtf(x) * FA_Q8C_TOP_UNSIGNED + 0.5f);
+}
+
+/* the companded code of value in a block of this absmax (tests) */
+static inline uint8_t fa_q8c_code(float value, float absmax, int qsigned)
+{
+    return fa_q8c_code_inv(value, absmax, 1.0f / absmax, qsigned);
 }
 
 /* The 8-bit block loops by hand for x86 with AVX2 and F16C (the avx2 and avx512 rows; the
@@ -514,8 +445,38 @@ FA_Q8_TARGET static inline void fa_resid_store8(uint16_t *pp, uint16_t *rr, __m2
     _mm_storeu_si128((__m128i *)rr, _mm256_extracti128_si256(both, 1));
 }
 
+/* master="compact" (RESID 2): the same from 8 params and int8 residuals (fa_compact_master,
+ * fa_resid_param and fa_compact_code of _residual.h) */
+FA_Q8_TARGET static inline __m256 fa_compact_load8(const uint16_t *pp, const uint8_t *cc)
+{
+    __m256i hi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)pp)), 16);
+    __m256i lo = _mm256_slli_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)cc)), 8);
+    return _mm256_castsi256_ps(_mm256_add_epi32(hi, lo));
+}
+
+FA_Q8_TARGET static inline void fa_compact_store8(uint16_t *pp, uint8_t *cc, __m256 x)
+{
+    const __m256i u = _mm256_castps_si256(x);
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                     _mm256_set1_epi32(0x7f800000));
+    __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x8000)), 16);
+    __m256i quiet = _mm256_or_si256(
+        _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x8000)),
+        _mm256_set1_epi32(0x7fc0));
+    __m256i p = _mm256_blendv_epi8(rounded, quiet, nan);
+    /* the low half as a signed 16-bit number, + 128, >> 8, at most 127; 0 for a NaN */
+    __m256i r = _mm256_srai_epi32(_mm256_slli_epi32(u, 16), 16);
+    __m256i c = _mm256_min_epi32(_mm256_srai_epi32(_mm256_add_epi32(r, _mm256_set1_epi32(128)), 8),
+                                 _mm256_set1_epi32(127));
+    c = _mm256_andnot_si256(nan, c);
+    __m128i p16 = _mm_packus_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+    __m128i c16 = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    _mm_storeu_si128((__m128i *)pp, p16);
+    _mm_storel_epi64((__m128i *)cc, _mm_packs_epi16(c16, c16));
+}
+
 FA_Q8_TARGET static inline __attribute__((always_inline)) void fa_q8_adam_block(
-    float *restrict p, uint16_t *restrict pp, uint16_t *restrict rr,
+    float *restrict p, uint16_t *restrict pp, void *restrict rr,
     const float *restrict g, const uint8_t *restrict mc,
     const uint8_t *restrict vc, float *restrict mnew, float *restrict vnew,
     const float *restrict mold, const float *restrict vold, uint8_t *restrict mc_prev,
@@ -542,7 +503,9 @@ FA_Q8_TARGET static inline __attribute__((always_inline)) void fa_q8_adam_block(
             __m256 m = _mm256_mul_ps(_mm256_cvtph_ps(mh8), mscale8);
             __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(vh8), vscale8);
             __m256 gv = _mm256_loadu_ps(g + k);
-            __m256 pv = RESID ? fa_resid_load8(pp + k, rr + k) : _mm256_loadu_ps(p + k);
+            __m256 pv = RESID == 1   ? fa_resid_load8(pp + k, (const uint16_t *)rr + k)
+                        : RESID == 2 ? fa_compact_load8(pp + k, (const uint8_t *)rr + k)
+                                     : _mm256_loadu_ps(p + k);
             if (SIGN) gv = _mm256_mul_ps(gv, sign8);
             if (COUPLED) gv = _mm256_add_ps(gv, _mm256_mul_ps(wd8, pv));
             if (DECAY) pv = _mm256_mul_ps(pv, decay8);
@@ -555,8 +518,10 @@ FA_Q8_TARGET static inline __attribute__((always_inline)) void fa_q8_adam_block(
             most_v = _mm256_max_epu32(most_v, _mm256_and_si256(_mm256_castps_si256(v), abs_mask));
             __m256 denom = _mm256_add_ps(_mm256_sqrt_ps(v), eps8);
             pv = _mm256_sub_ps(pv, _mm256_div_ps(_mm256_mul_ps(step8, m), denom));
-            if (RESID)
-                fa_resid_store8(pp + k, rr + k, pv);
+            if (RESID == 1)
+                fa_resid_store8(pp + k, (uint16_t *)rr + k, pv);
+            else if (RESID == 2)
+                fa_compact_store8(pp + k, (uint8_t *)rr + k, pv);
             else
                 _mm256_storeu_ps(p + k, pv);
         }
@@ -573,7 +538,8 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
                                                    fa_widen_f32_fn widen, fa_round_fn round)
 {
     FA_ALIGN32 float bufs[2][2][FA_Q8_BLOCK], gbuf[FA_Q8_BLOCK];
-    const int resid = x->lowp_type == FA_ET_RESID;
+    /* 1: master="residual", 2: master="compact" (the RESID of fa_q8_adam_block) */
+    const int resid = x->lowp_type == FA_ET_RESID ? 1 : x->lowp_type == FA_ET_COMPACT ? 2 : 0;
     uint8_t scratch[2][FA_Q8_BLOCK]; /* where the block before the first one "encodes" */
     const fa_q8_adam_consts c = {
         _mm256_set1_ps((float)s->sign), _mm256_set1_ps((float)s->weight_decay),
@@ -604,7 +570,7 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
         if (fa_q8_block_nonfinite_avx2(mc, vc)) break; /* rare: an inf or NaN moment */
         float *p = resid ? NULL : (float *)x->param + off;
         uint16_t *pp = resid ? (uint16_t *)x->lowp + off : NULL;
-        uint16_t *rr = resid ? (uint16_t *)x->param + off : NULL;
+        void *rr = resid ? x->param + off * (resid == 1 ? 2 : 1) : NULL;
         const float *g = (const float *)x->grad + off;
         if (stage_grad) {
             widen(gbuf, x->grad + off * gsize, x->grad_type, FA_Q8_BLOCK, pre);
@@ -632,7 +598,7 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
     fa_q8_adam_block(p, pp, rr, g, mc, vc, mnew, vnew, mold, vold, mc_prev, vc_prev,   \
                      mscale8, vscale8, minv, vinv, &c, &most_m, &most_v, COUPLED, SIGN, \
                      DECAY, RESID)
-        if (resid) {
+        if (resid == 1) {
             if (coupled)
                 FA_Q8_ADAM_CALL(1, 1, 1, 1);
             else if (!sign && !decay)
@@ -641,6 +607,15 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
                 FA_Q8_ADAM_CALL(0, 0, 1, 1);
             else
                 FA_Q8_ADAM_CALL(0, 1, 1, 1);
+        } else if (resid == 2) {
+            if (coupled)
+                FA_Q8_ADAM_CALL(1, 1, 1, 2);
+            else if (!sign && !decay)
+                FA_Q8_ADAM_CALL(0, 0, 0, 2);
+            else if (!sign)
+                FA_Q8_ADAM_CALL(0, 0, 1, 2);
+            else
+                FA_Q8_ADAM_CALL(0, 1, 1, 2);
         } else if (coupled)
             FA_Q8_ADAM_CALL(1, 1, 1, 0);
         else if (!sign && !decay)
@@ -696,84 +671,79 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
 #endif
 #endif
 
-/* ---- per-instruction-set block loops ------------------------------------------------------ */
-
-/* out[i] = (C)g[i] / scale * clip (the division as the exact reciprocal's multiply
- * when pre->inverse is set; skipped, as x / 1 and x * 1 are x, when inactive). */
-#define FA_WIDEN_LOOP(C, GT, CONV)                                                   \
+/* Per instruction set, the portable 8-bit loads and stores (the rows without a loop by
+ * hand above use them; the staged runner calls them through FA_Q8_LOAD_/FA_Q8_STORE_). */
+#define FA_DEFINE_Q8(ISA)                                                            \
+    /* companded 8-bit state: widen one block, and the block's absmax then codes (the  \
+     * fast paths branch-free, so that the compiler vectorizes them; a float's sign set \
+     * by bits, as y >= 0; the conversions through int32, exact for these magnitudes)   */ \
+    FA_ATTR_##ISA static void fa_q8c_load_##ISA(float *restrict out,                 \
+                                                const uint8_t *restrict in,          \
+                                                float absmax, int qsigned,           \
+                                                ptrdiff_t n)                         \
     {                                                                                \
-        const GT *restrict src = (const GT *)grad;                                   \
-        const C scale = (C)pre->grad_scale, clip = (C)pre->clip;                     \
-        const C inverse = (C)pre->inverse;                                           \
-        if (!pre->active) {                                                          \
-            for (ptrdiff_t i = 0; i < n; i++) out[i] = CONV(src[i]);                 \
-        } else if (pre->inverse != 0.0) {                                            \
+        if (fa_q8_any_nonfinite(in, n, qsigned)) { /* rare: an inf or NaN's code */  \
+            for (ptrdiff_t i = 0; i < n; i++)                                        \
+                out[i] = fa_q8_is_nonfinite(in[i], qsigned)                          \
+                             ? fa_q8_value(in[i], qsigned)                           \
+                             : fa_q8c_finite_value(in[i], qsigned) * absmax;         \
+        } else if (qsigned) {                                                        \
             for (ptrdiff_t i = 0; i < n; i++) {                                      \
-                C x = CONV(src[i]) * inverse;                                        \
-                out[i] = x * clip;                                                   \
+                const int32_t m = in[i] & 0x7f;                                      \
+                const float z = (float)(m < 125 ? m : 125) / FA_Q8C_TOP_SIGNED;      \
+                const float y = z / (2.0f - z);                                      \
+                out[i] = fa_bits_f32(fa_f32_bits(y) | (uint32_t)(in[i] & 0x80u) << 24) \
+                         * absmax;                                                   \
             }                                                                        \
         } else {                                                                     \
             for (ptrdiff_t i = 0; i < n; i++) {                                      \
-                C x = CONV(src[i]) / scale;                                          \
-                out[i] = x * clip;                                                   \
+                const int32_t c = in[i];                                             \
+                const float t = (float)(c < 253 ? c : 253) / FA_Q8C_TOP_UNSIGNED;    \
+                out[i] = t * t * absmax;                                             \
             }                                                                        \
         }                                                                            \
-    }
-#define FA_SAME(x) (x)
-
-#define FA_DEFINE_MIXED(ISA)                                                         \
-    FA_ATTR_##ISA static void fa_widen_grad_f32_##ISA(                               \
-        float *restrict out, const void *grad, int type, ptrdiff_t n,                \
-        const fa_pre *pre)                                                           \
-    {                                                                                \
-        if (type == FA_ET_BF16) FA_WIDEN_LOOP(float, uint16_t, fa_bf16_to_f32)       \
-        else if (type == FA_ET_F16) FA_WIDEN_LOOP(float, uint16_t, fa_f16_to_f32)    \
-        else FA_WIDEN_LOOP(float, float, FA_SAME)                                    \
     }                                                                                \
-    FA_ATTR_##ISA static void fa_widen_grad_f64_##ISA(                               \
-        double *restrict out, const void *grad, int type, ptrdiff_t n,               \
-        const fa_pre *pre)                                                           \
-    {                                                                                \
-        (void)type;                                                                  \
-        FA_WIDEN_LOOP(double, double, FA_SAME)                                       \
-    }                                                                                \
-    FA_ATTR_##ISA static void fa_bf16_load_##ISA(float *restrict out,                \
-                                                 const uint16_t *restrict in,        \
-                                                 ptrdiff_t n)                        \
-    {                                                                                \
-        for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_bf16_to_f32(in[i]);            \
-    }                                                                                \
-    FA_ATTR_##ISA static void fa_bf16_store_##ISA(uint16_t *restrict out,            \
+    FA_ATTR_##ISA static float fa_q8c_store_##ISA(uint8_t *restrict out,             \
                                                   const float *restrict in,          \
-                                                  ptrdiff_t n)                       \
+                                                  int qsigned, ptrdiff_t n)          \
     {                                                                                \
-        for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_f32_to_bf16(in[i]);            \
-    }                                                                                \
-    /* master="residual": float32 masters from params and residuals, and back */    \
-    FA_ATTR_##ISA static void fa_resid_load_##ISA(float *restrict out,               \
-                                                  const uint16_t *restrict p,        \
-                                                  const uint16_t *restrict r,        \
-                                                  ptrdiff_t n)                       \
-    {                                                                                \
-        for (ptrdiff_t i = 0; i < n; i++)                                            \
-            out[i] = fa_bits_f32(fa_resid_master(p[i], r[i]));                       \
-    }                                                                                \
-    FA_ATTR_##ISA static void fa_resid_store_##ISA(uint16_t *restrict p,             \
-                                                   uint16_t *restrict r,             \
-                                                   const float *restrict in,         \
-                                                   ptrdiff_t n)                      \
-    {                                                                                \
+        uint32_t most = 0;                                                           \
         for (ptrdiff_t i = 0; i < n; i++) {                                          \
-            uint32_t u = fa_f32_bits(in[i]);                                         \
-            p[i] = fa_resid_param(u);                                                \
-            r[i] = fa_resid_low(u);                                                  \
+            uint32_t a = fa_f32_bits(in[i]) & 0x7fffffffu;                           \
+            most = a > most ? a : most;                                              \
         }                                                                            \
-    }                                                                                \
-    FA_ATTR_##ISA static void fa_f16_store_##ISA(uint16_t *restrict out,             \
-                                                 const float *restrict in,           \
-                                                 ptrdiff_t n)                        \
-    {                                                                                \
-        for (ptrdiff_t i = 0; i < n; i++) out[i] = fa_f32_to_f16(in[i]);             \
+        const int nonfinite = most >= 0x7f800000u;                                  \
+        if (nonfinite) { /* rare: an inf or NaN; the scale is the finite absmax */  \
+            most = 0;                                                                \
+            for (ptrdiff_t i = 0; i < n; i++) {                                      \
+                uint32_t a = fa_f32_bits(in[i]) & 0x7fffffffu;                       \
+                most = a < 0x7f800000u && a > most ? a : most;                       \
+            }                                                                        \
+        }                                                                            \
+        const float absmax = fa_bits_f32(most), inv = 1.0f / absmax;                 \
+        if (nonfinite || !(absmax >= FLT_MIN)) { /* rare: inf, NaN, 0 or subnormal */ \
+            for (ptrdiff_t i = 0; i < n; i++)                                        \
+                out[i] = fa_q8c_code_inv(in[i], absmax, inv, qsigned);               \
+            return absmax;                                                           \
+        }                                                                            \
+        int32_t wide[FA_Q8_BLOCK];                                                   \
+        if (qsigned)                                                                 \
+            for (ptrdiff_t i = 0; i < n; i++) {                                      \
+                float x = fabsf(in[i]) * inv;                                        \
+                x = x < 1.0f ? x : 1.0f;                                             \
+                const float y = (x + x) / (1.0f + x);                                \
+                const int32_t m = (int32_t)(y * FA_Q8C_TOP_SIGNED + 0.5f);           \
+                const int32_t sign = (int32_t)((fa_f32_bits(in[i]) >> 24) & 0x80u);  \
+                wide[i] = m | (m ? sign : 0);                                        \
+            }                                                                        \
+        else                                                                         \
+            for (ptrdiff_t i = 0; i < n; i++) {                                      \
+                float x = fabsf(in[i]) * inv;                                        \
+                x = x < 1.0f ? x : 1.0f;                                             \
+                wide[i] = (int32_t)(sqrtf(x) * FA_Q8C_TOP_UNSIGNED + 0.5f);          \
+            }                                                                        \
+        for (ptrdiff_t i = 0; i < n; i++) out[i] = (uint8_t)wide[i];                 \
+        return absmax;                                                               \
     }                                                                                \
     /* 8-bit state: widen one block (codes * absmax) */                             \
     FA_ATTR_##ISA static void fa_q8_load_##ISA(float *restrict out,                  \
@@ -824,206 +794,6 @@ FA_Q8_TARGET static ptrdiff_t fa_q8_adam_f16c_avx2(const fa_segment *x, ptrdiff_
             for (ptrdiff_t i = 0; i < n; i++) out[i] = (uint8_t)wide[i];             \
         }                                                                            \
         return absmax;                                                               \
-    }                                                                                \
-    /* One staged segment with a float32 compute type (see the header comment). */  \
-    FA_ATTR_##ISA static void fa_stage_f32_##ISA(fa_loop_fn dense,                   \
-                                                 const fa_segment *x, ptrdiff_t off, \
-                                                 ptrdiff_t n, const fa_scalars *s,   \
-                                                 const fa_pre *pre)                  \
-    {                                                                                \
-        float gbuf[FA_STAGE], sbuf[FA_MAX_STATES][FA_STAGE], mbuf[FA_STAGE];         \
-        const int resid = x->lowp_type == FA_ET_RESID;                               \
-        char *a[FA_MAX_SLOTS] = {0};                                                 \
-        const int stage_grad = x->grad_type != FA_ET_F32 || pre->active;             \
-        const int q8 = x->state_type == FA_ET_Q8;                                    \
-        const int stage_state = x->state_type == FA_ET_BF16 || q8;                   \
-        const size_t gsize = x->grad_type == FA_ET_F32 ? 4 : 2;                      \
-        const size_t ssize = q8 ? 1 : (stage_state ? 2 : 4);                         \
-        for (const ptrdiff_t end = off + n; off < end; off += FA_STAGE) {            \
-            ptrdiff_t len = end - off < FA_STAGE ? end - off : FA_STAGE;             \
-            if (resid) {                                                             \
-                fa_resid_load_##ISA(mbuf, (const uint16_t *)x->lowp + off,           \
-                                    (const uint16_t *)x->param + off, len);          \
-                a[FA_PARAM] = (char *)mbuf;                                          \
-            } else {                                                                 \
-                a[FA_PARAM] = x->param + off * 4;                                    \
-            }                                                                        \
-            if (stage_grad) {                                                        \
-                fa_widen_grad_f32_##ISA(gbuf, x->grad + off * gsize, x->grad_type,   \
-                                        len, pre);                                   \
-                a[FA_GRAD] = (char *)gbuf;                                           \
-            } else {                                                                 \
-                a[FA_GRAD] = (char *)x->grad + off * 4;                              \
-            }                                                                        \
-            for (int j = 0; j < x->n_states; j++) {                                  \
-                if (q8) {                                                            \
-                    FA_Q8_LOAD_##ISA(sbuf[j], (const uint8_t *)(x->state[j] + off),  \
-                                     x->scale[j][off / FA_Q8_BLOCK], x->qsigned[j],  \
-                                     len);                                           \
-                    a[FA_STATE0 + j] = (char *)sbuf[j];                              \
-                } else if (stage_state) {                                            \
-                    fa_bf16_load_##ISA(sbuf[j],                                      \
-                                       (const uint16_t *)(x->state[j] + off * 2), len); \
-                    a[FA_STATE0 + j] = (char *)sbuf[j];                              \
-                } else {                                                             \
-                    a[FA_STATE0 + j] = x->state[j] + off * ssize;                    \
-                }                                                                    \
-            }                                                                        \
-            dense(a, len, s);                                                        \
-            if (x->read_only)                                                        \
-                continue;                                                            \
-            if (q8)                                                                  \
-                for (int j = 0; j < x->n_states; j++)                                \
-                    x->scale[j][off / FA_Q8_BLOCK] = FA_Q8_STORE_##ISA(              \
-                        (uint8_t *)(x->state[j] + off), sbuf[j], x->qsigned[j], len); \
-            else if (stage_state)                                                    \
-                for (int j = 0; j < x->n_states; j++)                                \
-                    fa_bf16_store_##ISA((uint16_t *)(x->state[j] + off * 2), sbuf[j], \
-                                        len);                                        \
-            if (resid)                                                               \
-                fa_resid_store_##ISA((uint16_t *)x->lowp + off,                      \
-                                     (uint16_t *)x->param + off, mbuf, len);         \
-            else if (x->lowp_type == FA_ET_BF16)                                     \
-                fa_bf16_store_##ISA((uint16_t *)(x->lowp + off * 2),                 \
-                                    (const float *)a[FA_PARAM], len);                \
-            else if (x->lowp_type == FA_ET_F16)                                      \
-                fa_f16_store_##ISA((uint16_t *)(x->lowp + off * 2),                  \
-                                   (const float *)a[FA_PARAM], len);                 \
-        }                                                                            \
-    }                                                                                \
-    /* Adam/AdamW with 8-bit moments: the whole blocks in the fused loop of this ISA,
-     * where there is one (the blocks it declines, and a last partial block, staged) */ \
-    FA_ATTR_##ISA static void fa_staged_f32_##ISA(fa_loop_fn dense,                  \
-                                                  const fa_segment *x, ptrdiff_t n,  \
-                                                  const fa_scalars *s,               \
-                                                  const fa_pre *pre)                 \
-    {                                                                                \
-        const fa_q8_adam_fn fused = FA_Q8_ADAM_##ISA;                                \
-        const int coupled = dense == fa_adam_l2_f32_##ISA;                           \
-        ptrdiff_t off = 0;                                                           \
-        if (fused && x->state_type == FA_ET_Q8 && x->qsigned[0] && !x->qsigned[1] && \
-            (coupled || dense == fa_adam_f32_##ISA)) {                               \
-            const fa_round_fn round = x->lowp_type == FA_ET_BF16 ? fa_bf16_store_##ISA \
-                                    : x->lowp_type == FA_ET_F16 ? fa_f16_store_##ISA \
-                                    : (fa_round_fn)0;                                \
-            const ptrdiff_t n_blocks = n / FA_Q8_BLOCK;                              \
-            for (ptrdiff_t b = 0; b < n_blocks; b++) {                               \
-                b = fused(x, b, n_blocks, s, pre, coupled, fa_widen_grad_f32_##ISA, round); \
-                if (b < n_blocks)                                                    \
-                    fa_stage_f32_##ISA(dense, x, b * FA_Q8_BLOCK, FA_Q8_BLOCK, s, pre); \
-            }                                                                        \
-            off = n_blocks * FA_Q8_BLOCK;                                            \
-        }                                                                            \
-        fa_stage_f32_##ISA(dense, x, off, n - off, s, pre);                          \
-    }                                                                                \
-    /* float64: only the gradient is staged (unscaling, clipping). */               \
-    FA_ATTR_##ISA static void fa_staged_f64_##ISA(fa_loop_fn dense,                  \
-                                                  const fa_segment *x, ptrdiff_t n,  \
-                                                  const fa_scalars *s,               \
-                                                  const fa_pre *pre)                 \
-    {                                                                                \
-        double gbuf[FA_STAGE];                                                       \
-        char *a[FA_MAX_SLOTS] = {0};                                                 \
-        for (ptrdiff_t off = 0; off < n; off += FA_STAGE) {                          \
-            ptrdiff_t len = n - off < FA_STAGE ? n - off : FA_STAGE;                 \
-            a[FA_PARAM] = x->param + off * 8;                                        \
-            fa_widen_grad_f64_##ISA(gbuf, x->grad + off * 8, FA_ET_F64, len, pre);   \
-            a[FA_GRAD] = (char *)gbuf;                                               \
-            for (int j = 0; j < x->n_states; j++)                                    \
-                a[FA_STATE0 + j] = x->state[j] + off * 8;                            \
-            dense(a, len, s);                                                        \
-        }                                                                            \
     }
 
-/* The sum of squares of the gradient values (widened to C, then to double) into *sumsq;
- * the index of the first value that is not finite, or -1. As the non-finite scan
- * (_finite.h), a segment is read as FA_SCAN_STREAMS streams at once (one stream per core
- * is bound by the cache misses its prefetcher keeps in flight): with
- * Q = (n / 4) / FA_SCAN_BLOCK * FA_SCAN_BLOCK, parts 0-3 are [sQ, (s+1)Q) and part 4 the
- * rest [4Q, n). Element i of a part goes to lane i % FA_NORM_LANES of that part (i from
- * the part's start), each lane sums in order, and the total adds the lanes of part 0, then
- * of part 1, ..., each in lane order (reference.py sums in the same order). The squares
- * are non-negative, so the sum is finite unless some value is not finite or (float64
- * only) the squares overflow: only then is the segment walked again to find the first bad
- * value (none: the sum simply overflowed). The group's norm is sqrt(sum) / grad_scale
- * (fa_clip_coefficient). */
-#define FA_NORM_BODY(C, GT, CONV, LIMIT)                                             \
-    {                                                                                \
-        const GT *restrict g = (const GT *)grad;                                     \
-        double acc[FA_SCAN_STREAMS + 1][FA_NORM_LANES] = {{0}};                      \
-        const ptrdiff_t q = (n / FA_SCAN_STREAMS) / FA_SCAN_BLOCK * FA_SCAN_BLOCK;   \
-        for (ptrdiff_t start = 0; start < q; start += FA_SCAN_BLOCK) {               \
-            const GT *g0 = g + start, *g1 = g0 + q, *g2 = g1 + q, *g3 = g2 + q;      \
-            for (ptrdiff_t i = 0; i < FA_SCAN_BLOCK; i += FA_NORM_LANES)             \
-                for (int j = 0; j < FA_NORM_LANES; j++) {                            \
-                    C x0 = CONV(g0[i + j]), x1 = CONV(g1[i + j]);                    \
-                    C x2 = CONV(g2[i + j]), x3 = CONV(g3[i + j]);                    \
-                    acc[0][j] += (double)x0 * (double)x0;                            \
-                    acc[1][j] += (double)x1 * (double)x1;                            \
-                    acc[2][j] += (double)x2 * (double)x2;                            \
-                    acc[3][j] += (double)x3 * (double)x3;                            \
-                }                                                                    \
-        }                                                                            \
-        for (ptrdiff_t i = FA_SCAN_STREAMS * q; i < n; i++) {                        \
-            C x = CONV(g[i]);                                                        \
-            acc[FA_SCAN_STREAMS][(i - FA_SCAN_STREAMS * q) % FA_NORM_LANES] +=       \
-                (double)x * (double)x;                                               \
-        }                                                                            \
-        double sum = 0.0;                                                            \
-        for (int s = 0; s <= FA_SCAN_STREAMS; s++)                                   \
-            for (int j = 0; j < FA_NORM_LANES; j++) sum += acc[s][j];                \
-        *sumsq = sum;                                                                \
-        if (!(sum <= DBL_MAX)) { /* rare: find the first value that is not finite */ \
-            for (ptrdiff_t i = 0; i < n; i++) {                                      \
-                C x = CONV(g[i]);                                                    \
-                if (!(x <= (LIMIT) && x >= -(LIMIT))) return i;                      \
-            }                                                                        \
-        }                                                                            \
-        return -1;                                                                   \
-    }
-
-/* The first index whose unscaled value (C)g / (C)scale is not finite, or -1: for
- * grad_scale < 1 only (dividing by >= 1 cannot overflow, so the raw scan decides). */
-#define FA_UNSCALED_BODY(C, GT, CONV, LIMIT)                                         \
-    {                                                                                \
-        const GT *restrict g = (const GT *)grad;                                     \
-        const C sc = (C)scale;                                                       \
-        for (ptrdiff_t i = 0; i < n; i++) {                                          \
-            C x = CONV(g[i]) / sc;                                                   \
-            if (!(x <= (LIMIT) && x >= -(LIMIT))) return i;                          \
-        }                                                                            \
-        return -1;                                                                   \
-    }
-
-typedef ptrdiff_t (*fa_norm_fn)(const void *grad, ptrdiff_t n, double *sumsq);
-typedef ptrdiff_t (*fa_unscaled_fn)(const void *grad, ptrdiff_t n, double scale);
-
-#define FA_NORM_SIG(name) ptrdiff_t name(const void *grad, ptrdiff_t n, double *sumsq)
-#define FA_UNSCALED_SIG(name) ptrdiff_t name(const void *grad, ptrdiff_t n, double scale)
-#define FA_DEFINE_NORM(ISA, SFX, C, GT, CONV, LIMIT)                                 \
-    FA_ATTR_##ISA static FA_NORM_SIG(fa_norm_##SFX##_##ISA)                          \
-        FA_NORM_BODY(C, GT, CONV, LIMIT)                                             \
-    FA_ATTR_##ISA static FA_UNSCALED_SIG(fa_unscaled_##SFX##_##ISA)                  \
-        FA_UNSCALED_BODY(C, GT, CONV, LIMIT)
-#define FA_DEFINE_NORMS(ISA)                                                         \
-    FA_DEFINE_NORM(ISA, f32, float, float, FA_SAME, FLT_MAX)                         \
-    FA_DEFINE_NORM(ISA, f64, double, double, FA_SAME, DBL_MAX)                       \
-    FA_DEFINE_NORM(ISA, bf16, float, uint16_t, fa_bf16_to_f32, FLT_MAX)              \
-    FA_DEFINE_NORM(ISA, f16, float, uint16_t, fa_f16_to_f32, FLT_MAX)                \
-    FA_ATTR_##ISA static ptrdiff_t fa_scan_bf16_##ISA(const void *grad, ptrdiff_t n) \
-        FA_SCAN_BODY(uint16_t, (uint16_t)0x7f80u)                                    \
-    FA_ATTR_##ISA static ptrdiff_t fa_scan_f16_##ISA(const void *grad, ptrdiff_t n)  \
-        FA_SCAN_BODY(uint16_t, (uint16_t)0x7c00u)
-
-/* The clipping rule of torch.nn.utils.clip_grad_norm_, in double: the norm of the unscaled
- * gradients sqrt(sumsq) / grad_scale, and the coefficient max_norm / (norm + 1e-6)
- * clamped to at most 1 (a NaN norm gives NaN, as torch's clamp). */
-static inline double fa_clip_coefficient(double sumsq, double grad_scale, double max_norm,
-                                         double *norm)
-{
-    *norm = sqrt(sumsq) / grad_scale;
-    double coef = max_norm / (*norm + 1e-6);
-    return coef > 1.0 ? 1.0 : coef;
-}
-
-#endif /* FUSEDADAM_MIXED_H */
+#endif /* FUSEDADAM_Q8_H */
