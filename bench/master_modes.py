@@ -56,6 +56,10 @@ MODES = {
     "bf16 + f32 master, 8-bit": Mode("bfloat16", "float32", "8bit"),
     "bf16 + residual": Mode("bfloat16", "residual"),
     "bf16 + residual, 8-bit": Mode("bfloat16", "residual", "8bit"),
+    "bf16 + f32 master, companded 8-bit": Mode("bfloat16", "float32", "8bit_companded"),
+    "bf16 + compact": Mode("bfloat16", "compact"),
+    "bf16 + compact, 8-bit": Mode("bfloat16", "compact", "8bit"),
+    "bf16 + compact, companded 8-bit": Mode("bfloat16", "compact", "8bit_companded"),
     "bf16, no master": Mode("bfloat16", state_dtype=None, control=True),
 }
 
