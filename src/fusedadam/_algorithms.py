@@ -385,7 +385,7 @@ CLASSES: Dict[str, ClassEntry] = {
         As :class:`Adam`, except that the gradient gets no L2 term; instead, before the
         update, ``p = p * (1 - lr_t * weight_decay)``. Default ``weight_decay=1e-2``.
         """,
-        "With :class:`AdamW`'s defaults: decoupled weight decay, ``weight_decay=1e-2``.",
+        "With :class:`fusedadam.AdamW`'s defaults: decoupled weight decay, ``weight_decay=1e-2``.",
         fixed=("decoupled_weight_decay",),
     ),
     "Adamax": ClassEntry(
