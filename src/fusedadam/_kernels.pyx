@@ -39,36 +39,19 @@ cdef extern from "Python.h":
 cdef extern from "_dispatch.h" nogil:
     enum:
         FA_MAX_STATES
+    # The engine touches these fields itself; the others are named by fa_scalar_fields.
     ctypedef struct fa_scalars:
         double sign
-        double weight_decay
-        double decay
-        double beta1
-        double one_minus_beta1
-        double beta2
-        double one_minus_beta2
-        double step_size
-        double eps
-        double eps_root
-        double grad_coef
-        double beta3
-        double one_minus_beta3
-        double slow_coef
-        double diff_coef
-        double prox
-        double first
-        double clip
-        double m_scale
-        double v_scale
-        double bias_correction2
-        double lerp_weight
-        double lerp_from_end
-        double y_step
         double lr
-        double v_floor
         double tensor_step
         double tensor_decay
         double *acc
+    ctypedef struct fa_scalar_field:
+        const char *name
+        size_t offset
+    const fa_scalar_field fa_scalar_fields[]
+    enum:
+        FA_N_SCALAR_FIELDS
     ctypedef void (*fa_loop_fn)(char **a, ptrdiff_t n, const fa_scalars *s) noexcept nogil
     ctypedef ptrdiff_t (*fa_scan_fn)(const void *grad, ptrdiff_t n) noexcept nogil
     ctypedef struct fa_sparse_scalars:
@@ -203,37 +186,16 @@ def steps_in_flight_high_water(bint reset=True):
 
 
 cdef extern from "_scalars.h" nogil:
+    # Filled from a hyper_dict by the names of fa_hyper_fields (_read_hyper).
     ctypedef struct fa_hyper:
         int algorithm
-        int amsgrad
-        int decoupled
-        int maximize
-        int bias_correction
-        double beta1
-        double beta2
-        double eps
-        double eps_root
-        double weight_decay
-        double beta1_decay
-        double momentum_decay
-        double beta3
-        double alpha
-        double t_alpha_beta3
-        int no_prox
-        int adopt_clip
-        double clip_exp
-        double atan2_a
-        double atan2_b
-        double warmup_steps
-        double r
-        double weight_lr_power
-        int silent_sgd_phase
-        int cautious
-        int grad_averaging
-        int trust_clip
-        int always_adapt
-        int decouple_lr
-        double max_lr
+    ctypedef struct fa_hyper_field:
+        const char *name
+        int is_int
+        size_t offset
+    const fa_hyper_field fa_hyper_fields[]
+    enum:
+        FA_N_HYPER_FIELDS
     enum:
         FA_N_ALGORITHMS
         FA_MAX_CARRY
@@ -250,11 +212,10 @@ ISA_NAMES = tuple(fa_isa_names[i].decode() for i in range(FA_N_ISAS))
 LOOP_KINDS = tuple(fa_kind_names[i].decode() for i in range(FA_N_KINDS))
 ALGORITHMS = tuple(fa_algorithm_names[i].decode() for i in range(FA_N_ALGORITHMS))
 DTYPES = tuple(fa_dtype_names[i].decode() for i in range(FA_N_DTYPES))
-SCALAR_FIELDS = ("sign", "weight_decay", "decay", "beta1", "one_minus_beta1", "beta2",
-                 "one_minus_beta2", "step_size", "eps", "eps_root", "grad_coef", "beta3",
-                 "one_minus_beta3", "slow_coef", "diff_coef", "prox", "first", "clip",
-                 "m_scale", "v_scale", "bias_correction2", "lerp_weight", "lerp_from_end",
-                 "y_step", "lr", "v_floor")
+# The names of the per-step scalars and of the hyperparameters the scalar rule reads, as
+# _loops.h and _scalars.h list them (fa_scalar_fields, fa_hyper_fields).
+SCALAR_FIELDS = tuple(fa_scalar_fields[i].name.decode() for i in range(FA_N_SCALAR_FIELDS))
+HYPER_FIELDS = tuple(fa_hyper_fields[i].name.decode() for i in range(FA_N_HYPER_FIELDS))
 _TYPENUM_TO_DTYPE = {cnp.dtype(name).num: i for i, name in enumerate(DTYPES)}
 cdef int _TYPENUM_BF16 = cnp.dtype(_ml_dtypes.bfloat16).num
 cdef int _TYPENUM_F16 = cnp.dtype("float16").num
@@ -384,48 +345,23 @@ cdef inline Py_ssize_t _et_size(int et) noexcept nogil:
 
 
 cdef void _read_hyper(fa_hyper *h, dict hyper) except *:
+    """Fill ``h`` from a ``hyper_dict``: every field of fa_hyper_fields by its name (a flag
+    as 0/1, a number as a double); a field the dict does not hold is 0."""
+    cdef char *base = <char *>h
+    cdef Py_ssize_t i
     h.algorithm = ALGORITHMS.index(hyper["algorithm"])
-    h.amsgrad = bool(hyper["amsgrad"])
-    h.decoupled = bool(hyper["decoupled"])
-    h.maximize = bool(hyper["maximize"])
-    h.bias_correction = bool(hyper["bias_correction"])
-    h.beta1 = hyper["beta1"]
-    h.beta2 = hyper["beta2"]
-    h.eps = hyper["eps"]
-    h.eps_root = hyper["eps_root"]
-    h.weight_decay = hyper["weight_decay"]
-    h.beta1_decay = hyper["beta1_decay"]
-    h.momentum_decay = hyper["momentum_decay"]
-    # the fields of the three-beta algorithms: absent (0) in a hyper dict of the others
-    h.beta3 = hyper.get("beta3", 0.0)
-    h.alpha = hyper.get("alpha", 0.0)
-    h.t_alpha_beta3 = hyper.get("t_alpha_beta3", 0.0)
-    h.no_prox = bool(hyper.get("no_prox", False))
-    h.adopt_clip = bool(hyper.get("adopt_clip", False))
-    h.clip_exp = hyper.get("clip_exp", 0.0)
-    h.atan2_a = hyper.get("atan2_a", 0.0)
-    h.atan2_b = hyper.get("atan2_b", 0.0)
-    # Schedule-Free's (0 for the hand-made dicts of other algorithms)
-    h.warmup_steps = hyper.get("warmup_steps", 0.0)
-    h.r = hyper.get("r", 0.0)
-    h.weight_lr_power = hyper.get("weight_lr_power", 0.0)
-    h.silent_sgd_phase = bool(hyper.get("silent_sgd_phase", False))
-    h.cautious = bool(hyper["cautious"])
-    h.grad_averaging = bool(hyper["grad_averaging"])
-    h.trust_clip = bool(hyper["trust_clip"])
-    h.always_adapt = bool(hyper["always_adapt"])
-    h.decouple_lr = bool(hyper["decouple_lr"])
-    h.max_lr = hyper["max_lr"]
+    for i in range(FA_N_HYPER_FIELDS):
+        value = hyper.get(HYPER_FIELDS[i], 0)
+        if fa_hyper_fields[i].is_int:
+            (<int *>(base + fa_hyper_fields[i].offset))[0] = 1 if value else 0
+        else:
+            (<double *>(base + fa_hyper_fields[i].offset))[0] = value
 
 
 cdef dict _scalars_dict(fa_scalars *s):
-    return dict(zip(SCALAR_FIELDS, (s.sign, s.weight_decay, s.decay, s.beta1,
-                                    s.one_minus_beta1, s.beta2, s.one_minus_beta2,
-                                    s.step_size, s.eps, s.eps_root, s.grad_coef, s.beta3,
-                                    s.one_minus_beta3, s.slow_coef, s.diff_coef, s.prox,
-                                    s.first, s.clip, s.m_scale, s.v_scale,
-                                    s.bias_correction2, s.lerp_weight, s.lerp_from_end,
-                                    s.y_step, s.lr, s.v_floor)))
+    cdef char *base = <char *>s
+    return {SCALAR_FIELDS[i]: (<double *>(base + fa_scalar_fields[i].offset))[0]
+            for i in range(FA_N_SCALAR_FIELDS)}
 
 
 def step_scalars(dict hyper, double t, double lr, carry=1.0):
