@@ -44,9 +44,6 @@ def get_chunk_size() -> int:
 def set_chunk_size(n_elements: int) -> None:
     """Set the elements per chunk (a multiple of 16; for tests and benchmarks)."""
 
-def steps_in_flight_high_water(reset: bool = ...) -> int:
-    """The most steps seen inside their GIL-free section at once since the last reset."""
-
 def step_scalars(
     hyper: Dict[str, Any], t: float, lr: float, mu_product: float = ...
 ) -> Tuple[str, Dict[str, float], float]:
@@ -107,26 +104,6 @@ class Engine:
     def set_grad_norms(self, norms: Sequence[Optional[float]]) -> None:
         """Restore ``grad_norms()`` (an unpickled optimizer keeps its ``last_grad_norm``)."""
 
-class Probe:
-    """The bandwidth probe over fixed lists of arrays, for benchmarks."""
-
-    def __init__(
-        self,
-        params: Sequence[np.ndarray],
-        grads: Sequence[np.ndarray],
-        *states: Sequence[np.ndarray],
-    ) -> None: ...
-    def run(self, n_threads: int = ...) -> None:
-        """One probe pass over every array, in place, on ``n_threads`` threads."""
-
-def probe(
-    params: Sequence[np.ndarray],
-    grads: Sequence[np.ndarray],
-    *states: Sequence[np.ndarray],
-    n_threads: int = ...,
-) -> None:
-    """One probe pass over lists of arrays, in place."""
-
 def sparse_first_nonfinite(values: np.ndarray) -> int:
     """Flat index of the first NaN/inf of validated ``values``, or -1."""
 
@@ -142,15 +119,3 @@ def sparse_adam_step(
     num_threads: Optional[int],
 ) -> None:
     """Update the rows ``rows`` of ``param``, ``exp_avg``, ``exp_avg_sq`` in place."""
-
-def round_float32(values: np.ndarray, to: str) -> np.ndarray:
-    """The bits (uint16) of float32 ``values`` rounded to bfloat16/float16 by _mixed.h."""
-
-def widen_to_float32(bits: np.ndarray, frm: str) -> np.ndarray:
-    """float32 values of bfloat16/float16 ``bits`` (uint16) by the conversions of _mixed.h."""
-
-def q8_values(codes: np.ndarray, qsigned: bool) -> np.ndarray:
-    """y(code) of the 8-bit map (signed or unsigned) by the decoder of _mixed.h (tests)."""
-
-def q8_codes(values: np.ndarray, absmax: float, qsigned: bool) -> np.ndarray:
-    """Codes of ``values`` against ``absmax`` by the encoder of _mixed.h (tests)."""
