@@ -126,3 +126,16 @@ def test_installed_package_is_typed_and_versioned():
     # Sources are not installed: only the built module and its stub.
     for pattern in ("*.pyx", "*.pxd", "*.c", "*.h"):
         assert not list(here.glob(pattern)), pattern
+
+
+@requires_compiled
+def test_numbers_of_the_c_headers_have_one_owner():
+    """Python takes the C headers' block, chunk, piece, lane and stream sizes from the
+    extension; the table a pure-NumPy install uses holds the same numbers."""
+    from fusedadam import _constants, _kernels, reference
+
+    assert _constants._WITHOUT_EXTENSION == _kernels.CONSTANTS
+    assert _constants.CONSTANTS is _kernels.CONSTANTS
+    assert _constants.Q8_BLOCK == _kernels.Q8_BLOCK
+    assert reference.tensor_pieces(40000)[1] == (16384, 32768)
+    assert _kernels.get_chunk_size() == _kernels.CONSTANTS["POOL_GRAIN"]

@@ -79,6 +79,10 @@ cdef extern from "_dispatch.h" nogil:
         FA_HAVE_X86_DISPATCH
         FA_TENSOR_SUMS
         FA_TENSOR_LANES
+        FA_TENSOR_PIECE
+        FA_NORM_LANES
+        FA_SCAN_STREAMS
+        FA_SCAN_BLOCK
     const char *fa_kind_names[]
     const char *fa_isa_names[]
     const char *fa_dtype_names[]

@@ -16,6 +16,7 @@ HYPER_FIELDS: Final[Tuple[str, ...]]
 MAX_NUM_THREADS: Final[int]
 Q8_BLOCK: Final[int]
 MAX_STATE_SLOTS: Final[int]
+CONSTANTS: Final[Dict[str, int]]
 
 def openmp_enabled() -> bool:
     """True when the extension was compiled with OpenMP."""

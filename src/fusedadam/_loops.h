@@ -589,6 +589,9 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
  * phase 1 did. */
 #define FA_TENSOR_SUMS 2
 #define FA_TENSOR_LANES 8
+/* The engine cuts a tensor into pieces of this many elements from its first (a multiple of
+ * FA_Q8_BLOCK: no 8-bit block is split); a tensor's sums add its pieces' in order. */
+#define FA_TENSOR_PIECE 16384
 
 /* The loop of a per-tensor body: STEP per element i. With SUM, STEP stores element i's
  * NSUMS quantities as q[j][ii] (ii = i - b, in blocks of FA_TENSOR_BLOCK from b); each block's are

@@ -22,6 +22,8 @@ there would buy nothing.
 import ml_dtypes
 import numpy as np
 
+from fusedadam import _constants
+
 FLOAT32 = np.dtype(np.float32)
 FLOAT64 = np.dtype(np.float64)
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
@@ -35,7 +37,6 @@ MASTER = "master_param"
 MASTER_RESIDUAL = "master_residual"  # master="residual": the master's low 16 bits
 INT16 = np.dtype(np.int16)
 MASTER_OPTIONS = ("float32", "residual")
-Q8_BLOCK = 256  # FA_Q8_BLOCK of _mixed.h: elements per scale
 Q8_MIN_SIZE = 4096  # smaller params keep float32 moments under state_dtype="8bit"
 SCALE_SUFFIX = "_absmax"
 
@@ -48,7 +49,7 @@ def scale_name(name):
 def state_shape(name, param):
     """The shape of state array ``name`` of ``param``: the param's, or one scale per block."""
     if name.endswith(SCALE_SUFFIX):
-        return (-(-param.size // Q8_BLOCK),)
+        return (-(-param.size // _constants.Q8_BLOCK),)
     return param.shape
 
 

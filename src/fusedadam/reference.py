@@ -15,6 +15,8 @@ from typing import Any, Callable, Dict, List, Tuple
 import ml_dtypes
 import numpy as np
 
+from fusedadam import _constants
+
 __all__ = [
     "step_scalars",
     "run",
@@ -60,12 +62,9 @@ def step_scalars(hyper, t, lr, carry=1.0):
     """
     single = not isinstance(carry, (tuple, list))
     carry_in = (float(carry),) if single else tuple(float(c) for c in carry)
-    carry_in = carry_in + (1.0,) * (_MAX_CARRY - len(carry_in))
+    carry_in = carry_in + (1.0,) * (_constants.MAX_CARRY - len(carry_in))
     kind, s, after = _step_scalars(hyper, t, lr, carry_in)
     return kind, s, after[0] if single else after[: len(carry)]
-
-
-_MAX_CARRY = 2  # FA_MAX_CARRY
 
 
 def _step_scalars(hyper, t, lr, carry):
@@ -640,19 +639,18 @@ def probe_update(param, grad, *states):
 # writes the update; ``_tensor_step`` sums those quantities per piece in the kernel's lane
 # order, then over the pieces in order, and forms the scalars as fa_tensor_scalars.
 
-TENSOR_PIECE = 16384  # FA_TENSOR_PIECE of _kernels.pyx
-
 
 def tensor_pieces(size):
     """``[(start, stop)]``: the pieces of a tensor of ``size`` elements, ``TENSOR_PIECE``
     each from its first element (the last one shorter), as _kernels.pyx cuts it."""
-    return [(lo, min(lo + TENSOR_PIECE, size)) for lo in range(0, size, TENSOR_PIECE)]
+    piece = _constants.TENSOR_PIECE
+    return [(lo, min(lo + piece, size)) for lo in range(0, size, piece)]
 
 
 def _piece_sum(values):
     """One piece's sum: lane j sums elements j, j + 8, ... in order; then the lanes."""
     total = 0.0
-    for value in _lane_sums(values).tolist():
+    for value in _lane_sums(values, _constants.TENSOR_LANES).tolist():
         total += value
     return total
 
@@ -851,7 +849,6 @@ _KINDS: Dict[str, Tuple[Callable[..., None], int]] = {
 # The twin of the 8-bit maps of _mixed.h (see there for the format): the same integer work
 # on the same bits, so codes and scales agree bit for bit.
 
-Q8_BLOCK = 256  # FA_Q8_BLOCK
 _Q8_M = 3
 
 
@@ -892,7 +889,7 @@ def q8_dequantize(codes, absmax, signed):
     code of an inf or NaN is that value, whatever the scale."""
     flat = np.asarray(codes).reshape(-1)
     y = q8_values(signed)[flat]
-    scale = np.repeat(np.asarray(absmax, np.float32), Q8_BLOCK)[: flat.size]
+    scale = np.repeat(np.asarray(absmax, np.float32), _constants.Q8_BLOCK)[: flat.size]
     return np.where(q8_nonfinite(flat, signed), y, y * scale).reshape(np.shape(codes))
 
 
@@ -905,10 +902,10 @@ def q8_quantize(values, signed):
     absmax; ties away from zero; the sign bit for the signed map unless the magnitude is 0),
     and each inf or NaN its own code (``q8_nonfinite``): it stays in its element."""
     v = np.asarray(values, dtype=np.float32).reshape(-1)
-    n_blocks = -(-v.size // Q8_BLOCK)
-    flat = np.zeros(n_blocks * Q8_BLOCK, dtype=np.float32)
+    n_blocks = -(-v.size // _constants.Q8_BLOCK)
+    flat = np.zeros(n_blocks * _constants.Q8_BLOCK, dtype=np.float32)
     flat[: v.size] = v
-    blocks = flat.reshape(n_blocks, Q8_BLOCK)
+    blocks = flat.reshape(n_blocks, _constants.Q8_BLOCK)
     words = blocks.view(np.uint32)
     magnitude = words & np.uint32(0x7FFFFFFF)
     finite = magnitude < np.uint32(0x7F800000)
@@ -1048,16 +1045,14 @@ def chunk_size(total, grain):
     return k
 
 
-_LANES = 8  # FA_NORM_LANES of _mixed.h
-_STREAMS, _BLOCK = 4, 2048  # FA_SCAN_STREAMS, FA_SCAN_BLOCK of _finite.h
-
-
-def _lane_sums(part):
-    """Lane j of a part: the sum, in order, of its elements j, j + 8, j + 16, ..."""
-    full = part.size - part.size % _LANES
-    lanes = np.zeros(_LANES)
+def _lane_sums(part, n_lanes=None):
+    """Lane j of a part: the sum, in order, of its elements j, j + n_lanes, ... (the
+    gradient norm's lanes unless ``n_lanes`` says otherwise)"""
+    n_lanes = _constants.NORM_LANES if n_lanes is None else n_lanes
+    full = part.size - part.size % n_lanes
+    lanes = np.zeros(n_lanes)
     if full:
-        lanes = np.add.reduce(part[:full].reshape(-1, _LANES), axis=0)
+        lanes = np.add.reduce(part[:full].reshape(-1, n_lanes), axis=0)
     tail = part[full:]
     lanes[: tail.size] += tail
     return lanes
@@ -1067,8 +1062,9 @@ def _segment_sumsq(squares):
     """Sum of one segment's float64 squares in the order of ``FA_NORM_BODY``: four streams
     of ``q = (n // 4) // 2048 * 2048`` elements and the rest, each summed in 8 lanes, then
     the lanes of each part in order."""
-    q = (squares.size // _STREAMS) // _BLOCK * _BLOCK
-    bounds = [s * q for s in range(_STREAMS + 1)] + [squares.size]
+    streams, block = _constants.SCAN_STREAMS, _constants.SCAN_BLOCK
+    q = (squares.size // streams) // block * block
+    bounds = [s * q for s in range(streams + 1)] + [squares.size]
     total = 0.0
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         for value in _lane_sums(squares[lo:hi]).tolist():
