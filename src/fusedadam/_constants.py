@@ -3,7 +3,7 @@
 Block, chunk and piece sizes and the lanes and streams that order every sum are defined in
 the C headers; the NumPy twin (``reference.py``), the Python engine and the storage rules
 (``_precision.py``) must use the same numbers for the bit-exact contract. They are read
-from the compiled extension (``_kernels.CONSTANTS``); the values below are used only where
+from the compiled extension (``_kernels.constants()``); the values below are used only where
 it is not built (a pure-NumPy install), and a test checks that they are the extension's.
 They are attributes of this module: ``_constants.Q8_BLOCK``, ..., and ``CONSTANTS``.
 """
@@ -37,7 +37,7 @@ def __getattr__(name):
 @functools.cache
 def _values():
     try:
-        from fusedadam._kernels import CONSTANTS
+        from fusedadam._kernels import constants
     except ImportError:  # not built: the NumPy reference runs every step
         return dict(_WITHOUT_EXTENSION)
-    return CONSTANTS
+    return constants()

@@ -16,7 +16,6 @@ HYPER_FIELDS: Final[Tuple[str, ...]]
 MAX_NUM_THREADS: Final[int]
 Q8_BLOCK: Final[int]
 MAX_STATE_SLOTS: Final[int]
-CONSTANTS: Final[Dict[str, int]]
 
 def openmp_enabled() -> bool:
     """True when the extension was compiled with OpenMP."""
@@ -120,3 +119,6 @@ def sparse_adam_step(
     num_threads: Optional[int],
 ) -> None:
     """Update the rows ``rows`` of ``param``, ``exp_avg``, ``exp_avg_sq`` in place."""
+
+def constants() -> Dict[str, int]:
+    """The numbers of the C headers that the NumPy twin and the Python engine follow too."""

@@ -23,22 +23,6 @@ import ml_dtypes as _ml_dtypes
 
 from fusedadam._openmp cimport FA_OPENMP_ENABLED, fa_max_threads, fa_num_procs
 
-# The numbers of the C headers that the NumPy twin and the Python engine follow too (block,
-# chunk and piece sizes, the lanes and streams that order every sum), under the names of
-# fusedadam._constants, which takes them from here. Defined before the imports below:
-# fusedadam.reference, imported by them, reads them while this module is being imported.
-CONSTANTS = {
-    "Q8_BLOCK": FA_Q8_BLOCK,
-    "POOL_GRAIN": FA_POOL_GRAIN,
-    "TENSOR_PIECE": FA_TENSOR_PIECE,
-    "TENSOR_LANES": FA_TENSOR_LANES,
-    "NORM_LANES": FA_NORM_LANES,
-    "SCAN_STREAMS": FA_SCAN_STREAMS,
-    "SCAN_BLOCK": FA_SCAN_BLOCK,
-    "MAX_CARRY": FA_MAX_CARRY,
-    "MAX_STATE_SLOTS": FA_MAX_SLOTS - FA_STATE0,
-}
-
 # The layers below the engine (checks, the NumPy twin of every loop, the policy's names):
 # called downward only; the engine never sees an optimizer.
 from fusedadam import _validation, reference as _reference
@@ -115,7 +99,7 @@ cdef int _TYPENUM_F64 = cnp.dtype("float64").num
 cdef int _TYPENUM_U8 = cnp.dtype("uint8").num
 Q8_BLOCK = FA_Q8_BLOCK
 # State arrays a loop call takes (FA_MAX_SLOTS less the param and gradient slots).
-MAX_STATE_SLOTS = CONSTANTS["MAX_STATE_SLOTS"]
+MAX_STATE_SLOTS = FA_MAX_SLOTS - FA_STATE0
 
 cdef int _best_isa = fa_cpu_best_isa()
 cdef int _isa = _best_isa
@@ -1508,3 +1492,18 @@ def sparse_adam_step(cnp.ndarray param, cnp.ndarray exp_avg, cnp.ndarray exp_avg
             fa_step_leave()
     finally:
         free(j.scratch)
+
+
+def constants():
+    """The numbers of the C headers that the NumPy twin and the Python engine follow too."""
+    return {
+        "Q8_BLOCK": FA_Q8_BLOCK,
+        "POOL_GRAIN": FA_POOL_GRAIN,
+        "TENSOR_PIECE": FA_TENSOR_PIECE,
+        "TENSOR_LANES": FA_TENSOR_LANES,
+        "NORM_LANES": FA_NORM_LANES,
+        "SCAN_STREAMS": FA_SCAN_STREAMS,
+        "SCAN_BLOCK": FA_SCAN_BLOCK,
+        "MAX_CARRY": FA_MAX_CARRY,
+        "MAX_STATE_SLOTS": FA_MAX_SLOTS - FA_STATE0,
+    }
