@@ -1,11 +1,16 @@
 """The algorithm registry: what each optimizer keeps as state and which hyperparameters it has.
 
-An algorithm is one entry here (its state and its defaults, ``DEFAULTS``), one loop body in
+An algorithm is one entry here (its state, ``ALGORITHMS``; its class's defaults in signature
+order, ``DEFAULTS``; its formula docstring and functional name, ``CLASSES``; the docs of a new
+hyperparameter, ``HYPERPARAMETER_DOCS``; a new field of ``hyper_dict``), one loop body in
 ``_loops.h`` (picked by its scalar rule in ``_scalars.h``, whose twin is
-``reference.step_scalars``), one reference update in ``reference.py``, a test variant
-(``tests/conftest.py``), and the thin classes and function over them (``optim.py``,
-``torch.py``, ``functional.py``). Everything else (groups, validation, plans, the step
-engine, state dicts) is shared.
+``reference.step_scalars``; a new hyperparameter or per-step scalar is one line of
+``FA_HYPER_FIELDS`` / ``FA_SCALAR_FIELDS``, which the extension reads by name), one
+reference update in ``reference.py`` and a test variant (``tests/conftest.py``). From these,
+``optim.py`` generates the class (its constructor's signature, defaults and annotations, its
+docstring; one ``class Name(_Registered): ...`` line keeps it visible to type checkers),
+``functional.py`` its function, and the benchmarks their entry. Everything else (groups,
+validation, plans, the step engine, state dicts) is shared.
 """
 
 from typing import Any, Dict, NamedTuple, Tuple
