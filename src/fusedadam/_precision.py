@@ -106,3 +106,11 @@ def state_dtype(param_dtype, option, pname, size=Q8_MIN_SIZE):
     if option == "8bit":
         return UINT8 if size >= Q8_MIN_SIZE else FLOAT32
     return FLOAT32 if option == "float32" else BFLOAT16
+
+
+def __getattr__(name):
+    # Q8_BLOCK, as code written against this module spells it: the extension's number
+    # (fusedadam._constants owns it; read on use, not at import).
+    if name == "Q8_BLOCK":
+        return _constants.Q8_BLOCK
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

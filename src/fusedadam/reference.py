@@ -1166,3 +1166,11 @@ def sparse_adam_update(param, exp_avg, exp_avg_sq, values, rows, order, starts, 
     denom = np.sqrt(v_new)
     denom += eps
     param[rows] = param[rows] - step_size * (m_new / denom)
+
+
+def __getattr__(name):
+    # Q8_BLOCK and TENSOR_PIECE, as code written against this module spells them: the
+    # extension's numbers (fusedadam._constants owns them; read on use, not at import).
+    if name in ("Q8_BLOCK", "TENSOR_PIECE"):
+        return getattr(_constants, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
