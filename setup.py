@@ -153,29 +153,36 @@ def _extensions():
     import numpy
 
     debug = _env_flag("FUSEDADAM_BOUNDSCHECK")
-    ext = Extension(
-        "fusedadam._kernels",
-        sources=["src/fusedadam/_kernels.pyx"],
-        depends=[
-            "src/fusedadam/_dispatch.h",
-            "src/fusedadam/_loops.h",
-            "src/fusedadam/_convert.h",
-            "src/fusedadam/_gradscan.h",
-            "src/fusedadam/_q8.h",
-            "src/fusedadam/_segment.h",
-            "src/fusedadam/_staged.h",
-            "src/fusedadam/_residual.h",
-            "src/fusedadam/_finite.h",
-            "src/fusedadam/_sparse_rows.h",
-            "src/fusedadam/_scalars.h",
-            "src/fusedadam/_pool.h",
-            "src/fusedadam/_openmp.h",
-        ],
-        include_dirs=["src/fusedadam", numpy.get_include()],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-    )
+    headers = [
+        "src/fusedadam/_dispatch.h",
+        "src/fusedadam/_loops.h",
+        "src/fusedadam/_convert.h",
+        "src/fusedadam/_gradscan.h",
+        "src/fusedadam/_q8.h",
+        "src/fusedadam/_segment.h",
+        "src/fusedadam/_staged.h",
+        "src/fusedadam/_residual.h",
+        "src/fusedadam/_finite.h",
+        "src/fusedadam/_sparse_rows.h",
+        "src/fusedadam/_scalars.h",
+        "src/fusedadam/_pool.h",
+        "src/fusedadam/_openmp.h",
+    ]
+    # _kernels: the step engine and its loops. _testing: the test and benchmark kernels
+    # (the roofline probe, conversion and 8-bit codec helpers), which run through
+    # _kernels' tables by the cdef functions _kernels.pxd declares.
+    extensions = [
+        Extension(
+            f"fusedadam.{name}",
+            sources=[f"src/fusedadam/{name}.pyx"],
+            depends=headers + ["src/fusedadam/_kernels.pxd"],
+            include_dirs=["src/fusedadam", numpy.get_include()],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+        )
+        for name in ("_kernels", "_testing")
+    ]
     return cythonize(
-        [ext],
+        extensions,
         include_path=["src"],
         language_level=3,
         compiler_directives={

@@ -11,7 +11,7 @@ Speed, at each N and thread count, in one process, samples interleaved (medians)
 AdamW on bfloat16 params with bfloat16 gradients, ``nonfinite="ignore"`` (the step
 alone), master "float32", "residual" and "compact", with float32, 8-bit and companded
 8-bit moments (``--modes`` picks some); and the roofline
-probe (``_kernels.Probe``: 28 bytes per element, trivial arithmetic, same threads). The
+probe (``_testing.Probe``: 28 bytes per element, trivial arithmetic, same threads). The
 byte model of each step (what it must read + write per element, no write-allocate):
 
     float32 master, float32 moments: read master 4, g 2, m v 8; write master 4, p 2, m v 8 = 28

@@ -5,7 +5,7 @@
 At each N (float32 params), in one process, samples interleaved (medians): AdamW with
 ``state_dtype="8bit"``, AdamW with float32 state, both with ``nonfinite="ignore"`` (the
 step alone) and with the default ``"error"`` (plus the gradient scan), and the roofline
-probe (``_kernels.Probe``: Adam's 28 bytes per element with trivial arithmetic, on the
+probe (``_testing.Probe``: Adam's 28 bytes per element with trivial arithmetic, on the
 same threads). The 8-bit roofline is the probe's bandwidth applied to the bytes an 8-bit
 step must move: p, g read and p written (12), one code of each moment read and written
 (4) and two float32 scales per 256 elements read and written (0.0625): 16.0625 bytes per

@@ -101,6 +101,21 @@ def test_compiled_and_python_scalar_rules_agree_field_by_field(
     assert np.float64(mu_c).tobytes() == np.float64(mu_p).tobytes()
 
 
+@requires_compiled
+@pytest.mark.parametrize("name", sorted(_algorithms.DEFAULTS))
+def test_hyper_dict_names_every_field_the_scalar_rule_reads(name):
+    """The extension fills fa_hyper by name from hyper_dict (a field it does not find is 0):
+    the dict of every class holds exactly the fields _scalars.h lists, and the struct the
+    extension fills gives the same scalars as the dict itself does in the twin."""
+    from fusedadam import _kernels
+
+    algorithm, defaults = _algorithms.DEFAULTS[name]
+    hyper = _algorithms.hyper_dict(_algorithms.ALGORITHMS[algorithm], defaults)
+    assert set(hyper) == {"algorithm", *_kernels.HYPER_FIELDS}
+    assert len(_kernels.HYPER_FIELDS) == len(set(_kernels.HYPER_FIELDS))
+    assert len(_kernels.SCALAR_FIELDS) == len(set(_kernels.SCALAR_FIELDS))
+
+
 def test_numpy_scalar_hyperparameters_form_scalars_in_double():
     """np.float32 hyperparameters: the scalars are the same as with the Python floats they
     equal (formed in double on every path), so every backend gives the same bits."""

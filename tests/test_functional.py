@@ -10,44 +10,34 @@ import fusedadam as fa
 from fusedadam import _algorithms
 from conftest import BACKENDS
 
-# class name -> (functional, state names in the function's argument order, options)
-FUNCTIONS = {
-    "Adam": (fa.functional.adam, ("exp_avg", "exp_avg_sq"), {"weight_decay": 0.1}),
-    "AdamW": (fa.functional.adamw, ("exp_avg", "exp_avg_sq"), {}),
-    "Adamax": (fa.functional.adamax, ("exp_avg", "exp_inf"), {"maximize": True}),
-    "NAdam": (fa.functional.nadam, ("exp_avg", "exp_avg_sq", "mu_product"), {}),
-    "RAdam": (fa.functional.radam, ("exp_avg", "exp_avg_sq"), {"weight_decay": 0.01}),
-    "AdaBelief": (fa.functional.adabelief, ("exp_avg", "exp_avg_var"), {}),
-    "Lion": (fa.functional.lion, ("exp_avg",), {"lr": lambda t: 1e-3 / t}),
-    "AdEMAMix": (
-        fa.functional.ademamix,
-        ("exp_avg", "exp_avg_sq", "exp_avg_slow"),
-        {"t_alpha_beta3": 5.0, "weight_decay": 0.1},
-    ),
-    "Adan": (
-        fa.functional.adan,
-        ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad"),
-        {"weight_decay": 0.05},
-    ),
-    "ADOPT": (fa.functional.adopt, ("exp_avg", "exp_avg_sq"), {"weight_decay": 0.1}),
-    "AdamAtan2": (fa.functional.adam_atan2, ("exp_avg", "exp_avg_sq"), {"weight_decay": 0.1}),
-    "AdamWScheduleFree": (
-        fa.functional.adamw_schedule_free,
-        ("z", "exp_avg_sq", "lr_max", "weight_sum"),
-        {"weight_decay": 0.01, "warmup_steps": 3},
-    ),
-    "RAdamScheduleFree": (
-        fa.functional.radam_schedule_free,
-        ("z", "exp_avg_sq", "lr_max", "weight_sum"),
-        {"silent_sgd_phase": False, "weight_decay": 0.01},
-    ),
-    "Lamb": (fa.functional.lamb, ("exp_avg", "exp_avg_sq"), {"trust_clip": True}),
-    "StableAdamW": (
-        fa.functional.stable_adamw,
-        ("exp_avg", "exp_avg_sq"),
-        {"decouple_lr": True, "max_lr": 2e-3},
-    ),
+# Options beyond its defaults each class's function is stepped with (a class not named here
+# is stepped with its defaults).
+OPTIONS = {
+    "Adam": {"weight_decay": 0.1},
+    "Adamax": {"maximize": True},
+    "RAdam": {"weight_decay": 0.01},
+    "Lion": {"lr": lambda t: 1e-3 / t},
+    "AdEMAMix": {"t_alpha_beta3": 5.0, "weight_decay": 0.1},
+    "Adan": {"weight_decay": 0.05},
+    "ADOPT": {"weight_decay": 0.1},
+    "AdamAtan2": {"weight_decay": 0.1},
+    "AdamWScheduleFree": {"weight_decay": 0.01, "warmup_steps": 3},
+    "RAdamScheduleFree": {"silent_sgd_phase": False, "weight_decay": 0.01},
+    "Lamb": {"trust_clip": True},
+    "StableAdamW": {"decouple_lr": True, "max_lr": 2e-3},
 }
+
+
+def _function(name):
+    """The function of a registry class and the state it takes, in its argument order (the
+    arrays, then the per-param scalar state)."""
+    algorithm = _algorithms.ALGORITHMS[_algorithms.DEFAULTS[name][0]]
+    states = algorithm.state_names + tuple(state for state, _ in algorithm.scalar_state)
+    return getattr(fa.functional, _algorithms.CLASSES[name].function), states
+
+
+# class name -> (functional, state names in the function's argument order, options)
+FUNCTIONS = {name: (*_function(name), OPTIONS.get(name, {})) for name in _algorithms.DEFAULTS}
 
 # State a function's caller creates otherwise than at zero: per-param scalars, and
 # Schedule-Free's z (a copy of the param).
@@ -55,7 +45,19 @@ SCALAR_INITIAL = {"mu_product": 1.0, "lr_max": -1.0, "weight_sum": 0.0}
 
 
 def test_every_algorithm_has_a_function():
-    assert set(FUNCTIONS) == set(_algorithms.DEFAULTS)
+    """Each class of the registry has its public function, whose arrays are named after
+    its state (``exp_avgs``, ...), torch's functional form."""
+    assert set(OPTIONS) <= set(_algorithms.DEFAULTS)
+    for name, (function, states, _) in FUNCTIONS.items():
+        assert function.__name__ in fa.functional.__all__, name
+        positional = [
+            p.name
+            for p in inspect.signature(function).parameters.values()
+            if p.kind is p.POSITIONAL_OR_KEYWORD
+        ]
+        algorithm = _algorithms.ALGORITHMS[_algorithms.DEFAULTS[name][0]]
+        optional = [f"{state}s" for state, _ in algorithm.optional_state]
+        assert positional == ["params", "grads", *(f"{n}s" for n in states), *optional], name
 
 
 @pytest.mark.parametrize("name", sorted(FUNCTIONS))

@@ -54,7 +54,7 @@ def grads_for(dtype, n, steps, seed, scale=1.0):
 
 @needs_compiled
 def test_conversions_match_ml_dtypes_and_numpy():
-    from fusedadam import _kernels
+    from fusedadam import _testing
 
     rng = np.random.default_rng(0)
     special = np.array(
@@ -69,11 +69,11 @@ def test_conversions_match_ml_dtypes_and_numpy():
     ties16 = (np.arange(2**19, dtype=np.uint32) << 13) | 0x1000  # float16 ties
     values = np.concatenate([special, words.view(np.float32), ties.view(np.float32),
                              ties16.view(np.float32)])  # fmt: skip
-    got = _kernels.round_float32(values, "bfloat16")
+    got = _testing.round_float32(values, "bfloat16")
     with np.errstate(all="ignore"):
         np.testing.assert_array_equal(got, values.astype(BF16).view(np.uint16))
         want = values.astype(F16)
-    got16 = _kernels.round_float32(values, "float16").view(F16)
+    got16 = _testing.round_float32(values, "float16").view(F16)
     nan = np.isnan(values)
     np.testing.assert_array_equal(bits(got16[~nan]), bits(want[~nan]))
     assert np.isnan(got16[nan]).all()
@@ -89,7 +89,7 @@ def test_conversions_match_ml_dtypes_and_numpy():
         with np.errstate(invalid="ignore"):
             want = every.view(dtype).astype(F32)
         want = np.where(np.isnan(want), exact_nan[name].view(F32), want)
-        assert_same_bits(_kernels.widen_to_float32(every, name), want)
+        assert_same_bits(_testing.widen_to_float32(every, name), want)
 
 
 # ----------------------------------------------------------------- the master's trajectory

@@ -1,6 +1,7 @@
 """The installed package: FUSEDADAM_SIMD at import, the compiled module's type stub."""
 
 import ast
+import importlib
 import os
 import pathlib
 import subprocess
@@ -84,21 +85,25 @@ def _public_names_of_stub(path):
 
 
 @requires_compiled
-def test_kernels_stub_matches_the_compiled_module():
-    from fusedadam import _kernels
-
-    stub = pathlib.Path(fa.__file__).with_name("_kernels.pyi")
+@pytest.mark.parametrize(
+    "module, classes", [("_kernels", ("Engine", "GroupPlan")), ("_testing", ("Probe",))]
+)
+def test_stubs_match_the_compiled_modules(module, classes):
+    """Each compiled module (the step engine; the test and benchmark kernels) has a stub
+    naming exactly its public names and its classes' public members."""
+    compiled_module = importlib.import_module(f"fusedadam.{module}")
+    stub = pathlib.Path(fa.__file__).with_name(f"{module}.pyi")
     assert stub.is_file(), "the type stub must be installed next to the extension"
-    compiled = {n for n in dir(_kernels) if not n.startswith("_")}
+    compiled = {n for n in dir(compiled_module) if not n.startswith("_")}
     assert _public_names_of_stub(stub) == compiled
-    for cls in ("Engine", "GroupPlan", "Probe"):
+    for cls in classes:
         stub_class = next(
             n
             for n in ast.parse(stub.read_text()).body
             if isinstance(n, ast.ClassDef) and n.name == cls
         )
         stub_members = {n.name for n in stub_class.body if isinstance(n, ast.FunctionDef)}
-        public = {n for n in dir(getattr(_kernels, cls)) if not n.startswith("_")}
+        public = {n for n in dir(getattr(compiled_module, cls)) if not n.startswith("_")}
         assert public <= stub_members, cls
 
 
@@ -121,7 +126,17 @@ def test_the_kernels_element_sizes_are_numpys():
         "8bit_companded": np.int8,  # the companded map's codes
         "compact": np.int8,  # master="compact": the residual's top byte
     }
-    assert _kernels.ELEMENT_BYTES == {k: np.dtype(t).itemsize for k, t in stored_as.items()}
+    assert _kernels.element_bytes() == {k: np.dtype(t).itemsize for k, t in stored_as.items()}
+
+
+def test_the_production_module_holds_no_test_kernels():
+    """The probe, the conversion and codec helpers and the steps-in-flight reader live in
+    fusedadam._testing, not in the step engine's module."""
+    stub = pathlib.Path(fa.__file__).with_name("_kernels.pyi")
+    names = _public_names_of_stub(stub)
+    for name in ("Probe", "probe", "round_float32", "widen_to_float32", "q8_values",
+                 "q8_codes", "steps_in_flight_high_water"):  # fmt: skip
+        assert name not in names
 
 
 def test_installed_package_is_typed_and_versioned():
@@ -133,3 +148,16 @@ def test_installed_package_is_typed_and_versioned():
     # Sources are not installed: only the built module and its stub.
     for pattern in ("*.pyx", "*.pxd", "*.c", "*.h"):
         assert not list(here.glob(pattern)), pattern
+
+
+@requires_compiled
+def test_numbers_of_the_c_headers_have_one_owner():
+    """Python takes the C headers' block, chunk, piece, lane and stream sizes from the
+    extension; the table a pure-NumPy install uses holds the same numbers."""
+    from fusedadam import _constants, _kernels, reference
+
+    assert _constants._WITHOUT_EXTENSION == _kernels.constants()
+    assert _constants.CONSTANTS == _kernels.constants()
+    assert _constants.Q8_BLOCK == _kernels.Q8_BLOCK
+    assert reference.tensor_pieces(40000)[1] == (16384, 32768)
+    assert _kernels.get_chunk_size() == _constants.POOL_GRAIN

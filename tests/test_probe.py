@@ -6,6 +6,7 @@ import pytest
 import fusedadam
 
 _kernels = pytest.importorskip("fusedadam._kernels")
+_testing = pytest.importorskip("fusedadam._testing")
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def test_probe_matches_reference(dtype, n, n_threads, amsgrad):
     p, g, m, v = compiled[:4]
     thirds = [[compiled[4]]] if amsgrad else []
     for _ in range(3):
-        _kernels.probe([p], [g], [m], [v], *thirds, n_threads=n_threads)
+        _testing.probe([p], [g], [m], [v], *thirds, n_threads=n_threads)
         fusedadam.reference.probe_update(*expected[:4], *expected[4:])
     for got, want in zip(compiled, expected):
         assert got.dtype == want.dtype
@@ -50,7 +51,7 @@ def test_probe_many_arrays_one_call(dtype):
     arrays = [_arrays(n, dtype, False, seed=i) for i, n in enumerate(sizes)]
     expected = [[a.copy() for a in group] for group in arrays]
     columns = [list(c) for c in zip(*arrays)]
-    _kernels.probe(*columns, n_threads=2)
+    _testing.probe(*columns, n_threads=2)
     for got, want in zip(arrays, expected):
         fusedadam.reference.probe_update(*want)
         for a, b in zip(got, want):
@@ -60,7 +61,7 @@ def test_probe_many_arrays_one_call(dtype):
 def test_probe_rejects_mismatched_gradient():
     p, g, m, v = _arrays(10, np.float32, False, seed=0)
     with pytest.raises(ValueError, match="must match its param"):
-        _kernels.probe([p], [g.astype(np.float64)], [m], [v])
+        _testing.probe([p], [g.astype(np.float64)], [m], [v])
 
 
 @pytest.mark.parametrize("n_threads", [1, 2])
@@ -69,7 +70,7 @@ def test_probe_with_one_state_array(n_threads):
     rng = np.random.default_rng(3)
     p, g, m = (rng.standard_normal(40_000).astype(np.float32) for _ in range(3))
     want = [p.copy(), g.copy(), m.copy()]
-    _kernels.probe([p], [g], [m], n_threads=n_threads)
+    _testing.probe([p], [g], [m], n_threads=n_threads)
     fusedadam.reference.probe_update(*want)
     np.testing.assert_array_equal(p, want[0])
     np.testing.assert_array_equal(m, want[2])
@@ -85,9 +86,9 @@ def test_probe_moves_every_state_count_the_slots_hold(n_states, n_threads):
     want = [a.copy() for a in arrays]
     if n_states > limit:
         with pytest.raises(ValueError, match=f"1 to {limit} lists"):
-            _kernels.probe(*[[a] for a in arrays], n_threads=n_threads)
+            _testing.probe(*[[a] for a in arrays], n_threads=n_threads)
         return
-    _kernels.probe(*[[a] for a in arrays], n_threads=n_threads)
+    _testing.probe(*[[a] for a in arrays], n_threads=n_threads)
     fusedadam.reference.probe_update(*want)
     for got, expected in zip(arrays, want):
         np.testing.assert_array_equal(got, expected, strict=True)

@@ -48,10 +48,10 @@ def make(dtype, n, seed, scale=1.0):
 @needs_compiled
 @pytest.mark.parametrize("signed", [True, False])
 def test_decoder_matches_reference_for_every_code(signed):
-    from fusedadam import _kernels
+    from fusedadam import _testing
 
     codes = np.arange(256, dtype=np.uint8)
-    assert_same_bits(_kernels.q8_values(codes, signed), reference.q8_values(signed))
+    assert_same_bits(_testing.q8_values(codes, signed), reference.q8_values(signed))
 
 
 @pytest.mark.parametrize("signed", [True, False])
@@ -108,7 +108,7 @@ def test_encoder_matches_reference(signed, absmax):
     """The compiled encoder of one value against one absmax gives the reference's code
     (through a block whose finite absmax is that value: the reference takes the block's
     max); infs and NaNs (given, and among the random words) get their own codes."""
-    from fusedadam import _kernels
+    from fusedadam import _testing
 
     values = _special_values(signed)
     with np.errstate(all="ignore"):  # keep the block's finite max at absmax
@@ -116,7 +116,7 @@ def test_encoder_matches_reference(signed, absmax):
         scaled = np.where(np.abs(values) <= 1, values * np.float32(absmax), 0)
         values = np.where(finite, scaled, values).astype(np.float32)
     assert (~np.isfinite(values)).sum() > 100
-    got = _kernels.q8_codes(values, np.float32(absmax), signed)
+    got = _testing.q8_codes(values, np.float32(absmax), signed)
     for start in range(0, values.size, 255):  # 255 values and absmax: one block
         block = np.concatenate([values[start : start + 255], [np.float32(absmax)]])
         want, scale = reference.q8_quantize(block.astype(np.float32), signed)

@@ -34,6 +34,7 @@ NEVER_IN_SDIST = [
     "*.o",
     "*.pyc",
     "src/fusedadam/_kernels.c",
+    "src/fusedadam/_testing.c",
     "src/fusedadam/_sparse.c",
     "*.html",
 ]
@@ -69,6 +70,9 @@ def check_sdist(path):
         "src/fusedadam/__init__.py",
         "src/fusedadam/_kernels.pyx",
         "src/fusedadam/_kernels.pyi",
+        "src/fusedadam/_kernels.pxd",
+        "src/fusedadam/_testing.pyx",
+        "src/fusedadam/_testing.pyi",
         "src/fusedadam/_loops.h",
         "src/fusedadam/_openmp.h",
         "src/fusedadam/_openmp.pxd",
@@ -101,15 +105,17 @@ def check_wheel(path):
         name = f"fusedadam/{module.relative_to(sources).as_posix()}"
         if name not in package:
             problems.append(f"missing {name}")
-    for required in ["fusedadam/_kernels.pyi", "fusedadam/py.typed"]:
+    for required in ["fusedadam/_kernels.pyi", "fusedadam/_testing.pyi", "fusedadam/py.typed"]:
         if required not in package:
             problems.append(f"missing {required}")
-    if not any(
-        fnmatch.fnmatch(f, "fusedadam/_kernels*.so")
-        or fnmatch.fnmatch(f, "fusedadam/_kernels*.pyd")
-        for f in package
-    ):
-        problems.append("no compiled fusedadam/_kernels module")
+    # the step engine, and the test and benchmark kernels (the roofline probe) beside it
+    for extension in ("_kernels", "_testing"):
+        if not any(
+            fnmatch.fnmatch(f, f"fusedadam/{extension}*.so")
+            or fnmatch.fnmatch(f, f"fusedadam/{extension}*.pyd")
+            for f in package
+        ):
+            problems.append(f"no compiled fusedadam/{extension} module")
     if not any(fnmatch.fnmatch(f, "fusedadam-*.dist-info/licenses/LICENSE") for f in files):
         problems.append("no LICENSE in the .dist-info")
     problems += [

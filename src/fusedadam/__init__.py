@@ -10,21 +10,8 @@ from fusedadam import functional, reference, schedules
 from fusedadam._clip import clip_grad_norm
 from fusedadam._version import __version__
 from fusedadam.minimize import OptimizeResult, minimize
-from fusedadam.optim import (
-    AdaBelief,
-    Adam,
-    Adamax,
-    AdamW,
-    AdamWScheduleFree,
-    Lion,
-    NAdam,
-    Optimizer,
-    RAdam,
-    RAdamScheduleFree,
-)
-from fusedadam.optim import AdEMAMix, Adan
-from fusedadam.optim import ADOPT, AdamAtan2
-from fusedadam.optim import Lamb, StableAdamW
+from fusedadam import optim
+from fusedadam.optim import *  # noqa: F403 (Optimizer and every class of the registry)
 from fusedadam.sparse import SparseAdam
 from fusedadam.serialization import flatten_state_dict, unflatten_state_dict
 from fusedadam._backend import _kernels
@@ -63,23 +50,7 @@ def _apply_simd_env():
 _apply_simd_env()
 
 __all__ = [
-    "AdaBelief",
-    "Adam",
-    "AdamW",
-    "Adamax",
-    "Lion",
-    "AdEMAMix",
-    "Adan",
-    "ADOPT",
-    "AdamAtan2",
-    "AdamWScheduleFree",
-    "RAdamScheduleFree",
-    "Lamb",
-    "StableAdamW",
-    "NAdam",
-    "RAdam",
     "OptimizeResult",
-    "Optimizer",
     "SparseAdam",
     "backend_info",
     "clip_grad_norm",
@@ -91,6 +62,7 @@ __all__ = [
     "unflatten_state_dict",
     "__version__",
 ]
+__all__ += optim.__all__  # Optimizer and the optimizer classes of the registry
 
 
 def backend_info():

@@ -6,10 +6,15 @@ from typing import Any
 from fusedadam import _validation
 
 _kernels: Any
+_testing: Any
 try:
     from fusedadam import _kernels
 except ImportError:  # the extension was not built: the NumPy reference is the backend
     _kernels = None
+try:  # the test and benchmark kernels (the roofline probe), built with _kernels
+    from fusedadam import _testing
+except ImportError:
+    _testing = None
 
 __all__ = ["resolve_backend", "compiled_available"]
 

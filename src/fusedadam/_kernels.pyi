@@ -12,10 +12,10 @@ LOOP_KINDS: Final[Tuple[str, ...]]
 ALGORITHMS: Final[Tuple[str, ...]]
 DTYPES: Final[Tuple[str, ...]]
 SCALAR_FIELDS: Final[Tuple[str, ...]]
+HYPER_FIELDS: Final[Tuple[str, ...]]
 MAX_NUM_THREADS: Final[int]
 Q8_BLOCK: Final[int]
 MAX_STATE_SLOTS: Final[int]
-ELEMENT_BYTES: Final[Dict[str, int]]
 
 def openmp_enabled() -> bool:
     """True when the extension was compiled with OpenMP."""
@@ -43,9 +43,6 @@ def get_chunk_size() -> int:
 
 def set_chunk_size(n_elements: int) -> None:
     """Set the elements per chunk (a multiple of 16; for tests and benchmarks)."""
-
-def steps_in_flight_high_water(reset: bool = ...) -> int:
-    """The most steps seen inside their GIL-free section at once since the last reset."""
 
 def step_scalars(
     hyper: Dict[str, Any], t: float, lr: float, mu_product: float = ...
@@ -111,26 +108,6 @@ class Engine:
     def set_grad_norms(self, norms: Sequence[Optional[float]]) -> None:
         """Restore ``grad_norms()`` (an unpickled optimizer keeps its ``last_grad_norm``)."""
 
-class Probe:
-    """The bandwidth probe over fixed lists of arrays, for benchmarks."""
-
-    def __init__(
-        self,
-        params: Sequence[np.ndarray],
-        grads: Sequence[np.ndarray],
-        *states: Sequence[np.ndarray],
-    ) -> None: ...
-    def run(self, n_threads: int = ...) -> None:
-        """One probe pass over every array, in place, on ``n_threads`` threads."""
-
-def probe(
-    params: Sequence[np.ndarray],
-    grads: Sequence[np.ndarray],
-    *states: Sequence[np.ndarray],
-    n_threads: int = ...,
-) -> None:
-    """One probe pass over lists of arrays, in place."""
-
 def sparse_first_nonfinite(values: np.ndarray) -> int:
     """Flat index of the first NaN/inf of validated ``values``, or -1."""
 
@@ -147,14 +124,8 @@ def sparse_adam_step(
 ) -> None:
     """Update the rows ``rows`` of ``param``, ``exp_avg``, ``exp_avg_sq`` in place."""
 
-def round_float32(values: np.ndarray, to: str) -> np.ndarray:
-    """The bits (uint16) of float32 ``values`` rounded to bfloat16/float16 by _mixed.h."""
+def constants() -> Dict[str, int]:
+    """The numbers of the C headers that the NumPy twin and the Python engine follow too."""
 
-def widen_to_float32(bits: np.ndarray, frm: str) -> np.ndarray:
-    """float32 values of bfloat16/float16 ``bits`` (uint16) by the conversions of _mixed.h."""
-
-def q8_values(codes: np.ndarray, qsigned: bool) -> np.ndarray:
-    """y(code) of the 8-bit map (signed or unsigned) by the decoder of _mixed.h (tests)."""
-
-def q8_codes(values: np.ndarray, absmax: float, qsigned: bool) -> np.ndarray:
-    """Codes of ``values`` against ``absmax`` by the encoder of _mixed.h (tests)."""
+def element_bytes() -> Dict[str, int]:
+    """Bytes per element of each storage type (_convert.h's table)."""

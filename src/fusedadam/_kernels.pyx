@@ -36,129 +36,6 @@ cdef extern from "Python.h":
     Py_ssize_t PyDict_Size(object d)
     bint PyDict_Next(object d, Py_ssize_t *pos, PyObject **key, PyObject **value)
 
-cdef extern from "_dispatch.h" nogil:
-    enum:
-        FA_MAX_STATES
-    ctypedef struct fa_scalars:
-        double sign
-        double weight_decay
-        double decay
-        double beta1
-        double one_minus_beta1
-        double beta2
-        double one_minus_beta2
-        double step_size
-        double eps
-        double eps_root
-        double grad_coef
-        double beta3
-        double one_minus_beta3
-        double slow_coef
-        double diff_coef
-        double prox
-        double first
-        double clip
-        double m_scale
-        double v_scale
-        double bias_correction2
-        double lerp_weight
-        double lerp_from_end
-        double y_step
-        double lr
-        double v_floor
-        double tensor_step
-        double tensor_decay
-        double *acc
-    ctypedef void (*fa_loop_fn)(char **a, ptrdiff_t n, const fa_scalars *s) noexcept nogil
-    ctypedef ptrdiff_t (*fa_scan_fn)(const void *grad, ptrdiff_t n) noexcept nogil
-    ctypedef struct fa_sparse_scalars:
-        double sign
-        double one_minus_beta1
-        double one_minus_beta2
-        double step_size
-        double eps
-    ctypedef void (*fa_row_fn)(void *param, void *exp_avg, void *exp_avg_sq,
-                               const void *grad, ptrdiff_t dim,
-                               const fa_sparse_scalars *s) noexcept nogil
-    ctypedef void (*fa_sum_fn)(void *out, const void *values, const ptrdiff_t *order,
-                               ptrdiff_t first, ptrdiff_t last, ptrdiff_t dim) noexcept nogil
-    ctypedef struct fa_pre:
-        double grad_scale
-        double clip
-        int active
-        double inverse
-    ctypedef struct fa_segment:
-        char *param
-        char *lowp
-        const char *grad
-        char *state[FA_MAX_STATES]
-        float *scale[FA_MAX_STATES]
-        int qsigned[FA_MAX_STATES]
-        int n_states, grad_type, state_type, lowp_type
-        int read_only
-    ctypedef void (*fa_staged_fn)(fa_loop_fn dense, const fa_segment *x, ptrdiff_t n,
-                                  const fa_scalars *s, const fa_pre *pre) noexcept nogil
-    ctypedef ptrdiff_t (*fa_norm_fn)(const void *grad, ptrdiff_t n,
-                                     double *sumsq) noexcept nogil
-    ctypedef ptrdiff_t (*fa_unscaled_fn)(const void *grad, ptrdiff_t n,
-                                         double scale) noexcept nogil
-    ctypedef struct fa_grad_fns:
-        fa_scan_fn scan
-        fa_norm_fn norm
-        fa_unscaled_fn unscaled
-    ctypedef struct fa_loops:
-        fa_loop_fn dense[64]
-        fa_staged_fn staged
-        fa_scan_fn scan
-        fa_row_fn sparse_row
-        fa_sum_fn sparse_sum
-    enum:
-        FA_N_KINDS
-        FA_N_ISAS
-        FA_N_DTYPES
-        FA_PARAM
-        FA_GRAD
-        FA_STATE0
-        FA_MAX_SLOTS
-        FA_KIND_probe
-        FA_HAVE_X86_DISPATCH
-        FA_TENSOR_SUMS
-        FA_TENSOR_LANES
-    const char *fa_kind_names[]
-    const char *fa_isa_names[]
-    const char *fa_dtype_names[]
-    enum:
-        FA_ET_F32
-        FA_ET_F64
-        FA_ET_BF16
-        FA_ET_F16
-        FA_N_ETS
-        FA_ET_Q8
-        FA_ET_RESID
-        FA_ET_Q8C
-        FA_ET_COMPACT
-        FA_Q8_BLOCK
-    const size_t fa_et_bytes[]
-    int fa_cpu_best_isa()
-    const fa_loops *fa_get_loops(int isa, int dtype)
-    const fa_grad_fns *fa_get_grad_fns(int isa, int type)
-    double fa_clip_coefficient(double sumsq, double grad_scale, double max_norm, double *norm)
-    void fa_pre_set(fa_pre *pre, double grad_scale)
-    float fa_bf16_to_f32(unsigned short h)
-    unsigned short fa_f32_to_bf16(float f)
-    float fa_f16_to_f32(unsigned short h)
-    unsigned short fa_f32_to_f16(float f)
-    float fa_q8_value(unsigned char code, int qsigned)
-    unsigned char fa_q8_code(float value, float absmax, int qsigned)
-
-cdef extern from "_pool.h" nogil:
-    ctypedef void (*fa_chunk_fn)(void *ctx, ptrdiff_t chunk, int worker) noexcept nogil
-    void fa_pool_run(fa_chunk_fn fn, void *ctx, ptrdiff_t n_chunks, int n_threads)
-    ptrdiff_t fa_chunk_size(ptrdiff_t total, ptrdiff_t grain)
-    ptrdiff_t fa_chunk_count(ptrdiff_t total, ptrdiff_t chunk_size)
-    enum:
-        FA_POOL_GRAIN
-
 cdef extern from *:
     """
     /* How many steps are inside their GIL-free section now, and the most seen at once: the
@@ -195,9 +72,9 @@ cdef extern from *:
     void fa_step_leave() nogil
 
 
-def steps_in_flight_high_water(bint reset=True):
-    """The most steps (any optimizers, any threads) seen inside their GIL-free section at
-    once since the last reset; for the tests that check steps run concurrently."""
+cdef long _steps_in_flight_most(bint reset) noexcept:
+    """The most steps seen in their GIL-free section at once since the last reset (read by
+    ``fusedadam._testing.steps_in_flight_high_water``)."""
     global fa_steps_in_flight_most
     cdef long most = fa_steps_in_flight_most
     if reset:
@@ -205,59 +82,15 @@ def steps_in_flight_high_water(bint reset=True):
     return most
 
 
-cdef extern from "_scalars.h" nogil:
-    ctypedef struct fa_hyper:
-        int algorithm
-        int amsgrad
-        int decoupled
-        int maximize
-        int bias_correction
-        double beta1
-        double beta2
-        double eps
-        double eps_root
-        double weight_decay
-        double beta1_decay
-        double momentum_decay
-        double beta3
-        double alpha
-        double t_alpha_beta3
-        int no_prox
-        int adopt_clip
-        double clip_exp
-        double atan2_a
-        double atan2_b
-        double warmup_steps
-        double r
-        double weight_lr_power
-        int silent_sgd_phase
-        int cautious
-        int grad_averaging
-        int trust_clip
-        int always_adapt
-        int decouple_lr
-        double max_lr
-    enum:
-        FA_N_ALGORITHMS
-        FA_MAX_CARRY
-    const char *fa_algorithm_names[]
-    int fa_step_scalars(const fa_hyper *h, double t, double lr, const double *carry,
-                        fa_scalars *s, double *carry_after)
-    int fa_sum_kind(int kind)
-    void fa_tensor_scalars(const fa_hyper *h, int kind, const double *sums, ptrdiff_t n,
-                           double lr, double *step, double *decay)
-
-
 # The names behind every number the C headers define; Python refers to names only.
 ISA_NAMES = tuple(fa_isa_names[i].decode() for i in range(FA_N_ISAS))
 LOOP_KINDS = tuple(fa_kind_names[i].decode() for i in range(FA_N_KINDS))
 ALGORITHMS = tuple(fa_algorithm_names[i].decode() for i in range(FA_N_ALGORITHMS))
 DTYPES = tuple(fa_dtype_names[i].decode() for i in range(FA_N_DTYPES))
-SCALAR_FIELDS = ("sign", "weight_decay", "decay", "beta1", "one_minus_beta1", "beta2",
-                 "one_minus_beta2", "step_size", "eps", "eps_root", "grad_coef", "beta3",
-                 "one_minus_beta3", "slow_coef", "diff_coef", "prox", "first", "clip",
-                 "m_scale", "v_scale", "bias_correction2", "lerp_weight", "lerp_from_end",
-                 "y_step", "lr", "v_floor")
+# The names of the per-step scalars and of the hyperparameters the scalar rule reads, as
+# _loops.h and _scalars.h list them (fa_scalar_fields, fa_hyper_fields).
+SCALAR_FIELDS = tuple(fa_scalar_fields[i].name.decode() for i in range(FA_N_SCALAR_FIELDS))
+HYPER_FIELDS = tuple(fa_hyper_fields[i].name.decode() for i in range(FA_N_HYPER_FIELDS))
 _TYPENUM_TO_DTYPE = {cnp.dtype(name).num: i for i, name in enumerate(DTYPES)}
 cdef int _TYPENUM_BF16 = cnp.dtype(_ml_dtypes.bfloat16).num
 cdef int _TYPENUM_F16 = cnp.dtype("float16").num
@@ -268,21 +101,14 @@ cdef int _TYPENUM_I8 = cnp.dtype("int8").num
 Q8_BLOCK = FA_Q8_BLOCK
 # State arrays a loop call takes (FA_MAX_SLOTS less the param and gradient slots).
 MAX_STATE_SLOTS = FA_MAX_SLOTS - FA_STATE0
-# Bytes per element of each storage type, from _convert.h's table (the kernels step through
-# storage with it; tests/test_packaging.py checks it against NumPy's item sizes).
-ELEMENT_BYTES = {
-    "float32": fa_et_bytes[FA_ET_F32],
-    "float64": fa_et_bytes[FA_ET_F64],
-    "bfloat16": fa_et_bytes[FA_ET_BF16],
-    "float16": fa_et_bytes[FA_ET_F16],
-    "8bit": fa_et_bytes[FA_ET_Q8],
-    "residual": fa_et_bytes[FA_ET_RESID],
-    "8bit_companded": fa_et_bytes[FA_ET_Q8C],
-    "compact": fa_et_bytes[FA_ET_COMPACT],
-}
 
 cdef int _best_isa = fa_cpu_best_isa()
 cdef int _isa = _best_isa
+
+
+cdef int _current_isa() noexcept:
+    """The instruction set whose loops are in use (FA_ISA_*; for ``fusedadam._testing``)."""
+    return _isa
 
 # Elements per chunk. A step is cut into chunks of this many elements (across array
 # boundaries) that the calling thread and the pool's helpers claim one at a time (_pool.h):
@@ -402,48 +228,23 @@ cdef inline Py_ssize_t _et_size(int et) noexcept nogil:
 
 
 cdef void _read_hyper(fa_hyper *h, dict hyper) except *:
+    """Fill ``h`` from a ``hyper_dict``: every field of fa_hyper_fields by its name (a flag
+    as 0/1, a number as a double); a field the dict does not hold is 0."""
+    cdef char *base = <char *>h
+    cdef Py_ssize_t i
     h.algorithm = ALGORITHMS.index(hyper["algorithm"])
-    h.amsgrad = bool(hyper["amsgrad"])
-    h.decoupled = bool(hyper["decoupled"])
-    h.maximize = bool(hyper["maximize"])
-    h.bias_correction = bool(hyper["bias_correction"])
-    h.beta1 = hyper["beta1"]
-    h.beta2 = hyper["beta2"]
-    h.eps = hyper["eps"]
-    h.eps_root = hyper["eps_root"]
-    h.weight_decay = hyper["weight_decay"]
-    h.beta1_decay = hyper["beta1_decay"]
-    h.momentum_decay = hyper["momentum_decay"]
-    # the fields of the three-beta algorithms: absent (0) in a hyper dict of the others
-    h.beta3 = hyper.get("beta3", 0.0)
-    h.alpha = hyper.get("alpha", 0.0)
-    h.t_alpha_beta3 = hyper.get("t_alpha_beta3", 0.0)
-    h.no_prox = bool(hyper.get("no_prox", False))
-    h.adopt_clip = bool(hyper.get("adopt_clip", False))
-    h.clip_exp = hyper.get("clip_exp", 0.0)
-    h.atan2_a = hyper.get("atan2_a", 0.0)
-    h.atan2_b = hyper.get("atan2_b", 0.0)
-    # Schedule-Free's (0 for the hand-made dicts of other algorithms)
-    h.warmup_steps = hyper.get("warmup_steps", 0.0)
-    h.r = hyper.get("r", 0.0)
-    h.weight_lr_power = hyper.get("weight_lr_power", 0.0)
-    h.silent_sgd_phase = bool(hyper.get("silent_sgd_phase", False))
-    h.cautious = bool(hyper["cautious"])
-    h.grad_averaging = bool(hyper["grad_averaging"])
-    h.trust_clip = bool(hyper["trust_clip"])
-    h.always_adapt = bool(hyper["always_adapt"])
-    h.decouple_lr = bool(hyper["decouple_lr"])
-    h.max_lr = hyper["max_lr"]
+    for i in range(FA_N_HYPER_FIELDS):
+        value = hyper.get(HYPER_FIELDS[i], 0)
+        if fa_hyper_fields[i].is_int:
+            (<int *>(base + fa_hyper_fields[i].offset))[0] = 1 if value else 0
+        else:
+            (<double *>(base + fa_hyper_fields[i].offset))[0] = value
 
 
 cdef dict _scalars_dict(fa_scalars *s):
-    return dict(zip(SCALAR_FIELDS, (s.sign, s.weight_decay, s.decay, s.beta1,
-                                    s.one_minus_beta1, s.beta2, s.one_minus_beta2,
-                                    s.step_size, s.eps, s.eps_root, s.grad_coef, s.beta3,
-                                    s.one_minus_beta3, s.slow_coef, s.diff_coef, s.prox,
-                                    s.first, s.clip, s.m_scale, s.v_scale,
-                                    s.bias_correction2, s.lerp_weight, s.lerp_from_end,
-                                    s.y_step, s.lr, s.v_floor)))
+    cdef char *base = <char *>s
+    return {SCALAR_FIELDS[i]: (<double *>(base + fa_scalar_fields[i].offset))[0]
+            for i in range(FA_N_SCALAR_FIELDS)}
 
 
 def step_scalars(dict hyper, double t, double lr, carry=1.0):
@@ -473,43 +274,6 @@ def step_scalars(dict hyper, double t, double lr, carry=1.0):
 
 
 # ------------------------------------------------------------------ running one group
-
-cdef struct GroupData:
-    Py_ssize_t n_arrays
-    int n_slots                 # FA_STATE0 + number of state arrays the loops read
-    # ptr[slot][k]: param (its master when it has one), grad, state arrays of array k
-    char **ptr[FA_MAX_SLOTS]
-    char **lowp                 # per array: the bfloat16/float16 param, or NULL
-    # per array, 4 FA_ET_*: compute, grad (this step), state, low-precision param (-1: none)
-    int *types
-    # per array, FA_MAX_STATES per state slot: the block scales of FA_ET_Q8 state, or NULL
-    float **scales
-    int qsigned[FA_MAX_STATES]  # per state slot: the signed (1) or unsigned (0) 8-bit map
-    Py_ssize_t *offsets         # n_arrays + 1 prefix sums of element counts
-    const fa_loops **loops      # per array: the dispatch row of its compute type
-    const fa_grad_fns **grad_fns  # per array: the scans of its gradient's type (this step)
-    int kind                    # this step's loop kind
-    fa_scalars scalars
-    fa_pre pre                  # this step's unscaling and clipping
-    # The scalars with sign = +-1/grad_scale: a power-of-two grad_scale and no clipping
-    # fold into the loop's own multiply of g by sign (x * 2**-k * +-1 is exactly
-    # (x / 2**k) * +-1), so such a step needs no staging of its gradients.
-    fa_scalars folded
-    bint use_folded
-    bint want_norm              # this step sums the squares of the gradients (clipping)
-    double sumsq                # their sum, once scanned
-    Py_ssize_t chunk            # elements per chunk of this step
-    Py_ssize_t *first_bad       # per chunk: first non-finite gradient index, or -1
-    double *chunk_sumsq         # per chunk: the sum of squares of its gradient values
-    Py_ssize_t first_bad_size   # capacity of first_bad and chunk_sumsq
-    # Per-tensor kinds (_loops.h): the phase 1 kind of this step's kind, or -1
-    int sum_kind
-    const fa_hyper *hyper       # the group's hyperparameters (the tensors' scalars)
-    double *tensor_step         # per array: its phase 2 scalars of this step
-    double *tensor_decay
-    Py_ssize_t *piece_base      # n_arrays + 1: the first piece of each array
-    double *partials            # FA_TENSOR_SUMS per piece of the arrays of several pieces
-
 
 cdef inline Py_ssize_t _array_at(GroupData *d, Py_ssize_t element) noexcept nogil:
     """The last array whose first element is <= element (so empty arrays are skipped)."""
@@ -673,8 +437,6 @@ cdef void _run(GroupData *d, int n_threads) noexcept nogil:
 # tensor up to FA_TENSOR_PIECE elements is read from memory once). The sums of a larger
 # tensor are kept per piece (at piece_base[k] + j), added after pass A; pass B runs its
 # phase 2.
-
-DEF FA_TENSOR_PIECE = 16384
 
 
 cdef inline void _piece_sums(GroupData *d, Py_ssize_t k, Py_ssize_t e, Py_ssize_t n,
@@ -885,12 +647,6 @@ cdef void _group_free(GroupData *d) noexcept:
 cdef inline bint _writable_contiguous(cnp.ndarray a):
     return (cnp.PyArray_ISWRITEABLE(a) and cnp.PyArray_IS_C_CONTIGUOUS(a)
             and cnp.PyArray_ISALIGNED(a))
-
-
-cdef inline char *_data(cnp.ndarray a, void *nonnull):
-    # A zero-size array may have a NULL data pointer; never hand NULL to a loop.
-    cdef char *p = <char *>cnp.PyArray_DATA(a)
-    return p if p != NULL else <char *>nonnull
 
 
 cdef inline bint _same_entries(dict d, tuple keys, tuple values):
@@ -1748,128 +1504,32 @@ def sparse_adam_step(cnp.ndarray param, cnp.ndarray exp_avg, cnp.ndarray exp_avg
         free(j.scratch)
 
 
-# ------------------------------------------------------------------ the roofline probe
-
-cdef class Probe:
-    """The bandwidth probe (loop kind ``probe``) over fixed lists of arrays, for benchmarks.
-
-    Moves a step's bytes (reads p, g and each list of state arrays given; writes p and the
-    states back) with trivial arithmetic, ``s += g`` for each state and ``p -= g``, exactly
-    as ``reference.probe_update``, through the same pointer tables and thread split as a
-    step: the roofline of the benchmarks. The arrays must be acceptable to an optimizer
-    (same dtype and shape, C-contiguous, writeable, not aliasing); ``run`` re-checks nothing.
-    """
-    cdef GroupData d
-    cdef tuple keep
-
-    def __cinit__(self, params, grads, *states):
-        cdef Py_ssize_t n = len(params), k
-        cdef int slot
-        cdef cnp.ndarray a
-        if not 1 <= len(states) <= FA_MAX_SLOTS - FA_STATE0:
-            raise ValueError(
-                f"probe: 1 to {FA_MAX_SLOTS - FA_STATE0} lists of state arrays, "
-                f"got {len(states)}")
-        columns = [list(params), list(grads)] + [list(c) for c in states]
-        self.keep = tuple(tuple(c) for c in columns)
-        self.d.n_arrays = n
-        self.d.n_slots = len(columns)
-        self.d.kind = FA_KIND_probe
-        _group_alloc(&self.d)
-        self.d.offsets[0] = 0
-        for k in range(n):
-            a = self.keep[FA_PARAM][k]
-            for slot in range(self.d.n_slots):
-                c = self.keep[slot][k]
-                if (not isinstance(c, cnp.ndarray) or (<cnp.ndarray>c).dtype != a.dtype
-                        or (<cnp.ndarray>c).size != a.size
-                        or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>c)):
-                    raise ValueError("probe: every array must match its param "
-                                     "(dtype, size, C-contiguous)")
-                self.d.ptr[slot][k] = _data(c, self.d.offsets)
-            dtype = _dtype_index(a)
-            if dtype < 0:
-                raise ValueError("probe: float32 or float64 arrays")
-            self.d.loops[k] = fa_get_loops(_isa, dtype)
-            self.d.grad_fns[k] = fa_get_grad_fns(_isa, dtype)
-            self.d.types[4 * k] = self.d.types[4 * k + 1] = self.d.types[4 * k + 2] = dtype
-            self.d.types[4 * k + 3] = -1
-            self.d.lowp[k] = NULL
-            self.d.offsets[k + 1] = self.d.offsets[k] + cnp.PyArray_SIZE(a)
-
-    def __dealloc__(self):
-        _group_free(&self.d)
-
-    def run(self, int n_threads=1):
-        """One probe pass over every array, in place, on ``n_threads`` threads."""
-        if n_threads < 1:
-            raise ValueError("n_threads must be >= 1")
-        _reserve_chunks(&self.d)
-        with nogil:
-            _run(&self.d, n_threads)
+def constants():
+    """The numbers of the C headers that the NumPy twin and the Python engine follow too."""
+    return {
+        "Q8_BLOCK": FA_Q8_BLOCK,
+        "POOL_GRAIN": FA_POOL_GRAIN,
+        "TENSOR_PIECE": FA_TENSOR_PIECE,
+        "TENSOR_LANES": FA_TENSOR_LANES,
+        "NORM_LANES": FA_NORM_LANES,
+        "SCAN_BLOCK": FA_SCAN_BLOCK,
+        "MAX_CARRY": FA_MAX_CARRY,
+        "MAX_STATE_SLOTS": FA_MAX_SLOTS - FA_STATE0,
+    }
 
 
-def probe(params, grads, *states, int n_threads=1):
-    """One probe pass (see ``Probe``) over lists of arrays, in place."""
-    Probe(params, grads, *states).run(n_threads)
-
-
-# ------------------------------------------------------------------ conversions (tests)
-
-cdef bint _is_bfloat16(str name, str argument) except -1:
-    """True for "bfloat16", False for "float16"; anything else is an error."""
-    if name not in ("bfloat16", "float16"):
-        raise ValueError(f"{argument} must be 'bfloat16' or 'float16', got {name!r}")
-    return name == "bfloat16"
-
-
-def round_float32(const float[::1] values, str to):
-    """The bits (uint16) of ``values`` rounded to ``"bfloat16"`` or ``"float16"`` by the
-    conversions of _convert.h (round to nearest even), for the tests that compare them with
-    ml_dtypes and NumPy."""
-    import numpy as np
-    cdef Py_ssize_t i, n = values.shape[0]
-    out = np.empty(n, dtype=np.uint16)
-    cdef unsigned short[::1] bits = out
-    cdef bint bf16 = _is_bfloat16(to, "to")
-    with nogil:
-        for i in range(n):
-            bits[i] = fa_f32_to_bf16(values[i]) if bf16 else fa_f32_to_f16(values[i])
-    return out
-
-
-def widen_to_float32(const unsigned short[::1] bits, str frm):
-    """float32 values of bfloat16/float16 ``bits`` (uint16) by the conversions of _convert.h."""
-    import numpy as np
-    cdef Py_ssize_t i, n = bits.shape[0]
-    out = np.empty(n, dtype=np.float32)
-    cdef float[::1] values = out
-    cdef bint bf16 = _is_bfloat16(frm, "frm")
-    with nogil:
-        for i in range(n):
-            values[i] = fa_bf16_to_f32(bits[i]) if bf16 else fa_f16_to_f32(bits[i])
-    return out
-
-
-def q8_values(const unsigned char[::1] codes, bint qsigned):
-    """y(code) of the 8-bit map (signed or unsigned) by the decoder of _q8.h (tests)."""
-    import numpy as np
-    cdef Py_ssize_t i, n = codes.shape[0]
-    out = np.empty(n, dtype=np.float32)
-    cdef float[::1] values = out
-    with nogil:
-        for i in range(n):
-            values[i] = fa_q8_value(codes[i], qsigned)
-    return out
-
-
-def q8_codes(const float[::1] values, float absmax, bint qsigned):
-    """Codes of ``values`` against ``absmax`` by the encoder of _q8.h (tests)."""
-    import numpy as np
-    cdef Py_ssize_t i, n = values.shape[0]
-    out = np.empty(n, dtype=np.uint8)
-    cdef unsigned char[::1] codes = out
-    with nogil:
-        for i in range(n):
-            codes[i] = fa_q8_code(values[i], absmax, qsigned)
-    return out
+def element_bytes():
+    """Bytes per element of each storage type, from _convert.h's table (the kernels step
+    through storage with it; tests/test_packaging.py checks it against NumPy's item sizes).
+    A function at the end of the module, as ``constants``: module-level code moves the hot
+    functions' layout."""
+    return {
+        "float32": fa_et_bytes[FA_ET_F32],
+        "float64": fa_et_bytes[FA_ET_F64],
+        "bfloat16": fa_et_bytes[FA_ET_BF16],
+        "float16": fa_et_bytes[FA_ET_F16],
+        "8bit": fa_et_bytes[FA_ET_Q8],
+        "residual": fa_et_bytes[FA_ET_RESID],
+        "8bit_companded": fa_et_bytes[FA_ET_Q8C],
+        "compact": fa_et_bytes[FA_ET_COMPACT],
+    }

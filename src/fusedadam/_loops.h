@@ -20,35 +20,40 @@
 /* Per-step scalars, computed once in double by fa_step_scalars (_scalars.h), cast to the
  * array's dtype inside each loop (the same rounding as NumPy's dtype.type(x)). Each loop
  * kind reads the fields it needs; the others are 0. */
+#define FA_SCALAR_FIELDS(X)                                                                \
+    X(sign)             /* -1 when maximizing, else 1 */                                  \
+    X(weight_decay)     /* coupled (L2) coefficient; used only by the *_l2 kinds */      \
+    X(decay)            /* decoupled factor 1 - lr_t * weight_decay; 1 otherwise */      \
+    X(beta1)            /* the first moment's decay of this step */                       \
+    X(one_minus_beta1)                                                                    \
+    X(beta2)                                                                              \
+    X(one_minus_beta2)                                                                    \
+    X(step_size)        /* multiplies the numerator of the update */                      \
+    X(eps)              /* added to the denominator */                                    \
+    X(eps_root)         /* AdaBelief: added to the second moment itself */                \
+    X(grad_coef)        /* NAdam: multiplies g in the numerator */                        \
+    X(beta3)            /* AdEMAMix: the slow EMA's decay of this step; Adan: n's */      \
+    X(one_minus_beta3)                                                                    \
+    X(slow_coef)        /* AdEMAMix: multiplies the slow EMA in the numerator */          \
+    X(diff_coef)        /* Adan: multiplies the gradient-difference EMA */                \
+    X(prox)             /* Adan (proximal decay): the param is divided by it; else 1 */   \
+    X(first)            /* Adan: 1 on step 1 (the previous gradient is this one) */       \
+    X(clip)             /* ADOPT: |g / max(sqrt(v), eps)| <= clip; inf: no clip */        \
+    X(m_scale)          /* Adam-atan2: 1 / bc1, the first moment's bias correction */     \
+    X(v_scale)          /* Adam-atan2: b * b / bc2, under the square root */              \
+    X(bias_correction2) /* Schedule-Free: v is divided by it */                           \
+    X(lerp_weight)      /* Schedule-Free: y = base + lerp_weight * (z - y) ... */         \
+    X(lerp_from_end)    /* ... with base z when 1, y when 0 (torch's lerp) */             \
+    X(y_step)           /* Schedule-Free: y += y_step * gn */                             \
+    /* The per-tensor algorithms (LAMB, StableAdamW, cautious masking; see "Per-tensor    \
+     * kinds" below). lr and v_floor are per step; the rest is set per tensor by the     \
+     * engine. */                                                                         \
+    X(lr)               /* this step's learning rate */                                   \
+    X(v_floor)          /* StableAdamW: eps**2, the floor of v in the RMS */
+
+#define FA_SCALAR_DECLARE(name) double name;
 typedef struct {
-    double sign;             /* -1 when maximizing, else 1 */
-    double weight_decay;     /* coupled (L2) coefficient; used only by the *_l2 kinds */
-    double decay;            /* decoupled factor 1 - lr_t * weight_decay; 1 otherwise */
-    double beta1;            /* the first moment's decay of this step */
-    double one_minus_beta1;
-    double beta2;
-    double one_minus_beta2;
-    double step_size;        /* multiplies the numerator of the update */
-    double eps;              /* added to the denominator */
-    double eps_root;         /* AdaBelief: added to the second moment itself */
-    double grad_coef;        /* NAdam: multiplies g in the numerator */
-    double clip;             /* ADOPT: |g / max(sqrt(v), eps)| <= clip; inf: no clip */
-    double m_scale;          /* Adam-atan2: 1 / bc1, the first moment's bias correction */
-    double v_scale;          /* Adam-atan2: b * b / bc2, under the square root */
-    double beta3;            /* AdEMAMix: the slow EMA's decay of this step; Adan: n's */
-    double one_minus_beta3;
-    double slow_coef;        /* AdEMAMix: multiplies the slow EMA in the numerator */
-    double diff_coef;        /* Adan: multiplies the gradient-difference EMA */
-    double prox;             /* Adan (proximal decay): the param is divided by it; else 1 */
-    double first;            /* Adan: 1 on step 1 (the previous gradient is this one) */
-    double bias_correction2; /* Schedule-Free: v is divided by it */
-    double lerp_weight;      /* Schedule-Free: y = base + lerp_weight * (z - y) ... */
-    double lerp_from_end;    /* ... with base z when 1, y when 0 (torch's lerp) */
-    double y_step;           /* Schedule-Free: y += y_step * gn */
-    /* The per-tensor algorithms (LAMB, StableAdamW, cautious masking; see "Per-tensor
-     * kinds" below). lr and v_floor are per step; the rest is set per tensor by the engine. */
-    double lr;               /* this step's learning rate */
-    double v_floor;          /* StableAdamW: eps**2, the floor of v in the RMS */
+    FA_SCALAR_FIELDS(FA_SCALAR_DECLARE)
     double tensor_step;      /* phase 2: this tensor's step (lr * trust, clipped lr, mask scale) */
     double tensor_decay;     /* phase 2: this tensor's decoupled decay factor (StableAdamW) */
     double *acc;             /* phase 1: FA_TENSOR_SUMS x FA_TENSOR_LANES running lane sums */
@@ -56,6 +61,16 @@ typedef struct {
 
 /* one dense loop: a[] holds the slots' pointers (FA_PARAM, FA_GRAD, FA_STATE0 + j) */
 typedef void (*fa_loop_fn)(char *const *a, ptrdiff_t n, const fa_scalars *s);
+/* The per-step fields by name (what fa_step_scalars sets and reference.step_scalars
+ * twins), for the extension that hands them to Python. */
+typedef struct {
+    const char *name;
+    size_t offset;
+} fa_scalar_field;
+#define FA_SCALAR_ENTRY(name) {#name, offsetof(fa_scalars, name)},
+static const fa_scalar_field fa_scalar_fields[] = {FA_SCALAR_FIELDS(FA_SCALAR_ENTRY)};
+#define FA_SCALAR_COUNT(name) +1
+enum { FA_N_SCALAR_FIELDS = 0 FA_SCALAR_FIELDS(FA_SCALAR_COUNT) };
 
 /* Array slots of a loop call: the param, its gradient, then the state arrays in the order
  * of the algorithm's state names (fusedadam/_algorithms.py): at most FA_MAX_STATES (Adan's
@@ -576,6 +591,9 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
  * phase 1 did. */
 #define FA_TENSOR_SUMS 2
 #define FA_TENSOR_LANES 8
+/* The engine cuts a tensor into pieces of this many elements from its first (a multiple of
+ * FA_Q8_BLOCK: no 8-bit block is split); a tensor's sums add its pieces' in order. */
+#define FA_TENSOR_PIECE 16384
 
 /* The loop of a per-tensor body: STEP per element i. With SUM, STEP stores element i's
  * NSUMS quantities as q[j][ii] (ii = i - b, in blocks of FA_TENSOR_BLOCK from b); each block's are

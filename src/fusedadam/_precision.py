@@ -28,6 +28,8 @@ there would buy nothing.
 import ml_dtypes
 import numpy as np
 
+from fusedadam import _constants
+
 FLOAT32 = np.dtype(np.float32)
 FLOAT64 = np.dtype(np.float64)
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
@@ -47,7 +49,6 @@ MASTER = "master_param"
 MASTER_RESIDUAL = "master_residual"
 RESIDUAL_DTYPES = {"residual": INT16, "compact": INT8}
 MASTER_OPTIONS = ("float32",) + tuple(RESIDUAL_DTYPES)
-Q8_BLOCK = 256  # FA_Q8_BLOCK of _q8.h: elements per scale
 Q8_MIN_SIZE = 4096  # smaller params keep float32 moments under an 8-bit state_dtype
 SCALE_SUFFIX = "_absmax"
 
@@ -60,7 +61,7 @@ def scale_name(name):
 def state_shape(name, param):
     """The shape of state array ``name`` of ``param``: the param's, or one scale per block."""
     if name.endswith(SCALE_SUFFIX):
-        return (-(-param.size // Q8_BLOCK),)
+        return (-(-param.size // _constants.Q8_BLOCK),)
     return param.shape
 
 
@@ -128,3 +129,11 @@ def state_dtype(param_dtype, option, pname, size=Q8_MIN_SIZE):
     if option in Q8_CODE_DTYPES:
         return Q8_CODE_DTYPES[option] if size >= Q8_MIN_SIZE else FLOAT32
     return FLOAT32 if option == "float32" else BFLOAT16
+
+
+def __getattr__(name):
+    # Q8_BLOCK, as code written against this module spells it: the extension's number
+    # (fusedadam._constants owns it; read on use, not at import).
+    if name == "Q8_BLOCK":
+        return _constants.Q8_BLOCK
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

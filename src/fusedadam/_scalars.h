@@ -20,25 +20,46 @@ enum { FA_ALGORITHMS(FA_ALGO_ENUM) FA_N_ALGORITHMS };
 #define FA_ALGO_NAME(name) #name,
 static const char *const fa_algorithm_names[FA_N_ALGORITHMS] = {FA_ALGORITHMS(FA_ALGO_NAME)};
 
-/* A group's hyperparameters, as validated by fusedadam/_validation.py. */
+/* A group's hyperparameters, as validated by fusedadam/_validation.py: X(type, name) of
+ * every field but the algorithm, named as fusedadam/_algorithms.py::hyper_dict names them
+ * (the extension fills the struct from that dict by these names: fa_hyper_fields). */
+#define FA_HYPER_FIELDS(X)                                                                \
+    X(int, amsgrad) X(int, decoupled) X(int, maximize) X(int, bias_correction)           \
+    X(double, beta1) X(double, beta2) X(double, eps) X(double, eps_root)                 \
+    X(double, weight_decay) X(double, beta1_decay) X(double, momentum_decay)             \
+    X(double, beta3)          /* AdEMAMix: the slow EMA's decay; Adan: the third moment's */ \
+    X(double, alpha)          /* AdEMAMix: the slow EMA's weight */                      \
+    X(double, t_alpha_beta3)  /* AdEMAMix: warmup steps of alpha and beta3; 0: none */   \
+    X(int, no_prox)           /* Adan: decoupled decay p *= 1 - lr wd, not p /= 1 + lr wd */ \
+    X(int, adopt_clip)        /* ADOPT: clip the normalised gradient (clip_exp is not None) */ \
+    X(double, clip_exp)       /* ADOPT: the clip of step t is (t - 1)**clip_exp */       \
+    X(double, atan2_a) X(double, atan2_b) /* Adam-atan2: p -= lr a atan2(m^, b sqrt(v^)) */ \
+    X(double, warmup_steps) X(double, r) X(double, weight_lr_power) /* Schedule-Free */  \
+    X(int, silent_sgd_phase)  /* Schedule-Free RAdam */                                  \
+    /* the per-tensor algorithms: cautious masking (Adam, Lion, ADOPT), LAMB's options,  \
+     * StableAdamW's decouple_lr with its max_lr */                                      \
+    X(int, cautious) X(int, grad_averaging) X(int, trust_clip) X(int, always_adapt)      \
+    X(int, decouple_lr) X(double, max_lr)
+
+#define FA_HYPER_DECLARE(type, name) type name;
 typedef struct {
     int algorithm;
-    int amsgrad, decoupled, maximize, bias_correction;
-    double beta1, beta2, eps, eps_root, weight_decay, beta1_decay, momentum_decay;
-    double beta3;          /* AdEMAMix: the slow EMA's decay; Adan: the third moment's */
-    double alpha;          /* AdEMAMix: the slow EMA's weight */
-    double t_alpha_beta3;  /* AdEMAMix: warmup steps of alpha and beta3; 0: none */
-    int no_prox;           /* Adan: decoupled decay p *= 1 - lr wd, not p /= 1 + lr wd */
-    int adopt_clip;          /* ADOPT: clip the normalised gradient (clip_exp is not None) */
-    double clip_exp;         /* ADOPT: the clip of step t is (t - 1)**clip_exp */
-    double atan2_a, atan2_b; /* Adam-atan2: p -= lr a atan2(m^, b sqrt(v^)) */
-    double warmup_steps, r, weight_lr_power; /* Schedule-Free */
-    int silent_sgd_phase;                    /* Schedule-Free RAdam */
-    /* the per-tensor algorithms: cautious masking (Adam, Lion), LAMB's options,
-     * StableAdamW's decouple_lr with its max_lr */
-    int cautious, grad_averaging, trust_clip, always_adapt, decouple_lr;
-    double max_lr;
+    FA_HYPER_FIELDS(FA_HYPER_DECLARE)
 } fa_hyper;
+
+/* Every field of FA_HYPER_FIELDS by name: where it is and whether it is an int (a flag)
+ * or a double. */
+typedef struct {
+    const char *name;
+    int is_int;
+    size_t offset;
+} fa_hyper_field;
+#define FA_HYPER_IS_INT_int 1
+#define FA_HYPER_IS_INT_double 0
+#define FA_HYPER_ENTRY(type, name) {#name, FA_HYPER_IS_INT_##type, offsetof(fa_hyper, name)},
+static const fa_hyper_field fa_hyper_fields[] = {FA_HYPER_FIELDS(FA_HYPER_ENTRY)};
+#define FA_HYPER_COUNT(type, name) +1
+enum { FA_N_HYPER_FIELDS = 0 FA_HYPER_FIELDS(FA_HYPER_COUNT) };
 
 /* The per-param scalar state a step reads and writes besides its counter (the
  * registry's scalar_state, in order): NAdam's mu_product; Schedule-Free's lr_max and

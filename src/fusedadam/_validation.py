@@ -9,7 +9,7 @@ import numbers
 
 import numpy as np
 
-from fusedadam import _precision, reference
+from fusedadam import _constants, _precision, reference
 
 FLOAT_DTYPES = _precision.PARAM_DTYPES
 #: The smallest eps accepted: times sqrt(1 - beta2) >= 1e-8 it stays above float32's
@@ -357,7 +357,7 @@ def check_state_array(a, name, param, pname, dtype, shape=None):
         if a.shape != tuple(shape):
             raise ValueError(
                 f"{name} has shape {a.shape}; {pname} ({param.size} elements) has one scale "
-                f"per block of {_precision.Q8_BLOCK}: {tuple(shape)}"
+                f"per block of {_constants.Q8_BLOCK}: {tuple(shape)}"
             )
     elif a.shape != param.shape:
         raise ValueError(f"{name} has shape {a.shape}, but {pname} has {param.shape}")
@@ -568,7 +568,7 @@ def _convert_8bit(entry, dtypes, signed):
         target = dtypes.get(name)
         if _precision.is_q8(a.dtype) and target != a.dtype and scale in entry:
             absmax = np.asarray(entry.pop(scale), dtype=np.float32)
-            if absmax.shape != (-(-a.size // _precision.Q8_BLOCK),):
+            if absmax.shape != (-(-a.size // _constants.Q8_BLOCK),):
                 raise ValueError(f"{scale} has shape {absmax.shape} for {a.size} codes")
             a = entry[name] = reference.q8_dequantize(a, absmax, is_signed)
         if _precision.is_q8(target) and a.dtype in FLOAT_DTYPES:

@@ -12,22 +12,24 @@ a float32/float64 param): float32 arrays, or with ``master="residual"`` (``"comp
 bfloat16 params) int16 (int8) residual arrays, updated in place with the param.
 """
 
-from typing import Any, Dict, Optional, Sequence
+import inspect
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-from fusedadam import _algorithms, _precision, _validation
+from fusedadam import _algorithms, _generate, _precision, _validation
 from fusedadam._backend import resolve_backend
 from fusedadam.engine import Engine, Outcome
 from fusedadam.engine._plan import group_spec, hyper_spec
 
-__all__ = [
-    "adam", "adamw", "adamax", "nadam", "radam", "adabelief", "lion", "ademamix", "adan",
-    "adopt", "adam_atan2", "adamw_schedule_free", "radam_schedule_free", "lamb",
-    "stable_adamw", "resolve_backend",
-]  # fmt: skip
+# One function per optimizer class of the registry, generated (_function, at the end).
+__all__ = [entry.function for entry in _algorithms.CLASSES.values()] + ["resolve_backend"]
 
 Arrays = Sequence[np.ndarray]
+
+if TYPE_CHECKING:  # the generated functions, as a type checker sees them
+
+    def __getattr__(name: str) -> Callable[..., bool]: ...
 
 
 def _step(
@@ -92,341 +94,119 @@ def _step(
     return outcome != Outcome.SKIPPED
 
 
-def _adam_states(exp_avgs, exp_avg_sqs, max_exp_avg_sqs, beta1, beta2, options):
-    """Adam's and AdamW's state arrays by name (AMSGrad when ``max_exp_avg_sqs`` is given);
-    their options completed with ``betas`` and ``amsgrad``."""
-    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
-    if max_exp_avg_sqs is not None:
-        states["max_exp_avg_sq"] = max_exp_avg_sqs
-    options.update(betas=(beta1, beta2), amsgrad=max_exp_avg_sqs is not None)
-    return states
+_P = inspect.Parameter
 
 
-def adam(
-    params: Arrays,
-    grads: Any,
-    exp_avgs: Arrays,
-    exp_avg_sqs: Arrays,
-    max_exp_avg_sqs: Optional[Arrays] = None,
-    *,
-    step: int,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    **options: Any,
-) -> bool:
-    """One Adam, AdamW or AMSGrad step over lists of arrays, in place.
-
-    Parameters
-    ----------
-    params : sequence of ndarray
-        float32/float64, C-contiguous, writeable; updated in place.
-    grads : ndarray or sequence of ndarray
-        One gradient per param, same dtype and shape; read only.
-    exp_avgs, exp_avg_sqs : sequence of ndarray
-        First and second moment estimates ``m`` and ``v``, shaped like the params.
-    max_exp_avg_sqs : sequence of ndarray, optional
-        Running maxima of ``v``; given means AMSGrad.
-    step : int
-        The number ``t >= 1`` of this update (bias correction and ``lr(t)`` use it).
-    beta1, beta2 : float
-        ``betas`` of :class:`fusedadam.Adam`.
-    **options
-        Any other argument of :class:`fusedadam.Adam` (``lr``, ``eps``, ``weight_decay``,
-        ``decoupled_weight_decay``, ...), with its defaults.
-
-    Returns
-    -------
-    bool
-        True when the step was taken, False when ``nonfinite="skip"`` skipped it.
-    """
-    states = _adam_states(exp_avgs, exp_avg_sqs, max_exp_avg_sqs, beta1, beta2, options)
-    return _step("Adam", params, grads, states, step, options)
+def _state_doc(name, algorithm):
+    if name in algorithm.from_param:
+        return f"The ``{name}`` state of each param (a copy of it before the first step)"
+    return f"The ``{name}`` state of each param (zero before the first step)"
 
 
-def adamw(
-    params: Arrays,
-    grads: Any,
-    exp_avgs: Arrays,
-    exp_avg_sqs: Arrays,
-    max_exp_avg_sqs: Optional[Arrays] = None,
-    *,
-    step: int,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    **options: Any,
-) -> bool:
-    """One AdamW step: :func:`adam` with :class:`fusedadam.AdamW`'s defaults (decoupled
-    weight decay, ``weight_decay=1e-2``)."""
-    states = _adam_states(exp_avgs, exp_avg_sqs, max_exp_avg_sqs, beta1, beta2, options)
-    return _step("AdamW", params, grads, states, step, options)
+def _docstring(optimizer, algorithm, entry, n_betas):
+    """numpydoc of the function of ``optimizer``: what every one says, and the registry's
+    note on this one."""
+    lines = [f"One {optimizer} step over lists of arrays, in place.", ""]
+    if entry.function_doc:
+        lines += [entry.function_doc, ""]
+    lines += [
+        "Parameters",
+        "----------",
+        "params : sequence of ndarray",
+        "    float32/float64 (bfloat16/float16 with ``masters=[...]``), C-contiguous, "
+        "writeable; updated in place.",
+        "grads : ndarray or sequence of ndarray",
+        "    One gradient per param, shaped like it; read only.",
+    ]
+    for name in algorithm.state_names:
+        lines += [
+            f"{name}s : sequence of ndarray",
+            f"    {_state_doc(name, algorithm)}, updated in place.",
+        ]
+    for name, initial in algorithm.scalar_state:
+        lines += [
+            f"{name}s : sequence of ndarray",
+            f"    Each param's ``{name}`` as a writeable 0-d float64 array "
+            f"(``np.full((), {initial!r})`` before the first step), updated in place.",
+        ]
+    for name, flag in algorithm.optional_state:
+        lines += [
+            f"{name}s : sequence of ndarray, optional",
+            f"    {_state_doc(name, algorithm)}; given means ``{flag}=True``.",
+        ]
+    betas = ", ".join(f"beta{i + 1}" for i in range(n_betas))
+    lines += [
+        "step : int",
+        "    The number ``t >= 1`` of this update (bias correction and ``lr(t)`` use it).",
+        f"{betas} : float",
+        f"    ``betas`` of :class:`fusedadam.{optimizer}`.",
+        "**options",
+        f"    Any other argument of :class:`fusedadam.{optimizer}`, with its defaults; "
+        "``masters`` for bfloat16/float16 params.",
+        "",
+        "Returns",
+        "-------",
+        "bool",
+        '    True when the step was taken, False when ``nonfinite="skip"`` skipped it.',
+    ]
+    return "\n".join(lines)
 
 
-def adamax(
-    params: Arrays,
-    grads: Any,
-    exp_avgs: Arrays,
-    exp_infs: Arrays,
-    *,
-    step: int,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    **options: Any,
-) -> bool:
-    """One Adamax step (Adam paper, Algorithm 2) over lists of arrays, in place.
-
-    ``exp_infs`` holds ``u``; ``options`` are the other arguments of
-    :class:`fusedadam.Adamax`; the rest is as in :func:`adam`.
-    """
-    options.update(betas=(beta1, beta2))
-    return _step("Adamax", params, grads, {"exp_avg": exp_avgs, "exp_inf": exp_infs}, step, options)
-
-
-def nadam(
-    params: Arrays,
-    grads: Any,
-    exp_avgs: Arrays,
-    exp_avg_sqs: Arrays,
-    mu_products: Arrays,
-    *,
-    step: int,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    **options: Any,
-) -> bool:
-    """One NAdam step over lists of arrays, in place.
-
-    ``mu_products`` holds each param's running product ``mu_1 ... mu_{t-1}`` as a writeable
-    0-d float64 array (``np.ones(())`` before the first step), updated in place;
-    ``options`` are the other arguments of :class:`fusedadam.NAdam`.
-    """
-    for k, mu in enumerate(mu_products):
-        _validation.check_step_array(mu, f"mu_products[{k}]", np.float64)
-    options.update(betas=(beta1, beta2))
-    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs, "mu_product": mu_products}
-    return _step("NAdam", params, grads, states, step, options)
-
-
-def radam(
-    params: Arrays,
-    grads: Any,
-    exp_avgs: Arrays,
-    exp_avg_sqs: Arrays,
-    *,
-    step: int,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    **options: Any,
-) -> bool:
-    """One RAdam step over lists of arrays, in place (``options``: :class:`fusedadam.RAdam`)."""
-    options.update(betas=(beta1, beta2))
-    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
-    return _step("RAdam", params, grads, states, step, options)
+def _function(optimizer):
+    """The function of ``optimizer`` (a class name of the registry): its state arrays as
+    lists named after them (``exp_avgs``, ...), then the per-param scalar state and the
+    optional state, ``step`` and the betas one by one, as torch's ``adam()``."""
+    name, defaults = _algorithms.DEFAULTS[optimizer]
+    algorithm = _algorithms.ALGORITHMS[name]
+    entry = _algorithms.CLASSES[optimizer]
+    betas = defaults["betas"]
+    carried = [f"{state}s" for state, _ in algorithm.scalar_state]
+    parameters = (
+        [_P("params", _P.POSITIONAL_OR_KEYWORD, annotation=Arrays)]
+        + [_P("grads", _P.POSITIONAL_OR_KEYWORD, annotation=Any)]
+        + [
+            _P(f"{state}s", _P.POSITIONAL_OR_KEYWORD, annotation=Arrays)
+            for state in algorithm.state_names + tuple(s for s, _ in algorithm.scalar_state)
+        ]
+        + [
+            _P(f"{state}s", _P.POSITIONAL_OR_KEYWORD, default=None, annotation=Optional[Arrays])
+            for state, _ in algorithm.optional_state
+        ]
+        + [_P("step", _P.KEYWORD_ONLY, annotation=int)]
+        + [
+            _P(f"beta{i + 1}", _P.KEYWORD_ONLY, default=beta, annotation=float)
+            for i, beta in enumerate(betas)
+        ]
+        + [_P("options", _P.VAR_KEYWORD, annotation=Any)]
+    )
+    states = ", ".join(
+        f"{state!r}: {state}s"
+        for state in algorithm.state_names + tuple(s for s, _ in algorithm.scalar_state)
+    )
+    body = [f"_check_carried({arrays}, {arrays!r})" for arrays in carried]
+    body.append(f"_states = {{{states}}}")
+    flags = ""
+    for state, flag in algorithm.optional_state:
+        body += [f"if {state}s is not None:", f"    _states[{state!r}] = {state}s"]
+        flags += f", {flag}={state}s is not None"
+    beta_names = ", ".join(f"beta{i + 1}" for i in range(len(betas)))
+    body.append(f"options.update(betas=({beta_names},){flags})")
+    body.append(f"return _step({optimizer!r}, params, grads, _states, step, options)")
+    return _generate.define(
+        entry.function,
+        inspect.Signature(parameters, return_annotation=bool),
+        "\n".join(body),
+        {"_step": _step, "_check_carried": _check_carried},
+        __name__,
+        _docstring(optimizer, algorithm, entry, len(betas)),
+    )
 
 
-def adabelief(
-    params: Arrays,
-    grads: Any,
-    exp_avgs: Arrays,
-    exp_avg_vars: Arrays,
-    *,
-    step: int,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    **options: Any,
-) -> bool:
-    """One AdaBelief step over lists of arrays, in place; ``exp_avg_vars`` holds ``s``
-    (``options``: :class:`fusedadam.AdaBelief`)."""
-    options.update(betas=(beta1, beta2))
-    states = {"exp_avg": exp_avgs, "exp_avg_var": exp_avg_vars}
-    return _step("AdaBelief", params, grads, states, step, options)
+def _check_carried(arrays, name):
+    """Per-param scalar state is given as writeable 0-d float64 arrays."""
+    for k, value in enumerate(arrays):
+        _validation.check_step_array(value, f"{name}[{k}]", np.float64)
 
 
-def lion(
-    params: Arrays,
-    grads: Any,
-    exp_avgs: Arrays,
-    *,
-    step: int,
-    beta1: float = 0.9,
-    beta2: float = 0.99,
-    **options: Any,
-) -> bool:
-    """One Lion step over lists of arrays, in place (``options``: :class:`fusedadam.Lion`).
-    ``step`` only numbers the update for ``lr(t)``: Lion has no bias correction."""
-    options.update(betas=(beta1, beta2))
-    return _step("Lion", params, grads, {"exp_avg": exp_avgs}, step, options)
-
-
-def lamb(
-    params: Arrays,
-    grads: Any,
-    exp_avgs: Arrays,
-    exp_avg_sqs: Arrays,
-    *,
-    step: int,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    **options: Any,
-) -> bool:
-    """One LAMB step over lists of arrays, in place; each array is one tensor of the trust
-    ratio (``options``: :class:`fusedadam.Lamb`)."""
-    options.update(betas=(beta1, beta2))
-    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
-    return _step("Lamb", params, grads, states, step, options)
-
-
-def stable_adamw(
-    params: Arrays,
-    grads: Any,
-    exp_avgs: Arrays,
-    exp_avg_sqs: Arrays,
-    *,
-    step: int,
-    beta1: float = 0.9,
-    beta2: float = 0.99,
-    **options: Any,
-) -> bool:
-    """One StableAdamW step over lists of arrays, in place; each array's RMS clips its own
-    learning rate (``options``: :class:`fusedadam.StableAdamW`; with ``decouple_lr=True``
-    pass ``max_lr``)."""
-    options.update(betas=(beta1, beta2))
-    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
-    return _step("StableAdamW", params, grads, states, step, options)
-
-
-def adamw_schedule_free(
-    params: Arrays,
-    grads: Any,
-    zs: Arrays,
-    exp_avg_sqs: Arrays,
-    lr_maxs: Arrays,
-    weight_sums: Arrays,
-    *,
-    step: int,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    **options: Any,
-) -> bool:
-    """One Schedule-Free AdamW step over lists of arrays, in place (``options``:
-    :class:`fusedadam.AdamWScheduleFree`).
-
-    ``params`` hold ``y``; ``zs`` start as copies of the params, ``exp_avg_sqs`` at zero;
-    ``lr_maxs`` and ``weight_sums`` are each param's writeable 0-d float64 running
-    ``lr_max`` (``np.full((), -1.0)`` before the first step) and ``weight_sum``
-    (``np.zeros(())``), updated in place. The average is
-    ``x = (y - (1 - beta1) z) / beta1`` (what ``AdamWScheduleFree.eval()`` puts in the
-    params).
-    """
-    for k, (lr_max, weight_sum) in enumerate(zip(lr_maxs, weight_sums)):
-        _validation.check_step_array(lr_max, f"lr_maxs[{k}]", np.float64)
-        _validation.check_step_array(weight_sum, f"weight_sums[{k}]", np.float64)
-    options.update(betas=(beta1, beta2))
-    states = {"z": zs, "exp_avg_sq": exp_avg_sqs, "lr_max": lr_maxs, "weight_sum": weight_sums}
-    return _step("AdamWScheduleFree", params, grads, states, step, options)
-
-
-def radam_schedule_free(
-    params: Arrays,
-    grads: Any,
-    zs: Arrays,
-    exp_avg_sqs: Arrays,
-    lr_maxs: Arrays,
-    weight_sums: Arrays,
-    *,
-    step: int,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    **options: Any,
-) -> bool:
-    """One Schedule-Free RAdam step over lists of arrays, in place (the arrays as
-    :func:`adamw_schedule_free`; ``options``: :class:`fusedadam.RAdamScheduleFree`)."""
-    for k, (lr_max, weight_sum) in enumerate(zip(lr_maxs, weight_sums)):
-        _validation.check_step_array(lr_max, f"lr_maxs[{k}]", np.float64)
-        _validation.check_step_array(weight_sum, f"weight_sums[{k}]", np.float64)
-    options.update(betas=(beta1, beta2))
-    states = {"z": zs, "exp_avg_sq": exp_avg_sqs, "lr_max": lr_maxs, "weight_sum": weight_sums}
-    return _step("RAdamScheduleFree", params, grads, states, step, options)
-
-
-def ademamix(
-    params: Arrays,
-    grads: Any,
-    exp_avgs: Arrays,
-    exp_avg_sqs: Arrays,
-    exp_avg_slows: Arrays,
-    *,
-    step: int,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    beta3: float = 0.9999,
-    **options: Any,
-) -> bool:
-    """One AdEMAMix step over lists of arrays, in place; ``exp_avg_slows`` holds the slow
-    EMA (``options``: :class:`fusedadam.AdEMAMix`; ``step`` also drives the
-    ``t_alpha_beta3`` warmup)."""
-    options.update(betas=(beta1, beta2, beta3))
-    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs, "exp_avg_slow": exp_avg_slows}
-    return _step("AdEMAMix", params, grads, states, step, options)
-
-
-def adan(
-    params: Arrays,
-    grads: Any,
-    exp_avgs: Arrays,
-    exp_avg_sqs: Arrays,
-    exp_avg_diffs: Arrays,
-    neg_pre_grads: Arrays,
-    *,
-    step: int,
-    beta1: float = 0.98,
-    beta2: float = 0.92,
-    beta3: float = 0.99,
-    **options: Any,
-) -> bool:
-    """One Adan step over lists of arrays, in place (``options``: :class:`fusedadam.Adan`).
-    ``neg_pre_grads`` holds ``-g`` of the previous step and is overwritten with this step's;
-    at ``step=1`` it is not read (the previous gradient is taken to be this one, as timm)."""
-    options.update(betas=(beta1, beta2, beta3))
-    states = {
-        "exp_avg": exp_avgs,
-        "exp_avg_sq": exp_avg_sqs,
-        "exp_avg_diff": exp_avg_diffs,
-        "neg_pre_grad": neg_pre_grads,
-    }
-    return _step("Adan", params, grads, states, step, options)
-
-
-def adopt(
-    params: Arrays,
-    grads: Any,
-    exp_avgs: Arrays,
-    exp_avg_sqs: Arrays,
-    *,
-    step: int,
-    beta1: float = 0.9,
-    beta2: float = 0.9999,
-    **options: Any,
-) -> bool:
-    """One ADOPT step over lists of arrays, in place (``options``: :class:`fusedadam.ADOPT`).
-    ``step=1`` only sets ``exp_avg_sqs`` to ``g * g`` (the params do not move)."""
-    options.update(betas=(beta1, beta2))
-    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
-    return _step("ADOPT", params, grads, states, step, options)
-
-
-def adam_atan2(
-    params: Arrays,
-    grads: Any,
-    exp_avgs: Arrays,
-    exp_avg_sqs: Arrays,
-    *,
-    step: int,
-    beta1: float = 0.9,
-    beta2: float = 0.99,
-    **options: Any,
-) -> bool:
-    """One Adam-atan2 step over lists of arrays, in place (``options``:
-    :class:`fusedadam.AdamAtan2`)."""
-    options.update(betas=(beta1, beta2))
-    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
-    return _step("AdamAtan2", params, grads, states, step, options)
+for _optimizer in _algorithms.CLASSES:
+    globals()[_algorithms.CLASSES[_optimizer].function] = _function(_optimizer)

@@ -15,6 +15,8 @@ from typing import Any, Callable, Dict, List, Tuple
 import ml_dtypes
 import numpy as np
 
+from fusedadam import _constants
+
 __all__ = [
     "step_scalars",
     "run",
@@ -61,12 +63,9 @@ def step_scalars(hyper, t, lr, carry=1.0):
     """
     single = not isinstance(carry, (tuple, list))
     carry_in = (float(carry),) if single else tuple(float(c) for c in carry)
-    carry_in = carry_in + (1.0,) * (_MAX_CARRY - len(carry_in))
+    carry_in = carry_in + (1.0,) * (_constants.MAX_CARRY - len(carry_in))
     kind, s, after = _step_scalars(hyper, t, lr, carry_in)
     return kind, s, after[0] if single else after[: len(carry)]
-
-
-_MAX_CARRY = 2  # FA_MAX_CARRY
 
 
 def _step_scalars(hyper, t, lr, carry):
@@ -641,19 +640,18 @@ def probe_update(param, grad, *states):
 # writes the update; ``_tensor_step`` sums those quantities per piece in the kernel's lane
 # order, then over the pieces in order, and forms the scalars as fa_tensor_scalars.
 
-TENSOR_PIECE = 16384  # FA_TENSOR_PIECE of _kernels.pyx
-
 
 def tensor_pieces(size):
     """``[(start, stop)]``: the pieces of a tensor of ``size`` elements, ``TENSOR_PIECE``
     each from its first element (the last one shorter), as _kernels.pyx cuts it."""
-    return [(lo, min(lo + TENSOR_PIECE, size)) for lo in range(0, size, TENSOR_PIECE)]
+    piece = _constants.TENSOR_PIECE
+    return [(lo, min(lo + piece, size)) for lo in range(0, size, piece)]
 
 
 def _piece_sum(values):
     """One piece's sum: lane j sums elements j, j + 8, ... in order; then the lanes."""
     total = 0.0
-    for value in _lane_sums(values).tolist():
+    for value in _lane_sums(values, _constants.TENSOR_LANES).tolist():
         total += value
     return total
 
@@ -852,7 +850,6 @@ _KINDS: Dict[str, Tuple[Callable[..., None], int]] = {
 # The twin of the 8-bit maps of _q8.h (see there for the format): the same integer work
 # on the same bits, so codes and scales agree bit for bit.
 
-Q8_BLOCK = 256  # FA_Q8_BLOCK
 _Q8_M = 3
 
 
@@ -896,7 +893,7 @@ def q8_dequantize(codes, absmax, signed):
     table = q8c_values(signed) if flat.dtype == np.int8 else q8_values(signed)
     flat = flat.view(np.uint8)
     y = table[flat]
-    scale = np.repeat(np.asarray(absmax, np.float32), Q8_BLOCK)[: flat.size]
+    scale = np.repeat(np.asarray(absmax, np.float32), _constants.Q8_BLOCK)[: flat.size]
     return np.where(q8_nonfinite(flat, signed), y, y * scale).reshape(np.shape(codes))
 
 
@@ -909,10 +906,10 @@ def q8_quantize(values, signed, companded=False):
     absmax; ties away from zero; the sign bit for the signed map unless the magnitude is 0),
     and each inf or NaN its own code (``q8_nonfinite``): it stays in its element."""
     v = np.asarray(values, dtype=np.float32).reshape(-1)
-    n_blocks = -(-v.size // Q8_BLOCK)
-    flat = np.zeros(n_blocks * Q8_BLOCK, dtype=np.float32)
+    n_blocks = -(-v.size // _constants.Q8_BLOCK)
+    flat = np.zeros(n_blocks * _constants.Q8_BLOCK, dtype=np.float32)
     flat[: v.size] = v
-    blocks = flat.reshape(n_blocks, Q8_BLOCK)
+    blocks = flat.reshape(n_blocks, _constants.Q8_BLOCK)
     words = blocks.view(np.uint32)
     magnitude = words & np.uint32(0x7FFFFFFF)
     finite = magnitude < np.uint32(0x7F800000)
@@ -1122,15 +1119,14 @@ def chunk_size(total, grain):
     return k
 
 
-_LANES = 8  # FA_NORM_LANES of _gradscan.h
-
-
-def _lane_sums(part):
-    """Lane j of a part: the sum, in order, of its elements j, j + 8, j + 16, ..."""
-    full = part.size - part.size % _LANES
-    lanes = np.zeros(_LANES)
+def _lane_sums(part, n_lanes=None):
+    """Lane j of a part: the sum, in order, of its elements j, j + n_lanes, ... (the
+    gradient norm's lanes unless ``n_lanes`` says otherwise)"""
+    n_lanes = _constants.NORM_LANES if n_lanes is None else n_lanes
+    full = part.size - part.size % n_lanes
+    lanes = np.zeros(n_lanes)
     if full:
-        lanes = np.add.reduce(part[:full].reshape(-1, _LANES), axis=0)
+        lanes = np.add.reduce(part[:full].reshape(-1, n_lanes), axis=0)
     tail = part[full:]
     lanes[: tail.size] += tail
     return lanes
@@ -1239,3 +1235,11 @@ def sparse_adam_update(param, exp_avg, exp_avg_sq, values, rows, order, starts, 
     denom = np.sqrt(v_new)
     denom += eps
     param[rows] = param[rows] - step_size * (m_new / denom)
+
+
+def __getattr__(name):
+    # Q8_BLOCK and TENSOR_PIECE, as code written against this module spells them: the
+    # extension's numbers (fusedadam._constants owns them; read on use, not at import).
+    if name in ("Q8_BLOCK", "TENSOR_PIECE"):
+        return getattr(_constants, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

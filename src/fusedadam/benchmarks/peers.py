@@ -1,10 +1,11 @@
 """The implementations a benchmark times, all in one process: fusedadam and its peers.
 
 ``ALGORITHMS`` is the data the whole benchmark is driven by: one line per algorithm says
-which fusedadam class and options run it, which compiled loop it uses, how many arrays a
-step moves, and what the peers call it. Adding an algorithm (NAdam, RAdam, ...) is one
-line there. A peer that is not importable, or has no such algorithm, is skipped with a
-note, never an error.
+which fusedadam class and options run it, how many arrays a step moves, and what the peers
+call it. Every optimizer class of the registry (``_algorithms.CLASSES``) has one: those
+without a line below get one under their functional name, with no peers and the arrays
+their state moves. A peer that is not importable, or has no such algorithm, is skipped
+with a note, never an error.
 
 Implementations (``IMPLS``):
 
@@ -33,6 +34,7 @@ from typing import Optional
 
 import numpy as np
 
+from fusedadam import _algorithms
 from fusedadam.benchmarks import roofline
 
 __all__ = [
@@ -64,7 +66,8 @@ class Algorithm:
         Arrays read plus arrays written per element of a step (p, g, m, v in; p, m, v
         out is 7): the compulsory traffic GB/s is computed from, and the arrays the roofline
         probe moves (2k + 3 for k state arrays; an even count is scaled from the odd one
-        below it, see ``probe_shape``).
+        below it, see ``probe_shape``). 0 (the default): 2k + 3 for the k state arrays the
+        registry gives the class with these options (an elementwise algorithm's pass).
     torch_class : str or None
         Name in ``torch.optim``; None: no torch peer.
     deepspeed : dict or None
@@ -78,11 +81,23 @@ class Algorithm:
 
     fa_class: str
     options: dict = field(default_factory=dict)
-    arrays_moved: int = 7
+    arrays_moved: int = 0
     torch_class: Optional[str] = None
     deepspeed: Optional[dict] = None
     reference: Optional[str] = None
     reference_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.arrays_moved:
+            object.__setattr__(self, "arrays_moved", _one_pass_arrays(self.fa_class, self.options))
+
+
+def _one_pass_arrays(fa_class, options):
+    """p, g and the k state arrays read, p and the k state arrays written: 2k + 3."""
+    entry = _algorithms.DEFAULTS.get(fa_class)
+    if entry is None:  # not a class of this version (the benchmark skips it)
+        return 7
+    return 2 * len(_algorithms.ALGORITHMS[entry[0]].slot_names(options)) + 3
 
 
 ALGORITHMS = {
@@ -93,16 +108,16 @@ ALGORITHMS = {
         torch_class="AdamW",
         deepspeed={"adamw_mode": True, "weight_decay": WEIGHT_DECAY},
     ),
-    "amsgrad": Algorithm("Adam", {"amsgrad": True}, arrays_moved=9, torch_class="Adam"),
+    "amsgrad": Algorithm("Adam", {"amsgrad": True}, torch_class="Adam"),
     "adamax": Algorithm("Adamax", torch_class="Adamax"),
     "nadam": Algorithm("NAdam", torch_class="NAdam"),
     "radam": Algorithm("RAdam", torch_class="RAdam"),
     "adabelief": Algorithm("AdaBelief"),
-    "lion": Algorithm("Lion", arrays_moved=5),  # p, g, m in; p, m out
+    "lion": Algorithm("Lion"),
     "adopt": Algorithm("ADOPT", reference="timm.optim.adopt:Adopt"),
     "adam_atan2": Algorithm("AdamAtan2", reference="adam_atan2_pytorch:AdamAtan2"),
-    "ademamix": Algorithm("AdEMAMix", arrays_moved=9, reference="pytorch_optimizer:AdEMAMix"),
-    "adan": Algorithm("Adan", arrays_moved=11, reference="timm.optim.adan:Adan"),
+    "ademamix": Algorithm("AdEMAMix", reference="pytorch_optimizer:AdEMAMix"),
+    "adan": Algorithm("Adan", reference="timm.optim.adan:Adan"),
     # per-tensor kinds on a tensor larger than a piece (16384 elements): phase 1 reads, then
     # phase 2 reads and writes (docs/algorithms_per_tensor.md; smaller tensors move 7)
     "lamb": Algorithm("Lamb", arrays_moved=11, reference="timm.optim.lamb:Lamb"),
@@ -128,6 +143,11 @@ ALGORITHMS = {
         "RAdamScheduleFree", reference="schedulefree:RAdamScheduleFree"
     ),
 }
+# Every other class of the registry, under its functional name: fusedadam, its NumPy twin
+# and the roofline (no peers).
+for _name, _entry in _algorithms.CLASSES.items():
+    if not any(algorithm.fa_class == _name for algorithm in ALGORITHMS.values()):
+        ALGORITHMS[_entry.function] = Algorithm(_name)
 
 PEERS = ("numpy", "torch-single", "torch-foreach", "torch-fused", "deepspeed", "reference")
 IMPLS = ("fusedadam", "fusedadam-kernel", "roofline") + PEERS

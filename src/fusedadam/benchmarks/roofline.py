@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from fusedadam import functional
-from fusedadam._backend import _kernels, compiled_available
+from fusedadam._backend import _kernels, _testing, compiled_available
 
 __all__ = [
     "compiled_available",
@@ -52,14 +52,14 @@ def kernel_step(optimizer, grads):
 
 def roofline_step(params, grads, n_state_arrays, n_threads):
     """The probe loop over ``params`` and ``grads`` with ``n_state_arrays`` state arrays."""
-    if _kernels is None:
+    if _kernels is None or _testing is None:
         raise RuntimeError("the compiled extension is not built: no roofline probe")
     if not 1 <= n_state_arrays <= _kernels.MAX_STATE_SLOTS:
         raise RuntimeError(
             f"the probe moves 1 to {_kernels.MAX_STATE_SLOTS} state arrays, not {n_state_arrays}"
         )
     states = [[np.zeros_like(p) for p in params] for _ in range(n_state_arrays)]
-    probe = _kernels.Probe(list(params), list(grads), *states)
+    probe = _testing.Probe(list(params), list(grads), *states)
     return lambda: probe.run(n_threads)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fusedadam import _precision, _validation, reference
+from fusedadam import _constants, _precision, _validation, reference
 from fusedadam.engine import _rules
 from fusedadam.engine._policy import NonFinitePolicy, Outcome, needs_scan, nonfinite_outcome
 
@@ -20,7 +20,6 @@ __all__ = ["Engine", "GroupPlan"]
 
 _STATE0 = 2
 _MISSING = object()
-_GRAIN = 16384  # FA_POOL_GRAIN: elements per chunk, which orders the norm's sum
 
 
 class GroupPlan:
@@ -229,7 +228,7 @@ class Engine:
             outcome = Outcome.RAN
             for plan in self.plans:
                 if plan.scans:
-                    found = plan.scan(_GRAIN)
+                    found = plan.scan(_constants.POOL_GRAIN)  # the chunks order the norm's sum
                     if found >= 0 and plan.nonfinite != NonFinitePolicy.IGNORE:
                         error = functools.partial(self._error, plan, found)
                         outcome = nonfinite_outcome(plan.nonfinite, error)
