@@ -293,16 +293,9 @@ class Optimizer:
     def _settle(self, outcome, grads, grad_scale):
         """Act on an engine outcome other than RAN: plan again (and step), count a
         skipped step, attach the state a first step created."""
-        for _ in range(3):  # a replan and a hyperparameter refresh at most, then a step
-            if outcome == Outcome.PLAN:
-                self._plan()
-            elif outcome == Outcome.HYPER:
-                self._refresh_hyper()
-            else:
-                break
-            outcome = self._engine.step(grads, grad_scale)
-        else:
-            raise RuntimeError(f"fusedadam internal error: the engine still asks for {outcome!r}")
+        outcome = _rules.settle(
+            self._engine, outcome, grads, grad_scale, self._plan, self._refresh_hyper
+        )
         if outcome == Outcome.SKIPPED:
             self.skipped_steps += 1
         elif outcome == Outcome.RAN_NEW_STATE:

@@ -2,13 +2,17 @@
 
 ``learning_rate``: the rate of step ``t`` from a group's validated ``lr`` (a float, or a
 callable checked at every call). ``count``: the step counted once per distinct counter.
+``settle``: what a front end does when the engine asks for a new plan or new
+hyperparameters instead of running.
 """
 
 import math
 
 from fusedadam import _validation
 
-__all__ = ["learning_rate", "checked_rate", "count"]
+from fusedadam.engine._policy import Outcome
+
+__all__ = ["learning_rate", "checked_rate", "count", "settle"]
 
 
 def checked_rate(value, t):
@@ -35,3 +39,20 @@ def count(step_arrays, mu_arrays=None, mu_after=None):
         if mu_arrays is not None:
             for array, value in zip(mu_arrays[k], mu_after):
                 array[...] = value
+
+
+def settle(engine, outcome, grads, grad_scale, replan, refresh_hyper):
+    """Step ``engine`` again after ``outcome`` asked for a new plan (``replan()``) or new
+    hyperparameters (``refresh_hyper()``): at most one of each, then the step's own
+    outcome (RAN, RAN_NEW_STATE or SKIPPED) for the front end to act on."""
+    for _ in range(3):
+        if outcome == Outcome.PLAN:
+            replan()
+        elif outcome == Outcome.HYPER:
+            refresh_hyper()
+        else:
+            return outcome
+        outcome = engine.step(grads, grad_scale)
+    if outcome in (Outcome.PLAN, Outcome.HYPER):
+        raise RuntimeError(f"fusedadam internal error: the engine still asks for {outcome!r}")
+    return outcome

@@ -10,7 +10,7 @@ import numpy as np
 from fusedadam import _precision, _validation
 from fusedadam.engine._plan import state_dtypes
 
-__all__ = ["checked_state"]
+__all__ = ["checked_entry", "checked_state"]
 
 
 def checked_state(algorithm, param_groups, state_dict, convert, check_group_hyper):
@@ -55,33 +55,40 @@ def checked_state(algorithm, param_groups, state_dict, convert, check_group_hype
     return new_groups, new_state
 
 
+def checked_entry(algorithm, entry, p, group, pname, where, convert):
+    """``(step, arrays, scalars)`` of one param's saved state ``entry``, checked against
+    param ``p`` (an ndarray) under ``group``'s options (its optional-state flags,
+    ``state_dtype`` and ``master``): the arrays in this front end's dtypes (cast with
+    ``convert``). ``pname`` names the entry in messages, ``where`` the param."""
+    required = algorithm.state_names
+    required = required + tuple(name for name, flag in algorithm.optional_state if group.get(flag))
+    optional = tuple(name for name, _ in algorithm.optional_state if name not in required)
+    dtypes = state_dtypes(algorithm, p, group.get("state_dtype"), where, group.get("master"))
+    master = tuple(n for n in (_precision.MASTER, _precision.MASTER_RESIDUAL) if n in dtypes)
+    scales = [_precision.scale_name(name) for name in required + optional]
+    signed = algorithm.signed_state(algorithm.all_state_names())
+    return _validation.check_saved_state(
+        entry,
+        p,
+        required + master + tuple(s for s in scales[: len(required)] if s in dtypes),
+        optional + tuple(s for s in scales[len(required) :] if s in dtypes),
+        algorithm.scalar_state,
+        dtypes,
+        convert,
+        pname,
+        dict(zip(algorithm.all_state_names(), signed)),
+    )
+
+
 def _saved_entries(algorithm, saved, saved_state, group, merged, index, convert):
     """Checked ``(param, step, arrays, scalars)`` of one group's saved entries."""
-    required = algorithm.state_names
-    optional = tuple(name for name, _ in algorithm.optional_state)
-    required = required + tuple(name for name, flag in algorithm.optional_state if merged.get(flag))
-    optional = tuple(name for name in optional if name not in required)
     entries = []
     for k, (saved_id, p) in enumerate(zip(saved["params"], group["params"])):
         if saved_id not in saved_state:
             continue
         pname = f"state_dict['state'][{saved_id!r}] (params[{index + k}])"
-        dtypes = state_dtypes(
-            algorithm, p, merged.get("state_dtype"), f"params[{index + k}]", merged.get("master")
-        )
-        master = tuple(n for n in (_precision.MASTER, _precision.MASTER_RESIDUAL) if n in dtypes)
-        scales = [_precision.scale_name(name) for name in required + optional]
-        signed = algorithm.signed_state(algorithm.all_state_names())
-        step, arrays, scalars = _validation.check_saved_state(
-            saved_state[saved_id],
-            p,
-            required + master + tuple(s for s in scales[: len(required)] if s in dtypes),
-            optional + tuple(s for s in scales[len(required) :] if s in dtypes),
-            algorithm.scalar_state,
-            dtypes,
-            convert,
-            pname,
-            dict(zip(algorithm.all_state_names(), signed)),
+        step, arrays, scalars = checked_entry(
+            algorithm, saved_state[saved_id], p, merged, pname, f"params[{index + k}]", convert
         )
         entries.append((p, step, arrays, scalars))
     if entries and len(entries) != len(group["params"]) and any(e[1] for e in entries):

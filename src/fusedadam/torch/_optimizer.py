@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 import torch
 
 from fusedadam import _algorithms, _dtensor, _precision, _validation
-from fusedadam.engine import Engine, Outcome
+from fusedadam.engine import Engine, Outcome, _rules
 from fusedadam.torch import _bridge
 from fusedadam.torch import _torch_api
 from fusedadam.torch._plans import Plans
@@ -258,16 +258,10 @@ class Optimizer(StateDicts, Plans, torch.optim.Optimizer):
     def _settle(self, outcome, grads, grad_scale):
         """Act on an engine outcome other than RAN: plan again (and step), count a
         skipped step, attach the state a first step created."""
-        for _ in range(3):  # a replan and a hyperparameter refresh at most, then a step
-            if outcome == Outcome.PLAN:
-                self._plan(self._mask)
-            elif outcome == Outcome.HYPER:
-                self._refresh_hyper()
-            else:
-                break
-            outcome = self._engine.step(grads, grad_scale)
-        else:
-            raise RuntimeError(f"fusedadam internal error: the engine still asks for {outcome!r}")
+        outcome = _rules.settle(
+            self._engine, outcome, grads, grad_scale,
+            lambda: self._plan(self._mask), self._refresh_hyper,
+        )  # fmt: skip
         if outcome == Outcome.SKIPPED:
             self._skipped += 1
         elif outcome == Outcome.RAN_NEW_STATE:

@@ -14,8 +14,8 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from fusedadam import _dtensor, _precision, _validation
-from fusedadam.engine._plan import state_dtypes
+from fusedadam import _dtensor, _validation
+from fusedadam.engine._saved import checked_entry
 from fusedadam.torch import _bridge
 
 
@@ -169,27 +169,8 @@ class StateDicts:
                 extra[key] = value  # a library's own entry: kept, as torch keeps it
             else:
                 arrays[key] = self._saved_value(key, value, p, index)
-        required = algorithm.state_names + tuple(
-            n for n, flag in algorithm.optional_state if engine_group.get(flag)
-        )
-        optional = tuple(n for n, _ in algorithm.optional_state if n not in required)
-        dtypes = state_dtypes(
-            algorithm, view, engine_group["state_dtype"], f"params[{index}]",
-            engine_group["master"],
-        )  # fmt: skip
-        master = tuple(n for n in _bridge.MASTERS if n in dtypes)
-        scales = [_precision.scale_name(n) for n in required + optional]
-        signed = algorithm.signed_state(algorithm.all_state_names())
-        step, copies, scalars = _validation.check_saved_state(
-            arrays,
-            view,
-            required + master + tuple(s for s in scales[: len(required)] if s in dtypes),
-            optional + tuple(s for s in scales[len(required) :] if s in dtypes),
-            algorithm.scalar_state,
-            dtypes,
-            convert,
-            pname,
-            dict(zip(algorithm.all_state_names(), signed)),
+        step, copies, scalars = checked_entry(
+            algorithm, arrays, view, engine_group, pname, f"params[{index}]", convert
         )
         new_param = copies.pop(_validation.NEW_PARAM, None)
         st = {name: self._state_tensor(p, name, a) for name, a in copies.items()}
