@@ -428,16 +428,24 @@ FA_Q8_TARGET static inline __m256 fa_resid_load8(const uint16_t *pp, const uint1
     return _mm256_castsi256_ps(_mm256_add_epi32(hi, lo));
 }
 
-FA_Q8_TARGET static inline void fa_resid_store8(uint16_t *pp, uint16_t *rr, __m256 x)
+/* The bfloat16 params (fa_resid_param of _residual.h, in 32-bit lanes) of 8 float32
+ * masters u, and which lanes are NaN (both residual codes store 0 there) */
+FA_Q8_TARGET static inline __m256i fa_resid_param8(__m256i u, __m256i *nan)
 {
-    const __m256i u = _mm256_castps_si256(x);
-    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
-                                     _mm256_set1_epi32(0x7f800000));
+    *nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                              _mm256_set1_epi32(0x7f800000));
     __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x8000)), 16);
     __m256i quiet = _mm256_or_si256(
         _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x8000)),
         _mm256_set1_epi32(0x7fc0));
-    __m256i p = _mm256_blendv_epi8(rounded, quiet, nan);
+    return _mm256_blendv_epi8(rounded, quiet, *nan);
+}
+
+FA_Q8_TARGET static inline void fa_resid_store8(uint16_t *pp, uint16_t *rr, __m256 x)
+{
+    const __m256i u = _mm256_castps_si256(x);
+    __m256i nan;
+    __m256i p = fa_resid_param8(u, &nan);
     __m256i r = _mm256_andnot_si256(nan, _mm256_and_si256(u, _mm256_set1_epi32(0xffff)));
     /* per 128-bit lane [p0-3 r0-3 | p4-7 r4-7], then [p0-7 | r0-7] */
     __m256i both = _mm256_permute4x64_epi64(_mm256_packus_epi32(p, r), 0xd8);
@@ -457,13 +465,8 @@ FA_Q8_TARGET static inline __m256 fa_compact_load8(const uint16_t *pp, const uin
 FA_Q8_TARGET static inline void fa_compact_store8(uint16_t *pp, uint8_t *cc, __m256 x)
 {
     const __m256i u = _mm256_castps_si256(x);
-    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
-                                     _mm256_set1_epi32(0x7f800000));
-    __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x8000)), 16);
-    __m256i quiet = _mm256_or_si256(
-        _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x8000)),
-        _mm256_set1_epi32(0x7fc0));
-    __m256i p = _mm256_blendv_epi8(rounded, quiet, nan);
+    __m256i nan;
+    __m256i p = fa_resid_param8(u, &nan);
     /* the low half as a signed 16-bit number, + 128, >> 8, at most 127; 0 for a NaN */
     __m256i r = _mm256_srai_epi32(_mm256_slli_epi32(u, 16), 16);
     __m256i c = _mm256_min_epi32(_mm256_srai_epi32(_mm256_add_epi32(r, _mm256_set1_epi32(128)), 8),
