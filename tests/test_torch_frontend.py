@@ -915,3 +915,54 @@ def test_kept_grads_are_read_afresh_every_step():
         b.step()
         for p, q in zip(kept, fresh):
             assert torch.equal(p, q), step
+
+
+@pytest.mark.parametrize("n_params", [1, 3, 8])  # one param, a few, many: three ways in
+@pytest.mark.parametrize(
+    "change",
+    ["grad_new", "grad_data", "grad_strided", "grad_in_place", "param_data", "lr", "state"],
+)
+def test_steady_steps_see_every_change(n_params, change):
+    # A steady loop reuses the views it made (grads kept between steps, as with
+    # zero_grad(set_to_none=False)); whatever a user changes between two steps must reach
+    # the step as it reaches torch.optim.Adam's.
+    shapes = [(2, 3), (4,), (3,), (5,), (1,), (2, 2), (6,), (3, 1)][:n_params]
+    ps = _params(torch.float32, shapes=shapes)
+    theirs = _clone(ps)
+    opt = ft.Adam(ps, lr=1e-2)
+    ref = torch.optim.Adam(theirs, lr=1e-2, foreach=False)
+    gen = torch.Generator().manual_seed(31)
+    grads = _grads(ps, gen)
+    _set_grads(ps, grads)
+    _set_grads(theirs, grads)
+    for step in range(6):
+        if step == 3:
+            new = _grads(ps, gen)
+            for p, q, g in zip(ps, theirs, new):
+                if change == "grad_new":
+                    p.grad = g.clone()
+                elif change == "grad_data":
+                    p.grad.data = g.clone()  # new memory, same tensor object
+                elif change == "grad_strided":
+                    # same tensor object, same shape, other strides (and memory)
+                    p.grad.data = g.t().contiguous().t() if g.dim() == 2 else g.clone()[::1]
+                elif change == "grad_in_place":
+                    p.grad.copy_(g)
+                if change.startswith("grad"):
+                    q.grad = g.clone()
+                elif change == "param_data":
+                    p.data = p.data * 1.5
+                    q.data = q.data * 1.5
+            if change == "lr":
+                opt.param_groups[0]["lr"] = ref.param_groups[0]["lr"] = 3e-2
+            elif change == "state":
+                for p in ps:
+                    opt.state[p] = {k: v.clone() for k, v in opt.state[p].items()}
+        opt.step()
+        ref.step()
+        for a, b in zip(ps, theirs):
+            np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for p, q in zip(ps, theirs):
+        for k in ("exp_avg", "exp_avg_sq"):
+            ours, torchs = opt.state[p][k].numpy(), ref.state[q][k].numpy()
+            np.testing.assert_allclose(ours, torchs, rtol=1e-5, atol=1e-6)

@@ -89,6 +89,7 @@ class Optimizer(StateDicts, Plans, torch.optim.Optimizer):
         self._full = False
         self._steady = False  # the next step may take the steady state's way (_steady_grads)
         self._grad_views: Any = None
+        self._few_views: Any = None  # _few_grads' last list of views, when all were kept
         self._cache_grads = False
         self._torch_parallel = _bridge.TORCH_WORKERS_SPIN and _TORCH_THREADS() > 1
         self._dtensor: Any = None  # a _dtensor.Plan when some params are DTensors
@@ -273,19 +274,34 @@ class Optimizer(StateDicts, Plans, torch.optim.Optimizer):
         """The steady state: the grads as the engine reads them when nothing the plans
         depend on changed (groups, params and their memory, state dicts, hyperparameters,
         torch's thread count) and every param has a plain gradient; else None. One
-        function: each call saved is ~0.07 us of a ~2 us step."""
+        function, its checks in the cheapest form for the common shapes (one group, a
+        few params): each call saved is ~0.07 us of a ~2 us step."""
         d = self.__dict__
         seen = self._seen
         groups = self.param_groups
         if seen is None or "grad_scale" in d or "found_inf" in d or groups is not seen[0]:
             return None
-        if len(groups) != len(seen[1]) or d["state"] is not seen[2]:
+        if d["state"] is not seen[2]:
             return None
-        for g, (group, params, n) in zip(groups, seen[1]):
+        members = seen[1]
+        if len(groups) != len(members):
+            return None
+        if len(members) == 1:
+            group, params, n = members[0]
+            g = groups[0]
             if g is not group or g.get("params") is not params or len(params) != n:
                 return None
+        else:
+            for g, (group, params, n) in zip(groups, members):
+                if g is not group or g.get("params") is not params or len(params) != n:
+                    return None
         values, watched = seen[2].values(), self._watched
-        if len(values) != len(watched) or not all(map(operator.is_, values, watched)):
+        if len(values) != len(watched):
+            return None
+        if len(watched) == 1:
+            if next(iter(values)) is not watched[0]:
+                return None
+        elif not all(map(operator.is_, values, watched)):
             return None
         if _bridge.TORCH_WORKERS_SPIN and (_TORCH_THREADS() > 1) != self._torch_parallel:
             return None
@@ -294,6 +310,17 @@ class Optimizer(StateDicts, Plans, torch.optim.Optimizer):
             if getter(part[1]) != part[2]:
                 return None
         params = self._params
+        if len(params) == 1 and self._few_views is not None:  # one param (torchao's way)
+            p, kept = params[0], self._grad_views[0]
+            g = p.grad
+            if (
+                p.data_ptr() == self._ptrs[0]
+                and g is kept[0]
+                and g.data_ptr() == kept[1]
+                and g.shape == kept[2]
+                and g.stride() == kept[3]
+            ):
+                return self._few_views
         if len(params) <= _bridge.FEW_GRADS:
             return self._few_grads(params)
         if list(map(_DATA_PTR, params)) != self._ptrs:
@@ -326,7 +353,9 @@ class Optimizer(StateDicts, Plans, torch.optim.Optimizer):
     def _few_grads(self, params):
         """``_steady_grads``' reading of a few params' grads: one loop (the maps' lists
         cost more than they save below ~5 tensors), each kept grad's view reused under
-        the same rule."""
+        the same rule. The views of the last call are kept as one list too
+        (``_few_views``), returned as they are while every grad was kept."""
+        kept_all = True
         views = []
         for p, ptr, kept in zip(params, self._ptrs, self._grad_views):
             if p.data_ptr() != ptr:
@@ -338,6 +367,7 @@ class Optimizer(StateDicts, Plans, torch.optim.Optimizer):
                 or g.shape != kept[2]
                 or g.stride() != kept[3]
             ):
+                kept_all = False
                 try:
                     view = g.numpy()
                 except (TypeError, RuntimeError, AttributeError):  # None, bfloat16, ...
@@ -347,6 +377,10 @@ class Optimizer(StateDicts, Plans, torch.optim.Optimizer):
                     continue
                 kept[:] = g, g.data_ptr(), g.shape, g.stride(), view
             views.append(kept[4])
+        if kept_all:
+            return self._few_views
+        if self._cache_grads:
+            self._few_views = views
         return views
 
     def _collect(self):
