@@ -1,16 +1,18 @@
 """The algorithm registry: what each optimizer keeps as state and which hyperparameters it has.
 
 An algorithm is one entry here (its state, ``ALGORITHMS``; its class's defaults in signature
-order, ``DEFAULTS``; its formula docstring and functional name, ``CLASSES``; the docs of a new
-hyperparameter, ``HYPERPARAMETER_DOCS``; a new field of ``hyper_dict``), one loop body in
-``_loops.h`` (picked by its scalar rule in ``_scalars.h``, whose twin is
-``reference.step_scalars``; a new hyperparameter or per-step scalar is one line of
-``FA_HYPER_FIELDS`` / ``FA_SCALAR_FIELDS``, which the extension reads by name), one
-reference update in ``reference.py`` and a test variant (``tests/conftest.py``). From these,
-``optim.py`` generates the class (its constructor's signature, defaults and annotations, its
-docstring; one ``class Name(_Registered): ...`` line keeps it visible to type checkers),
-``functional.py`` its function, and the benchmarks their entry. Everything else (groups,
-validation, plans, the step engine, state dicts) is shared.
+order, ``DEFAULTS``; its formula docstring, functional name and torch layout, ``CLASSES``;
+the docs and range of a new hyperparameter, ``HYPERPARAMETER_DOCS`` and
+``HYPERPARAMETER_RULES``; a new field of ``hyper_dict``), one loop body in ``_loops.h``
+(picked by its scalar rule in ``_scalars.h``, whose twin is ``reference.step_scalars``; a
+new hyperparameter or per-step scalar is one line of ``FA_HYPER_FIELDS`` /
+``FA_SCALAR_FIELDS``, which the extension reads by name), one reference update in
+``reference.py`` and a test variant (``tests/conftest.py``). From these, ``optim.py``
+generates the class (its constructor's signature, defaults and annotations, its docstring;
+one ``class Name(_Registered): ...`` line keeps it visible to type checkers),
+``fusedadam.torch`` its torch class, ``functional.py`` its function, ``_validation`` the
+checks of its hyperparameters, and the benchmarks their entry. Everything else (groups,
+plans, the step engine, state dicts) is shared.
 """
 
 from typing import Any, Dict, NamedTuple, Tuple
@@ -21,7 +23,10 @@ __all__ = [
     "DEFAULTS",
     "ClassEntry",
     "CLASSES",
+    "TorchEntry",
     "HYPERPARAMETER_DOCS",
+    "HYPERPARAMETER_RULES",
+    "Rule",
     "hyper_dict",
 ]
 
@@ -335,6 +340,33 @@ DEFAULTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
 }
 
 
+# fusedadam's own options, keyword-only in every torch class (after torch's own arguments)
+_TORCH_OURS = "num_threads nonfinite state_dtype max_grad_norm master"
+
+
+class TorchEntry(NamedTuple):
+    """How ``fusedadam.torch`` presents one class: the torch optimizer whose arguments and
+    state it mirrors (torch.optim's, or the package its algorithm follows).
+
+    follows : str
+        ``"module:Class"`` of that optimizer (the benchmarks time it as the reference).
+    positional : str
+        Its arguments after ``params`` that may be given by position, in order.
+    keywords : str
+        The keyword-only ones: torch's implementation flags, then fusedadam's options.
+    doc : str
+        The class docstring's first part (the options are documented after it).
+    extra : str
+        Said after the options: how the arguments differ from ``follows``'.
+    """
+
+    follows: str
+    positional: str
+    keywords: str
+    doc: str
+    extra: str = ""
+
+
 class ClassEntry(NamedTuple):
     """What the front ends make of one optimizer class of ``DEFAULTS``.
 
@@ -349,12 +381,18 @@ class ClassEntry(NamedTuple):
     fixed : tuple of str
         Hyperparameters of ``DEFAULTS`` the class sets and the signature does not take
         (AdamW's ``decoupled_weight_decay``).
+    torch : TorchEntry
+        Its ``fusedadam.torch`` class.
+    parent : str
+        The class it derives from in both front ends (AdamW: Adam), or "".
     """
 
     function: str
     doc: str
     function_doc: str = ""
     fixed: tuple = ()
+    torch: Any = None
+    parent: str = ""
 
 
 CLASSES: Dict[str, ClassEntry] = {
@@ -382,6 +420,13 @@ CLASSES: Dict[str, ClassEntry] = {
         ``mask = m * g > 0`` (``g`` with its L2 term), ``scale = 1 / max(mean(mask), 1e-3)``,
         and the update uses ``m * mask * scale`` in place of ``m``.
         """,
+        torch=TorchEntry(
+            "torch.optim:Adam",
+            "lr betas eps weight_decay amsgrad",
+            "foreach maximize capturable differentiable fused decoupled_weight_decay "
+            f"{_TORCH_OURS} cautious",
+            "Adam and AMSGrad (:class:`fusedadam.Adam` runs the step) for CPU tensors.",
+        ),
     ),
     "AdamW": ClassEntry(
         "adamw",
@@ -392,6 +437,14 @@ CLASSES: Dict[str, ClassEntry] = {
         """,
         "With :class:`fusedadam.AdamW`'s defaults: decoupled weight decay, ``weight_decay=1e-2``.",
         fixed=("decoupled_weight_decay",),
+        torch=TorchEntry(
+            "torch.optim:AdamW",
+            "lr betas eps weight_decay amsgrad",
+            f"maximize foreach capturable differentiable fused {_TORCH_OURS} cautious",
+            "AdamW: Adam with decoupled weight decay (:class:`fusedadam.Adam` with "
+            "``decoupled_weight_decay=True`` runs the step) for CPU tensors.",
+        ),
+        parent="Adam",
     ),
     "Adamax": ClassEntry(
         "adamax",
@@ -407,6 +460,12 @@ CLASSES: Dict[str, ClassEntry] = {
             p    = p - (lr_t / (1 - beta1**t)) * m / u
         """,
         "``exp_infs`` holds ``u``.",
+        torch=TorchEntry(
+            "torch.optim:Adamax",
+            "lr betas eps weight_decay foreach",
+            f"maximize differentiable capturable {_TORCH_OURS}",
+            "Adamax (:class:`fusedadam.Adamax` runs the step) for CPU tensors.",
+        ),
     ),
     "NAdam": ClassEntry(
         "nadam",
@@ -427,6 +486,13 @@ CLASSES: Dict[str, ClassEntry] = {
         float64, computed in double). The two terms share one division (``_loops.h``).
         """,
         "``mu_products`` holds each param's running product ``mu_1 ... mu_{t-1}``.",
+        torch=TorchEntry(
+            "torch.optim:NAdam",
+            "lr betas eps weight_decay momentum_decay decoupled_weight_decay",
+            f"foreach maximize capturable differentiable {_TORCH_OURS}",
+            "NAdam (:class:`fusedadam.NAdam` runs the step) for CPU tensors. ``mu_product`` is "
+            "kept in float64 (torch: the default dtype); a torch state dict's loads exactly.",
+        ),
     ),
     "RAdam": ClassEntry(
         "radam",
@@ -446,6 +512,12 @@ CLASSES: Dict[str, ClassEntry] = {
             else:
                 p  = p - lr / (1 - beta1**t) * m
         """,
+        torch=TorchEntry(
+            "torch.optim:RAdam",
+            "lr betas eps weight_decay decoupled_weight_decay",
+            f"foreach maximize capturable differentiable {_TORCH_OURS}",
+            "RAdam (:class:`fusedadam.RAdam` runs the step) for CPU tensors.",
+        ),
     ),
     "AdaBelief": ClassEntry(
         "adabelief",
@@ -463,6 +535,13 @@ CLASSES: Dict[str, ClassEntry] = {
         optax's (``eps = eps_root = 1e-16``); the paper uses one eps for both.
         """,
         "``exp_avg_vars`` holds ``s``.",
+        torch=TorchEntry(
+            "torch.optim:Adam",
+            "lr betas eps eps_root weight_decay decoupled_weight_decay",
+            f"maximize foreach capturable differentiable {_TORCH_OURS}",
+            "AdaBelief (:class:`fusedadam.AdaBelief` runs the step; optax's defaults) for CPU "
+            "tensors. torch.optim has no AdaBelief: the state is ``exp_avg``, ``exp_avg_var``.",
+        ),
     ),
     "Lion": ClassEntry(
         "lion",
@@ -483,6 +562,13 @@ CLASSES: Dict[str, ClassEntry] = {
         sign above, and the step is ``lr_t * d * mask / max(mean(mask), 1e-3)``.
         """,
         "``step`` only numbers the update for ``lr(t)``: Lion has no bias correction.",
+        torch=TorchEntry(
+            "torch.optim:Adam",
+            "lr betas weight_decay",
+            f"maximize foreach capturable differentiable {_TORCH_OURS} cautious",
+            "Lion (:class:`fusedadam.Lion` runs the step; optax's defaults) for CPU tensors. "
+            "torch.optim has no Lion: the state is ``exp_avg``.",
+        ),
     ),
     "Lamb": ClassEntry(
         "lamb",
@@ -507,6 +593,18 @@ CLASSES: Dict[str, ClassEntry] = {
         ``torch.nn.utils.clip_grad_norm_``, per group, off by default).
         """,
         "Each array is one tensor of the trust ratio.",
+        torch=TorchEntry(
+            "timm.optim.lamb:Lamb",
+            "lr bias_correction betas eps weight_decay grad_averaging max_grad_norm trust_clip "
+            "always_adapt",
+            "decoupled_weight_decay maximize foreach capturable differentiable num_threads "
+            "nonfinite state_dtype master",
+            "LAMB (:class:`fusedadam.Lamb` runs the step; timm's ``Lamb`` defaults, its "
+            "``decoupled_decay`` named ``decoupled_weight_decay``, its global "
+            "``max_grad_norm=1.0`` not applied: ``max_grad_norm`` is the per-group rule of "
+            "``clip_grad_norm_``) for CPU tensors. The state is timm's: ``exp_avg``, "
+            "``exp_avg_sq``.",
+        ),
     ),
     "StableAdamW": ClassEntry(
         "stable_adamw",
@@ -532,6 +630,15 @@ CLASSES: Dict[str, ClassEntry] = {
         (
             "Each array's RMS clips its own learning rate; with ``decouple_lr=True`` pass "
             "``max_lr``."
+        ),
+        torch=TorchEntry(
+            "optimi:StableAdamW",
+            "lr betas weight_decay eps decouple_lr max_lr",
+            f"maximize foreach capturable differentiable {_TORCH_OURS}",
+            "StableAdamW (:class:`fusedadam.StableAdamW` runs the step; torch-optimi's defaults, "
+            "its ``beta1, beta2`` as ``betas``) for CPU tensors. The state is ``exp_avg``, "
+            "``exp_avg_sq`` (optimi also keeps ``eps_sq`` and a Kahan buffer; here a low-precision"
+            " param keeps a float32 master instead).",
         ),
     ),
     "AdamWScheduleFree": ClassEntry(
@@ -571,6 +678,19 @@ CLASSES: Dict[str, ClassEntry] = {
             "``params`` hold ``y``. The average is ``x = (y - (1 - beta1) z) / beta1`` (what "
             "``AdamWScheduleFree.eval()`` puts in the params)."
         ),
+        torch=TorchEntry(
+            "schedulefree:AdamWScheduleFree",
+            "lr betas eps weight_decay warmup_steps r weight_lr_power foreach",
+            f"maximize {_TORCH_OURS}",
+            (
+                "Schedule-Free AdamW (:class:`fusedadam.AdamWScheduleFree` runs the step) for CPU "
+                "tensors, as ``schedulefree.AdamWScheduleFree``: the state is ``z``, "
+                "``exp_avg_sq`` and the 0-d float64 ``lr_max`` and ``weight_sum``; call "
+                ":meth:`train` before training and :meth:`eval` before evaluating or saving (a "
+                "step in eval mode raises). A param whose grad is None keeps its y and z, and its "
+                "counters follow its group's, as the package keeps them per group."
+            ),
+        ),
     ),
     "RAdamScheduleFree": ClassEntry(
         "radam_schedule_free",
@@ -594,6 +714,17 @@ CLASSES: Dict[str, ClassEntry] = {
     RAdam switches at 5).
     """,
         "The arrays as :func:`adamw_schedule_free`.",
+        torch=TorchEntry(
+            "schedulefree:RAdamScheduleFree",
+            "lr betas eps weight_decay r weight_lr_power foreach silent_sgd_phase",
+            f"maximize {_TORCH_OURS}",
+            (
+                "Schedule-Free RAdam (:class:`fusedadam.RAdamScheduleFree` runs the step) for CPU "
+                "tensors, as ``schedulefree.RAdamScheduleFree``; state, :meth:`train`, "
+                ":meth:`eval` and frozen params as :class:`AdamWScheduleFree`."
+            ),
+        ),
+        parent="AdamWScheduleFree",
     ),
     "AdEMAMix": ClassEntry(
         "ademamix",
@@ -623,6 +754,17 @@ CLASSES: Dict[str, ClassEntry] = {
             "``exp_avg_slows`` holds the slow EMA; ``step`` also drives the ``t_alpha_beta3`` "
             "warmup."
         ),
+        torch=TorchEntry(
+            "pytorch_optimizer:AdEMAMix",
+            "lr betas alpha t_alpha_beta3 eps weight_decay decoupled_weight_decay",
+            f"maximize foreach capturable differentiable {_TORCH_OURS}",
+            "AdEMAMix (:class:`fusedadam.AdEMAMix` runs the step; pytorch_optimizer's defaults and"
+            " state names: ``exp_avg``, ``exp_avg_sq``, ``exp_avg_slow``) for CPU tensors.",
+            extra=(
+                "Its ``weight_decouple`` is ``decoupled_weight_decay`` here; ``fixed_decay`` is "
+                "not offered (docs/algorithms_ademamix_adan.md)."
+            ),
+        ),
     ),
     "Adan": ClassEntry(
         "adan",
@@ -651,6 +793,17 @@ CLASSES: Dict[str, ClassEntry] = {
             "``neg_pre_grads`` holds ``-g`` of the previous step and is overwritten with this "
             "step's; at ``step=1`` it is not read (the previous gradient is taken to be this one, "
             "as timm)."
+        ),
+        torch=TorchEntry(
+            "timm.optim.adan:Adan",
+            "lr betas eps weight_decay no_prox",
+            f"maximize foreach capturable differentiable {_TORCH_OURS}",
+            "Adan (:class:`fusedadam.Adan` runs the step; timm's defaults and state names: "
+            "``exp_avg``, ``exp_avg_sq``, ``exp_avg_diff``, ``neg_pre_grad``) for CPU tensors.",
+            extra=(
+                "``maximize`` is fusedadam's (timm has none); timm's ``caution`` is not offered "
+                "(docs/algorithms_ademamix_adan.md)."
+            ),
         ),
     ),
     "ADOPT": ClassEntry(
@@ -684,6 +837,15 @@ CLASSES: Dict[str, ClassEntry] = {
         ``corrected_weight_decay`` is not offered.
         """,
         "``step=1`` only sets ``exp_avg_sqs`` to ``g * g`` (the params do not move).",
+        torch=TorchEntry(
+            "timm.optim.adopt:Adopt",
+            "lr betas eps clip_exp weight_decay decoupled_weight_decay",
+            f"maximize foreach capturable differentiable {_TORCH_OURS} cautious",
+            "ADOPT (:class:`fusedadam.ADOPT` runs the step; timm's ``Adopt`` defaults and clip) "
+            "for CPU tensors. The state is ``exp_avg``, ``exp_avg_sq`` as timm's; timm's "
+            "``decoupled`` is ``decoupled_weight_decay`` here, its ``caution`` is ``cautious``, "
+            "and its ``corrected_weight_decay`` is not offered.",
+        ),
     ),
     "AdamAtan2": ClassEntry(
         "adam_atan2",
@@ -705,6 +867,14 @@ CLASSES: Dict[str, ClassEntry] = {
         loops and in NumPy), within a few ulps of ``numpy.arctan2``
         (docs/algorithms_adopt_atan2.md). The defaults are adam_atan2_pytorch's.
         """,
+        torch=TorchEntry(
+            "adam_atan2_pytorch:AdamAtan2",
+            "lr betas weight_decay a b",
+            f"maximize foreach capturable differentiable {_TORCH_OURS}",
+            "Adam-atan2 (:class:`fusedadam.AdamAtan2` runs the step; adam_atan2_pytorch's "
+            "``AdamAtan2`` defaults) for CPU tensors. The state is ``exp_avg``, ``exp_avg_sq`` "
+            "(that package also keeps an int ``steps``; here it is ``step``).",
+        ),
     ),
 }
 
@@ -847,6 +1017,53 @@ HYPERPARAMETER_DOCS: Dict[str, Tuple[str, str]] = {
         "Clip the group's unscaled gradients to this global 2-norm (the rule of "
         "``torch.nn.utils.clip_grad_norm_``), the norm computed in the scan of the "
         "non-finite check; ``last_grad_norm`` holds it.",
+    ),
+}
+
+
+class Rule(NamedTuple):
+    """The range of one real-valued hyperparameter of an algorithm (``_validation`` turns
+    it into the check, with these messages). A bool one (``"bool"`` in
+    ``HYPERPARAMETER_DOCS``) needs none: it is checked to be a bool.
+
+    ok : callable
+        Whether a finite value is in range.
+    text : str
+        Said after a value out of range (``Invalid a value: 0.0`` + text).
+    optional : str
+        "" when None is refused; else what a value of the wrong type is told (None is
+        accepted: the option is off).
+    """
+
+    ok: Any
+    text: str
+    optional: str = ""
+
+
+# The ranges of the algorithms' own real-valued hyperparameters (the shared ones, lr,
+# betas, eps, weight_decay, ..., are ``_validation``'s).
+HYPERPARAMETER_RULES: Dict[str, Rule] = {
+    "eps_root": Rule(lambda x: x >= 0.0, " (must be finite and >= 0)"),
+    "beta1_decay": Rule(lambda x: 0.0 < x <= 1.0, " (must be in (0, 1])"),
+    "momentum_decay": Rule(lambda x: x >= 0.0, " (must be finite and >= 0)"),
+    "clip_exp": Rule(
+        lambda x: x >= 0.0,
+        " (must be finite and >= 0, or None for no clip)",
+        optional=" (a float >= 0, or None)",
+    ),
+    "a": Rule(lambda x: x > 0.0, " (the scale of the atan2 update: finite and > 0)"),
+    "b": Rule(
+        lambda x: x >= 0.0 and x * x < float("inf"),
+        " (the scale of sqrt(v) inside atan2: >= 0, and b * b finite)",
+    ),
+    "alpha": Rule(lambda x: x >= 0.0, " (must be finite and >= 0)"),
+    "t_alpha_beta3": Rule(
+        lambda x: x > 0.0, " (must be finite and > 0)", optional=" (a float > 0, or None)"
+    ),
+    "r": Rule(lambda x: x >= 0.0, " (must be finite and >= 0)"),
+    "weight_lr_power": Rule(lambda x: x >= 0.0, " (must be finite and >= 0)"),
+    "max_lr": Rule(
+        lambda x: x > 0.0, " (must be finite and > 0)", optional=" (a float > 0, or None)"
     ),
 }
 

@@ -9,7 +9,7 @@ import numbers
 
 import numpy as np
 
-from fusedadam import _constants, _precision, reference
+from fusedadam import _algorithms, _constants, _precision, reference
 
 FLOAT_DTYPES = _precision.PARAM_DTYPES
 #: The smallest eps accepted: times sqrt(1 - beta2) >= 1e-8 it stays above float32's
@@ -69,15 +69,6 @@ def _bool_checker(name):
     return check
 
 
-def _check_t_alpha_beta3(value, where):
-    if value is None:
-        return
-    if not _is_real(value):
-        raise TypeError(f"{where}Invalid t_alpha_beta3 value: {value!r} (a float > 0, or None)")
-    if not (math.isfinite(value) and value > 0.0):
-        raise ValueError(f"{where}Invalid t_alpha_beta3 value: {value} (must be finite and > 0)")
-
-
 def _check_warmup_betas(group, where):
     """AdEMAMix's beta3 warmup takes log(beta1) and log(beta3): both must be > 0."""
     if group.get("t_alpha_beta3") is None:
@@ -88,17 +79,6 @@ def _check_warmup_betas(group, where):
                 f"{where}Invalid beta parameter at index {i}: {group['betas'][i]} (must be > 0 "
                 "with t_alpha_beta3: the beta3 warmup interpolates log(beta1) and log(beta3))"
             )
-
-
-def _check_clip_exp(value, where):
-    if value is None:
-        return
-    if not _is_real(value):
-        raise TypeError(f"{where}Invalid clip_exp value: {value!r} (a float >= 0, or None)")
-    if not (math.isfinite(value) and value >= 0.0):
-        raise ValueError(
-            f"{where}Invalid clip_exp value: {value} (must be finite and >= 0, or None for no clip)"
-        )
 
 
 def _check_warmup_steps(value, where):
@@ -192,9 +172,26 @@ def _check_grad_scale(value, where):
     grad_scale_value(value, 0, where)
 
 
+def _rule_checker(name, rule):
+    """The check of an algorithm's hyperparameter from its registry ``Rule``."""
+    if not rule.optional:
+        return _real_checker(name, rule.ok, rule.text)
+
+    def check(value, where):
+        if value is None:
+            return
+        if not _is_real(value):
+            raise TypeError(f"{where}Invalid {name} value: {value!r}{rule.optional}")
+        if not (math.isfinite(value) and rule.ok(value)):
+            raise ValueError(f"{where}Invalid {name} value: {value}{rule.text}")
+
+    return check
+
+
 # One checker per hyperparameter key; a group is checked on the keys it has. eps > 0 keeps
 # every denominator positive: sqrt(v)/sqrt(bc2) + eps >= eps (Adam) and u >= |g| + eps
-# (Adamax), so the kernels never divide by zero.
+# (Adamax), so the kernels never divide by zero. The algorithms' own hyperparameters are
+# checked by their registry rules (ranges) or as bools.
 HYPERPARAMETER_CHECKS = {
     "lr": _check_lr_entry,
     "betas": _check_betas,
@@ -206,23 +203,7 @@ HYPERPARAMETER_CHECKS = {
         " (must be finite and >= 1e-30: a smaller eps "
         "vanishes in float32 arithmetic, where 0/0 is NaN)",
     ),
-    "eps_root": _real_checker("eps_root", lambda x: x >= 0.0, " (must be finite and >= 0)"),
     "weight_decay": _real_checker("weight_decay", lambda x: x >= 0.0, ""),
-    "beta1_decay": _real_checker("beta1_decay", lambda x: 0.0 < x <= 1.0, " (must be in (0, 1])"),
-    "momentum_decay": _real_checker(
-        "momentum_decay", lambda x: x >= 0.0, " (must be finite and >= 0)"
-    ),
-    "clip_exp": _check_clip_exp,
-    "a": _real_checker("a", lambda x: x > 0.0, " (the scale of the atan2 update: finite and > 0)"),
-    "b": _real_checker(
-        "b",
-        lambda x: x >= 0.0 and math.isfinite(x * x),
-        " (the scale of sqrt(v) inside atan2: >= 0, and b * b finite)",
-    ),
-    "amsgrad": _bool_checker("amsgrad"),
-    "maximize": _bool_checker("maximize"),
-    "bias_correction": _bool_checker("bias_correction"),
-    "decoupled_weight_decay": _bool_checker("decoupled_weight_decay"),
     "nonfinite": _check_nonfinite,
     "backend": _check_backend,
     "num_threads": _check_num_threads_entry,
@@ -230,31 +211,14 @@ HYPERPARAMETER_CHECKS = {
     "grad_scale": _check_grad_scale,
     "max_grad_norm": _check_max_grad_norm,
     "master": _check_master,
-    "alpha": _real_checker("alpha", lambda x: x >= 0.0, " (must be finite and >= 0)"),
-    "t_alpha_beta3": _check_t_alpha_beta3,
-    "no_prox": _bool_checker("no_prox"),
     "warmup_steps": _check_warmup_steps,
-    "r": _real_checker("r", lambda x: x >= 0.0, " (must be finite and >= 0)"),
-    "weight_lr_power": _real_checker(
-        "weight_lr_power", lambda x: x >= 0.0, " (must be finite and >= 0)"
-    ),
-    "silent_sgd_phase": _bool_checker("silent_sgd_phase"),
-    "cautious": _bool_checker("cautious"),
-    "grad_averaging": _bool_checker("grad_averaging"),
-    "trust_clip": _bool_checker("trust_clip"),
-    "always_adapt": _bool_checker("always_adapt"),
-    "decouple_lr": _bool_checker("decouple_lr"),
-    "max_lr": lambda value, where: _check_max_lr(value, where),
+    **{name: _rule_checker(name, rule) for name, rule in _algorithms.HYPERPARAMETER_RULES.items()},
+    **{
+        name: _bool_checker(name)
+        for name, (kind, _) in _algorithms.HYPERPARAMETER_DOCS.items()
+        if kind == "bool"
+    },
 }
-
-
-def _check_max_lr(value, where):
-    if value is None:
-        return
-    if not _is_real(value):
-        raise TypeError(f"{where}Invalid max_lr value: {value!r} (a float > 0, or None)")
-    if not (math.isfinite(value) and value > 0.0):
-        raise ValueError(f"{where}Invalid max_lr value: {value} (must be finite and > 0)")
 
 
 def stable_adamw_max_lr(lr, decouple_lr, max_lr):

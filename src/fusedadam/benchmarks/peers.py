@@ -3,9 +3,10 @@
 ``ALGORITHMS`` is the data the whole benchmark is driven by: one line per algorithm says
 which fusedadam class and options run it, how many arrays a step moves, and what the peers
 call it. Every optimizer class of the registry (``_algorithms.CLASSES``) has one: those
-without a line below get one under their functional name, with no peers and the arrays
-their state moves. A peer that is not importable, or has no such algorithm, is skipped
-with a note, never an error.
+without a line below get one under their functional name, with the arrays their state
+moves and, as their reference peer, the torch optimizer the registry says they follow. A
+peer that is not importable, or has no such algorithm, is skipped with a note, never an
+error.
 
 Implementations (``IMPLS``):
 
@@ -114,10 +115,6 @@ ALGORITHMS = {
     "radam": Algorithm("RAdam", torch_class="RAdam"),
     "adabelief": Algorithm("AdaBelief"),
     "lion": Algorithm("Lion"),
-    "adopt": Algorithm("ADOPT", reference="timm.optim.adopt:Adopt"),
-    "adam_atan2": Algorithm("AdamAtan2", reference="adam_atan2_pytorch:AdamAtan2"),
-    "ademamix": Algorithm("AdEMAMix", reference="pytorch_optimizer:AdEMAMix"),
-    "adan": Algorithm("Adan", reference="timm.optim.adan:Adan"),
     # per-tensor kinds on a tensor larger than a piece (16384 elements): phase 1 reads, then
     # phase 2 reads and writes (docs/algorithms_per_tensor.md; smaller tensors move 7)
     "lamb": Algorithm("Lamb", arrays_moved=11, reference="timm.optim.lamb:Lamb"),
@@ -143,11 +140,14 @@ ALGORITHMS = {
         "RAdamScheduleFree", reference="schedulefree:RAdamScheduleFree"
     ),
 }
-# Every other class of the registry, under its functional name: fusedadam, its NumPy twin
-# and the roofline (no peers).
+# Every other class of the registry, under its functional name, with its defaults: fusedadam,
+# its NumPy twin, the roofline, and as the reference the torch optimizer the class follows
+# (the registry's ``torch.follows``) where that is not torch.optim's.
 for _name, _entry in _algorithms.CLASSES.items():
     if not any(algorithm.fa_class == _name for algorithm in ALGORITHMS.values()):
-        ALGORITHMS[_entry.function] = Algorithm(_name)
+        _follows = _entry.torch.follows
+        _peer = None if _follows.startswith("torch.optim:") else _follows
+        ALGORITHMS[_entry.function] = Algorithm(_name, reference=_peer)
 
 PEERS = ("numpy", "torch-single", "torch-foreach", "torch-fused", "deepspeed", "reference")
 IMPLS = ("fusedadam", "fusedadam-kernel", "roofline") + PEERS

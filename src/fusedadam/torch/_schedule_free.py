@@ -19,22 +19,6 @@ from fusedadam.torch import _bridge
 from fusedadam.torch._optimizer import Optimizer
 
 
-ADAMW_DOC = (
-    "Schedule-Free AdamW (:class:`fusedadam.AdamWScheduleFree` runs the step) for CPU "
-    "tensors, as ``schedulefree.AdamWScheduleFree``: the state is ``z``, ``exp_avg_sq`` and "
-    "the 0-d float64 ``lr_max`` and ``weight_sum``; call :meth:`train` before training and "
-    ":meth:`eval` before evaluating or saving (a step in eval mode raises). A param whose "
-    "grad is None keeps its y and z, and its counters follow its group's, as the package "
-    "keeps them per group."
-)
-
-RADAM_DOC = (
-    "Schedule-Free RAdam (:class:`fusedadam.RAdamScheduleFree` runs the step) for CPU "
-    "tensors, as ``schedulefree.RAdamScheduleFree``; state, :meth:`train`, :meth:`eval` and "
-    "frozen params as :class:`AdamWScheduleFree`."
-)
-
-
 class ScheduleFree(Optimizer):
     """Base of the Schedule-Free classes: train/eval modes and the group counters."""
 
