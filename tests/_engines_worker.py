@@ -746,6 +746,8 @@ def _train8(sharded, start=0, load=None, save=None, mesh=None, saved=None):
             if saved is not None:
                 saved.update(_full_optim_state_dict(model, opt))
     result.update(losses=losses, params=_full_params(model))
+    absmax = opt.state[model.w1]["exp_avg_absmax"]
+    result["absmax"] = (type(absmax).__name__, str(getattr(absmax, "placements", None)))
     return result
 
 
@@ -798,6 +800,11 @@ def fsdp2_8bit(out):
     result["fsdp"] = _train8(True, save=folder, saved=full)
     result["full_state_dict"] = full["full"]
     result["resumed"] = _train8(True, start=SAVE_AT, load=folder)
+    # HSDP's 2-D mesh, (Replicate, Shard(0)): rows still follow the shards.
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (1, _world()), mesh_dim_names=("replicate", "shard"))
+    result["hsdp"] = _train8(True, mesh=mesh)
     result["nonfinite"] = _nonfinite8(_rank())
     return result
 

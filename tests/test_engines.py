@@ -276,6 +276,11 @@ def test_fsdp2_8bit_state(tmp_path):
             assert torch.equal(resumed["loaded_state"][name][k], v), (name, k)
     assert resumed["losses"] == fsdp["losses"][3:]
     equal_params(resumed["params"], fsdp["params"])
+    assert fsdp["absmax"] == ("DTensor", "(Shard(dim=0),)")
+    hsdp = r["hsdp"]
+    assert hsdp["absmax"] == ("DTensor", "(Replicate(), Shard(dim=0))")
+    np.testing.assert_allclose(hsdp["losses"], fsdp["losses"], rtol=1e-6)
+    close_params(hsdp["params"], fsdp["params"], atol=1e-6)
     nonfinite = r["nonfinite"]
     assert nonfinite["unchanged"]
     for outcome in nonfinite["outcomes"]:
