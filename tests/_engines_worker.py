@@ -627,6 +627,203 @@ def fsdp2_residual_resume1(out):
     return _bf16_run(False, start=SAVE_AT, load=str(Path(out) / "dcp_residual"))
 
 
+# ------------------------------------------------------------------ FSDP2, 8-bit state
+class _Net8(torch.nn.Module):
+    """Params for each 8-bit layout under fully_shard on 2 ranks: rows of whole 256-blocks
+    split unevenly (33 rows: 17/16) and with a rank holding no rows (1 row), a 1-d param
+    (float32 moments under FSDP2), a small one (float32 moments everywhere)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.w1 = torch.nn.Parameter(torch.randn(33, 256) * 0.06)
+        self.b1 = torch.nn.Parameter(torch.zeros(33))
+        self.w2 = torch.nn.Parameter(torch.randn(1, 4096) * 0.5)
+        self.gain = torch.nn.Parameter(torch.ones(4096))
+
+    def forward(self, x):
+        wide = x.repeat(1, 16) * self.gain
+        return torch.tanh(x @ self.w1.T + self.b1)[:, :3] + wide @ self.w2.T / 1024
+
+
+ROWS8 = ("w1", "w2")  # the params whose rows are whole blocks: 8-bit under FSDP2
+
+
+def _batch8(step, rank):
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    x = torch.randn(16, 256, generator=g)
+    return x, torch.sin(x[:, :3]) + 0.1 * torch.randn(16, 3, generator=g)
+
+
+def _full_batch8(step, world):
+    xs, ys = zip(*(_batch8(step, r) for r in range(world)))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _full_state8(model, opt):
+    """Every param's state as full tensors (8-bit scales flat, as one process keeps them)."""
+    out = {}
+    for name, p in model.named_parameters():
+        st = {}
+        for k, v in opt.state[p].items():
+            v = v.full_tensor() if hasattr(v, "full_tensor") else v
+            st[k] = v.detach().clone().reshape(-1) if k.endswith("_absmax") else v.clone()
+        out[name] = st
+    return out
+
+
+def _shard8(model, mesh=None):
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def _same_grads8(option, clip):
+    """fully_shard on 2 ranks and one process, fed the same gradients (the one process's,
+    of the whole batch, cut to each rank's shard): the params whose rows are whole blocks
+    get the one-process blocks, so without clipping params and states are the same bits.
+    The one process keeps the 1-d param in a float32-moment group, as FSDP2 does; with
+    clipping, both clip those groups by their own norms."""
+    from torch.distributed.tensor import distribute_tensor
+
+    world = _world()
+    plain, sharded = _Net8(), _shard8(_Net8())
+    named = dict(plain.named_parameters())
+    groups = [
+        {"params": [named[n] for n in named if n != "gain"]},
+        {"params": [named["gain"]], "state_dtype": None},
+    ]
+    a = ft.AdamW(groups, lr=LR, weight_decay=WD, state_dtype=option, max_grad_norm=clip)
+    snamed = dict(sharded.named_parameters())
+    b = ft.AdamW(
+        [{"params": [snamed[n] for n in snamed if n != "gain"]}, {"params": [snamed["gain"]]}],
+        lr=LR, weight_decay=WD, state_dtype=option, max_grad_norm=clip,
+    )  # fmt: skip
+    for step in range(STEPS):
+        x, y = _full_batch8(step, world)
+        a.zero_grad()
+        F.mse_loss(plain(x), y).backward()
+        for name, p in sharded.named_parameters():
+            grad = named[name].grad.detach().clone()
+            p.grad = distribute_tensor(grad, p.device_mesh, p.placements, src_data_rank=None)
+        a.step()
+        b.step()
+    return {
+        "plain": {"params": _full_params(plain), "state": _full_state8(plain, a)},
+        "fsdp": {"params": _full_params(sharded), "state": _full_state8(sharded, b)},
+        "absmax_shape": tuple(b.state[snamed["w1"]]["exp_avg_absmax"].shape),
+        "absmax_type": type(b.state[snamed["w1"]]["exp_avg_absmax"]).__name__,
+        "local_rows_w2": b.state[snamed["w2"]]["exp_avg"].to_local().shape[0],
+    }
+
+
+def _train8(sharded, start=0, load=None, save=None, mesh=None, saved=None):
+    """Training on each rank's batch (or the whole batch in one process), 8-bit; a DCP
+    checkpoint at SAVE_AT; returns losses, params, the state saved or loaded."""
+    import torch.distributed.checkpoint as dcp
+
+    rank, world = _rank(), _world()
+    model = _Net8()
+    if sharded:
+        _shard8(model, mesh)
+    opt = ft.AdamW(model.parameters(), lr=LR, weight_decay=WD, state_dtype="8bit")
+    result = {}
+    if load is not None:
+        _dcp_load(model, opt, load)
+        result["loaded_state"] = _full_state8(model, opt)
+    losses = []
+    for step in range(start, STEPS):
+        x, y = _batch8(step, rank) if sharded and world > 1 else _full_batch8(step, 2)
+        loss = F.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(_mean(loss.item()) if sharded else loss.item())
+        if save is not None and step + 1 == SAVE_AT:
+            dcp.save(_dcp_state(model, opt), checkpoint_id=save)
+            result["saved_state"] = _full_state8(model, opt)
+            if saved is not None:
+                saved.update(_full_optim_state_dict(model, opt))
+    result.update(losses=losses, params=_full_params(model))
+    absmax = opt.state[model.w1]["exp_avg_absmax"]
+    result["absmax"] = (type(absmax).__name__, str(getattr(absmax, "placements", None)))
+    return result
+
+
+def _full_optim_state_dict(model, opt):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return {"full": get_optimizer_state_dict(model, opt, options=options)}
+
+
+def _nonfinite8(rank):
+    """8-bit under FSDP2: a NaN in rank 1's shard only, after a step: every rank raises
+    and nothing changes (params, codes, scales, step)."""
+    model = _shard8(_Net8())
+    opt = ft.AdamW(model.parameters(), lr=LR, state_dtype="8bit")
+    for step in range(2):
+        x, y = _batch8(step, rank)
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        if step == 1:
+            before = (_full_params(model), _full_state8(model, opt))
+            if rank == 1:
+                model.w1.grad._local_tensor[0, 0] = float("nan")
+        try:
+            opt.step()
+            outcome = "stepped"
+        except FloatingPointError as error:
+            outcome = f"raised: {error}"
+    outcomes = [None] * _world()
+    dist.all_gather_object(outcomes, outcome)
+    params, state = _full_params(model), _full_state8(model, opt)
+    unchanged = all(torch.equal(before[0][k], v) for k, v in params.items()) and all(
+        torch.equal(before[1][n][k], v) for n, st in state.items() for k, v in st.items()
+    )
+    return {"outcomes": outcomes, "unchanged": unchanged}
+
+
+def fsdp2_8bit(out):
+    """state_dtype="8bit" under fully_shard on 2 ranks: the same gradients give the
+    one-process bits; training resumes from a DCP checkpoint at 2 ranks bit for bit (and
+    at 1 rank in fsdp2_8bit_resume1); a NaN on one rank changes nothing anywhere."""
+    dist.init_process_group("gloo")
+    result = {}
+    for option in ("8bit", "8bit_companded"):
+        result[f"same_{option}"] = _same_grads8(option, None)
+    result["same_clip"] = _same_grads8("8bit", CLIP)
+    folder = str(Path(out) / "dcp_8bit")
+    full = {}
+    result["single"] = _train8(False)
+    result["fsdp"] = _train8(True, save=folder, saved=full)
+    result["full_state_dict"] = full["full"]
+    result["resumed"] = _train8(True, start=SAVE_AT, load=folder)
+    # HSDP's 2-D mesh, (Replicate, Shard(0)): rows still follow the shards.
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (1, _world()), mesh_dim_names=("replicate", "shard"))
+    result["hsdp"] = _train8(True, mesh=mesh)
+    result["nonfinite"] = _nonfinite8(_rank())
+    return result
+
+
+def fsdp2_8bit_resume1(out):
+    """fsdp2_8bit's 2-rank DCP checkpoint at 1 rank: fully_shard on a 1-rank mesh loads it
+    (codes and scales resharded exactly) and trains on; a plain one-process model keeps
+    the 1-d param in 8 bits, which the checkpoint holds in float32: DCP refuses it."""
+    dist.init_process_group("gloo")
+    folder = str(Path(out) / "dcp_8bit")
+    result = {"fsdp1": _train8(True, start=SAVE_AT, load=folder)}
+    try:
+        _train8(False, start=SAVE_AT, load=folder)
+        result["plain"] = "loaded"
+    except BaseException as error:  # DCP's CheckpointException is a BaseException
+        result["plain"] = f"{type(error).__name__}: {error}"
+    return result
+
+
 SCENARIOS = {
     "fsdp2": fsdp2,
     "fsdp2_resume1": fsdp2_resume1,
@@ -636,6 +833,8 @@ SCENARIOS = {
     "lightning": lightning,
     "fsdp2_residual": fsdp2_residual,
     "fsdp2_residual_resume1": fsdp2_residual_resume1,
+    "fsdp2_8bit": fsdp2_8bit,
+    "fsdp2_8bit_resume1": fsdp2_8bit_resume1,
 }
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+import fusedadam.torch as ft  # noqa: E402
 
 WORKER = Path(__file__).with_name("_engines_worker.py")
 REQUIRE = os.environ.get("FUSEDADAM_REQUIRE_ENGINES") == "1"
@@ -240,3 +241,75 @@ def test_fsdp2_bfloat16_params_with_residual_master(tmp_path):
         {k: v.float() for k, v in fsdp["params"].items()},
         atol=2**-8,
     )
+
+
+def test_fsdp2_8bit_state(tmp_path):
+    """state_dtype="8bit" under fully_shard on 2 ranks. Rows of whole 256-element blocks
+    (a 33-row weight split 17/16, a 1-row one that leaves rank 1 no rows) keep 8-bit
+    moments whose blocks are the one-process blocks: fed the same gradients, params,
+    codes and scales are the one-process bits. A 1-d param keeps float32 moments under
+    FSDP2. A DCP checkpoint resumes at 2 ranks bit for bit and reshards exactly to one
+    rank's fully_shard; a plain one-process model, which keeps the 1-d param in 8 bits,
+    is refused by DCP; the full state dict loads there with convert=True."""
+    r = torchrun("fsdp2_8bit", tmp_path)
+    for option, codes in (("8bit", torch.uint8), ("8bit_companded", torch.int8)):
+        same = r[f"same_{option}"]
+        assert same["absmax_type"] == "DTensor" and same["absmax_shape"] == (33, 1)
+        assert same["local_rows_w2"] == 1  # rank 0 holds the row; rank 1 none
+        equal_params(same["fsdp"]["params"], same["plain"]["params"])
+        for name, state in same["plain"]["state"].items():
+            fsdp_state = same["fsdp"]["state"][name]
+            assert fsdp_state.keys() == state.keys(), name
+            for k, v in state.items():
+                assert torch.equal(fsdp_state[k], v), (option, name, k)
+            want = codes if name in ("w1", "w2") else torch.float32
+            assert state["exp_avg"].dtype == want, name
+    # Clipped by the norm over the mesh (summed in another order): equal to rounding.
+    clip = r["same_clip"]
+    close_params(clip["fsdp"]["params"], clip["plain"]["params"], atol=1e-6)
+    # Training on each rank's batch against one process on the whole batch (which keeps
+    # the 1-d param in 8 bits): close; the DCP checkpoint resumed at 2 ranks: bit for bit.
+    fsdp, single, resumed = r["fsdp"], r["single"], r["resumed"]
+    np.testing.assert_allclose(fsdp["losses"], single["losses"], rtol=1e-5)
+    for name, state in fsdp["saved_state"].items():
+        for k, v in state.items():
+            assert torch.equal(resumed["loaded_state"][name][k], v), (name, k)
+    assert resumed["losses"] == fsdp["losses"][3:]
+    equal_params(resumed["params"], fsdp["params"])
+    assert fsdp["absmax"] == ("DTensor", "(Shard(dim=0),)")
+    hsdp = r["hsdp"]
+    assert hsdp["absmax"] == ("DTensor", "(Replicate(), Shard(dim=0))")
+    np.testing.assert_allclose(hsdp["losses"], fsdp["losses"], rtol=1e-6)
+    close_params(hsdp["params"], fsdp["params"], atol=1e-6)
+    nonfinite = r["nonfinite"]
+    assert nonfinite["unchanged"]
+    for outcome in nonfinite["outcomes"]:
+        assert outcome.startswith("raised: param_groups[0]: a gradient holds NaN or inf")
+    # One rank: fully_shard on a 1-rank mesh loads the checkpoint exactly and trains on.
+    r1 = torchrun("fsdp2_8bit_resume1", tmp_path, nproc=1)
+    for name, state in fsdp["saved_state"].items():
+        for k, v in state.items():
+            assert torch.equal(r1["fsdp1"]["loaded_state"][name][k], v), (name, k)
+    np.testing.assert_allclose(r1["fsdp1"]["losses"], fsdp["losses"][3:], rtol=1e-6)
+    close_params(r1["fsdp1"]["params"], fsdp["params"], atol=1e-6)
+    assert "Missing key in checkpoint state_dict: optim.state.gain.exp_avg_absmax" in r1["plain"]
+    # The full (unsharded) state dict in a plain one-process optimizer: scales of one row
+    # per param row, the 1-d param's float32 moments quantized (convert=True).
+    full = r["full_state_dict"]
+    names = list(fsdp["params"])  # the model's params, in order
+    params = {n: torch.nn.Parameter(v.clone()) for n, v in fsdp["params"].items()}
+    saved = {
+        "state": {names.index(n): st for n, st in full["state"].items()},
+        "param_groups": [
+            {**g, "params": [names.index(n) for n in g["params"]]} for g in full["param_groups"]
+        ],
+    }
+    opt = ft.AdamW(params.values(), lr=1e-2, state_dtype="8bit")
+    with pytest.raises(TypeError, match=r"pass convert=True"):
+        opt.load_state_dict(saved)
+    opt.load_state_dict(saved, convert=True)
+    for name in ("w1", "w2"):
+        st = opt.state[params[name]]
+        for k, v in fsdp["saved_state"][name].items():
+            assert torch.equal(st[k], v), (name, k)
+    assert opt.state[params["gain"]]["exp_avg"].dtype == torch.uint8

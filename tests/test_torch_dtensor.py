@@ -129,14 +129,176 @@ def test_gradient_placement_must_match(mesh):
     assert torch.equal(dt.full_tensor(), before) and not opt.state[dt]
 
 
-def test_8bit_state_refused_for_dtensor_params(mesh):
+# 8-bit state: rows of whole 256-blocks follow the shards (8-bit, the one-process bits);
+# a 1-d param and rows of 64 elements keep float32 moments under a DTensor.
+SHAPES_8BIT = [(40, 256), (9, 512), (5000,), (64, 64)]
+ROWS_8BIT = (True, True, False, False)
+
+
+def _pairs_8bit(mesh, dtype):
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    g = torch.Generator().manual_seed(1)
+    values = [torch.randn(s, generator=g).to(dtype) for s in SHAPES_8BIT]
+    plain = [torch.nn.Parameter(v.clone()) for v in values]
+    dts = [torch.nn.Parameter(distribute_tensor(v.clone(), mesh, [Shard(0)])) for v in values]
+    return plain, dts
+
+
+def _grads_8bit(plain, dts, step):
+    from torch.distributed.tensor import distribute_tensor
+
+    g = torch.Generator().manual_seed(50 + step)
+    for p, d in zip(plain, dts):
+        grad = torch.randn(p.shape, generator=g).to(p.dtype)
+        p.grad = grad.clone()
+        d.grad = distribute_tensor(grad.clone(), d.device_mesh, d.placements)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("option", ["8bit", "8bit_companded"])
+def test_8bit_step_equals_plain_tensor(mesh, dtype, option):
+    plain, dts = _pairs_8bit(mesh, dtype)
+    # the one-process twin: the params a DTensor keeps in float32 moments in a group of their own
+    a = ft.AdamW(
+        [
+            {"params": [p for p, r in zip(plain, ROWS_8BIT) if r]},
+            {"params": [p for p, r in zip(plain, ROWS_8BIT) if not r], "state_dtype": None},
+        ],
+        lr=0.05,
+        state_dtype=option,
+        max_grad_norm=1.0,
+    )
+    # (the same groups, each clipped by its own norm; both 8-bit here)
+    b = ft.AdamW(
+        [
+            {"params": [d for d, r in zip(dts, ROWS_8BIT) if r]},
+            {"params": [d for d, r in zip(dts, ROWS_8BIT) if not r]},
+        ],
+        lr=0.05,
+        state_dtype=option,
+        max_grad_norm=1.0,
+    )
+    for step in range(3):
+        _grads_8bit(plain, dts, step)
+        a.step()
+        b.step()
+    codes = torch.uint8 if option == "8bit" else torch.int8
+    for p, d, rows in zip(plain, dts, ROWS_8BIT):
+        # The clipping norm is summed in another order (over the mesh): equal to rounding,
+        # which a bfloat16 param can show as one of its ulps on a few elements.
+        if dtype == torch.float32:
+            _close(d.full_tensor(), p.detach())
+        else:
+            diff = (d.full_tensor().float() - p.detach().float()).abs()
+            ulp = torch.finfo(torch.bfloat16).eps * p.detach().float().abs().clamp(min=1)
+            assert bool((diff <= ulp).all()) and int((diff > 0).sum()) <= diff.numel() // 1000
+        st = b.state[d]
+        assert st["exp_avg"].dtype == (codes if rows else torch.float32)
+        if rows:
+            absmax = st["exp_avg_absmax"]
+            per_row = d.shape[1:].numel() // 256
+            assert type(absmax).__name__ == "DTensor" and absmax.placements == d.placements
+            assert absmax.shape == (d.shape[0], per_row)
+            # the one-process scales, one row of them per param row
+            if dtype == torch.float32:
+                _close(absmax.full_tensor().reshape(-1), a.state[p]["exp_avg_absmax"])
+    # Without clipping, the same bits.
+    plain, dts = _pairs_8bit(mesh, dtype)
+    a = ft.AdamW(plain[:2], lr=0.05, state_dtype=option)
+    b = ft.AdamW(dts[:2], lr=0.05, state_dtype=option)
+    for step in range(3):
+        _grads_8bit(plain, dts, step)
+        a.step()
+        b.step()
+    for p, d in zip(plain[:2], dts[:2]):
+        assert torch.equal(d.full_tensor(), p.detach())
+        for name, value in a.state[p].items():
+            if name != "step":
+                assert torch.equal(b.state[d][name].full_tensor().reshape(value.shape), value)
+    # the scales are the kernel's memory: an edit is what the next step sees
+    b.state[dts[0]]["exp_avg_absmax"].to_local().mul_(2)
+    a.state[plain[0]]["exp_avg_absmax"].mul_(2)
+    _grads_8bit(plain, dts, 3)
+    a.step()
+    b.step()
+    assert torch.equal(dts[0].full_tensor(), plain[0].detach())
+
+
+def test_8bit_state_dicts_load_both_ways(mesh):
+    plain, dts = _pairs_8bit(mesh, torch.float32)
+    a = ft.AdamW(plain[:2], lr=0.05, state_dtype="8bit")
+    b = ft.AdamW(dts[:2], lr=0.05, state_dtype="8bit")
+    _grads_8bit(plain, dts, 0)
+    a.step()
+    b.step()
+    saved_a, saved_b = a.state_dict(), b.state_dict()
+    # the one-process state dict holds the scales in the FSDP2 shape: one row per param row
+    assert saved_a["state"][0]["exp_avg_absmax"].shape == (40, 1)
+    assert a.state[plain[0]]["exp_avg_absmax"].shape == (40,)
+    for saved in (saved_a, saved_b):
+        plain2, dts2 = _pairs_8bit(mesh, torch.float32)
+        a2 = ft.AdamW(plain2[:2], lr=0.05, state_dtype="8bit")
+        b2 = ft.AdamW(dts2[:2], lr=0.05, state_dtype="8bit")
+        a2.load_state_dict(saved_a)
+        b2.load_state_dict(saved)
+        assert type(b2.state[dts2[1]]["exp_avg_sq_absmax"]).__name__ == "DTensor"
+        _grads_8bit(plain2, dts2, 1)
+        a2.step()
+        b2.step()
+        for p, d in zip(plain2[:2], dts2[:2]):
+            assert torch.equal(d.full_tensor(), p.detach())
+    # an older one-process state dict, flat scales, loads too
+    flat = {
+        "state": {
+            i: {k: v.reshape(-1) if k.endswith("_absmax") else v for k, v in st.items()}
+            for i, st in saved_a["state"].items()
+        },
+        "param_groups": saved_a["param_groups"],
+    }
+    for opt in (
+        ft.AdamW(_pairs_8bit(mesh, torch.float32)[0][:2], lr=0.05, state_dtype="8bit"),
+        ft.AdamW(_pairs_8bit(mesh, torch.float32)[1][:2], lr=0.05, state_dtype="8bit"),
+    ):
+        opt.load_state_dict(flat)
+
+
+def test_8bit_exception_changes_nothing(mesh):
+    plain, dts = _pairs_8bit(mesh, torch.float32)
+    b = ft.AdamW(dts, lr=0.05, state_dtype="8bit")
+    _grads_8bit(plain, dts, 0)
+    dts[0].grad._local_tensor[3, 7] = float("nan")
+    with pytest.raises(FloatingPointError):
+        b.step()
+    assert not any(b.state[d] for d in dts)
+    _grads_8bit(plain, dts, 0)
+    b.step()
+    before = {
+        i: {k: v.full_tensor().clone() for k, v in b.state[d].items() if k != "step"}
+        for i, d in enumerate(dts)
+    }
+    params = [d.full_tensor().clone() for d in dts]
+    dts[1].grad._local_tensor[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError):
+        b.step()
+    for i, d in enumerate(dts):
+        assert torch.equal(d.full_tensor(), params[i])
+        assert int(b.state[d]["step"]) == 1
+        for k, v in before[i].items():
+            assert torch.equal(b.state[d][k].full_tensor(), v), k
+    # a state dict that does not fit is refused whole
+    saved = b.state_dict()
+    saved["state"][1]["exp_avg_absmax"] = torch.zeros(3)
+    with pytest.raises(ValueError):
+        b.load_state_dict(saved)
+    for k, v in before[0].items():
+        assert torch.equal(b.state[dts[0]][k].full_tensor(), v), k
+
+
+def test_8bit_state_refused_for_schedule_free_dtensor_params(mesh):
     _, dt = _pair(mesh)
     with pytest.raises(ValueError, match=r"state_dtype='8bit' is not supported for DTensor"):
-        ft.AdamW([dt], state_dtype="8bit")
-    opt = ft.AdamW([torch.nn.Parameter(torch.zeros(3))])
-    with pytest.raises(ValueError, match=r"param_groups\[1\]: state_dtype='8bit'"):
-        opt.add_param_group({"params": [dt], "state_dtype": "8bit"})
-    assert len(opt.param_groups) == 1
+        ft.AdamWScheduleFree([dt], state_dtype="8bit")
 
 
 def test_clipping_switched_off_mid_run(mesh):

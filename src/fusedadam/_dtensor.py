@@ -18,6 +18,23 @@ the params are sharded on:
 
 Groups with ``nonfinite="ignore"`` and no ``max_grad_norm`` need no communication. Nothing
 in this module imports torch.distributed: a DTensor can only exist once it was imported.
+
+8-bit moments (``state_dtype="8bit"``/``"8bit_companded"``): the kernel quantizes the local
+shard in blocks of ``Q8_BLOCK`` elements from the shard's first element, and keeps one
+float32 scale per block. A param sharded on dim 0 only (FSDP2's ``Shard(0)``, HSDP's
+``(Replicate(), Shard(0))``) whose rows (its elements per index of dim 0) are a multiple
+of ``Q8_BLOCK`` has every shard boundary on a block boundary, at every number of ranks:
+its blocks are the one-process blocks, and its scales are kept as a DTensor of shape
+``(rows, elements per row // Q8_BLOCK)`` placed like the param (one row of scales per row
+of the param), so ``torch.distributed.checkpoint`` reshards codes and scales alike, to
+any number of ranks. Any other DTensor param (rows not a multiple of ``Q8_BLOCK``, such as
+a 1-d norm weight, or sharded on another dim) keeps float32 moments, as a param of fewer
+than ``Q8_MIN_SIZE`` elements does: its blocks could not follow its shards at every
+number of ranks. Which of the two a param gets, and the ``Q8_MIN_SIZE`` rule, are decided
+on the whole param's shape (``q8_size``), so every rank, and every number of ranks,
+keeps the same dtypes. The one-process front end saves the scales of such a param in the
+same 2-d shape (``saved_scales``), so state dicts and checkpoints move between it and
+FSDP2.
 """
 
 import math
@@ -26,7 +43,7 @@ import sys
 import numpy as np
 import torch
 
-from fusedadam import _precision
+from fusedadam import _constants, _precision
 
 #: Returned by :meth:`Plan.before_step` when every rank skips this step.
 SKIP = object()
@@ -50,15 +67,69 @@ def local(t):
     return t
 
 
+def scale_rows(shape):
+    """Scales per row of a param of ``shape`` when its rows (elements per index of dim 0)
+    are whole blocks of ``Q8_BLOCK`` elements, else None."""
+    if len(shape) < 2:
+        return None
+    row = math.prod(shape[1:])
+    block = _constants.Q8_BLOCK
+    return row // block if row and row % block == 0 else None
+
+
+def _row_sharded(p):
+    """Whether DTensor ``p`` is sharded on dim 0 only (Replicate on other mesh dims)."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    return all(
+        isinstance(pl, Replicate) or (isinstance(pl, Shard) and pl.dim == 0) for pl in p.placements
+    )
+
+
+def q8_size(p):
+    """The size the 8-bit rule sees for param ``p`` (``engine._plan.state_dtypes``): None
+    for a plain tensor (its own size); for a DTensor the whole param's size when its
+    blocks follow its shards at every number of ranks, else 0 (float32 moments)."""
+    if not is_dtensor(p):
+        return None
+    return p.numel() if scale_rows(p.shape) is not None and _row_sharded(p) else 0
+
+
+def is_scale(name):
+    return name.endswith(_precision.SCALE_SUFFIX)
+
+
 def state_tensor(p, name, tensor, counters):
     """A state tensor for ``opt.state[p]``: for a DTensor param, a DTensor of its mesh and
     placements over ``tensor`` (the kernel's memory, not copied) when ``tensor`` is shaped
-    like the local shard; counters and other shapes stay plain tensors."""
-    if name in counters or not is_dtensor(p) or tensor.shape != p._local_tensor.shape:
+    like the local shard, or holds its 8-bit scales (shaped ``(rows, scales per row)``);
+    counters and other shapes stay plain tensors."""
+    if name in counters or not is_dtensor(p):
+        return tensor
+    if is_scale(name) and tensor.dim() == 1:
+        per_row = scale_rows(p.shape)
+        rows = p._local_tensor.shape[0]
+        if per_row is None or tensor.numel() != rows * per_row:
+            return tensor
+        return type(p).from_local(
+            tensor.view(rows, per_row), p.device_mesh, p.placements, run_check=False,
+            shape=(p.shape[0], per_row), stride=(per_row, 1),
+        )  # fmt: skip
+    if tensor.shape != p._local_tensor.shape:
         return tensor
     return type(p).from_local(
         tensor, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride()
     )
+
+
+def saved_scales(p, tensor):
+    """The 8-bit scales of a plain param as its state dict holds them: shaped ``(rows,
+    scales per row)`` when the param's rows are whole blocks (a view, the same memory),
+    as an FSDP2 run keeps them, so that a checkpoint moves between the two."""
+    per_row = scale_rows(p.shape)
+    if per_row is None or tensor.dim() != 1 or tensor.numel() != p.shape[0] * per_row:
+        return tensor
+    return tensor.view(p.shape[0], per_row)
 
 
 def localize(p, name, value):
@@ -66,7 +137,8 @@ def localize(p, name, value):
 
     A DTensor is redistributed to the param's placements first (a checkpoint resharded by
     ``torch.distributed.checkpoint`` already has them); a plain tensor shaped like the whole
-    param (a state dict saved without sharding) is cut to this rank's shard, locally.
+    param (a state dict saved without sharding) is cut to this rank's shard, locally; so are
+    8-bit scales saved whole, in either shape (one row per param row, or flat).
     """
     if not is_dtensor(p) or not isinstance(value, torch.Tensor) or value.dim() == 0:
         return value
@@ -85,7 +157,12 @@ def localize(p, name, value):
                 return value.to_local().to(dtype)
             value = value.redistribute(p.device_mesh, p.placements)
         return value.to_local()
-    if value.shape == p.shape and value.shape != p._local_tensor.shape:
+    full, mine = p.shape, p._local_tensor.shape
+    per_row = scale_rows(p.shape)
+    if is_scale(name) and per_row is not None and value.numel() == p.shape[0] * per_row:
+        full, mine = (p.shape[0], per_row), (mine[0], per_row)
+        value = value.reshape(full)
+    if value.shape == full and value.shape != mine:
         from torch.distributed.tensor import distribute_tensor
 
         value = distribute_tensor(value, p.device_mesh, p.placements, src_data_rank=None)
@@ -94,8 +171,8 @@ def localize(p, name, value):
 
 
 def check_group(group, where):
-    """8-bit state is not offered for DTensor params: its per-block scales cover the local
-    shard, so a checkpoint could not be resharded to another number of ranks."""
+    """8-bit state is not offered for DTensor params of the schedule-free optimizers (their
+    ``z`` state is made outside the step's plans, as plain tensors)."""
     option = group.get("state_dtype")
     if option not in _precision.Q8_CODE_DTYPES:
         return
@@ -103,9 +180,8 @@ def check_group(group, where):
     params = [params] if isinstance(params, torch.Tensor) else params
     if isinstance(params, (list, tuple)) and any(is_dtensor(p) for p in params):
         raise ValueError(
-            f"{where}state_dtype={option!r} is not supported for DTensor (FSDP2) params: the "
-            "per-block scales would follow each rank's shard and could not be resharded; "
-            "use None or 'bfloat16'"
+            f"{where}state_dtype={option!r} is not supported for DTensor (FSDP2) params by "
+            "the schedule-free optimizers; use None or 'bfloat16'"
         )
 
 

@@ -60,11 +60,12 @@ def hyper_spec(algorithm, group, defaults, where):
     )
 
 
-def group_spec(algorithm, gi, group, hyper_spec, first, named, state_of, created_of):
+def group_spec(algorithm, gi, group, hyper_spec, first, named, state_of, created_of, size_of=None):
     """Group ``gi``'s validated arrays as a ``GroupSpec`` (nothing is written).
 
     ``state_of(p)`` is param ``p``'s state dict or None, ``created_of(p)`` the optional
-    state names it got while their flag was on. State a param lacks is made here (zeros,
+    state names it got while their flag was on; ``size_of(p)``, when given, the size the
+    8-bit rule sees for ``p`` (``state_dtypes``). State a param lacks is made here (zeros,
     step 0) and listed in ``installs`` for the caller to attach when a step commits;
     ``named`` collects ``(name, array)`` of every array the step writes.
     """
@@ -82,7 +83,10 @@ def group_spec(algorithm, gi, group, hyper_spec, first, named, state_of, created
     stepped, fresh, masters = set(), [], []
     for k, p in enumerate(group["params"]):
         pname = f"params[{first + k}]"
-        dtypes = state_dtypes(algorithm, p, hyper_spec.state_dtype, pname, hyper_spec.master)
+        dtypes = state_dtypes(
+            algorithm, p, hyper_spec.state_dtype, pname, hyper_spec.master,
+            None if size_of is None else size_of(p),
+        )  # fmt: skip
         master = _master_name(dtypes)
         st = state_of(p)
         if st is None or (type(st) is dict and not st):
@@ -156,10 +160,14 @@ def group_spec(algorithm, gi, group, hyper_spec, first, named, state_of, created
     )
 
 
-def state_dtypes(algorithm, p, option, pname, master="float32"):
+def state_dtypes(algorithm, p, option, pname, master="float32", size=None):
     """The dtype of each state array of param ``p`` (its master_param or master_residual
-    included) for the group's ``state_dtype`` and ``master`` options."""
-    dtype = _precision.state_dtype(p.dtype, option, pname, p.size)
+    included) for the group's ``state_dtype`` and ``master`` options. ``size``: the size
+    the 8-bit rule (``_precision.state_dtype``) sees, ``p.size`` by default; a front end
+    that steps a shard of a larger param passes the rule's size for the whole param, so
+    that every shard of it keeps the same dtypes."""
+    size = p.size if size is None else size
+    dtype = _precision.state_dtype(p.dtype, option, pname, size)
     dtypes = {name: dtype for name in algorithm.all_state_names()}
     if _precision.is_q8(dtype):
         for name in algorithm.all_state_names():

@@ -55,15 +55,16 @@ def checked_state(algorithm, param_groups, state_dict, convert, check_group_hype
     return new_groups, new_state
 
 
-def checked_entry(algorithm, entry, p, group, pname, where, convert):
+def checked_entry(algorithm, entry, p, group, pname, where, convert, size=None):
     """``(step, arrays, scalars)`` of one param's saved state ``entry``, checked against
     param ``p`` (an ndarray) under ``group``'s options (its optional-state flags,
     ``state_dtype`` and ``master``): the arrays in this front end's dtypes (cast with
-    ``convert``). ``pname`` names the entry in messages, ``where`` the param."""
+    ``convert``). ``pname`` names the entry in messages, ``where`` the param; ``size``:
+    the size the 8-bit rule sees (``state_dtypes``)."""
     required = algorithm.state_names
     required = required + tuple(name for name, flag in algorithm.optional_state if group.get(flag))
     optional = tuple(name for name, _ in algorithm.optional_state if name not in required)
-    dtypes = state_dtypes(algorithm, p, group.get("state_dtype"), where, group.get("master"))
+    dtypes = state_dtypes(algorithm, p, group.get("state_dtype"), where, group.get("master"), size)
     master = tuple(n for n in (_precision.MASTER, _precision.MASTER_RESIDUAL) if n in dtypes)
     scales = [_precision.scale_name(name) for name in required + optional]
     signed = algorithm.signed_state(algorithm.all_state_names())

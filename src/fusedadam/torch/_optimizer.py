@@ -109,7 +109,6 @@ class Optimizer(StateDicts, Plans, torch.optim.Optimizer):
         """torch's flags and the hyperparameters a group has (the engine re-validates the
         whole group when it plans)."""
         _torch_api.check_torch_only(group, where)
-        _dtensor.check_group({**getattr(self, "defaults", {}), **group}, where)
         checked = {k: group[k] for k in self._keys if k in group}
         if "betas" in checked:
             checked["betas"] = _bridge.plain_betas(checked["betas"])

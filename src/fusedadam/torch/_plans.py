@@ -82,6 +82,8 @@ class Plans:
         specs = []
         named: List[Tuple[str, np.ndarray]] = []
         numpy_state = {}
+        # A DTensor's 8-bit rule is decided on the whole param (_dtensor.q8_size).
+        q8_sizes = {id(self._views[i]): self._q8_sizes[i] for i in range(len(self._params))}
         for part in parts:
             for i in part[5]:
                 numpy_state[id(self._views[i])] = self._numpy_state(i, state_map)
@@ -90,6 +92,7 @@ class Plans:
             spec = group_spec(
                 self.algorithm, gi, group, hyper, Positions(positions), named,
                 lambda view: numpy_state[id(view)], lambda view: (),
+                lambda view: q8_sizes.get(id(view)),
             )  # fmt: skip
             specs.append(self._own_counters(spec, by_view, state_map))
         written = _validation.written_intervals(named)
@@ -125,6 +128,10 @@ class Plans:
             elif isinstance(value, torch.Tensor):
                 _bridge.check_tensor(value, f"opt.state of params[{i}]['{key}']", "state tensor")
                 entries[key] = _bridge.numpy_view(value)
+                if value.dim() == 2 and _dtensor.is_scale(key):
+                    # a DTensor's 8-bit scales, one row per param row: the kernel's flat
+                    # array (contiguous: a view)
+                    entries[key] = entries[key].reshape(-1)
             else:
                 entries[key] = value
         return entries
@@ -247,6 +254,7 @@ class Plans:
         dtensors = any(_dtensor.is_dtensor(p) for p in flat)
         self._dtensor = _dtensor.Plan(self) if dtensors else None
         self._params = flat
+        self._q8_sizes = [_dtensor.q8_size(p) for p in flat]
         self._owner = [gi for gi, ps in enumerate(members) for _ in ps]
         self._low = [p.dtype in _bridge.LOW_PRECISION or dtensors for p in flat]
         self._views = []

@@ -13,7 +13,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from fusedadam import _algorithms, _precision, _schedule_free, reference
+from fusedadam import _algorithms, _dtensor, _precision, _schedule_free, reference
 from fusedadam.engine._plan import new_state, state_dtypes
 from fusedadam.torch import _bridge
 from fusedadam.torch._optimizer import Optimizer
@@ -33,6 +33,7 @@ class ScheduleFree(Optimizer):
     def _check_group(self, group, where):
         super()._check_group(group, where)
         _schedule_free.check_mode_entry(group, where)
+        _dtensor.check_group({**getattr(self, "defaults", {}), **group}, where)
 
     _COUNTERS = ("step", "lr_max", "weight_sum")
 

@@ -56,6 +56,10 @@ class StateDicts:
             if not st or id(p) not in mappings:
                 continue
             entry = dict(st)
+            if not _dtensor.is_dtensor(p):
+                for key, value in st.items():
+                    if _dtensor.is_scale(key) and isinstance(value, torch.Tensor):
+                        entry[key] = _dtensor.saved_scales(p, value)
             if "step" in entry:
                 step = float(entry["step"])
                 entry["step"] = torch.tensor(
@@ -170,8 +174,9 @@ class StateDicts:
             else:
                 arrays[key] = self._saved_value(key, value, p, index)
         step, copies, scalars = checked_entry(
-            algorithm, arrays, view, engine_group, pname, f"params[{index}]", convert
-        )
+            algorithm, arrays, view, engine_group, pname, f"params[{index}]", convert,
+            _dtensor.q8_size(p),
+        )  # fmt: skip
         new_param = copies.pop(_validation.NEW_PARAM, None)
         st = {name: self._state_tensor(p, name, a) for name, a in copies.items()}
         st["step"] = self._state_tensor(p, "step", np.array(step, dtype=np.int64))
@@ -199,6 +204,8 @@ class StateDicts:
         if value.is_sparse or value.layout is not torch.strided:
             raise TypeError(f"state_dict: {key} of params[{index}] is sparse")
         value = value.to(device="cpu")
+        if _dtensor.is_scale(key) and value.dim() == 2:
+            value = value.reshape(-1)  # 8-bit scales saved one row per param row
         if p.dtype not in _bridge.LOW_PRECISION and value.is_floating_point():
             value = value.to(p.dtype)  # torch's rule for its own state dicts
         if value.dtype not in _bridge.FLOATS and value.dtype not in _bridge.STATE_INTS:
