@@ -138,8 +138,10 @@ def _docstring(optimizer, algorithm, entry, n_betas):
     lines += [
         "step : int",
         "    The number ``t >= 1`` of this update (bias correction and ``lr(t)`` use it).",
-        f"{betas} : float",
-        f"    ``betas`` of :class:`fusedadam.{optimizer}`.",
+    ]
+    if n_betas:  # Signum has none (its one decay is ``momentum``)
+        lines += [f"{betas} : float", f"    ``betas`` of :class:`fusedadam.{optimizer}`."]
+    lines += [
         "**options",
         f"    Any other argument of :class:`fusedadam.{optimizer}`, with its defaults; "
         "``masters`` for bfloat16/float16 params.",
@@ -159,7 +161,7 @@ def _function(optimizer):
     name, defaults = _algorithms.DEFAULTS[optimizer]
     algorithm = _algorithms.ALGORITHMS[name]
     entry = _algorithms.CLASSES[optimizer]
-    betas = defaults["betas"]
+    betas = defaults.get("betas", ())  # Signum has none
     carried = [f"{state}s" for state, _ in algorithm.scalar_state]
     parameters = (
         [_P("params", _P.POSITIONAL_OR_KEYWORD, annotation=Arrays)]
@@ -190,7 +192,9 @@ def _function(optimizer):
         body += [f"if {state}s is not None:", f"    _states[{state!r}] = {state}s"]
         flags += f", {flag}={state}s is not None"
     beta_names = ", ".join(f"beta{i + 1}" for i in range(len(betas)))
-    body.append(f"options.update(betas=({beta_names},){flags})")
+    if betas:
+        flags = f"betas=({beta_names},){flags}"
+    body.append(f"options.update({flags.removeprefix(', ')})")
     body.append(f"return _step({optimizer!r}, params, grads, _states, step, options)")
     return _generate.define(
         entry.function,
