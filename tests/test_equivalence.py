@@ -152,10 +152,8 @@ def test_random_hyperparameters_bit_identical(
     if cls.algorithm.n_betas == 3:  # AdEMAMix, Adan; the warmup takes log(beta1)
         betas = (beta1 if beta1 or "t_alpha_beta3" not in options else 0.5, beta2, 0.99)
     options = {**options, "lr": lr, "weight_decay": weight_decay}
-    if "betas" in inspect.signature(cls).parameters:
+    if "betas" in inspect.signature(cls).parameters:  # a class may have none
         options["betas"] = betas
-    else:  # Signum: its one decay is momentum
-        options["momentum"] = beta1
     rng = np.random.default_rng(seed)
     p0 = rng.standard_normal(size).astype(dtype)
     grads = [(rng.standard_normal(size) * scale).astype(dtype) for _ in range(steps)]

@@ -66,7 +66,7 @@ def test_the_functions_beta_defaults_are_the_registrys(name):
     functional form); their defaults are the registry's, not a second copy that drifts."""
     function = FUNCTIONS[name][0]
     parameters = inspect.signature(function).parameters
-    betas = _algorithms.DEFAULTS[name][1].get("betas", ())  # Signum has none
+    betas = _algorithms.DEFAULTS[name][1].get("betas", ())  # a class may have none
     for i, beta in enumerate(betas):
         assert parameters[f"beta{i + 1}"].default == beta, (name, i)
 
@@ -86,7 +86,7 @@ def test_function_is_the_class_step(name, dtype, backend):
         states[n] = [np.full((), SCALAR_INITIAL[n]) for _ in p_func]
     if "z" in state_names:
         states["z"] = [p.copy() for p in p_func]
-    betas = _algorithms.DEFAULTS[name][1].get("betas", ())  # Signum has none
+    betas = _algorithms.DEFAULTS[name][1].get("betas", ())  # a class may have none
     beta_keywords = {f"beta{i + 1}": beta for i, beta in enumerate(betas)}
     for t in range(1, 8):
         grads = [rng.standard_normal(s).astype(dtype) for s in shapes]

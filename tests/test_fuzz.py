@@ -179,7 +179,8 @@ def options(spec):
         for key in ("lr", "eps", "weight_decay"):
             if key in opts and isinstance(opts[key], float):
                 opts[key] = np.float32(opts[key])
-        opts["betas"] = tuple(np.float32(b) for b in opts["betas"])
+        if "betas" in opts:  # a class may have none
+            opts["betas"] = tuple(np.float32(b) for b in opts["betas"])
     return opts
 
 

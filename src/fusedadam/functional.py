@@ -139,7 +139,7 @@ def _docstring(optimizer, algorithm, entry, n_betas):
         "step : int",
         "    The number ``t >= 1`` of this update (bias correction and ``lr(t)`` use it).",
     ]
-    if n_betas:  # Signum has none (its one decay is ``momentum``)
+    if n_betas:  # a class may have none
         lines += [f"{betas} : float", f"    ``betas`` of :class:`fusedadam.{optimizer}`."]
     lines += [
         "**options",
@@ -161,7 +161,7 @@ def _function(optimizer):
     name, defaults = _algorithms.DEFAULTS[optimizer]
     algorithm = _algorithms.ALGORITHMS[name]
     entry = _algorithms.CLASSES[optimizer]
-    betas = defaults.get("betas", ())  # Signum has none
+    betas = defaults.get("betas", ())  # a class may have none
     carried = [f"{state}s" for state, _ in algorithm.scalar_state]
     parameters = (
         [_P("params", _P.POSITIONAL_OR_KEYWORD, annotation=Arrays)]
