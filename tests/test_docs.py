@@ -45,19 +45,36 @@ def _package_dir():
 
 
 def _all_of(module):
-    """``__all__`` of an installed fusedadam module, read with ast (nothing imported)."""
+    """``__all__`` of an installed fusedadam module, read with ast (the module is not
+    imported: torch and mpi4py are not needed). A list built from the registry
+    (``[*_algorithms.CLASSES, ...]``) or extended by another module's (``__all__ +=
+    optim.__all__``) is evaluated with those two modules, which import neither."""
     parts = module.split(".")[1:]
     base = _package_dir().joinpath(*parts)
     path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+    scope = {
+        "_algorithms": importlib.import_module("fusedadam._algorithms"),
+        "optim": importlib.import_module("fusedadam.optim"),
+    }
+    names = None
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and any(
-            getattr(t, "id", None) == "__all__" for t in node.targets
-        ):
+        if isinstance(node, (ast.Assign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if not any(getattr(t, "id", None) == "__all__" for t in targets):
+                continue
             try:
-                return list(ast.literal_eval(node.value))
-            except ValueError:  # built from the registry (functional): import it
-                return list(importlib.import_module(module).__all__)
-    raise AssertionError(f"{path} has no __all__")
+                value = list(ast.literal_eval(node.value))
+            except ValueError:
+                try:
+                    value = list(
+                        eval(compile(ast.Expression(node.value), str(path), "eval"), scope)
+                    )
+                except NameError:  # built some other way (functional): import the module
+                    value = list(importlib.import_module(module).__all__)
+            names = value if isinstance(node, ast.Assign) else names + value
+    if names is None:
+        raise AssertionError(f"{path} has no __all__")
+    return names
 
 
 def _documented():
