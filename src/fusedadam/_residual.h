@@ -109,21 +109,29 @@ FA_RESID_TARGET static inline void fa_compact_load16(const uint16_t *pp, const u
 }
 
 /* whether any of 16 masters is NaN (the only masters the lanes below do not round as
- * the scalar functions do: they take those 16 one at a time) */
+ * the scalar functions do: they take those 16 one at a time); one compare of the two
+ * vectors, a lane unordered when either of its two masters is NaN */
 FA_RESID_TARGET static inline int fa_resid_any_nan16(__m256 first, __m256 second)
 {
-    __m256 nan = _mm256_or_ps(_mm256_cmp_ps(first, first, _CMP_UNORD_Q),
-                              _mm256_cmp_ps(second, second, _CMP_UNORD_Q));
+    __m256 nan = _mm256_cmp_ps(first, second, _CMP_UNORD_Q);
     return !_mm256_testz_ps(nan, nan);
 }
 
-/* fa_resid_param of 16 masters that are not NaN, in memory order */
-FA_RESID_TARGET static inline __m256i fa_resid_param16(__m256i u0, __m256i u1)
+/* The 16-bit halves of 16 masters that are not NaN: *low, the low halves (the residuals),
+ * and the params, fa_resid_param: (u + 0x8000) >> 16 is the high half plus bit 15 of the
+ * low one (mod 2**16, as the 32-bit sum's). Both in the order [0-3, 8-11 | 4-7, 12-15]
+ * of 64-bit quarters (the in-lane unpacks'): one permute puts either in memory order. */
+FA_RESID_TARGET static inline __m256i fa_resid_split16(__m256 first, __m256 second,
+                                                       __m256i *low)
 {
-    const __m256i half = _mm256_set1_epi32(0x8000);
-    __m256i p = _mm256_packus_epi32(_mm256_srli_epi32(_mm256_add_epi32(u0, half), 16),
-                                    _mm256_srli_epi32(_mm256_add_epi32(u1, half), 16));
-    return _mm256_permute4x64_epi64(p, 0xd8); /* the packs work per 128-bit lane */
+    /* per 128-bit lane of each: the four low halves, then the four high halves */
+    const __m256i halves = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14,
+                                            15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11,
+                                            14, 15);
+    __m256i a = _mm256_shuffle_epi8(_mm256_castps_si256(first), halves);
+    __m256i b = _mm256_shuffle_epi8(_mm256_castps_si256(second), halves);
+    *low = _mm256_unpacklo_epi64(a, b);
+    return _mm256_add_epi16(_mm256_unpackhi_epi64(a, b), _mm256_srli_epi16(*low, 15));
 }
 
 /* Rare: 16 masters one of which is NaN, one at a time (compact: cc, else rr) */
@@ -153,17 +161,15 @@ FA_RESID_TARGET static inline void fa_resid_store16(uint16_t *pp, uint16_t *rr, 
         fa_resid_store16_slow(pp, rr, NULL, masters);
         return;
     }
-    const __m256i u0 = _mm256_castps_si256(first), u1 = _mm256_castps_si256(second);
-    const __m256i low = _mm256_set1_epi32(0xffff);
-    __m256i r = _mm256_packus_epi32(_mm256_and_si256(u0, low), _mm256_and_si256(u1, low));
-    _mm256_storeu_si256((__m256i *)pp, fa_resid_param16(u0, u1));
-    _mm256_storeu_si256((__m256i *)rr, _mm256_permute4x64_epi64(r, 0xd8));
+    __m256i low, param = fa_resid_split16(first, second, &low);
+    _mm256_storeu_si256((__m256i *)pp, _mm256_permute4x64_epi64(param, 0xd8));
+    _mm256_storeu_si256((__m256i *)rr, _mm256_permute4x64_epi64(low, 0xd8));
 }
 
 /* fa_resid_param and fa_compact_code of 16 masters into pp[0..16) and cc[0..16). The code
  * min((r + 128) >> 8, 127), r the low half as int16, is the high byte of r + 128 added
  * with signed saturation (which is the clamp: r + 128 > 0x7fff exactly when r >= 0x7f80,
- * and 0x7fff >> 8 = 127); the high halves get + 0, unchanged, and are not picked. */
+ * and 0x7fff >> 8 = 127). */
 FA_RESID_TARGET static inline void fa_compact_store16(uint16_t *pp, uint8_t *cc, __m256 first,
                                                       __m256 second)
 {
@@ -174,20 +180,14 @@ FA_RESID_TARGET static inline void fa_compact_store16(uint16_t *pp, uint8_t *cc,
         fa_resid_store16_slow(pp, NULL, cc, masters);
         return;
     }
-    const __m256i u0 = _mm256_castps_si256(first), u1 = _mm256_castps_si256(second);
-    const __m256i r128 = _mm256_set1_epi32(128);
-    /* byte 1 of each 32-bit lane to dword 0 (first) or 1 (second) of its 128-bit lane */
-    const __m256i pick0 = _mm256_setr_epi8(1, 5, 9, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-                                           -1, -1, -1, 1, 5, 9, 13, -1, -1, -1, -1, -1, -1,
-                                           -1, -1, -1, -1, -1, -1);
-    const __m256i pick1 = _mm256_setr_epi8(-1, -1, -1, -1, 1, 5, 9, 13, -1, -1, -1, -1, -1,
-                                           -1, -1, -1, -1, -1, -1, -1, 1, 5, 9, 13, -1, -1,
-                                           -1, -1, -1, -1, -1, -1);
-    __m256i c = _mm256_or_si256(_mm256_shuffle_epi8(_mm256_adds_epi16(u0, r128), pick0),
-                                _mm256_shuffle_epi8(_mm256_adds_epi16(u1, r128), pick1));
-    /* dwords [0-3, 8-11, -, - | 4-7, 12-15, -, -] to [0-3, 4-7, 8-11, 12-15 | ...] */
+    /* the high bytes to the low 8 bytes of each 128-bit lane: [0-3, 8-11, - | 4-7, 12-15, -] */
+    const __m256i high_bytes = _mm256_setr_epi8(1, 3, 5, 7, 9, 11, 13, 15, -1, -1, -1, -1, -1,
+                                                -1, -1, -1, 1, 3, 5, 7, 9, 11, 13, 15, -1, -1,
+                                                -1, -1, -1, -1, -1, -1);
+    __m256i low, param = fa_resid_split16(first, second, &low);
+    __m256i c = _mm256_shuffle_epi8(_mm256_adds_epi16(low, _mm256_set1_epi16(128)), high_bytes);
     c = _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256((__m256i *)pp, fa_resid_param16(u0, u1));
+    _mm256_storeu_si256((__m256i *)pp, _mm256_permute4x64_epi64(param, 0xd8));
     _mm_storeu_si128((__m128i *)cc, _mm256_castsi256_si128(c));
 }
 #endif
