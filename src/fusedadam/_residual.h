@@ -184,8 +184,10 @@ FA_RESID_TARGET static inline void fa_compact_store16(uint16_t *pp, uint8_t *cc,
     const __m256i high_bytes = _mm256_setr_epi8(1, 3, 5, 7, 9, 11, 13, 15, -1, -1, -1, -1, -1,
                                                 -1, -1, -1, 1, 3, 5, 7, 9, 11, 13, 15, -1, -1,
                                                 -1, -1, -1, -1, -1, -1);
+    __m256i k128 = _mm256_set1_epi16(128);
+    __asm__("" : "+x"(k128));
     __m256i low, param = fa_resid_split16(first, second, &low);
-    __m256i c = _mm256_shuffle_epi8(_mm256_adds_epi16(low, _mm256_set1_epi16(128)), high_bytes);
+    __m256i c = _mm256_shuffle_epi8(_mm256_adds_epi16(low, k128), high_bytes);
     c = _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256((__m256i *)pp, _mm256_permute4x64_epi64(param, 0xd8));
     _mm_storeu_si128((__m128i *)cc, _mm256_castsi256_si128(c));
