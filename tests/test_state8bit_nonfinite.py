@@ -6,7 +6,8 @@ for inf, 0xFE for NaN), decoded without the scale. So the other elements of the 
 the codes and values they would have without it, and the element keeps IEEE's inf or NaN as
 float32 state does. The map (reference), then the compiled block loops against it on every
 instruction-set row (the staged decode/encode, the fused x86 Adam loop with float32,
-bfloat16 and master="residual" params) and thread count, and the non-finite policies.
+bfloat16, master="residual" and master="compact" params) and thread count, and the
+non-finite policies.
 """
 
 import ml_dtypes
@@ -200,8 +201,13 @@ def test_nonfinite_moments_match_the_reference_and_stay_in_their_elements(varian
 @pytest.mark.parametrize("chunk", [16, 400, 16384])
 @pytest.mark.parametrize(
     "param_dtype, grad_dtype, extra",
-    [(F32, F32, {}), (BF16, BF16, {}), (BF16, BF16, {"master": "residual"})],
-    ids=["f32", "bf16", "bf16 residual"],
+    [
+        (F32, F32, {}),
+        (BF16, BF16, {}),
+        (BF16, BF16, {"master": "residual"}),
+        (BF16, BF16, {"master": "compact"}),
+    ],
+    ids=["f32", "bf16", "bf16 residual", "bf16 compact"],
 )
 @pytest.mark.parametrize("variant", ["adam", "adamw", "amsgrad"])
 def test_fused_and_staged_paths_every_thread_count_and_chunk(

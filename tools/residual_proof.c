@@ -5,8 +5,13 @@
  *   2. the param equals round to nearest even of u (an independent reference: exact
  *      distances in double to the two bfloat16 neighbours, ties to the even one; NaN:
  *      sign | 0x7fc0, as _convert.h's fa_f32_to_bf16) except exactly at the ties whose
- *      high half is even, where it is the neighbour away from zero (one more).
- * Prints the counts and exits 0 when both hold.
+ *      high half is even, where it is the neighbour away from zero (one more);
+ *   3. on x86 with AVX2, the 16-lane helpers of the fused 8-bit loop (fa_resid_store16,
+ *      fa_resid_load16) give the bits of the scalar functions for every master, and
+ *      every (param, residual) pair; a group of 16 holding a NaN (taken one at a time)
+ *      is run again with its NaNs replaced by zeros, so every other master also goes
+ *      through the lanes.
+ * Prints the counts and exits 0 when all hold.
  *
  *   gcc -O3 -mavx2 -ffp-contract=off -I src/fusedadam tools/residual_proof.c -o /tmp/rp
  */
@@ -39,11 +44,56 @@ static inline uint32_t rne(uint32_t u)
     return pick >> 16;
 }
 
+#ifdef FA_RESID_X86
+/* 3. for the masters of one high half: how many lanes differ from the scalar functions */
+FA_RESID_TARGET static unsigned long long lanes_wrong(uint32_t hi)
+{
+    unsigned long long wrong = 0;
+    for (uint32_t lo = 0; lo < 0x10000u; lo += 16) {
+        uint32_t u[16], back[16];
+        uint16_t p[16], r[16];
+        int any_nan = 0;
+        for (int i = 0; i < 16; i++) {
+            u[i] = (hi << 16) | (lo + i);
+            any_nan |= (u[i] & 0x7fffffffu) > 0x7f800000u;
+        }
+        for (int pass = 0; pass <= any_nan; pass++) {
+            if (pass) /* the rest without the NaNs: through the lanes */
+                for (int i = 0; i < 16; i++)
+                    u[i] = (u[i] & 0x7fffffffu) > 0x7f800000u ? 0u : u[i];
+            __m256 first, second;
+            memcpy(&first, u, 32);
+            memcpy(&second, u + 8, 32);
+            fa_resid_store16(p, r, first, second);
+            for (int i = 0; i < 16; i++)
+                wrong += p[i] != fa_resid_param(u[i]) || r[i] != fa_resid_low(u[i]);
+        }
+        /* the decoding of every pair: param hi, residuals lo .. lo + 15 */
+        for (int i = 0; i < 16; i++) p[i] = (uint16_t)hi, r[i] = (uint16_t)(lo + i);
+        __m256 first, second;
+        fa_resid_load16(p, r, &first, &second);
+        memcpy(back, &first, 32);
+        memcpy(back + 8, &second, 32);
+        for (int i = 0; i < 16; i++) wrong += back[i] != fa_resid_master(p[i], r[i]);
+    }
+    return wrong;
+}
+#endif
+
 int main(void)
 {
     unsigned long long wrong = 0, nan_wrong = 0, dev = 0, dev_tie = 0, ties_even = 0;
-    unsigned long long nans = 0, param_nan_wrong = 0;
+    unsigned long long nans = 0, param_nan_wrong = 0, lanes = 0;
+    int check_lanes = 0;
+#ifdef FA_RESID_X86
+    __builtin_cpu_init();
+    check_lanes = __builtin_cpu_supports("avx2");
+#endif
     for (uint64_t hi = 0; hi < 0x10000u; hi++) {
+#ifdef FA_RESID_X86
+        if (check_lanes)
+            lanes += lanes_wrong((uint32_t)hi);
+#endif
         for (uint32_t lo = 0; lo < 0x10000u; lo++) {
             uint32_t u = (uint32_t)(hi << 16) | lo;
             uint16_t p = fa_resid_param(u), r = fa_resid_low(u);
@@ -66,7 +116,12 @@ int main(void)
            " NaN param wrong: %llu\n", wrong, nan_wrong, param_nan_wrong);
     printf("param != round-to-nearest-even: %llu; of which ties with even high half, "
            "rounded away: %llu (ties with even high half: %llu)\n", dev, dev_tie, ties_even);
-    int ok = !wrong && !nan_wrong && !param_nan_wrong && dev == dev_tie && dev == ties_even;
+    if (check_lanes)
+        printf("16-lane helpers (AVX2) != the scalar functions: %llu\n", lanes);
+    else
+        printf("16-lane helpers: not checked (not x86 with AVX2)\n");
+    int ok = !wrong && !nan_wrong && !param_nan_wrong && dev == dev_tie && dev == ties_even &&
+             !lanes;
     printf("%s\n", ok ? "PROOF OK" : "PROOF FAILED");
     return ok ? 0 : 1;
 }

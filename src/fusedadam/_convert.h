@@ -28,8 +28,8 @@ enum { FA_ET_F32 = 0, FA_ET_F64 = 1, FA_ET_BF16 = 2, FA_ET_F16 = 3, FA_N_ETS,
 /* FA_ET_RESID is a low-precision param type only: a bfloat16 param whose master is kept as
  * its int16 residual (master="residual", _residual.h); the segment's param then points at
  * the residual, and the staged runner decodes the float32 master into a buffer per block
- * and encodes param and residual back from it (the fused x86 8-bit Adam loop: per 8
- * elements, in registers). */
+ * and encodes param and residual back from it (the fused x86 8-bit Adam loop: per 16
+ * elements, in registers, _residual.h's fa_resid_load16/store16). */
 
 /* bytes per element of each storage type, indexed by FA_ET_* (FA_ET_RESID, FA_ET_COMPACT:
  * the residual; FA_ET_Q8, FA_ET_Q8C: the codes, the block scales aside) */

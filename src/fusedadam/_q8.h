@@ -419,65 +419,6 @@ typedef struct {
 /* One block: decode, update and write block b's param, keep its new moments in
  * mnew/vnew and return their absmax lanes; encode block b - 1 (mold/vold, inverse scales
  * minv/vinv) into mc_prev/vc_prev. COUPLED, SIGN and DECAY are constants at each call. */
-/* master="residual" (RESID): 8 float32 masters from 8 params and residuals, and back
- * (fa_resid_master, fa_resid_param and fa_resid_low of _residual.h, 8 lanes at once) */
-FA_Q8_TARGET static inline __m256 fa_resid_load8(const uint16_t *pp, const uint16_t *rr)
-{
-    __m256i hi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)pp)), 16);
-    __m256i lo = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)rr));
-    return _mm256_castsi256_ps(_mm256_add_epi32(hi, lo));
-}
-
-/* The bfloat16 params (fa_resid_param of _residual.h, in 32-bit lanes) of 8 float32
- * masters u, and which lanes are NaN (both residual codes store 0 there) */
-FA_Q8_TARGET static inline __m256i fa_resid_param8(__m256i u, __m256i *nan)
-{
-    *nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
-                              _mm256_set1_epi32(0x7f800000));
-    __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x8000)), 16);
-    __m256i quiet = _mm256_or_si256(
-        _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x8000)),
-        _mm256_set1_epi32(0x7fc0));
-    return _mm256_blendv_epi8(rounded, quiet, *nan);
-}
-
-FA_Q8_TARGET static inline void fa_resid_store8(uint16_t *pp, uint16_t *rr, __m256 x)
-{
-    const __m256i u = _mm256_castps_si256(x);
-    __m256i nan;
-    __m256i p = fa_resid_param8(u, &nan);
-    __m256i r = _mm256_andnot_si256(nan, _mm256_and_si256(u, _mm256_set1_epi32(0xffff)));
-    /* per 128-bit lane [p0-3 r0-3 | p4-7 r4-7], then [p0-7 | r0-7] */
-    __m256i both = _mm256_permute4x64_epi64(_mm256_packus_epi32(p, r), 0xd8);
-    _mm_storeu_si128((__m128i *)pp, _mm256_castsi256_si128(both));
-    _mm_storeu_si128((__m128i *)rr, _mm256_extracti128_si256(both, 1));
-}
-
-/* master="compact" (RESID 2): the same from 8 params and int8 residuals (fa_compact_master,
- * fa_resid_param and fa_compact_code of _residual.h) */
-FA_Q8_TARGET static inline __m256 fa_compact_load8(const uint16_t *pp, const uint8_t *cc)
-{
-    __m256i hi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)pp)), 16);
-    __m256i lo = _mm256_slli_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)cc)), 8);
-    return _mm256_castsi256_ps(_mm256_add_epi32(hi, lo));
-}
-
-FA_Q8_TARGET static inline void fa_compact_store8(uint16_t *pp, uint8_t *cc, __m256 x)
-{
-    const __m256i u = _mm256_castps_si256(x);
-    __m256i nan;
-    __m256i p = fa_resid_param8(u, &nan);
-    /* the low half as a signed 16-bit number, + 128, >> 8, at most 127; 0 for a NaN */
-    __m256i r = _mm256_srai_epi32(_mm256_slli_epi32(u, 16), 16);
-    __m256i c = _mm256_min_epi32(_mm256_srai_epi32(_mm256_add_epi32(r, _mm256_set1_epi32(128)), 8),
-                                 _mm256_set1_epi32(127));
-    c = _mm256_andnot_si256(nan, c);
-    __m128i p16 = _mm_packus_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
-    __m128i c16 = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
-    _mm_storeu_si128((__m128i *)pp, p16);
-    _mm_storel_epi64((__m128i *)cc, _mm_packs_epi16(c16, c16));
-}
-
 FA_Q8_TARGET static inline __attribute__((always_inline)) void fa_q8_adam_block(
     float *restrict p, uint16_t *restrict pp, void *restrict rr,
     const float *restrict g, const uint8_t *restrict mc,
@@ -499,6 +440,13 @@ FA_Q8_TARGET static inline __attribute__((always_inline)) void fa_q8_adam_block(
             _mm256_add_epi16(mx, _mm256_and_si256(mx, _mm256_set1_epi16(0x80))), 7);
         __m256i vh = _mm256_slli_epi16(
             _mm256_min_epu16(vx, _mm256_set1_epi16((short)FA_Q8_ONE(FA_Q8_EMAX_UNSIGNED))), 7);
+        /* master="residual" (RESID 1) or "compact" (RESID 2): 16 float32 masters from
+         * params and residuals, and back after the update (_residual.h) */
+        __m256 masters[2];
+        if (RESID == 1)
+            fa_resid_load16(pp + i, (const uint16_t *)rr + i, &masters[0], &masters[1]);
+        else if (RESID == 2)
+            fa_compact_load16(pp + i, (const uint8_t *)rr + i, &masters[0], &masters[1]);
         for (int h = 0; h < 2; h++) {
             __m128i mh8 = h ? _mm256_extracti128_si256(mh, 1) : _mm256_castsi256_si128(mh);
             __m128i vh8 = h ? _mm256_extracti128_si256(vh, 1) : _mm256_castsi256_si128(vh);
@@ -506,9 +454,7 @@ FA_Q8_TARGET static inline __attribute__((always_inline)) void fa_q8_adam_block(
             __m256 m = _mm256_mul_ps(_mm256_cvtph_ps(mh8), mscale8);
             __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(vh8), vscale8);
             __m256 gv = _mm256_loadu_ps(g + k);
-            __m256 pv = RESID == 1   ? fa_resid_load8(pp + k, (const uint16_t *)rr + k)
-                        : RESID == 2 ? fa_compact_load8(pp + k, (const uint8_t *)rr + k)
-                                     : _mm256_loadu_ps(p + k);
+            __m256 pv = RESID ? masters[h] : _mm256_loadu_ps(p + k);
             if (SIGN) gv = _mm256_mul_ps(gv, sign8);
             if (COUPLED) gv = _mm256_add_ps(gv, _mm256_mul_ps(wd8, pv));
             if (DECAY) pv = _mm256_mul_ps(pv, decay8);
@@ -521,13 +467,15 @@ FA_Q8_TARGET static inline __attribute__((always_inline)) void fa_q8_adam_block(
             most_v = _mm256_max_epu32(most_v, _mm256_and_si256(_mm256_castps_si256(v), abs_mask));
             __m256 denom = _mm256_add_ps(_mm256_sqrt_ps(v), eps8);
             pv = _mm256_sub_ps(pv, _mm256_div_ps(_mm256_mul_ps(step8, m), denom));
-            if (RESID == 1)
-                fa_resid_store8(pp + k, (uint16_t *)rr + k, pv);
-            else if (RESID == 2)
-                fa_compact_store8(pp + k, (uint8_t *)rr + k, pv);
+            if (RESID)
+                masters[h] = pv;
             else
                 _mm256_storeu_ps(p + k, pv);
         }
+        if (RESID == 1)
+            fa_resid_store16(pp + i, (uint16_t *)rr + i, masters[0], masters[1]);
+        else if (RESID == 2)
+            fa_compact_store16(pp + i, (uint8_t *)rr + i, masters[0], masters[1]);
         _mm_storeu_si128((__m128i *)(mc_prev + i), fa_q8_enc16_signed(mold + i, minv));
         _mm_storeu_si128((__m128i *)(vc_prev + i), fa_q8_enc16_unsigned(vold + i, vinv));
     }
