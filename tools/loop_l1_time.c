@@ -25,6 +25,7 @@ static double now(void)
 int main(int argc, char **argv)
 {
     static double arrays[2 + STATES][N];
+    static double lanes[FA_TENSOR_SUMS * FA_TENSOR_LANES]; /* the sum_ kinds' phase-1 sums */
     int best_isa = fa_cpu_best_isa();
     for (int k = 1; k < argc; k++) {
         int kind = -1;
@@ -43,6 +44,7 @@ int main(int argc, char **argv)
             s.beta2 = 0.999, s.one_minus_beta2 = 0.001, s.step_size = 1e-9, s.eps = 1e-8;
             s.m_scale = 1, s.v_scale = 1, s.clip = 1e30, s.beta3 = 0.99, s.one_minus_beta3 = 0.01;
             s.bias_correction2 = 1, s.lerp_weight = 0.1, s.y_step = 1e-9, s.prox = 1;
+            s.tensor_step = 1e-9, s.tensor_decay = 1, s.lr = 1e-3, s.v_floor = 1e-16, s.acc = lanes;
             char *a[FA_MAX_SLOTS] = {0};
             for (int j = 0; j < 2 + STATES; j++) {
                 a[j] = (char *)arrays[j];
