@@ -520,6 +520,7 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
         FA_MOMENTS_DECL(T)                                                           \
         const T step_size = (T)s->step_size;                                         \
         const T m_scale = (T)s->m_scale, v_scale = (T)s->v_scale;                    \
+        /* u_buf holds x = sqrt(v v_scale), then u in its place */                    \
         T y_buf[FA_ATAN2_BLOCK], u_buf[FA_ATAN2_BLOCK];                              \
         T base_buf[FA_ATAN2_BLOCK], low_buf[FA_ATAN2_BLOCK], poly_buf[FA_ATAN2_BLOCK]; \
         for (ptrdiff_t start = 0; start < n; start += FA_ATAN2_BLOCK) {              \
