@@ -522,7 +522,7 @@ def adopt_update(param, grad, exp_avg, exp_avg_sq, scalars, coupled):
     exp_avg_sq += g_sq
 
 
-# FA_ATAN2 of _loops.h: Cephes' atan coefficients (S. L. Moshier), the double rational's
+# FA_ATAN2_POLY of _loops.h: Cephes' atan coefficients (S. L. Moshier), the double rational's
 # numerator P and denominator Q (leading 1 omitted), the float polynomial; highest power first.
 _ATAN_P64 = (-8.750608600031904122785e-1, -1.615753718733365076637e1,
              -7.500855792314704667340e1, -1.228866684490136173410e2,
@@ -542,10 +542,11 @@ _PIO4 = (0.7853981633974483, 3.061616997868383e-17, -2.1855695000931213e-08)
 @_quiet
 def atan2(y, x):
     """``atan2(y, x)`` elementwise, in the dtype of the arrays (float32 or float64, both
-    the same): the one implementation the compiled loops also run (``FA_ATAN2`` in
-    ``_loops.h``), built from IEEE operations in the same order, so that both give the
-    same bits on every instruction set. IEEE's special values, as ``numpy.arctan2``; the
-    error is measured in tests/test_algo_adam_atan2.py (docs/algorithms_adopt_atan2.md)."""
+    the same): the one implementation the compiled loops also run (``FA_ATAN2_REDUCE``,
+    ``_POLY``, ``_FINISH`` in ``_loops.h``), built from IEEE operations in the same
+    order, so that both give the same bits on every instruction set. IEEE's special
+    values, as ``numpy.arctan2``; the error is measured in tests/test_algo_adam_atan2.py
+    (docs/algorithms_adopt_atan2.md)."""
     y = np.asarray(y)
     x = np.asarray(x)
     t = y.dtype.type
@@ -554,20 +555,42 @@ def atan2(y, x):
     one, zero = t(1), t(0)
     ay, ax = np.abs(y), np.abs(x)
     # scaled exactly: by 1/16 when one is huge (|y| + |x| cannot overflow), by 2**600
-    # (2**60 float) when both are tiny (the region tests are not rounded as subnormals)
+    # (2**60 float) when both are tiny (the region tests are not rounded as subnormals);
+    # the larger one decides (FA_MAX_BOUND's: a NaN partner makes the result that NaN)
     huge = t(1e37 if f32 else 1e300)
     tiny = t(2.0**-100 if f32 else 2.0**-900)
     up = t(2.0**60 if f32 else 2.0**600)
-    factor = np.where((ay > huge) | (ax > huge), t(0.0625),
-                      np.where((ay < tiny) & (ax < tiny), up, one))  # fmt: skip
+    larger = np.where(ay < ax, ax, ay)
+    factor = np.where(larger < tiny, up, one)
+    factor = np.where(larger > huge, t(0.0625), factor)
     sy, sx = ay * factor, ax * factor
     far = sy > t(2.41421356237309504880) * sx
     mid = sy > t(0.4142135623730950 if f32 else 0.66) * sx  # far ones included
-    back = np.copysign(one, x) < zero
-    # one division: u = -|x|/|y|, (|y| - |x|)/(|y| + |x|) or |y|/|x|
-    num = np.where(far, -sx, np.where(mid, sy - sx, sy))
-    den = np.where(far, sy, np.where(mid, sy + sx, sx))
+    x_sign = np.copysign(one, x)
+    back = x_sign < zero
+    # one division: u = -|x|/|y|, (|y| - |x|)/(|y| + |x|) or |y|/|x|, negated for a
+    # negative x (pi - a is base' + (core(-u) + low'): core is odd)
+    num = np.where(mid, sy - sx, sy)
+    den = np.where(mid, sy + sx, sx)
+    num = np.where(far, -sx, num)
+    den = np.where(far, sy, den)
+    num = num * x_sign
+    pi, pi34, pio2, pio4 = (t(c[0]) for c in (_PI, _PI34, _PIO2, _PIO4))
+    pi_lo, pi34_lo, pio2_lo, pio4_lo = (t(c[lo]) for c in (_PI, _PI34, _PIO2, _PIO4))
+    base = np.where(mid, np.where(back, pi34, pio4), np.where(back, pi, zero))
+    low = np.where(mid, np.where(back, pi34_lo, pio4_lo), np.where(back, pi_lo, zero))
+    base = np.where(far, pio2, base)
+    low = np.where(far, pio2_lo, low)
+    # |y| == |x| (0/0 and inf/inf included): u = 0 and the angle in base: pi/4, 3 pi/4,
+    # or 0, pi for zeros
+    diag = ay == ax
+    same = np.where(ax == zero, np.where(back, pi, zero), np.where(back, pi34, pio4))
+    num = np.where(diag, zero, num)
+    den = np.where(diag, one, den)
+    base = np.where(diag, same, base)
+    low = np.where(diag, zero, low)
     u = num / den
+    # FA_ATAN2_POLY, then FA_ATAN2_FINISH
     z = u * u
     if f32:
         c0, c1, c2, c3 = (t(c) for c in _ATAN_P32)
@@ -590,26 +613,10 @@ def atan2(y, x):
             q += t(c)
         poly = z * p
         poly /= q
-    core = u * poly
-    core += u
-    # the reduction's constants weighted by 0/1 (FA_ATAN2's order of operations)
-    w_far = np.where(far, one, zero)
-    w_near = np.where(mid, one, zero) - w_far
-    w_zero = one - w_far - w_near
-    w_back = np.where(back, one, zero)
-    w_fwd = one - w_back
-    pi, pi34, pio2, pio4 = (t(c[0]) for c in (_PI, _PI34, _PIO2, _PIO4))
-    pi_lo, pi34_lo, pio2_lo, pio4_lo = (t(c[lo]) for c in (_PI, _PI34, _PIO2, _PIO4))
-    base_back = w_far * pio2 + w_near * pi34 + w_zero * pi
-    low_back = w_far * pio2_lo + w_near * pi34_lo + w_zero * pi_lo
-    base_fwd = w_far * pio2 + w_near * pio4
-    low_fwd = w_far * pio2_lo + w_near * pio4_lo
-    angle_back = base_back + (low_back - core)
-    angle_fwd = base_fwd + (core + low_fwd)
-    angle = np.where(back, angle_back, angle_fwd)
-    # |y| == |x| (0/0 and inf/inf included): pi/4, 3 pi/4, or 0, pi for zeros
-    same = np.where(ax == zero, w_back * pi, w_back * pi34 + w_fwd * pio4)
-    angle = np.where(ay == ax, same, angle)
+    angle = u * poly
+    angle += u
+    angle += low
+    angle = base + angle
     return np.copysign(angle, y)
 
 
