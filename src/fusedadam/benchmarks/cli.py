@@ -48,7 +48,8 @@ PROTOCOL = """\
 protocol: each implementation is warmed up, its calls per sample calibrated to last
 >= --sample-ms, then --repeats samples are taken round-robin over the implementations;
 the tables show medians. GB/s counts the compulsory traffic (Adam: 7 arrays per element,
-AMSGrad 9); % of roofline is the bandwidth probe's median over the implementation's,
+AMSGrad 9, and one more for the default non-finite check's read of the gradients before
+anything is written); % of roofline is the bandwidth probe's median over the implementation's,
 same process, same threads. Peers that do not import are listed as skipped. The load
 average is printed at the start and the end of the run.
 """

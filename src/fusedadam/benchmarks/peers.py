@@ -67,8 +67,10 @@ class Algorithm:
         Arrays read plus arrays written per element of a step (p, g, m, v in; p, m, v
         out is 7): the compulsory traffic GB/s is computed from, and the arrays the roofline
         probe moves (2k + 3 for k state arrays; an even count is scaled from the odd one
-        below it, see ``probe_shape``). 0 (the default): 2k + 3 for the k state arrays the
-        registry gives the class with these options (an elementwise algorithm's pass).
+        below it, see ``probe_shape``). Give the passes' arrays (0, the default: 2k + 3 for
+        the k state arrays the registry gives the class with these options, an elementwise
+        algorithm's pass); one more is added for the gradient read of the non-finite check
+        that runs before any write (``nonfinite`` other than ``"ignore"``, the default).
     torch_class : str or None
         Name in ``torch.optim``; None: no torch peer.
     deepspeed : dict or None
@@ -89,8 +91,10 @@ class Algorithm:
     reference_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if not self.arrays_moved:
-            object.__setattr__(self, "arrays_moved", _one_pass_arrays(self.fa_class, self.options))
+        arrays = self.arrays_moved or _one_pass_arrays(self.fa_class, self.options)
+        # the default step reads g once more, to check it before anything is written
+        checked = self.options.get("nonfinite", "error") != "ignore"
+        object.__setattr__(self, "arrays_moved", arrays + checked)
 
 
 def _one_pass_arrays(fa_class, options):
