@@ -28,6 +28,10 @@ _NUMPY = torch.Tensor.numpy
 _SHAPE = operator.attrgetter("shape")
 _STRIDE = torch.Tensor.stride
 _TORCH_THREADS = torch.get_num_threads
+# torch's global step hooks: dicts torch registers into in place (read every step)
+_GLOBAL_PRE_HOOKS = _torch_api.GLOBAL_PRE_HOOKS
+_GLOBAL_POST_HOOKS = _torch_api.GLOBAL_POST_HOOKS
+_BUMP = _bridge.bump
 
 
 class Optimizer(StateDicts, Plans, torch.optim.Optimizer):
@@ -168,8 +172,8 @@ class Optimizer(StateDicts, Plans, torch.optim.Optimizer):
         """
         if (
             _profiler._is_profiler_enabled
-            or _torch_api.GLOBAL_PRE_HOOKS
-            or _torch_api.GLOBAL_POST_HOOKS
+            or _GLOBAL_PRE_HOOKS
+            or _GLOBAL_POST_HOOKS
             or self._optimizer_step_pre_hooks
             or self._optimizer_step_post_hooks
         ):
@@ -179,7 +183,7 @@ class Optimizer(StateDicts, Plans, torch.optim.Optimizer):
             if grads is not None:
                 outcome = self._engine.step(grads)
                 if not outcome:  # Outcome.RAN
-                    _bridge.bump(self._stepped)
+                    _BUMP(self._stepped)
                     return None
                 if outcome == Outcome.RAN_NEW_STATE:
                     self._install()
