@@ -9,107 +9,20 @@ import numpy as np
 import pytest
 
 import fusedadam as fa
+from fusedadam._algorithms import CLASSES
 from fusedadam.benchmarks.peers import import_reference
 
 COMPILED = fa.backend_info()["compiled"]
 requires_compiled = pytest.mark.skipif(not COMPILED, reason="extension not built")
 BACKENDS = ["numpy"] + (["compiled"] if COMPILED else [])
 
-# name -> (class, options). Together they run every dense loop kind of _loops.h (RAdam's
-# first steps run "momentum", later ones "adam") and every option that changes a scalar.
+# name -> (class, options), from the registry's ClassEntry.variants. Together they run every
+# dense loop kind of _loops.h (RAdam's first steps run "momentum", later ones "adam") and
+# every option that changes a scalar.
 VARIANTS = {
-    "adam": (fa.Adam, {}),
-    "adam_l2": (fa.Adam, {"weight_decay": 0.1}),
-    "amsgrad": (fa.Adam, {"amsgrad": True}),
-    "amsgrad_l2_maximize": (fa.Adam, {"amsgrad": True, "weight_decay": 0.05, "maximize": True}),
-    "adamw": (fa.AdamW, {"weight_decay": 0.1}),
-    "adamw_amsgrad": (fa.AdamW, {"amsgrad": True}),
-    "adam_no_bias_correction": (fa.Adam, {"bias_correction": False, "beta1_decay": 0.99}),
-    "adam_lr_schedule": (fa.Adam, {"lr": lambda t: 1e-2 / t**0.5}),
-    "adamax": (fa.Adamax, {}),
-    "adamax_l2_maximize": (fa.Adamax, {"weight_decay": 0.1, "maximize": True}),
-    "adamax_beta1_decay": (fa.Adamax, {"beta1_decay": 0.9, "bias_correction": False}),
-    "nadam": (fa.NAdam, {}),
-    "nadam_l2": (fa.NAdam, {"weight_decay": 0.1, "momentum_decay": 0.01}),
-    "nadam_decoupled_maximize": (
-        fa.NAdam,
-        {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True},
-    ),
-    "radam": (fa.RAdam, {}),
-    "radam_l2": (fa.RAdam, {"weight_decay": 0.1}),
-    "radam_decoupled_maximize": (
-        fa.RAdam,
-        {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True},
-    ),
-    "adabelief": (fa.AdaBelief, {}),
-    "adabelief_l2": (fa.AdaBelief, {"weight_decay": 0.1, "eps": 1e-8, "eps_root": 1e-12}),
-    "adabelief_decoupled_maximize": (
-        fa.AdaBelief,
-        {"weight_decay": 0.1, "maximize": True, "decoupled_weight_decay": True},
-    ),
-    "lion": (fa.Lion, {}),
-    "lion_maximize": (fa.Lion, {"weight_decay": 0.0, "maximize": True, "betas": (0.95, 0.98)}),
-    "ademamix": (fa.AdEMAMix, {}),
-    "ademamix_warmup_l2": (fa.AdEMAMix, {"t_alpha_beta3": 7.0, "alpha": 2.0, "weight_decay": 0.1}),
-    "ademamix_decoupled_maximize": (
-        fa.AdEMAMix,
-        {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True},
-    ),
-    "adan": (fa.Adan, {"weight_decay": 0.05}),
-    "adan_no_prox_maximize": (fa.Adan, {"weight_decay": 0.05, "no_prox": True, "maximize": True}),
-    # ADOPT runs adopt_first at step 1, adopt later; clip_exp=None gives an infinite clip
-    "adopt": (fa.ADOPT, {"betas": (0.9, 0.99)}),
-    "adopt_l2": (fa.ADOPT, {"weight_decay": 0.1, "clip_exp": 0.25}),
-    "adopt_decoupled_maximize_noclip": (
-        fa.ADOPT,
-        {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True, "clip_exp": None},
-    ),
-    "adopt_cautious_l2": (fa.ADOPT, {"weight_decay": 0.1, "cautious": True}),
-    "adam_atan2": (fa.AdamAtan2, {"lr": 1e-3}),
-    "adam_atan2_decay_maximize": (
-        fa.AdamAtan2,
-        {"weight_decay": 0.1, "maximize": True, "a": 0.5, "b": 2.0, "betas": (0.8, 0.95)},
-    ),
-    "schedulefree": (fa.AdamWScheduleFree, {"lr": 1e-2}),
-    "schedulefree_l2_warmup": (
-        fa.AdamWScheduleFree,
-        {"weight_decay": 0.1, "warmup_steps": 3, "r": 0.5, "weight_lr_power": 1.0},
-    ),
-    "schedulefree_maximize": (
-        fa.AdamWScheduleFree,
-        {"maximize": True, "betas": (0.95, 0.98), "weight_lr_power": 0.0},
-    ),
-    # beta2 = 0.9: rectified from step 5 on, so a few steps run both loop kinds
-    "radam_schedulefree": (fa.RAdamScheduleFree, {"betas": (0.9, 0.9)}),
-    "radam_schedulefree_loud_l2": (
-        fa.RAdamScheduleFree,
-        {"betas": (0.8, 0.9), "silent_sgd_phase": False, "weight_decay": 0.1, "r": 1.0},
-    ),
-    # the per-tensor kinds (a reduction per tensor, then the update with its scalar)
-    "cautious_adam": (fa.Adam, {"cautious": True}),
-    "cautious_adam_l2_maximize": (
-        fa.Adam,
-        {"cautious": True, "weight_decay": 0.1, "maximize": True},
-    ),
-    "cautious_adamw": (fa.AdamW, {"cautious": True, "weight_decay": 0.1}),
-    "cautious_adamw_amsgrad": (fa.AdamW, {"cautious": True, "amsgrad": True}),
-    "cautious_lion": (fa.Lion, {"cautious": True}),
-    "cautious_lion_maximize": (fa.Lion, {"cautious": True, "maximize": True, "weight_decay": 0.0}),
-    "lamb": (fa.Lamb, {}),
-    "lamb_decoupled_trust_clip": (
-        fa.Lamb,
-        {"decoupled_weight_decay": True, "weight_decay": 0.1, "trust_clip": True},
-    ),
-    "lamb_always_adapt_maximize": (
-        fa.Lamb,
-        {"weight_decay": 0.0, "always_adapt": True, "maximize": True, "grad_averaging": False},
-    ),
-    "lamb_no_adapt": (fa.Lamb, {"weight_decay": 0.0, "bias_correction": False}),
-    "stableadamw": (fa.StableAdamW, {}),
-    "stableadamw_decouple_lr_maximize": (
-        fa.StableAdamW,
-        {"decouple_lr": True, "weight_decay": 0.1, "maximize": True, "eps": 1e-3},
-    ),
+    name: (getattr(fa, class_name), options)
+    for class_name, entry in CLASSES.items()
+    for name, options in entry.variants
 }
 
 

@@ -145,3 +145,14 @@ def test_class_defaults_are_the_registry_defaults(name):
     opt = getattr(fa, name)(np.zeros(2))
     assert opt.defaults == defaults
     assert opt.algorithm is _algorithms.ALGORITHMS[algorithm]
+
+
+def test_every_registry_class_has_test_variants_each_constructible():
+    """The cross-checks run the registry's variants: a class without one would be untested,
+    and a name used twice would silently drop a variant from conftest.VARIANTS."""
+    names = [name for entry in _algorithms.CLASSES.values() for name, _ in entry.variants]
+    assert len(names) == len(set(names)), "a variant name is used twice"
+    for class_name, entry in _algorithms.CLASSES.items():
+        assert entry.variants, f"{class_name} has no test variants"
+        for _name, options in entry.variants:
+            getattr(fa, class_name)(np.zeros(3), **options)  # every option is accepted

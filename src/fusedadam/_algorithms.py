@@ -7,7 +7,7 @@ the docs and range of a new hyperparameter, ``HYPERPARAMETER_DOCS`` and
 (picked by its scalar rule in ``_scalars.h``, whose twin is ``reference.step_scalars``; a
 new hyperparameter or per-step scalar is one line of ``FA_HYPER_FIELDS`` /
 ``FA_SCALAR_FIELDS``, which the extension reads by name), one reference update in
-``reference.py`` and a test variant (``tests/conftest.py``). From these, ``optim.py``
+``reference.py`` and its test variants (``ClassEntry.variants``). From these, ``optim.py``
 generates the class (its constructor's signature, defaults and annotations, its docstring;
 one ``class Name(_Registered): ...`` line keeps it visible to type checkers),
 ``fusedadam.torch`` its torch class, ``functional.py`` its function, ``_validation`` the
@@ -385,6 +385,11 @@ class ClassEntry(NamedTuple):
         Its ``fusedadam.torch`` class.
     parent : str
         The class it derives from in both front ends (AdamW: Adam), or "".
+    variants : tuple of (str, dict)
+        Named option sets (keyword arguments of the class) that the test suite steps
+        against ``reference`` on every backend, instruction set, thread count, element
+        type and state mode: together they run each loop kind the class can reach and
+        each option that changes a per-step scalar (``tests/conftest.py`` collects them).
     """
 
     function: str
@@ -393,6 +398,7 @@ class ClassEntry(NamedTuple):
     fixed: tuple = ()
     torch: Any = None
     parent: str = ""
+    variants: tuple = ()
 
 
 CLASSES: Dict[str, ClassEntry] = {
@@ -427,6 +433,20 @@ CLASSES: Dict[str, ClassEntry] = {
             f"{_TORCH_OURS} cautious",
             "Adam and AMSGrad (:class:`fusedadam.Adam` runs the step) for CPU tensors.",
         ),
+        variants=(
+            ("adam", {}),
+            ("adam_l2", {"weight_decay": 0.1}),
+            ("amsgrad", {"amsgrad": True}),
+            ("amsgrad_l2_maximize", {"amsgrad": True, "weight_decay": 0.05, "maximize": True}),
+            ("adam_no_bias_correction", {"bias_correction": False, "beta1_decay": 0.99}),
+            ("adam_lr_schedule", {"lr": lambda t: 1e-2 / t**0.5}),
+            # the per-tensor kinds (a reduction per tensor, then the update with its scalar)
+            ("cautious_adam", {"cautious": True}),
+            (
+                "cautious_adam_l2_maximize",
+                {"cautious": True, "weight_decay": 0.1, "maximize": True},
+            ),
+        ),
     ),
     "AdamW": ClassEntry(
         "adamw",
@@ -445,6 +465,12 @@ CLASSES: Dict[str, ClassEntry] = {
             "``decoupled_weight_decay=True`` runs the step) for CPU tensors.",
         ),
         parent="Adam",
+        variants=(
+            ("adamw", {"weight_decay": 0.1}),
+            ("adamw_amsgrad", {"amsgrad": True}),
+            ("cautious_adamw", {"cautious": True, "weight_decay": 0.1}),
+            ("cautious_adamw_amsgrad", {"cautious": True, "amsgrad": True}),
+        ),
     ),
     "Adamax": ClassEntry(
         "adamax",
@@ -465,6 +491,11 @@ CLASSES: Dict[str, ClassEntry] = {
             "lr betas eps weight_decay foreach",
             f"maximize differentiable capturable {_TORCH_OURS}",
             "Adamax (:class:`fusedadam.Adamax` runs the step) for CPU tensors.",
+        ),
+        variants=(
+            ("adamax", {}),
+            ("adamax_l2_maximize", {"weight_decay": 0.1, "maximize": True}),
+            ("adamax_beta1_decay", {"beta1_decay": 0.9, "bias_correction": False}),
         ),
     ),
     "NAdam": ClassEntry(
@@ -493,6 +524,14 @@ CLASSES: Dict[str, ClassEntry] = {
             "NAdam (:class:`fusedadam.NAdam` runs the step) for CPU tensors. ``mu_product`` is "
             "kept in float64 (torch: the default dtype); a torch state dict's loads exactly.",
         ),
+        variants=(
+            ("nadam", {}),
+            ("nadam_l2", {"weight_decay": 0.1, "momentum_decay": 0.01}),
+            (
+                "nadam_decoupled_maximize",
+                {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True},
+            ),
+        ),
     ),
     "RAdam": ClassEntry(
         "radam",
@@ -518,6 +557,14 @@ CLASSES: Dict[str, ClassEntry] = {
             f"foreach maximize capturable differentiable {_TORCH_OURS}",
             "RAdam (:class:`fusedadam.RAdam` runs the step) for CPU tensors.",
         ),
+        variants=(
+            ("radam", {}),
+            ("radam_l2", {"weight_decay": 0.1}),
+            (
+                "radam_decoupled_maximize",
+                {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True},
+            ),
+        ),
     ),
     "AdaBelief": ClassEntry(
         "adabelief",
@@ -541,6 +588,14 @@ CLASSES: Dict[str, ClassEntry] = {
             f"maximize foreach capturable differentiable {_TORCH_OURS}",
             "AdaBelief (:class:`fusedadam.AdaBelief` runs the step; optax's defaults) for CPU "
             "tensors. torch.optim has no AdaBelief: the state is ``exp_avg``, ``exp_avg_var``.",
+        ),
+        variants=(
+            ("adabelief", {}),
+            ("adabelief_l2", {"weight_decay": 0.1, "eps": 1e-8, "eps_root": 1e-12}),
+            (
+                "adabelief_decoupled_maximize",
+                {"weight_decay": 0.1, "maximize": True, "decoupled_weight_decay": True},
+            ),
         ),
     ),
     "Lion": ClassEntry(
@@ -568,6 +623,12 @@ CLASSES: Dict[str, ClassEntry] = {
             f"maximize foreach capturable differentiable {_TORCH_OURS} cautious",
             "Lion (:class:`fusedadam.Lion` runs the step; optax's defaults) for CPU tensors. "
             "torch.optim has no Lion: the state is ``exp_avg``.",
+        ),
+        variants=(
+            ("lion", {}),
+            ("lion_maximize", {"weight_decay": 0.0, "maximize": True, "betas": (0.95, 0.98)}),
+            ("cautious_lion", {"cautious": True}),
+            ("cautious_lion_maximize", {"cautious": True, "maximize": True, "weight_decay": 0.0}),
         ),
     ),
     "Lamb": ClassEntry(
@@ -605,6 +666,23 @@ CLASSES: Dict[str, ClassEntry] = {
             "``clip_grad_norm_``) for CPU tensors. The state is timm's: ``exp_avg``, "
             "``exp_avg_sq``.",
         ),
+        variants=(
+            ("lamb", {}),
+            (
+                "lamb_decoupled_trust_clip",
+                {"decoupled_weight_decay": True, "weight_decay": 0.1, "trust_clip": True},
+            ),
+            (
+                "lamb_always_adapt_maximize",
+                {
+                    "weight_decay": 0.0,
+                    "always_adapt": True,
+                    "maximize": True,
+                    "grad_averaging": False,
+                },
+            ),
+            ("lamb_no_adapt", {"weight_decay": 0.0, "bias_correction": False}),
+        ),
     ),
     "StableAdamW": ClassEntry(
         "stable_adamw",
@@ -639,6 +717,13 @@ CLASSES: Dict[str, ClassEntry] = {
             "its ``beta1, beta2`` as ``betas``) for CPU tensors. The state is ``exp_avg``, "
             "``exp_avg_sq`` (optimi also keeps ``eps_sq`` and a Kahan buffer; here a low-precision"
             " param keeps a float32 master instead).",
+        ),
+        variants=(
+            ("stableadamw", {}),
+            (
+                "stableadamw_decouple_lr_maximize",
+                {"decouple_lr": True, "weight_decay": 0.1, "maximize": True, "eps": 1e-3},
+            ),
         ),
     ),
     "AdamWScheduleFree": ClassEntry(
@@ -691,6 +776,17 @@ CLASSES: Dict[str, ClassEntry] = {
                 "counters follow its group's, as the package keeps them per group."
             ),
         ),
+        variants=(
+            ("schedulefree", {"lr": 1e-2}),
+            (
+                "schedulefree_l2_warmup",
+                {"weight_decay": 0.1, "warmup_steps": 3, "r": 0.5, "weight_lr_power": 1.0},
+            ),
+            (
+                "schedulefree_maximize",
+                {"maximize": True, "betas": (0.95, 0.98), "weight_lr_power": 0.0},
+            ),
+        ),
     ),
     "RAdamScheduleFree": ClassEntry(
         "radam_schedule_free",
@@ -725,6 +821,14 @@ CLASSES: Dict[str, ClassEntry] = {
             ),
         ),
         parent="AdamWScheduleFree",
+        variants=(
+            # beta2 = 0.9: rectified from step 5 on, so a few steps run both loop kinds
+            ("radam_schedulefree", {"betas": (0.9, 0.9)}),
+            (
+                "radam_schedulefree_loud_l2",
+                {"betas": (0.8, 0.9), "silent_sgd_phase": False, "weight_decay": 0.1, "r": 1.0},
+            ),
+        ),
     ),
     "AdEMAMix": ClassEntry(
         "ademamix",
@@ -763,6 +867,14 @@ CLASSES: Dict[str, ClassEntry] = {
             extra=(
                 "Its ``weight_decouple`` is ``decoupled_weight_decay`` here; ``fixed_decay`` is "
                 "not offered (docs/algorithms_ademamix_adan.md)."
+            ),
+        ),
+        variants=(
+            ("ademamix", {}),
+            ("ademamix_warmup_l2", {"t_alpha_beta3": 7.0, "alpha": 2.0, "weight_decay": 0.1}),
+            (
+                "ademamix_decoupled_maximize",
+                {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True},
             ),
         ),
     ),
@@ -805,6 +917,10 @@ CLASSES: Dict[str, ClassEntry] = {
                 "(docs/algorithms_ademamix_adan.md)."
             ),
         ),
+        variants=(
+            ("adan", {"weight_decay": 0.05}),
+            ("adan_no_prox_maximize", {"weight_decay": 0.05, "no_prox": True, "maximize": True}),
+        ),
     ),
     "ADOPT": ClassEntry(
         "adopt",
@@ -846,6 +962,21 @@ CLASSES: Dict[str, ClassEntry] = {
             "``decoupled`` is ``decoupled_weight_decay`` here, its ``caution`` is ``cautious``, "
             "and its ``corrected_weight_decay`` is not offered.",
         ),
+        variants=(
+            # ADOPT runs adopt_first at step 1, adopt later; clip_exp=None gives an infinite clip
+            ("adopt", {"betas": (0.9, 0.99)}),
+            ("adopt_l2", {"weight_decay": 0.1, "clip_exp": 0.25}),
+            (
+                "adopt_decoupled_maximize_noclip",
+                {
+                    "weight_decay": 0.1,
+                    "decoupled_weight_decay": True,
+                    "maximize": True,
+                    "clip_exp": None,
+                },
+            ),
+            ("adopt_cautious_l2", {"weight_decay": 0.1, "cautious": True}),
+        ),
     ),
     "AdamAtan2": ClassEntry(
         "adam_atan2",
@@ -874,6 +1005,13 @@ CLASSES: Dict[str, ClassEntry] = {
             "Adam-atan2 (:class:`fusedadam.AdamAtan2` runs the step; adam_atan2_pytorch's "
             "``AdamAtan2`` defaults) for CPU tensors. The state is ``exp_avg``, ``exp_avg_sq`` "
             "(that package also keeps an int ``steps``; here it is ``step``).",
+        ),
+        variants=(
+            ("adam_atan2", {"lr": 1e-3}),
+            (
+                "adam_atan2_decay_maximize",
+                {"weight_decay": 0.1, "maximize": True, "a": 0.5, "b": 2.0, "betas": (0.8, 0.95)},
+            ),
         ),
     ),
 }
