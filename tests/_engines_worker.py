@@ -384,12 +384,12 @@ def _dcp_state(model, opt):
     return {"model": model_sd, "optim": optim_sd}
 
 
-def _dcp_load(model, opt, folder):
+def _dcp_load(model, opt, folder, planner=None):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     state = _dcp_state(model, opt)
-    dcp.load(state, checkpoint_id=folder)
+    dcp.load(state, checkpoint_id=folder, planner=planner)
     set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
@@ -679,12 +679,13 @@ def _shard8(model, mesh=None):
     return model
 
 
-def _same_grads8(option, clip):
+def _same_grads8(option, clip, cls="AdamW"):
     """fully_shard on 2 ranks and one process, fed the same gradients (the one process's,
     of the whole batch, cut to each rank's shard): the params whose rows are whole blocks
     get the one-process blocks, so without clipping params and states are the same bits.
     The one process keeps the 1-d param in a float32-moment group, as FSDP2 does; with
-    clipping, both clip those groups by their own norms."""
+    clipping, both clip those groups by their own norms. A Schedule-Free ``cls`` is also
+    compared in eval mode (and back in train mode) after the last step."""
     from torch.distributed.tensor import distribute_tensor
 
     world = _world()
@@ -694,9 +695,10 @@ def _same_grads8(option, clip):
         {"params": [named[n] for n in named if n != "gain"]},
         {"params": [named["gain"]], "state_dtype": None},
     ]
-    a = ft.AdamW(groups, lr=LR, weight_decay=WD, state_dtype=option, max_grad_norm=clip)
+    make = getattr(ft, cls)
+    a = make(groups, lr=LR, weight_decay=WD, state_dtype=option, max_grad_norm=clip)
     snamed = dict(sharded.named_parameters())
-    b = ft.AdamW(
+    b = make(
         [{"params": [snamed[n] for n in snamed if n != "gain"]}, {"params": [snamed["gain"]]}],
         lr=LR, weight_decay=WD, state_dtype=option, max_grad_norm=clip,
     )  # fmt: skip
@@ -709,16 +711,24 @@ def _same_grads8(option, clip):
             p.grad = distribute_tensor(grad, p.device_mesh, p.placements, src_data_rank=None)
         a.step()
         b.step()
+    first = a.algorithm.state_names[0]  # exp_avg; Schedule-Free's z
+    modes = {}
+    if hasattr(a, "eval"):
+        for mode in ("eval", "train"):
+            getattr(a, mode)()
+            getattr(b, mode)()
+            modes[mode] = (_full_params(plain), _full_params(sharded))
     return {
         "plain": {"params": _full_params(plain), "state": _full_state8(plain, a)},
         "fsdp": {"params": _full_params(sharded), "state": _full_state8(sharded, b)},
-        "absmax_shape": tuple(b.state[snamed["w1"]]["exp_avg_absmax"].shape),
-        "absmax_type": type(b.state[snamed["w1"]]["exp_avg_absmax"]).__name__,
-        "local_rows_w2": b.state[snamed["w2"]]["exp_avg"].to_local().shape[0],
+        "modes": modes,
+        "absmax_shape": tuple(b.state[snamed["w1"]][f"{first}_absmax"].shape),
+        "absmax_type": type(b.state[snamed["w1"]][f"{first}_absmax"]).__name__,
+        "local_rows_w2": b.state[snamed["w2"]][first].to_local().shape[0],
     }
 
 
-def _train8(sharded, start=0, load=None, save=None, mesh=None, saved=None):
+def _train8(sharded, start=0, load=None, save=None, mesh=None, saved=None, planner=None):
     """Training on each rank's batch (or the whole batch in one process), 8-bit; a DCP
     checkpoint at SAVE_AT; returns losses, params, the state saved or loaded."""
     import torch.distributed.checkpoint as dcp
@@ -730,7 +740,7 @@ def _train8(sharded, start=0, load=None, save=None, mesh=None, saved=None):
     opt = ft.AdamW(model.parameters(), lr=LR, weight_decay=WD, state_dtype="8bit")
     result = {}
     if load is not None:
-        _dcp_load(model, opt, load)
+        _dcp_load(model, opt, load, planner)
         result["loaded_state"] = _full_state8(model, opt)
     losses = []
     for step in range(start, STEPS):
@@ -794,12 +804,18 @@ def fsdp2_8bit(out):
     for option in ("8bit", "8bit_companded"):
         result[f"same_{option}"] = _same_grads8(option, None)
     result["same_clip"] = _same_grads8("8bit", CLIP)
+    for cls in ("AdamWScheduleFree", "RAdamScheduleFree"):
+        result[f"same_{cls}"] = _same_grads8("8bit", None, cls)
     folder = str(Path(out) / "dcp_8bit")
     full = {}
-    result["single"] = _train8(False)
+    plain_folder = str(Path(out) / "dcp_8bit_plain")
+    result["single"] = _train8(False, save=plain_folder)
     result["fsdp"] = _train8(True, save=folder, saved=full)
     result["full_state_dict"] = full["full"]
     result["resumed"] = _train8(True, start=SAVE_AT, load=folder)
+    # The one-process checkpoint (the 1-d param in 8 bits) at 2 ranks, with the planner
+    # that loads the other layout: its codes become the float32 moments FSDP2 keeps.
+    result["from_plain"] = _train8(True, start=SAVE_AT, load=plain_folder, planner=ft.LoadPlanner())
     # HSDP's 2-D mesh, (Replicate, Shard(0)): rows still follow the shards.
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -812,7 +828,8 @@ def fsdp2_8bit(out):
 def fsdp2_8bit_resume1(out):
     """fsdp2_8bit's 2-rank DCP checkpoint at 1 rank: fully_shard on a 1-rank mesh loads it
     (codes and scales resharded exactly) and trains on; a plain one-process model keeps
-    the 1-d param in 8 bits, which the checkpoint holds in float32: DCP refuses it."""
+    the 1-d param in 8 bits, which the checkpoint holds in float32: DCP's default planner
+    refuses it, ft.LoadPlanner loads it (quantized) and it trains on."""
     dist.init_process_group("gloo")
     folder = str(Path(out) / "dcp_8bit")
     result = {"fsdp1": _train8(True, start=SAVE_AT, load=folder)}
@@ -821,6 +838,8 @@ def fsdp2_8bit_resume1(out):
         result["plain"] = "loaded"
     except BaseException as error:  # DCP's CheckpointException is a BaseException
         result["plain"] = f"{type(error).__name__}: {error}"
+    # with fusedadam's planner it loads: the 1-d param's float32 moments quantized
+    result["plain_planner"] = _train8(False, start=SAVE_AT, load=folder, planner=ft.LoadPlanner())
     return result
 
 

@@ -20,6 +20,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import fusedadam.torch as ft  # noqa: E402
+from fusedadam import reference  # noqa: E402
 
 WORKER = Path(__file__).with_name("_engines_worker.py")
 REQUIRE = os.environ.get("FUSEDADAM_REQUIRE_ENGINES") == "1"
@@ -250,7 +251,8 @@ def test_fsdp2_8bit_state(tmp_path):
     codes and scales are the one-process bits. A 1-d param keeps float32 moments under
     FSDP2. A DCP checkpoint resumes at 2 ranks bit for bit and reshards exactly to one
     rank's fully_shard; a plain one-process model, which keeps the 1-d param in 8 bits,
-    is refused by DCP; the full state dict loads there with convert=True."""
+    is refused by DCP's default planner and loads with ft.LoadPlanner (the other way too);
+    the full state dict loads there as it is. Schedule-Free gives the one-process bits."""
     r = torchrun("fsdp2_8bit", tmp_path)
     for option, codes in (("8bit", torch.uint8), ("8bit_companded", torch.int8)):
         same = r[f"same_{option}"]
@@ -264,6 +266,20 @@ def test_fsdp2_8bit_state(tmp_path):
                 assert torch.equal(fsdp_state[k], v), (option, name, k)
             want = codes if name in ("w1", "w2") else torch.float32
             assert state["exp_avg"].dtype == want, name
+    # Schedule-Free: the same layout rule, the one-process bits, in eval and train mode.
+    for cls in ("AdamWScheduleFree", "RAdamScheduleFree"):
+        same = r[f"same_{cls}"]
+        equal_params(same["fsdp"]["params"], same["plain"]["params"])
+        for mode in ("eval", "train"):
+            plain_params, fsdp_params = same["modes"][mode]
+            equal_params(fsdp_params, plain_params)
+        for name, state in same["plain"]["state"].items():
+            assert same["fsdp"]["state"][name].keys() == state.keys(), (cls, name)
+            for k, v in state.items():
+                assert torch.equal(same["fsdp"]["state"][name][k], v), (cls, name, k)
+            want = torch.uint8 if name in ("w1", "w2") else torch.float32
+            assert state["z"].dtype == want, (cls, name)
+        assert same["absmax_type"] == "DTensor" and same["absmax_shape"] == (33, 1)
     # Clipped by the norm over the mesh (summed in another order): equal to rounding.
     clip = r["same_clip"]
     close_params(clip["fsdp"]["params"], clip["plain"]["params"], atol=1e-6)
@@ -281,6 +297,20 @@ def test_fsdp2_8bit_state(tmp_path):
     assert hsdp["absmax"] == ("DTensor", "(Replicate(), Shard(dim=0))")
     np.testing.assert_allclose(hsdp["losses"], fsdp["losses"], rtol=1e-6)
     close_params(hsdp["params"], fsdp["params"], atol=1e-6)
+    # The one-process checkpoint (the 1-d param in 8 bits) at 2 ranks through
+    # ft.LoadPlanner: rows of whole blocks exactly, the 1-d param's codes dequantized to
+    # the float32 moments FSDP2 keeps (exact), and it trains on.
+    from_plain, saved = r["from_plain"], single["saved_state"]
+    for name in ("w1", "w2"):
+        for k, v in saved[name].items():
+            assert torch.equal(from_plain["loaded_state"][name][k], v), (name, k)
+    for k, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+        want = reference.q8_dequantize(
+            saved["gain"][k].numpy(), saved["gain"][k + "_absmax"].numpy(), signed
+        )
+        assert torch.equal(from_plain["loaded_state"]["gain"][k], torch.from_numpy(want))
+    assert "exp_avg_absmax" not in from_plain["loaded_state"]["gain"]
+    np.testing.assert_allclose(from_plain["losses"], single["losses"][3:], rtol=1e-4)
     nonfinite = r["nonfinite"]
     assert nonfinite["unchanged"]
     for outcome in nonfinite["outcomes"]:
@@ -293,6 +323,17 @@ def test_fsdp2_8bit_state(tmp_path):
     np.testing.assert_allclose(r1["fsdp1"]["losses"], fsdp["losses"][3:], rtol=1e-6)
     close_params(r1["fsdp1"]["params"], fsdp["params"], atol=1e-6)
     assert "Missing key in checkpoint state_dict: optim.state.gain.exp_avg_absmax" in r1["plain"]
+    # ft.LoadPlanner loads it: rows of whole blocks exactly, the 1-d param's float32
+    # moments quantized as the kernel quantizes them; it trains on.
+    loaded = r1["plain_planner"]["loaded_state"]
+    for name in ("w1", "w2"):
+        for k, v in fsdp["saved_state"][name].items():
+            assert torch.equal(loaded[name][k], v), (name, k)
+    for k, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+        codes, absmax = reference.q8_quantize(fsdp["saved_state"]["gain"][k].numpy(), signed)
+        assert torch.equal(loaded["gain"][k], torch.from_numpy(codes))
+        assert torch.equal(loaded["gain"][k + "_absmax"], torch.from_numpy(absmax))
+    np.testing.assert_allclose(r1["plain_planner"]["losses"], fsdp["losses"][3:], rtol=1e-4)
     # The full (unsharded) state dict in a plain one-process optimizer: scales of one row
     # per param row, the 1-d param's float32 moments quantized (convert=True).
     full = r["full_state_dict"]
@@ -304,12 +345,13 @@ def test_fsdp2_8bit_state(tmp_path):
             {**g, "params": [names.index(n) for n in g["params"]]} for g in full["param_groups"]
         ],
     }
+    # Saved under the same state_dtype by the other kind of param: no convert=True needed.
     opt = ft.AdamW(params.values(), lr=1e-2, state_dtype="8bit")
-    with pytest.raises(TypeError, match=r"pass convert=True"):
-        opt.load_state_dict(saved)
-    opt.load_state_dict(saved, convert=True)
+    opt.load_state_dict(saved)
     for name in ("w1", "w2"):
         st = opt.state[params[name]]
         for k, v in fsdp["saved_state"][name].items():
             assert torch.equal(st[k], v), (name, k)
     assert opt.state[params["gain"]]["exp_avg"].dtype == torch.uint8
+    for k in ("exp_avg", "exp_avg_absmax", "exp_avg_sq", "exp_avg_sq_absmax"):
+        assert torch.equal(opt.state[params["gain"]][k], loaded["gain"][k]), k

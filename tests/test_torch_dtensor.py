@@ -263,6 +263,85 @@ def test_8bit_state_dicts_load_both_ways(mesh):
         opt.load_state_dict(flat)
 
 
+class _Holder(torch.nn.Module):
+    """A model over given params (named p0, p1, ...), for get_state_dict."""
+
+    def __init__(self, params):
+        super().__init__()
+        for i, p in enumerate(params):
+            self.register_parameter(f"p{i}", p)
+
+
+def _dcp_round(opt, model, dest_opt, dest_model, folder, planner):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    dcp.save({"optim": get_state_dict(model, opt)[1]}, checkpoint_id=folder)
+    state = {"optim": get_state_dict(dest_model, dest_opt)[1]}
+    dcp.load(state, checkpoint_id=folder, planner=planner)
+    set_state_dict(dest_model, dest_opt, model_state_dict={}, optim_state_dict=state["optim"])
+
+
+@pytest.mark.parametrize("option", ["8bit", "8bit_companded"])
+def test_8bit_dcp_checkpoint_moves_between_dtensor_and_plain(mesh, tmp_path, option):
+    """The 1-d and 64-element-row params keep float32 moments as DTensors, 8-bit ones in
+    one process: with ft.LoadPlanner a DCP checkpoint of either loads into the other
+    (codes and scales dequantized exactly, float32 moments quantized as the kernel does);
+    the rows of whole blocks load bit for bit."""
+    from fusedadam import reference
+
+    plain, dts = _pairs_8bit(mesh, torch.float32)
+    a = ft.AdamW(plain, lr=0.05, state_dtype=option)
+    b = ft.AdamW(dts, lr=0.05, state_dtype=option)
+    for step in range(2):
+        _grads_8bit(plain, dts, step)
+        a.step()
+        b.step()
+    # DTensors -> one process
+    plain2, _ = _pairs_8bit(mesh, torch.float32)
+    a2 = ft.AdamW(plain2, lr=0.05, state_dtype=option)
+    _dcp_round(b, _Holder(dts), a2, _Holder(plain2), str(tmp_path / "dt"), ft.LoadPlanner())
+    for d, p, rows in zip(dts, plain2, ROWS_8BIT):
+        st, saved = a2.state[p], b.state[d]
+        assert int(st["step"]) == 2
+        for name in ("exp_avg", "exp_avg_sq"):
+            if rows:
+                assert torch.equal(st[name], saved[name].full_tensor())
+                assert torch.equal(
+                    st[name + "_absmax"], saved[name + "_absmax"].full_tensor().reshape(-1)
+                )
+            else:
+                codes, absmax = reference.q8_quantize(
+                    saved[name].full_tensor().numpy(), name == "exp_avg", option == "8bit_companded"
+                )
+                assert torch.equal(st[name], torch.from_numpy(codes))
+                assert torch.equal(st[name + "_absmax"], torch.from_numpy(absmax))
+    # one process -> DTensors
+    _, dts3 = _pairs_8bit(mesh, torch.float32)
+    b3 = ft.AdamW(dts3, lr=0.05, state_dtype=option)
+    _dcp_round(a, _Holder(plain), b3, _Holder(dts3), str(tmp_path / "plain"), ft.LoadPlanner())
+    for p, d, rows in zip(plain, dts3, ROWS_8BIT):
+        st, saved = b3.state[d], a.state[p]
+        for name in ("exp_avg", "exp_avg_sq"):
+            if rows:
+                assert torch.equal(st[name].full_tensor(), saved[name])
+            else:
+                want = reference.q8_dequantize(
+                    saved[name].numpy(), saved[name + "_absmax"].numpy(), name == "exp_avg"
+                )
+                assert st[name].dtype == torch.float32
+                assert torch.equal(st[name].full_tensor(), torch.from_numpy(want))
+    # both train on
+    _grads_8bit(plain2, dts3, 2)
+    a2.step()
+    b3.step()
+    # without the planner, DCP's default one stops at the scales the checkpoint lacks
+    plain4, _ = _pairs_8bit(mesh, torch.float32)
+    a4 = ft.AdamW(plain4, lr=0.05, state_dtype=option)
+    with pytest.raises(BaseException, match=r"Missing key in checkpoint state_dict"):
+        _dcp_round(b, _Holder(dts), a4, _Holder(plain4), str(tmp_path / "dt4"), None)
+
+
 def test_8bit_exception_changes_nothing(mesh):
     plain, dts = _pairs_8bit(mesh, torch.float32)
     b = ft.AdamW(dts, lr=0.05, state_dtype="8bit")
@@ -295,10 +374,57 @@ def test_8bit_exception_changes_nothing(mesh):
         assert torch.equal(b.state[dts[0]][k].full_tensor(), v), k
 
 
-def test_8bit_state_refused_for_schedule_free_dtensor_params(mesh):
-    _, dt = _pair(mesh)
-    with pytest.raises(ValueError, match=r"state_dtype='8bit' is not supported for DTensor"):
-        ft.AdamWScheduleFree([dt], state_dtype="8bit")
+@pytest.mark.parametrize("cls", ["AdamWScheduleFree", "RAdamScheduleFree"])
+@pytest.mark.parametrize("option", ["8bit", "8bit_companded"])
+def test_schedule_free_8bit_state_equals_plain_tensor(mesh, cls, option):
+    """Schedule-Free with 8-bit state on DTensor params: the layout rule of the other
+    algorithms (z and v 8-bit for rows of whole blocks, float32 otherwise), the one-process
+    bits given the same gradients, through eval()/train() and a param whose first gradient
+    comes after its group stepped (its state made outside the plans)."""
+    plain, dts = _pairs_8bit(mesh, torch.float32)
+    opt_cls = getattr(ft, cls)
+    rows = [p for p, r in zip(plain, ROWS_8BIT) if r]
+    others = [p for p, r in zip(plain, ROWS_8BIT) if not r]
+    a = opt_cls(
+        [{"params": rows}, {"params": others, "state_dtype": None}], lr=0.05, state_dtype=option
+    )
+    b = opt_cls(
+        [
+            {"params": [d for d, r in zip(dts, ROWS_8BIT) if r]},
+            {"params": [d for d, r in zip(dts, ROWS_8BIT) if not r]},
+        ],
+        lr=0.05,
+        state_dtype=option,
+    )
+
+    def same():
+        for p, d in zip(plain, dts):
+            assert torch.equal(d.full_tensor(), p.detach())
+            assert b.state[d].keys() == a.state[p].keys()
+            for name, value in a.state[p].items():
+                mine = b.state[d][name]
+                mine = mine.full_tensor() if hasattr(mine, "full_tensor") else mine
+                assert torch.equal(mine.reshape(value.shape), value), name
+
+    for step in range(4):
+        _grads_8bit(plain, dts, step)
+        if step == 0:
+            plain[1].grad = dts[1].grad = None  # joins its group at step 2
+        a.step()
+        b.step()
+        if step == 2:
+            a.eval()
+            b.eval()
+            same()
+            a.train()
+            b.train()
+        same()
+    codes = torch.uint8 if option == "8bit" else torch.int8
+    for d, r in zip(dts, ROWS_8BIT):
+        assert b.state[d]["z"].dtype == (codes if r else torch.float32)
+        assert type(b.state[d]["z"]).__name__ == "DTensor"
+        if r:
+            assert type(b.state[d]["z_absmax"]).__name__ == "DTensor"
 
 
 def test_clipping_switched_off_mid_run(mesh):

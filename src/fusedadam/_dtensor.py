@@ -34,7 +34,8 @@ number of ranks. Which of the two a param gets, and the ``Q8_MIN_SIZE`` rule, ar
 on the whole param's shape (``q8_size``), so every rank, and every number of ranks,
 keeps the same dtypes. The one-process front end saves the scales of such a param in the
 same 2-d shape (``saved_scales``), so state dicts and checkpoints move between it and
-FSDP2.
+FSDP2; a param whose moments are float32 under FSDP2 and 8-bit in one process converts
+on load (``StateDicts._across_layouts``; through DCP with ``fusedadam.torch.LoadPlanner``).
 """
 
 import math
@@ -168,21 +169,6 @@ def localize(p, name, value):
         value = distribute_tensor(value, p.device_mesh, p.placements, src_data_rank=None)
         return value.to_local()
     return value
-
-
-def check_group(group, where):
-    """8-bit state is not offered for DTensor params of the schedule-free optimizers (their
-    ``z`` state is made outside the step's plans, as plain tensors)."""
-    option = group.get("state_dtype")
-    if option not in _precision.Q8_CODE_DTYPES:
-        return
-    params = group.get("params")
-    params = [params] if isinstance(params, torch.Tensor) else params
-    if isinstance(params, (list, tuple)) and any(is_dtensor(p) for p in params):
-        raise ValueError(
-            f"{where}state_dtype={option!r} is not supported for DTensor (FSDP2) params by "
-            "the schedule-free optimizers; use None or 'bfloat16'"
-        )
 
 
 def _sumsqs(grads):

@@ -27,7 +27,7 @@ Importing this module imports torch (``pip install torch``; 2.13 is the tested v
 """
 
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fusedadam import _algorithms, _validation
 from fusedadam.torch._bridge import TORCH_WORKERS_SPIN as _TORCH_WORKERS_SPIN
@@ -36,7 +36,7 @@ from fusedadam.torch._offload import Offload
 from fusedadam.torch._optimizer import Optimizer
 from fusedadam.torch import _schedule_free
 
-__all__ = [*_algorithms.CLASSES, "Offload", "Optimizer"]
+__all__ = [*_algorithms.CLASSES, "LoadPlanner", "Offload", "Optimizer"]
 
 # Kept importable for tests and tools: the NumPy view of a tensor, and whether torch's
 # OpenMP workers spin (the default thread count steps aside for them).
@@ -124,6 +124,12 @@ for _name, _entry in _algorithms.CLASSES.items():  # a parent comes before its c
     globals()[_name] = _thin(_name, _entry, _base)
 del _name, _entry, _base
 
-if TYPE_CHECKING:  # the classes above, made at import from the registry
 
-    def __getattr__(name: str) -> Any: ...
+def __getattr__(name: str) -> Any:
+    # LoadPlanner imports torch.distributed.checkpoint: on first use, not at import.
+    # (Type checkers also read this for the classes above, made at import from the registry.)
+    if name == "LoadPlanner":
+        from fusedadam.torch._dcp import LoadPlanner
+
+        return LoadPlanner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

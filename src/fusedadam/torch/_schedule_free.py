@@ -33,7 +33,6 @@ class ScheduleFree(Optimizer):
     def _check_group(self, group, where):
         super()._check_group(group, where)
         _schedule_free.check_mode_entry(group, where)
-        _dtensor.check_group({**getattr(self, "defaults", {}), **group}, where)
 
     _COUNTERS = ("step", "lr_max", "weight_sum")
 
@@ -105,15 +104,21 @@ class ScheduleFree(Optimizer):
             for k, (p, st) in enumerate(zip(members, entries)):
                 if st or p.grad is None or p.device.type == "meta":
                     continue
-                view = _bridge.numpy_view(p.detach().contiguous())
-                dtypes = state_dtypes(algorithm, view, group.get("state_dtype"), f"params[{k}]")
+                view = _bridge.numpy_view(_dtensor.local(p).detach().contiguous())
+                # a DTensor's 8-bit rule is decided on the whole param, as the plans decide it
+                dtypes = state_dtypes(
+                    algorithm, view, group.get("state_dtype"), f"params[{k}]",
+                    size=_dtensor.q8_size(p),
+                )  # fmt: skip
                 fresh = {}
                 for name in algorithm.state_names:
                     fresh.update(new_state(view, name, dtypes, name in algorithm.from_param))
                 if _precision.MASTER in dtypes:
                     fresh[_precision.MASTER] = view.astype(np.float32)
+                # (a DTensor param's are DTensors over this memory, as the plans make them)
                 state = {
-                    name: _bridge.tensor_view(np.ascontiguousarray(a)) for name, a in fresh.items()
+                    name: self._state_tensor(p, name, np.ascontiguousarray(a))
+                    for name, a in fresh.items()
                 }
                 for name in self._COUNTERS:
                     state[name] = lead[name].detach().clone()

@@ -14,7 +14,8 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from fusedadam import _dtensor, _validation
+from fusedadam import _dtensor, _precision, _validation, reference
+from fusedadam.engine._plan import state_dtypes
 from fusedadam.engine._saved import checked_entry
 from fusedadam.torch import _bridge
 
@@ -140,11 +141,16 @@ class StateDicts:
                 dict.__setitem__(state_map, key, deepcopy(entry))  # torch keeps other keys
         rewritten = []  # (param, its new value): a saved float32 master became a residual
         index = 0
-        for g in new_groups:
+        for g, saved in zip(new_groups, saved_groups):
             engine_group = self._engine_group(g, [])
+            # Saved under an 8-bit state_dtype, named by the saved group itself (a
+            # torch.optim state dict names none): see _across_layouts.
+            across = saved.get("state_dtype") in _precision.Q8_CODE_DTYPES
             for p in self._members(g):
                 entry = by_param.get(id(p))
                 if entry:
+                    if across:
+                        entry = self._across_layouts(entry, p, engine_group, index)
                     new_st, new_param = self._loaded_entry(
                         entry, p, engine_group, index, saved_ids[id(p)], convert
                     )
@@ -184,6 +190,56 @@ class StateDicts:
             st[name] = self._state_tensor(p, name, np.array(value, dtype=np.float64))
         st.update(extra)
         return st, new_param
+
+    def _across_layouts(self, entry, p, group, index):
+        """``entry`` with its moments in the layout this optimizer keeps for ``p``, when
+        they were saved under the same 8-bit ``state_dtype`` by a param of the other kind.
+
+        The 8-bit rule differs between a DTensor param and a plain one
+        (``_dtensor.q8_size``): a 1-d param of 4096 elements or more (a norm weight), or a
+        param whose rows are not whole blocks, keeps float32 moments under FSDP2 and 8-bit
+        ones in one process. Such a state converts without ``convert=True``, whole (before
+        this rank's shard is cut): codes and scales to the float32 values they encode
+        (exact: the values the saving run stepped with), float32 moments to codes and scales
+        (quantized, as the kernel quantizes them: not exact, as any move to 8 bits).
+        """
+        view = _bridge.numpy_view(_dtensor.local(p).detach())
+        option = group.get("state_dtype")
+        where = f"params[{index}]"
+        dtypes = state_dtypes(
+            self.algorithm, view, option, where, group.get("master"), _dtensor.q8_size(p)
+        )
+        names = self.algorithm.all_state_names()
+        entry = dict(entry)
+        for name, signed in zip(names, self.algorithm.signed_state(names)):
+            value, scale_key = entry.get(name), _precision.scale_name(name)
+            scale = entry.get(scale_key)
+            if not isinstance(value, torch.Tensor) or name not in dtypes:
+                continue
+            target = dtypes[name]
+            if _precision.is_q8(target) and value.is_floating_point() and scale is None:
+                full = _whole(value).to(torch.float32)
+                codes, absmax = reference.q8_quantize(
+                    _bridge.numpy_view(full), signed, _precision.is_companded(target)
+                )
+                entry[name], entry[scale_key] = torch.from_numpy(codes), torch.from_numpy(absmax)
+            elif (
+                not _precision.is_q8(target)
+                and isinstance(scale, torch.Tensor)
+                and value.dtype == getattr(torch, _precision.Q8_CODE_DTYPES[option].name)
+            ):
+                codes, absmax = _whole(value), _whole(scale).reshape(-1)
+                if absmax.numel() != -(-codes.numel() // _precision.Q8_BLOCK):
+                    raise ValueError(
+                        f"state_dict: {scale_key} of {where} has {absmax.numel()} scales for "
+                        f"{codes.numel()} codes"
+                    )
+                values = reference.q8_dequantize(
+                    _bridge.numpy_view(codes), _bridge.numpy_view(absmax), signed
+                )
+                entry[name] = torch.from_numpy(values)
+                del entry[scale_key]
+        return entry
 
     def _saved_value(self, key, value, p, index):
         """A saved torch-layout state value as ``check_saved_state`` takes it."""
@@ -233,3 +289,11 @@ class StateDicts:
         self._skipped = skipped
         if not isinstance(self.state, defaultdict):
             self.state = defaultdict(dict, self.state)
+
+
+def _whole(value):
+    """A saved state tensor whole, plain, contiguous and on the CPU (a DTensor gathered)."""
+    value = value.detach()
+    if _dtensor.is_dtensor(value):
+        value = value.full_tensor()
+    return value.to(device="cpu").contiguous()
