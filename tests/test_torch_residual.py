@@ -149,6 +149,29 @@ def test_master_is_the_float32_master_optimizers_bit_for_bit(state_dtype):
             assert not (differ & ~tie).any(), t
 
 
+@pytest.mark.parametrize("cls", ["AdamWScheduleFree", "RAdamScheduleFree"])
+def test_schedule_free_param_joining_late_gets_the_groups_master(cls):
+    """A Schedule-Free param whose first gradient comes after its group has stepped gets
+    its state then, at the group's counters: with the group's ``master`` too (its first
+    step raised "master_residual ... is missing" before), so the residual run keeps the
+    float32-master run's master bits."""
+    ps = params(seed=3)
+    qs = clone(ps)
+    res = getattr(ft, cls)(ps, lr=1e-2, master="residual")
+    f32 = getattr(ft, cls)(qs, lr=1e-2)
+    for t in range(8):
+        gs = grads(SHAPES, t, torch.float32)
+        for k, (p, q, g) in enumerate(zip(ps, qs, gs)):
+            late = k == len(ps) - 1 and t < 3  # the last param joins at step 4
+            p.grad, q.grad = (None, None) if late else (g, g.clone())
+        res.step()
+        f32.step()
+        for p, q in zip(ps, qs):
+            if p in res.state:
+                assert res.state[p]["master_residual"].dtype == torch.int16
+                assert same_bits(master(res, p), master(f32, q)), t
+
+
 def test_float32_params_ignore_the_option_and_float16_params_refuse_it():
     ps, qs = params(torch.float32), params(torch.float32)
     a = ft.Adam(ps, lr=1e-2, master="residual")

@@ -92,13 +92,7 @@ def group_spec(algorithm, gi, group, hyper_spec, first, named, state_of, created
         if st is None or (type(st) is dict and not st):
             # None, or the empty dict of a read before the first step (torch's habit):
             # filled at commit, not before.
-            target, st = st, {}
-            for name in names:
-                st.update(new_state(p, name, dtypes, name in algorithm.from_param))
-            if master == _precision.MASTER:
-                st[master] = p.astype(np.float32)
-            elif master is not None:  # the param is its master exactly: residual 0
-                st[master] = np.zeros(p.shape, dtype=dtypes[master])
+            target, st = st, fresh_state(algorithm, names, p, dtypes)
             st["step"] = new_step
             st.update(new_mu)
             installs.append((p, target, st))
@@ -176,6 +170,21 @@ def state_dtypes(algorithm, p, option, pname, master="float32", size=None):
     if entry is not None:
         dtypes[entry[0]] = entry[1]
     return dtypes
+
+
+def fresh_state(algorithm, names, p, dtypes):
+    """The arrays of a param's first step (without its counters): each state array of
+    ``names`` at its start (``new_state``) and its master, if ``dtypes`` has one: the
+    float32 copy, or the residual 0 (the param is its master exactly)."""
+    st = {}
+    for name in names:
+        st.update(new_state(p, name, dtypes, name in algorithm.from_param))
+    master = _master_name(dtypes)
+    if master == _precision.MASTER:
+        st[master] = p.astype(np.float32)
+    elif master is not None:
+        st[master] = np.zeros(p.shape, dtype=dtypes[master])
+    return st
 
 
 def _master_name(dtypes):

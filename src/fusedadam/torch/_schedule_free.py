@@ -13,8 +13,8 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from fusedadam import _algorithms, _dtensor, _precision, _schedule_free, reference
-from fusedadam.engine._plan import new_state, state_dtypes
+from fusedadam import _algorithms, _dtensor, _schedule_free, reference
+from fusedadam.engine._plan import fresh_state, state_dtypes
 from fusedadam.torch import _bridge
 from fusedadam.torch._optimizer import Optimizer
 
@@ -108,13 +108,9 @@ class ScheduleFree(Optimizer):
                 # a DTensor's 8-bit rule is decided on the whole param, as the plans decide it
                 dtypes = state_dtypes(
                     algorithm, view, group.get("state_dtype"), f"params[{k}]",
-                    size=_dtensor.q8_size(p),
+                    group.get("master", "float32"), size=_dtensor.q8_size(p),
                 )  # fmt: skip
-                fresh = {}
-                for name in algorithm.state_names:
-                    fresh.update(new_state(view, name, dtypes, name in algorithm.from_param))
-                if _precision.MASTER in dtypes:
-                    fresh[_precision.MASTER] = view.astype(np.float32)
+                fresh = fresh_state(algorithm, algorithm.slot_names(group), view, dtypes)
                 # (a DTensor param's are DTensors over this memory, as the plans make them)
                 state = {
                     name: self._state_tensor(p, name, np.ascontiguousarray(a))
