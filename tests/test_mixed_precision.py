@@ -289,22 +289,26 @@ def test_clipping_matches_torch():
 @pytest.mark.parametrize("chunk", [4096, 16384, 1 << 16])
 def test_norm_is_the_same_bits_for_every_thread_count_and_backend(chunk):
     """The sum's order is fixed by the chunks (and, within a segment, the eight lanes of
-    FA_NORM_BODY), never by the threads; the reference sums in that order."""
+    FA_NORM_BODY), never by the threads or by how many chunks one task of the parallel
+    scan takes; the reference sums in that order."""
     from fusedadam import _kernels
 
     grads = [make(F32, 100_003, 3, 10.0), make(BF16, 70_000, 4), make(F32, 9, 5)]
     norms = set()
-    saved = _kernels.get_chunk_size()
+    saved = _kernels.get_chunk_size(), _kernels.get_scan_task_size()
     try:
         _kernels.set_chunk_size(chunk)
-        for threads in (1, 2):
-            for backend in ("compiled", "numpy"):
-                params = [make(F32, 100_003, 1), make(BF16, 70_000, 2), make(F32, 9, 6)]
-                opt = fa.Adam(params, max_grad_norm=1.0, num_threads=threads, backend=backend)
-                opt.step(grads)
-                norms.add(opt.last_grad_norm)
+        for task_chunks in (1, 3, 16):
+            _kernels.set_scan_task_size(task_chunks * chunk)
+            for threads in (1, 2):
+                for backend in ("compiled", "numpy"):
+                    params = [make(F32, 100_003, 1), make(BF16, 70_000, 2), make(F32, 9, 6)]
+                    opt = fa.Adam(params, max_grad_norm=1.0, num_threads=threads, backend=backend)
+                    opt.step(grads)
+                    norms.add(opt.last_grad_norm)
     finally:
-        _kernels.set_chunk_size(saved)
+        _kernels.set_chunk_size(saved[0])
+        _kernels.set_scan_task_size(saved[1])
     assert len(norms) == 1
 
 

@@ -153,3 +153,46 @@ def test_an_error_step_publishes_no_gradient_norm(backend, n_groups):
     with pytest.raises(FloatingPointError):
         opt.step(grads)
     assert opt.last_grad_norm == before
+
+
+@pytest.fixture
+def scan_tasks(request):
+    """Chunks of 16 elements and scan tasks of ``request.param`` chunks; restored after."""
+    from fusedadam import _kernels
+
+    saved = _kernels.get_chunk_size(), _kernels.get_scan_task_size()
+    _kernels.set_chunk_size(16)
+    _kernels.set_scan_task_size(16 * request.param)
+    yield request.param
+    _kernels.set_chunk_size(saved[0])
+    _kernels.set_scan_task_size(saved[1])
+
+
+@pytest.mark.skipif("compiled" not in BACKENDS, reason="extension not built")
+@pytest.mark.parametrize("scan_tasks", [1, 3, 16], indirect=True)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("clip", [None, 1.0])
+@pytest.mark.parametrize(
+    # (array, element) of the first bad value; a second one always sits later, in another
+    # task when the tasks are small
+    "where",
+    [(0, 0), (0, 47), (0, 999), (1, 0), (1, 3 * 48 + 17), (2, 1010)],
+)
+def test_first_bad_value_is_found_for_every_scan_task_size(scan_tasks, threads, clip, where):
+    """The parallel scan runs several chunks per task: the first bad value (in array order)
+    is reported whichever task holds it and whichever thread ran that task, a task stopping
+    at its first bad chunk hides no earlier one, and nothing is written."""
+    rng = np.random.default_rng(3)
+    sizes = [1000, 777, 1011]
+    params = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    opt = fa.Adam(params, nonfinite="error", num_threads=threads, max_grad_norm=clip)
+    opt.step([np.ones_like(p) for p in params])
+    before = snapshot(opt)
+    grads = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    k, i = where
+    grads[k][i] = np.inf
+    grads[2][-1] = np.nan
+    match = rf"grads\[{k}\] has \d non-finite values? .*index {i}\)"
+    with pytest.raises(FloatingPointError, match=match):
+        opt.step(grads)
+    assert_unchanged(opt, before)

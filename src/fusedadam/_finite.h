@@ -19,6 +19,13 @@
 
 /* Elements between two tests of the OR (an early exit costs at most one block). */
 #define FA_SCAN_BLOCK 2048
+/* Bytes of OR accumulators: element j of a block goes to lane j % (128 / size), so each
+ * instruction set keeps several independent vector chains (8 SSE2, 4 AVX2, 2 AVX-512
+ * registers for float32). With one accumulator the loop ran one vector a cycle, the OR's
+ * latency: in cache (64 KB, one thread, Zen 5 at ~2.6 GHz) SSE2 36 GB/s, AVX2 82, AVX-512
+ * 169, and SSE2 no faster than memory; with the lanes 76, 136 and 233 GB/s (bfloat16
+ * 42/88/79 -> 75/127/145). OR is exact in any order: no result changes. */
+#define FA_SCAN_LANE_BYTES 128
 
 /* Index of the first non-finite value of grad[0:n], or -1. */
 typedef ptrdiff_t (*fa_scan_fn)(const void *grad, ptrdiff_t n);
@@ -34,11 +41,15 @@ typedef ptrdiff_t (*fa_scan_fn)(const void *grad, ptrdiff_t n);
         const UT *bits = (const UT *)grad;                                           \
         const UT low = (UT)((EXP) & (UT)(0u - (EXP)));                               \
         const UT sign = (UT)((UT)1 << (8 * sizeof(UT) - 1)); /* = EXP + low */        \
-        UT seen = 0;                                                                 \
+        UT lane[FA_SCAN_LANE_BYTES / sizeof(UT)] = {0}, seen = 0;                    \
+        enum { LANES = FA_SCAN_LANE_BYTES / sizeof(UT) };                            \
         ptrdiff_t i = 0;                                                             \
-        for (; i + FA_SCAN_BLOCK <= n && !(seen & sign); i += FA_SCAN_BLOCK)         \
-            for (ptrdiff_t j = 0; j < FA_SCAN_BLOCK; j++)                            \
-                seen |= (UT)((bits[i + j] & (EXP)) + low);                           \
+        for (; i + FA_SCAN_BLOCK <= n && !(seen & sign); i += FA_SCAN_BLOCK) {       \
+            for (ptrdiff_t j = 0; j < FA_SCAN_BLOCK; j += LANES)                     \
+                for (int l = 0; l < LANES; l++)                                      \
+                    lane[l] |= (UT)((bits[i + j + l] & (EXP)) + low);                \
+            for (int l = 0; l < LANES; l++) seen |= lane[l];                         \
+        }                                                                            \
         if (!(seen & sign))                                                          \
             for (; i < n; i++)                                                       \
                 seen |= (UT)((bits[i] & (EXP)) + low);                               \

@@ -38,6 +38,13 @@ def get_isa() -> _ISAName:
 def set_isa(name: _ISAName) -> None:
     """Use the loops of instruction set ``name`` (not wider than ``best_isa()``)."""
 
+def get_scan_task_size() -> int:
+    """Elements per task of the parallel gradient scan (for tests and benchmarks)."""
+
+def set_scan_task_size(n_elements: int) -> None:
+    """Set the elements per task of the parallel gradient scan (rounded down to whole
+    chunks, at least one; for tests and benchmarks: no result depends on it)."""
+
 def get_chunk_size() -> int:
     """Elements per chunk: a call over more elements than this is split over threads."""
 

@@ -118,6 +118,14 @@ cdef int _current_isa() noexcept:
 # bench/POOL.md measured 16384 (FA_POOL_GRAIN) on the 2-vCPU Zen 3 VM, idle and loaded.
 cdef Py_ssize_t _chunk_elements = FA_POOL_GRAIN
 
+# Gradient elements per task of the parallel gradient scan (a whole number of chunks, at
+# least one). The scan reads 4 B a float32 element where the update moves 28: a chunk is
+# ~2 us of scanning, so one task per chunk paid a claim of the pool's shared counter and a
+# write of a result line the other thread also writes (false sharing) every 64 KB, and each
+# thread read 64 KB runs with gaps. A task of 16 chunks reads 1 MB in one run. The results
+# stay per chunk, combined in chunk order: the task size changes no bit.
+cdef Py_ssize_t _scan_task_elements = 16 * FA_POOL_GRAIN
+
 # The most threads one call uses (num_threads above it is clamped); an OpenMP runtime asked
 # for 100 000 threads can crash, and so would a pool.
 DEF MAX_THREADS = 256
@@ -182,6 +190,20 @@ def set_isa(name):
     if wanted > _best_isa:
         raise ValueError(f"this CPU or build cannot run {name!r} (best: {ISA_NAMES[_best_isa]!r})")
     _isa = wanted
+
+
+def get_scan_task_size():
+    """Elements per task of the parallel gradient scan (for tests and benchmarks)."""
+    return _scan_task_elements
+
+
+def set_scan_task_size(Py_ssize_t n_elements):
+    """Set the elements per task of the parallel gradient scan (rounded down to whole
+    chunks, at least one; for tests and benchmarks: no result depends on it)."""
+    global _scan_task_elements
+    if n_elements < 1:
+        raise ValueError("the scan task size must be a positive number of elements")
+    _scan_task_elements = n_elements
 
 
 def get_chunk_size():
@@ -412,6 +434,22 @@ cdef void _scan_chunk(void *ctx, ptrdiff_t c, int worker) noexcept nogil:
                                  &d.chunk_sumsq[c])
 
 
+cdef void _scan_task(void *ctx, ptrdiff_t t, int worker) noexcept nogil:
+    """Chunks [t * scan_task, (t + 1) * scan_task) of the scan, each with its own results.
+    Without the norm a task stops at its first bad chunk: _scan reads the chunks in order
+    and stops there, so the later ones are never read."""
+    cdef GroupData *d = <GroupData *>ctx
+    cdef Py_ssize_t c = t * d.scan_task, end = c + d.scan_task
+    cdef Py_ssize_t n_chunks = fa_chunk_count(d.offsets[d.n_arrays], d.chunk)
+    if end > n_chunks:
+        end = n_chunks
+    while c < end:
+        _scan_chunk(d, c, worker)
+        if d.first_bad[c] >= 0 and not d.want_norm:
+            return
+        c += 1
+
+
 cdef void _run(GroupData *d, int n_threads) noexcept nogil:
     """The update of every element of the group, in place."""
     if d.sum_kind >= 0:
@@ -566,7 +604,14 @@ cdef Py_ssize_t _scan(GroupData *d, int n_threads) noexcept nogil:
         for c in range(n_chunks):
             _scan_chunk(d, c, 0)
     else:
-        fa_pool_run(_scan_chunk, d, n_chunks, n_threads)
+        # whole chunks per task, and >= 4 tasks a thread (a late task is <= 1/4 of one
+        # thread's share of the scan)
+        d.scan_task = _scan_task_elements // d.chunk
+        if d.scan_task > n_chunks // (4 * n_threads):
+            d.scan_task = n_chunks // (4 * n_threads)
+        if d.scan_task < 1:
+            d.scan_task = 1
+        fa_pool_run(_scan_task, d, (n_chunks + d.scan_task - 1) // d.scan_task, n_threads)
     for c in range(n_chunks):
         if d.first_bad[c] >= 0 and found < 0:
             found = d.first_bad[c]
