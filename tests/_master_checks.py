@@ -2,6 +2,7 @@
 test_master_compact.py): bit comparisons, seeded bfloat16 runs, the exhaustive C proofs
 in tools/ and the small MLP both train."""
 
+import copy
 import os
 import shutil
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+
+import fusedadam as fa
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F32 = np.dtype(np.float32)
@@ -47,6 +50,54 @@ def assert_same_runs(a, b):
         assert a[0].state[x].keys() == b[0].state[y].keys()
         for name, value in a[0].state[x].items():
             assert_same_bits(value, b[0].state[y][name])
+
+
+def straight_and_resumed(master, state_dtype):
+    """Two AdamW steps of two params, then two more: straight on, and in a new optimizer
+    loaded from a deep copy of the state dict: (straight run, resumed run), as ``run``'s."""
+    a = run(fa.AdamW, {"state_dtype": state_dtype}, [5000, 3], 2, master)
+    sd = copy.deepcopy(a[0].state_dict())
+    params = [p.copy() for p in a[1]]
+    b = fa.AdamW(params, master=master, state_dtype=state_dtype)
+    b.load_state_dict(sd)
+    for t in range(2):
+        grads = [make(p.size, 50 + t, F32) for p in params]
+        a[0].step([g.copy() for g in grads])
+        b.step(grads)
+    return a, (b, params)
+
+
+def zero_step_keeps_every_master(master, state_dtype, lows, decode, expected):
+    """Every bfloat16 param with each of ``lows`` (the master's low part) through a step
+    that leaves the master as it is (lr 0, zero gradients), on the compiled and the NumPy
+    backend: the master after it, ``decode(param, low)``, is ``expected(master before)``
+    wherever that was not NaN, and both backends leave the same bits."""
+    hi = np.arange(1 << 16, dtype=np.uint16)
+    out = []
+    for backend in ("compiled", "numpy"):
+        p = np.repeat(hi, lows.size).view(BF16)
+        low = np.tile(lows, 1 << 16)
+        opt = fa.Adam(
+            [p], lr=0.0, master=master, backend=backend, nonfinite="ignore",
+            state_dtype=state_dtype,
+        )  # fmt: skip
+        moment = {None: F32, "8bit": np.uint8, "8bit_companded": np.int8}[state_dtype]
+        opt.state[p] = {
+            "step": np.zeros((), np.int64),
+            "exp_avg": np.zeros(p.shape, moment),
+            "exp_avg_sq": np.zeros(p.shape, moment),
+            "master_residual": low,
+        }
+        if state_dtype:
+            for name in ("exp_avg_absmax", "exp_avg_sq_absmax"):
+                opt.state[p][name] = np.zeros(p.size // 256, F32)
+        before = decode(p, low)
+        opt.step([np.zeros(p.shape, F32)])
+        out.append((p, low))
+        nan = np.isnan(before)
+        assert_same_bits(decode(p, low)[~nan], expected(before)[~nan])
+    assert_same_bits(out[0][0], out[1][0])
+    assert_same_bits(out[0][1], out[1][1])
 
 
 def exhaustive_proof(source, tmp_path, libs=()):

@@ -23,6 +23,8 @@ from _master_checks import (
     make,
     minibatch_loss_and_grads,
     run,
+    straight_and_resumed,
+    zero_step_keeps_every_master,
 )
 from conftest import VARIANTS, requires_compiled
 from hypothesis import given, settings
@@ -113,34 +115,10 @@ def test_compiled_compact_codec_matches_reference(state_dtype, simd):
     """Arbitrary (param, code) pairs through a step that leaves the master as it is (lr 0,
     zero gradients): compiled decodes and re-encodes as the reference, every bfloat16 and
     code edge included."""
-    hi = np.arange(1 << 16, dtype=np.uint16)
-    codes = np.array([0, 1, -1, 127, -128, 0x35], np.int8)
-    out = []
-    for backend in ("compiled", "numpy"):
-        p = np.repeat(hi, codes.size).view(BF16)
-        c = np.tile(codes, 1 << 16)
-        opt = fa.Adam(
-            [p], lr=0.0, master="compact", backend=backend, nonfinite="ignore",
-            state_dtype=state_dtype,
-        )  # fmt: skip
-        moment = {None: F32, "8bit": np.uint8, "8bit_companded": np.int8}[state_dtype]
-        opt.state[p] = {
-            "step": np.zeros((), np.int64),
-            "exp_avg": np.zeros(p.shape, moment),
-            "exp_avg_sq": np.zeros(p.shape, moment),
-            "master_residual": c,
-        }
-        if state_dtype:
-            for name in ("exp_avg_absmax", "exp_avg_sq_absmax"):
-                opt.state[p][name] = np.zeros(p.size // 256, F32)
-        before = R.compact_decode(p, c)
-        opt.step([np.zeros(p.shape, F32)])
-        out.append((p, c))
-        nan = np.isnan(before)
-        again = R.compact_decode(p, c)
-        assert_same_bits(again[~nan], R.compact_decode(*R.compact_encode(before))[~nan])
-    assert_same_bits(out[0][0], out[1][0])
-    assert_same_bits(out[0][1], out[1][1])
+    zero_step_keeps_every_master(
+        "compact", state_dtype, np.array([0, 1, -1, 127, -128, 0x35], np.int8),
+        R.compact_decode, lambda m: R.compact_decode(*R.compact_encode(m)),
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------ the companded map
@@ -331,16 +309,7 @@ def test_failed_step_changes_nothing(backend):
 
 @pytest.mark.parametrize("state_dtype", [None, "8bit", "8bit_companded"])
 def test_state_dict_round_trip_resumes_bit_for_bit(state_dtype):
-    a = run(fa.AdamW, {"state_dtype": state_dtype}, [5000, 3], 2, "compact")
-    sd = copy.deepcopy(a[0].state_dict())
-    params = [p.copy() for p in a[1]]
-    b = fa.AdamW(params, master="compact", state_dtype=state_dtype)
-    b.load_state_dict(sd)
-    for t in range(2):
-        grads = [make(p.size, 50 + t, F32) for p in params]
-        a[0].step([g.copy() for g in grads])
-        b.step(grads)
-    assert_same_runs(a, (b, params))
+    assert_same_runs(*straight_and_resumed("compact", state_dtype))
 
 
 @pytest.mark.parametrize("source", ["float32", "residual"])

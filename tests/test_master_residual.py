@@ -22,6 +22,8 @@ from _master_checks import (
     make,
     minibatch_loss_and_grads,
     run,
+    straight_and_resumed,
+    zero_step_keeps_every_master,
 )
 from conftest import VARIANTS, requires_compiled
 
@@ -97,32 +99,10 @@ def test_compiled_codec_matches_reference(state_dtype, simd):
     """Arbitrary (param, residual) pairs through a step that leaves the master as it is
     (lr 0, zero gradients): compiled re-encodes exactly as the reference, every bfloat16
     and residual edge included (8-bit moments: the fused x86 loop's codec too)."""
-    hi = np.arange(1 << 16, dtype=np.uint16)
-    out = []
-    for backend in ("compiled", "numpy"):
-        p = np.repeat(hi, 6).view(BF16)
-        r = np.tile(np.array([0, 1, -1, 0x7FFF, -0x8000, 0x1234], np.int16), 1 << 16)
-        opt = fa.Adam(
-            [p], lr=0.0, master="residual", backend=backend, nonfinite="ignore",
-            state_dtype=state_dtype,
-        )  # fmt: skip
-        moment = np.uint8 if state_dtype else F32
-        opt.state[p] = {
-            "step": np.zeros((), np.int64),
-            "exp_avg": np.zeros(p.shape, moment),
-            "exp_avg_sq": np.zeros(p.shape, moment),
-            "master_residual": r,
-        }
-        if state_dtype:
-            for name in ("exp_avg_absmax", "exp_avg_sq_absmax"):
-                opt.state[p][name] = np.zeros(p.size // 256, F32)
-        before = R.residual_decode(p, r)
-        opt.step([np.zeros(p.shape, F32)])
-        out.append((p, r))
-        nan = np.isnan(before)
-        assert_same_bits(R.residual_decode(p, r)[~nan], before[~nan])
-    assert_same_bits(out[0][0], out[1][0])
-    assert_same_bits(out[0][1], out[1][1])
+    zero_step_keeps_every_master(
+        "residual", state_dtype, np.array([0, 1, -1, 0x7FFF, -0x8000, 0x1234], np.int16),
+        R.residual_decode, lambda m: m,
+    )  # fmt: skip
 
 
 @pytest.mark.slow
@@ -258,17 +238,7 @@ def test_failed_step_changes_nothing():
 
 @pytest.mark.parametrize("state_dtype", [None, "8bit"])
 def test_state_dict_round_trip_resumes_bit_for_bit(state_dtype):
-    import copy
-
-    a = run(fa.AdamW, {"state_dtype": state_dtype}, [5000, 3], 2, "residual")
-    sd = copy.deepcopy(a[0].state_dict())
-    params = [p.copy() for p in a[1]]
-    b = fa.AdamW(params, master="residual", state_dtype=state_dtype)
-    b.load_state_dict(sd)
-    for t in range(2):
-        grads = [make(p.size, 50 + t, F32) for p in params]
-        a[0].step([g.copy() for g in grads])
-        b.step(grads)
+    a, (b, params) = straight_and_resumed("residual", state_dtype)
     for x, y in zip(a[1], params):
         assert_same_bits(x, y)
         assert_same_bits(a[0].state[x]["master_residual"], b.state[y]["master_residual"])
