@@ -1,7 +1,7 @@
 """Checks shared by the tests of the per-tensor algorithms (test_algo_lamb.py,
 test_algo_stableadamw.py, test_algo_cautious.py): parity with a reference package, the
 compiled step against the NumPy reference on every storage type, thread counts, the torch
-front end, state dict round trips and refused hyperparameters."""
+front end, the functional form, state dict round trips and refused hyperparameters."""
 
 import ml_dtypes
 import numpy as np
@@ -28,6 +28,11 @@ STORAGE = {
 }
 
 
+def storage_without(*names):
+    """``STORAGE`` less the named storage types."""
+    return {k: v for k, v in STORAGE.items() if k not in names}
+
+
 def grads_for(rng, shapes, steps, dtype=np.float64):
     return [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(steps)]
 
@@ -49,6 +54,22 @@ def parity(make_ours, make_theirs, shapes=PARITY, steps=100, seed=0, rtol=1e-10)
     for k, (a, b) in enumerate(zip(ours, theirs)):
         np.testing.assert_allclose(a, b.detach().numpy(), rtol=rtol, atol=1e-14, err_msg=k)
     return ours
+
+
+def parity_every_size_threads_bit_identical(make_ours, make_theirs):
+    """Sizes around the pieces, 10 steps with 1 and with 2 threads, ``make_ours(params,
+    threads)``: both match the package, with the same bits."""
+    got = [
+        parity(
+            lambda ps, threads=threads: make_ours(ps, threads),
+            make_theirs,
+            shapes=SIZES,
+            steps=10,
+        )
+        for threads in (1, 2)
+    ]
+    for a, b in zip(*got):
+        np.testing.assert_array_equal(a, b)
 
 
 def run(cls, options, shapes=SIZES, steps=6, dtype=np.float64, seed=1, **extra):
@@ -135,6 +156,24 @@ def state_dict_round_trip(cls, options, steps=3):
     for g in grads[steps:]:
         resumed.step(g)
     for a, b in zip(params, resumed_params):
+        np.testing.assert_array_equal(a, b)
+
+
+def functional_is_the_class(cls, options, functional, functional_options):
+    """Three steps of the class (``options``) and of its functional form
+    (``functional_options``) on a small and a several-piece tensor: the same params."""
+    rng = np.random.default_rng(5)
+    shapes = [(7,), (16385,)]
+    p_class = [rng.standard_normal(s) for s in shapes]
+    p_func = [p.copy() for p in p_class]
+    m = [np.zeros(s) for s in shapes]
+    v = [np.zeros(s) for s in shapes]
+    opt = cls(p_class, **options)
+    for t in range(1, 4):
+        grads = [rng.standard_normal(s) for s in shapes]
+        opt.step(grads)
+        functional(p_func, grads, m, v, step=t, **functional_options)
+    for a, b in zip(p_class, p_func):
         np.testing.assert_array_equal(a, b)
 
 

@@ -13,16 +13,15 @@ from hypothesis import strategies as st
 
 import fusedadam as fa
 from fusedadam import reference
-from conftest import (
-    BACKENDS,
-    assert_unchanged,
-    reference_package,
-    requires_compiled,
-    snapshot,
-    torch_twenty_steps_like_numpy,
+from _algo_checks import (
+    compiled_bytes_are_numpy_bytes,
+    low_precision_backends_alike,
+    parity_every_step,
+    refused_and_nothing_changes,
+    scalar_rule_twins_agree,
+    state_dict_resumes_byte_for_byte,
 )
-
-SHAPES = [(7,), (33, 5), (1,), (0,)]
+from conftest import BACKENDS, reference_package, requires_compiled, torch_twenty_steps_like_numpy
 
 # fusedadam options == adam_atan2_pytorch's (the same names)
 SETTINGS = {
@@ -40,28 +39,9 @@ def _reference_cls():
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
 def test_parity_with_adam_atan2_pytorch(setting, backend):
     """100 float64 steps; params and both moments after every step to rtol 1e-10 (no atol)."""
-    torch = pytest.importorskip("torch")
     AdamAtan2 = _reference_cls()
     options = SETTINGS[setting]
-    rng = np.random.default_rng(0)
-    init = [rng.standard_normal(s) for s in SHAPES]
-    theirs = [torch.tensor(a.copy(), requires_grad=True) for a in init]
-    ref = AdamAtan2(theirs, **options)
-    ours = [a.copy() for a in init]
-    opt = fa.AdamAtan2(ours, backend=backend, **options)
-    for t in range(1, 101):
-        grads = [rng.standard_normal(s) for s in SHAPES]
-        for p, g in zip(theirs, grads):
-            p.grad = torch.tensor(g)
-        ref.step()
-        opt.step(grads)
-        for a, b in zip(ours, theirs):
-            np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-10, atol=0, err_msg=f"t={t}")
-            for name in ("exp_avg", "exp_avg_sq"):
-                np.testing.assert_allclose(
-                    opt.state[a][name], ref.state[b][name].numpy(), rtol=1e-10, atol=0,
-                    err_msg=f"{name} t={t}",
-                )  # fmt: skip
+    parity_every_step(fa.AdamAtan2, lambda ps: AdamAtan2(ps, **options), options, backend=backend)
 
 
 # ------------------------------------------------------------------ atan2
@@ -241,37 +221,22 @@ def test_compiled_atan2_is_the_reference_bit_for_bit(simd, dtype):
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("size", [0, 1, 15, 17, 255, 257, 40_000])
 def test_compiled_is_the_reference_bit_for_bit(simd, dtype, n_threads, size, parallel_threshold):
-    results = []
-    for backend in ("compiled", "numpy"):
-        r = np.random.default_rng(size)
-        p = [r.standard_normal(size).astype(dtype), r.standard_normal(3).astype(dtype)]
-        opt = fa.AdamAtan2(p, lr=1e-2, weight_decay=0.1, maximize=True, backend=backend,
-                           num_threads=n_threads)  # fmt: skip
-        for t in range(5):
-            scale = 10.0 ** (3 * t - 6)
-            opt.step([(r.standard_normal(a.shape) * scale).astype(dtype) for a in p])
-        results.append([a.tobytes() for a in p] + [
-            opt.state[a][k].tobytes() for a in p for k in ("exp_avg", "exp_avg_sq")
-        ])  # fmt: skip
-    assert results[0] == results[1]
+    compiled_bytes_are_numpy_bytes(
+        fa.AdamAtan2, dict(lr=1e-2, weight_decay=0.1, maximize=True), dtype, size, n_threads,
+        scales=[10.0 ** (3 * t - 6) for t in range(5)],
+    )  # fmt: skip
 
 
 @requires_compiled
 def test_scalar_rule_twins_agree():
-    from fusedadam import _algorithms, _kernels
+    from fusedadam import _algorithms
 
     for options in ({}, {"a": 0.3, "b": 7.0, "weight_decay": 0.1, "maximize": True},
                     {"betas": (0.0, 0.5), "b": 0.0}):  # fmt: skip
         group = fa.AdamAtan2([np.zeros(1)], **options).param_groups[0]
         hyper = _algorithms.hyper_dict(_algorithms.ALGORITHMS["adam_atan2"], group)
         assert hyper["decoupled"]
-        for t in (1, 2, 3, 1000, 10**9):
-            c = _kernels.step_scalars(hyper, t, 0.01)
-            p = reference.step_scalars(hyper, t, 0.01)
-            assert c[0] == p[0] == "adam_atan2"
-            assert {k: np.float64(v).tobytes() for k, v in c[1].items()} == {
-                k: np.float64(v).tobytes() for k, v in p[1].items()
-            }
+        scalar_rule_twins_agree(hyper, "adam_atan2")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -299,42 +264,12 @@ def test_the_step_is_bounded_by_lr_a_pi_over_2():
 
 @pytest.mark.parametrize("state_dtype", [None, "bfloat16", "8bit"])
 def test_low_precision_params_and_state_run_both_backends_alike(state_dtype):
-    import ml_dtypes
-
-    results = []
-    for backend in BACKENDS:
-        r = np.random.default_rng(5)
-        p = [r.standard_normal(5000).astype(ml_dtypes.bfloat16)]
-        opt = fa.AdamAtan2(p, lr=1e-2, state_dtype=state_dtype, backend=backend)
-        for _ in range(4):
-            opt.step([r.standard_normal(5000).astype(np.float32)])
-        st = opt.state[p[0]]
-        results.append([p[0].tobytes()] + [st[k].tobytes() for k in sorted(st)
-                                           if isinstance(st[k], np.ndarray)])  # fmt: skip
-    assert all(r == results[0] for r in results)
+    low_precision_backends_alike(fa.AdamAtan2, state_dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_state_dict_round_trip_resumes_exactly(backend):
-    rng = np.random.default_rng(6)
-    init = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
-    grads = [[rng.standard_normal(s).astype(np.float32) for s in SHAPES] for _ in range(8)]
-    straight = [a.copy() for a in init]
-    opt = fa.AdamAtan2(straight, lr=1e-2, weight_decay=0.1, backend=backend)
-    for g in grads:
-        opt.step(g)
-    first = [a.copy() for a in init]
-    opt1 = fa.AdamAtan2(first, lr=1e-2, weight_decay=0.1, backend=backend)
-    for g in grads[:3]:
-        opt1.step(g)
-    saved = copy.deepcopy(opt1.state_dict())
-    resumed = [a.copy() for a in first]
-    opt2 = fa.AdamAtan2(resumed, lr=1e-2, weight_decay=0.1, backend=backend)
-    opt2.load_state_dict(saved)
-    for g in grads[3:]:
-        opt2.step(g)
-    for a, b in zip(straight, resumed):
-        assert a.tobytes() == b.tobytes()
+    state_dict_resumes_byte_for_byte(fa.AdamAtan2, dict(lr=1e-2, weight_decay=0.1), backend, 3)
 
 
 BAD = [
@@ -353,23 +288,10 @@ BAD = [
 
 @pytest.mark.parametrize("bad, error, match", BAD)
 def test_bad_hyperparameters_are_refused_and_nothing_changes(bad, error, match):
-    with pytest.raises(error, match=match):
-        fa.AdamAtan2([np.zeros(3)], **bad)
-    p = [np.ones(4)]
-    opt = fa.AdamAtan2(p, lr=1e-2)
-    opt.step([np.full(4, 0.5)])
-    before = snapshot(opt)
-    opt.param_groups[0].update(bad)
-    with pytest.raises(error, match=match):
-        opt.step([np.full(4, 0.5)])
-    assert_unchanged(opt, before)
-    options = dict(bad)
-    if "betas" in options:
-        options["beta1"], options["beta2"] = options.pop("betas")
-    with pytest.raises(error, match=match):
-        fa.functional.adam_atan2(p, [np.ones(4)], [np.zeros(4)], [np.zeros(4)], step=2,
-                                 **options)  # fmt: skip
-    assert_unchanged(opt, before)
+    refused_and_nothing_changes(
+        fa.AdamAtan2, fa.functional.adam_atan2, bad, error, match, warm_up=[0.5],
+        functional_step=2,
+    )  # fmt: skip
 
 
 def test_adam_atan2_has_no_eps_and_no_coupled_decay():

@@ -11,20 +11,21 @@ from hypothesis import strategies as st
 
 import fusedadam as fa
 from fusedadam import _algorithms, reference
-from conftest import (
-    torch_steps_like_numpy,
-    BACKENDS,
-    assert_unchanged,
-    reference_package,
-    requires_compiled,
-    snapshot,
+from _algo_checks import (
+    a_bad_group_value_changes_nothing,
+    compiled_steps_are_numpy_steps,
+    constructors_refuse,
+    matches_package_over_100_float64_steps,
+    scalar_fields_agree,
+    state_dict_round_trip_resumes_exactly,
+    torch_state_dict_round_trip,
 )
+from conftest import BACKENDS, reference_package, requires_compiled, torch_steps_like_numpy
 
 torch = pytest.importorskip("torch")  # the parity references are torch optimizers
 import fusedadam.torch as fat  # noqa: E402
 
 STATE = ("exp_avg", "exp_avg_sq", "exp_avg_slow")
-SHAPES = [(3, 7), (11,), (1,)]
 
 # fusedadam's options; the package's are the same but for decoupled_weight_decay, which
 # it calls weight_decouple. Together: the defaults, both warmups (one ending inside the
@@ -42,55 +43,21 @@ PARITY = {
 }
 
 
-def _problem(seed=0, steps=100):
-    rng = np.random.default_rng(seed)
-    p0 = [rng.standard_normal(s) for s in SHAPES]
-    noise = [[rng.standard_normal(s) * 0.3 for s in SHAPES] for _ in range(steps)]
-    return p0, noise
-
-
-def _grad(p, n):
-    """A closed-loop gradient (of a quadratic, plus noise): a drift between two
-    implementations would feed back into their later gradients."""
-    return 0.5 * p + n
-
-
-def run_fused(options, p0, noise, backend="compiled"):
-    params = [p.copy() for p in p0]
-    opt = fa.AdEMAMix(params, backend=backend, **options)
-    for step_noise in noise:
-        opt.step([_grad(p, n) for p, n in zip(params, step_noise)])
-    return params, [{k: opt.state[p][k] for k in STATE} for p in params]
-
-
-def run_package(options, p0, noise):
+def package_ademamix(params, options):
+    """pytorch_optimizer's AdEMAMix with fusedadam's ``options`` (weight_decouple for
+    decoupled_weight_decay)."""
     po = reference_package("pytorch_optimizer")
     kwargs = dict(options)
     kwargs["weight_decouple"] = kwargs.pop("decoupled_weight_decay", False)
-    params = [torch.tensor(p, dtype=torch.float64) for p in p0]
-    opt = po.AdEMAMix(params, **kwargs)
-    for step_noise in noise:
-        for p, n in zip(params, step_noise):
-            p.grad = _grad(p, torch.from_numpy(n))
-        opt.step()
-    return [p.numpy() for p in params], [
-        {k: opt.state[p][k].numpy() for k in STATE} for p in params
-    ]
+    return po.AdEMAMix(params, **kwargs)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", sorted(PARITY))
 def test_matches_pytorch_optimizer_over_100_float64_steps(name, backend):
-    p0, noise = _problem()
-    ours = run_fused(PARITY[name], p0, noise, backend)
-    theirs = run_package(PARITY[name], p0, noise)
-    moved = max(np.max(np.abs(a - b)) for a, b in zip(ours[0], p0))
-    assert moved > 1e-2  # the 100 steps did move the params
-    for p, q in zip(ours[0], theirs[0]):
-        np.testing.assert_allclose(p, q, rtol=1e-10, atol=1e-300)
-    for s, r in zip(ours[1], theirs[1]):
-        for k in STATE:
-            np.testing.assert_allclose(s[k], r[k], rtol=1e-10, atol=1e-12 * np.max(np.abs(r[k])))
+    matches_package_over_100_float64_steps(
+        fa.AdEMAMix, PARITY[name], backend, lambda ps: package_ademamix(ps, PARITY[name]), STATE
+    )
 
 
 def test_warmup_schedules_are_the_packages():
@@ -127,8 +94,6 @@ def test_warmup_schedules_are_the_packages():
 def test_compiled_and_python_scalar_rules_agree_bit_for_bit(
     t, lr, beta1, beta2, beta3, alpha, t_alpha_beta3, wd, decoupled, maximize
 ):
-    from fusedadam import _kernels
-
     group = {
         **_algorithms.DEFAULTS["AdEMAMix"][1],
         "betas": (beta1, beta2, beta3),
@@ -138,12 +103,7 @@ def test_compiled_and_python_scalar_rules_agree_bit_for_bit(
         "decoupled_weight_decay": decoupled,
         "maximize": maximize,
     }
-    hyper = _algorithms.hyper_dict(_algorithms.ALGORITHMS["ademamix"], group)
-    kind_c, scalars_c, _ = _kernels.step_scalars(hyper, t, lr)
-    kind_p, scalars_p, _ = reference.step_scalars(hyper, t, lr)
-    assert kind_c == kind_p
-    for field in _kernels.SCALAR_FIELDS:
-        assert np.float64(scalars_c[field]).tobytes() == np.float64(scalars_p[field]).tobytes()
+    scalar_fields_agree("ademamix", group, t, lr)
 
 
 @requires_compiled
@@ -165,25 +125,11 @@ def test_compiled_is_the_reference_bit_for_bit(
     dtype, size, steps, betas, alpha, t_alpha_beta3, weight_decay, decoupled, num_threads,
     state_dtype, seed,
 ):  # fmt: skip
-    if dtype == np.float64 and state_dtype == "bfloat16":
-        state_dtype = None  # float64 params keep float64 state
-    rng = np.random.default_rng(seed)
-    p0 = rng.standard_normal(size).astype(dtype)
-    grads = [rng.standard_normal(size).astype(dtype) for _ in range(steps)]
-    out = []
-    for backend in ("compiled", "numpy"):
-        p = p0.copy()
-        opt = fa.AdEMAMix(
-            p, lr=1e-2, betas=betas, alpha=alpha, t_alpha_beta3=t_alpha_beta3,
-            weight_decay=weight_decay, decoupled_weight_decay=decoupled, backend=backend,
-            num_threads=num_threads, state_dtype=state_dtype,
-        )  # fmt: skip
-        for g in grads:
-            opt.step(g)
-        out.append((p, snapshot(opt)[1]))
-    np.testing.assert_array_equal(out[0][0], out[1][0])
-    for k in STATE:
-        np.testing.assert_array_equal(out[0][1][0][k], out[1][1][0][k])
+    compiled_steps_are_numpy_steps(
+        fa.AdEMAMix, STATE, dtype, size, steps, state_dtype, seed, lr=1e-2, betas=betas,
+        alpha=alpha, t_alpha_beta3=t_alpha_beta3, weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled, num_threads=num_threads,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -196,49 +142,14 @@ def test_torch_front_end_is_the_numpy_one(dtype, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("state_dtype", [None, "bfloat16", "8bit"])
 def test_state_dict_round_trip_resumes_exactly(state_dtype, backend):
-    rng = np.random.default_rng(7)
-    shapes = [(4096 + 33,), (70, 3)]  # the first has 8-bit moments, the second float32
-    p0 = [rng.standard_normal(s).astype(np.float32) for s in shapes]
-    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(10)]
-    options = dict(t_alpha_beta3=8.0, weight_decay=0.01, state_dtype=state_dtype, backend=backend)
-    straight = [p.copy() for p in p0]
-    opt = fa.AdEMAMix(straight, **options)
-    for g in grads:
-        opt.step(g)
-    resumed = [p.copy() for p in p0]
-    first = fa.AdEMAMix(resumed, **options)
-    for g in grads[:5]:
-        first.step(g)
-    saved = first.state_dict()
-    if state_dtype == "8bit":
-        assert saved["state"][0]["exp_avg_slow"].dtype == np.uint8
-    second = fa.AdEMAMix(resumed, **options)
-    second.load_state_dict(saved)
-    for g in grads[5:]:
-        second.step(g)
-    for a, b in zip(straight, resumed):
-        np.testing.assert_array_equal(a, b)
-    for k, v in opt.state_dict()["state"][0].items():
-        np.testing.assert_array_equal(v, second.state_dict()["state"][0][k])
+    state_dict_round_trip_resumes_exactly(
+        fa.AdEMAMix, dict(t_alpha_beta3=8.0, weight_decay=0.01), state_dtype, backend,
+        "exp_avg_slow",
+    )  # fmt: skip
 
 
 def test_torch_state_dict_round_trip():
-    rng = np.random.default_rng(8)
-    grads = [torch.from_numpy(rng.standard_normal(12)) for _ in range(8)]
-    a = torch.nn.Parameter(torch.zeros(12, dtype=torch.float64))
-    b = torch.nn.Parameter(torch.zeros(12, dtype=torch.float64))
-    oa = fat.AdEMAMix([a], t_alpha_beta3=4.0)
-    ob = fat.AdEMAMix([b], t_alpha_beta3=4.0)
-    for k, g in enumerate(grads):
-        a.grad, b.grad = g.clone(), g.clone()
-        oa.step()
-        ob.step()
-        if k == 3:
-            ob2 = fat.AdEMAMix([b], t_alpha_beta3=4.0)
-            ob2.load_state_dict(ob.state_dict())
-            ob = ob2
-    assert torch.equal(a, b)
-    assert sorted(oa.state[a]) == sorted(("step",) + STATE)
+    torch_state_dict_round_trip(fat.AdEMAMix, dict(t_alpha_beta3=4.0), STATE)
 
 
 BAD = [
@@ -267,10 +178,7 @@ BAD = [
 
 @pytest.mark.parametrize("bad, error, message", BAD)
 def test_bad_hyperparameters_are_refused_naming_them(bad, error, message):
-    with pytest.raises(error, match=message):
-        fa.AdEMAMix(np.zeros(3), **bad)
-    with pytest.raises(error, match=message):
-        fat.AdEMAMix([torch.nn.Parameter(torch.zeros(3))], **bad)
+    constructors_refuse(fa.AdEMAMix, fat.AdEMAMix, bad, error, message)
     p, m, v, s = (np.zeros(3) for _ in range(4))
     bad = dict(bad)
     betas = bad.pop("betas", (0.9, 0.999, 0.9999))
@@ -286,15 +194,9 @@ def test_bad_hyperparameters_are_refused_naming_them(bad, error, message):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bad, error, message", BAD)
 def test_a_bad_group_value_changes_nothing(bad, error, message, backend):
-    p = np.linspace(-1, 1, 10)
-    opt = fa.AdEMAMix(p, backend=backend, t_alpha_beta3=5.0)
-    opt.step(np.cos(p))
-    opt.step(np.sin(p))
-    before = snapshot(opt)
-    opt.param_groups[0].update(bad)
-    with pytest.raises(error, match=message):
-        opt.step(np.ones(10))
-    assert_unchanged(opt, before)
+    a_bad_group_value_changes_nothing(
+        fa.AdEMAMix, dict(t_alpha_beta3=5.0), bad, error, message, backend
+    )
 
 
 def test_the_slow_ema_uses_the_signed_8bit_map():

@@ -9,44 +9,22 @@ import pytest
 
 import fusedadam as fa
 from fusedadam import reference
+from _algo_checks import (
+    EVERY_STEP_SHAPES as SHAPES,
+    compiled_bytes_are_numpy_bytes,
+    low_precision_backends_alike,
+    parity_every_step,
+    refused_and_nothing_changes,
+    scalar_rule_twins_agree,
+    state_dict_resumes_byte_for_byte,
+)
 from conftest import (
     BACKENDS,
-    assert_unchanged,
     reference_package,
     requires_compiled,
-    snapshot,
     timm_optim,
     torch_twenty_steps_like_numpy,
 )
-
-
-SHAPES = [(7,), (33, 5), (1,), (0,)]
-
-
-def _parity(make_ref, options, steps=100, backend="auto", seed=0):
-    """Run fusedadam's ADOPT and a torch reference side by side in float64; compare the
-    params and both moments after every step to rtol 1e-10 (no atol)."""
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(seed)
-    init = [rng.standard_normal(s) for s in SHAPES]
-    theirs = [torch.tensor(a.copy(), requires_grad=True) for a in init]
-    ref = make_ref(theirs)
-    ours = [a.copy() for a in init]
-    opt = fa.ADOPT(ours, backend=backend, **options)
-    for t in range(1, steps + 1):
-        grads = [rng.standard_normal(s) for s in SHAPES]
-        for p, g in zip(theirs, grads):
-            p.grad = torch.tensor(g)
-        ref.step()
-        opt.step(grads)
-        for a, b in zip(ours, theirs):
-            np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-10, atol=0, err_msg=f"t={t}")
-            for name in ("exp_avg", "exp_avg_sq"):
-                np.testing.assert_allclose(
-                    opt.state[a][name], ref.state[b][name].numpy(), rtol=1e-10, atol=0,
-                    err_msg=f"{name} t={t}",
-                )  # fmt: skip
-    return opt
 
 
 # fusedadam options -> timm's (decoupled_weight_decay is timm's `decoupled`)
@@ -87,7 +65,9 @@ def test_parity_with_timm_adopt(setting, backend, foreach):
     options = TIMM_SETTINGS[setting]
     renamed = {"decoupled_weight_decay": "decoupled", "cautious": "caution"}
     theirs = {renamed.get(k, k): v for k, v in options.items()}
-    _parity(lambda ps: Adopt(ps, foreach=foreach, **theirs), options, backend=backend)
+    parity_every_step(
+        fa.ADOPT, lambda ps: Adopt(ps, foreach=foreach, **theirs), options, backend=backend
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -98,7 +78,8 @@ def test_parity_with_pytorch_optimizer_adopt_without_clip(weight_decay, backend)
     packages compute the same steps, and so does fusedadam."""
     po = reference_package("pytorch_optimizer")
     options = {"lr": 1e-2, "weight_decay": weight_decay, "clip_exp": None, "betas": (0.9, 0.999)}
-    _parity(
+    parity_every_step(
+        fa.ADOPT,
         lambda ps: po.ADOPT(ps, lr=1e-2, betas=(0.9, 0.999), weight_decay=weight_decay,
                             clip_lambda=None, foreach=False),
         options,
@@ -188,19 +169,10 @@ def test_matches_the_formula_transcribed(clip_exp, decoupled, backend):
 def test_compiled_is_the_reference_bit_for_bit(simd, dtype, n_threads, size, parallel_threshold):
     """Every instruction set, thread count and awkward size; steps 1 (adopt_first), 2
     (clip = 1) and later, with gradients scaled so that the clip and the eps floor bind."""
-    results = []
-    for backend in ("compiled", "numpy"):
-        r = np.random.default_rng(size)
-        p = [r.standard_normal(size).astype(dtype), r.standard_normal(3).astype(dtype)]
-        opt = fa.ADOPT(p, lr=1e-2, eps=1e-3, weight_decay=0.1, backend=backend,
-                       num_threads=n_threads)  # fmt: skip
-        for t in range(6):
-            scale = 10.0 ** (t - 2)
-            opt.step([(r.standard_normal(a.shape) * scale).astype(dtype) for a in p])
-        results.append([a.tobytes() for a in p] + [
-            opt.state[a][k].tobytes() for a in p for k in ("exp_avg", "exp_avg_sq")
-        ])  # fmt: skip
-    assert results[0] == results[1]
+    compiled_bytes_are_numpy_bytes(
+        fa.ADOPT, dict(lr=1e-2, eps=1e-3, weight_decay=0.1), dtype, size, n_threads,
+        scales=[10.0 ** (t - 2) for t in range(6)],
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -221,7 +193,7 @@ def test_reference_run_is_the_update_functions(backend):
 
 @requires_compiled
 def test_scalar_rule_twins_agree():
-    from fusedadam import _algorithms, _kernels
+    from fusedadam import _algorithms
 
     for options in (
         {},
@@ -231,55 +203,21 @@ def test_scalar_rule_twins_agree():
     ):
         group = fa.ADOPT([np.zeros(1)], **options).param_groups[0]
         hyper = _algorithms.hyper_dict(_algorithms.ALGORITHMS["adopt"], group)
-        for t in (1, 2, 3, 1000, 10**9):
-            c = _kernels.step_scalars(hyper, t, 0.01)
-            p = reference.step_scalars(hyper, t, 0.01)
-            assert c[0] == p[0]
-            assert {k: np.float64(v).tobytes() for k, v in c[1].items()} == {
-                k: np.float64(v).tobytes() for k, v in p[1].items()
-            }
+        scalar_rule_twins_agree(hyper)
 
 
 @pytest.mark.parametrize("state_dtype", [None, "bfloat16", "8bit"])
 def test_low_precision_params_and_state_run_both_backends_alike(state_dtype):
-    import ml_dtypes
-
-    results = []
-    for backend in BACKENDS:
-        r = np.random.default_rng(5)
-        p = [r.standard_normal(5000).astype(ml_dtypes.bfloat16)]
-        opt = fa.ADOPT(p, lr=1e-2, state_dtype=state_dtype, backend=backend)
-        for _ in range(4):
-            opt.step([r.standard_normal(5000).astype(np.float32)])
-        st = opt.state[p[0]]
-        results.append([p[0].tobytes()] + [st[k].tobytes() for k in sorted(st)
-                                           if isinstance(st[k], np.ndarray)])  # fmt: skip
-    assert all(r == results[0] for r in results)
+    p = low_precision_backends_alike(fa.ADOPT, state_dtype)
     assert np.isfinite(p[0].astype(np.float32)).all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("save_after", [1, 2, 5])
 def test_state_dict_round_trip_resumes_exactly(save_after, backend):
-    rng = np.random.default_rng(6)
-    init = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
-    grads = [[rng.standard_normal(s).astype(np.float32) for s in SHAPES] for _ in range(8)]
-    straight = [a.copy() for a in init]
-    opt = fa.ADOPT(straight, lr=1e-2, weight_decay=0.1, backend=backend)
-    for g in grads:
-        opt.step(g)
-    first = [a.copy() for a in init]
-    opt1 = fa.ADOPT(first, lr=1e-2, weight_decay=0.1, backend=backend)
-    for g in grads[:save_after]:
-        opt1.step(g)
-    saved = copy.deepcopy(opt1.state_dict())
-    resumed = [a.copy() for a in first]
-    opt2 = fa.ADOPT(resumed, lr=1e-2, weight_decay=0.1, backend=backend)
-    opt2.load_state_dict(saved)
-    for g in grads[save_after:]:
-        opt2.step(g)
-    for a, b in zip(straight, resumed):
-        assert a.tobytes() == b.tobytes()
+    opt2, resumed = state_dict_resumes_byte_for_byte(
+        fa.ADOPT, dict(lr=1e-2, weight_decay=0.1), backend, save_after
+    )
     assert int(opt2.state[resumed[0]]["step"]) == 8
 
 
@@ -296,23 +234,9 @@ BAD = [
 
 @pytest.mark.parametrize("bad, error, match", BAD)
 def test_bad_hyperparameters_are_refused_and_nothing_changes(bad, error, match):
-    with pytest.raises(error, match=match):
-        fa.ADOPT([np.zeros(3)], **bad)
-    p = [np.ones(4)]
-    opt = fa.ADOPT(p, lr=1e-2)
-    opt.step([np.full(4, 0.5)])
-    opt.step([np.full(4, 0.25)])
-    before = snapshot(opt)
-    opt.param_groups[0].update(bad)
-    with pytest.raises(error, match=match):
-        opt.step([np.full(4, 0.5)])
-    assert_unchanged(opt, before)
-    options = dict(bad)
-    if "betas" in options:
-        options["beta1"], options["beta2"] = options.pop("betas")
-    with pytest.raises(error, match=match):
-        fa.functional.adopt(p, [np.ones(4)], [np.zeros(4)], [np.zeros(4)], step=3, **options)
-    assert_unchanged(opt, before)
+    refused_and_nothing_changes(
+        fa.ADOPT, fa.functional.adopt, bad, error, match, warm_up=[0.5, 0.25], functional_step=3
+    )
 
 
 def test_functional_first_step_and_later_steps():

@@ -9,9 +9,9 @@ import pytest
 import fusedadam as fa
 from _pertensor_checks import (
     STORAGE,
-    SIZES,
     compiled_is_reference,
     parity,
+    parity_every_size_threads_bit_identical,
     refused,
     state_dict_round_trip,
     torch_is_numpy,
@@ -54,17 +54,10 @@ def test_lion_parity_with_timm_clion(setting, backend):
 
 def test_parity_every_size_threads_bit_identical():
     timm_adamw = timm_optim("adamw")
-    got = [
-        parity(
-            lambda ps, threads=threads: fa.AdamW(ps, lr=1e-2, cautious=True, num_threads=threads),
-            lambda ts: timm_adamw.AdamWLegacy(ts, lr=1e-2, caution=True),
-            shapes=SIZES,
-            steps=10,
-        )
-        for threads in (1, 2)
-    ]
-    for a, b in zip(*got):
-        np.testing.assert_array_equal(a, b)
+    parity_every_size_threads_bit_identical(
+        lambda ps, threads: fa.AdamW(ps, lr=1e-2, cautious=True, num_threads=threads),
+        lambda ts: timm_adamw.AdamWLegacy(ts, lr=1e-2, caution=True),
+    )
 
 
 def test_mask_and_scale():

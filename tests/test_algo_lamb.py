@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 import fusedadam as fa
 from _pertensor_checks import (
     STORAGE,
-    SIZES,
     compiled_is_reference,
+    functional_is_the_class,
     parity,
+    parity_every_size_threads_bit_identical,
     refused,
     run,
     assert_same,
@@ -51,17 +52,10 @@ def test_parity_every_size_threads_bit_identical():
     """Sizes around the pieces, 1 and 2 threads: both match timm, with the same bits (the
     sums' order is the tensor's alone)."""
     timm_lamb = timm_optim("lamb")
-    got = [
-        parity(
-            lambda ps, threads=threads: fa.Lamb(ps, lr=1e-2, num_threads=threads),
-            lambda ts: timm_lamb.Lamb(ts, lr=1e-2, max_grad_norm=None),
-            shapes=SIZES,
-            steps=10,
-        )
-        for threads in (1, 2)
-    ]
-    for a, b in zip(*got):
-        np.testing.assert_array_equal(a, b)
+    parity_every_size_threads_bit_identical(
+        lambda ps, threads: fa.Lamb(ps, lr=1e-2, num_threads=threads),
+        lambda ts: timm_lamb.Lamb(ts, lr=1e-2, max_grad_norm=None),
+    )
 
 
 @pytest.mark.parametrize("storage", sorted(STORAGE))
@@ -93,19 +87,8 @@ def test_state_dict_round_trip():
 
 
 def test_functional_is_the_class():
-    rng = np.random.default_rng(5)
-    shapes = [(7,), (16385,)]
-    p_class = [rng.standard_normal(s) for s in shapes]
-    p_func = [p.copy() for p in p_class]
-    m = [np.zeros(s) for s in shapes]
-    v = [np.zeros(s) for s in shapes]
-    opt = fa.Lamb(p_class, lr=1e-2, weight_decay=0.05)
-    for t in range(1, 4):
-        grads = [rng.standard_normal(s) for s in shapes]
-        opt.step(grads)
-        fa.functional.lamb(p_func, grads, m, v, step=t, lr=1e-2, weight_decay=0.05)
-    for a, b in zip(p_class, p_func):
-        np.testing.assert_array_equal(a, b)
+    options = {"lr": 1e-2, "weight_decay": 0.05}
+    functional_is_the_class(fa.Lamb, options, fa.functional.lamb, options)
 
 
 def test_trust_ratio_is_one_for_zero_norms():

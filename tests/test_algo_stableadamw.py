@@ -4,17 +4,18 @@ end, state dicts, refused hyperparameters."""
 
 import warnings
 
-import ml_dtypes
 import numpy as np
 import pytest
 
 import fusedadam as fa
 from _pertensor_checks import (
-    SIZES,
     compiled_is_reference,
+    functional_is_the_class,
     parity,
+    parity_every_size_threads_bit_identical,
     refused,
     state_dict_round_trip,
+    storage_without,
     torch_is_numpy,
 )
 from conftest import BACKENDS, reference_package
@@ -46,17 +47,10 @@ def test_parity_with_optimi(setting, backend):
 
 
 def test_parity_every_size_threads_bit_identical():
-    got = [
-        parity(
-            lambda ps, threads=threads: fa.StableAdamW(ps, lr=1e-2, num_threads=threads),
-            lambda ts: _optimi(ts),
-            shapes=SIZES,
-            steps=10,
-        )
-        for threads in (1, 2)
-    ]
-    for a, b in zip(*got):
-        np.testing.assert_array_equal(a, b)
+    parity_every_size_threads_bit_identical(
+        lambda ps, threads: fa.StableAdamW(ps, lr=1e-2, num_threads=threads),
+        lambda ts: _optimi(ts),
+    )
 
 
 def test_rms_clips_the_learning_rate():
@@ -69,13 +63,8 @@ def test_rms_clips_the_learning_rate():
     np.testing.assert_allclose(p, -0.1 * g / (np.abs(g) + 1e-6), rtol=1e-12)
 
 
-STORAGE = {
-    "float32": (np.float32, {}),
-    "bfloat16_master": (ml_dtypes.bfloat16, {}),
-    "float16_master_bf16_state": (np.float16, {"state_dtype": "bfloat16"}),
-    "float32_8bit": (np.float32, {"state_dtype": "8bit"}),
-    "bfloat16_residual_8bit": (ml_dtypes.bfloat16, {"state_dtype": "8bit", "master": "residual"}),
-}
+# Every storage type but float64, which test_compiled_is_reference_float64_scaled checks.
+STORAGE = storage_without("float64")
 
 
 @pytest.mark.parametrize("storage", sorted(STORAGE))
@@ -101,20 +90,10 @@ def test_state_dict_round_trip():
 
 
 def test_functional_is_the_class():
-    rng = np.random.default_rng(5)
-    shapes = [(7,), (16385,)]
-    p_class = [rng.standard_normal(s) for s in shapes]
-    p_func = [p.copy() for p in p_class]
-    m = [np.zeros(s) for s in shapes]
-    v = [np.zeros(s) for s in shapes]
-    opt = fa.StableAdamW(p_class, lr=1e-2, decouple_lr=True)
-    for t in range(1, 4):
-        grads = [rng.standard_normal(s) for s in shapes]
-        opt.step(grads)
-        fa.functional.stable_adamw(p_func, grads, m, v, step=t, lr=1e-2, decouple_lr=True,
-                                   max_lr=1e-2)  # fmt: skip
-    for a, b in zip(p_class, p_func):
-        np.testing.assert_array_equal(a, b)
+    functional_is_the_class(
+        fa.StableAdamW, {"lr": 1e-2, "decouple_lr": True}, fa.functional.stable_adamw,
+        {"lr": 1e-2, "decouple_lr": True, "max_lr": 1e-2},
+    )  # fmt: skip
 
 
 def test_decouple_lr_takes_the_construction_lr():

@@ -9,14 +9,23 @@ count and chunk size, for both and for each with the other modes.
 """
 
 import copy
-import os
-import shutil
-import subprocess
-from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 import pytest
+from _master_checks import (
+    BF16,
+    F32,
+    assert_same_bits,
+    assert_same_runs,
+    bits,
+    digits_problem,
+    exhaustive_proof,
+    make,
+    minibatch_loss_and_grads,
+    run,
+    straight_and_resumed,
+    zero_step_keeps_every_master,
+)
 from conftest import VARIANTS, requires_compiled
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,9 +34,6 @@ import fusedadam as fa
 from fusedadam import functional as F
 from fusedadam import reference as R
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
-F32 = np.dtype(np.float32)
-PROOF = Path(__file__).resolve().parents[1] / "tools" / "compact_proof.c"
 MODES = [  # (master, state_dtype) pairs that exercise the new paths
     ("compact", None),
     ("compact", "bfloat16"),
@@ -36,35 +42,6 @@ MODES = [  # (master, state_dtype) pairs that exercise the new paths
     ("residual", "8bit_companded"),
     ("float32", "8bit_companded"),
 ]
-
-
-def bits(a):
-    a = np.ascontiguousarray(a)
-    return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.itemsize])
-
-
-def assert_same_bits(x, y):
-    np.testing.assert_array_equal(bits(x), bits(y))
-
-
-def make(n, seed, dtype=BF16, scale=1.0):
-    return (np.random.default_rng(seed).standard_normal(n) * scale).astype(F32).astype(dtype)
-
-
-def run(cls, options, sizes, steps, master, backend="auto", seed=0):
-    params = [make(n, seed + k) for k, n in enumerate(sizes)]
-    opt = cls(params, master=master, backend=backend, **options)
-    for t in range(steps):
-        opt.step([make(n, 100 * t + k, F32, 0.5) for k, n in enumerate(sizes)])
-    return opt, params
-
-
-def assert_same_runs(a, b):
-    for x, y in zip(a[1], b[1]):
-        assert_same_bits(x, y)
-        assert a[0].state[x].keys() == b[0].state[y].keys()
-        for name, value in a[0].state[x].items():
-            assert_same_bits(value, b[0].state[y][name])
 
 
 # ------------------------------------------------------------------ the compact codec
@@ -129,19 +106,7 @@ def test_exhaustive_check_over_every_float32_master(tmp_path):
     """tools/compact_proof.c: over all 2**32 masters, the bound (128 steps, 255 clamped),
     re-encoding to the same bits, 2**-15 relative, NaN and the top of the range (about 30 s
     of one core)."""
-    cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
-    if cc is None or not PROOF.is_file():
-        pytest.skip("needs a C compiler and the source tree's tools/compact_proof.c")
-    exe = tmp_path / "compact_proof"
-    include = str(PROOF.parents[1] / "src" / "fusedadam")
-    subprocess.run(
-        [cc, "-O3", "-ffp-contract=off", "-I", include, str(PROOF), "-o", str(exe), "-lm"],
-        check=True,
-    )
-    done = subprocess.run([str(exe)], capture_output=True, text=True)
-    print(done.stdout)
-    assert done.returncode == 0, done.stdout
-    assert "PROOF OK" in done.stdout
+    exhaustive_proof("compact_proof.c", tmp_path, libs=["-lm"])
 
 
 @requires_compiled
@@ -150,34 +115,10 @@ def test_compiled_compact_codec_matches_reference(state_dtype, simd):
     """Arbitrary (param, code) pairs through a step that leaves the master as it is (lr 0,
     zero gradients): compiled decodes and re-encodes as the reference, every bfloat16 and
     code edge included."""
-    hi = np.arange(1 << 16, dtype=np.uint16)
-    codes = np.array([0, 1, -1, 127, -128, 0x35], np.int8)
-    out = []
-    for backend in ("compiled", "numpy"):
-        p = np.repeat(hi, codes.size).view(BF16)
-        c = np.tile(codes, 1 << 16)
-        opt = fa.Adam(
-            [p], lr=0.0, master="compact", backend=backend, nonfinite="ignore",
-            state_dtype=state_dtype,
-        )  # fmt: skip
-        moment = {None: F32, "8bit": np.uint8, "8bit_companded": np.int8}[state_dtype]
-        opt.state[p] = {
-            "step": np.zeros((), np.int64),
-            "exp_avg": np.zeros(p.shape, moment),
-            "exp_avg_sq": np.zeros(p.shape, moment),
-            "master_residual": c,
-        }
-        if state_dtype:
-            for name in ("exp_avg_absmax", "exp_avg_sq_absmax"):
-                opt.state[p][name] = np.zeros(p.size // 256, F32)
-        before = R.compact_decode(p, c)
-        opt.step([np.zeros(p.shape, F32)])
-        out.append((p, c))
-        nan = np.isnan(before)
-        again = R.compact_decode(p, c)
-        assert_same_bits(again[~nan], R.compact_decode(*R.compact_encode(before))[~nan])
-    assert_same_bits(out[0][0], out[1][0])
-    assert_same_bits(out[0][1], out[1][1])
+    zero_step_keeps_every_master(
+        "compact", state_dtype, np.array([0, 1, -1, 127, -128, 0x35], np.int8),
+        R.compact_decode, lambda m: R.compact_decode(*R.compact_encode(m)),
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------ the companded map
@@ -368,16 +309,7 @@ def test_failed_step_changes_nothing(backend):
 
 @pytest.mark.parametrize("state_dtype", [None, "8bit", "8bit_companded"])
 def test_state_dict_round_trip_resumes_bit_for_bit(state_dtype):
-    a = run(fa.AdamW, {"state_dtype": state_dtype}, [5000, 3], 2, "compact")
-    sd = copy.deepcopy(a[0].state_dict())
-    params = [p.copy() for p in a[1]]
-    b = fa.AdamW(params, master="compact", state_dtype=state_dtype)
-    b.load_state_dict(sd)
-    for t in range(2):
-        grads = [make(p.size, 50 + t, F32) for p in params]
-        a[0].step([g.copy() for g in grads])
-        b.step(grads)
-    assert_same_runs(a, (b, params))
+    assert_same_runs(*straight_and_resumed("compact", state_dtype))
 
 
 @pytest.mark.parametrize("source", ["float32", "residual"])
@@ -481,27 +413,13 @@ def test_torch_front_end():
 def digits_like(steps, master, state_dtype, seed=0):
     """A two-layer bfloat16 MLP on a synthetic 10-class problem, AdamW (the residual
     tests' problem); returns the losses."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((512, 64)).astype(F32)
-    labels = (x[:, :10] @ rng.standard_normal((10, 10)).astype(F32)).argmax(1)
-    w1 = (rng.standard_normal((64, 128)) / 8).astype(F32).astype(BF16)
-    w2 = (rng.standard_normal((128, 10)) / 11).astype(F32).astype(BF16)
+    rng, x, labels, w1, w2 = digits_problem(seed)
     opt = fa.AdamW([w1, w2], lr=3e-3, master=master, state_dtype=state_dtype)
     losses = []
     for _ in range(steps):
-        batch = rng.integers(0, 512, 64)
-        xb, yb = x[batch], labels[batch]
-        a1, a2 = w1.astype(F32), w2.astype(F32)
-        h = np.maximum(xb @ a1, 0)
-        z = h @ a2
-        z -= z.max(1, keepdims=True)
-        prob = np.exp(z)
-        prob /= prob.sum(1, keepdims=True)
-        losses.append(float(-np.log(prob[np.arange(64), yb]).mean()))
-        dz = prob
-        dz[np.arange(64), yb] -= 1
-        dz /= 64
-        opt.step([xb.T @ ((dz @ a2.T) * (h > 0)), h.T @ dz])
+        loss, grads = minibatch_loss_and_grads(rng, x, labels, w1, w2)
+        losses.append(loss)
+        opt.step(grads)
     return losses
 
 

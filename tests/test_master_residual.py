@@ -7,36 +7,29 @@ nearest with ties away from zero: it differs from the float32-master optimizer's
 on every SIMD path, thread count and chunk size.
 """
 
-import os
-import shutil
-import subprocess
-import time
-from pathlib import Path
-
-import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from _master_checks import (
+    BF16,
+    F32,
+    assert_same_bits,
+    assert_same_runs,
+    bits,
+    digits_problem,
+    exhaustive_proof,
+    make,
+    minibatch_loss_and_grads,
+    run,
+    straight_and_resumed,
+    zero_step_keeps_every_master,
+)
 from conftest import VARIANTS, requires_compiled
 
 import fusedadam as fa
 from fusedadam import functional as F
 from fusedadam import reference as R
-
-BF16 = np.dtype(ml_dtypes.bfloat16)
-F32 = np.dtype(np.float32)
-ROOT = Path(__file__).resolve().parents[1]
-PROOF = ROOT / "tools" / "residual_proof.c"
-
-
-def bits(a):
-    a = np.ascontiguousarray(a)
-    return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.itemsize])
-
-
-def assert_same_bits(x, y):
-    np.testing.assert_array_equal(bits(x), bits(y))
 
 
 def rne_bits(master):
@@ -52,23 +45,11 @@ def even_ties(master):
     return finite & ((u & 0xFFFF) == 0x8000) & (((u >> 16) & 1) == 0)
 
 
-def make(n, seed, dtype=BF16, scale=1.0):
-    return (np.random.default_rng(seed).standard_normal(n) * scale).astype(F32).astype(dtype)
-
-
 def master_of(opt, p):
     st = opt.state[p]
     if "master_residual" in st:
         return R.residual_decode(p, st["master_residual"])
     return st["master_param"]
-
-
-def run(cls, options, sizes, steps, master, backend="auto", seed=0):
-    params = [make(n, seed + k) for k, n in enumerate(sizes)]
-    opt = cls(params, master=master, backend=backend, **options)
-    for t in range(steps):
-        opt.step([make(n, 100 * t + k, F32, 0.5) for k, n in enumerate(sizes)])
-    return opt, params
 
 
 def assert_matches_float32_master(res, f32):
@@ -118,32 +99,10 @@ def test_compiled_codec_matches_reference(state_dtype, simd):
     """Arbitrary (param, residual) pairs through a step that leaves the master as it is
     (lr 0, zero gradients): compiled re-encodes exactly as the reference, every bfloat16
     and residual edge included (8-bit moments: the fused x86 loop's codec too)."""
-    hi = np.arange(1 << 16, dtype=np.uint16)
-    out = []
-    for backend in ("compiled", "numpy"):
-        p = np.repeat(hi, 6).view(BF16)
-        r = np.tile(np.array([0, 1, -1, 0x7FFF, -0x8000, 0x1234], np.int16), 1 << 16)
-        opt = fa.Adam(
-            [p], lr=0.0, master="residual", backend=backend, nonfinite="ignore",
-            state_dtype=state_dtype,
-        )  # fmt: skip
-        moment = np.uint8 if state_dtype else F32
-        opt.state[p] = {
-            "step": np.zeros((), np.int64),
-            "exp_avg": np.zeros(p.shape, moment),
-            "exp_avg_sq": np.zeros(p.shape, moment),
-            "master_residual": r,
-        }
-        if state_dtype:
-            for name in ("exp_avg_absmax", "exp_avg_sq_absmax"):
-                opt.state[p][name] = np.zeros(p.size // 256, F32)
-        before = R.residual_decode(p, r)
-        opt.step([np.zeros(p.shape, F32)])
-        out.append((p, r))
-        nan = np.isnan(before)
-        assert_same_bits(R.residual_decode(p, r)[~nan], before[~nan])
-    assert_same_bits(out[0][0], out[1][0])
-    assert_same_bits(out[0][1], out[1][1])
+    zero_step_keeps_every_master(
+        "residual", state_dtype, np.array([0, 1, -1, 0x7FFF, -0x8000, 0x1234], np.int16),
+        R.residual_decode, lambda m: m,
+    )  # fmt: skip
 
 
 @pytest.mark.slow
@@ -151,20 +110,7 @@ def test_exhaustive_proof_over_every_float32_master(tmp_path):
     """tools/residual_proof.c: all 2**32 masters decode back bit for bit (NaN: its quiet
     NaN) and the param is round to nearest even except exactly at the 32 640 ties with an
     even high half (about 17 s of one core)."""
-    cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
-    if cc is None or not PROOF.is_file():
-        pytest.skip("needs a C compiler and the source tree's tools/residual_proof.c")
-    exe = tmp_path / "residual_proof"
-    subprocess.run(
-        [cc, "-O3", "-ffp-contract=off", "-I", str(ROOT / "src" / "fusedadam"), str(PROOF),
-         "-o", str(exe)],
-        check=True,
-    )  # fmt: skip
-    start = time.perf_counter()
-    done = subprocess.run([str(exe)], capture_output=True, text=True)
-    print(done.stdout, f"{time.perf_counter() - start:.1f} s")
-    assert done.returncode == 0, done.stdout
-    assert "PROOF OK" in done.stdout
+    done = exhaustive_proof("residual_proof.c", tmp_path)
     assert "of which ties with even high half, rounded away: 32640" in done.stdout
 
 
@@ -200,11 +146,7 @@ def test_compiled_equals_reference_every_isa_thread_count_and_chunk(
         for cls in (fa.AdamW, fa.Adam):
             a = run(cls, opts, sizes, 3, "residual", "compiled")
             b = run(cls, opts, sizes, 3, "residual", "numpy")
-            for x, y in zip(a[1], b[1]):
-                assert_same_bits(x, y)
-                assert a[0].state[x].keys() == b[0].state[y].keys()
-                for name, value in a[0].state[x].items():
-                    assert_same_bits(value, b[0].state[y][name])
+            assert_same_runs(a, b)
     finally:
         _kernels.set_chunk_size(saved)
 
@@ -296,17 +238,7 @@ def test_failed_step_changes_nothing():
 
 @pytest.mark.parametrize("state_dtype", [None, "8bit"])
 def test_state_dict_round_trip_resumes_bit_for_bit(state_dtype):
-    import copy
-
-    a = run(fa.AdamW, {"state_dtype": state_dtype}, [5000, 3], 2, "residual")
-    sd = copy.deepcopy(a[0].state_dict())
-    params = [p.copy() for p in a[1]]
-    b = fa.AdamW(params, master="residual", state_dtype=state_dtype)
-    b.load_state_dict(sd)
-    for t in range(2):
-        grads = [make(p.size, 50 + t, F32) for p in params]
-        a[0].step([g.copy() for g in grads])
-        b.step(grads)
+    a, (b, params) = straight_and_resumed("residual", state_dtype)
     for x, y in zip(a[1], params):
         assert_same_bits(x, y)
         assert_same_bits(a[0].state[x]["master_residual"], b.state[y]["master_residual"])
@@ -379,27 +311,14 @@ def digits_like(steps=60, master="float32", seed=0, replay=None):
     With ``replay`` (a list of gradient pairs) the optimizer steps those instead of its
     own (open loop). Returns the losses, params, optimizer, the gradients stepped and,
     per step, how many masters sat on an even tie after it."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((512, 64)).astype(F32)
-    labels = (x[:, :10] @ rng.standard_normal((10, 10)).astype(F32)).argmax(1)
-    w1 = (rng.standard_normal((64, 128)) / 8).astype(F32).astype(BF16)
-    w2 = (rng.standard_normal((128, 10)) / 11).astype(F32).astype(BF16)
+    rng, x, labels, w1, w2 = digits_problem(seed)
     opt = fa.AdamW([w1, w2], lr=3e-3, master=master, state_dtype="8bit")
     losses, ties, grads = [], [], []
     for t in range(steps):
-        batch = rng.integers(0, 512, 64)
-        xb, yb = x[batch], labels[batch]
-        a1, a2 = w1.astype(F32), w2.astype(F32)
-        h = np.maximum(xb @ a1, 0)
-        z = h @ a2
-        z -= z.max(1, keepdims=True)
-        prob = np.exp(z)
-        prob /= prob.sum(1, keepdims=True)
-        losses.append(float(-np.log(prob[np.arange(64), yb]).mean()))
-        dz = prob
-        dz[np.arange(64), yb] -= 1
-        dz /= 64
-        g = [xb.T @ ((dz @ a2.T) * (h > 0)), h.T @ dz] if replay is None else replay[t]
+        loss, g = minibatch_loss_and_grads(rng, x, labels, w1, w2)
+        losses.append(loss)
+        if replay is not None:
+            g = replay[t]
         grads.append([a.copy() for a in g])
         opt.step(g)
         ties.append(sum(int(even_ties(master_of(opt, w)).sum()) for w in (w1, w2)))

@@ -12,6 +12,7 @@ import pickle
 import ml_dtypes
 import numpy as np
 import pytest
+from _bits import assert_same_bits, bits, make
 from conftest import BACKENDS, COMPILED, VARIANTS, assert_unchanged, snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,22 +25,6 @@ F32 = np.dtype(np.float32)
 U8 = np.dtype(np.uint8)
 
 needs_compiled = pytest.mark.skipif(not COMPILED, reason="extension not built")
-
-
-def bits(a):
-    a = np.asarray(a)
-    return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
-
-
-def assert_same_bits(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.dtype == b.dtype and a.shape == b.shape
-    np.testing.assert_array_equal(bits(a), bits(b))
-
-
-def make(dtype, n, seed, scale=1.0):
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal(n) * scale).astype(np.float32).astype(dtype)
 
 
 # ----------------------------------------------------------------- the map

@@ -13,6 +13,8 @@ non-finite policies.
 import ml_dtypes
 import numpy as np
 import pytest
+import _bits
+from _bits import assert_same_bits
 from conftest import BACKENDS, COMPILED, VARIANTS, assert_unchanged, snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,20 +32,8 @@ BAD = {"inf": np.inf, "-inf": -np.inf, "nan": np.nan}
 needs_compiled = pytest.mark.skipif(not COMPILED, reason="extension not built")
 
 
-def bits(a):
-    a = np.asarray(a)
-    return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
-
-
-def assert_same_bits(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.dtype == b.dtype and a.shape == b.shape
-    np.testing.assert_array_equal(bits(a), bits(b))
-
-
 def make(n, seed, scale=1.0, dtype=F32):
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal(n) * scale).astype(np.float32).astype(dtype)
+    return _bits.make(dtype, n, seed, scale)
 
 
 # ----------------------------------------------------------------- the map (reference)

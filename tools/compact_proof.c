@@ -16,6 +16,7 @@
  *   gcc -O3 -ffp-contract=off -I src/fusedadam tools/compact_proof.c -o /tmp/cp
  */
 #include "_residual.h"
+#include "_proof_lanes.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -37,18 +38,12 @@ FA_RESID_TARGET static unsigned long long lanes_wrong(uint32_t hi)
         uint32_t u[16];
         uint16_t p[16];
         uint8_t c[16];
-        int any_nan = 0;
-        for (int i = 0; i < 16; i++) {
-            u[i] = (hi << 16) | (lo + i);
-            any_nan |= (u[i] & 0x7fffffffu) > 0x7f800000u;
-        }
+        int any_nan = proof_group16(hi, lo, u);
         for (int pass = 0; pass <= any_nan; pass++) {
-            if (pass) /* the rest without the NaNs: through the lanes */
-                for (int i = 0; i < 16; i++)
-                    u[i] = (u[i] & 0x7fffffffu) > 0x7f800000u ? 0u : u[i];
+            if (pass)
+                proof_zero_nans16(u);
             __m256 first, second;
-            memcpy(&first, u, 32);
-            memcpy(&second, u + 8, 32);
+            proof_split16(u, &first, &second);
             fa_compact_store16(p, c, first, second);
             for (int i = 0; i < 16; i++)
                 wrong += p[i] != fa_resid_param(u[i]) || c[i] != fa_compact_code(u[i]);
@@ -62,8 +57,7 @@ FA_RESID_TARGET static unsigned long long lanes_wrong(uint32_t hi)
         for (int i = 0; i < 16; i++) p[i] = (uint16_t)hi, c[i] = (uint8_t)(code + i);
         __m256 first, second;
         fa_compact_load16(p, c, &first, &second);
-        memcpy(back, &first, 32);
-        memcpy(back + 8, &second, 32);
+        proof_join16(back, first, second);
         for (int i = 0; i < 16; i++) wrong += back[i] != fa_compact_master(p[i], c[i]);
     }
     return wrong;
@@ -74,11 +68,7 @@ int main(void)
 {
     unsigned long long nan_wrong = 0, far = 0, clamped = 0, unstable = 0, rel_wrong = 0;
     unsigned long long to_inf = 0, nans = 0, lanes = 0;
-    int check_lanes = 0;
-#ifdef FA_RESID_X86
-    __builtin_cpu_init();
-    check_lanes = __builtin_cpu_supports("avx2");
-#endif
+    int check_lanes = proof_check_lanes();
     for (uint64_t hi = 0; hi < 0x10000u; hi++) {
 #ifdef FA_RESID_X86
         if (check_lanes)
@@ -89,7 +79,7 @@ int main(void)
             uint16_t p = fa_resid_param(u);
             uint8_t c = fa_compact_code(u);
             uint32_t back = fa_compact_master(p, c);
-            if ((u & 0x7fffffffu) > 0x7f800000u) {
+            if (proof_is_nan(u)) {
                 uint32_t qnan = (u & 0x80000000u) | 0x7fc00000u;
                 nans++;
                 nan_wrong += back != qnan || c != 0 || p != (qnan >> 16);
@@ -114,10 +104,7 @@ int main(void)
     printf("not re-encoding to the same bits: %llu\n", unstable);
     printf("normal masters beyond 2**-15 relative: %llu\n", rel_wrong);
     printf("finite masters decoding to inf: %llu\n", to_inf);
-    if (check_lanes)
-        printf("16-lane helpers (AVX2) != the scalar functions: %llu\n", lanes);
-    else
-        printf("16-lane helpers: not checked (not x86 with AVX2)\n");
+    proof_print_lanes(check_lanes, lanes);
     int ok = !nan_wrong && !far && !unstable && !rel_wrong && to_inf == 256 &&
              clamped == 128ull * (0x10000u - 0x100u) && !lanes;
     printf(ok ? "PROOF OK\n" : "PROOF FAILED\n");

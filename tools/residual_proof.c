@@ -16,6 +16,7 @@
  *   gcc -O3 -mavx2 -ffp-contract=off -I src/fusedadam tools/residual_proof.c -o /tmp/rp
  */
 #include "_residual.h"
+#include "_proof_lanes.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -52,18 +53,12 @@ FA_RESID_TARGET static unsigned long long lanes_wrong(uint32_t hi)
     for (uint32_t lo = 0; lo < 0x10000u; lo += 16) {
         uint32_t u[16], back[16];
         uint16_t p[16], r[16];
-        int any_nan = 0;
-        for (int i = 0; i < 16; i++) {
-            u[i] = (hi << 16) | (lo + i);
-            any_nan |= (u[i] & 0x7fffffffu) > 0x7f800000u;
-        }
+        int any_nan = proof_group16(hi, lo, u);
         for (int pass = 0; pass <= any_nan; pass++) {
-            if (pass) /* the rest without the NaNs: through the lanes */
-                for (int i = 0; i < 16; i++)
-                    u[i] = (u[i] & 0x7fffffffu) > 0x7f800000u ? 0u : u[i];
+            if (pass)
+                proof_zero_nans16(u);
             __m256 first, second;
-            memcpy(&first, u, 32);
-            memcpy(&second, u + 8, 32);
+            proof_split16(u, &first, &second);
             fa_resid_store16(p, r, first, second);
             for (int i = 0; i < 16; i++)
                 wrong += p[i] != fa_resid_param(u[i]) || r[i] != fa_resid_low(u[i]);
@@ -72,8 +67,7 @@ FA_RESID_TARGET static unsigned long long lanes_wrong(uint32_t hi)
         for (int i = 0; i < 16; i++) p[i] = (uint16_t)hi, r[i] = (uint16_t)(lo + i);
         __m256 first, second;
         fa_resid_load16(p, r, &first, &second);
-        memcpy(back, &first, 32);
-        memcpy(back + 8, &second, 32);
+        proof_join16(back, first, second);
         for (int i = 0; i < 16; i++) wrong += back[i] != fa_resid_master(p[i], r[i]);
     }
     return wrong;
@@ -84,11 +78,7 @@ int main(void)
 {
     unsigned long long wrong = 0, nan_wrong = 0, dev = 0, dev_tie = 0, ties_even = 0;
     unsigned long long nans = 0, param_nan_wrong = 0, lanes = 0;
-    int check_lanes = 0;
-#ifdef FA_RESID_X86
-    __builtin_cpu_init();
-    check_lanes = __builtin_cpu_supports("avx2");
-#endif
+    int check_lanes = proof_check_lanes();
     for (uint64_t hi = 0; hi < 0x10000u; hi++) {
 #ifdef FA_RESID_X86
         if (check_lanes)
@@ -98,7 +88,7 @@ int main(void)
             uint32_t u = (uint32_t)(hi << 16) | lo;
             uint16_t p = fa_resid_param(u), r = fa_resid_low(u);
             uint32_t back = fa_resid_master(p, r);
-            int is_nan = (u & 0x7fffffffu) > 0x7f800000u;
+            int is_nan = proof_is_nan(u);
             uint32_t qnan = (u & 0x80000000u) | 0x7fc00000u;
             nans += is_nan;
             wrong += !is_nan && back != u;
@@ -116,10 +106,7 @@ int main(void)
            " NaN param wrong: %llu\n", wrong, nan_wrong, param_nan_wrong);
     printf("param != round-to-nearest-even: %llu; of which ties with even high half, "
            "rounded away: %llu (ties with even high half: %llu)\n", dev, dev_tie, ties_even);
-    if (check_lanes)
-        printf("16-lane helpers (AVX2) != the scalar functions: %llu\n", lanes);
-    else
-        printf("16-lane helpers: not checked (not x86 with AVX2)\n");
+    proof_print_lanes(check_lanes, lanes);
     int ok = !wrong && !nan_wrong && !param_nan_wrong && dev == dev_tie && dev == ties_even &&
              !lanes;
     printf("%s\n", ok ? "PROOF OK" : "PROOF FAILED");
