@@ -251,7 +251,7 @@ def test_fsdp2_8bit_state(tmp_path):
     codes and scales are the one-process bits. A 1-d param keeps float32 moments under
     FSDP2. A DCP checkpoint resumes at 2 ranks bit for bit and reshards exactly to one
     rank's fully_shard; a plain one-process model, which keeps the 1-d param in 8 bits,
-    is refused by DCP's default planner and loads with ft.LoadPlanner (the other way too);
+    is refused by DCP's default planner and loads with ft.LoadPlanner, both ways;
     the full state dict loads there as it is. Schedule-Free gives the one-process bits."""
     r = torchrun("fsdp2_8bit", tmp_path)
     for option, codes in (("8bit", torch.uint8), ("8bit_companded", torch.int8)):
@@ -311,6 +311,9 @@ def test_fsdp2_8bit_state(tmp_path):
         assert torch.equal(from_plain["loaded_state"]["gain"][k], torch.from_numpy(want))
     assert "exp_avg_absmax" not in from_plain["loaded_state"]["gain"]
     np.testing.assert_allclose(from_plain["losses"], single["losses"][3:], rtol=1e-4)
+    # DCP's default planner stops at the marker of the 1-d param's float32 moments
+    missing = "Missing key in checkpoint state_dict: optim.state.gain.dtensor_float32_moments"
+    assert missing in r["from_plain_default"]
     nonfinite = r["nonfinite"]
     assert nonfinite["unchanged"]
     for outcome in nonfinite["outcomes"]:

@@ -342,6 +342,140 @@ def test_8bit_dcp_checkpoint_moves_between_dtensor_and_plain(mesh, tmp_path, opt
         _dcp_round(b, _Holder(dts), a4, _Holder(plain4), str(tmp_path / "dt4"), None)
 
 
+def _full_state(opt, params):
+    """Each param's value and state, whole tensors cloned (plain ones for DTensors)."""
+
+    def whole(t):
+        return t.full_tensor().clone() if hasattr(t, "full_tensor") else t.clone()
+
+    return [(whole(p.detach()), {k: whole(v) for k, v in opt.state[p].items()}) for p in params]
+
+
+def _same_full_state(before, after):
+    assert len(before) == len(after)
+    for (value, state), (value2, state2) in zip(before, after):
+        assert torch.equal(value, value2)
+        assert state.keys() == state2.keys()
+        for k in state:
+            assert state[k].dtype == state2[k].dtype and torch.equal(state[k], state2[k]), k
+
+
+@pytest.mark.parametrize("option", ["8bit", "8bit_companded"])
+def test_8bit_dcp_default_planner_refuses_one_process_checkpoint(mesh, tmp_path, option):
+    """A one-process 8-bit checkpoint holds codes and scales for the 1-d and 64-element-row
+    params that DTensors keep in float32: DCP's default planner would copy the codes into
+    the float32 moments as numbers. The DTensor state dict's marker for those params
+    (absent from a one-process checkpoint) makes it stop before reading anything; with
+    ft.LoadPlanner the checkpoint loads (codes dequantized)."""
+    import copy
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        get_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    from fusedadam import reference
+
+    marker = "dtensor_float32_moments"  # (the saved format: spelled out)
+    plain, dts = _pairs_8bit(mesh, torch.float32)
+    a = ft.AdamW(plain, lr=0.05, state_dtype=option)
+    b = ft.AdamW(dts, lr=0.05, state_dtype=option)
+    for step in range(2):
+        _grads_8bit(plain, dts, step)
+        a.step()
+        b.step()
+    folder = str(tmp_path / "plain")
+    dcp.save({"optim": get_state_dict(_Holder(plain), a)[1]}, checkpoint_id=folder)
+    before = _full_state(b, dts)
+    state = {"optim": get_state_dict(_Holder(dts), b)[1]}
+    with pytest.raises(
+        BaseException,
+        match=rf"Missing key in checkpoint state_dict: optim\.state\.p[23]\.{marker}",
+    ):
+        dcp.load(state, checkpoint_id=folder)
+    _same_full_state(before, _full_state(b, dts))
+    # the marker is in the DTensor state dict of exactly the params whose layout differs,
+    # never in opt.state (the step never sees it) nor in a one-process state dict
+    saved_b, saved_a = b.state_dict(), a.state_dict()
+    assert [marker in saved_b["state"][i] for i in range(4)] == [not r for r in ROWS_8BIT]
+    assert not any(marker in st for st in saved_a["state"].values())
+    assert not any(marker in b.state[d] for d in dts)
+    for other in (copy.deepcopy(b), pickle.loads(pickle.dumps(b))):
+        assert [marker in other.state_dict()["state"][i] for i in range(4)] == [
+            not r for r in ROWS_8BIT
+        ]
+    # a fresh DTensor model refuses it too; with the planner it loads
+    _, dts2 = _pairs_8bit(mesh, torch.float32)
+    b2 = ft.AdamW(dts2, lr=0.05, state_dtype=option)
+    with pytest.raises(BaseException, match=r"Missing key in checkpoint state_dict"):
+        _dcp_round(a, _Holder(plain), b2, _Holder(dts2), folder + "2", None)
+    _dcp_round(a, _Holder(plain), b, _Holder(dts), folder + "3", ft.LoadPlanner())
+    for p, d, rows in zip(plain, dts, ROWS_8BIT):
+        st, saved = b.state[d], a.state[p]
+        assert marker not in st
+        for name in ("exp_avg", "exp_avg_sq"):
+            if rows:
+                assert torch.equal(st[name].full_tensor(), saved[name])
+            else:
+                want = reference.q8_dequantize(
+                    saved[name].numpy(), saved[name + "_absmax"].numpy(), name == "exp_avg"
+                )
+                assert st[name].dtype == torch.float32
+                assert torch.equal(st[name].full_tensor(), torch.from_numpy(want))
+    # DTensors -> DTensors: the marker is on both sides; the default planner loads it
+    _, dts3 = _pairs_8bit(mesh, torch.float32)
+    b3 = ft.AdamW(dts3, lr=0.05, state_dtype=option)
+    with torch.no_grad():
+        for d, d3 in zip(dts, dts3):
+            d3.copy_(d)
+    _dcp_round(b, _Holder(dts), b3, _Holder(dts3), str(tmp_path / "dt"), None)
+    _same_full_state(_full_state(b, dts), _full_state(b3, dts3))
+    # state dicts with the marker or without it (saved before it existed) load both ways
+    for saved in (b.state_dict(), _without(b.state_dict(), marker)):
+        for opt, params in ((b3, dts3), (a, plain)):
+            opt.load_state_dict(saved)
+            assert not any(marker in opt.state[p] for p in params)
+    _same_full_state(_full_state(b, dts), _full_state(b3, dts3))
+    # get/set_optimizer_state_dict, sharded and full, between DTensors and to one process
+    for full in (False, True):
+        options = StateDictOptions(full_state_dict=full)
+        osd = get_optimizer_state_dict(_Holder(dts), b, options=options)
+        assert [marker in osd["state"][f"p{i}"] for i in range(4)] == [not r for r in ROWS_8BIT]
+        set_optimizer_state_dict(_Holder(dts3), b3, osd, options=options)
+        _same_full_state(_full_state(b, dts), _full_state(b3, dts3))
+        _, dts4 = _pairs_8bit(mesh, torch.float32)
+        b4 = ft.AdamW(dts4, lr=0.05, state_dtype=option)
+        set_optimizer_state_dict(_Holder(dts4), b4, osd, options=options)
+        assert not any(marker in b4.state[d] for d in dts4)
+        if full:
+            # (torch merges the plain optimizer's own scales into a full state dict of
+            # float32 moments, which load_state_dict refuses, marker or not)
+            continue
+        plain5, _ = _pairs_8bit(mesh, torch.float32)
+        a5 = ft.AdamW(plain5, lr=0.05, state_dtype=option)
+        set_optimizer_state_dict(_Holder(plain5), a5, osd, options=options)
+        assert a5.state[plain5[2]]["exp_avg"].dtype == (
+            torch.uint8 if option == "8bit" else torch.int8
+        )
+        assert not any(marker in a5.state[p] for p in plain5)
+    _grads_8bit(plain, dts, 2)
+    _grads_8bit(plain, dts3, 2)
+    b.step()
+    b3.step()
+    _same_full_state(_full_state(b, dts), _full_state(b3, dts3))
+
+
+def _without(saved, key):
+    return {
+        "state": {i: {k: v for k, v in st.items() if k != key} for i, st in saved["state"].items()},
+        "param_groups": saved["param_groups"],
+    }
+
+
 def test_8bit_exception_changes_nothing(mesh):
     plain, dts = _pairs_8bit(mesh, torch.float32)
     b = ft.AdamW(dts, lr=0.05, state_dtype="8bit")

@@ -96,6 +96,28 @@ def q8_size(p):
     return p.numel() if scale_rows(p.shape) is not None and _row_sharded(p) else 0
 
 
+#: The state dict entry (a 1-element tensor) of a DTensor param that keeps float32 moments
+#: where a plain param of its shape keeps 8-bit codes and scales (``differs_from_plain``).
+#: A one-process checkpoint lacks it, so DCP's default planner stops at it ("Missing key")
+#: before copying that checkpoint's codes into the float32 moments as numbers. It is never
+#: in ``opt.state``: ``state_dict()`` adds it and ``load_state_dict`` drops it.
+FLOAT32_MOMENTS_KEY = "dtensor_float32_moments"
+
+
+def differs_from_plain(p, option):
+    """Whether DTensor ``p`` keeps float32 moments under ``state_dtype=option`` where a
+    plain param of its shape keeps 8-bit ones (a 1-d param of ``Q8_MIN_SIZE`` elements or
+    more, rows that are not whole blocks)."""
+    if not is_dtensor(p) or option not in _precision.Q8_CODE_DTYPES:
+        return False
+    # the size rule of each layout, for the moments (float32 whatever the param's dtype)
+    rule = _precision.state_dtype
+    plain = rule(_precision.FLOAT32, option, "", p.numel())
+    return _precision.is_q8(plain) and not _precision.is_q8(
+        rule(_precision.FLOAT32, option, "", q8_size(p))
+    )
+
+
 def is_scale(name):
     return name.endswith(_precision.SCALE_SUFFIX)
 

@@ -4,11 +4,14 @@ The 8-bit rule differs between a DTensor param and a plain one (``_dtensor.q8_si
 1-d param of 4096 elements or more, or one whose rows are not whole blocks of 256, keeps
 float32 moments under FSDP2 and 8-bit codes with scales (``<moment>_absmax``) in one
 process. ``dcp.load`` fills the tensors of the state dict it is given, key by key, so a
-checkpoint of one kind does not fit a state dict of the other: DCP's default planner stops
-at the missing scales, or (codes saved, float32 moments wanted) copies the uint8 codes
-into the float32 moments as numbers, silently. This planner first shapes each such moment
-of the state dict it loads into like the checkpoint's (the checkpoint's dtype, the scales
-added or dropped, plain whole tensors: these params are the small ones), and
+checkpoint of one kind does not fit a state dict of the other, and DCP's default planner
+stops at a key the checkpoint lacks: the scales one way; the other way (codes saved,
+float32 moments wanted), where it would copy the uint8 codes into the float32 moments as
+numbers, the marker an FSDP2 state dict holds for such a param
+(``_dtensor.FLOAT32_MOMENTS_KEY``, a 1-element tensor). This
+planner first shapes each such moment of the state dict it loads into like the
+checkpoint's (the checkpoint's dtype, the scales added or dropped, plain whole tensors:
+these params are the small ones; the marker dropped when the checkpoint lacks it), and
 ``load_state_dict`` then converts them to the layout the optimizer keeps
 (``StateDicts._across_layouts``). Everything else loads as with DCP's default planner.
 """
@@ -17,7 +20,7 @@ import torch
 from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from fusedadam import _precision
+from fusedadam import _dtensor, _precision
 
 _CODES = (torch.uint8, torch.int8)
 
@@ -39,7 +42,13 @@ class LoadPlanner(DefaultLoadPlanner):
         if metadata is None or not self.flatten_state_dict:
             return
         saved = metadata.state_dict_metadata
+        marker = "." + _dtensor.FLOAT32_MOMENTS_KEY
         for key in list(self.state_dict):
+            if key.endswith(marker) and key not in saved:
+                # saved by one process (or before the marker was): its moments are shaped
+                # below, load_state_dict converts them
+                self._remove(key)
+                continue
             value, md = self.state_dict.get(key), saved.get(key)  # (a key removed below)
             if not isinstance(value, torch.Tensor) or not isinstance(md, TensorStorageMetadata):
                 continue

@@ -27,7 +27,10 @@ class StateDicts:
         """torch.optim's layout: ``{"state": {i: {...}}, "param_groups": [...]}``.
 
         Per param the state tensors under torch's names (live, as in torch) and ``step`` as
-        a float32 0-d tensor (float64 past 2**24, where float32 stops being exact).
+        a float32 0-d tensor (float64 past 2**24, where float32 stops being exact). A
+        DTensor param that keeps float32 moments where a plain one keeps 8-bit ones also
+        has ``dtensor_float32_moments``, a one-element tensor a one-process checkpoint
+        lacks, so DCP's default planner refuses that checkpoint (``LoadPlanner`` loads it).
         """
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
@@ -40,12 +43,14 @@ class StateDicts:
 
     def _state_dict(self):
         mappings: Dict[int, int] = {}
+        options: Dict[int, Any] = {}  # each param's group's state_dtype
         groups = []
         start = 0
         for group in self.param_groups:
             packed = {k: v for k, v in group.items() if k != "params"}
             for i, p in enumerate(group["params"], start):
                 mappings.setdefault(id(p), i)
+                options.setdefault(id(p), group.get("state_dtype"))
             packed["params"] = [mappings[id(p)] for p in group["params"]]
             start += len(group["params"])
             groups.append(packed)
@@ -61,6 +66,13 @@ class StateDicts:
                 for key, value in st.items():
                     if _dtensor.is_scale(key) and isinstance(value, torch.Tensor):
                         entry[key] = _dtensor.saved_scales(p, value)
+            elif _dtensor.differs_from_plain(p, options[id(p)]):
+                # A one-process checkpoint lacks it: DCP's default planner stops there.
+                # One element, not 0-d: set_optimizer_state_dict(full_state_dict=True)
+                # adds a 0-d tensor the local state dict lacks without its path (KeyError).
+                entry[_dtensor.FLOAT32_MOMENTS_KEY] = torch.ones(
+                    1, dtype=torch.uint8, device=_dtensor.local(p).device
+                )
             if "step" in entry:
                 step = float(entry["step"])
                 entry["step"] = torch.tensor(
@@ -82,7 +94,10 @@ class StateDicts:
         optimizer's, not the saved one: ``convert=True`` moves a bfloat16 param's master
         between ``master_param`` and ``master_residual`` exactly both ways (converting to
         the residual rewrites the param as its master encodes, which changes it only where
-        the master's low half is exactly 0x8000, and bumps its version counter).
+        the master's low half is exactly 0x8000, and bumps its version counter). An 8-bit
+        state saved by a param of the other kind (DTensor or plain) converts without
+        ``convert=True``; the ``dtensor_float32_moments`` marker, with or without it, is
+        dropped.
         """
         if not isinstance(convert, (bool, np.bool_)):
             raise TypeError(f"convert must be a bool, got {convert!r}")
@@ -136,6 +151,8 @@ class StateDicts:
             if key in id_map:
                 if not isinstance(entry, dict):
                     raise TypeError(f"state_dict['state'][{key!r}] must be a dict")
+                # the layout marker: state_dict() makes it from the param and its group
+                entry = {k: v for k, v in entry.items() if k != _dtensor.FLOAT32_MOMENTS_KEY}
                 by_param[id(id_map[key])] = entry
             else:
                 dict.__setitem__(state_map, key, deepcopy(entry))  # torch keeps other keys
