@@ -513,7 +513,33 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
  * eps: p -= lr_t a atan2(...) after the decoupled decay (the only weight decay). Four
  * passes per block of FA_ATAN2_BLOCK elements (see the atan2 above): the moments, the
  * reduction, the polynomial, the angle and the param. */
-#define FA_ATAN2_BLOCK 256
+/* Blocks of 128 elements, and a software prefetch of the block 4 blocks ahead (2 KB of
+ * each float32 array, 4 KB of float64) at the start of each: the passes after the first
+ * touch no array, so while they run the hardware prefetcher, which follows demand loads, has
+ * nothing to follow and memory idles; out of cache (1e7 float32, one thread, AMD Zen 5,
+ * interleaved with the probe) blocks of 256 without the prefetch ran at 85-91 % of the
+ * probe's bandwidth, 128 with it at 92-101 % (128 without it: 86-92 %; 2 or 8 blocks ahead
+ * or blocks of 160: 87-96 %). A prefetch changes no value. */
+#define FA_ATAN2_BLOCK 128
+#define FA_ATAN2_AHEAD 4
+#if defined(__GNUC__) || defined(__clang__)
+#define FA_PREFETCH_WRITE(address) __builtin_prefetch((address), 1)
+#define FA_PREFETCH_READ(address) __builtin_prefetch((address), 0)
+#else
+#define FA_PREFETCH_WRITE(address) ((void)0)
+#define FA_PREFETCH_READ(address) ((void)0)
+#endif
+#define FA_ATAN2_PREFETCH(T, start)                                                  \
+    {                                                                                \
+        const ptrdiff_t ahead_ = (start) + FA_ATAN2_AHEAD * FA_ATAN2_BLOCK;          \
+        const ptrdiff_t stop_ = ahead_ + FA_ATAN2_BLOCK < n ? ahead_ + FA_ATAN2_BLOCK : n; \
+        for (ptrdiff_t l_ = ahead_; l_ < stop_; l_ += 64 / (ptrdiff_t)sizeof(T)) {    \
+            FA_PREFETCH_READ(g_ + l_);                                               \
+            FA_PREFETCH_WRITE(m_ + l_);                                              \
+            FA_PREFETCH_WRITE(v_ + l_);                                              \
+            FA_PREFETCH_WRITE(p_ + l_);                                              \
+        }                                                                            \
+    }
 #define FA_ADAM_ATAN2_BODY(T, SQRT, FABS, COUPLED, FLAG)                             \
     {                                                                                \
         FA_PRELUDE(T, COUPLED)                                                       \
@@ -529,6 +555,7 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
             const T *restrict gb_ = g_ + start;                                      \
             T *restrict mb_ = m_ + start;                                            \
             T *restrict vb_ = v_ + start;                                            \
+            FA_ATAN2_PREFETCH(T, start)                                              \
             for (ptrdiff_t j = 0; j < nb; j++) {                                     \
                 T g = gb_[j] * sign;                                                 \
                 T m = b1 * mb_[j] + omb1 * g;                                        \
