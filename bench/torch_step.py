@@ -20,7 +20,12 @@ over all of its tensors and as one optimizer instance per tensor, each stepped i
 ``torchao.optim.CPUOffloadOptimizer`` drives its per-parameter optimizers), for fusedadam.torch
 (without and with the check) and torch fused. The printed "extra per call" is (per-tensor
 time - one-optimizer time) / tensors: the cost of one more ``step()`` call, to compare with
-the "one tiny tensor" case's time.
+the "one tiny tensor" case's time; beside it the same from the calling thread's CPU time
+(``time.thread_time``, which a loaded machine hardly inflates), and with ``--threads`` > 1
+the same against one fusedadam.torch optimizer on 1 thread: one optimizer on 2 threads
+splits every tensor over the pool, one optimizer per tensor only the tensors of >= 2 chunks
+(> 16384 elements), so against 2 threads the "extra" also holds the parallel speedup the
+per-tensor way cannot use.
 
 ``--training-loop`` times the step inside a torch training loop instead: a small
 transformer's forward and backward (torch's intra-op threads active) before every step,
@@ -89,11 +94,14 @@ def load_baseline(path):
 
 
 PER_TENSOR = ", one optimizer per tensor"
+ONE_THREAD = ", 1 thread"
 
 
 def build(impl, shapes, dtype, grads, threads):
     if impl.endswith(PER_TENSOR):
         return build_per_tensor(impl[: -len(PER_TENSOR)], shapes, dtype, grads, threads)
+    if impl.endswith(ONE_THREAD):
+        return build(impl[: -len(ONE_THREAD)], shapes, dtype, grads, 1)
     params = make_params(shapes, dtype, grads)
     if impl.startswith("fusedadam.torch") or impl.startswith("baseline"):
         nonfinite = "error" if "check" in impl else "ignore"
@@ -151,15 +159,42 @@ def run_case(name, shapes, dtype, impls, repeats, min_sample_s, threads):
         },
     }
     for impl, r in result.items():
-        print(f"  {impl:32s} {r['median'] * 1e3:10.3f} ms  (x{r['median'] / ours:.2f})")
-    extra = {}
+        print(
+            f"  {impl:32s} {r['median'] * 1e3:10.3f} ms  (x{r['median'] / ours:.2f})"
+            f"  thread time {r['thread_median'] * 1e3:.3f} ms"
+        )
+    extra, extra_thread = {}, {}
+
+    def per_call(many, one, key):
+        return (many[key] - one[key]) / len(shapes)
+
     for impl, r in result.items():
         one = result.get(impl[: -len(PER_TENSOR)]) if impl.endswith(PER_TENSOR) else None
-        if one is not None:
-            extra[impl] = (r["median"] - one["median"]) / len(shapes)
-            print(f"  {impl}: extra per call {extra[impl] * 1e6:.2f} µs")
+        if one is None:
+            continue
+        # Beside the wall clock, the calling thread's CPU time: what the calls cost the
+        # caller, without the waits a loaded machine adds to the wall clock.
+        extra[impl] = per_call(r, one, "median")
+        extra_thread[impl] = per_call(r, one, "thread_median")
+        line = (
+            f"  {impl}: extra per call {extra[impl] * 1e6:.2f} µs"
+            f" (caller's thread time {extra_thread[impl] * 1e6:.2f} µs)"
+        )
+        serial = result.get(impl[: -len(PER_TENSOR)] + ONE_THREAD)
+        if serial is not None:
+            # One optimizer on threads > 1 splits every tensor's chunks over the pool; one
+            # optimizer per tensor can split only the tensors of >= 2 chunks. Against the
+            # one optimizer on 1 thread what is left is the cost of the calls themselves.
+            extra[impl + ONE_THREAD] = per_call(r, serial, "median")
+            extra_thread[impl + ONE_THREAD] = per_call(r, serial, "thread_median")
+            line += (
+                f"; against one optimizer on 1 thread {extra[impl + ONE_THREAD] * 1e6:.2f} µs"
+                f" (thread time {extra_thread[impl + ONE_THREAD] * 1e6:.2f} µs)"
+            )
+        print(line)
     if extra:
         row["extra_per_call"] = extra
+        row["extra_per_call_thread_time"] = extra_thread
     return row
 
 
@@ -211,7 +246,8 @@ def main(argv=None):
     cases.append(("many small tensors (toy transformer)", toy, torch.float32, both + peers))
     per_tensor = both + ["torch fused"]
     per_tensor += [impl + PER_TENSOR for impl in per_tensor]
-    cases.append(("toy transformer, one optimizer per tensor", toy, torch.float32, per_tensor))
+    toy_per_tensor = per_tensor + ([b + ONE_THREAD for b in both[:2]] if args.threads > 1 else [])
+    cases.append(("toy transformer, one optimizer per tensor", toy, torch.float32, toy_per_tensor))
     if not args.quick:
         bert = scenarios.model_shapes("bert-base")
         cases.append(("BERT-base", bert, torch.float32, both + peers))

@@ -325,6 +325,32 @@ def test_step_counter_replaced_by_a_number_is_used(backend):
     assert_unchanged(opt, before)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reordered_group_keys_keep_or_change_the_hyperparameters_they_hold(backend):
+    """The steady check of the hyperparameters walks the group dict in the validated key
+    order first; a group whose keys were reordered (or re-created as other string objects)
+    is checked key by key: the same values step as before, a changed one is used."""
+    opt, params = make("adam", backend)
+    twin, twin_params = make("adam", backend)
+    for t in range(2):
+        opt.step(grads(params, t))
+        twin.step(grads(twin_params, t))
+    group = opt.param_groups[0]
+    group["lr"] = group.pop("lr")  # the same object, now the dict's last key
+    group["".join(["e", "ps"])] = group.pop("eps")  # an equal key, another str object
+    opt.step(grads(params, 2))
+    twin.step(grads(twin_params, 2))
+    for p, q in zip(params, twin_params):
+        np.testing.assert_array_equal(p, q)
+    group["betas"] = group.pop("betas")
+    group["eps"] = 1e-3  # a new value in a reordered group
+    twin.param_groups[0]["eps"] = 1e-3
+    opt.step(grads(params, 3))
+    twin.step(grads(twin_params, 3))
+    for p, q in zip(params, twin_params):
+        np.testing.assert_array_equal(p, q)
+
+
 def test_new_state_is_attached_only_when_a_step_commits():
     """A failed first step (non-finite gradient) leaves no state behind, and the next good
     step's state is the one opt.state and state_dict() show (issue 10, item 1)."""

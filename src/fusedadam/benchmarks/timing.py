@@ -42,10 +42,12 @@ def calibrate(fn, min_sample_s):
 
 
 def _sample(fn, number):
-    t0 = time.perf_counter_ns()
+    """Wall and calling-thread CPU seconds per call of ``fn`` over ``number`` calls."""
+    t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
     for _ in range(number):
         fn()
-    return (time.perf_counter_ns() - t0) * 1e-9 / number
+    c1, t1 = time.thread_time_ns(), time.perf_counter_ns()
+    return (t1 - t0) * 1e-9 / number, (c1 - c0) * 1e-9 / number
 
 
 def measure_interleaved(fns, repeats=MIN_REPEATS, min_sample_s=0.05):
@@ -64,22 +66,29 @@ def measure_interleaved(fns, repeats=MIN_REPEATS, min_sample_s=0.05):
     Returns
     -------
     dict
-        ``{name: {"median": s, "min": s, "samples": [s, ...], "calls_per_sample": k}}``,
-        seconds per call. Round ``r`` samples every implementation once before round
-        ``r + 1`` starts.
+        ``{name: {"median": s, "min": s, "samples": [s, ...], "thread_median": s,
+        "calls_per_sample": k}}``, seconds per call; ``thread_median`` is the median CPU
+        time of the calling thread (``time.thread_time``): what a call costs the caller
+        itself, without the time it waited for other threads or other processes (a
+        loaded machine inflates the wall clock, hardly this). Round ``r`` samples every
+        implementation once before round ``r + 1`` starts.
     """
     if repeats < MIN_REPEATS:
         raise ValueError(f"repeats must be >= {MIN_REPEATS}, got {repeats}")
     numbers = {name: calibrate(fn, min_sample_s) for name, fn in fns.items()}
     samples: Dict[str, List[float]] = {name: [] for name in fns}
+    thread: Dict[str, List[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            samples[name].append(_sample(fn, numbers[name]))
+            wall, cpu = _sample(fn, numbers[name])
+            samples[name].append(wall)
+            thread[name].append(cpu)
     return {
         name: {
             "median": statistics.median(s),
             "min": min(s),
             "samples": s,
+            "thread_median": statistics.median(thread[name]),
             "calls_per_sample": numbers[name],
         }
         for name, s in samples.items()
