@@ -16,6 +16,7 @@ lives in torch's own ``opt.state[p]`` as tensors; the engine is handed NumPy vie
 params, grads and state tensors (``Tensor.numpy()`` shares memory: nothing is copied), so a
 step writes the tensors the user sees, allocates nothing and plans nothing again while the
 tensors stay in place. ``_plans.py`` turns torch's groups into the engine's plans,
+``_grads.py`` reads the grads as the engine's views,
 ``_bridge.py`` holds the tensor checks and views, ``_torch_api.py`` torch.optim's own flag
 checks and hooks, ``_state_dict.py`` the state dicts, ``_schedule_free.py`` the
 Schedule-Free base, ``_offload.py`` :class:`Offload`. The classes are generated from the
