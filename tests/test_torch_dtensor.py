@@ -282,6 +282,25 @@ def _dcp_round(opt, model, dest_opt, dest_model, folder, planner):
     set_state_dict(dest_model, dest_opt, model_state_dict={}, optim_state_dict=state["optim"])
 
 
+def _assert_moments_loaded_from_plain(opt, dts, saved_opt, plain):
+    """``opt``'s moments of the DTensor params ``dts`` are the one-process optimizer's of
+    ``plain``: its 8-bit codes where the DTensor keeps 8-bit (whole rows of blocks), else
+    their dequantized float32 values (exact)."""
+    from fusedadam import reference
+
+    for p, d, rows in zip(plain, dts, ROWS_8BIT):
+        st, saved = opt.state[d], saved_opt.state[p]
+        for name in ("exp_avg", "exp_avg_sq"):
+            if rows:
+                assert torch.equal(st[name].full_tensor(), saved[name])
+            else:
+                want = reference.q8_dequantize(
+                    saved[name].numpy(), saved[name + "_absmax"].numpy(), name == "exp_avg"
+                )
+                assert st[name].dtype == torch.float32
+                assert torch.equal(st[name].full_tensor(), torch.from_numpy(want))
+
+
 @pytest.mark.parametrize("option", ["8bit", "8bit_companded"])
 def test_8bit_dcp_checkpoint_moves_between_dtensor_and_plain(mesh, tmp_path, option):
     """The 1-d and 64-element-row params keep float32 moments as DTensors, 8-bit ones in
@@ -320,17 +339,7 @@ def test_8bit_dcp_checkpoint_moves_between_dtensor_and_plain(mesh, tmp_path, opt
     _, dts3 = _pairs_8bit(mesh, torch.float32)
     b3 = ft.AdamW(dts3, lr=0.05, state_dtype=option)
     _dcp_round(a, _Holder(plain), b3, _Holder(dts3), str(tmp_path / "plain"), ft.LoadPlanner())
-    for p, d, rows in zip(plain, dts3, ROWS_8BIT):
-        st, saved = b3.state[d], a.state[p]
-        for name in ("exp_avg", "exp_avg_sq"):
-            if rows:
-                assert torch.equal(st[name].full_tensor(), saved[name])
-            else:
-                want = reference.q8_dequantize(
-                    saved[name].numpy(), saved[name + "_absmax"].numpy(), name == "exp_avg"
-                )
-                assert st[name].dtype == torch.float32
-                assert torch.equal(st[name].full_tensor(), torch.from_numpy(want))
+    _assert_moments_loaded_from_plain(b3, dts3, a, plain)
     # both train on
     _grads_8bit(plain2, dts3, 2)
     a2.step()
@@ -378,8 +387,6 @@ def test_8bit_dcp_default_planner_refuses_one_process_checkpoint(mesh, tmp_path,
         set_optimizer_state_dict,
     )
 
-    from fusedadam import reference
-
     marker = "dtensor_float32_moments"  # (the saved format: spelled out)
     plain, dts = _pairs_8bit(mesh, torch.float32)
     a = ft.AdamW(plain, lr=0.05, state_dtype=option)
@@ -414,18 +421,8 @@ def test_8bit_dcp_default_planner_refuses_one_process_checkpoint(mesh, tmp_path,
     with pytest.raises(BaseException, match=r"Missing key in checkpoint state_dict"):
         _dcp_round(a, _Holder(plain), b2, _Holder(dts2), folder + "2", None)
     _dcp_round(a, _Holder(plain), b, _Holder(dts), folder + "3", ft.LoadPlanner())
-    for p, d, rows in zip(plain, dts, ROWS_8BIT):
-        st, saved = b.state[d], a.state[p]
-        assert marker not in st
-        for name in ("exp_avg", "exp_avg_sq"):
-            if rows:
-                assert torch.equal(st[name].full_tensor(), saved[name])
-            else:
-                want = reference.q8_dequantize(
-                    saved[name].numpy(), saved[name + "_absmax"].numpy(), name == "exp_avg"
-                )
-                assert st[name].dtype == torch.float32
-                assert torch.equal(st[name].full_tensor(), torch.from_numpy(want))
+    _assert_moments_loaded_from_plain(b, dts, a, plain)
+    assert all(marker not in b.state[d] for d in dts)
     # DTensors -> DTensors: the marker is on both sides; the default planner loads it
     _, dts3 = _pairs_8bit(mesh, torch.float32)
     b3 = ft.AdamW(dts3, lr=0.05, state_dtype=option)
