@@ -519,7 +519,7 @@ def _saved_counter(value, where, name, integral):
     return float(value)
 
 
-def _convert_8bit(entry, dtypes, signed):
+def convert_8bit(entry, dtypes, signed):
     """``entry`` with its moments moved between 8-bit and other dtypes, for ``convert``:
     8-bit codes saved (with their scales) are dequantized where this optimizer keeps
     another dtype (a float one, or the other 8-bit map); a float moment is quantized
@@ -637,7 +637,7 @@ def check_saved_state(
                     "load_state_dict to convert it"
                 )
     if convert:
-        entry = _convert_8bit(entry, dtypes, signed or {})
+        entry = convert_8bit(entry, dtypes, signed or {})
         dtype = dtypes.get(_precision.MASTER_RESIDUAL, _precision.INT16)
         entry = _convert_master(entry, param, required, where, dtype)
     residual = _precision.MASTER_RESIDUAL

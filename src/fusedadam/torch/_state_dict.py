@@ -14,7 +14,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from fusedadam import _dtensor, _precision, _validation, reference
+from fusedadam import _dtensor, _precision, _validation
 from fusedadam.engine._plan import state_dtypes
 from fusedadam.engine._saved import checked_entry
 from fusedadam.torch import _bridge
@@ -234,12 +234,11 @@ class StateDicts:
             if not isinstance(value, torch.Tensor) or name not in dtypes:
                 continue
             target = dtypes[name]
+            # Only the move between the two kinds' layouts of one 8-bit state_dtype (a
+            # change of state_dtype still needs convert=True); the conversion itself is
+            # convert=True's (_validation.convert_8bit), on the whole arrays.
             if _precision.is_q8(target) and value.is_floating_point() and scale is None:
-                full = _whole(value).to(torch.float32)
-                codes, absmax = reference.q8_quantize(
-                    _bridge.numpy_view(full), signed, _precision.is_companded(target)
-                )
-                entry[name], entry[scale_key] = torch.from_numpy(codes), torch.from_numpy(absmax)
+                saved = {name: _bridge.numpy_view(_whole(value))}
             elif (
                 not _precision.is_q8(target)
                 and isinstance(scale, torch.Tensor)
@@ -251,11 +250,12 @@ class StateDicts:
                         f"state_dict: {scale_key} of {where} has {absmax.numel()} scales for "
                         f"{codes.numel()} codes"
                     )
-                values = reference.q8_dequantize(
-                    _bridge.numpy_view(codes), _bridge.numpy_view(absmax), signed
-                )
-                entry[name] = torch.from_numpy(values)
-                del entry[scale_key]
+                saved = {name: _bridge.numpy_view(codes), scale_key: _bridge.numpy_view(absmax)}
+            else:
+                continue
+            converted = _validation.convert_8bit(saved, {name: target}, {name: signed})
+            entry.pop(scale_key, None)
+            entry.update({key: torch.from_numpy(a) for key, a in converted.items()})
         return entry
 
     def _saved_value(self, key, value, p, index):
