@@ -338,3 +338,40 @@ def test_reference_peer_steps_the_package_class(monkeypatch):
 )
 def test_probe_shape_scales_even_counts_from_the_probe_below(arrays, states, scale):
     assert peers.probe_shape(arrays) == (states, scale)
+
+
+def test_roofline_runs_the_steps_read_only_passes_then_the_write_pass():
+    """The check's scan reads g (one read-only pass, 1 array); a per-tensor kind's phase 1
+    another over the arrays its sum needs; the probe's read-write pass moves the rest
+    (an odd 2k + 3, so no scaling); "ignore" drops the scan's pass."""
+    lamb = peers.ALGORITHMS["lamb"]
+    assert (lamb.arrays_moved, lamb.read_passes, lamb.write_pass_arrays) == (12, (1, 4), 7)
+    assert peers.ALGORITHMS["adam"].read_passes == (1,)
+    unchecked = peers.Algorithm("Adam", {"nonfinite": "ignore"})
+    assert (unchecked.arrays_moved, unchecked.read_passes) == (7, ())
+    for name, algorithm in peers.ALGORITHMS.items():
+        assert algorithm.write_pass_arrays % 2 == 1 and algorithm.write_pass_arrays >= 5, name
+
+
+@pytest.mark.skipif(not fa.backend_info()["compiled"], reason="extension not built")
+def test_roofline_step_reads_without_writing_and_refuses_impossible_passes(monkeypatch):
+    from fusedadam import _testing
+    from fusedadam.benchmarks import roofline
+
+    made = []
+    real = _testing.Probe
+
+    def recording(*columns, read_only=False):
+        made.append((len(columns), read_only, columns[0] is columns[1]))
+        return real(*columns, read_only=read_only)
+
+    monkeypatch.setattr(_testing, "Probe", recording)
+    p, g = [np.ones(100, np.float32)], [np.full(100, 0.5, np.float32)]
+    step = roofline.roofline_step(p, g, 2, 1, read_passes=(1, 4))
+    # the write probe, then one reader per pass: g alone (given as p and g), then 4 arrays
+    assert made == [(4, False, False), (2, True, True), (4, True, False)]
+    step()
+    np.testing.assert_array_equal(g[0], 0.5)  # read by every pass, written by none
+    np.testing.assert_array_equal(p[0], 0.5)  # the write probe: p -= g
+    with pytest.raises(RuntimeError, match="reads 1 to 4 arrays, not 5"):
+        roofline.roofline_step(p, g, 2, 1, read_passes=(5,))

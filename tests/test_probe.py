@@ -92,3 +92,41 @@ def test_probe_moves_every_state_count_the_slots_hold(n_states, n_threads):
     fusedadam.reference.probe_update(*want)
     for got, expected in zip(arrays, want):
         np.testing.assert_array_equal(got, expected, strict=True)
+
+
+@pytest.mark.usefixtures("split_small_calls")
+@pytest.mark.parametrize("n_states", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_read_only_probe_changes_nothing(dtype, n_threads, n_states):
+    """The read-only probe (a pass that only reads: the check's scan, a per-tensor phase 1)
+    reads p, g and 0 to 4 state arrays and writes none of them; NaN and inf are values like
+    any other to it."""
+    rng = np.random.default_rng(n_states)
+    sizes = [0, 1, 7, 1000, 100003]
+    columns = [[rng.standard_normal(n).astype(dtype) for n in sizes] for _ in range(2 + n_states)]
+    columns[1][3][5] = np.nan
+    columns[0][4][-1] = -np.inf
+    want = [[a.copy() for a in column] for column in columns]
+    _testing.probe(*columns, n_threads=n_threads, read_only=True)
+    for got_column, want_column in zip(columns, want):
+        for got, expected in zip(got_column, want_column):
+            np.testing.assert_array_equal(got, expected, strict=True)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_read_only_probe_of_one_array(n_threads):
+    """One array given as both p and g: one stream (the scan's traffic), unchanged."""
+    g = np.random.default_rng(5).standard_normal(70_001).astype(np.float32)
+    want = g.copy()
+    _testing.Probe([g], [g], read_only=True).run(n_threads)
+    np.testing.assert_array_equal(g, want, strict=True)
+
+
+def test_only_the_read_only_probe_takes_no_state():
+    p, g = np.ones(10, np.float32), np.ones(10, np.float32)
+    with pytest.raises(ValueError, match="1 to .* lists of state arrays, got 0"):
+        _testing.probe([p], [g])
+    too_many = [[np.ones(10, np.float32)]] * (_kernels.MAX_STATE_SLOTS + 1)
+    with pytest.raises(ValueError, match="0 to .* lists of state arrays"):
+        _testing.probe([p], [g], *too_many, read_only=True)

@@ -76,6 +76,7 @@ cdef extern from "_dispatch.h" nogil:
         FA_STATE0
         FA_MAX_SLOTS
         FA_KIND_probe
+        FA_KIND_probe_read
         FA_HAVE_X86_DISPATCH
         FA_TENSOR_SUMS
         FA_TENSOR_LANES

@@ -16,6 +16,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Per-step scalars, computed once in double by fa_step_scalars (_scalars.h), cast to the
  * array's dtype inside each loop (the same rounding as NumPy's dtype.type(x)). Each loop
@@ -91,6 +92,7 @@ enum { FA_PARAM = 0, FA_GRAD = 1, FA_STATE0 = 2, FA_MAX_STATES = 4,
     FA_PAIR(X, momentum, FA_MOMENTUM_BODY, 0, __VA_ARGS__)                           \
     FA_PAIR(X, adabelief, FA_ADABELIEF_BODY, 0, __VA_ARGS__)                         \
     X(lion, FA_LION_BODY, 0, 0, __VA_ARGS__) X(probe, FA_PROBE_BODY, 0, 0, __VA_ARGS__) \
+    X(probe_read, FA_PROBE_READ_BODY, 0, 0, __VA_ARGS__)                             \
     FA_PAIR(X, ademamix, FA_ADEMAMIX_BODY, 0, __VA_ARGS__)                           \
     X(adan, FA_ADAN_BODY, 0, 0, __VA_ARGS__) X(adan_prox, FA_ADAN_BODY, 0, 1, __VA_ARGS__) \
     FA_PAIR(X, adopt_first, FA_ADOPT_FIRST_BODY, 0, __VA_ARGS__)                     \
@@ -648,6 +650,65 @@ static const char *const fa_kind_names[FA_N_KINDS] = {FA_DENSE_KINDS(FA_KIND_NAM
             FA_PROBE_LOOP(T, FA_PROBE_S(0) FA_PROBE_S(1))                            \
         } else {                                                                     \
             FA_PROBE_LOOP(T, FA_PROBE_S(0))                                          \
+        }                                                                            \
+    }
+
+/* The read-only probe: the memory traffic of a pass that reads p, g and the state arrays
+ * given (the first k state slots that are set, k = 0 .. FA_MAX_SLOTS - 2; p alone when g is
+ * the same array) and writes nothing,
+ * as the non-finite check's scan and a per-tensor kind's phase 1 do. One core streams reads
+ * alone more slowly than reads with their writes back (AMD Zen 5, one thread, 10**7 float32:
+ * four read streams 0.45 ns per element, 36 GB/s; the write probe's 28 B 0.52 ns, 54 GB/s),
+ * so the roofline of a step with such a pass times this probe for it (benchmarks.peers). The
+ * bits are XORed across the arrays and ORed into lanes (as the scan, _finite.h), the result
+ * stored to a volatile local so that no load can be dropped; no array changes. */
+#define FA_PROBE_READ_LOOP(UT, EXPR)                                                 \
+    {                                                                                \
+        enum { L_ = 128 / sizeof(UT) };                                              \
+        UT lane_[L_] = {0}, all_ = 0;                                                \
+        ptrdiff_t i = 0;                                                             \
+        for (; i + L_ <= n; i += L_)                                                 \
+            for (int l_ = 0; l_ < L_; l_++) {                                        \
+                const ptrdiff_t j = i + l_;                                          \
+                lane_[l_] |= EXPR;                                                   \
+            }                                                                        \
+        for (; i < n; i++) {                                                         \
+            const ptrdiff_t j = i;                                                   \
+            all_ |= EXPR;                                                            \
+        }                                                                            \
+        for (int l_ = 0; l_ < L_; l_++) all_ |= lane_[l_];                           \
+        volatile UT sink_ = all_;                                                    \
+        (void)sink_;                                                                 \
+    }
+#define FA_PROBE_READ_TYPED(UT)                                                      \
+    {                                                                                \
+        const UT *restrict r0 = (const UT *)a[FA_PARAM];                             \
+        const UT *restrict r1 = (const UT *)a[FA_GRAD];                              \
+        const UT *restrict r2 = (const UT *)a[FA_STATE0];                            \
+        const UT *restrict r3 = FA_MAX_SLOTS > FA_STATE0 + 1 ? (const UT *)a[FA_STATE0 + 1] : 0; \
+        const UT *restrict r4 = FA_MAX_SLOTS > FA_STATE0 + 2 ? (const UT *)a[FA_STATE0 + 2] : 0; \
+        const UT *restrict r5 = FA_MAX_SLOTS > FA_STATE0 + 3 ? (const UT *)a[FA_STATE0 + 3] : 0; \
+        if (r5) {                                                                    \
+            FA_PROBE_READ_LOOP(UT, r0[j] ^ r1[j] ^ r2[j] ^ r3[j] ^ r4[j] ^ r5[j])     \
+        } else if (r4) {                                                             \
+            FA_PROBE_READ_LOOP(UT, r0[j] ^ r1[j] ^ r2[j] ^ r3[j] ^ r4[j])             \
+        } else if (r3) {                                                             \
+            FA_PROBE_READ_LOOP(UT, r0[j] ^ r1[j] ^ r2[j] ^ r3[j])                     \
+        } else if (r2) {                                                             \
+            FA_PROBE_READ_LOOP(UT, r0[j] ^ r1[j] ^ r2[j])                             \
+        } else if (r1 != r0) {                                                       \
+            FA_PROBE_READ_LOOP(UT, r0[j] ^ r1[j])                                     \
+        } else { /* one array given as p and g: one stream */                        \
+            FA_PROBE_READ_LOOP(UT, r0[j])                                             \
+        }                                                                            \
+    }
+#define FA_PROBE_READ_BODY(T, SQRT, FABS, COUPLED, FLAG)                             \
+    {                                                                                \
+        (void)s;                                                                     \
+        if (sizeof(T) == sizeof(uint32_t)) {                                         \
+            FA_PROBE_READ_TYPED(uint32_t)                                            \
+        } else {                                                                     \
+            FA_PROBE_READ_TYPED(uint64_t)                                            \
         }                                                                            \
     }
 

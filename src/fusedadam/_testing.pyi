@@ -16,6 +16,7 @@ class Probe:
         params: Sequence[np.ndarray],
         grads: Sequence[np.ndarray],
         *states: Sequence[np.ndarray],
+        read_only: bool = ...,
     ) -> None: ...
     def run(self, n_threads: int = ...) -> None:
         """One probe pass over every array, in place, on ``n_threads`` threads."""
@@ -25,6 +26,7 @@ def probe(
     grads: Sequence[np.ndarray],
     *states: Sequence[np.ndarray],
     n_threads: int = ...,
+    read_only: bool = ...,
 ) -> None:
     """One probe pass over lists of arrays, in place."""
 

@@ -10,7 +10,8 @@ measure and check is what a step runs. Built with ``_kernels``; without the exte
 neither module exists and the tests that need them skip.
 """
 from fusedadam._kernels cimport (
-    FA_KIND_probe, FA_MAX_SLOTS, FA_PARAM, FA_STATE0, GroupData, _current_isa, _data,
+    FA_KIND_probe, FA_KIND_probe_read, FA_MAX_SLOTS, FA_PARAM, FA_STATE0, GroupData,
+    _current_isa, _data,
     _group_alloc, _group_free, _reserve_chunks, _run, _steps_in_flight_most,
     fa_bf16_to_f32, fa_f16_to_f32, fa_f32_to_bf16, fa_f32_to_f16, fa_get_grad_fns,
     fa_get_loops, fa_q8_code, fa_q8_value,
@@ -38,23 +39,29 @@ cdef class Probe:
     as ``reference.probe_update``, through the same pointer tables and thread split as a
     step: the roofline of the benchmarks. The arrays must be acceptable to an optimizer
     (same dtype and shape, C-contiguous, writeable, not aliasing); ``run`` re-checks nothing.
+
+    With ``read_only=True`` (loop kind ``probe_read``) it reads p, g and the state arrays
+    (0 to 4 lists) and writes nothing: the traffic of a pass that only reads, such as the
+    non-finite check's scan or a per-tensor kind's phase 1. Its arrays must hold written
+    memory (a fresh ``np.zeros`` may read one shared zero page, not memory).
     """
     cdef GroupData d
     cdef tuple keep
 
-    def __cinit__(self, params, grads, *states):
+    def __cinit__(self, params, grads, *states, bint read_only=False):
         cdef Py_ssize_t n = len(params), k
         cdef int slot
         cdef cnp.ndarray a
-        if not 1 <= len(states) <= FA_MAX_SLOTS - FA_STATE0:
+        cdef int fewest = 0 if read_only else 1
+        if not fewest <= len(states) <= FA_MAX_SLOTS - FA_STATE0:
             raise ValueError(
-                f"probe: 1 to {FA_MAX_SLOTS - FA_STATE0} lists of state arrays, "
+                f"probe: {fewest} to {FA_MAX_SLOTS - FA_STATE0} lists of state arrays, "
                 f"got {len(states)}")
         columns = [list(params), list(grads)] + [list(c) for c in states]
         self.keep = tuple(tuple(c) for c in columns)
         self.d.n_arrays = n
         self.d.n_slots = len(columns)
-        self.d.kind = FA_KIND_probe
+        self.d.kind = FA_KIND_probe_read if read_only else FA_KIND_probe
         _group_alloc(&self.d)
         self.d.offsets[0] = 0
         for k in range(n):
@@ -89,9 +96,9 @@ cdef class Probe:
             _run(&self.d, n_threads)
 
 
-def probe(params, grads, *states, int n_threads=1):
+def probe(params, grads, *states, int n_threads=1, bint read_only=False):
     """One probe pass (see ``Probe``) over lists of arrays, in place."""
-    Probe(params, grads, *states).run(n_threads)
+    Probe(params, grads, *states, read_only=read_only).run(n_threads)
 
 
 # ------------------------------------------------------------------ conversions (tests)

@@ -13,7 +13,8 @@ Implementations (``IMPLS``):
 fusedadam         ``fa.<Class>(..., backend="compiled").step(grads)``, end to end
 fusedadam-kernel  the compiled call inside it alone (see :mod:`.roofline`)
 numpy             the same optimizer with ``backend="numpy"`` (the reference twin)
-roofline          the bandwidth probe: the step's memory traffic, trivial arithmetic
+roofline          the bandwidth probe: the step's memory traffic in the step's passes,
+                  trivial arithmetic
 torch-single, torch-foreach, torch-fused
                   ``torch.optim.<Class>`` with ``foreach=False`` / ``foreach=True`` /
                   ``fused=True``, gradients sharing the NumPy arrays' memory
@@ -65,12 +66,21 @@ class Algorithm:
         Keyword arguments of both the fusedadam and the torch class (``amsgrad=True``).
     arrays_moved : int
         Arrays read plus arrays written per element of a step (p, g, m, v in; p, m, v
-        out is 7): the compulsory traffic GB/s is computed from, and the arrays the roofline
-        probe moves (2k + 3 for k state arrays; an even count is scaled from the odd one
-        below it, see ``probe_shape``). Give the passes' arrays (0, the default: 2k + 3 for
-        the k state arrays the registry gives the class with these options, an elementwise
-        algorithm's pass); one more is added for the gradient read of the non-finite check
-        that runs before any write (``nonfinite`` other than ``"ignore"``, the default).
+        out is 7): the compulsory traffic GB/s is computed from. Give the passes' arrays
+        (0, the default: 2k + 3 for the k state arrays the registry gives the class with
+        these options, an elementwise algorithm's pass); one more is added for the gradient
+        read of the non-finite check that runs before any write (``nonfinite`` other than
+        ``"ignore"``, the default).
+    read_pass_arrays : int
+        Arrays read by a pass that writes nothing, counted in ``arrays_moved`` (a per-tensor
+        kind's phase 1 on a tensor larger than a piece: LAMB reads p, g, m, v); 0: none.
+    read_passes : tuple of int
+        Set from the above: the arrays of each read-only pass, in the step's order (the
+        check's scan of g: 1; then the phase 1). The roofline probe runs a read-only probe
+        pass over as many arrays for each, then moves the rest (``arrays_moved`` minus
+        these: 2k + 3 for k state arrays; an even count is scaled from the odd one below
+        it, see ``probe_shape``) in one pass that reads and writes: one core streams reads
+        alone more slowly than reads with writes, so a pass that only reads is timed as one.
     torch_class : str or None
         Name in ``torch.optim``; None: no torch peer.
     deepspeed : dict or None
@@ -85,16 +95,25 @@ class Algorithm:
     fa_class: str
     options: dict = field(default_factory=dict)
     arrays_moved: int = 0
+    read_pass_arrays: int = 0
     torch_class: Optional[str] = None
     deepspeed: Optional[dict] = None
     reference: Optional[str] = None
     reference_options: dict = field(default_factory=dict)
+    read_passes: tuple = field(init=False, default=())
 
     def __post_init__(self):
         arrays = self.arrays_moved or _one_pass_arrays(self.fa_class, self.options)
         # the default step reads g once more, to check it before anything is written
         checked = self.options.get("nonfinite", "error") != "ignore"
         object.__setattr__(self, "arrays_moved", arrays + checked)
+        passes = (1,) * checked + ((self.read_pass_arrays,) if self.read_pass_arrays else ())
+        object.__setattr__(self, "read_passes", passes)
+
+    @property
+    def write_pass_arrays(self):
+        """The arrays of the pass that reads and writes (the probe's ``2k + 3``)."""
+        return self.arrays_moved - sum(self.read_passes)
 
 
 def _one_pass_arrays(fa_class, options):
@@ -119,14 +138,20 @@ ALGORITHMS = {
     "radam": Algorithm("RAdam", torch_class="RAdam"),
     "adabelief": Algorithm("AdaBelief"),
     "lion": Algorithm("Lion"),
-    # per-tensor kinds on a tensor larger than a piece (16384 elements): phase 1 reads, then
-    # phase 2 reads and writes (docs/algorithms_per_tensor.md; smaller tensors move 7)
-    "lamb": Algorithm("Lamb", arrays_moved=11, reference="timm.optim.lamb:Lamb"),
-    "stableadamw": Algorithm("StableAdamW", arrays_moved=10, reference="optimi:StableAdamW"),
+    # per-tensor kinds on a tensor larger than a piece (16384 elements): phase 1 reads (the
+    # arrays its sum needs: LAMB p, g, m, v; StableAdamW g, v; cautious g, m), then phase 2
+    # reads and writes (docs/algorithms_per_tensor.md; smaller tensors move the second only)
+    "lamb": Algorithm(
+        "Lamb", arrays_moved=11, read_pass_arrays=4, reference="timm.optim.lamb:Lamb"
+    ),
+    "stableadamw": Algorithm(
+        "StableAdamW", arrays_moved=9, read_pass_arrays=2, reference="optimi:StableAdamW"
+    ),
     "cautious_adamw": Algorithm(
         "AdamW",
         {"weight_decay": WEIGHT_DECAY, "cautious": True},
-        arrays_moved=10,
+        arrays_moved=9,
+        read_pass_arrays=2,
         reference="timm.optim.adamw:AdamWLegacy",
         reference_options={"weight_decay": WEIGHT_DECAY, "caution": True},
     ),
@@ -134,6 +159,7 @@ ALGORITHMS = {
         "Lion",
         {"cautious": True},
         arrays_moved=7,
+        read_pass_arrays=2,
         reference="timm.optim.lion:Lion",
         reference_options={"caution": True},
     ),
@@ -297,9 +323,9 @@ def _build_one(name, algorithm, params, grads, n_threads):
         optimizer = _optimizer(algorithm, params, n_threads, "compiled")
         return roofline.kernel_step(optimizer, grads)
     if name in ("roofline", "roofline 1 thread"):
-        states, _ = probe_shape(algorithm.arrays_moved)
+        states, _ = probe_shape(algorithm.write_pass_arrays)
         threads = 1 if name == "roofline 1 thread" else n_threads
-        return roofline.roofline_step(params, grads, states, threads)
+        return roofline.roofline_step(params, grads, states, threads, algorithm.read_passes)
     if name.startswith("torch-"):
         return _torch(name, algorithm, params, grads, n_threads)
     if name == "deepspeed":

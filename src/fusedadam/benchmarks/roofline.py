@@ -5,8 +5,10 @@ change of that API is adapted here once.
 
 The roofline is the compiled PROBE loop: exactly an Adam step's memory traffic (read p, g,
 m, v; write p, m, v; with a third state array also read and write it) with trivial
-arithmetic, on the same threads as the real loop. Its time is what the memory system
-allows; ``% of roofline`` is its median over an implementation's median.
+arithmetic, on the same threads as the real loop, after a read-only probe for each pass of
+the step that only reads (the non-finite check's scan of g; a per-tensor kind's phase 1):
+the step's passes with their bytes, the arithmetic left out. Its time is what the memory
+system allows; ``% of roofline`` is its median over an implementation's median.
 """
 
 import os
@@ -50,17 +52,38 @@ def kernel_step(optimizer, grads):
     return lambda: engine.step(grads)
 
 
-def roofline_step(params, grads, n_state_arrays, n_threads):
-    """The probe loop over ``params`` and ``grads`` with ``n_state_arrays`` state arrays."""
+def roofline_step(params, grads, n_state_arrays, n_threads, read_passes=()):
+    """The probe loop over ``params`` and ``grads`` with ``n_state_arrays`` state arrays,
+    after one read-only probe pass per entry of ``read_passes`` over that many arrays of
+    the same sizes (1: the gradients alone, as the non-finite check's scan)."""
     if _kernels is None or _testing is None:
         raise RuntimeError("the compiled extension is not built: no roofline probe")
     if not 1 <= n_state_arrays <= _kernels.MAX_STATE_SLOTS:
         raise RuntimeError(
             f"the probe moves 1 to {_kernels.MAX_STATE_SLOTS} state arrays, not {n_state_arrays}"
         )
-    states = [[np.zeros_like(p) for p in params] for _ in range(n_state_arrays)]
+    # ones, not zeros: a read-only pass over never-written calloc memory would read one
+    # shared zero page instead of memory
+    states = [[np.ones_like(p) for p in params] for _ in range(n_state_arrays)]
     probe = _testing.Probe(list(params), list(grads), *states)
-    return lambda: probe.run(n_threads)
+    columns = [list(grads), list(params)] + states
+    readers = []
+    for n_arrays in read_passes:
+        if n_arrays == 1:  # one stream: the gradients given as both p and g
+            readers.append(_testing.Probe(columns[0], columns[0], read_only=True))
+        elif 2 <= n_arrays <= len(columns):
+            readers.append(_testing.Probe(*columns[:n_arrays], read_only=True))
+        else:
+            raise RuntimeError(
+                f"a read-only probe pass reads 1 to {len(columns)} arrays, not {n_arrays}"
+            )
+
+    def step():
+        for reader in readers:
+            reader.run(n_threads)
+        probe.run(n_threads)
+
+    return step
 
 
 def functional_step(params, grads, n_threads):

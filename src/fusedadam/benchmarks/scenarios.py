@@ -132,9 +132,10 @@ def run_case(case, args, notes):
             )
         )
     res = timing.measure_interleaved(fns, args.repeats, args.sample_ms / 1000)
-    arrays_moved = peers.ALGORITHMS[case.algorithm].arrays_moved
-    traffic = arrays_moved * itemsize * n
-    scale = peers.probe_shape(arrays_moved)[1] if arrays_moved >= 5 else 1.0
+    algorithm = peers.ALGORITHMS[case.algorithm]
+    traffic = algorithm.arrays_moved * itemsize * n
+    write_arrays = algorithm.write_pass_arrays
+    scale = peers.probe_shape(write_arrays)[1] if write_arrays >= 5 else 1.0
     roof = res.get("roofline", {}).get("median")
     floor = res.get("roofline 1 thread", {}).get("median")
     if roof and floor and floor < roof:
