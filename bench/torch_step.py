@@ -25,7 +25,11 @@ the "one tiny tensor" case's time; beside it the same from the calling thread's 
 the same against one fusedadam.torch optimizer on 1 thread: one optimizer on 2 threads
 splits every tensor over the pool, one optimizer per tensor only the tensors of >= 2 chunks
 (> 16384 elements), so against 2 threads the "extra" also holds the parallel speedup the
-per-tensor way cannot use.
+per-tensor way cannot use. The toy case also times as many optimizers as it has tensors,
+each over one 1-element tensor, stepped in turn: the cost of a call when many optimizers
+take turns, against which the per-tensor "extra" compares like with like (a call repeated
+on one optimizer finds its objects in the core's caches; one of 98 optimizers in turn does
+not).
 
 ``--training-loop`` times the step inside a torch training loop instead: a small
 transformer's forward and backward (torch's intra-op threads active) before every step,
@@ -95,11 +99,21 @@ def load_baseline(path):
 
 PER_TENSOR = ", one optimizer per tensor"
 ONE_THREAD = ", 1 thread"
+IN_TURN = ", 1-element tensors in turn"
 
 
 def build(impl, shapes, dtype, grads, threads):
     if impl.endswith(PER_TENSOR):
         return build_per_tensor(impl[: -len(PER_TENSOR)], shapes, dtype, grads, threads)
+    if impl.endswith(IN_TURN):
+        # as many optimizers as the case has tensors, each over one 1-element tensor,
+        # stepped in turn: the cost of a call where many optimizers take turns (their
+        # objects are not all in the core's caches), which a call repeated on one
+        # optimizer ("one tiny tensor") does not pay
+        tiny = [(1,)] * len(shapes)
+        return build_per_tensor(
+            impl[: -len(IN_TURN)], tiny, dtype, make_grads(tiny, dtype, seed=2), threads
+        )
     if impl.endswith(ONE_THREAD):
         return build(impl[: -len(ONE_THREAD)], shapes, dtype, grads, 1)
     params = make_params(shapes, dtype, grads)
@@ -180,6 +194,13 @@ def run_case(name, shapes, dtype, impls, repeats, min_sample_s, threads):
             f"  {impl}: extra per call {extra[impl] * 1e6:.2f} µs"
             f" (caller's thread time {extra_thread[impl] * 1e6:.2f} µs)"
         )
+        in_turn = result.get(impl[: -len(PER_TENSOR)] + IN_TURN)
+        if in_turn is not None:
+            extra[impl + IN_TURN] = in_turn["median"] / len(shapes)
+            line += (
+                f"; a call of {len(shapes)} 1-element optimizers stepped in turn"
+                f" {extra[impl + IN_TURN] * 1e6:.2f} µs"
+            )
         serial = result.get(impl[: -len(PER_TENSOR)] + ONE_THREAD)
         if serial is not None:
             # One optimizer on threads > 1 splits every tensor's chunks over the pool; one
@@ -247,6 +268,7 @@ def main(argv=None):
     per_tensor = both + ["torch fused"]
     per_tensor += [impl + PER_TENSOR for impl in per_tensor]
     toy_per_tensor = per_tensor + ([b + ONE_THREAD for b in both[:2]] if args.threads > 1 else [])
+    toy_per_tensor += [b + IN_TURN for b in both[:2]]
     cases.append(("toy transformer, one optimizer per tensor", toy, torch.float32, toy_per_tensor))
     if not args.quick:
         bert = scenarios.model_shapes("bert-base")
