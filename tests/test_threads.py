@@ -144,3 +144,45 @@ def test_omp_num_threads_is_respected(value):
         timeout=120,
     )
     assert out.stdout.strip() == value
+
+
+@requires_compiled
+@pytest.mark.parametrize(
+    "cls, options",
+    [
+        (fa.AdamW, {"state_dtype": "8bit"}),  # elementwise, 8-bit blocks split by chunks
+        (fa.Lamb, {}),  # per-tensor: pass A and pass B run by tasks of chunks
+        (fa.Lion, {"cautious": True}),
+    ],
+    ids=["adamw_8bit", "lamb", "cautious_lion"],
+)
+def test_update_task_size_changes_no_bit(cls, options):
+    """The parallel update claims tasks of whole chunks (one run of memory each); how many
+    chunks a task takes changes which thread steps what, never a value: every task size and
+    thread count gives the one-thread step's bits."""
+    from fusedadam import _kernels
+
+    rng = np.random.default_rng(7)
+    sizes = [70_001, 5, 16_384, 40_000, 1, 300_000]
+    grads = [[rng.standard_normal(n).astype(np.float32) for n in sizes] for _ in range(4)]
+
+    def run(threads):
+        params = [np.linspace(-1, 1, n, dtype=np.float32) for n in sizes]
+        opt = cls(params, lr=1e-2, num_threads=threads, **options)
+        for g in grads:
+            opt.step(g)
+        return params
+
+    want = run(1)
+    saved = _kernels.get_chunk_size(), _kernels.get_update_task_size()
+    try:
+        _kernels.set_chunk_size(4096)
+        for task_chunks in (1, 3, 64, 10**6):
+            _kernels.set_update_task_size(task_chunks * 4096)
+            for got, expected in zip(run(2), want):
+                np.testing.assert_array_equal(got, expected, strict=True)
+    finally:
+        _kernels.set_chunk_size(saved[0])
+        _kernels.set_update_task_size(saved[1])
+    with pytest.raises(ValueError, match="update task size must be a positive"):
+        _kernels.set_update_task_size(0)

@@ -166,6 +166,7 @@ cdef struct GroupData:
     double sumsq                # their sum, once scanned
     Py_ssize_t chunk            # elements per chunk of this step
     Py_ssize_t scan_task        # chunks per task of this step's parallel scan
+    Py_ssize_t update_task      # chunks per task of this step's parallel update
     Py_ssize_t *first_bad       # per chunk: first non-finite gradient index, or -1
     double *chunk_sumsq         # per chunk: the sum of squares of its gradient values
     Py_ssize_t first_bad_size   # capacity of first_bad and chunk_sumsq

@@ -45,6 +45,13 @@ def set_scan_task_size(n_elements: int) -> None:
     """Set the elements per task of the parallel gradient scan (rounded down to whole
     chunks, at least one; for tests and benchmarks: no result depends on it)."""
 
+def get_update_task_size() -> int:
+    """Elements per task of the parallel update (for tests and benchmarks)."""
+
+def set_update_task_size(n_elements: int) -> None:
+    """Set the elements per task of the parallel update (rounded down to whole chunks, at
+    least one; for tests and benchmarks: no result depends on it)."""
+
 def get_chunk_size() -> int:
     """Elements per chunk: a call over more elements than this is split over threads."""
 
