@@ -1171,11 +1171,30 @@ class Rule(NamedTuple):
     optional : str
         "" when None is refused; else what a value of the wrong type is told (None is
         accepted: the option is off).
+    across : callable or None
+        A rule between this hyperparameter and the rest of its group, run once every entry
+        of the group passed its own check: ``across(group)`` returns the message of the
+        ValueError to raise, or None.
     """
 
     ok: Any
     text: str
     optional: str = ""
+    across: Any = None
+
+
+def _warmup_betas_positive(group):
+    """AdEMAMix's beta3 warmup takes log(beta1) and log(beta3): both must be > 0."""
+    betas = group.get("betas")
+    if group.get("t_alpha_beta3") is None or betas is None:
+        return None
+    for i in (0, 2):
+        if betas[i] == 0.0:
+            return (
+                f"Invalid beta parameter at index {i}: {betas[i]} (must be > 0 with "
+                "t_alpha_beta3: the beta3 warmup interpolates log(beta1) and log(beta3))"
+            )
+    return None
 
 
 # The ranges of the algorithms' own real-valued hyperparameters (the shared ones, lr,
@@ -1196,7 +1215,10 @@ HYPERPARAMETER_RULES: Dict[str, Rule] = {
     ),
     "alpha": Rule(lambda x: x >= 0.0, " (must be finite and >= 0)"),
     "t_alpha_beta3": Rule(
-        lambda x: x > 0.0, " (must be finite and > 0)", optional=" (a float > 0, or None)"
+        lambda x: x > 0.0,
+        " (must be finite and > 0)",
+        optional=" (a float > 0, or None)",
+        across=_warmup_betas_positive,
     ),
     "r": Rule(lambda x: x >= 0.0, " (must be finite and >= 0)"),
     "weight_lr_power": Rule(lambda x: x >= 0.0, " (must be finite and >= 0)"),

@@ -69,18 +69,6 @@ def _bool_checker(name):
     return check
 
 
-def _check_warmup_betas(group, where):
-    """AdEMAMix's beta3 warmup takes log(beta1) and log(beta3): both must be > 0."""
-    if group.get("t_alpha_beta3") is None:
-        return
-    for i in (0, 2):
-        if group["betas"][i] == 0.0:
-            raise ValueError(
-                f"{where}Invalid beta parameter at index {i}: {group['betas'][i]} (must be > 0 "
-                "with t_alpha_beta3: the beta3 warmup interpolates log(beta1) and log(beta3))"
-            )
-
-
 def _check_warmup_steps(value, where):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{where}Invalid warmup_steps value: {value!r} (expected an int >= 0)")
@@ -250,8 +238,11 @@ def check_hyperparameters(group, keys, where="", n_betas=2):
             _check_betas(group[key], where, n_betas)
         else:
             HYPERPARAMETER_CHECKS[key](group[key], where)
-    if "t_alpha_beta3" in keys and "betas" in keys:
-        _check_warmup_betas(group, where)
+    for key in keys:  # the registry's rules between a hyperparameter and the others
+        rule = _algorithms.HYPERPARAMETER_RULES.get(key)
+        message = rule.across(group) if rule is not None and rule.across is not None else None
+        if message is not None:
+            raise ValueError(f"{where}{message}")
 
 
 def check_num_threads(num_threads, where=""):
