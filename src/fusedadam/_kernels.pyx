@@ -446,6 +446,14 @@ cdef inline Py_ssize_t _chunks(GroupData *d, int n_threads) noexcept nogil:
     return n_chunks
 
 
+cdef inline Py_ssize_t _task_end(GroupData *d, Py_ssize_t first,
+                                 Py_ssize_t task) noexcept nogil:
+    """One past the last chunk of the task of ``task`` chunks from chunk ``first``."""
+    cdef Py_ssize_t end = first + task
+    cdef Py_ssize_t n_chunks = fa_chunk_count(d.offsets[d.n_arrays], d.chunk)
+    return end if end < n_chunks else n_chunks
+
+
 cdef void _update_task(void *ctx, ptrdiff_t t, int worker) noexcept nogil:
     """Chunks [t * update_task, (t + 1) * update_task) of the update, as one run."""
     cdef GroupData *d = <GroupData *>ctx
@@ -476,10 +484,7 @@ cdef void _scan_task(void *ctx, ptrdiff_t t, int worker) noexcept nogil:
     Without the norm a task stops at its first bad chunk: _scan reads the chunks in order
     and stops there, so the later ones are never read."""
     cdef GroupData *d = <GroupData *>ctx
-    cdef Py_ssize_t c = t * d.scan_task, end = c + d.scan_task
-    cdef Py_ssize_t n_chunks = fa_chunk_count(d.offsets[d.n_arrays], d.chunk)
-    if end > n_chunks:
-        end = n_chunks
+    cdef Py_ssize_t c = t * d.scan_task, end = _task_end(d, c, d.scan_task)
     while c < end:
         _scan_chunk(d, c, worker)
         if d.first_bad[c] >= 0 and not d.want_norm:
@@ -577,10 +582,7 @@ cdef void _tensor_pass(GroupData *d, ptrdiff_t c, bint pass_b) noexcept nogil:
 
 cdef inline void _tensor_task(GroupData *d, ptrdiff_t t, bint pass_b) noexcept nogil:
     """Pass A (or B) of chunks [t * update_task, (t + 1) * update_task), in order."""
-    cdef Py_ssize_t c = t * d.update_task, end = c + d.update_task
-    cdef Py_ssize_t n_chunks = fa_chunk_count(d.offsets[d.n_arrays], d.chunk)
-    if end > n_chunks:
-        end = n_chunks
+    cdef Py_ssize_t c = t * d.update_task, end = _task_end(d, c, d.update_task)
     while c < end:
         _tensor_pass(d, c, pass_b)
         c += 1
