@@ -133,8 +133,11 @@ cdef Py_ssize_t _scan_task_elements = 16 * FA_POOL_GRAIN
 # memory), medians of the per-round ratios to torch fused's step: tasks of 1 chunk
 # 1.00-1.05x (1.13-1.19x with the check), of 16 chunks 0.85-0.89x (1.01-1.03x), of 64
 # chunks (4 MB of each float32 array) 0.86x (1.01-1.06x); one 1e7 tensor: 64 chunks
-# 0.88-0.94x against 0.86-0.98x for 1 chunk and 1.01-1.21x for 16. No result depends on
-# it: the update is elementwise, and the chunks stay the unit of every per-chunk result.
+# 0.88-0.94x against 0.86-0.98x for 1 chunk and 1.01-1.21x for 16. A helper descheduled
+# in a task holds more work, yet with another process busy on one of the 2 vCPUs (3e7
+# elements) the step took 21.7 ms median, 25.8 p90, against 23.3 and 29.3 with 1 chunk. No
+# result depends on it: the update is elementwise, and the chunks stay the unit of every
+# per-chunk result.
 cdef Py_ssize_t _update_task_elements = 64 * FA_POOL_GRAIN
 
 # The most threads one call uses (num_threads above it is clamped); an OpenMP runtime asked
