@@ -211,13 +211,18 @@ def get_scan_task_size():
     return _scan_task_elements
 
 
+cdef Py_ssize_t _task_size(Py_ssize_t n_elements, str what) except -1:
+    """A task size of the setters below: a positive number of elements."""
+    if n_elements < 1:
+        raise ValueError(f"the {what} task size must be a positive number of elements")
+    return n_elements
+
+
 def set_scan_task_size(Py_ssize_t n_elements):
     """Set the elements per task of the parallel gradient scan (rounded down to whole
     chunks, at least one; for tests and benchmarks: no result depends on it)."""
     global _scan_task_elements
-    if n_elements < 1:
-        raise ValueError("the scan task size must be a positive number of elements")
-    _scan_task_elements = n_elements
+    _scan_task_elements = _task_size(n_elements, "scan")
 
 
 def get_update_task_size():
@@ -229,9 +234,7 @@ def set_update_task_size(Py_ssize_t n_elements):
     """Set the elements per task of the parallel update (rounded down to whole chunks, at
     least one; for tests and benchmarks: no result depends on it)."""
     global _update_task_elements
-    if n_elements < 1:
-        raise ValueError("the update task size must be a positive number of elements")
-    _update_task_elements = n_elements
+    _update_task_elements = _task_size(n_elements, "update")
 
 
 def get_chunk_size():
