@@ -66,11 +66,11 @@ class Algorithm:
         Keyword arguments of both the fusedadam and the torch class (``amsgrad=True``).
     arrays_moved : int
         Arrays read plus arrays written per element of a step (p, g, m, v in; p, m, v
-        out is 7): the compulsory traffic GB/s is computed from. Give the passes' arrays
-        (0, the default: 2k + 3 for the k state arrays the registry gives the class with
-        these options, an elementwise algorithm's pass); one more is added for the gradient
-        read of the non-finite check that runs before any write (``nonfinite`` other than
-        ``"ignore"``, the default).
+        out is 7): the compulsory traffic GB/s is computed from. 0, the default: the passes'
+        arrays from the registry, 2k + 3 for the k state arrays of the class with these
+        options (the read-write pass) plus ``read_pass_arrays``; one more is added for the
+        gradient read of the non-finite check that runs before any write (``nonfinite``
+        other than ``"ignore"``, the default).
     read_pass_arrays : int
         Arrays read by a pass that writes nothing, counted in ``arrays_moved`` (a per-tensor
         kind's phase 1 on a tensor larger than a piece: LAMB reads p, g, m, v); 0: none.
@@ -103,7 +103,9 @@ class Algorithm:
     read_passes: tuple = field(init=False, default=())
 
     def __post_init__(self):
-        arrays = self.arrays_moved or _one_pass_arrays(self.fa_class, self.options)
+        arrays = self.arrays_moved or (
+            _one_pass_arrays(self.fa_class, self.options) + self.read_pass_arrays
+        )
         # the default step reads g once more, to check it before anything is written
         checked = self.options.get("nonfinite", "error") != "ignore"
         object.__setattr__(self, "arrays_moved", arrays + checked)
@@ -141,16 +143,11 @@ ALGORITHMS = {
     # per-tensor kinds on a tensor larger than a piece (16384 elements): phase 1 reads (the
     # arrays its sum needs: LAMB p, g, m, v; StableAdamW g, v; cautious g, m), then phase 2
     # reads and writes (docs/algorithms_per_tensor.md; smaller tensors move the second only)
-    "lamb": Algorithm(
-        "Lamb", arrays_moved=11, read_pass_arrays=4, reference="timm.optim.lamb:Lamb"
-    ),
-    "stableadamw": Algorithm(
-        "StableAdamW", arrays_moved=9, read_pass_arrays=2, reference="optimi:StableAdamW"
-    ),
+    "lamb": Algorithm("Lamb", read_pass_arrays=4, reference="timm.optim.lamb:Lamb"),
+    "stableadamw": Algorithm("StableAdamW", read_pass_arrays=2, reference="optimi:StableAdamW"),
     "cautious_adamw": Algorithm(
         "AdamW",
         {"weight_decay": WEIGHT_DECAY, "cautious": True},
-        arrays_moved=9,
         read_pass_arrays=2,
         reference="timm.optim.adamw:AdamWLegacy",
         reference_options={"weight_decay": WEIGHT_DECAY, "caution": True},
@@ -158,7 +155,6 @@ ALGORITHMS = {
     "cautious_lion": Algorithm(
         "Lion",
         {"cautious": True},
-        arrays_moved=7,
         read_pass_arrays=2,
         reference="timm.optim.lion:Lion",
         reference_options={"caution": True},
