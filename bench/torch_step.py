@@ -6,8 +6,12 @@ float32 master and torch steps the bfloat16 params directly), GPT-2-XL's block s
 (d=1600; as many of its 48 blocks as fit the memory budget), a model of many small
 tensors (the 98-array, 0.4M-parameter toy transformer of ``fusedadam.benchmarks``) and one
 1-element tensor (the cost of a call). Every implementation has its own params and state;
-all read the same gradient tensors. The protocol is ``fusedadam.benchmarks.timing``'s:
-warm-up, calibrated samples of >= 50 ms, implementations round-robin, medians.
+all read the same gradient tensors. BERT-base also times the roofline (the probe loop of
+``fusedadam.benchmarks.roofline``: an Adam step's bytes with trivial arithmetic, over its own
+params and state), alone and after a read-only pass over the grads (the check's scan): the
+floor of each mode, against which both fusedadam.torch and torch fused compare. The
+protocol is ``fusedadam.benchmarks.timing``'s: warm-up, calibrated samples of >= 50 ms,
+implementations round-robin, medians.
 
     python bench/torch_step.py [--quick] [--budget-gib 8] [--json bench/results/torch_step.json]
 
@@ -53,7 +57,7 @@ import numpy as np
 import torch
 
 import fusedadam.torch as ft
-from fusedadam.benchmarks import scenarios, timing
+from fusedadam.benchmarks import roofline, scenarios, timing
 
 LR = 1e-6  # small: the params barely move over the thousands of timed steps
 
@@ -98,6 +102,7 @@ def load_baseline(path):
 
 
 PER_TENSOR = ", one optimizer per tensor"
+ROOFLINE = "roofline"  # the probe loop: an Adam step's passes and bytes, trivial arithmetic
 ONE_THREAD = ", 1 thread"
 IN_TURN = ", 1-element tensors in turn"
 
@@ -117,6 +122,12 @@ def build(impl, shapes, dtype, grads, threads):
     if impl.endswith(ONE_THREAD):
         return build(impl[: -len(ONE_THREAD)], shapes, dtype, grads, 1)
     params = make_params(shapes, dtype, grads)
+    if impl.startswith(ROOFLINE):
+        # Over its own params and the shared grads; with the check first a read-only pass
+        # over the grads, as the check's scan: what the memory allows each mode.
+        check = (1,) if "check" in impl else ()
+        arrays = [p.detach().numpy() for p in params]
+        return roofline.roofline_step(arrays, [g.numpy() for g in grads], 2, threads, check)
     if impl.startswith("fusedadam.torch") or impl.startswith("baseline"):
         nonfinite = "error" if "check" in impl else "ignore"
         module = BASELINE if impl.startswith("baseline") else ft
@@ -272,7 +283,8 @@ def main(argv=None):
     cases.append(("toy transformer, one optimizer per tensor", toy, torch.float32, toy_per_tensor))
     if not args.quick:
         bert = scenarios.model_shapes("bert-base")
-        cases.append(("BERT-base", bert, torch.float32, both + peers))
+        floor = [ROOFLINE, ROOFLINE + " (NaN check)"] if roofline.compiled_available() else []
+        cases.append(("BERT-base", bert, torch.float32, both + peers + floor))
         cases.append(("BERT-base, bf16 params", bert, torch.bfloat16, both[::2] + peers))
         n_bert = sum(int(np.prod(s)) for s in bert)
         fits = [impl for impl in per_tensor if "torch fused" not in impl]
