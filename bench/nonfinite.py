@@ -15,7 +15,10 @@ clip     ``"error"`` with ``grad_scale=1024`` and ``max_grad_norm`` (issue #12):
          divides by the scale and multiplies by the clipping coefficient. The gradients are
          never written, so ``max_grad_norm`` is set below their norm: every step clips.
 
-``error / ignore`` is the check's cost (a separate read of g costs at most 32/28 = 1.14x);
+``error / ignore`` is the check's cost: a separate read of g, 4 B on the update's 28, which
+costs more than 32/28 = 1.14x because a pass that only reads streams more slowly than one
+that reads and writes (~1.2x on BERT-base's shapes at 2 threads on AMD Zen 5, where the
+scan takes as long as the roofline's read-only pass over the same g: bench/README.md);
 ``clip / error`` is what unscaling and clipping add to it; ``clip / ignore`` the whole.
 """
 

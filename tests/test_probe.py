@@ -130,3 +130,36 @@ def test_only_the_read_only_probe_takes_no_state():
     too_many = [[np.ones(10, np.float32)]] * (_kernels.MAX_STATE_SLOTS + 1)
     with pytest.raises(ValueError, match="0 to .* lists of state arrays"):
         _testing.probe([p], [g], *too_many, read_only=True)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_roofline_read_pass_reads_the_arrays_and_writes_none(n_threads):
+    """``benchmarks.roofline.read_pass``, the floor bench/check_floor.py sets the scan
+    against: the read-only probe over a list of arrays, which it leaves as they were."""
+    from fusedadam.benchmarks import roofline
+
+    rng = np.random.default_rng(9)
+    arrays = [rng.standard_normal(n).astype(np.float32) for n in (0, 1, 7, 70_001)]
+    arrays[3][-1] = np.nan
+    want = [a.copy() for a in arrays]
+    roofline.read_pass(arrays, n_threads)()
+    for got, expected in zip(arrays, want):
+        np.testing.assert_array_equal(got, expected, strict=True)
+
+
+BENCH = __import__("pathlib").Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.mark.skipif(not (BENCH / "check_floor.py").is_file(), reason="bench/ not shipped here")
+def test_check_floor_bench_runs(capsys):
+    """bench/check_floor.py on the toy model: its NaN step raised (else it stops with an
+    AssertionError) and every row printed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_floor", BENCH / "check_floor.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--model", "toy", "--threads", "2", "--repeats", "5"])
+    out = capsys.readouterr().out
+    for row in ("scan", "read pass", "step, check", "step, ignore", "scan / read pass"):
+        assert f"  {row} " in out, out

@@ -21,6 +21,7 @@ __all__ = [
     "compiled_available",
     "kernel_step",
     "roofline_step",
+    "read_pass",
     "functional_step",
     "num_procs",
 ]
@@ -70,7 +71,7 @@ def roofline_step(params, grads, n_state_arrays, n_threads, read_passes=()):
     readers = []
     for n_arrays in read_passes:
         if n_arrays == 1:  # one stream: the gradients given as both p and g
-            readers.append(_testing.Probe(columns[0], columns[0], read_only=True))
+            readers.append(_read_probe(columns[0]))
         elif 2 <= n_arrays <= len(columns):
             readers.append(_testing.Probe(*columns[:n_arrays], read_only=True))
         else:
@@ -84,6 +85,21 @@ def roofline_step(params, grads, n_state_arrays, n_threads, read_passes=()):
         probe.run(n_threads)
 
     return step
+
+
+def _read_probe(arrays):
+    """The read-only probe over one list of arrays (given as both p and g: one stream)."""
+    return _testing.Probe(list(arrays), list(arrays), read_only=True)
+
+
+def read_pass(arrays, n_threads):
+    """A callable running the read-only probe pass over ``arrays`` (written memory, as a
+    step's gradients): the floor of a pass that only reads them, such as the non-finite
+    check's scan."""
+    if _kernels is None or _testing is None:
+        raise RuntimeError("the compiled extension is not built: no roofline probe")
+    probe = _read_probe(arrays)
+    return lambda: probe.run(n_threads)
 
 
 def functional_step(params, grads, n_threads):
