@@ -88,8 +88,10 @@ def roofline_step(params, grads, n_state_arrays, n_threads, read_passes=()):
 
 
 def _read_probe(arrays):
-    """The read-only probe over one list of arrays (given as both p and g: one stream)."""
-    return _testing.Probe(list(arrays), list(arrays), read_only=True)
+    """The read-only probe over one list of arrays (the same list as both p and g: one
+    stream)."""
+    arrays = list(arrays)
+    return _testing.Probe(arrays, arrays, read_only=True)
 
 
 def read_pass(arrays, n_threads):
