@@ -42,24 +42,23 @@ static int by_value(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* The probe's read-write pass with STORE as its store: the two kinds differ in it alone. */
+#define PROBE_PASS(STORE)                                                                   \
+    for (long i = a; i < b; i += 16) {                                                      \
+        __m512 g = _mm512_load_ps(grad + i);                                                \
+        STORE(exp_avg + i, _mm512_add_ps(_mm512_load_ps(exp_avg + i), g));                  \
+        STORE(exp_avg_sq + i, _mm512_add_ps(_mm512_load_ps(exp_avg_sq + i), g));            \
+        STORE(param + i, _mm512_sub_ps(_mm512_load_ps(param + i), g));                      \
+    }
+
 __attribute__((target("avx512f"))) static void regular(long a, long b)
 {
-    for (long i = a; i < b; i += 16) {
-        __m512 g = _mm512_load_ps(grad + i);
-        _mm512_store_ps(exp_avg + i, _mm512_add_ps(_mm512_load_ps(exp_avg + i), g));
-        _mm512_store_ps(exp_avg_sq + i, _mm512_add_ps(_mm512_load_ps(exp_avg_sq + i), g));
-        _mm512_store_ps(param + i, _mm512_sub_ps(_mm512_load_ps(param + i), g));
-    }
+    PROBE_PASS(_mm512_store_ps)
 }
 
 __attribute__((target("avx512f"))) static void nontemporal(long a, long b)
 {
-    for (long i = a; i < b; i += 16) {
-        __m512 g = _mm512_load_ps(grad + i);
-        _mm512_stream_ps(exp_avg + i, _mm512_add_ps(_mm512_load_ps(exp_avg + i), g));
-        _mm512_stream_ps(exp_avg_sq + i, _mm512_add_ps(_mm512_load_ps(exp_avg_sq + i), g));
-        _mm512_stream_ps(param + i, _mm512_sub_ps(_mm512_load_ps(param + i), g));
-    }
+    PROBE_PASS(_mm512_stream_ps)
     _mm_sfence();
 }
 
